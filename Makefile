@@ -10,6 +10,9 @@ SHELL := /bin/bash
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 TIER   := tools/pytest-tier.sh
+# The venv's tools come first, so ansible-lint and ansible-test find the pinned ansible-core
+# (and ansible-lint stops warning that PATH lacks its own folder).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # BPF programs: one object per bpf/*.c, compiled once here and shipped to the hosts.
 CLANG       ?= clang
