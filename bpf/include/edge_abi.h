@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The ABI between the POP's XDP program and user space: map keys, map values, verdict reasons.
+ *
+ * This file is the one definition of every layout. Python never keeps a second hand-written copy:
+ * plugins/module_utils/_edge_abi.py reads these structs from the compiled object's BTF, and a test
+ * checks that the packing it uses matches. Change a struct here and the Python side follows.
+ *
+ * Conventions:
+ *   - addresses (__be32) and ports (__be16) are kept in network byte order, exactly as they sit in the
+ *     packet, so a key can be copied from a header without a swap (and LPM keys match bit by bit:
+ *     Kilimanjaro masked network-order addresses with host-order masks and never matched a /24);
+ *   - times are CLOCK_MONOTONIC nanoseconds (what bpf_ktime_get_ns() returns; Python's
+ *     time.monotonic_ns());
+ *   - every struct is padded explicitly so that C and Python agree without compiler guesses.
+ */
+#ifndef EDGE_ABI_H
+#define EDGE_ABI_H
+
+#include <linux/types.h>
+
+#define EDGE_MAX_SERVICES      1024    /* service ids are 1..EDGE_MAX_SERVICES-1; 0 means "none" */
+#define EDGE_MAX_BACKENDS      1024
+#define EDGE_MAX_PREFIXES      1100000 /* allow/deny LPM tries: room for a million prefixes */
+#define EDGE_MAX_ANYCAST       256
+#define EDGE_MAX_BANS          262144
+#define EDGE_MAX_PUNCHES       262144
+#define EDGE_MAX_RATE_COUNTERS 524288
+#define EDGE_MAX_CLIENTS       131072  /* per-player statistics (top talkers) */
+#define EDGE_MAX_TX_PORTS      64
+
+/* Largest A2S_INFO reply payload (UDP payload, from the FF FF FF FF 49 header on) that is cached.
+ * Replies are a few hundred bytes in practice; a larger or split (FF FF FF FF FE) reply is not cached. */
+#define A2S_CACHE_MAX_PAYLOAD  1400
+
+/* Protocol classes for the global rate limits (edge_config.limits[]). */
+enum edge_proto_class {
+	EDGE_CLASS_TCP = 0,
+	EDGE_CLASS_UDP = 1,
+	EDGE_CLASS_ICMP = 2,
+	EDGE_CLASS_OTHER = 3,
+	EDGE_CLASS_COUNT = 4,
+};
+
+/*
+ * Why a packet got its verdict. Every packet is counted under exactly one reason
+ * (edge_reason_stats). The names after EDGE_REASON_ are what the exporter and the tests call them.
+ */
+enum edge_reason {
+	EDGE_REASON_PASS_NON_IP = 0,       /* not IPv4/IPv6 (ARP, LLDP, ...): the kernel's business */
+	EDGE_REASON_PASS_NOT_OURS,         /* IP, but not to an anycast prefix (BGP, SSH, the POP itself) */
+	EDGE_REASON_PASS_TOO_BIG,          /* would exceed the egress MTU once encapsulated, no DF: kernel fragments */
+	EDGE_REASON_PASS_NO_NEIGH,         /* encapsulated, next hop's MAC unknown: kernel forwards and resolves */
+	EDGE_REASON_DROP_MALFORMED,        /* truncated or inconsistent headers */
+	EDGE_REASON_DROP_DENY,             /* source in the deny list */
+	EDGE_REASON_DROP_BANNED,           /* source temporarily banned */
+	EDGE_REASON_DROP_NO_SERVICE,       /* to an anycast address, but no such (protocol, address, port) */
+	EDGE_REASON_DROP_FRAGMENT,         /* IP fragment to an anycast address */
+	EDGE_REASON_DROP_IP_OPTIONS,       /* IPv4 options on a packet to an anycast address */
+	EDGE_REASON_DROP_RATE_LIMIT,       /* over the packets/s or bytes/s limit (and banned) */
+	EDGE_REASON_DROP_BAD_COOKIE,       /* A2S request with a challenge this POP did not issue */
+	EDGE_REASON_DROP_BAD_RETURN,       /* IPIP to the POP not from a known backend / not from its service */
+	EDGE_REASON_DROP_TTL,              /* TTL would reach zero on forwarding */
+	EDGE_REASON_DROP_NO_ROUTE,         /* no usable route to the backend or the player */
+	EDGE_REASON_DROP_ERROR,            /* a helper failed (adjust_head ...): never forward half-built packets */
+	EDGE_REASON_TX_FORWARD,            /* encapsulated to a backend */
+	EDGE_REASON_TX_PUNCHED,            /* encapsulated to a backend on a port punch (no rate limit) */
+	EDGE_REASON_TX_RETURN,             /* decapsulated reply from a backend, on its way to the player */
+	EDGE_REASON_TX_A2S_CHALLENGE,      /* answered an A2S_INFO request with this POP's challenge */
+	EDGE_REASON_TX_A2S_CACHED,         /* answered an A2S_INFO request from the cache */
+	EDGE_REASON_TX_ICMP_TOO_BIG,       /* answered ICMP fragmentation-needed (DF set, too big) */
+	EDGE_REASON_COUNT,
+};
+
+/* edge_reason_stats value (per CPU): user space sums the CPUs. */
+struct edge_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Global settings, one entry (edge_config[0]). */
+struct edge_rate_limit {
+	__u64 packets_per_sec; /* 0: no limit */
+	__u64 bytes_per_sec;   /* 0: no limit */
+};
+
+struct edge_config {
+	__be32 tunnel_addr;          /* the POP's own tunnel address: outer source of IPIP, outer destination of replies */
+	__u32 ban_sec;               /* how long a source over its rate limit stays banned; 0: do not ban */
+	__u64 punch_idle_ns;         /* a port punch not refreshed for this long is ignored and deleted */
+	__u64 cookie_epoch_ns;       /* A2S challenge cookies are valid for this epoch and the previous one */
+	__u64 cookie_key[2];         /* SipHash-2-4 key of the A2S cookies (random, written at deploy) */
+	struct edge_rate_limit limits[EDGE_CLASS_COUNT]; /* per source address, by enum edge_proto_class */
+};
+
+/* Service lookup: (protocol, anycast address, port). ICMP services use port 0. */
+struct service_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;   /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_ICMP */
+	__u8 pad;
+};
+
+#define SERVICE_F_A2S_CACHE  (1U << 0) /* answer A2S_INFO from the cache (challenge first) */
+#define SERVICE_F_A2S_SNOOP  (1U << 1) /* refresh the cache from the backend's own A2S_INFO replies */
+
+struct service_value {
+	__u32 id;                    /* 1..EDGE_MAX_SERVICES-1: index of edge_service_stats and a2s_cache */
+	__be32 backend_addr;         /* outer destination of the IPIP packets */
+	__u32 flags;                 /* SERVICE_F_* */
+	__u32 a2s_max_age_ms;        /* a cache entry older than this is not served */
+	struct edge_rate_limit limit; /* per-service override; both 0: the global per-protocol limit applies */
+};
+
+/* LPM keys (allow/deny/anycast). prefixlen counts bits from the first byte of addr. */
+struct lpm_v4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct lpm_v6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Backends: outer source address of return traffic -> flags (reserved, 0). */
+struct backend_value {
+	__u32 flags;
+};
+
+/* Temporary bans: source -> monotonic time the ban ends. */
+struct ban_value {
+	__u64 until_ns;
+};
+
+/* Rate counters: one fixed one-second window per key. The window number is part of the key, so a
+ * new second starts a new entry with an atomic insert instead of a racy reset of the old one. */
+struct rate_key {
+	__be32 saddr;
+	__u32 service_id;   /* 0: the protocol-wide counter; a service with its own limit counts apart */
+	__u32 window;       /* bpf_ktime_get_ns() / 1e9, truncated */
+	__u8 proto_class;   /* enum edge_proto_class */
+	__u8 pad[3];
+};
+
+struct rate_value {
+	__u64 packets;      /* added with atomic adds: exact on every CPU */
+	__u64 bytes;
+};
+
+/* Port punches: a flow the game server spoke on (return path), so the player's packets of that
+ * flow are forwarded without rate limits. */
+struct punch_key {
+	__be32 service_addr;
+	__be32 remote_addr;
+	__be16 service_port;
+	__be16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct punch_value {
+	__u64 last_seen_ns;
+};
+
+/* A2S_INFO cache, keyed by service id. payload is the whole UDP payload of the reply
+ * (FF FF FF FF 49 ...), zero-padded to a multiple of 4; payload_csum is the 16-bit ones'-complement
+ * sum of those padded bytes (folded), so the XDP program can checksum a reply without reading it. */
+struct a2s_cache_entry {
+	__u64 updated_ns;
+	__u32 len;
+	__u32 payload_csum;
+	__u8 payload[A2S_CACHE_MAX_PAYLOAD];
+};
+
+/* Per-service traffic (per CPU), indexed by service id. */
+struct service_counter {
+	__u64 in_packets;
+	__u64 in_bytes;
+	__u64 out_packets;
+	__u64 out_bytes;
+};
+
+/* Per-player traffic (per CPU, LRU), keyed by source address: top talkers. */
+struct client_counter {
+	__u64 packets;
+	__u64 bytes;
+	__u64 last_seen_ns;
+};
+
+#endif /* EDGE_ABI_H */

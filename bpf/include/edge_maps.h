@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The maps of the POP program. Each says who writes it and who reads it.
+ * "edge_rules" is the Ansible module that converges inventory into maps; "the agent" is the POP's
+ * user-space service (cache refresh, stats export). The xdp_program module pins every map by
+ * name under /sys/fs/bpf/anycast_edge/<iface>/ and hands the pins to the next version of the
+ * program when the layout is unchanged, so an upgrade keeps bans, punches and the cache.
+ * (Pinning is done by the loader, not with LIBBPF_PIN_BY_NAME, so that tests and benchmarks can
+ * load the object without a bpffs and the loader decides per map whether to reuse.)
+ */
+#ifndef EDGE_MAPS_H
+#define EDGE_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "edge_abi.h"
+
+/* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie key).
+ * Read by XDP on every packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct edge_config);
+} edge_config SEC(".maps");
+
+/* Written by edge_rules (services from inventory). Read by XDP: inbound lookup by
+ * (proto, address, port), and on the return path to check the inner source is a service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+} edge_services SEC(".maps");
+
+/* Written by edge_rules (the anycast prefixes). Read by XDP: "is this destination ours?". */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EDGE_MAX_ANYCAST);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_anycast_v4 SEC(".maps");
+
+/* Written by edge_rules (IPv6 anycast prefixes). Read by XDP: IPv6 to these is dropped until
+ * IPv6 services exist; all other IPv6 goes to the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EDGE_MAX_ANYCAST);
+	__type(key, struct lpm_v6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_anycast_v6 SEC(".maps");
+
+/* Written by edge_rules (the backends' tunnel addresses). Read by XDP on the return path:
+ * IPIP is accepted only from these. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EDGE_MAX_BACKENDS);
+	__type(key, __be32);
+	__type(value, struct backend_value);
+} edge_backends SEC(".maps");
+
+/* Written by edge_rules (allow CIDRs). Read by XDP: a match skips bans and rate limits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EDGE_MAX_PREFIXES);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_allow_v4 SEC(".maps");
+
+/* Written by edge_rules (deny CIDRs). Read by XDP: a match drops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EDGE_MAX_PREFIXES);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_deny_v4 SEC(".maps");
+
+/* Written by XDP (a source over its rate limit); user space may add or lift bans by hand.
+ * Read by XDP. Never touched by edge_rules: bans survive rule updates. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_BANS);
+	__type(key, __be32);
+	__type(value, struct ban_value);
+} edge_bans SEC(".maps");
+
+/* Written and read by XDP only (rate-limit windows). Old windows fall out by LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_RATE_COUNTERS);
+	__type(key, struct rate_key);
+	__type(value, struct rate_value);
+} edge_rate_counters SEC(".maps");
+
+/* Written by XDP on the return path (flows the game server spoke on); read by XDP inbound.
+ * Idle punches are deleted by XDP when met; the agent may sweep the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_PUNCHES);
+	__type(key, struct punch_key);
+	__type(value, struct punch_value);
+} edge_punches SEC(".maps");
+
+/* Written by the agent (A2S refresher) and by XDP (snooped backend replies, built in
+ * a2s_scratch and inserted whole, so a reader never sees a half-written entry).
+ * Read by XDP to answer A2S_INFO. No prealloc: replaced entries are freed after RCU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct a2s_cache_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_a2s_cache SEC(".maps");
+
+/* XDP's private scratch space for building a cache entry (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct a2s_cache_entry);
+} edge_a2s_scratch SEC(".maps");
+
+/* Written by XDP (every packet, by enum edge_reason). Read by edge_stats_info and the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_REASON_COUNT);
+	__type(key, __u32);
+	__type(value, struct edge_counter);
+} edge_reason_stats SEC(".maps");
+
+/* Written by XDP (per service id, in and out). Read by edge_stats_info and the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct service_counter);
+} edge_service_stats SEC(".maps");
+
+/* Written by XDP (per source to an anycast address). Read by the agent (top talkers). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, EDGE_MAX_CLIENTS);
+	__type(key, __be32);
+	__type(value, struct client_counter);
+} edge_client_stats SEC(".maps");
+
+/* Written by xdp_program (egress devices other than the uplink, keyed by ifindex).
+ * Read by XDP: bpf_redirect_map() when the fib says the next hop is on another device. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, EDGE_MAX_TX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} edge_tx_ports SEC(".maps");
+
+#endif /* EDGE_MAPS_H */

@@ -1,0 +1,656 @@
+// SPDX-License-Identifier: MIT
+/*
+ * xdp_edge: the POP's data plane, attached to the uplink NIC.
+ *
+ * Inbound (internet -> anycast service), in this order:
+ *   parse -> deny list -> allow list -> temporary bans -> anycast? -> fragment / IP options ->
+ *   service lookup -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
+ *   the backend, next hop from the FIB.
+ * Return path (IPIP from a backend to the POP's tunnel address):
+ *   known backend? -> inner source is that backend's service? -> learn the port punch -> snoop
+ *   A2S_INFO replies -> decapsulate -> next hop from the FIB -> player.
+ *
+ * Decisions (tests/bpf pins each one):
+ *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
+ *     "ip_options"): game traffic uses neither, a non-first fragment has no ports to look up, and
+ *     options are a classic way to slip past filters that assume 20-byte headers. Fragments and
+ *     options to anything else go to the kernel untouched.
+ *   - IPv6 and non-IP go to the kernel, except IPv6 to an anycast prefix (no IPv6 services yet):
+ *     dropped as "no_service".
+ *   - A denied source is dropped whatever its destination (the POP's own addresses included);
+ *     the allow list exempts from bans and rate limits, never from the deny list.
+ *   - Frames the program emits are untagged; the FIB picks the egress device.
+ *   - The A2S challenge is issued only while the cache holds a fresh reply; otherwise the request
+ *     goes to the game server, which runs its own challenge. A request carrying a challenge is
+ *     answered from the cache only if the challenge is this POP's cookie; a wrong one is dropped
+ *     while the cache is fresh (it cannot be ours), forwarded while it is not (it is the game
+ *     server's own).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/icmp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "edge_abi.h"
+#include "edge_maps.h"
+#include "parsing.h"
+#include "csum.h"
+#include "encap.h"
+#include "a2s.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define NSEC_PER_MSEC 1000000ULL
+#define DEFAULT_COOKIE_EPOCH_NS (30 * NSEC_PER_SEC)
+#define REPLY_TTL 64
+
+/* Outcome of a pipeline stage that may end the packet's journey. */
+struct verdict {
+	int action;   /* XDP_* */
+	__u32 reason; /* enum edge_reason */
+};
+
+static __always_inline int finish(struct xdp_md *ctx, const struct packet *pkt, struct verdict v)
+{
+	__u32 reason = v.reason;
+	struct edge_counter *counter = bpf_map_lookup_elem(&edge_reason_stats, &reason);
+
+	if (counter) {
+		counter->packets++; /* per-CPU value: no other writer */
+		counter->bytes += pkt->frame_len;
+	}
+	return v.action;
+}
+
+static __always_inline struct verdict make_verdict(int action, __u32 reason)
+{
+	struct verdict v = { .action = action, .reason = reason };
+	return v;
+}
+
+static __always_inline int lpm_v4_match(void *map, __be32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(map, &key) != NULL;
+}
+
+static __always_inline __u8 proto_class(__u8 proto)
+{
+	if (proto == IPPROTO_TCP)
+		return EDGE_CLASS_TCP;
+	if (proto == IPPROTO_UDP)
+		return EDGE_CLASS_UDP;
+	if (proto == IPPROTO_ICMP)
+		return EDGE_CLASS_ICMP;
+	return EDGE_CLASS_OTHER;
+}
+
+static __always_inline void count_client(__be32 saddr, __u32 bytes, __u64 now)
+{
+	struct client_counter *counter = bpf_map_lookup_elem(&edge_client_stats, &saddr);
+
+	if (counter) {
+		counter->packets++;
+		counter->bytes += bytes;
+		counter->last_seen_ns = now;
+	} else {
+		struct client_counter first = { .packets = 1, .bytes = bytes, .last_seen_ns = now };
+
+		bpf_map_update_elem(&edge_client_stats, &saddr, &first, BPF_NOEXIST);
+	}
+}
+
+static __always_inline void count_service(__u32 service_id, __u32 bytes, int outbound)
+{
+	struct service_counter *counter = bpf_map_lookup_elem(&edge_service_stats, &service_id);
+
+	if (!counter)
+		return;
+	if (outbound) {
+		counter->out_packets++;
+		counter->out_bytes += bytes;
+	} else {
+		counter->in_packets++;
+		counter->in_bytes += bytes;
+	}
+}
+
+/* Is there a live port punch for this inbound packet? An idle one is deleted. */
+static __always_inline int punch_is_live(const struct edge_config *cfg, const struct packet *pkt, __u64 now)
+{
+	struct punch_key key = {
+		.service_addr = pkt->daddr,
+		.remote_addr = pkt->saddr,
+		.service_port = pkt->dport,
+		.remote_port = pkt->sport,
+		.proto = pkt->proto,
+	};
+	struct punch_value *punch;
+
+	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
+		return 0;
+	punch = bpf_map_lookup_elem(&edge_punches, &key);
+	if (!punch)
+		return 0;
+	if (now - punch->last_seen_ns < cfg->punch_idle_ns)
+		return 1;
+	bpf_map_delete_elem(&edge_punches, &key);
+	return 0;
+}
+
+/*
+ * Count this packet against its source's limit for the current one-second window. Returns 1 when
+ * the source is over the limit (and bans it). The counters are atomic, so two CPUs receiving the
+ * same source never lose a count.
+ */
+static __always_inline int rate_limit_exceeded(const struct edge_config *cfg, const struct packet *pkt,
+					       const struct service_value *svc, __u64 now)
+{
+	const struct edge_rate_limit *limit;
+	struct rate_key key = {};
+	struct rate_value *counter;
+	__u64 packets, bytes;
+	__u32 len = pkt->ip_tot_len;
+
+	key.saddr = pkt->saddr;
+	key.proto_class = proto_class(pkt->proto);
+	key.window = (__u32)(now / NSEC_PER_SEC);
+	if (svc->limit.packets_per_sec || svc->limit.bytes_per_sec) {
+		limit = &svc->limit;
+		key.service_id = svc->id;
+	} else {
+		__u8 class = key.proto_class;
+
+		if (class >= EDGE_CLASS_COUNT)
+			return 0;
+		limit = &cfg->limits[class];
+	}
+	if (!limit->packets_per_sec && !limit->bytes_per_sec)
+		return 0;
+
+	counter = bpf_map_lookup_elem(&edge_rate_counters, &key);
+	if (!counter) {
+		struct rate_value first = { .packets = 1, .bytes = len };
+
+		if (bpf_map_update_elem(&edge_rate_counters, &key, &first, BPF_NOEXIST) == 0) {
+			packets = 1;
+			bytes = len;
+			goto check;
+		}
+		/* Another CPU created the window first: add to it. */
+		counter = bpf_map_lookup_elem(&edge_rate_counters, &key);
+		if (!counter)
+			return 0;
+	}
+	packets = __sync_fetch_and_add(&counter->packets, 1) + 1;
+	bytes = __sync_fetch_and_add(&counter->bytes, len) + len;
+check:
+	if ((limit->packets_per_sec && packets > limit->packets_per_sec) ||
+	    (limit->bytes_per_sec && bytes > limit->bytes_per_sec)) {
+		if (cfg->ban_sec) {
+			struct ban_value ban = { .until_ns = now + (__u64)cfg->ban_sec * NSEC_PER_SEC };
+
+			bpf_map_update_elem(&edge_bans, &pkt->saddr, &ban, BPF_ANY);
+		}
+		return 1;
+	}
+	return 0;
+}
+
+/* Write the FIB's next hop into the frame and pick the action; the frame starts with Ethernet. */
+static __always_inline struct verdict emit(struct xdp_md *ctx, const struct next_hop *hop, __u32 tx_reason)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex = hop->ifindex;
+	int redirect = 0;
+
+	if (hop->fib_rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_NO_NEIGH);
+	if (hop->fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_ROUTE);
+	if (ifindex != ctx->ingress_ifindex) {
+		/* Another device: only through the devmap the loader filled; else the kernel forwards. */
+		if (!bpf_map_lookup_elem(&edge_tx_ports, &ifindex))
+			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NO_NEIGH);
+		redirect = 1;
+	}
+	if ((void *)(eth + 1) > data_end)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	__builtin_memcpy(eth->h_dest, hop->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, hop->smac, ETH_ALEN);
+	if (redirect)
+		return make_verdict(bpf_redirect_map(&edge_tx_ports, ifindex, 0), tx_reason);
+	return make_verdict(XDP_TX, tx_reason);
+}
+
+/*
+ * ICMP fragmentation-needed to the sender of a too-big packet with DF (RFC 1191), from the address
+ * it was sent to. Carries the original IP header and 8 bytes of its payload: 70 bytes in all, so
+ * the reply is always far smaller than what provoked it.
+ */
+#define ICMP_QUOTE_LEN (sizeof(struct iphdr) + 8)
+#define ICMP_REPLY_IP_LEN (sizeof(struct iphdr) + sizeof(struct icmphdr) + ICMP_QUOTE_LEN)
+
+static __always_inline struct verdict send_icmp_too_big(struct xdp_md *ctx, const struct packet *pkt, __u16 mtu)
+{
+	void *data, *data_end;
+	struct iphdr *ip;
+	struct icmphdr *icmp;
+	struct next_hop hop;
+	int frame_len;
+
+	if (reframe(ctx, pkt->l3_off, sizeof(struct iphdr) + sizeof(struct icmphdr)))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	frame_len = (int)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, (int)(sizeof(struct ethhdr) + ICMP_REPLY_IP_LEN) - frame_len))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	ip = data + sizeof(struct ethhdr);
+	icmp = (void *)(ip + 1);
+	if ((void *)icmp + sizeof(*icmp) + ICMP_QUOTE_LEN > data_end)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_FRAG_NEEDED;
+	icmp->checksum = 0;
+	icmp->un.frag.__unused = 0;
+	icmp->un.frag.mtu = bpf_htons(mtu);
+	icmp->checksum = ~csum_fold(csum_words(icmp, sizeof(*icmp) + ICMP_QUOTE_LEN));
+
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(ICMP_REPLY_IP_LEN);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = REPLY_TTL;
+	ip->protocol = IPPROTO_ICMP;
+	ip->saddr = pkt->daddr;
+	ip->daddr = pkt->saddr;
+	ipv4_set_csum(ip);
+
+	fib_next_hop(ctx, pkt->daddr, pkt->saddr, 0, IPPROTO_ICMP, ICMP_REPLY_IP_LEN, &hop);
+	return emit(ctx, &hop, EDGE_REASON_TX_ICMP_TOO_BIG);
+}
+
+/* Turn the UDP request in the frame into a reply of payload_len bytes back to its sender, with
+ * the payload left for the caller to fill. Returns the payload offset, or -1. */
+static __always_inline int udp_reply_in_place(struct xdp_md *ctx, const struct packet *pkt, __u32 payload_len)
+{
+	void *data, *data_end;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	int frame_len, want_len;
+	__be32 addr;
+	__be16 port;
+
+	/* Untag (replies leave untagged, like every frame the program emits) and resize. */
+	if (pkt->has_vlan && reframe(ctx, pkt->l3_off, 0))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	frame_len = (int)(data_end - data);
+	want_len = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
+	if (frame_len != want_len && bpf_xdp_adjust_tail(ctx, want_len - frame_len))
+		return -1;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	ip = data + sizeof(struct ethhdr);
+	udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > data_end)
+		return -1;
+
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	ip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len);
+	ip->frag_off = 0;
+	ip->ttl = REPLY_TTL;
+	ipv4_set_csum(ip);
+
+	port = udp->source;
+	udp->source = udp->dest;
+	udp->dest = port;
+	udp->len = bpf_htons(sizeof(struct udphdr) + payload_len);
+	udp->check = 0;
+	return sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
+}
+
+/* Checksum the UDP reply built by udp_reply_in_place, given the sum of its payload. */
+static __always_inline int udp_reply_set_csum(struct xdp_md *ctx, __u64 payload_sum)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u64 sum;
+
+	if ((void *)(udp + 1) > data_end)
+		return -1;
+	sum = udp_pseudo_sum(ip->saddr, ip->daddr, udp->len);
+	sum += csum_words(udp, sizeof(*udp));
+	udp->check = udp_finish_csum(sum + payload_sum);
+	return 0;
+}
+
+static __always_inline struct verdict send_udp_reply(struct xdp_md *ctx, const struct packet *pkt,
+						     __u32 payload_len, __u32 tx_reason, __u32 service_id)
+{
+	struct next_hop hop;
+	__u32 ip_len = sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
+
+	fib_next_hop(ctx, pkt->daddr, pkt->saddr, 0, IPPROTO_UDP, ip_len, &hop);
+	count_service(service_id, sizeof(struct ethhdr) + ip_len, 1);
+	return emit(ctx, &hop, tx_reason);
+}
+
+static __always_inline struct verdict a2s_send_challenge(struct xdp_md *ctx, const struct packet *pkt,
+							 __u32 cookie, __u32 service_id)
+{
+	__u8 payload[A2S_CHALLENGE_LEN + 1] = { 0xff, 0xff, 0xff, 0xff, 0x41 }; /* +1: even length for the sum */
+	int off;
+
+	payload[5] = cookie & 0xff;
+	payload[6] = (cookie >> 8) & 0xff;
+	payload[7] = (cookie >> 16) & 0xff;
+	payload[8] = cookie >> 24;
+
+	off = udp_reply_in_place(ctx, pkt, A2S_CHALLENGE_LEN);
+	if (off < 0 || bpf_xdp_store_bytes(ctx, off, payload, A2S_CHALLENGE_LEN))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	if (udp_reply_set_csum(ctx, csum_words(payload, sizeof(payload))))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	return send_udp_reply(ctx, pkt, A2S_CHALLENGE_LEN, EDGE_REASON_TX_A2S_CHALLENGE, service_id);
+}
+
+static __always_inline struct verdict a2s_send_cached(struct xdp_md *ctx, const struct packet *pkt,
+						      const struct a2s_cache_entry *entry, __u32 service_id)
+{
+	__u32 len = entry->len;
+	int off;
+
+	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	off = udp_reply_in_place(ctx, pkt, len);
+	if (off < 0 || bpf_xdp_store_bytes(ctx, off, (void *)entry->payload, len))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	if (udp_reply_set_csum(ctx, entry->payload_csum))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	return send_udp_reply(ctx, pkt, len, EDGE_REASON_TX_A2S_CACHED, service_id);
+}
+
+/*
+ * A2S_INFO on a service with the cache on. Returns 1 with *v set when the packet is answered or
+ * dropped here, 0 when it goes on to the game server.
+ */
+static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_config *cfg, const struct packet *pkt,
+				      const struct service_value *svc, __u64 now, struct verdict *v)
+{
+	struct a2s_request req = {};
+	struct a2s_cache_entry *entry;
+	__u64 epoch_ns, epoch, max_age_ns;
+	__u32 cookie, service_id = svc->id;
+
+	if (pkt->payload_len == A2S_REQUEST_LEN) {
+		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req, A2S_REQUEST_LEN))
+			return 0;
+	} else if (pkt->payload_len == A2S_REQUEST_COOKIE_LEN) {
+		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req, A2S_REQUEST_COOKIE_LEN))
+			return 0;
+	} else {
+		return 0;
+	}
+	if (!a2s_is_info_request(&req))
+		return 0;
+
+	entry = bpf_map_lookup_elem(&edge_a2s_cache, &service_id);
+	max_age_ns = (__u64)svc->a2s_max_age_ms * NSEC_PER_MSEC;
+	if (!entry || entry->updated_ns > now || now - entry->updated_ns >= max_age_ns)
+		return 0; /* nothing fresh to serve: the game server answers (and challenges) itself */
+
+	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
+	epoch = now / epoch_ns;
+	if (pkt->payload_len == A2S_REQUEST_LEN) {
+		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
+		*v = a2s_send_challenge(ctx, pkt, cookie, service_id);
+		return 1;
+	}
+
+	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
+		 ((__u32)req.cookie[3] << 24);
+	if (cookie == a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch) ||
+	    cookie == a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch - 1)) {
+		*v = a2s_send_cached(ctx, pkt, entry, service_id);
+		return 1;
+	}
+	*v = make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_COOKIE);
+	return 1;
+}
+
+/* Encapsulate to the service's backend and send it on its way. */
+static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, const struct edge_config *cfg,
+							 const struct packet *pkt, const struct service_value *svc,
+							 __u32 tx_reason)
+{
+	struct next_hop hop;
+
+	if (pkt->ttl <= 1)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
+	fib_next_hop(ctx, cfg->tunnel_addr, svc->backend_addr, pkt->tos, IPPROTO_IPIP,
+		     pkt->ip_tot_len + IPIP_HDR_LEN, &hop);
+	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		if (!pkt->dont_fragment)
+			return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG);
+		/* The player's path MTU through us is the tunnel's: the egress MTU minus our header. */
+		return send_icmp_too_big(ctx, pkt, hop.mtu - IPIP_HDR_LEN);
+	}
+	if (hop.fib_rc != BPF_FIB_LKUP_RET_SUCCESS && hop.fib_rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_ROUTE);
+
+	if (ipv4_decrement_ttl(ctx, pkt->l3_off) || ipip_encap(ctx, pkt, cfg->tunnel_addr, svc->backend_addr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	return emit(ctx, &hop, tx_reason);
+}
+
+/* Copy a backend's A2S_INFO reply into the cache (built in per-CPU scratch, inserted whole). */
+static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *inner, __u32 service_id, __u64 now)
+{
+	struct a2s_cache_entry *scratch;
+	__u32 zero = 0, len = inner->payload_len, padded, tail_word;
+	__u8 header[5];
+	__u64 sum = 0;
+
+	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
+		return;
+	if (bpf_xdp_load_bytes(ctx, inner->payload_off, header, sizeof(header)))
+		return;
+	if (header[0] != 0xff || header[1] != 0xff || header[2] != 0xff || header[3] != 0xff ||
+	    header[4] != A2S_INFO_REPLY_TYPE)
+		return;
+	scratch = bpf_map_lookup_elem(&edge_a2s_scratch, &zero);
+	if (!scratch)
+		return;
+
+	/* Zero the last (partial) word first, so the padding after the payload sums to nothing. */
+	padded = (len + 3) & ~3U;
+	tail_word = len & ~3U;
+	if (tail_word <= A2S_CACHE_MAX_PAYLOAD - 4)
+		*(__u32 *)&scratch->payload[tail_word] = 0;
+	if (bpf_xdp_load_bytes(ctx, inner->payload_off, scratch->payload, len))
+		return;
+
+#pragma unroll
+	for (int chunk = 0; chunk < 3; chunk++) {
+		__u32 start = chunk * 512, size;
+		__s64 partial;
+
+		if (start >= padded)
+			break;
+		size = padded - start;
+		if (size > 512)
+			size = 512;
+		if (size > A2S_CACHE_MAX_PAYLOAD - start)
+			size = A2S_CACHE_MAX_PAYLOAD - start;
+		partial = bpf_csum_diff(NULL, 0, (void *)&scratch->payload[start], size, 0);
+		if (partial < 0)
+			return;
+		sum += (__u32)partial;
+	}
+	scratch->payload_csum = csum_fold(sum);
+	scratch->len = len;
+	scratch->updated_ns = now;
+	bpf_map_update_elem(&edge_a2s_cache, &service_id, scratch, BPF_ANY);
+}
+
+/* IPIP addressed to the POP's tunnel address: a backend's reply on its way to a player. */
+static __always_inline struct verdict return_path(struct xdp_md *ctx, const struct packet *outer, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct packet inner = {};
+	struct service_key skey = {};
+	struct service_value *svc;
+	struct next_hop hop;
+	int rc;
+
+	if (!bpf_map_lookup_elem(&edge_backends, &outer->saddr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
+	rc = parse_ipv4_at(data, data_end, outer->l4_off, &inner);
+	if (rc != PARSE_IPV4)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
+	if (inner.is_fragment)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
+
+	skey.addr = inner.saddr;
+	skey.port = inner.sport;
+	skey.proto = inner.proto;
+	svc = bpf_map_lookup_elem(&edge_services, &skey);
+	if (!svc || svc->backend_addr != outer->saddr)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
+
+	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
+		struct punch_key pkey = {
+			.service_addr = inner.saddr,
+			.remote_addr = inner.daddr,
+			.service_port = inner.sport,
+			.remote_port = inner.dport,
+			.proto = inner.proto,
+		};
+		struct punch_value *punch = bpf_map_lookup_elem(&edge_punches, &pkey);
+
+		if (punch) {
+			punch->last_seen_ns = now; /* an aligned 64-bit store: atomic, and last writer wins */
+		} else {
+			struct punch_value fresh = { .last_seen_ns = now };
+
+			bpf_map_update_elem(&edge_punches, &pkey, &fresh, BPF_ANY);
+		}
+	}
+	if (inner.proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_SNOOP))
+		a2s_snoop(ctx, &inner, svc->id, now);
+
+	if (inner.ttl <= 1)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
+	count_service(svc->id, sizeof(struct ethhdr) + inner.ip_tot_len, 1);
+	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
+	if (hop.fib_rc != BPF_FIB_LKUP_RET_SUCCESS && hop.fib_rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
+	    hop.fib_rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_ROUTE);
+
+	if (ipip_decap(ctx, outer->l3_off, outer->ip_hdr_len) || ipv4_decrement_ttl(ctx, sizeof(struct ethhdr)))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG); /* the kernel fragments or answers */
+	return emit(ctx, &hop, EDGE_REASON_TX_RETURN);
+}
+
+/* Inbound IPv4, after parsing. */
+static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const struct edge_config *cfg,
+						   const struct packet *pkt)
+{
+	struct service_key skey = {};
+	struct service_value *svc;
+	struct ban_value *ban;
+	struct verdict v;
+	__u64 now;
+	int allowed, punched;
+
+	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
+		return return_path(ctx, pkt, bpf_ktime_get_ns());
+
+	if (lpm_v4_match(&edge_deny_v4, pkt->saddr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_DENY);
+	allowed = lpm_v4_match(&edge_allow_v4, pkt->saddr);
+	now = bpf_ktime_get_ns();
+	if (!allowed) {
+		ban = bpf_map_lookup_elem(&edge_bans, &pkt->saddr);
+		if (ban && ban->until_ns > now)
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
+	}
+	if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+
+	count_client(pkt->saddr, pkt->frame_len, now);
+	if (pkt->is_fragment)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
+	if (pkt->ip_hdr_len != sizeof(struct iphdr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
+
+	skey.addr = pkt->daddr;
+	skey.port = pkt->dport;
+	skey.proto = pkt->proto;
+	svc = bpf_map_lookup_elem(&edge_services, &skey);
+	if (!svc)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
+	count_service(svc->id, pkt->frame_len, 0);
+
+	punched = punch_is_live(cfg, pkt, now);
+	if (punched)
+		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED);
+	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, now))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
+	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v))
+		return v;
+	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD);
+}
+
+SEC("xdp")
+int xdp_edge(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	__u32 zero = 0;
+	struct edge_config *cfg;
+	int rc;
+
+	rc = parse_frame(ctx, &pkt);
+	if (rc == PARSE_MALFORMED)
+		return finish(ctx, &pkt, make_verdict(XDP_DROP, EDGE_REASON_DROP_MALFORMED));
+	if (rc == PARSE_NOT_IP)
+		return finish(ctx, &pkt, make_verdict(XDP_PASS, EDGE_REASON_PASS_NON_IP));
+	if (rc == PARSE_IPV6) {
+		struct lpm_v6_key key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, pkt.v6_daddr, sizeof(key.addr));
+		if (bpf_map_lookup_elem(&edge_anycast_v6, &key))
+			return finish(ctx, &pkt, make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE));
+		return finish(ctx, &pkt, make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS));
+	}
+
+	cfg = bpf_map_lookup_elem(&edge_config, &zero);
+	if (!cfg)
+		return finish(ctx, &pkt, make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS));
+	return finish(ctx, &pkt, inbound_ipv4(ctx, cfg, &pkt));
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
