@@ -16,7 +16,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # BPF programs: one object per bpf/*.c, compiled once here and shipped to the hosts.
 CLANG       ?= clang
-BPF_CFLAGS  := -O2 -g -target bpf -Wall -Werror -I bpf/include
+# -mcpu=v3: atomic fetch-and-add (exact rate counters) needs BPF ISA v3 (kernel >= 5.12).
+BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include
 BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 
