@@ -9,7 +9,7 @@
 set -uo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo_root"
+cd "$repo_root" || exit
 
 needs_root=false
 if [[ ${1:-} == --needs-root ]]; then

@@ -18,7 +18,7 @@ STAMP="$VENV_DIR/.requirements.sha256"
 
 # clang/llvm/libbpf-dev build the BPF objects; libbpf1 is loaded via ctypes at run time;
 # bpftool, xdp-tools, iproute2, tcpdump and bird2 are driven by the bpf/integration tiers;
-# shellcheck is what ansible-test's shellcheck sanity test runs on tools/*.sh.
+# and ansible-test's sanity run lints tools/*.sh with the ShellCheck package.
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git)
 
 log() { printf 'setup: %s\n' "$*"; }
