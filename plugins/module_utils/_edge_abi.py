@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+"""Python side of the XDP edge program's map ABI (bpf/include/edge_abi.h).
+
+The C header is the one definition of every layout. This module only says how to pack
+and unpack those structs; tests/bpf/test_abi.py reads the compiled object's BTF and fails
+if any size, member offset or enum value here disagrees with it.
+
+Addresses and ports are packed as raw network-order bytes, exactly as the C side keeps
+them; prefix lengths, ids, limits and times are native (little-endian) integers.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import socket
+import struct
+
+# enum edge_reason, in order. The exporter and the tests use these names.
+REASONS = (
+    "pass_non_ip",
+    "pass_not_ours",
+    "pass_too_big",
+    "pass_no_neigh",
+    "drop_malformed",
+    "drop_deny",
+    "drop_banned",
+    "drop_no_service",
+    "drop_fragment",
+    "drop_ip_options",
+    "drop_rate_limit",
+    "drop_bad_cookie",
+    "drop_bad_return",
+    "drop_ttl",
+    "drop_no_route",
+    "drop_error",
+    "tx_forward",
+    "tx_punched",
+    "tx_return",
+    "tx_a2s_challenge",
+    "tx_a2s_cached",
+    "tx_icmp_too_big",
+)
+REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
+
+# enum edge_proto_class
+PROTO_CLASSES = ("tcp", "udp", "icmp", "other")
+IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1}
+
+SERVICE_F_A2S_CACHE = 1 << 0
+SERVICE_F_A2S_SNOOP = 1 << 1
+
+A2S_CACHE_MAX_PAYLOAD = 1400
+MAX_SERVICES = 1024
+
+# struct layouts ('<' = the BPF target's little-endian byte order, no implicit padding)
+EDGE_COUNTER = struct.Struct("<QQ")                   # struct edge_counter
+RATE_LIMIT = struct.Struct("<QQ")                     # struct edge_rate_limit
+EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES))  # struct edge_config
+SERVICE_KEY = struct.Struct("<4s2sBx")                # struct service_key
+SERVICE_VALUE = struct.Struct("<I4sIIQQ")             # struct service_value
+LPM_V4_KEY = struct.Struct("<I4s")                    # struct lpm_v4_key
+LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
+U32 = struct.Struct("<I")                             # map values that are a plain __u32
+BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_bans)
+BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
+BAN_VALUE = struct.Struct("<Q")                       # struct ban_value
+RATE_KEY = struct.Struct("<4sII B3x")                 # struct rate_key
+RATE_VALUE = struct.Struct("<QQ")                     # struct rate_value
+PUNCH_KEY = struct.Struct("<4s4s2s2sB3x")             # struct punch_key
+PUNCH_VALUE = struct.Struct("<Q")                     # struct punch_value
+A2S_CACHE_ENTRY = struct.Struct("<QII%ds" % A2S_CACHE_MAX_PAYLOAD)  # struct a2s_cache_entry
+SERVICE_COUNTER = struct.Struct("<QQQQ")              # struct service_counter
+CLIENT_COUNTER = struct.Struct("<QQQ")                # struct client_counter
+
+# name of the C struct -> (Struct, member names in order); what the BTF test checks
+LAYOUTS = {
+    "edge_counter": (EDGE_COUNTER, ("packets", "bytes")),
+    "edge_rate_limit": (RATE_LIMIT, ("packets_per_sec", "bytes_per_sec")),
+    "edge_config": (EDGE_CONFIG, ("tunnel_addr", "ban_sec", "punch_idle_ns", "cookie_epoch_ns",
+                                  "cookie_key", "limits")),
+    "service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
+    "service_value": (SERVICE_VALUE, ("id", "backend_addr", "flags", "a2s_max_age_ms", "limit")),
+    "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
+    "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
+    "backend_value": (BACKEND_VALUE, ("flags",)),
+    "ban_value": (BAN_VALUE, ("until_ns",)),
+    "rate_key": (RATE_KEY, ("saddr", "service_id", "window", "proto_class", "pad")),
+    "rate_value": (RATE_VALUE, ("packets", "bytes")),
+    "punch_key": (PUNCH_KEY, ("service_addr", "remote_addr", "service_port", "remote_port", "proto", "pad")),
+    "punch_value": (PUNCH_VALUE, ("last_seen_ns",)),
+    "a2s_cache_entry": (A2S_CACHE_ENTRY, ("updated_ns", "len", "payload_csum", "payload")),
+    "service_counter": (SERVICE_COUNTER, ("in_packets", "in_bytes", "out_packets", "out_bytes")),
+    "client_counter": (CLIENT_COUNTER, ("packets", "bytes", "last_seen_ns")),
+}
+
+
+def ipv4(address):
+    """Raw network-order bytes of a dotted-quad address."""
+    return socket.inet_aton(address)
+
+
+def port(number):
+    """Raw network-order bytes of a port number."""
+    return struct.pack("!H", number)
+
+
+def pack_config(tunnel_addr, ban_sec=0, punch_idle_ns=0, cookie_epoch_ns=0, cookie_key=(0, 0), limits=None):
+    """struct edge_config. limits: {"tcp": (pps, bps), ...}; missing classes are unlimited."""
+    limits = limits or {}
+    flat = []
+    for name in PROTO_CLASSES:
+        pps, bps = limits.get(name, (0, 0))
+        flat.extend((pps, bps))
+    return EDGE_CONFIG.pack(ipv4(tunnel_addr), ban_sec, punch_idle_ns, cookie_epoch_ns,
+                            cookie_key[0], cookie_key[1], *flat)
+
+
+def pack_service_key(proto, address, port_number):
+    return SERVICE_KEY.pack(ipv4(address), port(port_number), IPPROTO.get(proto, proto))
+
+
+def pack_service_value(service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
+    return SERVICE_VALUE.pack(service_id, ipv4(backend), flags, a2s_max_age_ms, limit[0], limit[1])
+
+
+def pack_lpm_v4(cidr):
+    """LPM key of 'a.b.c.d/len' (address in network order: the byte order Kilimanjaro got wrong)."""
+    address, _, length = cidr.partition("/")
+    return LPM_V4_KEY.pack(int(length) if length else 32, ipv4(address))
+
+
+def pack_lpm_v6(cidr):
+    address, _, length = cidr.partition("/")
+    return LPM_V6_KEY.pack(int(length) if length else 128, socket.inet_pton(socket.AF_INET6, address))
+
+
+def pack_punch_key(proto, service_addr, service_port, remote_addr, remote_port):
+    return PUNCH_KEY.pack(ipv4(service_addr), ipv4(remote_addr), port(service_port), port(remote_port),
+                          IPPROTO.get(proto, proto))
+
+
+def payload_csum(payload):
+    """Folded 16-bit ones'-complement sum of a payload zero-padded to a multiple of 4, summed
+    as little-endian words (memory order on the BPF side), as struct a2s_cache_entry wants."""
+    padded = payload + b"\0" * (-len(payload) % 4)
+    total = sum(struct.unpack("<%dH" % (len(padded) // 2), padded))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def pack_a2s_cache_entry(payload, updated_ns):
+    if not 5 <= len(payload) <= A2S_CACHE_MAX_PAYLOAD:
+        raise ValueError("A2S reply payload of %d bytes cannot be cached (5..%d)" % (len(payload), A2S_CACHE_MAX_PAYLOAD))
+    return A2S_CACHE_ENTRY.pack(updated_ns, len(payload), payload_csum(payload), payload)
+
+
+def unpack_counters(per_cpu_values, layout=EDGE_COUNTER):
+    """Sum a per-CPU map value (list of raw per-CPU values) into a tuple of totals."""
+    totals = None
+    for raw in per_cpu_values:
+        fields = layout.unpack_from(raw)
+        totals = fields if totals is None else tuple(a + b for a, b in zip(totals, fields))
+    return totals or tuple(0 for _ in range(len(layout.unpack(bytes(layout.size)))))

@@ -1,0 +1,245 @@
+"""The compiled xdp_edge program, loaded into the kernel and run on crafted packets.
+
+EdgeEnv owns one network namespace built from tests/bpf/topology.py (the calling thread enters
+it, so bpf_fib_lookup sees its routes), one loaded copy of build/xdp_edge.o, and helpers to fill
+its maps the way edge_rules will and to run packets through BPF_PROG_TEST_RUN.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from . import topology as topo
+
+CLONE_NEWNET = 0x40000000
+XDP_ACTIONS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+
+# Maps the program fills itself and edge_rules never touches, cleared between tests too.
+ALL_MAPS = (
+    "edge_config", "edge_services", "edge_anycast_v4", "edge_anycast_v6", "edge_backends",
+    "edge_allow_v4", "edge_deny_v4", "edge_bans", "edge_rate_counters", "edge_punches",
+    "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_tx_ports",
+)
+ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns: " + os.strerror(err))
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(("ip",) + args, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class RunResult:
+    action: str          # "DROP", "PASS", "TX", "REDIRECT", "ABORTED"
+    reason: str          # the edge_reason counted for this packet
+    data: bytes          # the frame as the program left it
+    duration_ns: int
+
+
+class EdgeEnv:
+    """One namespace, one loaded program. Create with EdgeEnv.start(object_path)."""
+
+    def __init__(self, object_path: str, netns: str):
+        self.netns = netns
+        self._own_ns = None
+        self._orig_ns = None
+        self.obj = None
+        self.object_path = object_path
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, object_path: str, netns: str | None = None) -> "EdgeEnv":
+        env = cls(object_path, netns or "aedge-bpf-%d" % os.getpid())
+        env._enter_namespace()
+        try:
+            env._build_topology()
+            env._load()
+        except BaseException:
+            env.stop()
+            raise
+        return env
+
+    def stop(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        if self._orig_ns is not None:
+            _setns(self._orig_ns)
+            os.close(self._orig_ns)
+            self._orig_ns = None
+        if self._own_ns is not None:
+            os.close(self._own_ns)
+            self._own_ns = None
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+
+    def _enter_namespace(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+        _ip("netns", "add", self.netns)
+        self._orig_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+        self._own_ns = os.open("/run/netns/" + self.netns, os.O_RDONLY)
+        _setns(self._own_ns)
+
+    def _build_topology(self) -> None:
+        _ip("link", "set", "lo", "up")
+        for dev in (topo.UPLINK, topo.SIDE):
+            _ip("link", "add", dev, "address", topo.MAC[dev], "mtu", str(topo.MTU[dev]),
+                "type", "veth", "peer", "name", dev + "p")
+            _ip("link", "set", dev + "p", "up")
+            _ip("link", "set", dev, "up")
+        _ip("addr", "add", topo.UPLINK_ADDR, "dev", topo.UPLINK)
+        _ip("addr", "add", topo.SIDE_ADDR, "dev", topo.SIDE)
+        _ip("neigh", "replace", topo.ROUTER_IP, "lladdr", topo.ROUTER_MAC, "nud", "permanent", "dev", topo.UPLINK)
+        for address, mac in topo.SIDE_NEIGHBOURS.items():
+            _ip("neigh", "replace", address, "lladdr", mac, "nud", "permanent", "dev", topo.SIDE)
+        _ip("route", "add", "default", "via", topo.ROUTER_IP, "dev", topo.UPLINK)
+        _ip("route", "add", topo.BACKENDS_VIA_ROUTER, "via", topo.ROUTER_IP, "dev", topo.UPLINK)
+        _ip("route", "add", "blackhole", topo.BLACKHOLE)
+        # bpf_fib_lookup refuses to route (FWD_DISABLED) unless forwarding is on.
+        for conf in ("all", "default", topo.UPLINK, topo.SIDE):
+            with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:
+                knob.write("1")
+        # /sys/class/net shows the namespace sysfs was mounted in, not ours: ask by ioctl instead.
+        self.ifindex = {dev: socket.if_nametoindex(dev) for dev in (topo.UPLINK, topo.SIDE)}
+
+    def _load(self) -> None:
+        self.obj = _bpf.BpfObject.open(self.object_path)
+        self.obj.load()
+        self.prog = self.obj.program("xdp_edge")
+        self.maps = {name: self.obj.map(name) for name in ALL_MAPS}
+
+    # ---- map contents ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty every map (arrays zeroed): each test starts from a blank POP."""
+        for name in ALL_MAPS:
+            bpf_map = self.maps[name]
+            if name in ARRAY_MAPS:
+                continue
+            for key in list(bpf_map.keys()):
+                bpf_map.delete(key)
+        self.maps["edge_config"].update(abi.U32.pack(0), bytes(abi.EDGE_CONFIG.size))
+        ncpu = _bpf.num_possible_cpus()
+        for name, layout, count in (("edge_reason_stats", abi.EDGE_COUNTER, len(abi.REASONS)),
+                                    ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES)):
+            zero = [bytes(layout.size)] * ncpu
+            for index in range(count):
+                self.maps[name].update_percpu(abi.U32.pack(index), zero)
+
+    def configure(self, tunnel_addr=topo.POP_TUNNEL_ADDR, **settings) -> None:
+        self.maps["edge_config"].update(abi.U32.pack(0), abi.pack_config(tunnel_addr, **settings))
+
+    def add_anycast(self, cidr: str) -> None:
+        self.maps["edge_anycast_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+
+    def add_anycast_v6(self, cidr: str) -> None:
+        self.maps["edge_anycast_v6"].update(abi.pack_lpm_v6(cidr), abi.U32.pack(1))
+
+    def add_backend(self, address: str) -> None:
+        self.maps["edge_backends"].update(abi.ipv4(address), abi.BACKEND_VALUE.pack(0))
+
+    def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
+        self.maps["edge_services"].update(
+            abi.pack_service_key(proto, address, port),
+            abi.pack_service_value(service_id, backend, flags, a2s_max_age_ms, limit),
+        )
+
+    def deny(self, cidr: str) -> None:
+        self.maps["edge_deny_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+
+    def allow(self, cidr: str) -> None:
+        self.maps["edge_allow_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+
+    def ban(self, address: str, until_ns: int) -> None:
+        self.maps["edge_bans"].update(abi.ipv4(address), abi.BAN_VALUE.pack(until_ns))
+
+    def ban_until(self, address: str):
+        raw = self.maps["edge_bans"].lookup(abi.ipv4(address))
+        return None if raw is None else abi.BAN_VALUE.unpack(raw)[0]
+
+    def punch(self, proto, service_addr, service_port, remote_addr, remote_port, last_seen_ns) -> None:
+        self.maps["edge_punches"].update(
+            abi.pack_punch_key(proto, service_addr, service_port, remote_addr, remote_port),
+            abi.PUNCH_VALUE.pack(last_seen_ns),
+        )
+
+    def punch_last_seen(self, proto, service_addr, service_port, remote_addr, remote_port):
+        raw = self.maps["edge_punches"].lookup(
+            abi.pack_punch_key(proto, service_addr, service_port, remote_addr, remote_port))
+        return None if raw is None else abi.PUNCH_VALUE.unpack(raw)[0]
+
+    def set_a2s_cache(self, service_id: int, payload: bytes, updated_ns: int) -> None:
+        self.maps["edge_a2s_cache"].update(abi.U32.pack(service_id), abi.pack_a2s_cache_entry(payload, updated_ns))
+
+    def a2s_cache(self, service_id: int):
+        """(updated_ns, payload, payload_csum) or None."""
+        raw = self.maps["edge_a2s_cache"].lookup(abi.U32.pack(service_id))
+        if raw is None:
+            return None
+        updated_ns, length, csum, payload = abi.A2S_CACHE_ENTRY.unpack(raw)
+        return updated_ns, payload[:length], csum
+
+    def add_tx_port(self, dev: str) -> None:
+        ifindex = self.ifindex[dev]
+        self.maps["edge_tx_ports"].update(abi.U32.pack(ifindex), abi.U32.pack(ifindex))
+
+    # ---- counters ----------------------------------------------------------------------------
+
+    def reason_counts(self) -> dict:
+        """{reason: (packets, bytes)} summed over CPUs, zero reasons left out."""
+        counts = {}
+        for index, name in enumerate(abi.REASONS):
+            totals = abi.unpack_counters(self.maps["edge_reason_stats"].lookup_percpu(abi.U32.pack(index)))
+            if totals[0]:
+                counts[name] = totals
+        return counts
+
+    def service_counters(self, service_id: int) -> tuple:
+        """(in_packets, in_bytes, out_packets, out_bytes)."""
+        return abi.unpack_counters(self.maps["edge_service_stats"].lookup_percpu(abi.U32.pack(service_id)),
+                                   abi.SERVICE_COUNTER)
+
+    def client_counters(self, address: str):
+        """(packets, bytes) summed over CPUs, or None."""
+        values = self.maps["edge_client_stats"].lookup_percpu(abi.ipv4(address))
+        if values is None:
+            return None
+        packets, byte_count, _ = abi.unpack_counters(values, abi.CLIENT_COUNTER)
+        return packets, byte_count
+
+    # ---- running packets -----------------------------------------------------------------------
+
+    def xdp_ctx(self, ingress: str, frame_len: int) -> bytes:
+        """struct xdp_md for BPF_PROG_TEST_RUN: the frame arrived on `ingress`."""
+        return struct.pack("<6I", 0, frame_len, 0, self.ifindex[ingress], 0, 0)
+
+    def run(self, frame: bytes, ingress: str = topo.UPLINK, repeat: int = 1) -> RunResult:
+        """Run one frame through the program; the reason is read back from the counters."""
+        before = self.reason_counts()
+        result = self.prog.test_run(bytes(frame), repeat=repeat, ctx_in=self.xdp_ctx(ingress, len(frame)))
+        after = self.reason_counts()
+        changed = [name for name in abi.REASONS if after.get(name, (0, 0))[0] != before.get(name, (0, 0))[0]]
+        reason = changed[0] if len(changed) == 1 else ",".join(changed)
+        return RunResult(XDP_ACTIONS.get(result.retval, str(result.retval)), reason, bytes(result.data_out),
+                         result.duration_ns)
+
+
+def monotonic_ns() -> int:
+    """The clock bpf_ktime_get_ns() reads."""
+    return time.monotonic_ns()

@@ -1,0 +1,55 @@
+"""The little world the XDP program runs in during tests/bpf, defined once.
+
+BPF_PROG_TEST_RUN looks up routes (bpf_fib_lookup) in the network namespace of the caller, so
+the tests run inside a namespace built from these facts, and the reference model
+(tests/bpf/model.py) answers its "where does this go next" questions from the same facts.
+
+    players (default route)  --\
+    backends 10.1.0.0/16     ---  up0 10.0.0.1/24  (the POP's uplink; router 10.0.0.254)
+    blackhole 10.9.0.0/16
+    backends 10.2.0.0/24     ---  bk0 10.2.0.1/24  (a second device: redirect via the devmap)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+UPLINK = "up0"
+SIDE = "bk0"
+
+MAC = {
+    UPLINK: "02:00:00:00:00:01",
+    SIDE: "02:00:00:00:02:01",
+}
+ROUTER_IP = "10.0.0.254"
+ROUTER_MAC = "02:00:00:00:00:fe"
+UPLINK_ADDR = "10.0.0.1/24"
+SIDE_ADDR = "10.2.0.1/24"
+MTU = {UPLINK: 1500, SIDE: 1500}
+
+# Neighbours with a known MAC (static entries); 10.2.0.20 on bk0 has none (NO_NEIGH).
+SIDE_NEIGHBOURS = {"10.2.0.10": "02:00:00:00:02:0a"}
+
+BACKENDS_VIA_ROUTER = "10.1.0.0/16"
+BLACKHOLE = "10.9.0.0/16"
+
+POP_TUNNEL_ADDR = "10.0.0.1"
+
+
+def next_hop(destination: str):
+    """What bpf_fib_lookup answers for a destination in the test namespace.
+
+    Returns (kind, device, dst_mac) with kind one of "ok", "no_neigh", "no_route".
+    """
+    address = ipaddress.ip_address(destination)
+    if address in ipaddress.ip_network(BLACKHOLE):
+        return "no_route", None, None
+    if address in ipaddress.ip_network(SIDE_ADDR, strict=False):
+        mac = SIDE_NEIGHBOURS.get(destination)
+        return ("ok", SIDE, mac) if mac else ("no_neigh", SIDE, None)
+    if address in ipaddress.ip_network(UPLINK_ADDR, strict=False):
+        # On-link on the uplink: only the router has a static neighbour entry.
+        return ("ok", UPLINK, ROUTER_MAC) if destination == ROUTER_IP else ("no_neigh", UPLINK, None)
+    if address.is_loopback or address.is_multicast or address.is_unspecified or int(address) >> 24 == 0:
+        return "no_route", None, None
+    return "ok", UPLINK, ROUTER_MAC
