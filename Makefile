@@ -82,7 +82,8 @@ bpf-objects: $(BPF_OBJECTS)
 build:
 	mkdir -p $@
 
-build/%.o: bpf/%.c $(BPF_HEADERS) | build
+# The Makefile is a prerequisite so that a change of BPF_CFLAGS rebuilds the objects.
+build/%.o: bpf/%.c $(BPF_HEADERS) Makefile | build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 clean:
