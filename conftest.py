@@ -43,11 +43,16 @@ def _collections_root() -> Path:
     return _temporary_tree
 
 
+# Done at import time, not in pytest_configure: pytest imports the conftest.py of the folders
+# named on its command line (tests/bpf/conftest.py, ...) before it calls pytest_configure, and
+# those may import the collection at module level.
+COLLECTIONS_ROOT = _collections_root()
+sys.path.insert(0, str(COLLECTIONS_ROOT))
+os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS_ROOT)
+
+
 def pytest_configure(config):
-    collections_root = _collections_root()
-    config.anycast_edge_collections_root = collections_root
-    sys.path.insert(0, str(collections_root))
-    os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(collections_root)
+    config.anycast_edge_collections_root = COLLECTIONS_ROOT
 
 
 def pytest_unconfigure(config):
