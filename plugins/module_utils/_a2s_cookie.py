@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+"""The A2S_INFO challenge cookie, as the XDP program computes it (bpf/include/a2s.h).
+
+SipHash-2-4 keyed by edge_config.cookie_key over the client's 4-tuple and the epoch; the low
+32 bits go on the wire little endian. Used by the tests and the benchmark to play a real
+client, and by anyone who needs to predict what a POP will answer.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import struct
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _rotl(value, bits):
+    return ((value << bits) | (value >> (64 - bits))) & _MASK
+
+
+def _sip_round(v0, v1, v2, v3):
+    v0 = (v0 + v1) & _MASK
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & _MASK
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & _MASK
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & _MASK
+    v1 = _rotl(v1, 17) ^ v2
+    v2 = _rotl(v2, 32)
+    return v0, v1, v2, v3
+
+
+def siphash24(key, message):
+    """SipHash-2-4 of bytes `message` with a 16-byte key; returns a 64-bit integer."""
+    k0, k1 = struct.unpack("<QQ", key)
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+    tail_len = len(message) % 8
+    words = [struct.unpack_from("<Q", message, offset)[0] for offset in range(0, len(message) - tail_len, 8)]
+    last = (len(message) & 0xFF) << 56
+    for index, byte in enumerate(bytearray(message[len(message) - tail_len:])):
+        last |= byte << (8 * index)
+    for word in words + [last]:
+        v3 ^= word
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0 ^= word
+    v2 ^= 0xFF
+    for _ in range(4):
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def a2s_cookie(cookie_key, saddr, daddr, sport, dport, epoch):
+    """The 4 cookie bytes the POP sends (and expects back) for a client in an epoch.
+
+    cookie_key: (k0, k1) integers as in edge_config; saddr/daddr: 4 raw network-order bytes;
+    sport/dport: port numbers.
+    """
+    key = struct.pack("<QQ", cookie_key[0], cookie_key[1])
+    message = saddr + daddr + struct.pack("!HH", sport, dport) + struct.pack("<I", epoch & 0xFFFFFFFF)
+    return struct.pack("<I", siphash24(key, message) & 0xFFFFFFFF)
