@@ -909,6 +909,18 @@ def _btf_layout(btf, type_id):
 # Maps and programs
 # ---------------------------------------------------------------------------
 
+def _bpf_fd_kind(fd):
+    """"map", "prog", "link" ... for a BPF fd, "other" for any other fd, None
+    if /proc cannot tell."""
+    try:
+        target = os.readlink("/proc/self/fd/%d" % fd)
+    except OSError:
+        return None
+    if target.startswith("anon_inode:bpf-"):
+        return target[len("anon_inode:bpf-"):]
+    return "other"
+
+
 class _FdHolder(object):
     """Base of BpfMap/BpfProgram: an fd owned either by a BpfObject (its
     libbpf handle) or by this instance (opened from a pin, an id or a dup)."""
@@ -972,11 +984,12 @@ class BpfMap(_FdHolder):
         return cls(fd=fd)
 
     def _checked_is_map(self, origin):
-        try:
-            self.info()
-        except BpfError as exc:
+        # bpf_obj_get_info_by_fd answers for any BPF fd (a program's info
+        # would be read as a map's), so ask /proc what the fd is.
+        kind = _bpf_fd_kind(self._owned_fd)
+        if kind not in ("map", None):
             self.close()
-            raise BpfError(exc.errno, "open map", origin, detail="not a BPF map?")
+            raise BpfError(errno.EINVAL, "open map", origin, detail="it is a BPF " + kind)
         return self
 
     # -- identity ---------------------------------------------------------
@@ -1253,8 +1266,13 @@ class BpfMap(_FdHolder):
         return err == errno.EINVAL and count_out in (0, count_in)
 
     def update_batch(self, keys, values, flags=BPF_ANY):
-        """Store ``values[i]`` under ``keys[i]`` in one syscall where the map
-        type supports it (per-element updates otherwise).  Returns the count."""
+        """Store ``values[i]`` under ``keys[i]``; returns the count.
+
+        One syscall where the kernel can: its batch update takes only
+        BPF_ANY (or BPF_F_LOCK), so other ``flags`` (BPF_NOEXIST, BPF_EXIST)
+        and map types without batch ops go element by element.  A failure
+        says how many elements were stored before it.
+        """
         keys = [bytes(k) for k in keys]
         values = [bytes(v) for v in values]
         if len(keys) != len(values):
@@ -1264,7 +1282,7 @@ class BpfMap(_FdHolder):
         for key, value in zip(keys, values):
             self._key_buf(key)
             self._value_buf(value)
-        if "update" not in self._batch_unsupported:
+        if "update" not in self._batch_unsupported and not flags & ~BPF_F_LOCK:
             keys_buf = ctypes.create_string_buffer(b"".join(keys), len(keys) * self.key_size)
             values_buf = ctypes.create_string_buffer(
                 b"".join(values), len(values) * self.value_buffer_size)
@@ -1277,8 +1295,12 @@ class BpfMap(_FdHolder):
             if not self._batch_falls_back("update", -ret, count.value, len(keys)):
                 raise BpfError(-ret, "batch update of map", self.name,
                                detail="%d of %d done" % (count.value, len(keys)))
-        for key, value in zip(keys, values):
-            self.update(key, value, flags)
+        for done, (key, value) in enumerate(zip(keys, values)):
+            try:
+                self.update(key, value, flags)
+            except BpfError as exc:
+                raise BpfError(exc.errno, "batch update of map", self.name,
+                               detail="%d of %d done" % (done, len(keys)))
         return len(keys)
 
     def delete_batch(self, keys):
@@ -1412,12 +1434,11 @@ class BpfProgram(_FdHolder):
     def from_pin(cls, path):
         """Open the program pinned at ``path`` (the instance owns the fd)."""
         prog = cls(fd=bpf_obj_get(path))
-        try:
-            prog.info()
-        except BpfError as exc:
+        kind = _bpf_fd_kind(prog._owned_fd)
+        if kind not in ("prog", None):
             prog.close()
-            raise BpfError(exc.errno, "open program", os.fspath(path),
-                           detail="not a BPF program?")
+            raise BpfError(errno.EINVAL, "open program", os.fspath(path),
+                           detail="it is a BPF " + kind)
         return prog
 
     @classmethod
