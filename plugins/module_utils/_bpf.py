@@ -1585,7 +1585,9 @@ class BpfObject(object):
         ``pin_root_path``: maps declared with ``LIBBPF_PIN_BY_NAME`` are pinned
         at ``<pin_root_path>/<map name>`` on load, or, if a compatible map is
         pinned there already, reused with its entries (libbpf refuses an
-        incompatible one and load fails with EINVAL).
+        incompatible one and load fails with EINVAL).  Without it libbpf 1.1
+        uses ``/sys/fs/bpf`` for such maps, and load fails with EINVAL if that
+        is not a mounted bpffs (see ``ensure_bpffs``).
         """
         lib = _lib()
         path = os.fspath(path)
