@@ -128,12 +128,12 @@ def pack_service_value(service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0,
 
 def pack_lpm_v4(cidr):
     """LPM key of 'a.b.c.d/len' (address in network order: the byte order Kilimanjaro got wrong)."""
-    address, _, length = cidr.partition("/")
+    address, dummy, length = cidr.partition("/")
     return LPM_V4_KEY.pack(int(length) if length else 32, ipv4(address))
 
 
 def pack_lpm_v6(cidr):
-    address, _, length = cidr.partition("/")
+    address, dummy, length = cidr.partition("/")
     return LPM_V6_KEY.pack(int(length) if length else 128, socket.inet_pton(socket.AF_INET6, address))
 
 
@@ -164,4 +164,4 @@ def unpack_counters(per_cpu_values, layout=EDGE_COUNTER):
     for raw in per_cpu_values:
         fields = layout.unpack_from(raw)
         totals = fields if totals is None else tuple(a + b for a, b in zip(totals, fields))
-    return totals or tuple(0 for _ in range(len(layout.unpack(bytes(layout.size)))))
+    return totals or layout.unpack(bytes(layout.size))

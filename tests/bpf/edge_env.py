@@ -87,10 +87,10 @@ class EdgeEnv:
         if self._own_ns is not None:
             os.close(self._own_ns)
             self._own_ns = None
-            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
 
     def _enter_namespace(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
         _ip("netns", "add", self.netns)
         self._orig_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
         self._own_ns = os.open("/run/netns/" + self.netns, os.O_RDONLY)
@@ -220,7 +220,7 @@ class EdgeEnv:
         values = self.maps["edge_client_stats"].lookup_percpu(abi.ipv4(address))
         if values is None:
             return None
-        packets, byte_count, _ = abi.unpack_counters(values, abi.CLIENT_COUNTER)
+        packets, byte_count = abi.unpack_counters(values, abi.CLIENT_COUNTER)[:2]
         return packets, byte_count
 
     # ---- running packets -----------------------------------------------------------------------
