@@ -81,12 +81,16 @@ def backend_reply(payload=b"welcome", outer_src=BACKEND, inner_src=GAME, sport=G
 
 
 def checksums_valid(frame: bytes) -> bool:
-    """True when every checksum in the frame (outer and inner headers) is what scapy computes afresh."""
+    """True when every checksum in the frame (outer and inner headers) is what scapy computes afresh.
+
+    Headers quoted inside an ICMP error (scapy's IPerror, UDPerror, ...) are left as quoted: they
+    are the original packet's, possibly truncated, and covered by the ICMP checksum.
+    """
     original = Ether(frame)
     recomputed = Ether(frame)
     layer = recomputed
     while layer:
-        if "chksum" in layer.fields:
+        if "chksum" in layer.fields and not type(layer).__name__.endswith("error"):
             layer.chksum = None
         layer = layer.payload
     recomputed = Ether(raw(recomputed))
