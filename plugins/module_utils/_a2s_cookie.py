@@ -53,7 +53,7 @@ def siphash24(key, message):
         v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
         v0 ^= word
     v2 ^= 0xFF
-    for _ in range(4):
+    for dummy in range(4):
         v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
     return v0 ^ v1 ^ v2 ^ v3
 

@@ -82,7 +82,7 @@ def test_traffic_not_to_an_anycast_prefix_goes_to_the_kernel_untouched(pop, fram
 
 def test_counters_per_reason_per_service_and_per_player(pop):
     frame = player_udp(payload=b"x" * 100)
-    for _ in range(3):
+    for dummy in range(3):
         pop.run(frame)
     pop.run(player_udp(dport=1))
     assert pop.reason_counts()["tx_forward"] == (3, 3 * len(frame))
@@ -104,7 +104,7 @@ def test_packets_per_second_limit_drops_and_bans(edge):
     setup_pop(edge, limits={"udp": (5, 0)}, ban_sec=30)
     frame = player_udp()
     wait_for_fresh_window()
-    reasons = [edge.run(frame).reason for _ in range(6)]
+    reasons = [edge.run(frame).reason for dummy in range(6)]
     assert reasons == ["tx_forward"] * 5 + ["drop_rate_limit"]
     until = edge.ban_until(PLAYER)
     assert until is not None and 29 * SECOND < until - monotonic_ns() <= 30 * SECOND
@@ -115,7 +115,7 @@ def test_bytes_per_second_limit(edge):
     frame = player_udp(payload=b"x" * 972)  # 1000 bytes of IP
     setup_pop(edge, limits={"udp": (0, 2500)}, ban_sec=0)
     wait_for_fresh_window()
-    reasons = [edge.run(frame).reason for _ in range(3)]
+    reasons = [edge.run(frame).reason for dummy in range(3)]
     assert reasons == ["tx_forward", "tx_forward", "drop_rate_limit"]
     assert edge.ban_until(PLAYER) is None  # ban_sec 0: limited, never banned
 
@@ -123,7 +123,7 @@ def test_bytes_per_second_limit(edge):
 def test_limits_are_per_protocol(edge):
     setup_pop(edge, limits={"tcp": (1, 0)}, ban_sec=0)
     wait_for_fresh_window()
-    assert [edge.run(player_tcp()).reason for _ in range(2)] == ["tx_forward", "drop_rate_limit"]
+    assert [edge.run(player_tcp()).reason for dummy in range(2)] == ["tx_forward", "drop_rate_limit"]
     assert edge.run(player_udp()).reason == "tx_forward"
 
 
@@ -131,13 +131,13 @@ def test_a_service_override_replaces_the_global_limit(edge):
     setup_pop(edge, limits={"udp": (100, 0)}, ban_sec=0)
     edge.add_service("udp", GAME, GAME_PORT, GAME_UDP_ID, BACKEND, limit=(2, 0))
     wait_for_fresh_window()
-    assert [edge.run(player_udp()).reason for _ in range(3)] == ["tx_forward"] * 2 + ["drop_rate_limit"]
+    assert [edge.run(player_udp()).reason for dummy in range(3)] == ["tx_forward"] * 2 + ["drop_rate_limit"]
 
 
 def test_allowed_sources_are_not_rate_limited(edge):
     setup_pop(edge, limits={"udp": (1, 0)}, ban_sec=60)
     edge.allow("203.0.113.0/24")
-    assert {edge.run(player_udp()).reason for _ in range(5)} == {"tx_forward"}
+    assert {edge.run(player_udp()).reason for dummy in range(5)} == {"tx_forward"}
     assert edge.ban_until(PLAYER) is None
 
 
@@ -183,7 +183,7 @@ def test_rate_counting_is_exact_across_cpus(edge):
 def test_a_live_punch_forwards_without_rate_limit(edge):
     setup_pop(edge, limits={"udp": (1, 0)}, ban_sec=60)
     edge.punch("udp", GAME, GAME_PORT, PLAYER, PLAYER_PORT, monotonic_ns())
-    reasons = [edge.run(player_udp()).reason for _ in range(5)]
+    reasons = [edge.run(player_udp()).reason for dummy in range(5)]
     assert reasons == ["tx_punched"] * 5
     assert edge.ban_until(PLAYER) is None
 
@@ -192,7 +192,7 @@ def test_a_punch_is_per_flow(edge):
     setup_pop(edge, limits={"udp": (1, 0)}, ban_sec=0)
     edge.punch("udp", GAME, GAME_PORT, PLAYER, PLAYER_PORT, monotonic_ns())
     wait_for_fresh_window()
-    other_port = [edge.run(player_udp(sport=PLAYER_PORT + 1)).reason for _ in range(2)]
+    other_port = [edge.run(player_udp(sport=PLAYER_PORT + 1)).reason for dummy in range(2)]
     assert other_port == ["tx_forward", "drop_rate_limit"]
     assert edge.run(player_tcp()).reason != "tx_punched"  # same ports, other protocol
 

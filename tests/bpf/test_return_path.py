@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
@@ -49,7 +49,7 @@ def test_a_punch_lets_the_players_answers_past_the_rate_limit(edge):
     """A connection the game server opened (master-server style) gets its replies through."""
     setup_pop(edge, limits={"udp": (1, 0)}, ban_sec=60)
     edge.run(backend_reply(sport=GAME_PORT, dport=PLAYER_PORT))
-    assert [edge.run(player_udp()).reason for _ in range(4)] == ["tx_punched"] * 4
+    assert [edge.run(player_udp()).reason for dummy in range(4)] == ["tx_punched"] * 4
 
 
 def test_tcp_replies_learn_punches_too(pop):
