@@ -318,7 +318,7 @@ def test_lpm_trie_batch_operations(tiny):
     assert deny.update_batch(keys, values) == len(keys)
     assert dict(deny.lookup_batch(chunk_size=16)) == dict(zip(keys, values))
     assert deny.delete_batch(keys[:10]) == 10
-    assert sorted(k for k, _ in deny.lookup_batch()) == sorted(keys[10:])
+    assert sorted(key for key, dummy in deny.lookup_batch()) == sorted(keys[10:])
 
 
 def test_batch_ops_fall_back_per_element_where_the_kernel_has_none(tiny):
