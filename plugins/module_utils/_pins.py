@@ -1,0 +1,170 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see https://opensource.org/licenses/MIT)
+"""Where the collection pins its BPF programs and maps, and how to open them again.
+
+One layout, used by every module (xdp_program and tc_program write it; edge_rules and
+edge_stats_info read it)::
+
+    <pin_root>/<iface>/program            the XDP program attached to <iface>
+    <pin_root>/<iface>/maps/<map name>    each map of that program, by its C name
+    <pin_root>/<iface>/tc_<direction>     a TC program on <iface> (ingress or egress)
+
+``pin_root`` defaults to ``/sys/fs/bpf/anycast_edge``.  Pins are what makes kernel state
+addressable across module runs: a module process exits, the pins keep the maps alive and
+let the next run (or the agent) find them by name.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import os
+
+from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
+    BpfError,
+    BpfMap,
+    BpfProgram,
+)
+
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/anycast_edge"
+TC_DIRECTIONS = ("ingress", "egress")
+
+
+class PinError(Exception):
+    """A pin the caller needs is missing or does not belong to the program pinned beside it.
+
+    The message says what is missing and what to run to create it.
+    """
+
+
+def pin_dir(pin_root, iface):
+    """``<pin_root>/<iface>``: everything pinned for one interface."""
+    if not iface or "/" in iface or iface in (".", ".."):
+        # An interface name becomes a path component: refuse anything that would escape it.
+        raise ValueError("invalid interface name for a pin path: %r" % (iface,))
+    return os.path.join(pin_root, iface)
+
+
+def maps_dir(pin_root, iface):
+    """``<pin_root>/<iface>/maps``: the XDP program's maps."""
+    return os.path.join(pin_dir(pin_root, iface), "maps")
+
+
+def map_pin_path(pin_root, iface, map_name):
+    """``<pin_root>/<iface>/maps/<map_name>``."""
+    if not map_name or "/" in map_name or map_name in (".", ".."):
+        raise ValueError("invalid map name for a pin path: %r" % (map_name,))
+    return os.path.join(maps_dir(pin_root, iface), map_name)
+
+
+def program_pin_path(pin_root, iface):
+    """``<pin_root>/<iface>/program``: the XDP program attached to ``iface``."""
+    return os.path.join(pin_dir(pin_root, iface), "program")
+
+
+def tc_pin_path(pin_root, iface, direction):
+    """``<pin_root>/<iface>/tc_<direction>``: our TC program on that hook."""
+    if direction not in TC_DIRECTIONS:
+        raise ValueError("TC direction must be one of %s, not %r"
+                         % (", ".join(TC_DIRECTIONS), direction))
+    return os.path.join(pin_dir(pin_root, iface), "tc_" + direction)
+
+
+def pin_replacing(bpf_object, path):
+    """Pin ``bpf_object`` (a BpfMap or BpfProgram) at ``path``, replacing what is pinned there.
+
+    The new pin is made beside the old one and renamed over it, so a reader opening ``path``
+    meanwhile finds either the old object or the new one, never nothing.  (bpffs reserves
+    dots in names for itself, hence the ``_next`` suffix.)
+    """
+    staging = path + "_next"
+    unpin(staging)
+    bpf_object.pin(staging)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        unpin(staging)
+        raise
+
+
+def unpin(path):
+    """Remove the pin at ``path``; False if there was none."""
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def remove_empty_dirs(pin_root, iface):
+    """Remove ``<pin_root>/<iface>/maps`` and ``<pin_root>/<iface>`` if nothing is left in them."""
+    for path in (maps_dir(pin_root, iface), pin_dir(pin_root, iface)):
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+
+
+class PinnedMaps(dict):
+    """``{map name: BpfMap}`` opened from pins; ``close()`` (or ``with``) closes them all."""
+
+    def close(self):
+        for bpf_map in self.values():
+            bpf_map.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_pinned_maps(pin_root, iface, names):
+    """Open the maps ``names`` of the XDP program pinned for ``iface``.
+
+    Returns a PinnedMaps.  Raises PinError, naming the interface and the path, when the
+    program is not pinned (xdp_program has not run for this interface, or the bpffs was
+    remounted), when a map pin is missing, or when a pinned map is not one the pinned
+    program uses (a half-finished upgrade or a stray pin): writing rules into a map the
+    running program does not read would be a silent no-op.
+    """
+    program_path = program_pin_path(pin_root, iface)
+    try:
+        program = BpfProgram.from_pin(program_path)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            raise PinError("no XDP program is pinned for interface %s (%s does not exist): "
+                           "attach it with anycast.edge.xdp_program first"
+                           % (iface, program_path))
+        raise PinError("cannot open the XDP program pinned for interface %s: %s" % (iface, exc))
+    try:
+        program_map_ids = set(program.info().map_ids)
+    finally:
+        program.close()
+
+    opened = PinnedMaps()
+    try:
+        for name in names:
+            path = map_pin_path(pin_root, iface, name)
+            try:
+                bpf_map = BpfMap.from_pin(path)
+            except BpfError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise PinError("map %s of the XDP program on interface %s is not pinned "
+                                   "(%s does not exist): rerun anycast.edge.xdp_program"
+                                   % (name, iface, path))
+                raise PinError("cannot open map %s pinned at %s: %s" % (name, path, exc))
+            opened[name] = bpf_map
+            if bpf_map.id not in program_map_ids:
+                raise PinError("the map pinned at %s is not used by the program pinned at %s "
+                               "(stale pin): rerun anycast.edge.xdp_program" % (path, program_path))
+    except BaseException:
+        opened.close()
+        raise
+    return opened
