@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The ABI between the game-server host's TC mapper (bpf/tc_mapper.c) and user space: map keys,
+ * map values, counter reasons, and the maps themselves (each says who writes and who reads it).
+ *
+ * This file is the one definition of every layout. plugins/module_utils/_mapper_abi.py packs these
+ * structs, and tests/bpf/test_mapper_abi.py checks its packing against the compiled object's BTF.
+ *
+ * Conventions (the same as edge_abi.h):
+ *   - addresses (__be32) and ports (__be16) in network byte order, as they sit in the packet;
+ *   - times are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns(); Python's time.monotonic_ns());
+ *   - every struct is padded explicitly.
+ *
+ * Names: "tc_mapper" is the Ansible role (with the module that converges inventory into the maps);
+ * "ingress" and "egress" are the two programs of bpf/tc_mapper.c on the host's uplink NIC.
+ */
+#ifndef MAPPER_ABI_H
+#define MAPPER_ABI_H
+
+#include <linux/types.h>
+
+#define MAPPER_MAX_POPS      256
+#define MAPPER_MAX_SERVICES  1024
+#define MAPPER_MAX_FLOWS     262144   /* players x flows; LRU: the least recently used go first */
+
+/* A mapping not refreshed by ingress for this long is ignored when mapper_config.idle_ns is 0. */
+#define MAPPER_DEFAULT_IDLE_NS (120ULL * 1000000000ULL)
+
+/*
+ * Why a packet got its treatment. Each program counts every packet it sees under exactly one
+ * reason (mapper_stats). Names after MAPPER_REASON_ are what the exporter and the tests call them.
+ */
+enum mapper_reason {
+	MAPPER_REASON_INGRESS_PASS = 0,     /* not IPIP from a POP to this host: not the mapper's business */
+	MAPPER_REASON_INGRESS_LEARNED,      /* IPIP from a known POP: flow -> POP learned or refreshed */
+	MAPPER_REASON_INGRESS_UNKNOWN_POP,  /* IPIP to this host's tunnel address from a source not in mapper_pops */
+	MAPPER_REASON_INGRESS_FRAGMENT,     /* inner fragment from a POP: no ports, nothing learned */
+	MAPPER_REASON_INGRESS_MALFORMED,    /* truncated or inconsistent headers: nothing learned, kernel decides */
+	MAPPER_REASON_EGRESS_PASS,          /* not IPIP from this host's tunnel address: untouched */
+	MAPPER_REASON_EGRESS_MAPPED,        /* outer destination = the POP the flow came in through */
+	MAPPER_REASON_EGRESS_DEFAULTED,     /* no live mapping: outer destination = the default POP */
+	MAPPER_REASON_EGRESS_UNMAPPED,      /* no live mapping and no default POP: left as the kernel routed it */
+	MAPPER_REASON_EGRESS_DSR,           /* direct server return: encapsulation stripped, sent to the gateway */
+	MAPPER_REASON_EGRESS_MALFORMED,     /* our IPIP with a truncated or inconsistent inner packet: dropped */
+	MAPPER_REASON_EGRESS_ERROR,         /* a helper failed mid-rewrite: dropped, never sent half-built */
+	MAPPER_REASON_COUNT,
+};
+
+/* mapper_stats value (per CPU): user space sums the CPUs. */
+struct mapper_counter {
+	__u64 packets;
+	__u64 bytes;   /* skb->len as the program saw it (Ethernet header included) */
+};
+
+/* Settings of this host, one entry (mapper_config[0]). All zero: the mapper touches nothing. */
+struct mapper_config {
+	__u64 idle_ns;          /* a flow not seen on ingress for this long goes to the default POP; 0: MAPPER_DEFAULT_IDLE_NS */
+	__be32 tunnel_addr;     /* this host's tunnel address: outer destination from POPs, outer source of replies */
+	__be32 default_pop;     /* outer destination without a live mapping; 0: keep what the kernel's routing chose */
+	__u8 gateway_mac[6];    /* DSR next hop; all zero: ask the FIB (bpf_fib_lookup), else keep the frame's MACs */
+	__u8 pad[2];
+};
+
+/* The POPs whose IPIP this host accepts for learning, keyed by the POP's tunnel address (__be32). */
+struct mapper_pop_value {
+	__u32 flags;   /* reserved, 0 */
+};
+
+/* Services on this host: (protocol, anycast address, port); ICMP uses port 0. */
+struct mapper_service_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_ICMP */
+	__u8 pad;
+};
+
+#define MAPPER_SERVICE_F_DSR (1U << 0) /* replies skip the POP: strip IPIP, send via the gateway */
+
+struct mapper_service_value {
+	__u32 flags;   /* MAPPER_SERVICE_F_* */
+};
+
+/*
+ * One player's flow to one service, as the inner header of an inbound packet names it. Keyed by
+ * the whole flow, not the player's address alone: two players behind one NAT share the address,
+ * may arrive through different POPs, and each must get replies through their own.
+ * Protocols without ports (ICMP, ...) use port 0.
+ */
+struct mapper_flow_key {
+	__be32 player_addr;
+	__be32 service_addr;
+	__be16 player_port;
+	__be16 service_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct mapper_flow_value {
+	__be32 pop_addr;       /* outer source of the flow's last inbound packet */
+	__u32 pad;
+	__u64 last_seen_ns;    /* when ingress last saw the flow */
+};
+
+#ifdef __bpf__
+/* The maps, for the BPF program only (user space knows them by name from the object). */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/* Written by tc_mapper (this host's settings). Read by ingress and egress on every packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct mapper_config);
+} mapper_config SEC(".maps");
+
+/* Written by tc_mapper (every POP's tunnel address from inventory). Read by ingress (learn only
+ * from these) and by egress (a mapping to a POP no longer listed falls back to the default). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAPPER_MAX_POPS);
+	__type(key, __be32);
+	__type(value, struct mapper_pop_value);
+} mapper_pops SEC(".maps");
+
+/* Written by tc_mapper (this host's services and their DSR flag). Read by egress. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAPPER_MAX_SERVICES);
+	__type(key, struct mapper_service_key);
+	__type(value, struct mapper_service_value);
+} mapper_services SEC(".maps");
+
+/* Written by ingress (learned flows). Read by egress; user space may read it (which POP serves
+ * whom) but never writes it: rule updates keep learned flows. Idle entries are ignored by egress
+ * and age out by LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAPPER_MAX_FLOWS);
+	__type(key, struct mapper_flow_key);
+	__type(value, struct mapper_flow_value);
+} mapper_flows SEC(".maps");
+
+/* Written by ingress and egress (every packet, by enum mapper_reason). Read by the stats exporter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAPPER_REASON_COUNT);
+	__type(key, __u32);
+	__type(value, struct mapper_counter);
+} mapper_stats SEC(".maps");
+#endif /* __bpf__ */
+
+#endif /* MAPPER_ABI_H */

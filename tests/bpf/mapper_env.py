@@ -1,0 +1,200 @@
+"""The compiled tc_mapper programs, loaded into the kernel and run on crafted frames.
+
+MapperEnv owns one network namespace shaped like a game-server host (the calling thread enters
+it, so bpf_fib_lookup in the DSR path sees its routes), one loaded copy of build/tc_mapper.o,
+helpers to fill its maps the way the tc_mapper role will, and runners for both programs through
+BPF_PROG_TEST_RUN.
+
+    game-server host: nic0 10.1.0.10/24 (the tunnel address), gateway 10.1.0.254 (static MAC),
+    default route via the gateway; POPs and players are somewhere beyond it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+from dataclasses import dataclass
+
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
+
+CLONE_NEWNET = 0x40000000
+TC_ACTIONS = {-1: "UNSPEC", 0: "OK", 2: "SHOT", 7: "REDIRECT"}
+
+NIC = "nic0"
+NIC_MAC = "02:00:00:00:01:0a"
+HOST_ADDR = "10.1.0.10"           # the host's tunnel address (outer destination from POPs)
+GATEWAY = "10.1.0.254"
+GATEWAY_MAC = "02:00:00:00:01:fe"
+
+# struct __sk_buff as BPF_PROG_TEST_RUN takes it: only a few fields may be non-zero, among them
+# ifindex (offset 40), which makes the test skb's device the one named (for bpf_fib_lookup).
+SK_BUFF_SIZE = 192
+SK_BUFF_IFINDEX_OFFSET = 40
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def build_object(repo_root) -> str:
+    """build/tc_mapper.o, (re)built by make so the tests never run a stale object."""
+    subprocess.run(["make", "--no-print-directory", "build/tc_mapper.o"], cwd=repo_root, check=True)
+    return str(repo_root / "build" / "tc_mapper.o")
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns: " + os.strerror(err))
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(("ip",) + args, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class RunResult:
+    action: str          # "OK", "SHOT", "REDIRECT", ...
+    reason: str          # the mapper_reason counted for this packet
+    data: bytes          # the frame as the program left it
+
+
+class MapperEnv:
+    """One namespace, one loaded tc_mapper object. Create with MapperEnv.start(object_path)."""
+
+    def __init__(self, object_path: str, netns: str):
+        self.object_path = object_path
+        self.netns = netns
+        self._own_ns = None
+        self._orig_ns = None
+        self.obj = None
+        self.ifindex = 0
+        self.programs = {}
+        self.maps = {}
+
+    @classmethod
+    def start(cls, object_path: str) -> "MapperEnv":
+        env = cls(object_path, "aedge-mapper-%d" % os.getpid())
+        try:
+            env._enter_namespace()
+            env._build_host()
+            env._load()
+        except BaseException:
+            env.stop()
+            raise
+        return env
+
+    def stop(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        if self._orig_ns is not None:
+            _setns(self._orig_ns)
+            os.close(self._orig_ns)
+            self._orig_ns = None
+        if self._own_ns is not None:
+            os.close(self._own_ns)
+            self._own_ns = None
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+
+    def _enter_namespace(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+        _ip("netns", "add", self.netns)
+        self._orig_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+        self._own_ns = os.open("/run/netns/" + self.netns, os.O_RDONLY)
+        _setns(self._own_ns)
+
+    def _build_host(self) -> None:
+        _ip("link", "set", "lo", "up")
+        _ip("link", "add", NIC, "address", NIC_MAC, "type", "veth", "peer", "name", NIC + "p")
+        _ip("link", "set", NIC + "p", "up")
+        _ip("link", "set", NIC, "up")
+        _ip("addr", "add", HOST_ADDR + "/24", "dev", NIC)
+        _ip("neigh", "replace", GATEWAY, "lladdr", GATEWAY_MAC, "nud", "permanent", "dev", NIC)
+        _ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
+        # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the device.
+        for conf in ("all", "default", NIC):
+            with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:
+                knob.write("1")
+        self.ifindex = socket.if_nametoindex(NIC)
+
+    def _load(self) -> None:
+        self.obj = _bpf.BpfObject.open(self.object_path)
+        self.obj.load()
+        self.programs = {"ingress": self.obj.program(abi.INGRESS_PROGRAM),
+                         "egress": self.obj.program(abi.EGRESS_PROGRAM)}
+        self.maps = {name: self.obj.map(name) for name in abi.MAPS}
+
+    # ---- map contents ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty every map (arrays zeroed): each test starts from an unconfigured host."""
+        for name in ("mapper_pops", "mapper_services", "mapper_flows"):
+            for key in list(self.maps[name].keys()):
+                self.maps[name].delete(key)
+        self.maps["mapper_config"].update(abi.U32.pack(0), bytes(abi.MAPPER_CONFIG.size))
+        zero = [bytes(abi.MAPPER_COUNTER.size)] * _bpf.num_possible_cpus()
+        for index in range(len(abi.REASONS)):
+            self.maps["mapper_stats"].update_percpu(abi.U32.pack(index), zero)
+
+    def configure(self, tunnel_addr=HOST_ADDR, **settings) -> None:
+        self.maps["mapper_config"].update(abi.U32.pack(0), abi.pack_config(tunnel_addr, **settings))
+
+    def add_pop(self, address: str) -> None:
+        self.maps["mapper_pops"].update(abi.pack_pop_key(address), abi.pack_pop_value())
+
+    def remove_pop(self, address: str) -> None:
+        self.maps["mapper_pops"].delete(abi.pack_pop_key(address))
+
+    def add_service(self, proto, address, port, dsr=False) -> None:
+        self.maps["mapper_services"].update(abi.pack_service_key(proto, address, port), abi.pack_service_value(dsr))
+
+    def set_flow(self, proto, player, player_port, service, service_port, pop, last_seen_ns) -> None:
+        self.maps["mapper_flows"].update(abi.pack_flow_key(proto, player, player_port, service, service_port),
+                                         abi.pack_flow_value(pop, last_seen_ns))
+
+    def flow(self, proto, player, player_port, service, service_port):
+        """(POP address, last_seen_ns) or None."""
+        raw = self.maps["mapper_flows"].lookup(abi.pack_flow_key(proto, player, player_port, service, service_port))
+        return None if raw is None else abi.unpack_flow_value(raw)
+
+    def flows(self) -> dict:
+        """{(proto, player, player_port, service, service_port): (POP, last_seen_ns)}."""
+        return {abi.unpack_flow_key(key): abi.unpack_flow_value(value)
+                for key, value in self.maps["mapper_flows"].items()}
+
+    # ---- counters ----------------------------------------------------------------------------
+
+    def reason_counts(self) -> dict:
+        """{reason: (packets, bytes)} summed over CPUs, zero reasons left out."""
+        counts = {}
+        for index, name in enumerate(abi.REASONS):
+            totals = abi.unpack_counters(self.maps["mapper_stats"].lookup_percpu(abi.U32.pack(index)))
+            if totals[0]:
+                counts[name] = totals
+        return counts
+
+    # ---- running packets -----------------------------------------------------------------------
+
+    def skb_ctx(self) -> bytes:
+        """struct __sk_buff for BPF_PROG_TEST_RUN: the skb is on nic0."""
+        ctx = bytearray(SK_BUFF_SIZE)
+        struct.pack_into("<I", ctx, SK_BUFF_IFINDEX_OFFSET, self.ifindex)
+        return bytes(ctx)
+
+    def run(self, direction: str, frame: bytes) -> RunResult:
+        """Run one frame through the ingress or egress program; the reason comes from the counters."""
+        before = self.reason_counts()
+        result = self.programs[direction].test_run(bytes(frame), ctx_in=self.skb_ctx(), ctx_size_out=512)
+        after = self.reason_counts()
+        changed = [name for name in abi.REASONS if after.get(name, (0, 0))[0] != before.get(name, (0, 0))[0]]
+        retval = ctypes.c_int32(result.retval).value
+        return RunResult(TC_ACTIONS.get(retval, str(retval)), ",".join(changed), bytes(result.data_out))
+
+    def ingress(self, frame: bytes) -> RunResult:
+        return self.run("ingress", frame)
+
+    def egress(self, frame: bytes) -> RunResult:
+        return self.run("egress", frame)
