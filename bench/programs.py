@@ -1,0 +1,136 @@
+"""The programs the bench measures besides xdp_edge: the floor, the baseline, the restore harness.
+
+- empty_drop (bench/empty_drop.c): `return XDP_DROP`, the floor.
+- xdp-filter's IP program from Debian's xdp-tools, with one rule for the denied source: the
+  baseline every ratio is taken against.
+- frame_restore (bench/frame_restore.c): puts the original frame back before each repetition and
+  tail-calls the program under test, for the paths that rewrite the packet.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+BUILD_DIR = REPO_ROOT / "build" / "bench"
+
+XDP_TOOLS_BPF_DIR = Path("/usr/lib/x86_64-linux-gnu/bpf")
+# xdp-filter ships one object per (policy, feature set). "alw" is the *allow* policy: packets that
+# match no rule pass, and a rule (here: this source address) drops what it matches. That is a deny
+# list, the job our deny LPM does. (The "dny" objects are the *deny* policy: everything is dropped
+# except what a rule matches; a rule there lets the packet pass.)
+XDP_FILTER_DENY_RULE = XDP_TOOLS_BPF_DIR / "xdpfilt_alw_ip.o"
+XDP_FILTER_DEFAULT_DENY = XDP_TOOLS_BPF_DIR / "xdpfilt_dny_ip.o"
+
+# xdp-filter's map ABI (xdp-tools xdp-filter/common_kern_user.h and xdp_filt_prog.h, v1.3.1):
+# filter_ipv4 is a per-CPU hash keyed by the raw network-order address; the u64 value holds
+# MAP_FLAG_* bits in its low bits and counts hits from bit COUNTER_SHIFT up.
+MAP_FLAG_SRC = 1 << 0
+COUNTER_SHIFT = 6
+# xdp_stats_map: per-CPU array indexed by XDP action, {packets, bytes} (xdp/xdp_stats_kern_user.h).
+XDP_STATS = struct.Struct("<QQ")
+
+CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror")
+
+
+def compile_bench_program(name: str) -> Path:
+    """bench/<name>.c -> build/bench/<name>.o (rebuilt when the source is newer)."""
+    source = BENCH_DIR / (name + ".c")
+    target = BUILD_DIR / (name + ".o")
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    clang = os.environ.get("CLANG", "clang")
+    subprocess.run([clang, *CLANG_FLAGS, "-c", str(source), "-o", str(target)], check=True)
+    return target
+
+
+def _percpu_u64(bpf_map, key: bytes) -> list:
+    raw = bpf_map.lookup(key)
+    return [struct.unpack_from("<Q", value)[0] for value in bpf_map.split_percpu(raw)] if raw else []
+
+
+class EmptyDrop:
+    """The floor: an XDP program that only returns XDP_DROP."""
+
+    def __init__(self):
+        self.obj = _bpf.BpfObject.open(compile_bench_program("empty_drop"))
+        self.obj.load()
+        self.prog = self.obj.program("empty_drop")
+
+    def close(self):
+        self.obj.close()
+
+
+class RestoreHarness:
+    """frame_restore in front of one target program, replaying one frame (see frame_restore.c)."""
+
+    FRAME = struct.Struct("<II256s")  # struct bench_frame
+
+    def __init__(self, target_prog, frame: bytes, head_growth: int):
+        if len(frame) > 256:
+            raise ValueError("frame of %d bytes is larger than the harness holds" % len(frame))
+        self.obj = _bpf.BpfObject.open(compile_bench_program("frame_restore"))
+        self.obj.load()
+        self.prog = self.obj.program("frame_restore")
+        self.obj.map("bench_frame").update(struct.pack("<I", 0), self.FRAME.pack(len(frame), head_growth, frame))
+        # The kernel checks here that the target may be tail-called from frame_restore.
+        self.obj.map("bench_target").update(struct.pack("<I", 0), struct.pack("<I", target_prog.fd))
+
+    def close(self):
+        self.obj.close()
+
+
+class BpffsMount:
+    """A private bpffs in a temporary folder (xdp-filter pins its maps by name); unmounted on close."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="anycast-edge-bench-bpffs-")
+        if not _bpf.ensure_bpffs(self.path):
+            raise RuntimeError("%s was already on a bpffs" % self.path)
+
+    def close(self):
+        subprocess.run(["umount", self.path], check=False)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class XdpFilter:
+    """One of xdp-tools' xdp-filter objects, loaded as xdp-filter would, with one source rule."""
+
+    def __init__(self, object_path: Path, bpffs: BpffsMount, source_rule: str):
+        if not object_path.exists():
+            raise FileNotFoundError("%s not found: install the Debian package xdp-tools" % object_path)
+        pin_root = os.path.join(bpffs.path, object_path.stem)
+        os.makedirs(pin_root)
+        # Its maps are declared LIBBPF_PIN_BY_NAME: libbpf pins them under pin_root on load.
+        self.obj = _bpf.BpfObject.open(object_path, pin_root_path=pin_root)
+        self.obj.load()
+        programs = self.obj.programs()
+        if len(programs) != 1:
+            raise RuntimeError("%s: expected one program, found %s" % (object_path, programs))
+        self.prog = programs[0]
+        self.rules = self.obj.map("filter_ipv4")
+        self.stats = self.obj.map("xdp_stats_map")
+        self.rule_key = socket.inet_aton(source_rule)
+        ncpu = _bpf.num_possible_cpus()
+        self.rules.update(self.rule_key, struct.pack("<Q", MAP_FLAG_SRC) * ncpu)
+
+    def rule_hits(self) -> int:
+        """How often the rule matched (xdp-filter counts hits in the value above COUNTER_SHIFT)."""
+        return sum(value >> COUNTER_SHIFT for value in _percpu_u64(self.rules, self.rule_key))
+
+    def action_packets(self, action: int) -> int:
+        raw = self.stats.lookup(struct.pack("<I", action))
+        return sum(XDP_STATS.unpack(value)[0] for value in self.stats.split_percpu(raw))
+
+    def close(self):
+        self.obj.close()

@@ -1,0 +1,115 @@
+"""The POP the benchmark runs: its map contents and one packet per measured path.
+
+Every address here is chosen so that each packet takes exactly one path through xdp_edge, and
+run.py checks that it does (verdict, reason counter, output frame) before and during timing.
+The namespace around the program (routes, neighbours) is tests/bpf/topology.py's.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from tests.bpf import topology as topo
+from tests.bpf.edge_env import monotonic_ns
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from . import siphash
+
+ANYCAST_PREFIX = "198.51.100.0/24"
+SERVICE_ADDR = "198.51.100.10"
+BACKEND = "10.1.0.10"            # routed via the uplink's router: bpf_fib_lookup succeeds, XDP_TX
+IPIP_HEADER_LEN = 20             # what the forward pushes in front of the player's packet
+
+FORWARD_PORT, FORWARD_ID = 27015, 1      # a plain game service
+A2S_PORT, A2S_ID = 27016, 2              # a service with the A2S_INFO cache on
+LIMITED_PORT, LIMITED_ID = 27017, 3      # a service with a tiny per-source limit of its own
+
+DENIED_PREFIX = "192.0.2.0/24"
+DENIED_SOURCE = "192.0.2.66"
+FORWARD_CLIENT = "203.0.113.10"
+A2S_CLIENT = "203.0.113.20"
+LIMITED_CLIENT = "203.0.113.30"
+# Pass-through: BGP from the upstream router to the POP's own address, not an anycast address.
+PASS_SOURCE, PASS_DESTINATION = topo.ROUTER_IP, topo.POP_TUNNEL_ADDR
+
+# Every source a measured packet comes from: random deny prefixes must not cover any of them.
+TEST_SOURCES = (DENIED_SOURCE, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, PASS_SOURCE)
+
+COOKIE_KEY = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
+# One-hour cookie epochs and cache age: neither the epoch nor the cache's freshness changes
+# while the bench runs (the program also accepts the previous epoch's cookie).
+COOKIE_EPOCH_NS = 3600 * 1_000_000_000
+A2S_MAX_AGE_MS = 3600 * 1000
+
+# The limited service allows 1 packet and 1 byte per second per source: every packet is over the
+# byte limit, even the first of a new one-second window, so every repetition takes the counting
+# path and is dropped. ban_sec=0: the source is never banned (a ban would end in the cheaper
+# "banned" check and measure that instead).
+LIMITED_SERVICE_LIMIT = (1, 1)
+BAN_SEC = 0
+
+GAME_PAYLOAD = bytes(range(48))  # a small game packet: 48 bytes of UDP payload
+
+A2S_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"
+
+
+def a2s_info_reply() -> bytes:
+    """A plausible A2S_INFO reply (FF FF FF FF 49 ...), as a CS-style server would send it."""
+    extra_data_flags = 0x80 | 0x10 | 0x20 | 0x01  # port, SteamID, keywords, GameID
+    return (b"\xff\xff\xff\xffI" + bytes([17])
+            + b"anycast.edge bench | 24/7 de_dust2\x00" + b"de_dust2\x00" + b"csgo\x00"
+            + b"Counter-Strike: Global Offensive\x00" + struct.pack("<H", 730)
+            + bytes([12, 32, 0]) + b"dl" + bytes([0, 1]) + b"1.38.7.9\x00"
+            + bytes([extra_data_flags]) + struct.pack("<H", 27015)
+            + struct.pack("<Q", 90000000000000001) + b"secure,casual,empty,valve_ds\x00"
+            + struct.pack("<Q", 730))
+
+
+def _to_pop(src: str, dst: str, l4) -> bytes:
+    """An Ethernet frame from the upstream router to the POP's uplink."""
+    return bytes(Ether(src=topo.ROUTER_MAC, dst=topo.MAC[topo.UPLINK]) / IP(src=src, dst=dst, ttl=57) / l4)
+
+
+def denied_frame() -> bytes:
+    return _to_pop(DENIED_SOURCE, SERVICE_ADDR, UDP(sport=40001, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
+
+
+def forward_frame() -> bytes:
+    return _to_pop(FORWARD_CLIENT, SERVICE_ADDR, UDP(sport=40002, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
+
+
+def limited_frame() -> bytes:
+    return _to_pop(LIMITED_CLIENT, SERVICE_ADDR, UDP(sport=40003, dport=LIMITED_PORT) / Raw(GAME_PAYLOAD))
+
+
+def pass_frame() -> bytes:
+    return _to_pop(PASS_SOURCE, PASS_DESTINATION, TCP(sport=40004, dport=179, flags="A") / Raw(GAME_PAYLOAD[:19]))
+
+
+A2S_CLIENT_PORT = 40005
+
+
+def a2s_request_frame(now_ns: int | None = None) -> bytes:
+    """The 29-byte A2S_INFO request with this POP's cookie for the current epoch."""
+    epoch = (monotonic_ns() if now_ns is None else now_ns) // COOKIE_EPOCH_NS
+    cookie = siphash.a2s_cookie(COOKIE_KEY, A2S_CLIENT, SERVICE_ADDR, A2S_CLIENT_PORT, A2S_PORT, epoch)
+    return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))
+
+
+def build_pop(env) -> None:
+    """Fill a freshly loaded xdp_edge (an EdgeEnv) with the bench POP's rules."""
+    env.reset()
+    env.configure(ban_sec=BAN_SEC, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY)
+    env.add_anycast(ANYCAST_PREFIX)
+    env.add_backend(BACKEND)
+    env.add_service("udp", SERVICE_ADDR, FORWARD_PORT, FORWARD_ID, BACKEND)
+    env.add_service("udp", SERVICE_ADDR, A2S_PORT, A2S_ID, BACKEND, flags=abi.SERVICE_F_A2S_CACHE,
+                    a2s_max_age_ms=A2S_MAX_AGE_MS)
+    env.add_service("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID, BACKEND, limit=LIMITED_SERVICE_LIMIT)
+    env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
+    env.deny(DENIED_PREFIX)
