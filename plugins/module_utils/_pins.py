@@ -19,6 +19,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ctypes
+import ctypes.util
 import errno
 import os
 
@@ -26,10 +28,16 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BpfError,
     BpfMap,
     BpfProgram,
+    ensure_bpffs,
 )
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/anycast_edge"
+SYSTEM_BPFFS = "/sys/fs/bpf"
 TC_DIRECTIONS = ("ingress", "egress")
+
+# linux/magic.h
+_BPF_FS_MAGIC = 0xCAFE4A11
+_LIBC = None
 
 
 class PinError(Exception):
@@ -108,6 +116,55 @@ def remove_empty_dirs(pin_root, iface):
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
                 raise
+
+
+def is_bpffs(path):
+    """True if ``path`` (or, when it does not exist yet, its nearest existing parent) is on a
+    bpf filesystem - i.e. pins can be made there."""
+    global _LIBC  # pylint: disable=global-statement
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    # struct statfs starts with f_type (a long on every Linux ABI); the rest is not needed,
+    # but the buffer must hold the whole struct (120 bytes on 64-bit).
+    buf = ctypes.create_string_buffer(256)
+    if _LIBC.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "statfs %s: %s" % (path, os.strerror(err)))
+    return (ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF) == _BPF_FS_MAGIC
+
+
+def under_system_bpffs(path):
+    """True if ``path`` is ``/sys/fs/bpf`` or inside it (where a bpffs is expected)."""
+    path = os.path.abspath(path)
+    return path == SYSTEM_BPFFS or path.startswith(SYSTEM_BPFFS + "/")
+
+
+def prepare_pin_root(pin_root, may_mount, check_mode):
+    """Make sure pins can be read and made under ``pin_root``.
+
+    Returns ``(usable, mounted)``: ``usable`` is True if ``pin_root`` is on a bpffs now;
+    ``mounted`` is True if this call mounted one at ``/sys/fs/bpf`` (or, in check mode, would
+    have).  A ``pin_root`` under ``/sys/fs/bpf`` gets a bpffs mounted there when
+    ``may_mount`` (a fresh Debian boot has none); any other folder must already be on a
+    bpffs, else PinError - mounting file systems on arbitrary folders is not a side effect
+    a module should have.
+    """
+    if is_bpffs(pin_root):
+        return True, False
+    if not under_system_bpffs(pin_root):
+        raise PinError("pin_root: %s is not on a bpf filesystem; mount one there "
+                       "(mount -t bpf bpf DIR) or use a folder under %s" % (pin_root, SYSTEM_BPFFS))
+    if not may_mount:
+        return False, False
+    if check_mode:
+        return False, True
+    try:
+        return True, ensure_bpffs(SYSTEM_BPFFS)
+    except BpfError as exc:
+        raise PinError("pin_root: cannot mount a bpf filesystem at %s: %s" % (SYSTEM_BPFFS, exc))
 
 
 class PinnedMaps(dict):

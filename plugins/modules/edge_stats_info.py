@@ -1,0 +1,240 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see https://opensource.org/licenses/MIT)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: edge_stats_info
+short_description: Read the XDP edge program's counters - per verdict reason, per service, top clients
+version_added: "0.1.0"
+description:
+  - Reads the statistics maps of the C(xdp_edge) program through their pins
+    C(<pin_root>/<iface>/maps/) (made by M(anycast.edge.xdp_program)) and returns the counters
+    summed over all CPUs.
+  - C(edge_reason_stats) - packets and bytes per verdict reason (every packet is counted under
+    exactly one reason), and totals of passed (to the kernel), dropped and transmitted packets.
+  - C(edge_service_stats) - packets and bytes in (from players) and out (replies) per service,
+    with the service's protocol, address, port and backend read from C(edge_services).
+  - C(edge_client_stats) - the O(top_clients) sources that sent the most packets.
+  - Changes nothing.
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
+  - root (CAP_BPF) to open pinned maps
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads only; the same result as without check mode.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+options:
+  iface:
+    description: Interface the program is attached to (its pins are in C(<pin_root>/<iface>/maps/)).
+    type: str
+    required: true
+  pin_root:
+    description: Folder on a bpffs holding one folder of pins per interface.
+    type: path
+    default: /sys/fs/bpf/anycast_edge
+  top_clients:
+    description: How many of the busiest client addresses to return (0 - none).
+    type: int
+    default: 10
+seealso:
+  - module: anycast.edge.xdp_program
+"""
+
+EXAMPLES = r"""
+- name: Read the POP's counters
+  anycast.edge.edge_stats_info:
+    iface: eth1
+    top_clients: 5
+  register: edge_stats
+
+- name: Show what was dropped and why
+  ansible.builtin.debug:
+    msg: "{{ edge_stats.reasons | dict2items | selectattr('key', 'match', 'drop_') | selectattr('value.packets') }}"
+"""
+
+RETURN = r"""
+reasons:
+  description: C({packets, bytes}) per verdict reason, every reason of the program's C(enum edge_reason) present.
+  returned: always
+  type: dict
+  sample: {pass_non_ip: {packets: 12, bytes: 720}, drop_deny: {packets: 3, bytes: 180}, tx_forward: {packets: 1000, bytes: 64000}}
+totals:
+  description:
+    - Sums over the reasons - C(passed) (C(pass_*), left to the kernel), C(dropped) (C(drop_*)),
+      C(transmitted) (C(tx_*), forwarded or answered) and C(all).
+  returned: always
+  type: dict
+  sample:
+    passed: {packets: 12, bytes: 720}
+    dropped: {packets: 3, bytes: 180}
+    transmitted: {packets: 1000, bytes: 64000}
+    all: {packets: 1015, bytes: 64900}
+services:
+  description:
+    - One entry per service configured in C(edge_services) and per service id with non-zero
+      counters (a removed service's counters stay until its id is reused). Sorted by id.
+    - C(protocol), C(address), C(port) and C(backend) are null for an id no longer configured.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {id: 17, protocol: udp, address: 198.51.100.10, port: 27015, backend: 10.1.0.10,
+       in_packets: 1000, in_bytes: 64000, out_packets: 990, out_bytes: 250000}
+top_clients:
+  description: The busiest sources, most packets first - C(address), C(packets), C(bytes), C(last_seen_ns) (CLOCK_MONOTONIC).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{address: 203.0.113.7, packets: 900, bytes: 57600, last_seen_ns: 81234567890}]
+clients_tracked:
+  description: How many client addresses the program is counting (the map is an LRU - the least recent fall out).
+  returned: always
+  type: int
+  sample: 3
+"""
+
+import heapq
+import socket
+import struct
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError
+from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
+    CLIENT_COUNTER,
+    EDGE_COUNTER,
+    IPPROTO,
+    REASONS,
+    SERVICE_COUNTER,
+    SERVICE_KEY,
+    SERVICE_VALUE,
+    U32,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._pins import (
+    DEFAULT_PIN_ROOT,
+    PinError,
+    open_pinned_maps,
+)
+
+STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_services")
+PROTOCOL_NAMES = dict((number, name) for name, number in IPPROTO.items())
+TOTAL_GROUPS = (("pass_", "passed"), ("drop_", "dropped"), ("tx_", "transmitted"))
+
+
+def summed(bpf_map, raw_value, layout):
+    """Per-CPU value buffer -> tuple of the fields summed over the CPUs."""
+    totals = [0] * len(layout.unpack(bytes(layout.size)))
+    for cpu_value in bpf_map.split_percpu(raw_value):
+        for index, field in enumerate(layout.unpack_from(cpu_value)):
+            totals[index] += field
+    return totals
+
+
+def read_reasons(bpf_map):
+    reasons = dict((name, {"packets": 0, "bytes": 0}) for name in REASONS)
+    for key, value in bpf_map.lookup_batch():
+        index = U32.unpack(key)[0]
+        if index < len(REASONS):
+            packets, byte_count = summed(bpf_map, value, EDGE_COUNTER)
+            reasons[REASONS[index]] = {"packets": packets, "bytes": byte_count}
+    return reasons
+
+
+def totals_of(reasons):
+    totals = dict((group, {"packets": 0, "bytes": 0}) for dummy, group in TOTAL_GROUPS)
+    totals["all"] = {"packets": 0, "bytes": 0}
+    for name, counter in reasons.items():
+        for prefix, group in TOTAL_GROUPS:
+            if name.startswith(prefix):
+                totals[group]["packets"] += counter["packets"]
+                totals[group]["bytes"] += counter["bytes"]
+        totals["all"]["packets"] += counter["packets"]
+        totals["all"]["bytes"] += counter["bytes"]
+    return totals
+
+
+def read_services(services_map, stats_map):
+    by_id = {}
+    for key, value in services_map.lookup_batch():
+        address, port, proto = SERVICE_KEY.unpack(key)
+        service_id, backend = SERVICE_VALUE.unpack(value)[:2]
+        by_id[service_id] = {
+            "id": service_id,
+            "protocol": PROTOCOL_NAMES.get(proto, str(proto)),
+            "address": socket.inet_ntoa(address),
+            "port": struct.unpack("!H", port)[0],
+            "backend": socket.inet_ntoa(backend),
+        }
+    for key, value in stats_map.lookup_batch():
+        service_id = U32.unpack(key)[0]
+        counters = summed(stats_map, value, SERVICE_COUNTER)
+        if service_id not in by_id:
+            if not any(counters):
+                continue
+            by_id[service_id] = {"id": service_id, "protocol": None, "address": None,
+                                 "port": None, "backend": None}
+        by_id[service_id].update(zip(("in_packets", "in_bytes", "out_packets", "out_bytes"), counters))
+    for entry in by_id.values():
+        for field in ("in_packets", "in_bytes", "out_packets", "out_bytes"):
+            entry.setdefault(field, 0)
+    return [by_id[service_id] for service_id in sorted(by_id)]
+
+
+def read_clients(bpf_map, top):
+    clients = []
+    for key, value in bpf_map.lookup_batch():
+        packets = byte_count = last_seen = 0
+        for cpu_value in bpf_map.split_percpu(value):
+            cpu_packets, cpu_bytes, cpu_last_seen = CLIENT_COUNTER.unpack_from(cpu_value)
+            packets += cpu_packets
+            byte_count += cpu_bytes
+            last_seen = max(last_seen, cpu_last_seen)  # a time: the latest CPU, not a sum
+        clients.append((packets, byte_count, last_seen, key))
+    busiest = heapq.nlargest(top, clients) if top > 0 else []
+    return len(clients), [{"address": socket.inet_ntoa(key), "packets": packets, "bytes": byte_count,
+                           "last_seen_ns": last_seen} for packets, byte_count, last_seen, key in busiest]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            iface=dict(type="str", required=True),
+            pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
+            top_clients=dict(type="int", default=10),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["top_clients"] < 0:
+        module.fail_json(msg="top_clients: must be 0 or more, not %d" % params["top_clients"])
+    try:
+        with open_pinned_maps(params["pin_root"], params["iface"], STATS_MAPS) as maps:
+            reasons = read_reasons(maps["edge_reason_stats"])
+            services = read_services(maps["edge_services"], maps["edge_service_stats"])
+            clients_tracked, top_clients = read_clients(maps["edge_client_stats"], params["top_clients"])
+    except (PinError, ValueError) as exc:
+        module.fail_json(msg="%s" % exc)
+    except BpfError as exc:
+        module.fail_json(msg="reading the counters of %s failed: %s" % (params["iface"], exc))
+    module.exit_json(changed=False, reasons=reasons, totals=totals_of(reasons), services=services,
+                     top_clients=top_clients, clients_tracked=clients_tracked)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see https://opensource.org/licenses/MIT)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: tc_program
+short_description: Attach a BPF program to a tc clsact hook without disturbing other filters
+version_added: "0.1.0"
+description:
+  - Loads a TC classifier (C(SEC("tc"))) from a compiled object and attaches it as a
+    direct-action C(bpf) filter to the ingress or egress hook of O(iface)'s C(clsact) qdisc.
+  - Never deletes or replaces a qdisc and never touches another filter - a C(clsact) qdisc is
+    added only when the interface has none, and our filter is the one C(bpf) filter at
+    (O(priority), handle C(0xae)) whose name starts with C(anycast_edge:). (Loaders that recreate
+    the qdisc wipe everybody else's filters; this one does not.)
+  - Idempotent by program tag - the same program already in our filter is C(changed=false); a
+    different one replaces it atomically (C(tc filter replace) - packets meet the old program or
+    the new one, never no filter).
+  - The program is pinned at C(<pin_root>/<iface>/tc_<direction>) so that it can be found and
+    identified later; the filter holds its own reference, so it keeps running after the
+    module's process exits either way.
+  - O(state=absent) removes only our filter and its pin; the qdisc and all other filters stay.
+  - On failure the host is left as it was - the previous filter and pin stay, and a C(clsact)
+    qdisc added by this run is removed again if nothing else uses it.
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
+  - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
+  - root (CAP_BPF and CAP_NET_ADMIN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Loads the object to learn its tag (the kernel frees it again) and compares; changes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: Shows our filter (priority, handle, name, tag) and whether a clsact qdisc exists, before and after.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+options:
+  iface:
+    description: The interface (in the network namespace the module runs in).
+    type: str
+    required: true
+  direction:
+    description: The clsact hook - V(ingress) (packets received) or V(egress) (packets sent).
+    type: str
+    choices: [ingress, egress]
+    required: true
+  object:
+    description: Path of the compiled BPF object on the managed host. Required with O(state=present).
+    type: path
+  program:
+    description: Name (C function) of the TC program in O(object). Required with O(state=present).
+    type: str
+  priority:
+    description:
+      - The filter's priority (tc C(pref)) on the hook - filters run in increasing order. With
+        the handle C(0xae) it identifies our filter; another filter's priority is never taken over.
+    type: int
+    default: 174
+  pin_root:
+    description:
+      - Folder on a bpffs holding one folder of pins per interface. Under C(/sys/fs/bpf) a bpffs
+        is mounted there if none is.
+    type: path
+    default: /sys/fs/bpf/anycast_edge
+  state:
+    description: V(present) attaches (or replaces); V(absent) removes our filter and pin.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - An interface with a plain C(ingress) qdisc (not C(clsact)) can take an V(ingress) program but
+    not an V(egress) one; the module fails rather than replace that qdisc.
+  - Maps of the program are not pinned; a replacement program starts with fresh maps.
+seealso:
+  - module: anycast.edge.bpf_object
+  - module: anycast.edge.xdp_program
+"""
+
+EXAMPLES = r"""
+- name: Run the return-path mapper on the backend's egress, next to whatever filters are there
+  anycast.edge.tc_program:
+    iface: eth0
+    direction: egress
+    object: /usr/local/lib/anycast-edge/tc_mapper.o
+    program: tc_mapper_egress
+
+- name: Remove only our filter
+  anycast.edge.tc_program:
+    iface: eth0
+    direction: egress
+    state: absent
+"""
+
+RETURN = r"""
+prog_id:
+  description: Kernel id of the program in our filter after the run (null when absent or in check mode before a first attach).
+  returned: always
+  type: int
+  sample: 812
+tag:
+  description: Tag of the program that is (or, in check mode, would be) in our filter; null when absent.
+  returned: always
+  type: str
+  sample: 3b5a1bd6c255a371
+previous_prog_id:
+  description: Id of the program our filter ran before this run (null if there was no filter).
+  returned: always
+  type: int
+  sample: 790
+previous_tag:
+  description: Tag of that program.
+  returned: always
+  type: str
+  sample: 9f0a5d3c8e2b7a16
+filter_name:
+  description: The name our filter carries (C(anycast_edge:<program>)).
+  returned: always
+  type: str
+  sample: anycast_edge:tc_mapper_egress
+handle:
+  description: Handle of our filter (fixed, C(0xae)).
+  returned: always
+  type: int
+  sample: 174
+clsact_created:
+  description: True if this run added the clsact qdisc (or would, in check mode).
+  returned: always
+  type: bool
+  sample: false
+pin:
+  description: Where the program is pinned.
+  returned: always
+  type: str
+  sample: /sys/fs/bpf/anycast_edge/eth0/tc_egress
+other_filters:
+  description: The other filters on the hook after the run (left untouched).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{kind: bpf, priority: 49152, handle: 1, name: "other.o:[tc]"}]
+bpffs_mounted:
+  description: True if this run mounted a bpf filesystem at C(/sys/fs/bpf) (or would, in check mode).
+  returned: always
+  type: bool
+  sample: false
+"""
+
+import errno
+import os
+import socket
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
+    BPF_PROG_TYPE_SCHED_CLS,
+    BpfError,
+    BpfObject,
+    BpfProgram,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
+    PYROUTE2_IMPORT_ERROR,
+    NetlinkError,
+    add_clsact,
+    delete_filter,
+    list_filters,
+    open_iproute,
+    put_bpf_filter,
+    qdisc_kind_at_clsact_handle,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._pins import (
+    DEFAULT_PIN_ROOT,
+    PinError,
+    prepare_pin_root,
+    remove_empty_dirs,
+    tc_pin_path,
+    unpin,
+)
+
+FILTER_HANDLE = 0xAE
+DEFAULT_PRIORITY = 0xAE
+NAME_PREFIX = "anycast_edge:"
+
+
+class ModuleFailure(Exception):
+    """Fail the task with this message (after cleaning up)."""
+
+
+def describe(tc_filter):
+    return {"kind": tc_filter.kind, "priority": tc_filter.priority,
+            "handle": tc_filter.handle, "name": tc_filter.name}
+
+
+class TcProgramModule(object):
+
+    def __init__(self, module, ipr):
+        self.module = module
+        self.ipr = ipr
+        params = module.params
+        self.iface = params["iface"]
+        self.direction = params["direction"]
+        self.priority = params["priority"]
+        self.pin_root = params["pin_root"]
+        if not 1 <= self.priority <= 0xFFFF:
+            module.fail_json(msg="priority: must be 1..65535, not %d" % self.priority)
+        try:
+            self.pin_path = tc_pin_path(self.pin_root, self.iface, self.direction)
+        except ValueError as exc:
+            module.fail_json(msg="iface: %s" % exc)
+        try:
+            self.ifindex = socket.if_nametoindex(self.iface)
+        except OSError:
+            module.fail_json(msg="iface: no interface named %r in this network namespace" % self.iface)
+        self.modified = False
+        self.result = dict(changed=False, prog_id=None, tag=None, previous_prog_id=None,
+                           previous_tag=None, filter_name=None, handle=FILTER_HANDLE,
+                           clsact_created=False, pin=self.pin_path, other_filters=[],
+                           bpffs_mounted=False)
+
+    # -- present state -----------------------------------------------------------------------
+
+    def where(self):
+        return "%s %s" % (self.iface, self.direction)
+
+    def read_hook(self):
+        """(qdisc kind at ffff:, our filter or None, the other filters)."""
+        qdisc = qdisc_kind_at_clsact_handle(self.ipr, self.ifindex)
+        if qdisc is None:
+            return None, None, []
+        if qdisc == "ingress" and self.direction == "egress":
+            raise ModuleFailure("iface: %s has an 'ingress' qdisc, which has no egress hook; replace it "
+                                "with clsact (tc qdisc del dev %s ingress; tc qdisc add dev %s clsact) "
+                                "- this module never deletes a qdisc" % (self.iface, self.iface, self.iface))
+        if qdisc not in ("clsact", "ingress"):
+            raise ModuleFailure("iface: %s has a %r qdisc at handle ffff:, not clsact" % (self.iface, qdisc))
+        ours, others = None, []
+        for tc_filter in list_filters(self.ipr, self.ifindex, self.direction):
+            if tc_filter.priority == self.priority and tc_filter.handle == FILTER_HANDLE:
+                if tc_filter.kind == "bpf" and (tc_filter.name or "").startswith(NAME_PREFIX):
+                    ours = tc_filter
+                    continue
+                raise ModuleFailure("priority: %s already has a %s filter %r at priority %d handle 0x%x "
+                                    "that this module did not make; choose another priority"
+                                    % (self.where(), tc_filter.kind, tc_filter.name, self.priority,
+                                       FILTER_HANDLE))
+            if tc_filter.priority == self.priority and tc_filter.kind != "bpf":
+                raise ModuleFailure("priority: %s uses priority %d for %s filters; a bpf filter cannot "
+                                    "join them - choose another priority"
+                                    % (self.where(), self.priority, tc_filter.kind))
+            others.append(tc_filter)
+        return qdisc, ours, others
+
+    def pinned_prog_id(self, readable):
+        if not readable or not os.path.exists(self.pin_path):
+            return None
+        with BpfProgram.from_pin(self.pin_path) as pinned:
+            return pinned.id
+
+    def set_diff(self, qdisc_before, ours_before, after_filter):
+        if not self.module._diff:
+            return
+
+        def show(tc_filter):
+            if tc_filter is None:
+                return None
+            return {"priority": tc_filter["priority"], "handle": tc_filter["handle"],
+                    "name": tc_filter["name"], "tag": tc_filter["tag"]}
+
+        before = None if ours_before is None else dict(describe(ours_before), tag=ours_before.tag)
+        self.result["diff"] = dict(
+            before={"clsact": qdisc_before is not None, "filter": show(before)},
+            after={"clsact": qdisc_before is not None or self.result["clsact_created"],
+                   "filter": show(after_filter)},
+            before_header="%s (tc)" % self.where(), after_header="%s (tc)" % self.where())
+
+    # -- state=present -----------------------------------------------------------------------
+
+    def run_present(self):
+        params = self.module.params
+        readable = self.prepare_pins(may_mount=True)
+        qdisc, ours, others = self.read_hook()
+        self.result["other_filters"] = [describe(f) for f in others]
+        if ours is not None:
+            self.result.update(previous_prog_id=ours.prog_id, previous_tag=ours.tag)
+        pinned_id = self.pinned_prog_id(readable)
+        name = NAME_PREFIX + params["program"]
+        self.result["filter_name"] = name
+
+        obj = self.load_object(params["object"], params["program"])
+        try:
+            program = obj.program(params["program"])
+            new_tag = program.tag
+            self.result["tag"] = new_tag
+            filter_unchanged = (ours is not None and ours.tag == new_tag and ours.direct_action
+                                and ours.name == name)
+            after = {"priority": self.priority, "handle": FILTER_HANDLE, "name": name, "tag": new_tag}
+            if filter_unchanged:
+                self.result["prog_id"] = ours.prog_id
+                self.set_diff(qdisc, ours, after)
+                if pinned_id != ours.prog_id:
+                    # The right program runs but its pin is missing or stale: pin the one
+                    # that runs (not the one just loaded) so the pin names what runs.
+                    self.result["changed"] = True
+                    if not self.module.check_mode:
+                        with BpfProgram.from_id(ours.prog_id) as running:
+                            self.pin(running)
+                return
+            self.result["changed"] = True
+            self.result["clsact_created"] = qdisc is None
+            self.set_diff(qdisc, ours, after)
+            if self.module.check_mode:
+                return
+            self.attach(program, name, qdisc is None, replace=ours is not None)
+        finally:
+            obj.close()
+
+    def prepare_pins(self, may_mount):
+        try:
+            usable, mounted = prepare_pin_root(self.pin_root, may_mount, self.module.check_mode)
+        except PinError as exc:
+            raise ModuleFailure(str(exc))
+        self.result["bpffs_mounted"] = mounted
+        self.modified = self.modified or (mounted and not self.module.check_mode)
+        return usable
+
+    def load_object(self, path, program_name):
+        if not os.path.isfile(path):
+            raise ModuleFailure("object: %s is not a file" % path)
+        try:
+            obj = BpfObject.open(path)
+        except BpfError as exc:
+            raise ModuleFailure("object: cannot open %s: %s" % (path, exc))
+        try:
+            names = [prog.name for prog in obj.programs()]
+            if program_name not in names:
+                raise ModuleFailure("program: %s has no program %r (it has: %s)"
+                                    % (path, program_name, ", ".join(names) or "none"))
+            try:
+                obj.load()
+            except BpfError as exc:
+                raise ModuleFailure("loading %s failed (nothing was changed): %s" % (path, exc))
+            if obj.program(program_name).info().type != BPF_PROG_TYPE_SCHED_CLS:
+                raise ModuleFailure("program: %s in %s is not a TC classifier (SEC(\"tc\"))"
+                                    % (program_name, path))
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def pin(self, program):
+        """Pin ``program`` at our path, replacing the old pin in one rename."""
+        staging = self.pin_path + "_next"
+        unpin(staging)
+        program.pin(staging)
+        os.rename(staging, self.pin_path)
+
+    def attach(self, program, name, add_clsact_first, replace):
+        staging = self.pin_path + "_next"
+        unpin(staging)
+        program.pin(staging)  # pinning can fail (bpffs full, permissions): before any change
+        try:
+            if add_clsact_first:
+                add_clsact(self.ipr, self.ifindex)
+                self.modified = True
+            put_bpf_filter(self.ipr, self.ifindex, self.direction, self.priority, FILTER_HANDLE,
+                           program.fd, name, replace=replace)
+            self.modified = True
+        except NetlinkError as exc:
+            unpin(staging)
+            remove_empty_dirs(self.pin_root, self.iface)
+            if add_clsact_first and self.modified:
+                self.remove_our_clsact()
+            raise ModuleFailure("attaching %s to %s failed (the previous filter is untouched): %s"
+                                % (name, self.where(), exc))
+        os.rename(staging, self.pin_path)
+        self.result["prog_id"] = program.id
+
+    def remove_our_clsact(self):
+        """Undo the clsact qdisc this run added, unless something uses it meanwhile."""
+        try:
+            if not list_filters(self.ipr, self.ifindex, "ingress") and \
+                    not list_filters(self.ipr, self.ifindex, "egress"):
+                self.ipr.tc("del", "clsact", self.ifindex)
+                self.modified = False
+        except NetlinkError as exc:
+            self.module.warn("could not remove the clsact qdisc added to %s: %s" % (self.iface, exc))
+
+    # -- state=absent ------------------------------------------------------------------------
+
+    def run_absent(self):
+        readable = self.prepare_pins(may_mount=False)
+        qdisc, ours, others = self.read_hook()
+        self.result["other_filters"] = [describe(f) for f in others]
+        pinned = readable and os.path.exists(self.pin_path)
+        if ours is not None:
+            self.result.update(previous_prog_id=ours.prog_id, previous_tag=ours.tag,
+                               filter_name=ours.name)
+        self.result["changed"] = ours is not None or pinned
+        self.set_diff(qdisc, ours, None)
+        if self.module.check_mode or not self.result["changed"]:
+            return
+        if ours is not None:
+            try:
+                delete_filter(self.ipr, self.ifindex, self.direction, self.priority, FILTER_HANDLE)
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:  # gone meanwhile: that is what we wanted
+                    raise ModuleFailure("removing our filter from %s failed: %s" % (self.where(), exc))
+            self.modified = True
+        if pinned:
+            unpin(self.pin_path)
+            self.modified = True
+        remove_empty_dirs(self.pin_root, self.iface)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            iface=dict(type="str", required=True),
+            direction=dict(type="str", required=True, choices=["ingress", "egress"]),
+            object=dict(type="path"),
+            program=dict(type="str"),
+            priority=dict(type="int", default=DEFAULT_PRIORITY),
+            pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+        ),
+        required_if=[("state", "present", ["object", "program"])],
+        supports_check_mode=True,
+    )
+    if PYROUTE2_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
+                         exception=PYROUTE2_IMPORT_ERROR)
+    with open_iproute() as ipr:
+        runner = TcProgramModule(module, ipr)
+        try:
+            if module.params["state"] == "present":
+                runner.run_present()
+            else:
+                runner.run_absent()
+        except (ModuleFailure, BpfError, NetlinkError) as exc:
+            runner.result["changed"] = runner.modified
+            module.fail_json(msg="%s" % exc, **runner.result)
+        if not module.check_mode:
+            others = runner.read_hook()[2]
+            runner.result["other_filters"] = [describe(f) for f in others]
+    module.exit_json(**runner.result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,700 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see https://opensource.org/licenses/MIT)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: xdp_program
+short_description: Attach a BPF object's XDP program to an interface, upgrade it atomically, keep its maps
+version_added: "0.1.0"
+description:
+  - Loads an XDP program from a compiled object (see M(anycast.edge.bpf_object)), attaches it to
+    O(iface) and pins it and its maps - C(<pin_root>/<iface>/program) and
+    C(<pin_root>/<iface>/maps/<map name>), where M(anycast.edge.edge_rules) and
+    M(anycast.edge.edge_stats_info) find them.
+  - Idempotent by program tag and mode - when the program attached to O(iface) is the pinned one,
+    has the tag the object's program gets when loaded, runs in the wanted mode and uses the
+    pinned maps, and every map still has the layout the object declares, nothing changes.
+  - A different object replaces the running program B(atomically) (C(XDP_FLAGS_REPLACE) naming
+    the old program) - there is no moment without a program on the interface. The new program
+    reuses every pinned map whose layout is unchanged (type, key size, value size, max entries,
+    flags and the BTF key/value types), so bans, port punches, the A2S cache, rules and counters
+    survive the upgrade; maps whose layout changed are created empty and their pins replaced
+    once the new program runs.
+  - When anything fails - loading, verifier, pinning, attaching - the old program stays attached
+    and its pins are untouched.
+  - O(state=absent) detaches the program (only the one this module pinned, or, when its pins are
+    gone, an attached program with the O(program) name) and removes its pins.
+  - If O(pin_root) is under C(/sys/fs/bpf) and no bpf filesystem is mounted there, one is mounted
+    at C(/sys/fs/bpf).
+  - Runs on the POP, as root.
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
+  - root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: >-
+      Loads the object to learn its tag (the kernel frees it again) and compares; attaches, pins,
+      mounts and writes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: Shows the attached program's tag and mode, the pinned maps and the TX devices before and after.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+options:
+  iface:
+    description: The interface to attach to (in the network namespace the module runs in).
+    type: str
+    required: true
+  object:
+    description: Path of the compiled BPF object on the managed host. Required with O(state=present).
+    type: path
+  program:
+    description: Name (C function) of the XDP program in O(object).
+    type: str
+    default: xdp_edge
+  mode:
+    description:
+      - V(native) - the driver runs the program (fails if the driver has no native XDP).
+      - V(generic) - the kernel runs it after the driver (slower, works on every device).
+      - V(auto) - V(native), falling back to V(generic) when the driver refuses native XDP; the
+        result's RV(mode) says which, and RV(mode_fallback) why. When a program of ours is
+        already attached, V(auto) keeps its mode, because a mode switch cannot be atomic.
+      - Switching between V(native) and V(generic) detaches and reattaches - the one case with a
+        short moment without a program; the module warns when it does so.
+    type: str
+    choices: [auto, native, generic]
+    default: auto
+  pin_root:
+    description: Folder on a bpffs holding one folder of pins per interface.
+    type: path
+    default: /sys/fs/bpf/anycast_edge
+  state:
+    description: V(present) attaches (or upgrades); V(absent) detaches and removes the pins.
+    type: str
+    choices: [present, absent]
+    default: present
+  tx_devices:
+    description:
+      - Interfaces other than O(iface) that the program may forward out of (C(bpf_redirect_map)),
+        put into the program's C(edge_tx_ports) device map by ifindex. The map's content is
+        converged - devices no longer listed are removed.
+    type: list
+    elements: str
+    default: []
+notes:
+  - A program's tag is a hash of its instructions computed by the kernel at load; two loads of
+    the same object have the same tag, a rebuilt object with different code has another.
+  - The program's maps must not use C(LIBBPF_PIN_BY_NAME) - this module decides per map whether
+    to reuse the pinned one.
+seealso:
+  - module: anycast.edge.bpf_object
+  - module: anycast.edge.edge_rules
+  - module: anycast.edge.edge_stats_info
+"""
+
+EXAMPLES = r"""
+- name: Attach the edge program to the uplink (native XDP, generic if the driver lacks it)
+  anycast.edge.xdp_program:
+    iface: eth1
+    object: /usr/local/lib/anycast-edge/xdp_edge.o
+    tx_devices: [eth2]
+  register: edge_xdp
+
+- name: Say which mode it got
+  ansible.builtin.debug:
+    msg: "{{ edge_xdp.mode }} (tag {{ edge_xdp.tag }}) {{ edge_xdp.mode_fallback or '' }}"
+
+- name: Remove it
+  anycast.edge.xdp_program:
+    iface: eth1
+    state: absent
+"""
+
+RETURN = r"""
+prog_id:
+  description: Kernel id of the attached program (null after O(state=absent) or in check mode before a first attach).
+  returned: always
+  type: int
+  sample: 1234
+tag:
+  description: The kernel's tag of the program that is (or, in check mode, would be) attached.
+  returned: always
+  type: str
+  sample: e20509034dd0af99
+mode:
+  description: V(native) or V(generic) - how the program is (or would be) attached; null when nothing is.
+  returned: always
+  type: str
+  sample: native
+mode_fallback:
+  description: Why V(auto) attached in V(generic) mode (the driver's refusal), else null.
+  returned: always
+  type: str
+  sample: "native XDP refused by the driver of lo: Operation not supported"
+previous_prog_id:
+  description: Id of the program that was attached before this run (null if none).
+  returned: always
+  type: int
+  sample: 1200
+previous_tag:
+  description: Tag of the program that was attached before this run (null if none).
+  returned: always
+  type: str
+  sample: 3b5a1bd6c255a371
+maps_reused:
+  description: Maps whose pinned instance (and content) the program uses (kept from the previous program).
+  returned: always
+  type: list
+  elements: str
+  sample: [edge_bans, edge_punches]
+maps_created:
+  description: Maps created empty (no pin yet, or the pinned one had another layout).
+  returned: always
+  type: list
+  elements: str
+  sample: [edge_services]
+maps_removed:
+  description: Pins removed - maps the new object no longer has, or all of them with O(state=absent).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+tx_devices:
+  description: Device names in the C(edge_tx_ports) map after the run.
+  returned: always
+  type: list
+  elements: str
+  sample: [eth2]
+pin_dir:
+  description: C(<pin_root>/<iface>), the folder of this interface's pins.
+  returned: always
+  type: str
+  sample: /sys/fs/bpf/anycast_edge/eth1
+bpffs_mounted:
+  description: True if this run mounted a bpf filesystem at C(/sys/fs/bpf) (or would, in check mode).
+  returned: always
+  type: bool
+  sample: false
+"""
+
+import errno
+import os
+import socket
+import struct
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
+    BPF_MAP_TYPE_DEVMAP,
+    BPF_MAP_TYPE_DEVMAP_HASH,
+    BPF_PROG_TYPE_XDP,
+    XDP_ATTACHED_DRV,
+    XDP_ATTACHED_HW,
+    XDP_ATTACHED_SKB,
+    XDP_FLAGS_DRV_MODE,
+    XDP_FLAGS_SKB_MODE,
+    XDP_FLAGS_UPDATE_IF_NOEXIST,
+    BpfError,
+    BpfMap,
+    BpfObject,
+    BpfProgram,
+    prog_info_by_id,
+    xdp_attach,
+    xdp_detach,
+    xdp_query,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._pins import (
+    DEFAULT_PIN_ROOT,
+    PinError,
+    map_pin_path,
+    maps_dir,
+    pin_dir,
+    prepare_pin_root,
+    program_pin_path,
+    remove_empty_dirs,
+    unpin,
+)
+
+TX_PORTS_MAP = "edge_tx_ports"
+MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+ATTACHED_MODE_NAMES = {XDP_ATTACHED_DRV: "native", XDP_ATTACHED_SKB: "generic", XDP_ATTACHED_HW: "offload"}
+# What a driver without native XDP answers to XDP_FLAGS_DRV_MODE.
+NATIVE_REFUSED_ERRNOS = (errno.EOPNOTSUPP, errno.EINVAL)
+U32 = struct.Struct("<I")
+BPF_F_RDONLY_PROG = 1 << 7
+DEVMAP_TYPES = (BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH)
+# The kernel keeps at most 15 characters of a program's name.
+KERNEL_NAME_LEN = 15
+
+
+class ModuleFailure(Exception):
+    """Raised to fail the task after cleaning up (the message is the task's msg)."""
+
+
+def map_layout(bpf_map):
+    """What must be equal for a pinned map to be handed to a new program.
+
+    The kernel's attributes (what libbpf itself would check) plus the BTF key and value
+    types: two structs of the same size with reordered members must not share a map.
+    """
+    try:
+        btf = bpf_map.btf_layout()
+    except BpfError:
+        btf = None
+    flags = bpf_map.flags
+    if bpf_map.type in DEVMAP_TYPES:
+        # The kernel adds BPF_F_RDONLY_PROG to every device map it creates: a definition
+        # without it and a live map with it are the same layout.
+        flags |= BPF_F_RDONLY_PROG
+    return {
+        "type": bpf_map.type,
+        "key_size": bpf_map.key_size,
+        "value_size": bpf_map.value_size,
+        "max_entries": bpf_map.max_entries,
+        "flags": flags,
+        "btf": btf,
+    }
+
+
+def layout_differences(old, new):
+    diffs = []
+    for field in ("type", "key_size", "value_size", "max_entries", "flags"):
+        if old[field] != new[field]:
+            diffs.append("%s %s -> %s" % (field, old[field], new[field]))
+    # Compare BTF only when both sides have it (a map created without BTF says nothing).
+    if old["btf"] is not None and new["btf"] is not None and old["btf"] != new["btf"]:
+        diffs.append("key/value types changed")
+    return diffs
+
+
+class PresentState(object):
+    """What is on the host now: the attached program, our pins."""
+
+    def __init__(self, ifindex, pin_root, iface, pins_readable):
+        self.query = xdp_query(ifindex)
+        self.attached_id = self.query.drv_prog_id or self.query.skb_prog_id or self.query.hw_prog_id
+        self.attached_mode = ATTACHED_MODE_NAMES.get(self.query.attach_mode)
+        self.attached_info = prog_info_by_id(self.attached_id) if self.attached_id else None
+        self.pinned_program = None
+        self.pinned_maps = {}
+        if not pins_readable:
+            return
+        program_path = program_pin_path(pin_root, iface)
+        if os.path.exists(program_path):
+            self.pinned_program = BpfProgram.from_pin(program_path)
+        folder = maps_dir(pin_root, iface)
+        if os.path.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.endswith("_next"):
+                    continue  # staging pin of an interrupted run
+                self.pinned_maps[name] = BpfMap.from_pin(os.path.join(folder, name))
+
+    @property
+    def pinned_id(self):
+        return self.pinned_program.id if self.pinned_program is not None else None
+
+    def ours_attached(self, program_name):
+        """True if the attached program is the one we pinned, or (pins lost) has our name."""
+        if not self.attached_id:
+            return False
+        if self.pinned_program is not None:
+            return self.attached_id == self.pinned_id
+        return self.attached_info.name == program_name[:KERNEL_NAME_LEN]
+
+    def close(self):
+        if self.pinned_program is not None:
+            self.pinned_program.close()
+        for bpf_map in self.pinned_maps.values():
+            bpf_map.close()
+
+
+class XdpProgramModule(object):
+
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.iface = params["iface"]
+        self.pin_root = params["pin_root"]
+        self.program_name = params["program"]
+        self.result = dict(changed=False, prog_id=None, tag=None, mode=None, mode_fallback=None,
+                           previous_prog_id=None, previous_tag=None, maps_reused=[], maps_created=[],
+                           maps_removed=[], tx_devices=[], bpffs_mounted=False)
+        # Set once the host was really modified: a failure reports changed only then.
+        self.modified = False
+        try:
+            self.pin_dir = pin_dir(self.pin_root, self.iface)
+        except ValueError as exc:
+            module.fail_json(msg="iface: %s" % exc)
+        self.result["pin_dir"] = self.pin_dir
+        try:
+            self.ifindex = socket.if_nametoindex(self.iface)
+        except OSError:
+            module.fail_json(msg="iface: no interface named %r in this network namespace" % self.iface)
+
+    # -- bpffs -------------------------------------------------------------------------------
+
+    def pins_readable(self, mount_if_needed):
+        """True if pin_root is on a bpffs (mounting /sys/fs/bpf when allowed and needed)."""
+        try:
+            usable, mounted = prepare_pin_root(self.pin_root, mount_if_needed, self.module.check_mode)
+        except PinError as exc:
+            raise ModuleFailure(str(exc))
+        self.result["bpffs_mounted"] = mounted
+        self.modified = self.modified or (mounted and not self.module.check_mode)
+        return usable
+
+    # -- present -----------------------------------------------------------------------------
+
+    def run_present(self):
+        tx_ifindexes = self.tx_ifindexes()
+        readable = self.pins_readable(mount_if_needed=True)
+        present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
+        try:
+            self.record_previous(present)
+            obj = self.open_object()
+            try:
+                self.present_with_object(present, obj, tx_ifindexes)
+            finally:
+                obj.close()
+        finally:
+            present.close()
+
+    def record_previous(self, present):
+        if present.attached_id:
+            self.result["previous_prog_id"] = present.attached_id
+            self.result["previous_tag"] = present.attached_info.tag
+
+    def tx_ifindexes(self):
+        wanted = {}
+        for name in self.module.params["tx_devices"]:
+            try:
+                wanted[socket.if_nametoindex(name)] = name
+            except OSError:
+                raise ModuleFailure("tx_devices: no interface named %r in this network namespace" % name)
+        return wanted
+
+    def open_object(self):
+        path = self.module.params["object"]
+        if not os.path.isfile(path):
+            raise ModuleFailure("object: %s is not a file" % path)
+        try:
+            obj = BpfObject.open(path)
+        except BpfError as exc:
+            raise ModuleFailure("object: cannot open %s: %s" % (path, exc))
+        try:
+            names = [prog.name for prog in obj.programs()]
+            if self.program_name not in names:
+                raise ModuleFailure("program: %s has no program %r (it has: %s)"
+                                    % (path, self.program_name, ", ".join(names) or "none"))
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def plan_maps(self, present, obj):
+        """Reuse every pinned map whose layout matches the object's definition."""
+        reused, created, layout_notes = [], [], {}
+        for bpf_map in obj.maps():
+            name = bpf_map.name
+            pinned = present.pinned_maps.get(name)
+            if pinned is None:
+                created.append(name)
+                continue
+            diffs = layout_differences(map_layout(pinned), map_layout(bpf_map))
+            if diffs:
+                created.append(name)
+                layout_notes[name] = ", ".join(diffs)
+                continue
+            try:
+                # The layouts were compared above, more closely than reuse_fd's own check
+                # (which does not know about the devmap flag the kernel adds).
+                bpf_map.reuse_fd(pinned.fd, check_compatible=False)
+            except BpfError as exc:
+                raise ModuleFailure("cannot reuse the map pinned at %s: %s"
+                                    % (map_pin_path(self.pin_root, self.iface, name), exc))
+            reused.append(name)
+        stale = sorted(set(present.pinned_maps) - set(bpf_map.name for bpf_map in obj.maps()))
+        return reused, created, stale, layout_notes
+
+    def wanted_mode(self, present):
+        mode = self.module.params["mode"]
+        if mode == "auto" and present.ours_attached(self.program_name) \
+                and present.attached_mode in MODE_FLAGS:
+            return present.attached_mode
+        return mode
+
+    def present_with_object(self, present, obj, tx_ifindexes):
+        reused, created, stale, layout_notes = self.plan_maps(present, obj)
+        try:
+            obj.load()
+        except BpfError as exc:
+            raise ModuleFailure("loading %s failed (nothing was changed): %s"
+                                % (self.module.params["object"], exc))
+        program = obj.program(self.program_name)
+        info = program.info()
+        if info.type != BPF_PROG_TYPE_XDP:
+            raise ModuleFailure("program: %s in %s is not an XDP program (SEC(\"xdp\"))"
+                                % (self.program_name, self.module.params["object"]))
+        new_tag = info.tag
+        mode = self.wanted_mode(present)
+        ours = present.ours_attached(self.program_name)
+
+        program_unchanged = (
+            ours
+            and present.pinned_program is not None
+            and present.attached_info.tag == new_tag
+            and (mode == "auto" or present.attached_mode == mode)
+            and not created and not stale
+            and all(present.pinned_maps[name].id in present.attached_info.map_ids for name in reused)
+        )
+        tx_map_name = TX_PORTS_MAP if TX_PORTS_MAP in reused + created else None
+        for name, why in layout_notes.items():
+            self.module.warn("map %s changed layout (%s): it starts empty in the new program" % (name, why))
+
+        if program_unchanged:
+            self.result.update(prog_id=present.attached_id, tag=new_tag, mode=present.attached_mode,
+                               maps_reused=reused)
+            tx_map = present.pinned_maps.get(TX_PORTS_MAP) if tx_map_name else None
+            self.converge_tx_ports(tx_map, tx_ifindexes, tx_map_name)
+            self.set_diff(present, new_tag, present.attached_mode, sorted(reused))
+            return
+
+        self.result.update(changed=True, tag=new_tag, maps_reused=reused, maps_created=created,
+                           maps_removed=stale)
+        # The new program's device map (the pinned one if reused) is filled before the
+        # program runs, so its first packets already find the devices.
+        self.converge_tx_ports(obj.map(TX_PORTS_MAP) if tx_map_name else None, tx_ifindexes, tx_map_name)
+        if self.module.check_mode:
+            self.result["mode"] = mode if mode != "auto" else (present.attached_mode or "native")
+            self.set_diff(present, new_tag, self.result["mode"], sorted(reused + created))
+            return
+        self.replace_program(present, obj, program, created, stale, mode)
+        self.set_diff(present, new_tag, self.result["mode"], sorted(reused + created))
+
+    def converge_tx_ports(self, tx_map, tx_ifindexes, tx_map_name):
+        """Make the device map hold exactly the wanted ifindexes (key and value: the ifindex)."""
+        if tx_map is None:
+            if tx_ifindexes:
+                raise ModuleFailure("tx_devices: the object has no %s map to put them in" % TX_PORTS_MAP)
+            return
+        present = set(U32.unpack(key)[0] for key in tx_map.keys())
+        wanted = set(tx_ifindexes)
+        self.result["tx_devices"] = sorted(tx_ifindexes.values())
+        if present == wanted:
+            return
+        self.result["changed"] = True
+        self.result["tx_devices_before"] = sorted(present)
+        if self.module.check_mode:
+            return
+        self.modified = True
+        try:
+            for ifindex in sorted(wanted - present):
+                tx_map.update(U32.pack(ifindex), U32.pack(ifindex))
+            for ifindex in sorted(present - wanted):
+                tx_map.delete(U32.pack(ifindex))
+        except BpfError as exc:
+            raise ModuleFailure("tx_devices: cannot update map %s: %s" % (tx_map_name, exc))
+
+    def replace_program(self, present, obj, program, created, stale, mode):
+        """Stage pins, attach atomically, then move the staged pins into place.
+
+        Everything that can fail for a foreseeable reason (pinning, the verifier, the
+        attach) happens while the old program still runs and its pins are untouched;
+        after the attach only renames remain.
+        """
+        staged = []
+        program_path = program_pin_path(self.pin_root, self.iface)
+        try:
+            os.makedirs(maps_dir(self.pin_root, self.iface), mode=0o700)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+        try:
+            for name in created:
+                path = map_pin_path(self.pin_root, self.iface, name)
+                unpin(path + "_next")
+                obj.map(name).pin(path + "_next")
+                staged.append(path)
+            unpin(program_path + "_next")
+            program.pin(program_path + "_next")
+            staged.append(program_path)
+            self.attach(present, program, mode)
+            self.modified = True
+        except BaseException:
+            for path in staged:
+                unpin(path + "_next")
+            remove_empty_dirs(self.pin_root, self.iface)
+            raise
+        for path in staged:
+            os.rename(path + "_next", path)
+        for name in stale:
+            unpin(map_pin_path(self.pin_root, self.iface, name))
+        self.result["prog_id"] = program.id
+
+    def attach(self, present, program, mode):
+        """Attach ``program`` in ``mode`` (auto: native, else generic), replacing what runs."""
+        old = None
+        if present.attached_id:
+            if not present.ours_attached(self.program_name):
+                self.module.warn("replacing XDP program %s (id %d) on %s, which this module did not attach"
+                                 % (present.attached_info.name, present.attached_id, self.iface))
+            old = BpfProgram.from_id(present.attached_id)
+        try:
+            if mode == "auto":
+                try:
+                    self.attach_in_mode(present, program, "native", old)
+                except BpfError as exc:
+                    if exc.errno not in NATIVE_REFUSED_ERRNOS:
+                        raise
+                    self.result["mode_fallback"] = ("native XDP refused by the driver of %s: %s"
+                                                    % (self.iface, os.strerror(exc.errno)))
+                    self.attach_in_mode(present, program, "generic", old)
+            else:
+                self.attach_in_mode(present, program, mode, old)
+        except BpfError as exc:
+            raise ModuleFailure("attaching %s to %s failed (the previous program stays attached): %s"
+                                % (self.program_name, self.iface, exc))
+        finally:
+            if old is not None:
+                old.close()
+
+    def attach_in_mode(self, present, program, mode, old):
+        flags = MODE_FLAGS[mode]
+        if old is None:
+            # Fails with EBUSY instead of replacing a program attached meanwhile.
+            xdp_attach(self.ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        elif present.attached_mode == mode:
+            # Atomic: fails with EEXIST if the attached program is not `old` any more.
+            xdp_attach(self.ifindex, program.fd, flags, old_prog_fd=old.fd)
+        else:
+            # native <-> generic cannot be swapped in one step: the kernel refuses a second
+            # mode while one is attached. Detach, attach, and put the old one back on failure.
+            self.module.warn("switching %s from %s to %s XDP: the interface runs without a "
+                             "program for a moment" % (self.iface, present.attached_mode, mode))
+            old_flags = MODE_FLAGS.get(present.attached_mode, 0)
+            xdp_detach(self.ifindex, old_flags, old_prog_fd=old.fd)
+            try:
+                xdp_attach(self.ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+            except BpfError as exc:
+                try:
+                    xdp_attach(self.ifindex, old.fd, old_flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                except BpfError as again:
+                    self.modified = True
+                    raise ModuleFailure("attaching %s to %s in %s mode failed (%s), and putting the "
+                                        "previous program back failed too (%s): %s has no XDP program"
+                                        % (self.program_name, self.iface, mode, exc, again, self.iface))
+                raise
+        self.result["mode"] = mode
+
+    def set_diff(self, present, new_tag, new_mode, new_maps):
+        if not self.module._diff:
+            return
+        before_tx = self.result.get("tx_devices_before")
+        self.result["diff"] = dict(
+            before={
+                "tag": present.attached_info.tag if present.attached_info else None,
+                "mode": present.attached_mode,
+                "pinned_maps": sorted(present.pinned_maps),
+                "tx_devices": self.result["tx_devices"] if before_tx is None else
+                [self.ifname(ifindex) for ifindex in before_tx],
+            },
+            after={
+                "tag": new_tag,
+                "mode": new_mode,
+                "pinned_maps": new_maps,
+                "tx_devices": self.result["tx_devices"],
+            },
+            before_header="%s (xdp)" % self.iface, after_header="%s (xdp)" % self.iface,
+        )
+
+    @staticmethod
+    def ifname(ifindex):
+        try:
+            return socket.if_indextoname(ifindex)
+        except OSError:
+            return "ifindex %d" % ifindex
+
+    # -- absent ------------------------------------------------------------------------------
+
+    def run_absent(self):
+        readable = self.pins_readable(mount_if_needed=False)
+        present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
+        try:
+            self.record_previous(present)
+            ours = present.ours_attached(self.program_name)
+            if present.attached_id and not ours:
+                self.module.warn("leaving XDP program %s (id %d) on %s attached: this module did not attach it"
+                                 % (present.attached_info.name, present.attached_id, self.iface))
+            pins = []
+            if present.pinned_program is not None:
+                pins.append(program_pin_path(self.pin_root, self.iface))
+            pins.extend(map_pin_path(self.pin_root, self.iface, name) for name in present.pinned_maps)
+            self.result["maps_removed"] = sorted(present.pinned_maps)
+            self.result["changed"] = bool(ours or pins)
+            if self.module._diff:
+                self.result["diff"] = dict(
+                    before={"tag": present.attached_info.tag if ours else None,
+                            "mode": present.attached_mode if ours else None,
+                            "pinned_maps": sorted(present.pinned_maps)},
+                    after={"tag": None, "mode": None, "pinned_maps": []},
+                    before_header="%s (xdp)" % self.iface, after_header="%s (xdp)" % self.iface)
+            if self.module.check_mode or not self.result["changed"]:
+                return
+            if ours:
+                old = BpfProgram.from_id(present.attached_id)
+                try:
+                    xdp_detach(self.ifindex, MODE_FLAGS.get(present.attached_mode, 0), old_prog_fd=old.fd)
+                except BpfError as exc:
+                    raise ModuleFailure("detaching the XDP program from %s failed: %s" % (self.iface, exc))
+                finally:
+                    old.close()
+            self.modified = True
+            for path in pins:
+                unpin(path)
+            remove_empty_dirs(self.pin_root, self.iface)
+        finally:
+            present.close()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            iface=dict(type="str", required=True),
+            object=dict(type="path"),
+            program=dict(type="str", default="xdp_edge"),
+            mode=dict(type="str", default="auto", choices=["auto", "native", "generic"]),
+            pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            tx_devices=dict(type="list", elements="str", default=[]),
+        ),
+        required_if=[("state", "present", ["object"])],
+        supports_check_mode=True,
+    )
+    runner = XdpProgramModule(module)
+    try:
+        if module.params["state"] == "present":
+            runner.run_present()
+        else:
+            runner.run_absent()
+    except (ModuleFailure, BpfError) as exc:
+        runner.result["changed"] = runner.modified
+        message = str(exc) if isinstance(exc, ModuleFailure) else "%s (interface %s)" % (exc, runner.iface)
+        module.fail_json(msg=message, **runner.result)
+    module.exit_json(**runner.result)
+
+
+if __name__ == "__main__":
+    main()
