@@ -213,10 +213,9 @@ def _bench(args) -> int:
     from tests.bpf import topology as topo
     from tests.bpf.edge_env import EdgeEnv
 
-    from bench import measure, programs, scenario, siphash
+    from bench import measure, programs, scenario
     from bench.measure import Probe, corrected, median, paired_ratios, spread
 
-    siphash.check_against_paper()
     cpu = _pin_to_one_cpu()
     results = {"rounds": args.rounds, "seconds_per_run": args.seconds, "cpu": cpu}
 

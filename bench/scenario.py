@@ -7,6 +7,7 @@ The namespace around the program (routes, neighbours) is tests/bpf/topology.py's
 
 from __future__ import annotations
 
+import socket
 import struct
 
 from scapy.layers.inet import IP, TCP, UDP
@@ -17,8 +18,8 @@ from tests.bpf import topology as topo
 from tests.bpf.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie
 
-from . import siphash
 
 ANYCAST_PREFIX = "198.51.100.0/24"
 SERVICE_ADDR = "198.51.100.10"
@@ -97,7 +98,8 @@ A2S_CLIENT_PORT = 40005
 def a2s_request_frame(now_ns: int | None = None) -> bytes:
     """The 29-byte A2S_INFO request with this POP's cookie for the current epoch."""
     epoch = (monotonic_ns() if now_ns is None else now_ns) // COOKIE_EPOCH_NS
-    cookie = siphash.a2s_cookie(COOKIE_KEY, A2S_CLIENT, SERVICE_ADDR, A2S_CLIENT_PORT, A2S_PORT, epoch)
+    cookie = a2s_cookie(COOKIE_KEY, socket.inet_aton(A2S_CLIENT), socket.inet_aton(SERVICE_ADDR), A2S_CLIENT_PORT,
+                        A2S_PORT, epoch)
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))
 
 
