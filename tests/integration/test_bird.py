@@ -288,3 +288,34 @@ def test_drain_adds_gshut_then_withdraws_and_undrain_brings_it_back(lab):
     route = lab.wait_for(lambda: upstream_route(lab, PREFIX), "the prefix back at the upstream")
     assert "65535:0" not in communities(route)
     assert lab.session_established()
+
+
+def test_reload_that_loses_a_session_is_undone(lab):
+    """A config BIRD accepts but that breaks the session (wrong peer ASN): undo, old file back."""
+    lab.wait_for(lab.session_established, "the BGP session before the bad reload")
+    before = lab.pop_config.read_text()
+    playbook = lab.workdir / "wrong_asn.yml"
+    playbook.write_text(textwrap.dedent("""\
+        - name: Apply a configuration that breaks the session
+          hosts: pops
+          gather_facts: false
+          tasks:
+            - name: Apply it
+              anycast.edge.bird_config:
+                content: "{{ lookup('ansible.builtin.file', anycast_edge_bird_config_path) | replace('as 64600;', 'as 64601;') }}"
+                path: "{{ anycast_edge_bird_config_path }}"
+                socket: "{{ anycast_edge_bird_socket }}"
+                session_wait: 4
+                confirm_timeout: 30
+        """))
+    proc = ansible_playbook(lab, str(playbook), inventory(lab))
+    assert proc.returncode != 0
+    results, dummy = task_results(proc)
+    failed = results["Apply it"]
+    assert failed["status"] == "fatal"
+    assert "bgp_upstream1" in failed["msg"] and "configure undo" in failed["msg"], failed["msg"]
+    assert lab.pop_config.read_text() == before
+    lab.wait_for(lab.session_established, "the session back after configure undo")
+    lab.wait_for(lambda: upstream_route(lab, PREFIX), "the prefix back at the upstream")
+    # BIRD runs the old configuration again (the session could not be Established otherwise).
+    assert re.search(r"Neighbor AS:\s+64600\b", lab.birdc(lab.pop_socket, "show", "protocols", "all", "bgp_upstream1"))
