@@ -24,9 +24,10 @@
  *     a metadata dst that test_run neither takes nor returns: the decision could not be tested
  *     short of a VM;
  *   - the outer source stays the host's tunnel address, which the POP's return path checks.
- *   Cost: the frame keeps the next-hop MACs the kernel resolved for the default POP, so all POPs
- *   must be reached through the same gateway (the normal case: across the internet via the
- *   default route).
+ *   Cost: the frame keeps the next-hop MACs the kernel resolved for the POP its routing chose,
+ *   which is right when every POP is reached through the same gateway (the normal case: across
+ *   the internet via the default route); a host with POPs behind different next hops sets
+ *   MAPPER_F_FIB_NEXT_HOP and the program asks the FIB for each steered reply.
  *
  * Decisions (tests/bpf/test_tc_mapper.py pins each one):
  *   - A mapping counts only while it is younger than the idle time and its POP is still listed in
@@ -184,6 +185,32 @@ static __always_inline int mac_is_set(const __u8 *mac)
 }
 
 /*
+ * MAPPER_F_FIB_NEXT_HOP: the next hop towards the POP the reply now goes to. Returns the action:
+ * TC_ACT_OK with the frame's MACs set (or left as they were when the FIB has no answer yet, e.g.
+ * no neighbour entry: the kernel's next hop is the best guess), a redirect when the route leaves
+ * through another device, or -1 when the frame could not be written.
+ */
+static __always_inline int steer_next_hop(struct __sk_buff *skb, const struct ipip_packet *pkt, __be32 pop)
+{
+	struct bpf_fib_lookup fib = {};
+	__u8 macs[2 * ETH_ALEN];
+
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_IPIP;
+	fib.tot_len = pkt->inner_tot_len + pkt->outer_hdr_len;
+	fib.ifindex = skb->ifindex;
+	fib.ipv4_src = pkt->outer_saddr;
+	fib.ipv4_dst = pop;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	__builtin_memcpy(macs, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, fib.smac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0))
+		return -1;
+	return fib.ifindex != skb->ifindex ? bpf_redirect(fib.ifindex, 0) : TC_ACT_OK;
+}
+
+/*
  * Direct server return: the inner packet already comes from the anycast address (the game server
  * is bound to it); strip the outer header and address the frame to the gateway. Returns the
  * action, with TC_ACT_SHOT only when the frame was left half-changed.
@@ -248,7 +275,7 @@ int tc_mapper_egress(struct __sk_buff *skb)
 	struct mapper_config *cfg;
 	__u32 len = skb->len, reason;
 	__be32 pop;
-	int rc;
+	int rc, action;
 
 	cfg = config();
 	if (!cfg || !cfg->tunnel_addr)
@@ -275,7 +302,13 @@ int tc_mapper_egress(struct __sk_buff *skb)
 	}
 	if (set_outer_daddr(skb, &pkt, pop))
 		return count(skb, MAPPER_REASON_EGRESS_ERROR, len, TC_ACT_SHOT);
-	return count(skb, reason, len, TC_ACT_OK);
+	action = TC_ACT_OK;
+	if ((cfg->flags & MAPPER_F_FIB_NEXT_HOP) && pop != pkt.outer_daddr) {
+		action = steer_next_hop(skb, &pkt, pop);
+		if (action < 0)
+			return count(skb, MAPPER_REASON_EGRESS_ERROR, len, TC_ACT_SHOT);
+	}
+	return count(skb, reason, len, action);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -58,8 +58,13 @@ struct mapper_config {
 	__be32 tunnel_addr;     /* this host's tunnel address: outer destination from POPs, outer source of replies */
 	__be32 default_pop;     /* outer destination without a live mapping; 0: keep what the kernel's routing chose */
 	__u8 gateway_mac[6];    /* DSR next hop; all zero: ask the FIB (bpf_fib_lookup), else keep the frame's MACs */
-	__u8 pad[2];
+	__u16 flags;            /* MAPPER_F_* */
 };
+
+/* Steered replies: ask the FIB for the next hop towards the new POP and set the frame's MACs (and
+ * the device) from it. Off, the frame keeps the next hop the kernel resolved for the POP its
+ * routing chose: right when every POP is reached through the same gateway, and cheaper. */
+#define MAPPER_F_FIB_NEXT_HOP (1U << 0)
 
 /* The POPs whose IPIP this host accepts for learning, keyed by the POP's tunnel address (__be32). */
 struct mapper_pop_value {

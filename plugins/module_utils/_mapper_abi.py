@@ -38,6 +38,7 @@ REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1}
 
 SERVICE_F_DSR = 1 << 0
+F_FIB_NEXT_HOP = 1 << 0          # mapper_config.flags
 
 MAX_POPS = 256
 MAX_SERVICES = 1024
@@ -51,7 +52,7 @@ MAPS = ("mapper_config", "mapper_pops", "mapper_services", "mapper_flows", "mapp
 
 # struct layouts ('<' = the BPF target's little-endian byte order, no implicit padding)
 MAPPER_COUNTER = struct.Struct("<QQ")            # struct mapper_counter
-MAPPER_CONFIG = struct.Struct("<Q4s4s6s2x")      # struct mapper_config
+MAPPER_CONFIG = struct.Struct("<Q4s4s6sH")       # struct mapper_config
 POP_KEY = struct.Struct("<4s")                   # mapper_pops key: __be32
 POP_VALUE = struct.Struct("<I")                  # struct mapper_pop_value
 SERVICE_KEY = struct.Struct("<4s2sBx")           # struct mapper_service_key
@@ -63,7 +64,7 @@ U32 = struct.Struct("<I")                        # array indexes
 # name of the C struct -> (Struct, member names in order); what the BTF test checks
 LAYOUTS = {
     "mapper_counter": (MAPPER_COUNTER, ("packets", "bytes")),
-    "mapper_config": (MAPPER_CONFIG, ("idle_ns", "tunnel_addr", "default_pop", "gateway_mac", "pad")),
+    "mapper_config": (MAPPER_CONFIG, ("idle_ns", "tunnel_addr", "default_pop", "gateway_mac", "flags")),
     "mapper_pop_value": (POP_VALUE, ("flags",)),
     "mapper_service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
     "mapper_service_value": (SERVICE_VALUE, ("flags",)),
@@ -92,11 +93,12 @@ def mac(address):
     return bytes(int(octet, 16) for octet in octets)
 
 
-def pack_config(tunnel_addr, default_pop=None, idle_ns=0, gateway_mac=None):
+def pack_config(tunnel_addr, default_pop=None, idle_ns=0, gateway_mac=None, fib_next_hop=False):
     """struct mapper_config: this host's tunnel address, the default POP (None: keep the
-    kernel's choice), the idle time (0: the program's default) and the DSR gateway MAC
-    (None: ask the FIB)."""
-    return MAPPER_CONFIG.pack(idle_ns, ipv4(tunnel_addr), ipv4(default_pop), mac(gateway_mac))
+    kernel's choice), the idle time (0: the program's default), the DSR gateway MAC (None: ask
+    the FIB) and whether steered replies get their next hop from the FIB."""
+    flags = F_FIB_NEXT_HOP if fib_next_hop else 0
+    return MAPPER_CONFIG.pack(idle_ns, ipv4(tunnel_addr), ipv4(default_pop), mac(gateway_mac), flags)
 
 
 def pack_pop_key(address):

@@ -6,7 +6,8 @@ helpers to fill its maps the way the tc_mapper role will, and runners for both p
 BPF_PROG_TEST_RUN.
 
     game-server host: nic0 10.1.0.10/24 (the tunnel address), gateway 10.1.0.254 (static MAC),
-    default route via the gateway; POPs and players are somewhere beyond it.
+    default route via the gateway; POPs and players are somewhere beyond it, except
+    10.5.0.0/16, reached through another router, 10.1.0.253 (static MAC).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ NIC_MAC = "02:00:00:00:01:0a"
 HOST_ADDR = "10.1.0.10"           # the host's tunnel address (outer destination from POPs)
 GATEWAY = "10.1.0.254"
 GATEWAY_MAC = "02:00:00:00:01:fe"
+# A POP reached through another router on the same link (a private interconnect, say).
+PEERED_POP = "10.5.0.1"
+PEERING_ROUTER = "10.1.0.253"
+PEERING_ROUTER_MAC = "02:00:00:00:01:fd"
 
 # struct __sk_buff as BPF_PROG_TEST_RUN takes it: only a few fields may be non-zero, among them
 # ifindex (offset 40), which makes the test skb's device the one named (for bpf_fib_lookup).
@@ -114,6 +119,8 @@ class MapperEnv:
         _ip("addr", "add", HOST_ADDR + "/24", "dev", NIC)
         _ip("neigh", "replace", GATEWAY, "lladdr", GATEWAY_MAC, "nud", "permanent", "dev", NIC)
         _ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
+        _ip("neigh", "replace", PEERING_ROUTER, "lladdr", PEERING_ROUTER_MAC, "nud", "permanent", "dev", NIC)
+        _ip("route", "add", "10.5.0.0/16", "via", PEERING_ROUTER, "dev", NIC)
         # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the device.
         for conf in ("all", "default", NIC):
             with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:

@@ -62,8 +62,9 @@ def test_reason_names_follow_the_c_enum(repo_root):
 def test_constants_follow_the_c_header(repo_root):
     header = (repo_root / "bpf" / "include" / "mapper_abi.h").read_text()
     assert re.search(r"#define MAPPER_SERVICE_F_DSR \(1U << 0\)", header)
+    assert re.search(r"#define MAPPER_F_FIB_NEXT_HOP \(1U << 0\)", header)
     assert re.search(r"#define MAPPER_DEFAULT_IDLE_NS \(120ULL \* 1000000000ULL\)", header)
-    assert abi.DEFAULT_IDLE_NS == 120 * 10**9 and abi.SERVICE_F_DSR == 1
+    assert abi.DEFAULT_IDLE_NS == 120 * 10**9 and abi.SERVICE_F_DSR == 1 and abi.F_FIB_NEXT_HOP == 1
 
 
 def test_the_verifier_accepts_both_programs_on_this_kernel(tc_mapper_object):

@@ -16,7 +16,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
 from .edge_env import monotonic_ns
-from .mapper_env import GATEWAY_MAC, HOST_ADDR, NIC_MAC, MapperEnv, build_object
+from .mapper_env import (GATEWAY_MAC, HOST_ADDR, NIC_MAC, PEERED_POP, PEERING_ROUTER_MAC, MapperEnv,
+                         build_object)
 
 SECOND = 10**9
 IDLE_NS = 30 * SECOND
@@ -49,7 +50,7 @@ def host(mapper_session):
     env = mapper_session
     env.reset()
     env.configure(default_pop=POP_A, idle_ns=IDLE_NS)
-    for pop in (POP_A, POP_B, POP_C):
+    for pop in (POP_A, POP_B, POP_C, PEERED_POP):
         env.add_pop(pop)
     env.add_service("udp", GAME, GAME_PORT)
     env.add_service("tcp", GAME, GAME_PORT)
@@ -310,6 +311,34 @@ def test_outer_ip_options_are_stepped_over(host):
     result = host.egress(raw(frame))
     assert (result.reason, outer_dst(result.data)) == ("egress_mapped", POP_B)
     assert checksums_valid(result.data)
+
+
+@pytest.mark.parametrize("fib_next_hop, expected_mac", [(False, GATEWAY_MAC), (True, PEERING_ROUTER_MAC)],
+                         ids=["kernel's next hop kept", "next hop from the FIB"])
+def test_a_pop_behind_another_router_gets_that_routers_mac_only_when_asked(host, fib_next_hop, expected_mac):
+    host.configure(default_pop=POP_A, idle_ns=IDLE_NS, fib_next_hop=fib_next_hop)
+    host.ingress(inbound(pop=PEERED_POP))
+    result = host.egress(reply(routed_to=POP_A))
+    out = Ether(result.data)
+    assert (result.action, result.reason) == ("OK", "egress_mapped")
+    assert (out.dst, out.src, out[IP].dst) == (expected_mac, NIC_MAC, PEERED_POP)
+    assert checksums_valid(result.data) and result.data[34:] == reply()[34:]
+
+
+def test_without_an_answer_from_the_fib_the_kernels_next_hop_is_kept(host):
+    """An on-link POP whose neighbour entry does not exist yet (NO_NEIGH): still steered."""
+    host.configure(default_pop=POP_A, idle_ns=IDLE_NS, fib_next_hop=True)
+    host.add_pop("10.1.0.50")
+    host.ingress(inbound(pop="10.1.0.50"))
+    result = host.egress(reply(routed_to=POP_A))
+    expected = ("egress_mapped", GATEWAY_MAC, "10.1.0.50")
+    assert (result.reason, Ether(result.data).dst, outer_dst(result.data)) == expected
+
+
+def test_the_fib_is_not_asked_when_the_kernel_already_routed_to_the_right_pop(host):
+    host.configure(default_pop=POP_A, idle_ns=IDLE_NS, fib_next_hop=True)
+    frame = reply(routed_to=POP_A, dst_mac=OTHER_MAC)
+    assert host.egress(frame).data == frame
 
 
 @pytest.mark.parametrize("frame", [
