@@ -1,0 +1,635 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+"""Inventory rules -> the entries of the POP's rule maps, and the ordered plan that writes them.
+
+Pure Python (standard library + _edge_abi), no kernel access: the edge_rules module reads the
+pinned maps, hands their content here, and executes the plan this file returns. Keeping the
+plan a pure function lets the unit tests check the write ORDER, which is what keeps the filter
+safe while a rule set changes.
+
+The maps converged here (bpf/include/edge_maps.h says who owns which):
+
+    edge_config      one entry: tunnel address, per-protocol limits, ban/punch/cookie settings
+    edge_services    (protocol, anycast address, port) -> service id, backend, A2S flags, limit
+    edge_anycast_v4  the anycast prefixes this POP claims
+    edge_backends    tunnel addresses of the backends (return traffic is accepted only from them)
+    edge_allow_v4    sources that skip bans and rate limits
+    edge_deny_v4     sources that are dropped (checked first: deny beats allow)
+
+The maps the program fills itself (bans, punches, rate counters, stats) are never written. The
+one exception is edge_a2s_cache: an entry is deleted when the service owning its id changes (see
+plan_writes), so that a cached reply of one game server is never served for another.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import functools
+import itertools
+import operator
+import socket
+import struct
+import zlib
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+# Maps edge_rules converges, in the order they are read and reported.
+RULE_MAPS = ("edge_config", "edge_services", "edge_anycast_v4", "edge_backends",
+             "edge_allow_v4", "edge_deny_v4")
+A2S_CACHE_MAP = "edge_a2s_cache"
+
+# Service ids index edge_service_stats and edge_a2s_cache: 1..MAX_SERVICES-1 (0 = "none").
+MAX_SERVICE_ID = abi.MAX_SERVICES - 1
+
+# Capacity of each map (max_entries in bpf/include/edge_abi.h); checked before any write so a
+# too-large rule set fails cleanly instead of half-way through with E2BIG/ENOSPC.
+CAPACITY = {
+    "edge_services": abi.MAX_SERVICES,
+    "edge_anycast_v4": 256,
+    "edge_backends": 1024,
+    "edge_allow_v4": 1100000,
+    "edge_deny_v4": 1100000,
+}
+
+CONFIG_KEY = abi.U32.pack(0)
+LPM_PRESENT = abi.U32.pack(1)          # value of allow/deny/anycast entries (never read by XDP)
+BACKEND_VALUE = abi.BACKEND_VALUE.pack(0)
+A2S_FLAGS = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
+
+DEFAULT_A2S_MAX_AGE_SEC = 30
+_ALL_ONES = 0xFFFFFFFF
+
+
+class RuleError(ValueError):
+    """A parameter that cannot become a map entry; the text names the parameter and the value."""
+
+
+def default_service_id(name):
+    """The id a service gets when the inventory gives none: stable across runs and hosts
+    (a CRC of the name, not Python's salted hash()), 1..1023."""
+    return zlib.crc32(name.encode("utf-8")) % MAX_SERVICE_ID + 1
+
+
+# --- parsing (fast: 100,000 prefixes are parsed on every run) ------------------------------
+
+def parse_ipv4(text, where):
+    """Raw network-order bytes of a dotted quad; RuleError naming `where` otherwise."""
+    try:
+        return socket.inet_pton(socket.AF_INET, text)
+    except (OSError, TypeError):
+        raise RuleError("%s: %r is not an IPv4 address" % (where, text))
+
+
+def parse_cidr(text, where):
+    """LPM key bytes of 'a.b.c.d/len' (a bare address is a /32). Host bits must be zero: a
+    prefix with host bits is almost always a typo for a different prefix."""
+    if not isinstance(text, str):
+        raise RuleError("%s: %r is not an IPv4 CIDR" % (where, text))
+    address, slash, length_text = text.partition("/")
+    raw = parse_ipv4(address, where)
+    if slash:
+        if not length_text.isdigit() or int(length_text) > 32:
+            raise RuleError("%s: %r has no valid prefix length (0..32)" % (where, text))
+        length = int(length_text)
+    else:
+        length = 32
+    host_mask = _ALL_ONES >> length
+    if int.from_bytes(raw, "big") & host_mask:
+        network = socket.inet_ntoa((int.from_bytes(raw, "big") & ~host_mask & _ALL_ONES).to_bytes(4, "big"))
+        raise RuleError("%s: %s has host bits set (did you mean %s/%d?)" % (where, text, network, length))
+    return abi.LPM_V4_KEY.pack(length, raw)
+
+
+_HOST_MASKS = [_ALL_ONES >> length for length in range(33)]
+
+
+def _cidr_entries_bulk(cidrs):
+    """cidr_entries for a list where every item is a canonical 'a.b.c.d/len' (the role always
+    passes that form), with the per-item work done by C-level map() calls: 100,000 prefixes
+    are parsed on every run, a no-op run included. Raises (ValueError, ...) on anything
+    unusual; the caller then parses item by item to say exactly what is wrong."""
+    # Exactly one '/' per item, then one join and one split give [a0, len0, a1, len1, ...].
+    if not all(map(operator.eq, map(str.count, cidrs, itertools.repeat("/")), itertools.repeat(1))):
+        raise ValueError("not all items are a.b.c.d/len")
+    fields = "/".join(cidrs).split("/")
+    addresses, lengths = fields[0::2], fields[1::2]
+    if not all(map(str.isdigit, lengths)):
+        raise ValueError("not all prefix lengths are numbers")
+    raws = list(map(functools.partial(socket.inet_pton, socket.AF_INET), addresses))
+    numbers = list(map(int, lengths))
+    host_masks = list(map(_HOST_MASKS.__getitem__, numbers))   # IndexError above /32
+    if any(map(operator.and_, map(int.from_bytes, raws, itertools.repeat("big")), host_masks)):
+        raise ValueError("host bits set")
+    return dict.fromkeys(map(abi.LPM_V4_KEY.pack, numbers, raws), LPM_PRESENT)
+
+
+def cidr_entries(cidrs, where):
+    """{LPM key: LPM_PRESENT} of a list of CIDRs (duplicates collapse)."""
+    if not cidrs:
+        return {}
+    try:
+        return _cidr_entries_bulk(cidrs)
+    except (ValueError, OSError, IndexError, TypeError):
+        pass
+    pack = abi.LPM_V4_KEY.pack
+    inet_pton = socket.inet_pton
+    entries = {}
+    for index, text in enumerate(cidrs):
+        # Fast path for the common, valid 'a.b.c.d/len' form; anything unusual goes through
+        # parse_cidr, which explains what is wrong.
+        try:
+            address, length_text = text.split("/")
+            length = int(length_text)
+            raw = inet_pton(socket.AF_INET, address)
+            if 0 <= length <= 32 and length_text.isdigit() and not int.from_bytes(raw, "big") & (_ALL_ONES >> length):
+                entries[pack(length, raw)] = LPM_PRESENT
+                continue
+        except (ValueError, OSError, AttributeError, TypeError):
+            pass
+        entries[parse_cidr(text, "%s[%d]" % (where, index))] = LPM_PRESENT
+    return entries
+
+
+# --- rendering (diff output, reports) -------------------------------------------------------
+
+def render_lpm(key):
+    length, raw = abi.LPM_V4_KEY.unpack(key)
+    return "%s/%d" % (socket.inet_ntoa(raw), length)
+
+
+def render_service_key(key):
+    raw, port_raw, proto = abi.SERVICE_KEY.unpack(key)
+    proto_name = dict((number, name) for name, number in abi.IPPROTO.items()).get(proto, str(proto))
+    if proto_name == "icmp":
+        return "icmp %s" % socket.inet_ntoa(raw)
+    return "%s %s:%d" % (proto_name, socket.inet_ntoa(raw), struct.unpack("!H", port_raw)[0])
+
+
+def render_service_value(value):
+    service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)
+    text = "id %d -> backend %s" % (service_id, socket.inet_ntoa(backend))
+    flag_names = [name for bit, name in ((abi.SERVICE_F_A2S_CACHE, "a2s_cache"), (abi.SERVICE_F_A2S_SNOOP, "a2s_snoop"))
+                  if flags & bit]
+    if flag_names:
+        text += " " + ",".join(flag_names)
+    if flags & abi.SERVICE_F_A2S_CACHE:
+        text += " max_age %gs" % (max_age_ms / 1000.0)
+    if pps or bps:
+        text += " limit %s pps / %s Bps" % (pps or "-", bps or "-")
+    return text
+
+
+def render_config(value):
+    fields = abi.EDGE_CONFIG.unpack(value)
+    tunnel, ban_sec, punch_idle_ns, cookie_epoch_ns, key0, key1 = fields[:6]
+    limits = fields[6:]
+    lines = [
+        "tunnel_address %s" % socket.inet_ntoa(tunnel),
+        "ban_sec %d" % ban_sec,
+        "punch_idle_sec %g" % (punch_idle_ns / 1e9),
+        "a2s_cookie_epoch_sec %g" % (cookie_epoch_ns / 1e9),
+        # The key is a secret: say only whether it is set.
+        "a2s_cookie_key %s" % ("(set)" if key0 or key1 else "(unset)"),
+    ]
+    for index, name in enumerate(abi.PROTO_CLASSES):
+        pps, bps = limits[2 * index], limits[2 * index + 1]
+        lines.append("rate_limit %s %s pps / %s Bps" % (name, pps or "-", bps or "-"))
+    return lines
+
+
+def render_entry(map_name, key, value, service_names=None):
+    """One map entry as a line a human reads in --diff output."""
+    if map_name in ("edge_anycast_v4", "edge_allow_v4", "edge_deny_v4"):
+        return render_lpm(key)
+    if map_name == "edge_backends":
+        return socket.inet_ntoa(key)
+    if map_name == "edge_services":
+        name = (service_names or {}).get(key)
+        prefix = (name + ": ") if name else ""
+        return prefix + render_service_key(key) + " " + render_service_value(value)
+    if map_name == A2S_CACHE_MAP:
+        return "cached reply of service id %d" % abi.U32.unpack(key)[0]
+    return "%s %s" % (key.hex(), value.hex())
+
+
+# --- desired entries --------------------------------------------------------------------------
+
+def service_entry(service, index):
+    """(service_key, service_value) of one resolved service (edge_rules' services item)."""
+    where = "services[%d]" % index
+    name = service.get("name") or ""
+    protocol = service.get("protocol")
+    if protocol not in abi.IPPROTO:
+        raise RuleError("%s.protocol: %r is not one of udp, tcp, icmp" % (where, protocol))
+    port_number = service.get("port") or 0
+    if protocol == "icmp":
+        if port_number:
+            raise RuleError("%s.port: %r given for an icmp service (icmp has no port)" % (where, port_number))
+    elif not 1 <= port_number <= 65535:
+        raise RuleError("%s.port: %r is not a port (1..65535)" % (where, port_number))
+    service_id = service.get("id")
+    if service_id is None:
+        service_id = default_service_id(name)
+    if not 1 <= service_id <= MAX_SERVICE_ID:
+        raise RuleError("%s.id: %r is not in 1..%d" % (where, service_id, MAX_SERVICE_ID))
+    address = parse_ipv4(service.get("address"), where + ".address")
+    backend = parse_ipv4(service.get("backend_address"), where + ".backend_address")
+    a2s_cache = bool(service.get("a2s_cache"))
+    a2s_snoop = service.get("a2s_snoop")
+    a2s_snoop = a2s_cache if a2s_snoop is None else bool(a2s_snoop)
+    if (a2s_cache or a2s_snoop) and protocol != "udp":
+        raise RuleError("%s: a2s_cache/a2s_snoop need protocol udp, not %s" % (where, protocol))
+    flags = (abi.SERVICE_F_A2S_CACHE if a2s_cache else 0) | (abi.SERVICE_F_A2S_SNOOP if a2s_snoop else 0)
+    max_age_ms = 0
+    if a2s_cache:
+        max_age_sec = service.get("a2s_max_age_sec")
+        if max_age_sec is None:
+            max_age_sec = DEFAULT_A2S_MAX_AGE_SEC
+        if max_age_sec <= 0:
+            raise RuleError("%s.a2s_max_age_sec: %r must be > 0" % (where, max_age_sec))
+        max_age_ms = int(max_age_sec * 1000)
+    limit = rate_limit_pair(service.get("rate_limit"), where + ".rate_limit")
+    key = abi.SERVICE_KEY.pack(address, abi.port(port_number), abi.IPPROTO[protocol])
+    value = abi.SERVICE_VALUE.pack(service_id, backend, flags, max_age_ms, limit[0], limit[1])
+    return key, value
+
+
+def rate_limit_pair(limit, where):
+    """(packets_per_sec, bytes_per_sec) of a {packets_per_sec:, bytes_per_sec:} dict; 0 = none."""
+    if not limit:
+        return (0, 0)
+    pair = []
+    for field in ("packets_per_sec", "bytes_per_sec"):
+        number = limit.get(field)
+        if number is None:
+            pair.append(0)
+            continue
+        if number <= 0:
+            raise RuleError("%s.%s: %r must be > 0 (omit it for no limit)" % (where, field, number))
+        pair.append(int(number))
+    return tuple(pair)
+
+
+def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_epoch_sec, cookie_key):
+    """struct edge_config. cookie_key: 16 raw bytes."""
+    if ban_sec < 0:
+        raise RuleError("ban_sec: %r must be >= 0" % ban_sec)
+    if punch_idle_sec <= 0:
+        raise RuleError("punch_idle_sec: %r must be > 0" % punch_idle_sec)
+    if cookie_epoch_sec <= 0:
+        raise RuleError("a2s_cookie_epoch_sec: %r must be > 0" % cookie_epoch_sec)
+    limits = {}
+    for name, limit in (rate_limits or {}).items():
+        if name not in abi.PROTO_CLASSES:
+            raise RuleError("rate_limits.%s: unknown protocol class (tcp, udp, icmp, other)" % name)
+        limits[name] = rate_limit_pair(limit, "rate_limits." + name)
+    key0, key1 = struct.unpack("<QQ", cookie_key)
+    parse_ipv4(tunnel_address, "tunnel_address")
+    return abi.pack_config(tunnel_address, ban_sec=ban_sec, punch_idle_ns=int(punch_idle_sec * 10**9),
+                           cookie_epoch_ns=int(cookie_epoch_sec * 10**9), cookie_key=(key0, key1),
+                           limits=limits)
+
+
+# Offset of cookie_key in struct edge_config (after tunnel_addr, ban_sec, punch_idle_ns, cookie_epoch_ns).
+_COOKIE_KEY_OFFSET = 24
+
+
+def config_cookie_key(config):
+    """The 16 key bytes inside a packed struct edge_config."""
+    return config[_COOKIE_KEY_OFFSET:_COOKIE_KEY_OFFSET + 16]
+
+
+def with_cookie_key(config, cookie_key):
+    """A packed struct edge_config with its cookie key replaced by 16 raw bytes."""
+    return config[:_COOKIE_KEY_OFFSET] + bytes(cookie_key) + config[_COOKIE_KEY_OFFSET + 16:]
+
+
+def desired_entries(params, cookie_key):
+    """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params.
+
+    Also returns {service key: service name} for readable diffs. RuleError names the first
+    parameter that cannot be packed (the inventory role reports every problem up front; this
+    is the module's own guard).
+    """
+    services = {}
+    names = {}
+    ids = {}
+    for index, service in enumerate(params.get("services") or []):
+        key, value = service_entry(service, index)
+        name = service.get("name")
+        if key in services:
+            raise RuleError("services[%d]: %s is also %s (one service per protocol, address, port)"
+                            % (index, render_service_key(key), names[key]))
+        service_id = abi.SERVICE_VALUE.unpack(value)[0]
+        if service_id in ids:
+            raise RuleError("services[%d].id: %d is also the id of %s" % (index, service_id, ids[service_id]))
+        services[key] = value
+        names[key] = name
+        ids[service_id] = name
+    backends = {}
+    for index, address in enumerate(params.get("backends") or []):
+        backends[parse_ipv4(address, "backends[%d]" % index)] = BACKEND_VALUE
+    # Every backend a service forwards to must also be accepted on the return path.
+    for value in services.values():
+        backends[abi.SERVICE_VALUE.unpack(value)[1]] = BACKEND_VALUE
+    config = config_value(params["tunnel_address"], params.get("rate_limits"), params.get("ban_sec", 0),
+                          params.get("punch_idle_sec", 120), params.get("a2s_cookie_epoch_sec", 30), cookie_key)
+    desired = {
+        "edge_config": {CONFIG_KEY: config},
+        "edge_services": services,
+        "edge_anycast_v4": cidr_entries(params.get("anycast_prefixes") or [], "anycast_prefixes"),
+        "edge_backends": backends,
+        "edge_allow_v4": cidr_entries(params.get("allow") or [], "allow"),
+        "edge_deny_v4": cidr_entries(params.get("deny") or [], "deny"),
+    }
+    for map_name, limit in CAPACITY.items():
+        if len(desired[map_name]) > limit:
+            raise RuleError("%s: %d entries do not fit in %s (max %d)"
+                            % (map_name.replace("edge_", "").replace("_v4", ""), len(desired[map_name]), map_name, limit))
+    return desired, names
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+# One step of the plan: `operation` ("update" or "delete") on `map_name` for `entries`, each
+# (key, new value or None for a delete, old value or None when absent before). The old values
+# let the module undo a step if a later one fails.
+Step = collections.namedtuple("Step", ["name", "map_name", "operation", "entries"])
+
+# Why the steps come in this order (the unit tests pin it):
+#
+#   The filter must never be looser than the new rule set: a source the new rules deny is never
+#   let through mid-update, and one that both rule sets deny never slips through a gap.
+#     deny_add        new denies first (deny beats allow)
+#     allow_remove    old allows go before anything is relaxed
+#     ...             (tightening of services, see below)
+#     allow_add       new allows only once the new denies are in place
+#     deny_remove     old denies last
+#
+#   A claimed anycast prefix must always have its services (else players are dropped as
+#   "no service" mid-update), and a service must never serve another service's A2S cache:
+#     anycast_remove    stop claiming old prefixes first
+#     services_remove   then remove the services that go
+#     backends_add      the return path accepts a new backend before any service points at it
+#                       (harmless early: a reply is also checked against its service's backend)
+#     services_disarm   services whose id or backend changes are rewritten with their new
+#                       id/backend but with the A2S cache/snoop flags cleared: they keep
+#                       forwarding, but neither serve nor fill the cache
+#     a2s_cache_delete  delete the cache entries whose owner changed (or that nothing owns):
+#                       nobody serves or snoops those ids at this point
+#     config            edge_config (tunnel address, limits, cookie key) before any new
+#                       service can forward or answer A2S with it
+#     services_change   final values (re-arming the disarmed ones)
+#     services_add
+#     anycast_add       claim new prefixes only once their services exist
+#     backends_remove   after no service points at them any more
+STEP_ORDER = (
+    "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
+    "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
+    "anycast_add", "allow_add", "deny_remove", "backends_remove",
+)
+
+
+def map_changes(present, desired):
+    """(added, changed, removed): {key: new}, {key: (new, old)}, {key: old}."""
+    if present == desired:  # the no-op rerun: one C-level comparison of 100,000 entries
+        return {}, {}, {}
+    added = {}
+    changed = {}
+    for key, value in desired.items():
+        old = present.get(key)
+        if old is None:
+            added[key] = value
+        elif old != value:
+            changed[key] = (value, old)
+    removed = dict((key, value) for key, value in present.items() if key not in desired)
+    return added, changed, removed
+
+
+def _service_owner(value):
+    """What a service id's cache entry belongs to: (id, backend). A cached reply is the reply
+    of one game server; a different server (or a different service under the id) needs its own."""
+    service_id, backend = abi.SERVICE_VALUE.unpack(value)[:2]
+    return service_id, backend
+
+
+def _owners_by_id(services):
+    owners = collections.defaultdict(set)
+    for key, value in services.items():
+        service_id, backend = _service_owner(value)
+        owners[service_id].add((key, backend))
+    return owners
+
+
+def _disarmed(value):
+    service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)
+    return abi.SERVICE_VALUE.pack(service_id, backend, flags & ~A2S_FLAGS, max_age_ms, pps, bps)
+
+
+def stale_cache_ids(present_services, desired_services, present_cache_ids):
+    """Service ids whose edge_a2s_cache entry must go: ids that no desired service uses, and
+    ids whose owner (service key, backend) changes. Only ids that may hold an entry are
+    returned: present in the cache now, or used by a present service that can fill it."""
+    present_owners = _owners_by_id(present_services)
+    desired_owners = _owners_by_id(desired_services)
+    may_hold = set(present_cache_ids)
+    for value in present_services.values():
+        if abi.SERVICE_VALUE.unpack(value)[2] & A2S_FLAGS:
+            may_hold.add(_service_owner(value)[0])
+    stale = set()
+    for service_id in may_hold:
+        if service_id not in desired_owners or present_owners.get(service_id) != desired_owners[service_id]:
+            stale.add(service_id)
+    return sorted(stale)
+
+
+def compare(present, desired):
+    """{map name: (added, changed, removed)} for every map of RULE_MAPS (see map_changes);
+    a map absent from `desired` is left alone (no changes)."""
+    changes = {}
+    for map_name in RULE_MAPS:
+        if map_name in desired:
+            changes[map_name] = map_changes(present.get(map_name, {}), desired[map_name])
+        else:
+            changes[map_name] = ({}, {}, {})
+    return changes
+
+
+def plan_writes(present, desired, present_cache_ids=(), changes=None):
+    """The ordered list of non-empty Steps that turns `present` into `desired`.
+
+    present, desired: {map name: {key: value}} for the maps of RULE_MAPS (a map absent from
+    `desired` is left alone). present_cache_ids: the ids that have an edge_a2s_cache entry.
+    changes: compare(present, desired), when the caller has it already.
+    """
+    if changes is None:
+        changes = compare(present, desired)
+
+    def upserts(map_name):
+        added, changed = changes[map_name][:2]
+        entries = [(key, value, None) for key, value in added.items()]
+        entries.extend((key, new, old) for key, (new, old) in changed.items())
+        return entries
+
+    def deletes(map_name):
+        return [(key, None, old) for key, old in changes[map_name][2].items()]
+
+    steps = {
+        "deny_add": ("edge_deny_v4", "update", upserts("edge_deny_v4")),
+        "allow_remove": ("edge_allow_v4", "delete", deletes("edge_allow_v4")),
+        "anycast_remove": ("edge_anycast_v4", "delete", deletes("edge_anycast_v4")),
+        "services_remove": ("edge_services", "delete", deletes("edge_services")),
+        "config": ("edge_config", "update", upserts("edge_config")),
+        "backends_add": ("edge_backends", "update", upserts("edge_backends")),
+        "services_add": ("edge_services", "update",
+                         [(key, value, None) for key, value in changes["edge_services"][0].items()]),
+        "anycast_add": ("edge_anycast_v4", "update", upserts("edge_anycast_v4")),
+        "allow_add": ("edge_allow_v4", "update", upserts("edge_allow_v4")),
+        "deny_remove": ("edge_deny_v4", "delete", deletes("edge_deny_v4")),
+        "backends_remove": ("edge_backends", "delete", deletes("edge_backends")),
+    }
+
+    # Services that change: those whose owner (id, backend) changes while the old or the new
+    # value has A2S flags are disarmed before the cache is cleaned (so the old value cannot
+    # snoop into a cleaned id again); the rest are written once, in services_change.
+    disarm = []
+    final = []
+    for key, (new, old) in changes["edge_services"][1].items():
+        flags = (abi.SERVICE_VALUE.unpack(new)[2] | abi.SERVICE_VALUE.unpack(old)[2]) & A2S_FLAGS
+        if flags and _service_owner(new) != _service_owner(old):
+            interim = _disarmed(new)
+            disarm.append((key, interim, old))
+            if interim != new:
+                final.append((key, new, interim))
+        else:
+            final.append((key, new, old))
+    steps["services_disarm"] = ("edge_services", "update", disarm)
+    steps["services_change"] = ("edge_services", "update", final)
+
+    if "edge_services" in desired:
+        stale = stale_cache_ids(present.get("edge_services", {}), desired["edge_services"], present_cache_ids)
+    else:
+        stale = []
+    # Old values of cache entries are not kept: a deleted entry is refilled by the agent or by
+    # snooping, so there is nothing to restore if a later step fails.
+    steps["a2s_cache_delete"] = (A2S_CACHE_MAP, "delete", [(abi.U32.pack(i), None, None) for i in stale])
+
+    plan = []
+    for name in STEP_ORDER:
+        map_name, operation, entries = steps[name]
+        if entries:
+            plan.append(Step(name, map_name, operation, entries))
+    return plan
+
+
+def summarize(plan, changes):
+    """Counts per map: {map: {added, changed, removed}} (a disarmed-then-rearmed service
+    counts once, as changed) and the number of element writes the plan makes.
+    changes: compare(present, desired)."""
+    counts = {}
+    for map_name in RULE_MAPS:
+        added, changed, removed = changes[map_name]
+        counts[map_name] = {"added": len(added), "changed": len(changed), "removed": len(removed)}
+    counts[A2S_CACHE_MAP] = {"added": 0, "changed": 0, "removed": 0}
+    writes = 0
+    for step in plan:
+        writes += len(step.entries)
+        if step.map_name == A2S_CACHE_MAP:
+            counts[A2S_CACHE_MAP]["removed"] += len(step.entries)
+    return counts, writes
+
+
+def inverse(step):
+    """The step that undoes `step` (for the module's rollback when a later write fails).
+    Deleting a key that a failed batch never wrote is harmless: deletes skip absent keys."""
+    restore = [(key, old, new) for key, new, old in step.entries if old is not None]
+    drop = [(key, None, new) for key, new, old in step.entries if old is None]
+    undo = []
+    if restore:
+        undo.append(Step("undo_" + step.name, step.map_name, "update", restore))
+    if drop and step.map_name != A2S_CACHE_MAP:
+        undo.append(Step("undo_" + step.name, step.map_name, "delete", drop))
+    return undo
+
+
+def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100, changes=None):
+    """{'before': text, 'after': text} listing only what differs, map by map: removed and
+    old values before, added and new values after. At most `limit` lines per map and side,
+    then a line saying how many more (a 100,000-prefix change stays readable)."""
+    if changes is None:
+        changes = compare(present, desired)
+    before = []
+    after = []
+    for map_name in RULE_MAPS:
+        added, changed, removed = changes[map_name]
+        if not (added or changed or removed):
+            continue
+        if map_name == "edge_config":
+            old_lines = render_config(present.get(map_name, {}).get(CONFIG_KEY, bytes(abi.EDGE_CONFIG.size)))
+            new_lines = render_config(desired[map_name][CONFIG_KEY])
+            old_key = config_cookie_key(present.get(map_name, {}).get(CONFIG_KEY, bytes(abi.EDGE_CONFIG.size)))
+            if old_key != config_cookie_key(desired[map_name][CONFIG_KEY]) and old_key != bytes(16):
+                new_lines[4] = "a2s_cookie_key (set, changed)"
+            before.append("%s:" % map_name)
+            before.extend("  " + line for line in old_lines)
+            after.append("%s:" % map_name)
+            after.extend("  " + line for line in new_lines)
+            continue
+        # Entries in the order they were given (removed ones: in map order); only the first
+        # `limit` are rendered, so a 100,000-entry change costs no more than a small one.
+        old_side = itertools.chain(removed.items(), ((key, old) for key, (dummy, old) in changed.items()))
+        new_side = itertools.chain(added.items(), ((key, new) for key, (new, dummy) in changed.items()))
+        for side, entries, total in ((before, old_side, len(removed) + len(changed)),
+                                     (after, new_side, len(added) + len(changed))):
+            side.append("%s:" % map_name)
+            side.extend("  " + render_entry(map_name, key, value, service_names)
+                        for key, value in itertools.islice(entries, limit))
+            if total > limit:
+                side.append("  ... and %d more" % (total - limit))
+    if cache_deleted_ids:
+        before.append("%s:" % A2S_CACHE_MAP)
+        before.extend("  cached reply of service id %d" % i for i in sorted(cache_deleted_ids)[:limit])
+        if len(cache_deleted_ids) > limit:
+            before.append("  ... and %d more" % (len(cache_deleted_ids) - limit))
+    return {"before": "\n".join(before) + ("\n" if before else ""),
+            "after": "\n".join(after) + ("\n" if after else "")}
+
+
+# --- inventory -> edge_rules parameters (on the controller) --------------------------------
+
+def resolve_rules(normalized):
+    """edge_rules' rule parameters from a validated, normalized inventory (_inventory.check):
+    service ids filled in, backend host names replaced by their tunnel addresses. The POP's own
+    parameters (pin_root, iface, tunnel_address) are added by the role from its host vars."""
+    backend_addresses = normalized["backend_addresses"]
+    filters = normalized["anycast_edge_filters"]
+    services = []
+    for service in normalized["anycast_edge_services"]:
+        resolved = {
+            "name": service["name"],
+            "id": service.get("id") or default_service_id(service["name"]),
+            "address": service["address"],
+            "protocol": service["protocol"],
+            "port": service.get("port") or 0,
+            "backend_address": backend_addresses[service["backend"]],
+            "a2s_cache": bool(service.get("a2s_cache")),
+            "a2s_snoop": bool(service.get("a2s_snoop")),
+            "a2s_max_age_sec": service.get("a2s_max_age_sec") or DEFAULT_A2S_MAX_AGE_SEC,
+        }
+        if service.get("rate_limit"):
+            resolved["rate_limit"] = dict(service["rate_limit"])
+        services.append(resolved)
+    return {
+        "services": services,
+        "anycast_prefixes": list(normalized["anycast_edge_prefixes"]),
+        "backends": sorted(set(backend_addresses.values()), key=socket.inet_aton),
+        "allow": list(filters["allow"]),
+        "deny": list(filters["deny"]),
+        "rate_limits": dict((name, dict(limit)) for name, limit in filters["rate_limits"].items()),
+        "ban_sec": filters["ban_sec"],
+        "punch_idle_sec": filters["punch_idle_sec"],
+        "a2s_cookie_epoch_sec": filters["a2s_cookie_epoch_sec"],
+    }

@@ -1,0 +1,312 @@
+"""Inventory validation (plugins/module_utils/_inventory.py): one case per rule.
+
+Each case starts from a valid, production-shaped inventory, breaks it in one or more places and
+states the exact problem lines the operator must see: the variable path, the bad value, why.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _rules
+
+VALID_VARS = {
+    "anycast_edge_asn": 64500,
+    "anycast_edge_prefixes": ["198.51.100.0/24", "203.0.113.0/25"],
+    "anycast_edge_services": [
+        {"name": "cs2-main", "address": "198.51.100.10", "protocol": "udp", "port": 27015, "backend": "game1",
+         "a2s_cache": True, "a2s_refresh_sec": 5, "a2s_max_age_sec": 30},
+        {"name": "cs2-rcon", "address": "198.51.100.10", "protocol": "tcp", "port": 27015, "backend": "game1"},
+        {"name": "ping", "address": "198.51.100.10", "protocol": "icmp", "backend": "game1"},
+        {"name": "rust", "id": 42, "address": "203.0.113.20", "protocol": "udp", "port": 28015, "backend": "game2",
+         "rate_limit": {"packets_per_sec": 300}},
+    ],
+    "anycast_edge_filters": {
+        "allow": ["192.0.2.0/28"],
+        "deny": ["100.64.0.0/10", "233.252.0.5"],
+        "rate_limits": {"udp": {"packets_per_sec": 500, "bytes_per_sec": 1000000}, "icmp": {"packets_per_sec": 10}},
+        "ban_sec": 60,
+        "punch_idle_sec": 120,
+        "a2s_cookie_epoch_sec": 30,
+    },
+}
+VALID_POPS = {
+    "pop-ams1": {"anycast_edge_uplink": "eth1", "anycast_edge_tunnel_address": "10.0.0.1"},
+    "pop-fra1": {"anycast_edge_uplink": "enp3s0f0", "anycast_edge_tunnel_address": "10.0.0.2",
+                 "anycast_edge_egress_devices": ["eth2"]},
+}
+VALID_BACKENDS = {
+    "game1": {"anycast_edge_tunnel_address": "10.1.0.10"},
+    "game2": {"anycast_edge_tunnel_address": "10.1.0.11"},
+}
+SERVICES = "anycast_edge_services"
+FILTERS = "anycast_edge_filters"
+
+
+def change(section, path, value):
+    """A mutation: set (or with value DELETE, remove) `path` (a tuple of keys/indexes) in
+    section 'vars', 'pops' or 'backends'."""
+    return (section, path, value)
+
+
+DELETE = object()
+
+
+def apply(inventory, mutations):
+    sections = dict(zip(("vars", "pops", "backends"), inventory))
+    for section, path, value in mutations:
+        target = sections[section]
+        for key in path[:-1]:
+            target = target[key]
+        if value is DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return inventory
+
+
+def run(mutations=()):
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    return _inventory.validate(*apply(inventory, mutations))
+
+
+def svc(index, key, value):
+    return change("vars", (SERVICES, index, key), value)
+
+
+def flt(key, value):
+    return change("vars", (FILTERS, key), value)
+
+
+CASES = [
+    # --- CIDRs ---------------------------------------------------------------------------
+    ("prefix malformed", [change("vars", ("anycast_edge_prefixes", 1), "203.0.113/25")],
+     ["anycast_edge_prefixes[1]: 203.0.113/25 is not a valid IPv4 CIDR",
+      # the rust service now sits outside every remaining prefix
+      "anycast_edge_services[3].address: 203.0.113.20 is not inside any of anycast_edge_prefixes"]),
+    ("prefix host bits", [change("vars", ("anycast_edge_prefixes", 0), "198.51.100.1/24")],
+     ["anycast_edge_prefixes[0]: 198.51.100.1/24 has host bits set (did you mean 198.51.100.0/24?)",
+      "anycast_edge_services[0].address: 198.51.100.10 is not inside any of anycast_edge_prefixes",
+      "anycast_edge_services[1].address: 198.51.100.10 is not inside any of anycast_edge_prefixes",
+      "anycast_edge_services[2].address: 198.51.100.10 is not inside any of anycast_edge_prefixes"]),
+    ("prefix length out of range", [change("vars", ("anycast_edge_prefixes",), ["198.51.100.0/24", "203.0.113.0/33"])],
+     ["anycast_edge_prefixes[1]: 203.0.113.0/33 is not a valid IPv4 CIDR",
+      "anycast_edge_services[3].address: 203.0.113.20 is not inside any of anycast_edge_prefixes"]),
+    ("prefix IPv6", [change("vars", ("anycast_edge_prefixes",), ["198.51.100.0/24", "203.0.113.0/25", "2001:db8::/32"])],
+     ["anycast_edge_prefixes[2]: 2001:db8::/32 is an IPv6 prefix (only IPv4 is supported yet)"]),
+    ("prefix not a string", [change("vars", ("anycast_edge_prefixes",), ["198.51.100.0/24", "203.0.113.0/25", 42])],
+     ["anycast_edge_prefixes[2]: 42 is not a CIDR (a string such as 198.51.100.0/24)"]),
+    ("prefix listed twice", [change("vars", ("anycast_edge_prefixes",), ["198.51.100.0/24", "203.0.113.0/25", "198.51.100.0/24"])],
+     ["anycast_edge_prefixes[2]: 198.51.100.0/24 is listed twice"]),
+    ("no prefixes", [change("vars", ("anycast_edge_prefixes",), [])],
+     ["anycast_edge_prefixes: is required and must list at least one IPv4 prefix"]),
+    ("deny host bits and malformed", [flt("deny", ["100.64.0.0/10", "10.1.2.3/8", "10.0.0.0/8/2", "bogus"])],
+     ["anycast_edge_filters.deny[1]: 10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)",
+      "anycast_edge_filters.deny[2]: 10.0.0.0/8/2 is not a valid IPv4 CIDR",
+      "anycast_edge_filters.deny[3]: bogus is not a valid IPv4 CIDR"]),
+    ("allow host bits", [flt("allow", ["192.0.2.1/28"])],
+     ["anycast_edge_filters.allow[0]: 192.0.2.1/28 has host bits set (did you mean 192.0.2.0/28?)"]),
+    ("allow and deny the same prefix", [flt("allow", ["100.64.0.0/10"])],
+     ["anycast_edge_filters.allow[0]: 100.64.0.0/10 is also in anycast_edge_filters.deny (deny wins; keep it in one list)"]),
+    ("deny not a list", [flt("deny", "10.0.0.0/8")],
+     ["anycast_edge_filters.deny: 10.0.0.0/8 is not a list"]),
+    # --- service addresses and ports -------------------------------------------------------
+    ("service address outside the prefixes", [svc(2, "address", "203.0.113.200")],
+     ["anycast_edge_services[2].address: 203.0.113.200 is not inside any of anycast_edge_prefixes"]),
+    ("service address in the second prefix is fine", [svc(2, "address", "203.0.113.9")], []),
+    ("service address malformed", [svc(0, "address", "198.51.100.300")],
+     ["anycast_edge_services[0].address: 198.51.100.300 is not an IPv4 address"]),
+    ("service address IPv6", [svc(0, "address", "2001:db8::1")],
+     ["anycast_edge_services[0].address: 2001:db8::1 is not an IPv4 address (IPv6 is not supported yet)"]),
+    ("port zero", [svc(0, "port", 0)],
+     ["anycast_edge_services[0].port: 0 is out of range (1..65535)"]),
+    ("port too large", [svc(1, "port", 65536)],
+     ["anycast_edge_services[1].port: 65536 is out of range (1..65535)"]),
+    ("port negative", [svc(1, "port", -1)],
+     ["anycast_edge_services[1].port: -1 is out of range (1..65535)"]),
+    ("port not a number", [svc(0, "port", "http")],
+     ["anycast_edge_services[0].port: http is not an integer"]),
+    ("port missing for udp", [svc(0, "port", DELETE)],
+     ["anycast_edge_services[0].port: is required for a udp service"]),
+    ("port given for icmp", [svc(2, "port", 7)],
+     ["anycast_edge_services[2].port: 7 is given for an icmp service (icmp has no port; omit it)"]),
+    ("port 0 for icmp is fine", [svc(2, "port", 0)], []),
+    ("port as digit string is fine", [svc(0, "port", "27015")], []),
+    ("protocol unknown", [svc(1, "protocol", "sctp")],
+     ["anycast_edge_services[1].protocol: sctp is not one of udp, tcp, icmp"]),
+    ("same protocol, address and port twice", [svc(1, "protocol", "udp")],
+     ["anycast_edge_services[1]: udp 198.51.100.10 port 27015 is also served by anycast_edge_services[0] "
+      "(one service per protocol, address, port)"]),
+    ("two icmp services on one address", [svc(1, "protocol", "icmp"), svc(1, "port", DELETE)],
+     ["anycast_edge_services[2]: icmp 198.51.100.10 port 0 is also served by anycast_edge_services[1] "
+      "(one service per protocol, address, port)"]),
+    ("same port on another protocol is fine", [svc(3, "address", "198.51.100.10"), svc(3, "port", 27016)], []),
+    # --- names and ids ---------------------------------------------------------------------
+    ("duplicate name", [svc(1, "name", "cs2-main")],
+     ["anycast_edge_services[1].name: cs2-main is also the name of anycast_edge_services[0]",
+      "anycast_edge_services[1].id: 237 (derived from the name) is also the id of anycast_edge_services[0] "
+      "(cs2-main, id derived from the name); set a distinct id on one of them"]),
+    ("bad name", [svc(1, "name", "CS2 Main")],
+     ["anycast_edge_services[1].name: CS2 Main is not a service name (lower-case letters, digits, '_' and '-')"]),
+    ("name missing", [svc(1, "name", DELETE)],
+     ["anycast_edge_services[1].name: is required"]),
+    ("explicit ids collide", [svc(0, "id", 42)],
+     ["anycast_edge_services[3].id: 42 (set) is also the id of anycast_edge_services[0] (cs2-main, id set); "
+      "set a distinct id on one of them"]),
+    ("derived ids collide", [svc(0, "name", "game-2"), svc(1, "name", "game-34")],
+     ["anycast_edge_services[1].id: 1 (derived from the name) is also the id of anycast_edge_services[0] "
+      "(game-2, id derived from the name); set a distinct id on one of them"]),
+    ("explicit id collides with a derived one", [svc(3, "id", 237)],
+     ["anycast_edge_services[3].id: 237 (set) is also the id of anycast_edge_services[0] "
+      "(cs2-main, id derived from the name); set a distinct id on one of them"]),
+    ("id out of range", [svc(3, "id", 1024)],
+     ["anycast_edge_services[3].id: 1024 is out of range (1..1023)"]),
+    ("id zero", [svc(3, "id", 0)],
+     ["anycast_edge_services[3].id: 0 is out of range (1..1023)"]),
+    # --- backends --------------------------------------------------------------------------
+    ("backend not in group backends", [svc(3, "backend", "pop-ams1")],
+     ["anycast_edge_services[3].backend: pop-ams1 is not a host of group backends"]),
+    ("backend missing", [svc(3, "backend", DELETE)],
+     ["anycast_edge_services[3].backend: is required (an inventory host of group backends)"]),
+    ("backend without tunnel address", [change("backends", ("game2", "anycast_edge_tunnel_address"), DELETE)],
+     ["hostvars['game2'].anycast_edge_tunnel_address: is required (the address IPIP tunnels use on this host)"]),
+    # --- POPs ------------------------------------------------------------------------------
+    ("pop without uplink", [change("pops", ("pop-fra1", "anycast_edge_uplink"), DELETE)],
+     ["hostvars['pop-fra1'].anycast_edge_uplink: is required (the interface XDP attaches to)"]),
+    ("pop uplink not an interface name", [change("pops", ("pop-fra1", "anycast_edge_uplink"), "eth1/2")],
+     ["hostvars['pop-fra1'].anycast_edge_uplink: eth1/2 is not an interface name"]),
+    ("pop without tunnel address", [change("pops", ("pop-ams1", "anycast_edge_tunnel_address"), DELETE)],
+     ["hostvars['pop-ams1'].anycast_edge_tunnel_address: is required (the address IPIP tunnels use on this host)"]),
+    ("pop tunnel address not IPv4", [change("pops", ("pop-ams1", "anycast_edge_tunnel_address"), "fe80::1")],
+     ["hostvars['pop-ams1'].anycast_edge_tunnel_address: fe80::1 is not an IPv4 address (IPv6 is not supported yet)"]),
+    ("pop tunnel address garbage", [change("pops", ("pop-ams1", "anycast_edge_tunnel_address"), "10.0.0.1/24")],
+     ["hostvars['pop-ams1'].anycast_edge_tunnel_address: 10.0.0.1/24 is not an IPv4 address"]),
+    ("tunnel address inside an anycast prefix", [change("pops", ("pop-ams1", "anycast_edge_tunnel_address"), "198.51.100.1")],
+     ["hostvars['pop-ams1'].anycast_edge_tunnel_address: 198.51.100.1 is inside an anycast prefix; "
+      "it must be the host's own unicast address"]),
+    ("two hosts with one tunnel address", [change("backends", ("game2", "anycast_edge_tunnel_address"), "10.0.0.2")],
+     ["hostvars['game2'].anycast_edge_tunnel_address: 10.0.0.2 is also the tunnel address of pop-fra1"]),
+    ("egress device not an interface name", [change("pops", ("pop-fra1", "anycast_edge_egress_devices"), ["eth2", "a b"])],
+     ["hostvars['pop-fra1'].anycast_edge_egress_devices[1]: a b is not an interface name"]),
+    # --- limits ----------------------------------------------------------------------------
+    ("zero packets per second", [flt("rate_limits", {"udp": {"packets_per_sec": 0}})],
+     ["anycast_edge_filters.rate_limits.udp.packets_per_sec: 0 must be > 0"]),
+    ("negative bytes per second", [flt("rate_limits", {"tcp": {"bytes_per_sec": -5}})],
+     ["anycast_edge_filters.rate_limits.tcp.bytes_per_sec: -5 must be > 0"]),
+    ("unknown protocol class", [flt("rate_limits", {"sctp": {"packets_per_sec": 5}})],
+     ["anycast_edge_filters.rate_limits.sctp: unknown setting (known: tcp, udp, icmp, other)"]),
+    ("service limit zero", [svc(3, "rate_limit", {"packets_per_sec": 0, "bytes_per_sec": 100})],
+     ["anycast_edge_services[3].rate_limit.packets_per_sec: 0 must be > 0"]),
+    ("service limit typo", [svc(3, "rate_limit", {"pps": 10})],
+     ["anycast_edge_services[3].rate_limit.pps: unknown setting (known: packets_per_sec, bytes_per_sec)"]),
+    ("negative ban time", [flt("ban_sec", -1)],
+     ["anycast_edge_filters.ban_sec: -1 must be >= 0"]),
+    ("zero ban time is fine", [flt("ban_sec", 0)], []),
+    ("zero punch idle time", [flt("punch_idle_sec", 0)],
+     ["anycast_edge_filters.punch_idle_sec: 0 must be > 0"]),
+    ("zero cookie epoch", [flt("a2s_cookie_epoch_sec", 0)],
+     ["anycast_edge_filters.a2s_cookie_epoch_sec: 0 must be > 0"]),
+    ("unknown filter setting", [flt("denny", [])],
+     ["anycast_edge_filters.denny: unknown setting (known: allow, deny, rate_limits, ban_sec, punch_idle_sec, "
+      "a2s_cookie_epoch_sec)"]),
+    ("asn out of range", [change("vars", ("anycast_edge_asn",), 4294967296)],
+     ["anycast_edge_asn: 4294967296 is out of range (1..4294967295)"]),
+    ("asn missing", [change("vars", ("anycast_edge_asn",), DELETE)],
+     ["anycast_edge_asn: is required (the ASN the POPs announce from)"]),
+    # --- A2S -------------------------------------------------------------------------------
+    ("a2s_cache on tcp", [svc(1, "a2s_cache", True)],
+     ["anycast_edge_services[1].a2s_cache: True on a tcp service (A2S is udp only)"]),
+    ("a2s_snoop on icmp", [svc(2, "a2s_snoop", True)],
+     ["anycast_edge_services[2].a2s_snoop: True on a icmp service (A2S is udp only)"]),
+    ("a2s_cache not a boolean", [svc(0, "a2s_cache", "maybe")],
+     ["anycast_edge_services[0].a2s_cache: maybe is not a boolean (true or false)"]),
+    ("max age shorter than refresh", [svc(0, "a2s_max_age_sec", 4)],
+     ["anycast_edge_services[0].a2s_max_age_sec: 4 is shorter than a2s_refresh_sec (5): "
+      "the cache would expire between refreshes"]),
+    ("max age zero", [svc(0, "a2s_max_age_sec", 0)],
+     ["anycast_edge_services[0].a2s_max_age_sec: 0 must be > 0"]),
+    ("refresh zero", [svc(0, "a2s_refresh_sec", 0)],
+     ["anycast_edge_services[0].a2s_refresh_sec: 0 must be > 0"]),
+    ("unknown service setting", [svc(0, "a2s_chache", True)],
+     ["anycast_edge_services[0].a2s_chache: unknown setting (known: name, id, address, protocol, port, backend, "
+      "a2s_cache, a2s_snoop, a2s_refresh_sec, a2s_max_age_sec, rate_limit)"]),
+    ("service not a mapping", [change("vars", (SERVICES, 1), "cs2-rcon")],
+     ["anycast_edge_services[1]: cs2-rcon is not a mapping"]),
+]
+
+
+def test_the_valid_inventory_has_no_problem():
+    assert run() == []
+
+
+@pytest.mark.parametrize("mutations, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_each_rule(mutations, expected):
+    assert run(mutations) == expected
+
+
+def test_every_problem_is_reported_at_once():
+    problems = run([
+        change("vars", ("anycast_edge_prefixes", 0), "198.51.100.0/33"),
+        svc(1, "port", 70000),
+        svc(3, "backend", "nowhere"),
+        flt("deny", ["10.0.0.1/8"]),
+        flt("ban_sec", -3),
+        change("pops", ("pop-ams1", "anycast_edge_uplink"), DELETE),
+    ])
+    assert problems == [
+        "anycast_edge_prefixes[0]: 198.51.100.0/33 is not a valid IPv4 CIDR",
+        "hostvars['pop-ams1'].anycast_edge_uplink: is required (the interface XDP attaches to)",
+        "anycast_edge_services[0].address: 198.51.100.10 is not inside any of anycast_edge_prefixes",
+        "anycast_edge_services[1].address: 198.51.100.10 is not inside any of anycast_edge_prefixes",
+        "anycast_edge_services[1].port: 70000 is out of range (1..65535)",
+        "anycast_edge_services[2].address: 198.51.100.10 is not inside any of anycast_edge_prefixes",
+        "anycast_edge_services[3].backend: nowhere is not a host of group backends",
+        "anycast_edge_filters.deny[0]: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)",
+        "anycast_edge_filters.ban_sec: -3 must be >= 0",
+    ]
+
+
+def test_no_services_no_filters_is_valid():
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    del inventory[0][SERVICES]
+    del inventory[0][FILTERS]
+    assert _inventory.validate(*inventory) == []
+
+
+def test_normalized_inventory_resolves_into_edge_rules_parameters():
+    problems, normalized = _inventory.check(*copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)))
+    assert problems == []
+    rules = _rules.resolve_rules(normalized)
+    assert rules["anycast_prefixes"] == ["198.51.100.0/24", "203.0.113.0/25"]
+    assert rules["backends"] == ["10.1.0.10", "10.1.0.11"]
+    # a bare address becomes a /32; order kept
+    assert rules["deny"] == ["100.64.0.0/10", "233.252.0.5/32"]
+    assert rules["allow"] == ["192.0.2.0/28"]
+    assert rules["rate_limits"] == {"udp": {"packets_per_sec": 500, "bytes_per_sec": 1000000},
+                                    "icmp": {"packets_per_sec": 10}}
+    assert (rules["ban_sec"], rules["punch_idle_sec"], rules["a2s_cookie_epoch_sec"]) == (60, 120, 30)
+    assert rules["services"] == [
+        {"name": "cs2-main", "id": 237, "address": "198.51.100.10", "protocol": "udp", "port": 27015,
+         "backend_address": "10.1.0.10", "a2s_cache": True, "a2s_snoop": True, "a2s_max_age_sec": 30},
+        {"name": "cs2-rcon", "id": 676, "address": "198.51.100.10", "protocol": "tcp", "port": 27015,
+         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30},
+        {"name": "ping", "id": 427, "address": "198.51.100.10", "protocol": "icmp", "port": 0,
+         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30},
+        {"name": "rust", "id": 42, "address": "203.0.113.20", "protocol": "udp", "port": 28015,
+         "backend_address": "10.1.0.11", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30,
+         "rate_limit": {"packets_per_sec": 300}},
+    ]
+    # and the resolved parameters pack without complaint
+    desired, names = _rules.desired_entries(dict(rules, tunnel_address="10.0.0.1"), bytes(16))
+    assert len(desired["edge_services"]) == 4 and sorted(names.values()) == ["cs2-main", "cs2-rcon", "ping", "rust"]
+
+
+def test_default_filters_when_omitted():
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    del inventory[0][FILTERS]
+    problems, normalized = _inventory.check(*inventory)
+    assert problems == []
+    assert normalized[FILTERS] == {"allow": [], "deny": [], "rate_limits": {}, "ban_sec": 60, "punch_idle_sec": 120,
+                                   "a2s_cookie_epoch_sec": 30}

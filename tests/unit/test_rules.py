@@ -1,0 +1,407 @@
+"""Inventory rules -> map entries, and the write plan (plugins/module_utils/_rules.py).
+
+The plan is a pure function, so its ORDER is tested here: by name for a change that needs every
+step, and as a property over random old/new rule sets (hypothesis), replaying the plan step by
+step on a model of the maps and checking, after every single step, that
+
+  - a source the new rules deny is denied (once the first step is made), and one both rule
+    sets deny is never let through;
+  - no source is allowed that neither rule set allows, and once old allows are removed only
+    new allows remain;
+  - a newly claimed anycast prefix has all its new services; an old prefix still claimed has
+    all its old services;
+  - every service's backend is accepted on the return path;
+  - a service with A2S flags never meets a cache entry filled for another service or backend;
+  - a service that did not exist before only exists once the new edge_config is in place.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+
+ZERO_KEY = bytes(16)
+
+
+def params(**overrides):
+    base = dict(tunnel_address="10.0.0.1", services=[], anycast_prefixes=[], backends=[], allow=[], deny=[],
+                rate_limits={}, ban_sec=60, punch_idle_sec=120, a2s_cookie_epoch_sec=30)
+    base.update(overrides)
+    return base
+
+
+def service(name, address="198.51.100.10", protocol="udp", port=27015, backend="10.1.0.10", **extra):
+    item = dict(name=name, address=address, protocol=protocol, port=port, backend_address=backend)
+    item.update(extra)
+    return item
+
+
+def lpm(cidr):
+    return abi.pack_lpm_v4(cidr)
+
+
+# --- ids and parsing ------------------------------------------------------------------------
+
+def test_default_service_id_is_a_stable_crc_in_range():
+    assert _rules.default_service_id("cs2-main") == 237       # zlib.crc32(b"cs2-main") % 1023 + 1
+    ids = [_rules.default_service_id("svc-%d" % index) for index in range(5000)]
+    assert min(ids) == 1 and max(ids) == 1023
+
+
+@pytest.mark.parametrize("text, key", [
+    ("10.0.0.0/8", struct.pack("<I", 8) + bytes([10, 0, 0, 0])),          # address in network order
+    ("192.0.2.128/25", struct.pack("<I", 25) + bytes([192, 0, 2, 128])),
+    ("203.0.113.7", struct.pack("<I", 32) + bytes([203, 0, 113, 7])),      # bare address = /32
+    ("0.0.0.0/0", struct.pack("<I", 0) + bytes(4)),
+])
+def test_cidr_keys(text, key):
+    assert _rules.parse_cidr(text, "deny[0]") == key
+    assert _rules.cidr_entries([text], "deny") == {key: _rules.LPM_PRESENT}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("10.0.0.1/8", "deny[1]: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)"),
+    ("10.0.0.0/33", "deny[1]: '10.0.0.0/33' has no valid prefix length (0..32)"),
+    ("10.0.0.0/-1", "deny[1]: '10.0.0.0/-1' has no valid prefix length (0..32)"),
+    ("10.0.0/8", "deny[1]: '10.0.0' is not an IPv4 address"),
+    (" 10.0.0.0/8", "deny[1]: ' 10.0.0.0' is not an IPv4 address"),
+    ("2001:db8::/32", "deny[1]: '2001:db8::' is not an IPv4 address"),
+    (17, "deny[1]: 17 is not an IPv4 CIDR"),
+])
+def test_bad_cidrs_name_their_index(text, message):
+    with pytest.raises(_rules.RuleError) as error:
+        _rules.cidr_entries(["192.0.2.0/24", text, "198.51.100.0/24"], "deny")
+    assert str(error.value) == message
+
+
+def test_bulk_and_item_parsing_agree_and_duplicates_collapse():
+    cidrs = ["%d.%d.0.0/16" % (a, b) for a in range(1, 40) for b in range(0, 256, 7)] + ["1.0.0.0/16", "9.9.9.9"]
+    bulk = _rules.cidr_entries(cidrs, "deny")
+    assert bulk == dict((_rules.parse_cidr(text, "x"), _rules.LPM_PRESENT) for text in cidrs)
+    assert len(bulk) == len(cidrs) - 1
+
+
+# --- services and config --------------------------------------------------------------------
+
+def test_service_entry_packs_key_and_value():
+    key, value = _rules.service_entry(service("cs2-main", a2s_cache=True, a2s_max_age_sec=45,
+                                              rate_limit={"packets_per_sec": 200}), 0)
+    assert key == abi.pack_service_key("udp", "198.51.100.10", 27015)
+    assert value == abi.pack_service_value(237, "10.1.0.10", abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP,
+                                           45000, (200, 0))
+
+
+def test_service_entry_variants():
+    # snoop only: the cache is filled but not served, so no max age
+    dummy, value = _rules.service_entry(service("s", id=9, a2s_snoop=True), 0)
+    assert abi.SERVICE_VALUE.unpack(value) == (9, abi.ipv4("10.1.0.10"), abi.SERVICE_F_A2S_SNOOP, 0, 0, 0)
+    # cache without snoop: refreshed by the agent only
+    dummy, value = _rules.service_entry(service("s", id=9, a2s_cache=True, a2s_snoop=False), 0)
+    assert abi.SERVICE_VALUE.unpack(value)[2] == abi.SERVICE_F_A2S_CACHE
+    # icmp: port 0 in the key
+    key, dummy = _rules.service_entry(service("p", protocol="icmp", port=0), 0)
+    assert key == abi.pack_service_key("icmp", "198.51.100.10", 0)
+
+
+@pytest.mark.parametrize("item, message", [
+    (service("x", port=0), "services[0].port: 0 is not a port (1..65535)"),
+    (service("x", protocol="icmp", port=8), "services[0].port: 8 given for an icmp service (icmp has no port)"),
+    (service("x", protocol="gre"), "services[0].protocol: 'gre' is not one of udp, tcp, icmp"),
+    (service("x", id=1024), "services[0].id: 1024 is not in 1..1023"),
+    (service("x", address="198.51.100.300"), "services[0].address: '198.51.100.300' is not an IPv4 address"),
+    (service("x", backend="game1"), "services[0].backend_address: 'game1' is not an IPv4 address"),
+    (service("x", protocol="tcp", a2s_cache=True), "services[0]: a2s_cache/a2s_snoop need protocol udp, not tcp"),
+    (service("x", a2s_cache=True, a2s_max_age_sec=0), "services[0].a2s_max_age_sec: 0 must be > 0"),
+    (service("x", rate_limit={"bytes_per_sec": -1}),
+     "services[0].rate_limit.bytes_per_sec: -1 must be > 0 (omit it for no limit)"),
+])
+def test_bad_services(item, message):
+    with pytest.raises(_rules.RuleError) as error:
+        _rules.desired_entries(params(services=[item]), ZERO_KEY)
+    assert str(error.value) == message
+
+
+def test_duplicate_service_endpoint_and_id_are_refused():
+    with pytest.raises(_rules.RuleError, match=r"services\[1\]: udp 198.51.100.10:27015 is also a"):
+        _rules.desired_entries(params(services=[service("a"), service("b")]), ZERO_KEY)
+    with pytest.raises(_rules.RuleError, match=r"services\[1\].id: 5 is also the id of a"):
+        _rules.desired_entries(params(services=[service("a", id=5), service("b", port=1, id=5)]), ZERO_KEY)
+
+
+def test_config_value_and_cookie_key():
+    key = bytes(range(16))
+    desired, dummy = _rules.desired_entries(params(tunnel_address="10.0.0.7", ban_sec=0, punch_idle_sec=90,
+                                                   a2s_cookie_epoch_sec=15,
+                                                   rate_limits={"udp": {"packets_per_sec": 500},
+                                                                "other": {"bytes_per_sec": 1000}}), key)
+    config = desired["edge_config"][_rules.CONFIG_KEY]
+    k0, k1 = struct.unpack("<QQ", key)
+    assert config == abi.pack_config("10.0.0.7", ban_sec=0, punch_idle_ns=90 * 10**9, cookie_epoch_ns=15 * 10**9,
+                                     cookie_key=(k0, k1), limits={"udp": (500, 0), "other": (0, 1000)})
+    assert _rules.config_cookie_key(config) == key
+    other = bytes(range(16, 32))
+    replaced = _rules.with_cookie_key(config, other)
+    assert _rules.config_cookie_key(replaced) == other and len(replaced) == len(config)
+    assert replaced[:24] == config[:24] and replaced[40:] == config[40:]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(ban_sec=-1), "ban_sec: -1 must be >= 0"),
+    (dict(punch_idle_sec=0), "punch_idle_sec: 0 must be > 0"),
+    (dict(a2s_cookie_epoch_sec=0), "a2s_cookie_epoch_sec: 0 must be > 0"),
+    (dict(rate_limits={"udp": {"packets_per_sec": 0}}), "rate_limits.udp.packets_per_sec: 0 must be > 0 (omit it for no limit)"),
+    (dict(tunnel_address="pop1"), "tunnel_address: 'pop1' is not an IPv4 address"),
+    (dict(backends=["10.1.0.1", "x"]), "backends[1]: 'x' is not an IPv4 address"),
+    (dict(anycast_prefixes=["198.51.100.5/24"]),
+     "anycast_prefixes[0]: 198.51.100.5/24 has host bits set (did you mean 198.51.100.0/24?)"),
+])
+def test_bad_parameters(overrides, message):
+    with pytest.raises(_rules.RuleError) as error:
+        _rules.desired_entries(params(**overrides), ZERO_KEY)
+    assert str(error.value) == message
+
+
+def test_backends_of_services_are_always_accepted_on_the_return_path():
+    desired, dummy = _rules.desired_entries(params(services=[service("a", backend="10.1.0.99")],
+                                                   backends=["10.1.0.10"]), ZERO_KEY)
+    assert set(desired["edge_backends"]) == {abi.ipv4("10.1.0.10"), abi.ipv4("10.1.0.99")}
+
+
+def test_capacity_is_checked_before_anything_is_written():
+    prefixes = ["10.%d.%d.0/24" % (index // 256, index % 256) for index in range(257)]
+    with pytest.raises(_rules.RuleError, match=r"anycast: 257 entries do not fit in edge_anycast_v4 \(max 256\)"):
+        _rules.desired_entries(params(anycast_prefixes=prefixes), ZERO_KEY)
+
+
+# --- changes and the plan --------------------------------------------------------------------
+
+def test_map_changes():
+    present = {b"a": b"1", b"b": b"1", b"c": b"1"}
+    desired = {b"a": b"1", b"b": b"2", b"d": b"1"}
+    assert _rules.map_changes(present, desired) == ({b"d": b"1"}, {b"b": (b"2", b"1")}, {b"c": b"1"})
+    assert _rules.map_changes(present, dict(present)) == ({}, {}, {})
+
+
+def entries_of(rule_params, key=ZERO_KEY):
+    return _rules.desired_entries(rule_params, key)[0]
+
+
+def test_no_change_no_plan():
+    desired = entries_of(params(services=[service("a", id=5, a2s_cache=True)], anycast_prefixes=["198.51.100.0/24"],
+                                deny=["10.0.0.0/8"]))
+    assert _rules.plan_writes(desired, desired, [5]) == []
+
+
+def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
+    old = params(
+        tunnel_address="10.0.0.1",
+        anycast_prefixes=["198.51.100.0/24", "198.51.101.0/24"],
+        backends=["10.1.0.10", "10.1.0.20"],
+        services=[
+            service("stays", id=1, a2s_cache=True),
+            service("moves-backend", id=2, port=27016, a2s_cache=True),
+            service("goes", id=3, address="198.51.101.10", backend="10.1.0.20"),
+            service("edited", id=4, port=27018, rate_limit={"packets_per_sec": 5}),
+        ],
+        allow=["192.0.2.0/24", "192.0.3.0/24"],
+        deny=["10.0.0.0/8", "172.16.0.0/12"],
+    )
+    new = params(
+        tunnel_address="10.0.0.1",
+        ban_sec=30,
+        anycast_prefixes=["198.51.100.0/24", "198.51.102.0/24"],
+        backends=["10.1.0.10", "10.1.0.30"],
+        services=[
+            service("stays", id=1, a2s_cache=True),
+            service("moves-backend", id=2, port=27016, a2s_cache=True, backend="10.1.0.30"),
+            service("edited", id=4, port=27018),
+            service("new", id=5, address="198.51.102.10", backend="10.1.0.30"),
+        ],
+        allow=["192.0.2.0/24", "192.0.4.0/24"],
+        deny=["10.0.0.0/8", "100.64.0.0/10"],
+    )
+    present = entries_of(old)
+    desired = entries_of(new)
+    plan = _rules.plan_writes(present, desired, present_cache_ids=[1, 2])
+    assert [step.name for step in plan] == list(_rules.STEP_ORDER)
+    by_name = dict((step.name, step) for step in plan)
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_add"].entries] == ["100.64.0.0/10"]
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_remove"].entries] == ["172.16.0.0/12"]
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["allow_remove"].entries] == ["192.0.3.0/24"]
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["allow_add"].entries] == ["192.0.4.0/24"]
+    # the backend move disarms service 2, deletes its cache entry (1 stays), then re-arms it
+    assert [abi.U32.unpack(key)[0] for key, dummy, dummy in by_name["a2s_cache_delete"].entries] == [2]
+    (disarm_key, disarmed, dummy), = by_name["services_disarm"].entries
+    assert abi.SERVICE_VALUE.unpack(disarmed)[:3] == (2, abi.ipv4("10.1.0.30"), 0)
+    rearmed = dict((key, new_value) for key, new_value, dummy in by_name["services_change"].entries)
+    assert abi.SERVICE_VALUE.unpack(rearmed[disarm_key])[2] == _rules.A2S_FLAGS
+    assert [socket.inet_ntoa(key) for key, dummy, dummy in by_name["backends_remove"].entries] == ["10.1.0.20"]
+    counts, writes = _rules.summarize(plan, _rules.compare(present, desired))
+    assert counts["edge_services"] == {"added": 1, "changed": 2, "removed": 1}
+    assert counts["edge_a2s_cache"] == {"added": 0, "changed": 0, "removed": 1}
+    assert writes == sum(len(step.entries) for step in plan) == 15
+
+
+def test_first_deployment_writes_config_before_any_service_and_prefixes_last():
+    desired = entries_of(params(services=[service("a", a2s_cache=True)], anycast_prefixes=["198.51.100.0/24"],
+                                deny=["10.0.0.0/8"], allow=["192.0.2.0/24"]), key=bytes(range(16)))
+    empty = {"edge_config": {_rules.CONFIG_KEY: bytes(abi.EDGE_CONFIG.size)}}
+    names = [step.name for step in _rules.plan_writes(empty, desired)]
+    assert names == ["deny_add", "backends_add", "config", "services_add", "anycast_add", "allow_add"]
+
+
+def test_an_id_passed_to_another_service_clears_the_cache_before_the_new_owner_arrives():
+    old = entries_of(params(services=[service("old-game", id=7, a2s_cache=True)]))
+    new = entries_of(params(services=[service("new-game", id=7, port=28000, a2s_cache=True)]))
+    plan = _rules.plan_writes(old, new, present_cache_ids=[7])
+    assert [step.name for step in plan] == ["services_remove", "a2s_cache_delete", "services_add"]
+
+
+def test_two_services_swapping_ids_are_disarmed_until_both_cache_entries_are_gone():
+    old = entries_of(params(services=[service("game", id=7, a2s_cache=True),
+                                      service("other", id=8, port=1, a2s_cache=True)]))
+    new = entries_of(params(services=[service("game", id=8, a2s_cache=True),
+                                      service("other", id=7, port=1, a2s_cache=True)]))
+    plan = _rules.plan_writes(old, new, present_cache_ids=[7])
+    assert [step.name for step in plan] == ["services_disarm", "a2s_cache_delete", "services_change"]
+    assert all(abi.SERVICE_VALUE.unpack(value)[2] == 0 for dummy, value, dummy in plan[0].entries)
+    # 8 has no entry yet, but "other" may snoop one into it until it is disarmed: both go
+    assert sorted(abi.U32.unpack(key)[0] for key, dummy, dummy in plan[1].entries) == [7, 8]
+
+
+def test_a_renumbered_service_without_a2s_needs_no_cache_work():
+    old = entries_of(params(services=[service("game", id=7)]))
+    new = entries_of(params(services=[service("game", id=8)]))
+    assert [step.name for step in _rules.plan_writes(old, new, present_cache_ids=[])] == ["services_change"]
+
+
+def test_unowned_cache_entries_are_deleted_and_owned_ones_kept():
+    services = entries_of(params(services=[service("game", id=7, a2s_cache=True)]))
+    assert _rules.stale_cache_ids(services["edge_services"], services["edge_services"], [7, 9]) == [9]
+
+
+def test_inverse_restores_the_maps():
+    present = entries_of(params(deny=["10.0.0.0/8", "172.16.0.0/12"], services=[service("a", id=3)]))
+    desired = entries_of(params(deny=["10.0.0.0/8", "100.64.0.0/10"], services=[service("a", id=4)]))
+    state = dict((name, dict(entries)) for name, entries in present.items())
+    plan = _rules.plan_writes(present, desired)
+    for step in plan:
+        apply_step(state, step)
+    assert state == desired
+    for step in reversed(plan):
+        for undo in _rules.inverse(step):
+            apply_step(state, undo)
+    assert state == present
+
+
+def test_diff_is_readable_and_capped():
+    present = entries_of(params(deny=["10.%d.0.0/16" % index for index in range(150)], services=[service("old", id=3)]),
+                         key=bytes(range(16)))
+    desired = entries_of(params(deny=["11.%d.0.0/16" % index for index in range(150)],
+                                services=[service("cs2-main", a2s_cache=True)], ban_sec=5), key=bytes(range(16, 32)))
+    diff = _rules.render_diff(present, desired, {abi.pack_service_key("udp", "198.51.100.10", 27015): "cs2-main"},
+                              cache_deleted_ids=[3], limit=100)
+    before, after = diff["before"].splitlines(), diff["after"].splitlines()
+    assert "  10.0.0.0/16" in before and "  11.0.0.0/16" in after
+    assert before.count("  ... and 50 more") == 1 and after.count("  ... and 50 more") == 1
+    assert "  cs2-main: udp 198.51.100.10:27015 id 237 -> backend 10.1.0.10 a2s_cache,a2s_snoop max_age 30s" in after
+    assert "  cs2-main: udp 198.51.100.10:27015 id 3 -> backend 10.1.0.10" in before   # changed in place
+    assert "  ban_sec 60" in before and "  ban_sec 5" in after
+    assert "  a2s_cookie_key (set, changed)" in after
+    assert "  cached reply of service id 3" in before
+    # the key itself never appears
+    assert bytes(range(16)).hex() not in diff["before"] + diff["after"]
+
+
+# --- the order, as a property over random rule sets ------------------------------------------
+
+DENY_ALLOW_POOL = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.0.2.0/24", "192.0.2.128/25", "203.0.113.7/32"]
+ANYCAST_POOL = ["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"]
+ENDPOINTS = [(proto, "198.51.10%d.10" % net, port) for proto in ("udp", "tcp") for net in range(3)
+             for port in (27015, 27016)]
+BACKENDS = ["10.1.0.10", "10.1.0.11", "10.1.0.12"]
+
+
+@st.composite
+def rule_sets(draw):
+    endpoints = draw(st.lists(st.sampled_from(ENDPOINTS), unique=True, max_size=6))
+    ids = draw(st.permutations(range(1, 9)))
+    services = []
+    for index, (proto, address, port) in enumerate(endpoints):
+        a2s = proto == "udp" and draw(st.booleans())
+        services.append(service("s%d" % index, address=address, protocol=proto, port=port, id=ids[index],
+                                backend=draw(st.sampled_from(BACKENDS)), a2s_cache=a2s))
+    prefixes = sorted({".".join(item["address"].split(".")[:3]) + ".0/24" for item in services}
+                      | set(draw(st.lists(st.sampled_from(ANYCAST_POOL), unique=True))))
+    deny = draw(st.lists(st.sampled_from(DENY_ALLOW_POOL), unique=True))
+    allow = [cidr for cidr in draw(st.lists(st.sampled_from(DENY_ALLOW_POOL), unique=True)) if cidr not in deny]
+    return params(tunnel_address=draw(st.sampled_from(["10.0.0.1", "10.0.0.2"])), services=services,
+                  anycast_prefixes=prefixes, backends=draw(st.lists(st.sampled_from(BACKENDS), unique=True)),
+                  deny=deny, allow=allow, ban_sec=draw(st.sampled_from([0, 60])))
+
+
+def apply_step(state, step):
+    target = state.setdefault(step.map_name, {})
+    for key, value, dummy in step.entries:
+        if step.operation == "update":
+            target[key] = value
+        else:
+            target.pop(key, None)
+
+
+def services_in(prefix_key, services):
+    length, network = abi.LPM_V4_KEY.unpack(prefix_key)
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    return set(key for key in services
+               if int.from_bytes(abi.SERVICE_KEY.unpack(key)[0], "big") & mask == int.from_bytes(network, "big"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(rule_sets(), rule_sets(), st.data())
+def test_every_intermediate_state_is_safe(old_params, new_params, data):
+    old = entries_of(old_params, key=bytes(range(16)))
+    new = entries_of(new_params, key=bytes(range(16)))
+    old_ids = sorted(abi.SERVICE_VALUE.unpack(value)[0] for value in old["edge_services"].values())
+    cache_ids = data.draw(st.lists(st.sampled_from(old_ids), unique=True)) if old_ids else []
+    # The cache as the program would have it: each entry filled by the service owning the id.
+    owner_of = dict((abi.SERVICE_VALUE.unpack(value)[0], (key, abi.SERVICE_VALUE.unpack(value)[1]))
+                    for key, value in old["edge_services"].items())
+    cache = dict((service_id, owner_of[service_id]) for service_id in cache_ids)
+
+    plan = _rules.plan_writes(old, new, cache_ids)
+    state = dict((name, dict(entries)) for name, entries in old.items())
+    for number, step in enumerate(plan):
+        apply_step(state, step)
+        if step.map_name == _rules.A2S_CACHE_MAP:
+            for key, dummy, dummy in step.entries:
+                cache.pop(abi.U32.unpack(key)[0], None)
+            continue
+        where = "after step %d (%s) of %s" % (number, step.name, [s.name for s in plan])
+        deny, allow = set(state["edge_deny_v4"]), set(state["edge_allow_v4"])
+        assert deny >= set(new["edge_deny_v4"]), where
+        assert allow <= set(old["edge_allow_v4"]) | set(new["edge_allow_v4"]), where
+        if "allow_remove" in [s.name for s in plan[:number + 1]]:
+            assert allow <= set(new["edge_allow_v4"]), where
+        services = state["edge_services"]
+        for prefix in state["edge_anycast_v4"]:
+            if prefix in new["edge_anycast_v4"] and prefix not in old["edge_anycast_v4"]:
+                assert services_in(prefix, new["edge_services"]) <= set(services), where
+            if prefix not in new["edge_anycast_v4"]:
+                assert services_in(prefix, old["edge_services"]) <= set(services), where
+        for key, value in services.items():
+            service_id, backend, flags = abi.SERVICE_VALUE.unpack(value)[:3]
+            assert backend in state["edge_backends"], where
+            if key not in old["edge_services"]:
+                assert state["edge_config"] == new["edge_config"], where
+            if flags & _rules.A2S_FLAGS:
+                assert cache.get(service_id, (key, backend)) == (key, backend), where
+                cache[service_id] = (key, backend)     # what snooping would write
+    state.pop(_rules.A2S_CACHE_MAP, None)
+    assert state == new
