@@ -1,0 +1,561 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# MIT License (see LICENSE or https://opensource.org/licenses/MIT)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: edge_rules
+short_description: Converge the XDP edge program's rule maps (services, prefixes, filters, limits)
+version_added: "0.1.0"
+description:
+  - Writes the rules of the inventory into the maps the C(xdp_edge) program reads, through
+    their pins C(<pin_root>/<iface>/maps/<map name>) (made by M(anycast.edge.xdp_program)); the
+    maps must belong to the program pinned at C(<pin_root>/<iface>/program).
+  - Converges C(edge_config), C(edge_services), C(edge_anycast_v4), C(edge_backends),
+    C(edge_allow_v4) and C(edge_deny_v4) - reads what is there (batch lookups), writes only the
+    differences (batch updates and deletes) and deletes what the parameters no longer declare.
+    The program keeps running; nothing is detached or reloaded.
+  - Never touches the maps the program fills itself (C(edge_bans), C(edge_punches),
+    C(edge_rate_counters), the stats maps), so bans, port punches and counters survive a rule
+    change. The one exception is C(edge_a2s_cache) - the cached A2S_INFO reply of a service id
+    is deleted when that id stops being used or passes to another service or backend, so a
+    cached reply is never served for a different game server.
+  - "Writes are ordered so that the filter is never looser than the new rule set: new denies
+    first, then old allows removed, new allows added, old denies removed last. Services: old
+    anycast prefixes are released before their services go, and new prefixes are claimed only
+    after their services and backends exist; a service whose id or backend changes has its A2S
+    flags cleared until its old cache entry is deleted. The result's C(steps) lists the order."
+  - If a write fails, the steps already made are undone (the host is left as it was) and the
+    task fails naming the step and the map.
+  - Runs on the POP. Needs libbpf (Debian package C(libbpf1)) and root.
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - libbpf 1.x (libbpf.so.1) on the POP
+  - root (CAP_BPF and CAP_NET_ADMIN) to open and write pinned maps
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads the maps and computes every change; writes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: >-
+      Lists the entries that change, map by map (CIDRs, services by name, the config fields;
+      the cookie key is never shown). At most O(diff_limit) lines per map and side, then a count.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+options:
+  pin_root:
+    description: Folder (on a bpffs) holding one folder of pins per interface.
+    type: path
+    default: /sys/fs/bpf/anycast_edge
+  iface:
+    description: Interface the program is attached to (its pins are in C(<pin_root>/<iface>/maps/)).
+    type: str
+    required: true
+  tunnel_address:
+    description:
+      - This POP's own tunnel address (outer source of the IPIP packets to the backends, outer
+        destination of their replies). Goes into C(edge_config).
+    type: str
+    required: true
+  services:
+    description:
+      - The services, already resolved (the M(anycast.edge.inventory_check) module returns them
+        as C(rules.services)).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Service name (shown in the diff).
+        type: str
+        required: true
+      id:
+        description:
+          - Service id, 1..1023 (index of the per-service stats and of the A2S cache).
+          - Default is C(zlib.crc32(name) % 1023 + 1).
+        type: int
+      address:
+        description: Anycast IPv4 address of the service.
+        type: str
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        required: true
+        choices: [udp, tcp, icmp]
+      port:
+        description: Port, 1..65535; 0 (or omitted) for icmp.
+        type: int
+        default: 0
+      backend_address:
+        description: Tunnel address of the backend the service's packets are sent to (IPIP).
+        type: str
+        required: true
+      a2s_cache:
+        description: Answer A2S_INFO at the POP from the cache (udp only).
+        type: bool
+        default: false
+      a2s_snoop:
+        description: Refresh the cache from the backend's own A2S_INFO replies. Default is O(services[].a2s_cache).
+        type: bool
+      a2s_max_age_sec:
+        description: A cached reply older than this is not served.
+        type: int
+        default: 30
+      rate_limit:
+        description: Per-source limit for this service instead of the protocol-wide one.
+        type: dict
+        suboptions:
+          packets_per_sec:
+            description: Packets per second per source; omitted = unlimited.
+            type: int
+          bytes_per_sec:
+            description: Bytes per second per source; omitted = unlimited.
+            type: int
+  anycast_prefixes:
+    description: IPv4 prefixes the POP claims (traffic to other destinations goes to the kernel).
+    type: list
+    elements: str
+    default: []
+  backends:
+    description:
+      - Tunnel addresses of the backends; IPIP replies are accepted only from these.
+      - The backend of every service is added even when not listed here.
+    type: list
+    elements: str
+    default: []
+  allow:
+    description: Source CIDRs that skip bans and rate limits (a bare address is a /32).
+    type: list
+    elements: str
+    default: []
+  deny:
+    description: Source CIDRs that are dropped; deny beats allow.
+    type: list
+    elements: str
+    default: []
+  rate_limits:
+    description: Per-source limits by protocol class; a class left out is unlimited.
+    type: dict
+    default: {}
+    suboptions:
+      tcp:
+        description: Limit of TCP packets.
+        type: dict
+        suboptions:
+          packets_per_sec:
+            description: Packets per second per source; omitted = unlimited.
+            type: int
+          bytes_per_sec:
+            description: Bytes per second per source; omitted = unlimited.
+            type: int
+      udp:
+        description: Limit of UDP packets.
+        type: dict
+        suboptions:
+          packets_per_sec:
+            description: Packets per second per source; omitted = unlimited.
+            type: int
+          bytes_per_sec:
+            description: Bytes per second per source; omitted = unlimited.
+            type: int
+      icmp:
+        description: Limit of ICMP packets.
+        type: dict
+        suboptions:
+          packets_per_sec:
+            description: Packets per second per source; omitted = unlimited.
+            type: int
+          bytes_per_sec:
+            description: Bytes per second per source; omitted = unlimited.
+            type: int
+      other:
+        description: Limit of every other IP protocol.
+        type: dict
+        suboptions:
+          packets_per_sec:
+            description: Packets per second per source; omitted = unlimited.
+            type: int
+          bytes_per_sec:
+            description: Bytes per second per source; omitted = unlimited.
+            type: int
+  ban_sec:
+    description: How long a source over its limit is banned; 0 = drop over the limit, do not ban.
+    type: int
+    default: 60
+  punch_idle_sec:
+    description: A port punch (a flow the game server spoke on) expires after this idle time.
+    type: int
+    default: 120
+  a2s_cookie_epoch_sec:
+    description: Lifetime of an A2S challenge cookie (valid for this epoch and the previous one).
+    type: int
+    default: 30
+  a2s_cookie_key:
+    description:
+      - SipHash key of the A2S challenge cookies, 32 hex digits.
+      - When omitted, the key already in the map is kept; if the map has none (all zero), a
+        random key is generated once (so a rerun is not a change).
+      - Give the same key to every POP if a player may be answered by one POP and come back
+        through another within an epoch.
+    type: str
+  diff_limit:
+    description: At most this many entries per map and side in the diff output.
+    type: int
+    default: 100
+notes:
+  - The result reports C(elapsed_ms), the time spent inside the module (from parameter parsing
+    to the result), so benchmarks can tell it from Ansible's own overhead.
+  - The writes of one step are one batch syscall; a packet sees each element either before
+    or after, never half-written (an edge_config update is one value copy).
+seealso:
+  - module: anycast.edge.inventory_check
+"""
+
+EXAMPLES = r"""
+- name: Apply the rules of the inventory to this POP
+  anycast.edge.edge_rules:
+    iface: "{{ anycast_edge_uplink }}"
+    tunnel_address: "{{ anycast_edge_tunnel_address }}"
+    services: "{{ anycast_edge_rules.services }}"
+    anycast_prefixes: "{{ anycast_edge_rules.anycast_prefixes }}"
+    backends: "{{ anycast_edge_rules.backends }}"
+    allow: "{{ anycast_edge_rules.allow }}"
+    deny: "{{ anycast_edge_rules.deny }}"
+    rate_limits: "{{ anycast_edge_rules.rate_limits }}"
+    ban_sec: "{{ anycast_edge_rules.ban_sec }}"
+    punch_idle_sec: "{{ anycast_edge_rules.punch_idle_sec }}"
+    a2s_cookie_epoch_sec: "{{ anycast_edge_rules.a2s_cookie_epoch_sec }}"
+
+- name: Deny one more network by hand (everything else as given)
+  anycast.edge.edge_rules:
+    iface: eth1
+    tunnel_address: 10.0.0.1
+    anycast_prefixes: [198.51.100.0/24]
+    services:
+      - name: cs2-main
+        address: 198.51.100.10
+        protocol: udp
+        port: 27015
+        backend_address: 10.1.0.10
+        a2s_cache: true
+    deny: [192.0.2.0/24]
+"""
+
+RETURN = r"""
+maps:
+  description: Entries added, changed and removed, per map (C(edge_a2s_cache) only ever has removals).
+  returned: always
+  type: dict
+  sample:
+    edge_config: {added: 0, changed: 1, removed: 0}
+    edge_services: {added: 1, changed: 0, removed: 0}
+    edge_anycast_v4: {added: 1, changed: 0, removed: 0}
+    edge_backends: {added: 1, changed: 0, removed: 0}
+    edge_allow_v4: {added: 0, changed: 0, removed: 0}
+    edge_deny_v4: {added: 100000, changed: 0, removed: 0}
+    edge_a2s_cache: {added: 0, changed: 0, removed: 0}
+writes:
+  description: Map elements written or deleted (would be, in check mode).
+  returned: always
+  type: int
+  sample: 100004
+steps:
+  description: The write steps in the order they were (would be) made, with their size.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {name: deny_add, map: edge_deny_v4, operation: update, count: 100000}
+    - {name: config, map: edge_config, operation: update, count: 1}
+elapsed_ms:
+  description: Time spent inside the module, in milliseconds.
+  returned: always
+  type: float
+  sample: 412.5
+timing_ms:
+  description:
+    - Milliseconds per phase - C(params) (argument parsing), C(rules) (packing the wanted
+      entries), C(read) (reading the maps), C(plan), C(diff), C(write).
+  returned: always
+  type: dict
+  sample: {params: 180.2, rules: 95.1, read: 140.3, plan: 12.0, diff: 0.0, write: 0.0}
+a2s_cookie_key_generated:
+  description: Whether a random A2S cookie key was (would be) generated because the map had none.
+  returned: always
+  type: bool
+  sample: false
+pin_dir:
+  description: Folder of the map pins that were read.
+  returned: always
+  type: str
+  sample: /sys/fs/bpf/anycast_edge/eth1/maps
+"""
+
+import binascii
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _pins
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError
+
+# Key and value sizes each map must have; a pin of another layout (an older program) is
+# refused before anything is written.
+MAP_LAYOUTS = {
+    "edge_config": (abi.U32.size, abi.EDGE_CONFIG.size),
+    "edge_services": (abi.SERVICE_KEY.size, abi.SERVICE_VALUE.size),
+    "edge_anycast_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
+    "edge_backends": (abi.BE32.size, abi.BACKEND_VALUE.size),
+    "edge_allow_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
+    "edge_deny_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
+    "edge_a2s_cache": (abi.U32.size, abi.A2S_CACHE_ENTRY.size),
+}
+LOOKUP_CHUNK = 8192
+
+LIMIT_OPTIONS = dict(packets_per_sec=dict(type="int"), bytes_per_sec=dict(type="int"))
+
+ARGUMENT_SPEC = dict(
+    pin_root=dict(type="path", default="/sys/fs/bpf/anycast_edge"),
+    iface=dict(type="str", required=True),
+    tunnel_address=dict(type="str", required=True),
+    services=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        id=dict(type="int"),
+        address=dict(type="str", required=True),
+        protocol=dict(type="str", required=True, choices=["udp", "tcp", "icmp"]),
+        port=dict(type="int", default=0),
+        backend_address=dict(type="str", required=True),
+        a2s_cache=dict(type="bool", default=False),
+        a2s_snoop=dict(type="bool"),
+        a2s_max_age_sec=dict(type="int", default=30),
+        rate_limit=dict(type="dict", options=LIMIT_OPTIONS),
+    )),
+    anycast_prefixes=dict(type="list", elements="str", default=[]),
+    backends=dict(type="list", elements="str", default=[]),
+    allow=dict(type="list", elements="str", default=[]),
+    deny=dict(type="list", elements="str", default=[]),
+    rate_limits=dict(type="dict", default={}, options=dict(
+        tcp=dict(type="dict", options=LIMIT_OPTIONS),
+        udp=dict(type="dict", options=LIMIT_OPTIONS),
+        icmp=dict(type="dict", options=LIMIT_OPTIONS),
+        other=dict(type="dict", options=LIMIT_OPTIONS),
+    )),
+    ban_sec=dict(type="int", default=60),
+    punch_idle_sec=dict(type="int", default=120),
+    a2s_cookie_epoch_sec=dict(type="int", default=30),
+    a2s_cookie_key=dict(type="str", no_log=True),
+    diff_limit=dict(type="int", default=100),
+)
+
+
+def open_maps(module):
+    """The maps of the program pinned for iface (_pins checks they belong to it), each
+    checked for the key and value sizes this collection packs."""
+    pin_root, iface = module.params["pin_root"], module.params["iface"]
+    try:
+        maps = _pins.open_pinned_maps(pin_root, iface, sorted(MAP_LAYOUTS))
+    except (_pins.PinError, ValueError) as exc:
+        module.fail_json(msg="iface: %s" % exc)
+    for name, (key_size, value_size) in sorted(MAP_LAYOUTS.items()):
+        bpf_map = maps[name]
+        if (bpf_map.key_size, bpf_map.value_size) != (key_size, value_size):
+            module.fail_json(msg="the map pinned at %s has keys of %d and values of %d bytes, this collection "
+                                 "packs %d and %d: attach this collection's program first (anycast.edge.xdp_program)"
+                             % (_pins.map_pin_path(pin_root, iface, name), bpf_map.key_size, bpf_map.value_size,
+                                key_size, value_size))
+    return maps
+
+
+def read_present(maps):
+    """{map name: {key: value}} of the rule maps, and the ids that have a cache entry."""
+    present = {"edge_config": {_rules.CONFIG_KEY: maps["edge_config"].lookup(_rules.CONFIG_KEY)}}
+    for name in _rules.RULE_MAPS[1:]:
+        present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
+    cache_ids = [abi.U32.unpack(key)[0] for key in maps[_rules.A2S_CACHE_MAP].keys()]
+    return present, cache_ids
+
+
+def cookie_key_bytes(module, present_config):
+    """(16 key bytes, generated?) - the given key, else the one in the map, else a new one."""
+    given = module.params["a2s_cookie_key"]
+    if given is not None:
+        try:
+            key = binascii.unhexlify(given.strip())
+        except (binascii.Error, TypeError, ValueError):
+            key = b""
+        if len(key) != 16:
+            module.fail_json(msg="a2s_cookie_key: must be 32 hex digits (16 bytes)")
+        return key, False
+    current = _rules.config_cookie_key(present_config)
+    if current != bytes(16):
+        return current, False
+    # No key yet: make one. Never all zero (that would read as "no key" on the next run).
+    key = bytes(16)
+    while key == bytes(16):
+        key = os.urandom(16)
+    return key, True
+
+
+def execute(maps, step):
+    """Make one step's writes; returns how many elements were written or deleted."""
+    target = maps[step.map_name]
+    keys = [entry[0] for entry in step.entries]
+    if step.operation == "update":
+        target.update_batch(keys, [entry[1] for entry in step.entries])
+    else:
+        target.delete_batch(keys)
+    return len(keys)
+
+
+def apply_plan(maps, plan, on_step=None):
+    """Execute the plan in order. If a step fails, undo it and every step before it (newest
+    first) and re-raise: the maps are left as they were (except deleted A2S cache entries,
+    which refill). on_step(step) is called before each step (tests record the order)."""
+    done = []
+    for step in plan:
+        if on_step is not None:
+            on_step(step)
+        done.append(step)
+        try:
+            execute(maps, step)
+        except (BpfError, ValueError) as exc:
+            undo_errors = []
+            for made in reversed(done):
+                for undo in _rules.inverse(made):
+                    try:
+                        execute(maps, undo)
+                    except (BpfError, ValueError) as undo_exc:
+                        undo_errors.append("%s on %s: %s" % (undo.name, undo.map_name, undo_exc))
+            raise PlanError(step, exc, undo_errors)
+
+
+class PlanError(Exception):
+    def __init__(self, step, cause, undo_errors):
+        self.step = step
+        self.cause = cause
+        self.undo_errors = undo_errors
+        text = "step %s (%s of %d entries in %s) failed: %s" % (
+            step.name, step.operation, len(step.entries), step.map_name, cause)
+        if undo_errors:
+            text += "; the rollback failed too, the maps are partly updated: " + "; ".join(undo_errors)
+        else:
+            text += "; every earlier write was undone"
+        super(PlanError, self).__init__(text)
+
+
+def echoed_params(params):
+    """The parameters as the result echoes them (``invocation``), with long CIDR lists cut to
+    a count: echoing 100,000 prefixes back would cost the controller more than the whole
+    convergence costs the POP."""
+    echoed = dict(params)
+    for name in ("anycast_prefixes", "backends", "allow", "deny"):
+        value = echoed.get(name) or []
+        if len(value) > params["diff_limit"]:
+            echoed[name] = value[:params["diff_limit"]] + ["... and %d more" % (len(value) - params["diff_limit"])]
+    if echoed.get("a2s_cookie_key") is not None:
+        echoed["a2s_cookie_key"] = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    return echoed
+
+
+class Stopwatch(object):
+    """Milliseconds spent in each phase of the module, from the start of run_module()."""
+
+    def __init__(self, started):
+        self.started = started
+        self.last = started
+        self.phases = {}
+
+    def lap(self, phase):
+        now = time.monotonic()
+        self.phases[phase] = round((now - self.last) * 1000.0, 1)
+        self.last = now
+
+    def report(self):
+        return dict(elapsed_ms=round((time.monotonic() - self.started) * 1000.0, 1), timing_ms=dict(self.phases))
+
+
+def run_module():
+    started = time.monotonic()
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    timing = Stopwatch(started)
+    timing.lap("params")
+    params = module.params
+    try:
+        pin_dir = _pins.maps_dir(params["pin_root"], params["iface"])
+    except ValueError as exc:
+        module.fail_json(msg="iface: %s" % exc)
+
+    # Everything that can be wrong with the parameters is found before the maps are opened.
+    # The cookie key is filled in once the present one is known.
+    try:
+        desired, names = _rules.desired_entries(params, bytes(16))
+    except _rules.RuleError as exc:
+        module.fail_json(msg=str(exc))
+    timing.lap("rules")
+
+    maps = open_maps(module)
+    try:
+        present, cache_ids = read_present(maps)
+    except BpfError as exc:
+        module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, exc))
+    timing.lap("read")
+
+    cookie_key, generated = cookie_key_bytes(module, present["edge_config"][_rules.CONFIG_KEY])
+    desired["edge_config"][_rules.CONFIG_KEY] = _rules.with_cookie_key(desired["edge_config"][_rules.CONFIG_KEY],
+                                                                       cookie_key)
+    changes = _rules.compare(present, desired)
+    plan = _rules.plan_writes(present, desired, cache_ids, changes=changes)
+    counts, writes = _rules.summarize(plan, changes)
+    timing.lap("plan")
+
+    result = dict(
+        changed=bool(plan),
+        maps=counts,
+        writes=writes,
+        steps=[dict(name=step.name, map=step.map_name, operation=step.operation, count=len(step.entries))
+               for step in plan],
+        a2s_cookie_key_generated=generated,
+        pin_dir=pin_dir,
+    )
+    if module._diff and plan:
+        deleted_ids = [abi.U32.unpack(entry[0])[0] for step in plan if step.map_name == _rules.A2S_CACHE_MAP
+                       for entry in step.entries]
+        result["diff"] = _rules.render_diff(present, desired, names, deleted_ids, limit=params["diff_limit"],
+                                            changes=changes)
+        result["diff"]["before_header"] = pin_dir + " (before)"
+        result["diff"]["after_header"] = pin_dir + " (after)"
+
+    timing.lap("diff")
+    if plan and not module.check_mode:
+        try:
+            apply_plan(maps, plan)
+        except PlanError as exc:
+            result.update(timing.report())
+            result.pop("diff", None)
+            module.fail_json(msg=str(exc), invocation=dict(module_args=echoed_params(params)), **result)
+    timing.lap("write")
+    result.update(timing.report())
+    module.exit_json(invocation=dict(module_args=echoed_params(params)), **result)
+
+
+def main():
+    run_module()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,500 @@
+"""edge_rules against the real maps of build/xdp_edge.o, through real ansible-playbook runs.
+
+Each test loads the compiled program, pins it and its maps on a private bpffs (mounted on a
+temporary folder, never the host's /sys/fs/bpf) in the layout xdp_program makes
+(<pin_root>/<iface>/program, <pin_root>/<iface>/maps/<name>), then runs the module the way a
+user does: ansible-playbook, connection local, with --check and --diff where it matters. The
+maps are read back with the libbpf binding and decoded independently of _rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import raw
+
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+from ansible_collections.anycast.edge.plugins.modules import edge_rules
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF maps, bpffs)")
+
+VENV_BIN = Path(sys.executable).parent
+IFACE = "uplink0"
+RULE_MAP_NAMES = _rules.RULE_MAPS
+LEARNED_MAPS = ("edge_bans", "edge_punches", "edge_rate_counters", "edge_a2s_cache", "edge_client_stats",
+                "edge_service_stats", "edge_reason_stats")
+
+RULES = {
+    "tunnel_address": "10.0.0.1",
+    "anycast_prefixes": ["198.51.100.0/24"],
+    "backends": ["10.1.0.10", "10.1.0.11"],
+    "services": [
+        {"name": "cs2-main", "id": 17, "address": "198.51.100.10", "protocol": "udp", "port": 27015,
+         "backend_address": "10.1.0.10", "a2s_cache": True, "a2s_max_age_sec": 20},
+        {"name": "tf2", "id": 30, "address": "198.51.100.11", "protocol": "udp", "port": 27015,
+         "backend_address": "10.1.0.11", "a2s_cache": True},
+        {"name": "cs2-tv", "id": 18, "address": "198.51.100.10", "protocol": "udp", "port": 27020,
+         "backend_address": "10.1.0.10", "rate_limit": {"packets_per_sec": 50}},
+        {"name": "ping", "id": 19, "address": "198.51.100.10", "protocol": "icmp", "backend_address": "10.1.0.10"},
+    ],
+    "allow": ["192.0.2.0/28"],
+    "deny": ["100.64.0.0/10", "233.252.0.5/32"],
+    "rate_limits": {"udp": {"packets_per_sec": 500, "bytes_per_sec": 1000000}, "icmp": {"packets_per_sec": 10}},
+    "ban_sec": 30,
+    "punch_idle_sec": 90,
+    "a2s_cookie_epoch_sec": 20,
+}
+
+
+def changed_rules():
+    """RULES after a typical edit: one deny more, the allow gone, tf2 renumbered, cs2-tv's
+    limit raised, a new backend for a new service."""
+    rules = json.loads(json.dumps(RULES))
+    rules["deny"].append("203.0.113.0/24")
+    rules["allow"] = []
+    rules["backends"].append("10.1.0.12")
+    rules["services"][1]["id"] = 31
+    rules["services"][2]["rate_limit"] = {"packets_per_sec": 80}
+    rules["services"].append({"name": "rust", "id": 40, "address": "198.51.100.12", "protocol": "udp",
+                              "port": 28015, "backend_address": "10.1.0.12"})
+    return rules
+
+
+# --- the POP: program and maps pinned on a private bpffs ---------------------------------------
+
+@pytest.fixture(scope="session")
+def xdp_edge_object(repo_root):
+    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True)
+    return str(repo_root / "build" / "xdp_edge.o")
+
+
+@pytest.fixture(scope="session")
+def bpffs():
+    mount_point = tempfile.mkdtemp(prefix="edge-rules-bpffs-")
+    subprocess.run(["mount", "-t", "bpf", "bpf", mount_point], check=True)
+    try:
+        yield Path(mount_point)
+    finally:
+        subprocess.run(["umount", mount_point], check=False)
+        os.rmdir(mount_point)
+
+
+class Pop:
+    """The loaded program with its pins, as xdp_program would leave them."""
+
+    def __init__(self, object_path, pin_root):
+        self.pin_root = pin_root
+        self.iface = IFACE
+        self.obj = _bpf.BpfObject.open(object_path)
+        self.obj.load()
+        self.program = self.obj.program("xdp_edge")
+        self.program.pin(str(pin_root / IFACE / "program"))
+        for bpf_map in self.obj.maps():
+            bpf_map.pin(str(pin_root / IFACE / "maps" / bpf_map.name))
+
+    def map(self, name):
+        return self.obj.map(name)
+
+    def entries(self, name):
+        bpf_map = self.map(name)
+        if bpf_map.type in (_bpf.BPF_MAP_TYPE_ARRAY, _bpf.BPF_MAP_TYPE_PERCPU_ARRAY):
+            return dict((key, bpf_map.lookup(key)) for key in bpf_map.keys())
+        return dict(bpf_map.lookup_batch(chunk_size=8192))
+
+    def snapshot(self, names=RULE_MAP_NAMES + LEARNED_MAPS):
+        return dict((name, self.entries(name)) for name in names)
+
+    def verdict(self, frame):
+        return self.program.test_run(frame).retval
+
+    def close(self):
+        shutil.rmtree(self.pin_root, ignore_errors=True)   # unlink the pins (bpffs allows it)
+        self.obj.close()
+
+
+@pytest.fixture
+def pop(xdp_edge_object, bpffs):
+    instance = Pop(xdp_edge_object, bpffs / uuid.uuid4().hex[:12])
+    yield instance
+    instance.close()
+
+
+# --- running the module as a user does -----------------------------------------------------------
+
+class Run:
+    def __init__(self, proc, result):
+        self.proc = proc
+        self.result = result
+        self.stdout = proc.stdout
+
+    @property
+    def recap(self):
+        for line in self.stdout.splitlines():
+            if line.startswith("localhost") and "ok=" in line:
+                return dict((key, int(value)) for key, value in
+                            (item.split("=") for item in line.split(":", 1)[1].split()))
+        raise AssertionError("no PLAY RECAP in:\n" + self.stdout)
+
+
+def run_edge_rules(pop, tmp_path, rules, *args, expect_failure=False, extra=None):
+    """Run anycast.edge.edge_rules once through ansible-playbook; the registered result is
+    written to a file by a second task (which runs even under --check)."""
+    work = tmp_path / uuid.uuid4().hex[:8]
+    work.mkdir()
+    module_args = dict(rules, pin_root=str(pop.pin_root), iface=pop.iface, **(extra or {}))
+    (work / "args.json").write_text(json.dumps({"edge_rules_args": module_args}))
+    task = dict(("%s" % key, "{{ edge_rules_args[%r] }}" % key) for key in module_args)
+    playbook = [{
+        "name": "Converge the rule maps",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "tasks": [
+            {"name": "edge_rules", "anycast.edge.edge_rules": task, "register": "edge_rules_result",
+             "ignore_errors": expect_failure},
+            {"name": "keep the result", "ansible.builtin.copy": {
+                "content": "{{ edge_rules_result | to_json }}", "dest": str(work / "result.json"), "mode": "0600"},
+             "check_mode": False, "diff": False, "changed_when": False},
+        ],
+    }]
+    (work / "playbook.yml").write_text(yaml.safe_dump(playbook))
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        "ANSIBLE_HOME": str(work / "ansible-home"),
+        "PATH": "%s:%s" % (VENV_BIN, env.get("PATH", "")),
+    })
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "@%s" % (work / "args.json"),
+         str(work / "playbook.yml"), *args],
+        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=str(work))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((work / "result.json").read_text())
+    if not expect_failure:
+        assert not result.get("failed"), result.get("msg")
+    return Run(proc, result)
+
+
+# --- decoding the maps (independently of _rules) --------------------------------------------------
+
+def ip(raw_bytes):
+    return ".".join(str(byte) for byte in raw_bytes)
+
+
+def cidrs(entries):
+    result = set()
+    for key in entries:
+        length, address = struct.unpack("<I4s", key)
+        result.add("%s/%d" % (ip(address), length))
+    return result
+
+
+def services(entries):
+    decoded = {}
+    protocols = {6: "tcp", 17: "udp", 1: "icmp"}
+    for key, value in entries.items():
+        address, port_raw, proto = struct.unpack("<4s2sBx", key)
+        service_id, backend, flags, max_age_ms, pps, bps = struct.unpack("<I4sIIQQ", value)
+        decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
+            service_id, ip(backend), flags, max_age_ms, pps, bps)
+    return decoded
+
+
+def config(entries):
+    fields = struct.unpack("<4sIQQ2Q8Q", entries[struct.pack("<I", 0)])
+    return {"tunnel": ip(fields[0]), "ban_sec": fields[1], "punch_idle_ns": fields[2], "cookie_epoch_ns": fields[3],
+            "cookie_key": fields[4:6], "limits": [fields[6 + 2 * i:8 + 2 * i] for i in range(4)]}
+
+
+CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
+    first = run_edge_rules(pop, tmp_path, RULES)
+    assert first.result["changed"] is True and first.recap["changed"] == 1
+    assert first.result["maps"]["edge_deny_v4"] == {"added": 2, "changed": 0, "removed": 0}
+    assert first.result["maps"]["edge_services"] == {"added": 4, "changed": 0, "removed": 0}
+    assert first.result["writes"] == 2 + 1 + 2 + 4 + 1 + 1      # deny, config, backends, services, anycast, allow
+    assert [step["name"] for step in first.result["steps"]] == [
+        "deny_add", "backends_add", "config", "services_add", "anycast_add", "allow_add"]
+    assert first.result["a2s_cookie_key_generated"] is True
+    assert first.result["elapsed_ms"] > 0 and set(first.result["timing_ms"]) >= {"params", "read", "write"}
+
+    assert cidrs(pop.entries("edge_deny_v4")) == {"100.64.0.0/10", "233.252.0.5/32"}
+    assert cidrs(pop.entries("edge_allow_v4")) == {"192.0.2.0/28"}
+    assert cidrs(pop.entries("edge_anycast_v4")) == {"198.51.100.0/24"}
+    assert set(ip(key) for key in pop.entries("edge_backends")) == {"10.1.0.10", "10.1.0.11"}
+    assert services(pop.entries("edge_services")) == {
+        ("udp", "198.51.100.10", 27015): (17, "10.1.0.10", CACHE, 20000, 0, 0),
+        ("udp", "198.51.100.11", 27015): (30, "10.1.0.11", CACHE, 30000, 0, 0),
+        ("udp", "198.51.100.10", 27020): (18, "10.1.0.10", 0, 0, 50, 0),
+        ("icmp", "198.51.100.10", 0): (19, "10.1.0.10", 0, 0, 0, 0),
+    }
+    cfg = config(pop.entries("edge_config"))
+    assert cfg["tunnel"] == "10.0.0.1" and cfg["ban_sec"] == 30
+    assert cfg["punch_idle_ns"] == 90 * 10**9 and cfg["cookie_epoch_ns"] == 20 * 10**9
+    assert cfg["limits"] == [(0, 0), (500, 1000000), (10, 0), (0, 0)]      # tcp, udp, icmp, other
+    assert cfg["cookie_key"] != (0, 0)
+
+    second = run_edge_rules(pop, tmp_path, RULES)
+    assert second.result["changed"] is False and second.recap["changed"] == 0
+    assert second.result["writes"] == 0 and second.result["steps"] == []
+    assert second.result["a2s_cookie_key_generated"] is False
+    assert config(pop.entries("edge_config"))["cookie_key"] == cfg["cookie_key"]
+
+
+def test_cookie_key_given_kept_and_hidden(pop, tmp_path):
+    key = "00112233445566778899aabbccddeeff"
+    given = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"a2s_cookie_key": key})
+    assert config(pop.entries("edge_config"))["cookie_key"] == struct.unpack("<QQ", bytes.fromhex(key))
+    assert key not in given.stdout and key not in json.dumps(given.result)
+    # omitted afterwards: the key in the map is kept, nothing changes
+    kept = run_edge_rules(pop, tmp_path, RULES)
+    assert kept.result["changed"] is False
+    assert config(pop.entries("edge_config"))["cookie_key"] == struct.unpack("<QQ", bytes.fromhex(key))
+
+
+def test_check_mode_writes_nothing_and_reports_everything(pop, tmp_path):
+    run_edge_rules(pop, tmp_path, RULES)
+    before = pop.snapshot()
+    checked = run_edge_rules(pop, tmp_path, changed_rules(), "--check", "--diff")
+    assert pop.snapshot() == before
+    assert checked.result["changed"] is True and checked.recap["changed"] == 1
+    assert checked.result["maps"]["edge_deny_v4"] == {"added": 1, "changed": 0, "removed": 0}
+    assert checked.result["maps"]["edge_allow_v4"] == {"added": 0, "changed": 0, "removed": 1}
+    assert checked.result["maps"]["edge_services"] == {"added": 1, "changed": 2, "removed": 0}
+    assert checked.result["maps"]["edge_a2s_cache"] == {"added": 0, "changed": 0, "removed": 1}  # tf2's id 30
+    # the same run for real then makes exactly what check mode announced
+    real = run_edge_rules(pop, tmp_path, changed_rules())
+    assert (real.result["maps"], real.result["writes"], real.result["steps"]) == (
+        checked.result["maps"], checked.result["writes"], checked.result["steps"])
+
+
+def test_diff_names_the_entries_as_a_human_reads_them(pop, tmp_path):
+    run_edge_rules(pop, tmp_path, RULES)
+    rules = changed_rules()
+    rules["deny"] += ["10.%d.%d.0/24" % (index // 256, index % 256) for index in range(150)]
+    diffed = run_edge_rules(pop, tmp_path, rules, "--diff")
+    out = diffed.stdout
+    assert "+  203.0.113.0/24" in out
+    assert "-  192.0.2.0/28" in out
+    assert "+  rust: udp 198.51.100.12:28015 id 40 -> backend 10.1.0.12" in out
+    assert "-  tf2: udp 198.51.100.11:27015 id 30 -> backend 10.1.0.11 a2s_cache,a2s_snoop max_age 30s" in out
+    assert "+  tf2: udp 198.51.100.11:27015 id 31 -> backend 10.1.0.11 a2s_cache,a2s_snoop max_age 30s" in out
+    assert "+  cs2-tv: udp 198.51.100.10:27020 id 18 -> backend 10.1.0.10 limit 80 pps / - Bps" in out
+    assert "-  cached reply of service id 30" in out
+    # 151 new denies: the first 100 are listed, then a count
+    assert "+  ... and 51 more" in out
+    # 100 lines: 203.0.113.0/24 (given first) and the first 99 of the 10.x.y.0/24
+    assert len(re.findall(r"^\+  10\.\d+\.\d+\.0/24$", out, re.MULTILINE)) == 99
+    assert diffed.result["maps"]["edge_deny_v4"]["added"] == 151
+
+
+def test_learned_state_survives_a_rule_change(pop, tmp_path):
+    run_edge_rules(pop, tmp_path, RULES)
+    now = time.monotonic_ns()
+    pop.map("edge_bans").update(abi.ipv4("203.0.113.66"), abi.BAN_VALUE.pack(now + 60 * 10**9))
+    pop.map("edge_punches").update(abi.pack_punch_key("udp", "198.51.100.10", 27015, "203.0.113.5", 50000),
+                                   abi.PUNCH_VALUE.pack(now))
+    pop.map("edge_rate_counters").update(abi.RATE_KEY.pack(abi.ipv4("203.0.113.7"), 0, now // 10**9, 1),
+                                         abi.RATE_VALUE.pack(3, 300))
+    reply = b"\xff\xff\xff\xffI\x11cached server\x00"
+    for service_id in (17, 30):     # cs2-main keeps id 17; tf2 moves from 30 to 31
+        pop.map("edge_a2s_cache").update(abi.U32.pack(service_id), abi.pack_a2s_cache_entry(reply, now))
+    stats = pop.map("edge_service_stats")
+    stats.update_percpu(abi.U32.pack(17), [abi.SERVICE_COUNTER.pack(5, 500, 4, 400)] * _bpf.num_possible_cpus())
+    learned = pop.snapshot(("edge_bans", "edge_punches", "edge_rate_counters", "edge_service_stats"))
+
+    result = run_edge_rules(pop, tmp_path, changed_rules()).result
+    assert result["changed"] is True
+
+    assert pop.snapshot(("edge_bans", "edge_punches", "edge_rate_counters", "edge_service_stats")) == learned
+    cache = pop.entries("edge_a2s_cache")
+    assert set(cache) == {abi.U32.pack(17)}                      # tf2's old reply is gone, cs2-main's kept
+    assert abi.A2S_CACHE_ENTRY.unpack(cache[abi.U32.pack(17)])[0] == now
+    assert result["maps"]["edge_a2s_cache"]["removed"] == 1
+    assert [step["name"] for step in result["steps"]] == [
+        "deny_add", "allow_remove", "backends_add", "services_disarm", "a2s_cache_delete", "services_change",
+        "services_add"]
+    assert services(pop.entries("edge_services"))[("udp", "198.51.100.11", 27015)][0] == 31
+
+
+def test_parameter_error_fails_before_any_write(pop, tmp_path):
+    run_edge_rules(pop, tmp_path, RULES)
+    before = pop.snapshot()
+    rules = changed_rules()
+    rules["deny"].append("10.1.2.3/8")
+    failed = run_edge_rules(pop, tmp_path, rules, expect_failure=True).result
+    assert failed["failed"] is True
+    assert failed["msg"] == "deny[3]: 10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)"
+    assert pop.snapshot() == before
+
+
+def test_missing_program_pin_fails_clearly(pop, tmp_path):
+    os.unlink(pop.pin_root / IFACE / "program")
+    failed = run_edge_rules(pop, tmp_path, RULES, expect_failure=True).result
+    assert failed["msg"] == ("iface: no XDP program is pinned for interface uplink0 (%s/uplink0/program does not "
+                             "exist): attach it with anycast.edge.xdp_program first" % pop.pin_root)
+
+
+def test_a_failed_write_undoes_every_earlier_one(pop, tmp_path):
+    """edge_backends holds 1024 entries: fill it with strays, so that adding a backend fails
+    half-way through the plan (after the deny and allow steps were made)."""
+    run_edge_rules(pop, tmp_path, RULES)
+    strays = [bytes([10, 9, index // 256, index % 256]) for index in range(1024 - 2)]
+    pop.map("edge_backends").update_batch(strays, [abi.BACKEND_VALUE.pack(0)] * len(strays))
+    before = pop.snapshot()
+    failed = run_edge_rules(pop, tmp_path, changed_rules(), expect_failure=True).result
+    assert failed["failed"] is True
+    assert failed["msg"].startswith("step backends_add (update of 1 entries in edge_backends) failed: ")
+    assert failed["msg"].endswith("; every earlier write was undone")
+    assert pop.snapshot() == before
+
+
+# --- order of the writes, seen by the running program -----------------------------------------
+
+def frame_from(source):
+    """A UDP frame from `source` to an address that is not anycast: the deny list is checked
+    before anything else, so the program drops it if denied and passes it to the kernel if not."""
+    return raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=source, dst="192.0.2.200")
+               / UDP(sport=40000, dport=53) / b"x")
+
+
+class Sampler(threading.Thread):
+    """Runs the pinned program on frames from each source, over and over, recording verdicts."""
+
+    def __init__(self, pop, sources):
+        super().__init__(daemon=True)
+        self.pop = pop
+        self.frames = dict((source, frame_from(source)) for source in sources)
+        self.verdicts = dict((source, []) for source in sources)
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for source, frame in self.frames.items():
+                self.verdicts[source].append(self.pop.verdict(frame))
+
+    def __enter__(self):
+        self.start()
+        time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.05)
+        self.stop.set()
+        self.join()
+
+
+def filler(first_octet, count, seed):
+    """`count` distinct /32s under first_octet.0.0.0/8: bulk that makes each step take a while."""
+    rnd = random.Random(seed)
+    hosts = set()
+    while len(hosts) < count:
+        hosts.add("%d.%d.%d.%d/32" % (first_octet, rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)))
+    return sorted(hosts)
+
+
+MOVER = "203.0.113.5"      # allowed before, denied after
+ALWAYS = "10.1.2.3"        # denied before (by 10.0.0.0/8) and after (by 10.1.0.0/16)
+
+
+def strictness_rules():
+    old = dict(RULES, allow=["203.0.113.0/24"], deny=["10.0.0.0/8"] + filler(100, 30000, 1))
+    new = dict(RULES, allow=[], deny=["203.0.113.0/24", "10.1.0.0/16"] + filler(101, 30000, 2))
+    return old, new
+
+
+def test_a_denied_source_never_passes_while_the_rules_move(pop, tmp_path):
+    old, new = strictness_rules()
+    run_edge_rules(pop, tmp_path, old)
+    with Sampler(pop, [MOVER, ALWAYS]) as sampler:
+        result = run_edge_rules(pop, tmp_path, new).result
+    assert result["writes"] == 30002 + 30001 + 1
+    mover, always = sampler.verdicts[MOVER], sampler.verdicts[ALWAYS]
+    assert len(always) > 1000
+    assert set(always) == {_bpf.XDP_DROP}, "a source denied by both rule sets passed mid-update"
+    # the moved source: passed under the old rules, dropped from the first deny on, never passed again
+    assert mover[0] == _bpf.XDP_PASS and mover[-1] == _bpf.XDP_DROP
+    first_drop = mover.index(_bpf.XDP_DROP)
+    assert set(mover[first_drop:]) == {_bpf.XDP_DROP}
+
+
+def test_the_sampler_does_catch_a_wrong_order(pop, tmp_path):
+    """Control for the test above: the same change written in the wrong order (old denies
+    removed first) lets the always-denied source through, and the sampler sees it."""
+    old, new = strictness_rules()
+    run_edge_rules(pop, tmp_path, old)
+    maps = dict((name, pop.map(name)) for name in RULE_MAP_NAMES + (_rules.A2S_CACHE_MAP,))
+    present = dict((name, pop.entries(name)) for name in RULE_MAP_NAMES)
+    desired, dummy = _rules.desired_entries(new, _rules.config_cookie_key(present["edge_config"][_rules.CONFIG_KEY]))
+    plan = _rules.plan_writes(present, desired)
+    wrong = sorted(plan, key=lambda step: step.name != "deny_remove")     # deny_remove first
+    with Sampler(pop, [ALWAYS]) as sampler:
+        edge_rules.apply_plan(maps, wrong)
+    assert _bpf.XDP_PASS in sampler.verdicts[ALWAYS]
+
+
+# --- scale: 100,000 prefixes ----------------------------------------------------------------
+
+def test_100k_denies_converge_rerun_is_a_noop_and_10_changes_write_10(pop, tmp_path):
+    rnd = random.Random(3)
+    deny = set()
+    while len(deny) < 100000:
+        length = rnd.randint(12, 32)
+        address = rnd.getrandbits(32) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        deny.add("%s/%d" % (ip(address.to_bytes(4, "big")), length))
+    deny = sorted(deny)
+    rules = dict(RULES, deny=deny, allow=[])
+
+    converged = run_edge_rules(pop, tmp_path, rules).result
+    assert converged["maps"]["edge_deny_v4"] == {"added": 100000, "changed": 0, "removed": 0}
+    assert cidrs(pop.entries("edge_deny_v4")) == set(deny)
+
+    noop = run_edge_rules(pop, tmp_path, rules).result
+    assert noop["changed"] is False and noop["writes"] == 0
+
+    edited = deny[5:] + ["%s/32" % ip(bytes([198, 18, 0, index])) for index in range(5)]
+    changed = run_edge_rules(pop, tmp_path, dict(rules, deny=edited)).result
+    assert changed["maps"]["edge_deny_v4"] == {"added": 5, "changed": 0, "removed": 5}
+    assert changed["writes"] == 10
+    assert [(step["name"], step["count"]) for step in changed["steps"]] == [("deny_add", 5), ("deny_remove", 5)]
+    assert cidrs(pop.entries("edge_deny_v4")) == set(edited)
+    print("\n100k converge %.0f ms, no-op %.0f ms, 10 changes %.0f ms (inside the module)"
+          % (converged["elapsed_ms"], noop["elapsed_ms"], changed["elapsed_ms"]))
+
+
+def test_module_docs_render():
+    proc = subprocess.run([str(VENV_BIN / "ansible-doc"), "anycast.edge.edge_rules"], capture_output=True,
+                          text=True, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Writes the rules of the inventory into the maps" in proc.stdout
+    as_json = subprocess.run([str(VENV_BIN / "ansible-doc"), "--json", "anycast.edge.edge_rules"],
+                             capture_output=True, text=True, check=True)
+    doc = json.loads(as_json.stdout)["anycast.edge.edge_rules"]
+    assert doc["doc"]["short_description"] == "Converge the XDP edge program's rule maps (services, prefixes, filters, limits)"
+    assert doc["doc"]["options"]["a2s_cookie_key"]["type"] == "str"
+    assert set(doc["return"]) == {"maps", "writes", "steps", "elapsed_ms", "timing_ms", "a2s_cookie_key_generated",
+                                  "pin_dir"}
