@@ -33,6 +33,8 @@ protocol bgp pop {{
   local {upstream} as {upstream_asn};
   neighbor {pop} as {pop_asn};
   hold time 6; keepalive time 2; connect retry time 1;
+  # After an error (the test with a wrong ASN) retry at once instead of the default 60 s.
+  error wait time 1, 2;
   bfd on;
   ipv4 {{ import all; export none; }};
 }}
