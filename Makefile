@@ -45,7 +45,7 @@ setup:
 test: setup test-lint test-unit test-bpf test-integration test-molecule
 
 test-lint: setup
-	$(VENV)/bin/ansible-lint
+	tools/ansible-lint.sh
 	tools/sanity.sh
 
 test-unit: setup
