@@ -7,8 +7,15 @@ states the exact problem lines the operator must see: the variable path, the bad
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _rules
 
@@ -310,3 +317,84 @@ def test_default_filters_when_omitted():
     assert problems == []
     assert normalized[FILTERS] == {"allow": [], "deny": [], "rate_limits": {}, "ban_sec": 60, "punch_idle_sec": 120,
                                    "a2s_cookie_epoch_sec": 30}
+
+
+# --- the role, through ansible-playbook, on inventories/example -------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "inventories" / "example"
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_validation_play(inventory, tmp_path, *args):
+    """A play over every host with validate_inventory first, then a task that writes each host's
+    anycast_edge_rules to <tmp>/<host>.json (only if the role let the play go on)."""
+    playbook = tmp_path / "validate.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Validate, then act",
+        "hosts": "all",
+        "gather_facts": False,
+        "roles": ["anycast.edge.validate_inventory"],
+        "tasks": [{"name": "Record the rules this host got", "ansible.builtin.copy": {
+            "content": "{{ anycast_edge_rules | to_json }}", "dest": str(tmp_path) + "/{{ inventory_hostname }}.json",
+            "mode": "0600"}, "delegate_to": "localhost", "tags": ["record"]}],
+    }]))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_HOME=str(tmp_path / "ansible-home"))
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
+         "-e", "ansible_connection=local", "-e", "ansible_python_interpreter=%s" % sys.executable, *args],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_the_example_inventory_passes_and_every_host_gets_the_rules(tmp_path):
+    proc = run_validation_play(EXAMPLE, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hosts = ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1", "game-ams-01", "game-fra-01", "game-nyc-01"]
+    rules = [json.loads((tmp_path / (host + ".json")).read_text()) for host in hosts]
+    assert all(item == rules[0] for item in rules)
+    assert rules[0]["anycast_prefixes"] == ["198.51.100.0/24", "203.0.113.0/25"]
+    assert rules[0]["backends"] == ["10.1.0.10", "10.1.0.20", "10.1.0.30"]
+    by_name = dict((service["name"], service) for service in rules[0]["services"])
+    assert by_name["rust-eu-1"]["id"] == 100 and by_name["rust-eu-1"]["backend_address"] == "10.1.0.20"
+    assert by_name["cs2-eu-1"]["id"] == _rules.default_service_id("cs2-eu-1")
+    assert by_name["ping-us"] == {"name": "ping-us", "id": _rules.default_service_id("ping-us"),
+                                  "address": "203.0.113.10", "protocol": "icmp", "port": 0,
+                                  "backend_address": "10.1.0.30", "a2s_cache": False, "a2s_snoop": False,
+                                  "a2s_max_age_sec": 30}
+    assert "0.0.0.0/8" in rules[0]["deny"] and rules[0]["rate_limits"]["udp"] == {"packets_per_sec": 400,
+                                                                                  "bytes_per_sec": 600000}
+
+
+def test_validation_runs_whatever_tags_are_asked_for(tmp_path):
+    """`--tags anycast_edge_rules` (playbooks/rules.yml's shortcut) must still validate and
+    set anycast_edge_rules: the role's tasks are tagged always."""
+    proc = run_validation_play(EXAMPLE, tmp_path, "--tags", "record")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Check the inventory (every problem at once)" in proc.stdout
+    assert len(list(tmp_path.glob("*.json"))) == 7
+
+
+def test_a_broken_inventory_stops_the_play_with_every_problem(tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, inventory)
+    all_vars = yaml.safe_load((inventory / "group_vars" / "all.yml").read_text())
+    all_vars["anycast_edge_services"][3]["address"] = "203.0.113.200"
+    all_vars["anycast_edge_services"][5]["backend"] = "game-nyc-99"
+    all_vars["anycast_edge_filters"]["deny"].append("10.1.2.3/8")
+    (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump(all_vars))
+    (inventory / "host_vars" / "pop-lon1.yml").write_text("anycast_edge_tunnel_address: 10.0.0.300\n")
+    (inventory / "host_vars" / "game-fra-01.yml").write_text("{}\n")
+
+    proc = run_validation_play(inventory, tmp_path)
+    assert proc.returncode != 0
+    assert "the anycast.edge inventory has 5 problems:" in proc.stdout, proc.stdout + proc.stderr
+    for line in [
+        "hostvars['pop-lon1'].anycast_edge_tunnel_address: 10.0.0.300 is not an IPv4 address",
+        "hostvars['game-fra-01'].anycast_edge_tunnel_address: is required (the address IPIP tunnels use on this host)",
+        "anycast_edge_services[3].address: 203.0.113.200 is not inside any of anycast_edge_prefixes",
+        "anycast_edge_services[5].backend: game-nyc-99 is not a host of group backends",
+        "anycast_edge_filters.deny[6]: 10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)",
+    ]:
+        assert "\n" + line + "\n" in proc.stdout, line
+    # nothing after the role ran, for any host
+    assert not list(tmp_path.glob("*.json"))

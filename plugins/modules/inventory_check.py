@@ -1,0 +1,211 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: inventory_check
+short_description: Validate the anycast.edge inventory and resolve it into edge_rules parameters
+version_added: "0.1.0"
+description:
+  - "Checks the whole anycast.edge inventory schema at once - prefixes, services, filters,
+    limits, and the POPs' and backends' own settings - and fails with one line per problem,
+    each naming the variable path and the bad value, for example
+    C(anycast_edge_services[2].address: 203.0.113.9 is not inside any of anycast_edge_prefixes)."
+  - Every problem is reported in the same run, not only the first.
+  - On success returns RV(rules), the parameters of M(anycast.edge.edge_rules) (service ids
+    filled in, backend host names replaced by their tunnel addresses, CIDRs in canonical form).
+  - Meant to run once, on the controller, before any host is touched - the
+    C(anycast.edge.validate_inventory) role does that (C(run_once), C(delegate_to=localhost)).
+    The schema is documented in that role (C(ansible-doc -t role anycast.edge.validate_inventory)).
+  - Changes nothing, anywhere.
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - netaddr (on the host the module runs on, normally the controller)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Validates the same way; it never changes anything.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: posix
+options:
+  asn:
+    description: The value of C(anycast_edge_asn).
+    type: raw
+  prefixes:
+    description: The value of C(anycast_edge_prefixes).
+    type: raw
+  services:
+    description: The value of C(anycast_edge_services).
+    type: raw
+    default: []
+  filters:
+    description: The value of C(anycast_edge_filters).
+    type: raw
+    default: {}
+  pops:
+    description:
+      - The hosts of group C(pops), each with its C(anycast_edge_uplink),
+        C(anycast_edge_tunnel_address) and C(anycast_edge_egress_devices) (absent ones as null).
+    type: dict
+    default: {}
+  backends:
+    description: The hosts of group C(backends), each with its C(anycast_edge_tunnel_address).
+    type: dict
+    default: {}
+notes:
+  - The parameters are C(raw) on purpose - the module, not Ansible's type conversion, judges the
+    values, so that a bad value is reported with its full path and every problem at once.
+seealso:
+  - module: anycast.edge.edge_rules
+"""
+
+EXAMPLES = r"""
+- name: Check the inventory once, on the controller
+  anycast.edge.inventory_check:
+    asn: "{{ anycast_edge_asn | default(omit) }}"
+    prefixes: "{{ anycast_edge_prefixes | default(omit) }}"
+    services: "{{ anycast_edge_services | default([]) }}"
+    filters: "{{ anycast_edge_filters | default({}) }}"
+    pops:
+      pop-ams1: {anycast_edge_uplink: eth1, anycast_edge_tunnel_address: 10.0.0.1}
+    backends:
+      game1: {anycast_edge_tunnel_address: 10.1.0.10}
+  delegate_to: localhost
+  run_once: true
+  register: anycast_edge_inventory
+"""
+
+RETURN = r"""
+problems:
+  description: One line per problem (empty when the inventory is valid; the task fails otherwise).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "anycast_edge_services[2].address: 203.0.113.9 is not inside any of anycast_edge_prefixes"
+rules:
+  description: The parameters of M(anycast.edge.edge_rules) the inventory resolves to.
+  returned: success
+  type: dict
+  contains:
+    services:
+      description: Services with C(id) and C(backend_address) resolved.
+      type: list
+      elements: dict
+      returned: success
+    anycast_prefixes:
+      description: Canonical anycast prefixes.
+      type: list
+      elements: str
+      returned: success
+    backends:
+      description: Tunnel addresses of every host of group C(backends).
+      type: list
+      elements: str
+      returned: success
+    allow:
+      description: Canonical allow CIDRs (duplicates dropped, order kept).
+      type: list
+      elements: str
+      returned: success
+    deny:
+      description: Canonical deny CIDRs (duplicates dropped, order kept).
+      type: list
+      elements: str
+      returned: success
+    rate_limits:
+      description: Per protocol class limits.
+      type: dict
+      returned: success
+    ban_sec:
+      description: Ban time.
+      type: int
+      returned: success
+    punch_idle_sec:
+      description: Port-punch idle time.
+      type: int
+      returned: success
+    a2s_cookie_epoch_sec:
+      description: A2S cookie epoch.
+      type: int
+      returned: success
+  sample:
+    services:
+      - {name: cs2-main, id: 237, address: 198.51.100.10, protocol: udp, port: 27015, backend_address: 10.1.0.10,
+         a2s_cache: true, a2s_snoop: true, a2s_max_age_sec: 30}
+    anycast_prefixes: [198.51.100.0/24]
+    backends: [10.1.0.10]
+    allow: []
+    deny: [192.0.2.0/24]
+    rate_limits: {udp: {packets_per_sec: 500}}
+    ban_sec: 60
+    punch_idle_sec: 120
+    a2s_cookie_epoch_sec: 30
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.anycast.edge.plugins.module_utils import _inventory
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            asn=dict(type="raw"),
+            prefixes=dict(type="raw"),
+            services=dict(type="raw", default=[]),
+            filters=dict(type="raw", default={}),
+            pops=dict(type="dict", default={}),
+            backends=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    if not _inventory.HAS_NETADDR:
+        module.fail_json(msg=missing_required_lib("netaddr"))
+    params = module.params
+    variables = {
+        "anycast_edge_asn": params["asn"],
+        "anycast_edge_prefixes": params["prefixes"],
+        "anycast_edge_services": params["services"],
+        "anycast_edge_filters": params["filters"],
+    }
+    problems, normalized = _inventory.check(variables, params["pops"], params["backends"])
+    if problems:
+        module.fail_json(
+            msg="the anycast.edge inventory has %d problem%s:\n%s"
+                % (len(problems), "" if len(problems) == 1 else "s", "\n".join(problems)),
+            problems=problems)
+    module.exit_json(changed=False, problems=[], rules=_rules.resolve_rules(normalized),
+                     invocation=dict(module_args=echoed_params(params)))
+
+
+def echoed_params(params, limit=100):
+    """The parameters as the result echoes them, with long allow/deny lists cut to a count (the
+    resolved lists are in `rules` already; echoing 100,000 prefixes twice helps nobody)."""
+    echoed = dict(params)
+    filters = params.get("filters")
+    if isinstance(filters, dict):
+        echoed["filters"] = dict(filters)
+        for name in ("allow", "deny"):
+            value = filters.get(name)
+            if isinstance(value, list) and len(value) > limit:
+                echoed["filters"][name] = value[:limit] + ["... and %d more" % (len(value) - limit)]
+    return echoed
+
+
+if __name__ == "__main__":
+    main()
