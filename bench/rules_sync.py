@@ -1,0 +1,210 @@
+"""Rule-sync benchmark of the edge_rules module (run as root: .venv/bin/python bench/rules_sync.py).
+
+Loads build/xdp_edge.o, pins the program and its maps on a private bpffs (mounted on a temporary
+folder; the host's /sys/fs/bpf is left alone) in the layout xdp_program makes, and runs the real
+edge_rules module on them - as its own process, the way Ansible starts it on a POP - to measure:
+
+  1. converging 100,000 deny prefixes into empty maps   (issue target: <= 2 s)
+  2. a no-op rerun with those 100,000 entries            (issue target: <= 1 s, changed: false)
+  3. a change of 10 entries among the 100,000            (only those 10 written)
+
+Times are the module's own `elapsed_ms` (from the start of its main() - argument parsing
+included - to its result), so Ansible's controller overhead is not counted; the process's wall
+time (Python start-up and imports included) is printed next to it. Each figure is the median
+of --rounds runs; every run gets fresh, empty maps for (1). Writes are the counts the module
+reports, checked against the maps' content.
+
+The bench reports; it does not fail on a missed target. It exits 1 if a run does not do the
+work it claims (wrong write count, maps not holding the wanted prefixes, a no-op that changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGET_CONVERGE_MS = 2000
+TARGET_NOOP_MS = 1000
+IFACE = "uplink0"
+MODULE = "ansible_collections.anycast.edge.plugins.modules.edge_rules"
+
+# A small, realistic rule set around the big deny list.
+BASE_RULES = {
+    "tunnel_address": "10.0.0.1",
+    "anycast_prefixes": ["198.51.100.0/24"],
+    "backends": ["10.1.0.10"],
+    "services": [
+        {"name": "cs2-main", "address": "198.51.100.10", "protocol": "udp", "port": 27015,
+         "backend_address": "10.1.0.10", "a2s_cache": True},
+        {"name": "ping", "address": "198.51.100.10", "protocol": "icmp", "backend_address": "10.1.0.10"},
+    ],
+    "allow": ["192.0.2.0/28"],
+    "rate_limits": {"udp": {"packets_per_sec": 400}},
+}
+
+
+def collections_tree() -> Path:
+    """A temporary ansible_collections/anycast/edge -> this checkout (the module and its
+    module_utils import each other as ansible_collections.anycast.edge...)."""
+    tree = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-bench-"))
+    (tree / "ansible_collections" / "anycast").mkdir(parents=True)
+    (tree / "ansible_collections" / "anycast" / "edge").symlink_to(REPO_ROOT, target_is_directory=True)
+    sys.path.insert(0, str(tree))
+    return tree
+
+
+def deny_prefixes(count, seed):
+    """`count` distinct random CIDRs (/12../32, host bits clear), as an operator's list looks."""
+    rnd = random.Random(seed)
+    prefixes = set()
+    while len(prefixes) < count:
+        length = rnd.randint(12, 32)
+        address = rnd.getrandbits(32) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        prefixes.add("%d.%d.%d.%d/%d" % (address >> 24, address >> 16 & 255, address >> 8 & 255, address & 255,
+                                         length))
+    return sorted(prefixes)
+
+
+class Pop:
+    """The program and its maps pinned under <bpffs>/<uuid>/uplink0/ (fresh, empty maps)."""
+
+    def __init__(self, bpf, object_path, bpffs):
+        self.pin_root = bpffs / uuid.uuid4().hex[:12]
+        self.obj = bpf.BpfObject.open(object_path)
+        self.obj.load()
+        self.obj.program("xdp_edge").pin(str(self.pin_root / IFACE / "program"))
+        for bpf_map in self.obj.maps():
+            bpf_map.pin(str(self.pin_root / IFACE / "maps" / bpf_map.name))
+
+    def deny_entries(self):
+        return len(self.obj.map("edge_deny_v4").lookup_batch(chunk_size=8192))
+
+    def close(self):
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+        self.obj.close()
+
+
+def run_module(tree, workdir, pop, rules):
+    """One run of edge_rules as its own process (Ansible's direct-invocation path: the args
+    file holds ANSIBLE_MODULE_ARGS). Returns (result, process wall ms)."""
+    args_path = workdir / ("args-%s.json" % uuid.uuid4().hex[:8])
+    args_path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(rules, pin_root=str(pop.pin_root), iface=IFACE)}))
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", MODULE, str(args_path)], capture_output=True, text=True,
+                          env=env, check=False, cwd=str(workdir))
+    wall_ms = (time.monotonic() - started) * 1000.0
+    args_path.unlink()
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise SystemExit("edge_rules printed no result:\n%s%s" % (proc.stdout, proc.stderr))
+    if result.get("failed"):
+        raise SystemExit("edge_rules failed: %s" % result.get("msg"))
+    return result, wall_ms
+
+
+def check(condition, what):
+    if not condition:
+        raise SystemExit("rules_sync: %s" % what)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--prefixes", type=int, default=100_000, help="deny prefixes (default 100,000)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per figure; each figure is their median")
+    parser.add_argument("--object", default=str(REPO_ROOT / "build" / "xdp_edge.o"))
+    parser.add_argument("--json", metavar="PATH", help="also write the figures and every sample to PATH")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("rules_sync: run as root (BPF maps, bpffs mount)")
+    tree = collections_tree()
+    from ansible_collections.anycast.edge.plugins.module_utils import _bpf  # pylint: disable=import-outside-toplevel
+
+    workdir = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-bench-work-"))
+    bpffs = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-bench-bpffs-"))
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    samples = {"converge": [], "noop": [], "change10": []}
+    try:
+        deny = deny_prefixes(args.prefixes, seed=1)
+        edited = deny[5:] + ["198.18.0.%d/32" % index for index in range(5)]   # 5 removed, 5 added
+        rules = dict(BASE_RULES, deny=deny)
+        print("rules_sync: %d deny prefixes, %d rounds, %d CPUs, kernel %s"
+              % (len(deny), args.rounds, os.cpu_count(), os.uname().release), flush=True)
+        for round_number in range(args.rounds):
+            pop = Pop(_bpf, args.object, bpffs)
+            try:
+                converged, converge_wall = run_module(tree, workdir, pop, rules)
+                check(converged["maps"]["edge_deny_v4"]["added"] == len(deny), "converge did not add every prefix")
+                check(pop.deny_entries() == len(deny), "the deny map does not hold every prefix")
+                noop, noop_wall = run_module(tree, workdir, pop, rules)
+                check(noop["changed"] is False and noop["writes"] == 0, "the no-op rerun changed something")
+                changed, change_wall = run_module(tree, workdir, pop, dict(rules, deny=edited))
+                check(changed["maps"]["edge_deny_v4"] == {"added": 5, "changed": 0, "removed": 5},
+                      "the 10-entry change was not 5 added + 5 removed")
+                check(pop.deny_entries() == len(edited), "the deny map does not hold the edited list")
+                check(changed["writes"] == 10, "the 10-entry change made %d writes" % changed["writes"])
+            finally:
+                pop.close()
+            samples["converge"].append({"ms": converged["elapsed_ms"], "wall_ms": converge_wall,
+                                        "writes": converged["writes"], "phases": converged["timing_ms"]})
+            samples["noop"].append({"ms": noop["elapsed_ms"], "wall_ms": noop_wall, "writes": noop["writes"],
+                                    "phases": noop["timing_ms"]})
+            samples["change10"].append({"ms": changed["elapsed_ms"], "wall_ms": change_wall,
+                                        "writes": changed["writes"], "phases": changed["timing_ms"]})
+            print("  round %d: converge %.0f ms, no-op %.0f ms, 10 changes %.0f ms (%d writes)"
+                  % (round_number + 1, converged["elapsed_ms"], noop["elapsed_ms"], changed["elapsed_ms"],
+                     changed["writes"]), flush=True)
+    finally:
+        subprocess.run(["umount", str(bpffs)], check=False)
+        os.rmdir(bpffs)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(tree, ignore_errors=True)
+
+    def median(case, field="ms"):
+        return statistics.median(sample[field] for sample in samples[case])
+
+    def phases(case):
+        names = samples[case][0]["phases"]
+        return ", ".join("%s %.0f" % (name, statistics.median(s["phases"][name] for s in samples[case]))
+                         for name in names)
+
+    figures = {
+        "converge_ms": median("converge"),
+        "noop_ms": median("noop"),
+        "change10_ms": median("change10"),
+        "change10_writes": samples["change10"][0]["writes"],
+    }
+    print()
+    print("edge_rules with %d deny prefixes (median of %d; inside the module, process wall time in brackets)"
+          % (len(deny), args.rounds))
+    print("  converge into empty maps : %7.0f ms  [%5.0f ms]  target <= %d ms  %s   (%s)"
+          % (figures["converge_ms"], median("converge", "wall_ms"), TARGET_CONVERGE_MS,
+             "met" if figures["converge_ms"] <= TARGET_CONVERGE_MS else "MISSED", phases("converge")))
+    print("  no-op rerun              : %7.0f ms  [%5.0f ms]  target <= %d ms  %s   (%s)"
+          % (figures["noop_ms"], median("noop", "wall_ms"), TARGET_NOOP_MS,
+             "met" if figures["noop_ms"] <= TARGET_NOOP_MS else "MISSED", phases("noop")))
+    print("  change 10 entries        : %7.0f ms  [%5.0f ms]  %d entries written (target: 10)   (%s)"
+          % (figures["change10_ms"], median("change10", "wall_ms"), figures["change10_writes"], phases("change10")))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"figures": figures, "samples": samples}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
