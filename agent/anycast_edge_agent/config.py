@@ -1,0 +1,161 @@
+"""The agent's configuration: one JSON (or YAML) file rendered by the edge_agent role from inventory.
+
+Everything has a default except the interface, the tunnel address, the listen address and the
+services; ``load`` checks every value and names the one that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+PROBES = ("a2s", "tcp", "udp", "none")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unusable; the text names the setting."""
+
+
+@dataclass
+class Service:
+    name: str
+    id: int
+    address: str                 # the anycast address players use
+    protocol: str                # udp | tcp | icmp
+    port: int
+    backend: str = ""            # inventory name of the backend host (for labels)
+    a2s_cache: bool = False
+    a2s_refresh_sec: float = 5.0
+    a2s_max_age_sec: float = 30.0
+    probe: str = "a2s"           # how health is probed: a2s | tcp | udp | none
+    # Where probes are sent. Default: the service's own address and port, which the POP's kernel
+    # routes to the backend through the IPIP tunnel (a /32 per service: see README "reaching").
+    probe_address: str = ""
+    probe_port: int = 0
+
+    @property
+    def probe_target(self) -> tuple[str, int]:
+        return (self.probe_address or self.address, self.probe_port or self.port)
+
+
+@dataclass
+class Config:
+    iface: str
+    tunnel_address: str          # the POP's own address: source of every probe
+    listen_address: str          # exporter; the management address, never an anycast address
+    listen_port: int = 9591
+    pin_root: str = "/sys/fs/bpf/anycast_edge"
+    anycast_prefixes: list = field(default_factory=list)
+    services: list = field(default_factory=list)
+    probe_interval_sec: float = 2.0
+    probe_timeout_sec: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    top_clients: int = 10
+    # BIRD: the static protocol that carries the anycast prefixes (bird_anycast role).
+    bird_manage: bool = True
+    bird_socket: str = "/run/bird/bird.ctl"
+    bird_protocol: str = "anycast_edge_announce"
+    drain_state_file: str = "/var/lib/anycast_edge/bird_drain_state"
+    # The fleet guard: other POPs' exporters, and how many of them must be announcing before this
+    # POP may withdraw (see health.FleetGuard).
+    fleet_peers: list = field(default_factory=list)
+    min_announcing_peers: int = 1
+    check_dataplane: bool = True
+
+
+def _positive(name, value, kind=float):
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError("%s: %r is not a number" % (name, value)) from None
+    if number <= 0:
+        raise ConfigError("%s: must be > 0, not %r" % (name, value))
+    return number
+
+
+def _address(name, value):
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, ValueError):
+        raise ConfigError("%s: %r is not an IPv4 address" % (name, value)) from None
+
+
+def parse(raw: dict) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a mapping")
+    for key in ("iface", "tunnel_address", "listen_address"):
+        if not raw.get(key):
+            raise ConfigError("%s: required" % key)
+    known = set(Config.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError("unknown settings: %s" % ", ".join(unknown))
+    settings = dict(raw)
+    settings["tunnel_address"] = _address("tunnel_address", raw["tunnel_address"])
+    settings["listen_address"] = _address("listen_address", raw["listen_address"])
+    for key in ("probe_interval_sec", "probe_timeout_sec"):
+        if key in raw:
+            settings[key] = _positive(key, raw[key])
+    for key in ("rise", "fall", "listen_port", "min_announcing_peers"):
+        if key in raw:
+            settings[key] = _positive(key, raw[key], int) if key != "min_announcing_peers" else int(raw[key])
+    prefixes = [ipaddress.IPv4Network(prefix) for prefix in raw.get("anycast_prefixes", [])]
+    if any(ipaddress.IPv4Address(settings["listen_address"]) in prefix for prefix in prefixes):
+        raise ConfigError("listen_address: %s is inside an anycast prefix; the exporter must listen on "
+                          "the POP's management address" % settings["listen_address"])
+    settings["services"] = [parse_service(index, item) for index, item in enumerate(raw.get("services", []))]
+    ids = [service.id for service in settings["services"]]
+    if len(ids) != len(set(ids)):
+        raise ConfigError("services: service ids must be unique, got %s" % ids)
+    return Config(**settings)
+
+
+def parse_service(index: int, raw: dict) -> Service:
+    where = "services[%d]" % index
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: must be a mapping" % where)
+    unknown = sorted(set(raw) - set(Service.__dataclass_fields__))
+    if unknown:
+        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    for key in ("name", "id", "address", "protocol"):
+        if key not in raw:
+            raise ConfigError("%s.%s: required" % (where, key))
+    service = Service(**raw)
+    service.address = _address(where + ".address", service.address)
+    if service.probe_address:
+        service.probe_address = _address(where + ".probe_address", service.probe_address)
+    if not 1 <= int(service.id) <= 1023:
+        raise ConfigError("%s.id: must be 1..1023, not %r" % (where, service.id))
+    if service.protocol not in ("udp", "tcp", "icmp"):
+        raise ConfigError("%s.protocol: udp, tcp or icmp, not %r" % (where, service.protocol))
+    if service.probe not in PROBES:
+        raise ConfigError("%s.probe: one of %s, not %r" % (where, ", ".join(PROBES), service.probe))
+    if service.a2s_cache and service.protocol != "udp":
+        raise ConfigError("%s.a2s_cache: only for udp services" % where)
+    if service.a2s_cache and service.probe != "a2s":
+        raise ConfigError("%s.probe: a service with the A2S cache is probed by its refresh (a2s)" % where)
+    if service.probe in ("a2s", "udp") and service.protocol != "udp":
+        raise ConfigError("%s.probe: %s probes need a udp service" % (where, service.probe))
+    if service.probe == "tcp" and service.protocol != "tcp":
+        raise ConfigError("%s.probe: tcp probes need a tcp service" % where)
+    service.a2s_refresh_sec = _positive(where + ".a2s_refresh_sec", service.a2s_refresh_sec)
+    service.a2s_max_age_sec = _positive(where + ".a2s_max_age_sec", service.a2s_max_age_sec)
+    if service.a2s_max_age_sec < service.a2s_refresh_sec:
+        raise ConfigError("%s.a2s_max_age_sec: must be >= a2s_refresh_sec" % where)
+    return service
+
+
+def load(path: str) -> Config:
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            import yaml  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            raise ConfigError("%s is not JSON (and PyYAML is not installed to read YAML)" % path) from None
+        raw = yaml.safe_load(text)
+    return parse(raw)

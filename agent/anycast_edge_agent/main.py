@@ -1,0 +1,126 @@
+"""``anycast-edge-agent --config /etc/anycast-edge/agent.json``: the POP agent's service.
+
+One thread per service probes (and refreshes the A2S cache); the main thread checks the data
+plane and decides, every ``probe_interval_sec``, whether the POP announces; the exporter answers
+scrapes on ``listen_address:listen_port`` from its own thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
+
+from . import config as config_module
+from . import health
+from .exporter import EdgeCollector
+from .maps import EdgeMaps, dataplane_attached
+from .refresher import ServiceWatch
+
+LOG = logging.getLogger("anycast_edge_agent")
+
+
+class Agent:
+    def __init__(self, config, birdc=None):
+        self.config = config
+        self.edge_maps = EdgeMaps(config.pin_root, config.iface)
+        self.watches = [ServiceWatch(service, config, self.edge_maps) for service in config.services]
+        self.dataplane = health.RiseFall(config.rise, config.fall)
+        self.stopping = threading.Event()
+        self.announcer = None
+        if config.bird_manage:
+            guard = health.FleetGuard(config.fleet_peers, config.min_announcing_peers)
+            self.announcer = health.Announcer(birdc or Birdc(config.bird_socket), config.bird_protocol,
+                                              config.drain_state_file, guard)
+        self.registry = CollectorRegistry()
+        self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self)
+        self.registry.register(self.collector)
+        self._threads = []
+
+    @property
+    def announced(self):
+        return None if self.announcer is None else self.announcer.announced
+
+    def check_dataplane(self) -> None:
+        if not self.config.check_dataplane:
+            self.dataplane.state = health.UP
+            return
+        try:
+            evidence = health.UP if dataplane_attached(self.config.pin_root, self.config.iface) else health.DOWN
+        except Exception as exc:  # pylint: disable=broad-except
+            LOG.error("cannot tell whether the XDP program is attached to %s: %s", self.config.iface, exc)
+            return
+        if self.dataplane.feed(evidence):
+            LOG.warning("XDP program on %s: %s", self.config.iface,
+                        "attached" if self.dataplane.state == health.UP else "NOT attached")
+
+    def decide_once(self) -> str | None:
+        self.check_dataplane()
+        states = {}
+        for watch in self.watches:
+            with watch.lock:
+                states[watch.service.name] = watch.health.state
+        decision = health.decide(self.dataplane.state, states)
+        if self.announcer is not None:
+            self.announcer.apply(decision)
+        return decision
+
+    def start(self) -> None:
+        for watch in self.watches:
+            thread = threading.Thread(target=watch.run, args=(self.stopping,), name="probe-" + watch.service.name,
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def serve_metrics(self):
+        return start_http_server(self.config.listen_port, addr=self.config.listen_address, registry=self.registry)
+
+    def run(self) -> None:
+        self.start()
+        while not self.stopping.is_set():
+            try:
+                self.decide_once()
+            except Exception:  # pylint: disable=broad-except
+                LOG.exception("health decision failed; keeping the last state")
+            self.stopping.wait(self.config.probe_interval_sec)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="anycast-edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="/etc/anycast-edge/agent.json")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    # systemd's journal adds the time and the unit: print level and text only.
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = config_module.load(args.config)
+    except (OSError, ValueError) as exc:
+        LOG.error("configuration %s: %s", args.config, exc)
+        return 2
+    if args.check:
+        print("configuration OK: %d services" % len(config.services))
+        return 0
+    agent = Agent(config)
+    signal.signal(signal.SIGTERM, lambda *dummy: agent.stopping.set())
+    signal.signal(signal.SIGINT, lambda *dummy: agent.stopping.set())
+    try:
+        agent.serve_metrics()
+    except OSError as exc:
+        LOG.error("cannot listen on %s:%d: %s", config.listen_address, config.listen_port, exc)
+        return 1
+    LOG.info("serving metrics on %s:%d; %d services", config.listen_address, config.listen_port, len(config.services))
+    agent.run()
+    agent.stop()
+    return 0

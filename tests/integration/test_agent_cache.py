@@ -1,0 +1,95 @@
+"""The agent fills the A2S cache map from a game server; the XDP program answers from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from agent_world import IFACE, SERVICE_ADDRESS, SERVICE_PORT, AgentWorld, wait_until
+from bpf.scenario import A2S_REQUEST, GAME_UDP_ID, PLAYER, cookie_for, player_udp, setup_pop
+from anycast_edge_agent import config as agent_config
+from anycast_edge_agent import health, refresher
+from anycast_edge_agent.maps import EdgeMaps
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF and namespaces need root")
+MAX_AGE_SEC = 1.5
+
+
+@pytest.fixture(scope="module")
+def world(repo_root, tmp_path_factory):
+    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
+                   capture_output=True)
+    agent_world = AgentWorld(str(repo_root / "build" / "xdp_edge.o"), tmp_path_factory.mktemp("agent")).start()
+    try:
+        yield agent_world
+    finally:
+        agent_world.stop()
+
+
+@pytest.fixture
+def pop(world):
+    world.edge.reset()
+    setup_pop(world.edge)
+    # The scenario's game service, with a short max age so expiry is seen within the test.
+    world.edge.add_service("udp", SERVICE_ADDRESS, SERVICE_PORT, GAME_UDP_ID, "10.1.0.10",
+                           flags=abi.SERVICE_F_A2S_CACHE, a2s_max_age_ms=int(MAX_AGE_SEC * 1000))
+    yield world
+    world.stop_game_server()
+
+
+def watch_for(world):
+    config = agent_config.parse({
+        "iface": IFACE, "pin_root": world.pin_root, "tunnel_address": "10.0.0.1", "listen_address": "10.0.0.1",
+        "rise": 1, "fall": 2, "probe_timeout_sec": 0.5,
+        "services": [{"name": "cs2-main", "id": GAME_UDP_ID, "address": SERVICE_ADDRESS, "protocol": "udp",
+                      "port": SERVICE_PORT, "a2s_cache": True, "a2s_refresh_sec": 0.5,
+                      "a2s_max_age_sec": MAX_AGE_SEC}]})
+    return refresher.ServiceWatch(config.services[0], config, EdgeMaps(world.pin_root, IFACE))
+
+
+def ask_the_pop(world):
+    """A player's A2S_INFO with the POP's cookie, through the XDP program."""
+    return world.edge.run(player_udp(A2S_REQUEST + cookie_for(now_ns=time.monotonic_ns())))
+
+
+def test_the_agent_fills_the_cache_and_the_pop_answers_from_it(pop):
+    assert ask_the_pop(pop).reason == "tx_forward"  # nothing cached: the game server answers itself
+    pop.start_game_server()  # demands a challenge, like a current Source server
+    watch = watch_for(pop)
+    outcome = watch.probe_once()
+    assert outcome.evidence == health.UP and watch.challenges == 1
+    updated_ns, payload = EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID)
+    assert payload.startswith(b"\xff\xff\xff\xffI") and 0 < time.monotonic_ns() - updated_ns < 2 * 10**9
+
+    result = ask_the_pop(pop)
+    assert (result.action, result.reason) == ("TX", "tx_a2s_cached")
+    frame = Ether(result.data)
+    assert (frame[IP].src, frame[IP].dst) == (SERVICE_ADDRESS, PLAYER)
+    assert frame[UDP].load == payload  # exactly what the game server said
+
+
+def test_a_split_reply_is_not_cached(pop):
+    pop.start_game_server("--split")
+    watch = watch_for(pop)
+    assert watch.probe_once().evidence == health.UP
+    assert EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID) is None
+    assert ask_the_pop(pop).reason == "tx_forward"
+
+
+def test_when_the_server_stops_the_entry_ages_out_and_queries_go_to_the_server(pop):
+    pop.start_game_server()
+    watch = watch_for(pop)
+    watch.probe_once()
+    assert ask_the_pop(pop).reason == "tx_a2s_cached"
+    pop.stop_game_server()
+    assert watch.probe_once().evidence == health.DOWN
+    assert watch.probe_once().evidence == health.DOWN and watch.health.state == health.DOWN
+    wait_until(lambda: ask_the_pop(pop).reason == "tx_forward", "the stale entry to stop being served",
+               timeout=MAX_AGE_SEC + 2)
