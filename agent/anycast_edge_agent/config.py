@@ -53,6 +53,8 @@ class Config:
     rise: int = 2
     fall: int = 3
     top_clients: int = 10
+    # How often the per-client map (top players) is read; scrapes in between reuse the last ranking.
+    top_clients_interval_sec: float = 10.0
     # BIRD: the static protocol that carries the anycast prefixes (bird_anycast role).
     bird_manage: bool = True
     bird_socket: str = "/run/bird/bird.ctl"

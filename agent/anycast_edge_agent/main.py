@@ -39,7 +39,8 @@ class Agent:
             self.announcer = health.Announcer(birdc or Birdc(config.bird_socket), config.bird_protocol,
                                               config.drain_state_file, guard)
         self.registry = CollectorRegistry()
-        self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self)
+        self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
+                                       clients_interval_sec=config.top_clients_interval_sec)
         self.registry.register(self.collector)
         self._threads = []
 

@@ -43,6 +43,7 @@ SPLIT_NOT_CACHED = "split_not_cached"
 TOO_BIG_NOT_CACHED = "too_big_not_cached"
 NO_REPLY = "no_reply"
 WRITE_FAILED = "write_failed"
+OUTCOMES = (REFRESHED, SPLIT_NOT_CACHED, TOO_BIG_NOT_CACHED, NO_REPLY, WRITE_FAILED)
 
 
 class ServiceWatch:
