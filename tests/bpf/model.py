@@ -1,0 +1,756 @@
+"""A reference model of bpf/xdp_edge.c in plain Python: what the program should decide for a frame.
+
+The model reads the frame with `struct` only (no scapy: scapy is lenient where the program must not
+be), takes the map contents as plain Python data (ModelState) and a time, and answers what the XDP
+program answers: the action, the edge_reason it counts, the frame it emits, and the changes it
+makes to its own maps (a ban, a learned or deleted port punch, a snooped A2S reply, a rate count).
+
+    model = EdgeModel(state)
+    outcome = model.run(frame, ingress="up0", now_ns=...)   # decides, then applies outcome.effects
+    outcome.action, outcome.reason, outcome.output(frame)
+
+`EdgeModel.decide` decides without touching the state; `EdgeModel.apply` applies the effects.
+
+Where the kernel answers a question (bpf_fib_lookup), the model asks tests/bpf/topology.py, which
+describes the namespace the tests run the program in.
+
+The model follows the order documented at the top of bpf/xdp_edge.c and the rules in
+bpf/include/*.h. Where the model decides differently from today's C on purpose, the place says
+so with "SPEC:" and the reason (a documented decision of the project that the C does not keep);
+tests/bpf/test_differential.py pins each of those cases with its own test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+from . import topology as topo
+
+# ---- constants of the C side (bpf/include/*.h) ------------------------------------------------
+
+ETH_HLEN = 14
+VLAN_HLEN = 4
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+IPV4_HLEN = 20
+IPV6_HLEN = 40
+EDGE_MAX_FRAME = 9216
+
+IPPROTO_ICMP = 1
+IPPROTO_IPIP = 4
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+IP_MF = 0x2000
+IP_DF = 0x4000
+IP_OFFSET = 0x1FFF
+
+NSEC_PER_SEC = 1_000_000_000
+NSEC_PER_MSEC = 1_000_000
+DEFAULT_COOKIE_EPOCH_NS = 30 * NSEC_PER_SEC
+IPIP_OUTER_TTL = 64
+REPLY_TTL = 64
+U64 = (1 << 64) - 1
+
+# enum edge_proto_class and the names edge_config.limits uses in _edge_abi.pack_config
+CLASS_TCP, CLASS_UDP, CLASS_ICMP, CLASS_OTHER = range(4)
+CLASS_NAMES = ("tcp", "udp", "icmp", "other")
+
+SERVICE_F_A2S_CACHE = 1 << 0
+SERVICE_F_A2S_SNOOP = 1 << 1
+A2S_CACHE_MAX_PAYLOAD = 1400
+A2S_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"   # 25 bytes
+A2S_REQUEST_LEN = 25
+A2S_REQUEST_COOKIE_LEN = 29
+A2S_CHALLENGE_LEN = 9
+A2S_INFO_HEADER = b"\xff\xff\xff\xff\x49"
+
+ICMP_DEST_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
+ICMP_QUOTE_LEN = IPV4_HLEN + 8
+ICMP_REPLY_IP_LEN = IPV4_HLEN + 8 + ICMP_QUOTE_LEN        # 56
+
+# XDP actions as tests/bpf/edge_env.RunResult names them
+DROP, PASS, TX, REDIRECT = "DROP", "PASS", "TX", "REDIRECT"
+
+
+# ---- checksums (bpf/include/csum.h) -------------------------------------------------------------
+# The C sums 16-bit words as they sit in memory on a little-endian machine and stores the result
+# back the same way. The model does exactly that (little-endian words), so that even the choice
+# between the two encodings of zero (0x0000 / 0xffff) comes out as the C's.
+
+def csum_fold(total: int) -> int:
+    total = (total & 0xFFFFFFFF) + (total >> 32)
+    total = (total & 0xFFFFFFFF) + (total >> 32)
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return total & 0xFFFF
+
+
+def csum_words(data: bytes) -> int:
+    """Unfolded sum of the little-endian 16-bit words of data (even length)."""
+    return sum(struct.unpack("<%dH" % (len(data) // 2), data))
+
+
+def _not16(value: int) -> int:
+    return ~value & 0xFFFF
+
+
+def ipv4_header_csum(header: bytes) -> bytes:
+    """The check field (2 bytes as stored) of a 20-byte header whose own check field is ignored."""
+    zeroed = header[:10] + b"\0\0" + header[12:20]
+    return struct.pack("<H", _not16(csum_fold(csum_words(zeroed))))
+
+
+def csum_replace2(check: int, old: int, new: int) -> int:
+    """RFC 1624 incremental update, on memory-order words, as csum.h's csum_replace2."""
+    total = _not16(check) + _not16(old) + new
+    return _not16(csum_fold(total))
+
+
+def payload_csum(payload: bytes) -> int:
+    """struct a2s_cache_entry.payload_csum: folded sum of the payload zero-padded to 4 bytes."""
+    padded = payload + b"\0" * (-len(payload) % 4)
+    return csum_fold(csum_words(padded))
+
+
+# ---- SipHash-2-4 (bpf/include/a2s.h) -------------------------------------------------------------
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & U64
+
+
+def _sip_round(v0, v1, v2, v3):
+    """SIP_ROUND of a2s.h, one line of the C per block here."""
+    v0 = (v0 + v1) & U64
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & U64
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & U64
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & U64
+    v1 = _rotl(v1, 17) ^ v2
+    v2 = _rotl(v2, 32)
+    return v0, v1, v2, v3
+
+
+def siphash24(key: bytes, message: bytes) -> int:
+    """SipHash-2-4 (Aumasson & Bernstein) of any message with a 16-byte key, as a 64-bit integer
+    (the reference implementation writes it out little-endian)."""
+    k0, k1 = struct.unpack("<QQ", key)
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+    whole = len(message) - len(message) % 8
+    words = list(struct.unpack("<%dQ" % (whole // 8), message[:whole]))
+    tail = message[whole:] + b"\0" * (7 - len(message) % 8)
+    words.append(int.from_bytes(tail, "little") | ((len(message) & 0xFF) << 56))
+    for m in words:
+        v3 ^= m
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0 ^= m
+    v2 ^= 0xFF
+    for dummy in range(4):   # four finalization rounds
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def a2s_cookie(cookie_key, saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, epoch: int) -> int:
+    """a2s.h's a2s_cookie: SipHash-2-4 of the 4-tuple as it sits in the packet and the low 32 bits
+    of the epoch; the low 32 bits of the hash. cookie_key is edge_config.cookie_key (two u64)."""
+    key = struct.pack("<QQ", cookie_key[0], cookie_key[1])
+    message = saddr + daddr + sport + dport + struct.pack("<I", epoch & 0xFFFFFFFF)
+    return siphash24(key, message) & 0xFFFFFFFF
+
+
+# ---- the maps, as plain data -------------------------------------------------------------------------
+
+def _net4(cidr: str) -> ipaddress.IPv4Network:
+    # An LPM trie compares prefixlen leading bits and ignores the rest of the key's address.
+    return ipaddress.IPv4Network(cidr, strict=False)
+
+
+@dataclass(frozen=True)
+class PunchKey:
+    """struct punch_key: the service side and the player side of one flow."""
+    proto: int
+    service_addr: str
+    service_port: int
+    remote_addr: str
+    remote_port: int
+
+
+@dataclass(frozen=True)
+class RateKey:
+    """struct rate_key."""
+    saddr: str
+    service_id: int      # 0: the protocol-wide counter
+    window: int          # seconds of monotonic time
+    proto_class: int
+
+
+@dataclass
+class Service:
+    """One edge_services entry: key (proto, addr, port) and its service_value."""
+    proto: int
+    addr: str
+    port: int
+    id: int
+    backend: str
+    flags: int = 0
+    a2s_max_age_ms: int = 0
+    limit: tuple = (0, 0)          # (packets_per_sec, bytes_per_sec); (0, 0): the global limit
+
+
+@dataclass
+class CacheEntry:
+    """One edge_a2s_cache entry. payload_csum None means "what user space computes"."""
+    updated_ns: int
+    payload: bytes
+    payload_csum: Optional[int] = None
+
+    @property
+    def csum(self) -> int:
+        return payload_csum(self.payload) if self.payload_csum is None else self.payload_csum
+
+
+@dataclass
+class Config:
+    """edge_config[0]. limits: {"tcp"|"udp"|"icmp"|"other": (packets_per_sec, bytes_per_sec)}."""
+    tunnel_addr: str = topo.POP_TUNNEL_ADDR
+    ban_sec: int = 0
+    punch_idle_ns: int = 0
+    cookie_epoch_ns: int = 0
+    cookie_key: tuple = (0, 0)
+    limits: dict = field(default_factory=dict)
+
+    def limit(self, proto_class: int) -> tuple:
+        return tuple(self.limits.get(CLASS_NAMES[proto_class], (0, 0)))
+
+
+@dataclass
+class ModelState:
+    """Everything the program reads from or writes to its maps (statistics maps left out)."""
+    config: Config = field(default_factory=Config)
+    services: list = field(default_factory=list)           # [Service]
+    anycast_v4: list = field(default_factory=list)         # ["198.51.100.0/24", ...]
+    anycast_v6: list = field(default_factory=list)         # ["2001:db8::/48", ...]
+    backends: set = field(default_factory=set)             # {"10.1.0.5", ...}
+    allow: list = field(default_factory=list)              # CIDRs
+    deny: list = field(default_factory=list)               # CIDRs
+    bans: dict = field(default_factory=dict)               # {address: until_ns}
+    punches: dict = field(default_factory=dict)            # {PunchKey: last_seen_ns}
+    a2s_cache: dict = field(default_factory=dict)          # {service id: CacheEntry}
+    tx_ports: set = field(default_factory=set)             # {"bk0", ...}: edge_tx_ports devices
+    rate_counters: dict = field(default_factory=dict)      # {RateKey: (packets, bytes)}
+
+    def copy(self) -> "ModelState":
+        return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
+                       anycast_v6=list(self.anycast_v6), backends=set(self.backends),
+                       allow=list(self.allow), deny=list(self.deny), bans=dict(self.bans),
+                       punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
+                       tx_ports=set(self.tx_ports), rate_counters=dict(self.rate_counters))
+
+    # lookups as the program makes them
+    def service(self, proto: int, addr: str, port: int) -> Optional[Service]:
+        for svc in self.services:
+            if (svc.proto, svc.addr, svc.port) == (proto, addr, port):
+                return svc
+        return None
+
+    @staticmethod
+    def _lpm4(prefixes, addr: str) -> bool:
+        address = ipaddress.IPv4Address(addr)
+        return any(address in _net4(cidr) for cidr in prefixes)
+
+    def denied(self, addr: str) -> bool:
+        return self._lpm4(self.deny, addr)
+
+    def allowed(self, addr: str) -> bool:
+        return self._lpm4(self.allow, addr)
+
+    def is_anycast_v4(self, addr: str) -> bool:
+        return self._lpm4(self.anycast_v4, addr)
+
+    def is_anycast_v6(self, addr: bytes) -> bool:
+        address = ipaddress.IPv6Address(addr)
+        return any(address in ipaddress.IPv6Network(cidr, strict=False) for cidr in self.anycast_v6)
+
+
+# ---- what a packet does to the maps ----------------------------------------------------------------
+
+@dataclass
+class Effects:
+    """Map writes implied by one packet (the per-CPU statistics maps are not modelled)."""
+    ban: Optional[tuple] = None              # (address, until_ns)
+    punch_seen: Optional[tuple] = None       # (PunchKey, last_seen_ns): learned or refreshed
+    punch_deleted: Optional[PunchKey] = None  # an idle punch met by an inbound packet
+    cache_stored: Optional[tuple] = None     # (service id, CacheEntry): a snooped A2S_INFO reply
+    rate_counted: Optional[tuple] = None     # (RateKey, bytes): one packet counted in that window
+
+    def __bool__(self) -> bool:
+        return any((self.ban, self.punch_seen, self.punch_deleted, self.cache_stored, self.rate_counted))
+
+
+@dataclass
+class Outcome:
+    action: str            # DROP, PASS, TX, REDIRECT
+    reason: str            # an edge_reason name (_edge_abi.REASONS)
+    frame: Optional[bytes]  # the emitted frame; None when the program leaves it as it came or drops it
+    effects: Effects
+
+    def output(self, frame_in: bytes) -> Optional[bytes]:
+        """The bytes the program's data_out should hold (None for a drop: not looked at)."""
+        if self.action == DROP:
+            return None
+        return frame_in if self.frame is None else self.frame
+
+
+# ---- parsing (bpf/include/parsing.h) -----------------------------------------------------------------
+
+class Malformed(Exception):
+    """A frame parsing.h calls malformed."""
+
+
+@dataclass
+class Ipv4:
+    """struct packet for an IPv4 packet: offsets from the start of the frame."""
+    l3_off: int
+    ip_hdr_len: int
+    ip_tot_len: int
+    l4_off: int
+    payload_off: int
+    payload_len: int
+    saddr: str
+    daddr: str
+    saddr_raw: bytes
+    daddr_raw: bytes
+    sport: int
+    dport: int
+    sport_raw: bytes
+    dport_raw: bytes
+    proto: int
+    tos: int
+    ttl: int
+    is_fragment: bool
+    dont_fragment: bool
+
+
+def _addr(raw: bytes) -> str:
+    return socket.inet_ntoa(raw)
+
+
+def parse_ipv4(frame: bytes, l3_off: int, end: int) -> Ipv4:
+    """parse_ipv4_at + parse_l4: an IPv4 packet at l3_off of a buffer that ends at `end`."""
+    if l3_off > EDGE_MAX_FRAME or l3_off + IPV4_HLEN > end:
+        raise Malformed("no room for an IPv4 header")
+    ver_ihl, tos, tot_len, _ident, frag_off, ttl, proto, _check = struct.unpack_from("!BBHHHBBH", frame, l3_off)
+    version, ihl = ver_ihl >> 4, ver_ihl & 0x0F
+    if version != 4 or ihl < 5:
+        raise Malformed("version or IHL")
+    available = end - l3_off
+    hdr_len = ihl * 4
+    if hdr_len > available or tot_len < hdr_len or tot_len > available:
+        raise Malformed("header or total length")
+    saddr_raw = frame[l3_off + 12:l3_off + 16]
+    daddr_raw = frame[l3_off + 16:l3_off + 20]
+    l4_off = l3_off + hdr_len
+    pkt = Ipv4(l3_off=l3_off, ip_hdr_len=hdr_len, ip_tot_len=tot_len, l4_off=l4_off,
+               payload_off=l4_off, payload_len=tot_len - hdr_len,
+               saddr=_addr(saddr_raw), daddr=_addr(daddr_raw), saddr_raw=saddr_raw, daddr_raw=daddr_raw,
+               sport=0, dport=0, sport_raw=b"\0\0", dport_raw=b"\0\0", proto=proto, tos=tos, ttl=ttl,
+               is_fragment=bool(frag_off & (IP_MF | IP_OFFSET)), dont_fragment=bool(frag_off & IP_DF))
+    if pkt.is_fragment:
+        return pkt        # a fragment's L4 header is not looked at (a non-first one has none)
+    ip_payload_len = tot_len - hdr_len
+    if l4_off > EDGE_MAX_FRAME:
+        raise Malformed("L4 offset")
+    if proto == IPPROTO_TCP:
+        if l4_off + 20 > end or ip_payload_len < 20:
+            raise Malformed("TCP header truncated")
+        doff = frame[l4_off + 12] >> 4
+        if doff < 5 or doff * 4 > ip_payload_len:
+            raise Malformed("TCP data offset")
+        pkt.payload_off = l4_off + doff * 4
+        pkt.payload_len = ip_payload_len - doff * 4
+    elif proto == IPPROTO_UDP:
+        if l4_off + 8 > end or ip_payload_len < 8:
+            raise Malformed("UDP header truncated")
+        (udp_len,) = struct.unpack_from("!H", frame, l4_off + 4)
+        if udp_len != ip_payload_len:
+            raise Malformed("UDP length")
+        pkt.payload_off = l4_off + 8
+        pkt.payload_len = ip_payload_len - 8
+    elif proto == IPPROTO_ICMP:
+        if l4_off + 8 > end or ip_payload_len < 8:
+            raise Malformed("ICMP header truncated")
+        pkt.payload_off = l4_off + 8
+        pkt.payload_len = ip_payload_len - 8
+    if proto in (IPPROTO_TCP, IPPROTO_UDP):
+        pkt.sport_raw = frame[l4_off:l4_off + 2]
+        pkt.dport_raw = frame[l4_off + 2:l4_off + 4]
+        pkt.sport, pkt.dport = struct.unpack("!HH", pkt.sport_raw + pkt.dport_raw)
+    return pkt
+
+
+def parse_frame(frame: bytes):
+    """parse_frame: ("ipv4", Ipv4) | ("ipv6", destination bytes, l3_off) | ("not_ip",); raises Malformed."""
+    if len(frame) < ETH_HLEN:
+        raise Malformed("no Ethernet header")
+    (proto,) = struct.unpack_from("!H", frame, 12)
+    l3_off = ETH_HLEN
+    if proto in (ETH_P_8021Q, ETH_P_8021AD):
+        if len(frame) < ETH_HLEN + VLAN_HLEN:
+            raise Malformed("VLAN tag truncated")
+        (proto,) = struct.unpack_from("!H", frame, 16)
+        l3_off += VLAN_HLEN
+    if proto == ETH_P_IPV6:
+        if l3_off + IPV6_HLEN > len(frame) or frame[l3_off] >> 4 != 6:
+            raise Malformed("IPv6 header")
+        return ("ipv6", frame[l3_off + 24:l3_off + 40], l3_off)
+    if proto != ETH_P_IP:
+        return ("not_ip",)
+    return ("ipv4", parse_ipv4(frame, l3_off, len(frame)))
+
+
+def proto_class(proto: int) -> int:
+    return {IPPROTO_TCP: CLASS_TCP, IPPROTO_UDP: CLASS_UDP, IPPROTO_ICMP: CLASS_ICMP}.get(proto, CLASS_OTHER)
+
+
+# ---- the next hop (bpf_fib_lookup in the test namespace) -----------------------------------------------
+
+@dataclass
+class Hop:
+    rc: str                   # "ok", "no_neigh", "no_route", "frag_needed"
+    device: Optional[str] = None
+    smac: bytes = b"\0" * 6
+    dmac: bytes = b"\0" * 6
+    mtu: int = 0
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+class Decision(Exception):
+    """Raised inside the pipeline to end a packet's journey with an outcome."""
+
+    def __init__(self, action, reason, frame=None):
+        super().__init__(reason)
+        self.action, self.reason, self.frame = action, reason, frame
+
+
+def _verdict(action, reason, frame=None):
+    return Decision(action, reason, frame)
+
+
+# ---- the program -----------------------------------------------------------------------------------------
+
+class EdgeModel:
+    """The decision of xdp_edge for one frame, given the maps (state) and the time.
+
+    next_hop, macs and mtus describe the routing world (default: tests/bpf/topology.py):
+    next_hop(dst) -> (kind, device, dst_mac) as topology.next_hop.
+    """
+
+    def __init__(self, state: ModelState, next_hop: Callable = topo.next_hop, macs: dict = None,
+                 mtus: dict = None):
+        self.state = state
+        self.next_hop = next_hop
+        self.macs = dict(topo.MAC if macs is None else macs)
+        self.mtus = dict(topo.MTU if mtus is None else mtus)
+
+    # -- public API --
+
+    def run(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0) -> Outcome:
+        """Decide, then apply the effects to self.state (what the program does to its maps)."""
+        outcome = self.decide(frame, ingress, now_ns)
+        self.apply(outcome.effects)
+        return outcome
+
+    def decide(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0) -> Outcome:
+        """The outcome of one frame; self.state is not changed."""
+        self._frame = bytes(frame)
+        self._ingress = ingress
+        self._now = now_ns
+        self._effects = Effects()
+        try:
+            self._xdp_edge()
+        except Decision as decision:
+            return Outcome(decision.action, decision.reason, decision.frame, self._effects)
+        raise AssertionError("the pipeline ended without a verdict")  # pragma: no cover
+
+    def apply(self, effects: Effects) -> None:
+        state = self.state
+        if effects.punch_deleted is not None:
+            state.punches.pop(effects.punch_deleted, None)
+        if effects.punch_seen is not None:
+            key, seen = effects.punch_seen
+            state.punches[key] = seen
+        if effects.cache_stored is not None:
+            service_id, entry = effects.cache_stored
+            state.a2s_cache[service_id] = entry
+        if effects.rate_counted is not None:
+            key, nbytes = effects.rate_counted
+            packets, total = state.rate_counters.get(key, (0, 0))
+            state.rate_counters[key] = (packets + 1, total + nbytes)
+        if effects.ban is not None:
+            address, until = effects.ban
+            state.bans[address] = until
+
+    # -- the pipeline (xdp_edge.c), in its order --
+
+    def _xdp_edge(self):
+        try:
+            parsed = parse_frame(self._frame)
+        except Malformed:
+            raise _verdict(DROP, "drop_malformed")
+        if parsed[0] == "not_ip":
+            raise _verdict(PASS, "pass_non_ip")
+        if parsed[0] == "ipv6":
+            # No IPv6 service exists yet: IPv6 to our prefixes is dropped, the rest is the kernel's.
+            if self.state.is_anycast_v6(parsed[1]):
+                raise _verdict(DROP, "drop_no_service")
+            raise _verdict(PASS, "pass_not_ours")
+        self._inbound_ipv4(parsed[1])
+
+    def _inbound_ipv4(self, pkt: Ipv4):
+        state, cfg = self.state, self.state.config
+        # SPEC: "A denied source is dropped whatever its destination (the POP's own addresses
+        # included)" (decisions in xdp_edge.c), so the deny list comes before the return path to
+        # the tunnel address too. Today's C takes the return path first: a backend tunnel address
+        # inside a deny prefix still gets its replies forwarded (see test_differential.py).
+        if state.denied(pkt.saddr):
+            raise _verdict(DROP, "drop_deny")
+        if pkt.proto == IPPROTO_IPIP and pkt.daddr == cfg.tunnel_addr and not pkt.is_fragment:
+            self._return_path(pkt)
+        allowed = state.allowed(pkt.saddr)
+        if not allowed:
+            until = state.bans.get(pkt.saddr)
+            if until is not None and until > self._now:
+                raise _verdict(DROP, "drop_banned")
+        if not state.is_anycast_v4(pkt.daddr):
+            raise _verdict(PASS, "pass_not_ours")
+        if pkt.is_fragment:
+            raise _verdict(DROP, "drop_fragment")
+        if pkt.ip_hdr_len != IPV4_HLEN:
+            raise _verdict(DROP, "drop_ip_options")
+        svc = state.service(pkt.proto, pkt.daddr, pkt.dport)
+        if svc is None:
+            raise _verdict(DROP, "drop_no_service")
+        if self._punch_is_live(pkt):
+            self._forward_to_backend(pkt, svc, "tx_punched")
+        if not allowed and self._rate_limit_exceeded(pkt, svc):
+            raise _verdict(DROP, "drop_rate_limit")
+        if pkt.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_CACHE:
+            self._a2s_handle(pkt, svc)
+        self._forward_to_backend(pkt, svc, "tx_forward")
+
+    def _punch_is_live(self, pkt: Ipv4) -> bool:
+        if pkt.proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            return False
+        key = PunchKey(pkt.proto, pkt.daddr, pkt.dport, pkt.saddr, pkt.sport)
+        last_seen = self.state.punches.get(key)
+        if last_seen is None:
+            return False
+        # SPEC: a punch refreshed at or after this packet's clock reading is live. bpf_ktime_get_ns
+        # is read early in the inbound path; another CPU's return path may store a later time
+        # before the lookup. Today's C computes now - last_seen in u64 (wraps: "idle") and deletes
+        # the punch it was just told about.
+        if last_seen >= self._now or self._now - last_seen < self.state.config.punch_idle_ns:
+            return True
+        self._effects.punch_deleted = key
+        return False
+
+    def _rate_limit_exceeded(self, pkt: Ipv4, svc: Service) -> bool:
+        cfg = self.state.config
+        pclass = proto_class(pkt.proto)
+        if svc.limit[0] or svc.limit[1]:
+            limit, service_id = tuple(svc.limit), svc.id
+        else:
+            limit, service_id = cfg.limit(pclass), 0
+        pps, bps = limit
+        if not pps and not bps:
+            return False
+        key = RateKey(pkt.saddr, service_id, (self._now // NSEC_PER_SEC) & 0xFFFFFFFF, pclass)
+        packets, total = self.state.rate_counters.get(key, (0, 0))
+        packets, total = packets + 1, total + pkt.ip_tot_len
+        self._effects.rate_counted = (key, pkt.ip_tot_len)
+        if (pps and packets > pps) or (bps and total > bps):
+            if cfg.ban_sec:
+                self._effects.ban = (pkt.saddr, self._now + cfg.ban_sec * NSEC_PER_SEC)
+            return True
+        return False
+
+    # -- next hop and emit --
+
+    def _fib(self, daddr: str, tot_len: int) -> Hop:
+        kind, device, dmac = self.next_hop(daddr)
+        if kind == "no_route":
+            return Hop("no_route")
+        # The kernel checks the MTU of the route before it looks for the neighbour.
+        if tot_len > self.mtus[device]:
+            return Hop("frag_needed", mtu=self.mtus[device])
+        if kind == "no_neigh":
+            return Hop("no_neigh", device)
+        return Hop("ok", device, _mac(self.macs[device]), _mac(dmac))
+
+    def _emit(self, frame: bytes, hop: Hop, tx_reason: str):
+        if hop.rc == "no_neigh":
+            raise _verdict(PASS, "pass_no_neigh", frame)
+        if hop.rc != "ok":
+            raise _verdict(DROP, "drop_no_route")
+        action = TX
+        if hop.device != self._ingress:
+            if hop.device not in self.state.tx_ports:
+                raise _verdict(PASS, "pass_no_neigh", frame)   # the kernel forwards it
+            action = REDIRECT
+        raise _verdict(action, tx_reason, hop.dmac + hop.smac + frame[12:])
+
+    @staticmethod
+    def _untagged(frame: bytes, l3_off: int, grow_front: int = 0) -> bytes:
+        """reframe(): the original MAC addresses, type IPv4, grow_front free bytes, the IP packet on."""
+        return frame[:12] + struct.pack("!H", ETH_P_IP) + b"\0" * grow_front + frame[l3_off:]
+
+    # -- forwarding to a backend --
+
+    def _forward_to_backend(self, pkt: Ipv4, svc: Service, tx_reason: str):
+        cfg = self.state.config
+        if pkt.ttl <= 1:
+            raise _verdict(DROP, "drop_ttl")
+        hop = self._fib(svc.backend, pkt.ip_tot_len + IPV4_HLEN)
+        if hop.rc == "frag_needed":
+            if not pkt.dont_fragment:
+                raise _verdict(PASS, "pass_too_big")
+            # The player's path MTU through us is the tunnel's: egress MTU minus our header.
+            self._send_icmp_too_big(pkt, (hop.mtu - IPV4_HLEN) & 0xFFFF)
+        if hop.rc not in ("ok", "no_neigh"):
+            raise _verdict(DROP, "drop_no_route")
+        inner = self._decrement_ttl(self._frame[pkt.l3_off:])
+        outer = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, pkt.tos, pkt.ip_tot_len + IPV4_HLEN, 0,
+                                      IP_DF if pkt.dont_fragment else 0, IPIP_OUTER_TTL, IPPROTO_IPIP, 0,
+                                      socket.inet_aton(cfg.tunnel_addr), socket.inet_aton(svc.backend)))
+        outer[10:12] = ipv4_header_csum(bytes(outer))
+        frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(outer) + inner
+        self._emit(frame, hop, tx_reason)
+
+    @staticmethod
+    def _decrement_ttl(ip_packet: bytes) -> bytes:
+        """ipv4_decrement_ttl on an IP packet (bytes from its header on)."""
+        ip = bytearray(ip_packet)
+        (old,) = struct.unpack_from("<H", ip, 8)      # TTL and protocol share a 16-bit word
+        ip[8] = (ip[8] - 1) & 0xFF
+        (new,) = struct.unpack_from("<H", ip, 8)
+        (check,) = struct.unpack_from("<H", ip, 10)
+        struct.pack_into("<H", ip, 10, csum_replace2(check, old, new))
+        return bytes(ip)
+
+    def _send_icmp_too_big(self, pkt: Ipv4, mtu: int):
+        quote = self._frame[pkt.l3_off:pkt.l3_off + ICMP_QUOTE_LEN]
+        icmp = bytearray(struct.pack("!BBHHH", ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, mtu) + quote)
+        icmp[2:4] = struct.pack("<H", _not16(csum_fold(csum_words(bytes(icmp)))))
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, ICMP_REPLY_IP_LEN, 0, 0, REPLY_TTL, IPPROTO_ICMP, 0,
+                                   pkt.daddr_raw, pkt.saddr_raw))
+        ip[10:12] = ipv4_header_csum(bytes(ip))
+        frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(ip) + bytes(icmp)
+        hop = self._fib(pkt.saddr, ICMP_REPLY_IP_LEN)
+        self._emit(frame, hop, "tx_icmp_too_big")
+
+    # -- A2S_INFO --
+
+    def _a2s_handle(self, pkt: Ipv4, svc: Service):
+        """Returns when the request goes on to the game server; raises a verdict otherwise."""
+        if pkt.payload_len not in (A2S_REQUEST_LEN, A2S_REQUEST_COOKIE_LEN):
+            return
+        payload = self._frame[pkt.payload_off:pkt.payload_off + pkt.payload_len]
+        if payload[:A2S_REQUEST_LEN] != A2S_REQUEST:
+            return
+        entry = self.state.a2s_cache.get(svc.id)
+        max_age_ns = svc.a2s_max_age_ms * NSEC_PER_MSEC
+        if entry is None or entry.updated_ns > self._now or self._now - entry.updated_ns >= max_age_ns:
+            return    # nothing fresh to serve: the game server answers (and challenges) itself
+        cfg = self.state.config
+        epoch = self._now // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+
+        def cookie_of(which_epoch):
+            return a2s_cookie(cfg.cookie_key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw,
+                              which_epoch & U64)
+
+        if pkt.payload_len == A2S_REQUEST_LEN:
+            challenge = b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie_of(epoch))
+            self._send_udp_reply(pkt, challenge, "tx_a2s_challenge")
+        (cookie,) = struct.unpack("<I", payload[A2S_REQUEST_LEN:])
+        if cookie in (cookie_of(epoch), cookie_of(epoch - 1)):
+            if not 5 <= len(entry.payload) <= A2S_CACHE_MAX_PAYLOAD:
+                raise _verdict(DROP, "drop_error")
+            self._send_udp_reply(pkt, entry.payload, "tx_a2s_cached", entry.csum)
+        raise _verdict(DROP, "drop_bad_cookie")
+
+    def _send_udp_reply(self, pkt: Ipv4, payload: bytes, tx_reason: str, known_payload_sum: int = None):
+        """udp_reply_in_place + udp_reply_set_csum + send_udp_reply: the request turned around."""
+        request_ip = self._frame[pkt.l3_off:pkt.l3_off + IPV4_HLEN]
+        request_udp = self._frame[pkt.l4_off:pkt.l4_off + 8]
+        ip = bytearray(request_ip)
+        ip[12:16], ip[16:20] = request_ip[16:20], request_ip[12:16]
+        struct.pack_into("!H", ip, 2, IPV4_HLEN + 8 + len(payload))
+        struct.pack_into("!H", ip, 6, 0)       # frag_off
+        ip[8] = REPLY_TTL
+        ip[10:12] = ipv4_header_csum(bytes(ip))
+        udp = bytearray(request_udp[2:4] + request_udp[0:2] + struct.pack("!H", 8 + len(payload)) + b"\0\0")
+        if known_payload_sum is None:
+            known_payload_sum = csum_words(payload + b"\0" * (len(payload) % 2))
+        total = csum_words(bytes(ip[12:20])) + (IPPROTO_UDP << 8) + struct.unpack("<H", udp[4:6])[0]
+        total += csum_words(bytes(udp)) + known_payload_sum
+        check = _not16(csum_fold(total)) or 0xFFFF
+        udp[6:8] = struct.pack("<H", check)
+        frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(ip) + bytes(udp) + payload
+        hop = self._fib(pkt.saddr, IPV4_HLEN + 8 + len(payload))
+        self._emit(frame, hop, tx_reason)
+
+    # -- return path: IPIP from a backend to the tunnel address --
+
+    def _return_path(self, outer: Ipv4):
+        state = self.state
+        if outer.saddr not in state.backends:
+            raise _verdict(DROP, "drop_bad_return")
+        # SPEC: the inner packet must fit in the outer one ("inconsistent headers" are malformed,
+        # parsing.h). Today's C bounds the inner packet by the end of the frame instead, so bytes
+        # after the outer packet (Ethernet padding, trailing junk) can become part of the player's packet.
+        try:
+            inner = parse_ipv4(self._frame, outer.l4_off, outer.l3_off + outer.ip_tot_len)
+        except Malformed:
+            raise _verdict(DROP, "drop_malformed")
+        if inner.is_fragment:
+            raise _verdict(DROP, "drop_fragment")
+        svc = state.service(inner.proto, inner.saddr, inner.sport)
+        if svc is None or svc.backend != outer.saddr:
+            raise _verdict(DROP, "drop_bad_return")
+        if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
+            key = PunchKey(inner.proto, inner.saddr, inner.sport, inner.daddr, inner.dport)
+            self._effects.punch_seen = (key, self._now)
+        if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
+            self._a2s_snoop(inner, svc)
+        if inner.ttl <= 1:
+            raise _verdict(DROP, "drop_ttl")
+        hop = self._fib(inner.daddr, inner.ip_tot_len)
+        if hop.rc not in ("ok", "no_neigh", "frag_needed"):
+            raise _verdict(DROP, "drop_no_route")
+        frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + self._decrement_ttl(self._frame[inner.l3_off:])
+        if hop.rc == "frag_needed":
+            raise _verdict(PASS, "pass_too_big", frame)   # the kernel fragments or answers
+        self._emit(frame, hop, "tx_return")
+
+    def _a2s_snoop(self, inner: Ipv4, svc: Service):
+        payload = self._frame[inner.payload_off:inner.payload_off + inner.payload_len]
+        if not 5 <= len(payload) <= A2S_CACHE_MAX_PAYLOAD or payload[:5] != A2S_INFO_HEADER:
+            return
+        self._effects.cache_stored = (svc.id, CacheEntry(self._now, payload, payload_csum(payload)))
