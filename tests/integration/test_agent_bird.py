@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from agent_world import AGENT_DIR, SERVICE_ADDRESS, SERVICE_PORT, TESTS_DIR, run, wait_until
+from agent_world import AGENT_DIR, SERVICE_ADDRESS, SERVICE_PORT, TESTS_DIR, run
 from bird_lab import POP_ADDRESS, POP_ASN, UPSTREAM_ADDRESS, UPSTREAM_ASN, BirdLab
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf, _pins
