@@ -1,0 +1,288 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to anycast.edge
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: ipip_tunnel
+short_description: Create, update and remove IPv4-in-IPv4 (ipip) tunnel links
+version_added: "0.1.0"
+description:
+  - Manages one C(ipip) link - its endpoints (O(local), O(remote)), O(ttl), O(mtu), IPv4
+    O(addresses), admin state and collect-metadata (O(external)) mode - through netlink
+    (pyroute2), in the network namespace the module runs in.
+  - Every attribute is compared with the running link; the task is C(changed) only on a
+    difference, and only the differences are applied. What the kernel cannot change on an
+    existing link (O(external), switching between a point-to-point tunnel and "remote any",
+    the TTL of an external tunnel) is applied by deleting and re-creating the link; the result's
+    RV(actions) and the diff header say so, with the reason.
+  - "Tunnels made by this module carry the interface alias C(anycast.edge) (or
+    C(anycast.edge: <description>)). A link without that mark is never changed or removed, and
+    O(state=pruned) removes every marked ipip link not listed in O(keep) - how the
+    anycast.edge.ipip_tunnels role removes tunnels that inventory no longer declares."
+  - On failure the host is left as it was - a link created by the failed run is removed again,
+    a changed or re-created one is put back (the message says if that failed too).
+  - When the kernel has no ipip support the task fails saying so and naming the module to
+    load (C(modprobe ipip)).
+author:
+  - anycast.edge maintainers (!UNKNOWN)
+requirements:
+  - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
+  - the C(ipip) kernel module
+  - root (CAP_NET_ADMIN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: Reads the links and reports what would change; warns if the kernel shows no ipip support.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+    details: The tunnel's attributes before and after; for a re-create the header gives the reason.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
+    platforms: linux
+options:
+  name:
+    description:
+      - The link's name (1..15 characters, no C(/), C(:) or whitespace). Required unless
+        O(state=pruned).
+    type: str
+  state:
+    description:
+      - V(present) creates or updates the tunnel; V(absent) removes it (only if it is ours);
+        V(pruned) removes every ipip link marked as ours whose name is not in O(keep).
+    type: str
+    choices: [present, absent, pruned]
+    default: present
+  local:
+    description:
+      - Outer source address (this host's tunnel address). Omitted means "any" (the kernel
+        picks by route). Not with O(external=true).
+    type: str
+  remote:
+    description:
+      - Outer destination address (the peer's tunnel address). Omitted means "remote any"
+        (a non point-to-point tunnel). Not with O(external=true).
+    type: str
+  ttl:
+    description:
+      - TTL of the outer header; V(0) inherits the inner packet's TTL. Omitted leaves it as it is
+        (the kernel default V(0) on a new tunnel).
+    type: int
+  mtu:
+    description:
+      - The link's MTU (68..65515). Omitted leaves it as it is (the kernel derives it from the
+        route to O(remote) on a new tunnel, usually 1480).
+    type: int
+  addresses:
+    description:
+      - IPv4 addresses of the link, as C(address/prefixlen) (no prefix length means C(/32)).
+        The link ends with exactly these (others are removed). Omitted leaves the addresses
+        alone; V([]) removes all of them. IPv6 addresses are never touched.
+    type: list
+    elements: str
+  admin_state:
+    description: V(up) or V(down) (C(ip link set NAME up/down)).
+    type: str
+    choices: [up, down]
+    default: up
+  external:
+    description:
+      - Collect-metadata mode (C(ip link add NAME type ipip external)) - endpoints come per
+        packet from a BPF program or lightweight-tunnel route. The kernel allows one such
+        ipip link per network namespace and cannot switch an existing link in or out of it
+        (changing this re-creates the link).
+    type: bool
+    default: false
+  description:
+    description:
+      - "Free text stored after the mark in the interface alias (C(anycast.edge: <description>)),
+        shown by C(ip link). Omitted leaves an existing description as it is."
+    type: str
+  keep:
+    description: With O(state=pruned), the names of our tunnels to keep.
+    type: list
+    elements: str
+    default: []
+notes:
+  - Addresses are compared as local address and prefix length; a peer address configured on
+    the link (C(ip addr add A peer B)) is not managed.
+  - A link of another kind, or an ipip link without the C(anycast.edge) alias, with the name
+    O(name) makes the task fail - it is not ours to change.
+seealso:
+  - module: anycast.edge.tc_program
+"""
+
+EXAMPLES = r"""
+- name: Tunnel from this POP to the game server game1
+  anycast.edge.ipip_tunnel:
+    name: ae-3f2a9c1d07
+    local: 192.0.2.1
+    remote: 198.51.100.20
+    ttl: 64
+    addresses: [100.64.0.0/31]
+    description: peer game1
+
+- name: Collect-metadata tunnel for a BPF program that sets the endpoints per packet
+  anycast.edge.ipip_tunnel:
+    name: ae-ext
+    external: true
+
+- name: Remove one tunnel
+  anycast.edge.ipip_tunnel:
+    name: ae-3f2a9c1d07
+    state: absent
+
+- name: Remove every tunnel of ours except these
+  anycast.edge.ipip_tunnel:
+    state: pruned
+    keep: [ae-3f2a9c1d07, ae-91c0d2e4aa]
+"""
+
+RETURN = r"""
+tunnel:
+  description:
+    - The tunnel after the run (in check mode, as it would be); null when absent or with
+      O(state=pruned). Unmanaged attributes a new link would get from the kernel are null.
+  returned: always
+  type: dict
+  sample:
+    name: ae-3f2a9c1d07
+    kind: ipip
+    ours: true
+    description: peer game1
+    local: 192.0.2.1
+    remote: 198.51.100.20
+    ttl: 64
+    mtu: 1480
+    admin_state: up
+    external: false
+    addresses: [100.64.0.0/31]
+actions:
+  description: What was done (or would be, in check mode), one line each; a re-create gives its reason.
+  returned: always
+  type: list
+  elements: str
+  sample: ["re-create ae-ext: external false -> true cannot change on an existing link"]
+recreated:
+  description: True if the link was (or would be) deleted and created again.
+  returned: always
+  type: bool
+  sample: false
+removed:
+  description: Names of the tunnels removed (or that would be) - O(state=absent) or O(state=pruned).
+  returned: always
+  type: list
+  elements: str
+  sample: [ae-0b1c2d3e4f]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.anycast.edge.plugins.module_utils import _ipip
+
+
+def diff_for(before, after, header=None):
+    diff = {"before": before if before is not None else {},
+            "after": after if after is not None else {}}
+    if header:
+        diff["after_header"] = header
+    return diff
+
+
+def run_single(module, ipr):
+    params = module.params
+    wanted = None
+    if params["state"] == "present":
+        wanted = _ipip.wanted_state(
+            params["name"], local=params["local"], remote=params["remote"], ttl=params["ttl"],
+            mtu=params["mtu"], addresses=params["addresses"], admin_state=params["admin_state"],
+            external=params["external"], description=params["description"])
+    elif not _ipip.INTERFACE_NAME.match(params["name"]):
+        raise _ipip.IpipError("name: %r is not a Linux interface name" % (params["name"],))
+    present = _ipip.read_link(ipr, params["name"])
+    the_plan = _ipip.plan(wanted, present)
+    result = {
+        "changed": the_plan.changed,
+        "tunnel": _ipip.public_state(the_plan.after),
+        "actions": the_plan.summary(),
+        "recreated": the_plan.action == "recreate",
+        "removed": [params["name"]] if the_plan.action == "delete" else [],
+    }
+    if the_plan.action in ("create", "recreate") and _ipip.ipip_module_present() is False:
+        # The kernel may still load it on demand; if it cannot, the create below fails with
+        # the full explanation. In check mode this warning is all there is.
+        module.warn("no ipip module is loaded (/sys/module/ipip is missing); creating %s will "
+                    "fail unless the kernel can load it: modprobe ipip" % params["name"])
+    if module._diff:
+        header = None
+        if the_plan.action == "recreate":
+            header = "%s (re-created: %s)" % (params["name"], "; ".join(the_plan.reasons))
+        result["diff"] = diff_for(_ipip.public_state(the_plan.before),
+                                  _ipip.public_state(the_plan.after), header)
+    if the_plan.changed and not module.check_mode:
+        _ipip.apply(ipr, the_plan)
+        if the_plan.after is not None:
+            # Report what the kernel made of it (the MTU it picked, ...), not our prediction.
+            result["tunnel"] = _ipip.public_state(_ipip.read_link(ipr, params["name"]))
+            if module._diff:
+                result["diff"]["after"] = result["tunnel"]
+    return result
+
+
+def run_pruned(module, ipr):
+    keep = module.params["keep"]
+    links = _ipip.list_ipip_links(ipr)
+    stale = _ipip.stale_tunnels(links, keep)
+    plans = [_ipip.plan(None, link) for link in links if link["name"] in stale]
+    result = {"changed": bool(plans), "tunnel": None, "recreated": False, "removed": stale,
+              "actions": ["delete %s" % name for name in stale]}
+    if module._diff:
+        result["diff"] = diff_for(
+            dict((p.before["name"], _ipip.public_state(p.before)) for p in plans), {})
+    if not module.check_mode:
+        for the_plan in plans:
+            _ipip.apply(ipr, the_plan)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str"),
+            state=dict(type="str", default="present", choices=["present", "absent", "pruned"]),
+            local=dict(type="str"),
+            remote=dict(type="str"),
+            ttl=dict(type="int"),
+            mtu=dict(type="int"),
+            addresses=dict(type="list", elements="str"),
+            admin_state=dict(type="str", default="up", choices=["up", "down"]),
+            external=dict(type="bool", default=False),
+            description=dict(type="str"),
+            keep=dict(type="list", elements="str", default=[]),
+        ),
+        required_if=[("state", "present", ["name"]), ("state", "absent", ["name"])],
+        supports_check_mode=True,
+    )
+    if not _ipip.HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"))
+    try:
+        with _ipip.open_iproute() as ipr:
+            if module.params["state"] == "pruned":
+                result = run_pruned(module, ipr)
+            else:
+                result = run_single(module, ipr)
+    except _ipip.IpipError as exc:
+        module.fail_json(msg=str(exc), changed=False)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
