@@ -560,10 +560,14 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (inner.proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_SNOOP))
 		a2s_snoop(ctx, &inner, svc->id, now);
 
+	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
+	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+		/* Addressed to the POP itself (the agent probing its game servers through the tunnel):
+		 * left encapsulated for the kernel's ipip device to deliver. */
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_LOCAL);
 	if (inner.ttl <= 1)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
 	count_service(svc->id, sizeof(struct ethhdr) + inner.ip_tot_len, 1);
-	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
 	if (hop.fib_rc != BPF_FIB_LKUP_RET_SUCCESS && hop.fib_rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
 	    hop.fib_rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_ROUTE);

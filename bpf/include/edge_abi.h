@@ -69,6 +69,7 @@ enum edge_reason {
 	EDGE_REASON_TX_A2S_CHALLENGE,      /* answered an A2S_INFO request with this POP's challenge */
 	EDGE_REASON_TX_A2S_CACHED,         /* answered an A2S_INFO request from the cache */
 	EDGE_REASON_TX_ICMP_TOO_BIG,       /* answered ICMP fragmentation-needed (DF set, too big) */
+	EDGE_REASON_PASS_LOCAL,            /* a backend's reply to the POP itself (the agent's probes): the kernel's tunnel takes it */
 	EDGE_REASON_COUNT,
 };
 

@@ -42,6 +42,7 @@ REASONS = (
     "tx_a2s_challenge",
     "tx_a2s_cached",
     "tx_icmp_too_big",
+    "pass_local",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 

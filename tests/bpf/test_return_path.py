@@ -128,3 +128,11 @@ def test_services_without_snooping_do_not_fill_the_cache(pop):
     pop.add_service("udp", GAME, GAME_PORT, GAME_UDP_ID, BACKEND, flags=abi.SERVICE_F_A2S_CACHE, a2s_max_age_ms=5000)
     pop.run(backend_reply(A2S_INFO_REPLY))
     assert pop.a2s_cache(GAME_UDP_ID) is None
+
+
+def test_a_reply_to_the_pop_itself_is_left_to_the_kernels_tunnel(pop):
+    """The agent probes game servers through the tunnel from the POP's own address."""
+    frame = backend_reply(A2S_INFO_REPLY, dst=topo.POP_TUNNEL_ADDR, dport=40123)
+    result = pop.run(frame)
+    assert (result.action, result.reason, result.data) == ("PASS", "pass_local", frame)
+    assert pop.a2s_cache(GAME_UDP_ID)[1] == A2S_INFO_REPLY  # still snooped
