@@ -1,0 +1,79 @@
+"""Network namespaces and veth pairs for tests; nothing here touches the host's own links.
+
+A NetNs is created with ``ip netns add`` (so ``ip netns exec`` and ``ip -n`` can use it) and
+deleted with everything inside it (veths, qdiscs, XDP programs) by ``delete()``.
+``entered()`` moves the calling thread into the namespace for a block: sockets made there stay
+in the namespace after the thread leaves, which is how tests send and capture from Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import uuid
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns: " + os.strerror(err))
+
+
+def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a command; on failure the exception text includes its stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError("%s failed (rc %d):\n%s%s" % (" ".join(argv), done.returncode,
+                                                           done.stdout, done.stderr))
+    return done
+
+
+class NetNs:
+    def __init__(self, label: str):
+        self.name = "aedge-it-%s-%s" % (label, uuid.uuid4().hex[:6])
+        run("ip", "netns", "add", self.name)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "-n", self.name, *args, check=check)
+
+    def exec(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.name, *argv, check=check, timeout=timeout)
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.exec("sysctl", "-qw", "%s=%s" % (key, value))
+
+    @contextlib.contextmanager
+    def entered(self):
+        """Run the block (in this thread) inside the namespace."""
+        original = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open("/run/netns/" + self.name, os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield self
+            finally:
+                _setns(original)
+        finally:
+            os.close(target)
+            os.close(original)
+
+    def delete(self) -> None:
+        run("ip", "netns", "delete", self.name, check=False)
+
+
+def veth(ns_a: NetNs, name_a: str, ns_b: NetNs, name_b: str) -> None:
+    """A veth pair with one end in each namespace (the same namespace twice is fine), both up."""
+    ns_a.ip("link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b.name)
+    ns_a.ip("link", "set", name_a, "up")
+    ns_b.ip("link", "set", name_b, "up")
+
+
+def link_mac(ns: NetNs, dev: str) -> str:
+    out = ns.ip("-o", "link", "show", dev).stdout
+    return out.split("link/ether", 1)[1].split()[0]
