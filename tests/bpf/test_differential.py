@@ -799,11 +799,11 @@ def test_punch_refreshed_after_the_packet_read_the_clock_is_live(edge):
     run_against_model(edge, state, [frame])
 
 
-def _away_from_second_boundary():
-    """Wait until at least 50 ms remain in the current second: the model and the program then count
-    a few packets in the same one-second window."""
-    while monotonic_ns() % m.NSEC_PER_SEC > 950 * m.NSEC_PER_MSEC:
-        time.sleep(0.01)
+def _early_in_a_second():
+    """Wait until at least 600 ms of the current second remain and return its number: loading
+    the maps and running a few packets then fit well inside one rate-limit window."""
+    while monotonic_ns() % m.NSEC_PER_SEC > 400 * m.NSEC_PER_MSEC:
+        time.sleep(0.005)
     return monotonic_ns() // m.NSEC_PER_SEC
 
 
@@ -826,20 +826,25 @@ def test_rate_limit_counts_per_window(edge, case):
     """Rate limits with counts that matter (which the random test avoids): the window's counter is
     pre-seeded, so the outcome is fixed as long as the three packets share one second."""
     limits, service_limit, seeded, ban_sec, allowed, expected = RATE_CASES[case]
-    state = basic_state(limits=limits, ban_sec=ban_sec)
-    state.services[0].limit = service_limit
-    if allowed:
-        state.allow = ["203.0.113.0/24"]
     frame = pk.udp_frame("203.0.113.7", "198.51.100.10", 5000, 27015, b"x" * 10)   # 38 bytes of IP
-    window = _away_from_second_boundary()
     service_id = 1 if service_limit != (0, 0) else 0
-    if seeded is not None:
-        state.rate_counters[m.RateKey("203.0.113.7", service_id, window, m.CLASS_UDP)] = seeded
-        # A full counter of the previous second must not count.
-        state.rate_counters[m.RateKey("203.0.113.7", service_id, window - 1, m.CLASS_UDP)] = (10 ** 6, 10 ** 9)
-    results = run_against_model(edge, state, [frame] * 3)
+    for attempt in range(3):
+        state = basic_state(limits=limits, ban_sec=ban_sec)
+        state.services[0].limit = service_limit
+        if allowed:
+            state.allow = ["203.0.113.0/24"]
+        window = _early_in_a_second()
+        if seeded is not None:
+            state.rate_counters[m.RateKey("203.0.113.7", service_id, window, m.CLASS_UDP)] = seeded
+            # A full counter of the previous second must not count.
+            state.rate_counters[m.RateKey("203.0.113.7", service_id, window - 1, m.CLASS_UDP)] = (10 ** 6, 10 ** 9)
+        results = run_against_model(edge, state, [frame] * 3)
+        if monotonic_ns() // m.NSEC_PER_SEC == window:
+            break
+        print("attempt %d crossed into the next second (a very busy machine); again" % attempt)
+    else:
+        pytest.fail("three packets never fitted in one second")
     assert [r.reason for r in results] == expected
-    assert monotonic_ns() // m.NSEC_PER_SEC == window, "the packets crossed a second boundary: rerun"
 
 
 # ---- the differential test -------------------------------------------------------------------------------------
