@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -855,6 +855,9 @@ def test_program_agrees_with_model(edge):
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1", report_multiple_bugs=False,
+              # No "explain" phase: it re-runs the shrunk example many times to point at lines
+              # (of scapy, here); the assertion message already says which packet and why.
+              phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
     @given(scenario=scenarios())
     def check(scenario):
