@@ -242,9 +242,9 @@ class Plan(object):
 
     def summary(self):
         """Human-readable lines, one per thing done (returned as the module's ``actions``)."""
-        name = (self.after or self.before)["name"]
         if self.action == "none":
             return []
+        name = (self.after or self.before)["name"]
         if self.action == "delete":
             return ["delete %s" % name]
         lines = []
@@ -349,19 +349,23 @@ def stale_tunnels(present_links, keep):
 # -- kernel support -----------------------------------------------------------------------------
 
 def ipip_module_present(sys_module="/sys/module", proc_modules="/proc/modules"):
-    """True/False if the kernel visibly has / lacks ipip, None when it cannot be told.
+    """Whether ipip is visibly in the running kernel: loaded, or built in.
 
-    /sys/module/ipip exists when ipip is loaded or built in (it has a parameter); a kernel
-    without loadable-module support has no /proc/modules, so absence there proves nothing.
+    /sys/module/ipip exists in both cases (ipip has a module parameter, so even a built-in ipip
+    shows up there); /proc/modules is checked too. False does not prove that creating will
+    fail - the kernel loads the module on demand when it can (see ``modules_loadable``).
     """
     if os.path.isdir(os.path.join(sys_module, KIND)):
         return True
     if os.path.exists(proc_modules):
         with open(proc_modules) as modules:
-            if any(line.split(" ", 1)[0] == KIND for line in modules):
-                return True
-        return False
-    return None
+            return any(line.split(" ", 1)[0] == KIND for line in modules)
+    return False
+
+
+def modules_loadable(proc_modules="/proc/modules"):
+    """A kernel built without loadable-module support has no /proc/modules."""
+    return os.path.exists(proc_modules)
 
 
 def _is_missing_kind_error(exc):

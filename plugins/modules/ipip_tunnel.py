@@ -216,11 +216,16 @@ def run_single(module, ipr):
         "recreated": the_plan.action == "recreate",
         "removed": [params["name"]] if the_plan.action == "delete" else [],
     }
-    if the_plan.action in ("create", "recreate") and _ipip.ipip_module_present() is False:
+    if the_plan.action in ("create", "recreate") and not _ipip.ipip_module_present():
         # The kernel may still load it on demand; if it cannot, the create below fails with
         # the full explanation. In check mode this warning is all there is.
-        module.warn("no ipip module is loaded (/sys/module/ipip is missing); creating %s will "
-                    "fail unless the kernel can load it: modprobe ipip" % params["name"])
+        if _ipip.modules_loadable():
+            module.warn("the ipip module is not loaded (no /sys/module/ipip); creating %s fails "
+                        "unless the kernel can load it: modprobe ipip" % params["name"])
+        else:
+            module.warn("this kernel has no ipip (no /sys/module/ipip) and cannot load modules "
+                        "(no /proc/modules); creating %s will fail - %s"
+                        % (params["name"], _ipip.MISSING_MODULE_HINT))
     if module._diff:
         header = None
         if the_plan.action == "recreate":

@@ -237,7 +237,8 @@ def test_new_tunnel_is_created_with_kernel_defaults_for_unmanaged_attributes():
 
 
 def test_absent():
-    assert _ipip.plan(None, None).action == "none"
+    nothing = _ipip.plan(None, None)
+    assert (nothing.action, nothing.summary(), nothing.before, nothing.after) == ("none", [], None, None)
     the_plan = _ipip.plan(None, present("ipip_p2p.json", "ae-91c0d2e4aa"))
     assert (the_plan.action, the_plan.after, the_plan.summary()) == \
         ("delete", None, ["delete ae-91c0d2e4aa"])
@@ -268,13 +269,16 @@ def test_ipip_module_detection(tmp_path):
     sys_module = tmp_path / "module"
     sys_module.mkdir()
     proc_modules = tmp_path / "modules"
-    assert _ipip.ipip_module_present(str(sys_module), str(proc_modules)) is None
+    # No module support (like the development host) and no /sys/module/ipip: no ipip.
+    assert _ipip.ipip_module_present(str(sys_module), str(proc_modules)) is False
+    assert _ipip.modules_loadable(str(proc_modules)) is False
     proc_modules.write_text("tunnel4 16384 1 ipip, Live 0x0\nveth 40960 0 - Live 0x0\n")
     assert _ipip.ipip_module_present(str(sys_module), str(proc_modules)) is False
+    assert _ipip.modules_loadable(str(proc_modules)) is True
     proc_modules.write_text("ipip 20480 0 - Live 0x0\n")
     assert _ipip.ipip_module_present(str(sys_module), str(proc_modules)) is True
     proc_modules.unlink()
-    (sys_module / "ipip").mkdir()
+    (sys_module / "ipip").mkdir()  # built in, or loaded
     assert _ipip.ipip_module_present(str(sys_module), str(proc_modules)) is True
 
 
