@@ -42,7 +42,9 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Reads the maps and computes every change; writes nothing.
+    details: >-
+      Reads the maps and computes every change; writes nothing. When no program is pinned for
+      O(iface) yet (a first run in check mode), compares with empty maps and warns.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
@@ -508,11 +510,20 @@ def run_module():
         module.fail_json(msg=str(exc))
     timing.lap("rules")
 
-    maps = open_maps(module)
-    try:
-        present, cache_ids = read_present(maps)
-    except BpfError as exc:
-        module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, exc))
+    if module.check_mode and not os.path.exists(_pins.program_pin_path(params["pin_root"], params["iface"])):
+        # A --check run on a POP that has no program yet (xdp_program, in check mode, attached
+        # nothing): report what the first real run will write - everything - instead of failing.
+        module.warn("no XDP program is pinned for interface %s yet: check mode compares with empty maps"
+                    % params["iface"])
+        maps = None
+        present = {"edge_config": {_rules.CONFIG_KEY: bytes(abi.EDGE_CONFIG.size)}}
+        cache_ids = []
+    else:
+        maps = open_maps(module)
+        try:
+            present, cache_ids = read_present(maps)
+        except BpfError as exc:
+            module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, exc))
     timing.lap("read")
 
     cookie_key, generated = cookie_key_bytes(module, present["edge_config"][_rules.CONFIG_KEY])

@@ -359,6 +359,18 @@ def test_missing_program_pin_fails_clearly(pop, tmp_path):
                              "exist): attach it with anycast.edge.xdp_program first" % pop.pin_root)
 
 
+def test_check_mode_before_the_program_is_attached_reports_the_first_run(pop, tmp_path):
+    """A first `--check` of a POP: xdp_program (in check mode) pinned nothing, so edge_rules
+    compares with empty maps and says what the first real run will write."""
+    os.unlink(pop.pin_root / IFACE / "program")
+    checked = run_edge_rules(pop, tmp_path, RULES, "--check")
+    assert checked.result["changed"] is True
+    assert checked.result["writes"] == 2 + 2 + 1 + 4 + 1 + 1
+    assert any("no XDP program is pinned for interface uplink0 yet" in warning
+               for warning in checked.result.get("warnings", []))
+    assert pop.entries("edge_deny_v4") == {}
+
+
 def test_a_failed_write_undoes_every_earlier_one(pop, tmp_path):
     """edge_backends holds 1024 entries: fill it with strays, so that adding a backend fails
     half-way through the plan (after the deny and allow steps were made)."""
