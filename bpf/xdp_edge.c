@@ -136,7 +136,9 @@ static __always_inline int punch_is_live(const struct edge_config *cfg, const st
 	punch = bpf_map_lookup_elem(&edge_punches, &key);
 	if (!punch)
 		return 0;
-	if (now - punch->last_seen_ns < cfg->punch_idle_ns)
+	/* A punch refreshed by another CPU after this packet read the clock is newer than "now":
+	 * live, not billions of years idle (the u64 difference would wrap). */
+	if (punch->last_seen_ns >= now || now - punch->last_seen_ns < cfg->punch_idle_ns)
 		return 1;
 	bpf_map_delete_elem(&edge_punches, &key);
 	return 0;
@@ -527,6 +529,10 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (!bpf_map_lookup_elem(&edge_backends, &outer->saddr))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
 	rc = parse_ipv4_at(data, data_end, outer->l4_off, &inner);
+	/* The inner packet must end inside the outer one: bytes after it (padding, junk) must never
+	 * become part of what the player receives. */
+	if (rc == PARSE_IPV4 && inner.l3_off + inner.ip_tot_len > outer->l3_off + outer->ip_tot_len)
+		rc = PARSE_MALFORMED;
 	if (rc != PARSE_IPV4)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
 	if (inner.is_fragment)
@@ -590,11 +596,12 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	__u64 now;
 	int allowed, punched;
 
-	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
-		return return_path(ctx, pkt, bpf_ktime_get_ns());
-
+	/* The deny list comes first, even before the return path: a denied source is never
+	 * forwarded. (validate_inventory refuses a deny prefix that covers a backend.) */
 	if (lpm_v4_match(&edge_deny_v4, pkt->saddr))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_DENY);
+	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
+		return return_path(ctx, pkt, bpf_ktime_get_ns());
 	allowed = lpm_v4_match(&edge_allow_v4, pkt->saddr);
 	now = bpf_ktime_get_ns();
 	if (!allowed) {

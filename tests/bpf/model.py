@@ -15,9 +15,8 @@ Where the kernel answers a question (bpf_fib_lookup), the model asks tests/bpf/t
 describes the namespace the tests run the program in.
 
 The model follows the order documented at the top of bpf/xdp_edge.c and the rules in
-bpf/include/*.h. Where the model decides differently from today's C on purpose, the place says
-so with "SPEC:" and the reason (a documented decision of the project that the C does not keep);
-tests/bpf/test_differential.py pins each of those cases with its own test.
+bpf/include/*.h. The subtle decisions are commented where they are modelled, and
+tests/bpf/test_differential.py pins each of them with its own test as well.
 """
 
 from __future__ import annotations
@@ -430,7 +429,7 @@ def proto_class(proto: int) -> int:
 
 @dataclass
 class Hop:
-    rc: str                   # "ok", "no_neigh", "no_route", "frag_needed"
+    rc: str                   # "ok", "no_neigh", "no_route", "local", "frag_needed"
     device: Optional[str] = None
     smac: bytes = b"\0" * 6
     dmac: bytes = b"\0" * 6
@@ -525,10 +524,9 @@ class EdgeModel:
 
     def _inbound_ipv4(self, pkt: Ipv4):
         state, cfg = self.state, self.state.config
-        # SPEC: "A denied source is dropped whatever its destination (the POP's own addresses
+        # "A denied source is dropped whatever its destination (the POP's own addresses
         # included)" (decisions in xdp_edge.c), so the deny list comes before the return path to
-        # the tunnel address too. Today's C takes the return path first: a backend tunnel address
-        # inside a deny prefix still gets its replies forwarded (see test_differential.py).
+        # the tunnel address too (validate_inventory refuses a deny prefix covering a backend).
         if state.denied(pkt.saddr):
             raise _verdict(DROP, "drop_deny")
         if pkt.proto == IPPROTO_IPIP and pkt.daddr == cfg.tunnel_addr and not pkt.is_fragment:
@@ -562,10 +560,9 @@ class EdgeModel:
         last_seen = self.state.punches.get(key)
         if last_seen is None:
             return False
-        # SPEC: a punch refreshed at or after this packet's clock reading is live. bpf_ktime_get_ns
-        # is read early in the inbound path; another CPU's return path may store a later time
-        # before the lookup. Today's C computes now - last_seen in u64 (wraps: "idle") and deletes
-        # the punch it was just told about.
+        # A punch refreshed at or after this packet's clock reading is live: bpf_ktime_get_ns
+        # is read early in the inbound path, and another CPU's return path may store a later
+        # time before the lookup (a plain u64 now - last_seen would wrap and call it idle).
         if last_seen >= self._now or self._now - last_seen < self.state.config.punch_idle_ns:
             return True
         self._effects.punch_deleted = key
@@ -595,8 +592,8 @@ class EdgeModel:
 
     def _fib(self, daddr: str, tot_len: int) -> Hop:
         kind, device, dmac = self.next_hop(daddr)
-        if kind == "no_route":
-            return Hop("no_route")
+        if kind in ("no_route", "local"):
+            return Hop(kind)
         # The kernel checks the MTU of the route before it looks for the neighbour.
         if tot_len > self.mtus[device]:
             return Hop("frag_needed", mtu=self.mtus[device])
@@ -722,9 +719,9 @@ class EdgeModel:
         state = self.state
         if outer.saddr not in state.backends:
             raise _verdict(DROP, "drop_bad_return")
-        # SPEC: the inner packet must fit in the outer one ("inconsistent headers" are malformed,
-        # parsing.h). Today's C bounds the inner packet by the end of the frame instead, so bytes
-        # after the outer packet (Ethernet padding, trailing junk) can become part of the player's packet.
+        # The inner packet must fit in the outer one ("inconsistent headers" are malformed,
+        # parsing.h): bytes after the outer packet (Ethernet padding, trailing junk) must never
+        # become part of the player's packet.
         try:
             inner = parse_ipv4(self._frame, outer.l4_off, outer.l3_off + outer.ip_tot_len)
         except Malformed:
@@ -739,9 +736,12 @@ class EdgeModel:
             self._effects.punch_seen = (key, self._now)
         if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
             self._a2s_snoop(inner, svc)
+        hop = self._fib(inner.daddr, inner.ip_tot_len)
+        if hop.rc == "local":
+            # Addressed to the POP itself (the agent's probes): left encapsulated for the kernel.
+            raise _verdict(PASS, "pass_local")
         if inner.ttl <= 1:
             raise _verdict(DROP, "drop_ttl")
-        hop = self._fib(inner.daddr, inner.ip_tot_len)
         if hop.rc not in ("ok", "no_neigh", "frag_needed"):
             raise _verdict(DROP, "drop_no_route")
         frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + self._decrement_ttl(self._frame[inner.l3_off:])

@@ -751,10 +751,9 @@ def _reply_from_backend(backend="10.1.0.5", inner_src="198.51.100.10", sport=270
 @pytest.mark.parametrize("outer_src", ["10.1.0.5", "10.1.0.77"], ids=["known-backend", "stranger"])
 def test_denied_source_is_dropped_before_the_return_path(edge, outer_src):
     """Decision in xdp_edge.c: "A denied source is dropped whatever its destination (the POP's own
-    addresses included)" - the tunnel address too. Today's C checks for the return path first, so a
-    denied backend's replies are still decapsulated and forwarded (reason tx_return), and a denied
-    stranger's IPIP is counted as bad_return instead of deny.
-    Suggested fix (xdp_edge.c, inbound_ipv4): move the edge_deny_v4 lookup above the return_path() branch."""
+    addresses included)" - the tunnel address too: a denied backend's replies are not forwarded, and a
+    denied stranger's IPIP counts as deny, not bad_return. (validate_inventory refuses a deny prefix
+    that covers a backend, so this never cuts a real return path.)"""
     state = basic_state()
     state.deny = ["10.1.0.0/16"]
     frame = _reply_from_backend(backend=outer_src)
@@ -767,10 +766,8 @@ def test_denied_source_is_dropped_before_the_return_path(edge, outer_src):
 
 def test_inner_packet_must_fit_in_the_outer_packet(edge):
     """An IPIP reply whose inner total length runs past the end of the outer packet has inconsistent
-    headers (parsing.h: malformed). Today's C bounds the inner packet by the end of the frame, so
-    bytes after the outer packet (Ethernet padding, junk) are forwarded to the player as payload.
-    Suggested fix (xdp_edge.c, return_path): parse the inner header against
-    outer->l3_off + outer->ip_tot_len, not data_end (e.g. an `end` offset argument to parse_ipv4_at)."""
+    headers (parsing.h: malformed): bytes after the outer packet (Ethernet padding, junk) must never be
+    forwarded to the player as payload."""
     state = basic_state()
     frame = pk.set_tot_len(_reply_from_backend(), 20 + 20 + 8)       # outer says: inner is 28 bytes
     assert len(frame) > 14 + 48 + 8                                   # the frame holds the whole inner packet
@@ -783,10 +780,9 @@ def test_inner_packet_must_fit_in_the_outer_packet(edge):
 
 def test_punch_refreshed_after_the_packet_read_the_clock_is_live(edge):
     """inbound_ipv4 reads bpf_ktime_get_ns() before it looks the punch up; meanwhile another CPU's
-    return path may store a later last_seen. Today's C computes now - last_seen in u64, takes the
-    wrapped value for "idle", deletes the punch and sends the player's packet through the rate limit
-    (here: dropped). Exaggerated to 10 s in the future so the outcome does not depend on scheduling.
-    Suggested fix (xdp_edge.c, punch_is_live): treat last_seen_ns >= now as live."""
+    return path may store a later last_seen. A plain u64 now - last_seen would wrap, call the punch
+    idle, delete it and send the player's packet through the rate limit (here: dropped). Exaggerated
+    to 10 s in the future so the outcome does not depend on scheduling."""
     now = monotonic_ns()
     state = basic_state(limits={"udp": LIMITS["always"]})
     key = m.PunchKey(UDP, "198.51.100.10", 27015, "203.0.113.7", 5000)

@@ -39,17 +39,22 @@ POP_TUNNEL_ADDR = "10.0.0.1"
 def next_hop(destination: str):
     """What bpf_fib_lookup answers for a destination in the test namespace.
 
-    Returns (kind, device, dst_mac) with kind one of "ok", "no_neigh", "no_route".
+    Returns (kind, device, dst_mac) with kind one of "ok", "no_neigh", "no_route", "local".
     """
     address = ipaddress.ip_address(destination)
-    if address in ipaddress.ip_network(BLACKHOLE):
+    if address in ipaddress.ip_network(BLACKHOLE) or address.is_loopback:
         return "no_route", None, None
+    # The POP's own addresses and the subnet broadcasts are local routes: the kernel does not
+    # forward them (BPF_FIB_LKUP_RET_NOT_FWDED).
+    for own in (UPLINK_ADDR, SIDE_ADDR):
+        interface = ipaddress.ip_interface(own)
+        if address in (interface.ip, interface.network.broadcast_address):
+            return "local", None, None
     if address in ipaddress.ip_network(SIDE_ADDR, strict=False):
         mac = SIDE_NEIGHBOURS.get(destination)
         return ("ok", SIDE, mac) if mac else ("no_neigh", SIDE, None)
     if address in ipaddress.ip_network(UPLINK_ADDR, strict=False):
         # On-link on the uplink: only the router has a static neighbour entry.
         return ("ok", UPLINK, ROUTER_MAC) if destination == ROUTER_IP else ("no_neigh", UPLINK, None)
-    if address.is_loopback or address.is_multicast or address.is_unspecified or int(address) >> 24 == 0:
-        return "no_route", None, None
+    # Everything else (multicast and 0.0.0.0/8 included) matches the default route.
     return "ok", UPLINK, ROUTER_MAC
