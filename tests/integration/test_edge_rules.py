@@ -508,5 +508,5 @@ def test_module_docs_render():
     doc = json.loads(as_json.stdout)["anycast.edge.edge_rules"]
     assert doc["doc"]["short_description"] == "Converge the XDP edge program's rule maps (services, prefixes, filters, limits)"
     assert doc["doc"]["options"]["a2s_cookie_key"]["type"] == "str"
-    assert set(doc["return"]) == {"maps", "writes", "steps", "elapsed_ms", "timing_ms", "a2s_cookie_key_generated",
-                                  "pin_dir"}
+    assert set(doc["return"]) == {"maps", "writes", "steps", "elapsed_ms", "cpu_ms", "timing_ms",
+                                  "a2s_cookie_key_generated", "pin_dir"}
