@@ -81,6 +81,14 @@ def test_bad_cidrs_name_their_index(text, message):
     assert str(error.value) == message
 
 
+def test_two_wrong_items_cannot_pass_as_two_right_ones():
+    """The bulk parser joins and splits the list on '/': an item without a slash next to one
+    with two must not realign into two valid prefixes."""
+    with pytest.raises(_rules.RuleError) as error:
+        _rules.cidr_entries(["1.2.3.0", "24/1.2.4.0/24"], "deny")
+    assert str(error.value) == "deny[1]: '24' is not an IPv4 address"
+
+
 def test_bulk_and_item_parsing_agree_and_duplicates_collapse():
     cidrs = ["%d.%d.0.0/16" % (a, b) for a in range(1, 40) for b in range(0, 256, 7)] + ["1.0.0.0/16", "9.9.9.9"]
     bulk = _rules.cidr_entries(cidrs, "deny")
