@@ -135,7 +135,10 @@ tag:
   type: str
   sample: e20509034dd0af99
 mode:
-  description: V(native) or V(generic) - how the program is (or would be) attached; null when nothing is.
+  description:
+    - V(native) or V(generic) - how the program is attached; null when nothing is.
+    - In check mode, the mode it would be attached in (for V(auto) with nothing attached yet, V(native),
+      the mode tried first - whether the driver accepts it shows only when attaching).
   returned: always
   type: str
   sample: native
