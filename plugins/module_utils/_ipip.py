@@ -74,7 +74,14 @@ MISSING_MODULE_HINT = ("the kernel lacks ipip (IPv4-in-IPv4 tunnels): load the m
 
 
 class IpipError(Exception):
-    """A tunnel operation failed; the message says what, on which link, and why."""
+    """A tunnel operation failed; the message says what, on which link, and why.
+
+    ``host_changed`` is True when the failure left the host different from before (a restore
+    that failed too), so that the module can report ``changed`` truthfully."""
+
+    def __init__(self, message, host_changed=False):
+        super(IpipError, self).__init__(message)
+        self.host_changed = host_changed
 
 
 # -- reading pyroute2 dumps ---------------------------------------------------------------------
@@ -547,11 +554,14 @@ def apply(ipr, the_plan):
             _delete(ipr, name)
             _build(ipr, the_plan.after)
     except IpipError as exc:
-        raise IpipError("%s%s" % (exc, _restore(ipr, the_plan.before, name)))
+        note, restored = _restore(ipr, the_plan.before, name)
+        raise IpipError("%s%s" % (exc, note), host_changed=not restored)
 
 
 def _restore(ipr, before, name):
-    """Put the link back to ``before`` after a failed change; returns a note for the message."""
+    """Put the link back to ``before`` after a failed change.
+
+    Returns (note for the message, whether the link is as it was)."""
     try:
         present = read_link(ipr, name)
         if before is None:
@@ -569,5 +579,5 @@ def _restore(ipr, before, name):
                 elif undo.action == "update":
                     _update(ipr, undo)
     except (IpipError, NetlinkError) as exc:
-        return "; restoring the previous state failed too: %s" % exc
-    return "; the previous state was restored" if before is not None else ""
+        return "; restoring the previous state failed too: %s" % exc, False
+    return ("; the previous state was restored" if before is not None else ""), True

@@ -246,15 +246,22 @@ def run_pruned(module, ipr):
     keep = module.params["keep"]
     links = _ipip.list_ipip_links(ipr)
     stale = _ipip.stale_tunnels(links, keep)
-    plans = [_ipip.plan(None, link) for link in links if link["name"] in stale]
+    by_name = dict((link["name"], link) for link in links)
+    plans = [_ipip.plan(None, by_name[name]) for name in stale]
     result = {"changed": bool(plans), "tunnel": None, "recreated": False, "removed": stale,
               "actions": ["delete %s" % name for name in stale]}
     if module._diff:
         result["diff"] = diff_for(
             dict((p.before["name"], _ipip.public_state(p.before)) for p in plans), {})
     if not module.check_mode:
-        for the_plan in plans:
-            _ipip.apply(ipr, the_plan)
+        for done, the_plan in enumerate(plans):
+            try:
+                _ipip.apply(ipr, the_plan)
+            except _ipip.IpipError as exc:
+                # The tunnels deleted before this one stay deleted: say so.
+                raise _ipip.IpipError("%s (removed before the failure: %s)"
+                                      % (exc, ", ".join(stale[:done]) or "none"),
+                                      host_changed=done > 0 or exc.host_changed)
     return result
 
 
@@ -285,7 +292,9 @@ def main():
             else:
                 result = run_single(module, ipr)
     except _ipip.IpipError as exc:
-        module.fail_json(msg=str(exc), changed=False)
+        module.fail_json(msg=str(exc), changed=exc.host_changed)
+    except _ipip.NetlinkError as exc:  # reading links failed: nothing was changed
+        module.fail_json(msg="netlink: %s" % exc, changed=False)
     module.exit_json(**result)
 
 
