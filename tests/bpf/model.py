@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie as project_a2s_cookie
+
 from . import topology as topo
 
 # ---- constants of the C side (bpf/include/*.h) ------------------------------------------------
@@ -119,56 +121,16 @@ def payload_csum(payload: bytes) -> int:
     return csum_fold(csum_words(padded))
 
 
-# ---- SipHash-2-4 (bpf/include/a2s.h) -------------------------------------------------------------
-
-def _rotl(x: int, b: int) -> int:
-    return ((x << b) | (x >> (64 - b))) & U64
-
-
-def _sip_round(v0, v1, v2, v3):
-    """SIP_ROUND of a2s.h, one line of the C per block here."""
-    v0 = (v0 + v1) & U64
-    v1 = _rotl(v1, 13) ^ v0
-    v0 = _rotl(v0, 32)
-    v2 = (v2 + v3) & U64
-    v3 = _rotl(v3, 16) ^ v2
-    v0 = (v0 + v3) & U64
-    v3 = _rotl(v3, 21) ^ v0
-    v2 = (v2 + v1) & U64
-    v1 = _rotl(v1, 17) ^ v2
-    v2 = _rotl(v2, 32)
-    return v0, v1, v2, v3
-
-
-def siphash24(key: bytes, message: bytes) -> int:
-    """SipHash-2-4 (Aumasson & Bernstein) of any message with a 16-byte key, as a 64-bit integer
-    (the reference implementation writes it out little-endian)."""
-    k0, k1 = struct.unpack("<QQ", key)
-    v0 = k0 ^ 0x736F6D6570736575
-    v1 = k1 ^ 0x646F72616E646F6D
-    v2 = k0 ^ 0x6C7967656E657261
-    v3 = k1 ^ 0x7465646279746573
-    whole = len(message) - len(message) % 8
-    words = list(struct.unpack("<%dQ" % (whole // 8), message[:whole]))
-    tail = message[whole:] + b"\0" * (7 - len(message) % 8)
-    words.append(int.from_bytes(tail, "little") | ((len(message) & 0xFF) << 56))
-    for m in words:
-        v3 ^= m
-        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-        v0 ^= m
-    v2 ^= 0xFF
-    for dummy in range(4):   # four finalization rounds
-        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-    return v0 ^ v1 ^ v2 ^ v3
-
+# ---- the A2S cookie (bpf/include/a2s.h) ------------------------------------------------------------
+# SipHash-2-4 is the project's one Python implementation (checked against the published vectors in
+# tests/unit/test_a2s_cookie.py and test_differential.py); the C is what this model is compared with.
 
 def a2s_cookie(cookie_key, saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, epoch: int) -> int:
-    """a2s.h's a2s_cookie: SipHash-2-4 of the 4-tuple as it sits in the packet and the low 32 bits
-    of the epoch; the low 32 bits of the hash. cookie_key is edge_config.cookie_key (two u64)."""
-    key = struct.pack("<QQ", cookie_key[0], cookie_key[1])
-    message = saddr + daddr + sport + dport + struct.pack("<I", epoch & 0xFFFFFFFF)
-    return siphash24(key, message) & 0xFFFFFFFF
+    """a2s.h's a2s_cookie for the 4-tuple as it sits in the packet, as an integer (the low 32 bits
+    of the hash). cookie_key is edge_config.cookie_key (two u64)."""
+    wire = project_a2s_cookie(cookie_key, saddr, daddr, struct.unpack("!H", sport)[0],
+                              struct.unpack("!H", dport)[0], epoch)
+    return struct.unpack("<I", wire)[0]
 
 
 # ---- the maps, as plain data -------------------------------------------------------------------------
