@@ -7,11 +7,9 @@ its maps the way edge_rules will and to run packets through BPF_PROG_TEST_RUN.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -19,8 +17,8 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from . import topology as topo
+from .namespace import EnteredNamespace, ip
 
-CLONE_NEWNET = 0x40000000
 XDP_ACTIONS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
 # Maps the program fills itself and edge_rules never touches, cleared between tests too.
@@ -30,19 +28,6 @@ ALL_MAPS = (
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_tx_ports",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: " + os.strerror(err))
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(("ip",) + args, check=True, capture_output=True, text=True)
-
 
 @dataclass
 class RunResult:
@@ -57,8 +42,7 @@ class EdgeEnv:
 
     def __init__(self, object_path: str, netns: str):
         self.netns = netns
-        self._own_ns = None
-        self._orig_ns = None
+        self._namespace = EnteredNamespace(netns)
         self.obj = None
         self.object_path = object_path
 
@@ -67,8 +51,8 @@ class EdgeEnv:
     @classmethod
     def start(cls, object_path: str, netns: str | None = None) -> "EdgeEnv":
         env = cls(object_path, netns or "aedge-bpf-%d" % os.getpid())
-        env._enter_namespace()
         try:
+            env._namespace.enter()
             env._build_topology()
             env._load()
         except BaseException:
@@ -80,37 +64,22 @@ class EdgeEnv:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
-        if self._orig_ns is not None:
-            _setns(self._orig_ns)
-            os.close(self._orig_ns)
-            self._orig_ns = None
-        if self._own_ns is not None:
-            os.close(self._own_ns)
-            self._own_ns = None
-            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-
-    def _enter_namespace(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-        _ip("netns", "add", self.netns)
-        self._orig_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
-        self._own_ns = os.open("/run/netns/" + self.netns, os.O_RDONLY)
-        _setns(self._own_ns)
+        self._namespace.leave()
 
     def _build_topology(self) -> None:
-        _ip("link", "set", "lo", "up")
         for dev in (topo.UPLINK, topo.SIDE):
-            _ip("link", "add", dev, "address", topo.MAC[dev], "mtu", str(topo.MTU[dev]),
+            ip("link", "add", dev, "address", topo.MAC[dev], "mtu", str(topo.MTU[dev]),
                 "type", "veth", "peer", "name", dev + "p")
-            _ip("link", "set", dev + "p", "up")
-            _ip("link", "set", dev, "up")
-        _ip("addr", "add", topo.UPLINK_ADDR, "dev", topo.UPLINK)
-        _ip("addr", "add", topo.SIDE_ADDR, "dev", topo.SIDE)
-        _ip("neigh", "replace", topo.ROUTER_IP, "lladdr", topo.ROUTER_MAC, "nud", "permanent", "dev", topo.UPLINK)
+            ip("link", "set", dev + "p", "up")
+            ip("link", "set", dev, "up")
+        ip("addr", "add", topo.UPLINK_ADDR, "dev", topo.UPLINK)
+        ip("addr", "add", topo.SIDE_ADDR, "dev", topo.SIDE)
+        ip("neigh", "replace", topo.ROUTER_IP, "lladdr", topo.ROUTER_MAC, "nud", "permanent", "dev", topo.UPLINK)
         for address, mac in topo.SIDE_NEIGHBOURS.items():
-            _ip("neigh", "replace", address, "lladdr", mac, "nud", "permanent", "dev", topo.SIDE)
-        _ip("route", "add", "default", "via", topo.ROUTER_IP, "dev", topo.UPLINK)
-        _ip("route", "add", topo.BACKENDS_VIA_ROUTER, "via", topo.ROUTER_IP, "dev", topo.UPLINK)
-        _ip("route", "add", "blackhole", topo.BLACKHOLE)
+            ip("neigh", "replace", address, "lladdr", mac, "nud", "permanent", "dev", topo.SIDE)
+        ip("route", "add", "default", "via", topo.ROUTER_IP, "dev", topo.UPLINK)
+        ip("route", "add", topo.BACKENDS_VIA_ROUTER, "via", topo.ROUTER_IP, "dev", topo.UPLINK)
+        ip("route", "add", "blackhole", topo.BLACKHOLE)
         # bpf_fib_lookup refuses to route (FWD_DISABLED) unless forwarding is on.
         for conf in ("all", "default", topo.UPLINK, topo.SIDE):
             with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
-CLONE_NEWNET = 0x40000000
+from .namespace import EnteredNamespace, ip
+
 TC_ACTIONS = {-1: "UNSPEC", 0: "OK", 2: "SHOT", 7: "REDIRECT"}
 
 NIC = "nic0"
@@ -40,23 +41,11 @@ PEERING_ROUTER_MAC = "02:00:00:00:01:fd"
 SK_BUFF_SIZE = 192
 SK_BUFF_IFINDEX_OFFSET = 40
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def build_object(repo_root) -> str:
     """build/tc_mapper.o, (re)built by make so the tests never run a stale object."""
     subprocess.run(["make", "--no-print-directory", "build/tc_mapper.o"], cwd=repo_root, check=True)
     return str(repo_root / "build" / "tc_mapper.o")
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: " + os.strerror(err))
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(("ip",) + args, check=True, capture_output=True, text=True)
 
 
 @dataclass
@@ -72,8 +61,7 @@ class MapperEnv:
     def __init__(self, object_path: str, netns: str):
         self.object_path = object_path
         self.netns = netns
-        self._own_ns = None
-        self._orig_ns = None
+        self._namespace = EnteredNamespace(netns)
         self.obj = None
         self.ifindex = 0
         self.programs = {}
@@ -83,7 +71,7 @@ class MapperEnv:
     def start(cls, object_path: str) -> "MapperEnv":
         env = cls(object_path, "aedge-mapper-%d" % os.getpid())
         try:
-            env._enter_namespace()
+            env._namespace.enter()
             env._build_host()
             env._load()
         except BaseException:
@@ -95,32 +83,17 @@ class MapperEnv:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
-        if self._orig_ns is not None:
-            _setns(self._orig_ns)
-            os.close(self._orig_ns)
-            self._orig_ns = None
-        if self._own_ns is not None:
-            os.close(self._own_ns)
-            self._own_ns = None
-            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-
-    def _enter_namespace(self) -> None:
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-        _ip("netns", "add", self.netns)
-        self._orig_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
-        self._own_ns = os.open("/run/netns/" + self.netns, os.O_RDONLY)
-        _setns(self._own_ns)
+        self._namespace.leave()
 
     def _build_host(self) -> None:
-        _ip("link", "set", "lo", "up")
-        _ip("link", "add", NIC, "address", NIC_MAC, "type", "veth", "peer", "name", NIC + "p")
-        _ip("link", "set", NIC + "p", "up")
-        _ip("link", "set", NIC, "up")
-        _ip("addr", "add", HOST_ADDR + "/24", "dev", NIC)
-        _ip("neigh", "replace", GATEWAY, "lladdr", GATEWAY_MAC, "nud", "permanent", "dev", NIC)
-        _ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
-        _ip("neigh", "replace", PEERING_ROUTER, "lladdr", PEERING_ROUTER_MAC, "nud", "permanent", "dev", NIC)
-        _ip("route", "add", "10.5.0.0/16", "via", PEERING_ROUTER, "dev", NIC)
+        ip("link", "add", NIC, "address", NIC_MAC, "type", "veth", "peer", "name", NIC + "p")
+        ip("link", "set", NIC + "p", "up")
+        ip("link", "set", NIC, "up")
+        ip("addr", "add", HOST_ADDR + "/24", "dev", NIC)
+        ip("neigh", "replace", GATEWAY, "lladdr", GATEWAY_MAC, "nud", "permanent", "dev", NIC)
+        ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
+        ip("neigh", "replace", PEERING_ROUTER, "lladdr", PEERING_ROUTER_MAC, "nud", "permanent", "dev", NIC)
+        ip("route", "add", "10.5.0.0/16", "via", PEERING_ROUTER, "dev", NIC)
         # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the device.
         for conf in ("all", "default", NIC):
             with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:
