@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from .btf_check import assert_layout_matches_btf, enum_names
 
 
 @pytest.fixture(scope="module")
@@ -17,32 +17,9 @@ def btf_object(xdp_edge_object):
     obj.close()
 
 
-def member_offsets(layout_struct):
-    """Offsets of each top-level member of a struct.Struct whose format is '<' + fields."""
-    offsets, offset = [], 0
-    for token in re.findall(r"(\d*)([a-zA-Z])", layout_struct.format.lstrip("<")):
-        count, code = int(token[0] or 1), token[1]
-        size = {"B": 1, "H": 2, "I": 4, "Q": 8, "s": 1, "x": 1}[code]
-        offsets.append(offset)
-        offset += size * count if code != "s" else count
-    return offsets
-
-
 @pytest.mark.parametrize("name", sorted(abi.LAYOUTS))
 def test_struct_layouts_match_the_objects_btf(btf_object, name):
-    layout, members = abi.LAYOUTS[name]
-    btf = btf_object.btf_type(name)
-    assert btf.size == layout.size, "%s: C says %d bytes, Python packs %d" % (name, btf.size, layout.size)
-    assert [m.name for m in btf.members] == list(members)
-    for member in btf.members:
-        assert member.offset in member_offsets(layout), "%s.%s at offset %d is not a field start in Python" % (
-            name, member.name, member.offset)
-
-
-def enum_names(header_text, enum_name, prefix):
-    body = re.search(r"enum %s \{(.*?)\};" % enum_name, header_text, re.S).group(1)
-    names = re.findall(r"^\s*%s([A-Z0-9_]+)" % prefix, body, re.M)
-    return [n.lower() for n in names if n not in ("COUNT",)]
+    assert_layout_matches_btf(btf_object, abi.LAYOUTS, name)
 
 
 def test_reason_names_follow_the_c_enum(repo_root):

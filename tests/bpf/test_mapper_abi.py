@@ -10,7 +10,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
 from .mapper_env import build_object
-from .test_abi import enum_names, member_offsets
+from .btf_check import assert_layout_matches_btf, enum_names
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,7 @@ def btf_object(tc_mapper_object):
 
 @pytest.mark.parametrize("name", sorted(abi.LAYOUTS))
 def test_struct_layouts_match_the_objects_btf(btf_object, name):
-    layout, members = abi.LAYOUTS[name]
-    btf = btf_object.btf_type(name)
-    assert btf.size == layout.size, "%s: C says %d bytes, Python packs %d" % (name, btf.size, layout.size)
-    assert [m.name for m in btf.members] == list(members)
-    for member in btf.members:
-        assert member.offset in member_offsets(layout), "%s.%s at offset %d is not a field start in Python" % (
-            name, member.name, member.offset)
+    assert_layout_matches_btf(btf_object, abi.LAYOUTS, name)
 
 
 def test_every_map_key_and_value_is_the_size_python_packs(btf_object):
