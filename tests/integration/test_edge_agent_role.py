@@ -1,0 +1,171 @@
+"""The edge_agent role, run by the real ansible-playbook against this machine (local connection)
+with every destination folder inside a temporary root.
+
+systemd is not PID 1 here, so the service is not started (anycast_edge_agent_manage_service:
+false); what is checked is what the role leaves on the POP: the agent and the module_utils it
+imports (importable from the installed copy alone), a configuration the agent's own loader
+accepts with the inventory's values, a unit `systemd-analyze verify` accepts, and a second run
+that changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from a2s_responder import AGENT_DIR
+from anycast_edge_agent import config as agent_config
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the role installs root-owned files")
+
+VENV_BIN = Path(sys.executable).parent
+PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "edge_agent_role.yml"
+REPO = Path(__file__).resolve().parents[2]
+
+SERVICES = [
+    {"name": "cs2", "address": "198.51.100.10", "protocol": "udp", "port": 27015, "backend": "game1",
+     "a2s_cache": True, "a2s_refresh_sec": 3, "a2s_max_age_sec": 20},
+    {"name": "cs2-rcon", "id": 40, "address": "198.51.100.10", "protocol": "tcp", "port": 27015, "backend": "game1"},
+    {"name": "rust", "id": 100, "address": "198.51.100.20", "protocol": "udp", "port": 28015, "backend": "game2"},
+    {"name": "ping", "address": "198.51.100.10", "protocol": "icmp", "backend": "game1"},
+]
+
+
+def inventory(tmp_path: Path, root: Path, **pop1_vars) -> Path:
+    # Known by a name only: the exporter's default address is then loopback.
+    pop1 = {"ansible_connection": "local", "ansible_host": "pop1.example.net", "anycast_edge_uplink": "eth1",
+            "anycast_edge_tunnel_address": "10.0.0.1"}
+    pop1.update(pop1_vars)
+    data = {"all": {
+        "vars": {
+            "anycast_edge_asn": 64500,
+            "anycast_edge_prefixes": ["198.51.100.0/24"],
+            "anycast_edge_services": SERVICES,
+            "anycast_edge_bpf_pin_root": "/sys/fs/bpf/anycast_edge_test",
+            "anycast_edge_manage_packages": False,
+            "anycast_edge_agent_manage_service": False,
+            "anycast_edge_agent_lib_dir": str(root / "usr/local/lib/anycast-edge/agent"),
+            "anycast_edge_agent_config_dir": str(root / "etc/anycast-edge"),
+            "anycast_edge_agent_unit_dir": str(root / "etc/systemd/system"),
+            "anycast_edge_agent_archive": str(tmp_path / "controller" / "agent.tar"),
+            # The modules' and the agent's interpreter: this venv's (it has prometheus_client,
+            # as Debian's python3-prometheus-client gives /usr/bin/python3 on a POP).
+            "anycast_edge_agent_python": sys.executable,
+            "ansible_python_interpreter": sys.executable,
+            "anycast_edge_agent_probes": {"rust": "udp"},
+        },
+        "children": {
+            "pops": {"hosts": {
+                "pop1": pop1,
+                "pop2": {"ansible_host": "192.0.2.20", "anycast_edge_uplink": "eth1",
+                         "anycast_edge_tunnel_address": "10.0.0.2"},
+                "pop3": {"ansible_host": "pop3.example.net", "anycast_edge_agent_listen_address": "192.0.2.30",
+                         "anycast_edge_agent_listen_port": 9600, "anycast_edge_uplink": "eth1",
+                         "anycast_edge_tunnel_address": "10.0.0.3"},
+                # Only a name and no listen address: not a peer the guard could read.
+                "pop4": {"ansible_host": "pop4.example.net", "anycast_edge_uplink": "eth1",
+                         "anycast_edge_tunnel_address": "10.0.0.4"},
+            }},
+            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": "10.1.0.10"},
+                                   "game2": {"anycast_edge_tunnel_address": "10.1.0.20"}}},
+        },
+    }}
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def play(inventory_path: Path, expect_failure: bool = False) -> tuple[int, str]:
+    """Run the role on pop1; (changed count, output)."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), "--limit", "pop1",
+                           str(PLAYBOOK)], capture_output=True, text=True, env=env, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    if expect_failure:
+        assert done.returncode != 0, output
+        return -1, output
+    assert done.returncode == 0, output
+    recap = re.search(r"^pop1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
+    assert recap and recap.group(2) == "0", output
+    return int(recap.group(1)), output
+
+
+def installed_files(root: Path) -> dict:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path):
+    root = tmp_path / "root"
+    inv = inventory(tmp_path, root)
+    changed, output = play(inv)
+    assert changed > 0, output
+
+    lib = root / "usr/local/lib/anycast-edge/agent"
+    shipped = sorted(path.name for path in (lib / "anycast_edge_agent").iterdir())
+    assert shipped == sorted(path.name for path in (AGENT_DIR / "anycast_edge_agent").glob("*.py"))
+    utils = lib / "ansible_collections/anycast/edge/plugins/module_utils"
+    for name in ("_bpf.py", "_edge_abi.py", "_pins.py", "_birdc.py"):
+        assert (utils / name).read_bytes() == (REPO / "plugins/module_utils" / name).read_bytes()
+    assert not list(lib.rglob("__pycache__")), "the controller's bytecode must not be shipped"
+
+    # The agent's own loader accepts the file, with the inventory's values in it.
+    config_path = root / "etc/anycast-edge/agent.json"
+    config = agent_config.load(str(config_path))
+    assert (config.iface, config.tunnel_address, config.listen_address, config.listen_port) == (
+        "eth1", "10.0.0.1", "127.0.0.1", 9591)
+    assert config.anycast_prefixes == ["198.51.100.0/24"]
+    assert config.pin_root == "/sys/fs/bpf/anycast_edge_test"
+    # The fleet guard reads the other POPs that have a reachable address (not pop4: a name only).
+    assert config.fleet_peers == ["http://192.0.2.20:9591/metrics", "http://192.0.2.30:9600/metrics"]
+    by_name = {service.name: service for service in config.services}
+    assert set(by_name) == {"cs2", "cs2-rcon", "rust", "ping"}
+    cs2 = by_name["cs2"]
+    assert (cs2.a2s_cache, cs2.a2s_refresh_sec, cs2.a2s_max_age_sec, cs2.probe, cs2.backend) == (
+        True, 3, 20, "a2s", "game1")
+    assert 1 <= cs2.id <= 1023  # derived by validate_inventory
+    assert (by_name["cs2-rcon"].id, by_name["cs2-rcon"].probe) == (40, "tcp")
+    assert (by_name["rust"].id, by_name["rust"].probe, by_name["rust"].backend) == (100, "udp", "game2")
+    assert (by_name["ping"].probe, by_name["ping"].port) == ("none", 0)
+
+    # The installed copy runs on its own: the package and module_utils come from the lib folder.
+    env = dict(os.environ, PYTHONPATH=str(lib))
+    probe = subprocess.run([sys.executable, "-c",
+                            "import anycast_edge_agent.main, ansible_collections.anycast.edge.plugins.module_utils._bpf as b;"
+                            "print(anycast_edge_agent.main.__file__); print(b.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert all(line.startswith(str(lib)) for line in probe.stdout.split()), probe.stdout
+    checked = subprocess.run([sys.executable, "-m", "anycast_edge_agent", "--check", "--config", str(config_path)],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert checked.returncode == 0 and "configuration OK: 4 services" in checked.stdout, checked.stderr
+
+    unit = (root / "etc/systemd/system/anycast-edge-agent.service").read_text()
+    assert "Restart=on-failure" in unit and "ReadWritePaths=-/sys/fs/bpf/anycast_edge_test" in unit
+    assert "ExecStart=%s -m anycast_edge_agent --config %s" % (sys.executable, config_path) in unit
+    assert "Environment=PYTHONPATH=%s" % lib in unit
+    if shutil.which("systemd-analyze"):
+        # Not PID 1 here: verify the unit file offline (syntax, directives, executables).
+        verified = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                                   str(root / "etc/systemd/system/anycast-edge-agent.service")],
+                                  capture_output=True, text=True, check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "anycast-edge-agent.service" not in verified.stderr, verified.stderr
+
+    before = installed_files(root)
+    changed, output = play(inv)
+    assert changed == 0, output
+    assert installed_files(root) == before
+
+    # A management address (ansible_host) is the exporter's default address, but never one in
+    # an anycast prefix: the agent's own check refuses it, and the old file stays.
+    config_text = config_path.read_text()
+    dummy, output = play(inventory(tmp_path, root, ansible_host="198.51.100.77"), expect_failure=True)
+    assert "198.51.100.77 is inside an anycast prefix" in output
+    assert config_path.read_text() == config_text
