@@ -1,0 +1,179 @@
+"""The edge_monitoring role and playbooks/monitoring.yml, run by the real ansible-playbook against
+this machine (local connection) with the configuration folder in a temporary place.
+
+promtool (Debian's prometheus package) checks both files inside the role; then a real
+Prometheus server started by the test from the rendered configuration loads the alert rules and
+scrapes a real agent exporter (anycast-edge-agent, listening on loopback as POP "pop1").
+systemd is not PID 1 here, so the role's service handling is off (manage_service: false).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from a2s_responder import AGENT_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+PLAYBOOK = REPO / "playbooks" / "monitoring.yml"
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the role installs root-owned files"),
+    pytest.mark.skipif(not (PROMTOOL and PROMETHEUS),
+                       reason="needs Debian's prometheus package (promtool and the server): apt-get install prometheus"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def inventory(tmp_path: Path, config_dir: Path, exporter_port: int) -> Path:
+    data = {"all": {
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "children": {
+            "monitoring": {"hosts": {"prom1": {
+                "ansible_connection": "local",
+                "anycast_edge_manage_packages": False,
+                "anycast_edge_monitoring_manage_service": False,
+                "anycast_edge_monitoring_config_dir": str(config_dir),
+                "anycast_edge_monitoring_promtool": PROMTOOL,
+                "anycast_edge_monitoring_scrape_interval": "1s",
+                "anycast_edge_monitoring_evaluation_interval": "1s",
+            }}},
+            "pops": {"hosts": {
+                # The one whose exporter really runs (on loopback, as the test's agent).
+                "pop1": {"ansible_host": "192.0.2.10", "anycast_edge_agent_listen_address": "127.0.0.1",
+                         "anycast_edge_agent_listen_port": exporter_port},
+                "pop2": {"ansible_host": "192.0.2.20"},
+                "pop3": {"ansible_host": "pop3.example.net"},
+            }},
+        },
+    }}
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def play(inventory_path: Path) -> int:
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(PLAYBOOK)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    recap = re.search(r"^prom1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
+    assert recap and recap.group(2) == "0", output
+    return int(recap.group(1))
+
+
+class Child:
+    """A process the test started, stopped by its own pid."""
+
+    def __init__(self, argv, log: Path, env=None):
+        self.log = log
+        with open(log, "w", encoding="utf-8") as handle:
+            self.proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def api(base: str, path: str, **query) -> dict:
+    url = "%s/api/v1/%s" % (base, path)
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def wait_for(predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
+    config_dir = tmp_path / "etc-prometheus"
+    exporter_port = free_port()
+    inv = inventory(tmp_path, config_dir, exporter_port)
+    assert play(inv) > 0
+
+    config = yaml.safe_load((config_dir / "prometheus.yml").read_text())
+    assert config["rule_files"] == [str(config_dir / "anycast-edge-rules.yml")]
+    job = config["scrape_configs"][0]
+    assert job["job_name"] == "anycast-edge"
+    assert job["static_configs"] == [
+        {"targets": ["127.0.0.1:%d" % exporter_port], "labels": {"pop": "pop1"}},
+        {"targets": ["192.0.2.20:9591"], "labels": {"pop": "pop2"}},
+        {"targets": ["pop3.example.net:9591"], "labels": {"pop": "pop3"}},
+    ]
+    assert (config_dir / "anycast-edge-rules.yml").read_bytes() == \
+        (REPO / "roles/edge_monitoring/files/anycast-edge-rules.yml").read_bytes()
+    checked = subprocess.run([PROMTOOL, "check", "config", str(config_dir / "prometheus.yml")],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    assert play(inv) == 0
+
+    # A real agent as pop1's exporter (no pins here: it reports maps_readable 0), and a real
+    # Prometheus from the rendered file.
+    agent_config = tmp_path / "agent.json"
+    agent_config.write_text(json.dumps({
+        "iface": "lo", "tunnel_address": "127.0.0.1", "listen_address": "127.0.0.1", "listen_port": exporter_port,
+        "pin_root": str(tmp_path / "no-pins"), "bird_manage": False, "check_dataplane": False}))
+    env = dict(os.environ, PYTHONPATH="%s:%s" % (AGENT_DIR, collections_root))
+    agent = Child([sys.executable, "-m", "anycast_edge_agent", "--config", str(agent_config)], tmp_path / "agent.log",
+                  env=env)
+    web_port = free_port()
+    server = Child([PROMETHEUS, "--config.file=%s" % (config_dir / "prometheus.yml"),
+                    "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % web_port],
+                   tmp_path / "prometheus.log")
+    base = "http://127.0.0.1:%d" % web_port
+    try:
+        groups = wait_for(lambda: api(base, "rules")["groups"], "the alert rules loaded")
+        assert {group["name"] for group in groups} == {"anycast-edge-attack-signs", "anycast-edge-health"}
+        readable = wait_for(lambda: api(base, "query", query='anycast_edge_maps_readable{pop="pop1"}')["result"],
+                            "a scrape of pop1's agent")
+        assert readable[0]["value"][1] == "0"
+        up = {item["metric"]["pop"]: item["value"][1]
+              for item in api(base, "query", query='up{job="anycast-edge"}')["result"]}
+        assert up["pop1"] == "1"
+    finally:
+        server.stop()
+        agent.stop()
+    assert agent.proc.returncode == 0, (tmp_path / "agent.log").read_text()
