@@ -173,6 +173,14 @@ def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
         up = {item["metric"]["pop"]: item["value"][1]
               for item in api(base, "query", query='up{job="anycast-edge"}')["result"]}
         assert up["pop1"] == "1"
+        # anycast-edge top reads the same POP through this Prometheus (POPs by their "pop" label).
+        done = subprocess.run([sys.executable, "-m", "anycast_edge_agent.top", "--prometheus", base, "--once",
+                               "--json", "--interval", "1.5"], capture_output=True, text=True, env=env, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        pops = {item["pop"]: item for item in json.loads(done.stdout)}
+        assert pops["pop1"]["maps_readable"] is False and pops["pop1"]["announced"] is None
+        assert pops["pop1"]["in"]["packets"] == 0
     finally:
         server.stop()
         agent.stop()
