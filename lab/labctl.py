@@ -579,7 +579,8 @@ def cmd_molecule(args: argparse.Namespace) -> None:
         for line in process.stdout:
             print(line, end="", flush=True)
             # molecule announces each action as "... <scenario> ➜ <action>: Executing" (26.x).
-            match = re.search(r"\b(dependency|cleanup|destroy|syntax|create|prepare|converge|idempotence|side_effect|verify)\b.{0,8}(Executing|Starting)", line)
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            match = re.search(r"\b(dependency|cleanup|destroy|syntax|create|prepare|converge|idempotence|side_effect|verify)\b.{0,20}Executing", plain)
             if match:
                 now = time.monotonic()
                 spent[action] = spent.get(action, 0.0) + now - last_mark
