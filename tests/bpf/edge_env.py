@@ -29,6 +29,7 @@ ALL_MAPS = (
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats")
 
+
 @dataclass
 class RunResult:
     action: str          # "DROP", "PASS", "TX", "REDIRECT", "ABORTED"

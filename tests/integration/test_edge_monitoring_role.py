@@ -35,8 +35,6 @@ PROMETHEUS = shutil.which("prometheus")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the role installs root-owned files"),
-    pytest.mark.skipif(not (PROMTOOL and PROMETHEUS),
-                       reason="needs Debian's prometheus package (promtool and the server): apt-get install prometheus"),
 ]
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-
-import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 
@@ -34,11 +31,6 @@ def count_seen(prog_id):
         (map_id,) = program.info().map_ids
     with _bpf.BpfMap.from_id(map_id) as counter:
         return int.from_bytes(counter.lookup(bytes(4)), "little")
-
-
-def debian_pyroute2_missing():
-    return not os.path.exists(DEBIAN_PYTHON) or subprocess.run(
-        [DEBIAN_PYTHON, "-c", "import pyroute2"], capture_output=True, check=False).returncode != 0
 
 
 def veth_with_other_filters(ns, fixture_object, dev):
@@ -122,7 +114,6 @@ def test_attach_rerun_replace_and_remove_leave_other_filters_alone(fixture_objec
     assert not os.path.exists(os.path.join(pin_root, "t0"))
 
 
-@pytest.mark.skipif(debian_pyroute2_missing(), reason="Debian's python3-pyroute2 is not installed")
 def test_debian_python_with_pyroute2_0_7(fixture_object, pin_root, netns, tmp_path):
     """The POPs run modules on Debian's python3 with python3-pyroute2 (0.7), not the venv's 0.9."""
     ns = netns("tc")
