@@ -403,6 +403,14 @@ def check(variables, pops, backends):
         if cidr in denied:
             problems.add("anycast_edge_filters.allow[%d]" % index, cidr,
                          "is also in anycast_edge_filters.deny (deny wins; keep it in one list)")
+    # The deny list applies before the return path (a denied source is never forwarded), so a deny
+    # prefix covering a backend's tunnel address would cut that backend's replies off.
+    for index, cidr in enumerate(filters["deny"]):
+        network = netaddr.IPNetwork(cidr)
+        for host, address in sorted(normalized.get("backend_addresses", {}).items()):
+            if netaddr.IPAddress(address) in network:
+                problems.add("anycast_edge_filters.deny[%d]" % index, cidr,
+                             "covers the tunnel address %s of backend %s: its replies would be dropped" % (address, host))
     for field in ("allow", "deny"):
         if len(filters[field]) > _rules.CAPACITY["edge_%s_v4" % field]:
             problems.note("anycast_edge_filters." + field, "%d prefixes, at most %d fit"

@@ -117,6 +117,9 @@ CASES = [
      ["anycast_edge_filters.allow[0]: 192.0.2.1/28 has host bits set (did you mean 192.0.2.0/28?)"]),
     ("allow and deny the same prefix", [flt("allow", ["100.64.0.0/10"])],
      ["anycast_edge_filters.allow[0]: 100.64.0.0/10 is also in anycast_edge_filters.deny (deny wins; keep it in one list)"]),
+    ("deny covering backends", [flt("deny", ["100.64.0.0/10", "10.1.0.0/24"])],
+     ["anycast_edge_filters.deny[1]: 10.1.0.0/24 covers the tunnel address 10.1.0.10 of backend game1: its replies would be dropped",
+      "anycast_edge_filters.deny[1]: 10.1.0.0/24 covers the tunnel address 10.1.0.11 of backend game2: its replies would be dropped"]),
     ("deny not a list", [flt("deny", "10.0.0.0/8")],
      ["anycast_edge_filters.deny: 10.0.0.0/8 is not a list"]),
     # --- service addresses and ports -------------------------------------------------------
