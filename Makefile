@@ -77,7 +77,7 @@ bench: setup $(BPF_OBJECTS)
 # VMs, roll out site.yml, show what runs. A failed rollout leaves the lab up to look at.
 lab: setup $(BPF_OBJECTS)
 	$(LAB) up
-	$(LAB) playbook site.yml
+	$(LAB) playbook site.yml || { $(LAB) show; exit 1; }
 	$(LAB) show
 
 lab-down: setup

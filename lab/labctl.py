@@ -60,7 +60,7 @@ HOST_PACKAGES = {  # command -> Debian package providing it
 }
 # Changing how the image is assembled (this file's build steps) must also invalidate the
 # cache: bump this when build_image() changes in a way the recipe files do not show.
-IMAGE_BUILDER_VERSION = "1"
+IMAGE_BUILDER_VERSION = "2"
 
 
 class LabError(Exception):
@@ -125,7 +125,10 @@ def recipe_hash() -> str:
     digest.update(f"builder {IMAGE_BUILDER_VERSION} suite {DEBIAN_SUITE} size {ROOT_FS_SIZE}\n".encode())
     for path in sorted(p for p in IMAGE_RECIPE_DIR.rglob("*") if p.is_file()):
         relative = path.relative_to(IMAGE_RECIPE_DIR)
-        digest.update(f"{relative} {path.stat().st_mode & 0o777:o}\n".encode())
+        # Only the executable bit, as git keeps it: a clone made under another umask must
+        # hash the same.
+        executable = "x" if path.stat().st_mode & 0o111 else "-"
+        digest.update(f"{relative} {executable}\n".encode())
         digest.update(path.read_bytes())
     digest.update(apt_sources_text().encode())
     return digest.hexdigest()[:16]
@@ -149,7 +152,8 @@ def build_image(image_dir: Path) -> None:
         # built once, already with our initramfs settings.
         run("mmdebstrap", "--mode=root", "--variant=apt", "--quiet",
             "--include=" + ",".join(image_packages()),
-            f"--essential-hook=cp -a {IMAGE_RECIPE_DIR / 'rootfs'}/. \"$1\"/",
+            # owned by root, never group/world-writable, whatever the umask of this clone
+            f"--essential-hook=tar -C {IMAGE_RECIPE_DIR / 'rootfs'} --owner=0 --group=0 --mode=go-w -c . | tar -C \"$1\" -x",
             f"--customize-hook={customize} \"$1\"",
             DEBIAN_SUITE, str(rootfs), timeout=1800)
         kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
@@ -613,7 +617,7 @@ def cmd_show(dummy_args: argparse.Namespace) -> None:
     labctl = f"{os.path.relpath(sys.executable)} {os.path.relpath(__file__)}"
     print("== Using the lab")
     for name in topology["vms"]:
-        print(f"  log into {name}:      {labctl} ssh {name}")
+        print(f"  {'log into ' + name + ':':<22}{labctl} ssh {name}")
     print(f"  a player's shell:     ip netns exec {topology['client']['netns']} bash")
     print(f"  the upstream router:  birdc -s {socket} show route all")
     print(f"  a flood from the client: ip netns exec {topology['client']['netns']} ping -f -c 2000 198.51.100.10")
