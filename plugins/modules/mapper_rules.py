@@ -20,9 +20,9 @@ description:
     C(mapper_services) (this host's services and their direct-server-return flag).
   - The maps are found through the pinned programs themselves (the kernel's list of the maps each
     program uses), so what is written is what the running programs read - never a stale pin.
-    A map used by both programs is written once; when each program has its own copy (each was
-    loaded from its own instance of the object), every copy gets the same entries and the
-    result says so (RV(shared_flows)).
+    A map used by both programs is written once (the tc_mapper role attaches both halves with
+    shared maps); should each program have its own copy, every copy gets the same entries and
+    the result says so (RV(shared_flows)).
   - Reads the present entries and writes only the differences; entries the parameters no longer
     declare are deleted. New POPs and services are added before the config may point at them;
     removals come last.

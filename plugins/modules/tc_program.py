@@ -75,6 +75,14 @@ options:
         is mounted there if none is.
     type: path
     default: /sys/fs/bpf/anycast_edge
+  share_maps:
+    description:
+      - Pin the program's maps in C(<pin_root>/<iface>/<share_maps>/) and load it with the maps
+        already pinned there (same type and sizes), so that several programs of one object (an
+        ingress and an egress half) use the same maps, and a replacement program keeps their
+        contents. A map whose layout changed is created anew and its pin replaced.
+      - Unset, the program gets private maps (a replacement starts with fresh ones).
+    type: str
   state:
     description: V(present) attaches (or replaces); V(absent) removes our filter and pin.
     type: str
@@ -83,7 +91,8 @@ options:
 notes:
   - An interface with a plain C(ingress) qdisc (not C(clsact)) can take an V(ingress) program but
     not an V(egress) one; the module fails rather than replace that qdisc.
-  - Maps of the program are not pinned; a replacement program starts with fresh maps.
+  - Without O(share_maps) the maps of the program are not pinned; a replacement program starts
+    with fresh maps.
 seealso:
   - module: anycast.edge.bpf_object
   - module: anycast.edge.xdp_program
@@ -140,6 +149,12 @@ clsact_created:
   returned: always
   type: bool
   sample: false
+maps_reused:
+  description: With O(share_maps), the maps taken over from their pins (the others were created and pinned).
+  returned: when O(share_maps) is set and the object was loaded
+  type: list
+  elements: str
+  sample: [mapper_flows, mapper_config]
 pin:
   description: Where the program is pinned.
   returned: always
@@ -169,6 +184,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BpfError,
     BpfObject,
     BpfProgram,
+    prog_info_by_id,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
@@ -183,6 +199,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     DEFAULT_PIN_ROOT,
     PinError,
+    pin_dir,
     prepare_pin_root,
     remove_empty_dirs,
     tc_pin_path,
@@ -223,6 +240,12 @@ class TcProgramModule(object):
             self.ifindex = socket.if_nametoindex(self.iface)
         except OSError:
             module.fail_json(msg="iface: no interface named %r in this network namespace" % self.iface)
+        self.shared_dir = None
+        if params.get("share_maps"):
+            if "/" in params["share_maps"] or params["share_maps"] in (".", ".."):
+                module.fail_json(msg="share_maps: %r is not a folder name" % params["share_maps"])
+            self.shared_dir = os.path.join(pin_dir(self.pin_root, self.iface), params["share_maps"])
+        self.reused_maps = set()
         self.modified = False
         self.result = dict(changed=False, prog_id=None, tag=None, previous_prog_id=None,
                            previous_tag=None, filter_name=None, handle=FILTER_HANDLE,
@@ -303,8 +326,11 @@ class TcProgramModule(object):
             program = obj.program(params["program"])
             new_tag = program.tag
             self.result["tag"] = new_tag
+            # A tag does not cover which maps a program uses: with shared maps, the running
+            # program must also use the maps pinned for sharing.
             filter_unchanged = (ours is not None and ours.tag == new_tag and ours.direct_action
-                                and ours.name == name)
+                                and ours.name == name
+                                and (self.shared_dir is None or self.uses_shared_maps(ours.prog_id, program)))
             after = {"priority": self.priority, "handle": FILTER_HANDLE, "name": name, "tag": new_tag}
             if filter_unchanged:
                 self.result["prog_id"] = ours.prog_id
@@ -323,6 +349,7 @@ class TcProgramModule(object):
             if self.module.check_mode:
                 return
             self.attach(program, name, qdisc is None, replace=ours is not None)
+            self.pin_shared_maps(obj)
         finally:
             obj.close()
 
@@ -347,6 +374,7 @@ class TcProgramModule(object):
             if program_name not in names:
                 raise ModuleFailure("program: %s has no program %r (it has: %s)"
                                     % (path, program_name, ", ".join(names) or "none"))
+            self.reuse_shared_maps(obj)
             try:
                 obj.load()
             except BpfError as exc:
@@ -358,6 +386,41 @@ class TcProgramModule(object):
             obj.close()
             raise
         return obj
+
+    # -- maps shared through pins (share_maps) -------------------------------------------------
+
+    def reuse_shared_maps(self, obj):
+        """Before loading: take every map already pinned for sharing whose layout still fits."""
+        if self.shared_dir is None:
+            return
+        for bpf_map in obj.maps():
+            path = os.path.join(self.shared_dir, bpf_map.name)
+            if not os.path.exists(path):
+                continue
+            try:
+                bpf_map.reuse_pin(path)
+                self.reused_maps.add(bpf_map.name)
+            except BpfError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: the layout changed, a new map replaces it
+                    raise ModuleFailure("reusing the map pinned at %s failed: %s" % (path, exc))
+        self.result["maps_reused"] = sorted(self.reused_maps)
+
+    def uses_shared_maps(self, prog_id, program):
+        """Does the running program use the same maps as the one just loaded with the pinned ones?"""
+        return sorted(prog_info_by_id(prog_id).map_ids) == sorted(program.info().map_ids)
+
+    def pin_shared_maps(self, obj):
+        """After attaching: pin the maps that were created anew (replacing stale pins by rename)."""
+        if self.shared_dir is None:
+            return
+        for bpf_map in obj.maps():
+            if bpf_map.name in self.reused_maps:
+                continue
+            path = os.path.join(self.shared_dir, bpf_map.name)
+            staging = path + "_next"
+            unpin(staging)
+            bpf_map.pin(staging)
+            os.rename(staging, path)
 
     def pin(self, program):
         """Pin ``program`` at our path, replacing the old pin in one rename."""
@@ -421,7 +484,19 @@ class TcProgramModule(object):
         if pinned:
             unpin(self.pin_path)
             self.modified = True
+        self.unpin_shared_maps_when_unused()
         remove_empty_dirs(self.pin_root, self.iface)
+
+    def unpin_shared_maps_when_unused(self):
+        """The last TC program of the interface gone: its shared maps' pins go too."""
+        if self.shared_dir is None or not os.path.isdir(self.shared_dir):
+            return
+        if any(os.path.exists(tc_pin_path(self.pin_root, self.iface, direction))
+               for direction in ("ingress", "egress")):
+            return
+        for name in os.listdir(self.shared_dir):
+            unpin(os.path.join(self.shared_dir, name))
+        os.rmdir(self.shared_dir)
 
 
 def main():
@@ -433,6 +508,7 @@ def main():
             program=dict(type="str"),
             priority=dict(type="int", default=DEFAULT_PRIORITY),
             pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
+            share_maps=dict(type="str"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         required_if=[("state", "present", ["object", "program"])],

@@ -188,9 +188,6 @@ def test_attach_rerun_pop_added_and_steering(backend, pin_root, tmp_path):
         bpf_map.close()
 
 
-@pytest.mark.xfail(strict=True, reason="tc_program loads the object once per hook, so ingress and egress get "
-                                       "separate maps: egress never sees the flows ingress learns. Needs "
-                                       "tc_program to share (pin and reuse) the object's maps.")
 def test_ingress_and_egress_share_the_learned_flows(netns, pin_root, tmp_path, repo_root):
     namespace = netns("share")
     veth(namespace, "up0", namespace, "up0p")
@@ -198,8 +195,11 @@ def test_ingress_and_egress_share_the_learned_flows(netns, pin_root, tmp_path, r
                    capture_output=True)
     obj = str(repo_root / "build" / "tc_mapper.o")
     run = run_tasks([task("anycast.edge.tc_program", {"iface": "up0", "direction": direction, "object": obj,
-                                                      "program": "tc_mapper_" + direction, "pin_root": pin_root})
-                     for direction in ("ingress", "egress")], tmp_path / "share", netns=namespace)
+                                                      "program": "tc_mapper_" + direction, "pin_root": pin_root,
+                                                      "share_maps": "maps"})
+                     for direction in ("ingress", "egress", "ingress", "egress")], tmp_path / "share", netns=namespace)
     assert not any(result.get("failed") for result in run.results), run.output
+    assert [result["changed"] for result in run.results] == [True, True, False, False]
+    assert run.results[1]["maps_reused"]  # egress took ingress's maps
     flows = {direction: program_maps(pin_root, direction)["mapper_flows"].id for direction in ("ingress", "egress")}
     assert flows["ingress"] == flows["egress"]
