@@ -21,6 +21,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
+from ansible_collections.anycast.edge.plugins.filter.ipip_tunnels import tunnel_name
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
@@ -33,7 +34,8 @@ ROLE_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "tc_mapper_role.
 HOST = "10.1.0.10"
 POPS = {"pop1": "10.0.0.1", "pop2": "10.0.0.2", "pop3": "10.0.0.3"}
 GAME, RACE, PLAYER = "198.51.100.10", "198.51.100.20", "203.0.113.5"
-TUNNEL_STANDIN = "ae-0123456789"
+# Named as ipip_tunnels names the tunnel to the default POP (pop1): the role routes replies into it.
+TUNNEL_STANDIN = tunnel_name("pop1")
 
 
 def inventory(tmp_path: Path, pin_root: str, pops: list) -> Path:
@@ -156,6 +158,9 @@ def test_attach_rerun_pop_added_and_steering(backend, pin_root, tmp_path):
     assert "198.51.100.30" not in lo  # another backend's service
     for conf in ("all", "default", TUNNEL_STANDIN):
         assert backend.exec("cat", "/proc/sys/net/ipv4/conf/%s/rp_filter" % conf).stdout.strip() == "2"
+    # Replies from the services' addresses are routed into the default POP's tunnel.
+    assert "default dev %s" % TUNNEL_STANDIN in backend.ip("-4", "route", "show", "table", "4242").stdout
+    assert "lookup 4242" in backend.ip("-4", "rule", "show").stdout
     prog_ids = {d: int(re.search(r" id (\d+)", [line for line in tc_filters(backend, d) if "anycast_edge" in line][0])
                        .group(1)) for d in ("ingress", "egress")}
 
