@@ -64,7 +64,7 @@ test-molecule: setup $(BPF_OBJECTS)
 	@if ! compgen -G 'molecule/*/molecule.yml' >/dev/null; then \
 	    echo "test-molecule: no molecule scenarios yet; nothing to run"; exit 0; \
 	fi; \
-	$(LAB) molecule test --all
+	ANSIBLE_LAB_MITOGEN=$${ANSIBLE_LAB_MITOGEN:-1} $(LAB) molecule test --all
 
 # Three reports, each against a baseline measured in the same run: the XDP paths (vs
 # xdp-filter), the rule sync of edge_rules, and what a scrape of the POP agent costs.
