@@ -201,7 +201,12 @@ static __always_inline int steer_next_hop(struct __sk_buff *skb, const struct ip
 	fib.ifindex = skb->ifindex;
 	fib.ipv4_src = pkt->outer_saddr;
 	fib.ipv4_dst = pop;
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
+	/*
+	 * Not BPF_FIB_LOOKUP_OUTPUT: that makes skb->ifindex the output device, and the kernel then
+	 * skips every route through another one (a host with a link per POP). Looked up as if the
+	 * packet came in here, any device's route answers; the helper wants forwarding on this device.
+	 */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
 	__builtin_memcpy(macs, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(macs + ETH_ALEN, fib.smac, ETH_ALEN);

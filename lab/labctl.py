@@ -61,6 +61,8 @@ HOST_PACKAGES = {  # command -> Debian package providing it
 # Changing how the image is assembled (this file's build steps) must also invalidate the
 # cache: bump this when build_image() changes in a way the recipe files do not show.
 IMAGE_BUILDER_VERSION = "2"
+# Where the game server (lab/game_server.py) lives on its VM.
+GAME_SERVER_PATH = "/usr/local/bin/lab-game-server"
 
 
 class LabError(Exception):
@@ -262,6 +264,12 @@ def check_inventory(topology: dict) -> None:
             peers = [nic["peer_address"].split("/")[0] for nic in vm["nics"] if "peer_address" in nic]
             if neighbor["address"] not in peers or neighbor["asn"] != topology["upstream"]["asn"]:
                 problems.append(f"{name}: BGP neighbor {neighbor} is not the upstream ({peers}, AS {topology['upstream']['asn']})")
+    game = topology["game_server"]
+    group_vars = yaml.safe_load((INVENTORY_DIR / "group_vars" / "all.yml").read_text(encoding="utf-8"))
+    if not any(service.get("address") == game["address"] and service.get("port") == game["port"]
+               and service.get("protocol") == "udp" and service.get("backend") == game["vm"]
+               for service in group_vars.get("anycast_edge_services", [])):
+        problems.append(f"game_server {game}: no UDP service of that address and port with backend {game['vm']}")
     if problems:
         raise LabError("lab/topology.yml and inventories/lab/ disagree:\n  " + "\n  ".join(problems))
 
@@ -436,6 +444,20 @@ def wait_until_ready(topology: dict, started: float) -> None:
         time.sleep(1)
 
 
+def start_game_server(topology: dict) -> None:
+    """Copy lab/game_server.py to its VM and run it as a transient unit (a test fixture, not a role)."""
+    game = topology["game_server"]
+    script = (LAB_DIR / "game_server.py").read_bytes()
+    command = (f"cat > {GAME_SERVER_PATH} && chmod 0755 {GAME_SERVER_PATH} && "
+               f"systemd-run --quiet --unit=lab-game-server --property=Restart=always "
+               f"/usr/bin/python3 {GAME_SERVER_PATH} serve --address {game['address']} --port {game['port']}")
+    result = subprocess.run(ssh_command(topology, game["vm"]) + [command], input=script, capture_output=True,
+                            timeout=120, check=False)
+    if result.returncode != 0:
+        raise LabError(f"{game['vm']}: starting the game server failed: {result.stderr.decode(errors='replace')}")
+    log(f"{game['vm']}: game server on {game['address']}:{game['port']} (udp, tcp)")
+
+
 def ssh_command(topology: dict, name: str) -> list[str]:
     return ["ssh", "-i", str(SSH_KEY), "-p", str(topology["vms"][name]["ssh_port"]),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
@@ -518,6 +540,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         start_upstream_bird(topology)
         wait_until_ready(topology, boot_started)
         times["boot"] = time.monotonic() - boot_started
+        start_game_server(topology)
     except BaseException:
         if not args.keep_on_failure:
             log("bringing the lab up failed: tearing down what was started")

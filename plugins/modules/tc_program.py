@@ -83,6 +83,13 @@ options:
         contents. A map whose layout changed is created anew and its pin replaced.
       - Unset, the program gets private maps (a replacement starts with fresh ones).
     type: str
+  share_maps_of:
+    description:
+      - With O(share_maps), the interface whose shared maps to use, C(<pin_root>/<share_maps_of>/<share_maps>/),
+        instead of O(iface)'s own: one program on several devices (a backend with an underlay link
+        per POP) then learns and reads one set of maps.
+      - The maps' pins belong to that interface; removing the program from O(iface) leaves them.
+    type: str
   state:
     description: V(present) attaches (or replaces); V(absent) removes our filter and pin.
     type: str
@@ -244,7 +251,15 @@ class TcProgramModule(object):
         if params.get("share_maps"):
             if "/" in params["share_maps"] or params["share_maps"] in (".", ".."):
                 module.fail_json(msg="share_maps: %r is not a folder name" % params["share_maps"])
-            self.shared_dir = os.path.join(pin_dir(self.pin_root, self.iface), params["share_maps"])
+            self.maps_owner = params.get("share_maps_of") or self.iface
+            try:
+                owner_dir = pin_dir(self.pin_root, self.maps_owner)
+            except ValueError as exc:
+                module.fail_json(msg="share_maps_of: %s" % exc)
+            self.shared_dir = os.path.join(owner_dir, params["share_maps"])
+        elif params.get("share_maps_of"):
+            module.fail_json(msg="share_maps_of: %r needs share_maps (the folder of the shared maps)"
+                             % params["share_maps_of"])
         self.reused_maps = set()
         self.modified = False
         self.result = dict(changed=False, prog_id=None, tag=None, previous_prog_id=None,
@@ -491,6 +506,8 @@ class TcProgramModule(object):
         """The last TC program of the interface gone: its shared maps' pins go too."""
         if self.shared_dir is None or not os.path.isdir(self.shared_dir):
             return
+        if self.maps_owner != self.iface:  # another interface's maps: its programs may still use them
+            return
         if any(os.path.exists(tc_pin_path(self.pin_root, self.iface, direction))
                for direction in ("ingress", "egress")):
             return
@@ -509,6 +526,7 @@ def main():
             priority=dict(type="int", default=DEFAULT_PRIORITY),
             pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
             share_maps=dict(type="str"),
+            share_maps_of=dict(type="str"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         required_if=[("state", "present", ["object", "program"])],

@@ -35,6 +35,12 @@ GATEWAY_MAC = "02:00:00:00:01:fe"
 PEERED_POP = "10.5.0.1"
 PEERING_ROUTER = "10.1.0.253"
 PEERING_ROUTER_MAC = "02:00:00:00:01:fd"
+# A POP behind a second link of the host (the VM lab's backend has a link per POP).
+SECOND_NIC = "nic1"
+SECOND_NIC_MAC = "02:00:00:00:02:0a"
+SECOND_LINK_POP = "10.6.0.1"
+SECOND_LINK_ROUTER = "10.2.0.1"
+SECOND_LINK_ROUTER_MAC = "02:00:00:00:02:01"
 
 # struct __sk_buff as BPF_PROG_TEST_RUN takes it: only a few fields may be non-zero, among them
 # ifindex (offset 40), which makes the test skb's device the one named (for bpf_fib_lookup).
@@ -94,6 +100,14 @@ class MapperEnv:
         ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
         ip("neigh", "replace", PEERING_ROUTER, "lladdr", PEERING_ROUTER_MAC, "nud", "permanent", "dev", NIC)
         ip("route", "add", "10.5.0.0/16", "via", PEERING_ROUTER, "dev", NIC)
+        ip("link", "add", SECOND_NIC, "address", SECOND_NIC_MAC, "type", "veth", "peer", "name", SECOND_NIC + "p")
+        ip("link", "set", SECOND_NIC + "p", "up")
+        ip("link", "set", SECOND_NIC, "up")
+        ip("addr", "add", "10.2.0.2/24", "dev", SECOND_NIC)
+        ip("neigh", "replace", SECOND_LINK_ROUTER, "lladdr", SECOND_LINK_ROUTER_MAC, "nud", "permanent",
+           "dev", SECOND_NIC)
+        ip("route", "add", SECOND_LINK_POP + "/32", "via", SECOND_LINK_ROUTER, "dev", SECOND_NIC)
+        self.second_ifindex = socket.if_nametoindex(SECOND_NIC)
         # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the device.
         for conf in ("all", "default", NIC):
             with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:

@@ -16,8 +16,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
 from .edge_env import monotonic_ns
-from .mapper_env import (GATEWAY_MAC, HOST_ADDR, NIC_MAC, PEERED_POP, PEERING_ROUTER_MAC, MapperEnv,
-                         build_object)
+from .mapper_env import (GATEWAY_MAC, HOST_ADDR, NIC_MAC, PEERED_POP, PEERING_ROUTER_MAC, SECOND_LINK_POP,
+                         SECOND_LINK_ROUTER_MAC, SECOND_NIC_MAC, MapperEnv, build_object)
 
 SECOND = 10**9
 IDLE_NS = 30 * SECOND
@@ -323,6 +323,20 @@ def test_a_pop_behind_another_router_gets_that_routers_mac_only_when_asked(host,
     assert (result.action, result.reason) == ("OK", "egress_mapped")
     assert (out.dst, out.src, out[IP].dst) == (expected_mac, NIC_MAC, PEERED_POP)
     assert checksums_valid(result.data) and result.data[34:] == reply()[34:]
+
+
+def test_a_pop_behind_another_link_is_redirected_to_that_link(host):
+    """A host with a link per POP: the reply the kernel routed to the default POP's link leaves by
+    the link toward the player's POP, with that link's MACs (the lookup must not be tied to the
+    device the packet is on)."""
+    host.configure(default_pop=POP_A, idle_ns=IDLE_NS, fib_next_hop=True)
+    host.add_pop(SECOND_LINK_POP)
+    host.ingress(inbound(pop=SECOND_LINK_POP))
+    result = host.egress(reply(routed_to=POP_A))
+    out = Ether(result.data)
+    assert (result.action, result.reason) == ("REDIRECT", "egress_mapped")
+    assert (out.dst, out.src, out[IP].dst) == (SECOND_LINK_ROUTER_MAC, SECOND_NIC_MAC, SECOND_LINK_POP)
+    assert checksums_valid(result.data)
 
 
 def test_without_an_answer_from_the_fib_the_kernels_next_hop_is_kept(host):

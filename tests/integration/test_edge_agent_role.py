@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from a2s_responder import AGENT_DIR
+from ansible_collections.anycast.edge.plugins.filter.ipip_tunnels import tunnel_name
 from anycast_edge_agent import config as agent_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the role installs root-owned files")
@@ -82,11 +83,11 @@ def inventory(tmp_path: Path, root: Path, **pop1_vars) -> Path:
     return path
 
 
-def play(inventory_path: Path, expect_failure: bool = False) -> tuple[int, str]:
-    """Run the role on pop1; (changed count, output)."""
+def play(inventory_path: Path, netns, expect_failure: bool = False) -> tuple[int, str]:
+    """Run the role on pop1 inside ``netns`` (its routes are the namespace's); (changed count, output)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
-    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), "--limit", "pop1",
+    done = subprocess.run(["ip", "netns", "exec", netns.name, str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), "--limit", "pop1",
                            str(PLAYBOOK)], capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     if expect_failure:
@@ -102,11 +103,37 @@ def installed_files(root: Path) -> dict:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path):
+def pop_namespace(netns):
+    """A POP's network as far as the probes' routes go: its tunnel address and one device named
+    like the ipip_tunnels role's tunnel to each backend (a veth: this kernel has no ipip or dummy)."""
+    ns = netns("agent")
+    ns.ip("link", "set", "lo", "up")
+    ns.ip("addr", "add", "10.0.0.1/32", "dev", "lo")
+    for backend in ("game1", "game2"):
+        ns.ip("link", "add", tunnel_name(backend), "type", "veth", "peer", "name", backend)
+        for device in (tunnel_name(backend), backend):
+            ns.ip("link", "set", device, "up")
+    return ns
+
+
+def probe_routes(ns) -> dict:
+    return {line.split()[0]: line for line in ns.ip("-4", "route", "show", "proto", "boot").stdout.splitlines()
+            if line.startswith("198.51.100.")}
+
+
+def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path, netns):
     root = tmp_path / "root"
     inv = inventory(tmp_path, root)
-    changed, output = play(inv)
+    ns = pop_namespace(netns)
+    changed, output = play(inv, ns)
     assert changed > 0, output
+
+    # The probes reach each service's backend through its tunnel, from the POP's tunnel address.
+    routes = probe_routes(ns)
+    assert set(routes) == {"198.51.100.10", "198.51.100.20"}, routes
+    assert "dev %s " % tunnel_name("game1") in routes["198.51.100.10"] + " "
+    assert "dev %s " % tunnel_name("game2") in routes["198.51.100.20"] + " "
+    assert all("src 10.0.0.1" in route for route in routes.values()), routes
 
     lib = root / "usr/local/lib/anycast-edge/agent"
     shipped = sorted(path.name for path in (lib / "anycast_edge_agent").iterdir())
@@ -159,13 +186,14 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path)
         assert "anycast-edge-agent.service" not in verified.stderr, verified.stderr
 
     before = installed_files(root)
-    changed, output = play(inv)
+    changed, output = play(inv, ns)
     assert changed == 0, output
     assert installed_files(root) == before
+    assert probe_routes(ns) == routes
 
     # A management address (ansible_host) is the exporter's default address, but never one in
     # an anycast prefix: the agent's own check refuses it, and the old file stays.
     config_text = config_path.read_text()
-    dummy, output = play(inventory(tmp_path, root, ansible_host="198.51.100.77"), expect_failure=True)
+    dummy, output = play(inventory(tmp_path, root, ansible_host="198.51.100.77"), ns, expect_failure=True)
     assert "198.51.100.77 is inside an anycast prefix" in output
     assert config_path.read_text() == config_text

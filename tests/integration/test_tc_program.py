@@ -175,3 +175,37 @@ def test_clsact_is_added_only_when_missing_and_foreign_setups_are_refused(
     assert [line for line in filters(ns, "c0", "egress") if "anycast_edge:tc_count" in line]
     assert filters(ns, "c0", "ingress") == []
     assert len(filters(ns, "c0p", "ingress")) == 2   # theirs untouched, ours beside it
+
+
+def test_one_set_of_maps_on_two_devices(fixture_object, pin_root, netns, tmp_path):
+    """share_maps_of: the program on s1 uses s0's pinned maps (a backend with a link per POP)."""
+    ns = netns("tcshare")
+    for dev in ("s0", "s1"):
+        veth(ns, dev, ns, dev + "p")
+    obj = fixture_object("tc_count")
+    owner = {"iface": "s0", "direction": "egress", "object": obj, "program": "tc_count", "pin_root": pin_root,
+             "share_maps": "maps"}
+    guest = dict(owner, iface="s1", share_maps_of="s0")
+    run = run_tasks([
+        task(TC, owner),
+        task(TC, guest, check=True),
+        task(TC, guest),
+        task(TC, guest),
+        task(TC, dict(guest, share_maps=None)),
+    ], tmp_path / "share", netns=ns)
+    attach_owner, check_guest, attach_guest, rerun_guest, no_share = run.results
+    assert attach_owner["changed"] and not attach_owner.get("maps_reused"), attach_owner
+    assert check_guest["changed"] and check_guest["prog_id"] is None, check_guest
+    assert attach_guest["changed"] and attach_guest["maps_reused"] == ["tc_count_seen"], attach_guest
+    assert not rerun_guest["changed"] and rerun_guest["prog_id"] == attach_guest["prog_id"], rerun_guest
+    assert no_share["failed"] and "share_maps_of: 's0' needs share_maps" in no_share["msg"], no_share
+    with _bpf.BpfProgram.from_id(attach_owner["prog_id"]) as first, \
+            _bpf.BpfProgram.from_id(attach_guest["prog_id"]) as second:
+        assert first.info().map_ids == second.info().map_ids
+    remove_guest = run_tasks([task(TC, {"iface": "s1", "direction": "egress", "pin_root": pin_root, "state": "absent",
+                                        "share_maps": "maps", "share_maps_of": "s0"})],
+                             tmp_path / "remove", netns=ns).results[0]
+    # Removing the guest leaves the owner's maps pinned (its program still uses them).
+    assert remove_guest["changed"] and not remove_guest.get("failed"), remove_guest
+    assert os.listdir(os.path.join(pin_root, "s0", "maps")) == ["tc_count_seen"]
+    assert not os.path.exists(os.path.join(pin_root, "s1"))

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""The lab's stand-in game server (runs on the backend VM; Python standard library only).
+
+It binds the service's anycast address (the tc_mapper role puts it on ``lo``), as a real game
+server behind anycast.edge does, and speaks just enough to test the whole path:
+
+* UDP ``A2S_INFO``: a bare request gets a challenge ``FF FF FF FF 41 <4 bytes>``; a request that
+  carries a challenge gets the info reply (like a Source server with ``demand_challenge``).
+  Any 4-byte challenge is accepted: the POPs answer bare requests with their own cookies, and a
+  request the POP forwards (cache empty or stale) carries the POP's cookie, not ours.
+* UDP datagrams starting with ``echo``: sent back unchanged (players' traffic).
+* TCP: every byte received is echoed back.
+* A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
+  that address from the game socket (a server-initiated flow, as a master-server heartbeat is),
+  and ``stats`` answers with the counters as JSON (A2S info requests by source address,
+  challenges, echoes, TCP connections, what the punched peers sent back).
+
+``lab/labctl.py up`` copies this file to the backend and runs it (``serve``) as a transient
+systemd unit before the rollout: the socket is bound with ``IP_FREEBIND``, so it serves as soon
+as the rollout puts the address on ``lo``. ``ask stats`` / ``ask punch <ip> <port>`` send a
+command and print the answer (molecule's verify runs them on the backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import struct
+import threading
+
+INFO_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"
+CHALLENGE_REPLY = b"\xff\xff\xff\xffA"
+CONTROL_PORT = 27099
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+def info_reply(port: int) -> bytes:
+    """A2S_INFO reply: protocol 17, the lab's names, 3/32 players, a dedicated Linux server."""
+    def cstr(text: str) -> bytes:
+        return text.encode() + b"\x00"
+    return (b"\xff\xff\xff\xffI" + bytes([17]) + cstr("anycast.edge lab server") + cstr("de_anycast")
+            + cstr("csgo") + cstr("Counter-Strike 2") + struct.pack("<H", 730) + bytes([3, 32, 0])
+            + b"dl" + bytes([0, 1]) + cstr("1.40.0.0") + bytes([0x80]) + struct.pack("<H", port))
+
+
+class GameServer:
+    def __init__(self, address: str, port: int):
+        self.port = port
+        self.lock = threading.Lock()
+        self.counters = collections.Counter()
+        self.info_by_source = collections.Counter()
+        self.punch_replies = collections.Counter()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        self.udp.bind((address, port))
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        self.tcp.bind((address, port))
+        self.tcp.listen(64)
+        self.control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.control.bind(("127.0.0.1", CONTROL_PORT))
+        self.punched = set()
+
+    def count(self, name: str, by: collections.Counter | None = None, key: str = "") -> None:
+        with self.lock:
+            self.counters[name] += 1
+            if by is not None:
+                by[key] += 1
+
+    def serve_udp(self) -> None:
+        while True:
+            data, peer = self.udp.recvfrom(2048)
+            if data == INFO_REQUEST:
+                self.count("a2s_challenges")
+                self.udp.sendto(CHALLENGE_REPLY + os.urandom(4), peer)
+            elif len(data) == len(INFO_REQUEST) + 4 and data.startswith(INFO_REQUEST):
+                self.count("a2s_info", self.info_by_source, peer[0])
+                self.udp.sendto(info_reply(self.port), peer)
+            elif data.startswith(b"echo"):
+                self.count("udp_echo")
+                self.udp.sendto(data, peer)
+            elif peer in self.punched:
+                self.count("punch_reply", self.punch_replies, "%s:%d" % peer)
+            else:
+                self.count("udp_other")
+
+    def serve_tcp(self) -> None:
+        while True:
+            connection, dummy_peer = self.tcp.accept()
+            self.count("tcp_connections")
+            threading.Thread(target=self.echo_tcp, args=(connection,), daemon=True).start()
+
+    def echo_tcp(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            try:
+                while data := connection.recv(4096):
+                    connection.sendall(data)
+            except OSError:
+                pass
+
+    def serve_control(self) -> None:
+        while True:
+            data, peer = self.control.recvfrom(512)
+            words = data.decode(errors="replace").split()
+            if words[:1] == ["punch"] and len(words) == 3:
+                target = (words[1], int(words[2]))
+                self.punched.add(target)
+                try:
+                    self.udp.sendto(b"punch", target)
+                    answer = {"sent": True}
+                except OSError as exc:
+                    answer = {"sent": False, "error": str(exc)}
+            elif words == ["stats"]:
+                with self.lock:
+                    answer = {"counters": dict(self.counters), "a2s_info_by_source": dict(self.info_by_source),
+                              "punch_replies": dict(self.punch_replies)}
+            else:
+                answer = {"error": "commands: stats | punch <ip> <port>"}
+            self.control.sendto(json.dumps(answer).encode(), peer)
+
+
+def ask(command: list[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(" ".join(command).encode(), ("127.0.0.1", CONTROL_PORT))
+        print(sock.recv(65536).decode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the game server")
+    serve.add_argument("--address", required=True, help="the service's anycast address (on lo)")
+    serve.add_argument("--port", type=int, default=27015)
+    asking = commands.add_parser("ask", help="send a command to the running server, print its answer")
+    asking.add_argument("words", nargs="+", help="stats | punch <ip> <port>")
+    args = parser.parse_args()
+    if args.command == "ask":
+        ask(args.words)
+        return
+    server = GameServer(args.address, args.port)
+    for target in (server.serve_udp, server.serve_tcp):
+        threading.Thread(target=target, daemon=True).start()
+    server.serve_control()
+
+
+if __name__ == "__main__":
+    main()
