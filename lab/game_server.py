@@ -11,8 +11,9 @@ server behind anycast.edge does, and speaks just enough to test the whole path:
 * UDP datagrams starting with ``echo``: sent back unchanged (players' traffic).
 * TCP: every byte received is echoed back.
 * A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
-  that address from the game socket (a server-initiated flow, as a master-server heartbeat is),
-  and ``stats`` answers with the counters as JSON (A2S info requests by source address,
+  that address from the game socket - a flow the server opens, as a Source server's master-server
+  heartbeat does from its game port; the POP records a port punch when it passes, and the peer's
+  answers (``punch-reply ...``, counted by peer) come back in without rate limits - and ``stats`` answers with the counters as JSON (A2S info requests by source address,
   challenges, echoes, TCP connections, what the punched peers sent back).
 
 ``lab/labctl.py up`` copies this file to the backend and runs it (``serve``) as a transient
@@ -64,7 +65,6 @@ class GameServer:
         self.tcp.listen(64)
         self.control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.control.bind(("127.0.0.1", CONTROL_PORT))
-        self.punched = set()
 
     def count(self, name: str, by: collections.Counter | None = None, key: str = "") -> None:
         with self.lock:
@@ -84,10 +84,10 @@ class GameServer:
             elif data.startswith(b"echo"):
                 self.count("udp_echo")
                 self.udp.sendto(data, peer)
-            elif peer in self.punched:
+            elif data.startswith(b"punch-reply"):
                 self.count("punch_reply", self.punch_replies, "%s:%d" % peer)
             else:
-                self.count("udp_other")
+                self.count("udp_other")  # unanswered: what a flood looks like to the server
 
     def serve_tcp(self) -> None:
         while True:
@@ -110,7 +110,6 @@ class GameServer:
             words = data.decode(errors="replace").split()
             if words[:1] == ["punch"] and len(words) == 3:
                 target = (words[1], int(words[2]))
-                self.punched.add(target)
                 try:
                     self.udp.sendto(b"punch", target)
                     answer = {"sent": True}

@@ -94,6 +94,19 @@ options:
     type: list
     elements: str
     default: []
+  also_on:
+    description:
+      - More interfaces that run the very same program (same program id, same maps) - a POP whose
+        IPIP to and from its backends crosses another NIC than its uplink (a private network), so
+        the return path is handled there too. Put them in O(tx_devices) as well, and O(iface) too,
+        so that the program can forward between them.
+      - Attached in the same O(mode) logic as O(iface), replacing atomically the program this
+        module put there before; with O(state=absent) the program is detached from them.
+      - Nothing is pinned for them; taking one off the list does not detach it (O(state=absent)
+        with it as O(iface) does).
+    type: list
+    elements: str
+    default: []
 notes:
   - A program's tag is a hash of its instructions computed by the kernel at load; two loads of
     the same object have the same tag, a rebuilt object with different code has another.
@@ -181,6 +194,11 @@ tx_devices:
   type: list
   elements: str
   sample: [eth2]
+also_on:
+  description: The O(also_on) interfaces and the id of the program each runs after the run (null if none).
+  returned: always
+  type: dict
+  sample: {eth2: 1234}
 pin_dir:
   description: C(<pin_root>/<iface>), the folder of this interface's pins.
   returned: always
@@ -334,7 +352,7 @@ class XdpProgramModule(object):
         self.program_name = params["program"]
         self.result = dict(changed=False, prog_id=None, tag=None, mode=None, mode_fallback=None,
                            previous_prog_id=None, previous_tag=None, maps_reused=[], maps_created=[],
-                           maps_removed=[], tx_devices=[], bpffs_mounted=False)
+                           maps_removed=[], tx_devices=[], also_on={}, bpffs_mounted=False)
         # Set once the host was really modified: a failure reports changed only then.
         self.modified = False
         try:
@@ -374,6 +392,87 @@ class XdpProgramModule(object):
                 obj.close()
         finally:
             present.close()
+        self.converge_also_on()
+
+    # -- the same program on more interfaces (also_on) ---------------------------------------
+
+    def also_on_ifindexes(self):
+        wanted = {}
+        for name in self.module.params["also_on"]:
+            if name == self.iface:
+                raise ModuleFailure("also_on: %s is iface itself" % name)
+            try:
+                wanted[name] = socket.if_nametoindex(name)
+            except OSError:
+                raise ModuleFailure("also_on: no interface named %r in this network namespace" % name)
+        return wanted
+
+    def converge_also_on(self):
+        """Attach the program that runs on iface to every also_on interface that runs another."""
+        prog_id = self.result["prog_id"]
+        for name, ifindex in self.also_on_ifindexes().items():
+            query = xdp_query(ifindex)
+            attached_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+            self.result["also_on"][name] = attached_id or None
+            if prog_id is not None and attached_id == prog_id:
+                continue
+            self.result["changed"] = True
+            if self.module.check_mode or prog_id is None:
+                continue
+            old = BpfProgram.from_id(attached_id) if attached_id else None
+            try:
+                if old is not None and old.info().name != self.program_name[:KERNEL_NAME_LEN]:
+                    self.module.warn("replacing XDP program %s (id %d) on %s, which this module did not attach"
+                                     % (old.info().name, attached_id, name))
+                with BpfProgram.from_id(prog_id) as program:
+                    self.attach_also_on(name, ifindex, program, old, ATTACHED_MODE_NAMES.get(query.attach_mode))
+            finally:
+                if old is not None:
+                    old.close()
+            self.modified = True
+            self.result["also_on"][name] = prog_id
+
+    def attach_also_on(self, name, ifindex, program, old, old_mode):
+        mode = self.module.params["mode"]
+        modes = ["native", "generic"] if mode == "auto" else [mode]
+        if old is not None and old_mode in modes:
+            modes.remove(old_mode)
+            modes.insert(0, old_mode)  # replace in place, atomically
+        for attempt in modes:
+            try:
+                if old is not None and old_mode == attempt:
+                    xdp_attach(ifindex, program.fd, MODE_FLAGS[attempt], old_prog_fd=old.fd)
+                else:
+                    if old is not None:
+                        xdp_detach(ifindex, MODE_FLAGS.get(old_mode, 0), old_prog_fd=old.fd)
+                        old = None
+                    xdp_attach(ifindex, program.fd, MODE_FLAGS[attempt] | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                return
+            except BpfError as exc:
+                if attempt == modes[-1] or exc.errno not in NATIVE_REFUSED_ERRNOS:
+                    raise ModuleFailure("also_on: attaching %s to %s failed: %s" % (self.program_name, name, exc))
+
+    def detach_also_on(self):
+        for name, ifindex in self.also_on_ifindexes().items():
+            query = xdp_query(ifindex)
+            attached_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+            if not attached_id:
+                continue
+            with BpfProgram.from_id(attached_id) as attached:
+                if attached.info().name != self.program_name[:KERNEL_NAME_LEN]:
+                    self.module.warn("leaving XDP program %s (id %d) on %s attached: this module did not attach it"
+                                     % (attached.info().name, attached_id, name))
+                    continue
+                self.result["changed"] = True
+                self.result["also_on"][name] = None
+                if self.module.check_mode:
+                    continue
+                try:
+                    xdp_detach(ifindex, MODE_FLAGS.get(ATTACHED_MODE_NAMES.get(query.attach_mode), 0),
+                               old_prog_fd=attached.fd)
+                except BpfError as exc:
+                    raise ModuleFailure("also_on: detaching the XDP program from %s failed: %s" % (name, exc))
+                self.modified = True
 
     def record_previous(self, present):
         if present.attached_id:
@@ -633,6 +732,7 @@ class XdpProgramModule(object):
     # -- absent ------------------------------------------------------------------------------
 
     def run_absent(self):
+        self.detach_also_on()
         readable = self.pins_readable(mount_if_needed=False)
         present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
         try:
@@ -646,7 +746,7 @@ class XdpProgramModule(object):
                 pins.append(program_pin_path(self.pin_root, self.iface))
             pins.extend(map_pin_path(self.pin_root, self.iface, name) for name in present.pinned_maps)
             self.result["maps_removed"] = sorted(present.pinned_maps)
-            self.result["changed"] = bool(ours or pins)
+            self.result["changed"] = self.result["changed"] or bool(ours or pins)
             if self.module._diff:
                 self.result["diff"] = dict(
                     before={"tag": present.attached_info.tag if ours else None,
@@ -682,6 +782,7 @@ def main():
             pin_root=dict(type="path", default=DEFAULT_PIN_ROOT),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             tx_devices=dict(type="list", elements="str", default=[]),
+            also_on=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "present", ["object"])],
         supports_check_mode=True,

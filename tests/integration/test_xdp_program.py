@@ -289,3 +289,38 @@ def test_bpffs_is_mounted_at_sys_fs_bpf_when_missing(xdp_edge_object, netns, tmp
     assert listing["stdout"].split() == ["maps", "program"]
     assert absent["changed"] and not absent.get("failed"), absent
     assert attached(pop, "m0") == (0, "none")
+
+
+def test_the_same_program_on_a_second_device(xdp_edge_object, fixture_object, pin_root, netns, tmp_path):
+    """also_on: an underlay NIC runs the uplink's very program (one id, one set of maps)."""
+    pop = netns("also")
+    for dev in ("up0", "ul0"):
+        veth(pop, dev, pop, dev + "p")
+    args = {"iface": "up0", "object": xdp_edge_object, "pin_root": pin_root, "also_on": ["ul0"],
+            "tx_devices": ["up0", "ul0"]}
+    absent = {"iface": "up0", "pin_root": pin_root, "state": "absent", "also_on": ["ul0"]}
+    run = run_tasks([
+        task(XDP, args, check=True),
+        task(XDP, args),
+        task(XDP, args),
+        task(XDP, dict(args, also_on=["up0"])),
+        task(XDP, dict(args, also_on=["nosuchdev0"])),
+    ], tmp_path / "present", netns=pop)
+    check, first, rerun, itself, missing = run.results
+    assert check["changed"] and check["also_on"] == {"ul0": None}, check
+    assert first["changed"] and first["also_on"] == {"ul0": first["prog_id"]}, first
+    assert not rerun["changed"] and rerun["also_on"] == {"ul0": first["prog_id"]}, rerun
+    assert itself["failed"] and "also_on: up0 is iface itself" in itself["msg"], itself
+    assert missing["failed"] and "'nosuchdev0'" in missing["msg"], missing
+    assert attached(pop, "ul0") == attached(pop, "up0") == (first["prog_id"], "drv")
+
+    # Somebody else's program on the second device is replaced (with a warning) by ours.
+    pop.ip("link", "set", "dev", "ul0", "xdp", "off")
+    pop.ip("link", "set", "dev", "ul0", "xdpgeneric", "obj", fixture_object("xdp_pass"), "sec", "xdp")
+    gone = run_tasks([task(XDP, args), task(XDP, absent), task(XDP, absent)], tmp_path / "absent", netns=pop)
+    retaken, removed, removed_again = gone.results
+    assert retaken["changed"] and retaken["also_on"] == {"ul0": first["prog_id"]}, retaken
+    assert any("did not attach" in warning for warning in retaken.get("warnings", [])), retaken
+    assert removed["changed"] and removed["also_on"] == {"ul0": None}, removed
+    assert not removed_again["changed"], removed_again
+    assert attached(pop, "ul0") == attached(pop, "up0") == (0, "none")

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""A player of the VM lab: traffic from the client namespace to the anycast service.
+
+Run inside the players' namespace (``ip netns exec ae-client``) with the project's venv (it
+has python-a2s). Every command prints one JSON object, which molecule's verify asserts on and
+``make lab`` shows. Sources are addresses of the client namespace (verify puts the allow- and
+deny-list ones on its ``lo``); the target is the game service of lab/topology.yml.
+
+  echo       N UDP datagrams ``echo <n>`` to the game port, the echoes counted
+  tcp        one TCP connection to the game port, a line sent and echoed
+  a2s        an A2S_INFO query with python-a2s (challenge and all)
+  a2s-burst  one challenge, then N A2S_INFO requests carrying it, as fast as the POP takes them
+  spoof      what a spoofer's victim receives: bare requests and forged challenges, bytes in/out
+  flood      UDP the server does not answer, above the rate limit; then one echo (banned or not)
+  stream     a steady numbered UDP stream for a while; loss and the longest gap (failover, drain)
+  punch-wait wait on a UDP port for the game server's ``punch``; answer it with N datagrams at a
+             rate above the limit (a punched flow is not rate limited)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+INFO_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"
+CHALLENGE = b"\xff\xff\xff\xffA"
+
+
+def udp_socket(source: str, port: int = 0, timeout: float = 1.0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((source, port))
+    sock.settimeout(timeout)
+    return sock
+
+
+def drain(sock: socket.socket, until: float) -> list[bytes]:
+    """Every datagram that arrives before ``until`` (monotonic)."""
+    got = []
+    while (left := until - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got.append(sock.recv(4096))
+        except socket.timeout:
+            break
+    return got
+
+
+def cmd_echo(args) -> dict:
+    sock = udp_socket(args.source)
+    sent = set()
+    for seq in range(args.count):
+        payload = b"echo %d" % seq
+        sock.sendto(payload, args.target)
+        sent.add(payload)
+        time.sleep(args.interval)
+    replies = drain(sock, time.monotonic() + args.wait)
+    return {"sent": len(sent), "received": len(sent & set(replies))}
+
+
+def cmd_tcp(args) -> dict:
+    line = b"hello over tcp %d\n" % os.getpid()
+    with socket.create_connection(args.target, timeout=5, source_address=(args.source, 0)) as conn:
+        conn.sendall(line)
+        echoed = b""
+        while len(echoed) < len(line):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            echoed += chunk
+    return {"sent": len(line), "echoed": echoed == line}
+
+
+def cmd_a2s(args) -> dict:
+    import a2s  # python-a2s, from the venv  # pylint: disable=import-outside-toplevel
+    started = time.monotonic()
+    info = a2s.info(args.target, timeout=args.wait)
+    return {"server_name": info.server_name, "map_name": info.map_name, "players": info.player_count,
+            "max_players": info.max_players, "rtt_ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+def challenge_for(sock: socket.socket, target) -> bytes:
+    for dummy in range(5):
+        sock.sendto(INFO_REQUEST, target)
+        try:
+            reply = sock.recv(4096)
+        except socket.timeout:
+            continue
+        if reply.startswith(CHALLENGE) and len(reply) == 9:
+            return reply[5:]
+    raise SystemExit("no A2S challenge from %s:%d" % target)
+
+
+def cmd_a2s_burst(args) -> dict:
+    sock = udp_socket(args.source)
+    request = INFO_REQUEST + challenge_for(sock, args.target)
+    started = time.monotonic()
+    answered = 0
+    sent = 0
+    sock.setblocking(False)
+    # In chunks, reading answers in between, so the socket's buffer never overflows.
+    while sent < args.count:
+        for dummy in range(min(args.chunk, args.count - sent)):
+            sock.sendto(request, args.target)
+            sent += 1
+        time.sleep(args.chunk / args.rate)
+        while True:
+            try:
+                if sock.recv(4096).startswith(b"\xff\xff\xff\xffI"):
+                    answered += 1
+            except BlockingIOError:
+                break
+    answered += sum(1 for reply in drain(sock, time.monotonic() + args.wait) if reply.startswith(b"\xff\xff\xff\xffI"))
+    return {"sent": sent, "answered": answered, "seconds": round(time.monotonic() - started, 2)}
+
+
+def cmd_spoof(args) -> dict:
+    """The packets a spoofer sends in a victim's name, sent from the victim's address: whatever
+    comes back is what the victim would receive."""
+    sock = udp_socket(args.source)
+    sent_bytes = 0
+    for dummy in range(args.count):
+        sock.sendto(INFO_REQUEST, args.target)                  # asks for a challenge
+        sock.sendto(INFO_REQUEST + os.urandom(4), args.target)  # a guessed cookie
+        sent_bytes += 2 * len(INFO_REQUEST) + 4
+        time.sleep(0.01)
+    replies = drain(sock, time.monotonic() + args.wait)
+    return {"sent_bytes": sent_bytes, "received_bytes": sum(len(reply) for reply in replies),
+            "received_info": sum(1 for reply in replies if reply.startswith(b"\xff\xff\xff\xffI"))}
+
+
+def cmd_flood(args) -> dict:
+    sock = udp_socket(args.source)
+    started = time.monotonic()
+    for seq in range(args.count):
+        sock.sendto(b"flood %d" % seq, args.target)
+        pause = started + (seq + 1) / args.rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    seconds = time.monotonic() - started
+    time.sleep(0.5)
+    sock.sendto(b"echo after the flood", args.target)
+    after = drain(sock, time.monotonic() + args.wait)
+    return {"sent": args.count, "seconds": round(seconds, 2), "answered_after": b"echo after the flood" in after}
+
+
+def cmd_stream(args) -> dict:
+    """Numbered datagrams every interval for duration seconds, from one source port; the gap is
+    the longest run of lost datagrams, in seconds."""
+    sock = udp_socket(args.source, args.port)
+    sock.setblocking(False)
+    count = int(args.duration / args.interval)
+    received = set()
+    started = time.monotonic()
+    for seq in range(count):
+        sock.sendto(b"echo stream %d" % seq, args.target)
+        while True:
+            try:
+                reply = sock.recv(4096)
+            except BlockingIOError:
+                break
+            if reply.startswith(b"echo stream "):
+                received.add(int(reply.split()[2]))
+        pause = started + (seq + 1) * args.interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    sock.setblocking(True)
+    for reply in drain(sock, time.monotonic() + args.wait):
+        if reply.startswith(b"echo stream "):
+            received.add(int(reply.split()[2]))
+    longest = run = 0
+    for seq in range(count):
+        run = 0 if seq in received else run + 1
+        longest = max(longest, run)
+    return {"sent": count, "received": len(received), "lost": count - len(received),
+            "longest_gap_sec": round(longest * args.interval, 2), "interval_sec": args.interval}
+
+
+def cmd_punch_wait(args) -> dict:
+    sock = udp_socket(args.source, args.port, timeout=args.wait)
+    try:
+        data, peer = sock.recvfrom(4096)
+    except socket.timeout:
+        return {"punched": False}
+    started = time.monotonic()
+    for seq in range(args.replies):
+        sock.sendto(b"punch-reply %d" % seq, peer)
+        pause = started + (seq + 1) / args.rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    return {"punched": data == b"punch", "from": "%s:%d" % peer, "replies": args.replies}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="198.51.100.10:27015", help="ip:port of the game service")
+    parser.add_argument("--source", default="192.0.2.10", help="the player's address (in the client namespace)")
+    parser.add_argument("--wait", type=float, default=2.0, help="seconds to wait for answers at the end")
+    commands = parser.add_subparsers(dest="command", required=True)
+    echo = commands.add_parser("echo")
+    echo.add_argument("--count", type=int, default=10)
+    echo.add_argument("--interval", type=float, default=0.05)
+    commands.add_parser("tcp")
+    commands.add_parser("a2s")
+    burst = commands.add_parser("a2s-burst")
+    burst.add_argument("--count", type=int, default=10000)
+    burst.add_argument("--rate", type=float, default=2000, help="requests per second")
+    burst.add_argument("--chunk", type=int, default=50)
+    spoof = commands.add_parser("spoof")
+    spoof.add_argument("--count", type=int, default=20)
+    flood = commands.add_parser("flood")
+    flood.add_argument("--count", type=int, default=600)
+    flood.add_argument("--rate", type=float, default=600, help="datagrams per second")
+    stream = commands.add_parser("stream")
+    stream.add_argument("--duration", type=float, default=30)
+    stream.add_argument("--interval", type=float, default=0.05)
+    stream.add_argument("--port", type=int, default=41000)
+    punch = commands.add_parser("punch-wait")
+    punch.add_argument("--port", type=int, default=41100)
+    punch.add_argument("--replies", type=int, default=300)
+    punch.add_argument("--rate", type=float, default=600, help="datagrams per second")
+    args = parser.parse_args()
+    host, port = args.target.rsplit(":", 1)
+    args.target = (host, int(port))
+    handler = {"echo": cmd_echo, "tcp": cmd_tcp, "a2s": cmd_a2s, "a2s-burst": cmd_a2s_burst, "spoof": cmd_spoof,
+               "flood": cmd_flood, "stream": cmd_stream, "punch-wait": cmd_punch_wait}[args.command]
+    print(json.dumps(handler(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
