@@ -221,6 +221,7 @@ def pid_alive(pid: int | None, expected_exe: str) -> bool:
 def stop_process(name: str, expected_exe: str) -> None:
     pid = read_pid(name)
     if pid_alive(pid, expected_exe):
+        os.kill(pid, signal.SIGCONT)  # a frozen VM (`labctl.py freeze`) must run to hear SIGTERM
         os.kill(pid, signal.SIGTERM)
         for dummy in range(50):
             if not pid_alive(pid, expected_exe):
@@ -305,7 +306,10 @@ def upstream_bird_config(topology: dict) -> str:
                 "  hold time 9; keepalive time 3; connect retry time 5;",
                 "  error wait time 1, 5;",
                 "  bfd on;",
-                "  ipv4 { import all; export none; };",
+                # Honours GRACEFUL_SHUTDOWN (RFC 8326) as a well-run upstream does: a draining
+                # POP's routes lose to the others' while they still exist (playbooks/drain.yml).
+                "  ipv4 { import filter { if (65535, 0) ~ bgp_community then bgp_local_pref = 0; accept; };"
+                " export none; };",
                 "}",
             ]
     return "\n".join(lines) + "\n"
@@ -621,6 +625,19 @@ def cmd_molecule(args: argparse.Namespace) -> None:
         raise LabError(f"molecule {' '.join(args.args)} failed (exit {returncode})")
 
 
+def cmd_freeze(args: argparse.Namespace) -> None:
+    """Stop a VM dead (SIGSTOP to its QEMU): to its neighbours it is a POP that lost power -
+    no goodbye, BFD notices. `thaw` lets it run on from where it stopped."""
+    topology = load_topology()
+    if args.vm not in topology["vms"]:
+        raise LabError(f"no VM named {args.vm!r} (the lab has {', '.join(topology['vms'])})")
+    pid = read_pid(args.vm)
+    if not pid_alive(pid, "qemu-system"):
+        raise LabError(f"{args.vm} is not running")
+    os.kill(pid, signal.SIGSTOP if args.command == "freeze" else signal.SIGCONT)
+    log(f"{args.vm}: {'frozen' if args.command == 'freeze' else 'running again'} (QEMU pid {pid})")
+
+
 def cmd_show(dummy_args: argparse.Namespace) -> None:
     topology = load_topology()
     socket = RUN_DIR / "upstream" / "bird.ctl"
@@ -668,6 +685,11 @@ def main() -> int:
     molecule.add_argument("args", nargs=argparse.REMAINDER)
     molecule.set_defaults(func=cmd_molecule)
     commands.add_parser("show").set_defaults(func=cmd_show)
+    for name, what in (("freeze", "stop a VM dead, as a power loss would (SIGSTOP to QEMU)"),
+                       ("thaw", "let a frozen VM run on")):
+        freeze = commands.add_parser(name, help=what)
+        freeze.add_argument("vm")
+        freeze.set_defaults(func=cmd_freeze)
     # playbook and molecule pass every later word through, options included.
     args, passthrough = parser.parse_known_args()
     if passthrough:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -149,14 +150,19 @@ def cmd_flood(args) -> dict:
 
 
 def cmd_stream(args) -> dict:
-    """Numbered datagrams every interval for duration seconds, from one source port; the gap is
-    the longest run of lost datagrams, in seconds."""
+    """Numbered datagrams every interval for duration seconds (or until SIGTERM), from one source
+    port; the gap is the longest run of lost datagrams, in seconds."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *dummy: stopping.append(True))
     sock = udp_socket(args.source, args.port)
     sock.setblocking(False)
     count = int(args.duration / args.interval)
     received = set()
     started = time.monotonic()
     for seq in range(count):
+        if stopping:
+            count = seq
+            break
         sock.sendto(b"echo stream %d" % seq, args.target)
         while True:
             try:
