@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The lab's stand-in game server (runs on the backend VM; Python standard library only).
 
 It binds the service's anycast address (the tc_mapper role puts it on ``lo``), as a real game
@@ -13,8 +12,9 @@ server behind anycast.edge does, and speaks just enough to test the whole path:
 * A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
   that address from the game socket - a flow the server opens, as a Source server's master-server
   heartbeat does from its game port; the POP records a port punch when it passes, and the peer's
-  answers (``punch-reply ...``, counted by peer) come back in without rate limits - and ``stats`` answers with the counters as JSON (A2S info requests by source address,
-  challenges, echoes, TCP connections, what the punched peers sent back).
+  answers (``punch-reply ...``, counted by peer) come back in without rate limits - and ``stats``
+  answers with the counters as JSON (A2S info requests by source address, challenges, echoes,
+  TCP connections, the punched peers' answers).
 
 ``lab/labctl.py up`` copies this file to the backend and runs it (``serve``) as a transient
 systemd unit before the rollout: the socket is bound with ``IP_FREEBIND``, so it serves as soon

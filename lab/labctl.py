@@ -451,7 +451,8 @@ def wait_until_ready(topology: dict, started: float) -> None:
 def start_game_server(topology: dict) -> None:
     """Copy lab/game_server.py to its VM and run it as a transient unit (a test fixture, not a role)."""
     game = topology["game_server"]
-    script = (LAB_DIR / "game_server.py").read_bytes()
+    # Installed as a command (the checkout's copy has no shebang: ansible-test wants none there).
+    script = b"#!/usr/bin/python3\n" + (LAB_DIR / "game_server.py").read_bytes()
     command = (f"cat > {GAME_SERVER_PATH} && chmod 0755 {GAME_SERVER_PATH} && "
                f"systemd-run --quiet --unit=lab-game-server --property=Restart=always "
                f"/usr/bin/python3 {GAME_SERVER_PATH} serve --address {game['address']} --port {game['port']}")
@@ -648,19 +649,29 @@ def cmd_show(dummy_args: argparse.Namespace) -> None:
     print("== Routes the upstream learned from the POPs")
     print(run("birdc", "-s", str(socket), "show", "route", "protocol", "pop1", "all", check=False).stdout)
     print(run("birdc", "-s", str(socket), "show", "route", "protocol", "pop2", "all", check=False).stdout)
+    game = topology["game_server"]
+    player = [sys.executable, str(LAB_DIR / "player.py"), "--target", f"{game['address']}:{game['port']}", "--wait", "5"]
+    print(f"== A live A2S_INFO query from a player ({topology['client']['netns']}) to {game['address']}:{game['port']}")
+    query = run("ip", "netns", "exec", topology["client"]["netns"], *player, "a2s", check=False, timeout=60)
+    print((query.stdout or query.stderr).strip() + "\n")
     for name, vm in topology["vms"].items():
-        uplink = next((nic["device"] for nic in vm["nics"] if "tap" in nic), None)
-        if uplink:
-            print(f"== {name}: XDP on {uplink}")
-            print(run(*ssh_command(topology, name), f"ip -brief -details link show dev {uplink} | head -3; "
-                      "bpftool net show 2>/dev/null | head -8", check=False, timeout=60).stdout)
+        if not any("tap" in nic for nic in vm["nics"]):
+            continue  # only the POPs face the upstream
+        print(f"== {name}: the data plane's counters (anycast-edge top, on the POP)")
+        print(run(*ssh_command(topology, name), "PYTHONPATH=/usr/local/lib/anycast-edge/agent python3 -m "
+                  f"anycast_edge_agent.top --exporter {name}=http://127.0.0.1:9591/metrics --once; "
+                  "bpftool net show 2>/dev/null | sed -n '1,4p'", check=False, timeout=60).stdout)
     labctl = f"{os.path.relpath(sys.executable)} {os.path.relpath(__file__)}"
     print("== Using the lab")
     for name in topology["vms"]:
         print(f"  {'log into ' + name + ':':<22}{labctl} ssh {name}")
     print(f"  a player's shell:     ip netns exec {topology['client']['netns']} bash")
     print(f"  the upstream router:  birdc -s {socket} show route all")
-    print(f"  a flood from the client: ip netns exec {topology['client']['netns']} ping -f -c 2000 198.51.100.10")
+    player_cmd = f"ip netns exec {topology['client']['netns']} {os.path.relpath(sys.executable)} lab/player.py"
+    print(f"  a flood from a player: {player_cmd} --source 192.0.2.10 flood --count 3000 --rate 1000")
+    print(f"  an A2S query:         {player_cmd} a2s   (more: {player_cmd} --help)")
+    print(f"  a POP losing power:   {labctl} freeze pop1   (and back: {labctl} thaw pop1)")
+    print(f"  drain a POP:          {labctl} playbook playbooks/drain.yml -l pop2   (undrain.yml to undo)")
     print(f"  rerun the rollout:    {labctl} playbook site.yml")
     print("  tear it all down:     make lab-down")
 

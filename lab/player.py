@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A player of the VM lab: traffic from the client namespace to the anycast service.
 
 Run inside the players' namespace (``ip netns exec ae-client``) with the project's venv (it

@@ -86,7 +86,7 @@ options:
   share_maps_of:
     description:
       - With O(share_maps), the interface whose shared maps to use, C(<pin_root>/<share_maps_of>/<share_maps>/),
-        instead of O(iface)'s own: one program on several devices (a backend with an underlay link
+        instead of those of O(iface) - one program on several devices (a backend with an underlay link
         per POP) then learns and reads one set of maps.
       - The maps' pins belong to that interface; removing the program from O(iface) leaves them.
     type: str
