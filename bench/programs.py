@@ -71,6 +71,19 @@ class EmptyDrop:
         self.obj.close()
 
 
+class FibLookupOnly:
+    """bench/fib_lookup_only.c: one bpf_fib_lookup from ``saddr`` to ``daddr``, XDP_DROP on success."""
+
+    def __init__(self, saddr: str, daddr: str):
+        self.obj = _bpf.BpfObject.open(compile_bench_program("fib_lookup_only"))
+        self.obj.load()
+        self.prog = self.obj.program("fib_lookup_only")
+        self.obj.map("fib_targets").update(bytes(4), socket.inet_aton(saddr) + socket.inet_aton(daddr))
+
+    def close(self):
+        self.obj.close()
+
+
 class RestoreHarness:
     """frame_restore in front of one target program, replaying one frame (see frame_restore.c)."""
 

@@ -236,6 +236,9 @@ def _bench(args) -> int:
         default_deny = programs.XdpFilter(programs.XDP_FILTER_DEFAULT_DENY, bpffs, "198.18.0.1")
         cleanup.callback(default_deny.close)
 
+        fib_only_prog = programs.FibLookupOnly(topo.POP_TUNNEL_ADDR, scenario.BACKEND)
+        cleanup.callback(fib_only_prog.close)
+
         def ctx(frame):
             return env.xdp_ctx(topo.UPLINK, len(frame))
 
@@ -276,8 +279,12 @@ def _bench(args) -> int:
         _check_harness(a2s_h, env.run(a2s).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
 
+        # The forward must look its next hop up with bpf_fib_lookup: that helper alone,
+        # for the same route as the forward's, in front of nothing else.
+        fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
+
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, rate,
-                  pass_through, deny_h, deny_hf]
+                  pass_through, deny_h, deny_hf, fib_only]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -297,6 +304,9 @@ def _bench(args) -> int:
             ("xdp_edge rate-limited drop", rate.samples, None),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
             ("method check: deny drop via harness [1]", corrected(deny_h, deny_hf, floor), None),
+            ("bpf_fib_lookup alone (the forward's required next-hop lookup)", fib_only.samples, None),
+            ("lower bound for any forward by the issue's rules [2]",
+             [b + f - e for b, f, e in zip(base, fib_only.samples, floor.samples)], "forward"),
         ]
 
         _say()
@@ -314,6 +324,9 @@ def _bench(args) -> int:
         _say("[1] the path rewrites the frame: timed behind frame_restore, minus the same harness in")
         _say("    front of the empty program, plus the empty program (bench/README.md, 'Rewriting paths').")
         _say("    The method check row should match the direct deny drop row.")
+        _say("[2] the baseline's own work (parse the frame, one LPM lookup of the source: a forward must")
+        _say("    do at least that for the deny list) plus bpf_fib_lookup above the floor, round by round.")
+        _say("    When this row misses the forward target, no program obeying the issue's rules meets it.")
         _say("repeat counts per run: %s" % ", ".join("%s %d" % (p.name, p.repeat) for p in probes))
 
         results["table_size"] = _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure, abi)

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: MIT
+/*
+ * One bpf_fib_lookup, the next-hop lookup the issue requires of every forwarded packet (rule 8:
+ * "next hop from bpf_fib_lookup, not a MAC swap"), and nothing else. Its time above the floor is
+ * what that one helper costs; the bench adds it to the baseline (which already does the other
+ * work a forward needs at the least: parse the frame, one LPM lookup of the source) to give a
+ * lower bound for any program that forwards by the issue's rules.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define IPPROTO_IPIP 4
+
+struct fib_target {
+	__be32 saddr; /* the POP's tunnel address */
+	__be32 daddr; /* a backend */
+};
+
+/* Written by bench/programs.py before the run (one entry); read here for each packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fib_target);
+} fib_targets SEC(".maps");
+
+SEC("xdp")
+int fib_lookup_only(struct xdp_md *ctx)
+{
+	struct bpf_fib_lookup fib = {};
+	struct fib_target *target;
+	__u32 zero = 0;
+
+	target = bpf_map_lookup_elem(&fib_targets, &zero);
+	if (!target)
+		return XDP_ABORTED;
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_IPIP;
+	fib.tot_len = 48;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.ipv4_src = target->saddr;
+	fib.ipv4_dst = target->daddr;
+	/* DROP only when the lookup answered as the real forward's does: the bench checks that. */
+	return bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) == BPF_FIB_LKUP_RET_SUCCESS ? XDP_DROP : XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
