@@ -38,7 +38,7 @@ GAME, RACE, PLAYER = "198.51.100.10", "198.51.100.20", "203.0.113.5"
 TUNNEL_STANDIN = tunnel_name("pop1")
 
 
-def inventory(tmp_path: Path, pin_root: str, pops: list) -> Path:
+def inventory(tmp_path: Path, pin_root: str, pops: list, **backend_vars) -> Path:
     data = {"all": {
         "vars": {
             "anycast_edge_asn": 64500,
@@ -63,7 +63,7 @@ def inventory(tmp_path: Path, pin_root: str, pops: list) -> Path:
                                    for name in pops)},
             "backends": {"hosts": {
                 "game1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                          "anycast_edge_tunnel_address": HOST},
+                          "anycast_edge_tunnel_address": HOST, **backend_vars},
                 "game2": {"anycast_edge_tunnel_address": "10.1.0.11"}}},
         },
     }}
@@ -72,14 +72,18 @@ def inventory(tmp_path: Path, pin_root: str, pops: list) -> Path:
     return path
 
 
-def play(namespace, inventory_path: Path) -> int:
-    """Run the role's playbook inside the namespace; returns game1's changed count."""
+def play(namespace, inventory_path: Path, expect_failure: bool = False):
+    """Run the role's playbook inside the namespace; returns game1's changed count (or, with
+    expect_failure, the output of the failed run)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     done = subprocess.run(["ip", "netns", "exec", namespace.name, str(VENV_BIN / "ansible-playbook"),
                            "-i", str(inventory_path), "--limit", "game1", str(ROLE_PLAYBOOK)],
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
+    if expect_failure:
+        assert done.returncode != 0, output
+        return output
     assert done.returncode == 0, output
     recap = re.search(r"^game1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
     assert recap and recap.group(2) == "0", output
@@ -208,3 +212,24 @@ def test_ingress_and_egress_share_the_learned_flows(netns, pin_root, tmp_path, r
     assert run.results[1]["maps_reused"]  # egress took ingress's maps
     flows = {direction: program_maps(pin_root, direction)["mapper_flows"].id for direction in ("ingress", "egress")}
     assert flows["ingress"] == flows["egress"]
+
+
+def test_a_backend_with_a_link_per_pop(backend, pin_root, tmp_path):
+    """anycast_edge_mapper_devices: the mapper on both links with one set of maps, forwarding on
+    for those links only (bpf_fib_lookup needs it); refused without fib_next_hop."""
+    veth(backend, "up1", backend, "up1p")
+    refused = play(backend, inventory(tmp_path, pin_root, ["pop1", "pop2"], anycast_edge_mapper_devices=["up1"]),
+                   expect_failure=True)
+    assert "needs anycast_edge_mapper_fib_next_hop" in refused, refused
+    inv = inventory(tmp_path, pin_root, ["pop1", "pop2"], anycast_edge_mapper_devices=["up1"],
+                    anycast_edge_mapper_fib_next_hop=True)
+    assert play(backend, inv) > 0
+    map_ids = set()
+    for device in ("up0", "up1"):
+        for direction in ("ingress", "egress"):
+            with _bpf.BpfProgram.from_pin(os.path.join(pin_root, device, "tc_" + direction)) as program:
+                map_ids.add(tuple(sorted(program.info().map_ids)) if direction == "egress" else None)
+        assert backend.exec("cat", "/proc/sys/net/ipv4/conf/%s/forwarding" % device).stdout.strip() == "1"
+    assert len(map_ids - {None}) == 1, map_ids  # both egress halves read the same maps
+    assert backend.exec("cat", "/proc/sys/net/ipv4/conf/all/forwarding").stdout.strip() == "0"
+    assert play(backend, inv) == 0
