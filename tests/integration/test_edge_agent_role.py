@@ -39,7 +39,7 @@ SERVICES = [
 ]
 
 
-def inventory(tmp_path: Path, root: Path, **pop1_vars) -> Path:
+def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
     # Known by a name only: the exporter's default address is then loopback.
     pop1 = {"ansible_connection": "local", "ansible_host": "pop1.example.net", "anycast_edge_uplink": "eth1",
             "anycast_edge_tunnel_address": "10.0.0.1"}
@@ -48,7 +48,7 @@ def inventory(tmp_path: Path, root: Path, **pop1_vars) -> Path:
         "vars": {
             "anycast_edge_asn": 64500,
             "anycast_edge_prefixes": ["198.51.100.0/24"],
-            "anycast_edge_services": SERVICES,
+            "anycast_edge_services": SERVICES if services is None else services,
             "anycast_edge_bpf_pin_root": "/sys/fs/bpf/anycast_edge_test",
             "anycast_edge_manage_packages": False,
             "anycast_edge_agent_manage_service": False,
@@ -117,8 +117,7 @@ def pop_namespace(netns):
 
 
 def probe_routes(ns) -> dict:
-    return {line.split()[0]: line for line in ns.ip("-4", "route", "show", "proto", "boot").stdout.splitlines()
-            if line.startswith("198.51.100.")}
+    return {line.split()[0]: line for line in ns.ip("-4", "route", "show", "proto", "242").stdout.splitlines()}
 
 
 def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path, netns):
@@ -190,6 +189,14 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     assert changed == 0, output
     assert installed_files(root) == before
     assert probe_routes(ns) == routes
+
+    # A service gone from inventory: its address's route goes; a route of somebody else's stays.
+    ns.ip("route", "add", "198.51.100.99/32", "dev", tunnel_name("game2"))
+    without_rust = [service for service in SERVICES if service["name"] != "rust"]
+    changed, output = play(inventory(tmp_path, root, services=without_rust, anycast_edge_agent_probes={}), ns)
+    assert changed > 0, output
+    assert set(probe_routes(ns)) == {"198.51.100.10"}, probe_routes(ns)
+    assert "198.51.100.99" in ns.ip("-4", "route", "show").stdout
 
     # A management address (ansible_host) is the exporter's default address, but never one in
     # an anycast prefix: the agent's own check refuses it, and the old file stays.
