@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -39,14 +40,16 @@ COUNTER_SHIFT = 6
 # xdp_stats_map: per-CPU array indexed by XDP action, {packets, bytes} (xdp/xdp_stats_kern_user.h).
 XDP_STATS = struct.Struct("<QQ")
 
-CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror")
+CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror", "-I", str(REPO_ROOT / "bpf" / "include"))
 
 
 def compile_bench_program(name: str) -> Path:
-    """bench/<name>.c -> build/bench/<name>.o (rebuilt when the source is newer)."""
+    """bench/<name>.c -> build/bench/<name>.o (rebuilt when the source or a header of bpf/include
+    is newer)."""
     source = BENCH_DIR / (name + ".c")
     target = BUILD_DIR / (name + ".o")
-    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+    inputs = [source, *(REPO_ROOT / "bpf" / "include").glob("*.h")]
+    if target.exists() and target.stat().st_mtime >= max(path.stat().st_mtime for path in inputs):
         return target
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     clang = os.environ.get("CLANG", "clang")
@@ -79,6 +82,40 @@ class FibLookupOnly:
         self.obj.load()
         self.prog = self.obj.program("fib_lookup_only")
         self.obj.map("fib_targets").update(bytes(4), socket.inet_aton(saddr) + socket.inet_aton(daddr))
+
+    def close(self):
+        self.obj.close()
+
+
+class ForwardFloor:
+    """bench/forward_floor.c, filled to forward ``client``'s packets to ``service`` (proto, address,
+    port) at ``backend`` from ``tunnel_addr``, with the next hop's MACs given."""
+
+    SOURCE = struct.Struct("<QQQQ")            # struct floor_source
+    HOP = struct.Struct("<4s4x6s6s")          # struct floor_hop
+
+    def __init__(self, client: str, service, backend: str, tunnel_addr: str, smac: str, dmac: str):
+        self.obj = _bpf.BpfObject.open(compile_bench_program("forward_floor"))
+        self.obj.load()
+        self.prog = self.obj.program("forward_floor")
+        self.obj.map("floor_sources").update(socket.inet_aton(client), self.SOURCE.pack(0, 0, 0, 0))
+        self.obj.map("floor_services").update(abi.pack_service_key(*service), abi.pack_service_value(1, backend))
+        self.obj.map("floor_next_hop").update(struct.pack("<I", 0), self.HOP.pack(
+            socket.inet_aton(tunnel_addr), bytes.fromhex(smac.replace(":", "")), bytes.fromhex(dmac.replace(":", ""))))
+        self.verdicts = self.obj.map("floor_verdicts")
+
+    def verdict_check(self, action: int):
+        """(snapshot, check) for a Probe: its per-action counter moved by exactly `repeat`."""
+
+        def snapshot():
+            return sum(_percpu_u64(self.verdicts, struct.pack("<I", action)))
+
+        def check(before, after, repeat):
+            if after - before != repeat:
+                return "forward_floor counted %d x action %d for %d runs" % (after - before, action, repeat)
+            return None
+
+        return snapshot, check
 
     def close(self):
         self.obj.close()

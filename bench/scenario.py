@@ -32,6 +32,10 @@ LIMITED_PORT, LIMITED_ID = 27017, 3      # a service with a tiny per-source limi
 
 DENIED_PREFIX = "192.0.2.0/24"
 DENIED_SOURCE = "192.0.2.66"
+# Denied by a /32 in a /24 the list covers only in part: the program's second lookup (the /24's
+# bitmap in edge_src_hosts) on top of the first.
+DENIED_HOST_PREFIX = "198.18.7.66/32"
+DENIED_HOST = "198.18.7.66"
 FORWARD_CLIENT = "203.0.113.10"
 A2S_CLIENT = "203.0.113.20"
 LIMITED_CLIENT = "203.0.113.30"
@@ -39,7 +43,7 @@ LIMITED_CLIENT = "203.0.113.30"
 PASS_SOURCE, PASS_DESTINATION = topo.ROUTER_IP, topo.POP_TUNNEL_ADDR
 
 # Every source a measured packet comes from: random deny prefixes must not cover any of them.
-TEST_SOURCES = (DENIED_SOURCE, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, PASS_SOURCE)
+TEST_SOURCES = (DENIED_SOURCE, DENIED_HOST, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, PASS_SOURCE)
 
 COOKIE_KEY = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 # One-hour cookie epochs and cache age: neither the epoch nor the cache's freshness changes
@@ -80,6 +84,10 @@ def denied_frame() -> bytes:
     return _to_pop(DENIED_SOURCE, SERVICE_ADDR, UDP(sport=40001, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
 
 
+def denied_host_frame() -> bytes:
+    return _to_pop(DENIED_HOST, SERVICE_ADDR, UDP(sport=40001, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
+
+
 def forward_frame() -> bytes:
     return _to_pop(FORWARD_CLIENT, SERVICE_ADDR, UDP(sport=40002, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
 
@@ -115,3 +123,4 @@ def build_pop(env) -> None:
     env.add_service("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID, BACKEND, limit=LIMITED_SERVICE_LIMIT)
     env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
     env.deny(DENIED_PREFIX)
+    env.deny(DENIED_HOST_PREFIX)

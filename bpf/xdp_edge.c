@@ -3,9 +3,10 @@
  * xdp_edge: the POP's data plane, attached to the uplink NIC.
  *
  * Inbound (internet -> anycast service), in this order:
- *   parse -> deny list -> allow list -> temporary bans -> anycast? -> fragment / IP options ->
- *   service lookup -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
- *   the backend, next hop from the FIB.
+ *   parse -> deny list -> allow list (both one lookup: source_lists_of) -> temporary bans ->
+ *   fragment / IP options (to an anycast prefix: dropped) -> service lookup (a miss: anycast prefix?
+ *   dropped, else the kernel's) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
+ *   the backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
  * Return path (IPIP from a backend to the POP's tunnel address):
  *   known backend? -> inner source is that backend's service? -> learn the port punch -> snoop
  *   A2S_INFO replies -> decapsulate -> next hop from the FIB -> player.
@@ -15,11 +16,14 @@
  *     "ip_options"): game traffic uses neither, a non-first fragment has no ports to look up, and
  *     options are a classic way to slip past filters that assume 20-byte headers. Fragments and
  *     options to anything else go to the kernel untouched.
+ *   - A packet to a service's (protocol, address, port) is the service's: the anycast prefixes are
+ *     asked only when no service matches (inventory validation keeps services inside them).
  *   - IPv6 and non-IP go to the kernel, except IPv6 to an anycast prefix (no IPv6 services yet):
  *     dropped as "no_service".
  *   - A denied source is dropped whatever its destination (the POP's own addresses included);
  *     the allow list exempts from bans and rate limits, never from the deny list.
- *   - Frames the program emits are untagged; the FIB picks the egress device.
+ *   - Frames the program forwards are untagged; the FIB picks the egress device. The A2S answers
+ *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tag kept).
  *   - The A2S challenge is issued only while the cache holds a fresh reply; otherwise the request
  *     goes to the game server, which runs its own challenge. A request carrying a challenge is
  *     answered from the cache only if the challenge is this POP's cookie; a wrong one is dropped
@@ -107,6 +111,51 @@ static __always_inline int lpm_v4_match(void *map, __be32 addr)
 	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
 
 	return bpf_map_lookup_elem(map, &key) != NULL;
+}
+
+/* Is addr (host byte order) among the hosts of its /24 in a list? Asked only when the /24's "some"
+ * bit is set. */
+static __always_inline int src_host_listed(__u32 addr, __u32 list)
+{
+	struct src_hosts_key key = { .net24 = addr >> 8, .list = list };
+	struct src_hosts_value *hosts = bpf_map_lookup_elem(&edge_src_hosts, &key);
+	__u32 host = addr & 0xff;
+
+	if (!hosts)
+		return 0;
+	return (hosts->bits[(host >> 6) & 3] >> (host & 63)) & 1;
+}
+
+/* Where the source stands in the deny and allow lists: one array lookup, plus one hash lookup
+ * when its /24 is only partly listed. The cost does not depend on how many prefixes are loaded. */
+struct source_lists {
+	int denied;
+	int allowed;
+};
+
+static __always_inline struct source_lists source_lists_of(__be32 saddr)
+{
+	struct source_lists lists = {};
+	__u32 addr = bpf_ntohl(saddr);
+	__u32 index = addr >> 14; /* (addr >> 8) / EDGE_SRC_NETS_PER_ENTRY */
+	__u64 bit = 1ULL << ((addr >> 8) & (EDGE_SRC_NETS_PER_ENTRY - 1));
+	struct src_filter_entry *entry = bpf_map_lookup_elem(&edge_src_filter, &index);
+
+	if (!entry) {
+		/* Not for any address (the index is < 2^18), but the verifier wants the case: the exact
+		 * prefixes answer the same, slower. It also binds the records to the program, so that
+		 * they are pinned, reused and checked with it like every other map. */
+		lists.denied = lpm_v4_match(&edge_deny_v4, saddr);
+		lists.allowed = !lists.denied && lpm_v4_match(&edge_allow_v4, saddr);
+		return lists;
+	}
+	if ((entry->deny_all & bit) || ((entry->deny_some & bit) && src_host_listed(addr, EDGE_SRC_LIST_DENY))) {
+		lists.denied = 1;
+		return lists; /* deny beats allow: no need to look further */
+	}
+	lists.allowed = (entry->allow_all & bit) ||
+			((entry->allow_some & bit) && src_host_listed(addr, EDGE_SRC_LIST_ALLOW));
+	return lists;
 }
 
 static __always_inline __u8 proto_class(__u8 proto)
@@ -316,33 +365,45 @@ static __always_inline struct verdict send_icmp_too_big(struct xdp_md *ctx, cons
 	return emit(ctx, &hop, EDGE_REASON_TX_ICMP_TOO_BIG);
 }
 
-/* Turn the UDP request in the frame into a reply of payload_len bytes back to its sender, with
- * the payload left for the caller to fill. Returns the payload offset, or -1. */
-static __always_inline int udp_reply_in_place(struct xdp_md *ctx, const struct packet *pkt, __u32 payload_len)
+/*
+ * Turn the UDP request in the frame into a reply of payload_len bytes back the way it came, with
+ * the payload left for the caller to fill. Returns the payload offset, or -1.
+ *
+ * The reply leaves by XDP_TX to the router that handed over the request: Ethernet addresses
+ * swapped, the VLAN tag (if any) kept, no route lookup. The request came over a path to the
+ * player, and a flood of queries cannot make the POP ask the FIB once per packet (it costs about
+ * 100 ns, more than the rest of the answer). l3_off is ETH_HLEN, or ETH_HLEN + 4 under a tag:
+ * callers pass a constant, so each case is inlined with fixed offsets every verifier follows.
+ */
+static __always_inline int udp_reply_in_place(struct xdp_md *ctx, const __u32 l3_off, __u32 payload_len)
 {
 	void *data, *data_end;
+	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct udphdr *udp;
+	__u8 mac[ETH_ALEN];
 	int frame_len, want_len;
 	__be32 addr;
 	__be16 port;
 
-	/* Untag (replies leave untagged, like every frame the program emits) and resize. */
-	if (pkt->has_vlan && reframe(ctx, pkt->l3_off, 0))
-		return -1;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	frame_len = (int)(data_end - data);
-	want_len = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
+	want_len = l3_off + sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
 	if (frame_len != want_len && bpf_xdp_adjust_tail(ctx, want_len - frame_len))
 		return -1;
 
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	ip = data + sizeof(struct ethhdr);
+	eth = data;
+	ip = data + l3_off;
 	udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > data_end)
 		return -1;
+
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 
 	addr = ip->saddr;
 	ip->saddr = ip->daddr;
@@ -357,15 +418,15 @@ static __always_inline int udp_reply_in_place(struct xdp_md *ctx, const struct p
 	udp->dest = port;
 	udp->len = bpf_htons(sizeof(struct udphdr) + payload_len);
 	udp->check = 0;
-	return sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
+	return l3_off + sizeof(struct iphdr) + sizeof(struct udphdr);
 }
 
 /* Checksum the UDP reply built by udp_reply_in_place, given the sum of its payload. */
-static __always_inline int udp_reply_set_csum(struct xdp_md *ctx, __u64 payload_sum)
+static __always_inline int udp_reply_set_csum(struct xdp_md *ctx, const __u32 l3_off, __u64 payload_sum)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct iphdr *ip = data + l3_off;
 	struct udphdr *udp = (void *)(ip + 1);
 	__u64 sum;
 
@@ -377,19 +438,8 @@ static __always_inline int udp_reply_set_csum(struct xdp_md *ctx, __u64 payload_
 	return 0;
 }
 
-static __always_inline struct verdict send_udp_reply(struct xdp_md *ctx, const struct packet *pkt,
-						     __u32 payload_len, __u32 tx_reason, __u32 service_id)
-{
-	struct next_hop hop;
-	__u32 ip_len = sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
-
-	fib_next_hop(ctx, pkt->daddr, pkt->saddr, 0, IPPROTO_UDP, ip_len, &hop);
-	count_service(service_id, sizeof(struct ethhdr) + ip_len, 1);
-	return emit(ctx, &hop, tx_reason);
-}
-
-static __always_inline struct verdict a2s_send_challenge(struct xdp_md *ctx, const struct packet *pkt,
-							 __u32 cookie, __u32 service_id)
+static __always_inline struct verdict a2s_challenge_at(struct xdp_md *ctx, const __u32 l3_off, __u32 cookie,
+						       __u32 service_id)
 {
 	__u8 payload[A2S_CHALLENGE_LEN + 1] = { 0xff, 0xff, 0xff, 0xff, 0x41 }; /* +1: even length for the sum */
 	int off;
@@ -399,28 +449,46 @@ static __always_inline struct verdict a2s_send_challenge(struct xdp_md *ctx, con
 	payload[7] = (cookie >> 16) & 0xff;
 	payload[8] = cookie >> 24;
 
-	off = udp_reply_in_place(ctx, pkt, A2S_CHALLENGE_LEN);
+	off = udp_reply_in_place(ctx, l3_off, A2S_CHALLENGE_LEN);
 	if (off < 0 || bpf_xdp_store_bytes(ctx, off, payload, A2S_CHALLENGE_LEN))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	if (udp_reply_set_csum(ctx, csum_words(payload, sizeof(payload))))
+	if (udp_reply_set_csum(ctx, l3_off, csum_words(payload, sizeof(payload))))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	return send_udp_reply(ctx, pkt, A2S_CHALLENGE_LEN, EDGE_REASON_TX_A2S_CHALLENGE, service_id);
+	count_service(service_id, off + A2S_CHALLENGE_LEN, 1);
+	return make_verdict(XDP_TX, EDGE_REASON_TX_A2S_CHALLENGE);
+}
+
+static __always_inline struct verdict a2s_send_challenge(struct xdp_md *ctx, const struct packet *pkt,
+							 __u32 cookie, __u32 service_id)
+{
+	if (pkt->has_vlan)
+		return a2s_challenge_at(ctx, sizeof(struct ethhdr) + sizeof(struct vlan_tag), cookie, service_id);
+	return a2s_challenge_at(ctx, sizeof(struct ethhdr), cookie, service_id);
+}
+
+static __always_inline struct verdict a2s_cached_at(struct xdp_md *ctx, const __u32 l3_off,
+						    const struct a2s_cache_entry *entry, __u64 len, __u32 service_id)
+{
+	int off = udp_reply_in_place(ctx, l3_off, len);
+
+	if (off < 0 || payload_to_packet(ctx, off, (__u8 *)entry->payload, len))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	if (udp_reply_set_csum(ctx, l3_off, entry->payload_csum))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	count_service(service_id, off + len, 1);
+	return make_verdict(XDP_TX, EDGE_REASON_TX_A2S_CACHED);
 }
 
 static __always_inline struct verdict a2s_send_cached(struct xdp_md *ctx, const struct packet *pkt,
 						      const struct a2s_cache_entry *entry, __u32 service_id)
 {
 	__u64 len = entry->len;
-	int off;
 
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	off = udp_reply_in_place(ctx, pkt, len);
-	if (off < 0 || payload_to_packet(ctx, off, (__u8 *)entry->payload, len))
-		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	if (udp_reply_set_csum(ctx, entry->payload_csum))
-		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	return send_udp_reply(ctx, pkt, len, EDGE_REASON_TX_A2S_CACHED, service_id);
+	if (pkt->has_vlan)
+		return a2s_cached_at(ctx, sizeof(struct ethhdr) + sizeof(struct vlan_tag), entry, len, service_id);
+	return a2s_cached_at(ctx, sizeof(struct ethhdr), entry, len, service_id);
 }
 
 /*
@@ -471,17 +539,56 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 	return 1;
 }
 
+/*
+ * The next hop to a service's backend for an IPIP packet of ip_tot_len bytes: this CPU's cached
+ * answer while it is fresh and was given for the same question and at least this length, else
+ * the FIB's (cached when it names a neighbour). See struct next_hop_cache_entry.
+ */
+static __always_inline void backend_next_hop(struct xdp_md *ctx, __u32 service_id, __be32 saddr, __be32 daddr,
+					     __u8 tos, __u32 ip_tot_len, __u64 now, struct next_hop *hop)
+{
+	struct next_hop_cache_entry *cached = bpf_map_lookup_elem(&edge_next_hops, &service_id);
+	int same_question = cached && cached->expires_ns > now && cached->saddr == saddr &&
+			    cached->daddr == daddr && cached->ingress_ifindex == ctx->ingress_ifindex &&
+			    cached->tos == tos;
+
+	if (same_question && ip_tot_len <= cached->fits_len) {
+		hop->fib_rc = BPF_FIB_LKUP_RET_SUCCESS;
+		hop->ifindex = cached->ifindex;
+		hop->mtu = 0;
+		__builtin_memcpy(hop->smac, cached->smac, ETH_ALEN);
+		__builtin_memcpy(hop->dmac, cached->dmac, ETH_ALEN);
+		return;
+	}
+	fib_next_hop(ctx, saddr, daddr, tos, IPPROTO_IPIP, ip_tot_len, hop);
+	if (!cached || hop->fib_rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return;
+	if (same_question) {
+		cached->fits_len = ip_tot_len; /* larger than before, and the FIB let it through */
+		return;
+	}
+	cached->saddr = saddr;
+	cached->daddr = daddr;
+	cached->ingress_ifindex = ctx->ingress_ifindex;
+	cached->tos = tos;
+	cached->ifindex = hop->ifindex;
+	__builtin_memcpy(cached->smac, hop->smac, ETH_ALEN);
+	__builtin_memcpy(cached->dmac, hop->dmac, ETH_ALEN);
+	cached->fits_len = ip_tot_len;
+	cached->expires_ns = now + EDGE_NEXT_HOP_CACHE_NS; /* per-CPU entry: no other writer */
+}
+
 /* Encapsulate to the service's backend and send it on its way. */
 static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, const struct edge_config *cfg,
 							 const struct packet *pkt, const struct service_value *svc,
-							 __u32 tx_reason)
+							 __u32 tx_reason, __u64 now)
 {
 	struct next_hop hop;
 
 	if (pkt->ttl <= 1)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
-	fib_next_hop(ctx, cfg->tunnel_addr, svc->backend_addr, pkt->tos, IPPROTO_IPIP,
-		     pkt->ip_tot_len + IPIP_HDR_LEN, &hop);
+	backend_next_hop(ctx, svc->id, cfg->tunnel_addr, svc->backend_addr, pkt->tos, pkt->ip_tot_len + IPIP_HDR_LEN,
+			 now, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		if (!pkt->dont_fragment)
 			return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG);
@@ -615,48 +722,55 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	struct service_key skey = {};
 	struct service_value *svc;
 	struct ban_value *ban;
+	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now;
-	int allowed, punched;
+	int allowed = lists.allowed, punched;
 
 	/* The deny list comes first, even before the return path: a denied source is never
 	 * forwarded. (validate_inventory refuses a deny prefix that covers a backend.) */
-	if (lpm_v4_match(&edge_deny_v4, pkt->saddr))
+	if (lists.denied)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_DENY);
 	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
 		return return_path(ctx, pkt, bpf_ktime_get_ns());
-	allowed = lpm_v4_match(&edge_allow_v4, pkt->saddr);
 	now = bpf_ktime_get_ns();
 	if (!allowed) {
 		ban = bpf_map_lookup_elem(&edge_bans, &pkt->saddr);
 		if (ban && ban->until_ns > now)
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
 	}
-	if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
-		return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+	if (pkt->is_fragment || pkt->ip_hdr_len != sizeof(struct iphdr)) {
+		/* No ports to look up (a later fragment) or a header the program does not serve: only
+		 * the anycast prefixes say whether it is ours. */
+		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
+			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+		count_client(pkt->saddr, pkt->frame_len, now);
+		return make_verdict(XDP_DROP, pkt->is_fragment ? EDGE_REASON_DROP_FRAGMENT : EDGE_REASON_DROP_IP_OPTIONS);
+	}
 
-	count_client(pkt->saddr, pkt->frame_len, now);
-	if (pkt->is_fragment)
-		return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
-	if (pkt->ip_hdr_len != sizeof(struct iphdr))
-		return make_verdict(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
-
+	/* The service first: a packet to one is ours without asking the anycast prefixes, which
+	 * then only tell "no such service" (drop) from "not ours" (the kernel's). */
 	skey.addr = pkt->daddr;
 	skey.port = pkt->dport;
 	skey.proto = pkt->proto;
 	svc = bpf_map_lookup_elem(&edge_services, &skey);
-	if (!svc)
+	if (!svc) {
+		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
+			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+		count_client(pkt->saddr, pkt->frame_len, now);
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
+	}
+	count_client(pkt->saddr, pkt->frame_len, now);
 	count_service(svc->id, pkt->frame_len, 0);
 
 	punched = punch_is_live(cfg, pkt, now);
 	if (punched)
-		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED);
+		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
 	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
 	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v))
 		return v;
-	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD);
+	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD, now);
 }
 
 SEC("xdp")

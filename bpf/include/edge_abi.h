@@ -21,7 +21,7 @@
 
 #define EDGE_MAX_SERVICES      1024    /* service ids are 1..EDGE_MAX_SERVICES-1; 0 means "none" */
 #define EDGE_MAX_BACKENDS      1024
-#define EDGE_MAX_PREFIXES      1100000 /* allow/deny LPM tries: room for a million prefixes */
+#define EDGE_MAX_PREFIXES      1100000 /* allow/deny: room for a million prefixes */
 #define EDGE_MAX_ANYCAST       256
 #define EDGE_MAX_BANS          262144
 #define EDGE_MAX_PUNCHES       262144
@@ -124,6 +124,41 @@ struct lpm_v6_key {
 	__u8 addr[16];
 };
 
+/*
+ * The source lists (deny, allow) as the data plane reads them: two lookups at most, whatever the
+ * number of prefixes. edge_rules derives them from the exact prefixes (kept in the LPM tries
+ * edge_deny_v4/edge_allow_v4, which XDP does not read).
+ *
+ * Every /24 of the IPv4 space has a bit per list in edge_src_filter: "all" when a prefix of /24 or
+ * shorter covers the whole /24, "some" when prefixes longer than /24 cover part of it; then
+ * edge_src_hosts holds the /24's 256 addresses as a bitmap. A /24 is number (address >> 8), in
+ * host byte order; entry (number / 64) of edge_src_filter holds bit (number % 64) of each word.
+ * 2^24 / 64 = 262,144 entries of 32 bytes: 8 MiB, allocated once, whatever the lists hold.
+ */
+#define EDGE_SRC_FILTER_ENTRIES (1U << 18)
+#define EDGE_SRC_NETS_PER_ENTRY 64
+
+struct src_filter_entry {
+	__u64 deny_all;
+	__u64 deny_some;
+	__u64 allow_all;
+	__u64 allow_some;
+};
+
+enum edge_src_list {
+	EDGE_SRC_LIST_DENY = 0,
+	EDGE_SRC_LIST_ALLOW = 1,
+};
+
+struct src_hosts_key {
+	__u32 net24;   /* address >> 8, host byte order */
+	__u32 list;    /* enum edge_src_list */
+};
+
+struct src_hosts_value {
+	__u64 bits[4]; /* bit (h % 64) of bits[h / 64]: address (net24 << 8 | h) is in the list */
+};
+
 /* Backends: outer source address of return traffic -> flags (reserved, 0). */
 struct backend_value {
 	__u32 flags;
@@ -180,6 +215,29 @@ struct service_counter {
 	__u64 in_bytes;
 	__u64 out_packets;
 	__u64 out_bytes;
+};
+
+/*
+ * The next hop to a service's backend as bpf_fib_lookup() answered it, kept per CPU for
+ * EDGE_NEXT_HOP_CACHE_NS: asking the FIB costs more than all the rest of a forward (measured:
+ * ~100 ns of ~300), and its answer for one backend changes only when a route or a neighbour does.
+ * Only successful answers are kept; a route or neighbour change reaches every CPU within the
+ * cache time. Keyed by service id; the entry also holds the question (addresses, ingress device,
+ * TOS), so a service whose backend changes never uses the old backend's answer.
+ */
+#define EDGE_NEXT_HOP_CACHE_NS (100ULL * 1000 * 1000)
+
+struct next_hop_cache_entry {
+	__u64 expires_ns;      /* monotonic; 0: empty */
+	__be32 saddr;          /* the question: outer source (tunnel address) ... */
+	__be32 daddr;          /* ... and destination (the backend) */
+	__u32 ingress_ifindex; /* ... the device the packets came in on */
+	__u32 ifindex;         /* the answer: egress device, */
+	__u8 smac[6];          /* its address */
+	__u8 dmac[6];          /* and the next hop's */
+	__u16 fits_len;        /* the largest IP length the FIB's MTU check accepted; a larger packet asks again */
+	__u8 tos;              /* ... and the TOS (part of the question) */
+	__u8 pad;
 };
 
 /* Per-player traffic (per CPU, LRU), keyed by source address: top talkers. */

@@ -61,7 +61,8 @@ struct {
 	__type(value, struct backend_value);
 } edge_backends SEC(".maps");
 
-/* Written by edge_rules (allow CIDRs). Read by XDP: a match skips bans and rate limits. */
+/* Written by edge_rules (allow CIDRs, exactly as inventory gives them). Read by edge_rules only:
+ * the record the derived edge_src_filter/edge_src_hosts are rebuilt from. XDP does not read it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, EDGE_MAX_PREFIXES);
@@ -70,7 +71,8 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } edge_allow_v4 SEC(".maps");
 
-/* Written by edge_rules (deny CIDRs). Read by XDP: a match drops. */
+/* Written by edge_rules (deny CIDRs, exactly as inventory gives them). Read by edge_rules only:
+ * the record the derived edge_src_filter/edge_src_hosts are rebuilt from. XDP does not read it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, EDGE_MAX_PREFIXES);
@@ -78,6 +80,27 @@ struct {
 	__type(value, __u32);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } edge_deny_v4 SEC(".maps");
+
+/* Written by edge_rules (derived from the deny and allow prefixes: edge_abi.h explains the layout;
+ * mmapable so that user space reads and compares all 8 MiB at once). Read by XDP on every packet:
+ * one array lookup says whether the source's /24 is wholly or partly denied or allowed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct src_filter_entry);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} edge_src_filter SEC(".maps");
+
+/* Written by edge_rules (the /24s that deny or allow prefixes longer than /24 cover in part).
+ * Read by XDP when edge_src_filter says "some" for the source's /24. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EDGE_MAX_PREFIXES);
+	__type(key, struct src_hosts_key);
+	__type(value, struct src_hosts_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} edge_src_hosts SEC(".maps");
 
 /* Written by XDP (a source over its rate limit); user space may add or lift bans by hand.
  * Read by XDP. Never touched by edge_rules: bans survive rule updates. */
@@ -147,6 +170,15 @@ struct {
 	__type(key, __be32);
 	__type(value, struct client_counter);
 } edge_client_stats SEC(".maps");
+
+/* Written and read by XDP only (forward path): the FIB's answer per service's backend, per CPU,
+ * for EDGE_NEXT_HOP_CACHE_NS. Nothing in user space needs it; an empty entry is a miss. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct next_hop_cache_entry);
+} edge_next_hops SEC(".maps");
 
 /* Written by xdp_program (egress devices other than the uplink, keyed by ifindex).
  * Read by XDP: bpf_redirect_map() when the fib says the next hop is on another device. */

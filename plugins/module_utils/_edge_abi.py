@@ -75,6 +75,13 @@ PUNCH_VALUE = struct.Struct("<Q")                     # struct punch_value
 A2S_CACHE_ENTRY = struct.Struct("<QII%ds" % A2S_CACHE_MAX_PAYLOAD)  # struct a2s_cache_entry
 SERVICE_COUNTER = struct.Struct("<QQQQ")              # struct service_counter
 CLIENT_COUNTER = struct.Struct("<QQQ")                # struct client_counter
+SRC_FILTER_ENTRY = struct.Struct("<QQQQ")             # struct src_filter_entry
+SRC_HOSTS_KEY = struct.Struct("<II")                  # struct src_hosts_key
+SRC_HOSTS_VALUE = struct.Struct("<QQQQ")              # struct src_hosts_value
+
+SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
+NEXT_HOP_CACHE_ENTRY = struct.Struct("<Q4s4sII6s6sHBx")  # struct next_hop_cache_entry
+NEXT_HOP_CACHE_NS = 100 * 1000 * 1000                 # EDGE_NEXT_HOP_CACHE_NS
 
 # name of the C struct -> (Struct, member names in order); what the BTF test checks
 LAYOUTS = {
@@ -95,6 +102,11 @@ LAYOUTS = {
     "a2s_cache_entry": (A2S_CACHE_ENTRY, ("updated_ns", "len", "payload_csum", "payload")),
     "service_counter": (SERVICE_COUNTER, ("in_packets", "in_bytes", "out_packets", "out_bytes")),
     "client_counter": (CLIENT_COUNTER, ("packets", "bytes", "last_seen_ns")),
+    "src_filter_entry": (SRC_FILTER_ENTRY, ("deny_all", "deny_some", "allow_all", "allow_some")),
+    "src_hosts_key": (SRC_HOSTS_KEY, ("net24", "list")),
+    "src_hosts_value": (SRC_HOSTS_VALUE, ("bits",)),
+    "next_hop_cache_entry": (NEXT_HOP_CACHE_ENTRY, ("expires_ns", "saddr", "daddr", "ingress_ifindex", "ifindex",
+                                                    "smac", "dmac", "fits_len", "tos", "pad")),
 }
 
 

@@ -14,8 +14,10 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
     edge_services    (protocol, anycast address, port) -> service id, backend, A2S flags, limit
     edge_anycast_v4  the anycast prefixes this POP claims
     edge_backends    tunnel addresses of the backends (return traffic is accepted only from them)
-    edge_allow_v4    sources that skip bans and rate limits
-    edge_deny_v4     sources that are dropped (checked first: deny beats allow)
+    edge_allow_v4    sources that skip bans and rate limits      } the exact prefixes, as a record:
+    edge_deny_v4     sources that are dropped (deny beats allow) } XDP reads what is derived from them
+    edge_src_filter  the deny and allow lists as XDP reads them: a bit per /24, and
+    edge_src_hosts   a bitmap per partly listed /24 (derived, see _source_lists)
 
 The maps the program fills itself (bans, punches, rate counters, stats) are never written. The
 one exception is edge_a2s_cache: an entry is deleted when the service owning its id changes (see
@@ -32,14 +34,21 @@ import itertools
 import operator
 import socket
 import struct
+import re
 import zlib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 # Maps edge_rules converges, in the order they are read and reported.
 RULE_MAPS = ("edge_config", "edge_services", "edge_anycast_v4", "edge_backends",
              "edge_allow_v4", "edge_deny_v4")
 A2S_CACHE_MAP = "edge_a2s_cache"
+# Maps derived from edge_deny_v4 and edge_allow_v4 (what XDP reads of the source lists).
+SOURCE_FILTER_MAP = "edge_src_filter"
+SOURCE_HOSTS_MAP = "edge_src_hosts"
+DERIVED_MAPS = (SOURCE_FILTER_MAP, SOURCE_HOSTS_MAP)
+SOURCE_FILTER_ZERO = bytes(abi.SRC_FILTER_ENTRY.size)
 
 # Service ids index edge_service_stats and edge_a2s_cache: 1..MAX_SERVICES-1 (0 = "none").
 MAX_SERVICE_ID = abi.MAX_SERVICES - 1
@@ -349,7 +358,43 @@ def desired_entries(params, cookie_key):
         if len(desired[map_name]) > limit:
             raise RuleError("%s: %d entries do not fit in %s (max %d)"
                             % (map_name.replace("edge_", "").replace("_v4", ""), len(desired[map_name]), map_name, limit))
+    desired.update(source_list_entries(desired["edge_deny_v4"], desired["edge_allow_v4"]))
     return desired, names
+
+
+# --- the source lists as XDP reads them (derived from the deny/allow records) ----------------
+
+def _prefixes(lpm_keys):
+    """[(address as a host-order int, length)] of packed LPM keys."""
+    return [(int.from_bytes(raw, "big"), length) for length, raw in map(abi.LPM_V4_KEY.unpack, lpm_keys)]
+
+
+def source_list_entries(deny_entries, allow_entries):
+    """{edge_src_filter: {index key: entry}, edge_src_hosts: {key: bitmap}} for the deny and
+    allow LPM entries; edge_src_filter only where an entry has a bit set (the rest is zero)."""
+    entries, hosts = _source_lists.derive(_prefixes(deny_entries), _prefixes(allow_entries))
+    pack_entry = abi.SRC_FILTER_ENTRY.pack
+    pack_key = abi.SRC_HOSTS_KEY.pack
+    pack_hosts = abi.SRC_HOSTS_VALUE.pack
+    return {
+        SOURCE_FILTER_MAP: dict((abi.U32.pack(index), pack_entry(*words)) for index, words in entries.items()),
+        SOURCE_HOSTS_MAP: dict((pack_key(net24, list_id), pack_hosts(*_source_lists.host_words(bits)))
+                               for (net24, list_id), bits in hosts.items()),
+    }
+
+
+_NON_ZERO_RUN = re.compile(b"[^\x00]+")
+
+
+def source_filter_from_bytes(data):
+    """The non-zero entries of edge_src_filter, {index key: entry}, from all its values in one
+    bytes object (BpfMap.array_bytes)."""
+    size = abi.SRC_FILTER_ENTRY.size
+    found = {}
+    for run in _NON_ZERO_RUN.finditer(data):
+        for index in range(run.start() // size, (run.end() - 1) // size + 1):
+            found[abi.U32.pack(index)] = data[index * size:(index + 1) * size]
+    return found
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -386,10 +431,24 @@ Step = collections.namedtuple("Step", ["name", "map_name", "operation", "entries
 #     services_add
 #     anycast_add       claim new prefixes only once their services exist
 #     backends_remove   after no service points at them any more
+#
+#   XDP reads the source lists from the derived maps, not from the deny/allow records, so those
+#   go through the same tightening in two phases of their own (the records' steps above only
+#   keep the record in order):
+#     src_hosts_tighten, src_filter_tighten   first, the lists derived from the old denies plus
+#                       the new ones, and only the allows both rule sets have (bitmaps of /24s
+#                       first, then the bits that point at them)
+#     src_filter_final, src_hosts_final, src_hosts_remove   last, the new lists (the bits that
+#                       stop pointing at a bitmap before it goes)
+#   Every bit of a word is a /24 of its own, so a reader that sees a word half written sees each
+#   /24 either as it was or as it will be.
 STEP_ORDER = (
+    "src_hosts_tighten", "src_filter_tighten",
     "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
     "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
-    "anycast_add", "allow_add", "deny_remove", "backends_remove",
+    "anycast_add", "allow_add", "deny_remove",
+    "src_filter_final", "src_hosts_final", "src_hosts_remove",
+    "backends_remove",
 )
 
 
@@ -450,7 +509,7 @@ def compare(present, desired):
     """{map name: (added, changed, removed)} for every map of RULE_MAPS (see map_changes);
     a map absent from `desired` is left alone (no changes)."""
     changes = {}
-    for map_name in RULE_MAPS:
+    for map_name in RULE_MAPS + DERIVED_MAPS:
         if map_name in desired:
             changes[map_name] = map_changes(present.get(map_name, {}), desired[map_name])
         else:
@@ -509,6 +568,8 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     steps["services_disarm"] = ("edge_services", "update", disarm)
     steps["services_change"] = ("edge_services", "update", final)
 
+    steps.update(_source_list_steps(present, desired))
+
     if "edge_services" in desired:
         stale = stale_cache_ids(present.get("edge_services", {}), desired["edge_services"], present_cache_ids)
     else:
@@ -525,12 +586,79 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     return plan
 
 
+def _upserts(added, changed):
+    entries = [(key, value, None) for key, value in added.items()]
+    entries.extend((key, new, old) for key, (new, old) in changed.items())
+    return entries
+
+
+def _filter_writes(before, after):
+    """Writes turning edge_src_filter from `before` to `after` (non-zero entries of each): an
+    array has no deletes, an entry that goes is written with zeros (and "old" is never None, so
+    undoing a step only ever writes)."""
+    added, changed, removed = map_changes(before, after)
+    entries = [(key, value, SOURCE_FILTER_ZERO) for key, value in added.items()]
+    entries.extend((key, new, old) for key, (new, old) in changed.items())
+    entries.extend((key, SOURCE_FILTER_ZERO, old) for key, old in removed.items())
+    return entries
+
+
+def _strictest_hosts(present_hosts, interim_hosts, final_hosts):
+    """The edge_src_hosts bitmaps written before any filter bit changes: every bitmap the
+    interim or the final filter points at, each the strictest of its present, interim and final
+    values (the union of the deny bitmaps, the intersection of the allow bitmaps). Whichever
+    filter word points at one of them while the update runs, it reads no looser than either
+    rule set would."""
+    strictest = {}
+    for key in set(interim_hosts) | set(final_hosts):
+        values = [value for value in (present_hosts.get(key), interim_hosts.get(key), final_hosts.get(key))
+                  if value is not None]
+        if all(value == values[0] for value in values):
+            strictest[key] = values[0]
+            continue
+        words = [abi.SRC_HOSTS_VALUE.unpack(value) for value in values]
+        merge = operator.or_ if abi.SRC_HOSTS_KEY.unpack(key)[1] == _source_lists.DENY else operator.and_
+        strictest[key] = abi.SRC_HOSTS_VALUE.pack(*[functools.reduce(merge, column) for column in zip(*words)])
+    return strictest
+
+
+def _source_list_steps(present, desired):
+    """The derived maps' steps (see STEP_ORDER): {step name: (map, operation, entries)}."""
+    names = ("src_hosts_tighten", "src_filter_tighten", "src_filter_final", "src_hosts_final", "src_hosts_remove")
+    if SOURCE_FILTER_MAP not in desired:
+        return dict((name, (SOURCE_HOSTS_MAP, "update", [])) for name in names)
+    old_deny, new_deny = present.get("edge_deny_v4", {}), desired["edge_deny_v4"]
+    old_allow, new_allow = present.get("edge_allow_v4", {}), desired["edge_allow_v4"]
+    if old_deny == new_deny and old_allow == new_allow:
+        interim = desired
+    else:
+        # Stricter than both rule sets: every deny of either, only the allows of both.
+        interim = source_list_entries(set(old_deny) | set(new_deny), set(old_allow) & set(new_allow))
+    hosts_now = present.get(SOURCE_HOSTS_MAP, {})
+    hosts_tight = _strictest_hosts(hosts_now, interim[SOURCE_HOSTS_MAP], desired[SOURCE_HOSTS_MAP])
+    added, changed = map_changes(hosts_now, hosts_tight)[:2]
+    hosts_after_tighten = dict(hosts_now)
+    hosts_after_tighten.update(hosts_tight)
+    final_added, final_changed, final_removed = map_changes(hosts_after_tighten, desired[SOURCE_HOSTS_MAP])
+    return {
+        "src_hosts_tighten": (SOURCE_HOSTS_MAP, "update", _upserts(added, changed)),
+        "src_filter_tighten": (SOURCE_FILTER_MAP, "update",
+                               _filter_writes(present.get(SOURCE_FILTER_MAP, {}), interim[SOURCE_FILTER_MAP])),
+        "src_filter_final": (SOURCE_FILTER_MAP, "update",
+                             _filter_writes(interim[SOURCE_FILTER_MAP], desired[SOURCE_FILTER_MAP])),
+        "src_hosts_final": (SOURCE_HOSTS_MAP, "update", _upserts(final_added, final_changed)),
+        "src_hosts_remove": (SOURCE_HOSTS_MAP, "delete", [(key, None, old) for key, old in final_removed.items()]),
+    }
+
+
 def summarize(plan, changes):
     """Counts per map: {map: {added, changed, removed}} (a disarmed-then-rearmed service
     counts once, as changed) and the number of element writes the plan makes.
     changes: compare(present, desired)."""
     counts = {}
-    for map_name in RULE_MAPS:
+    for map_name in RULE_MAPS + DERIVED_MAPS:
+        if map_name not in changes:
+            continue
         added, changed, removed = changes[map_name]
         counts[map_name] = {"added": len(added), "changed": len(changed), "removed": len(removed)}
     counts[A2S_CACHE_MAP] = {"added": 0, "changed": 0, "removed": 0}

@@ -20,13 +20,18 @@ description:
     C(edge_allow_v4) and C(edge_deny_v4) - reads what is there (batch lookups), writes only the
     differences (batch updates and deletes) and deletes what the parameters no longer declare.
     The program keeps running; nothing is detached or reloaded.
+  - C(edge_deny_v4) and C(edge_allow_v4) keep the exact prefixes as a record; the program reads
+    the lists from C(edge_src_filter) (a bit per /24, 8 MiB) and C(edge_src_hosts) (a bitmap per
+    /24 that prefixes longer than /24 cover in part), which this module derives from them and
+    converges too, so that a lookup costs the same with one prefix as with a million.
   - Never touches the maps the program fills itself (C(edge_bans), C(edge_punches),
     C(edge_rate_counters), the stats maps), so bans, port punches and counters survive a rule
     change. The one exception is C(edge_a2s_cache) - the cached A2S_INFO reply of a service id
     is deleted when that id stops being used or passes to another service or backend, so a
     cached reply is never served for a different game server.
   - "Writes are ordered so that the filter is never looser than the new rule set: new denies
-    first, then old allows removed, new allows added, old denies removed last. Services: old
+    first, then old allows removed, new allows added, old denies removed last (the derived lists:
+    first both rule sets' denies and only the allows they share, the new lists last). Services: old
     anycast prefixes are released before their services go, and new prefixes are claimed only
     after their services and backends exist; a service whose id or backend changes has its A2S
     flags cleared until its old cache entry is deleted. The result's C(steps) lists the order."
@@ -268,17 +273,20 @@ maps:
     edge_allow_v4: {added: 0, changed: 0, removed: 0}
     edge_deny_v4: {added: 100000, changed: 0, removed: 0}
     edge_a2s_cache: {added: 0, changed: 0, removed: 0}
+    edge_src_filter: {added: 1, changed: 0, removed: 0}
+    edge_src_hosts: {added: 0, changed: 0, removed: 0}
 writes:
   description: Map elements written or deleted (would be, in check mode).
   returned: always
   type: int
-  sample: 100004
+  sample: 100005
 steps:
   description: The write steps in the order they were (would be) made, with their size.
   returned: always
   type: list
   elements: dict
   sample:
+    - {name: src_filter_tighten, map: edge_src_filter, operation: update, count: 1}
     - {name: deny_add, map: edge_deny_v4, operation: update, count: 100000}
     - {name: config, map: edge_config, operation: update, count: 1}
 elapsed_ms:
@@ -331,6 +339,8 @@ MAP_LAYOUTS = {
     "edge_allow_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
     "edge_deny_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
     "edge_a2s_cache": (abi.U32.size, abi.A2S_CACHE_ENTRY.size),
+    "edge_src_filter": (abi.U32.size, abi.SRC_FILTER_ENTRY.size),
+    "edge_src_hosts": (abi.SRC_HOSTS_KEY.size, abi.SRC_HOSTS_VALUE.size),
 }
 # Entries per batch lookup: fewer syscalls for the 100,000-entry tries (buffers of ~0.8 MB).
 LOOKUP_CHUNK = 65536
@@ -394,6 +404,8 @@ def read_present(maps):
     present = {"edge_config": {_rules.CONFIG_KEY: maps["edge_config"].lookup(_rules.CONFIG_KEY)}}
     for name in _rules.RULE_MAPS[1:]:
         present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
+    present[_rules.SOURCE_HOSTS_MAP] = dict(maps[_rules.SOURCE_HOSTS_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
+    present[_rules.SOURCE_FILTER_MAP] = _rules.source_filter_from_bytes(maps[_rules.SOURCE_FILTER_MAP].array_bytes())
     cache_ids = [abi.U32.unpack(key)[0] for key in maps[_rules.A2S_CACHE_MAP].keys()]
     return present, cache_ids
 

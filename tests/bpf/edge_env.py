@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 from . import topology as topo
 from .namespace import EnteredNamespace, ip
@@ -26,8 +27,9 @@ ALL_MAPS = (
     "edge_config", "edge_services", "edge_anycast_v4", "edge_anycast_v6", "edge_backends",
     "edge_allow_v4", "edge_deny_v4", "edge_bans", "edge_rate_counters", "edge_punches",
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_tx_ports",
+    "edge_src_filter", "edge_src_hosts", "edge_next_hops",
 )
-ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats")
+ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops")
 
 
 @dataclass
@@ -46,6 +48,10 @@ class EdgeEnv:
         self._namespace = EnteredNamespace(netns)
         self.obj = None
         self.object_path = object_path
+        # The deny/allow records, and what was last derived from them into edge_src_filter and
+        # edge_src_hosts (the maps XDP reads), written the way edge_rules writes them.
+        self._lists = {"deny": {}, "allow": {}}
+        self._derived = {name: {} for name in _rules.DERIVED_MAPS}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -98,6 +104,8 @@ class EdgeEnv:
 
     def reset(self) -> None:
         """Empty every map (arrays zeroed): each test starts from a blank POP."""
+        self._lists = {"deny": {}, "allow": {}}
+        self._sync_source_lists()
         for name in ALL_MAPS:
             bpf_map = self.maps[name]
             if name in ARRAY_MAPS:
@@ -106,6 +114,10 @@ class EdgeEnv:
                 bpf_map.delete(key)
         self.maps["edge_config"].update(abi.U32.pack(0), bytes(abi.EDGE_CONFIG.size))
         ncpu = _bpf.num_possible_cpus()
+        # No cached next hop may outlive its test (one may change a neighbour): one batch write.
+        next_hops = self.maps["edge_next_hops"]
+        next_hops.update_batch([abi.U32.pack(index) for index in range(next_hops.max_entries)],
+                               [bytes(next_hops.value_buffer_size)] * next_hops.max_entries)
         for name, layout, count in (("edge_reason_stats", abi.EDGE_COUNTER, len(abi.REASONS)),
                                     ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES)):
             zero = [bytes(layout.size)] * ncpu
@@ -131,10 +143,39 @@ class EdgeEnv:
         )
 
     def deny(self, cidr: str) -> None:
-        self.maps["edge_deny_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+        self._add_to_list("deny", cidr)
 
     def allow(self, cidr: str) -> None:
-        self.maps["edge_allow_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+        self._add_to_list("allow", cidr)
+
+    def deny_many(self, lpm_keys) -> None:
+        """Deny many packed LPM keys at once (the bench's large lists): one batch for the record,
+        one derivation."""
+        lpm_keys = list(lpm_keys)
+        self.maps["edge_deny_v4"].update_batch(lpm_keys, [abi.U32.pack(1)] * len(lpm_keys))
+        self._lists["deny"].update(dict.fromkeys(lpm_keys, abi.U32.pack(1)))
+        self._sync_source_lists()
+
+    def _add_to_list(self, name: str, cidr: str) -> None:
+        key = abi.pack_lpm_v4(cidr)
+        self.maps["edge_%s_v4" % name].update(key, abi.U32.pack(1))
+        self._lists[name][key] = abi.U32.pack(1)
+        self._sync_source_lists()
+
+    def _sync_source_lists(self) -> None:
+        """Write what the deny/allow records derive to (only the entries that differ)."""
+        desired = _rules.source_list_entries(self._lists["deny"], self._lists["allow"])
+        for name in _rules.DERIVED_MAPS:
+            added, changed, removed = _rules.map_changes(self._derived[name], desired[name])
+            writes = dict(added)
+            writes.update((key, new) for key, (new, old) in changed.items())
+            if name == _rules.SOURCE_FILTER_MAP:
+                writes.update((key, _rules.SOURCE_FILTER_ZERO) for key in removed)
+            elif removed:
+                self.maps[name].delete_batch(list(removed))
+            if writes:
+                self.maps[name].update_batch(list(writes), list(writes.values()))
+            self._derived[name] = desired[name]
 
     def ban(self, address: str, until_ns: int) -> None:
         self.maps["edge_bans"].update(abi.ipv4(address), abi.BAN_VALUE.pack(until_ns))
@@ -164,6 +205,11 @@ class EdgeEnv:
             return None
         updated_ns, length, csum, payload = abi.A2S_CACHE_ENTRY.unpack(raw)
         return updated_ns, payload[:length], csum
+
+    def cached_next_hops(self, service_id: int) -> list:
+        """Every CPU's edge_next_hops entry of a service (NEXT_HOP_CACHE_ENTRY fields)."""
+        return [abi.NEXT_HOP_CACHE_ENTRY.unpack(value)
+                for value in self.maps["edge_next_hops"].lookup_percpu(abi.U32.pack(service_id))]
 
     def add_tx_port(self, dev: str) -> None:
         ifindex = self.ifindex[dev]

@@ -498,14 +498,15 @@ class EdgeModel:
             until = state.bans.get(pkt.saddr)
             if until is not None and until > self._now:
                 raise _verdict(DROP, "drop_banned")
-        if not state.is_anycast_v4(pkt.daddr):
-            raise _verdict(PASS, "pass_not_ours")
-        if pkt.is_fragment:
-            raise _verdict(DROP, "drop_fragment")
-        if pkt.ip_hdr_len != IPV4_HLEN:
-            raise _verdict(DROP, "drop_ip_options")
+        if pkt.is_fragment or pkt.ip_hdr_len != IPV4_HLEN:
+            if not state.is_anycast_v4(pkt.daddr):
+                raise _verdict(PASS, "pass_not_ours")
+            raise _verdict(DROP, "drop_fragment" if pkt.is_fragment else "drop_ip_options")
+        # A service's own (protocol, address, port) is ours; the prefixes decide the rest.
         svc = state.service(pkt.proto, pkt.daddr, pkt.dport)
         if svc is None:
+            if not state.is_anycast_v4(pkt.daddr):
+                raise _verdict(PASS, "pass_not_ours")
             raise _verdict(DROP, "drop_no_service")
         if self._punch_is_live(pkt):
             self._forward_to_backend(pkt, svc, "tx_punched")
@@ -655,7 +656,7 @@ class EdgeModel:
         raise _verdict(DROP, "drop_bad_cookie")
 
     def _send_udp_reply(self, pkt: Ipv4, payload: bytes, tx_reason: str, known_payload_sum: int = None):
-        """udp_reply_in_place + udp_reply_set_csum + send_udp_reply: the request turned around."""
+        """udp_reply_in_place + udp_reply_set_csum: the request turned around."""
         request_ip = self._frame[pkt.l3_off:pkt.l3_off + IPV4_HLEN]
         request_udp = self._frame[pkt.l4_off:pkt.l4_off + 8]
         ip = bytearray(request_ip)
@@ -671,9 +672,9 @@ class EdgeModel:
         total += csum_words(bytes(udp)) + known_payload_sum
         check = _not16(csum_fold(total)) or 0xFFFF
         udp[6:8] = struct.pack("<H", check)
-        frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(ip) + bytes(udp) + payload
-        hop = self._fib(pkt.saddr, IPV4_HLEN + 8 + len(payload))
-        self._emit(frame, hop, tx_reason)
+        # Back the way the request came: Ethernet addresses swapped, the VLAN tag kept, XDP_TX.
+        ethernet = self._frame[6:12] + self._frame[0:6] + self._frame[12:pkt.l3_off]
+        raise _verdict(TX, tx_reason, ethernet + bytes(ip) + bytes(udp) + payload)
 
     # -- return path: IPIP from a backend to the tunnel address --
 

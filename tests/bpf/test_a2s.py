@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import raw
 
 from .edge_env import monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, GAME, GAME_PORT,
@@ -34,6 +35,30 @@ def assert_reply_to_player(frame: bytes, payload: bytes):
     assert out[UDP].load == payload
     assert out[IP].len == 28 + len(payload) and len(frame) == 14 + 28 + len(payload)
     assert checksums_valid(frame)
+
+
+def test_answers_go_back_the_way_the_request_came_vlan_tag_and_all(cached):
+    """XDP_TX to the router that handed the request over (Ethernet addresses swapped), in the
+    request's VLAN: no route lookup per query."""
+    other_router = "02:00:00:00:00:aa"
+
+    def tagged(payload):
+        return raw(Ether(src=other_router, dst=topo.MAC[topo.UPLINK]) / Dot1Q(vlan=42) / IP(src=PLAYER, dst=GAME)
+                   / UDP(sport=PLAYER_PORT, dport=GAME_PORT) / payload)
+
+    challenge = cached.run(tagged(A2S_REQUEST))
+    assert (challenge.action, challenge.reason) == ("TX", "tx_a2s_challenge")
+    out = Ether(challenge.data)
+    assert (out.src, out.dst, out[Dot1Q].vlan) == (topo.MAC[topo.UPLINK], other_router, 42)
+    assert (out[IP].src, out[IP].dst) == (GAME, PLAYER) and len(challenge.data) == 18 + 28 + 9
+    assert checksums_valid(challenge.data)
+
+    answered = cached.run(tagged(A2S_REQUEST + out[UDP].load[5:9]))
+    assert (answered.action, answered.reason) == ("TX", "tx_a2s_cached")
+    out = Ether(answered.data)
+    assert (out.src, out.dst, out[Dot1Q].vlan) == (topo.MAC[topo.UPLINK], other_router, 42)
+    assert out[UDP].load == A2S_INFO_REPLY and len(answered.data) == 18 + 28 + len(A2S_INFO_REPLY)
+    assert checksums_valid(answered.data)
 
 
 def test_a_request_gets_this_pops_challenge(cached):

@@ -6,6 +6,7 @@ import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 from .btf_check import assert_layout_matches_btf, enum_names
 
@@ -38,3 +39,9 @@ def test_the_verifier_accepts_the_program_on_this_kernel(xdp_edge_object):
         obj.load()
         program = obj.program("xdp_edge")
         assert program.id > 0 and len(program.tag) == 16
+
+
+def test_source_list_numbers_follow_the_c_enum(repo_root):
+    header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
+    assert tuple(enum_names(header, "edge_src_list", "EDGE_SRC_LIST_")) == ("deny", "allow")
+    assert (_source_lists.DENY, _source_lists.ALLOW) == (0, 1)

@@ -291,7 +291,7 @@ def ttl(pick):
 
 def prefix(pick):
     address = pick.choice(PLAYER_POOL + BACKEND_POOL) if often(pick, 2) else random_address(pick)
-    return str(ipaddress.IPv4Network("%s/%d" % (address, pick.choice((8, 16, 24, 32))), strict=False))
+    return str(ipaddress.IPv4Network("%s/%d" % (address, pick.choice((8, 16, 20, 24, 26, 30, 32))), strict=False))
 
 
 def payload_spec(pick, proto, a2s_ok=True):

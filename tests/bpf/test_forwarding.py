@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+
 import pytest
 from scapy.layers.inet import ICMP, IP, IPerror, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
-from .scenario import (BACKEND, GAME, GAME_PORT, PLAYER, SIDE_BACKEND, SIDE_GAME, SIDE_PORT, checksums_valid,
-                       eth, player_udp, setup_pop)
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from .edge_env import monotonic_ns
+from .namespace import ip
+from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, SIDE_BACKEND, SIDE_GAME, SIDE_PORT,
+                       checksums_valid, eth, player_udp, setup_pop)
 from . import topology as topo
+
+
+def mac_bytes(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
 
 
 @pytest.fixture
@@ -36,6 +48,45 @@ def test_forwarded_packet_is_encapsulated_exactly(pop):
     # Everything after the TTL/checksum is the player's packet, byte for byte.
     assert raw(inner)[10:] != b"" and raw(inner)[12:] == frame[14 + 12:]
     assert checksums_valid(result.data)
+
+
+@pytest.fixture
+def one_cpu():
+    """The next-hop cache is per CPU and a test run executes on the calling CPU: stay on one."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
+
+
+def test_the_fibs_answer_is_cached_per_cpu_and_asked_again_after_100_ms(pop, one_cpu):
+    assert pop.run(player_udp()).reason == "tx_forward"
+    cached = [entry for entry in pop.cached_next_hops(GAME_UDP_ID) if entry[0]]
+    assert len(cached) == 1
+    expires_ns, saddr, daddr, dummy, ifindex, smac, dmac, fits_len, dummy = cached[0]
+    assert 0 < expires_ns - monotonic_ns() <= abi.NEXT_HOP_CACHE_NS
+    assert (socket.inet_ntoa(saddr), socket.inet_ntoa(daddr), ifindex) == (topo.POP_TUNNEL_ADDR, BACKEND,
+                                                                           pop.ifindex[topo.UPLINK])
+    assert (smac, dmac) == (mac_bytes(topo.MAC[topo.UPLINK]), mac_bytes(topo.ROUTER_MAC))
+    assert fits_len == 20 + len(player_udp()) - 14
+
+    # The router's MAC changes: the cache answers with the old one until it expires.
+    new_mac = "02:00:00:00:00:fd"
+    ip("neigh", "replace", topo.ROUTER_IP, "lladdr", new_mac, "nud", "permanent", "dev", topo.UPLINK)
+    try:
+        assert Ether(pop.run(player_udp()).data).dst == topo.ROUTER_MAC
+        time.sleep(abi.NEXT_HOP_CACHE_NS / 1e9 + 0.05)
+        assert Ether(pop.run(player_udp()).data).dst == new_mac
+    finally:
+        ip("neigh", "replace", topo.ROUTER_IP, "lladdr", topo.ROUTER_MAC, "nud", "permanent", "dev", topo.UPLINK)
+
+
+def test_a_packet_larger_than_any_the_fib_let_through_is_asked_about_again(pop, one_cpu):
+    """The cached answer holds for the sizes the FIB's MTU check accepted, not beyond."""
+    assert pop.run(player_udp(b"x" * 100, flags="DF")).reason == "tx_forward"
+    assert pop.run(player_udp(b"x" * (1500 - 28), flags="DF")).reason == "tx_icmp_too_big"
+    assert pop.run(player_udp(b"x" * (1480 - 28), flags="DF")).reason == "tx_forward"
+    assert [entry[7] for entry in pop.cached_next_hops(GAME_UDP_ID) if entry[0]] == [1500]
 
 
 def test_no_df_on_the_inner_packet_means_no_df_outside(pop):

@@ -229,6 +229,21 @@ def config(entries):
 CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
 
 
+def rule_steps(result):
+    """The result's steps on the rule maps, without those on the lists derived from deny/allow."""
+    return [step for step in result["steps"] if step["map"] not in _rules.DERIVED_MAPS]
+
+
+def rule_writes(result):
+    return sum(step["count"] for step in rule_steps(result))
+
+
+def derived_lists(pop):
+    """{edge_src_filter: non-zero entries, edge_src_hosts: entries} as pinned."""
+    return {_rules.SOURCE_FILTER_MAP: _rules.source_filter_from_bytes(pop.map(_rules.SOURCE_FILTER_MAP).array_bytes()),
+            _rules.SOURCE_HOSTS_MAP: pop.entries(_rules.SOURCE_HOSTS_MAP)}
+
+
 # --- tests -------------------------------------------------------------------------------------
 
 def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
@@ -236,9 +251,17 @@ def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
     assert first.result["changed"] is True and first.recap["changed"] == 1
     assert first.result["maps"]["edge_deny_v4"] == {"added": 2, "changed": 0, "removed": 0}
     assert first.result["maps"]["edge_services"] == {"added": 4, "changed": 0, "removed": 0}
-    assert first.result["writes"] == 2 + 1 + 2 + 4 + 1 + 1      # deny, config, backends, services, anycast, allow
+    assert rule_writes(first.result) == 2 + 1 + 2 + 4 + 1 + 1      # deny, config, backends, services, anycast, allow
     assert [step["name"] for step in first.result["steps"]] == [
-        "deny_add", "backends_add", "config", "services_add", "anycast_add", "allow_add"]
+        "src_hosts_tighten", "src_filter_tighten", "deny_add", "backends_add", "config", "services_add", "anycast_add",
+        "allow_add", "src_filter_final"]
+    # what XDP reads of the lists: derived from the record, and it drops what the record denies
+    assert derived_lists(pop) == _rules.source_list_entries(pop.entries("edge_deny_v4"), pop.entries("edge_allow_v4"))
+    # 233.252.0.5/32 and 192.0.2.0/28: a bitmap each
+    assert first.result["maps"]["edge_src_hosts"] == {"added": 2, "changed": 0, "removed": 0}
+    for source, verdict in (("100.64.7.7", _bpf.XDP_DROP), ("100.128.0.1", _bpf.XDP_PASS),
+                            ("233.252.0.5", _bpf.XDP_DROP), ("233.252.0.6", _bpf.XDP_PASS)):
+        assert pop.verdict(frame_from(source)) == verdict, source
     assert first.result["a2s_cookie_key_generated"] is True
     assert first.result["elapsed_ms"] > 0 and set(first.result["timing_ms"]) >= {"params", "read", "write"}
 
@@ -335,7 +358,7 @@ def test_learned_state_survives_a_rule_change(pop, tmp_path):
     assert set(cache) == {abi.U32.pack(17)}                      # tf2's old reply is gone, cs2-main's kept
     assert abi.A2S_CACHE_ENTRY.unpack(cache[abi.U32.pack(17)])[0] == now
     assert result["maps"]["edge_a2s_cache"]["removed"] == 1
-    assert [step["name"] for step in result["steps"]] == [
+    assert [step["name"] for step in rule_steps(result)] == [
         "deny_add", "allow_remove", "backends_add", "services_disarm", "a2s_cache_delete", "services_change",
         "services_add"]
     assert services(pop.entries("edge_services"))[("udp", "198.51.100.11", 27015)][0] == 31
@@ -365,7 +388,7 @@ def test_check_mode_before_the_program_is_attached_reports_the_first_run(pop, tm
     os.unlink(pop.pin_root / IFACE / "program")
     checked = run_edge_rules(pop, tmp_path, RULES, "--check")
     assert checked.result["changed"] is True
-    assert checked.result["writes"] == 2 + 2 + 1 + 4 + 1 + 1
+    assert rule_writes(checked.result) == 2 + 2 + 1 + 4 + 1 + 1
     assert any("no XDP program is pinned for interface uplink0 yet" in warning
                for warning in checked.result.get("warnings", []))
     assert pop.entries("edge_deny_v4") == {}
@@ -444,7 +467,7 @@ def test_a_denied_source_never_passes_while_the_rules_move(pop, tmp_path):
     run_edge_rules(pop, tmp_path, old)
     with Sampler(pop, [MOVER, ALWAYS]) as sampler:
         result = run_edge_rules(pop, tmp_path, new).result
-    assert result["writes"] == 30002 + 30001 + 1
+    assert rule_writes(result) == 30002 + 30001 + 1
     mover, always = sampler.verdicts[MOVER], sampler.verdicts[ALWAYS]
     assert len(always) > 1000
     assert set(always) == {_bpf.XDP_DROP}, "a source denied by both rule sets passed mid-update"
@@ -455,15 +478,18 @@ def test_a_denied_source_never_passes_while_the_rules_move(pop, tmp_path):
 
 
 def test_the_sampler_does_catch_a_wrong_order(pop, tmp_path):
-    """Control for the test above: the same change written in the wrong order (old denies
-    removed first) lets the always-denied source through, and the sampler sees it."""
+    """Control for the test above: the same change written the naive way (the lists XDP reads
+    emptied first, then rebuilt) lets the always-denied source through, and the sampler sees it."""
     old, new = strictness_rules()
     run_edge_rules(pop, tmp_path, old)
-    maps = dict((name, pop.map(name)) for name in RULE_MAP_NAMES + (_rules.A2S_CACHE_MAP,))
+    maps = dict((name, pop.map(name)) for name in RULE_MAP_NAMES + (_rules.A2S_CACHE_MAP,) + _rules.DERIVED_MAPS)
     present = dict((name, pop.entries(name)) for name in RULE_MAP_NAMES)
+    present.update(derived_lists(pop))
     desired, dummy = _rules.desired_entries(new, _rules.config_cookie_key(present["edge_config"][_rules.CONFIG_KEY]))
     plan = _rules.plan_writes(present, desired)
-    wrong = sorted(plan, key=lambda step: step.name != "deny_remove")     # deny_remove first
+    emptied = [(key, _rules.SOURCE_FILTER_ZERO, old_entry)
+               for key, old_entry in present[_rules.SOURCE_FILTER_MAP].items()]
+    wrong = [_rules.Step("empty_the_filter", _rules.SOURCE_FILTER_MAP, "update", emptied)] + plan
     with Sampler(pop, [ALWAYS]) as sampler:
         edge_rules.apply_plan(maps, wrong)
     assert _bpf.XDP_PASS in sampler.verdicts[ALWAYS]
@@ -491,8 +517,11 @@ def test_100k_denies_converge_rerun_is_a_noop_and_10_changes_write_10(pop, tmp_p
     edited = deny[5:] + ["%s/32" % ip(bytes([198, 18, 0, index])) for index in range(5)]
     changed = run_edge_rules(pop, tmp_path, dict(rules, deny=edited)).result
     assert changed["maps"]["edge_deny_v4"] == {"added": 5, "changed": 0, "removed": 5}
-    assert changed["writes"] == 10
-    assert [(step["name"], step["count"]) for step in changed["steps"]] == [("deny_add", 5), ("deny_remove", 5)]
+    assert rule_writes(changed) == 10
+    assert [(step["name"], step["count"]) for step in rule_steps(changed)] == [("deny_add", 5), ("deny_remove", 5)]
+    # the derived lists change where those 10 prefixes are, not everywhere
+    assert changed["writes"] - 10 <= 40
+    assert derived_lists(pop) == _rules.source_list_entries(pop.entries("edge_deny_v4"), {})
     assert cidrs(pop.entries("edge_deny_v4")) == set(edited)
     print("\n100k converge %.0f ms, no-op %.0f ms, 10 changes %.0f ms (inside the module)"
           % (converged["elapsed_ms"], noop["elapsed_ms"], changed["elapsed_ms"]))

@@ -18,6 +18,7 @@ program", and "no datagram of the denied player came back" is "the deny list alw
 from __future__ import annotations
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
 
 from .netns import NetNs, link_mac, run, veth
@@ -76,7 +77,8 @@ class EdgeLab:
     def write_rules(pin_root: str) -> None:
         """The rules edge_rules would write, packed with _edge_abi: config, prefix, service,
         backend, and a deny list holding the denied player."""
-        names = ["edge_config", "edge_anycast_v4", "edge_services", "edge_backends", "edge_deny_v4"]
+        names = ["edge_config", "edge_anycast_v4", "edge_services", "edge_backends", "edge_deny_v4",
+                 "edge_src_filter", "edge_src_hosts"]
         with open_pinned_maps(pin_root, POP_IFACE, names) as maps:
             maps["edge_config"].update(abi.U32.pack(0), abi.pack_config(POP_ADDRESS))
             maps["edge_anycast_v4"].update(abi.pack_lpm_v4(ANYCAST_PREFIX), abi.U32.pack(1))
@@ -84,3 +86,7 @@ class EdgeLab:
                                          abi.pack_service_value(SERVICE_ID, BACKEND))
             maps["edge_backends"].update(abi.ipv4(BACKEND), abi.BACKEND_VALUE.pack(0))
             maps["edge_deny_v4"].update(abi.pack_lpm_v4(DENY_CIDR), abi.U32.pack(1))
+            # ... and what XDP reads of the deny list, derived from it as edge_rules derives it
+            for name, entries in _rules.source_list_entries([abi.pack_lpm_v4(DENY_CIDR)], []).items():
+                if entries:
+                    maps[name].update_batch(list(entries), list(entries.values()))
