@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
@@ -87,32 +88,43 @@ class FibLookupOnly:
         self.obj.close()
 
 
-class ForwardFloor:
-    """bench/forward_floor.c, filled to forward ``client``'s packets to ``service`` (proto, address,
-    port) at ``backend`` from ``tunnel_addr``, with the next hop's MACs given."""
+class PathFloors:
+    """bench/path_floors.c: forward_floor and a2s_floor, filled like the bench POP: ``clients``
+    may send, ``forward`` and ``a2s`` are (proto, address, port, id) of the two services at
+    ``backend``, the A2S one with ``a2s_reply`` cached, the next hop's MACs given."""
 
-    SOURCE = struct.Struct("<QQQQ")            # struct floor_source
-    HOP = struct.Struct("<4s4x6s6s")          # struct floor_hop
+    SOURCE = struct.Struct("<QQQQ")                 # struct floor_source
+    CONFIG = struct.Struct("<4s4x6s6s4xQQQ")       # struct floor_config
 
-    def __init__(self, client: str, service, backend: str, tunnel_addr: str, smac: str, dmac: str):
-        self.obj = _bpf.BpfObject.open(compile_bench_program("forward_floor"))
+    def __init__(self, clients, forward, a2s, backend: str, a2s_reply: bytes, a2s_max_age_ms: int,
+                 tunnel_addr: str, smac: str, dmac: str, cookie_key, cookie_epoch_ns: int):
+        self.obj = _bpf.BpfObject.open(compile_bench_program("path_floors"))
         self.obj.load()
-        self.prog = self.obj.program("forward_floor")
-        self.obj.map("floor_sources").update(socket.inet_aton(client), self.SOURCE.pack(0, 0, 0, 0))
-        self.obj.map("floor_services").update(abi.pack_service_key(*service), abi.pack_service_value(1, backend))
-        self.obj.map("floor_next_hop").update(struct.pack("<I", 0), self.HOP.pack(
-            socket.inet_aton(tunnel_addr), bytes.fromhex(smac.replace(":", "")), bytes.fromhex(dmac.replace(":", ""))))
+        self.forward = self.obj.program("forward_floor")
+        self.a2s = self.obj.program("a2s_floor")
+        for client in clients:
+            self.obj.map("floor_sources").update(socket.inet_aton(client), self.SOURCE.pack(0, 0, 0, 0))
+        services = self.obj.map("floor_services")
+        services.update(abi.pack_service_key(*forward[:3]), abi.pack_service_value(forward[3], backend))
+        services.update(abi.pack_service_key(*a2s[:3]), abi.pack_service_value(
+            a2s[3], backend, abi.SERVICE_F_A2S_CACHE, a2s_max_age_ms))
+        self.obj.map("floor_a2s_cache").update(struct.pack("<I", a2s[3]),
+                                               abi.pack_a2s_cache_entry(a2s_reply, time.monotonic_ns()))
+        self.obj.map("floor_config").update(struct.pack("<I", 0), self.CONFIG.pack(
+            socket.inet_aton(tunnel_addr), bytes.fromhex(smac.replace(":", "")), bytes.fromhex(dmac.replace(":", "")),
+            cookie_key[0], cookie_key[1], cookie_epoch_ns))
         self.verdicts = self.obj.map("floor_verdicts")
 
     def verdict_check(self, action: int):
-        """(snapshot, check) for a Probe: its per-action counter moved by exactly `repeat`."""
+        """(snapshot, check) for a Probe: the per-action counter moved by exactly `repeat` (the
+        two programs share it: a probe runs one of them at a time)."""
 
         def snapshot():
             return sum(_percpu_u64(self.verdicts, struct.pack("<I", action)))
 
         def check(before, after, repeat):
             if after - before != repeat:
-                return "forward_floor counted %d x action %d for %d runs" % (after - before, action, repeat)
+                return "path_floors counted %d x action %d for %d runs" % (after - before, action, repeat)
             return None
 
         return snapshot, check

@@ -238,9 +238,13 @@ def _bench(args) -> int:
 
         fib_only_prog = programs.FibLookupOnly(topo.POP_TUNNEL_ADDR, scenario.BACKEND)
         cleanup.callback(fib_only_prog.close)
-        floor_forward = programs.ForwardFloor(scenario.FORWARD_CLIENT, ("udp", scenario.SERVICE_ADDR, scenario.FORWARD_PORT),
-                                              scenario.BACKEND, topo.POP_TUNNEL_ADDR, topo.MAC[topo.UPLINK], topo.ROUTER_MAC)
-        cleanup.callback(floor_forward.close)
+        floors = programs.PathFloors(
+            (scenario.FORWARD_CLIENT, scenario.A2S_CLIENT),
+            ("udp", scenario.SERVICE_ADDR, scenario.FORWARD_PORT, scenario.FORWARD_ID),
+            ("udp", scenario.SERVICE_ADDR, scenario.A2S_PORT, scenario.A2S_ID), scenario.BACKEND,
+            scenario.a2s_info_reply(), scenario.A2S_MAX_AGE_MS, topo.POP_TUNNEL_ADDR, topo.MAC[topo.UPLINK],
+            topo.ROUTER_MAC, scenario.COOKIE_KEY, scenario.COOKIE_EPOCH_NS)
+        cleanup.callback(floors.close)
 
         def ctx(frame):
             return env.xdp_ctx(topo.UPLINK, len(frame))
@@ -278,13 +282,16 @@ def _bench(args) -> int:
         deny_hf = Probe("harness floor (denied frame)", harness(floor_prog.prog, denied, 0),
                         denied, ctx(denied), DROP)
 
-        # The forward floor (bench/forward_floor.c) behind the same harness: its output must be
-        # xdp_edge's forward, byte for byte, or it would be timing less work.
-        floor_fwd_h = Probe("forward floor via harness", harness(floor_forward.prog, forward, pushed), forward,
-                            ctx(forward), TX, *floor_forward.verdict_check(TX))
+        # The floors (bench/path_floors.c) behind the same harness: each one's output must be
+        # xdp_edge's, byte for byte, or it would be timing less work.
+        floor_fwd_h = Probe("forward floor via harness", harness(floors.forward, forward, pushed), forward,
+                            ctx(forward), TX, *floors.verdict_check(TX))
+        floor_a2s_h = Probe("A2S floor via harness", harness(floors.a2s, a2s, 0), a2s, ctx(a2s), TX,
+                            *floors.verdict_check(TX))
 
         _check_harness(forward_h, env.run(forward).data, measure)
         _check_harness(floor_fwd_h, env.run(forward).data, measure)
+        _check_harness(floor_a2s_h, env.run(a2s).data, measure)
         _check_harness(a2s_h, env.run(a2s).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
 
@@ -293,7 +300,7 @@ def _bench(args) -> int:
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, rate,
-                  pass_through, deny_h, deny_hf, fib_only, floor_fwd_h]
+                  pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -317,6 +324,7 @@ def _bench(args) -> int:
             ("bpf_fib_lookup alone (what the next-hop cache saves)", fib_only.samples, None),
             ("forward floor: the least lookups rules 1-8 allow [1][2]", corrected(floor_fwd_h, forward_hf, floor),
              "forward"),
+            ("A2S floor: the least lookups rules 1-7 allow [1][2]", corrected(floor_a2s_h, a2s_hf, floor), "a2s"),
         ]
 
         _say()
@@ -334,9 +342,9 @@ def _bench(args) -> int:
         _say("[1] the path rewrites the frame: timed behind frame_restore, minus the same harness in")
         _say("    front of the empty program, plus the empty program (bench/README.md, 'Rewriting paths').")
         _say("    The method check row should match the direct deny drop row.")
-        _say("[2] bench/forward_floor.c: the same output as xdp_edge's forward from one lookup per rule that")
-        _say("    needs one (source lists, one entry per source for ban + rate + counters, service, next hop).")
-        _say("    No implementation of the rules forwards for less (bench/README.md, 'The forward floor').")
+        _say("[2] bench/path_floors.c: xdp_edge's output, byte for byte, from one lookup per rule that needs")
+        _say("    one (source lists; one entry per source for ban + rate + counters; service; next hop, or cookie")
+        _say("    and cache). No implementation of the rules does that path for less (bench/README.md, 'The floors').")
         _say("repeat counts per run: %s" % ", ".join("%s %d" % (p.name, p.repeat) for p in probes))
 
         results["table_size"] = _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure, abi)

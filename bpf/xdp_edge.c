@@ -45,11 +45,11 @@
 #include "csum.h"
 #include "encap.h"
 #include "a2s.h"
+#include "udp_reply.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define NSEC_PER_MSEC 1000000ULL
 #define DEFAULT_COOKIE_EPOCH_NS (30 * NSEC_PER_SEC)
-#define REPLY_TTL 64
 
 /* Outcome of a pipeline stage that may end the packet's journey. */
 struct verdict {
@@ -73,37 +73,6 @@ static __always_inline struct verdict make_verdict(int action, __u32 reason)
 {
 	struct verdict v = { .action = action, .reason = reason };
 	return v;
-}
-
-/*
- * Copy an A2S payload between the packet and a map value. These are real (not inlined)
- * functions on purpose, and the empty asm makes clang forget what the callers proved about the
- * length: so the range check is emitted, on the very register handed to the helper. Inlined,
- * clang checks one copy of the length and passes another, reloaded from the stack; the 6.1
- * verifier has lost the bounds of that copy and refuses the call (the 6.18 verifier of the
- * build host accepts it - the VM lab caught this).
- */
-static __noinline int payload_from_packet(struct xdp_md *ctx, __u32 offset, __u8 *dst, __u64 len)
-{
-	asm volatile("" : "+r"(len)); /* what the callers checked is not known here: check it */
-	if (len < 1 || len > A2S_CACHE_MAX_PAYLOAD)
-		return -1;
-	/* 1..1400 in a form every verifier follows: a mask (0..2047), a bound, then +1. */
-	len = ((len - 1) & 0x7ff);
-	if (len >= A2S_CACHE_MAX_PAYLOAD)
-		return -1;
-	return bpf_xdp_load_bytes(ctx, offset, dst, len + 1);
-}
-
-static __noinline int payload_to_packet(struct xdp_md *ctx, __u32 offset, __u8 *src, __u64 len)
-{
-	asm volatile("" : "+r"(len)); /* what the callers checked is not known here: check it */
-	if (len < 1 || len > A2S_CACHE_MAX_PAYLOAD)
-		return -1;
-	len = ((len - 1) & 0x7ff); /* as in payload_from_packet() */
-	if (len >= A2S_CACHE_MAX_PAYLOAD)
-		return -1;
-	return bpf_xdp_store_bytes(ctx, offset, src, len + 1);
 }
 
 static __always_inline int lpm_v4_match(void *map, __be32 addr)
@@ -365,79 +334,6 @@ static __always_inline struct verdict send_icmp_too_big(struct xdp_md *ctx, cons
 	return emit(ctx, &hop, EDGE_REASON_TX_ICMP_TOO_BIG);
 }
 
-/*
- * Turn the UDP request in the frame into a reply of payload_len bytes back the way it came, with
- * the payload left for the caller to fill. Returns the payload offset, or -1.
- *
- * The reply leaves by XDP_TX to the router that handed over the request: Ethernet addresses
- * swapped, the VLAN tag (if any) kept, no route lookup. The request came over a path to the
- * player, and a flood of queries cannot make the POP ask the FIB once per packet (it costs about
- * 100 ns, more than the rest of the answer). l3_off is ETH_HLEN, or ETH_HLEN + 4 under a tag:
- * callers pass a constant, so each case is inlined with fixed offsets every verifier follows.
- */
-static __always_inline int udp_reply_in_place(struct xdp_md *ctx, const __u32 l3_off, __u32 payload_len)
-{
-	void *data, *data_end;
-	struct ethhdr *eth;
-	struct iphdr *ip;
-	struct udphdr *udp;
-	__u8 mac[ETH_ALEN];
-	int frame_len, want_len;
-	__be32 addr;
-	__be16 port;
-
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	frame_len = (int)(data_end - data);
-	want_len = l3_off + sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len;
-	if (frame_len != want_len && bpf_xdp_adjust_tail(ctx, want_len - frame_len))
-		return -1;
-
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = data + l3_off;
-	udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > data_end)
-		return -1;
-
-	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-
-	addr = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = addr;
-	ip->tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + payload_len);
-	ip->frag_off = 0;
-	ip->ttl = REPLY_TTL;
-	ipv4_set_csum(ip);
-
-	port = udp->source;
-	udp->source = udp->dest;
-	udp->dest = port;
-	udp->len = bpf_htons(sizeof(struct udphdr) + payload_len);
-	udp->check = 0;
-	return l3_off + sizeof(struct iphdr) + sizeof(struct udphdr);
-}
-
-/* Checksum the UDP reply built by udp_reply_in_place, given the sum of its payload. */
-static __always_inline int udp_reply_set_csum(struct xdp_md *ctx, const __u32 l3_off, __u64 payload_sum)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *ip = data + l3_off;
-	struct udphdr *udp = (void *)(ip + 1);
-	__u64 sum;
-
-	if ((void *)(udp + 1) > data_end)
-		return -1;
-	sum = udp_pseudo_sum(ip->saddr, ip->daddr, udp->len);
-	sum += csum_words(udp, sizeof(*udp));
-	udp->check = udp_finish_csum(sum + payload_sum);
-	return 0;
-}
-
 static __always_inline struct verdict a2s_challenge_at(struct xdp_md *ctx, const __u32 l3_off, __u32 cookie,
 						       __u32 service_id)
 {
@@ -471,7 +367,7 @@ static __always_inline struct verdict a2s_cached_at(struct xdp_md *ctx, const __
 {
 	int off = udp_reply_in_place(ctx, l3_off, len);
 
-	if (off < 0 || payload_to_packet(ctx, off, (__u8 *)entry->payload, len))
+	if (off < 0 || payload_copy(ctx, off, (__u8 *)entry->payload, len, 1))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
 	if (udp_reply_set_csum(ctx, l3_off, entry->payload_csum))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
@@ -628,7 +524,7 @@ static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *i
 	tail_word = len & ~3U;
 	if (tail_word <= A2S_CACHE_MAX_PAYLOAD - 4)
 		*(__u32 *)&scratch->payload[tail_word] = 0;
-	if (payload_from_packet(ctx, inner->payload_off, scratch->payload, len))
+	if (payload_copy(ctx, inner->payload_off, scratch->payload, len, 0))
 		return;
 
 	/* Sum the padded payload word by word: a bounded loop every verifier follows (a snooped
