@@ -34,7 +34,6 @@ import itertools
 import operator
 import socket
 import struct
-import re
 import zlib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -370,31 +369,50 @@ def _prefixes(lpm_keys):
 
 
 def source_list_entries(deny_entries, allow_entries):
-    """{edge_src_filter: {index key: entry}, edge_src_hosts: {key: bitmap}} for the deny and
-    allow LPM entries; edge_src_filter only where an entry has a bit set (the rest is zero)."""
-    entries, hosts = _source_lists.derive(_prefixes(deny_entries), _prefixes(allow_entries))
-    pack_entry = abi.SRC_FILTER_ENTRY.pack
+    """{edge_src_filter: all its values (bytes), edge_src_hosts: {key: bitmap}} for the deny and
+    allow LPM entries. The filter is kept whole (8 MiB), as BpfMap.array_bytes() reads it: one
+    comparison finds what differs, where a dict of 262,144 entries would cost seconds."""
+    filter_bytes, hosts = _source_lists.derive(_prefixes(deny_entries), _prefixes(allow_entries))
     pack_key = abi.SRC_HOSTS_KEY.pack
     pack_hosts = abi.SRC_HOSTS_VALUE.pack
     return {
-        SOURCE_FILTER_MAP: dict((abi.U32.pack(index), pack_entry(*words)) for index, words in entries.items()),
+        SOURCE_FILTER_MAP: filter_bytes,
         SOURCE_HOSTS_MAP: dict((pack_key(net24, list_id), pack_hosts(*_source_lists.host_words(bits)))
                                for (net24, list_id), bits in hosts.items()),
     }
 
 
-_NON_ZERO_RUN = re.compile(b"[^\x00]+")
+_FILTER_BLOCK = 4096   # bytes compared at once: 128 entries
 
 
-def source_filter_from_bytes(data):
-    """The non-zero entries of edge_src_filter, {index key: entry}, from all its values in one
-    bytes object (BpfMap.array_bytes)."""
+def source_filter_changes(before, after):
+    """map_changes() for edge_src_filter given whole (bytes, or None for all zero): (added,
+    changed, removed) keyed by packed index, only for the entries that differ (blocks of 128
+    entries are compared first, at C speed; only a block that differs is compared entry by entry).
+    An all-zero entry counts as absent."""
     size = abi.SRC_FILTER_ENTRY.size
-    found = {}
-    for run in _NON_ZERO_RUN.finditer(data):
-        for index in range(run.start() // size, (run.end() - 1) // size + 1):
-            found[abi.U32.pack(index)] = data[index * size:(index + 1) * size]
-    return found
+    zero = SOURCE_FILTER_ZERO
+    before = before or bytes(_source_lists.FILTER_SIZE)
+    after = after or bytes(_source_lists.FILTER_SIZE)
+    added, changed, removed = {}, {}, {}
+    if before == after:
+        return added, changed, removed
+    for block in range(0, len(before), _FILTER_BLOCK):
+        if before[block:block + _FILTER_BLOCK] == after[block:block + _FILTER_BLOCK]:
+            continue
+        for offset in range(block, block + _FILTER_BLOCK, size):
+            old, new = before[offset:offset + size], after[offset:offset + size]
+            if old == new:
+                continue
+            index = offset // size
+            key = abi.U32.pack(index)
+            if old == zero:
+                added[key] = new
+            elif new == zero:
+                removed[key] = old
+            else:
+                changed[key] = (new, old)
+    return added, changed, removed
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -510,7 +528,9 @@ def compare(present, desired):
     a map absent from `desired` is left alone (no changes)."""
     changes = {}
     for map_name in RULE_MAPS + DERIVED_MAPS:
-        if map_name in desired:
+        if map_name == SOURCE_FILTER_MAP and map_name in desired:
+            changes[map_name] = source_filter_changes(present.get(map_name), desired[map_name])
+        elif map_name in desired:
             changes[map_name] = map_changes(present.get(map_name, {}), desired[map_name])
         else:
             changes[map_name] = ({}, {}, {})
@@ -568,7 +588,7 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     steps["services_disarm"] = ("edge_services", "update", disarm)
     steps["services_change"] = ("edge_services", "update", final)
 
-    steps.update(_source_list_steps(present, desired))
+    steps.update(_source_list_steps(present, desired, changes))
 
     if "edge_services" in desired:
         stale = stale_cache_ids(present.get("edge_services", {}), desired["edge_services"], present_cache_ids)
@@ -592,11 +612,11 @@ def _upserts(added, changed):
     return entries
 
 
-def _filter_writes(before, after):
-    """Writes turning edge_src_filter from `before` to `after` (non-zero entries of each): an
-    array has no deletes, an entry that goes is written with zeros (and "old" is never None, so
-    undoing a step only ever writes)."""
-    added, changed, removed = map_changes(before, after)
+def _filter_writes(before, after, changes=None):
+    """Writes turning edge_src_filter from `before` to `after` (each whole, bytes): an array has
+    no deletes, an entry that goes is written with zeros (and "old" is never None, so undoing a
+    step only ever writes). changes: source_filter_changes(before, after), when known."""
+    added, changed, removed = changes or source_filter_changes(before, after)
     entries = [(key, value, SOURCE_FILTER_ZERO) for key, value in added.items()]
     entries.extend((key, new, old) for key, (new, old) in changed.items())
     entries.extend((key, SOURCE_FILTER_ZERO, old) for key, old in removed.items())
@@ -610,11 +630,12 @@ def _strictest_hosts(present_hosts, interim_hosts, final_hosts):
     filter word points at one of them while the update runs, it reads no looser than either
     rule set would."""
     strictest = {}
-    for key in set(interim_hosts) | set(final_hosts):
-        values = [value for value in (present_hosts.get(key), interim_hosts.get(key), final_hosts.get(key))
-                  if value is not None]
-        if all(value == values[0] for value in values):
-            strictest[key] = values[0]
+    for key in set(interim_hosts).union(final_hosts):
+        final = final_hosts.get(key)
+        values = set((present_hosts.get(key), interim_hosts.get(key), final))
+        values.discard(None)
+        if len(values) == 1:
+            strictest[key] = final if final is not None else interim_hosts[key]
             continue
         words = [abi.SRC_HOSTS_VALUE.unpack(value) for value in values]
         merge = operator.or_ if abi.SRC_HOSTS_KEY.unpack(key)[1] == _source_lists.DENY else operator.and_
@@ -622,15 +643,16 @@ def _strictest_hosts(present_hosts, interim_hosts, final_hosts):
     return strictest
 
 
-def _source_list_steps(present, desired):
-    """The derived maps' steps (see STEP_ORDER): {step name: (map, operation, entries)}."""
+def _source_list_steps(present, desired, changes):
+    """The derived maps' steps (see STEP_ORDER): {step name: (map, operation, entries)}.
+    changes: compare(present, desired)."""
     names = ("src_hosts_tighten", "src_filter_tighten", "src_filter_final", "src_hosts_final", "src_hosts_remove")
     if SOURCE_FILTER_MAP not in desired:
         return dict((name, (SOURCE_HOSTS_MAP, "update", [])) for name in names)
     old_deny, new_deny = present.get("edge_deny_v4", {}), desired["edge_deny_v4"]
     old_allow, new_allow = present.get("edge_allow_v4", {}), desired["edge_allow_v4"]
-    if old_deny == new_deny and old_allow == new_allow:
-        interim = desired
+    if set(old_deny).issubset(new_deny) and set(new_allow).issubset(old_allow):
+        interim = desired   # the new rules are the stricter ones already (the first run, a no-op)
     else:
         # Stricter than both rule sets: every deny of either, only the allows of both.
         interim = source_list_entries(set(old_deny) | set(new_deny), set(old_allow) & set(new_allow))
@@ -643,7 +665,8 @@ def _source_list_steps(present, desired):
     return {
         "src_hosts_tighten": (SOURCE_HOSTS_MAP, "update", _upserts(added, changed)),
         "src_filter_tighten": (SOURCE_FILTER_MAP, "update",
-                               _filter_writes(present.get(SOURCE_FILTER_MAP, {}), interim[SOURCE_FILTER_MAP])),
+                               _filter_writes(present.get(SOURCE_FILTER_MAP), interim[SOURCE_FILTER_MAP],
+                                              changes[SOURCE_FILTER_MAP] if interim is desired else None)),
         "src_filter_final": (SOURCE_FILTER_MAP, "update",
                              _filter_writes(interim[SOURCE_FILTER_MAP], desired[SOURCE_FILTER_MAP])),
         "src_hosts_final": (SOURCE_HOSTS_MAP, "update", _upserts(final_added, final_changed)),

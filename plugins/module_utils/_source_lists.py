@@ -22,63 +22,82 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from array import array
+
 DENY = 0    # enum edge_src_list
 ALLOW = 1
 
 FILTER_ENTRIES = 1 << 18
 NETS_PER_ENTRY = 64
-_WORD_ALL_ONES = (1 << 64) - 1
+ENTRY_SIZE = 32                      # struct src_filter_entry: four u64 words
+FILTER_SIZE = FILTER_ENTRIES * ENTRY_SIZE
+_PLANE_SIZE = (1 << 24) // 8         # a bit per /24: 2 MiB
 _HOSTS_ALL_ONES = (1 << 256) - 1
+_WORD_ALL_ONES = (1 << 64) - 1
+_FULL_BYTES = {}
+
+
+def _full(count):
+    """count bytes of 0xff (cached: the same few sizes come up again and again)."""
+    run = _FULL_BYTES.get(count)
+    if run is None:
+        run = _FULL_BYTES[count] = b"\xff" * count
+    return run
+
+
+def _set_bits(plane, first, count):
+    """Set bits first..first+count-1 of a bitmap (count a power of two, first a multiple of it)."""
+    if count >= 8:
+        plane[first >> 3:(first + count) >> 3] = _full(count >> 3)
+    else:
+        plane[first >> 3] |= ((1 << count) - 1) << (first & 7)
 
 
 def derive(deny, allow):
-    """(entries, hosts) for the prefixes of two lists, each an iterable of (address, length) with
-    the address an integer in host order and its host bits clear.
+    """(filter, hosts) for the prefixes of two lists, each an iterable of (address, length) with the
+    address an integer in host order and its host bits clear.
 
-    entries: {entry index: [deny_all, deny_some, allow_all, allow_some]}, only entries with a bit set.
-    hosts:   {(/24 number, DENY or ALLOW): 256-bit int}, only for /24s whose "some" bit is set.
+    filter: the whole edge_src_filter, FILTER_SIZE bytes as the kernel keeps them (entry i at
+            i * 32: deny_all, deny_some, allow_all, allow_some, little-endian u64s).
+    hosts:  {(/24 number, DENY or ALLOW): 256-bit int}, only for /24s whose "some" bit is set.
     A /24 that is covered whole is "all" and has no hosts bitmap, whatever longer prefixes it holds;
     a /24 whose longer prefixes add up to all 256 addresses becomes "all" too.
+    The bits are set in bytearrays (one per word of the entry, a bit per /24), whole bytes at a
+    time for prefixes of /21 and shorter, so that 100,000 prefixes take a fraction of a second.
     """
-    entries = {}
-    partial = {}
+    planes = [bytearray(_PLANE_SIZE) for dummy in range(4)]
+    hosts = {}
     for list_id, prefixes in ((DENY, deny), (ALLOW, allow)):
-        all_word = 2 * list_id
+        whole = planes[2 * list_id]
+        partial = {}
         for address, length in prefixes:
             if length > 24:
-                key = (address >> 8, list_id)
+                net24 = address >> 8
                 span = ((1 << (1 << (32 - length))) - 1) << (address & 0xFF)
-                partial[key] = partial.get(key, 0) | span
-                continue
-            first = address >> 8
-            count = 1 << (24 - length)
-            if count >= NETS_PER_ENTRY:
-                # Whole entries: a /18 is one, a /8 1,024.
-                for index in range(first // NETS_PER_ENTRY, (first + count) // NETS_PER_ENTRY):
-                    entry = entries.get(index)
-                    if entry is None:
-                        entries[index] = entry = [0, 0, 0, 0]
-                    entry[all_word] = _WORD_ALL_ONES
+                partial[net24] = partial.get(net24, 0) | span
             else:
-                index = first // NETS_PER_ENTRY
-                entry = entries.get(index)
-                if entry is None:
-                    entries[index] = entry = [0, 0, 0, 0]
-                entry[all_word] |= ((1 << count) - 1) << (first % NETS_PER_ENTRY)
-    hosts = {}
-    for (net24, list_id), bits in partial.items():
-        index, bit = net24 // NETS_PER_ENTRY, 1 << (net24 % NETS_PER_ENTRY)
-        entry = entries.get(index)
-        if entry is not None and entry[2 * list_id] & bit:
-            continue
-        if entry is None:
-            entries[index] = entry = [0, 0, 0, 0]
-        if bits == _HOSTS_ALL_ONES:
-            entry[2 * list_id] |= bit
-        else:
-            entry[2 * list_id + 1] |= bit
-            hosts[(net24, list_id)] = bits
-    return entries, hosts
+                _set_bits(whole, address >> 8, 1 << (24 - length))
+        some = planes[2 * list_id + 1]
+        for net24, bits in partial.items():
+            byte, bit = net24 >> 3, 1 << (net24 & 7)
+            if whole[byte] & bit:
+                continue
+            if bits == _HOSTS_ALL_ONES:
+                whole[byte] |= bit
+            else:
+                some[byte] |= bit
+                hosts[(net24, list_id)] = bits
+    # Interleave the four planes word by word: entry i = word i of each plane (a plane's bit n is
+    # bit n % 64 of its little-endian word n // 64, exactly the entry's layout).
+    words = array("Q", bytes(FILTER_SIZE))
+    for index, plane in enumerate(planes):
+        words[index::4] = array("Q", bytes(plane))
+    return words.tobytes(), hosts
+
+
+def entry_words(filter_bytes, index):
+    """The four words of entry `index` of a filter (derive's first result)."""
+    return tuple(array("Q", filter_bytes[index * ENTRY_SIZE:(index + 1) * ENTRY_SIZE]))
 
 
 def host_words(bits):
@@ -86,16 +105,14 @@ def host_words(bits):
     return tuple((bits >> (64 * word)) & _WORD_ALL_ONES for word in range(4))
 
 
-def is_listed(entries, hosts, address, list_id):
+def is_listed(filter_bytes, hosts, address, list_id):
     """Whether `address` (host-order int) is in a list, read the way the XDP program reads it
     (the unit tests compare this with the prefixes themselves)."""
     net24 = address >> 8
-    entry = entries.get(net24 // NETS_PER_ENTRY)
-    if entry is None:
-        return False
+    words = entry_words(filter_bytes, net24 // NETS_PER_ENTRY)
     bit = 1 << (net24 % NETS_PER_ENTRY)
-    if entry[2 * list_id] & bit:
+    if words[2 * list_id] & bit:
         return True
-    if entry[2 * list_id + 1] & bit:
+    if words[2 * list_id + 1] & bit:
         return bool((hosts.get((net24, list_id), 0) >> (address & 0xFF)) & 1)
     return False

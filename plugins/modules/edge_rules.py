@@ -405,7 +405,7 @@ def read_present(maps):
     for name in _rules.RULE_MAPS[1:]:
         present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_HOSTS_MAP] = dict(maps[_rules.SOURCE_HOSTS_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
-    present[_rules.SOURCE_FILTER_MAP] = _rules.source_filter_from_bytes(maps[_rules.SOURCE_FILTER_MAP].array_bytes())
+    present[_rules.SOURCE_FILTER_MAP] = maps[_rules.SOURCE_FILTER_MAP].array_bytes()
     cache_ids = [abi.U32.unpack(key)[0] for key in maps[_rules.A2S_CACHE_MAP].keys()]
     return present, cache_ids
 
@@ -435,6 +435,10 @@ def execute(maps, step):
     """Make one step's writes; returns how many elements were written or deleted."""
     target = maps[step.map_name]
     keys = [entry[0] for entry in step.entries]
+    if step.map_name == _rules.SOURCE_FILTER_MAP:
+        # An array written in place through its mmap (every bit of it stands alone, see
+        # bpf/include/edge_abi.h): the first run writes up to 262,144 entries.
+        return target.array_write((abi.U32.unpack(key)[0], entry[1]) for key, entry in zip(keys, step.entries))
     if step.operation == "update":
         target.update_batch(keys, [entry[1] for entry in step.entries])
     else:

@@ -51,7 +51,7 @@ class EdgeEnv:
         # The deny/allow records, and what was last derived from them into edge_src_filter and
         # edge_src_hosts (the maps XDP reads), written the way edge_rules writes them.
         self._lists = {"deny": {}, "allow": {}}
-        self._derived = {name: {} for name in _rules.DERIVED_MAPS}
+        self._derived = {_rules.SOURCE_FILTER_MAP: None, _rules.SOURCE_HOSTS_MAP: {}}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -166,7 +166,10 @@ class EdgeEnv:
         """Write what the deny/allow records derive to (only the entries that differ)."""
         desired = _rules.source_list_entries(self._lists["deny"], self._lists["allow"])
         for name in _rules.DERIVED_MAPS:
-            added, changed, removed = _rules.map_changes(self._derived[name], desired[name])
+            if name == _rules.SOURCE_FILTER_MAP:
+                added, changed, removed = _rules.source_filter_changes(self._derived[name], desired[name])
+            else:
+                added, changed, removed = _rules.map_changes(self._derived[name], desired[name])
             writes = dict(added)
             writes.update((key, new) for key, (new, old) in changed.items())
             if name == _rules.SOURCE_FILTER_MAP:

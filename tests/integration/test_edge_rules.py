@@ -239,8 +239,8 @@ def rule_writes(result):
 
 
 def derived_lists(pop):
-    """{edge_src_filter: non-zero entries, edge_src_hosts: entries} as pinned."""
-    return {_rules.SOURCE_FILTER_MAP: _rules.source_filter_from_bytes(pop.map(_rules.SOURCE_FILTER_MAP).array_bytes()),
+    """{edge_src_filter: all its values (bytes), edge_src_hosts: entries} as pinned."""
+    return {_rules.SOURCE_FILTER_MAP: pop.map(_rules.SOURCE_FILTER_MAP).array_bytes(),
             _rules.SOURCE_HOSTS_MAP: pop.entries(_rules.SOURCE_HOSTS_MAP)}
 
 
@@ -488,7 +488,7 @@ def test_the_sampler_does_catch_a_wrong_order(pop, tmp_path):
     desired, dummy = _rules.desired_entries(new, _rules.config_cookie_key(present["edge_config"][_rules.CONFIG_KEY]))
     plan = _rules.plan_writes(present, desired)
     emptied = [(key, _rules.SOURCE_FILTER_ZERO, old_entry)
-               for key, old_entry in present[_rules.SOURCE_FILTER_MAP].items()]
+               for key, old_entry in _rules.source_filter_changes(present[_rules.SOURCE_FILTER_MAP], None)[2].items()]
     wrong = [_rules.Step("empty_the_filter", _rules.SOURCE_FILTER_MAP, "update", emptied)] + plan
     with Sampler(pop, [ALWAYS]) as sampler:
         edge_rules.apply_plan(maps, wrong)

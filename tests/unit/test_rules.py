@@ -313,7 +313,7 @@ def test_unowned_cache_entries_are_deleted_and_owned_ones_kept():
 def test_inverse_restores_the_maps():
     present = entries_of(params(deny=["10.0.0.0/8", "172.16.0.0/12"], services=[service("a", id=3)]))
     desired = entries_of(params(deny=["10.0.0.0/8", "100.64.0.0/10"], services=[service("a", id=4)]))
-    state = dict((name, dict(entries)) for name, entries in present.items())
+    state = copy_of(present)
     plan = _rules.plan_writes(present, desired)
     for step in plan:
         apply_step(state, step)
@@ -370,14 +370,26 @@ def rule_sets(draw):
                   deny=deny, allow=allow, ban_sec=draw(st.sampled_from([0, 60])))
 
 
+def copy_of(entries):
+    """A copy of {map: contents} to apply steps to (edge_src_filter's contents are bytes)."""
+    return dict((name, contents if isinstance(contents, bytes) else dict(contents)) for name, contents in entries.items())
+
+
 def apply_step(state, step):
+    if step.map_name == _rules.SOURCE_FILTER_MAP:
+        # the array, kept whole as bytes (absent: all zero); "delete" never happens to it
+        assert step.operation == "update"
+        array = bytearray(state.get(step.map_name) or bytes(_source_lists.FILTER_SIZE))
+        for key, value, dummy in step.entries:
+            offset = abi.U32.unpack(key)[0] * abi.SRC_FILTER_ENTRY.size
+            array[offset:offset + len(value)] = value
+        state[step.map_name] = bytes(array)
+        return
     target = state.setdefault(step.map_name, {})
     for key, value, dummy in step.entries:
-        if step.operation == "update" and not (step.map_name == _rules.SOURCE_FILTER_MAP
-                                               and value == _rules.SOURCE_FILTER_ZERO):
+        if step.operation == "update":
             target[key] = value
         else:
-            # a zeroed edge_src_filter entry is what an absent one is: the rest of the array
             target.pop(key, None)
 
 
@@ -401,7 +413,7 @@ def test_every_intermediate_state_is_safe(old_params, new_params, data):
     cache = dict((service_id, owner_of[service_id]) for service_id in cache_ids)
 
     plan = _rules.plan_writes(old, new, cache_ids)
-    state = dict((name, dict(entries)) for name, entries in old.items())
+    state = copy_of(old)
     for number, step in enumerate(plan):
         apply_step(state, step)
         if step.map_name == _rules.A2S_CACHE_MAP:

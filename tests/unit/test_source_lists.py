@@ -49,30 +49,39 @@ def as_pairs(cidrs):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(prefixes(), max_size=8), st.lists(prefixes(), max_size=8))
 def test_the_derived_lists_answer_like_the_prefixes(deny, allow):
-    entries, hosts = sl.derive(as_pairs(deny), as_pairs(allow))
+    filter_bytes, hosts = sl.derive(as_pairs(deny), as_pairs(allow))
+    assert len(filter_bytes) == sl.FILTER_SIZE
     for address in addresses_near(deny + allow):
-        assert sl.is_listed(entries, hosts, address, sl.DENY) == listed(deny, address), (deny, address)
-        assert sl.is_listed(entries, hosts, address, sl.ALLOW) == listed(allow, address), (allow, address)
+        assert sl.is_listed(filter_bytes, hosts, address, sl.DENY) == listed(deny, address), (deny, address)
+        assert sl.is_listed(filter_bytes, hosts, address, sl.ALLOW) == listed(allow, address), (allow, address)
+
+
+def non_zero_entries(filter_bytes):
+    return dict((index, sl.entry_words(filter_bytes, index)) for index in range(sl.FILTER_ENTRIES)
+                if any(sl.entry_words(filter_bytes, index)))
 
 
 def test_a_slash8_sets_1024_whole_entries_and_a_slash32_one_bitmap():
-    entries, hosts = sl.derive(as_pairs(["10.0.0.0/8", "192.0.2.7/32"]), [])
+    filter_bytes, hosts = sl.derive(as_pairs(["10.0.0.0/8", "192.0.2.7/32"]), [])
+    entries = non_zero_entries(filter_bytes)
     tens = [index for index in entries if (index * 64) >> 16 == 10]
-    assert len(tens) == 1024 and all(entries[index][0] == (1 << 64) - 1 for index in tens)
+    assert len(tens) == 1024 and all(entries[index] == ((1 << 64) - 1, 0, 0, 0) for index in tens)
+    assert len(entries) == 1024 + 1
     assert hosts == {(0xC00002, sl.DENY): 1 << 7}
-    assert entries[0xC00002 // 64][1] == 1 << (0xC00002 % 64)
+    assert entries[0xC00002 // 64] == (0, 1 << (0xC00002 % 64), 0, 0)
 
 
 def test_longer_prefixes_that_fill_a_slash24_make_it_whole_and_a_whole_slash24_needs_no_bitmap():
-    entries, hosts = sl.derive(as_pairs(["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/24", "198.51.100.9/32"]), [])
+    filter_bytes, hosts = sl.derive(as_pairs(["192.0.2.0/25", "192.0.2.128/25", "198.51.100.0/24", "198.51.100.9/32"]),
+                                    [])
     assert hosts == {}
     for net24 in (0xC00002, 0xC63364):
-        assert entries[net24 // 64] == [1 << (net24 % 64), 0, 0, 0] or entries[net24 // 64][0] & 1 << (net24 % 64)
+        assert sl.entry_words(filter_bytes, net24 // 64) == (1 << (net24 % 64), 0, 0, 0)
 
 
 def test_the_empty_lists_derive_nothing_and_unset_bits_read_as_unlisted():
-    assert sl.derive([], []) == ({}, {})
-    assert not sl.is_listed({}, {}, 0x0A000001, sl.DENY)
+    assert sl.derive([], []) == (bytes(sl.FILTER_SIZE), {})
+    assert not sl.is_listed(bytes(sl.FILTER_SIZE), {}, 0x0A000001, sl.DENY)
 
 
 def params(deny, allow):
@@ -81,19 +90,14 @@ def params(deny, allow):
 
 
 def as_read_by_xdp(maps):
-    """(entries, hosts) in _source_lists' form, from the derived maps' {key: value} contents."""
-    entries = {}
-    for key, value in maps[_rules.SOURCE_FILTER_MAP].items():
-        words = list(abi.SRC_FILTER_ENTRY.unpack(value))
-        if any(words):
-            entries[abi.U32.unpack(key)[0]] = words
+    """(filter bytes, hosts) in _source_lists' form, from the derived maps' contents."""
     hosts = {}
     for key, value in maps[_rules.SOURCE_HOSTS_MAP].items():
         bits = 0
         for index, word in enumerate(abi.SRC_HOSTS_VALUE.unpack(value)):
             bits |= word << (64 * index)
         hosts[abi.SRC_HOSTS_KEY.unpack(key)] = bits
-    return entries, hosts
+    return bytes(maps[_rules.SOURCE_FILTER_MAP]), hosts
 
 
 @settings(max_examples=150, deadline=None)
@@ -102,17 +106,18 @@ def as_read_by_xdp(maps):
 def test_no_step_of_a_rule_change_is_more_lenient_than_both_rule_sets(old_deny, old_allow, new_deny, new_allow):
     present = _rules.desired_entries(params(old_deny, old_allow), bytes(16))[0]
     desired = _rules.desired_entries(params(new_deny, new_allow), bytes(16))[0]
-    maps = dict((name, dict(present[name])) for name in _rules.DERIVED_MAPS)
+    maps = {_rules.SOURCE_FILTER_MAP: bytearray(present[_rules.SOURCE_FILTER_MAP]),
+            _rules.SOURCE_HOSTS_MAP: dict(present[_rules.SOURCE_HOSTS_MAP])}
     probes = addresses_near(old_deny + old_allow + new_deny + new_allow)
 
     def allowed_by(deny, allow, address):
         return not listed(deny, address) and listed(allow, address)
 
     def check(after_step, tightened):
-        entries, hosts = as_read_by_xdp(maps)
+        filter_bytes, hosts = as_read_by_xdp(maps)
         for address in probes:
-            denied = sl.is_listed(entries, hosts, address, sl.DENY)
-            allowed = not denied and sl.is_listed(entries, hosts, address, sl.ALLOW)
+            denied = sl.is_listed(filter_bytes, hosts, address, sl.DENY)
+            allowed = not denied and sl.is_listed(filter_bytes, hosts, address, sl.ALLOW)
             # a source both rule sets deny never slips through; once the lists are tightened,
             # nothing the new rules deny does
             if listed(old_deny, address) and listed(new_deny, address):
@@ -129,7 +134,10 @@ def test_no_step_of_a_rule_change_is_more_lenient_than_both_rule_sets(old_deny, 
         if step.map_name not in _rules.DERIVED_MAPS:
             continue
         for key, value, dummy in step.entries:
-            if step.operation == "delete":
+            if step.map_name == _rules.SOURCE_FILTER_MAP:
+                offset = abi.U32.unpack(key)[0] * abi.SRC_FILTER_ENTRY.size
+                maps[step.map_name][offset:offset + len(value)] = value
+            elif step.operation == "delete":
                 del maps[step.map_name][key]
             else:
                 maps[step.map_name][key] = value

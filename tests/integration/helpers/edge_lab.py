@@ -87,6 +87,9 @@ class EdgeLab:
             maps["edge_backends"].update(abi.ipv4(BACKEND), abi.BACKEND_VALUE.pack(0))
             maps["edge_deny_v4"].update(abi.pack_lpm_v4(DENY_CIDR), abi.U32.pack(1))
             # ... and what XDP reads of the deny list, derived from it as edge_rules derives it
-            for name, entries in _rules.source_list_entries([abi.pack_lpm_v4(DENY_CIDR)], []).items():
+            derived = _rules.source_list_entries([abi.pack_lpm_v4(DENY_CIDR)], [])
+            for name, entries in ((_rules.SOURCE_HOSTS_MAP, derived[_rules.SOURCE_HOSTS_MAP]),
+                                  (_rules.SOURCE_FILTER_MAP,
+                                   _rules.source_filter_changes(None, derived[_rules.SOURCE_FILTER_MAP])[0])):
                 if entries:
                     maps[name].update_batch(list(entries), list(entries.values()))
