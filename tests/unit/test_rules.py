@@ -241,8 +241,8 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
     plan = _rules.plan_writes(present, desired, present_cache_ids=[1, 2])
     assert [step.name for step in plan] == list(_rules.STEP_ORDER)
     by_name = dict((step.name, step) for step in plan)
-    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_add"].entries] == ["100.64.0.0/10",
-                                                                                           "203.0.113.128/26"]
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_add"].entries] == [
+        "100.64.0.0/10", "203.0.113.128/26"]
     assert sorted(_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_remove"].entries) == [
         "172.16.0.0/12", "198.18.0.7/32", "203.0.113.0/26"]
     # the derived lists: 203.0.113.0/24 holds both /26s in between, then only the new one;
