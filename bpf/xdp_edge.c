@@ -635,25 +635,24 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 		if (ban && ban->until_ns > now)
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
 	}
-	if (pkt->is_fragment || pkt->ip_hdr_len != sizeof(struct iphdr)) {
-		/* No ports to look up (a later fragment) or a header the program does not serve: only
-		 * the anycast prefixes say whether it is ours. */
-		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
-			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
-		count_client(pkt->saddr, pkt->frame_len, now);
-		return make_verdict(XDP_DROP, pkt->is_fragment ? EDGE_REASON_DROP_FRAGMENT : EDGE_REASON_DROP_IP_OPTIONS);
+	/* The service first: a packet to one is ours without asking the anycast prefixes. Fragments
+	 * (a later one has no ports) and IP options are never a service's. Without a service, the
+	 * prefixes tell "ours, but dropped" from "not ours" (the kernel's). */
+	svc = NULL;
+	if (!pkt->is_fragment && pkt->ip_hdr_len == sizeof(struct iphdr)) {
+		skey.addr = pkt->daddr;
+		skey.port = pkt->dport;
+		skey.proto = pkt->proto;
+		svc = bpf_map_lookup_elem(&edge_services, &skey);
 	}
-
-	/* The service first: a packet to one is ours without asking the anycast prefixes, which
-	 * then only tell "no such service" (drop) from "not ours" (the kernel's). */
-	skey.addr = pkt->daddr;
-	skey.port = pkt->dport;
-	skey.proto = pkt->proto;
-	svc = bpf_map_lookup_elem(&edge_services, &skey);
 	if (!svc) {
 		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
 			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
 		count_client(pkt->saddr, pkt->frame_len, now);
+		if (pkt->is_fragment)
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
+		if (pkt->ip_hdr_len != sizeof(struct iphdr))
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
 	}
 	count_client(pkt->saddr, pkt->frame_len, now);

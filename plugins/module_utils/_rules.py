@@ -548,10 +548,7 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
         changes = compare(present, desired)
 
     def upserts(map_name):
-        added, changed = changes[map_name][:2]
-        entries = [(key, value, None) for key, value in added.items()]
-        entries.extend((key, new, old) for key, (new, old) in changed.items())
-        return entries
+        return _upserts(*changes[map_name][:2])
 
     def deletes(map_name):
         return [(key, None, old) for key, old in changes[map_name][2].items()]
@@ -607,6 +604,7 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
 
 
 def _upserts(added, changed):
+    """Update entries (key, new, old or None) for what map_changes() found added or changed."""
     entries = [(key, value, None) for key, value in added.items()]
     entries.extend((key, new, old) for key, (new, old) in changed.items())
     return entries
