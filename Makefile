@@ -18,7 +18,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # BPF programs: one object per bpf/*.c, compiled once here and shipped to the hosts.
 CLANG       ?= clang
 # -mcpu=v3: atomic fetch-and-add (exact rate counters) needs BPF ISA v3 (kernel >= 5.12).
-BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include
+# The kernel's UAPI headers (linux-libc-dev) keep <asm/*.h> under the multiarch folder, which
+# clang -target bpf does not search by itself; no glibc header may reach a BPF object.
+MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || dpkg-architecture -qDEB_HOST_MULTIARCH)
+BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include -idirafter /usr/include/$(MULTIARCH)
 BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 

@@ -26,7 +26,7 @@
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <linux/icmp.h>
+#include "icmp_hdr.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
