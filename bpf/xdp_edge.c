@@ -3,9 +3,9 @@
  * xdp_edge: the POP's data plane, attached to the uplink NIC.
  *
  * Inbound (internet -> anycast service), in this order:
- *   parse -> deny list -> allow list (both one lookup: source_lists_of) -> temporary bans ->
- *   fragment / IP options (to an anycast prefix: dropped) -> service lookup (a miss: anycast prefix?
- *   dropped, else the kernel's) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
+ *   parse -> deny list -> allow list (both one lookup: source_lists_of) ->
+ *   service lookup (a miss: anycast prefix? else the kernel's) -> temporary bans (only for traffic
+ *   to a service or an anycast prefix) -> fragment / IP options / no service (dropped) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
  *   the backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
  * Return path (IPIP from a backend to the POP's tunnel address):
  *   known backend? -> inner source is that backend's service? -> learn the port punch -> snoop
@@ -22,6 +22,9 @@
  *     dropped as "no_service".
  *   - A denied source is dropped whatever its destination (the POP's own addresses included);
  *     the allow list exempts from bans and rate limits, never from the deny list.
+ *   - Bans and rate limits apply only to traffic to a service or an anycast prefix, never to the
+ *     POP's own traffic: a source banned by spoofed floods in its name (a BGP neighbour) still
+ *     reaches the POP (BGP, BFD). A ban is only ever created by traffic to a service.
  *   - Frames the program forwards are untagged; the FIB picks the egress device. The A2S answers
  *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tag kept).
  *   - The A2S challenge is issued only while the cache holds a fresh reply; otherwise the request
@@ -611,13 +614,20 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	return emit(ctx, &hop, EDGE_REASON_TX_RETURN);
 }
 
+/* Is the source under a temporary ban (asked only for traffic to a service or an anycast prefix)? */
+static __always_inline int is_banned(__be32 saddr, __u64 now)
+{
+	struct ban_value *ban = bpf_map_lookup_elem(&edge_bans, &saddr);
+
+	return ban && ban->until_ns > now;
+}
+
 /* Inbound IPv4, after parsing. */
 static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const struct edge_config *cfg,
 						   const struct packet *pkt)
 {
 	struct service_key skey = {};
 	struct service_value *svc;
-	struct ban_value *ban;
 	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now;
@@ -630,14 +640,11 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
 		return return_path(ctx, pkt, bpf_ktime_get_ns());
 	now = bpf_ktime_get_ns();
-	if (!allowed) {
-		ban = bpf_map_lookup_elem(&edge_bans, &pkt->saddr);
-		if (ban && ban->until_ns > now)
-			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
-	}
 	/* The service first: a packet to one is ours without asking the anycast prefixes. Fragments
 	 * (a later one has no ports) and IP options are never a service's. Without a service, the
-	 * prefixes tell "ours, but dropped" from "not ours" (the kernel's). */
+	 * prefixes tell "ours, but dropped" from "not ours" (the kernel's). Bans apply only to what
+	 * is ours: a source banned for flooding a service (maybe spoofed in a BGP neighbour's name)
+	 * still reaches the POP itself (BGP, BFD, SSH). */
 	svc = NULL;
 	if (!pkt->is_fragment && pkt->ip_hdr_len == sizeof(struct iphdr)) {
 		skey.addr = pkt->daddr;
@@ -648,6 +655,8 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (!svc) {
 		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
 			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+		if (!allowed && is_banned(pkt->saddr, now))
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
 		count_client(pkt->saddr, pkt->frame_len, now);
 		if (pkt->is_fragment)
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
@@ -655,6 +664,8 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
 	}
+	if (!allowed && is_banned(pkt->saddr, now))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
 	count_client(pkt->saddr, pkt->frame_len, now);
 	count_service(svc->id, pkt->frame_len, 0);
 

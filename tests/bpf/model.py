@@ -494,20 +494,28 @@ class EdgeModel:
         if pkt.proto == IPPROTO_IPIP and pkt.daddr == cfg.tunnel_addr and not pkt.is_fragment:
             self._return_path(pkt)
         allowed = state.allowed(pkt.saddr)
-        if not allowed:
+
+        def banned():
             until = state.bans.get(pkt.saddr)
-            if until is not None and until > self._now:
-                raise _verdict(DROP, "drop_banned")
-        if pkt.is_fragment or pkt.ip_hdr_len != IPV4_HLEN:
-            if not state.is_anycast_v4(pkt.daddr):
-                raise _verdict(PASS, "pass_not_ours")
-            raise _verdict(DROP, "drop_fragment" if pkt.is_fragment else "drop_ip_options")
-        # A service's own (protocol, address, port) is ours; the prefixes decide the rest.
-        svc = state.service(pkt.proto, pkt.daddr, pkt.dport)
+            return not allowed and until is not None and until > self._now
+
+        # A service's own (protocol, address, port) is ours; the prefixes decide the rest. Bans
+        # apply only to what is ours: never to the POP's own traffic (BGP of a banned neighbour).
+        svc = None
+        if not pkt.is_fragment and pkt.ip_hdr_len == IPV4_HLEN:
+            svc = state.service(pkt.proto, pkt.daddr, pkt.dport)
         if svc is None:
             if not state.is_anycast_v4(pkt.daddr):
                 raise _verdict(PASS, "pass_not_ours")
+            if banned():
+                raise _verdict(DROP, "drop_banned")
+            if pkt.is_fragment:
+                raise _verdict(DROP, "drop_fragment")
+            if pkt.ip_hdr_len != IPV4_HLEN:
+                raise _verdict(DROP, "drop_ip_options")
             raise _verdict(DROP, "drop_no_service")
+        if banned():
+            raise _verdict(DROP, "drop_banned")
         if self._punch_is_live(pkt):
             self._forward_to_backend(pkt, svc, "tx_punched")
         if not allowed and self._rate_limit_exceeded(pkt, svc):
