@@ -504,3 +504,118 @@ def test_a_broken_inventory_stops_the_play_with_every_problem(tmp_path):
         assert "\n" + line + "\n" in proc.stdout, line
     # nothing after the role ran, for any host
     assert not list(tmp_path.glob("*.json"))
+
+
+# --- one front door: the role collects what the checks read; the defaults they assume ---------
+
+def test_the_role_collects_exactly_the_host_variables_the_checks_read():
+    role_vars = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "validate_inventory" / "vars" / "main.yml").read_text())
+    assert tuple(role_vars["validate_inventory_pop_vars"]) == _inventory.POP_VARS
+    assert tuple(role_vars["validate_inventory_backend_vars"]) == _inventory.BACKEND_VARS
+
+
+def test_the_timer_defaults_are_bird_anycasts():
+    defaults = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "bird_anycast" / "defaults" / "main.yml").read_text())
+    assert defaults["anycast_edge_bgp_timers"] == _inventory.BGP_TIMER_DEFAULTS
+    assert defaults["anycast_edge_bfd_timers"] == _inventory.BFD_TIMER_DEFAULTS
+
+
+@pytest.mark.parametrize("role", ["bird_anycast", "tc_mapper", "xdp_edge", "ipip_tunnels", "edge_agent"])
+def test_the_roles_defaults_pass_the_checks(role):
+    """A host variable left out reaches the checks as None (hostvars holds no role defaults):
+    the roles' own defaults, given explicitly, must pass too."""
+    defaults = yaml.safe_load((EXAMPLE.parents[1] / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    for hostvars in inventory[1].values():
+        hostvars.update((name, defaults[name]) for name in _inventory.POP_VARS if name in defaults and name not in hostvars)
+    for hostvars in inventory[2].values():
+        hostvars.update((name, defaults[name]) for name in _inventory.BACKEND_VARS
+                        if name in defaults and name not in hostvars)
+    assert _inventory.validate(*inventory) == []
+
+
+def test_no_role_re_checks_the_inventory():
+    """The roles' own assert/fail tasks that re-checked inventory are gone (bird_anycast's
+    validate.yml, tc_mapper's "Check the mapper's own settings"); what is left checks state
+    found on the host (bird_anycast: the drain state file)."""
+    roles = EXAMPLE.parents[1] / "roles"
+    found = []
+    for path in sorted(roles.glob("*/tasks/*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            if "ansible.builtin.assert" in task or "ansible.builtin.fail" in task:
+                found.append("%s: %s" % (path.relative_to(roles), task["name"]))
+    assert found == ["bird_anycast/tasks/main.yml: Check the drain state"]
+
+
+# --- the IPIP path warning (plain IPIP is authenticated by nothing but its path) -------------
+
+def warnings(mutations=()):
+    inventory = apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), mutations)
+    problems, found, _normalized = _inventory.check_all(*inventory)
+    assert problems == []
+    return found
+
+
+def test_a_pop_without_underlay_devices_warns_once_per_backend():
+    found = warnings([pop("anycast_edge_underlay_devices", ["eth3"])])
+    # pop-fra1 has an underlay (no networks: every backend is reached over it); pop-ams1 has none
+    assert found == [
+        "pop-ams1 <-> game1: the IPIP to game1's tunnel address 10.1.0.10 does not cross a declared underlay "
+        "device (pop-ams1 has no anycast_edge_underlay_devices: it is sent and accepted on the uplink eth1). "
+        "Plain IPIP is authenticated by nothing but its path: where it crosses the internet, anyone can spoof it "
+        "(see docs/data-plane.md, trust model)",
+        "pop-ams1 <-> game2: the IPIP to game2's tunnel address 10.1.0.11 does not cross a declared underlay "
+        "device (pop-ams1 has no anycast_edge_underlay_devices: it is sent and accepted on the uplink eth1). "
+        "Plain IPIP is authenticated by nothing but its path: where it crosses the internet, anyone can spoof it "
+        "(see docs/data-plane.md, trust model)",
+    ]
+
+
+def test_underlay_networks_name_the_backends_the_underlay_reaches():
+    found = warnings([pop("anycast_edge_underlay_devices", ["eth3"], host)
+                      for host in ("pop-ams1", "pop-fra1")]
+                     + [pop("anycast_edge_underlay_networks", ["10.1.0.10/32"], "pop-fra1")])
+    assert len(found) == 1
+    assert found[0].startswith("pop-fra1 <-> game2: the IPIP to game2's tunnel address 10.1.0.11 does not cross")
+    assert "(10.1.0.11 is not inside pop-fra1's anycast_edge_underlay_networks)" in found[0]
+
+
+def test_every_pair_over_a_declared_underlay_warns_nothing():
+    assert warnings([pop("anycast_edge_underlay_devices", ["eth3"], host) for host in ("pop-ams1", "pop-fra1")]) == []
+
+
+def test_the_lab_inventory_passes_without_warnings(tmp_path):
+    """The lab's POPs reach the backend over eth2 (anycast_edge_underlay_devices): no warning."""
+    proc = run_validation_play(EXAMPLE.parent / "lab", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout + proc.stderr
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_the_warning_is_shown_once_per_pair_in_the_play_output(tmp_path):
+    """The example's POPs have no underlay devices: 4 POPs x 3 backends, each pair listed once,
+    and the play goes on (a warning, not an error)."""
+    proc = run_validation_play(EXAMPLE, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    for pop_name in ("pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"):
+        for backend_name in ("game-ams-01", "game-fra-01", "game-nyc-01"):
+            assert output.count("%s <-> %s: the IPIP" % (pop_name, backend_name)) == 1, output
+    assert len(list(tmp_path.glob("*.json"))) == 7
+
+
+def test_a_bad_password_is_refused_without_showing_it(tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, inventory)
+    (inventory / "host_vars" / "pop-lon1.yml").write_text(yaml.safe_dump({
+        "anycast_edge_tunnel_address": "10.0.0.3",
+        "anycast_edge_bgp_neighbors": [{"name": "transit", "address": "192.0.2.1", "asn": 64510,
+                                        "password": 'Hunter2"; } protocol x {'},
+                                       {"name": "ix", "address": "192.0.2.2", "asn": 64511,
+                                        "password": "GoodSecretValue"}]}))
+    proc = run_validation_play(inventory, tmp_path, "-vvv")
+    assert proc.returncode != 0
+    assert ("hostvars['pop-lon1'].anycast_edge_bgp_neighbors[0].password: (not shown) must be a string"
+            in proc.stdout), proc.stdout
+    assert "Hunter2" not in proc.stdout + proc.stderr
+    assert "GoodSecretValue" not in proc.stdout + proc.stderr
