@@ -188,7 +188,8 @@ def _split_keep_quoted(command):
 
 
 def quote_symbol(name):
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+    # fullmatch: `$` would also accept a final newline, i.e. a second birdc command line.
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise BirdcError("'%s' is not a valid BIRD protocol name" % name)
     return name
 

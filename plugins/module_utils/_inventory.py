@@ -11,6 +11,23 @@ and the bad value, e.g.
 An operator fixes a whole inventory in one round instead of one error per playbook run. The
 schema itself is documented in roles/validate_inventory/meta/argument_specs.yml and README.md.
 
+Every check of the inventory lives here (one front door): the roles do not re-check what
+validate_inventory already refused. A check is a function decorated with @inventory_check; they
+run in the order they are defined and share one _Context (problems, warnings, the raw inputs
+and what earlier checks normalized). To add one: write
+
+    @inventory_check
+    def _check_something(ctx):
+        value = ctx.variables.get("anycast_edge_something")
+        ...
+        ctx.problems.add("anycast_edge_something", value, "is not ...")
+
+and, if it reads a per-host variable, add the variable's name to POP_VARS / BACKEND_VARS (the
+role collects exactly those from hostvars). Warnings (ctx.warnings) are shown, not fatal.
+
+Regular expressions match whole values (re.fullmatch): Python's `$` also matches before a
+final newline, so "eth0\n" would pass a `^...$` pattern.
+
 Addresses are checked with netaddr (installed on the controller with the collection's
 requirements; the module reports it missing otherwise).
 """
@@ -28,23 +45,51 @@ except ImportError:  # reported by the inventory_check module via missing_requir
     netaddr = None
     HAS_NETADDR = False
 
+from ansible_collections.anycast.edge.plugins.module_utils import _ipip
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
-SERVICE_NAME = re.compile(r"^[a-z0-9_-]+$")
-# Linux interface names: 1..15 bytes, no '/', no whitespace, not '.' or '..'.
-INTERFACE_NAME = re.compile(r"^[^/\s]{1,15}$")
+SERVICE_NAME = re.compile(r"[a-z0-9_-]+")
+# Linux interface names (dev_valid_name): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'.
+# The same rule as the ipip_tunnel module's (_ipip.INTERFACE_NAME), which this one reuses.
+INTERFACE_NAME = _ipip.INTERFACE_NAME
+# A BIRD symbol: the BGP protocol is named bgp_<name>.
+NEIGHBOR_NAME = re.compile(r"[a-z][a-z0-9_]*")
+INTEGER = re.compile(r"-?[0-9]+")
+COMMUNITY = re.compile(r"([0-9]{1,5}):([0-9]{1,5})")
+# BIRD reads the password between double quotes: no quote, backslash or control character.
+PASSWORD_FORBIDDEN = re.compile(r'["\\\x00-\x1f\x7f]')
 PROTOCOLS = ("udp", "tcp", "icmp")
 RATE_LIMIT_FIELDS = ("packets_per_sec", "bytes_per_sec")
 MAX_ASN = 4294967295
+DRAIN_STATES = ("announced", "gshut", "withdrawn")
 
 SERVICE_KEYS = ("name", "id", "address", "protocol", "port", "backend", "a2s_cache", "a2s_snoop",
                 "a2s_refresh_sec", "a2s_max_age_sec", "rate_limit")
 FILTER_KEYS = ("allow", "deny", "rate_limits", "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec")
+NEIGHBOR_KEYS = ("name", "address", "asn", "password", "multihop", "bfd", "communities")
 
 # Defaults of the schema (also in roles/validate_inventory/defaults/main.yml and the specs).
 SERVICE_DEFAULTS = {"a2s_cache": False, "a2s_refresh_sec": 5, "a2s_max_age_sec": 30}
 FILTER_DEFAULTS = {"allow": [], "deny": [], "rate_limits": {}, "ban_sec": 60, "punch_idle_sec": 120,
                    "a2s_cookie_epoch_sec": 30}
+# bird_anycast's defaults (roles/bird_anycast/defaults/main.yml; tests/unit/test_inventory.py
+# checks they agree): a timers mapping that leaves a key out gets the template's default for it.
+BGP_TIMER_DEFAULTS = {"hold": 90, "keepalive": 30, "connect_retry": 120}
+BFD_TIMER_DEFAULTS = {"interval_ms": 300, "multiplier": 3}
+
+# The per-host variables the role collects from hostvars for the checks (only these: whole
+# hostvars would template every variable of every host). An absent one is passed as None, which
+# means "the role's default" (hostvars does not hold role defaults).
+POP_VARS = ("anycast_edge_uplink", "anycast_edge_tunnel_address", "anycast_edge_egress_devices",
+            "anycast_edge_underlay_devices", "anycast_edge_underlay_networks",
+            "anycast_edge_router_id", "anycast_edge_bgp_neighbors", "anycast_edge_bgp_communities",
+            "anycast_edge_rtbh", "anycast_edge_bgp_timers", "anycast_edge_bfd_timers",
+            "anycast_edge_drain_state")
+BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_edge_mapper_devices",
+                "anycast_edge_mapper_fib_next_hop", "anycast_edge_mapper_rp_filter",
+                "anycast_edge_default_pop", "anycast_edge_dsr_services")
+# Variables that hold secrets: checked, never shown (the problem says what is wrong, not the value).
+SECRET_KEYS = ("password",)
 
 
 class _Problems(object):
@@ -73,7 +118,7 @@ def _integer(problems, path, value, minimum=None, maximum=None, strictly_positiv
     if isinstance(value, bool):
         problems.add(path, value, "is not an integer")
         return None
-    if isinstance(value, str) and re.match(r"^-?[0-9]+$", value.strip()):
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int):
         problems.add(path, value, "is not an integer")
@@ -188,29 +233,51 @@ def _hostvars_path(host, var):
     return "hostvars['%s'].%s" % (host, var)
 
 
-def check(variables, pops, backends):
-    """Validate the schema. Returns (problems, normalized).
+def _interface_name(name):
+    return isinstance(name, str) and INTERFACE_NAME.fullmatch(name) is not None and name not in (".", "..")
 
-    variables: the schema vars (anycast_edge_asn, anycast_edge_prefixes, anycast_edge_services,
-        anycast_edge_filters), as the play sees them.
-    pops, backends: {inventory hostname: {its anycast_edge_* host vars}} of the `pops` and
-        `backends` groups.
-    problems: list of strings, one per problem (empty when the inventory is fine).
-    normalized: the variables with defaults filled in and CIDRs in canonical form (only
-        meaningful when there is no problem).
-    """
-    problems = _Problems()
-    normalized = {}
 
-    if variables.get("anycast_edge_asn") is None:
-        problems.note("anycast_edge_asn", "is required (the ASN the POPs announce from)")
+class _Context(object):
+    """What every check sees. The raw inputs (variables, pops, backends), the problem and warning
+    lists, and what earlier checks normalized (normalized: returned to the caller; prefixes,
+    tunnel_owner: for later checks)."""
+
+    def __init__(self, variables, pops, backends):
+        self.variables = variables
+        self.pops = dict((host, pops[host] or {}) for host in pops)
+        self.backends = dict((host, backends[host] or {}) for host in backends)
+        self.problems = _Problems()
+        self.warnings = _Problems()
+        self.normalized = {}
+        self.prefixes = []
+        self.tunnel_owner = {}
+
+    def in_anycast(self, address):
+        return any(address in network for network in self.prefixes)
+
+
+CHECKS = []
+
+
+def inventory_check(function):
+    """Register a check (run in the order of definition, after the ones above it)."""
+    CHECKS.append(function)
+    return function
+
+
+@inventory_check
+def _check_asn(ctx):
+    if ctx.variables.get("anycast_edge_asn") is None:
+        ctx.problems.note("anycast_edge_asn", "is required (the ASN the POPs announce from)")
     else:
-        normalized["anycast_edge_asn"] = _integer(problems, "anycast_edge_asn", variables["anycast_edge_asn"],
-                                                  minimum=1, maximum=MAX_ASN)
+        ctx.normalized["anycast_edge_asn"] = _integer(ctx.problems, "anycast_edge_asn", ctx.variables["anycast_edge_asn"],
+                                                      minimum=1, maximum=MAX_ASN)
 
-    # --- anycast prefixes -----------------------------------------------------------------
-    prefixes = []
-    raw_prefixes = variables.get("anycast_edge_prefixes")
+
+@inventory_check
+def _check_prefixes(ctx):
+    problems, prefixes = ctx.problems, ctx.prefixes
+    raw_prefixes = ctx.variables.get("anycast_edge_prefixes")
     if not raw_prefixes:
         problems.note("anycast_edge_prefixes", "is required and must list at least one IPv4 prefix")
     elif _sequence(problems, "anycast_edge_prefixes", raw_prefixes) is not None:
@@ -223,59 +290,85 @@ def check(variables, pops, backends):
                     prefixes.append(network)
     if len(prefixes) > _rules.CAPACITY["edge_anycast_v4"]:
         problems.note("anycast_edge_prefixes", "%d prefixes, at most %d fit" % (len(prefixes), _rules.CAPACITY["edge_anycast_v4"]))
-    normalized["anycast_edge_prefixes"] = [str(network.cidr) for network in prefixes]
+    ctx.normalized["anycast_edge_prefixes"] = [str(network.cidr) for network in prefixes]
 
-    def in_anycast(address):
-        return any(address in network for network in prefixes)
 
-    # --- hosts ------------------------------------------------------------------------------
-    tunnel_owner = {}
+def _tunnel_address(ctx, host, hostvars):
+    problems = ctx.problems
+    path = _hostvars_path(host, "anycast_edge_tunnel_address")
+    value = hostvars.get("anycast_edge_tunnel_address")
+    if value is None:
+        problems.note(path, "is required (the address IPIP tunnels use on this host)")
+        return None
+    address = _ipv4_address(problems, path, value)
+    if address is None:
+        return None
+    if ctx.in_anycast(address):
+        problems.add(path, value, "is inside an anycast prefix; it must be the host's own unicast address")
+    elif address in ctx.tunnel_owner:
+        problems.add(path, value, "is also the tunnel address of %s" % ctx.tunnel_owner[address])
+    else:
+        ctx.tunnel_owner[address] = host
+    return address
 
-    def tunnel_address(host, hostvars):
-        path = _hostvars_path(host, "anycast_edge_tunnel_address")
-        value = hostvars.get("anycast_edge_tunnel_address")
-        if value is None:
-            problems.note(path, "is required (the address IPIP tunnels use on this host)")
-            return None
-        address = _ipv4_address(problems, path, value)
-        if address is None:
-            return None
-        if in_anycast(address):
-            problems.add(path, value, "is inside an anycast prefix; it must be the host's own unicast address")
-        elif address in tunnel_owner:
-            problems.add(path, value, "is also the tunnel address of %s" % tunnel_owner[address])
+
+def _uplink(problems, host, hostvars, why):
+    path = _hostvars_path(host, "anycast_edge_uplink")
+    uplink = hostvars.get("anycast_edge_uplink")
+    if uplink is None or uplink == "":
+        problems.note(path, "is required (%s)" % why)
+        return None
+    if not _interface_name(uplink):
+        problems.add(path, uplink, "is not an interface name")
+        return None
+    return uplink
+
+
+def _device_list(problems, host, hostvars, var):
+    """The valid interface names of the list `var` ([] when absent)."""
+    devices = hostvars.get(var)
+    path = _hostvars_path(host, var)
+    if devices is None or _sequence(problems, path, devices) is None:
+        return []
+    names = []
+    for index, device in enumerate(devices):
+        if _interface_name(device):
+            names.append(device)
         else:
-            tunnel_owner[address] = host
-        return address
+            problems.add("%s[%d]" % (path, index), device, "is not an interface name")
+    return names
 
-    for host in sorted(pops):
-        hostvars = pops[host] or {}
-        path = _hostvars_path(host, "anycast_edge_uplink")
-        uplink = hostvars.get("anycast_edge_uplink")
-        if uplink is None or uplink == "":
-            problems.note(path, "is required (the interface XDP attaches to)")
-        elif not isinstance(uplink, str) or not INTERFACE_NAME.match(uplink) or uplink in (".", ".."):
-            problems.add(path, uplink, "is not an interface name")
-        tunnel_address(host, hostvars)
-        devices = hostvars.get("anycast_edge_egress_devices")
-        dev_path = _hostvars_path(host, "anycast_edge_egress_devices")
-        if devices is not None and _sequence(problems, dev_path, devices) is not None:
-            for index, device in enumerate(devices):
-                if not isinstance(device, str) or not INTERFACE_NAME.match(device) or device in (".", ".."):
-                    problems.add("%s[%d]" % (dev_path, index), device, "is not an interface name")
+
+@inventory_check
+def _check_hosts(ctx):
+    problems = ctx.problems
+    both = sorted(set(ctx.pops) & set(ctx.backends))
+    for host in both:
+        problems.note("hostvars['%s']" % host, "is in both groups pops and backends; a host is one or the other")
+    ctx.normalized["pop_addresses"] = {}
+    for host in sorted(ctx.pops):
+        hostvars = ctx.pops[host]
+        _uplink(problems, host, hostvars, "the interface XDP attaches to")
+        address = _tunnel_address(ctx, host, hostvars)
+        if address is not None:
+            ctx.normalized["pop_addresses"][host] = str(address)
+        _device_list(problems, host, hostvars, "anycast_edge_egress_devices")
 
     backend_addresses = {}
-    for host in sorted(backends):
-        address = tunnel_address(host, backends[host] or {})
+    for host in sorted(ctx.backends):
+        address = _tunnel_address(ctx, host, ctx.backends[host])
         if address is not None:
             backend_addresses[host] = str(address)
-    if len(backends) > _rules.CAPACITY["edge_backends"]:
-        problems.note("groups['backends']", "%d backends, at most %d fit" % (len(backends), _rules.CAPACITY["edge_backends"]))
-    normalized["backend_addresses"] = backend_addresses
+    if len(ctx.backends) > _rules.CAPACITY["edge_backends"]:
+        problems.note("groups['backends']", "%d backends, at most %d fit" % (len(ctx.backends), _rules.CAPACITY["edge_backends"]))
+    ctx.normalized["backend_addresses"] = backend_addresses
 
-    # --- services ---------------------------------------------------------------------------
+
+@inventory_check
+def _check_services(ctx):
+    problems, backends = ctx.problems, ctx.backends
     services = []
-    raw_services = variables.get("anycast_edge_services")
+    raw_services = ctx.variables.get("anycast_edge_services")
     if raw_services is None:
         raw_services = []
     if _sequence(problems, "anycast_edge_services", raw_services) is None:
@@ -296,7 +389,7 @@ def check(variables, pops, backends):
         name = service.get("name")
         if name is None:
             problems.note(path + ".name", "is required")
-        elif not isinstance(name, str) or not SERVICE_NAME.match(name):
+        elif not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
             problems.add(path + ".name", name, "is not a service name (lower-case letters, digits, '_' and '-')")
             name = None
         elif name in names:
@@ -335,7 +428,7 @@ def check(variables, pops, backends):
             problems.note(path + ".address", "is required")
         else:
             address = _ipv4_address(problems, path + ".address", service["address"])
-            if address is not None and prefixes and not in_anycast(address):
+            if address is not None and ctx.prefixes and not ctx.in_anycast(address):
                 problems.add(path + ".address", service["address"], "is not inside any of anycast_edge_prefixes")
             if address is not None:
                 service["address"] = str(address)
@@ -386,10 +479,13 @@ def check(variables, pops, backends):
         if service.get("rate_limit") is not None:
             service["rate_limit"] = _rate_limit(problems, path + ".rate_limit", service["rate_limit"])
         services.append(service)
-    normalized["anycast_edge_services"] = services
+    ctx.normalized["anycast_edge_services"] = services
 
-    # --- filters ----------------------------------------------------------------------------
-    raw_filters = variables.get("anycast_edge_filters")
+
+@inventory_check
+def _check_filters(ctx):
+    problems, normalized = ctx.problems, ctx.normalized
+    raw_filters = ctx.variables.get("anycast_edge_filters")
     if raw_filters is None:
         raw_filters = {}
     filters = dict(FILTER_DEFAULTS)
@@ -431,7 +527,216 @@ def check(variables, pops, backends):
     filters["a2s_cookie_epoch_sec"] = _integer(problems, "anycast_edge_filters.a2s_cookie_epoch_sec",
                                                filters["a2s_cookie_epoch_sec"], strictly_positive=True)
     normalized["anycast_edge_filters"] = filters
-    return problems.lines, normalized
+
+
+# --- BGP (what bird_anycast renders into bird.conf) ---------------------------------------------
+
+def _communities(problems, path, value):
+    """A list of standard communities "asn:value", each part 0..65535."""
+    if value is None or _sequence(problems, path, value) is None:
+        return
+    for index, text in enumerate(value):
+        match = COMMUNITY.fullmatch(text) if isinstance(text, str) else None
+        if match is None or int(match.group(1)) > 65535 or int(match.group(2)) > 65535:
+            problems.add("%s[%d]" % (path, index), text, 'is not a community "asn:value" (each 0..65535)')
+
+
+def _timers(problems, path, value, defaults, positive_keys):
+    """A timers mapping with the role's defaults filled in (None after reporting)."""
+    if value is None:
+        return dict(defaults)
+    if _mapping(problems, path, value) is None:
+        return None
+    _unknown_keys(problems, path, value, tuple(defaults))
+    timers = dict(defaults)
+    for key in defaults:
+        if value.get(key) is not None:
+            timers[key] = _integer(problems, "%s.%s" % (path, key), value[key], minimum=positive_keys.get(key, 1))
+    return timers
+
+
+@inventory_check
+def _check_bgp(ctx):
+    problems = ctx.problems
+    for host in sorted(ctx.pops):
+        hostvars = ctx.pops[host]
+        router_id = hostvars.get("anycast_edge_router_id")
+        if router_id is not None:
+            _ipv4_address(problems, _hostvars_path(host, "anycast_edge_router_id"), router_id)
+
+        path = _hostvars_path(host, "anycast_edge_bgp_neighbors")
+        neighbors = hostvars.get("anycast_edge_bgp_neighbors")
+        names = {}
+        if neighbors is not None and _sequence(problems, path, neighbors) is not None:
+            for index, neighbor in enumerate(neighbors):
+                item = "%s[%d]" % (path, index)
+                if _mapping(problems, item, neighbor) is None:
+                    continue
+                _unknown_keys(problems, item, neighbor, NEIGHBOR_KEYS)
+                name = neighbor.get("name")
+                if name is None:
+                    problems.note(item + ".name", "is required")
+                elif not isinstance(name, str) or not NEIGHBOR_NAME.fullmatch(name):
+                    problems.add(item + ".name", name, "is not a neighbor name ([a-z][a-z0-9_]*; BIRD's protocol is bgp_<name>)")
+                elif name in names:
+                    problems.add(item + ".name", name, "is also the name of %s[%d]" % (path, names[name]))
+                else:
+                    names[name] = index
+                if neighbor.get("address") is None:
+                    problems.note(item + ".address", "is required")
+                else:
+                    _ipv4_address(problems, item + ".address", neighbor["address"])
+                if neighbor.get("asn") is None:
+                    problems.note(item + ".asn", "is required")
+                else:
+                    _integer(problems, item + ".asn", neighbor["asn"], minimum=1, maximum=MAX_ASN)
+                if neighbor.get("multihop") is not None:
+                    _integer(problems, item + ".multihop", neighbor["multihop"], minimum=0, maximum=255)
+                password = neighbor.get("password")
+                # A secret: say what is wrong with it, never show it.
+                if password is not None and (not isinstance(password, str) or PASSWORD_FORBIDDEN.search(password)):
+                    problems.note(item + ".password", "(not shown) must be a string without double quotes, "
+                                  "backslashes or control characters (BIRD reads it between quotes)")
+                if neighbor.get("bfd") is not None:
+                    _boolean(problems, item + ".bfd", neighbor["bfd"])
+                _communities(problems, item + ".communities", neighbor.get("communities"))
+
+        _communities(problems, _hostvars_path(host, "anycast_edge_bgp_communities"),
+                     hostvars.get("anycast_edge_bgp_communities"))
+        rtbh_path = _hostvars_path(host, "anycast_edge_rtbh")
+        rtbh = hostvars.get("anycast_edge_rtbh")
+        if rtbh is not None and _sequence(problems, rtbh_path, rtbh) is not None:
+            for index, text in enumerate(rtbh):
+                address = text[:-3] if isinstance(text, str) and text.endswith("/32") else text
+                if not isinstance(address, str) or "/" in address:
+                    problems.add("%s[%d]" % (rtbh_path, index), text, "is not an IPv4 host address (optionally /32)")
+                else:
+                    _ipv4_address(problems, "%s[%d]" % (rtbh_path, index), address)
+
+        bgp_path = _hostvars_path(host, "anycast_edge_bgp_timers")
+        bgp = _timers(problems, bgp_path, hostvars.get("anycast_edge_bgp_timers"), BGP_TIMER_DEFAULTS, {"hold": 3})
+        if bgp and bgp["hold"] is not None and bgp["keepalive"] is not None and bgp["keepalive"] >= bgp["hold"]:
+            problems.add(bgp_path + ".keepalive", bgp["keepalive"], "must be shorter than hold (%d)" % bgp["hold"])
+        _timers(problems, _hostvars_path(host, "anycast_edge_bfd_timers"), hostvars.get("anycast_edge_bfd_timers"),
+                BFD_TIMER_DEFAULTS, {})
+
+        drain = hostvars.get("anycast_edge_drain_state")
+        if drain is not None and drain not in DRAIN_STATES:
+            problems.add(_hostvars_path(host, "anycast_edge_drain_state"), drain,
+                         "is not one of %s" % ", ".join(DRAIN_STATES))
+
+
+# --- the backends' TC mapper (tc_mapper) ---------------------------------------------------------
+
+@inventory_check
+def _check_mapper(ctx):
+    problems = ctx.problems
+    for host in sorted(ctx.backends):
+        hostvars = ctx.backends[host]
+        uplink = _uplink(problems, host, hostvars, "the NIC the IPIP from the POPs crosses; the mapper attaches there")
+        devices = _device_list(problems, host, hostvars, "anycast_edge_mapper_devices")
+        fib = hostvars.get("anycast_edge_mapper_fib_next_hop")
+        if fib is not None:
+            fib = _boolean(problems, _hostvars_path(host, "anycast_edge_mapper_fib_next_hop"), fib)
+        if uplink is not None and [device for device in devices if device != uplink] and not fib:
+            problems.add(_hostvars_path(host, "anycast_edge_mapper_devices"), devices,
+                         "besides the uplink needs anycast_edge_mapper_fib_next_hop: true "
+                         "(a steered reply must leave by the device toward its POP)")
+        rp_filter = hostvars.get("anycast_edge_mapper_rp_filter")
+        if rp_filter is not None:
+            value = _integer(problems, _hostvars_path(host, "anycast_edge_mapper_rp_filter"), rp_filter)
+            if value is not None and value not in (0, 2):
+                problems.add(_hostvars_path(host, "anycast_edge_mapper_rp_filter"), rp_filter,
+                             "must be 0 (off) or 2 (loose); strict (1) drops players of every POP but the default one")
+        default_pop = hostvars.get("anycast_edge_default_pop")
+        if default_pop is not None and (not isinstance(default_pop, str) or default_pop not in ctx.pops):
+            problems.add(_hostvars_path(host, "anycast_edge_default_pop"), default_pop, "is not a host of group pops")
+        dsr_path = _hostvars_path(host, "anycast_edge_dsr_services")
+        dsr = hostvars.get("anycast_edge_dsr_services")
+        if dsr is not None and _sequence(problems, dsr_path, dsr) is not None:
+            served = set(service.get("name") for service in ctx.normalized.get("anycast_edge_services", [])
+                         if service.get("backend") == host)
+            for index, name in enumerate(dsr):
+                if not isinstance(name, str) or name not in served:
+                    problems.add("%s[%d]" % (dsr_path, index), name,
+                                 "is not a service whose backend is %s (anycast_edge_services[].name)" % host)
+
+
+# --- the transport's trust (a warning: plain IPIP is authenticated by nothing but its path) ------
+
+@inventory_check
+def _warn_ipip_paths(ctx):
+    """One warning per (POP, backend) pair whose IPIP is not known to stay on a declared underlay.
+
+    What inventory knows: a POP sends and accepts the backends' IPIP on its
+    anycast_edge_underlay_devices when it has any, else on its uplink - the internet. A POP that
+    also lists anycast_edge_underlay_networks (the networks routed over those devices) reaches a
+    backend over the underlay only when the backend's tunnel address is inside one of them.
+    """
+    problems, warnings = ctx.problems, ctx.warnings
+    backend_addresses = ctx.normalized.get("backend_addresses", {})
+    for pop in sorted(ctx.pops):
+        hostvars = ctx.pops[pop]
+        underlay = _device_list(problems, pop, hostvars, "anycast_edge_underlay_devices")
+        networks_path = _hostvars_path(pop, "anycast_edge_underlay_networks")
+        raw_networks = hostvars.get("anycast_edge_underlay_networks")
+        networks = None
+        if raw_networks is not None:
+            networks = [netaddr.IPNetwork(cidr) for cidr in _cidr_list(problems, networks_path, raw_networks)]
+            if not underlay:
+                problems.add(networks_path, raw_networks, "is set without anycast_edge_underlay_devices "
+                             "(the networks say which backends the underlay devices reach)")
+                continue
+        for backend, address in sorted(backend_addresses.items()):
+            if not underlay:
+                reason = "%s has no anycast_edge_underlay_devices: it is sent and accepted on the uplink %s" % (
+                    pop, hostvars.get("anycast_edge_uplink"))
+            elif networks is not None and not any(netaddr.IPAddress(address) in network for network in networks):
+                reason = "%s is not inside %s's anycast_edge_underlay_networks" % (address, pop)
+            else:
+                continue
+            warnings.note("%s <-> %s" % (pop, backend),
+                          "the IPIP to %s's tunnel address %s does not cross a declared underlay device (%s). "
+                          "Plain IPIP is authenticated by nothing but its path: where it crosses the internet, "
+                          "anyone can spoof it (see docs/data-plane.md, trust model)" % (backend, address, reason))
+
+
+def check(variables, pops, backends):
+    """Validate the schema. Returns (problems, normalized); see check_all for the warnings."""
+    problems, warnings, normalized = check_all(variables, pops, backends)
+    return problems, normalized
+
+
+def check_all(variables, pops, backends):
+    """Run every registered check. Returns (problems, warnings, normalized).
+
+    variables: the schema vars (anycast_edge_asn, anycast_edge_prefixes, anycast_edge_services,
+        anycast_edge_filters), as the play sees them.
+    pops, backends: {inventory hostname: {its POP_VARS / BACKEND_VARS, absent ones None}} of
+        the `pops` and `backends` groups.
+    problems: list of strings, one per problem (empty when the inventory is fine).
+    warnings: list of strings, one per risk that is allowed but should be known.
+    normalized: the variables with defaults filled in and CIDRs in canonical form (only
+        meaningful when there is no problem).
+    """
+    ctx = _Context(variables, pops, backends)
+    for function in CHECKS:
+        function(ctx)
+    return ctx.problems.lines, ctx.warnings.lines, ctx.normalized
+
+
+def secrets(pops):
+    """Every secret value among the POPs' settings (for the module to mask in its output)."""
+    found = []
+    for hostvars in (pops or {}).values():
+        neighbors = (hostvars or {}).get("anycast_edge_bgp_neighbors")
+        if isinstance(neighbors, (list, tuple)):
+            for neighbor in neighbors:
+                if isinstance(neighbor, dict):
+                    for key in SECRET_KEYS:
+                        if isinstance(neighbor.get(key), str) and neighbor[key]:
+                            found.append(neighbor[key])
+    return found
 
 
 def validate(variables, pops, backends):

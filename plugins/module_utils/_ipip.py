@@ -59,7 +59,7 @@ MARK = "anycast.edge"
 KIND = "ipip"
 IFF_UP = 0x1
 # Linux interface names: 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'.
-INTERFACE_NAME = re.compile(r"^[^/:\s]{1,15}$")
+INTERFACE_NAME = re.compile(r"[^/:\s]{1,15}")  # whole name: use fullmatch
 # An ipip link's maximum MTU is 65535 minus the outer IPv4 header (ip_tunnel_bind_dev).
 MAX_MTU = 65535 - 20
 MIN_MTU = 68
@@ -188,7 +188,7 @@ def wanted_state(name, local=None, remote=None, ttl=None, mtu=None, addresses=No
     """Validated, normalised wanted state; None for an attribute means "not managed" (left as
     it is on an existing tunnel, the kernel's default on a new one). Raises IpipError naming
     the parameter and value."""
-    if not INTERFACE_NAME.match(name or "") or name in (".", ".."):
+    if not INTERFACE_NAME.fullmatch(name or "") or name in (".", ".."):
         raise IpipError("name: %r is not a Linux interface name (1..15 characters, no '/', ':' "
                         "or whitespace)" % (name,))
     if external and (local or remote):

@@ -18,6 +18,10 @@ description:
     each naming the variable path and the bad value, for example
     C(anycast_edge_services[2].address: 203.0.113.9 is not inside any of anycast_edge_prefixes)."
   - Every problem is reported in the same run, not only the first.
+  - Risks that are allowed but should be known are returned as warnings (shown in the play
+    output, once) - today one per POP/backend pair whose plain IPIP does not cross a declared
+    underlay device (O(pops) C(anycast_edge_underlay_devices), C(anycast_edge_underlay_networks)).
+  - Secrets (BGP passwords) are checked but never shown; they are masked in the result.
   - On success returns RV(rules), the parameters of M(anycast.edge.edge_rules) (service ids
     filled in, backend host names replaced by their tunnel addresses, CIDRs in canonical form).
   - Meant to run once, on the controller, before any host is touched - the
@@ -57,12 +61,19 @@ options:
     default: {}
   pops:
     description:
-      - The hosts of group C(pops), each with its C(anycast_edge_uplink),
-        C(anycast_edge_tunnel_address) and C(anycast_edge_egress_devices) (absent ones as null).
+      - The hosts of group C(pops), each with its POP settings (absent ones as null) -
+        C(anycast_edge_uplink), C(anycast_edge_tunnel_address), C(anycast_edge_egress_devices),
+        C(anycast_edge_underlay_devices), C(anycast_edge_underlay_networks), C(anycast_edge_router_id),
+        C(anycast_edge_bgp_neighbors), C(anycast_edge_bgp_communities), C(anycast_edge_rtbh),
+        C(anycast_edge_bgp_timers), C(anycast_edge_bfd_timers), C(anycast_edge_drain_state).
     type: dict
     default: {}
   backends:
-    description: The hosts of group C(backends), each with its C(anycast_edge_tunnel_address).
+    description:
+      - The hosts of group C(backends), each with its settings (absent ones as null) -
+        C(anycast_edge_tunnel_address), C(anycast_edge_uplink), C(anycast_edge_mapper_devices),
+        C(anycast_edge_mapper_fib_next_hop), C(anycast_edge_mapper_rp_filter),
+        C(anycast_edge_default_pop), C(anycast_edge_dsr_services).
     type: dict
     default: {}
 notes:
@@ -89,6 +100,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+warnings_found:
+  description: One line per warning (also shown as the task's warnings).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "pop-ams1 <-> game1: the IPIP to game1's tunnel address 10.1.0.10 does not cross a declared underlay device (...)"
 problems:
   description: One line per problem (empty when the inventory is valid; the task fails otherwise).
   returned: always
@@ -173,6 +191,8 @@ def main():
             backends=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
+        # The POPs' settings hold the BGP passwords: nothing of the arguments goes to the journal.
+        no_log=True,
     )
     if not _inventory.HAS_NETADDR:
         module.fail_json(msg=missing_required_lib("netaddr"))
@@ -183,13 +203,17 @@ def main():
         "anycast_edge_services": params["services"],
         "anycast_edge_filters": params["filters"],
     }
-    problems, normalized = _inventory.check(variables, params["pops"], params["backends"])
+    # Whatever the result says, a secret is masked in it (Ansible replaces these values).
+    module.no_log_values.update(_inventory.secrets(params["pops"]))
+    problems, warnings, normalized = _inventory.check_all(variables, params["pops"], params["backends"])
+    for warning in warnings:
+        module.warn(warning)
     if problems:
         module.fail_json(
             msg="the anycast.edge inventory has %d problem%s:\n%s"
                 % (len(problems), "" if len(problems) == 1 else "s", "\n".join(problems)),
-            problems=problems)
-    module.exit_json(changed=False, problems=[], rules=_rules.resolve_rules(normalized),
+            problems=problems, warnings_found=warnings, invocation=dict(module_args=echoed_params(params)))
+    module.exit_json(changed=False, problems=[], warnings_found=warnings, rules=_rules.resolve_rules(normalized),
                      invocation=dict(module_args=echoed_params(params)))
 
 

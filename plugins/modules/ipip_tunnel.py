@@ -205,7 +205,7 @@ def run_single(module, ipr):
             params["name"], local=params["local"], remote=params["remote"], ttl=params["ttl"],
             mtu=params["mtu"], addresses=params["addresses"], admin_state=params["admin_state"],
             external=params["external"], description=params["description"])
-    elif not _ipip.INTERFACE_NAME.match(params["name"]):
+    elif not _ipip.INTERFACE_NAME.fullmatch(params["name"]):
         raise _ipip.IpipError("name: %r is not a Linux interface name" % (params["name"],))
     present = _ipip.read_link(ipr, params["name"])
     the_plan = _ipip.plan(wanted, present)

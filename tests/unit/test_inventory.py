@@ -40,13 +40,15 @@ VALID_VARS = {
     },
 }
 VALID_POPS = {
-    "pop-ams1": {"anycast_edge_uplink": "eth1", "anycast_edge_tunnel_address": "10.0.0.1"},
+    "pop-ams1": {"anycast_edge_uplink": "eth1", "anycast_edge_tunnel_address": "10.0.0.1",
+                 "anycast_edge_bgp_neighbors": [{"name": "upstream", "address": "172.16.1.1", "asn": 64510,
+                                                 "password": "s3cret-md5", "communities": ["64500:1001"]}]},
     "pop-fra1": {"anycast_edge_uplink": "enp3s0f0", "anycast_edge_tunnel_address": "10.0.0.2",
                  "anycast_edge_egress_devices": ["eth2"]},
 }
 VALID_BACKENDS = {
-    "game1": {"anycast_edge_tunnel_address": "10.1.0.10"},
-    "game2": {"anycast_edge_tunnel_address": "10.1.0.11"},
+    "game1": {"anycast_edge_tunnel_address": "10.1.0.10", "anycast_edge_uplink": "eth0"},
+    "game2": {"anycast_edge_tunnel_address": "10.1.0.11", "anycast_edge_uplink": "eth0"},
 }
 SERVICES = "anycast_edge_services"
 FILTERS = "anycast_edge_filters"
@@ -77,6 +79,18 @@ def apply(inventory, mutations):
 def run(mutations=()):
     inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
     return _inventory.validate(*apply(inventory, mutations))
+
+
+def nbr(key, value):
+    return change("pops", ("pop-ams1", "anycast_edge_bgp_neighbors", 0, key), value)
+
+
+def pop(key, value, host="pop-fra1"):
+    return change("pops", (host, key), value)
+
+
+def backend(key, value, host="game1"):
+    return change("backends", (host, key), value)
 
 
 def svc(index, key, value):
@@ -244,6 +258,95 @@ CASES = [
       "a2s_cache, a2s_snoop, a2s_refresh_sec, a2s_max_age_sec, rate_limit)"]),
     ("service not a mapping", [change("vars", (SERVICES, 1), "cs2-rcon")],
      ["anycast_edge_services[1]: cs2-rcon is not a mapping"]),
+    # --- BGP (moved from bird_anycast's asserts, which ran after xdp_edge had attached) ---------
+    ("neighbor address not IPv4", [nbr("address", "172.16.1.300")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address: 172.16.1.300 is not an IPv4 address"]),
+    ("neighbor address missing", [nbr("address", DELETE)],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address: is required"]),
+    ("neighbor name not a BIRD symbol", [nbr("name", "Up-Stream")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].name: Up-Stream is not a neighbor name ([a-z][a-z0-9_]*; BIRD's protocol is bgp_<name>)"]),
+    ("neighbor names twice", [pop("anycast_edge_bgp_neighbors", [
+        {"name": "upstream", "address": "172.16.1.1", "asn": 64510},
+        {"name": "upstream", "address": "172.16.1.2", "asn": 64511}], "pop-ams1")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[1].name: upstream is also the name of "
+      "hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0]"]),
+    ("neighbor asn zero", [nbr("asn", 0)],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].asn: 0 is out of range (1..4294967295)"]),
+    ("neighbor asn not a number", [nbr("asn", "AS64510")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].asn: AS64510 is not an integer"]),
+    ("neighbor multihop too large", [nbr("multihop", 256)],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].multihop: 256 is out of range (0..255)"]),
+    ("neighbor bfd not a boolean", [nbr("bfd", "yes please")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].bfd: yes please is not a boolean (true or false)"]),
+    ("neighbor community out of range", [nbr("communities", ["64500:1001", "65536:1"])],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].communities[1]: 65536:1 is not a community \"asn:value\" (each 0..65535)"]),
+    ("neighbor communities a string", [nbr("communities", "64500:1001")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].communities: 64500:1001 is not a list"]),
+    ("neighbor unknown setting", [nbr("pasword", "x")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].pasword: unknown setting (known: name, address, asn, password, multihop, bfd, communities)"]),
+    ("neighbor password with a quote is refused but never shown", [nbr("password", 'abc"; } protocol x {')],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].password: (not shown) must be a string without double quotes, backslashes or control "
+      "characters (BIRD reads it between quotes)"]),
+    ("neighbors not a list", [pop("anycast_edge_bgp_neighbors", {"name": "upstream"}, "pop-ams1")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors: {'name': 'upstream'} is not a list"]),
+    ("router id not IPv4", [pop("anycast_edge_router_id", "10.0.0.256")],
+     ["hostvars['pop-fra1'].anycast_edge_router_id: 10.0.0.256 is not an IPv4 address"]),
+    ("global community malformed", [pop("anycast_edge_bgp_communities", ["64500-100"])],
+     ['hostvars[\'pop-fra1\'].anycast_edge_bgp_communities[0]: 64500-100 is not a community "asn:value" (each 0..65535)']),
+    ("rtbh not a host", [pop("anycast_edge_rtbh", ["198.51.100.7/32", "198.51.100.0/24"])],
+     ["hostvars['pop-fra1'].anycast_edge_rtbh[1]: 198.51.100.0/24 is not an IPv4 host address (optionally /32)"]),
+    ("hold time too short", [pop("anycast_edge_bgp_timers", {"hold": 2, "keepalive": 1})],
+     ["hostvars['pop-fra1'].anycast_edge_bgp_timers.hold: 2 must be >= 3"]),
+    ("keepalive not shorter than hold", [pop("anycast_edge_bgp_timers", {"hold": 9})],
+     ["hostvars['pop-fra1'].anycast_edge_bgp_timers.keepalive: 30 must be shorter than hold (9)"]),
+    ("bfd interval zero", [pop("anycast_edge_bfd_timers", {"interval_ms": 0, "multiplier": 3})],
+     ["hostvars['pop-fra1'].anycast_edge_bfd_timers.interval_ms: 0 must be >= 1"]),
+    ("drain state unknown", [pop("anycast_edge_drain_state", "drained")],
+     ["hostvars['pop-fra1'].anycast_edge_drain_state: drained is not one of announced, gshut, withdrawn"]),
+    # --- the backends' mapper (moved from tc_mapper's assert) ---------------------------------
+    ("backend without uplink", [backend("anycast_edge_uplink", DELETE)],
+     ["hostvars['game1'].anycast_edge_uplink: is required (the NIC the IPIP from the POPs crosses; "
+      "the mapper attaches there)"]),
+    ("mapper devices without fib next hop", [backend("anycast_edge_mapper_devices", ["eth1"])],
+     ["hostvars['game1'].anycast_edge_mapper_devices: ['eth1'] besides the uplink needs "
+      "anycast_edge_mapper_fib_next_hop: true (a steered reply must leave by the device toward its POP)"]),
+    ("mapper devices with fib next hop are fine", [backend("anycast_edge_mapper_devices", ["eth1"]),
+                                                   backend("anycast_edge_mapper_fib_next_hop", True)], []),
+    ("mapper device not an interface name", [backend("anycast_edge_mapper_devices", ["eth:1"])],
+     ["hostvars['game1'].anycast_edge_mapper_devices[0]: eth:1 is not an interface name"]),
+    ("strict rp_filter", [backend("anycast_edge_mapper_rp_filter", 1)],
+     ["hostvars['game1'].anycast_edge_mapper_rp_filter: 1 must be 0 (off) or 2 (loose); strict (1) drops "
+      "players of every POP but the default one"]),
+    ("default pop not a pop", [backend("anycast_edge_default_pop", "game2")],
+     ["hostvars['game1'].anycast_edge_default_pop: game2 is not a host of group pops"]),
+    ("dsr service of another backend", [backend("anycast_edge_dsr_services", ["cs2-main", "rust"])],
+     ["hostvars['game1'].anycast_edge_dsr_services[1]: rust is not a service whose backend is game1 "
+      "(anycast_edge_services[].name)"]),
+    ("host in both groups", [change("backends", ("pop-fra1",), {"anycast_edge_tunnel_address": "10.1.0.99",
+                                                                "anycast_edge_uplink": "eth0"})],
+     ["hostvars['pop-fra1']: is in both groups pops and backends; a host is one or the other"]),
+    ("underlay networks without underlay devices", [pop("anycast_edge_underlay_networks", ["10.1.0.0/24"])],
+     ["hostvars['pop-fra1'].anycast_edge_underlay_networks: ['10.1.0.0/24'] is set without "
+      "anycast_edge_underlay_devices (the networks say which backends the underlay devices reach)"]),
+    ("underlay network host bits", [pop("anycast_edge_underlay_devices", ["eth3"]),
+                                    pop("anycast_edge_underlay_networks", ["10.1.0.1/24"])],
+     ["hostvars['pop-fra1'].anycast_edge_underlay_networks[0]: 10.1.0.1/24 has host bits set (did you mean 10.1.0.0/24?)"]),
+    # --- whole values: a trailing newline used to pass `^...$` (Python's $ matches before it) ----
+    ("uplink with a trailing newline", [pop("anycast_edge_uplink", "eth1\n")],
+     ["hostvars['pop-fra1'].anycast_edge_uplink: 'eth1\\n' is not an interface name"]),
+    ("egress device with a trailing newline", [pop("anycast_edge_egress_devices", ["eth2\n"])],
+     ["hostvars['pop-fra1'].anycast_edge_egress_devices[0]: 'eth2\\n' is not an interface name"]),
+    ("service name with a trailing newline", [svc(1, "name", "cs2-rcon\n")],
+     ["anycast_edge_services[1].name: 'cs2-rcon\\n' is not a service name (lower-case letters, digits, '_' and '-')"]),
+    ("neighbor name with a trailing newline", [nbr("name", "upstream\n")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].name: 'upstream\\n' is not a neighbor name ([a-z][a-z0-9_]*; BIRD's protocol is bgp_<name>)"]),
+    ("community with a trailing newline", [nbr("communities", ["64500:1001\n"])],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].communities[0]: '64500:1001\\n' is not a community \"asn:value\" (each 0..65535)"]),
+    ("neighbor address with a trailing newline", [nbr("address", "172.16.1.1\n")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address: '172.16.1.1\\n' is not an IPv4 address"]),
+    ("password with a newline", [nbr("password", "s3cret\n")],
+     ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].password: (not shown) must be a string without double quotes, backslashes or control "
+      "characters (BIRD reads it between quotes)"]),
 ]
 
 
@@ -401,3 +504,118 @@ def test_a_broken_inventory_stops_the_play_with_every_problem(tmp_path):
         assert "\n" + line + "\n" in proc.stdout, line
     # nothing after the role ran, for any host
     assert not list(tmp_path.glob("*.json"))
+
+
+# --- one front door: the role collects what the checks read; the defaults they assume ---------
+
+def test_the_role_collects_exactly_the_host_variables_the_checks_read():
+    role_vars = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "validate_inventory" / "vars" / "main.yml").read_text())
+    assert tuple(role_vars["validate_inventory_pop_vars"]) == _inventory.POP_VARS
+    assert tuple(role_vars["validate_inventory_backend_vars"]) == _inventory.BACKEND_VARS
+
+
+def test_the_timer_defaults_are_bird_anycasts():
+    defaults = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "bird_anycast" / "defaults" / "main.yml").read_text())
+    assert defaults["anycast_edge_bgp_timers"] == _inventory.BGP_TIMER_DEFAULTS
+    assert defaults["anycast_edge_bfd_timers"] == _inventory.BFD_TIMER_DEFAULTS
+
+
+@pytest.mark.parametrize("role", ["bird_anycast", "tc_mapper", "xdp_edge", "ipip_tunnels", "edge_agent"])
+def test_the_roles_defaults_pass_the_checks(role):
+    """A host variable left out reaches the checks as None (hostvars holds no role defaults):
+    the roles' own defaults, given explicitly, must pass too."""
+    defaults = yaml.safe_load((EXAMPLE.parents[1] / "roles" / role / "defaults" / "main.yml").read_text()) or {}
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    for hostvars in inventory[1].values():
+        hostvars.update((name, defaults[name]) for name in _inventory.POP_VARS if name in defaults and name not in hostvars)
+    for hostvars in inventory[2].values():
+        hostvars.update((name, defaults[name]) for name in _inventory.BACKEND_VARS
+                        if name in defaults and name not in hostvars)
+    assert _inventory.validate(*inventory) == []
+
+
+def test_no_role_re_checks_the_inventory():
+    """The roles' own assert/fail tasks that re-checked inventory are gone (bird_anycast's
+    validate.yml, tc_mapper's "Check the mapper's own settings"); what is left checks state
+    found on the host (bird_anycast: the drain state file)."""
+    roles = EXAMPLE.parents[1] / "roles"
+    found = []
+    for path in sorted(roles.glob("*/tasks/*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            if "ansible.builtin.assert" in task or "ansible.builtin.fail" in task:
+                found.append("%s: %s" % (path.relative_to(roles), task["name"]))
+    assert found == ["bird_anycast/tasks/main.yml: Check the drain state"]
+
+
+# --- the IPIP path warning (plain IPIP is authenticated by nothing but its path) -------------
+
+def warnings(mutations=()):
+    inventory = apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), mutations)
+    problems, found, _normalized = _inventory.check_all(*inventory)
+    assert problems == []
+    return found
+
+
+def test_a_pop_without_underlay_devices_warns_once_per_backend():
+    found = warnings([pop("anycast_edge_underlay_devices", ["eth3"])])
+    # pop-fra1 has an underlay (no networks: every backend is reached over it); pop-ams1 has none
+    assert found == [
+        "pop-ams1 <-> game1: the IPIP to game1's tunnel address 10.1.0.10 does not cross a declared underlay "
+        "device (pop-ams1 has no anycast_edge_underlay_devices: it is sent and accepted on the uplink eth1). "
+        "Plain IPIP is authenticated by nothing but its path: where it crosses the internet, anyone can spoof it "
+        "(see docs/data-plane.md, trust model)",
+        "pop-ams1 <-> game2: the IPIP to game2's tunnel address 10.1.0.11 does not cross a declared underlay "
+        "device (pop-ams1 has no anycast_edge_underlay_devices: it is sent and accepted on the uplink eth1). "
+        "Plain IPIP is authenticated by nothing but its path: where it crosses the internet, anyone can spoof it "
+        "(see docs/data-plane.md, trust model)",
+    ]
+
+
+def test_underlay_networks_name_the_backends_the_underlay_reaches():
+    found = warnings([pop("anycast_edge_underlay_devices", ["eth3"], host)
+                      for host in ("pop-ams1", "pop-fra1")]
+                     + [pop("anycast_edge_underlay_networks", ["10.1.0.10/32"], "pop-fra1")])
+    assert len(found) == 1
+    assert found[0].startswith("pop-fra1 <-> game2: the IPIP to game2's tunnel address 10.1.0.11 does not cross")
+    assert "(10.1.0.11 is not inside pop-fra1's anycast_edge_underlay_networks)" in found[0]
+
+
+def test_every_pair_over_a_declared_underlay_warns_nothing():
+    assert warnings([pop("anycast_edge_underlay_devices", ["eth3"], host) for host in ("pop-ams1", "pop-fra1")]) == []
+
+
+def test_the_lab_inventory_passes_without_warnings(tmp_path):
+    """The lab's POPs reach the backend over eth2 (anycast_edge_underlay_devices): no warning."""
+    proc = run_validation_play(EXAMPLE.parent / "lab", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout + proc.stderr
+    assert len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_the_warning_is_shown_once_per_pair_in_the_play_output(tmp_path):
+    """The example's POPs have no underlay devices: 4 POPs x 3 backends, each pair listed once,
+    and the play goes on (a warning, not an error)."""
+    proc = run_validation_play(EXAMPLE, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    for pop_name in ("pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"):
+        for backend_name in ("game-ams-01", "game-fra-01", "game-nyc-01"):
+            assert output.count("%s <-> %s: the IPIP" % (pop_name, backend_name)) == 1, output
+    assert len(list(tmp_path.glob("*.json"))) == 7
+
+
+def test_a_bad_password_is_refused_without_showing_it(tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, inventory)
+    (inventory / "host_vars" / "pop-lon1.yml").write_text(yaml.safe_dump({
+        "anycast_edge_tunnel_address": "10.0.0.3",
+        "anycast_edge_bgp_neighbors": [{"name": "transit", "address": "192.0.2.1", "asn": 64510,
+                                        "password": 'Hunter2"; } protocol x {'},
+                                       {"name": "ix", "address": "192.0.2.2", "asn": 64511,
+                                        "password": "GoodSecretValue"}]}))
+    proc = run_validation_play(inventory, tmp_path, "-vvv")
+    assert proc.returncode != 0
+    assert ("hostvars['pop-lon1'].anycast_edge_bgp_neighbors[0].password: (not shown) must be a string"
+            in proc.stdout), proc.stdout
+    assert "Hunter2" not in proc.stdout + proc.stderr
+    assert "GoodSecretValue" not in proc.stdout + proc.stderr
