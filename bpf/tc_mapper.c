@@ -3,10 +3,13 @@
  * tc_mapper: the game-server host's "IP mapper", so replies leave through the POP the player came
  * in on. Two clsact programs on the host's uplink NIC (the device the IPIP packets cross):
  *
- *   tc_mapper_ingress  IPIP from a known POP to this host's tunnel address: remember the inner
- *                      flow (protocol, player address/port, service address/port) -> POP (the
- *                      outer source) with the time. Always TC_ACT_OK: the kernel's ipip device
- *                      decapsulates as usual; the mapper only watches.
+ *   tc_mapper_ingress  IPIP from a known POP to this host's tunnel address, on the device the host
+ *                      routes that POP through: remember the inner flow (protocol, player
+ *                      address/port, service address/port) -> POP (the outer source) with the
+ *                      time, and hand it on (TC_ACT_OK: the kernel's ipip device decapsulates as
+ *                      usual). IPIP to the tunnel address from anyone else, or in a POP's name on
+ *                      another device, is spoofed: dropped, so it neither re-steers a player's
+ *                      replies nor reaches a game server past the POPs' filters.
  *   tc_mapper_egress   IPIP from this host's tunnel address (a game server's reply, already
  *                      encapsulated by the kernel's ipip device): rewrite the outer destination to
  *                      the POP recorded for the reply's flow, or to the default POP when there is
@@ -39,7 +42,9 @@
  *     (the POP drops fragmented replies anyway; game traffic does not fragment).
  *   - Egress drops our own IPIP whose inner packet is malformed (the POP would drop it too); it
  *     leaves anything that is not our IPIP untouched, malformed or not: not the mapper's to judge.
- *   - Ingress never drops: malformed or unknown packets are counted and handed to the kernel.
+ *   - Ingress drops only IPIP (whole or fragment) addressed to this host's tunnel address that does
+ *     not come from a known POP on that POP's device; everything else, malformed or not, is
+ *     counted and handed to the kernel.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -104,6 +109,7 @@ int tc_mapper_ingress(struct __sk_buff *skb)
 	struct ipip_packet pkt = {};
 	struct mapper_flow_key key = {};
 	struct mapper_flow_value *flow;
+	struct mapper_pop_value *pop;
 	struct mapper_config *cfg;
 	__u32 len = skb->len;
 	__u64 now;
@@ -119,8 +125,14 @@ int tc_mapper_ingress(struct __sk_buff *skb)
 		return count(skb, MAPPER_REASON_INGRESS_MALFORMED, len, TC_ACT_OK);
 	if (pkt.outer_daddr != cfg->tunnel_addr)
 		return count(skb, MAPPER_REASON_INGRESS_PASS, len, TC_ACT_OK);
-	if (!bpf_map_lookup_elem(&mapper_pops, &pkt.outer_saddr))
-		return count(skb, MAPPER_REASON_INGRESS_UNKNOWN_POP, len, TC_ACT_OK);
+	pop = bpf_map_lookup_elem(&mapper_pops, &pkt.outer_saddr);
+	if (!pop)
+		return count(skb, MAPPER_REASON_INGRESS_UNKNOWN_POP, len, TC_ACT_SHOT);
+	/* Outer fragments too: the kernel would reassemble and decapsulate them. */
+	if (pop->ifindex != skb->ifindex)
+		return count(skb, MAPPER_REASON_INGRESS_WRONG_DEVICE, len, TC_ACT_SHOT);
+	if (rc == SKB_PARSE_IPIP_FRAGMENT)
+		return count(skb, MAPPER_REASON_INGRESS_FRAGMENT, len, TC_ACT_OK);
 	if (rc == SKB_PARSE_BAD_INNER)
 		return count(skb, MAPPER_REASON_INGRESS_MALFORMED, len, TC_ACT_OK);
 	if (pkt.inner_is_fragment)
@@ -286,8 +298,8 @@ int tc_mapper_egress(struct __sk_buff *skb)
 	if (!cfg || !cfg->tunnel_addr)
 		return count(skb, MAPPER_REASON_EGRESS_PASS, len, TC_ACT_OK);
 	rc = skb_parse_ipip(skb, &pkt);
-	/* Whatever is not IPIP with a readable outer header is not known to be ours: untouched. */
-	if (rc == SKB_PARSE_NOT_IPIP || rc == SKB_PARSE_MALFORMED)
+	/* Whatever is not whole IPIP with a readable outer header is not known to be ours: untouched. */
+	if (rc == SKB_PARSE_NOT_IPIP || rc == SKB_PARSE_MALFORMED || rc == SKB_PARSE_IPIP_FRAGMENT)
 		return count(skb, MAPPER_REASON_EGRESS_PASS, len, TC_ACT_OK);
 	if (pkt.outer_saddr != cfg->tunnel_addr)
 		return count(skb, MAPPER_REASON_EGRESS_PASS, len, TC_ACT_OK);

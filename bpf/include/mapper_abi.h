@@ -31,10 +31,10 @@
  * reason (mapper_stats). Names after MAPPER_REASON_ are what the exporter and the tests call them.
  */
 enum mapper_reason {
-	MAPPER_REASON_INGRESS_PASS = 0,     /* not IPIP from a POP to this host: not the mapper's business */
-	MAPPER_REASON_INGRESS_LEARNED,      /* IPIP from a known POP: flow -> POP learned or refreshed */
-	MAPPER_REASON_INGRESS_UNKNOWN_POP,  /* IPIP to this host's tunnel address from a source not in mapper_pops */
-	MAPPER_REASON_INGRESS_FRAGMENT,     /* inner fragment from a POP: no ports, nothing learned */
+	MAPPER_REASON_INGRESS_PASS = 0,     /* not IPIP to this host's tunnel address: not the mapper's business */
+	MAPPER_REASON_INGRESS_LEARNED,      /* IPIP from a known POP on its device: flow -> POP learned or refreshed */
+	MAPPER_REASON_INGRESS_UNKNOWN_POP,  /* IPIP to this host's tunnel address from a source not in mapper_pops: dropped */
+	MAPPER_REASON_INGRESS_FRAGMENT,     /* inner or outer fragment from a POP on its device: no ports, nothing learned */
 	MAPPER_REASON_INGRESS_MALFORMED,    /* truncated or inconsistent headers: nothing learned, kernel decides */
 	MAPPER_REASON_EGRESS_PASS,          /* not IPIP from this host's tunnel address: untouched */
 	MAPPER_REASON_EGRESS_MAPPED,        /* outer destination = the POP the flow came in through */
@@ -43,6 +43,8 @@ enum mapper_reason {
 	MAPPER_REASON_EGRESS_DSR,           /* direct server return: encapsulation stripped, sent to the gateway */
 	MAPPER_REASON_EGRESS_MALFORMED,     /* our IPIP with a truncated or inconsistent inner packet: dropped */
 	MAPPER_REASON_EGRESS_ERROR,         /* a helper failed mid-rewrite: dropped, never sent half-built */
+	MAPPER_REASON_INGRESS_WRONG_DEVICE, /* IPIP in a known POP's name on a device other than the one the
+					     * host routes that POP through (spoofed): dropped, nothing learned */
 	MAPPER_REASON_COUNT,
 };
 
@@ -66,9 +68,14 @@ struct mapper_config {
  * routing chose: right when every POP is reached through the same gateway, and cheaper. */
 #define MAPPER_F_FIB_NEXT_HOP (1U << 0)
 
-/* The POPs whose IPIP this host accepts for learning, keyed by the POP's tunnel address (__be32). */
+/*
+ * The POPs whose IPIP this host accepts, keyed by the POP's tunnel address (__be32). A POP's IPIP
+ * is accepted (and learned from) only on the device the host's routing sends that POP's traffic
+ * through: a reverse-path check of our own, because the kernel's strict rp_filter cannot be had on
+ * a host whose tunnels need loose filtering (the kernel takes the larger of `all` and the device).
+ */
 struct mapper_pop_value {
-	__u32 flags;   /* reserved, 0 */
+	__u32 ifindex; /* the device this POP's IPIP must arrive on; 0 matches no device */
 };
 
 /* Services on this host: (protocol, anycast address, port); ICMP uses port 0. */
@@ -119,8 +126,8 @@ struct {
 	__type(value, struct mapper_config);
 } mapper_config SEC(".maps");
 
-/* Written by tc_mapper (every POP's tunnel address from inventory). Read by ingress (learn only
- * from these) and by egress (a mapping to a POP no longer listed falls back to the default). */
+/* Written by tc_mapper (every POP's tunnel address from inventory, with the device the host routes
+ * it through). Read by ingress (accept and learn only these, only on their device) and by egress (a mapping to a POP no longer listed falls back to the default). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAPPER_MAX_POPS);

@@ -11,8 +11,10 @@
  *   SKB_PARSE_IPIP       a well-formed outer IPv4 header with protocol IPIP, not a fragment, and a
  *                        well-formed inner IPv4 header whose length is exactly the outer payload;
  *                        ports filled for unfragmented TCP/UDP with a complete header;
- *   SKB_PARSE_NOT_IPIP   anything else that is not broken: ARP, IPv6, IPv4 of another protocol,
- *                        an outer fragment (its inner header cannot be trusted to be whole);
+ *   SKB_PARSE_NOT_IPIP   anything else that is not broken: ARP, IPv6, IPv4 of another protocol;
+ *   SKB_PARSE_IPIP_FRAGMENT  an outer IPIP fragment: only the outer addresses are filled in (its
+ *                        inner header cannot be trusted to be whole), so the caller can still
+ *                        tell whose packet the kernel would reassemble and decapsulate;
  *   SKB_PARSE_MALFORMED  truncated or inconsistent Ethernet, VLAN or outer IPv4 header;
  *   SKB_PARSE_BAD_INNER  a well-formed outer IPIP header (outer addresses filled in, so the caller
  *                        knows whose packet it is) around a truncated or inconsistent inner IPv4
@@ -42,6 +44,7 @@ enum skb_parse_result {
 	SKB_PARSE_NOT_IPIP,
 	SKB_PARSE_MALFORMED,
 	SKB_PARSE_BAD_INNER,
+	SKB_PARSE_IPIP_FRAGMENT,
 };
 
 /* An IPIP packet as the mapper sees it. Offsets are from the start of the frame. */
@@ -102,10 +105,12 @@ static __always_inline int skb_parse_ipip(struct __sk_buff *skb, struct ipip_pac
 	pkt->outer_hdr_len = outer.ihl * 4;
 	if (bpf_ntohs(outer.tot_len) < pkt->outer_hdr_len || bpf_ntohs(outer.tot_len) > available)
 		return SKB_PARSE_MALFORMED;
-	if (outer.protocol != IPPROTO_IPIP || (outer.frag_off & (SKB_IP_MF_BE | SKB_IP_OFFSET_BE)))
+	if (outer.protocol != IPPROTO_IPIP)
 		return SKB_PARSE_NOT_IPIP;
 	pkt->outer_saddr = outer.saddr;
 	pkt->outer_daddr = outer.daddr;
+	if (outer.frag_off & (SKB_IP_MF_BE | SKB_IP_OFFSET_BE))
+		return SKB_PARSE_IPIP_FRAGMENT;
 
 	/* l3_off <= 18 and outer_hdr_len <= 60: every offset below is a small constant range. */
 	pkt->inner_off = l3_off + pkt->outer_hdr_len;

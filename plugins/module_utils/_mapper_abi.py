@@ -32,6 +32,7 @@ REASONS = (
     "egress_dsr",
     "egress_malformed",
     "egress_error",
+    "ingress_wrong_device",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -65,7 +66,7 @@ U32 = struct.Struct("<I")                        # array indexes
 LAYOUTS = {
     "mapper_counter": (MAPPER_COUNTER, ("packets", "bytes")),
     "mapper_config": (MAPPER_CONFIG, ("idle_ns", "tunnel_addr", "default_pop", "gateway_mac", "flags")),
-    "mapper_pop_value": (POP_VALUE, ("flags",)),
+    "mapper_pop_value": (POP_VALUE, ("ifindex",)),
     "mapper_service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
     "mapper_service_value": (SERVICE_VALUE, ("flags",)),
     "mapper_flow_key": (FLOW_KEY, ("player_addr", "service_addr", "player_port", "service_port", "proto", "pad")),
@@ -105,8 +106,14 @@ def pack_pop_key(address):
     return POP_KEY.pack(ipv4(address))
 
 
-def pack_pop_value(flags=0):
-    return POP_VALUE.pack(flags)
+def pack_pop_value(ifindex):
+    """struct mapper_pop_value: the device (ifindex) this POP's IPIP must arrive on."""
+    return POP_VALUE.pack(ifindex)
+
+
+def unpack_pop_value(raw):
+    """The POP's device (ifindex)."""
+    return POP_VALUE.unpack(raw)[0]
 
 
 def pack_service_key(proto, address, port_number):

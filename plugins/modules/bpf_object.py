@@ -70,7 +70,8 @@ options:
   extra_cflags:
     description:
       - Flags added after the fixed ones (C(-O2 -g -target bpf -mcpu=v3 -Wall -Werror), the
-        Makefile's C(BPF_CFLAGS)) and the include folders, for example C(-DDEBUG). A later flag
+        Makefile's C(BPF_CFLAGS)), the include folders and C(-idirafter /usr/include/<multiarch>)
+        (where the kernel's UAPI headers keep C(asm/*.h)), for example C(-DDEBUG). A later flag
         overrides an earlier one (C(-O3) replaces C(-O2)).
     type: list
     elements: str
@@ -220,7 +221,25 @@ class Compiler(object):
         self.flags = list(BASE_CFLAGS)
         for path in self.include_dirs:
             self.flags.extend(["-I", path])
+        # As the Makefile does: the kernel's UAPI headers keep <asm/*.h> under the multiarch
+        # folder, which clang -target bpf does not search by itself (searched last, so no glibc
+        # header is preferred over ours).
+        multiarch = self._multiarch_include()
+        if multiarch:
+            self.flags.extend(["-idirafter", multiarch])
         self.flags.extend(params["extra_cflags"])
+
+    def _multiarch_include(self):
+        """/usr/include/<multiarch> (x86_64-linux-gnu on Debian amd64), or None if unknown."""
+        for command, argument in (("cc", "-print-multiarch"), ("dpkg-architecture", "-qDEB_HOST_MULTIARCH")):
+            binary = self.module.get_bin_path(command)
+            if not binary:
+                continue
+            rc, out, dummy_err = self.module.run_command([binary, argument])
+            folder = os.path.join("/usr/include", out.strip())
+            if rc == 0 and out.strip() and os.path.isdir(folder):
+                return folder
+        return None
 
     def _find_clang(self, clang):
         if os.sep in clang:

@@ -79,10 +79,21 @@ options:
     type: bool
     default: false
   pops:
-    description: Tunnel addresses of every POP; IPIP from other sources is not learned from.
+    description:
+      - Tunnel addresses of every POP. IPIP to O(tunnel_address) from other sources is dropped.
+      - Each POP's IPIP is accepted (and learned from) only on the device the host's routing sends
+        that POP's traffic through (asked of the kernel, C(ip route get)), which must be one of
+        O(devices); in any other device's ingress it is taken as spoofed and dropped. Rerun
+        after changing the routes toward the POPs.
     type: list
     elements: str
     default: []
+  devices:
+    description:
+      - The devices the mapper programs run on (the uplink and C(anycast_edge_mapper_devices)).
+      - Omitted, O(iface) alone.
+    type: list
+    elements: str
   services:
     description: This host's services.
     type: list
@@ -125,6 +136,7 @@ EXAMPLES = r"""
     default_pop: 10.0.0.1
     idle_sec: 120
     pops: [10.0.0.1, 10.0.0.2]
+    devices: [eth0]
     services:
       - {name: cs2-main, address: 198.51.100.10, protocol: udp, port: 27015}
       - {name: race, address: 198.51.100.20, protocol: udp, port: 7777, dsr: true}
@@ -161,10 +173,12 @@ shared_flows:
 
 import ipaddress
 import os
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _netlink
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError, BpfMap, BpfProgram
 
@@ -193,8 +207,40 @@ def ipv4(path, value):
         raise RuleError("%s: %r is not an IPv4 address" % (path, value))
 
 
-def desired_entries(params):
-    """({map name: {key: value}}, {map name: {key: label}}) wanted by the parameters."""
+def route_devices(pops, devices):
+    """{POP address: ifindex of the device the kernel routes it through}, checked against the
+    mapper's devices; a RuleError names the POPs routed elsewhere (or not at all)."""
+    allowed = {}
+    for name in devices:
+        try:
+            allowed[socket.if_nametoindex(name)] = name
+        except OSError:
+            raise RuleError("devices: no device %r on this host" % name)
+    found, wrong = {}, []
+    ipr = _netlink.open_iproute()
+    try:
+        for pop in pops:
+            try:
+                routes = ipr.route("get", dst=pop)
+                oif = routes[0].get_attr("RTA_OIF") if routes else None
+            except _netlink.NetlinkError as exc:
+                oif, routes = None, exc
+            if oif not in allowed:
+                wrong.append("%s (%s)" % (pop, "routed via ifindex %s" % oif if oif else "no route: %s" % routes))
+                continue
+            found[pop] = oif
+    finally:
+        ipr.close()
+    if wrong:
+        raise RuleError("pops: the host does not route %s through one of the mapper's devices (%s): their "
+                        "IPIP would be dropped as spoofed; route them over one of those devices or add "
+                        "the device to anycast_edge_mapper_devices" % (", ".join(wrong), ", ".join(devices)))
+    return found
+
+
+def desired_entries(params, pop_devices=None):
+    """({map name: {key: value}}, {map name: {key: label}}) wanted by the parameters, each POP
+    with the device it is accepted on (pop_devices: {address: ifindex}; None: ask the kernel)."""
     tunnel = ipv4("tunnel_address", params["tunnel_address"])
     pops = sorted(set(ipv4("pops[%d]" % index, pop) for index, pop in enumerate(params["pops"])))
     if len(pops) > abi.MAX_POPS:
@@ -214,11 +260,13 @@ def desired_entries(params):
     except ValueError as exc:
         raise RuleError("gateway_mac: %s" % exc)
 
+    if pop_devices is None:
+        pop_devices = route_devices(pops, params["devices"] or [params["iface"]])
     labels = {"mapper_config": {CONFIG_KEY: "config"}, "mapper_pops": {}, "mapper_services": {}}
     wanted = {"mapper_config": {CONFIG_KEY: config}, "mapper_pops": {}, "mapper_services": {}}
     for pop in pops:
         key = abi.pack_pop_key(pop)
-        wanted["mapper_pops"][key] = abi.pack_pop_value()
+        wanted["mapper_pops"][key] = abi.pack_pop_value(pop_devices[pop])
         labels["mapper_pops"][key] = pop
     seen = {}
     for index, service in enumerate(params["services"]):
@@ -253,6 +301,13 @@ def show_config(raw):
             "fib_next_hop": bool(flags & abi.F_FIB_NEXT_HOP)}
 
 
+def device_name(ifindex):
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return "ifindex %d" % ifindex
+
+
 def show_service(key, value):
     address, port, proto = abi.SERVICE_KEY.unpack(key)
     names = dict((number, name) for name, number in abi.IPPROTO.items())
@@ -265,7 +320,8 @@ def show_service(key, value):
 def show(entries):
     """The diff's view of one copy of the maps."""
     return {"config": show_config(entries["mapper_config"].get(CONFIG_KEY)),
-            "pops": sorted(str(ipaddress.IPv4Address(key)) for key in entries["mapper_pops"]),
+            "pops": sorted("%s on %s" % (ipaddress.IPv4Address(key), device_name(abi.unpack_pop_value(value)))
+                           for key, value in entries["mapper_pops"].items()),
             "services": sorted(show_service(key, value) for key, value in entries["mapper_services"].items())}
 
 
@@ -408,6 +464,7 @@ def run_module():
             gateway_mac=dict(type="str"),
             fib_next_hop=dict(type="bool", default=False),
             pops=dict(type="list", elements="str", default=[]),
+            devices=dict(type="list", elements="str"),
             services=dict(type="list", elements="dict", default=[], options=dict(
                 name=dict(type="str", required=True),
                 address=dict(type="str", required=True),
@@ -422,7 +479,7 @@ def run_module():
     try:
         wanted, labels = desired_entries(params)
         _pins.pin_dir(params["pin_root"], params["iface"])
-    except (RuleError, ValueError) as exc:
+    except (RuleError, ValueError, _netlink.TcError) as exc:
         module.fail_json(msg=str(exc))
 
     maps = MapperMaps()

@@ -136,8 +136,9 @@ class MapperEnv:
     def configure(self, tunnel_addr=HOST_ADDR, **settings) -> None:
         self.maps["mapper_config"].update(abi.U32.pack(0), abi.pack_config(tunnel_addr, **settings))
 
-    def add_pop(self, address: str) -> None:
-        self.maps["mapper_pops"].update(abi.pack_pop_key(address), abi.pack_pop_value())
+    def add_pop(self, address: str, ifindex: int = 0) -> None:
+        """A known POP, accepted on the device `ifindex` (default: nic0, the uplink)."""
+        self.maps["mapper_pops"].update(abi.pack_pop_key(address), abi.pack_pop_value(ifindex or self.ifindex))
 
     def remove_pop(self, address: str) -> None:
         self.maps["mapper_pops"].delete(abi.pack_pop_key(address))
@@ -172,23 +173,24 @@ class MapperEnv:
 
     # ---- running packets -----------------------------------------------------------------------
 
-    def skb_ctx(self) -> bytes:
-        """struct __sk_buff for BPF_PROG_TEST_RUN: the skb is on nic0."""
+    def skb_ctx(self, ifindex: int = 0) -> bytes:
+        """struct __sk_buff for BPF_PROG_TEST_RUN: the skb is on `ifindex` (default nic0)."""
         ctx = bytearray(SK_BUFF_SIZE)
-        struct.pack_into("<I", ctx, SK_BUFF_IFINDEX_OFFSET, self.ifindex)
+        struct.pack_into("<I", ctx, SK_BUFF_IFINDEX_OFFSET, ifindex or self.ifindex)
         return bytes(ctx)
 
-    def run(self, direction: str, frame: bytes) -> RunResult:
-        """Run one frame through the ingress or egress program; the reason comes from the counters."""
+    def run(self, direction: str, frame: bytes, ifindex: int = 0) -> RunResult:
+        """Run one frame through the ingress or egress program on the device `ifindex` (default
+        nic0); the reason comes from the counters."""
         before = self.reason_counts()
-        result = self.programs[direction].test_run(bytes(frame), ctx_in=self.skb_ctx(), ctx_size_out=512)
+        result = self.programs[direction].test_run(bytes(frame), ctx_in=self.skb_ctx(ifindex), ctx_size_out=512)
         after = self.reason_counts()
         changed = [name for name in abi.REASONS if after.get(name, (0, 0))[0] != before.get(name, (0, 0))[0]]
         retval = ctypes.c_int32(result.retval).value
         return RunResult(TC_ACTIONS.get(retval, str(retval)), ",".join(changed), bytes(result.data_out))
 
-    def ingress(self, frame: bytes) -> RunResult:
-        return self.run("ingress", frame)
+    def ingress(self, frame: bytes, ifindex: int = 0) -> RunResult:
+        return self.run("ingress", frame, ifindex)
 
     def egress(self, frame: bytes) -> RunResult:
         return self.run("egress", frame)

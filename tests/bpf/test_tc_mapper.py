@@ -154,9 +154,43 @@ def test_icmp_is_learned_without_ports(host):
     assert list(host.flows()) == [(1, PLAYER, 0, GAME, 0)]
 
 
-def test_nothing_is_learned_from_an_unknown_pop(host):
+def test_ipip_to_the_tunnel_address_from_an_unknown_source_is_dropped(host):
+    """Not a POP: nothing learned, and not handed to the kernel's ipip device either."""
     result = host.ingress(inbound(pop=UNKNOWN_POP))
-    assert (result.action, result.reason) == ("OK", "ingress_unknown_pop")
+    assert (result.action, result.reason) == ("SHOT", "ingress_unknown_pop")
+    assert host.flows() == {}
+
+
+def test_a_pop_spoofed_on_another_device_neither_resteers_nor_reaches_the_host(host):
+    """The attack: a player's flow came in through POP_A (on nic0); one packet "from" POP_B (whose
+    traffic the host routes over nic1) arrives on nic0. On the old program it re-steered every
+    reply of that flow to POP_B; now it is dropped and the replies stay with POP_A. Control: the
+    very same packet on POP_B's own device is the player's path really moving, and is learned."""
+    host.add_pop(POP_B, ifindex=host.second_ifindex)
+    assert host.ingress(inbound(pop=POP_A)).reason == "ingress_learned"
+    spoofed = inbound(pop=POP_B, payload=b"spoofed")
+    result = host.ingress(spoofed)
+    assert (result.action, result.reason) == ("SHOT", "ingress_wrong_device")
+    assert host.flow("udp", PLAYER, PLAYER_PORT, GAME, GAME_PORT)[0] == POP_A
+    steered = host.egress(reply(routed_to=POP_A))
+    assert (steered.reason, outer_dst(steered.data)) == ("egress_mapped", POP_A)
+
+    control = host.ingress(spoofed, ifindex=host.second_ifindex)
+    assert (control.action, control.reason) == ("OK", "ingress_learned")
+    assert host.flow("udp", PLAYER, PLAYER_PORT, GAME, GAME_PORT)[0] == POP_B
+
+
+@pytest.mark.parametrize("pop,on_second_link,expected", [
+    (POP_B, False, ("OK", "ingress_fragment")),
+    (POP_B, True, ("SHOT", "ingress_wrong_device")),
+    (UNKNOWN_POP, False, ("SHOT", "ingress_unknown_pop")),
+], ids=["from a POP on its device", "in a POP's name on another device", "from an unknown source"])
+def test_outer_fragments_to_the_tunnel_address_are_checked_like_whole_packets(host, pop, on_second_link, expected):
+    """The kernel reassembles outer fragments and decapsulates them: the same source check."""
+    frame = Ether(inbound(pop=pop))
+    frame[IP].flags = "MF"
+    result = host.ingress(raw(frame), ifindex=host.second_ifindex if on_second_link else 0)
+    assert (result.action, result.reason) == expected
     assert host.flows() == {}
 
 
@@ -514,8 +548,12 @@ def test_a_broken_outer_header_is_left_alone(host, version_ihl):
 def test_outer_fragments_are_not_parsed(host):
     frame = Ether(inbound())
     frame[IP].flags = "MF"
-    assert host.ingress(raw(frame)).reason == "ingress_pass"
+    assert host.ingress(raw(frame)).reason == "ingress_fragment"
     assert host.flows() == {}
+    egress = Ether(reply())
+    egress[IP].flags = "MF"
+    result = host.egress(raw(egress))
+    assert (result.action, result.reason, result.data) == ("OK", "egress_pass", raw(egress))
 
 
 def test_trailing_bytes_after_the_ip_packet_are_allowed_and_kept(host):

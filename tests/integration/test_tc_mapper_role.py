@@ -126,6 +126,8 @@ def backend(netns):
     veth(namespace, "up0", namespace, "up0p")
     veth(namespace, TUNNEL_STANDIN, namespace, "peer-standin")
     namespace.ip("addr", "add", HOST + "/24", "dev", "up0")
+    # The POPs are reached over the uplink (the mapper accepts each POP on its route's device).
+    namespace.ip("route", "add", "default", "via", "10.1.0.254", "dev", "up0")
     # Strict filtering before the role, as a hardened image would have it.
     for conf in ("all", "default", TUNNEL_STANDIN):
         namespace.sysctl("net.ipv4.conf.%s.rp_filter" % conf, "1")
@@ -218,6 +220,8 @@ def test_a_backend_with_a_link_per_pop(backend, pin_root, tmp_path):
     """anycast_edge_mapper_devices: the mapper on both links with one set of maps, forwarding on
     for those links only (bpf_fib_lookup needs it); refused without fib_next_hop."""
     veth(backend, "up1", backend, "up1p")
+    backend.ip("addr", "add", "10.2.0.2/24", "dev", "up1")
+    backend.ip("route", "add", POPS["pop2"] + "/32", "via", "10.2.0.1", "dev", "up1")
     refused = play(backend, inventory(tmp_path, pin_root, ["pop1", "pop2"], anycast_edge_mapper_devices=["up1"]),
                    expect_failure=True)
     assert "needs anycast_edge_mapper_fib_next_hop" in refused, refused
@@ -232,4 +236,18 @@ def test_a_backend_with_a_link_per_pop(backend, pin_root, tmp_path):
         assert backend.exec("cat", "/proc/sys/net/ipv4/conf/%s/forwarding" % device).stdout.strip() == "1"
     assert len(map_ids - {None}) == 1, map_ids  # both egress halves read the same maps
     assert backend.exec("cat", "/proc/sys/net/ipv4/conf/all/forwarding").stdout.strip() == "0"
+    # Each POP is accepted only on the device the host routes it through.
+    with _bpf.BpfProgram.from_pin(os.path.join(pin_root, "up0", "tc_ingress")) as program:
+        map_ids = program.info().map_ids
+    pops = [_bpf.BpfMap.from_id(map_id) for map_id in map_ids]
+    pops = next(bpf_map for bpf_map in pops if bpf_map.name == "mapper_pops")
+    devices = {".".join(str(octet) for octet in key): abi.unpack_pop_value(value) for key, value in pops.items()}
+    ifindex = {name: int(backend.exec("cat", "/sys/class/net/%s/ifindex" % name).stdout) for name in ("up0", "up1")}
+    assert devices == {POPS["pop1"]: ifindex["up0"], POPS["pop2"]: ifindex["up1"]}
     assert play(backend, inv) == 0
+    # A POP the host routes over a device the mapper is not on would have its IPIP dropped: refused.
+    veth(backend, "up2", backend, "up2p")
+    backend.ip("addr", "add", "10.3.0.2/24", "dev", "up2")
+    backend.ip("route", "replace", POPS["pop2"] + "/32", "via", "10.3.0.1", "dev", "up2")
+    refused = play(backend, inv, expect_failure=True)
+    assert "does not route %s (routed via ifindex" % POPS["pop2"] in refused, refused
