@@ -10,8 +10,6 @@ SHELL := /bin/bash
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 TIER   := tools/pytest-tier.sh
-# Each tier's time goes to build/tier-times (printed by .ci/run at the end).
-TIMED  := tools/timed.sh
 LAB    := $(PYTHON) lab/labctl.py
 # The venv's tools come first, so ansible-lint and ansible-test find the pinned ansible-core
 # (and ansible-lint stops warning that PATH lacks its own folder).
@@ -22,19 +20,18 @@ CLANG       ?= clang
 # -mcpu=v3: atomic fetch-and-add (exact rate counters) needs BPF ISA v3 (kernel >= 5.12).
 # The kernel's UAPI headers (linux-libc-dev) keep <asm/*.h> under the multiarch folder, which
 # clang -target bpf does not search by itself; no glibc header may reach a BPF object.
-MULTIARCH   := $(shell $(CLANG) -print-multiarch 2>/dev/null)
+MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || dpkg-architecture -qDEB_HOST_MULTIARCH)
 BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include -idirafter /usr/include/$(MULTIARCH)
 BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 
-.PHONY: help setup test test-fresh test-lint test-unit test-bpf test-integration test-molecule \
+.PHONY: help setup test test-lint test-unit test-bpf test-integration test-molecule \
         bench lab lab-down bpf-objects print-bpf-cflags clean
 
 help:
 	@echo "anycast.edge make targets:"
 	@echo "  setup             apt packages + .venv with requirements.txt (no-op when ready)"
 	@echo "  test              setup, then every tier below in order (what CI runs)"
-	@echo "  test-fresh        BPF build + unit tier in a minimal Debian 12 root set up by tools/setup.sh alone (root)"
 	@echo "  test-lint         ansible-lint (production profile) + ansible-test sanity"
 	@echo "  test-unit         tests/unit: pure Python, seconds, no root"
 	@echo "  test-bpf          tests/bpf: compiled BPF programs on crafted packets (root)"
@@ -49,25 +46,20 @@ setup:
 	tools/setup.sh
 
 # Order matters only for speed of feedback: cheapest tiers first.
-# test-fresh first: a missing install step is the cheapest thing to learn about.
-test: setup test-fresh test-lint test-unit test-bpf test-integration test-molecule
-
-# The BPF build and the unit tier inside a minimal Debian 12 root set up by tools/setup.sh
-# alone (tools/test-fresh.sh; root).
-test-fresh: setup
-	$(TIMED) $@ tools/test-fresh.sh
+test: setup test-lint test-unit test-bpf test-integration test-molecule
 
 test-lint: setup
-	$(TIMED) $@ sh -c 'tools/ansible-lint.sh && tools/sanity.sh'
+	tools/ansible-lint.sh
+	tools/sanity.sh
 
 test-unit: setup
-	$(TIMED) $@ $(TIER) tests/unit
+	$(TIER) tests/unit
 
 test-bpf: setup $(BPF_OBJECTS)
-	$(TIMED) $@ $(TIER) --needs-root tests/bpf
+	$(TIER) --needs-root tests/bpf
 
 test-integration: setup $(BPF_OBJECTS)
-	$(TIMED) $@ $(TIER) --needs-root tests/integration
+	$(TIER) --needs-root tests/integration
 
 # The whole site.yml on the QEMU VM lab (molecule/default; docs/lab.md), as root. Without a
 # scenario there is nothing to run; with one, it runs: never pass without running it.
@@ -75,7 +67,7 @@ test-molecule: setup $(BPF_OBJECTS)
 	@if ! compgen -G 'molecule/*/molecule.yml' >/dev/null; then \
 	    echo "test-molecule: no molecule scenarios yet; nothing to run"; exit 0; \
 	fi; \
-	ANSIBLE_LAB_MITOGEN=$${ANSIBLE_LAB_MITOGEN:-1} $(TIMED) $@ $(LAB) molecule test --all
+	ANSIBLE_LAB_MITOGEN=$${ANSIBLE_LAB_MITOGEN:-1} $(LAB) molecule test --all
 
 # Three reports, each against a baseline measured in the same run: the XDP paths (vs
 # xdp-filter), the rule sync of edge_rules, and what a scrape of the POP agent costs.

@@ -20,10 +20,8 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # bpftool, xdp-tools, iproute2, tcpdump and bird2 are driven by the bpf/integration tiers;
 # ansible-test's sanity run lints tools/*.sh with the ShellCheck package; python3-pyroute2
 # is the pyroute2 0.7 a Debian POP runs the modules with (the tests check both it and PyPI's);
-# prometheus (its server and promtool) checks what playbooks/monitoring.yml renders;
-# python3, python3-venv, make and ca-certificates are not on every fresh Debian 12 (make
-# test-fresh starts from a root without them); mmdebstrap builds that root and the lab's image.
-APT_PACKAGES=(python3 python3-venv make ca-certificates mmdebstrap clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus)
+# prometheus (its server and promtool) checks what playbooks/monitoring.yml renders.
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus)
 
 log() { printf 'setup: %s\n' "$*"; }
 
