@@ -26,7 +26,7 @@ BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 
 .PHONY: help setup test test-lint test-unit test-bpf test-integration test-molecule \
-        bench lab lab-down bpf-objects print-bpf-cflags clean
+        bench lab lab-down bpf-objects clean
 
 help:
 	@echo "anycast.edge make targets:"
@@ -87,11 +87,6 @@ lab-down: setup
 	$(LAB) down
 
 bpf-objects: $(BPF_OBJECTS)
-
-# The one home of the BPF compile flags: the tests and the bench compile their own fixtures
-# with exactly these (tools/bpf_cflags.py reads them from here).
-print-bpf-cflags:
-	@echo $(BPF_CFLAGS)
 
 build:
 	mkdir -p $@

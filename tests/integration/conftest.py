@@ -4,7 +4,6 @@ state in network namespaces (see helpers/)."""
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,7 @@ from helpers.edge_lab import EdgeLab  # noqa: E402  pylint: disable=wrong-import
 from helpers.netns import NetNs  # noqa: E402  pylint: disable=wrong-import-position
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The Makefile is the one home of the BPF flags (print-bpf-cflags); its -I is relative to the root.
-BPF_CFLAGS = shlex.split(subprocess.run(["make", "-s", "-C", str(REPO_ROOT), "print-bpf-cflags"], check=True,
-                                        capture_output=True, text=True).stdout)
+BPF_CFLAGS = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"]
 
 
 def _needs_root():
@@ -52,7 +48,7 @@ def fixture_object(tmp_path_factory):
             output = folder / ("%s%s.o" % (name, "".join("-" + d.replace("=", "_") for d in defines)))
             argv = ["clang"] + BPF_CFLAGS + ["-D" + d for d in defines] + \
                 ["-c", str(FIXTURES / (name + ".c")), "-o", str(output)]
-            done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
             assert done.returncode == 0, done.stderr
             compiled[key] = str(output)
         return compiled[key]
