@@ -20,13 +20,14 @@ CLANG       ?= clang
 # -mcpu=v3: atomic fetch-and-add (exact rate counters) needs BPF ISA v3 (kernel >= 5.12).
 # The kernel's UAPI headers (linux-libc-dev) keep <asm/*.h> under the multiarch folder, which
 # clang -target bpf does not search by itself; no glibc header may reach a BPF object.
-MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || dpkg-architecture -qDEB_HOST_MULTIARCH)
+# Asked of clang itself: a fresh machine has neither cc nor dpkg-architecture (dpkg-dev).
+MULTIARCH   := $(shell $(CLANG) -print-multiarch 2>/dev/null)
 BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include -idirafter /usr/include/$(MULTIARCH)
 BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 
 .PHONY: help setup test test-lint test-unit test-bpf test-integration test-molecule \
-        bench lab lab-down bpf-objects clean
+        test-fresh bench lab lab-down bpf-objects print-bpf-cflags clean
 
 help:
 	@echo "anycast.edge make targets:"
@@ -94,6 +95,12 @@ build:
 # The Makefile is a prerequisite so that a change of BPF_CFLAGS rebuilds the objects.
 build/%.o: bpf/%.c $(BPF_HEADERS) Makefile | build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# The one home of the BPF compile flags: the test fixtures and bench programs that compile
+# BPF on their own (tests/conftest.py bpf_cflags, bench/programs.py) ask for them here, so a
+# flag a fresh machine needs is added once. The include folder is made absolute for them.
+print-bpf-cflags:
+	@echo $(BPF_CFLAGS:bpf/include=$(CURDIR)/bpf/include)
 
 clean:
 	rm -rf build tests/output
