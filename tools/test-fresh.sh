@@ -65,8 +65,9 @@ if [[ -f $tarball ]]; then
 else
     log "building the base root ($SUITE, --variant=$VARIANT)"
     mkdir -p "$(dirname "$tarball")"
-    mmdebstrap --mode=root --variant="$VARIANT" --quiet "$SUITE" "$tarball.part"
-    mv "$tarball.part" "$tarball"
+    # mmdebstrap picks the output format from the name's ending: .tar it must be.
+    mmdebstrap --mode=root --variant="$VARIANT" --quiet "$SUITE" "${tarball%.tar}.part.tar"
+    mv "${tarball%.tar}.part.tar" "$tarball"
     # Keep only the root of the current recipe.
     find "$CACHE_ROOT/fresh-root" -mindepth 1 -maxdepth 1 -type d ! -name "$recipe" -exec rm -rf {} +
 fi
@@ -115,15 +116,28 @@ git -C "$source_tree" ls-files -z |
 mkdir -p "$CACHE_ROOT/fresh-apt/archives/partial" "$CACHE_ROOT/fresh-apt/lists/partial" "$CACHE_ROOT/fresh-pip"
 mount -t proc proc "$root/proc"
 mount --bind /dev "$root/dev"
+mount --bind /dev/pts "$root/dev/pts"
 mount -t sysfs -o ro sysfs "$root/sys"
 mount --bind "$CACHE_ROOT/fresh-apt/archives" "$root/var/cache/apt/archives"
 mount --bind "$CACHE_ROOT/fresh-apt/lists" "$root/var/lib/apt/lists"
 mkdir -p "$root/root/.cache/pip"
 mount --bind "$CACHE_ROOT/fresh-pip" "$root/root/.cache/pip"
 
+# The network is the host's, and so is its trust: where the host's pip trusts a CA bundle of
+# its own (PIP_CERT, e.g. a TLS-inspecting proxy's), the root gets that file and setting.
+net_env=()
+if [[ -n ${PIP_CERT:-} && -f $PIP_CERT ]]; then
+    mkdir -p "$root/etc/anycast-fresh"
+    cp "$PIP_CERT" "$root/etc/anycast-fresh/ca.pem"
+    net_env+=(PIP_CERT=/etc/anycast-fresh/ca.pem)
+fi
+for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_DEFAULT_TIMEOUT; do
+    [[ -n ${!var:-} ]] && net_env+=("$var=${!var}")
+done
+
 log "running tools/setup.sh, then make bpf-objects test-unit, in the fresh root"
 # A clean environment: nothing of the host's (its pip config, PATH, venv) leaks in.
 chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${net_env[@]}" \
     /bin/bash -c "cd $CHECKOUT && tools/setup.sh && make bpf-objects test-unit"
 log "passed"
