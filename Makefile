@@ -32,7 +32,8 @@ BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard b
 help:
 	@echo "anycast.edge make targets:"
 	@echo "  setup             apt packages + .venv with requirements.txt (no-op when ready)"
-	@echo "  test              setup, then every tier below in order (what CI runs)"
+	@echo "  test              setup, then every tier below in order, with their times (what CI runs)"
+	@echo "  test-fresh        setup.sh + bpf-objects + test-unit in a fresh Debian 12 chroot (root)"
 	@echo "  test-lint         ansible-lint (production profile) + ansible-test sanity"
 	@echo "  test-unit         tests/unit: pure Python, seconds, no root"
 	@echo "  test-bpf          tests/bpf: compiled BPF programs on crafted packets (root)"
@@ -41,13 +42,24 @@ help:
 	@echo "  bench             BPF_PROG_TEST_RUN benchmarks (bench/run.py)"
 	@echo "  lab / lab-down    bring the local VM lab up and roll out site.yml / tear it down"
 	@echo "  bpf-objects       compile every bpf/*.c into build/*.o"
+	@echo "  print-bpf-cflags  the clang flags of bpf-objects (for tests/bench that compile BPF)"
 	@echo "  clean             remove build products"
 
 setup:
 	tools/setup.sh
 
-# Order matters only for speed of feedback: cheapest tiers first.
-test: setup test-lint test-unit test-bpf test-integration test-molecule
+# Order matters only for speed of feedback: cheapest tiers first (test-fresh first: a
+# missing install step is the first thing a new user meets). tools/test-tiers.sh runs them
+# one by one and ends with each tier's time and result; `make --keep-going test` (.ci/run)
+# runs every tier even after one failed.
+TIERS := test-fresh test-lint test-unit test-bpf test-integration test-molecule
+test: setup
+	@tools/test-tiers.sh $(if $(findstring k,$(firstword -$(MAKEFLAGS))),--keep-going) $(TIERS)
+
+# tools/setup.sh then `make bpf-objects test-unit` in a fresh Debian 12 root (mmdebstrap,
+# chroot; cached under ~/.cache/anycast-edge/), as root: catches a missing install step.
+test-fresh:
+	tools/test-fresh.sh
 
 test-lint: setup
 	tools/ansible-lint.sh
