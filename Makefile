@@ -20,18 +20,20 @@ CLANG       ?= clang
 # -mcpu=v3: atomic fetch-and-add (exact rate counters) needs BPF ISA v3 (kernel >= 5.12).
 # The kernel's UAPI headers (linux-libc-dev) keep <asm/*.h> under the multiarch folder, which
 # clang -target bpf does not search by itself; no glibc header may reach a BPF object.
-MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || dpkg-architecture -qDEB_HOST_MULTIARCH)
+# Asked of clang itself: a fresh machine has neither cc nor dpkg-architecture (dpkg-dev).
+MULTIARCH   := $(shell $(CLANG) -print-multiarch 2>/dev/null)
 BPF_CFLAGS  := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf/include -idirafter /usr/include/$(MULTIARCH)
 BPF_HEADERS := $(wildcard bpf/include/*.h)
 BPF_OBJECTS := $(sort build/xdp_edge.o $(patsubst bpf/%.c,build/%.o,$(wildcard bpf/*.c)))
 
 .PHONY: help setup test test-lint test-unit test-bpf test-integration test-molecule \
-        bench lab lab-down bpf-objects clean
+        test-fresh bench lab lab-down bpf-objects print-bpf-cflags clean
 
 help:
 	@echo "anycast.edge make targets:"
 	@echo "  setup             apt packages + .venv with requirements.txt (no-op when ready)"
-	@echo "  test              setup, then every tier below in order (what CI runs)"
+	@echo "  test              setup, then every tier below in order, with their times (what CI runs)"
+	@echo "  test-fresh        setup.sh + bpf-objects + test-unit in a fresh Debian 12 chroot (root)"
 	@echo "  test-lint         ansible-lint (production profile) + ansible-test sanity"
 	@echo "  test-unit         tests/unit: pure Python, seconds, no root"
 	@echo "  test-bpf          tests/bpf: compiled BPF programs on crafted packets (root)"
@@ -40,13 +42,24 @@ help:
 	@echo "  bench             BPF_PROG_TEST_RUN benchmarks (bench/run.py)"
 	@echo "  lab / lab-down    bring the local VM lab up and roll out site.yml / tear it down"
 	@echo "  bpf-objects       compile every bpf/*.c into build/*.o"
+	@echo "  print-bpf-cflags  the clang flags of bpf-objects (for tests/bench that compile BPF)"
 	@echo "  clean             remove build products"
 
 setup:
 	tools/setup.sh
 
-# Order matters only for speed of feedback: cheapest tiers first.
-test: setup test-lint test-unit test-bpf test-integration test-molecule
+# Order matters only for speed of feedback: cheapest tiers first (test-fresh first: a
+# missing install step is the first thing a new user meets). tools/test-tiers.sh runs them
+# one by one and ends with each tier's time and result; `make --keep-going test` (.ci/run)
+# runs every tier even after one failed.
+TIERS := test-fresh test-lint test-unit test-bpf test-integration test-molecule
+test: setup
+	@tools/test-tiers.sh $(if $(findstring k,$(firstword -$(MAKEFLAGS))),--keep-going) $(TIERS)
+
+# tools/setup.sh then `make bpf-objects test-unit` in a fresh Debian 12 root (mmdebstrap,
+# chroot; cached under ~/.cache/anycast-edge/), as root: catches a missing install step.
+test-fresh:
+	tools/test-fresh.sh
 
 test-lint: setup
 	tools/ansible-lint.sh
@@ -94,6 +107,12 @@ build:
 # The Makefile is a prerequisite so that a change of BPF_CFLAGS rebuilds the objects.
 build/%.o: bpf/%.c $(BPF_HEADERS) Makefile | build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# The one home of the BPF compile flags: the test fixtures and bench programs that compile
+# BPF on their own (tests/conftest.py bpf_cflags, bench/programs.py) ask for them here, so a
+# flag a fresh machine needs is added once. The include folder is made absolute for them.
+print-bpf-cflags:
+	@echo $(BPF_CFLAGS:bpf/include=$(CURDIR)/bpf/include)
 
 clean:
 	rm -rf build tests/output

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shlex
 import shutil
 import socket
 import struct
@@ -41,7 +43,14 @@ COUNTER_SHIFT = 6
 # xdp_stats_map: per-CPU array indexed by XDP action, {packets, bytes} (xdp/xdp_stats_kern_user.h).
 XDP_STATS = struct.Struct("<QQ")
 
-CLANG_FLAGS = ("-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror", "-I", str(REPO_ROOT / "bpf" / "include"))
+
+
+@functools.lru_cache(maxsize=None)
+def clang_flags() -> tuple:
+    """clang's flags for a BPF object, from the Makefile (their one home, `make print-bpf-cflags`)."""
+    done = subprocess.run(["make", "-s", "--no-print-directory", "print-bpf-cflags"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+    return tuple(shlex.split(done.stdout))
 
 
 def compile_bench_program(name: str) -> Path:
@@ -54,7 +63,7 @@ def compile_bench_program(name: str) -> Path:
         return target
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     clang = os.environ.get("CLANG", "clang")
-    subprocess.run([clang, *CLANG_FLAGS, "-c", str(source), "-o", str(target)], check=True)
+    subprocess.run([clang, *clang_flags(), "-c", str(source), "-o", str(target)], check=True)
     return target
 
 

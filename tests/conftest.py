@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The checkout's top folder."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def bpf_cflags() -> list:
+    """clang's flags for a BPF object, as the Makefile (their one home) builds bpf/*.c with."""
+    done = subprocess.run(["make", "-s", "--no-print-directory", "print-bpf-cflags"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+    return shlex.split(done.stdout)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,9 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # ansible-test's sanity run lints tools/*.sh with the ShellCheck package; python3-pyroute2
 # is the pyroute2 0.7 a Debian POP runs the modules with (the tests check both it and PyPI's);
 # prometheus (its server and promtool) checks what playbooks/monitoring.yml renders.
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus)
+# python3-venv (with python3), make and git: a fresh Debian 12 install has none of them
+# (make test-fresh checks this list on one).
+APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus)
 
 log() { printf 'setup: %s\n' "$*"; }
 

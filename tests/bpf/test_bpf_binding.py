@@ -69,15 +69,13 @@ def reflect_key(port: int) -> bytes:
 # --- fixtures -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def objects(tmp_path_factory) -> dict:
-    """Compile the fixture programs; {stem: path of the .o}."""
+def objects(tmp_path_factory, bpf_cflags) -> dict:
+    """Compile the fixture programs with the Makefile's flags; {stem: path of the .o}."""
     out_dir = tmp_path_factory.mktemp("bpf-binding-objects")
-    arch_include = "/usr/include/%s-linux-gnu" % os.uname().machine
     compiled = {}
     for source in sorted(FIXTURES.glob("*.c")):
         target = out_dir / (source.stem + ".o")
-        subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
-                        "-I", arch_include, "-c", str(source), "-o", str(target)],
+        subprocess.run(["clang", *bpf_cflags, "-c", str(source), "-o", str(target)],
                        check=True, capture_output=True, text=True)
         compiled[source.stem] = target
     return compiled

@@ -19,7 +19,6 @@ from helpers.edge_lab import EdgeLab  # noqa: E402  pylint: disable=wrong-import
 from helpers.netns import NetNs  # noqa: E402  pylint: disable=wrong-import-position
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-BPF_CFLAGS = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"]
 
 
 def _needs_root():
@@ -36,7 +35,7 @@ def xdp_edge_object(repo_root):
 
 
 @pytest.fixture(scope="session")
-def fixture_object(tmp_path_factory):
+def fixture_object(tmp_path_factory, bpf_cflags):
     """compile(name, *defines) -> path of tests/integration/fixtures/<name>.c compiled with
     the Makefile's flags plus ``-D<define>`` for each define (cached per combination)."""
     folder = tmp_path_factory.mktemp("fixture-objects")
@@ -46,7 +45,7 @@ def fixture_object(tmp_path_factory):
         key = (name,) + defines
         if key not in compiled:
             output = folder / ("%s%s.o" % (name, "".join("-" + d.replace("=", "_") for d in defines)))
-            argv = ["clang"] + BPF_CFLAGS + ["-D" + d for d in defines] + \
+            argv = ["clang"] + bpf_cflags + ["-D" + d for d in defines] + \
                 ["-c", str(FIXTURES / (name + ".c")), "-o", str(output)]
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             assert done.returncode == 0, done.stderr
