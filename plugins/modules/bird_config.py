@@ -25,11 +25,17 @@ description:
   - C(birdc) exits 0 even when a reconfiguration fails, so the module reads BIRD's reply codes
     (C(birdc -v)) rather than exit codes.
   - In diff mode the unified diff of the file is returned, with BGP passwords masked.
+  - I(content) carries the BGP passwords, so it is a C(no_log) option: the argument echo
+    (C(invocation)), the journal entry AnsibleModule writes and every message and result of the
+    module show neither the content nor any password found in it.
 author:
   - anycast.edge maintainers (!UNKNOWN)
 options:
   content:
-    description: The complete configuration to apply (usually a rendered template).
+    description:
+      - The complete configuration to apply (usually a rendered template).
+      - Never echoed or logged (it holds the BGP passwords); each C(password "...") in it is also
+        masked wherever it could appear in the result.
     type: str
     required: true
   path:
@@ -58,9 +64,19 @@ options:
     type: int
     default: 30
   mode:
-    description: Permissions of a newly created file (an existing file keeps its owner and mode).
+    description:
+      - Permissions of the file (and of the staged copy, from its creation on). The file holds
+        the BGP passwords: readable by root and BIRD's group only.
     type: str
     default: '0640'
+  owner:
+    description: Owner of the file and of the staged copy.
+    type: str
+    default: root
+  group:
+    description: Group of the file and of the staged copy (BIRD's, so that the daemon reads it).
+    type: str
+    default: bird
   bird_path:
     description: The C(bird) binary (used as C(bird -p -c) to parse).
     type: path
@@ -78,6 +94,8 @@ attributes:
     description: Unified diff of the configuration file, passwords masked.
 notes:
   - The file is replaced by a rename within its directory, so BIRD never reads a half-written file.
+  - A file whose content is right but whose owner, group or mode is not is fixed without a reload
+    (C(changed=true), C(reloaded=false)).
   - Sessions that are not Established before the reload (or that the new configuration removes)
     are not waited for.
 seealso:
@@ -115,7 +133,9 @@ bird_messages:
   sample: ["0002 Reading configuration from /etc/bird/bird.conf", "0003 Reconfigured"]
 """
 
+import grp
 import os
+import pwd
 import re
 import tempfile
 import time
@@ -123,12 +143,17 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc, BirdcError
 
-_PASSWORD = re.compile(r'(\bpassword\s+)"[^"]*"')
+_PASSWORD = re.compile(r'(\bpassword\s+)"([^"]*)"')
 
 
 def masked(text):
     """The configuration as shown in diffs: BGP passwords replaced by asterisks."""
     return _PASSWORD.sub(r'\1"********"', text)
+
+
+def passwords(text):
+    """The passwords a configuration holds (each ``password "..."``)."""
+    return [match.group(2) for match in _PASSWORD.finditer(text) if match.group(2)]
 
 
 def read_text(path):
@@ -147,6 +172,19 @@ class ConfigApplier:
         self.birdc = Birdc(self.params["socket"], self.params["birdc_path"],
                            run_command=module.run_command)
         self.staged = None
+        try:
+            self.mode = int(self.params["mode"], 8)
+        except ValueError:
+            module.fail_json(msg="mode: %r is not an octal mode" % self.params["mode"])
+        try:
+            self.uid = pwd.getpwnam(self.params["owner"]).pw_uid
+        except KeyError:
+            module.fail_json(msg="owner: no user %r on this host" % self.params["owner"])
+        try:
+            self.gid = grp.getgrnam(self.params["group"]).gr_gid
+        except KeyError:
+            module.fail_json(msg="group: no group %r on this host (is the bird2 package installed?)"
+                             % self.params["group"])
 
     def fail(self, msg, **extra):
         self._remove_staged()
@@ -163,6 +201,9 @@ class ConfigApplier:
         if not os.path.isdir(folder):
             self.module.fail_json(msg="path: directory %s does not exist" % folder)
         fd, self.staged = tempfile.mkstemp(prefix=".%s." % os.path.basename(self.path), suffix=".staged", dir=folder)
+        # Owner and mode before the first byte: the staged copy holds the passwords too.
+        os.fchown(fd, self.uid, self.gid)
+        os.fchmod(fd, self.mode)
         with os.fdopen(fd, "w") as handle:
             handle.write(content)
 
@@ -172,14 +213,17 @@ class ConfigApplier:
             message = (err or out).strip().replace(self.staged, self.path + " (staged)")
             self.fail("BIRD rejected the configuration for %s: %s" % (self.path, message), bird_message=message)
 
-    def copy_attributes(self):
-        """Give the staged file the live file's owner and mode (or the requested mode if new)."""
+    def attributes_differ(self):
+        """Whether the live file's owner, group or mode is not the wanted one."""
         try:
             stat = os.stat(self.path)
-            os.chmod(self.staged, stat.st_mode & 0o7777)
-            os.chown(self.staged, stat.st_uid, stat.st_gid)
         except FileNotFoundError:
-            os.chmod(self.staged, int(self.params["mode"], 8))
+            return False
+        return (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777) != (self.uid, self.gid, self.mode)
+
+    def fix_attributes(self):
+        os.chown(self.path, self.uid, self.gid)
+        os.chmod(self.path, self.mode)
 
     def wait_for_sessions(self, names):
         """Wait until every named BGP session is Established; return the ones that are not."""
@@ -201,7 +245,8 @@ class ConfigApplier:
                                       dir=os.path.dirname(os.path.abspath(self.path)))
         with os.fdopen(fd, "w") as handle:
             handle.write(before)
-        os.chmod(backup, os.stat(self.path).st_mode & 0o7777)
+        os.chown(backup, self.uid, self.gid)
+        os.chmod(backup, self.mode)
         os.rename(backup, self.path)
 
     def run(self):
@@ -222,6 +267,10 @@ class ConfigApplier:
         self.parse_check()
         if before == content:
             self._remove_staged()
+            if self.attributes_differ():
+                result["changed"] = True
+                if not self.module.check_mode:
+                    self.fix_attributes()
             self.module.exit_json(**result)
         result["changed"] = True
         if self.module.check_mode:
@@ -234,7 +283,6 @@ class ConfigApplier:
                 established = self.birdc.established_bgp_sessions()
             except BirdcError as err:
                 self.fail("cannot read BIRD's protocols through %s: %s" % (self.params["socket"], err))
-        self.copy_attributes()
         os.rename(self.staged, self.path)
         self.staged = None
         if not self.params["reload"]:
@@ -283,18 +331,27 @@ def _established(proto):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            content=dict(type="str", required=True),
+            # The rendered configuration holds the BGP passwords.
+            content=dict(type="str", required=True, no_log=True),
             path=dict(type="path", default="/etc/bird/bird.conf"),
             socket=dict(type="path", default="/run/bird/bird.ctl"),
             reload=dict(type="bool", default=True),
             confirm_timeout=dict(type="int", default=60),
             session_wait=dict(type="int", default=30),
             mode=dict(type="str", default="0640"),
+            owner=dict(type="str", default="root"),
+            group=dict(type="str", default="bird"),
             bird_path=dict(type="path", default="bird"),
             birdc_path=dict(type="path", default="birdc"),
         ),
         supports_check_mode=True,
     )
+    # no_log keeps the content out of the journal entry AnsibleModule wrote above. In the result
+    # AnsibleModule masks every no_log value wherever it appears; masking the passwords rather
+    # than the whole text keeps the diff and the argument echo readable (passwords as ********)
+    # and catches a password that surfaces alone (BIRD quoting a line).
+    module.no_log_values.discard(module.params["content"])
+    module.no_log_values.update(passwords(module.params["content"]))
     for name in ("bird_path", "birdc_path"):
         if os.sep not in module.params[name]:
             found = module.get_bin_path(module.params[name], opt_dirs=["/usr/sbin", "/sbin"])

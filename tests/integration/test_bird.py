@@ -10,6 +10,7 @@ One lab for the whole module: the tests run in order and each leaves the POP ann
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
@@ -319,3 +320,44 @@ def test_reload_that_loses_a_session_is_undone(lab):
     lab.wait_for(lambda: upstream_route(lab, PREFIX), "the prefix back at the upstream")
     # BIRD runs the old configuration again (the session could not be Established otherwise).
     assert re.search(r"Neighbor AS:\s+64600\b", lab.birdc(lab.pop_socket, "show", "protocols", "all", "bgp_upstream1"))
+
+
+PASSWORD = "Md5-s3cret-" + uuid.uuid4().hex[:10]
+
+
+def test_bgp_password_in_no_output_result_or_diff_and_file_is_0640_root_bird(lab):
+    """A neighbour with a TCP MD5 password, rolled out with -vvv --diff (and again in check mode
+    after a change): the password is in the live file, which is 0640 root:bird, and nowhere in
+    ansible-playbook's output - not in invocation.module_args, not in the diff, not in a result.
+    On the old module the same grep finds it (`password "..."` in module_args.content)."""
+    lab.wait_for(lab.session_established, "the BGP session before the password run")
+    # A second neighbour that is never Established (nothing listens there): the reload does not
+    # wait for it, and the upstream1 session stays as it is.
+    secured = {"name": "secured", "address": "192.0.2.250", "asn": 64999, "password": PASSWORD,
+               "bfd": False, "multihop": 2}
+    neighbors = inventory(lab)["all"]["children"]["pops"]["hosts"]["pop1"]["anycast_edge_bgp_neighbors"]
+    inv = inventory(lab, anycast_edge_bgp_neighbors=neighbors + [secured])
+    # A live file left world-readable by someone: the module must take it back to 0640 root:bird.
+    os.chmod(lab.pop_config, 0o644)
+    runs = [ansible_playbook(lab, role_playbook(lab), inv, "-vvv", "--diff")]
+    assert runs[0].returncode == 0, runs[0].stdout[-6000:] + runs[0].stderr[-3000:]
+    assert PASSWORD not in runs[0].stdout + runs[0].stderr
+    text = lab.pop_config.read_text()
+    assert 'password "%s";' % PASSWORD in text  # the secret really went through the module
+    stat = os.stat(lab.pop_config)
+    assert (stat.st_mode & 0o7777, stat.st_uid, stat.st_gid) == (0o640, 0, grp.getgrnam("bird").gr_gid)
+    # Change it again (another password) in check mode with diff: before/after both hold one.
+    other = dict(secured, password=PASSWORD + "-next")
+    runs.append(ansible_playbook(lab, role_playbook(lab), inventory(lab, anycast_edge_bgp_neighbors=neighbors + [other]),
+                                 "-vvv", "--diff", "--check"))
+    assert runs[1].returncode == 0, runs[1].stdout[-6000:]
+    results, dummy = task_results(runs[1])
+    assert results["Apply the BIRD configuration"]["changed"] is True
+    for proc in runs:
+        assert PASSWORD not in proc.stdout + proc.stderr
+    assert 'password "********"' in runs[0].stdout  # the diff was shown, masked
+    # The staged copies are gone (none left behind with the password in it).
+    assert not [p for p in lab.pop_config.parent.iterdir() if p.name.endswith(".staged")]
+    # Back to the neighbours the other tests expect.
+    results, dummy = converge(lab)
+    assert PASSWORD not in lab.pop_config.read_text()
