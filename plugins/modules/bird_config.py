@@ -25,7 +25,7 @@ description:
   - C(birdc) exits 0 even when a reconfiguration fails, so the module reads BIRD's reply codes
     (C(birdc -v)) rather than exit codes.
   - In diff mode the unified diff of the file is returned, with BGP passwords masked.
-  - I(content) carries the BGP passwords, so it is a C(no_log) option: the argument echo
+  - I(content) carries the BGP passwords, so it is a C(no_log) option. The argument echo
     (C(invocation)), the journal entry AnsibleModule writes and every message and result of the
     module show neither the content nor any password found in it.
 author:
@@ -66,7 +66,7 @@ options:
   mode:
     description:
       - Permissions of the file (and of the staged copy, from its creation on). The file holds
-        the BGP passwords: readable by root and BIRD's group only.
+        the BGP passwords; readable by root and BIRD's group only.
     type: str
     default: '0640'
   owner:
