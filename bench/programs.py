@@ -44,7 +44,6 @@ COUNTER_SHIFT = 6
 XDP_STATS = struct.Struct("<QQ")
 
 
-
 @functools.lru_cache(maxsize=None)
 def clang_flags() -> tuple:
     """clang's flags for a BPF object, from the Makefile (their one home, `make print-bpf-cflags`)."""

@@ -11,10 +11,8 @@ Also here: the birdc reply parser on recorded BIRD 2.0.12 replies.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jinja2
