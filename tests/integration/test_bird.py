@@ -52,6 +52,8 @@ def inventory(lab: BirdLab, **extra) -> dict:
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
         "anycast_edge_tunnel_address": POP_ADDRESS,
+        # validate_inventory (run first by drain.yml / undrain.yml) wants a whole POP.
+        "anycast_edge_uplink": "eth0",
         "anycast_edge_bgp_neighbors": [{
             "name": "upstream1",
             "address": UPSTREAM_ADDRESS,

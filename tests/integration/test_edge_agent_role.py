@@ -74,8 +74,8 @@ def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
                 "pop4": {"ansible_host": "pop4.example.net", "anycast_edge_uplink": "eth1",
                          "anycast_edge_tunnel_address": "10.0.0.4"},
             }},
-            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": "10.1.0.10"},
-                                   "game2": {"anycast_edge_tunnel_address": "10.1.0.20"}}},
+            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": "10.1.0.10", "anycast_edge_uplink": "eth0"},
+                                   "game2": {"anycast_edge_tunnel_address": "10.1.0.20", "anycast_edge_uplink": "eth0"}}},
         },
     }}
     path = tmp_path / "inventory.yml"

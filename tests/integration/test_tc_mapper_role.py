@@ -49,7 +49,6 @@ def inventory(tmp_path: Path, pin_root: str, pops: list, **backend_vars) -> Path
                 {"name": "elsewhere", "address": "198.51.100.30", "protocol": "udp", "port": 27015,
                  "backend": "game2"},
             ],
-            "anycast_edge_dsr_services": ["race"],
             "anycast_edge_mapper_idle_sec": 30,
             "anycast_edge_bpf_pin_root": pin_root,
             "anycast_edge_controller_build_dir": str(tmp_path / "controller-build"),
@@ -62,9 +61,11 @@ def inventory(tmp_path: Path, pin_root: str, pops: list, **backend_vars) -> Path
             "pops": {"hosts": dict((name, {"anycast_edge_uplink": "eth0", "anycast_edge_tunnel_address": POPS[name]})
                                    for name in pops)},
             "backends": {"hosts": {
+                # DSR for game1's "race" only: validate_inventory checks every backend's list.
                 "game1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                          "anycast_edge_tunnel_address": HOST, **backend_vars},
-                "game2": {"anycast_edge_tunnel_address": "10.1.0.11"}}},
+                          "anycast_edge_tunnel_address": HOST, "anycast_edge_dsr_services": ["race"],
+                          **backend_vars},
+                "game2": {"anycast_edge_tunnel_address": "10.1.0.11", "anycast_edge_uplink": "eth0"}}},
         },
     }}
     path = tmp_path / "inventory.yml"

@@ -53,7 +53,7 @@ def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
         "children": {
             "pops": {"hosts": {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
                                         "anycast_edge_tunnel_address": "10.0.0.1"}}},
-            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": BACKEND}}},
+            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": BACKEND, "anycast_edge_uplink": "eth0"}}},
         },
     }}
     path = tmp_path / "inventory.yml"
