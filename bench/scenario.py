@@ -18,7 +18,7 @@ from tests.bpf import topology as topo
 from tests.bpf.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie, cookie_clock_ns, cookie_epoch
 
 
 ANYCAST_PREFIX = "198.51.100.0/24"
@@ -104,8 +104,8 @@ A2S_CLIENT_PORT = 40005
 
 
 def a2s_request_frame(now_ns: int | None = None) -> bytes:
-    """The 29-byte A2S_INFO request with this POP's cookie for the current epoch."""
-    epoch = (monotonic_ns() if now_ns is None else now_ns) // COOKIE_EPOCH_NS
+    """The 29-byte A2S_INFO request with this POP's cookie for the current epoch (now_ns: CLOCK_TAI)."""
+    epoch = cookie_epoch(cookie_clock_ns() if now_ns is None else now_ns, COOKIE_EPOCH_NS)
     cookie = a2s_cookie(COOKIE_KEY, socket.inet_aton(A2S_CLIENT), socket.inet_aton(SERVICE_ADDR), A2S_CLIENT_PORT,
                         A2S_PORT, epoch)
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))

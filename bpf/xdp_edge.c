@@ -29,7 +29,7 @@
  *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tag kept).
  *   - The A2S challenge is issued only while the cache holds a fresh reply; otherwise the request
  *     goes to the game server, which runs its own challenge. A request carrying a challenge is
- *     answered from the cache only if the challenge is this POP's cookie; a wrong one is dropped
+ *     answered from the cache only if the challenge is the fleet's cookie; a wrong one is dropped
  *     while the cache is fresh (it cannot be ours), forwarded while it is not (it is the game
  *     server's own).
  */
@@ -420,7 +420,7 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 		return 0; /* nothing fresh to serve: the game server answers (and challenges) itself */
 
 	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
-	epoch = now / epoch_ns;
+	epoch = edge_cookie_epoch(epoch_ns); /* wall clock: the same epoch on every POP (a2s.h) */
 	if (pkt->payload_len == A2S_REQUEST_LEN) {
 		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
 		*v = a2s_send_challenge(ctx, pkt, cookie, service_id);
@@ -429,8 +429,8 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 
 	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
 		 ((__u32)req.cookie[3] << 24);
-	if (cookie == a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch) ||
-	    cookie == a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch - 1)) {
+	if (a2s_cookie_valid(cfg->cookie_key, cfg->cookie_key_previous, cookie, pkt->saddr, pkt->daddr, pkt->sport,
+			     pkt->dport, epoch)) {
 		*v = a2s_send_cached(ctx, pkt, entry, service_id);
 		return 1;
 	}

@@ -8,10 +8,16 @@
  *   info reply       FF FF FF FF 49 ...                                    (cached)
  *
  * The cookie is SipHash-2-4, keyed by edge_config.cookie_key, of the client's 4-tuple and the
- * current epoch (monotonic time / cookie_epoch_ns); the low 32 bits go on the wire, little endian.
+ * current epoch (CLOCK_TAI / cookie_epoch_ns); the low 32 bits go on the wire, little endian.
  * A cookie of this epoch or the previous one is accepted, so a client that got its challenge just
  * before an epoch boundary is not refused. Nothing is stored per client: a flood of spoofed
  * requests costs the POP no memory, and gets back 9 bytes per 25 sent (amplification < 1).
+ *
+ * The epoch is wall-clock time, not the POP's monotonic clock: every NTP-synced POP of the fleet
+ * counts the same epochs, so with the fleet's one key a challenge issued by one POP is accepted
+ * by any other (a player's route may move between the challenge and the request). The key has
+ * generations: the current one issues, the previous one (cookie_key_previous) is still accepted,
+ * so rotating the key refuses no challenge in flight (docs/data-plane.md, "Edge cookies").
  */
 #ifndef EDGE_A2S_H
 #define EDGE_A2S_H
@@ -82,6 +88,34 @@ static __always_inline __u32 a2s_cookie(const __u64 key[2], __be32 saddr, __be32
 	__u64 m1 = (__u64)sport | ((__u64)dport << 16) | ((epoch & 0xffffffffULL) << 32);
 
 	return (__u32)siphash_2_4_16(key, m0, m1);
+}
+
+/* The epoch a cookie is issued in: wall-clock (TAI) time, the same on every POP. */
+static __always_inline __u64 edge_cookie_epoch(__u64 epoch_ns)
+{
+	return bpf_ktime_get_tai_ns() / epoch_ns;
+}
+
+static __always_inline int edge_cookie_key_set(const __u64 key[2])
+{
+	return key[0] || key[1];
+}
+
+/*
+ * Whether a client's cookie is one this fleet issued: under the current or the previous key
+ * generation, in this epoch or the previous one. Cheapest first: the usual echo is the current
+ * key's cookie of this epoch.
+ */
+static __always_inline int a2s_cookie_valid(const __u64 key[2], const __u64 key_previous[2], __u32 cookie,
+					    __be32 saddr, __be32 daddr, __be16 sport, __be16 dport, __u64 epoch)
+{
+	if (cookie == a2s_cookie(key, saddr, daddr, sport, dport, epoch) ||
+	    cookie == a2s_cookie(key, saddr, daddr, sport, dport, epoch - 1))
+		return 1;
+	if (!edge_cookie_key_set(key_previous))
+		return 0;
+	return cookie == a2s_cookie(key_previous, saddr, daddr, sport, dport, epoch) ||
+	       cookie == a2s_cookie(key_previous, saddr, daddr, sport, dport, epoch - 1);
 }
 
 #endif /* EDGE_A2S_H */

@@ -15,7 +15,8 @@
 #include <bpf/bpf_helpers.h>
 #include "edge_abi.h"
 
-/* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie key).
+/* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie epoch, the
+ * current and previous edge cookie keys).
  * Read by XDP on every packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -4,8 +4,9 @@
 """The A2S_INFO challenge cookie, as the XDP program computes it (bpf/include/a2s.h).
 
 SipHash-2-4 keyed by edge_config.cookie_key over the client's 4-tuple and the epoch; the low
-32 bits go on the wire little endian. Used by the tests and the benchmark to play a real
-client, and by anyone who needs to predict what a POP will answer.
+32 bits go on the wire little endian. The epoch is CLOCK_TAI / cookie_epoch_ns, wall-clock time
+the whole fleet agrees on (bpf_ktime_get_tai_ns() in the program). Used by the tests and the
+benchmark to play a real client, and by anyone who needs to predict what a POP will answer.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -13,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import struct
+import time
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 
@@ -56,6 +58,18 @@ def siphash24(key, message):
     for dummy in range(4):
         v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
     return v0 ^ v1 ^ v2 ^ v3
+
+
+def cookie_clock_ns():
+    """Now on the clock the program counts cookie epochs with (bpf_ktime_get_tai_ns())."""
+    return time.clock_gettime_ns(time.CLOCK_TAI)
+
+
+def cookie_epoch(clock_ns, epoch_ns):
+    """The epoch a cookie issued at clock_ns (CLOCK_TAI nanoseconds) belongs to."""
+    if epoch_ns <= 0:
+        raise ValueError("cookie epoch_ns must be > 0, got %r" % (epoch_ns,))
+    return clock_ns // epoch_ns
 
 
 def a2s_cookie(cookie_key, saddr, daddr, sport, dport, epoch):

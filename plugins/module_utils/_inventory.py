@@ -84,7 +84,7 @@ POP_VARS = ("anycast_edge_uplink", "anycast_edge_tunnel_address", "anycast_edge_
             "anycast_edge_underlay_devices", "anycast_edge_underlay_networks",
             "anycast_edge_router_id", "anycast_edge_bgp_neighbors", "anycast_edge_bgp_communities",
             "anycast_edge_rtbh", "anycast_edge_bgp_timers", "anycast_edge_bfd_timers",
-            "anycast_edge_drain_state")
+            "anycast_edge_drain_state", "anycast_edge_cookie_keys")
 BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_edge_mapper_devices",
                 "anycast_edge_mapper_fib_next_hop", "anycast_edge_mapper_rp_filter",
                 "anycast_edge_default_pop", "anycast_edge_dsr_services")
@@ -725,10 +725,42 @@ def check_all(variables, pops, backends):
     return ctx.problems.lines, ctx.warnings.lines, ctx.normalized
 
 
+@inventory_check
+def _check_cookie_keys(ctx):
+    """The edge cookie keys, when the inventory sets them: well formed (never shown), and the same
+    on every POP - a challenge one POP issues must be accepted by the next (docs/data-plane.md).
+    Unset everywhere, the xdp_edge role makes one key file on the controller for the fleet."""
+    keys_of = {}
+    for host in sorted(ctx.pops):
+        value = ctx.pops[host].get("anycast_edge_cookie_keys")
+        if value is None:
+            continue
+        path = _hostvars_path(host, "anycast_edge_cookie_keys")
+        try:
+            keys_of[host] = _rules.parse_cookie_keys(value, path)
+        except _rules.RuleError as exc:
+            ctx.problems.lines.append("%s (not shown)" % exc)
+    if keys_of and len(keys_of) != len(ctx.pops):
+        unset = sorted(set(ctx.pops) - set(keys_of))
+        ctx.problems.note(_hostvars_path(unset[0], "anycast_edge_cookie_keys"),
+                          "unset while %s sets it: every POP needs the same keys (set it for group pops)"
+                          % sorted(keys_of)[0])
+    distinct = sorted(set(keys_of.values()))
+    if len(distinct) > 1:
+        differing = sorted(host for host in keys_of if keys_of[host] != keys_of[sorted(keys_of)[0]])
+        ctx.problems.note(_hostvars_path(differing[0], "anycast_edge_cookie_keys"),
+                          "(not shown) differs from %s's: every POP needs the same keys, or a player's "
+                          "challenge from one POP is refused by the next (set it for group pops)" % sorted(keys_of)[0])
+
+
 def secrets(pops):
     """Every secret value among the POPs' settings (for the module to mask in its output)."""
     found = []
     for hostvars in (pops or {}).values():
+        keys = (hostvars or {}).get("anycast_edge_cookie_keys")
+        if isinstance(keys, (list, tuple)):
+            found.extend(key.strip() for key in keys if isinstance(key, str) and key.strip())
+            found.extend(key for key in keys if isinstance(key, str) and key.strip() and key != key.strip())
         neighbors = (hostvars or {}).get("anycast_edge_bgp_neighbors")
         if isinstance(neighbors, (list, tuple)):
             for neighbor in neighbors:

@@ -28,6 +28,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import binascii
 import collections
 import functools
 import itertools
@@ -193,14 +194,16 @@ def render_service_value(value):
 def render_config(value):
     fields = abi.EDGE_CONFIG.unpack(value)
     tunnel, ban_sec, punch_idle_ns, cookie_epoch_ns, key0, key1 = fields[:6]
-    limits = fields[6:]
+    limits = fields[6:6 + 2 * len(abi.PROTO_CLASSES)]
+    previous0, previous1 = fields[6 + 2 * len(abi.PROTO_CLASSES):8 + 2 * len(abi.PROTO_CLASSES)]
     lines = [
         "tunnel_address %s" % socket.inet_ntoa(tunnel),
         "ban_sec %d" % ban_sec,
         "punch_idle_sec %g" % (punch_idle_ns / 1e9),
         "a2s_cookie_epoch_sec %g" % (cookie_epoch_ns / 1e9),
-        # The key is a secret: say only whether it is set.
-        "a2s_cookie_key %s" % ("(set)" if key0 or key1 else "(unset)"),
+        # The keys are secrets: say only whether they are set.
+        "cookie_key current %s" % ("(set)" if key0 or key1 else "(unset)"),
+        "cookie_key previous %s" % ("(set)" if previous0 or previous1 else "(unset)"),
     ]
     for index, name in enumerate(abi.PROTO_CLASSES):
         pps, bps = limits[2 * index], limits[2 * index + 1]
@@ -281,8 +284,10 @@ def rate_limit_pair(limit, where):
     return tuple(pair)
 
 
-def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_epoch_sec, cookie_key):
-    """struct edge_config. cookie_key: 16 raw bytes."""
+def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_epoch_sec, cookie_key,
+                 cookie_key_previous=bytes(16)):
+    """struct edge_config. cookie_key (the generation that issues) and cookie_key_previous (still
+    accepted; all zero: none): 16 raw bytes each."""
     if ban_sec < 0:
         raise RuleError("ban_sec: %r must be >= 0" % ban_sec)
     if punch_idle_sec <= 0:
@@ -295,27 +300,73 @@ def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_ep
             raise RuleError("rate_limits.%s: unknown protocol class (tcp, udp, icmp, other)" % name)
         limits[name] = rate_limit_pair(limit, "rate_limits." + name)
     key0, key1 = struct.unpack("<QQ", cookie_key)
+    previous0, previous1 = struct.unpack("<QQ", cookie_key_previous)
     parse_ipv4(tunnel_address, "tunnel_address")
     return abi.pack_config(tunnel_address, ban_sec=ban_sec, punch_idle_ns=int(punch_idle_sec * 10**9),
                            cookie_epoch_ns=int(cookie_epoch_sec * 10**9), cookie_key=(key0, key1),
-                           limits=limits)
+                           limits=limits, cookie_key_previous=(previous0, previous1))
 
 
-# Offset of cookie_key in struct edge_config (after tunnel_addr, ban_sec, punch_idle_ns, cookie_epoch_ns).
+# Offset of cookie_key in struct edge_config (after tunnel_addr, ban_sec, punch_idle_ns, cookie_epoch_ns),
+# and of cookie_key_previous (its last member). test_rules checks both against pack_config.
 _COOKIE_KEY_OFFSET = 24
+_COOKIE_KEY_PREVIOUS_OFFSET = abi.EDGE_CONFIG.size - 16
 
 
 def config_cookie_key(config):
-    """The 16 key bytes inside a packed struct edge_config."""
+    """The current generation's 16 key bytes inside a packed struct edge_config."""
     return config[_COOKIE_KEY_OFFSET:_COOKIE_KEY_OFFSET + 16]
 
 
+def config_cookie_key_previous(config):
+    """The previous generation's 16 key bytes (all zero: none) inside a packed struct edge_config."""
+    return config[_COOKIE_KEY_PREVIOUS_OFFSET:_COOKIE_KEY_PREVIOUS_OFFSET + 16]
+
+
+# Key generations the data plane holds: the current one (issues and accepts) and the previous one
+# (accepts only), struct edge_config's cookie_key and cookie_key_previous.
+COOKIE_KEY_GENERATIONS = 2
+
+
+def parse_cookie_keys(values, name="cookie_keys"):
+    """(current, previous) 16-byte keys from a list of 32-hex-digit strings, newest first; previous
+    is all zero when only one is given. RuleError names the item at fault but never shows a key
+    (it is a secret: errors end up in logs)."""
+    if not isinstance(values, (list, tuple)):
+        raise RuleError("%s: must be a list of keys (newest first), got a %s" % (name, type(values).__name__))
+    if not values:
+        raise RuleError("%s: empty; give at least the current key, or leave it unset" % name)
+    if len(values) > COOKIE_KEY_GENERATIONS:
+        raise RuleError("%s: %d keys given; the data plane holds %d generations (the current key, then the "
+                        "previous one): retire the oldest" % (name, len(values), COOKIE_KEY_GENERATIONS))
+    keys = []
+    for index, value in enumerate(values):
+        text = value.strip() if isinstance(value, str) else None
+        if text is None or len(text) != 32 or any(c not in "0123456789abcdefABCDEF" for c in text):
+            raise RuleError("%s[%d]: must be 32 hex digits (16 bytes); got %s" % (
+                name, index, "%d characters" % len(text) if text is not None and len(text) != 32
+                else "a %s" % type(value).__name__ if text is None else "a character that is not a hex digit"))
+        key = binascii.unhexlify(text)
+        if key == bytes(16):
+            raise RuleError("%s[%d]: all zero, which the program reads as no key" % (name, index))
+        if key in keys:
+            raise RuleError("%s[%d]: the same key as %s[%d]" % (name, index, name, keys.index(key)))
+        keys.append(key)
+    return keys[0], keys[1] if len(keys) > 1 else bytes(16)
+
+
+def with_cookie_keys(config, cookie_key, cookie_key_previous):
+    """A packed struct edge_config with both key generations replaced (16 raw bytes each)."""
+    config = config[:_COOKIE_KEY_OFFSET] + bytes(cookie_key) + config[_COOKIE_KEY_OFFSET + 16:]
+    return config[:_COOKIE_KEY_PREVIOUS_OFFSET] + bytes(cookie_key_previous) + config[_COOKIE_KEY_PREVIOUS_OFFSET + 16:]
+
+
 def with_cookie_key(config, cookie_key):
-    """A packed struct edge_config with its cookie key replaced by 16 raw bytes."""
-    return config[:_COOKIE_KEY_OFFSET] + bytes(cookie_key) + config[_COOKIE_KEY_OFFSET + 16:]
+    """A packed struct edge_config with its current cookie key replaced by 16 raw bytes."""
+    return with_cookie_keys(config, cookie_key, config_cookie_key_previous(config))
 
 
-def desired_entries(params, cookie_key):
+def desired_entries(params, cookie_key, cookie_key_previous=bytes(16)):
     """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params.
 
     Also returns {service key: service name} for readable diffs. RuleError names the first
@@ -344,7 +395,8 @@ def desired_entries(params, cookie_key):
     for value in services.values():
         backends[abi.SERVICE_VALUE.unpack(value)[1]] = BACKEND_VALUE
     config = config_value(params["tunnel_address"], params.get("rate_limits"), params.get("ban_sec", 0),
-                          params.get("punch_idle_sec", 120), params.get("a2s_cookie_epoch_sec", 30), cookie_key)
+                          params.get("punch_idle_sec", 120), params.get("a2s_cookie_epoch_sec", 30), cookie_key,
+                          cookie_key_previous)
     desired = {
         "edge_config": {CONFIG_KEY: config},
         "edge_services": services,
@@ -719,9 +771,12 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
         if map_name == "edge_config":
             old_lines = render_config(present.get(map_name, {}).get(CONFIG_KEY, bytes(abi.EDGE_CONFIG.size)))
             new_lines = render_config(desired[map_name][CONFIG_KEY])
-            old_key = config_cookie_key(present.get(map_name, {}).get(CONFIG_KEY, bytes(abi.EDGE_CONFIG.size)))
-            if old_key != config_cookie_key(desired[map_name][CONFIG_KEY]) and old_key != bytes(16):
-                new_lines[4] = "a2s_cookie_key (set, changed)"
+            old_config = present.get(map_name, {}).get(CONFIG_KEY, bytes(abi.EDGE_CONFIG.size))
+            # A key replaced by another reads "(set)" on both sides: say it changed, never what it is.
+            for line, key_of in ((4, config_cookie_key), (5, config_cookie_key_previous)):
+                if key_of(old_config) != key_of(desired[map_name][CONFIG_KEY]) and key_of(old_config) != bytes(16) \
+                        and new_lines[line].endswith("(set)"):
+                    new_lines[line] = new_lines[line][:-len("(set)")] + "(set, changed)"
             before.append("%s:" % map_name)
             before.extend("  " + line for line in old_lines)
             after.append("%s:" % map_name)

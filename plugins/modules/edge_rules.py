@@ -209,14 +209,22 @@ options:
     description: Lifetime of an A2S challenge cookie (valid for this epoch and the previous one).
     type: int
     default: 30
-  a2s_cookie_key:
+  cookie_keys:
     description:
-      - SipHash key of the A2S challenge cookies, 32 hex digits.
-      - When omitted, the key already in the map is kept; if the map has none (all zero), a
-        random key is generated once (so a rerun is not a change).
-      - Give the same key to every POP if a player may be answered by one POP and come back
-        through another within an epoch.
-    type: str
+      - SipHash keys of the edge cookies (the A2S_INFO challenge), newest first, 32 hex digits
+        each - the same on every POP of the fleet, so that a challenge issued by one POP is
+        accepted by another.
+      - The first key is the current generation - it issues cookies and accepts them; the
+        second, if given, is the previous generation - still accepted, never issued - so that a
+        rotation refuses no challenge in flight. Without a second key, the previous generation
+        is cleared (retired). At most two keys.
+      - When omitted, the keys already in the map are kept; if the map has no key (all zero),
+        a random one is generated once (so a rerun is not a change); that key is this POP's
+        alone. The C(anycast.edge.xdp_edge) role always passes the fleet's keys.
+      - Never shown in any output - result, diff, argument echo or error message.
+    type: list
+    elements: str
+    aliases: [a2s_cookie_key]
   diff_limit:
     description: At most this many entries per map and side in the diff output.
     type: int
@@ -244,6 +252,8 @@ EXAMPLES = r"""
     ban_sec: "{{ anycast_edge_rules.ban_sec }}"
     punch_idle_sec: "{{ anycast_edge_rules.punch_idle_sec }}"
     a2s_cookie_epoch_sec: "{{ anycast_edge_rules.a2s_cookie_epoch_sec }}"
+    # The fleet's keys, newest first (from a vaulted var or file): the same on every POP.
+    cookie_keys: "{{ anycast_edge_cookie_keys }}"
 
 - name: Deny one more network by hand (everything else as given)
   anycast.edge.edge_rules:
@@ -307,7 +317,7 @@ timing_ms:
   type: dict
   sample: {params: 180.2, rules: 95.1, read: 140.3, plan: 12.0, diff: 0.0, write: 0.0}
 a2s_cookie_key_generated:
-  description: Whether a random A2S cookie key was (would be) generated because the map had none.
+  description: Whether a random cookie key was (would be) generated because none was given and the map had none.
   returned: always
   type: bool
   sample: false
@@ -318,7 +328,6 @@ pin_dir:
   sample: /sys/fs/bpf/anycast_edge/eth1/maps
 """
 
-import binascii
 import os
 import time
 
@@ -376,7 +385,7 @@ ARGUMENT_SPEC = dict(
     ban_sec=dict(type="int", default=60),
     punch_idle_sec=dict(type="int", default=120),
     a2s_cookie_epoch_sec=dict(type="int", default=30),
-    a2s_cookie_key=dict(type="str", no_log=True),
+    cookie_keys=dict(type="list", elements="str", no_log=True, aliases=["a2s_cookie_key"]),
     diff_limit=dict(type="int", default=100),
 )
 
@@ -410,25 +419,20 @@ def read_present(maps):
     return present, cache_ids
 
 
-def cookie_key_bytes(module, present_config):
-    """(16 key bytes, generated?) - the given key, else the one in the map, else a new one."""
-    given = module.params["a2s_cookie_key"]
+def cookie_keys_bytes(given, present_config):
+    """(current, previous, generated?) - 16 bytes each: the given keys (parsed already), else the
+    ones in the map, else a new current key."""
     if given is not None:
-        try:
-            key = binascii.unhexlify(given.strip())
-        except (binascii.Error, TypeError, ValueError):
-            key = b""
-        if len(key) != 16:
-            module.fail_json(msg="a2s_cookie_key: must be 32 hex digits (16 bytes)")
-        return key, False
+        return given[0], given[1], False
     current = _rules.config_cookie_key(present_config)
+    previous = _rules.config_cookie_key_previous(present_config)
     if current != bytes(16):
-        return current, False
+        return current, previous, False
     # No key yet: make one. Never all zero (that would read as "no key" on the next run).
     key = bytes(16)
     while key == bytes(16):
         key = os.urandom(16)
-    return key, True
+    return key, previous, True
 
 
 def execute(maps, step):
@@ -491,8 +495,9 @@ def echoed_params(params):
         value = echoed.get(name) or []
         if len(value) > params["diff_limit"]:
             echoed[name] = value[:params["diff_limit"]] + ["... and %d more" % (len(value) - params["diff_limit"])]
-    if echoed.get("a2s_cookie_key") is not None:
-        echoed["a2s_cookie_key"] = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    for name in ("cookie_keys", "a2s_cookie_key"):
+        if echoed.get(name) is not None:
+            echoed[name] = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
     return echoed
 
 
@@ -529,8 +534,9 @@ def run_module():
         module.fail_json(msg="iface: %s" % exc)
 
     # Everything that can be wrong with the parameters is found before the maps are opened.
-    # The cookie key is filled in once the present one is known.
+    # The cookie keys are filled in once the present ones are known.
     try:
+        given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
         desired, names = _rules.desired_entries(params, bytes(16))
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))
@@ -552,9 +558,9 @@ def run_module():
             module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, exc))
     timing.lap("read")
 
-    cookie_key, generated = cookie_key_bytes(module, present["edge_config"][_rules.CONFIG_KEY])
-    desired["edge_config"][_rules.CONFIG_KEY] = _rules.with_cookie_key(desired["edge_config"][_rules.CONFIG_KEY],
-                                                                       cookie_key)
+    cookie_key, cookie_key_previous, generated = cookie_keys_bytes(given_keys, present["edge_config"][_rules.CONFIG_KEY])
+    desired["edge_config"][_rules.CONFIG_KEY] = _rules.with_cookie_keys(desired["edge_config"][_rules.CONFIG_KEY],
+                                                                        cookie_key, cookie_key_previous)
     changes = _rules.compare(present, desired)
     plan = _rules.plan_writes(present, desired, cache_ids, changes=changes)
     counts, writes = _rules.summarize(plan, changes)

@@ -46,6 +46,7 @@ class EdgeEnv:
     def __init__(self, object_path: str, netns: str):
         self.netns = netns
         self._namespace = EnteredNamespace(netns)
+        self._owns_namespace = True
         self.obj = None
         self.object_path = object_path
         # The deny/allow records, and what was last derived from them into edge_src_filter and
@@ -71,7 +72,22 @@ class EdgeEnv:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
-        self._namespace.leave()
+        if self._owns_namespace:
+            self._namespace.leave()
+
+    def another_pop(self) -> "EdgeEnv":
+        """A second POP: another copy of the program with its own maps (all empty), loaded beside
+        this one, on the same devices. Stop it before this one."""
+        other = EdgeEnv(self.object_path, self.netns)
+        other._owns_namespace = False
+        other.ifindex = dict(self.ifindex)
+        try:
+            other._load()
+            other.reset()
+        except BaseException:
+            other.stop()
+            raise
+        return other
 
     def _build_topology(self) -> None:
         for dev in (topo.UPLINK, topo.SIDE):

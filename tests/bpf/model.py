@@ -193,6 +193,7 @@ class Config:
     cookie_epoch_ns: int = 0
     cookie_key: tuple = (0, 0)
     limits: dict = field(default_factory=dict)
+    cookie_key_previous: tuple = (0, 0)     # the previous key generation: accepted, never issued; 0: none
 
     def limit(self, proto_class: int) -> tuple:
         return tuple(self.limits.get(CLASS_NAMES[proto_class], (0, 0)))
@@ -432,17 +433,20 @@ class EdgeModel:
 
     # -- public API --
 
-    def run(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0) -> Outcome:
-        """Decide, then apply the effects to self.state (what the program does to its maps)."""
-        outcome = self.decide(frame, ingress, now_ns)
+    def run(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0, cookie_clock_ns: int = 0) -> Outcome:
+        """Decide, then apply the effects to self.state (what the program does to its maps).
+        now_ns: CLOCK_MONOTONIC (bans, punches, cache, rates); cookie_clock_ns: CLOCK_TAI (the
+        cookie epoch, the same on every POP)."""
+        outcome = self.decide(frame, ingress, now_ns, cookie_clock_ns)
         self.apply(outcome.effects)
         return outcome
 
-    def decide(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0) -> Outcome:
+    def decide(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0, cookie_clock_ns: int = 0) -> Outcome:
         """The outcome of one frame; self.state is not changed."""
         self._frame = bytes(frame)
         self._ingress = ingress
         self._now = now_ns
+        self._cookie_clock = cookie_clock_ns
         self._effects = Effects()
         try:
             self._xdp_edge()
@@ -647,17 +651,18 @@ class EdgeModel:
         if entry is None or entry.updated_ns > self._now or self._now - entry.updated_ns >= max_age_ns:
             return    # nothing fresh to serve: the game server answers (and challenges) itself
         cfg = self.state.config
-        epoch = self._now // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+        epoch = self._cookie_clock // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
 
-        def cookie_of(which_epoch):
-            return a2s_cookie(cfg.cookie_key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw,
-                              which_epoch & U64)
+        def cookie_of(key, which_epoch):
+            return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)
 
-        if pkt.payload_len == A2S_REQUEST_LEN:
-            challenge = b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie_of(epoch))
+        if pkt.payload_len == A2S_REQUEST_LEN:   # issued under the current key generation only
+            challenge = b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie_of(cfg.cookie_key, epoch))
             self._send_udp_reply(pkt, challenge, "tx_a2s_challenge")
         (cookie,) = struct.unpack("<I", payload[A2S_REQUEST_LEN:])
-        if cookie in (cookie_of(epoch), cookie_of(epoch - 1)):
+        # Accepted under the current and (when set) the previous generation, this epoch or the last.
+        keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
+        if any(cookie in (cookie_of(key, epoch), cookie_of(key, epoch - 1)) for key in keys):
             if not 5 <= len(entry.payload) <= A2S_CACHE_MAX_PAYLOAD:
                 raise _verdict(DROP, "drop_error")
             self._send_udp_reply(pkt, entry.payload, "tx_a2s_cached", entry.csum)

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie, cookie_clock_ns, cookie_epoch
 
 from . import topology as topo
 
@@ -66,10 +66,13 @@ def player_tcp(src=PLAYER, dst=GAME, dport=GAME_PORT, flags="S"):
     return raw(eth() / IP(src=src, dst=dst) / TCP(sport=PLAYER_PORT, dport=dport, flags=flags))
 
 
-def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=None, now_ns=None):
+def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=None, clock_ns=None, key=COOKIE_KEY,
+               epoch_ns=COOKIE_EPOCH_NS):
+    """The cookie the POP issues to a client: in `epoch`, else in the epoch of clock_ns (CLOCK_TAI,
+    default now), under `key` (default the current generation)."""
     if epoch is None:
-        epoch = now_ns // COOKIE_EPOCH_NS
-    return a2s_cookie(COOKIE_KEY, abi.ipv4(src), abi.ipv4(dst), sport, dport, epoch)
+        epoch = cookie_epoch(cookie_clock_ns() if clock_ns is None else clock_ns, epoch_ns)
+    return a2s_cookie(key, abi.ipv4(src), abi.ipv4(dst), sport, dport, epoch)
 
 
 def backend_reply(payload=b"welcome", outer_src=BACKEND, inner_src=GAME, sport=GAME_PORT, dst=PLAYER,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch
+
 from .edge_env import monotonic_ns
-from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, GAME, GAME_PORT,
-                       GAME_UDP_ID, PLAYER, PLAYER_PORT, checksums_valid, cookie_for, player_udp, setup_pop)
+from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME,
+                       GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, checksums_valid, cookie_for, player_udp,
+                       setup_pop)
 from . import topology as topo
 
 SECOND = 10**9
@@ -65,19 +70,19 @@ def test_a_request_gets_this_pops_challenge(cached):
     request = player_udp(A2S_REQUEST)
     result = cached.run(request)
     assert (result.action, result.reason) == ("TX", "tx_a2s_challenge")
-    assert_reply_to_player(result.data, b"\xff\xff\xff\xffA" + cookie_for(now_ns=monotonic_ns()))
+    assert_reply_to_player(result.data, b"\xff\xff\xff\xffA" + cookie_for())
     assert len(result.data) < len(request)  # 9 bytes of payload for 25: no amplification
 
 
 def test_a_request_with_the_cookie_is_answered_from_the_cache(cached):
-    result = cached.run(player_udp(A2S_REQUEST + cookie_for(now_ns=monotonic_ns())))
+    result = cached.run(player_udp(A2S_REQUEST + cookie_for()))
     assert (result.action, result.reason) == ("TX", "tx_a2s_cached")
     assert_reply_to_player(result.data, A2S_INFO_REPLY)
     assert cached.service_counters(GAME_UDP_ID)[2] == 1  # counted out
 
 
 def test_the_previous_epochs_cookie_is_still_accepted_but_not_older(cached):
-    epoch = monotonic_ns() // COOKIE_EPOCH_NS
+    epoch = cookie_epoch(cookie_clock_ns(), COOKIE_EPOCH_NS)
     assert cached.run(player_udp(A2S_REQUEST + cookie_for(epoch=epoch - 1))).reason == "tx_a2s_cached"
     assert cached.run(player_udp(A2S_REQUEST + cookie_for(epoch=epoch - 2))).reason == "drop_bad_cookie"
 
@@ -88,10 +93,115 @@ def test_a_wrong_cookie_is_dropped(cached, cookie):
 
 
 def test_a_cookie_is_bound_to_the_clients_address_and_port(cached):
-    now = monotonic_ns()
-    stolen = cookie_for(now_ns=now)  # issued to PLAYER:PLAYER_PORT
+    stolen = cookie_for()  # issued to PLAYER:PLAYER_PORT
     assert cached.run(player_udp(A2S_REQUEST + stolen, src="203.0.113.6")).reason == "drop_bad_cookie"
     assert cached.run(player_udp(A2S_REQUEST + stolen, sport=PLAYER_PORT + 1)).reason == "drop_bad_cookie"
+
+
+# ---- the fleet's cookie: wall-clock epochs, one key, rotated in generations ------------------------
+
+NEXT_KEY = (0x1111111111111111, 0x2222222222222222)     # key generation N+1 (COOKIE_KEY is N)
+
+
+def challenge_of(pop, **client):
+    result = pop.run(player_udp(A2S_REQUEST, **client))
+    assert (result.action, result.reason) == ("TX", "tx_a2s_challenge")
+    return Ether(result.data)[UDP].load[5:9]
+
+
+def issued_in_one_epoch(issue, epoch_ns=COOKIE_EPOCH_NS):
+    """(what issue() returned, its cookie epoch), retried if the epoch turned while it ran."""
+    for dummy in range(3):
+        before = cookie_epoch(cookie_clock_ns(), epoch_ns)
+        value = issue()
+        if cookie_epoch(cookie_clock_ns(), epoch_ns) == before:
+            return value, before
+    pytest.fail("the cookie epoch kept turning under the test")
+
+
+def test_the_challenge_is_the_wall_clock_epochs_cookie_not_the_uptimes(cached):
+    """The epoch is CLOCK_TAI / cookie_epoch_ns: the same on every NTP-synced POP, whenever it
+    booted. (The old program divided its monotonic clock - the time since this host booted - so
+    POPs issued different cookies for the same client even with one key.)"""
+    challenge, epoch = issued_in_one_epoch(lambda: challenge_of(cached))
+    assert challenge == cookie_for(epoch=epoch)
+    assert challenge != cookie_for(epoch=monotonic_ns() // COOKIE_EPOCH_NS)
+
+
+def test_a_challenge_from_one_pop_is_answered_by_another(cached):
+    """Two POPs of the fleet (two loaded copies of the program, the fleet's one key): a player whose
+    route moves between the challenge and the request is answered by the second POP. One host has
+    one monotonic clock, so "booted at another time" cannot be staged here; the test above pins
+    that the cookie depends on wall-clock time only, which is what makes this hold across hosts."""
+    other = cached.another_pop()
+    try:
+        setup_pop(other)
+        other.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+        (from_first, from_second), epoch = issued_in_one_epoch(lambda: (challenge_of(cached), challenge_of(other)))
+        assert from_first == from_second == cookie_for(epoch=epoch)
+        assert other.run(player_udp(A2S_REQUEST + from_first)).reason == "tx_a2s_cached"
+        assert cached.run(player_udp(A2S_REQUEST + from_second)).reason == "tx_a2s_cached"
+        # A POP of another fleet (another key) issues other cookies and refuses these.
+        setup_pop(other, cookie_key=NEXT_KEY)
+        assert challenge_of(other) != challenge_of(cached)
+        assert other.run(player_udp(A2S_REQUEST + from_first)).reason == "drop_bad_cookie"
+    finally:
+        other.stop()
+
+
+def test_a_challenge_is_answered_across_an_epoch_boundary_and_refused_one_epoch_later(pop):
+    """Real time, one-second epochs: a challenge issued late in epoch E is still answered in E+1,
+    refused in E+2."""
+    epoch_ns = SECOND
+    setup_pop(pop, cookie_epoch_ns=epoch_ns)
+    pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+
+    def sleep_until(epoch, at_ns):
+        """Sleep until `at_ns` into `epoch` of the cookie clock."""
+        delay = epoch * epoch_ns + at_ns - cookie_clock_ns()
+        if delay > 0:
+            time.sleep(delay / 1e9)
+
+    first = cookie_epoch(cookie_clock_ns(), epoch_ns)
+    sleep_until(first + 1, 600 * 10**6)     # late in an epoch, well clear of both edges
+    challenge, epoch = issued_in_one_epoch(lambda: challenge_of(pop), epoch_ns)
+    sleep_until(epoch + 1, 200 * 10**6)
+    assert challenge_of(pop) != challenge                     # the next epoch issues another cookie
+    assert pop.run(player_udp(A2S_REQUEST + challenge)).reason == "tx_a2s_cached"
+    sleep_until(epoch + 2, 200 * 10**6)
+    assert pop.run(player_udp(A2S_REQUEST + challenge)).reason == "drop_bad_cookie"
+
+
+def test_rotating_the_key_keeps_challenges_in_flight_until_the_old_generation_is_retired(cached):
+    """Generation N issues a challenge; after rotating to N+1 (N kept as the previous generation)
+    the echo is still answered and new challenges are N+1's; once N is retired, the same echo is
+    refused."""
+    issued_under_n, epoch = issued_in_one_epoch(lambda: challenge_of(cached))
+    assert issued_under_n == cookie_for(epoch=epoch)
+    assert cached.run(player_udp(A2S_REQUEST + issued_under_n)).reason == "tx_a2s_cached"
+
+    setup_pop(cached, cookie_key=NEXT_KEY, cookie_key_previous=COOKIE_KEY)     # rotate: N+1 issues
+    assert cached.run(player_udp(A2S_REQUEST + issued_under_n)).reason == "tx_a2s_cached"
+    assert cached.run(player_udp(A2S_REQUEST + cookie_for(epoch=epoch - 1))).reason == "tx_a2s_cached"
+    assert cached.run(player_udp(A2S_REQUEST + cookie_for(epoch=epoch - 2))).reason == "drop_bad_cookie"
+    issued_under_n1, epoch = issued_in_one_epoch(lambda: challenge_of(cached))
+    assert issued_under_n1 == cookie_for(epoch=epoch, key=NEXT_KEY) != cookie_for(epoch=epoch)
+    assert cached.run(player_udp(A2S_REQUEST + issued_under_n1)).reason == "tx_a2s_cached"
+
+    setup_pop(cached, cookie_key=NEXT_KEY)                                      # retire N
+    assert cached.run(player_udp(A2S_REQUEST + issued_under_n)).reason == "drop_bad_cookie"
+    assert cached.run(player_udp(A2S_REQUEST + issued_under_n1)).reason == "tx_a2s_cached"
+
+
+def test_an_unset_previous_generation_is_not_the_all_zero_key(cached):
+    """No previous generation (all zero) means none: a cookie made with the zero key - which an
+    attacker can compute - is refused. With a real previous key in the slot, that key's cookie
+    passes, and the zero key's still does not."""
+    forged = cookie_for(key=(0, 0))
+    assert cached.run(player_udp(A2S_REQUEST + forged)).reason == "drop_bad_cookie"
+    setup_pop(cached, cookie_key_previous=NEXT_KEY)
+    assert cached.run(player_udp(A2S_REQUEST + cookie_for(key=NEXT_KEY))).reason == "tx_a2s_cached"
+    assert cached.run(player_udp(A2S_REQUEST + forged)).reason == "drop_bad_cookie"
 
 
 def test_without_a_cache_entry_requests_go_to_the_game_server(pop):
@@ -104,7 +214,7 @@ def test_without_a_cache_entry_requests_go_to_the_game_server(pop):
 def test_a_stale_entry_is_not_served(pop):
     pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns() - (A2S_MAX_AGE_MS + 1000) * 10**6)
     assert pop.run(player_udp(A2S_REQUEST)).reason == "tx_forward"
-    assert pop.run(player_udp(A2S_REQUEST + cookie_for(now_ns=monotonic_ns()))).reason == "tx_forward"
+    assert pop.run(player_udp(A2S_REQUEST + cookie_for())).reason == "tx_forward"
 
 
 def test_other_queries_and_lookalikes_go_to_the_game_server(cached):

@@ -10,7 +10,7 @@ test per case where the model keeps a documented decision that the C does not.
 
 Timing is kept away from every boundary: bans, punches and cache entries are set minutes (or, on
 a freshly booted machine, a quarter of the uptime) before or after "now"; the cookie epoch is
-chosen so that now sits in the middle of it; random rate limits are either never or always
+chosen so that now (on the cookie clock, CLOCK_TAI) sits in the middle of it; random rate limits are either never or always
 exceeded, so no outcome depends on which second a packet lands in.
 
 Hypothesis runs derandomized (the same examples on every run) so CI is reproducible; set
@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import siphash24
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, siphash24
 
 from . import model as m
 from . import packets as pk
@@ -104,6 +104,7 @@ class StateSpec:
     punch_idle: str         # "H" | "zero"
     epoch: object           # 0..3: now sits in the middle of that epoch; "default": edge_config leaves it 0
     cookie_key: tuple
+    cookie_key_previous: tuple  # the previous key generation; (0, 0): none
     limits: dict            # class name -> limit kind
 
 
@@ -113,12 +114,16 @@ class Context:
     now: int
     epoch: int
     cookie_key: tuple
+    cookie_key_previous: tuple
 
     def cookie(self, kind, src, dst, sport, dport):
         if isinstance(kind, int):
             return kind
-        delta = {"current": 0, "previous": -1, "stale": -2, "next": 1}[kind]
-        return m.a2s_cookie(self.cookie_key, socket.inet_aton(src), socket.inet_aton(dst),
+        # (key generation, epoch): this epoch, the previous one (both accepted), older and newer.
+        generation, delta = {"current": (0, 0), "previous": (0, -1), "stale": (0, -2), "next": (0, 1),
+                             "old_key": (1, 0), "old_key_previous": (1, -1), "old_key_stale": (1, -2)}[kind]
+        key = (self.cookie_key, self.cookie_key_previous)[generation]
+        return m.a2s_cookie(key, socket.inet_aton(src), socket.inet_aton(dst),
                             struct.pack("!H", sport), struct.pack("!H", dport), (self.epoch + delta) % (1 << 64))
 
 
@@ -305,7 +310,8 @@ def payload_spec(pick, proto, a2s_ok=True):
         return ("random", pick.integers(1430, 1500), pick.integers(0, 2 ** 16))
     if kind == "a2s":
         return ("a2s",)
-    cookie = weighted(pick, (3, "current"), (2, "previous"), (1, "stale"), (1, "next"), (1, "random"))
+    cookie = weighted(pick, (3, "current"), (2, "previous"), (1, "stale"), (1, "next"), (1, "random"),
+                      (2, "old_key"), (1, "old_key_previous"), (1, "old_key_stale"))
     return ("a2s_cookie", pick.integers(0, 2 ** 32 - 1) if cookie == "random" else cookie)
 
 
@@ -463,6 +469,10 @@ def state_spec(pick) -> StateSpec:
         ban_on=often(pick, 2), punch_idle=weighted(pick, (4, "H"), (1, "zero")),
         epoch=pick.choice((0, 1, 2, 3, "default")),
         cookie_key=(pick.integers(0, 2 ** 64 - 1), pick.integers(0, 2 ** 64 - 1)),
+        # Half the examples hold a previous key generation (mid-rotation); without one, a cookie of
+        # the all-zero key must not pass for the previous generation's.
+        cookie_key_previous=((pick.integers(0, 2 ** 64 - 1), pick.integers(0, 2 ** 64 - 1)) if often(pick, 2)
+                             else (0, 0)),
         limits={name: weighted(pick, (6, "none"), (2, "never"), (1, "always")) for name in m.CLASS_NAMES},
     )
 
@@ -489,20 +499,22 @@ def horizon(now: int) -> int:
     return h
 
 
-def concrete_state(spec: StateSpec, now: int):
+def concrete_state(spec: StateSpec, now: int, clock: int):
+    """now: CLOCK_MONOTONIC; clock: the cookie clock (CLOCK_TAI)."""
     h = horizon(now)
     h_ms = h // m.NSEC_PER_MSEC
-    if spec.epoch == "default" and m.NSEC_PER_SEC * 2 <= now % m.DEFAULT_COOKIE_EPOCH_NS <= 28 * m.NSEC_PER_SEC:
+    if spec.epoch == "default" and m.NSEC_PER_SEC * 2 <= clock % m.DEFAULT_COOKIE_EPOCH_NS <= 28 * m.NSEC_PER_SEC:
         epoch_ns = 0
-        epoch = now // m.DEFAULT_COOKIE_EPOCH_NS
+        epoch = clock // m.DEFAULT_COOKIE_EPOCH_NS
     else:
         k = spec.epoch if isinstance(spec.epoch, int) else 1
-        epoch_ns = (2 * now) // (2 * k + 1)     # now / epoch_ns == k + 1/2: half an epoch from either edge
-        epoch = now // epoch_ns
+        epoch_ns = (2 * clock) // (2 * k + 1)     # clock / epoch_ns == k + 1/2: half an epoch from either edge
+        epoch = clock // epoch_ns
         assert epoch == k
     config = m.Config(tunnel_addr=TUNNEL, ban_sec=max(1, h // m.NSEC_PER_SEC) if spec.ban_on else 0,
                       punch_idle_ns=h if spec.punch_idle == "H" else 0, cookie_epoch_ns=epoch_ns,
-                      cookie_key=spec.cookie_key, limits={name: LIMITS[kind] for name, kind in spec.limits.items()})
+                      cookie_key=spec.cookie_key, limits={name: LIMITS[kind] for name, kind in spec.limits.items()},
+                      cookie_key_previous=spec.cookie_key_previous)
     state = m.ModelState(config=config, anycast_v4=list(ANYCAST_V4), anycast_v6=list(ANYCAST_V6),
                          backends=set(spec.backends), allow=list(spec.allow), deny=list(spec.deny),
                          tx_ports=set(spec.tx_ports))
@@ -516,7 +528,7 @@ def concrete_state(spec: StateSpec, now: int):
     for service_id, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
         state.a2s_cache[service_id] = m.CacheEntry(updated, _seeded(length, seed, b"\xff\xff\xff\xff\x49"))
-    return state, Context(now=now, epoch=epoch, cookie_key=spec.cookie_key)
+    return state, Context(now=now, epoch=epoch, cookie_key=spec.cookie_key, cookie_key_previous=spec.cookie_key_previous)
 
 
 def load_state(env, state: m.ModelState) -> None:
@@ -524,7 +536,8 @@ def load_state(env, state: m.ModelState) -> None:
     env.reset()
     cfg = state.config
     env.configure(cfg.tunnel_addr, ban_sec=cfg.ban_sec, punch_idle_ns=cfg.punch_idle_ns,
-                  cookie_epoch_ns=cfg.cookie_epoch_ns, cookie_key=cfg.cookie_key, limits=cfg.limits)
+                  cookie_epoch_ns=cfg.cookie_epoch_ns, cookie_key=cfg.cookie_key, limits=cfg.limits,
+                  cookie_key_previous=cfg.cookie_key_previous)
     for cidr in state.anycast_v4:
         env.add_anycast(cidr)
     for cidr in state.anycast_v6:
@@ -655,10 +668,11 @@ def describe(frame: bytes) -> str:
 
 def run_both(env, model: m.EdgeModel, frame: bytes, ingress: str):
     """Run a frame through the program and the model; returns (result, outcome, span_ns)."""
+    clock = cookie_clock_ns()
     before = monotonic_ns()
     result = env.run(frame, ingress=ingress)
     after = monotonic_ns()
-    outcome = model.run(frame, ingress=ingress, now_ns=before)
+    outcome = model.run(frame, ingress=ingress, now_ns=before, cookie_clock_ns=clock)
     return result, outcome, after - before
 
 
@@ -860,7 +874,7 @@ def test_program_agrees_with_model(edge):
     def check(scenario):
         spec, packet_specs = scenario
         now = monotonic_ns()
-        state, ctx = concrete_state(spec, now)
+        state, ctx = concrete_state(spec, now, cookie_clock_ns())
         load_state(edge, state)
         model = m.EdgeModel(state)
         slack = 0

@@ -56,7 +56,7 @@ def watch_for(world):
 
 def ask_the_pop(world):
     """A player's A2S_INFO with the POP's cookie, through the XDP program."""
-    return world.edge.run(player_udp(A2S_REQUEST + cookie_for(now_ns=time.monotonic_ns())))
+    return world.edge.run(player_udp(A2S_REQUEST + cookie_for()))
 
 
 def test_the_agent_fills_the_cache_and_the_pop_answers_from_it(pop):

@@ -221,9 +221,10 @@ def services(entries):
 
 
 def config(entries):
-    fields = struct.unpack("<4sIQQ2Q8Q", entries[struct.pack("<I", 0)])
+    fields = struct.unpack("<4sIQQ2Q8Q2Q", entries[struct.pack("<I", 0)])
     return {"tunnel": ip(fields[0]), "ban_sec": fields[1], "punch_idle_ns": fields[2], "cookie_epoch_ns": fields[3],
-            "cookie_key": fields[4:6], "limits": [fields[6 + 2 * i:8 + 2 * i] for i in range(4)]}
+            "cookie_key": fields[4:6], "limits": [fields[6 + 2 * i:8 + 2 * i] for i in range(4)],
+            "cookie_key_previous": fields[14:16]}
 
 
 CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
@@ -288,15 +289,73 @@ def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
     assert config(pop.entries("edge_config"))["cookie_key"] == cfg["cookie_key"]
 
 
+KEY_N, KEY_N1 = "00112233445566778899aabbccddeeff", "8899aabbccddeeff0011223344556677"
+
+
+def key_ints(text):
+    return struct.unpack("<QQ", bytes.fromhex(text))
+
+
+def assert_no_key_in(run, *keys):
+    """Neither the key nor its bytes in any form anywhere in what the run printed or returned."""
+    shown = run.stdout + run.proc.stderr + json.dumps(run.result)
+    for key in keys:
+        for form in (key, key.upper(), str(key_ints(key)[0]), str(key_ints(key)[1])):
+            assert form not in shown, "a cookie key shows in the output"
+
+
 def test_cookie_key_given_kept_and_hidden(pop, tmp_path):
-    key = "00112233445566778899aabbccddeeff"
-    given = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"a2s_cookie_key": key})
-    assert config(pop.entries("edge_config"))["cookie_key"] == struct.unpack("<QQ", bytes.fromhex(key))
-    assert key not in given.stdout and key not in json.dumps(given.result)
+    given = run_edge_rules(pop, tmp_path, RULES, "-vvv", "--diff", extra={"cookie_keys": [KEY_N]})
+    assert given.result["changed"] is True and given.result["a2s_cookie_key_generated"] is False
+    cfg = config(pop.entries("edge_config"))
+    assert (cfg["cookie_key"], cfg["cookie_key_previous"]) == (key_ints(KEY_N), (0, 0))
+    assert_no_key_in(given, KEY_N)
+    assert "cookie_key current (set)" in given.stdout      # the diff says it is set, never what it is
+    # the same key again: nothing to do, and still not shown
+    again = run_edge_rules(pop, tmp_path, RULES, "-vvv", "--diff", extra={"cookie_keys": [KEY_N]})
+    assert again.result["changed"] is False and again.result["writes"] == 0
+    assert_no_key_in(again, KEY_N)
     # omitted afterwards: the key in the map is kept, nothing changes
     kept = run_edge_rules(pop, tmp_path, RULES)
     assert kept.result["changed"] is False
-    assert config(pop.entries("edge_config"))["cookie_key"] == struct.unpack("<QQ", bytes.fromhex(key))
+    assert config(pop.entries("edge_config"))["cookie_key"] == key_ints(KEY_N)
+    # the old single-key parameter still works (an alias), hidden as well
+    alias = run_edge_rules(pop, tmp_path, RULES, "-vvv", extra={"a2s_cookie_key": KEY_N})
+    assert alias.result["changed"] is False
+    assert_no_key_in(alias, KEY_N)
+
+
+def test_cookie_keys_rotate_in_generations(pop, tmp_path):
+    """N issues; rotating writes N+1 as current and keeps N as previous (still accepted); a rerun
+    changes nothing; retiring N clears the previous slot. The data plane's side of this is
+    tests/bpf/test_a2s.py::test_rotating_the_key_keeps_challenges_in_flight_until_the_old_generation_is_retired."""
+    run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]})
+    rotated = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"cookie_keys": [KEY_N1, KEY_N]})
+    assert rotated.result["changed"] is True and rotated.result["maps"]["edge_config"]["changed"] == 1
+    cfg = config(pop.entries("edge_config"))
+    assert (cfg["cookie_key"], cfg["cookie_key_previous"]) == (key_ints(KEY_N1), key_ints(KEY_N))
+    assert "cookie_key current (set, changed)" in rotated.stdout and "cookie_key previous (set)" in rotated.stdout
+    assert_no_key_in(rotated, KEY_N, KEY_N1)
+    assert run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N1, KEY_N]}).result["changed"] is False
+    retired = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"cookie_keys": [KEY_N1]})
+    assert retired.result["changed"] is True
+    cfg = config(pop.entries("edge_config"))
+    assert (cfg["cookie_key"], cfg["cookie_key_previous"]) == (key_ints(KEY_N1), (0, 0))
+    assert "cookie_key previous (unset)" in retired.stdout
+    assert_no_key_in(retired, KEY_N, KEY_N1)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ([KEY_N, KEY_N[:-2] + "zz"], "cookie_keys[1]: must be 32 hex digits (16 bytes); got a character that is not a hex"),
+    ([KEY_N1, KEY_N, "0f" * 16], "cookie_keys: 3 keys given; the data plane holds 2 generations"),
+])
+def test_a_bad_cookie_key_is_refused_before_the_maps_are_touched_and_not_shown(pop, tmp_path, keys, message):
+    run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]})
+    before = pop.snapshot()
+    failed = run_edge_rules(pop, tmp_path, RULES, "-vvv", expect_failure=True, extra={"cookie_keys": keys})
+    assert failed.result["failed"] is True and message in failed.result["msg"]
+    assert pop.snapshot() == before
+    assert_no_key_in(failed, KEY_N, KEY_N1)
 
 
 def test_check_mode_writes_nothing_and_reports_everything(pop, tmp_path):
@@ -536,6 +595,7 @@ def test_module_docs_render():
                              capture_output=True, text=True, check=True)
     doc = json.loads(as_json.stdout)["anycast.edge.edge_rules"]
     assert doc["doc"]["short_description"] == "Converge the XDP edge program's rule maps (services, prefixes, filters, limits)"
-    assert doc["doc"]["options"]["a2s_cookie_key"]["type"] == "str"
+    assert doc["doc"]["options"]["cookie_keys"]["type"] == "list"
+    assert doc["doc"]["options"]["cookie_keys"]["aliases"] == ["a2s_cookie_key"]
     assert set(doc["return"]) == {"maps", "writes", "steps", "elapsed_ms", "cpu_ms", "timing_ms",
                                   "a2s_cookie_key_generated", "pin_dir"}

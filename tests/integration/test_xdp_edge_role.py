@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +34,7 @@ RULES_PLAYBOOK = REPO / "playbooks" / "rules.yml"
 GAME, BACKEND, PLAYER = "198.51.100.10", "10.1.0.10", "203.0.113.5"
 
 
-def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
+def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extra_vars: dict = None) -> Path:
     data = {"all": {
         "vars": {
             "anycast_edge_asn": 64500,
@@ -49,10 +51,11 @@ def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
             "anycast_edge_manage_packages": False,
             "anycast_edge_sysctl_persist": False,
             "ansible_python_interpreter": sys.executable,
+            **(extra_vars or {}),
         },
         "children": {
-            "pops": {"hosts": {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                                        "anycast_edge_tunnel_address": "10.0.0.1"}}},
+            "pops": {"hosts": pops or {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
+                                                "anycast_edge_tunnel_address": "10.0.0.1"}}},
             "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": BACKEND, "anycast_edge_uplink": "eth0"}}},
         },
     }}
@@ -61,18 +64,26 @@ def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
     return path
 
 
-def play(namespace, inventory_path: Path, playbook: Path) -> int:
-    """Run a playbook inside the namespace; returns the POP's changed count from the recap."""
+def play(namespace, inventory_path: Path, playbook: Path, *args: str, hosts=("pop1",)) -> int:
+    """Run a playbook inside the namespace; returns the POPs' changed count from the recap."""
+    return sum(play_output(namespace, inventory_path, playbook, *args, hosts=hosts)[0].values())
+
+
+def play_output(namespace, inventory_path: Path, playbook: Path, *args: str, hosts=("pop1",)):
+    """({host: changed count}, everything ansible-playbook printed)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     done = subprocess.run(["ip", "netns", "exec", namespace.name, str(VENV_BIN / "ansible-playbook"),
-                           "-i", str(inventory_path), str(playbook)],
+                           "-i", str(inventory_path), str(playbook), *args],
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    recap = re.search(r"^pop1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
-    assert recap and recap.group(2) == "0", output
-    return int(recap.group(1))
+    changed = {}
+    for host in hosts:
+        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % host, output, re.M)
+        assert recap and recap.group(2) == "0", output
+        changed[host] = int(recap.group(1))
+    return changed, output
 
 
 def attached_prog_id(namespace) -> int:
@@ -143,3 +154,93 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert done.returncode == 0 and "CHANGED" in done.stdout, done.stdout + done.stderr
     assert attached_prog_id(pop) == 0
     assert not os.path.exists(os.path.join(pin_root, "up0", "program"))
+
+
+# --- the fleet's edge cookie keys -------------------------------------------------------------
+
+TWO_POPS = {
+    "pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0", "anycast_edge_tunnel_address": "10.0.0.1"},
+    "pop2": {"ansible_connection": "local", "anycast_edge_uplink": "up1", "anycast_edge_tunnel_address": "10.0.0.2"},
+}
+
+
+def cookie_keys_of(pin_root: str, iface: str):
+    """(current, previous) cookie keys in a POP's edge_config, as 16 raw bytes each."""
+    config = _bpf.BpfMap.from_pin(os.path.join(pin_root, iface, "maps", "edge_config")).lookup(abi.U32.pack(0))
+    fields = abi.EDGE_CONFIG.unpack(config)
+    return struct.pack("<QQ", *fields[4:6]), struct.pack("<QQ", *fields[-2:])
+
+
+def assert_no_key_in(output: str, *keys: bytes):
+    for key in keys:
+        for form in (key.hex(), key.hex().upper(), *(str(word) for word in struct.unpack("<QQ", key))):
+            assert form not in output, "a cookie key shows in the output"
+
+
+@pytest.fixture
+def two_pops(pop):
+    veth(pop, "up1", pop, "up1p")
+    pop.ip("addr", "add", "10.0.0.2/24", "dev", "up1")
+    return pop
+
+
+def test_one_fleet_key_is_made_on_the_controller_and_given_to_every_pop(two_pops, pin_root, tmp_path):
+    """No key in the inventory: the first run makes one key file beside the inventory (0600) and
+    every POP of the play gets that key; the key shows nowhere, even at -vvv --diff; a rerun
+    (also with the file ansible-vault encrypted) changes nothing."""
+    inv = inventory(tmp_path, pin_root, deny=[], pops=TWO_POPS)
+    key_file = tmp_path / "edge_cookie_keys.yml"
+    assert not key_file.exists()
+
+    changed, output = play_output(two_pops, inv, ROLE_PLAYBOOK, "-vvv", "--diff", hosts=TWO_POPS)
+    assert all(changed.values())
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    (key_text,) = yaml.safe_load(key_file.read_text())["anycast_edge_cookie_keys"]
+    fleet_key = bytes.fromhex(key_text)
+    assert fleet_key != bytes(16)
+    assert cookie_keys_of(pin_root, "up0") == cookie_keys_of(pin_root, "up1") == (fleet_key, bytes(16))
+    assert_no_key_in(output, fleet_key)
+
+    made = key_file.read_text()
+    changed, output = play_output(two_pops, inv, ROLE_PLAYBOOK, "-vvv", hosts=TWO_POPS)
+    assert changed == {"pop1": 0, "pop2": 0}
+    assert key_file.read_text() == made
+    assert_no_key_in(output, fleet_key)
+
+    # Kept in a vault: the same key is read back, nothing changes.
+    password = tmp_path / "vault-password"
+    password.write_text("correct horse battery staple\n")
+    subprocess.run([str(VENV_BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(password), str(key_file)],
+                   check=True, capture_output=True)
+    assert key_text not in key_file.read_text()
+    changed, output = play_output(two_pops, inv, ROLE_PLAYBOOK, "-vvv", "--vault-password-file", str(password),
+                                  hosts=TWO_POPS)
+    assert changed == {"pop1": 0, "pop2": 0}
+    assert cookie_keys_of(pin_root, "up0") == cookie_keys_of(pin_root, "up1") == (fleet_key, bytes(16))
+    assert_no_key_in(output, fleet_key)
+
+
+def test_keys_from_the_inventory_rotate_on_every_pop(two_pops, pin_root, tmp_path):
+    """anycast_edge_cookie_keys in the inventory wins over the key file (none is made); rotating
+    (a new key first, the old one second) and retiring reach every POP; no key in the output."""
+    old, new = "00112233445566778899aabbccddeeff", "8899aabbccddeeff0011223344556677"
+    inv = inventory(tmp_path, pin_root, deny=[], pops=TWO_POPS, extra_vars={"anycast_edge_cookie_keys": [old]})
+    # -vvv: the role's argument validation sees the variable too, and must not show it
+    dummy, output = play_output(two_pops, inv, ROLE_PLAYBOOK, "-vvv", hosts=TWO_POPS)
+    assert_no_key_in(output, bytes.fromhex(old))
+    assert not (tmp_path / "edge_cookie_keys.yml").exists()
+    for iface in ("up0", "up1"):
+        assert cookie_keys_of(pin_root, iface) == (bytes.fromhex(old), bytes(16))
+
+    inv = inventory(tmp_path, pin_root, deny=[], pops=TWO_POPS, extra_vars={"anycast_edge_cookie_keys": [new, old]})
+    changed, output = play_output(two_pops, inv, RULES_PLAYBOOK, "-vvv", "--diff", hosts=TWO_POPS)
+    assert changed == {"pop1": 1, "pop2": 1}
+    for iface in ("up0", "up1"):
+        assert cookie_keys_of(pin_root, iface) == (bytes.fromhex(new), bytes.fromhex(old))
+    assert_no_key_in(output, bytes.fromhex(old), bytes.fromhex(new))
+    assert play(two_pops, inv, RULES_PLAYBOOK, hosts=TWO_POPS) == 0
+
+    inv = inventory(tmp_path, pin_root, deny=[], pops=TWO_POPS, extra_vars={"anycast_edge_cookie_keys": [new]})
+    assert play(two_pops, inv, RULES_PLAYBOOK, hosts=TWO_POPS) == 2
+    for iface in ("up0", "up1"):
+        assert cookie_keys_of(pin_root, iface) == (bytes.fromhex(new), bytes(16))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie, siphash24
+import pytest
+
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns,
+                                                                               cookie_epoch, siphash24)
 
 
 def test_siphash_matches_the_papers_test_vector():
@@ -28,3 +32,36 @@ def test_the_cookie_depends_on_every_part_of_the_four_tuple_and_the_epoch():
                          ("sport", 50001), ("dport", 27016), ("epoch", 8)):
         assert a2s_cookie(key, **dict(base, **{field: other})) != cookie
     assert a2s_cookie((1, 3), **base) != cookie
+
+
+def test_the_cookie_clock_is_tai_not_the_hosts_uptime():
+    """Two POPs booted at different times agree on the epoch only if it is wall-clock time."""
+    before = time.clock_gettime_ns(time.CLOCK_TAI)
+    now = cookie_clock_ns()
+    after = time.clock_gettime_ns(time.CLOCK_TAI)
+    assert before <= now <= after
+    # Not the monotonic clock (seconds since boot): TAI is decades since 1970.
+    assert now - time.monotonic_ns() > 50 * 365 * 86400 * 10**9
+
+
+@pytest.mark.parametrize("clock_ns, epoch_ns, epoch", [
+    (0, 30 * 10**9, 0),
+    (30 * 10**9 - 1, 30 * 10**9, 0),
+    (30 * 10**9, 30 * 10**9, 1),
+    (1_764_000_000 * 10**9 + 15 * 10**9, 30 * 10**9, 58_800_000),
+])
+def test_cookie_epoch_is_the_clock_divided_by_the_epoch_length(clock_ns, epoch_ns, epoch):
+    assert cookie_epoch(clock_ns, epoch_ns) == epoch
+
+
+@pytest.mark.parametrize("epoch_ns", [0, -1])
+def test_cookie_epoch_refuses_an_epoch_length_that_is_not_positive(epoch_ns):
+    with pytest.raises(ValueError, match="epoch_ns must be > 0"):
+        cookie_epoch(10**9, epoch_ns)
+
+
+def test_only_the_low_32_bits_of_the_epoch_take_part():
+    key = (5, 6)
+    tuple_ = (socket.inet_aton("203.0.113.5"), socket.inet_aton("198.51.100.10"), 50000, 27015)
+    assert a2s_cookie(key, *tuple_, epoch=9) == a2s_cookie(key, *tuple_, epoch=9 + (1 << 32))
+    assert a2s_cookie(key, *tuple_, epoch=(-1) & 0xFFFFFFFFFFFFFFFF) == a2s_cookie(key, *tuple_, epoch=0xFFFFFFFF)

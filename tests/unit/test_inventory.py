@@ -81,6 +81,9 @@ def run(mutations=()):
     return _inventory.validate(*apply(inventory, mutations))
 
 
+KEY_A, KEY_B, KEY_C = "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100", "0f" * 16
+
+
 def nbr(key, value):
     return change("pops", ("pop-ams1", "anycast_edge_bgp_neighbors", 0, key), value)
 
@@ -347,11 +350,37 @@ CASES = [
     ("password with a newline", [nbr("password", "s3cret\n")],
      ["hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].password: (not shown) must be a string without double quotes, backslashes or control "
       "characters (BIRD reads it between quotes)"]),
+    # --- the fleet's edge cookie keys: well formed and the same on every POP, never shown --------
+    ("cookie key too short", [pop("anycast_edge_cookie_keys", [KEY_A[:-1]], "pop-ams1"),
+                              pop("anycast_edge_cookie_keys", [KEY_A[:-1]])],
+     ["hostvars['pop-ams1'].anycast_edge_cookie_keys[0]: must be 32 hex digits (16 bytes); got 31 characters (not shown)",
+      "hostvars['pop-fra1'].anycast_edge_cookie_keys[0]: must be 32 hex digits (16 bytes); got 31 characters (not shown)"]),
+    ("three cookie key generations", [pop("anycast_edge_cookie_keys", [KEY_A, KEY_B, KEY_C], host)
+                                      for host in ("pop-ams1", "pop-fra1")],
+     ["hostvars['pop-ams1'].anycast_edge_cookie_keys: 3 keys given; the data plane holds 2 generations (the current "
+      "key, then the previous one): retire the oldest (not shown)",
+      "hostvars['pop-fra1'].anycast_edge_cookie_keys: 3 keys given; the data plane holds 2 generations (the current "
+      "key, then the previous one): retire the oldest (not shown)"]),
+    ("cookie keys on one POP only", [pop("anycast_edge_cookie_keys", [KEY_A], "pop-ams1")],
+     ["hostvars['pop-fra1'].anycast_edge_cookie_keys: unset while pop-ams1 sets it: every POP needs the same keys "
+      "(set it for group pops)"]),
+    ("cookie keys differ between POPs", [pop("anycast_edge_cookie_keys", [KEY_A], "pop-ams1"),
+                                         pop("anycast_edge_cookie_keys", [KEY_B, KEY_A])],
+     ["hostvars['pop-fra1'].anycast_edge_cookie_keys: (not shown) differs from pop-ams1's: every POP needs the same "
+      "keys, or a player's challenge from one POP is refused by the next (set it for group pops)"]),
 ]
 
 
 def test_the_valid_inventory_has_no_problem():
     assert run() == []
+
+
+def test_the_same_cookie_keys_on_every_pop_pass_and_are_secrets():
+    keys = [KEY_B, KEY_A]
+    mutations = [pop("anycast_edge_cookie_keys", list(keys), host) for host in ("pop-ams1", "pop-fra1")]
+    assert run(mutations) == []
+    pops = apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), mutations)[1]
+    assert set(keys) <= set(_inventory.secrets(pops))
 
 
 @pytest.mark.parametrize("mutations, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])

@@ -161,6 +161,53 @@ def test_config_value_and_cookie_key():
     assert replaced[:24] == config[:24] and replaced[40:] == config[40:]
 
 
+def test_the_previous_key_generation_is_the_last_member_of_edge_config():
+    current, previous = bytes(range(16)), bytes(range(100, 116))
+    config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, current, previous)
+    assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
+                                     cookie_key=struct.unpack("<QQ", current),
+                                     cookie_key_previous=struct.unpack("<QQ", previous))
+    assert (_rules.config_cookie_key(config), _rules.config_cookie_key_previous(config)) == (current, previous)
+    assert _rules.config_cookie_key_previous(_rules.config_value("10.0.0.7", {}, 60, 120, 30, current)) == bytes(16)
+    # Rotating: the new key issues, the old one moves to the previous slot; nothing else moves.
+    new = bytes(range(50, 66))
+    rotated = _rules.with_cookie_keys(config, new, current)
+    assert (_rules.config_cookie_key(rotated), _rules.config_cookie_key_previous(rotated)) == (new, current)
+    assert rotated[:24] == config[:24] and rotated[40:-16] == config[40:-16] and len(rotated) == len(config)
+    assert _rules.with_cookie_key(config, new)[-16:] == previous     # the current one alone keeps the previous
+    lines = _rules.render_config(rotated)
+    assert "cookie_key current (set)" in lines and "cookie_key previous (set)" in lines
+
+
+KEY_A, KEY_B = "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100"
+
+
+@pytest.mark.parametrize("given, keys", [
+    ([KEY_A], (bytes.fromhex(KEY_A), bytes(16))),
+    ([KEY_B, KEY_A], (bytes.fromhex(KEY_B), bytes.fromhex(KEY_A))),
+    ([" %s\n" % KEY_A.upper()], (bytes.fromhex(KEY_A), bytes(16))),     # as read from a file
+])
+def test_cookie_keys_newest_first(given, keys):
+    assert _rules.parse_cookie_keys(given) == keys
+
+
+@pytest.mark.parametrize("given, message", [
+    ([], "cookie_keys: empty; give at least the current key, or leave it unset"),
+    ([KEY_A, KEY_B, "0f" * 16], "cookie_keys: 3 keys given; the data plane holds 2 generations"),
+    (KEY_A, r"cookie_keys: must be a list of keys \(newest first\), got a str"),
+    ([KEY_A[:-1]], r"cookie_keys\[0\]: must be 32 hex digits \(16 bytes\); got 31 characters"),
+    ([KEY_A, "g" * 32], r"cookie_keys\[1\]: must be 32 hex digits \(16 bytes\); got a character that is not a hex"),
+    ([5], r"cookie_keys\[0\]: must be 32 hex digits \(16 bytes\); got a int"),
+    (["0" * 32], r"cookie_keys\[0\]: all zero, which the program reads as no key"),
+    ([KEY_A, KEY_A.upper()], r"cookie_keys\[1\]: the same key as cookie_keys\[0\]"),
+])
+def test_bad_cookie_keys_are_refused_without_showing_them(given, message):
+    with pytest.raises(_rules.RuleError, match=message) as caught:
+        _rules.parse_cookie_keys(given)
+    for key in (KEY_A, KEY_B, KEY_A[:-1]):
+        assert key not in str(caught.value).lower()
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(ban_sec=-1), "ban_sec: -1 must be >= 0"),
     (dict(punch_idle_sec=0), "punch_idle_sec: 0 must be > 0"),
@@ -337,7 +384,8 @@ def test_diff_is_readable_and_capped():
     assert "  cs2-main: udp 198.51.100.10:27015 id 237 -> backend 10.1.0.10 a2s_cache,a2s_snoop max_age 30s" in after
     assert "  cs2-main: udp 198.51.100.10:27015 id 3 -> backend 10.1.0.10" in before   # changed in place
     assert "  ban_sec 60" in before and "  ban_sec 5" in after
-    assert "  a2s_cookie_key (set, changed)" in after
+    assert "  cookie_key current (set, changed)" in after
+    assert "  cookie_key previous (unset)" in before and "  cookie_key previous (unset)" in after
     assert "  cached reply of service id 3" in before
     # the key itself never appears
     assert bytes(range(16)).hex() not in diff["before"] + diff["after"]
