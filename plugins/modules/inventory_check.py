@@ -178,7 +178,7 @@ rules:
     control_plane:
       description:
         - By POP (inventory name) - the sources that POP exempts from bans and rate limits, each
-          C(address) (a /32) and C(reason) (whose address it is). The O(control_plane) of
+          C(address) (a /32) and C(reason) (whose address it is). The O(anycast.edge.edge_rules#module:control_plane) of
           M(anycast.edge.edge_rules) on that POP.
       type: dict
       returned: success
