@@ -150,6 +150,15 @@ struct src_filter_entry {
 	__u64 allow_some;
 };
 
+/* The value of an edge_allow_v4 entry: why the source is exempt from bans and rate limits, as
+ * bits (a prefix both lists name has both). XDP reads only the keys (through edge_src_filter);
+ * the value keeps the operator's own allow list apart from the control-plane sources derived
+ * from inventory (BGP neighbours, the other POPs, monitoring), so a diff says why. */
+enum edge_allow_origin {
+	EDGE_ALLOW_OPERATOR = 1 << 0,      /* anycast_edge_filters.allow */
+	EDGE_ALLOW_CONTROL_PLANE = 1 << 1, /* derived by validate_inventory (edge_rules' control_plane) */
+};
+
 enum edge_src_list {
 	EDGE_SRC_LIST_DENY = 0,
 	EDGE_SRC_LIST_ALLOW = 1,

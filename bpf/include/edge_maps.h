@@ -62,8 +62,10 @@ struct {
 	__type(value, struct backend_value);
 } edge_backends SEC(".maps");
 
-/* Written by edge_rules (allow CIDRs, exactly as inventory gives them). Read by edge_rules only:
- * the record the derived edge_src_filter/edge_src_hosts are rebuilt from. XDP does not read it. */
+/* Written by edge_rules (allow CIDRs, exactly as inventory gives them: the operator's allow list
+ * and the control-plane sources derived from inventory; the value says which, enum
+ * edge_allow_origin). Read by edge_rules only: the record the derived edge_src_filter/
+ * edge_src_hosts are rebuilt from. XDP does not read it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, EDGE_MAX_PREFIXES);

@@ -50,6 +50,11 @@ REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 PROTO_CLASSES = ("tcp", "udp", "icmp", "other")
 IPPROTO = {"tcp": 6, "udp": 17, "icmp": 1}
 
+# enum edge_allow_origin: bits of an edge_allow_v4 value (why the source is exempt), in order.
+ALLOW_ORIGINS = ("operator", "control_plane")
+ALLOW_OPERATOR = 1 << 0
+ALLOW_CONTROL_PLANE = 1 << 1
+
 SERVICE_F_A2S_CACHE = 1 << 0
 SERVICE_F_A2S_SNOOP = 1 << 1
 

@@ -84,10 +84,13 @@ POP_VARS = ("anycast_edge_uplink", "anycast_edge_tunnel_address", "anycast_edge_
             "anycast_edge_underlay_devices", "anycast_edge_underlay_networks",
             "anycast_edge_router_id", "anycast_edge_bgp_neighbors", "anycast_edge_bgp_communities",
             "anycast_edge_rtbh", "anycast_edge_bgp_timers", "anycast_edge_bfd_timers",
-            "anycast_edge_drain_state", "anycast_edge_cookie_keys")
+            "anycast_edge_drain_state", "anycast_edge_cookie_keys", "ansible_host",
+            "anycast_edge_agent_listen_address")
 BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_edge_mapper_devices",
                 "anycast_edge_mapper_fib_next_hop", "anycast_edge_mapper_rp_filter",
                 "anycast_edge_default_pop", "anycast_edge_dsr_services")
+# The hosts of group monitoring (Prometheus, playbooks/monitoring.yml): only their address.
+MONITORING_VARS = ("ansible_host",)
 # Variables that hold secrets: checked, never shown (the problem says what is wrong, not the value).
 SECRET_KEYS = ("password",)
 
@@ -242,10 +245,13 @@ class _Context(object):
     lists, and what earlier checks normalized (normalized: returned to the caller; prefixes,
     tunnel_owner: for later checks)."""
 
-    def __init__(self, variables, pops, backends):
+    def __init__(self, variables, pops, backends, monitoring=None):
         self.variables = variables
         self.pops = dict((host, pops[host] or {}) for host in pops)
         self.backends = dict((host, backends[host] or {}) for host in backends)
+        self.monitoring = dict((host, (monitoring or {})[host] or {}) for host in monitoring or {})
+        # {POP: [(its BGP neighbour's address, name, variable path)]} of the valid neighbours.
+        self.bgp_neighbors = {}
         self.problems = _Problems()
         self.warnings = _Problems()
         self.normalized = {}
@@ -585,7 +591,9 @@ def _check_bgp(ctx):
                 if neighbor.get("address") is None:
                     problems.note(item + ".address", "is required")
                 else:
-                    _ipv4_address(problems, item + ".address", neighbor["address"])
+                    address = _ipv4_address(problems, item + ".address", neighbor["address"])
+                    if address is not None:
+                        ctx.bgp_neighbors.setdefault(host, []).append((address, name, item + ".address"))
                 if neighbor.get("asn") is None:
                     problems.note(item + ".asn", "is required")
                 else:
@@ -701,25 +709,111 @@ def _warn_ipip_paths(ctx):
                           "anyone can spoof it (see docs/data-plane.md, trust model)" % (backend, address, reason))
 
 
-def check(variables, pops, backends):
+# --- the control plane: sources never banned or rate limited (derived, not listed by hand) -----
+
+def _host_address(value):
+    """The netaddr.IPAddress of an ansible_host-like value when it is an IPv4 address (a name,
+    IPv6 or nothing: None)."""
+    if not isinstance(value, str) or value.strip() != value:
+        return None
+    try:
+        address = netaddr.IPAddress(value, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return None
+    return address if address.version == 4 else None
+
+
+@inventory_check
+def _check_control_plane(ctx):
+    """normalized["control_plane"]: {POP: [{address, reason}]}, the sources each POP exempts from
+    bans and rate limits (through the allow machinery, labelled apart from the operator's list):
+
+    - its own BGP neighbours (anycast_edge_bgp_neighbors[].address);
+    - every other POP's tunnel address, management address (ansible_host when it is an IPv4
+      address) and exporter address (anycast_edge_agent_listen_address, when set);
+    - every host of group monitoring (its ansible_host; a warning when that is not an address).
+
+    Left out: loopback addresses (they never arrive on an uplink - the lab's ansible_host is
+    127.0.0.1), addresses inside the anycast prefixes (ours: a packet "from" them on the uplink is
+    spoofed), the POP's own addresses, and the backends: their traffic to a POP is IPIP to its
+    tunnel address, which no ban or limit applies to (only traffic to a service or an anycast
+    prefix is limited), so exempting them would only give a spoofer more unlimited sources.
+
+    A deny prefix covering one is a problem: deny beats every exemption (a denied BGP neighbour
+    loses its session).
+    """
+    problems, warnings = ctx.problems, ctx.warnings
+    fleet = []   # (owner host, address, reason, variable path) for every POP and monitoring host
+    for host in sorted(ctx.pops):
+        hostvars = ctx.pops[host]
+        address = _host_address(hostvars.get("anycast_edge_tunnel_address"))
+        if address is not None:
+            fleet.append((host, address, "tunnel address of POP %s" % host,
+                          _hostvars_path(host, "anycast_edge_tunnel_address")))
+        for var, what in (("ansible_host", "management address"),
+                          ("anycast_edge_agent_listen_address", "exporter address")):
+            address = _host_address(hostvars.get(var))
+            if address is not None:
+                fleet.append((host, address, "%s of POP %s (%s)" % (what, host, var), _hostvars_path(host, var)))
+    for host in sorted(ctx.monitoring):
+        value = ctx.monitoring[host].get("ansible_host")
+        address = _host_address(value)
+        if address is None:
+            warnings.note(_hostvars_path(host, "ansible_host"),
+                          "%s: the address of monitoring host %s is not known, so the POPs cannot exempt it from "
+                          "bans and rate limits (set ansible_host to its address, or list the address in "
+                          "anycast_edge_filters.allow)"
+                          % ("is not set" if value is None else "%s is not an IPv4 address" % _show(value), host))
+        else:
+            fleet.append((host, address, "monitoring host %s (ansible_host)" % host, _hostvars_path(host, "ansible_host")))
+
+    def usable(address):
+        return not address.is_loopback() and not ctx.in_anycast(address)
+
+    control_plane = {}
+    reported = set()
+    deny = [(index, netaddr.IPNetwork(cidr)) for index, cidr in enumerate(ctx.normalized["anycast_edge_filters"]["deny"])]
+    for pop in sorted(ctx.pops):
+        sources = [(address, "BGP neighbour %s of %s" % (name, pop), path)
+                   for address, name, path in ctx.bgp_neighbors.get(pop, [])]
+        sources.extend((address, reason, path) for owner, address, reason, path in fleet if owner != pop)
+        own = set(address for owner, address, dummy, dummy in fleet if owner == pop)
+        reasons = {}
+        for address, reason, path in sources:
+            if not usable(address) or address in own:
+                continue
+            reasons.setdefault(address, []).append(reason)
+            for index, network in deny:
+                if address in network and (index, path) not in reported:
+                    reported.add((index, path))
+                    problems.add("anycast_edge_filters.deny[%d]" % index, str(network.cidr),
+                                 "covers %s, the %s (%s): deny beats the control plane's exemption, every packet "
+                                 "from it would be dropped" % (address, reason, path))
+        control_plane[pop] = [{"address": "%s/32" % address, "reason": "; ".join(reasons[address])}
+                              for address in sorted(reasons)]
+    ctx.normalized["control_plane"] = control_plane
+
+
+def check(variables, pops, backends, monitoring=None):
     """Validate the schema. Returns (problems, normalized); see check_all for the warnings."""
-    problems, warnings, normalized = check_all(variables, pops, backends)
+    problems, warnings, normalized = check_all(variables, pops, backends, monitoring)
     return problems, normalized
 
 
-def check_all(variables, pops, backends):
+def check_all(variables, pops, backends, monitoring=None):
     """Run every registered check. Returns (problems, warnings, normalized).
 
     variables: the schema vars (anycast_edge_asn, anycast_edge_prefixes, anycast_edge_services,
         anycast_edge_filters), as the play sees them.
     pops, backends: {inventory hostname: {its POP_VARS / BACKEND_VARS, absent ones None}} of
         the `pops` and `backends` groups.
+    monitoring: the same of group `monitoring` (MONITORING_VARS), or None for no such group.
     problems: list of strings, one per problem (empty when the inventory is fine).
     warnings: list of strings, one per risk that is allowed but should be known.
     normalized: the variables with defaults filled in and CIDRs in canonical form (only
         meaningful when there is no problem).
     """
-    ctx = _Context(variables, pops, backends)
+    ctx = _Context(variables, pops, backends, monitoring)
     for function in CHECKS:
         function(ctx)
     return ctx.problems.lines, ctx.warnings.lines, ctx.normalized
@@ -771,6 +865,6 @@ def secrets(pops):
     return found
 
 
-def validate(variables, pops, backends):
+def validate(variables, pops, backends, monitoring=None):
     """Every problem of the inventory, one line each (empty list: all good)."""
-    return check(variables, pops, backends)[0]
+    return check(variables, pops, backends, monitoring)[0]

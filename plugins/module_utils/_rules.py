@@ -16,6 +16,8 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
     edge_backends    tunnel addresses of the backends (return traffic is accepted only from them)
     edge_allow_v4    sources that skip bans and rate limits      } the exact prefixes, as a record:
     edge_deny_v4     sources that are dropped (deny beats allow) } XDP reads what is derived from them
+                     (an allow entry's value says why it is there: the operator's allow list, the
+                     control plane derived from inventory, or both - enum edge_allow_origin)
     edge_src_filter  the deny and allow lists as XDP reads them: a bit per /24, and
     edge_src_hosts   a bitmap per partly listed /24 (derived, see _source_lists)
 
@@ -65,6 +67,9 @@ CAPACITY = {
 
 CONFIG_KEY = abi.U32.pack(0)
 LPM_PRESENT = abi.U32.pack(1)          # value of allow/deny/anycast entries (never read by XDP)
+# An allow entry's value is a set of enum edge_allow_origin bits; the operator's list is bit 0,
+# so an entry of the allow list alone is LPM_PRESENT, as before control-plane sources existed.
+ALLOW_OPERATOR = abi.U32.pack(abi.ALLOW_OPERATOR)
 BACKEND_VALUE = abi.BACKEND_VALUE.pack(0)
 A2S_FLAGS = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
 
@@ -211,9 +216,24 @@ def render_config(value):
     return lines
 
 
-def render_entry(map_name, key, value, service_names=None):
-    """One map entry as a line a human reads in --diff output."""
-    if map_name in ("edge_anycast_v4", "edge_allow_v4", "edge_deny_v4"):
+def render_allow(key, value, reasons=None):
+    """An edge_allow_v4 entry, saying when it is exempt as a control-plane source (and why, when
+    `reasons` {key: reason} knows: the record in the map keeps only the label)."""
+    text = render_lpm(key)
+    origins = abi.U32.unpack(value)[0]
+    if origins & abi.ALLOW_CONTROL_PLANE:
+        reason = (reasons or {}).get(key)
+        text += " (%scontrol plane%s)" % ("allow list; " if origins & abi.ALLOW_OPERATOR else "",
+                                          ": " + reason if reason else "")
+    return text
+
+
+def render_entry(map_name, key, value, service_names=None, reasons=None):
+    """One map entry as a line a human reads in --diff output (reasons: {allow key: why it is a
+    control-plane source})."""
+    if map_name == "edge_allow_v4":
+        return render_allow(key, value, reasons)
+    if map_name in ("edge_anycast_v4", "edge_deny_v4"):
         return render_lpm(key)
     if map_name == "edge_backends":
         return socket.inet_ntoa(key)
@@ -366,6 +386,58 @@ def with_cookie_key(config, cookie_key):
     return with_cookie_keys(config, cookie_key, config_cookie_key_previous(config))
 
 
+def control_plane_entries(items):
+    """{allow LPM key: reason} of edge_rules' control_plane items ({address, reason}; a bare
+    address is a /32), in the order given; a prefix listed twice gets both reasons."""
+    reasons = collections.OrderedDict()
+    for index, item in enumerate(items or []):
+        key = parse_cidr(item.get("address"), "control_plane[%d].address" % index)
+        reason = item.get("reason") or ""
+        if key in reasons and reason and reason not in reasons[key].split("; "):
+            reasons[key] = "%s; %s" % (reasons[key], reason) if reasons[key] else reason
+        else:
+            reasons.setdefault(key, reason)
+    return reasons
+
+
+def covering_prefix(entries, key):
+    """The shortest prefix of the LPM entries that covers the LPM `key` (None: none does)."""
+    length, raw = abi.LPM_V4_KEY.unpack(key)
+    number = int.from_bytes(raw, "big")
+    for prefix_length in range(length + 1):
+        network = (number & ~_HOST_MASKS[prefix_length] & _ALL_ONES).to_bytes(4, "big")
+        candidate = abi.LPM_V4_KEY.pack(prefix_length, network)
+        if candidate in entries:
+            return candidate
+    return None
+
+
+def with_control_plane(allow, deny, reasons):
+    """The allow entries with the control-plane sources added (their value gains the
+    control-plane bit). RuleError if a deny prefix covers one: deny beats every exemption, so a
+    denied BGP neighbour would lose its session (validate_inventory says so first, by variable)."""
+    allow = dict(allow)
+    for index, (key, reason) in enumerate(reasons.items()):
+        denied = covering_prefix(deny, key)
+        if denied is not None:
+            raise RuleError("control_plane[%d].address: %s (%s) is inside the deny prefix %s: deny beats the "
+                            "exemption, every packet from it would be dropped"
+                            % (index, render_lpm(key), reason or "control plane", render_lpm(denied)))
+        origins = abi.U32.unpack(allow.get(key, bytes(4)))[0] | abi.ALLOW_CONTROL_PLANE
+        allow[key] = abi.U32.pack(origins)
+    return allow
+
+
+def control_plane_changes(present_allow, desired_allow):
+    """(added, removed): how many prefixes gain and lose the control-plane exemption."""
+    def exempt(entries):
+        # Most entries are the operator's alone (LPM_PRESENT): skip them at C speed.
+        return set(key for key, value in entries.items()
+                   if value != ALLOW_OPERATOR and abi.U32.unpack(value)[0] & abi.ALLOW_CONTROL_PLANE)
+    before, after = exempt(present_allow or {}), exempt(desired_allow or {})
+    return len(after - before), len(before - after)
+
+
 def desired_entries(params, cookie_key, cookie_key_previous=bytes(16)):
     """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params.
 
@@ -405,6 +477,9 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16)):
         "edge_allow_v4": cidr_entries(params.get("allow") or [], "allow"),
         "edge_deny_v4": cidr_entries(params.get("deny") or [], "deny"),
     }
+    reasons = control_plane_entries(params.get("control_plane"))
+    if reasons:
+        desired["edge_allow_v4"] = with_control_plane(desired["edge_allow_v4"], desired["edge_deny_v4"], reasons)
     for map_name, limit in CAPACITY.items():
         if len(desired[map_name]) > limit:
             raise RuleError("%s: %d entries do not fit in %s (max %d)"
@@ -756,10 +831,11 @@ def inverse(step):
     return undo
 
 
-def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100, changes=None):
+def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100, changes=None, reasons=None):
     """{'before': text, 'after': text} listing only what differs, map by map: removed and
     old values before, added and new values after. At most `limit` lines per map and side,
-    then a line saying how many more (a 100,000-prefix change stays readable)."""
+    then a line saying how many more (a 100,000-prefix change stays readable). reasons: {allow
+    key: why it is a control-plane source} (control_plane_entries), shown on the after side."""
     if changes is None:
         changes = compare(present, desired)
     before = []
@@ -786,10 +862,10 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
         # `limit` are rendered, so a 100,000-entry change costs no more than a small one.
         old_side = itertools.chain(removed.items(), ((key, old) for key, (dummy, old) in changed.items()))
         new_side = itertools.chain(added.items(), ((key, new) for key, (new, dummy) in changed.items()))
-        for side, entries, total in ((before, old_side, len(removed) + len(changed)),
-                                     (after, new_side, len(added) + len(changed))):
+        for side, entries, total, side_reasons in ((before, old_side, len(removed) + len(changed), None),
+                                                   (after, new_side, len(added) + len(changed), reasons)):
             side.append("%s:" % map_name)
-            side.extend("  " + render_entry(map_name, key, value, service_names)
+            side.extend("  " + render_entry(map_name, key, value, service_names, side_reasons)
                         for key, value in itertools.islice(entries, limit))
             if total > limit:
                 side.append("  ... and %d more" % (total - limit))
@@ -807,7 +883,9 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
 def resolve_rules(normalized):
     """edge_rules' rule parameters from a validated, normalized inventory (_inventory.check):
     service ids filled in, backend host names replaced by their tunnel addresses. The POP's own
-    parameters (pin_root, iface, tunnel_address) are added by the role from its host vars."""
+    parameters (pin_root, iface, tunnel_address) are added by the role from its host vars, and
+    its control_plane is control_plane[inventory_hostname] ({POP: [{address, reason}]}: each POP
+    has its own BGP neighbours and leaves itself out)."""
     backend_addresses = normalized["backend_addresses"]
     filters = normalized["anycast_edge_filters"]
     services = []
@@ -836,4 +914,6 @@ def resolve_rules(normalized):
         "ban_sec": filters["ban_sec"],
         "punch_idle_sec": filters["punch_idle_sec"],
         "a2s_cookie_epoch_sec": filters["a2s_cookie_epoch_sec"],
+        "control_plane": dict((pop, [dict(item) for item in items])
+                              for pop, items in normalized.get("control_plane", {}).items()),
     }

@@ -147,6 +147,29 @@ options:
     type: list
     elements: str
     default: []
+  control_plane:
+    description:
+      - The POP's control-plane sources - its BGP neighbours, the other POPs' tunnel and
+        management addresses, the monitoring hosts - which, like O(allow), skip bans and rate
+        limits, so that packets spoofed in their name can never get them banned or limited.
+      - Derived from inventory by M(anycast.edge.inventory_check) (C(rules.control_plane), by
+        POP); not a list to keep by hand.
+      - Kept apart from O(allow) - in C(edge_allow_v4) each entry's value says which of the two
+        lists (or both) it comes from - so the diff and RV(control_plane) show why a source
+        is exempt.
+      - A source inside a O(deny) prefix is refused (deny beats every exemption).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      address:
+        description: The source address (a /32) or CIDR.
+        type: str
+        required: true
+      reason:
+        description: Why it is a control-plane source (shown in the diff), e.g. C(BGP neighbour upstream of pop1).
+        type: str
+        default: ""
   deny:
     description: Source CIDRs that are dropped; deny beats allow.
     type: list
@@ -247,6 +270,7 @@ EXAMPLES = r"""
     anycast_prefixes: "{{ anycast_edge_rules.anycast_prefixes }}"
     backends: "{{ anycast_edge_rules.backends }}"
     allow: "{{ anycast_edge_rules.allow }}"
+    control_plane: "{{ anycast_edge_rules.control_plane[inventory_hostname] | default([]) }}"
     deny: "{{ anycast_edge_rules.deny }}"
     rate_limits: "{{ anycast_edge_rules.rate_limits }}"
     ban_sec: "{{ anycast_edge_rules.ban_sec }}"
@@ -285,6 +309,30 @@ maps:
     edge_a2s_cache: {added: 0, changed: 0, removed: 0}
     edge_src_filter: {added: 1, changed: 0, removed: 0}
     edge_src_hosts: {added: 0, changed: 0, removed: 0}
+control_plane:
+  description:
+    - The control-plane sources exempt from bans and rate limits on this POP (O(control_plane),
+      each prefix once, with why), and how many gained or lost the exemption in this run. They
+      are also entries of C(edge_allow_v4) in RV(maps).
+  returned: always
+  type: dict
+  contains:
+    sources:
+      description: The exempt control-plane sources, each C(address) (a CIDR) and C(reason).
+      type: list
+      elements: dict
+    added:
+      description: Prefixes that became control-plane sources (would, in check mode).
+      type: int
+    removed:
+      description: Prefixes that stopped being control-plane sources.
+      type: int
+  sample:
+    sources:
+      - {address: 172.16.1.1/32, reason: BGP neighbour upstream of pop1}
+      - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
+    added: 2
+    removed: 0
 writes:
   description: Map elements written or deleted (would be, in check mode).
   returned: always
@@ -375,6 +423,10 @@ ARGUMENT_SPEC = dict(
     anycast_prefixes=dict(type="list", elements="str", default=[]),
     backends=dict(type="list", elements="str", default=[]),
     allow=dict(type="list", elements="str", default=[]),
+    control_plane=dict(type="list", elements="dict", default=[], options=dict(
+        address=dict(type="str", required=True),
+        reason=dict(type="str", default=""),
+    )),
     deny=dict(type="list", elements="str", default=[]),
     rate_limits=dict(type="dict", default={}, options=dict(
         tcp=dict(type="dict", options=LIMIT_OPTIONS),
@@ -491,7 +543,7 @@ def echoed_params(params):
     a count: echoing 100,000 prefixes back would cost the controller more than the whole
     convergence costs the POP."""
     echoed = dict(params)
-    for name in ("anycast_prefixes", "backends", "allow", "deny"):
+    for name in ("anycast_prefixes", "backends", "allow", "control_plane", "deny"):
         value = echoed.get(name) or []
         if len(value) > params["diff_limit"]:
             echoed[name] = value[:params["diff_limit"]] + ["... and %d more" % (len(value) - params["diff_limit"])]
@@ -538,6 +590,7 @@ def run_module():
     try:
         given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
         desired, names = _rules.desired_entries(params, bytes(16))
+        reasons = _rules.control_plane_entries(params["control_plane"])
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))
     timing.lap("rules")
@@ -564,6 +617,7 @@ def run_module():
     changes = _rules.compare(present, desired)
     plan = _rules.plan_writes(present, desired, cache_ids, changes=changes)
     counts, writes = _rules.summarize(plan, changes)
+    exempt_added, exempt_removed = _rules.control_plane_changes(present.get("edge_allow_v4"), desired["edge_allow_v4"])
     timing.lap("plan")
 
     result = dict(
@@ -574,12 +628,14 @@ def run_module():
                for step in plan],
         a2s_cookie_key_generated=generated,
         pin_dir=pin_dir,
+        control_plane=dict(sources=[dict(address=_rules.render_lpm(key), reason=reason) for key, reason in reasons.items()],
+                           added=exempt_added, removed=exempt_removed),
     )
     if module._diff and plan:
         deleted_ids = [abi.U32.unpack(entry[0])[0] for step in plan if step.map_name == _rules.A2S_CACHE_MAP
                        for entry in step.entries]
         result["diff"] = _rules.render_diff(present, desired, names, deleted_ids, limit=params["diff_limit"],
-                                            changes=changes)
+                                            changes=changes, reasons=reasons)
         result["diff"]["before_header"] = pin_dir + " (before)"
         result["diff"]["after_header"] = pin_dir + " (after)"
 

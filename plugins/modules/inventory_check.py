@@ -24,6 +24,14 @@ description:
   - Secrets (BGP passwords) are checked but never shown; they are masked in the result.
   - On success returns RV(rules), the parameters of M(anycast.edge.edge_rules) (service ids
     filled in, backend host names replaced by their tunnel addresses, CIDRs in canonical form).
+  - "Derives each POP's control-plane sources, which no spoofed packet may get banned or rate
+    limited (RV(rules.control_plane)): its BGP neighbours, the other POPs' tunnel addresses and
+    management addresses (C(ansible_host) when it is an IPv4 address,
+    C(anycast_edge_agent_listen_address) when set) and the hosts of group C(monitoring).
+    Loopback addresses, anycast addresses and the backends are left out. A deny prefix that
+    covers one of them is a problem (deny beats the exemption)."
+  - A monitoring host whose C(ansible_host) is not an IPv4 address is a warning (its address
+    is not known, so it cannot be exempted).
   - Meant to run once, on the controller, before any host is touched - the
     C(anycast.edge.validate_inventory) role does that (C(run_once), C(delegate_to=localhost)).
     The schema is documented in that role (C(ansible-doc -t role anycast.edge.validate_inventory)).
@@ -65,7 +73,8 @@ options:
         C(anycast_edge_uplink), C(anycast_edge_tunnel_address), C(anycast_edge_egress_devices),
         C(anycast_edge_underlay_devices), C(anycast_edge_underlay_networks), C(anycast_edge_router_id),
         C(anycast_edge_bgp_neighbors), C(anycast_edge_bgp_communities), C(anycast_edge_rtbh),
-        C(anycast_edge_bgp_timers), C(anycast_edge_bfd_timers), C(anycast_edge_drain_state).
+        C(anycast_edge_bgp_timers), C(anycast_edge_bfd_timers), C(anycast_edge_drain_state),
+        C(ansible_host), C(anycast_edge_agent_listen_address).
     type: dict
     default: {}
   backends:
@@ -74,6 +83,12 @@ options:
         C(anycast_edge_tunnel_address), C(anycast_edge_uplink), C(anycast_edge_mapper_devices),
         C(anycast_edge_mapper_fib_next_hop), C(anycast_edge_mapper_rp_filter),
         C(anycast_edge_default_pop), C(anycast_edge_dsr_services).
+    type: dict
+    default: {}
+  monitoring:
+    description:
+      - The hosts of group C(monitoring) (where Prometheus runs), each with its C(ansible_host)
+        (null when unset). Their addresses are control-plane sources of every POP.
     type: dict
     default: {}
 notes:
@@ -160,6 +175,13 @@ rules:
       description: A2S cookie epoch.
       type: int
       returned: success
+    control_plane:
+      description:
+        - By POP (inventory name) - the sources that POP exempts from bans and rate limits, each
+          C(address) (a /32) and C(reason) (whose address it is). The O(anycast.edge.edge_rules#module:control_plane) of
+          M(anycast.edge.edge_rules) on that POP.
+      type: dict
+      returned: success
   sample:
     services:
       - {name: cs2-main, id: 237, address: 198.51.100.10, protocol: udp, port: 27015, backend_address: 10.1.0.10,
@@ -172,6 +194,10 @@ rules:
     ban_sec: 60
     punch_idle_sec: 120
     a2s_cookie_epoch_sec: 30
+    control_plane:
+      pop1:
+        - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
+        - {address: 172.16.1.1/32, reason: BGP neighbour upstream of pop1}
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -189,6 +215,7 @@ def main():
             filters=dict(type="raw", default={}),
             pops=dict(type="dict", default={}),
             backends=dict(type="dict", default={}),
+            monitoring=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
         # The POPs' settings hold the BGP passwords: nothing of the arguments goes to the journal.
@@ -205,7 +232,8 @@ def main():
     }
     # Whatever the result says, a secret is masked in it (Ansible replaces these values).
     module.no_log_values.update(_inventory.secrets(params["pops"]))
-    problems, warnings, normalized = _inventory.check_all(variables, params["pops"], params["backends"])
+    problems, warnings, normalized = _inventory.check_all(variables, params["pops"], params["backends"],
+                                                          params["monitoring"])
     for warning in warnings:
         module.warn(warning)
     if problems:

@@ -164,6 +164,15 @@ class EdgeEnv:
     def allow(self, cidr: str) -> None:
         self._add_to_list("allow", cidr)
 
+    def allow_entries(self, entries) -> None:
+        """Write edge_allow_v4 entries as edge_rules packs them ({LPM key: enum edge_allow_origin
+        bits}: the operator's list and the control plane) and derive the lists XDP reads."""
+        entries = dict(entries)
+        if entries:
+            self.maps["edge_allow_v4"].update_batch(list(entries), list(entries.values()))
+        self._lists["allow"].update(entries)
+        self._sync_source_lists()
+
     def deny_many(self, lpm_keys) -> None:
         """Deny many packed LPM keys at once (the bench's large lists): one batch for the record,
         one derivation."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
@@ -45,3 +47,10 @@ def test_source_list_numbers_follow_the_c_enum(repo_root):
     header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
     assert tuple(enum_names(header, "edge_src_list", "EDGE_SRC_LIST_")) == ("deny", "allow")
     assert (_source_lists.DENY, _source_lists.ALLOW) == (0, 1)
+
+
+def test_allow_origin_bits_follow_the_c_enum(repo_root):
+    header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
+    assert tuple(enum_names(header, "edge_allow_origin", "EDGE_ALLOW_")) == abi.ALLOW_ORIGINS
+    values = re.findall(r"EDGE_ALLOW_[A-Z_]+ = 1 << ([0-9]+)", header)
+    assert [1 << int(shift) for shift in values] == [abi.ALLOW_OPERATOR, abi.ALLOW_CONTROL_PLANE]

@@ -423,6 +423,68 @@ def test_learned_state_survives_a_rule_change(pop, tmp_path):
     assert services(pop.entries("edge_services"))[("udp", "198.51.100.11", 27015)][0] == 31
 
 
+CONTROL_PLANE = [{"address": "172.16.1.1", "reason": "BGP neighbour upstream of pop1"},
+                 {"address": "10.0.0.2", "reason": "tunnel address of POP pop2"},
+                 {"address": "192.0.2.5", "reason": "monitoring host mon-1 (ansible_host)"}]
+
+
+def allow_origins(pop):
+    return dict((cidr, abi.U32.unpack(value)[0]) for cidr, value in
+                ((next(iter(cidrs([key]))), value) for key, value in pop.entries("edge_allow_v4").items()))
+
+
+def test_control_plane_sources_are_exempt_labelled_and_idempotent(pop, tmp_path):
+    first = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"control_plane": CONTROL_PLANE})
+    assert first.result["changed"] is True
+    # one record, the operator's prefix and the control plane's addresses told apart by their value
+    assert allow_origins(pop) == {"192.0.2.0/28": abi.ALLOW_OPERATOR, "172.16.1.1/32": abi.ALLOW_CONTROL_PLANE,
+                                  "10.0.0.2/32": abi.ALLOW_CONTROL_PLANE,
+                                  "192.0.2.5/32": abi.ALLOW_CONTROL_PLANE}
+    assert first.result["control_plane"] == {
+        "sources": [{"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop1"},
+                    {"address": "10.0.0.2/32", "reason": "tunnel address of POP pop2"},
+                    {"address": "192.0.2.5/32", "reason": "monitoring host mon-1 (ansible_host)"}],
+        "added": 3, "removed": 0}
+    assert "+  172.16.1.1/32 (control plane: BGP neighbour upstream of pop1)" in first.stdout
+    assert "+  192.0.2.0/28\n" in first.stdout
+    # XDP reads what is derived from every key of the record
+    assert derived_lists(pop) == _rules.source_list_entries(pop.entries("edge_deny_v4"), pop.entries("edge_allow_v4"))
+
+    second = run_edge_rules(pop, tmp_path, RULES, extra={"control_plane": CONTROL_PLANE})
+    assert second.result["changed"] is False and second.result["writes"] == 0
+    assert second.result["control_plane"]["added"] == 0 and second.result["control_plane"]["removed"] == 0
+    # the order of the list is no change either
+    assert run_edge_rules(pop, tmp_path, RULES, extra={"control_plane": CONTROL_PLANE[::-1]}).result["changed"] is False
+
+    # the operator lists the neighbour too: the entry gets both labels, nothing else moves
+    rules = dict(RULES, allow=["192.0.2.0/28", "172.16.1.1/32"])
+    both = run_edge_rules(pop, tmp_path, rules, "--diff", extra={"control_plane": CONTROL_PLANE})
+    assert both.result["maps"]["edge_allow_v4"] == {"added": 0, "changed": 1, "removed": 0}
+    assert [step["name"] for step in both.result["steps"]] == ["allow_add"]
+    assert allow_origins(pop)["172.16.1.1/32"] == abi.ALLOW_OPERATOR | abi.ALLOW_CONTROL_PLANE
+    assert "+  172.16.1.1/32 (allow list; control plane: BGP neighbour upstream of pop1)" in both.stdout
+
+    # the control plane shrinks: only its own entries go, in check mode first
+    checked = run_edge_rules(pop, tmp_path, rules, "--check", extra={"control_plane": CONTROL_PLANE[:1]})
+    assert checked.result["control_plane"]["removed"] == 2
+    fewer = run_edge_rules(pop, tmp_path, rules, extra={"control_plane": CONTROL_PLANE[:1]})
+    assert (fewer.result["maps"], fewer.result["steps"]) == (checked.result["maps"], checked.result["steps"])
+    assert allow_origins(pop) == {"192.0.2.0/28": abi.ALLOW_OPERATOR,
+                                  "172.16.1.1/32": abi.ALLOW_OPERATOR | abi.ALLOW_CONTROL_PLANE}
+    assert run_edge_rules(pop, tmp_path, rules, extra={"control_plane": CONTROL_PLANE[:1]}).result["changed"] is False
+
+
+def test_a_denied_control_plane_source_fails_before_any_write(pop, tmp_path):
+    run_edge_rules(pop, tmp_path, RULES)
+    before = pop.snapshot()
+    failed = run_edge_rules(pop, tmp_path, RULES, expect_failure=True,
+                            extra={"control_plane": [{"address": "100.64.0.1", "reason": "BGP neighbour transit"}]})
+    assert failed.result["msg"] == ("control_plane[0].address: 100.64.0.1/32 (BGP neighbour transit) is inside the "
+                                    "deny prefix 100.64.0.0/10: deny beats the exemption, every packet from it "
+                                    "would be dropped")
+    assert pop.snapshot() == before
+
+
 def test_parameter_error_fails_before_any_write(pop, tmp_path):
     run_edge_rules(pop, tmp_path, RULES)
     before = pop.snapshot()
@@ -598,4 +660,5 @@ def test_module_docs_render():
     assert doc["doc"]["options"]["cookie_keys"]["type"] == "list"
     assert doc["doc"]["options"]["cookie_keys"]["aliases"] == ["a2s_cookie_key"]
     assert set(doc["return"]) == {"maps", "writes", "steps", "elapsed_ms", "cpu_ms", "timing_ms",
-                                  "a2s_cookie_key_generated", "pin_dir"}
+                                  "a2s_cookie_key_generated", "pin_dir", "control_plane"}
+    assert set(doc["doc"]["options"]["control_plane"]["suboptions"]) == {"address", "reason"}

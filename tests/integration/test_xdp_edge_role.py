@@ -64,9 +64,13 @@ def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extr
     return path
 
 
-def play(namespace, inventory_path: Path, playbook: Path, *args: str, hosts=("pop1",)) -> int:
-    """Run a playbook inside the namespace; returns the POPs' changed count from the recap."""
-    return sum(play_output(namespace, inventory_path, playbook, *args, hosts=hosts)[0].values())
+def play(namespace, inventory_path: Path, playbook: Path, *args: str, hosts=("pop1",), output=None) -> int:
+    """Run a playbook inside the namespace; returns the POPs' changed count from the recap
+    (and appends the play's output to the list `output`, when given)."""
+    changed, text = play_output(namespace, inventory_path, playbook, *args, hosts=hosts)
+    if output is not None:
+        output.append(text)
+    return sum(changed.values())
 
 
 def play_output(namespace, inventory_path: Path, playbook: Path, *args: str, hosts=("pop1",)):
@@ -244,3 +248,84 @@ def test_keys_from_the_inventory_rotate_on_every_pop(two_pops, pin_root, tmp_pat
     assert play(two_pops, inv, RULES_PLAYBOOK, hosts=TWO_POPS) == 2
     for iface in ("up0", "up1"):
         assert cookie_keys_of(pin_root, iface) == (bytes.fromhex(new), bytes(16))
+
+
+# --- the control plane derived from inventory reaches the maps (issue 12, section 2) ------------
+
+NEIGHBOUR, OTHER_POP, MONITORING = "10.0.0.254", "10.0.0.2", "192.0.2.250"
+
+
+def fleet_inventory(tmp_path: Path, pin_root: str, monitoring_address: str = MONITORING) -> Path:
+    """The role test's POP with a BGP neighbour (the namespace's router), a second POP (not
+    converged here: --limit pop1) and a monitoring host; UDP limited to 5 packets a second."""
+    path = inventory(tmp_path, pin_root, deny=["198.18.0.0/15"])
+    data = yaml.safe_load(path.read_text())
+    data["all"]["vars"]["anycast_edge_filters"]["rate_limits"] = {"udp": {"packets_per_sec": 5}}
+    pops = data["all"]["children"]["pops"]["hosts"]
+    pops["pop1"]["anycast_edge_bgp_neighbors"] = [{"name": "upstream", "address": NEIGHBOUR, "asn": 64510}]
+    pops["pop2"] = {"anycast_edge_uplink": "eth1", "anycast_edge_tunnel_address": OTHER_POP,
+                    "anycast_edge_bgp_neighbors": [{"name": "upstream", "address": "172.16.2.1", "asn": 64510}]}
+    data["all"]["children"]["monitoring"] = {"hosts": {"mon-1": {"ansible_host": monitoring_address}}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def limit_drops(pin_root: str) -> int:
+    """Packets the program dropped as over a limit or banned (its reason counters)."""
+    stats = pinned(pin_root, "edge_reason_stats")
+    return sum(abi.unpack_counters(stats.lookup_percpu(abi.U32.pack(abi.REASON_INDEX[name])))[0]
+               for name in ("drop_rate_limit", "drop_banned"))
+
+
+def allow_record(pin_root: str) -> dict:
+    return dict((key, abi.U32.unpack(value)[0]) for key, value in pinned(pin_root, "edge_allow_v4").items())
+
+
+def test_the_derived_control_plane_reaches_the_maps_and_a_rerun_changes_nothing(pop, pin_root, tmp_path):
+    inv = fleet_inventory(tmp_path, pin_root)
+    output = []
+    assert play(pop, inv, ROLE_PLAYBOOK, "--limit", "pop1", "--diff", output=output) > 0
+    assert allow_record(pin_root) == {
+        abi.pack_lpm_v4("100.64.0.0/10"): abi.ALLOW_OPERATOR,           # the operator's allow list
+        abi.pack_lpm_v4(NEIGHBOUR + "/32"): abi.ALLOW_CONTROL_PLANE,
+        abi.pack_lpm_v4(OTHER_POP + "/32"): abi.ALLOW_CONTROL_PLANE,
+        abi.pack_lpm_v4(MONITORING + "/32"): abi.ALLOW_CONTROL_PLANE,
+    }
+    # the diff says why each is exempt; pop2's own neighbour is not pop1's business
+    for line in ("+  10.0.0.254/32 (control plane: BGP neighbour upstream of pop1)",
+                 "+  10.0.0.2/32 (control plane: tunnel address of POP pop2)",
+                 "+  192.0.2.250/32 (control plane: monitoring host mon-1 (ansible_host))",
+                 "+  100.64.0.0/10\n"):
+        assert line in output[0], line
+    assert "172.16.2.1" not in output[0]
+
+    assert play(pop, inv, ROLE_PLAYBOOK, "--limit", "pop1") == 0
+    assert play(pop, inv, RULES_PLAYBOOK, "--limit", "pop1") == 0
+
+    # Through the attached program: a flood spoofed in the neighbour's name is neither limited
+    # nor banned; the same flood from a player is (reasons read from the program's counters).
+    program = _bpf.BpfProgram.from_pin(os.path.join(pin_root, "up0", "program"))
+    try:
+        for source in (NEIGHBOUR, PLAYER):
+            frame = raw(Ether() / IP(src=source, dst=GAME) / UDP(sport=40000, dport=27015) / b"x")
+            before = limit_drops(pin_root)
+            for dummy in range(20):
+                program.test_run(frame)
+            dropped = limit_drops(pin_root) - before
+            banned = pinned(pin_root, "edge_bans").lookup(abi.ipv4(source)) is not None
+            if source == NEIGHBOUR:
+                assert (dropped, banned) == (0, False)
+            else:   # 5 pass; 15 dropped (10 at least, should the flood straddle two one-second windows)
+                assert dropped >= 10 and banned
+    finally:
+        program.close()
+
+    # The monitoring host moves: the old address loses its exemption, the new one gains it.
+    inv = fleet_inventory(tmp_path, pin_root, monitoring_address="192.0.2.251")
+    output = []
+    assert play(pop, inv, RULES_PLAYBOOK, "--limit", "pop1", "--diff", output=output) > 0
+    record = allow_record(pin_root)
+    assert abi.pack_lpm_v4("192.0.2.250/32") not in record
+    assert record[abi.pack_lpm_v4("192.0.2.251/32")] == abi.ALLOW_CONTROL_PLANE
+    assert "-  192.0.2.250/32 (control plane)" in output[0]
+    assert play(pop, inv, RULES_PLAYBOOK, "--limit", "pop1") == 0

@@ -440,9 +440,18 @@ def test_normalized_inventory_resolves_into_edge_rules_parameters():
          "backend_address": "10.1.0.11", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30,
          "rate_limit": {"packets_per_sec": 300}},
     ]
-    # and the resolved parameters pack without complaint
-    desired, names = _rules.desired_entries(dict(rules, tunnel_address="10.0.0.1"), bytes(16))
+    # each POP's control plane: its own BGP neighbour and the other POP (never itself)
+    assert rules["control_plane"] == {
+        "pop-ams1": [{"address": "10.0.0.2/32", "reason": "tunnel address of POP pop-fra1"},
+                     {"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop-ams1"}],
+        "pop-fra1": [{"address": "10.0.0.1/32", "reason": "tunnel address of POP pop-ams1"}],
+    }
+    # and the resolved parameters pack without complaint (the role gives a POP its own part)
+    params = dict(rules, tunnel_address="10.0.0.1", control_plane=rules["control_plane"]["pop-ams1"])
+    desired, names = _rules.desired_entries(params, bytes(16))
     assert len(desired["edge_services"]) == 4 and sorted(names.values()) == ["cs2-main", "cs2-rcon", "ping", "rust"]
+    assert sorted(_rules.render_allow(key, value) for key, value in desired["edge_allow_v4"].items()) == [
+        "10.0.0.2/32 (control plane)", "172.16.1.1/32 (control plane)", "192.0.2.0/28"]
 
 
 def test_default_filters_when_omitted():
@@ -484,7 +493,7 @@ def run_validation_play(inventory, tmp_path, *args):
 def test_the_example_inventory_passes_and_every_host_gets_the_rules(tmp_path):
     proc = run_validation_play(EXAMPLE, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    hosts = ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1", "game-ams-01", "game-fra-01", "game-nyc-01"]
+    hosts = ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1", "game-ams-01", "game-fra-01", "game-nyc-01", "mon-1"]
     rules = [json.loads((tmp_path / (host + ".json")).read_text()) for host in hosts]
     assert all(item == rules[0] for item in rules)
     assert rules[0]["anycast_prefixes"] == ["198.51.100.0/24", "203.0.113.0/25"]
@@ -506,7 +515,7 @@ def test_validation_runs_whatever_tags_are_asked_for(tmp_path):
     proc = run_validation_play(EXAMPLE, tmp_path, "--tags", "record")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Check the inventory (every problem at once)" in proc.stdout
-    assert len(list(tmp_path.glob("*.json"))) == 7
+    assert len(list(tmp_path.glob("*.json"))) == 8
 
 
 def test_a_broken_inventory_stops_the_play_with_every_problem(tmp_path):
@@ -541,6 +550,7 @@ def test_the_role_collects_exactly_the_host_variables_the_checks_read():
     role_vars = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "validate_inventory" / "vars" / "main.yml").read_text())
     assert tuple(role_vars["validate_inventory_pop_vars"]) == _inventory.POP_VARS
     assert tuple(role_vars["validate_inventory_backend_vars"]) == _inventory.BACKEND_VARS
+    assert tuple(role_vars["validate_inventory_monitoring_vars"]) == _inventory.MONITORING_VARS
 
 
 def test_the_timer_defaults_are_bird_anycasts():
@@ -630,7 +640,7 @@ def test_the_warning_is_shown_once_per_pair_in_the_play_output(tmp_path):
     for pop_name in ("pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"):
         for backend_name in ("game-ams-01", "game-fra-01", "game-nyc-01"):
             assert output.count("%s <-> %s: the IPIP" % (pop_name, backend_name)) == 1, output
-    assert len(list(tmp_path.glob("*.json"))) == 7
+    assert len(list(tmp_path.glob("*.json"))) == 8
 
 
 def test_a_bad_password_is_refused_without_showing_it(tmp_path):
@@ -648,3 +658,162 @@ def test_a_bad_password_is_refused_without_showing_it(tmp_path):
             in proc.stdout), proc.stdout
     assert "Hunter2" not in proc.stdout + proc.stderr
     assert "GoodSecretValue" not in proc.stdout + proc.stderr
+
+
+# --- the control plane: sources each POP exempts from bans and limits (issue 12, section 2) -----
+
+def control_plane(mutations=(), monitoring=None):
+    """(problems, warnings, {POP: [(address, reason)]}) of the valid inventory changed by `mutations`."""
+    inventory = apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), mutations)
+    problems, found, normalized = _inventory.check_all(*inventory, monitoring=monitoring)
+    derived = dict((host, [(item["address"], item["reason"]) for item in items])
+                   for host, items in normalized.get("control_plane", {}).items())
+    return problems, found, derived
+
+
+CONTROL_PLANE_CASES = [
+    ("each POP: its own neighbours and the other POPs' tunnel addresses, never itself", [], None,
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("172.16.1.1/32", "BGP neighbour upstream of pop-ams1")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1")]}),
+    ("management and exporter addresses of the other POPs",
+     [pop("ansible_host", "192.0.2.201"), pop("anycast_edge_agent_listen_address", "192.0.2.202")], None,
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("172.16.1.1/32", "BGP neighbour upstream of pop-ams1"),
+                   ("192.0.2.201/32", "management address of POP pop-fra1 (ansible_host)"),
+                   ("192.0.2.202/32", "exporter address of POP pop-fra1 (anycast_edge_agent_listen_address)")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1")]}),
+    ("an ansible_host that is a name, IPv6, loopback (the lab), anycast or padded is no address to exempt",
+     [pop("ansible_host", "pop-fra1.example.net"), pop("anycast_edge_agent_listen_address", "127.0.0.1"),
+      pop("ansible_host", "2001:db8::1", "pop-ams1"), pop("anycast_edge_agent_listen_address", "198.51.100.7", "pop-ams1")],
+     {"mon-1": {"ansible_host": "127.0.0.1"}, "mon-2": {"ansible_host": "192.0.2.99\n"}},
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("172.16.1.1/32", "BGP neighbour upstream of pop-ams1")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1")]}),
+    ("the monitoring hosts go to every POP", [], {"mon-1": {"ansible_host": "192.0.2.250"}},
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("172.16.1.1/32", "BGP neighbour upstream of pop-ams1"),
+                   ("192.0.2.250/32", "monitoring host mon-1 (ansible_host)")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1"),
+                   ("192.0.2.250/32", "monitoring host mon-1 (ansible_host)")]}),
+    ("one address with two roles is one entry with both reasons",
+     [nbr("address", "192.0.2.250")], {"mon-1": {"ansible_host": "192.0.2.250"}},
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("192.0.2.250/32", "BGP neighbour upstream of pop-ams1; monitoring host mon-1 (ansible_host)")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1"),
+                   ("192.0.2.250/32", "monitoring host mon-1 (ansible_host)")]}),
+    ("a POP's own management address is not its own control plane",
+     [pop("ansible_host", "192.0.2.201", "pop-ams1"), pop("ansible_host", "192.0.2.202")], None,
+     {"pop-ams1": [("10.0.0.2/32", "tunnel address of POP pop-fra1"),
+                   ("172.16.1.1/32", "BGP neighbour upstream of pop-ams1"),
+                   ("192.0.2.202/32", "management address of POP pop-fra1 (ansible_host)")],
+      "pop-fra1": [("10.0.0.1/32", "tunnel address of POP pop-ams1"),
+                   ("192.0.2.201/32", "management address of POP pop-ams1 (ansible_host)")]}),
+    ("an invalid neighbour address is a problem of its own, not a source",
+     [nbr("address", "172.16.1.300")], None, None),
+]
+
+
+@pytest.mark.parametrize("mutations, monitoring, expected", [case[1:] for case in CONTROL_PLANE_CASES],
+                         ids=[case[0] for case in CONTROL_PLANE_CASES])
+def test_the_control_plane_is_derived_per_pop(mutations, monitoring, expected):
+    problems, found, derived = control_plane(mutations, monitoring)
+    if expected is None:
+        assert problems and all("anycast_edge_bgp_neighbors[0].address" in line for line in problems)
+        assert ("172.16.1.300/32", "BGP neighbour upstream of pop-ams1") not in derived["pop-ams1"]
+        return
+    assert problems == []
+    assert derived == expected
+
+
+def test_the_backends_are_no_control_plane_source():
+    """Their traffic to a POP is IPIP to its tunnel address, which no ban or limit applies to;
+    exempting them would only give a spoofer more unlimited source addresses."""
+    problems, found, derived = control_plane()
+    backends = set("%s/32" % hostvars["anycast_edge_tunnel_address"] for hostvars in VALID_BACKENDS.values())
+    assert problems == [] and not backends & set(address for items in derived.values() for address, dummy in items)
+
+
+@pytest.mark.parametrize("value, shown", [(None, "is not set"),
+                                          ("prometheus.example.net", "prometheus.example.net is not an IPv4 address")])
+def test_a_monitoring_host_without_an_address_is_a_warning(value, shown):
+    problems, found, derived = control_plane(monitoring={"mon-1": {"ansible_host": value}})
+    assert problems == []
+    assert [line for line in found if "mon-1" in line] == [
+        "hostvars['mon-1'].ansible_host: %s: the address of monitoring host mon-1 is not known, so the POPs cannot "
+        "exempt it from bans and rate limits (set ansible_host to its address, or list the address in "
+        "anycast_edge_filters.allow)" % shown]
+
+
+DENIED_CONTROL_PLANE = [
+    ("a denied BGP neighbour", [flt("deny", ["100.64.0.0/10", "172.16.0.0/12"])], None,
+     ["anycast_edge_filters.deny[1]: 172.16.0.0/12 covers 172.16.1.1, the BGP neighbour upstream of pop-ams1 "
+      "(hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address): deny beats the control plane's exemption, "
+      "every packet from it would be dropped"]),
+    ("a denied POP, said once", [flt("deny", ["10.0.0.2"])], None,
+     ["anycast_edge_filters.deny[0]: 10.0.0.2/32 covers 10.0.0.2, the tunnel address of POP pop-fra1 "
+      "(hostvars['pop-fra1'].anycast_edge_tunnel_address): deny beats the control plane's exemption, "
+      "every packet from it would be dropped"]),
+    ("a denied monitoring host", [flt("deny", ["192.0.2.0/24"])], {"mon-1": {"ansible_host": "192.0.2.250"}},
+     ["anycast_edge_filters.deny[0]: 192.0.2.0/24 covers 192.0.2.250, the monitoring host mon-1 (ansible_host) "
+      "(hostvars['mon-1'].ansible_host): deny beats the control plane's exemption, every packet from it would be dropped"]),
+    ("a loopback management address under a loopback deny is no problem (the lab and the example)",
+     [flt("deny", ["127.0.0.0/8"]), pop("ansible_host", "127.0.0.1")], {"mon-1": {"ansible_host": "127.0.0.1"}}, []),
+]
+
+
+@pytest.mark.parametrize("mutations, monitoring, expected", [case[1:] for case in DENIED_CONTROL_PLANE],
+                         ids=[case[0] for case in DENIED_CONTROL_PLANE])
+def test_a_deny_prefix_over_the_control_plane_is_a_problem(mutations, monitoring, expected):
+    problems, found, derived = control_plane(mutations, monitoring)
+    assert problems == expected
+
+
+def test_the_example_inventory_derives_each_pops_control_plane(tmp_path):
+    proc = run_validation_play(EXAMPLE, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    derived = json.loads((tmp_path / "pop-ams1.json").read_text())["control_plane"]
+    assert sorted(derived) == ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"]
+    assert derived["pop-ams1"] == [
+        {"address": "10.0.0.2/32", "reason": "tunnel address of POP pop-fra1"},
+        {"address": "10.0.0.3/32", "reason": "tunnel address of POP pop-lon1"},
+        {"address": "10.0.0.4/32", "reason": "tunnel address of POP pop-nyc1"},
+        {"address": "203.0.113.129/32", "reason": "BGP neighbour transit of pop-ams1"},
+        {"address": "203.0.113.202/32", "reason": "management address of POP pop-fra1 (ansible_host)"},
+        {"address": "203.0.113.203/32", "reason": "management address of POP pop-lon1 (ansible_host)"},
+        {"address": "203.0.113.204/32", "reason": "management address of POP pop-nyc1 (ansible_host)"},
+        {"address": "203.0.113.250/32", "reason": "monitoring host mon-1 (ansible_host)"},
+    ]
+    # another POP's neighbour is not pop-ams1's business, and no POP lists itself
+    for host, items in derived.items():
+        addresses = [item["address"] for item in items]
+        assert len(addresses) == 8 and len(set(addresses)) == 8
+        assert sum(item["reason"].startswith("BGP neighbour transit of %s" % host) for item in items) == 1
+        assert not [item for item in items if host + " " in item["reason"] + " " and "BGP" not in item["reason"]]
+
+
+def test_the_lab_inventory_derives_the_upstream_and_the_other_pop(tmp_path):
+    """The lab's ansible_host is 127.0.0.1 for every VM (forwarded SSH): no management address."""
+    proc = run_validation_play(EXAMPLE.parent / "lab", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    derived = json.loads((tmp_path / "pop1.json").read_text())["control_plane"]
+    assert derived == {
+        "pop1": [{"address": "10.0.0.2/32", "reason": "tunnel address of POP pop2"},
+                 {"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop1"}],
+        "pop2": [{"address": "10.0.0.1/32", "reason": "tunnel address of POP pop1"},
+                 {"address": "172.16.2.1/32", "reason": "BGP neighbour upstream of pop2"}],
+    }
+
+
+def test_a_deny_over_the_example_neighbour_stops_the_play(tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE, inventory)
+    all_vars = yaml.safe_load((inventory / "group_vars" / "all.yml").read_text())
+    all_vars["anycast_edge_filters"]["deny"].append("203.0.113.128/30")
+    (inventory / "group_vars" / "all.yml").write_text(yaml.safe_dump(all_vars))
+    proc = run_validation_play(inventory, tmp_path)
+    assert proc.returncode != 0
+    assert ("\nanycast_edge_filters.deny[6]: 203.0.113.128/30 covers 203.0.113.129, the BGP neighbour transit of "
+            "pop-ams1 (hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address): deny beats the control plane's "
+            "exemption, every packet from it would be dropped\n") in proc.stdout, proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("*.json"))

@@ -391,6 +391,66 @@ def test_diff_is_readable_and_capped():
     assert bytes(range(16)).hex() not in diff["before"] + diff["after"]
 
 
+# --- control-plane sources: exempt through the allow record, labelled apart -------------------
+
+NEIGHBOUR = dict(address="172.16.1.1", reason="BGP neighbour upstream of pop1")
+OTHER_POP = dict(address="10.0.0.2", reason="tunnel address of POP pop2")
+
+
+def test_control_plane_sources_are_allow_entries_with_their_own_bit():
+    desired = entries_of(params(allow=["192.0.2.0/28", "10.0.0.2/32"], control_plane=[NEIGHBOUR, OTHER_POP]))
+    assert desired["edge_allow_v4"] == {
+        lpm("192.0.2.0/28"): abi.U32.pack(abi.ALLOW_OPERATOR),
+        lpm("10.0.0.2/32"): abi.U32.pack(abi.ALLOW_OPERATOR | abi.ALLOW_CONTROL_PLANE),   # in both lists
+        lpm("172.16.1.1/32"): abi.U32.pack(abi.ALLOW_CONTROL_PLANE),
+    }
+    # XDP reads the derived lists, which know nothing of the labels: the same as one allow list
+    plain = entries_of(params(allow=["192.0.2.0/28", "10.0.0.2/32", "172.16.1.1/32"]))
+    for name in _rules.DERIVED_MAPS:
+        assert desired[name] == plain[name]
+    assert _rules.ALLOW_OPERATOR == _rules.LPM_PRESENT   # an operator-only entry reads as before
+
+
+def test_a_control_plane_source_inside_a_deny_prefix_is_refused():
+    with pytest.raises(_rules.RuleError) as error:
+        entries_of(params(deny=["100.64.0.0/10", "172.16.0.0/12"], control_plane=[OTHER_POP, NEIGHBOUR]))
+    assert str(error.value) == ("control_plane[1].address: 172.16.1.1/32 (BGP neighbour upstream of pop1) is inside "
+                                "the deny prefix 172.16.0.0/12: deny beats the exemption, every packet from it "
+                                "would be dropped")
+    with pytest.raises(_rules.RuleError, match=r"control_plane\[0\].address: 'nonsense' is not an IPv4 address"):
+        entries_of(params(control_plane=[dict(address="nonsense", reason="")]))
+
+
+def test_covering_prefix_finds_the_shortest():
+    deny = _rules.cidr_entries(["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/32"], "deny")
+    assert _rules.covering_prefix(deny, lpm("10.1.2.3/32")) == lpm("10.0.0.0/8")
+    assert _rules.covering_prefix(deny, lpm("11.0.0.1/32")) is None
+    assert _rules.covering_prefix(_rules.cidr_entries(["0.0.0.0/0"], "deny"), lpm("11.0.0.1/32")) == lpm("0.0.0.0/0")
+
+
+def test_the_diff_says_why_a_source_is_exempt():
+    present = entries_of(params(allow=["10.0.0.2/32"], control_plane=[dict(address="172.16.9.9", reason="old")]))
+    desired = entries_of(params(allow=["10.0.0.2/32"], control_plane=[NEIGHBOUR, OTHER_POP]))
+    reasons = _rules.control_plane_entries([NEIGHBOUR, OTHER_POP])
+    diff = _rules.render_diff(present, desired, {}, reasons=reasons)
+    assert diff["before"].splitlines() == ["edge_allow_v4:", "  172.16.9.9/32 (control plane)", "  10.0.0.2/32"]
+    assert diff["after"].splitlines() == [
+        "edge_allow_v4:", "  172.16.1.1/32 (control plane: BGP neighbour upstream of pop1)",
+        "  10.0.0.2/32 (allow list; control plane: tunnel address of POP pop2)"]
+    assert _rules.control_plane_changes(present["edge_allow_v4"], desired["edge_allow_v4"]) == (2, 1)
+    assert _rules.control_plane_changes(desired["edge_allow_v4"], desired["edge_allow_v4"]) == (0, 0)
+    # a label change is a value change of the record only: the derived lists need no write
+    plan = _rules.plan_writes(entries_of(params(allow=["10.0.0.2/32"])),
+                              entries_of(params(control_plane=[OTHER_POP])))
+    assert [(step.name, len(step.entries)) for step in plan] == [("allow_add", 1)]
+
+
+def test_a_source_listed_twice_keeps_both_reasons():
+    reasons = _rules.control_plane_entries([NEIGHBOUR, dict(address="172.16.1.1/32", reason="monitoring host m"),
+                                            NEIGHBOUR])
+    assert list(reasons.items()) == [(lpm("172.16.1.1/32"), "BGP neighbour upstream of pop1; monitoring host m")]
+
+
 # --- the order, as a property over random rule sets ------------------------------------------
 
 DENY_ALLOW_POOL = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.0.2.0/24", "192.0.2.128/25", "203.0.113.7/32"]
