@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import socket
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -16,32 +15,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 importlib.import_module("a2s_responder")  # puts agent/ on sys.path (see its docstring)
+from fleet_pki import make_pki  # noqa: E402  pylint: disable=wrong-import-position
 
 # pylint: disable=wrong-import-position
 from anycast_edge_agent import health  # noqa: E402
 from anycast_edge_agent.exporter import client_ssl_context, serve, server_ssl_context  # noqa: E402
 
 
-def openssl(*argv, cwd):
-    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """ca.pem; pop.pem/pop.key (server, 127.0.0.1); scraper.pem/.key (client); stranger.* (another CA)."""
-    folder = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "stranger-ca"):
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                "-subj", "/CN=%s" % ca, "-keyout", ca + ".key", "-out", ca + ".pem", cwd=folder)
-    for name, ca, extension in (("pop", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
-                                ("scraper", "ca", "extendedKeyUsage=clientAuth"),
-                                ("stranger", "stranger-ca", "extendedKeyUsage=clientAuth")):
-        (folder / (name + ".ext")).write_text(extension + "\n")
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=" + name,
-                "-keyout", name + ".key", "-out", name + ".csr", cwd=folder)
-        openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key", "-CAcreateserial",
-                "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem", cwd=folder)
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
