@@ -360,7 +360,7 @@ class Announcer:
             self._set_announced(False)
             return
         if self.birdc.set_protocol(self.protocol, True):
-            LOG.warning("announcing again (%s): enabled BIRD protocol %s", why, self.protocol)
+            LOG.warning("announcing again: enabled BIRD protocol %s (%s)", self.protocol, why)
         self._set_announced(True)
 
     def _withdraw(self) -> None:
@@ -377,7 +377,7 @@ class Announcer:
             return
         try:
             if self.birdc.set_protocol(self.protocol, False):
-                LOG.warning("withdrawing (%s): disabled BIRD protocol %s", why, self.protocol)
+                LOG.warning("withdrawing: disabled BIRD protocol %s (%s)", self.protocol, why)
         except Exception:
             self._set_announced(before)
             raise
