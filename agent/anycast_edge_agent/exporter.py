@@ -32,9 +32,9 @@ import logging
 import math
 import operator
 import socket
-import struct
 import socketserver
-import ssl
+import struct
+import sys
 import threading
 import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -363,6 +363,10 @@ class EdgeCollector:
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        """One line, not a traceback, for a client that failed (no certificate, wrong CA, gone)."""
+        LOG.info("exporter: connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
 
 class _QuietHandler(WSGIRequestHandler):
     # A scraper that stalls (or never finishes its TLS handshake) holds only its own thread, and
@@ -371,26 +375,6 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         """Scrapes every second would flood the journal."""
-
-
-def server_ssl_context(cert_file: str, key_file: str, ca_file: str = "", client_auth: bool = False):
-    """TLS 1.2+ server context; with ``client_auth``, clients must show a certificate ``ca_file`` signed."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    if client_auth:
-        context.load_verify_locations(cafile=ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def client_ssl_context(ca_file: str = "", cert_file: str = "", key_file: str = ""):
-    """What the fleet guard (and anycast-edge-top) read peers with: verify them against
-    ``ca_file`` (the system's CAs when empty), present our own certificate when given."""
-    context = ssl.create_default_context(cafile=ca_file or None)
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 def serve(registry, address: str, port: int, ssl_context=None):

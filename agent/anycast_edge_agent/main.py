@@ -20,9 +20,10 @@ from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
 
 from . import config as config_module
 from . import health
-from .exporter import EdgeCollector, client_ssl_context, serve, server_ssl_context
+from .exporter import EdgeCollector, serve
 from .maps import EdgeMaps, dataplane_attached
 from .refresher import ServiceWatch
+from .tls import client_ssl_context, server_ssl_context
 
 LOG = logging.getLogger("anycast_edge_agent")
 

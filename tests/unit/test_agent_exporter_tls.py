@@ -19,7 +19,9 @@ from fleet_pki import make_pki  # noqa: E402  pylint: disable=wrong-import-posit
 
 # pylint: disable=wrong-import-position
 from anycast_edge_agent import health  # noqa: E402
-from anycast_edge_agent.exporter import client_ssl_context, serve, server_ssl_context  # noqa: E402
+from anycast_edge_agent import top  # noqa: E402
+from anycast_edge_agent.exporter import serve  # noqa: E402
+from anycast_edge_agent.tls import client_ssl_context, server_ssl_context  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,12 @@ def test_a_client_stuck_in_its_handshake_does_not_stall_the_others(pki, tls_expo
         assert "anycast_edge_announced" in fetch("https://127.0.0.1:%d/metrics" % tls_exporter, context)
     finally:
         stuck.close()
+
+
+def test_anycast_edge_top_reads_a_tls_exporter_with_a_client_certificate(pki, tls_exporter, capsys):
+    url = "pop1=https://127.0.0.1:%d/metrics" % tls_exporter
+    assert top.main(["--exporter", url, "--once", "--json", "--interval", "0.2", "--cacert", str(pki / "ca.pem"),
+                     "--cert", str(pki / "scraper.pem"), "--key", str(pki / "scraper.key")]) == 0
+    assert '"announced": true' in capsys.readouterr().out
+    # Without the client certificate the exporter refuses it, and top says so.
+    assert top.main(["--exporter", url, "--once", "--json", "--interval", "0.2", "--cacert", str(pki / "ca.pem")]) == 1
