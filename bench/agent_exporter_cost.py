@@ -182,8 +182,9 @@ def main() -> int:
     amortised = (light + (clients_only - light) / Config.top_clients_interval_sec
                  + (state_only - light) / Config.state_maps_interval_sec)
     print("at a 1 s scrape interval, with the default periods (clients %g s, bans/punches %g s): %.1f ms a scrape, "
-          "%.1f %% of one core (%.1fx less)" % (Config.top_clients_interval_sec, Config.state_maps_interval_sec,
-                                               amortised * 1e3, amortised * 100, cpu / amortised))
+          "%.1f %% of one core (%.1fx less)"
+          % (Config.top_clients_interval_sec, Config.state_maps_interval_sec, amortised * 1e3, amortised * 100,
+             cpu / amortised))
     print("a burst of %d simultaneous HTTP scrapes (default periods, caches cold): %.1f ms CPU in all, %.1f ms a scrape"
           % (args.burst, burst * 1e3, burst / args.burst * 1e3))
     return 0
