@@ -25,7 +25,8 @@ import uuid
 
 import pytest
 
-import agent_world  # noqa: F401  pylint: disable=unused-import  (puts the agent's package on sys.path)
+# agent_world puts the agent's package on sys.path.
+import agent_world  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import health
 from anycast_edge_agent.main import Agent
