@@ -1,25 +1,36 @@
-"""What one Prometheus scrape of the POP agent costs with 100,000 tracked players (run as root).
+"""What one Prometheus scrape of the POP agent costs with 100,000 tracked players and full ban
+and punch maps (run as root).
 
-    .venv/bin/python bench/agent_exporter_cost.py [--clients 100000] [--scrapes 20]
+    .venv/bin/python bench/agent_exporter_cost.py [--clients 100000] [--bans 262144] [--punches 262144]
+                                                  [--scrapes 20] [--burst 8]
 
 Loads build/xdp_edge.o, fills its per-CPU LRU client map (edge_client_stats) with --clients
-players (every CPU's slot non-zero, as on a busy POP), pins the maps in a private bpffs like
+players (every CPU's slot non-zero, as on a busy POP) and the ban and punch maps with --bans and
+--punches entries (what an attack leaves behind), pins the maps in a private bpffs like
 xdp_program does, and runs the agent's real collector + text rendering (what an HTTP scrape
 does) --scrapes times, changing a tenth of the players' counters between scrapes so the top-N
-deltas have work to do. Reports the process CPU time of one scrape and what that is as a share
-of one core at a 1 s scrape interval.
+deltas have work to do. Reports the process CPU time of:
+
+* one scrape that walks every map (cache periods 0: what every scrape cost before the cache);
+* a light scrape (the per-entry maps' families reused) and the amortised cost at the agent's
+  default periods;
+* a burst of --burst scrapes at the same instant over HTTP (the agent's own server), with the
+  default periods: the per-entry maps are walked once for the whole burst.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +53,8 @@ from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf, _pins  # noqa: E402
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi  # noqa: E402
-from anycast_edge_agent.exporter import EdgeCollector  # noqa: E402
+from anycast_edge_agent.config import Config  # noqa: E402
+from anycast_edge_agent.exporter import EdgeCollector, serve  # noqa: E402
 from anycast_edge_agent.maps import EdgeMaps  # noqa: E402
 
 IFACE = "bench0"
@@ -60,10 +72,64 @@ def fill_clients(bpf_map, count: int, bump: int = 0, every: int = 1) -> None:
         bpf_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
 
 
+def fill_bans_and_punches(bans_map, punches_map, bans: int, punches: int) -> None:
+    until = time.monotonic_ns() + 3600 * 10**9
+    keys = [struct.pack("!I", 0x0C000000 + index) for index in range(bans)]  # 12.0.0.0 + index
+    values = [abi.BAN_VALUE.pack(until)] * bans
+    for start in range(0, bans, 16384):
+        bans_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
+    keys = [abi.pack_punch_key("udp", "198.51.100.10", 27015, socket.inet_ntoa(struct.pack("!I", 0x0D000000 + index)),
+                               1024 + index % 60000) for index in range(punches)]
+    values = [abi.PUNCH_VALUE.pack(until)] * punches
+    for start in range(0, punches, 16384):
+        punches_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
+
+
+def burst_cpu(registry, scrapes: int) -> float:
+    """CPU seconds of ``scrapes`` HTTP scrapes released at once against the agent's server."""
+    server, thread = serve(registry, "127.0.0.1", 0)
+    url = "http://127.0.0.1:%d/metrics" % server.server_address[1]
+    barrier = threading.Barrier(scrapes + 1)
+
+    def scrape():
+        barrier.wait()
+        with urllib.request.urlopen(url, timeout=60) as response:
+            response.read()
+
+    try:
+        scrapers = [threading.Thread(target=scrape) for dummy in range(scrapes)]
+        for scraper in scrapers:
+            scraper.start()
+        cpu_start = time.process_time()
+        barrier.wait()
+        for scraper in scrapers:
+            scraper.join()
+        return time.process_time() - cpu_start
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def median_scrape_cpu(pin_root, scrapes: int, clients_every: float, state_every: float) -> float:
+    registry = CollectorRegistry()
+    registry.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10, clients_interval_sec=clients_every,
+                                    state_interval_sec=state_every))
+    generate_latest(registry)  # the first scrape fills the caches: not timed
+    times = []
+    for dummy in range(scrapes):
+        cpu_start = time.process_time()
+        generate_latest(registry)
+        times.append(time.process_time() - cpu_start)
+    return statistics.median(times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100_000)
+    parser.add_argument("--bans", type=int, default=262_144)
+    parser.add_argument("--punches", type=int, default=262_144)
     parser.add_argument("--scrapes", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=8)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("agent_exporter_cost: needs root (BPF)", file=sys.stderr)
@@ -80,6 +146,7 @@ def main() -> int:
                 bpf_map.pin(_pins.map_pin_path(pin_root, IFACE, bpf_map.name))
             clients = obj.map("edge_client_stats")
             fill_clients(clients, args.clients)
+            fill_bans_and_punches(obj.map("edge_bans"), obj.map("edge_punches"), args.bans, args.punches)
             registry = CollectorRegistry()
             registry.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10))
             generate_latest(registry)  # the first scrape has no previous reading: not timed
@@ -90,29 +157,36 @@ def main() -> int:
                 text = generate_latest(registry).decode()
                 cpu_times.append(time.process_time() - cpu_start)
                 wall_times.append(time.monotonic() - wall_start)
-            light = CollectorRegistry()
-            light_collector = EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10, clients_interval_sec=3600)
-            light.register(light_collector)
-            generate_latest(light)
-            light_times = []
-            for scrape in range(args.scrapes):
-                cpu_start = time.process_time()
-                generate_latest(light)
-                light_times.append(time.process_time() - cpu_start)
+            # One family group walked every scrape, the other reused: what each walk costs alone.
+            light_times = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=3600)
+            clients_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=0, state_every=3600)
+            state_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=0)
             tracked = [line for line in text.splitlines() if line.startswith("anycast_edge_clients_tracked ")]
+            bursty = CollectorRegistry()
+            bursty.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10,
+                                          clients_interval_sec=Config.top_clients_interval_sec,
+                                          state_interval_sec=Config.state_maps_interval_sec))
+            burst = burst_cpu(bursty, args.burst)
     finally:
         subprocess.run(["umount", "-l", pin_root], check=False)
     cpu = statistics.median(cpu_times)
-    print("clients tracked: %s (CPUs: %d)" % (tracked[0].split()[1] if tracked else "?", _bpf.num_possible_cpus()))
-    print("one scrape: %.1f ms CPU (median of %d; min %.1f, max %.1f), %.1f ms wall"
+    print("clients tracked: %s, bans %d, punches %d (CPUs: %d)" % (
+        tracked[0].split()[1] if tracked else "?", args.bans, args.punches, _bpf.num_possible_cpus()))
+    print("one scrape walking every map: %.1f ms CPU (median of %d; min %.1f, max %.1f), %.1f ms wall"
           % (cpu * 1e3, len(cpu_times), min(cpu_times) * 1e3, max(cpu_times) * 1e3, statistics.median(wall_times) * 1e3))
-    print("at a 1 s scrape interval, clients read every scrape: %.1f %% of one core" % (cpu * 100))
-    # The agent's default reads the client map every top_clients_interval_sec (10 s) and the small
-    # maps every scrape: amortised cost = full scrape once + (interval - 1) light scrapes.
-    light = statistics.median(light_times)
-    print("light scrape (client ranking reused): %.1f ms CPU" % (light * 1e3))
-    print("at a 1 s scrape interval, clients read every 10 s (the default): %.1f %% of one core"
-          % ((cpu + 9 * light) / 10 * 100))
+    print("at a 1 s scrape interval, every map walked every scrape: %.1f %% of one core" % (cpu * 100))
+    light = light_times
+    print("light scrape (per-entry maps' families reused): %.1f ms CPU; client walk +%.1f ms, ban/punch walk +%.1f ms"
+          % (light * 1e3, (clients_only - light) * 1e3, (state_only - light) * 1e3))
+    # At the defaults each walk happens once per its period; the small maps every scrape.
+    amortised = (light + (clients_only - light) / Config.top_clients_interval_sec
+                 + (state_only - light) / Config.state_maps_interval_sec)
+    print("at a 1 s scrape interval, with the default periods (clients %g s, bans/punches %g s): %.1f ms a scrape, "
+          "%.1f %% of one core (%.1fx less)"
+          % (Config.top_clients_interval_sec, Config.state_maps_interval_sec, amortised * 1e3, amortised * 100,
+             cpu / amortised))
+    print("a burst of %d simultaneous HTTP scrapes (default periods, caches cold): %.1f ms CPU in all, %.1f ms a scrape"
+          % (args.burst, burst * 1e3, burst / args.burst * 1e3))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from dataclasses import dataclass, field
 
 PROBES = ("a2s", "tcp", "udp", "none")
@@ -55,6 +56,8 @@ class Config:
     top_clients: int = 10
     # How often the per-client map (top players) is read; scrapes in between reuse the last ranking.
     top_clients_interval_sec: float = 10.0
+    # How often the ban and punch maps (up to 262,144 entries each) are walked for their gauges.
+    state_maps_interval_sec: float = 5.0
     # BIRD: the static protocol that carries the anycast prefixes (bird_anycast role).
     bird_manage: bool = True
     bird_socket: str = "/run/bird/bird.ctl"
@@ -64,6 +67,21 @@ class Config:
     # POP may withdraw (see health.FleetGuard).
     fleet_peers: list = field(default_factory=list)
     min_announcing_peers: int = 1
+    # This POP's name in the fleet (inventory_hostname): the tie-break when POPs decide to
+    # withdraw at the same time (the lower name goes first). Default: the host name.
+    pop_name: str = ""
+    # The withdrawal protocol's timing: wait settle (+ up to jitter) after publishing the intent,
+    # read the peers within timeout (which must be under half of settle).
+    fleet_timeout_sec: float = 1.0
+    fleet_settle_sec: float = 3.0
+    fleet_jitter_sec: float = 1.0
+    # TLS of the exporter (PEM files). With a certificate and key the exporter serves https only;
+    # tls_ca_file verifies the peers' exporters (the fleet guard) and, with tls_client_auth,
+    # the clients' certificates (Prometheus, the other POPs).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_client_auth: bool = False
     check_dataplane: bool = True
 
 
@@ -103,6 +121,19 @@ def parse(raw: dict) -> Config:
     for key in ("rise", "fall", "listen_port", "min_announcing_peers"):
         if key in raw:
             settings[key] = _positive(key, raw[key], int) if key != "min_announcing_peers" else int(raw[key])
+    for key in ("fleet_timeout_sec", "fleet_settle_sec"):
+        if key in raw:
+            settings[key] = _positive(key, raw[key])
+    if "fleet_jitter_sec" in raw:
+        settings["fleet_jitter_sec"] = _positive("fleet_jitter_sec", raw["fleet_jitter_sec"]) \
+            if raw["fleet_jitter_sec"] else 0.0
+    timeout = settings.get("fleet_timeout_sec", Config.fleet_timeout_sec)
+    settle = settings.get("fleet_settle_sec", Config.fleet_settle_sec)
+    if timeout >= settle / 2:
+        raise ConfigError("fleet_timeout_sec: %r must be under half of fleet_settle_sec (%r): a withdrawal "
+                          "acts only on answers read within that time" % (timeout, settle))
+    settings["pop_name"] = str(raw.get("pop_name") or socket.gethostname())
+    _check_tls(settings)
     prefixes = [ipaddress.IPv4Network(prefix) for prefix in raw.get("anycast_prefixes", [])]
     if any(ipaddress.IPv4Address(settings["listen_address"]) in prefix for prefix in prefixes):
         raise ConfigError("listen_address: %s is inside an anycast prefix; the exporter must listen on "
@@ -112,6 +143,18 @@ def parse(raw: dict) -> Config:
     if len(ids) != len(set(ids)):
         raise ConfigError("services: service ids must be unique, got %s" % ids)
     return Config(**settings)
+
+
+def _check_tls(settings) -> None:
+    cert, key = settings.get("tls_cert_file", ""), settings.get("tls_key_file", "")
+    if bool(cert) != bool(key):
+        raise ConfigError("tls_cert_file, tls_key_file: give both or neither (got %r, %r)" % (cert, key))
+    if settings.get("tls_client_auth") and not (cert and settings.get("tls_ca_file")):
+        raise ConfigError("tls_client_auth: needs tls_cert_file, tls_key_file and tls_ca_file "
+                          "(the CA that signs the clients' certificates)")
+    if cert and any(url.startswith("http://") for url in settings.get("fleet_peers", [])):
+        raise ConfigError("fleet_peers: the exporters serve TLS (tls_cert_file) but a peer is read over http: %s"
+                          % [url for url in settings["fleet_peers"] if url.startswith("http://")])
 
 
 def parse_service(index: int, raw: dict) -> Service:

@@ -10,7 +10,17 @@ scrape (the difference of two readings of the per-client map), so a player who w
 hour ago does not stay on top. The first scrape after a start has no previous reading and
 reports the totals instead.
 
-Cost: see bench/agent_exporter_cost.py (100,000 tracked players read once a second).
+The per-entry maps (the per-client counters, bans, port punches: up to 262,144 entries each)
+are walked at most once per their cache period, whatever the number of scrapes: scrapes in
+between, and scrapes that arrive while a walk is under way, reuse its result (``WalkCache``).
+The small array maps (verdict reasons, services) and the agent's own state are read live.
+
+Cost: see bench/agent_exporter_cost.py (100,000 tracked players, full ban and punch maps).
+
+``serve`` is the HTTP(S) server: prometheus_client's WSGI app in a threading server of our own,
+so TLS (and client certificates) work with Debian 12's python3-prometheus-client 0.16, whose
+``start_http_server`` has no TLS, and the TLS handshake happens in the connection's thread, not
+in the accepting one (a client that never finishes its handshake cannot stall the others).
 """
 
 from __future__ import annotations
@@ -22,9 +32,14 @@ import logging
 import math
 import operator
 import socket
+import socketserver
 import struct
+import sys
 import threading
 import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -103,6 +118,33 @@ class TopTalkers:
                 [(socket.inet_ntoa(key), delta) for delta, key in best_b if delta > 0])
 
 
+class WalkCache:
+    """The result of an expensive map walk, recomputed at most once per ``period_sec``.
+
+    Concurrent callers wait for the walk under way and share it: a burst of N scrapes costs one
+    walk, not N. ``walks`` counts the walks (the exporter's own metric and the tests read it).
+    """
+
+    def __init__(self, period_sec: float):
+        self.period_sec = period_sec
+        self.walks = 0
+        self._lock = threading.Lock()
+        self._done_at = None
+        self._value = None
+
+    def get(self, walk):
+        asked_at = time.monotonic()
+        with self._lock:
+            # A walk that finished after this caller asked is as fresh as one it would make.
+            fresh = self._done_at is not None and (
+                self._done_at >= asked_at or time.monotonic() - self._done_at < self.period_sec)
+            if not fresh:
+                self._value = walk()
+                self.walks += 1
+                self._done_at = time.monotonic()
+            return self._value
+
+
 def _state_value(state):
     return {health.UP: 1.0, health.DOWN: 0.0}.get(state, math.nan)
 
@@ -110,14 +152,16 @@ def _state_value(state):
 class EdgeCollector:
     """prometheus_client collector of one POP: the maps of ``edge_maps`` and the agent's state."""
 
-    def __init__(self, edge_maps, top_clients=10, watches=(), agent=None, clients_interval_sec=0.0):
+    def __init__(self, edge_maps, top_clients=10, watches=(), agent=None, clients_interval_sec=0.0,
+                 state_interval_sec=0.0):
         self.edge_maps = edge_maps
         self.top_clients = top_clients
-        # Reading 100,000 per-CPU client entries is most of a scrape's cost (bench/agent_exporter_cost.py):
-        # with an interval, the client families are recomputed at most that often and reused in
-        # between, so the other counters can be scraped every second at a fraction of the cost.
-        self.clients_interval_sec = clients_interval_sec
-        self._clients_cache = (None, [])
+        # Reading 100,000 per-CPU client entries, or full ban and punch maps, is most of a
+        # scrape's cost (bench/agent_exporter_cost.py): those families are recomputed at most once
+        # per interval and reused in between, so the other counters can be scraped every second
+        # at a fraction of the cost, and parallel scrapes cannot multiply it.
+        self.clients_cache = WalkCache(clients_interval_sec)
+        self.state_cache = WalkCache(state_interval_sec)
         self.watches = list(watches)
         self.agent = agent
         self.top_talkers = TopTalkers()
@@ -156,8 +200,8 @@ class EdgeCollector:
             services = self._services(maps["edge_services"])
             yield from self._reasons(maps["edge_reason_stats"])
             yield from self._service_counters(maps["edge_service_stats"], services)
-            yield from self._clients_cached(maps["edge_client_stats"])
-            yield from self._state_maps(maps, services)
+            yield from self.clients_cache.get(lambda: list(self._clients(maps["edge_client_stats"])))
+            yield from self.state_cache.get(lambda: list(self._state_maps(maps, services)))
 
     @staticmethod
     def _services(services_map):
@@ -228,14 +272,6 @@ class EdgeCollector:
             proto_packets.add_metric([protocol, direction], count)
             proto_bytes.add_metric([protocol, direction], size)
         yield from (packets, byte_family, proto_packets, proto_bytes)
-
-    def _clients_cached(self, client_map):
-        read_at, families = self._clients_cache
-        now = time.monotonic()
-        if read_at is None or now - read_at >= self.clients_interval_sec:
-            families = list(self._clients(client_map))
-            self._clients_cache = (now, families)
-        return families
 
     def _clients(self, client_map):
         keys, packets, byte_counts = read_clients(client_map)
@@ -309,8 +345,47 @@ class EdgeCollector:
                                       "1 if this POP announces its anycast prefixes, 0 if withdrawn, NaN if not known")
         attached = GaugeMetricFamily(PREFIX + "dataplane_attached",
                                      "1 if the pinned XDP program is the one attached, 0 if not, NaN if not known")
-        agent_announced = None if self.agent is None else self.agent.announced
+        intent = GaugeMetricFamily(PREFIX + "withdraw_intent",
+                                   "1 while this POP decides whether to withdraw (the fleet guard's protocol)",
+                                   labels=["pop"])
+        agent_announced, agent_intent = (None, False) if self.agent is None else self.agent.published()
         announced.add_metric([], math.nan if agent_announced is None else float(agent_announced))
         attached.add_metric([], _state_value(health.UNKNOWN if self.agent is None else self.agent.dataplane.state))
+        if self.agent is not None:
+            intent.add_metric([self.agent.pop_name], float(agent_intent))
         yield announced
+        yield intent
         yield attached
+
+
+# ---- the HTTP(S) server ---------------------------------------------------------------------
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """One line, not a traceback, for a client that failed (no certificate, wrong CA, gone)."""
+        LOG.info("exporter: connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # A scraper that stalls (or never finishes its TLS handshake) holds only its own thread, and
+    # only this long.
+    timeout = 10
+
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+        """Scrapes every second would flood the journal."""
+
+
+def serve(registry, address: str, port: int, ssl_context=None):
+    """Serve ``registry`` on address:port (https with ``ssl_context``) from a daemon thread.
+
+    Returns (server, thread); ``server.shutdown()`` stops it.
+    """
+    httpd = make_server(address, port, make_wsgi_app(registry), _ThreadingServer, handler_class=_QuietHandler)
+    if ssl_context is not None:
+        # Handshake on first read, i.e. in the connection's own thread (see the module's docstring).
+        httpd.socket = ssl_context.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+    thread = threading.Thread(target=httpd.serve_forever, name="exporter", daemon=True)
+    thread.start()
+    return httpd, thread

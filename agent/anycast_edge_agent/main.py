@@ -10,18 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import threading
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
 
 from . import config as config_module
 from . import health
-from .exporter import EdgeCollector
+from .exporter import EdgeCollector, serve
 from .maps import EdgeMaps, dataplane_attached
 from .refresher import ServiceWatch
+from .tls import client_ssl_context, server_ssl_context
 
 LOG = logging.getLogger("anycast_edge_agent")
 
@@ -34,19 +36,31 @@ class Agent:
         self.dataplane = health.RiseFall(config.rise, config.fall)
         self.stopping = threading.Event()
         self.announcer = None
+        self.pop_name = config.pop_name
         if config.bird_manage:
-            guard = health.FleetGuard(config.fleet_peers, config.min_announcing_peers)
+            peers_context = None
+            if any(url.startswith("https://") for url in config.fleet_peers):
+                peers_context = client_ssl_context(config.tls_ca_file, config.tls_cert_file, config.tls_key_file)
+            guard = health.FleetGuard(config.fleet_peers, config.min_announcing_peers,
+                                      timeout=config.fleet_timeout_sec, name=config.pop_name,
+                                      settle_sec=config.fleet_settle_sec, jitter_sec=config.fleet_jitter_sec,
+                                      ssl_context=peers_context)
             self.announcer = health.Announcer(birdc or Birdc(config.bird_socket), config.bird_protocol,
                                               config.drain_state_file, guard)
         self.registry = CollectorRegistry()
         self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
-                                       clients_interval_sec=config.top_clients_interval_sec)
+                                       clients_interval_sec=config.top_clients_interval_sec,
+                                       state_interval_sec=config.state_maps_interval_sec)
         self.registry.register(self.collector)
         self._threads = []
 
     @property
     def announced(self):
         return None if self.announcer is None else self.announcer.announced
+
+    def published(self):
+        """(announced, withdraw intent): what the exporter tells the fleet, read consistently."""
+        return (None, False) if self.announcer is None else self.announcer.published()
 
     def check_dataplane(self) -> None:
         if not self.config.check_dataplane:
@@ -80,7 +94,12 @@ class Agent:
             self._threads.append(thread)
 
     def serve_metrics(self):
-        return start_http_server(self.config.listen_port, addr=self.config.listen_address, registry=self.registry)
+        config = self.config
+        context = None
+        if config.tls_cert_file:
+            context = server_ssl_context(config.tls_cert_file, config.tls_key_file, config.tls_ca_file,
+                                         config.tls_client_auth)
+        return serve(self.registry, config.listen_address, config.listen_port, context)
 
     def run(self) -> None:
         self.start()
@@ -118,10 +137,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, lambda *dummy: agent.stopping.set())
     try:
         agent.serve_metrics()
-    except OSError as exc:
+    except (OSError, ssl.SSLError) as exc:
         LOG.error("cannot listen on %s:%d: %s", config.listen_address, config.listen_port, exc)
         return 1
-    LOG.info("serving metrics on %s:%d; %d services", config.listen_address, config.listen_port, len(config.services))
+    LOG.info("serving metrics on %s://%s:%d; %d services", "https" if config.tls_cert_file else "http",
+             config.listen_address, config.listen_port, len(config.services))
     agent.run()
     agent.stop()
     return 0

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .tls import client_ssl_context
+
 PREFIX = "anycast_edge_"
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -72,10 +74,11 @@ def parse_exposition(text: str) -> dict:
     return samples
 
 
-def read_exporter(pop: str, url: str, timeout: float) -> Reading:
+def read_exporter(pop: str, url: str, timeout: float, ssl_context=None) -> Reading:
     started = time.time()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec: operator-given URL
+        # nosec: operator-given URL
+        with urllib.request.urlopen(url, timeout=timeout, context=ssl_context) as response:
             text = response.read().decode("utf-8")
     except (OSError, ValueError) as exc:
         return Reading(pop, started, error="%s: %s" % (url, exc))
@@ -234,7 +237,10 @@ def parse_exporter(text: str) -> tuple:
 def take_readings(args) -> list:
     if args.prometheus:
         return read_prometheus(args.prometheus, args.timeout)
-    return [read_exporter(name, url, args.timeout) for name, url in args.exporter]
+    context = None
+    if any(url.startswith("https://") for dummy, url in args.exporter):
+        context = client_ssl_context(args.cacert or "", args.cert or "", args.key or "")
+    return [read_exporter(name, url, args.timeout, context) for name, url in args.exporter]
 
 
 def main(argv=None) -> int:
@@ -248,7 +254,12 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--once", action="store_true", help="two readings, one screen, exit")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON (with --once)")
+    parser.add_argument("--cacert", help="CA bundle that verifies exporters served over https (default: the system's)")
+    parser.add_argument("--cert", help="client certificate, for exporters that require one")
+    parser.add_argument("--key", help="key of the client certificate")
     args = parser.parse_args(argv)
+    if bool(args.cert) != bool(args.key):
+        parser.error("--cert and --key go together")
     label = args.prometheus or ", ".join(name for name, dummy in args.exporter)
     previous = {}
     try:

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import subprocess
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent_world import IFACE, AgentWorld
 from bpf.scenario import GAME, GAME_UDP_ID, PLAYER, player_tcp, player_udp, setup_pop
 from anycast_edge_agent import config as agent_config
-from anycast_edge_agent.exporter import EdgeCollector
+from anycast_edge_agent.exporter import EdgeCollector, serve
 from anycast_edge_agent.maps import EdgeMaps
 from anycast_edge_agent.refresher import ServiceWatch
 
@@ -178,3 +180,54 @@ def test_the_alert_rules_name_only_exposed_metrics(pop):
     for expression in expressions:
         unknown = metric_names_in(expression) - exposed
         assert not unknown, "alert %r names metrics the exporter does not expose: %s" % (expression, unknown)
+
+
+def test_a_burst_of_parallel_scrapes_walks_the_big_maps_once(pop):
+    """Eight scrapers at once (Prometheus HA pair, other POPs' guards, an operator's top) cost one
+    walk of the per-entry maps, not eight; the agent's own state stays live."""
+    now = __import__("time").monotonic_ns()
+    for index in range(200):
+        pop.edge.ban("198.18.0.%d" % (index + 1), now + 60 * 10**9)
+    traffic(pop)
+    edge_maps = EdgeMaps(pop.pin_root, IFACE)
+    collector = EdgeCollector(edge_maps, 3, clients_interval_sec=60, state_interval_sec=60)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = serve(registry, "127.0.0.1", 0)
+    url = "http://127.0.0.1:%d/metrics" % server.server_address[1]
+    try:
+        barrier = threading.Barrier(8)
+        bodies = []
+
+        def scrape_once():
+            barrier.wait()
+            with urllib.request.urlopen(url, timeout=10) as response:
+                bodies.append(response.read().decode())
+
+        scrapers = [threading.Thread(target=scrape_once) for dummy in range(8)]
+        for scraper in scrapers:
+            scraper.start()
+        for scraper in scrapers:
+            scraper.join()
+        assert len(bodies) == 8
+        assert (collector.state_cache.walks, collector.clients_cache.walks) == (1, 1)
+        for body in bodies:
+            assert "anycast_edge_bans_active 200.0" in body
+        # Within the period, later scrapes reuse the walk too; the small counters stay live.
+        pop.edge.run(player_udp(dport=1))
+        samples = scrape(registry)
+        assert collector.state_cache.walks == 1
+        no_service = samples[("anycast_edge_packets_total", (("reason", "drop_no_service"), ("verdict", "drop")))]
+        assert no_service == pop.edge.reason_counts()["drop_no_service"][0] == 2
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_a_cache_period_of_zero_walks_every_scrape_but_never_twice_for_one_burst(pop):
+    collector = EdgeCollector(EdgeMaps(pop.pin_root, IFACE), 3)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    scrape(registry)
+    scrape(registry)
+    assert collector.state_cache.walks == 2

@@ -40,8 +40,8 @@ SERVICES = [
 
 
 def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
-    # Known by a name only: the exporter's default address is then loopback.
-    pop1 = {"ansible_connection": "local", "ansible_host": "pop1.example.net", "anycast_edge_uplink": "eth1",
+    # No listen address: the exporter's default address is loopback (never ansible_host).
+    pop1 = {"ansible_connection": "local", "ansible_host": "192.0.2.10", "anycast_edge_uplink": "eth1",
             "anycast_edge_tunnel_address": "10.0.0.1"}
     pop1.update(pop1_vars)
     data = {"all": {
@@ -61,6 +61,8 @@ def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
             "anycast_edge_agent_python": sys.executable,
             "ansible_python_interpreter": sys.executable,
             "anycast_edge_agent_probes": {"rust": "udp"},
+            # Not on the test host's /etc/passwd: the unit names the user, the role test does not make it.
+            "anycast_edge_agent_manage_user": False,
         },
         "children": {
             "pops": {"hosts": {
@@ -69,11 +71,16 @@ def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
                          "anycast_edge_tunnel_address": "10.0.0.2"},
                 "pop3": {"ansible_host": "pop3.example.net", "anycast_edge_agent_listen_address": "192.0.2.30",
                          "anycast_edge_agent_listen_port": 9600, "anycast_edge_uplink": "eth1",
-                         "anycast_edge_tunnel_address": "10.0.0.3"},
+                         "anycast_edge_tunnel_address": "10.0.0.3",
+                         "anycast_edge_agent_tls_cert_file": "/etc/anycast-edge/tls/pop3.pem"},
+                "pop5": {"ansible_host": "192.0.2.50", "anycast_edge_agent_listen_address": "192.0.2.55",
+                         "anycast_edge_uplink": "eth1", "anycast_edge_tunnel_address": "10.0.0.5"},
                 # Only a name and no listen address: not a peer the guard could read.
                 "pop4": {"ansible_host": "pop4.example.net", "anycast_edge_uplink": "eth1",
                          "anycast_edge_tunnel_address": "10.0.0.4"},
             }},
+            "monitoring": {"hosts": {"prom1": {"ansible_host": "203.0.113.9"},
+                                     "prom2": {"ansible_host": "prom2.example.net"}}},
             "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": "10.1.0.10", "anycast_edge_uplink": "eth0"},
                                    "game2": {"anycast_edge_tunnel_address": "10.1.0.20", "anycast_edge_uplink": "eth0"}}},
         },
@@ -149,8 +156,11 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
         "eth1", "10.0.0.1", "127.0.0.1", 9591)
     assert config.anycast_prefixes == ["198.51.100.0/24"]
     assert config.pin_root == "/sys/fs/bpf/anycast_edge_test"
-    # The fleet guard reads the other POPs that have a reachable address (not pop4: a name only).
-    assert config.fleet_peers == ["http://192.0.2.20:9591/metrics", "http://192.0.2.30:9600/metrics"]
+    # The fleet guard reads the other POPs whose exporter listens on an address (not pop2, whose
+    # exporter is on its loopback, nor pop4); https for pop3, whose exporter has a certificate.
+    assert config.fleet_peers == ["https://192.0.2.30:9600/metrics", "http://192.0.2.55:9591/metrics"]
+    assert (config.pop_name, config.fleet_settle_sec, config.fleet_timeout_sec) == ("pop1", 3, 1)
+    assert (config.tls_cert_file, config.tls_client_auth) == ("", False)
     by_name = {service.name: service for service in config.services}
     assert set(by_name) == {"cs2", "cs2-rcon", "rust", "ping"}
     cs2 = by_name["cs2"]
@@ -174,6 +184,19 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
 
     unit = (root / "etc/systemd/system/anycast-edge-agent.service").read_text()
     assert "Restart=on-failure" in unit and "ReadWritePaths=-/sys/fs/bpf/anycast_edge_test" in unit
+    directives = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    # Its own user, one capability (what it needs is shown by test_agent_least_privilege.py).
+    assert (directives["User"], directives["Group"], directives["SupplementaryGroups"]) == (
+        "anycast-edge", "anycast-edge", "bird")
+    assert directives["AmbientCapabilities"] == directives["CapabilityBoundingSet"] == "CAP_DAC_OVERRIDE"
+    assert directives["NoNewPrivileges"] == "yes" and directives["ProtectSystem"] == "strict"
+    assert "User=root" not in unit and "CAP_SYS_ADMIN" not in unit.split("[Service]")[1]
+    # Only loopback, the other POPs' exporter and management addresses, the monitoring hosts
+    # that have an address, and the services (the probes' destinations).
+    assert directives["IPAddressDeny"] == "any"
+    assert directives["IPAddressAllow"].split() == [
+        "localhost", "192.0.2.20", "192.0.2.30", "192.0.2.55", "192.0.2.50", "203.0.113.9",
+        "198.51.100.10", "198.51.100.20"]
     assert "ExecStart=%s -m anycast_edge_agent --config %s" % (sys.executable, config_path) in unit
     assert "Environment=PYTHONPATH=%s" % lib in unit
     if shutil.which("systemd-analyze"):
@@ -198,9 +221,10 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     assert set(probe_routes(ns)) == {"198.51.100.10"}, probe_routes(ns)
     assert "198.51.100.99" in ns.ip("-4", "route", "show").stdout
 
-    # A management address (ansible_host) is the exporter's default address, but never one in
-    # an anycast prefix: the agent's own check refuses it, and the old file stays.
+    # The exporter's address is never one in an anycast prefix: the agent's own check refuses
+    # it, and the old file stays.
     config_text = config_path.read_text()
-    dummy, output = play(inventory(tmp_path, root, ansible_host="198.51.100.77"), ns, expect_failure=True)
+    dummy, output = play(inventory(tmp_path, root, anycast_edge_agent_listen_address="198.51.100.77"), ns,
+                         expect_failure=True)
     assert "198.51.100.77 is inside an anycast prefix" in output
     assert config_path.read_text() == config_text

@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from a2s_responder import AGENT_DIR
+from fleet_pki import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -44,7 +46,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def inventory(tmp_path: Path, config_dir: Path, exporter_port: int) -> Path:
+def inventory(tmp_path: Path, config_dir: Path, exporter_port: int, pki=None) -> Path:
     data = {"all": {
         "vars": {"ansible_python_interpreter": sys.executable},
         "children": {
@@ -66,6 +68,17 @@ def inventory(tmp_path: Path, config_dir: Path, exporter_port: int) -> Path:
             }},
         },
     }}
+    if pki is not None:
+        # pop1's exporter serves TLS with client certificates; Prometheus presents the fleet's.
+        data["all"]["children"]["pops"]["hosts"]["pop1"].update({
+            "anycast_edge_agent_tls_cert_file": str(pki / "pop.pem"),
+            "anycast_edge_agent_tls_key_file": str(pki / "pop.key"),
+            "anycast_edge_agent_tls_ca_file": str(pki / "ca.pem"),
+            "anycast_edge_agent_tls_client_auth": True})
+        data["all"]["children"]["monitoring"]["hosts"]["prom1"].update({
+            "anycast_edge_monitoring_tls_ca_file": str(pki / "ca.pem"),
+            "anycast_edge_monitoring_tls_cert_file": str(pki / "scraper.pem"),
+            "anycast_edge_monitoring_tls_key_file": str(pki / "scraper.key")})
     path = tmp_path / "inventory.yml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -179,6 +192,49 @@ def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
         pops = {item["pop"]: item for item in json.loads(done.stdout)}
         assert pops["pop1"]["maps_readable"] is False and pops["pop1"]["announced"] is None
         assert pops["pop1"]["in"]["packets"] == 0
+    finally:
+        server.stop()
+        agent.stop()
+    assert agent.proc.returncode == 0, (tmp_path / "agent.log").read_text()
+
+
+def test_a_tls_exporter_with_client_certificates_is_scraped_over_https(tmp_path, collections_root):
+    """pop1's agent serves https and requires a client certificate of the fleet's CA: the role
+    renders the target with scheme https and this host's certificate, and a real Prometheus
+    scrapes it; plain http and a client without a certificate get nothing from the agent."""
+    pki = make_pki(tmp_path)
+    config_dir = tmp_path / "etc-prometheus"
+    exporter_port = free_port()
+    assert play(inventory(tmp_path, config_dir, exporter_port, pki=pki)) > 0
+    job = yaml.safe_load((config_dir / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert job["static_configs"][0] == {"targets": ["127.0.0.1:%d" % exporter_port],
+                                        "labels": {"pop": "pop1", "__scheme__": "https"}}
+    assert job["static_configs"][1]["labels"] == {"pop": "pop2"}  # no certificate: plain http
+    assert job["tls_config"] == {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "scraper.pem"),
+                                 "key_file": str(pki / "scraper.key")}
+
+    agent_config = tmp_path / "agent.json"
+    agent_config.write_text(json.dumps({
+        "iface": "lo", "tunnel_address": "127.0.0.1", "listen_address": "127.0.0.1", "listen_port": exporter_port,
+        "pin_root": str(tmp_path / "no-pins"), "bird_manage": False, "check_dataplane": False,
+        "tls_cert_file": str(pki / "pop.pem"), "tls_key_file": str(pki / "pop.key"),
+        "tls_ca_file": str(pki / "ca.pem"), "tls_client_auth": True}))
+    env = dict(os.environ, PYTHONPATH="%s:%s" % (AGENT_DIR, collections_root))
+    agent = Child([sys.executable, "-m", "anycast_edge_agent", "--config", str(agent_config)], tmp_path / "agent.log",
+                  env=env)
+    web_port = free_port()
+    server = Child([PROMETHEUS, "--config.file=%s" % (config_dir / "prometheus.yml"),
+                    "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % web_port],
+                   tmp_path / "prometheus.log")
+    base = "http://127.0.0.1:%d" % web_port
+    try:
+        readable = wait_for(lambda: api(base, "query", query='anycast_edge_maps_readable{pop="pop1"}')["result"],
+                            "a scrape of pop1's agent over https")
+        assert readable[0]["value"][1] == "0"
+        for url in ("http://127.0.0.1:%d/metrics" % exporter_port, "https://127.0.0.1:%d/metrics" % exporter_port):
+            with pytest.raises(OSError):  # URLError, SSLError, ConnectionResetError: all OSErrors
+                urllib.request.urlopen(url, timeout=5,  # pylint: disable=consider-using-with
+                                       context=ssl.create_default_context(cafile=str(pki / "ca.pem")))
     finally:
         server.stop()
         agent.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -53,26 +54,80 @@ def test_a_drain_by_an_operator_is_never_undone(tmp_path):
         assert health.drained(str(state_file)) is is_drained
 
 
-def serve_announced(value):
+def serve_announced(value, pop="", intent=0):
     registry = CollectorRegistry()
     Gauge("anycast_edge_announced", "test", registry=registry).set(value)
+    if pop:
+        Gauge("anycast_edge_withdraw_intent", "test", ["pop"], registry=registry).labels(pop).set(intent)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     return server, thread, "http://127.0.0.1:%d/metrics" % server.server_address[1]
 
 
-def test_the_fleet_guard_counts_peers_that_announce():
-    up_server, up_thread, up_url = serve_announced(1)
-    down_server, down_thread, down_url = serve_announced(0)
-    try:
-        assert health.FleetGuard([up_url, down_url], 1).may_withdraw()[0]
-        allowed, why = health.FleetGuard([up_url, down_url], 2).may_withdraw()
-        assert not allowed and "only 1" in why
-        allowed, why = health.FleetGuard([down_url, "http://127.0.0.1:1/metrics"], 1).may_withdraw()
-        assert not allowed and "cannot read" in why  # unreadable peers never count as announcing
-    finally:
-        for server, thread in ((up_server, up_thread), (down_server, down_thread)):
-            server.shutdown()
-            thread.join()
+def quick_guard(peers, minimum, name="pop-m"):
+    return health.FleetGuard(peers, minimum, timeout=0.2, name=name, settle_sec=0.5, jitter_sec=0.01)
+
+
+@pytest.fixture
+def exporters():
+    started = []
+
+    def start(*args, **kwargs):
+        server, thread, url = serve_announced(*args, **kwargs)
+        started.append((server, thread))
+        return url
+
+    yield start
+    for server, thread in started:
+        server.shutdown()
+        thread.join()
+
+
+def test_the_fleet_guard_counts_peers_that_announce(exporters):
+    up_url, down_url = exporters(1), exporters(0)
+    assert quick_guard([up_url, down_url], 1).may_withdraw()[0]
+    allowed, why = quick_guard([up_url, down_url], 2).may_withdraw()
+    assert not allowed and "only 1" in why
+    allowed, why = quick_guard([down_url, "http://127.0.0.1:1/metrics"], 1).may_withdraw()
+    assert not allowed and "cannot read" in why  # unreadable peers never count as announcing
+
+
+def test_a_peer_deciding_too_goes_first_when_its_name_sorts_first(exporters):
+    """The tie-break: both intents published; the lower name goes, the higher one defers."""
+    lower = exporters(1, pop="pop-a", intent=1)
+    higher = exporters(1, pop="pop-z", intent=1)
+    allowed, why = quick_guard([lower], 1, name="pop-m").may_withdraw()
+    assert not allowed and "pop-a decide(s) too and go(es) first" in why
+    # The same peers without intents: pop-m may go.
+    assert quick_guard([exporters(1, pop="pop-a")], 1, name="pop-m").may_withdraw()[0]
+    # A higher-named peer that decides too defers to pop-m: it still counts as announcing.
+    assert quick_guard([higher], 1, name="pop-m").may_withdraw()[0]
+
+
+def test_the_intent_is_published_during_the_settle_time_and_cleared_after():
+    guard = quick_guard(["http://127.0.0.1:1/metrics"], 1)
+    seen = []
+    original = guard.read_peers
+
+    def reading():
+        seen.append(guard.intent)
+        return original()
+
+    guard.read_peers = reading
+    assert not guard.may_withdraw()[0]
+    assert seen == [True] and guard.intent is False
+
+
+def test_answers_older_than_half_the_settle_time_are_not_acted_on(exporters):
+    guard = quick_guard([exporters(1)], 1)
+    original = guard.read_peers
+
+    def slow_read():
+        time.sleep(0.3)  # settle 0.5 s: anything read over more than 0.25 s may be stale
+        return original()
+
+    guard.read_peers = slow_read
+    allowed, why = guard.may_withdraw()
+    assert not allowed and "too old to act on" in why
 
 
 BASE = {"iface": "eth1", "tunnel_address": "10.0.0.1", "listen_address": "192.0.2.10",
@@ -96,6 +151,11 @@ def test_a_good_configuration_parses_with_defaults():
     ({"services": [dict(SERVICE, a2s_max_age_sec=1, a2s_refresh_sec=5)]}, "a2s_max_age_sec"),
     ({"services": [SERVICE, dict(SERVICE, name="b")]}, "unique"),
     ({"services": [dict(SERVICE, id=1024)]}, "1..1023"),
+    ({"fleet_timeout_sec": 2, "fleet_settle_sec": 3}, "fleet_timeout_sec: 2.0 must be under half of fleet_settle_sec"),
+    ({"tls_cert_file": "/etc/a.pem"}, "tls_cert_file, tls_key_file: give both"),
+    ({"tls_client_auth": True, "tls_cert_file": "/a", "tls_key_file": "/b"}, "tls_client_auth: needs"),
+    ({"tls_cert_file": "/a", "tls_key_file": "/b", "fleet_peers": ["http://192.0.2.2:9591/metrics"]},
+     "fleet_peers: the exporters serve TLS"),
 ])
 def test_bad_configurations_name_the_setting(change, message):
     with pytest.raises(agent_config.ConfigError, match=message):
