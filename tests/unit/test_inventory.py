@@ -778,6 +778,9 @@ def test_the_example_inventory_derives_each_pops_control_plane(tmp_path):
         {"address": "10.0.0.2/32", "reason": "tunnel address of POP pop-fra1"},
         {"address": "10.0.0.3/32", "reason": "tunnel address of POP pop-lon1"},
         {"address": "10.0.0.4/32", "reason": "tunnel address of POP pop-nyc1"},
+        {"address": "172.16.0.2/32", "reason": "exporter address of POP pop-fra1 (anycast_edge_agent_listen_address)"},
+        {"address": "172.16.0.3/32", "reason": "exporter address of POP pop-lon1 (anycast_edge_agent_listen_address)"},
+        {"address": "172.16.0.4/32", "reason": "exporter address of POP pop-nyc1 (anycast_edge_agent_listen_address)"},
         {"address": "203.0.113.129/32", "reason": "BGP neighbour transit of pop-ams1"},
         {"address": "203.0.113.202/32", "reason": "management address of POP pop-fra1 (ansible_host)"},
         {"address": "203.0.113.203/32", "reason": "management address of POP pop-lon1 (ansible_host)"},
@@ -787,7 +790,7 @@ def test_the_example_inventory_derives_each_pops_control_plane(tmp_path):
     # another POP's neighbour is not pop-ams1's business, and no POP lists itself
     for host, items in derived.items():
         addresses = [item["address"] for item in items]
-        assert len(addresses) == 8 and len(set(addresses)) == 8
+        assert len(addresses) == 11 and len(set(addresses)) == 11
         assert sum(item["reason"].startswith("BGP neighbour transit of %s" % host) for item in items) == 1
         assert not [item for item in items if host + " " in item["reason"] + " " and "BGP" not in item["reason"]]
 
