@@ -61,6 +61,29 @@ struct {
 	__type(value, struct backend_value);
 } edge_backends SEC(".maps");
 
+/* Written by xdp_program (its tunnel_devices option: the underlay devices when there are any,
+ * else the uplink; roles/xdp_edge sets it), indexed by ifindex. Read by XDP on the return path
+ * only: IPIP to the tunnel address is accepted only from a device flagged EDGE_IFACE_F_IPIP, so a
+ * reply spoofed in a backend's name from the internet (the uplink of a POP with an underlay)
+ * is dropped. One array lookup, and only for IPIP to the tunnel address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, struct iface_value);
+} edge_tunnel_ifaces SEC(".maps");
+
+/* Written by xdp_program (the IPv4 addresses on the POP's interfaces, read from the kernel at
+ * each run; the tunnel address is also compared from edge_config). Read by XDP on every IPv4
+ * packet: a packet arriving with one of these as its source is spoofed and dropped, so the
+ * kernel's accept_local (which the fallback path needs) never lets one in. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EDGE_MAX_OWN_ADDRS);
+	__type(key, __be32);
+	__type(value, __u32);
+} edge_own_addrs SEC(".maps");
+
 /* Written by edge_rules (allow CIDRs, exactly as inventory gives them). Read by edge_rules only:
  * the record the derived edge_src_filter/edge_src_hosts are rebuilt from. XDP does not read it. */
 struct {

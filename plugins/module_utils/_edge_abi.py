@@ -43,6 +43,9 @@ REASONS = (
     "tx_a2s_cached",
     "tx_icmp_too_big",
     "pass_local",
+    "drop_bad_tunnel",
+    "drop_own_source",
+    "drop_icmp_type",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -67,6 +70,10 @@ LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
 BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_bans)
 BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
+IFACE_VALUE = struct.Struct("<I")                     # struct iface_value (edge_tunnel_ifaces)
+IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
+MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
+MAX_OWN_ADDRS = 256                                   # EDGE_MAX_OWN_ADDRS
 BAN_VALUE = struct.Struct("<Q")                       # struct ban_value
 RATE_KEY = struct.Struct("<4sII B3x")                 # struct rate_key
 RATE_VALUE = struct.Struct("<QQ")                     # struct rate_value
@@ -94,6 +101,7 @@ LAYOUTS = {
     "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
     "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
     "backend_value": (BACKEND_VALUE, ("flags",)),
+    "iface_value": (IFACE_VALUE, ("flags",)),
     "ban_value": (BAN_VALUE, ("until_ns",)),
     "rate_key": (RATE_KEY, ("saddr", "service_id", "window", "proto_class", "pad")),
     "rate_value": (RATE_VALUE, ("packets", "bytes")),
