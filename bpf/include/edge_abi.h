@@ -174,6 +174,7 @@ struct backend_value {
 
 struct iface_value {
 	__u32 flags;  /* EDGE_IFACE_F_*; 0: an ordinary device (no IPIP accepted) */
+	__u32 pad;    /* 8 bytes: the stride of a mmapable array, so user space reads it all at once */
 };
 
 /* Temporary bans: source -> monotonic time the ban ends. */

@@ -71,6 +71,7 @@ struct {
 	__uint(max_entries, EDGE_MAX_IFINDEX);
 	__type(key, __u32);
 	__type(value, struct iface_value);
+	__uint(map_flags, BPF_F_MMAPABLE);
 } edge_tunnel_ifaces SEC(".maps");
 
 /* Written by xdp_program (the IPv4 addresses on the POP's interfaces, read from the kernel at

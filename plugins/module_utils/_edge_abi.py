@@ -70,7 +70,7 @@ LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
 BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_bans)
 BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
-IFACE_VALUE = struct.Struct("<I")                     # struct iface_value (edge_tunnel_ifaces)
+IFACE_VALUE = struct.Struct("<I4x")                   # struct iface_value (edge_tunnel_ifaces)
 IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
 MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
 MAX_OWN_ADDRS = 256                                   # EDGE_MAX_OWN_ADDRS
@@ -101,7 +101,7 @@ LAYOUTS = {
     "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
     "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
     "backend_value": (BACKEND_VALUE, ("flags",)),
-    "iface_value": (IFACE_VALUE, ("flags",)),
+    "iface_value": (IFACE_VALUE, ("flags", "pad")),
     "ban_value": (BAN_VALUE, ("until_ns",)),
     "rate_key": (RATE_KEY, ("saddr", "service_id", "window", "proto_class", "pad")),
     "rate_value": (RATE_VALUE, ("packets", "bytes")),

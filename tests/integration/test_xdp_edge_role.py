@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,14 @@ def pinned(pin_root: str, name: str) -> _bpf.BpfMap:
     return _bpf.BpfMap.from_pin(os.path.join(pin_root, "up0", "maps", name))
 
 
+def flagged_tunnel_ifindexes(pin_root: str) -> set:
+    """The ifindexes edge_tunnel_ifaces flags as carrying IPIP."""
+    with pinned(pin_root, "edge_tunnel_ifaces") as ifaces:
+        values, stride = ifaces.array_bytes(), ifaces.value_size
+    return {index for index in range(len(values) // stride)
+            if abi.IFACE_VALUE.unpack_from(values, index * stride)[0] & abi.IFACE_F_IPIP}
+
+
 @pytest.fixture
 def pop(netns):
     namespace = netns("role")
@@ -105,6 +114,11 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert [abi.SERVICE_KEY.unpack(k) for k in pinned(pin_root, "edge_services").keys()] == [
         (abi.ipv4(GAME), abi.port(27015), 17)]
     assert set(pinned(pin_root, "edge_deny_v4").keys()) == {abi.pack_lpm_v4("192.0.2.0/24")}
+    # No underlay devices: the uplink carries the backends' IPIP, and only the uplink (issue 12 §3).
+    with pop.entered():
+        uplink_ifindex = socket.if_nametoindex("up0")
+    assert flagged_tunnel_ifindexes(pin_root) == {uplink_ifindex}
+    assert "10.0.0.1" in {socket.inet_ntoa(key) for key in pinned(pin_root, "edge_own_addrs").keys()}
 
     # A second run changes nothing: same object, same program, same rules.
     assert play(pop, inv, ROLE_PLAYBOOK) == 0
