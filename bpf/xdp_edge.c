@@ -687,7 +687,21 @@ static __always_inline int carries_ipip(__u32 ifindex)
 /* Is the source one of the POP's own addresses (which no packet from outside may carry)? */
 static __always_inline int is_own_source(const struct edge_config *cfg, __be32 saddr)
 {
-	return saddr == cfg->tunnel_addr || bpf_map_lookup_elem(&edge_own_addrs, &saddr) != NULL;
+	__u32 zero = 0;
+	struct own_addrs *own;
+
+	if (saddr == cfg->tunnel_addr)
+		return 1;
+	own = bpf_map_lookup_elem(&edge_own_addrs, &zero);
+	if (!own)
+		return 0;
+	for (__u32 i = 0; i < EDGE_MAX_OWN_ADDRS; i++) {
+		if (i >= own->count)
+			break;
+		if (own->addrs[i] == saddr)
+			return 1;
+	}
+	return 0;
 }
 
 /* Is the source under a temporary ban (asked only for traffic to a service or an anycast prefix)? */

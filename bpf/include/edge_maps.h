@@ -75,14 +75,14 @@ struct {
 } edge_tunnel_ifaces SEC(".maps");
 
 /* Written by xdp_program (the IPv4 addresses on the POP's interfaces, read from the kernel at
- * each run; the tunnel address is also compared from edge_config). Read by XDP on every IPv4
- * packet: a packet arriving with one of these as its source is spoofed and dropped, so the
- * kernel's accept_local (which the fallback path needs) never lets one in. */
+ * each run; the tunnel address is also compared from edge_config), one entry written whole.
+ * Read by XDP on every IPv4 packet: a packet arriving with one of these as its source is spoofed
+ * and dropped, so the kernel's accept_local (which the fallback path needs) never lets one in. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_OWN_ADDRS);
-	__type(key, __be32);
-	__type(value, __u32);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct own_addrs);
 } edge_own_addrs SEC(".maps");
 
 /* Written by edge_rules (allow CIDRs, exactly as inventory gives them). Read by edge_rules only:

@@ -269,6 +269,9 @@ from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
     IFACE_F_IPIP,
     IFACE_VALUE,
     MAX_IFINDEX,
+    MAX_OWN_ADDRS,
+    pack_own_addrs,
+    unpack_own_addrs,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
@@ -556,8 +559,11 @@ class XdpProgramModule(object):
         flagged = set(index for index in range(len(values) // stride)
                       if IFACE_VALUE.unpack_from(values, index * stride)[0] & IFACE_F_IPIP)
         wanted_flags = set(self.tunnel_ifindexes)
-        present_addrs = set(socket.inet_ntoa(key) for key in own_map.keys())
+        present_addrs = set(unpack_own_addrs(own_map.lookup(U32.pack(0))))
         wanted_addrs = set(self.own_addresses)
+        if len(wanted_addrs) > MAX_OWN_ADDRS:
+            raise ModuleFailure("the host has %d IPv4 addresses; the program's %s holds at most %d"
+                                % (len(wanted_addrs), OWN_ADDRS_MAP, MAX_OWN_ADDRS))
         self.result["tunnel_devices"] = sorted(self.tunnel_ifindexes.values())
         self.result["own_addresses"] = sorted(wanted_addrs, key=socket.inet_aton)
         if flagged == wanted_flags and present_addrs == wanted_addrs:
@@ -569,13 +575,12 @@ class XdpProgramModule(object):
             return
         self.modified = True
         try:
-            # New flags and addresses first, then the old ones go: no moment without the wanted ones.
+            # New flags first, then the old ones go: no moment without the wanted devices.
             tunnel_map.array_write((ifindex, IFACE_VALUE.pack(IFACE_F_IPIP)) for ifindex in sorted(wanted_flags - flagged))
-            for address in sorted(wanted_addrs - present_addrs):
-                own_map.update(socket.inet_aton(address), U32.pack(1))
             tunnel_map.array_write((ifindex, IFACE_VALUE.pack(0)) for ifindex in sorted(flagged - wanted_flags))
-            for address in sorted(present_addrs - wanted_addrs):
-                own_map.delete(socket.inet_aton(address))
+            if present_addrs != wanted_addrs:
+                # One entry, written whole (a packet judged during the copy sees old or new addresses).
+                own_map.update(U32.pack(0), pack_own_addrs(self.result["own_addresses"]))
         except (BpfError, ValueError) as exc:
             raise ModuleFailure("cannot update %s/%s: %s" % (TUNNEL_IFACES_MAP, OWN_ADDRS_MAP, exc))
 

@@ -30,7 +30,7 @@ ALL_MAPS = (
     "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
-              "edge_tunnel_ifaces")
+              "edge_tunnel_ifaces", "edge_own_addrs")
 
 
 @dataclass
@@ -114,6 +114,7 @@ class EdgeEnv:
             for key in list(bpf_map.keys()):
                 bpf_map.delete(key)
         self.maps["edge_config"].update(abi.U32.pack(0), bytes(abi.EDGE_CONFIG.size))
+        self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs([]))
         for ifindex in self.ifindex.values():
             self.maps["edge_tunnel_ifaces"].update(abi.U32.pack(ifindex), abi.IFACE_VALUE.pack(0))
         ncpu = _bpf.num_possible_cpus()
@@ -146,7 +147,8 @@ class EdgeEnv:
             self.maps["edge_tunnel_ifaces"].update(abi.U32.pack(ifindex), abi.IFACE_VALUE.pack(flags))
 
     def add_own_address(self, address: str) -> None:
-        self.maps["edge_own_addrs"].update(abi.ipv4(address), abi.U32.pack(1))
+        present = abi.unpack_own_addrs(self.maps["edge_own_addrs"].lookup(abi.U32.pack(0)))
+        self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs(present + [address]))
 
     def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
         self.maps["edge_services"].update(

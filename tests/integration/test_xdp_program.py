@@ -335,7 +335,7 @@ def flagged_tunnel_ifindexes(pin_root, iface):
 
 def own_addresses(pin_root, iface):
     with open_pinned_maps(pin_root, iface, ["edge_own_addrs"]) as maps:
-        return {socket.inet_ntoa(key) for key in maps["edge_own_addrs"].keys()}
+        return set(abi.unpack_own_addrs(maps["edge_own_addrs"].lookup(abi.U32.pack(0))))
 
 
 def test_the_return_paths_devices_and_the_pops_own_addresses(xdp_edge_object, pin_root, netns, tmp_path):
