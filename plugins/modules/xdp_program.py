@@ -579,7 +579,7 @@ class XdpProgramModule(object):
             tunnel_map.array_write((ifindex, IFACE_VALUE.pack(IFACE_F_IPIP)) for ifindex in sorted(wanted_flags - flagged))
             tunnel_map.array_write((ifindex, IFACE_VALUE.pack(0)) for ifindex in sorted(flagged - wanted_flags))
             if present_addrs != wanted_addrs:
-                # One entry, written whole (a packet judged during the copy sees old or new addresses).
+                # One entry, written whole: only a packet judged during the copy may see a mix of the lists.
                 own_map.update(U32.pack(0), pack_own_addrs(self.result["own_addresses"]))
         except (BpfError, ValueError) as exc:
             raise ModuleFailure("cannot update %s/%s: %s" % (TUNNEL_IFACES_MAP, OWN_ADDRS_MAP, exc))
