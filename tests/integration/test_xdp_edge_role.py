@@ -33,7 +33,7 @@ RULES_PLAYBOOK = REPO / "playbooks" / "rules.yml"
 GAME, BACKEND, PLAYER = "198.51.100.10", "10.1.0.10", "203.0.113.5"
 
 
-def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
+def inventory(tmp_path: Path, pin_root: str, deny: list, **pop_vars) -> Path:
     data = {"all": {
         "vars": {
             "anycast_edge_asn": 64500,
@@ -52,8 +52,8 @@ def inventory(tmp_path: Path, pin_root: str, deny: list) -> Path:
             "ansible_python_interpreter": sys.executable,
         },
         "children": {
-            "pops": {"hosts": {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                                        "anycast_edge_tunnel_address": "10.0.0.1"}}},
+            "pops": {"hosts": {"pop1": dict({"ansible_connection": "local", "anycast_edge_uplink": "up0",
+                                             "anycast_edge_tunnel_address": "10.0.0.1"}, **pop_vars)}},
             "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": BACKEND, "anycast_edge_uplink": "eth0"}}},
         },
     }}
@@ -157,3 +157,18 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert done.returncode == 0 and "CHANGED" in done.stdout, done.stdout + done.stderr
     assert attached_prog_id(pop) == 0
     assert not os.path.exists(os.path.join(pin_root, "up0", "program"))
+
+
+def test_a_pop_with_an_underlay_takes_the_backends_ipip_only_there(pop, pin_root, tmp_path):
+    """anycast_edge_underlay_devices: the program runs on the underlay too, and only the underlay is
+    flagged as carrying IPIP (a reply spoofed on the uplink is dropped: tests/bpf/test_trust.py)."""
+    veth(pop, "ul0", pop, "ul0p")
+    pop.ip("addr", "add", "10.20.0.1/24", "dev", "ul0")
+    inv = inventory(tmp_path, pin_root, deny=[], anycast_edge_underlay_devices=["ul0"])
+    assert play(pop, inv, ROLE_PLAYBOOK) > 0
+    with pop.entered():
+        underlay_ifindex = socket.if_nametoindex("ul0")
+    assert flagged_tunnel_ifindexes(pin_root) == {underlay_ifindex}
+    own = abi.unpack_own_addrs(pinned(pin_root, "edge_own_addrs").lookup(abi.U32.pack(0)))
+    assert {"10.0.0.1", "10.20.0.1"} <= set(own)
+    assert play(pop, inv, ROLE_PLAYBOOK) == 0
