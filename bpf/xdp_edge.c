@@ -690,6 +690,9 @@ static __always_inline int is_own_source(const struct edge_config *cfg, __be32 s
 	__u32 zero = 0;
 	struct own_addrs *own;
 
+	/* 0.0.0.0 is nobody's (a DHCP client's), also before edge_rules wrote the tunnel address. */
+	if (!saddr)
+		return 0;
 	if (saddr == cfg->tunnel_addr)
 		return 1;
 	own = bpf_map_lookup_elem(&edge_own_addrs, &zero);

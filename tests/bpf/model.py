@@ -509,7 +509,7 @@ class EdgeModel:
             raise _verdict(DROP, "drop_deny")
         # Nothing from outside may carry the POP's own address as its source (the kernel's
         # accept_local would take it).
-        if pkt.saddr == cfg.tunnel_addr or pkt.saddr in state.own_addrs:
+        if pkt.saddr != "0.0.0.0" and (pkt.saddr == cfg.tunnel_addr or pkt.saddr in state.own_addrs):
             raise _verdict(DROP, "drop_own_source")
         # The tunnel address takes whole IPIP on the devices that carry it; other tunnel
         # protocols and every fragment there would be decapsulated/reassembled by the kernel.

@@ -220,3 +220,9 @@ def test_the_tunnel_address_is_own_even_when_not_listed(edge):
     setup_pop(edge, tunnel_addr="10.0.0.50")
     assert edge.run(player_udp(src="10.0.0.50", dst=topo.UPLINK_ADDR.split("/")[0], dport=22)).reason == \
         "drop_own_source"
+
+
+def test_an_unconfigured_pop_drops_nothing_as_its_own(edge):
+    """Before edge_rules writes the tunnel address (0.0.0.0), a DHCP client's 0.0.0.0 is not ours."""
+    dhcp = raw(eth() / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / (b"\x01" * 240))
+    assert edge.run(dhcp).reason == "pass_not_ours"
