@@ -30,7 +30,7 @@
  *     POP's own traffic: a source banned by spoofed floods in its name (a BGP neighbour) still
  *     reaches the POP (BGP, BFD). A ban is only ever created by traffic to a service.
  *   - Frames the program forwards are untagged; the FIB picks the egress device. The A2S answers
- *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tag kept).
+ *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tags kept).
  *   - The return path trusts the path, nothing else (docs/data-plane.md, "Trust model"): IPIP is
  *     taken only on the devices user space flags as carrying it (edge_tunnel_ifaces: the
  *     underlay devices, else the uplink), only whole, only from a known backend. Other IPIP,

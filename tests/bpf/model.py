@@ -709,7 +709,7 @@ class EdgeModel:
         total += csum_words(bytes(udp)) + known_payload_sum
         check = _not16(csum_fold(total)) or 0xFFFF
         udp[6:8] = struct.pack("<H", check)
-        # Back the way the request came: Ethernet addresses swapped, the VLAN tag kept, XDP_TX.
+        # Back the way the request came: Ethernet addresses swapped, the VLAN tags kept, XDP_TX.
         ethernet = self._frame[6:12] + self._frame[0:6] + self._frame[12:pkt.l3_off]
         raise _verdict(TX, tx_reason, ethernet + bytes(ip) + bytes(udp) + payload)
 
