@@ -205,7 +205,7 @@ int a2s_floor(struct xdp_md *ctx)
 				 edge_cookie_epoch(cfg->cookie_epoch_ns)))
 		return counted(XDP_DROP);
 	len = entry->len;
-	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD || pkt.has_vlan)
+	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD || pkt.vlan_tags)
 		return counted(XDP_DROP);
 	off = udp_reply_in_place(ctx, sizeof(struct ethhdr), len);
 	if (off < 0 || payload_copy(ctx, off, (__u8 *)entry->payload, len, 1) ||

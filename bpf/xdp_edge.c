@@ -3,13 +3,17 @@
  * xdp_edge: the POP's data plane, attached to the uplink NIC.
  *
  * Inbound (internet -> anycast service), in this order:
- *   parse -> deny list -> allow list (both one lookup: source_lists_of) ->
- *   service lookup (a miss: anycast prefix? else the kernel's) -> temporary bans (only for traffic
- *   to a service or an anycast prefix) -> fragment / IP options / no service (dropped) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to
- *   the backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
- * Return path (IPIP from a backend to the POP's tunnel address):
- *   known backend? -> inner source is that backend's service? -> learn the port punch -> snoop
- *   A2S_INFO replies -> decapsulate -> next hop from the FIB -> player.
+ *   parse (up to two VLAN tags) -> deny list -> allow list (both one lookup: source_lists_of) ->
+ *   the POP's own address as source? (dropped) -> to the tunnel address: the return path, or
+ *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
+ *   anycast prefix? else the kernel's) -> temporary bans (only for traffic to a service or an
+ *   anycast prefix) -> fragment / IP options / no service (dropped) -> ICMP other than echo
+ *   (dropped) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to the
+ *   backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
+ * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
+ *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
+ *   decapsulate -> player; only then, for a reply that leaves, learn the port punch and store
+ *   the snooped A2S_INFO reply.
  *
  * Decisions (tests/bpf pins each one):
  *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
@@ -26,7 +30,20 @@
  *     POP's own traffic: a source banned by spoofed floods in its name (a BGP neighbour) still
  *     reaches the POP (BGP, BFD). A ban is only ever created by traffic to a service.
  *   - Frames the program forwards are untagged; the FIB picks the egress device. The A2S answers
- *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tag kept).
+ *     go back the way their request came (XDP_TX, Ethernet addresses swapped, VLAN tags kept).
+ *   - The return path trusts the path, nothing else (docs/data-plane.md, "Trust model"): IPIP is
+ *     taken only on the devices user space flags as carrying it (edge_tunnel_ifaces: the
+ *     underlay devices, else the uplink), only whole, only from a known backend. Other IPIP,
+ *     GRE, 6in4 and every fragment to the tunnel address are dropped (drop_bad_tunnel): passed
+ *     on, the kernel's ipip device would reassemble and forward them past every filter.
+ *   - A packet whose source is one of the POP's own addresses (the tunnel address, the
+ *     addresses on its interfaces: edge_own_addrs) is dropped on every device the program runs
+ *     on: nothing the POP sends comes back in through it, and the kernel's accept_local (needed
+ *     for the encapsulated packets the program hands it) must not let spoofed ones in.
+ *   - Two VLAN tags (802.1ad + 802.1Q) are parsed and the packet filtered like any other; the
+ *     A2S answers keep both tags. A third tag is malformed (dropped), never passed around the
+ *     filters to a VLAN device of the kernel.
+ *   - An ICMP service forwards echo requests only; no ICMP error is ever answered with one.
  *   - The A2S challenge is issued only while the cache holds a fresh reply; otherwise the request
  *     goes to the game server, which runs its own challenge. A request carrying a challenge is
  *     answered from the cache only if the challenge is the fleet's cookie; a wrong one is dropped
@@ -360,7 +377,10 @@ static __always_inline struct verdict a2s_challenge_at(struct xdp_md *ctx, const
 static __always_inline struct verdict a2s_send_challenge(struct xdp_md *ctx, const struct packet *pkt,
 							 __u32 cookie, __u32 service_id)
 {
-	if (pkt->has_vlan)
+	/* A constant offset per case: what the verifier wants for the reply's header pointers. */
+	if (pkt->vlan_tags == 2)
+		return a2s_challenge_at(ctx, sizeof(struct ethhdr) + 2 * sizeof(struct vlan_tag), cookie, service_id);
+	if (pkt->vlan_tags == 1)
 		return a2s_challenge_at(ctx, sizeof(struct ethhdr) + sizeof(struct vlan_tag), cookie, service_id);
 	return a2s_challenge_at(ctx, sizeof(struct ethhdr), cookie, service_id);
 }
@@ -385,7 +405,9 @@ static __always_inline struct verdict a2s_send_cached(struct xdp_md *ctx, const 
 
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	if (pkt->has_vlan)
+	if (pkt->vlan_tags == 2)
+		return a2s_cached_at(ctx, sizeof(struct ethhdr) + 2 * sizeof(struct vlan_tag), entry, len, service_id);
+	if (pkt->vlan_tags == 1)
 		return a2s_cached_at(ctx, sizeof(struct ethhdr) + sizeof(struct vlan_tag), entry, len, service_id);
 	return a2s_cached_at(ctx, sizeof(struct ethhdr), entry, len, service_id);
 }
@@ -489,7 +511,10 @@ static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, con
 	backend_next_hop(ctx, svc->id, cfg->tunnel_addr, svc->backend_addr, pkt->tos, pkt->ip_tot_len + IPIP_HDR_LEN,
 			 now, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		if (!pkt->dont_fragment)
+		/* No ICMP error about an ICMP error (RFC 1122 3.2.2): only an echo request may be
+		 * answered. (Services forward no other ICMP; this keeps the rule where the answer is
+		 * made.) The kernel, given the packet, does not answer it either. */
+		if (!pkt->dont_fragment || (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO))
 			return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG);
 		/* The player's path MTU through us is the tunnel's: the egress MTU minus our header. */
 		return send_icmp_too_big(ctx, pkt, hop.mtu - IPIP_HDR_LEN);
@@ -502,8 +527,9 @@ static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, con
 	return emit(ctx, &hop, tx_reason);
 }
 
-/* Copy a backend's A2S_INFO reply into the cache (built in per-CPU scratch, inserted whole). */
-static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *inner, __u32 service_id, __u64 now)
+/* Copy a backend's A2S_INFO reply into per-CPU scratch. Returns 1 when the scratch holds one,
+ * to be inserted whole by a2s_snoop_commit() once the reply is known to be forwarded. */
+static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct packet *inner, __u64 now)
 {
 	struct a2s_cache_entry *scratch;
 	__u64 len = inner->payload_len, padded, tail_word;
@@ -512,15 +538,15 @@ static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *i
 	__u64 sum = 0;
 
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
-		return;
+		return 0;
 	if (bpf_xdp_load_bytes(ctx, inner->payload_off, header, sizeof(header)))
-		return;
+		return 0;
 	if (header[0] != 0xff || header[1] != 0xff || header[2] != 0xff || header[3] != 0xff ||
 	    header[4] != A2S_INFO_REPLY_TYPE)
-		return;
+		return 0;
 	scratch = bpf_map_lookup_elem(&edge_a2s_scratch, &zero);
 	if (!scratch)
-		return;
+		return 0;
 
 	/* Zero the last (partial) word first, so the padding after the payload sums to nothing. */
 	padded = (len + 3) & ~3U;
@@ -528,7 +554,7 @@ static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *i
 	if (tail_word <= A2S_CACHE_MAX_PAYLOAD - 4)
 		*(__u32 *)&scratch->payload[tail_word] = 0;
 	if (payload_copy(ctx, inner->payload_off, scratch->payload, len, 0))
-		return;
+		return 0;
 
 	/* Sum the padded payload word by word: a bounded loop every verifier follows (a snooped
 	 * reply is rare: once per refresh, not per packet). */
@@ -541,10 +567,47 @@ static __always_inline void a2s_snoop(struct xdp_md *ctx, const struct packet *i
 	scratch->payload_csum = csum_fold(sum);
 	scratch->len = len;
 	scratch->updated_ns = now;
-	bpf_map_update_elem(&edge_a2s_cache, &service_id, scratch, BPF_ANY);
+	return 1;
 }
 
-/* IPIP addressed to the POP's tunnel address: a backend's reply on its way to a player. */
+/*
+ * What a forwarded reply teaches the POP: the port punch of its flow and, when it is an A2S_INFO
+ * reply prepared in scratch, the cache entry. Called only once the reply passed every check and
+ * leaves the program towards a player (or the kernel's delivery): a reply dropped late (TTL, no
+ * route, an error) must not open a punch or fill the cache in a spoofer's name.
+ */
+static __always_inline void learn_from_reply(const struct packet *inner, __u32 service_id, int snooped, __u64 now)
+{
+	__u32 zero = 0;
+
+	if (inner->proto == IPPROTO_TCP || inner->proto == IPPROTO_UDP) {
+		struct punch_key pkey = {
+			.service_addr = inner->saddr,
+			.remote_addr = inner->daddr,
+			.service_port = inner->sport,
+			.remote_port = inner->dport,
+			.proto = inner->proto,
+		};
+		struct punch_value *punch = bpf_map_lookup_elem(&edge_punches, &pkey);
+
+		if (punch) {
+			punch->last_seen_ns = now; /* an aligned 64-bit store: atomic, and last writer wins */
+		} else {
+			struct punch_value fresh = { .last_seen_ns = now };
+
+			bpf_map_update_elem(&edge_punches, &pkey, &fresh, BPF_ANY);
+		}
+	}
+	if (snooped) {
+		struct a2s_cache_entry *scratch = bpf_map_lookup_elem(&edge_a2s_scratch, &zero);
+
+		if (scratch)
+			bpf_map_update_elem(&edge_a2s_cache, &service_id, scratch, BPF_ANY);
+	}
+}
+
+/* IPIP addressed to the POP's tunnel address, unfragmented, on a device that carries IPIP: a
+ * backend's reply on its way to a player. */
 static __always_inline struct verdict return_path(struct xdp_md *ctx, const struct packet *outer, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
@@ -553,7 +616,8 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	struct service_key skey = {};
 	struct service_value *svc;
 	struct next_hop hop;
-	int rc;
+	struct verdict v;
+	int rc, snooped = 0;
 
 	if (!bpf_map_lookup_elem(&edge_backends, &outer->saddr))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
@@ -574,32 +638,17 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (!svc || svc->backend_addr != outer->saddr)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
 
-	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
-		struct punch_key pkey = {
-			.service_addr = inner.saddr,
-			.remote_addr = inner.daddr,
-			.service_port = inner.sport,
-			.remote_port = inner.dport,
-			.proto = inner.proto,
-		};
-		struct punch_value *punch = bpf_map_lookup_elem(&edge_punches, &pkey);
-
-		if (punch) {
-			punch->last_seen_ns = now; /* an aligned 64-bit store: atomic, and last writer wins */
-		} else {
-			struct punch_value fresh = { .last_seen_ns = now };
-
-			bpf_map_update_elem(&edge_punches, &pkey, &fresh, BPF_ANY);
-		}
-	}
+	/* Read while the reply is still where it arrived; recorded only if it is forwarded. */
 	if (inner.proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_SNOOP))
-		a2s_snoop(ctx, &inner, svc->id, now);
+		snooped = a2s_snoop_prepare(ctx, &inner, now);
 
 	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
-	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED)
+	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* Addressed to the POP itself (the agent probing its game servers through the tunnel):
 		 * left encapsulated for the kernel's ipip device to deliver. */
+		learn_from_reply(&inner, svc->id, snooped, now);
 		return make_verdict(XDP_PASS, EDGE_REASON_PASS_LOCAL);
+	}
 	if (inner.ttl <= 1)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
 	count_service(svc->id, sizeof(struct ethhdr) + inner.ip_tot_len, 1);
@@ -609,9 +658,53 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 
 	if (ipip_decap(ctx, outer->l3_off, outer->ip_hdr_len) || ipv4_decrement_ttl(ctx, sizeof(struct ethhdr)))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
-	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG); /* the kernel fragments or answers */
-	return emit(ctx, &hop, EDGE_REASON_TX_RETURN);
+	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		/* The kernel fragments it (forwarded: learn) or, with DF, answers and drops it. */
+		if (!inner.dont_fragment)
+			learn_from_reply(&inner, svc->id, snooped, now);
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG);
+	}
+	v = emit(ctx, &hop, EDGE_REASON_TX_RETURN);
+	if (v.action != XDP_DROP)
+		learn_from_reply(&inner, svc->id, snooped, now); /* sent, or handed to the kernel to forward */
+	return v;
+}
+
+/* Protocols the kernel could decapsulate if they reached it: IPIP, IPv6-in-IPv4, GRE. */
+static __always_inline int is_tunnel_proto(__u8 proto)
+{
+	return proto == IPPROTO_IPIP || proto == IPPROTO_IPV6 || proto == IPPROTO_GRE;
+}
+
+/* Does the device the packet came in on carry IPIP to and from the backends? One array lookup. */
+static __always_inline int carries_ipip(__u32 ifindex)
+{
+	struct iface_value *iface = bpf_map_lookup_elem(&edge_tunnel_ifaces, &ifindex);
+
+	return iface && (iface->flags & EDGE_IFACE_F_IPIP);
+}
+
+/* Is the source one of the POP's own addresses (which no packet from outside may carry)? */
+static __always_inline int is_own_source(const struct edge_config *cfg, __be32 saddr)
+{
+	__u32 zero = 0;
+	struct own_addrs *own;
+
+	/* 0.0.0.0 is nobody's (a DHCP client's), also before edge_rules wrote the tunnel address. */
+	if (!saddr)
+		return 0;
+	if (saddr == cfg->tunnel_addr)
+		return 1;
+	own = bpf_map_lookup_elem(&edge_own_addrs, &zero);
+	if (!own)
+		return 0;
+	for (__u32 i = 0; i < EDGE_MAX_OWN_ADDRS; i++) {
+		if (i >= own->count)
+			break;
+		if (own->addrs[i] == saddr)
+			return 1;
+	}
+	return 0;
 }
 
 /* Is the source under a temporary ban (asked only for traffic to a service or an anycast prefix)? */
@@ -637,8 +730,19 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	 * forwarded. (validate_inventory refuses a deny prefix that covers a backend.) */
 	if (lists.denied)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_DENY);
-	if (pkt->proto == IPPROTO_IPIP && pkt->daddr == cfg->tunnel_addr && !pkt->is_fragment)
-		return return_path(ctx, pkt, bpf_ktime_get_ns());
+	/* Our own address as the source: spoofed (what the POP sends never comes back in here).
+	 * Dropped before the kernel could accept it (accept_local is on for the fallback path). */
+	if (is_own_source(cfg, pkt->saddr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_OWN_SOURCE);
+	/* The tunnel address takes IPIP from the backends, on the devices that carry it, whole.
+	 * Everything else the kernel's tunnels could decapsulate or reassemble there (IPIP from
+	 * the wrong side, GRE, 6in4, any fragment) would reach players past every filter: dropped. */
+	if (pkt->daddr == cfg->tunnel_addr) {
+		if (pkt->proto == IPPROTO_IPIP && !pkt->is_fragment && carries_ipip(ctx->ingress_ifindex))
+			return return_path(ctx, pkt, bpf_ktime_get_ns());
+		if (pkt->is_fragment || is_tunnel_proto(pkt->proto))
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
+	}
 	now = bpf_ktime_get_ns();
 	/* The service first: a packet to one is ours without asking the anycast prefixes. Fragments
 	 * (a later one has no ports) and IP options are never a service's. Without a service, the
@@ -668,6 +772,10 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
 	count_client(pkt->saddr, pkt->frame_len, now);
 	count_service(svc->id, pkt->frame_len, 0);
+	/* An ICMP service is for ping: echo requests only. Errors, redirects, timestamps ... to an
+	 * anycast address are nothing a game server needs, and an error must never be answered. */
+	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ICMP_TYPE);
 
 	punched = punch_is_live(cfg, pkt, now);
 	if (punched)

@@ -29,6 +29,8 @@
 #define EDGE_MAX_RATE_COUNTERS 524288
 #define EDGE_MAX_CLIENTS       131072  /* per-player statistics (top talkers) */
 #define EDGE_MAX_TX_PORTS      64
+#define EDGE_MAX_IFINDEX       65536   /* edge_tunnel_ifaces is indexed by ifindex (per network namespace, small) */
+#define EDGE_MAX_OWN_ADDRS     64      /* the POP's own IPv4 addresses (edge_own_addrs) */
 
 /* Largest A2S_INFO reply payload (UDP payload, from the FF FF FF FF 49 header on) that is cached.
  * Replies are a few hundred bytes in practice; a larger or split (FF FF FF FF FE) reply is not cached. */
@@ -71,6 +73,9 @@ enum edge_reason {
 	EDGE_REASON_TX_A2S_CACHED,         /* answered an A2S_INFO request from the cache */
 	EDGE_REASON_TX_ICMP_TOO_BIG,       /* answered ICMP fragmentation-needed (DF set, too big) */
 	EDGE_REASON_PASS_LOCAL,            /* a backend's reply to the POP itself (the agent's probes): the kernel's tunnel takes it */
+	EDGE_REASON_DROP_BAD_TUNNEL,       /* to the tunnel address: IPIP on a device that does not carry it, a fragment, GRE, 6in4 */
+	EDGE_REASON_DROP_OWN_SOURCE,       /* arrived with one of the POP's own addresses as its source (spoofed) */
+	EDGE_REASON_DROP_ICMP_TYPE,        /* ICMP to a service that is not an echo request */
 	EDGE_REASON_COUNT,
 };
 
@@ -176,6 +181,23 @@ struct src_hosts_value {
 /* Backends: outer source address of return traffic -> flags (reserved, 0). */
 struct backend_value {
 	__u32 flags;
+};
+
+/* edge_tunnel_ifaces value, indexed by ifindex: what the device carries. */
+#define EDGE_IFACE_F_IPIP (1U << 0) /* IPIP to and from the backends: the return path is accepted here */
+
+struct iface_value {
+	__u32 flags;  /* EDGE_IFACE_F_*; 0: an ordinary device (no IPIP accepted) */
+	__u32 pad;    /* 8 bytes: the stride of a mmapable array, so user space reads it all at once */
+};
+
+/* edge_own_addrs[0]: the POP's own addresses, a short list in one array entry rather than a hash
+ * map: every packet asks, and an inlined array lookup plus a few compares costs a few ns where a
+ * hash lookup cost ~20 (measured with make bench on the pass-through path). */
+struct own_addrs {
+	__u32 count;                       /* addrs[0..count) are used */
+	__u32 pad;
+	__be32 addrs[EDGE_MAX_OWN_ADDRS];
 };
 
 /* Temporary bans: source -> monotonic time the ban ends. */

@@ -62,6 +62,30 @@ struct {
 	__type(value, struct backend_value);
 } edge_backends SEC(".maps");
 
+/* Written by xdp_program (its tunnel_devices option: the underlay devices when there are any,
+ * else the uplink; roles/xdp_edge sets it), indexed by ifindex. Read by XDP on the return path
+ * only: IPIP to the tunnel address is accepted only from a device flagged EDGE_IFACE_F_IPIP, so a
+ * reply spoofed in a backend's name from the internet (the uplink of a POP with an underlay)
+ * is dropped. One array lookup, and only for IPIP to the tunnel address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_MAX_IFINDEX);
+	__type(key, __u32);
+	__type(value, struct iface_value);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} edge_tunnel_ifaces SEC(".maps");
+
+/* Written by xdp_program (the IPv4 addresses on the POP's interfaces, read from the kernel at
+ * each run; the tunnel address is also compared from edge_config), one entry written whole.
+ * Read by XDP on every IPv4 packet: a packet arriving with one of these as its source is spoofed
+ * and dropped, so the kernel's accept_local (which the fallback path needs) never lets one in. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct own_addrs);
+} edge_own_addrs SEC(".maps");
+
 /* Written by edge_rules (allow CIDRs, exactly as inventory gives them: the operator's allow list
  * and the control-plane sources derived from inventory; the value says which, enum
  * edge_allow_origin). Read by edge_rules only: the record the derived edge_src_filter/

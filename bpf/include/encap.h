@@ -2,7 +2,7 @@
 /*
  * IPv4-in-IPv4 encapsulation and decapsulation in XDP, and the next hop from the kernel's FIB.
  *
- * Output frames are always untagged Ethernet: a VLAN tag on the way in is consumed here, and the
+ * Output frames are always untagged Ethernet: VLAN tags (one or two) on the way in are consumed here, and the
  * FIB decides the egress device. Outer header (RFC 2003): TOS copied from the inner header (ECN
  * included, RFC 6040 normal mode), DF copied, ID 0, TTL 64, source = the POP's tunnel address
  * (never a per-flow source: providers with anti-spoofing drop those, katran #116).

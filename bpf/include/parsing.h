@@ -6,7 +6,9 @@
  * adjust_head/adjust_tail invalidate pointers and the callers re-derive them from offsets.
  *
  * What counts as malformed (PARSE_MALFORMED, dropped as EDGE_REASON_DROP_MALFORMED):
- *   - a frame too short for its Ethernet header or its one 802.1Q/802.1ad tag;
+ *   - a frame too short for its Ethernet header or its VLAN tags (802.1Q/802.1ad);
+ *   - a frame with more than two VLAN tags (QinQ's two are parsed; a third would hide the
+ *     IP packet from every filter while a VLAN device of the kernel might still take it);
  *   - IPv4: fewer than 20 bytes, version != 4, IHL < 5, header longer than the frame,
  *     total length smaller than the header or larger than what the frame holds;
  *   - IPv6: fewer than 40 bytes or version != 6;
@@ -54,7 +56,7 @@ struct vlan_tag {
 /* An IPv4 packet as the pipeline sees it. Offsets are from the start of the frame. */
 struct packet {
 	__u32 frame_len;     /* data_end - data on arrival */
-	__u32 l3_off;        /* 14, or 18 with a VLAN tag */
+	__u32 l3_off;        /* 14, 18 with a VLAN tag, 22 with two (QinQ) */
 	__u32 ip_hdr_len;    /* IHL * 4 */
 	__u32 ip_tot_len;    /* from the header, validated against the frame */
 	__u32 l4_off;        /* l3_off + ip_hdr_len */
@@ -69,8 +71,9 @@ struct packet {
 	__u8 ttl;
 	__u8 is_fragment;    /* MF set or a fragment offset */
 	__u8 dont_fragment;
-	__u8 has_vlan;
-	__u8 pad[2];
+	__u8 vlan_tags;      /* 0, 1 or 2 */
+	__u8 icmp_type;      /* ICMP (unfragmented) only */
+	__u8 pad;
 	__u8 v6_daddr[16];   /* IPv6 only: the destination, for the anycast check */
 };
 
@@ -114,6 +117,7 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 
 		if ((void *)(icmp + 1) > data_end || ip_payload_len < sizeof(*icmp))
 			return PARSE_MALFORMED;
+		pkt->icmp_type = icmp->type;
 		pkt->payload_off = l4_off + sizeof(*icmp);
 		pkt->payload_len = ip_payload_len - sizeof(*icmp);
 	}
@@ -158,7 +162,28 @@ static __always_inline int parse_ipv4_at(void *data, void *data_end, __u32 l3_of
 	return parse_l4(data, data_end, pkt);
 }
 
-/* Parse Ethernet, at most one VLAN tag, and the IP header that follows. */
+/* One VLAN tag at l3_off, if proto says there is one: proto and l3_off then move past it.
+ * Returns -1 when the frame ends inside the tag. */
+static __always_inline int skip_vlan_tag(void *data, void *data_end, __be16 *proto, __u32 *l3_off,
+					 struct packet *pkt)
+{
+	struct vlan_tag *tag;
+
+	if (*proto != ETH_P_8021Q_BE && *proto != ETH_P_8021AD_BE)
+		return 0;
+	if (*l3_off > sizeof(struct ethhdr) + sizeof(struct vlan_tag))
+		return -1;
+	tag = data + *l3_off;
+	if ((void *)(tag + 1) > data_end)
+		return -1;
+	*proto = tag->encapsulated_proto;
+	*l3_off += sizeof(*tag);
+	pkt->vlan_tags++;
+	return 0;
+}
+
+/* Parse Ethernet, up to two VLAN tags (802.1ad + 802.1Q, or two 802.1Q), and the IP header that
+ * follows. */
 static __always_inline int parse_frame(struct xdp_md *ctx, struct packet *pkt)
 {
 	void *data = (void *)(long)ctx->data;
@@ -168,19 +193,15 @@ static __always_inline int parse_frame(struct xdp_md *ctx, struct packet *pkt)
 	__u32 l3_off = sizeof(*eth);
 
 	pkt->frame_len = (__u32)(data_end - data);
-	pkt->has_vlan = 0;
+	pkt->vlan_tags = 0;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_MALFORMED;
 	proto = eth->h_proto;
-	if (proto == ETH_P_8021Q_BE || proto == ETH_P_8021AD_BE) {
-		struct vlan_tag *tag = (void *)(eth + 1);
-
-		if ((void *)(tag + 1) > data_end)
-			return PARSE_MALFORMED;
-		proto = tag->encapsulated_proto;
-		l3_off += sizeof(*tag);
-		pkt->has_vlan = 1;
-	}
+	if (skip_vlan_tag(data, data_end, &proto, &l3_off, pkt) ||
+	    skip_vlan_tag(data, data_end, &proto, &l3_off, pkt))
+		return PARSE_MALFORMED;
+	if (proto == ETH_P_8021Q_BE || proto == ETH_P_8021AD_BE)
+		return PARSE_MALFORMED; /* a third tag */
 	pkt->l3_off = l3_off;
 
 	if (proto == bpf_htons(ETH_P_IPV6)) {

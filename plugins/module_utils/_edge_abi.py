@@ -43,6 +43,9 @@ REASONS = (
     "tx_a2s_cached",
     "tx_icmp_too_big",
     "pass_local",
+    "drop_bad_tunnel",
+    "drop_own_source",
+    "drop_icmp_type",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -72,6 +75,11 @@ LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
 BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_bans)
 BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
+IFACE_VALUE = struct.Struct("<I4x")                   # struct iface_value (edge_tunnel_ifaces)
+IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
+MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
+MAX_OWN_ADDRS = 64                                    # EDGE_MAX_OWN_ADDRS
+OWN_ADDRS = struct.Struct("<I4x%ds" % (4 * MAX_OWN_ADDRS))  # struct own_addrs (edge_own_addrs[0])
 BAN_VALUE = struct.Struct("<Q")                       # struct ban_value
 RATE_KEY = struct.Struct("<4sII B3x")                 # struct rate_key
 RATE_VALUE = struct.Struct("<QQ")                     # struct rate_value
@@ -99,6 +107,8 @@ LAYOUTS = {
     "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
     "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
     "backend_value": (BACKEND_VALUE, ("flags",)),
+    "iface_value": (IFACE_VALUE, ("flags", "pad")),
+    "own_addrs": (OWN_ADDRS, ("count", "pad", "addrs")),
     "ban_value": (BAN_VALUE, ("until_ns",)),
     "rate_key": (RATE_KEY, ("saddr", "service_id", "window", "proto_class", "pad")),
     "rate_value": (RATE_VALUE, ("packets", "bytes")),
@@ -160,6 +170,19 @@ def pack_lpm_v6(cidr):
 def pack_punch_key(proto, service_addr, service_port, remote_addr, remote_port):
     return PUNCH_KEY.pack(ipv4(service_addr), ipv4(remote_addr), port(service_port), port(remote_port),
                           IPPROTO.get(proto, proto))
+
+
+def pack_own_addrs(addresses):
+    """struct own_addrs of dotted quads (at most MAX_OWN_ADDRS)."""
+    if len(addresses) > MAX_OWN_ADDRS:
+        raise ValueError("%d addresses; the program holds at most %d" % (len(addresses), MAX_OWN_ADDRS))
+    return OWN_ADDRS.pack(len(addresses), b"".join(ipv4(address) for address in addresses))
+
+
+def unpack_own_addrs(raw):
+    """The dotted quads of a struct own_addrs."""
+    count, packed = OWN_ADDRS.unpack(raw)
+    return [socket.inet_ntoa(packed[4 * index:4 * index + 4]) for index in range(min(count, MAX_OWN_ADDRS))]
 
 
 def payload_csum(payload):

@@ -38,6 +38,7 @@ author:
 requirements:
   - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
   - root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)
+  - pyroute2 (Debian package C(python3-pyroute2)), to read the host's addresses
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -107,7 +108,22 @@ options:
     type: list
     elements: str
     default: []
+  tunnel_devices:
+    description:
+      - The interfaces that carry the IPIP to and from the backends - the only ones the program
+        accepts a backend's reply on (its return path). Flagged in the program's
+        C(edge_tunnel_ifaces) map by ifindex; every other interface is cleared there.
+      - Omitted, the O(also_on) interfaces when there are any (the underlay), else O(iface)
+        (the uplink).
+      - Each must also run the program (O(iface) or one of O(also_on)) - a device without it
+        never sees the return path.
+    type: list
+    elements: str
 notes:
+  - The IPv4 addresses on the host's interfaces (in the module's network namespace) are written
+    into the program's C(edge_own_addrs) map at every run (RV(own_addresses)); the program drops a
+    packet that arrives with one of them as its source. Run the module again after changing the
+    host's addresses.
   - A program's tag is a hash of its instructions computed by the kernel at load; two loads of
     the same object have the same tag, a rebuilt object with different code has another.
   - The program's maps must not use C(LIBBPF_PIN_BY_NAME) - this module decides per map whether
@@ -194,6 +210,18 @@ tx_devices:
   type: list
   elements: str
   sample: [eth2]
+tunnel_devices:
+  description: The interfaces flagged as carrying IPIP in C(edge_tunnel_ifaces) after the run.
+  returned: always
+  type: list
+  elements: str
+  sample: [eth2]
+own_addresses:
+  description: The addresses in C(edge_own_addrs) after the run (the host's own IPv4 addresses).
+  returned: always
+  type: list
+  elements: str
+  sample: [10.0.0.1, 192.0.2.10]
 also_on:
   description: The O(also_on) interfaces and the id of the program each runs after the run (null if none).
   returned: always
@@ -216,7 +244,7 @@ import os
 import socket
 import struct
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BPF_MAP_TYPE_DEVMAP,
@@ -237,6 +265,18 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     xdp_detach,
     xdp_query,
 )
+from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
+    IFACE_F_IPIP,
+    IFACE_VALUE,
+    MAX_IFINDEX,
+    MAX_OWN_ADDRS,
+    pack_own_addrs,
+    unpack_own_addrs,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
+    PYROUTE2_IMPORT_ERROR,
+    open_iproute,
+)
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     DEFAULT_PIN_ROOT,
     PinError,
@@ -250,6 +290,8 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import (
 )
 
 TX_PORTS_MAP = "edge_tx_ports"
+TUNNEL_IFACES_MAP = "edge_tunnel_ifaces"
+OWN_ADDRS_MAP = "edge_own_addrs"
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 ATTACHED_MODE_NAMES = {XDP_ATTACHED_DRV: "native", XDP_ATTACHED_SKB: "generic", XDP_ATTACHED_HW: "offload"}
 # What a driver without native XDP answers to XDP_FLAGS_DRV_MODE.
@@ -352,7 +394,8 @@ class XdpProgramModule(object):
         self.program_name = params["program"]
         self.result = dict(changed=False, prog_id=None, tag=None, mode=None, mode_fallback=None,
                            previous_prog_id=None, previous_tag=None, maps_reused=[], maps_created=[],
-                           maps_removed=[], tx_devices=[], also_on={}, bpffs_mounted=False)
+                           maps_removed=[], tx_devices=[], tunnel_devices=[], own_addresses=[], also_on={},
+                           bpffs_mounted=False)
         # Set once the host was really modified: a failure reports changed only then.
         self.modified = False
         try:
@@ -381,6 +424,8 @@ class XdpProgramModule(object):
 
     def run_present(self):
         tx_ifindexes = self.tx_ifindexes()
+        self.tunnel_ifindexes = self.wanted_tunnel_ifindexes()
+        self.own_addresses = host_ipv4_addresses()
         readable = self.pins_readable(mount_if_needed=True)
         present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
         try:
@@ -479,6 +524,66 @@ class XdpProgramModule(object):
             self.result["previous_prog_id"] = present.attached_id
             self.result["previous_tag"] = present.attached_info.tag
 
+    def wanted_tunnel_ifindexes(self):
+        """{ifindex: name} of the devices that carry IPIP: tunnel_devices, else also_on, else iface."""
+        names = self.module.params["tunnel_devices"]
+        if names is None:
+            names = self.module.params["also_on"] or [self.iface]
+        running = set([self.iface] + list(self.module.params["also_on"]))
+        wanted = {}
+        for name in names:
+            try:
+                ifindex = socket.if_nametoindex(name)
+            except OSError:
+                raise ModuleFailure("tunnel_devices: no interface named %r in this network namespace" % name)
+            if name not in running:
+                raise ModuleFailure("tunnel_devices: %s does not run the program (it is neither iface nor in also_on)"
+                                    % name)
+            if ifindex >= MAX_IFINDEX:
+                raise ModuleFailure("tunnel_devices: %s has ifindex %d; the program's %s holds ifindexes below %d"
+                                    % (name, ifindex, TUNNEL_IFACES_MAP, MAX_IFINDEX))
+            wanted[ifindex] = name
+        return wanted
+
+    def converge_trust_maps(self, maps):
+        """edge_tunnel_ifaces flags exactly the tunnel devices; edge_own_addrs holds exactly the
+        host's addresses. maps: {name: BpfMap} (the pinned ones, or the new object's)."""
+        tunnel_map, own_map = maps.get(TUNNEL_IFACES_MAP), maps.get(OWN_ADDRS_MAP)
+        if tunnel_map is None and own_map is None and self.module.params["tunnel_devices"] is None:
+            return  # not the edge program (another XDP program): nothing to tell it
+        if tunnel_map is None or own_map is None:
+            raise ModuleFailure("object: %s has no %s/%s map to put the tunnel devices and own addresses in"
+                                % (self.module.params["object"], TUNNEL_IFACES_MAP, OWN_ADDRS_MAP))
+        values = tunnel_map.array_bytes()
+        stride = tunnel_map.value_size
+        flagged = set(index for index in range(len(values) // stride)
+                      if IFACE_VALUE.unpack_from(values, index * stride)[0] & IFACE_F_IPIP)
+        wanted_flags = set(self.tunnel_ifindexes)
+        present_addrs = set(unpack_own_addrs(own_map.lookup(U32.pack(0))))
+        wanted_addrs = set(self.own_addresses)
+        if len(wanted_addrs) > MAX_OWN_ADDRS:
+            raise ModuleFailure("the host has %d IPv4 addresses; the program's %s holds at most %d"
+                                % (len(wanted_addrs), OWN_ADDRS_MAP, MAX_OWN_ADDRS))
+        self.result["tunnel_devices"] = sorted(self.tunnel_ifindexes.values())
+        self.result["own_addresses"] = sorted(wanted_addrs, key=socket.inet_aton)
+        if flagged == wanted_flags and present_addrs == wanted_addrs:
+            return
+        self.result["changed"] = True
+        self.result["tunnel_devices_before"] = sorted(self.ifname(ifindex) for ifindex in flagged)
+        self.result["own_addresses_before"] = sorted(present_addrs, key=socket.inet_aton)
+        if self.module.check_mode:
+            return
+        self.modified = True
+        try:
+            # New flags first, then the old ones go: no moment without the wanted devices.
+            tunnel_map.array_write((ifindex, IFACE_VALUE.pack(IFACE_F_IPIP)) for ifindex in sorted(wanted_flags - flagged))
+            tunnel_map.array_write((ifindex, IFACE_VALUE.pack(0)) for ifindex in sorted(flagged - wanted_flags))
+            if present_addrs != wanted_addrs:
+                # One entry, written whole: only a packet judged during the copy may see a mix of the lists.
+                own_map.update(U32.pack(0), pack_own_addrs(self.result["own_addresses"]))
+        except (BpfError, ValueError) as exc:
+            raise ModuleFailure("cannot update %s/%s: %s" % (TUNNEL_IFACES_MAP, OWN_ADDRS_MAP, exc))
+
     def tx_ifindexes(self):
         wanted = {}
         for name in self.module.params["tx_devices"]:
@@ -571,6 +676,7 @@ class XdpProgramModule(object):
                                maps_reused=reused)
             tx_map = present.pinned_maps.get(TX_PORTS_MAP) if tx_map_name else None
             self.converge_tx_ports(tx_map, tx_ifindexes, tx_map_name)
+            self.converge_trust_maps(present.pinned_maps)
             self.set_diff(present, new_tag, present.attached_mode, sorted(reused))
             return
 
@@ -579,6 +685,9 @@ class XdpProgramModule(object):
         # The new program's device map (the pinned one if reused) is filled before the
         # program runs, so its first packets already find the devices.
         self.converge_tx_ports(obj.map(TX_PORTS_MAP) if tx_map_name else None, tx_ifindexes, tx_map_name)
+        # The return path's devices and the POP's own addresses too: the first packets of the new
+        # program already find them (an empty edge_tunnel_ifaces would drop every reply).
+        self.converge_trust_maps(dict((bpf_map.name, bpf_map) for bpf_map in obj.maps()))
         if self.module.check_mode:
             self.result["mode"] = mode if mode != "auto" else (present.attached_mode or "native")
             self.set_diff(present, new_tag, self.result["mode"], sorted(reused + created))
@@ -705,6 +814,8 @@ class XdpProgramModule(object):
         if not self.module._diff:
             return
         before_tx = self.result.get("tx_devices_before")
+        before_tunnel = self.result.get("tunnel_devices_before", self.result["tunnel_devices"])
+        before_own = self.result.get("own_addresses_before", self.result["own_addresses"])
         self.result["diff"] = dict(
             before={
                 "tag": present.attached_info.tag if present.attached_info else None,
@@ -712,12 +823,16 @@ class XdpProgramModule(object):
                 "pinned_maps": sorted(present.pinned_maps),
                 "tx_devices": self.result["tx_devices"] if before_tx is None else
                 [self.ifname(ifindex) for ifindex in before_tx],
+                "tunnel_devices": before_tunnel,
+                "own_addresses": before_own,
             },
             after={
                 "tag": new_tag,
                 "mode": new_mode,
                 "pinned_maps": new_maps,
                 "tx_devices": self.result["tx_devices"],
+                "tunnel_devices": self.result["tunnel_devices"],
+                "own_addresses": self.result["own_addresses"],
             },
             before_header="%s (xdp)" % self.iface, after_header="%s (xdp)" % self.iface,
         )
@@ -772,6 +887,17 @@ class XdpProgramModule(object):
             present.close()
 
 
+def host_ipv4_addresses():
+    """Every IPv4 address on the interfaces of this network namespace (dotted quads)."""
+    addresses = set()
+    with open_iproute() as ipr:
+        for message in ipr.get_addr(family=socket.AF_INET):
+            address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
+            if address:
+                addresses.add(address)
+    return sorted(addresses, key=socket.inet_aton)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -783,10 +909,13 @@ def main():
             state=dict(type="str", default="present", choices=["present", "absent"]),
             tx_devices=dict(type="list", elements="str", default=[]),
             also_on=dict(type="list", elements="str", default=[]),
+            tunnel_devices=dict(type="list", elements="str"),
         ),
         required_if=[("state", "present", ["object"])],
         supports_check_mode=True,
     )
+    if PYROUTE2_IMPORT_ERROR is not None and module.params["state"] == "present":
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
     runner = XdpProgramModule(module)
     try:
         if module.params["state"] == "present":

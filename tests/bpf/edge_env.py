@@ -27,9 +27,10 @@ ALL_MAPS = (
     "edge_config", "edge_services", "edge_anycast_v4", "edge_anycast_v6", "edge_backends",
     "edge_allow_v4", "edge_deny_v4", "edge_bans", "edge_rate_counters", "edge_punches",
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_tx_ports",
-    "edge_src_filter", "edge_src_hosts", "edge_next_hops",
+    "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
 )
-ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops")
+ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
+              "edge_tunnel_ifaces", "edge_own_addrs")
 
 
 @dataclass
@@ -129,6 +130,9 @@ class EdgeEnv:
             for key in list(bpf_map.keys()):
                 bpf_map.delete(key)
         self.maps["edge_config"].update(abi.U32.pack(0), bytes(abi.EDGE_CONFIG.size))
+        self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs([]))
+        for ifindex in self.ifindex.values():
+            self.maps["edge_tunnel_ifaces"].update(abi.U32.pack(ifindex), abi.IFACE_VALUE.pack(0))
         ncpu = _bpf.num_possible_cpus()
         # No cached next hop may outlive its test (one may change a neighbour): one batch write.
         next_hops = self.maps["edge_next_hops"]
@@ -151,6 +155,16 @@ class EdgeEnv:
 
     def add_backend(self, address: str) -> None:
         self.maps["edge_backends"].update(abi.ipv4(address), abi.BACKEND_VALUE.pack(0))
+
+    def set_tunnel_devices(self, *devs: str) -> None:
+        """Flag exactly these devices as carrying IPIP (what xdp_program's tunnel_devices writes)."""
+        for dev, ifindex in self.ifindex.items():
+            flags = abi.IFACE_F_IPIP if dev in devs else 0
+            self.maps["edge_tunnel_ifaces"].update(abi.U32.pack(ifindex), abi.IFACE_VALUE.pack(flags))
+
+    def add_own_address(self, address: str) -> None:
+        present = abi.unpack_own_addrs(self.maps["edge_own_addrs"].lookup(abi.U32.pack(0)))
+        self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs(present + [address]))
 
     def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
         self.maps["edge_services"].update(

@@ -47,6 +47,11 @@ IPPROTO_ICMP = 1
 IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_IPV6 = 41
+IPPROTO_GRE = 47
+# What the kernel's tunnels could decapsulate if it reached them (xdp_edge.c is_tunnel_proto).
+TUNNEL_PROTOS = (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_GRE)
+ICMP_ECHO = 8
 
 IP_MF = 0x2000
 IP_DF = 0x4000
@@ -214,13 +219,16 @@ class ModelState:
     a2s_cache: dict = field(default_factory=dict)          # {service id: CacheEntry}
     tx_ports: set = field(default_factory=set)             # {"bk0", ...}: edge_tx_ports devices
     rate_counters: dict = field(default_factory=dict)      # {RateKey: (packets, bytes)}
+    tunnel_ifaces: set = field(default_factory=set)        # {"up0", ...}: edge_tunnel_ifaces (carry IPIP)
+    own_addrs: set = field(default_factory=set)            # {"10.0.0.1", ...}: edge_own_addrs
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
                        anycast_v6=list(self.anycast_v6), backends=set(self.backends),
                        allow=list(self.allow), deny=list(self.deny), bans=dict(self.bans),
                        punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
-                       tx_ports=set(self.tx_ports), rate_counters=dict(self.rate_counters))
+                       tx_ports=set(self.tx_ports), rate_counters=dict(self.rate_counters),
+                       tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs))
 
     # lookups as the program makes them
     def service(self, proto: int, addr: str, port: int) -> Optional[Service]:
@@ -305,6 +313,7 @@ class Ipv4:
     ttl: int
     is_fragment: bool
     dont_fragment: bool
+    icmp_type: int = 0       # ICMP (unfragmented) only
 
 
 def _addr(raw: bytes) -> str:
@@ -357,6 +366,7 @@ def parse_ipv4(frame: bytes, l3_off: int, end: int) -> Ipv4:
             raise Malformed("ICMP header truncated")
         pkt.payload_off = l4_off + 8
         pkt.payload_len = ip_payload_len - 8
+        pkt.icmp_type = frame[l4_off]
     if proto in (IPPROTO_TCP, IPPROTO_UDP):
         pkt.sport_raw = frame[l4_off:l4_off + 2]
         pkt.dport_raw = frame[l4_off + 2:l4_off + 4]
@@ -370,11 +380,17 @@ def parse_frame(frame: bytes):
         raise Malformed("no Ethernet header")
     (proto,) = struct.unpack_from("!H", frame, 12)
     l3_off = ETH_HLEN
-    if proto in (ETH_P_8021Q, ETH_P_8021AD):
-        if len(frame) < ETH_HLEN + VLAN_HLEN:
+    # Two tags (QinQ) are parsed, whatever their TPIDs; a third is malformed: a frame is either
+    # filtered like any other or dropped, never passed to a kernel VLAN device unfiltered.
+    for dummy in range(2):
+        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if len(frame) < l3_off + VLAN_HLEN:
             raise Malformed("VLAN tag truncated")
-        (proto,) = struct.unpack_from("!H", frame, 16)
+        (proto,) = struct.unpack_from("!H", frame, l3_off + 2)
         l3_off += VLAN_HLEN
+    if proto in (ETH_P_8021Q, ETH_P_8021AD):
+        raise Malformed("a third VLAN tag")
     if proto == ETH_P_IPV6:
         if l3_off + IPV6_HLEN > len(frame) or frame[l3_off] >> 4 != 6:
             raise Malformed("IPv6 header")
@@ -495,8 +511,17 @@ class EdgeModel:
         # the tunnel address too (validate_inventory refuses a deny prefix covering a backend).
         if state.denied(pkt.saddr):
             raise _verdict(DROP, "drop_deny")
-        if pkt.proto == IPPROTO_IPIP and pkt.daddr == cfg.tunnel_addr and not pkt.is_fragment:
-            self._return_path(pkt)
+        # Nothing from outside may carry the POP's own address as its source (the kernel's
+        # accept_local would take it).
+        if pkt.saddr != "0.0.0.0" and (pkt.saddr == cfg.tunnel_addr or pkt.saddr in state.own_addrs):
+            raise _verdict(DROP, "drop_own_source")
+        # The tunnel address takes whole IPIP on the devices that carry it; other tunnel
+        # protocols and every fragment there would be decapsulated/reassembled by the kernel.
+        if pkt.daddr == cfg.tunnel_addr:
+            if pkt.proto == IPPROTO_IPIP and not pkt.is_fragment and self._ingress in state.tunnel_ifaces:
+                self._return_path(pkt)
+            if pkt.is_fragment or pkt.proto in TUNNEL_PROTOS:
+                raise _verdict(DROP, "drop_bad_tunnel")
         allowed = state.allowed(pkt.saddr)
 
         def banned():
@@ -520,6 +545,9 @@ class EdgeModel:
             raise _verdict(DROP, "drop_no_service")
         if banned():
             raise _verdict(DROP, "drop_banned")
+        # An ICMP service is for ping: echo requests only.
+        if pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO:
+            raise _verdict(DROP, "drop_icmp_type")
         if self._punch_is_live(pkt):
             self._forward_to_backend(pkt, svc, "tx_punched")
         if not allowed and self._rate_limit_exceeded(pkt, svc):
@@ -601,7 +629,8 @@ class EdgeModel:
             raise _verdict(DROP, "drop_ttl")
         hop = self._fib(svc.backend, pkt.ip_tot_len + IPV4_HLEN)
         if hop.rc == "frag_needed":
-            if not pkt.dont_fragment:
+            # Only an echo request is ever answered with an ICMP error (never an ICMP error).
+            if not pkt.dont_fragment or (pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO):
                 raise _verdict(PASS, "pass_too_big")
             # The player's path MTU through us is the tunnel's: egress MTU minus our header.
             self._send_icmp_too_big(pkt, (hop.mtu - IPV4_HLEN) & 0xFFFF)
@@ -685,7 +714,7 @@ class EdgeModel:
         total += csum_words(bytes(udp)) + known_payload_sum
         check = _not16(csum_fold(total)) or 0xFFFF
         udp[6:8] = struct.pack("<H", check)
-        # Back the way the request came: Ethernet addresses swapped, the VLAN tag kept, XDP_TX.
+        # Back the way the request came: Ethernet addresses swapped, the VLAN tags kept, XDP_TX.
         ethernet = self._frame[6:12] + self._frame[0:6] + self._frame[12:pkt.l3_off]
         raise _verdict(TX, tx_reason, ethernet + bytes(ip) + bytes(udp) + payload)
 
@@ -707,14 +736,10 @@ class EdgeModel:
         svc = state.service(inner.proto, inner.saddr, inner.sport)
         if svc is None or svc.backend != outer.saddr:
             raise _verdict(DROP, "drop_bad_return")
-        if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
-            key = PunchKey(inner.proto, inner.saddr, inner.sport, inner.daddr, inner.dport)
-            self._effects.punch_seen = (key, self._now)
-        if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
-            self._a2s_snoop(inner, svc)
         hop = self._fib(inner.daddr, inner.ip_tot_len)
         if hop.rc == "local":
             # Addressed to the POP itself (the agent's probes): left encapsulated for the kernel.
+            self._learn_from_reply(inner, svc)
             raise _verdict(PASS, "pass_local")
         if inner.ttl <= 1:
             raise _verdict(DROP, "drop_ttl")
@@ -722,8 +747,25 @@ class EdgeModel:
             raise _verdict(DROP, "drop_no_route")
         frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + self._decrement_ttl(self._frame[inner.l3_off:])
         if hop.rc == "frag_needed":
-            raise _verdict(PASS, "pass_too_big", frame)   # the kernel fragments or answers
-        self._emit(frame, hop, "tx_return")
+            # The kernel fragments it (forwarded) or, with DF, answers and drops it (not learnt).
+            if not inner.dont_fragment:
+                self._learn_from_reply(inner, svc)
+            raise _verdict(PASS, "pass_too_big", frame)
+        # Punch and snoop only for a reply that leaves (sent, or handed to the kernel to forward):
+        # a reply dropped late must not teach the POP anything in a spoofer's name.
+        try:
+            self._emit(frame, hop, "tx_return")
+        except Decision as decision:
+            if decision.action != DROP:
+                self._learn_from_reply(inner, svc)
+            raise
+
+    def _learn_from_reply(self, inner: Ipv4, svc: Service):
+        if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
+            key = PunchKey(inner.proto, inner.saddr, inner.sport, inner.daddr, inner.dport)
+            self._effects.punch_seen = (key, self._now)
+        if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
+            self._a2s_snoop(inner, svc)
 
     def _a2s_snoop(self, inner: Ipv4, svc: Service):
         payload = self._frame[inner.payload_off:inner.payload_off + inner.payload_len]

@@ -92,8 +92,10 @@ def tcp_frame(src, dst, sport, dport, payload: bytes = b"", flags: str = "S", vl
                  vlan=vlan)
 
 
-def icmp_echo_frame(src, dst, payload: bytes = b"", ident: int = 1, seq: int = 1, vlan=None, **ip_fields) -> bytes:
-    return frame(ipv4(src, dst, ICMP(type=8, id=ident, seq=seq) / Raw(payload), **ip_fields), vlan=vlan)
+def icmp_echo_frame(src, dst, payload: bytes = b"", ident: int = 1, seq: int = 1, vlan=None, icmp_type: int = 8,
+                    **ip_fields) -> bytes:
+    """An echo request; another icmp_type (an error, a timestamp ...) keeps the same 8-byte header."""
+    return frame(ipv4(src, dst, ICMP(type=icmp_type, id=ident, seq=seq) / Raw(payload), **ip_fields), vlan=vlan)
 
 
 def raw_ip_frame(src, dst, proto: int, payload: bytes = b"", vlan=None, **ip_fields) -> bytes:
@@ -102,7 +104,7 @@ def raw_ip_frame(src, dst, proto: int, payload: bytes = b"", vlan=None, **ip_fie
 
 
 def ip_bytes(eth_frame: bytes) -> bytes:
-    """The L3 packet of a frame (after Ethernet and at most one VLAN tag)."""
+    """The L3 packet of a frame (after Ethernet and at most two VLAN tags)."""
     return eth_frame[l3_offset(eth_frame):]
 
 
@@ -124,9 +126,14 @@ def arp_frame(sender_ip="10.0.0.254", target_ip="10.0.0.1") -> bytes:
 # ---- offsets ------------------------------------------------------------------------------------------
 
 def l3_offset(eth_frame: bytes) -> int:
-    """14, or 18 behind one 802.1Q/802.1ad tag."""
-    (ethertype,) = struct.unpack_from("!H", eth_frame, 12)
-    return ETH_HLEN + VLAN_HLEN if ethertype in (ETH_P_8021Q, ETH_P_8021AD) else ETH_HLEN
+    """14, or 18 / 22 behind one or two 802.1Q/802.1ad tags."""
+    offset = ETH_HLEN
+    for dummy in range(2):
+        (ethertype,) = struct.unpack_from("!H", eth_frame, offset - 2)
+        if ethertype not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        offset += VLAN_HLEN
+    return offset
 
 
 def l4_offset(eth_frame: bytes) -> int:

@@ -42,6 +42,10 @@ def setup_pop(edge, **config):
     settings = dict(ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY)
     settings.update(config)
     edge.configure(**settings)
+    # No underlay devices: the IPIP from the backends comes in on the uplink, which says so.
+    edge.set_tunnel_devices(topo.UPLINK)
+    edge.add_own_address(topo.UPLINK_ADDR.split("/")[0])
+    edge.add_own_address(topo.SIDE_ADDR.split("/")[0])
     edge.add_anycast(ANYCAST)
     edge.add_anycast_v6(ANYCAST_V6)
     edge.add_backend(BACKEND)
@@ -62,6 +66,10 @@ def player_udp(payload=b"join", src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=G
     return raw(eth() / IP(src=src, dst=dst, **ip) / UDP(sport=sport, dport=dport) / payload)
 
 
+def player_icmp(icmp_type=8, payload=b"ping", src=PLAYER, dst=GAME, code=0, **ip):
+    return raw(eth() / IP(src=src, dst=dst, **ip) / ICMP(type=icmp_type, code=code) / payload)
+
+
 def player_tcp(src=PLAYER, dst=GAME, dport=GAME_PORT, flags="S"):
     return raw(eth() / IP(src=src, dst=dst) / TCP(sport=PLAYER_PORT, dport=dport, flags=flags))
 
@@ -76,11 +84,12 @@ def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=N
 
 
 def backend_reply(payload=b"welcome", outer_src=BACKEND, inner_src=GAME, sport=GAME_PORT, dst=PLAYER,
-                  dport=PLAYER_PORT, proto="udp"):
+                  dport=PLAYER_PORT, proto="udp", inner_ttl=64, outer_flags=0, outer_frag=0):
     """A game server's reply as the backend's tunnel sends it to the POP."""
     l4 = UDP(sport=sport, dport=dport) if proto == "udp" else TCP(sport=sport, dport=dport, flags="SA")
-    inner = IP(src=inner_src, dst=dst, ttl=64) / l4 / payload
-    return raw(eth() / IP(src=outer_src, dst=topo.POP_TUNNEL_ADDR, proto=4) / inner)
+    inner = IP(src=inner_src, dst=dst, ttl=inner_ttl) / l4 / payload
+    return raw(eth() / IP(src=outer_src, dst=topo.POP_TUNNEL_ADDR, proto=4, flags=outer_flags, frag=outer_frag)
+               / inner)
 
 
 def checksums_valid(frame: bytes) -> bool:

@@ -54,3 +54,17 @@ def test_allow_origin_bits_follow_the_c_enum(repo_root):
     assert tuple(enum_names(header, "edge_allow_origin", "EDGE_ALLOW_")) == abi.ALLOW_ORIGINS
     values = re.findall(r"EDGE_ALLOW_[A-Z_]+ = 1 << ([0-9]+)", header)
     assert [1 << int(shift) for shift in values] == [abi.ALLOW_OPERATOR, abi.ALLOW_CONTROL_PLANE]
+
+
+def test_trust_map_sizes_follow_the_c_constants(btf_object):
+    """edge_tunnel_ifaces is indexed by ifindex up to MAX_IFINDEX (xdp_program refuses larger ones)
+    and mmapable with 8-byte values (read whole); edge_own_addrs is one struct own_addrs."""
+    ifaces = btf_object.map("edge_tunnel_ifaces")
+    assert (ifaces.max_entries, ifaces.value_size) == (abi.MAX_IFINDEX, abi.IFACE_VALUE.size)
+    assert ifaces.flags & _bpf.BPF_F_MMAPABLE
+    own = btf_object.map("edge_own_addrs")
+    assert (own.max_entries, own.value_size) == (1, abi.OWN_ADDRS.size)
+    addresses = ["10.0.0.%d" % index for index in range(1, abi.MAX_OWN_ADDRS + 1)]
+    assert abi.unpack_own_addrs(abi.pack_own_addrs(addresses)) == addresses
+    with pytest.raises(ValueError, match="at most %d" % abi.MAX_OWN_ADDRS):
+        abi.pack_own_addrs(addresses + ["10.0.1.1"])

@@ -69,7 +69,9 @@ SERVICE_TEMPLATES = (
 BACKEND_POOL = ("10.1.0.5", "10.1.0.6", "10.2.0.10", "10.2.0.20", "10.9.0.5")
 # Players: ordinary addresses, and addresses the FIB answers specially (on-link on either device,
 # blackholed, the POP's own, broadcast, multicast, "this network").
-PLAYER_POOL = ("203.0.113.7", "203.0.113.8", "198.18.5.5", "100.64.1.2", "8.8.8.8", "10.2.0.10",
+# The POP's own addresses on its interfaces (the tunnel address 10.0.0.1 is the uplink's too).
+OWN_ADDRESSES = ("10.0.0.1", "10.2.0.1")
+PLAYER_POOL = ("203.0.113.7", "203.0.113.8", "198.18.5.5", "100.64.1.2", "8.8.8.8", "10.2.0.10", "10.2.0.1",
                "10.2.0.30", "10.0.0.254", "10.0.0.77", "10.9.1.1", "10.0.0.1", "10.0.0.255", "224.0.0.5",
                "0.1.2.3")
 OTHER_DESTINATIONS = ("198.51.100.99", "192.0.2.100", "192.0.2.200", TUNNEL, "10.0.0.9", "8.8.4.4")
@@ -100,6 +102,8 @@ class StateSpec:
     punches: list           # [(PunchKey, "fresh"|"idle"|"future")]
     cache: list             # [(service id, "fresh"|"stale"|"future", payload length, seed)]
     tx_ports: list
+    tunnel_ifaces: list     # devices flagged as carrying IPIP (edge_tunnel_ifaces)
+    own_addrs: list         # edge_own_addrs
     ban_on: bool
     punch_idle: str         # "H" | "zero"
     epoch: object           # 0..3: now sits in the middle of that epoch; "default": edge_config leaves it 0
@@ -158,14 +162,14 @@ def _payload(spec, ctx, src, dst, sport, dport):
     raise ValueError(kind)
 
 
-def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA"):
+def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8):
     ip_fields = dict(ttl=ttl, tos=tos, df=df)
     if proto == UDP:
         return pk.udp_frame(src, dst, sport, dport, payload, vlan=vlan, **ip_fields)
     if proto == TCP:
         return pk.tcp_frame(src, dst, sport, dport, payload, flags=tcp_flags, vlan=vlan, **ip_fields)
     if proto == ICMP:
-        return pk.icmp_echo_frame(src, dst, payload, vlan=vlan, **ip_fields)
+        return pk.icmp_echo_frame(src, dst, payload, vlan=vlan, icmp_type=icmp_type, **ip_fields)
     return pk.raw_ip_frame(src, dst, proto, payload, vlan=vlan, **ip_fields)
 
 
@@ -201,7 +205,7 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
     if spec.kind == "inbound":
         payload = _payload(f["payload"], ctx, f["src"], f["dst"], f["sport"], f["dport"])
         frame = _l4_frame(f["proto"], f["src"], f["dst"], f["sport"], f["dport"], payload, f["ttl"], f["tos"],
-                          f["df"], f["vlan"])
+                          f["df"], f["vlan"], icmp_type=f["icmp_type"])
     elif spec.kind == "return":
         i = f["inner"]
         payload = _payload(i["payload"], ctx, i["src"], i["dst"], i["sport"], i["dport"])
@@ -209,6 +213,8 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
                           i["df"], None)
         inner_ip = pk.ip_bytes(_mutate(inner, spec.inner_mutations))
         frame = pk.ipip_frame(f["outer_src"], f["outer_dst"], inner_ip, vlan=f["vlan"], ttl=f["ttl"], df=f["df"])
+        if f["outer_proto"] != m.IPPROTO_IPIP:     # the same bytes as GRE or 6in4: never the return path
+            frame = pk.set_ip_field(frame, "B", 9, f["outer_proto"])
     elif spec.kind == "ipv6":
         frame = pk.ipv6_frame("2001:db8:9::1", f["dst"], _seeded(f["length"], 1), vlan=f["vlan"])
     elif spec.kind == "non_ip":
@@ -220,6 +226,8 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
         frame = f["head"] + _seeded(max(f["length"], MIN_FRAME - len(f["head"])), f["seed"])
     else:
         raise ValueError(spec.kind)
+    if spec.fields.get("qinq") is not None:       # an 802.1ad tag outside whatever the frame has
+        frame = pk.add_vlan(frame, spec.fields["qinq"], pk.ETH_P_8021AD)
     return _mutate(frame, spec.mutations)
 
 
@@ -288,6 +296,16 @@ def port(pick):
 
 def vlan(pick):
     return pick.integers(0, 4095) if often(pick, 1, 5) else None
+
+
+def qinq(pick):
+    """An outer 802.1ad tag now and then (on top of vlan(): QinQ when both are drawn)."""
+    return pick.integers(0, 4095) if often(pick, 1, 8) else None
+
+
+def icmp_type(pick):
+    """Mostly echo requests; now and then an error, a reply, a redirect, a timestamp."""
+    return weighted(pick, (6, 8), (1, 0), (1, 3), (1, 5), (1, 11), (1, 13))
 
 
 def ttl(pick):
@@ -362,14 +380,16 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
         known = [key.remote_addr for key, dummy in state.punches] + [address for address, dummy in state.bans]
         src = pick.choice(known) if known and often(pick, 1) else player(pick)
         sport = port(pick)
-    proto = template.proto if often(pick, 9, 10) else pick.choice((UDP, TCP, ICMP, GRE, 132))
+    proto = template.proto if often(pick, 9, 10) else pick.choice((UDP, TCP, ICMP, GRE, 132, m.IPPROTO_IPIP,
+                                                                    m.IPPROTO_IPV6))
     dst = template.addr if often(pick, 9, 10) else pick.choice(OTHER_DESTINATIONS)
     dport = template.port if often(pick, 9, 10) else port(pick)
     if proto in (UDP, TCP) and state.punches and often(pick, 1, 5):
         key = pick.choice([key for key, dummy in state.punches])
         proto, dst, dport, src, sport = key.proto, key.service_addr, key.service_port, key.remote_addr, key.remote_port
     fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload_spec(pick, proto),
-                  ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick))
+                  ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick),
+                  qinq=qinq(pick), icmp_type=icmp_type(pick))
     ingress = weighted(pick, (6, topo.UPLINK), (1, topo.SIDE))
     return PacketSpec("inbound", ingress, fields, mutations(pick))
 
@@ -395,7 +415,9 @@ def return_spec(pick, state: StateSpec, flows) -> PacketSpec:
     inner = dict(proto=proto, src=template.addr if often(pick, 9, 10) else player(pick),
                  sport=template.port if often(pick, 9, 10) else port(pick), dst=dst, dport=dport,
                  payload=payload, ttl=ttl(pick), tos=pick.choice((0, 0x10, 0xB8)), df=often(pick, 2))
-    fields = dict(outer_src=outer_src, outer_dst=outer_dst, inner=inner, vlan=vlan(pick),
+    outer_proto = m.IPPROTO_IPIP if often(pick, 15, 16) else pick.choice((GRE, m.IPPROTO_IPV6))
+    fields = dict(outer_src=outer_src, outer_dst=outer_dst, inner=inner, vlan=vlan(pick), qinq=qinq(pick),
+                  outer_proto=outer_proto,
                   ttl=pick.choice((64, 64, 1)), df=often(pick, 2))
     # Replies come in from the side the backend is on, mostly.
     side = topo.SIDE if outer_src.startswith("10.2.0.") else topo.UPLINK
@@ -466,6 +488,9 @@ def state_spec(pick) -> StateSpec:
         bans=[(player(pick), pick.choice(("active", "expired"))) for dummy in range(pick.integers(0, 3))],
         punches=punches, cache=cache,
         tx_ports=[dev for dev in (topo.UPLINK, topo.SIDE) if often(pick, 2)],
+        # Mostly one device carries IPIP (the uplink, or bk0 as an underlay); sometimes both or none.
+        tunnel_ifaces=weighted(pick, (3, [topo.UPLINK]), (2, [topo.SIDE]), (1, [topo.UPLINK, topo.SIDE]), (1, [])),
+        own_addrs=[address for address in OWN_ADDRESSES if often(pick, 3)],
         ban_on=often(pick, 2), punch_idle=weighted(pick, (4, "H"), (1, "zero")),
         epoch=pick.choice((0, 1, 2, 3, "default")),
         cookie_key=(pick.integers(0, 2 ** 64 - 1), pick.integers(0, 2 ** 64 - 1)),
@@ -517,7 +542,8 @@ def concrete_state(spec: StateSpec, now: int, clock: int):
                       cookie_key_previous=spec.cookie_key_previous)
     state = m.ModelState(config=config, anycast_v4=list(ANYCAST_V4), anycast_v6=list(ANYCAST_V6),
                          backends=set(spec.backends), allow=list(spec.allow), deny=list(spec.deny),
-                         tx_ports=set(spec.tx_ports))
+                         tx_ports=set(spec.tx_ports), tunnel_ifaces=set(spec.tunnel_ifaces),
+                         own_addrs=set(spec.own_addrs))
     for template, backend, flags, max_age, limit in spec.services:
         state.services.append(m.Service(template.proto, template.addr, template.port, template.id, backend, flags,
                                         h_ms if max_age == "H" else 0, LIMITS[limit]))
@@ -559,6 +585,9 @@ def load_state(env, state: m.ModelState) -> None:
             entry.updated_ns, len(entry.payload), entry.csum, entry.payload))
     for dev in state.tx_ports:
         env.add_tx_port(dev)
+    env.set_tunnel_devices(*state.tunnel_ifaces)
+    for address in state.own_addrs:
+        env.add_own_address(address)
     for key, (packets, nbytes) in state.rate_counters.items():
         env.maps["edge_rate_counters"].update(
             abi.RATE_KEY.pack(abi.ipv4(key.saddr), key.service_id, key.window, key.proto_class),
@@ -634,16 +663,43 @@ def ipv4_source(frame: bytes):
     """The IPv4 source address of a frame, read independently of the model (None if not IPv4)."""
     if len(frame) < 14:
         return None
+    header = ipv4_header(frame)
+    return None if header is None else ipaddress.IPv4Address(header[12:16])
+
+
+def ipv4_header(frame: bytes):
+    """The 20 first bytes of a frame's IPv4 header behind up to two VLAN tags, read independently
+    of the model (None if there is none)."""
+    if len(frame) < 14:
+        return None
     (ethertype,) = struct.unpack_from("!H", frame, 12)
     l3 = 14
-    if ethertype in (0x8100, 0x88A8):
-        if len(frame) < 18:
+    while ethertype in (0x8100, 0x88A8) and l3 < 22:
+        if len(frame) < l3 + 4:
             return None
-        (ethertype,) = struct.unpack_from("!H", frame, 16)
-        l3 = 18
+        (ethertype,) = struct.unpack_from("!H", frame, l3 + 2)
+        l3 += 4
     if ethertype != 0x0800 or len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
         return None
-    return ipaddress.IPv4Address(frame[l3 + 12:l3 + 16])
+    return frame[l3:l3 + 20]
+
+
+def assert_trust_rules_hold(frame: bytes, ingress: str, action: str, reason: str, state: m.ModelState) -> None:
+    """What must never reach the kernel or a player, read from the frame alone: a source that is one
+    of the POP's own addresses; fragments and tunnel protocols to the tunnel address other than
+    whole IPIP on a device that carries it."""
+    header = ipv4_header(frame)
+    if header is None:
+        return
+    source, destination = str(ipaddress.IPv4Address(header[12:16])), str(ipaddress.IPv4Address(header[16:20]))
+    proto, fragment = header[9], struct.unpack("!H", header[6:8])[0] & 0x3FFF
+    if source in state.own_addrs or source == state.config.tunnel_addr:
+        assert action == "DROP", "SAFETY: own source %s answered %s (%s)" % (source, action, reason)
+    if destination == state.config.tunnel_addr and (fragment or proto in m.TUNNEL_PROTOS):
+        whole_ipip_on_its_device = proto == m.IPPROTO_IPIP and not fragment and ingress in state.tunnel_ifaces
+        assert whole_ipip_on_its_device or action == "DROP", (
+            "SAFETY: tunnel traffic (proto %d, fragment %s) on %s to the tunnel address answered %s (%s)"
+            % (proto, bool(fragment), ingress, action, reason))
 
 
 def assert_denied_never_forwarded(frame: bytes, action: str, reason: str, deny: list) -> None:
@@ -718,7 +774,8 @@ FIB_PROBES = sorted(set(PLAYER_POOL + BACKEND_POOL + (
 def basic_state(**config) -> m.ModelState:
     config.setdefault("punch_idle_ns", 60 * m.NSEC_PER_SEC)
     return m.ModelState(config=m.Config(**config), anycast_v4=list(ANYCAST_V4), anycast_v6=list(ANYCAST_V6),
-                        backends={"10.1.0.5", "10.2.0.10"},
+                        backends={"10.1.0.5", "10.2.0.10"}, tunnel_ifaces={topo.UPLINK},
+                        own_addrs=set(OWN_ADDRESSES),
                         services=[m.Service(UDP, "198.51.100.10", 27015, 1, "10.1.0.5"),
                                   m.Service(TCP, "198.51.100.10", 27015, 3, "10.2.0.10")])
 
@@ -863,6 +920,7 @@ def test_rate_limit_counts_per_window(edge, case):
 def test_program_agrees_with_model(edge):
     """>= 10,000 random and mutated frames: same action, reason, bytes and map changes."""
     ran = {"packets": 0, "examples": 0}
+    reasons_seen = set()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1", report_multiple_bugs=False,
@@ -883,8 +941,10 @@ def test_program_agrees_with_model(edge):
             result, outcome, span = run_both(edge, model, frame, packet.ingress)
             slack = max(slack, span)
             assert_denied_never_forwarded(frame, result.action, result.reason, state.deny)
+            assert_trust_rules_hold(frame, packet.ingress, result.action, result.reason, state)
             assert_same(frame, packet.ingress, result, outcome, label="packet %d (%s):" % (index, packet))
             ran["packets"] += 1
+            reasons_seen.add(result.reason)
         assert_maps_match(edge, state, slack)
         ran["examples"] += 1
 
@@ -893,3 +953,6 @@ def test_program_agrees_with_model(edge):
     print("differential: %d packets in %d examples, %.1f s" % (ran["packets"], ran["examples"],
                                                                time.monotonic() - started))
     assert ran["packets"] >= PACKETS_WANTED, "only %d packets ran" % ran["packets"]
+    # The trust rules of issue 12 section 3 are each met by the random packets, not just allowed for.
+    missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return"} - reasons_seen
+    assert not missing, "no random packet reached %s" % sorted(missing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import struct
 import subprocess
@@ -34,7 +35,8 @@ RULES_PLAYBOOK = REPO / "playbooks" / "rules.yml"
 GAME, BACKEND, PLAYER = "198.51.100.10", "10.1.0.10", "203.0.113.5"
 
 
-def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extra_vars: dict = None) -> Path:
+def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extra_vars: dict = None,
+              **pop_vars) -> Path:
     data = {"all": {
         "vars": {
             "anycast_edge_asn": 64500,
@@ -54,8 +56,8 @@ def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extr
             **(extra_vars or {}),
         },
         "children": {
-            "pops": {"hosts": pops or {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                                                "anycast_edge_tunnel_address": "10.0.0.1"}}},
+            "pops": {"hosts": pops or {"pop1": dict({"ansible_connection": "local", "anycast_edge_uplink": "up0",
+                                                     "anycast_edge_tunnel_address": "10.0.0.1"}, **pop_vars)}},
             "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": BACKEND, "anycast_edge_uplink": "eth0"}}},
         },
     }}
@@ -100,6 +102,14 @@ def pinned(pin_root: str, name: str) -> _bpf.BpfMap:
     return _bpf.BpfMap.from_pin(os.path.join(pin_root, "up0", "maps", name))
 
 
+def flagged_tunnel_ifindexes(pin_root: str) -> set:
+    """The ifindexes edge_tunnel_ifaces flags as carrying IPIP."""
+    with pinned(pin_root, "edge_tunnel_ifaces") as ifaces:
+        values, stride = ifaces.array_bytes(), ifaces.value_size
+    return {index for index in range(len(values) // stride)
+            if abi.IFACE_VALUE.unpack_from(values, index * stride)[0] & abi.IFACE_F_IPIP}
+
+
 @pytest.fixture
 def pop(netns):
     namespace = netns("role")
@@ -120,6 +130,11 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert [abi.SERVICE_KEY.unpack(k) for k in pinned(pin_root, "edge_services").keys()] == [
         (abi.ipv4(GAME), abi.port(27015), 17)]
     assert set(pinned(pin_root, "edge_deny_v4").keys()) == {abi.pack_lpm_v4("192.0.2.0/24")}
+    # No underlay devices: the uplink carries the backends' IPIP, and only the uplink (issue 12 §3).
+    with pop.entered():
+        uplink_ifindex = socket.if_nametoindex("up0")
+    assert flagged_tunnel_ifindexes(pin_root) == {uplink_ifindex}
+    assert "10.0.0.1" in abi.unpack_own_addrs(pinned(pin_root, "edge_own_addrs").lookup(abi.U32.pack(0)))
 
     # A second run changes nothing: same object, same program, same rules.
     assert play(pop, inv, ROLE_PLAYBOOK) == 0
@@ -329,3 +344,18 @@ def test_the_derived_control_plane_reaches_the_maps_and_a_rerun_changes_nothing(
     assert record[abi.pack_lpm_v4("192.0.2.251/32")] == abi.ALLOW_CONTROL_PLANE
     assert "-  192.0.2.250/32 (control plane)" in output[0]
     assert play(pop, inv, RULES_PLAYBOOK, "--limit", "pop1") == 0
+
+
+def test_a_pop_with_an_underlay_takes_the_backends_ipip_only_there(pop, pin_root, tmp_path):
+    """anycast_edge_underlay_devices: the program runs on the underlay too, and only the underlay is
+    flagged as carrying IPIP (a reply spoofed on the uplink is dropped: tests/bpf/test_trust.py)."""
+    veth(pop, "ul0", pop, "ul0p")
+    pop.ip("addr", "add", "10.20.0.1/24", "dev", "ul0")
+    inv = inventory(tmp_path, pin_root, deny=[], anycast_edge_underlay_devices=["ul0"])
+    assert play(pop, inv, ROLE_PLAYBOOK) > 0
+    with pop.entered():
+        underlay_ifindex = socket.if_nametoindex("ul0")
+    assert flagged_tunnel_ifindexes(pin_root) == {underlay_ifindex}
+    own = abi.unpack_own_addrs(pinned(pin_root, "edge_own_addrs").lookup(abi.U32.pack(0)))
+    assert {"10.0.0.1", "10.20.0.1"} <= set(own)
+    assert play(pop, inv, ROLE_PLAYBOOK) == 0

@@ -324,3 +324,56 @@ def test_the_same_program_on_a_second_device(xdp_edge_object, fixture_object, pi
     assert removed["changed"] and removed["also_on"] == {"ul0": None}, removed
     assert not removed_again["changed"], removed_again
     assert attached(pop, "ul0") == attached(pop, "up0") == (0, "none")
+
+
+def flagged_tunnel_ifindexes(pin_root, iface):
+    with open_pinned_maps(pin_root, iface, ["edge_tunnel_ifaces"]) as maps:
+        values, stride = maps["edge_tunnel_ifaces"].array_bytes(), maps["edge_tunnel_ifaces"].value_size
+    return {index for index in range(len(values) // stride)
+            if abi.IFACE_VALUE.unpack_from(values, index * stride)[0] & abi.IFACE_F_IPIP}
+
+
+def own_addresses(pin_root, iface):
+    with open_pinned_maps(pin_root, iface, ["edge_own_addrs"]) as maps:
+        return set(abi.unpack_own_addrs(maps["edge_own_addrs"].lookup(abi.U32.pack(0))))
+
+
+def test_the_return_paths_devices_and_the_pops_own_addresses(xdp_edge_object, pin_root, netns, tmp_path):
+    """edge_tunnel_ifaces flags the devices that carry IPIP (also_on, else iface, or tunnel_devices);
+    edge_own_addrs holds the addresses on the POP's interfaces. Converged, check mode and diff."""
+    pop = netns("trust")
+    for dev in ("up0", "ul0"):
+        veth(pop, dev, pop, dev + "p")
+    pop.ip("addr", "add", "10.0.0.1/24", "dev", "up0")
+    pop.ip("addr", "add", "10.20.0.1/24", "dev", "ul0")
+    with pop.entered():
+        up0, ul0 = socket.if_nametoindex("up0"), socket.if_nametoindex("ul0")
+    lo_addresses = {"127.0.0.1"} if pop.ip("-4", "-o", "addr", "show", "dev", "lo").stdout.strip() else set()
+    args = {"iface": "up0", "object": xdp_edge_object, "pin_root": pin_root, "also_on": ["ul0"]}
+    run = run_tasks([
+        task(XDP, args),
+        task(XDP, args),
+        task(XDP, dict(args, tunnel_devices=["up0"]), check=True, diff=True),
+        task(XDP, dict(args, tunnel_devices=["nosuch0"])),
+        task(XDP, dict(args, tunnel_devices=["up0p"])),
+    ], tmp_path / "underlay", netns=pop)
+    first, rerun, check, missing, not_running = run.results
+    assert first["changed"] and first["tunnel_devices"] == ["ul0"], first
+    assert set(first["own_addresses"]) == {"10.0.0.1", "10.20.0.1"} | lo_addresses, first
+    assert not rerun["changed"], rerun
+    assert check["changed"] and check["tunnel_devices"] == ["up0"], check
+    assert check["diff"]["before"]["tunnel_devices"] == ["ul0"], check
+    assert missing["failed"] and "tunnel_devices: no interface named 'nosuch0'" in missing["msg"], missing
+    assert not_running["failed"] and "tunnel_devices: up0p does not run the program" in not_running["msg"]
+    assert flagged_tunnel_ifindexes(pin_root, "up0") == {ul0}, "check mode or a failure wrote the map"
+    assert own_addresses(pin_root, "up0") == {"10.0.0.1", "10.20.0.1"} | lo_addresses
+
+    # No underlay: the uplink alone; a new address on the POP is its own at the next run.
+    pop.ip("addr", "add", "192.0.2.7/32", "dev", "up0")
+    run = run_tasks([task(XDP, dict(args, also_on=[])), task(XDP, dict(args, also_on=[]))],
+                    tmp_path / "uplink", netns=pop)
+    moved, again = run.results
+    assert moved["changed"] and moved["tunnel_devices"] == ["up0"], moved
+    assert not again["changed"], again
+    assert flagged_tunnel_ifindexes(pin_root, "up0") == {up0}
+    assert own_addresses(pin_root, "up0") == {"10.0.0.1", "10.20.0.1", "192.0.2.7"} | lo_addresses
