@@ -44,8 +44,8 @@ def setup_pop(edge, **config):
     edge.configure(**settings)
     # No underlay devices: the IPIP from the backends comes in on the uplink, which says so.
     edge.set_tunnel_devices(topo.UPLINK)
-    edge.add_own_address(topo.UPLINK_ADDR.split("/")[0])
-    edge.add_own_address(topo.SIDE_ADDR.split("/")[0])
+    edge.add_own_address(topo.UPLINK_ADDR.split("/", maxsplit=1)[0])
+    edge.add_own_address(topo.SIDE_ADDR.split("/", maxsplit=1)[0])
     edge.add_anycast(ANYCAST)
     edge.add_anycast_v6(ANYCAST_V6)
     edge.add_backend(BACKEND)

@@ -380,8 +380,8 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
         known = [key.remote_addr for key, dummy in state.punches] + [address for address, dummy in state.bans]
         src = pick.choice(known) if known and often(pick, 1) else player(pick)
         sport = port(pick)
-    proto = template.proto if often(pick, 9, 10) else pick.choice((UDP, TCP, ICMP, GRE, 132, m.IPPROTO_IPIP,
-                                                                    m.IPPROTO_IPV6))
+    other_protocols = (UDP, TCP, ICMP, GRE, 132, m.IPPROTO_IPIP, m.IPPROTO_IPV6)
+    proto = template.proto if often(pick, 9, 10) else pick.choice(other_protocols)
     dst = template.addr if often(pick, 9, 10) else pick.choice(OTHER_DESTINATIONS)
     dport = template.port if often(pick, 9, 10) else port(pick)
     if proto in (UDP, TCP) and state.punches and often(pick, 1, 5):

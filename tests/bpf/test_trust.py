@@ -218,7 +218,7 @@ def test_the_neighbours_own_packets_still_reach_the_pop(pop):
 def test_the_tunnel_address_is_own_even_when_not_listed(edge):
     """The tunnel address comes from edge_config, whatever edge_own_addrs holds."""
     setup_pop(edge, tunnel_addr="10.0.0.50")
-    assert edge.run(player_udp(src="10.0.0.50", dst=topo.UPLINK_ADDR.split("/")[0], dport=22)).reason == \
+    assert edge.run(player_udp(src="10.0.0.50", dst=topo.UPLINK_ADDR.split("/", maxsplit=1)[0], dport=22)).reason == \
         "drop_own_source"
 
 
