@@ -51,6 +51,7 @@ struct floor_config {
 	__u8 dmac[ETH_ALEN];
 	__u64 cookie_key[2];    /* as edge_config's */
 	__u64 cookie_epoch_ns;
+	__s64 cookie_tai_offset_ns; /* as edge_config's: the cookie epoch counts UTC */
 };
 
 /* Written by bench/programs.py (every source bit 0: none listed); read per packet. */

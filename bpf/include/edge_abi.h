@@ -90,7 +90,7 @@ struct edge_config {
 	__be32 tunnel_addr;          /* the POP's own tunnel address: outer source of IPIP, outer destination of replies */
 	__u32 ban_sec;               /* how long a source over its rate limit stays banned; 0: do not ban */
 	__u64 punch_idle_ns;         /* a port punch not refreshed for this long is ignored and deleted */
-	__u64 cookie_epoch_ns;       /* edge cookies are valid for this (CLOCK_TAI) epoch and the previous one */
+	__u64 cookie_epoch_ns;       /* edge cookies are valid for this (UTC) epoch and the previous one */
 	__u64 cookie_key[2];         /* SipHash-2-4 key of the edge cookies: the current generation, which issues */
 	struct edge_rate_limit limits[EDGE_CLASS_COUNT]; /* per source address, by enum edge_proto_class */
 	/* The previous key generation, still accepted (never issued) so that a rotation does not

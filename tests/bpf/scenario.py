@@ -71,7 +71,7 @@ def player_tcp(src=PLAYER, dst=GAME, dport=GAME_PORT, flags="S"):
 
 def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=None, clock_ns=None, key=COOKIE_KEY,
                epoch_ns=COOKIE_EPOCH_NS):
-    """The cookie the POP issues to a client: in `epoch`, else in the epoch of clock_ns (CLOCK_TAI,
+    """The cookie the POP issues to a client: in `epoch`, else in the epoch of clock_ns (UTC, cookie_clock_ns(),
     default now), under `key` (default the current generation)."""
     if epoch is None:
         epoch = cookie_epoch(cookie_clock_ns() if clock_ns is None else clock_ns, epoch_ns)

@@ -10,7 +10,8 @@ test per case where the model keeps a documented decision that the C does not.
 
 Timing is kept away from every boundary: bans, punches and cache entries are set minutes (or, on
 a freshly booted machine, a quarter of the uptime) before or after "now"; the cookie epoch is
-chosen so that now (on the cookie clock, CLOCK_TAI) sits in the middle of it; random rate limits are either never or always
+chosen so that now (on the cookie clock, CLOCK_TAI less the random TAI offset in the config) sits in the middle
+of it; random rate limits are either never or always
 exceeded, so no outcome depends on which second a packet lands in.
 
 Hypothesis runs derandomized (the same examples on every run) so CI is reproducible; set
