@@ -132,7 +132,8 @@ def pack_config(tunnel_addr, ban_sec=0, punch_idle_ns=0, cookie_epoch_ns=0, cook
         pps, bps = limits.get(name, (0, 0))
         flat.extend((pps, bps))
     return EDGE_CONFIG.pack(ipv4(tunnel_addr), ban_sec, punch_idle_ns, cookie_epoch_ns,
-                            cookie_key[0], cookie_key[1], *(flat + [cookie_key_previous[0], cookie_key_previous[1], cookie_tai_offset_ns]))
+                            cookie_key[0], cookie_key[1],
+                            *(flat + [cookie_key_previous[0], cookie_key_previous[1], cookie_tai_offset_ns]))
 
 
 def pack_service_key(proto, address, port_number):

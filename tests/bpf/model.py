@@ -653,7 +653,8 @@ class EdgeModel:
             return    # nothing fresh to serve: the game server answers (and challenges) itself
         cfg = self.state.config
         # u64 arithmetic, as in a2s.h edge_cookie_epoch: (TAI - offset) / epoch length.
-        epoch = ((self._cookie_clock - cfg.cookie_tai_offset_ns) & U64) // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+        utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
+        epoch = utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
 
         def cookie_of(key, which_epoch):
             return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)
