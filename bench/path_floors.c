@@ -51,6 +51,7 @@ struct floor_config {
 	__u8 dmac[ETH_ALEN];
 	__u64 cookie_key[2];    /* as edge_config's */
 	__u64 cookie_epoch_ns;
+	__s64 cookie_tai_offset_ns; /* as edge_config's: the cookie epoch counts UTC */
 };
 
 /* Written by bench/programs.py (every source bit 0: none listed); read per packet. */
@@ -202,7 +203,7 @@ int a2s_floor(struct xdp_md *ctx)
 	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
 		 ((__u32)req.cookie[3] << 24);
 	if (cookie != a2s_cookie(cfg->cookie_key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
-				 edge_cookie_epoch(cfg->cookie_epoch_ns)))
+				 edge_cookie_epoch(cfg->cookie_epoch_ns, cfg->cookie_tai_offset_ns)))
 		return counted(XDP_DROP);
 	len = entry->len;
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD || pkt.vlan_tags)

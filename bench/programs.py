@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -102,10 +103,11 @@ class PathFloors:
     ``backend``, the A2S one with ``a2s_reply`` cached, the next hop's MACs given."""
 
     SOURCE = struct.Struct("<QQQQ")                 # struct floor_source
-    CONFIG = struct.Struct("<4s4x6s6s4xQQQ")       # struct floor_config
+    CONFIG = struct.Struct("<4s4x6s6s4xQQQq")      # struct floor_config
 
     def __init__(self, clients, forward, a2s, backend: str, a2s_reply: bytes, a2s_max_age_ms: int,
-                 tunnel_addr: str, smac: str, dmac: str, cookie_key, cookie_epoch_ns: int):
+                 tunnel_addr: str, smac: str, dmac: str, cookie_key, cookie_epoch_ns: int,
+                 cookie_tai_offset_ns: int | None = None):
         self.obj = _bpf.BpfObject.open(compile_bench_program("path_floors"))
         self.obj.load()
         self.forward = self.obj.program("forward_floor")
@@ -120,7 +122,8 @@ class PathFloors:
                                                abi.pack_a2s_cache_entry(a2s_reply, time.monotonic_ns()))
         self.obj.map("floor_config").update(struct.pack("<I", 0), self.CONFIG.pack(
             socket.inet_aton(tunnel_addr), bytes.fromhex(smac.replace(":", "")), bytes.fromhex(dmac.replace(":", "")),
-            cookie_key[0], cookie_key[1], cookie_epoch_ns))
+            cookie_key[0], cookie_key[1], cookie_epoch_ns,
+            tai_offset_ns() if cookie_tai_offset_ns is None else cookie_tai_offset_ns))     # as edge_rules writes it
         self.verdicts = self.obj.map("floor_verdicts")
 
     def verdict_check(self, action: int):

@@ -18,7 +18,8 @@ from tests.bpf import topology as topo
 from tests.bpf.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie, cookie_clock_ns, cookie_epoch
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,
+                                                                               tai_offset_ns)
 
 
 ANYCAST_PREFIX = "198.51.100.0/24"
@@ -104,7 +105,7 @@ A2S_CLIENT_PORT = 40005
 
 
 def a2s_request_frame(now_ns: int | None = None) -> bytes:
-    """The 29-byte A2S_INFO request with this POP's cookie for the current epoch (now_ns: CLOCK_TAI)."""
+    """The 29-byte A2S_INFO request with this POP's cookie for the current epoch (now_ns: UTC, cookie_clock_ns())."""
     epoch = cookie_epoch(cookie_clock_ns() if now_ns is None else now_ns, COOKIE_EPOCH_NS)
     cookie = a2s_cookie(COOKIE_KEY, socket.inet_aton(A2S_CLIENT), socket.inet_aton(SERVICE_ADDR), A2S_CLIENT_PORT,
                         A2S_PORT, epoch)
@@ -114,7 +115,8 @@ def a2s_request_frame(now_ns: int | None = None) -> bytes:
 def build_pop(env) -> None:
     """Fill a freshly loaded xdp_edge (an EdgeEnv) with the bench POP's rules."""
     env.reset()
-    env.configure(ban_sec=BAN_SEC, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY)
+    env.configure(ban_sec=BAN_SEC, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY,
+                  cookie_tai_offset_ns=tai_offset_ns())     # as edge_rules writes it: the cookie clock is UTC
     env.add_anycast(ANYCAST_PREFIX)
     env.add_backend(BACKEND)
     env.add_service("udp", SERVICE_ADDR, FORWARD_PORT, FORWARD_ID, BACKEND)

@@ -442,7 +442,7 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 		return 0; /* nothing fresh to serve: the game server answers (and challenges) itself */
 
 	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
-	epoch = edge_cookie_epoch(epoch_ns); /* wall clock: the same epoch on every POP (a2s.h) */
+	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same epoch on every POP (a2s.h) */
 	if (pkt->payload_len == A2S_REQUEST_LEN) {
 		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
 		*v = a2s_send_challenge(ctx, pkt, cookie, service_id);

@@ -8,7 +8,7 @@
  *   info reply       FF FF FF FF 49 ...                                    (cached)
  *
  * The cookie is SipHash-2-4, keyed by edge_config.cookie_key, of the client's 4-tuple and the
- * current epoch (CLOCK_TAI / cookie_epoch_ns); the low 32 bits go on the wire, little endian.
+ * current epoch (UTC / cookie_epoch_ns); the low 32 bits go on the wire, little endian.
  * A cookie of this epoch or the previous one is accepted, so a client that got its challenge just
  * before an epoch boundary is not refused. Nothing is stored per client: a flood of spoofed
  * requests costs the POP no memory, and gets back 9 bytes per 25 sent (amplification < 1).
@@ -90,10 +90,15 @@ static __always_inline __u32 a2s_cookie(const __u64 key[2], __be32 saddr, __be32
 	return (__u32)siphash_2_4_16(key, m0, m1);
 }
 
-/* The epoch a cookie is issued in: wall-clock (TAI) time, the same on every POP. */
-static __always_inline __u64 edge_cookie_epoch(__u64 epoch_ns)
+/*
+ * The epoch a cookie is issued in: UTC, the same on every POP. The only wall clock a program can
+ * read is CLOCK_TAI, which is UTC plus the TAI offset the POP's time daemon set (37 s or 0,
+ * depending on the daemon); edge_rules writes that offset into the config (tai_offset_ns) so
+ * that it can be taken off here.
+ */
+static __always_inline __u64 edge_cookie_epoch(__u64 epoch_ns, __s64 tai_offset_ns)
 {
-	return bpf_ktime_get_tai_ns() / epoch_ns;
+	return (bpf_ktime_get_tai_ns() - (__u64)tai_offset_ns) / epoch_ns;
 }
 
 static __always_inline int edge_cookie_key_set(const __u64 key[2])

@@ -11,8 +11,8 @@
  *     packet, so a key can be copied from a header without a swap (and LPM keys match bit by bit:
  *     Kilimanjaro masked network-order addresses with host-order masks and never matched a /24);
  *   - times are CLOCK_MONOTONIC nanoseconds (what bpf_ktime_get_ns() returns; Python's
- *     time.monotonic_ns()), except the cookie epoch, which is CLOCK_TAI (bpf_ktime_get_tai_ns())
- *     so that every POP of the fleet counts the same epochs (a2s.h);
+ *     time.monotonic_ns()), except the cookie epoch, which is UTC (bpf_ktime_get_tai_ns() minus
+ *     edge_config.cookie_tai_offset_ns) so that every POP of the fleet counts the same epochs (a2s.h);
  *   - every struct is padded explicitly so that C and Python agree without compiler guesses.
  */
 #ifndef EDGE_ABI_H
@@ -95,13 +95,17 @@ struct edge_config {
 	__be32 tunnel_addr;          /* the POP's own tunnel address: outer source of IPIP, outer destination of replies */
 	__u32 ban_sec;               /* how long a source over its rate limit stays banned; 0: do not ban */
 	__u64 punch_idle_ns;         /* a port punch not refreshed for this long is ignored and deleted */
-	__u64 cookie_epoch_ns;       /* edge cookies are valid for this (CLOCK_TAI) epoch and the previous one */
+	__u64 cookie_epoch_ns;       /* edge cookies are valid for this (UTC) epoch and the previous one */
 	__u64 cookie_key[2];         /* SipHash-2-4 key of the edge cookies: the current generation, which issues */
 	struct edge_rate_limit limits[EDGE_CLASS_COUNT]; /* per source address, by enum edge_proto_class */
 	/* The previous key generation, still accepted (never issued) so that a rotation does not
 	 * refuse the challenges already in flight; all zero: none. Last, so that adding it moved no
 	 * other member. */
 	__u64 cookie_key_previous[2];
+	/* The POP's CLOCK_TAI - CLOCK_REALTIME in ns (whole seconds), as its time daemon set it:
+	 * chrony with leapsectz sets 37 s, systemd-timesyncd leaves 0. The cookie epoch subtracts
+	 * it, so every POP counts UTC epochs whatever its daemon (a2s.h). Last, like the member above. */
+	__s64 cookie_tai_offset_ns;
 };
 
 /* Service lookup: (protocol, anycast address, port). ICMP services use port 0. */

@@ -16,7 +16,7 @@
 #include "edge_abi.h"
 
 /* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie epoch, the
- * current and previous edge cookie keys).
+ * current and previous edge cookie keys, the POP's TAI offset for the cookie epoch).
  * Read by XDP on every packet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

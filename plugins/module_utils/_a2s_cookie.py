@@ -4,8 +4,10 @@
 """The A2S_INFO challenge cookie, as the XDP program computes it (bpf/include/a2s.h).
 
 SipHash-2-4 keyed by edge_config.cookie_key over the client's 4-tuple and the epoch; the low
-32 bits go on the wire little endian. The epoch is CLOCK_TAI / cookie_epoch_ns, wall-clock time
-the whole fleet agrees on (bpf_ktime_get_tai_ns() in the program). Used by the tests and the
+32 bits go on the wire little endian. The epoch is UTC / cookie_epoch_ns, wall-clock time the
+whole fleet agrees on: the program reads CLOCK_TAI (bpf_ktime_get_tai_ns(), the only wall clock
+it has) and takes off edge_config.cookie_tai_offset_ns, the POP's TAI offset that edge_rules
+writes (tai_offset_ns()), which differs with the time daemon (chrony: 37 s, timesyncd: 0). Used by the tests and the
 benchmark to play a real client, and by anyone who needs to predict what a POP will answer.
 """
 
@@ -60,13 +62,28 @@ def siphash24(key, message):
     return v0 ^ v1 ^ v2 ^ v3
 
 
-def cookie_clock_ns():
-    """Now on the clock the program counts cookie epochs with (bpf_ktime_get_tai_ns())."""
-    return time.clock_gettime_ns(time.CLOCK_TAI)
+def tai_offset_ns():
+    """This host's CLOCK_TAI - CLOCK_REALTIME in ns: what edge_rules writes as cookie_tai_offset_ns.
+
+    The kernel keeps the offset in whole seconds (0 until a time daemon sets it, 37 s since
+    2017); the two clocks cannot be read at once, so the difference is rounded to the second,
+    which makes it the same on every read until the offset itself changes."""
+    tai = time.clock_gettime_ns(time.CLOCK_TAI)
+    realtime = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    return (tai - realtime + 500_000_000) // 10**9 * 10**9
+
+
+def cookie_clock_ns(tai_offset=None):
+    """Now on the clock the program counts cookie epochs with: CLOCK_TAI minus the TAI offset its
+    config carries (bpf_ktime_get_tai_ns() - cookie_tai_offset_ns), i.e. UTC when the config holds
+    this host's offset (tai_offset=None, what edge_rules writes)."""
+    if tai_offset is None:
+        tai_offset = tai_offset_ns()
+    return time.clock_gettime_ns(time.CLOCK_TAI) - tai_offset
 
 
 def cookie_epoch(clock_ns, epoch_ns):
-    """The epoch a cookie issued at clock_ns (CLOCK_TAI nanoseconds) belongs to."""
+    """The epoch a cookie issued at clock_ns (cookie_clock_ns(): UTC nanoseconds) belongs to."""
     if epoch_ns <= 0:
         raise ValueError("cookie epoch_ns must be > 0, got %r" % (epoch_ns,))
     return clock_ns // epoch_ns

@@ -67,7 +67,7 @@ MAX_SERVICES = 1024
 # struct layouts ('<' = the BPF target's little-endian byte order, no implicit padding)
 EDGE_COUNTER = struct.Struct("<QQ")                   # struct edge_counter
 RATE_LIMIT = struct.Struct("<QQ")                     # struct edge_rate_limit
-EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES) + "2Q")  # struct edge_config
+EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES) + "2Qq")  # struct edge_config
 SERVICE_KEY = struct.Struct("<4s2sBx")                # struct service_key
 SERVICE_VALUE = struct.Struct("<I4sIIQQ")             # struct service_value
 LPM_V4_KEY = struct.Struct("<I4s")                    # struct lpm_v4_key
@@ -101,7 +101,8 @@ LAYOUTS = {
     "edge_counter": (EDGE_COUNTER, ("packets", "bytes")),
     "edge_rate_limit": (RATE_LIMIT, ("packets_per_sec", "bytes_per_sec")),
     "edge_config": (EDGE_CONFIG, ("tunnel_addr", "ban_sec", "punch_idle_ns", "cookie_epoch_ns",
-                                  "cookie_key", "limits", "cookie_key_previous")),
+                                  "cookie_key", "limits", "cookie_key_previous",
+                                  "cookie_tai_offset_ns")),
     "service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
     "service_value": (SERVICE_VALUE, ("id", "backend_addr", "flags", "a2s_max_age_ms", "limit")),
     "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
@@ -136,16 +137,18 @@ def port(number):
 
 
 def pack_config(tunnel_addr, ban_sec=0, punch_idle_ns=0, cookie_epoch_ns=0, cookie_key=(0, 0), limits=None,
-                cookie_key_previous=(0, 0)):
+                cookie_key_previous=(0, 0), cookie_tai_offset_ns=0):
     """struct edge_config. limits: {"tcp": (pps, bps), ...}; missing classes are unlimited.
-    cookie_key_previous: the previous key generation, still accepted; (0, 0) for none."""
+    cookie_key_previous: the previous key generation, still accepted; (0, 0) for none.
+    cookie_tai_offset_ns: the POP's CLOCK_TAI - CLOCK_REALTIME, taken off the cookie clock."""
     limits = limits or {}
     flat = []
     for name in PROTO_CLASSES:
         pps, bps = limits.get(name, (0, 0))
         flat.extend((pps, bps))
     return EDGE_CONFIG.pack(ipv4(tunnel_addr), ban_sec, punch_idle_ns, cookie_epoch_ns,
-                            cookie_key[0], cookie_key[1], *(flat + [cookie_key_previous[0], cookie_key_previous[1]]))
+                            cookie_key[0], cookie_key[1],
+                            *(flat + [cookie_key_previous[0], cookie_key_previous[1], cookie_tai_offset_ns]))
 
 
 def pack_service_key(proto, address, port_number):

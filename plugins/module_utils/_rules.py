@@ -200,7 +200,7 @@ def render_config(value):
     fields = abi.EDGE_CONFIG.unpack(value)
     tunnel, ban_sec, punch_idle_ns, cookie_epoch_ns, key0, key1 = fields[:6]
     limits = fields[6:6 + 2 * len(abi.PROTO_CLASSES)]
-    previous0, previous1 = fields[6 + 2 * len(abi.PROTO_CLASSES):8 + 2 * len(abi.PROTO_CLASSES)]
+    previous0, previous1, tai_offset_ns = fields[6 + 2 * len(abi.PROTO_CLASSES):9 + 2 * len(abi.PROTO_CLASSES)]
     lines = [
         "tunnel_address %s" % socket.inet_ntoa(tunnel),
         "ban_sec %d" % ban_sec,
@@ -209,6 +209,7 @@ def render_config(value):
         # The keys are secrets: say only whether they are set.
         "cookie_key current %s" % ("(set)" if key0 or key1 else "(unset)"),
         "cookie_key previous %s" % ("(set)" if previous0 or previous1 else "(unset)"),
+        "cookie_tai_offset_sec %g" % (tai_offset_ns / 1e9),
     ]
     for index, name in enumerate(abi.PROTO_CLASSES):
         pps, bps = limits[2 * index], limits[2 * index + 1]
@@ -305,9 +306,10 @@ def rate_limit_pair(limit, where):
 
 
 def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_epoch_sec, cookie_key,
-                 cookie_key_previous=bytes(16)):
+                 cookie_key_previous=bytes(16), cookie_tai_offset_ns=0):
     """struct edge_config. cookie_key (the generation that issues) and cookie_key_previous (still
-    accepted; all zero: none): 16 raw bytes each."""
+    accepted; all zero: none): 16 raw bytes each. cookie_tai_offset_ns: the POP's CLOCK_TAI -
+    CLOCK_REALTIME (_a2s_cookie.tai_offset_ns()), which the program takes off its cookie clock."""
     if ban_sec < 0:
         raise RuleError("ban_sec: %r must be >= 0" % ban_sec)
     if punch_idle_sec <= 0:
@@ -324,13 +326,15 @@ def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_ep
     parse_ipv4(tunnel_address, "tunnel_address")
     return abi.pack_config(tunnel_address, ban_sec=ban_sec, punch_idle_ns=int(punch_idle_sec * 10**9),
                            cookie_epoch_ns=int(cookie_epoch_sec * 10**9), cookie_key=(key0, key1),
-                           limits=limits, cookie_key_previous=(previous0, previous1))
+                           limits=limits, cookie_key_previous=(previous0, previous1),
+                           cookie_tai_offset_ns=cookie_tai_offset_ns)
 
 
 # Offset of cookie_key in struct edge_config (after tunnel_addr, ban_sec, punch_idle_ns, cookie_epoch_ns),
-# and of cookie_key_previous (its last member). test_rules checks both against pack_config.
+# and of cookie_key_previous (before cookie_tai_offset_ns, the last member). test_rules checks both
+# against pack_config.
 _COOKIE_KEY_OFFSET = 24
-_COOKIE_KEY_PREVIOUS_OFFSET = abi.EDGE_CONFIG.size - 16
+_COOKIE_KEY_PREVIOUS_OFFSET = abi.EDGE_CONFIG.size - 8 - 16
 
 
 def config_cookie_key(config):
@@ -438,8 +442,9 @@ def control_plane_changes(present_allow, desired_allow):
     return len(after - before), len(before - after)
 
 
-def desired_entries(params, cookie_key, cookie_key_previous=bytes(16)):
-    """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params.
+def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_tai_offset_ns=0):
+    """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params (and
+    the POP's TAI offset, read on the POP: _a2s_cookie.tai_offset_ns()).
 
     Also returns {service key: service name} for readable diffs. RuleError names the first
     parameter that cannot be packed (the inventory role reports every problem up front; this
@@ -468,7 +473,7 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16)):
         backends[abi.SERVICE_VALUE.unpack(value)[1]] = BACKEND_VALUE
     config = config_value(params["tunnel_address"], params.get("rate_limits"), params.get("ban_sec", 0),
                           params.get("punch_idle_sec", 120), params.get("a2s_cookie_epoch_sec", 30), cookie_key,
-                          cookie_key_previous)
+                          cookie_key_previous, cookie_tai_offset_ns)
     desired = {
         "edge_config": {CONFIG_KEY: config},
         "edge_services": services,

@@ -35,6 +35,10 @@ description:
     anycast prefixes are released before their services go, and new prefixes are claimed only
     after their services and backends exist; a service whose id or backend changes has its A2S
     flags cleared until its old cache entry is deleted. The result's C(steps) lists the order."
+  - Writes this POP's TAI offset (CLOCK_TAI - CLOCK_REALTIME, whole seconds, set by its time
+    daemon - chrony 37 s, systemd-timesyncd 0) into C(edge_config), which the program takes off
+    CLOCK_TAI, so that every POP counts the same (UTC) edge cookie epochs. A rerun changes it
+    only when the offset itself changed (a leap second, a daemon that set it).
   - If a write fails, the steps already made are undone (the host is left as it was) and the
     task fails naming the step and the map.
   - Runs on the POP. Needs libbpf (Debian package C(libbpf1)) and root.
@@ -384,6 +388,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError
 
 # Key and value sizes each map must have; a pin of another layout (an older program) is
@@ -589,7 +594,9 @@ def run_module():
     # The cookie keys are filled in once the present ones are known.
     try:
         given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
-        desired, names = _rules.desired_entries(params, bytes(16))
+        # The cookie epoch is UTC on every POP: the program takes this POP's TAI offset (set by its
+        # time daemon: chrony 37 s, timesyncd 0) off CLOCK_TAI, the one wall clock it can read.
+        desired, names = _rules.desired_entries(params, bytes(16), cookie_tai_offset_ns=tai_offset_ns())
         reasons = _rules.control_plane_entries(params["control_plane"])
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))

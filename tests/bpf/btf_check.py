@@ -14,7 +14,7 @@ def member_offsets(layout_struct):
     offsets, offset = [], 0
     for token in re.findall(r"(\d*)([a-zA-Z])", layout_struct.format.lstrip("<")):
         count, code = int(token[0] or 1), token[1]
-        size = {"B": 1, "H": 2, "I": 4, "Q": 8, "s": 1, "x": 1}[code]
+        size = {"B": 1, "b": 1, "H": 2, "h": 2, "I": 4, "i": 4, "Q": 8, "q": 8, "s": 1, "x": 1}[code]
         offsets.append(offset)
         offset += size * count if code != "s" else count
     return offsets

@@ -199,6 +199,7 @@ class Config:
     cookie_key: tuple = (0, 0)
     limits: dict = field(default_factory=dict)
     cookie_key_previous: tuple = (0, 0)     # the previous key generation: accepted, never issued; 0: none
+    cookie_tai_offset_ns: int = 0           # the POP's CLOCK_TAI - CLOCK_REALTIME, off the cookie clock
 
     def limit(self, proto_class: int) -> tuple:
         return tuple(self.limits.get(CLASS_NAMES[proto_class], (0, 0)))
@@ -452,7 +453,7 @@ class EdgeModel:
     def run(self, frame: bytes, ingress: str = topo.UPLINK, now_ns: int = 0, cookie_clock_ns: int = 0) -> Outcome:
         """Decide, then apply the effects to self.state (what the program does to its maps).
         now_ns: CLOCK_MONOTONIC (bans, punches, cache, rates); cookie_clock_ns: CLOCK_TAI (the
-        cookie epoch, the same on every POP)."""
+        cookie epoch counts it less config.cookie_tai_offset_ns: UTC, the same on every POP)."""
         outcome = self.decide(frame, ingress, now_ns, cookie_clock_ns)
         self.apply(outcome.effects)
         return outcome
@@ -680,7 +681,9 @@ class EdgeModel:
         if entry is None or entry.updated_ns > self._now or self._now - entry.updated_ns >= max_age_ns:
             return    # nothing fresh to serve: the game server answers (and challenges) itself
         cfg = self.state.config
-        epoch = self._cookie_clock // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+        # u64 arithmetic, as in a2s.h edge_cookie_epoch: (TAI - offset) / epoch length.
+        utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
+        epoch = utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
 
         def cookie_of(key, which_epoch):
             return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)

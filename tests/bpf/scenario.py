@@ -12,7 +12,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie, cookie_clock_ns, cookie_epoch
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,
+                                                                               tai_offset_ns)
 
 from . import topology as topo
 
@@ -38,8 +39,10 @@ A2S_INFO_REPLY = (b"\xff\xff\xff\xffI\x11" + b"Anycast Test Server\x00" + b"de_d
 
 
 def setup_pop(edge, **config):
-    """The standard POP; config overrides edge_config fields (limits, ban_sec, ...)."""
-    settings = dict(ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY)
+    """The standard POP; config overrides edge_config fields (limits, ban_sec, ...). The TAI offset
+    is this host's, as edge_rules writes it, so the cookie clock is UTC (cookie_clock_ns())."""
+    settings = dict(ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY,
+                    cookie_tai_offset_ns=tai_offset_ns())
     settings.update(config)
     edge.configure(**settings)
     # No underlay devices: the IPIP from the backends comes in on the uplink, which says so.
@@ -76,7 +79,7 @@ def player_tcp(src=PLAYER, dst=GAME, dport=GAME_PORT, flags="S"):
 
 def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=None, clock_ns=None, key=COOKIE_KEY,
                epoch_ns=COOKIE_EPOCH_NS):
-    """The cookie the POP issues to a client: in `epoch`, else in the epoch of clock_ns (CLOCK_TAI,
+    """The cookie the POP issues to a client: in `epoch`, else in the epoch of clock_ns (UTC, cookie_clock_ns(),
     default now), under `key` (default the current generation)."""
     if epoch is None:
         epoch = cookie_epoch(cookie_clock_ns() if clock_ns is None else clock_ns, epoch_ns)

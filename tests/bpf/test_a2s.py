@@ -9,7 +9,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch, tai_offset_ns
 
 from .edge_env import monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME,
@@ -109,18 +109,18 @@ def challenge_of(pop, **client):
     return Ether(result.data)[UDP].load[5:9]
 
 
-def issued_in_one_epoch(issue, epoch_ns=COOKIE_EPOCH_NS):
-    """(what issue() returned, its cookie epoch), retried if the epoch turned while it ran."""
+def issued_in_one_epoch(issue, epoch_ns=COOKIE_EPOCH_NS, clock=cookie_clock_ns):
+    """(what issue() returned, its cookie epoch on `clock`), retried if the epoch turned while it ran."""
     for dummy in range(3):
-        before = cookie_epoch(cookie_clock_ns(), epoch_ns)
+        before = cookie_epoch(clock(), epoch_ns)
         value = issue()
-        if cookie_epoch(cookie_clock_ns(), epoch_ns) == before:
+        if cookie_epoch(clock(), epoch_ns) == before:
             return value, before
     pytest.fail("the cookie epoch kept turning under the test")
 
 
 def test_the_challenge_is_the_wall_clock_epochs_cookie_not_the_uptimes(cached):
-    """The epoch is CLOCK_TAI / cookie_epoch_ns: the same on every NTP-synced POP, whenever it
+    """The epoch is UTC / cookie_epoch_ns: the same on every NTP-synced POP, whenever it
     booted. (The old program divided its monotonic clock - the time since this host booted - so
     POPs issued different cookies for the same client even with one key.)"""
     challenge, epoch = issued_in_one_epoch(lambda: challenge_of(cached))
@@ -147,6 +147,64 @@ def test_a_challenge_from_one_pop_is_answered_by_another(cached):
         assert other.run(player_udp(A2S_REQUEST + from_first)).reason == "drop_bad_cookie"
     finally:
         other.stop()
+
+
+CHRONY_TAI_OFFSET = 37 * SECOND       # chrony with leapsectz right/UTC; systemd-timesyncd leaves 0
+DEFAULT_EPOCH_NS = 30 * SECOND        # edge_rules' default a2s_cookie_epoch_sec: shorter than the offset
+
+
+def run_as_pop(pop, tai_ahead_ns, config_offset_ns):
+    """Make `pop` compute its cookie epoch as a POP whose kernel CLOCK_TAI is UTC + tai_ahead_ns
+    (its time daemon's TAI offset) and whose edge_config carries config_offset_ns.
+
+    This host has one TAI clock, T = UTC + X (X: its own offset). The program uses nothing but
+    T - cookie_tai_offset_ns, so a POP reading UTC + tai_ahead_ns with offset config_offset_ns
+    computes exactly what this program computes with offset X - tai_ahead_ns + config_offset_ns.
+    (Both sides of the equation are pinned elsewhere: test_the_tai_offset_is_taken_off_the_clock
+    and the differential fuzz for the program, test_a2s_cookie for the host's X.)"""
+    setup_pop(pop, cookie_epoch_ns=DEFAULT_EPOCH_NS,
+              cookie_tai_offset_ns=tai_offset_ns() - tai_ahead_ns + config_offset_ns)
+    pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+
+
+def test_the_tai_offset_is_taken_off_the_clock(cached):
+    """The epoch is (CLOCK_TAI - cookie_tai_offset_ns) / epoch_ns: with 37 s more in the config
+    the program issues the cookie of the epoch 37 s earlier, not of now."""
+    setup_pop(cached, cookie_epoch_ns=DEFAULT_EPOCH_NS, cookie_tai_offset_ns=tai_offset_ns() + CHRONY_TAI_OFFSET)
+    challenge, epoch = issued_in_one_epoch(lambda: challenge_of(cached), DEFAULT_EPOCH_NS,
+                                           clock=lambda: cookie_clock_ns() - CHRONY_TAI_OFFSET)
+    assert challenge == cookie_for(epoch=epoch)
+    # 37 s back is one or two 30 s epochs back: never the cookie of now's epoch.
+    assert challenge not in (cookie_for(epoch=epoch + 1), cookie_for(epoch=epoch + 2))
+
+
+def test_a_chrony_pop_and_a_timesyncd_pop_accept_each_others_challenges(cached):
+    """POP A runs systemd-timesyncd (TAI = UTC), POP B chrony (TAI = UTC + 37 s). Counting epochs
+    in raw TAI (the config offset left 0, as before edge_rules wrote it), B is 37 s - one or two
+    30 s epochs - ahead of A, so A refuses every challenge B issues: its epoch is A's next one or
+    later. With each POP's own offset in its config, both count UTC epochs and each answers the
+    other's challenge."""
+    pop_a, pop_b = cached, cached.another_pop()
+    try:
+        # Before: the offset is not taken off (0 in both configs).
+        run_as_pop(pop_a, tai_ahead_ns=0, config_offset_ns=0)
+        run_as_pop(pop_b, tai_ahead_ns=CHRONY_TAI_OFFSET, config_offset_ns=0)
+        (from_a, from_b), dummy = issued_in_one_epoch(lambda: (challenge_of(pop_a), challenge_of(pop_b)),
+                                                      DEFAULT_EPOCH_NS)
+        assert from_a != from_b
+        assert pop_a.run(player_udp(A2S_REQUEST + from_b)).reason == "drop_bad_cookie"
+        assert pop_b.run(player_udp(A2S_REQUEST + from_b)).reason == "tx_a2s_cached"   # B itself accepts it
+
+        # After: each config carries its POP's offset, as edge_rules reads it there.
+        run_as_pop(pop_a, tai_ahead_ns=0, config_offset_ns=0)
+        run_as_pop(pop_b, tai_ahead_ns=CHRONY_TAI_OFFSET, config_offset_ns=CHRONY_TAI_OFFSET)
+        (from_a, from_b), epoch = issued_in_one_epoch(lambda: (challenge_of(pop_a), challenge_of(pop_b)),
+                                                      DEFAULT_EPOCH_NS)
+        assert from_a == from_b == cookie_for(epoch=epoch)
+        assert pop_a.run(player_udp(A2S_REQUEST + from_b)).reason == "tx_a2s_cached"
+        assert pop_b.run(player_udp(A2S_REQUEST + from_a)).reason == "tx_a2s_cached"
+    finally:
+        pop_b.stop()
 
 
 def test_a_challenge_is_answered_across_an_epoch_boundary_and_refused_one_epoch_later(pop):

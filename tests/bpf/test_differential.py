@@ -10,7 +10,8 @@ test per case where the model keeps a documented decision that the C does not.
 
 Timing is kept away from every boundary: bans, punches and cache entries are set minutes (or, on
 a freshly booted machine, a quarter of the uptime) before or after "now"; the cookie epoch is
-chosen so that now (on the cookie clock, CLOCK_TAI) sits in the middle of it; random rate limits are either never or always
+chosen so that now (on the cookie clock, CLOCK_TAI less the random TAI offset in the config) sits in the middle
+of it; random rate limits are either never or always
 exceeded, so no outcome depends on which second a packet lands in.
 
 Hypothesis runs derandomized (the same examples on every run) so CI is reproducible; set
@@ -109,6 +110,7 @@ class StateSpec:
     epoch: object           # 0..3: now sits in the middle of that epoch; "default": edge_config leaves it 0
     cookie_key: tuple
     cookie_key_previous: tuple  # the previous key generation; (0, 0): none
+    cookie_tai_offset: int      # the POP's TAI offset in the config (ns, whole seconds), off the cookie clock
     limits: dict            # class name -> limit kind
 
 
@@ -498,6 +500,9 @@ def state_spec(pick) -> StateSpec:
         # the all-zero key must not pass for the previous generation's.
         cookie_key_previous=((pick.integers(0, 2 ** 64 - 1), pick.integers(0, 2 ** 64 - 1)) if often(pick, 2)
                              else (0, 0)),
+        # The offsets time daemons set (timesyncd 0, chrony 37 s), and any other whole second: the
+        # epoch must follow CLOCK_TAI less the config's offset, whatever it is.
+        cookie_tai_offset=m.NSEC_PER_SEC * weighted(pick, (2, 0), (2, 37), (1, pick.integers(-100, 10**6))),
         limits={name: weighted(pick, (6, "none"), (2, "never"), (1, "always")) for name in m.CLASS_NAMES},
     )
 
@@ -524,8 +529,9 @@ def horizon(now: int) -> int:
     return h
 
 
-def concrete_state(spec: StateSpec, now: int, clock: int):
-    """now: CLOCK_MONOTONIC; clock: the cookie clock (CLOCK_TAI)."""
+def concrete_state(spec: StateSpec, now: int, tai_clock: int):
+    """now: CLOCK_MONOTONIC; tai_clock: CLOCK_TAI (the cookie clock is that less the config's offset)."""
+    clock = tai_clock - spec.cookie_tai_offset
     h = horizon(now)
     h_ms = h // m.NSEC_PER_MSEC
     if spec.epoch == "default" and m.NSEC_PER_SEC * 2 <= clock % m.DEFAULT_COOKIE_EPOCH_NS <= 28 * m.NSEC_PER_SEC:
@@ -539,7 +545,7 @@ def concrete_state(spec: StateSpec, now: int, clock: int):
     config = m.Config(tunnel_addr=TUNNEL, ban_sec=max(1, h // m.NSEC_PER_SEC) if spec.ban_on else 0,
                       punch_idle_ns=h if spec.punch_idle == "H" else 0, cookie_epoch_ns=epoch_ns,
                       cookie_key=spec.cookie_key, limits={name: LIMITS[kind] for name, kind in spec.limits.items()},
-                      cookie_key_previous=spec.cookie_key_previous)
+                      cookie_key_previous=spec.cookie_key_previous, cookie_tai_offset_ns=spec.cookie_tai_offset)
     state = m.ModelState(config=config, anycast_v4=list(ANYCAST_V4), anycast_v6=list(ANYCAST_V6),
                          backends=set(spec.backends), allow=list(spec.allow), deny=list(spec.deny),
                          tx_ports=set(spec.tx_ports), tunnel_ifaces=set(spec.tunnel_ifaces),
@@ -563,7 +569,7 @@ def load_state(env, state: m.ModelState) -> None:
     cfg = state.config
     env.configure(cfg.tunnel_addr, ban_sec=cfg.ban_sec, punch_idle_ns=cfg.punch_idle_ns,
                   cookie_epoch_ns=cfg.cookie_epoch_ns, cookie_key=cfg.cookie_key, limits=cfg.limits,
-                  cookie_key_previous=cfg.cookie_key_previous)
+                  cookie_key_previous=cfg.cookie_key_previous, cookie_tai_offset_ns=cfg.cookie_tai_offset_ns)
     for cidr in state.anycast_v4:
         env.add_anycast(cidr)
     for cidr in state.anycast_v6:
@@ -724,7 +730,7 @@ def describe(frame: bytes) -> str:
 
 def run_both(env, model: m.EdgeModel, frame: bytes, ingress: str):
     """Run a frame through the program and the model; returns (result, outcome, span_ns)."""
-    clock = cookie_clock_ns()
+    clock = cookie_clock_ns(tai_offset=0)     # raw CLOCK_TAI: the model takes the config's offset off
     before = monotonic_ns()
     result = env.run(frame, ingress=ingress)
     after = monotonic_ns()
@@ -932,7 +938,7 @@ def test_program_agrees_with_model(edge):
     def check(scenario):
         spec, packet_specs = scenario
         now = monotonic_ns()
-        state, ctx = concrete_state(spec, now, cookie_clock_ns())
+        state, ctx = concrete_state(spec, now, cookie_clock_ns(tai_offset=0))
         load_state(edge, state)
         model = m.EdgeModel(state)
         slack = 0

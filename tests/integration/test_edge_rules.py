@@ -33,6 +33,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.modules import edge_rules
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF maps, bpffs)")
 
@@ -221,10 +222,10 @@ def services(entries):
 
 
 def config(entries):
-    fields = struct.unpack("<4sIQQ2Q8Q2Q", entries[struct.pack("<I", 0)])
+    fields = struct.unpack("<4sIQQ2Q8Q2Qq", entries[struct.pack("<I", 0)])
     return {"tunnel": ip(fields[0]), "ban_sec": fields[1], "punch_idle_ns": fields[2], "cookie_epoch_ns": fields[3],
             "cookie_key": fields[4:6], "limits": [fields[6 + 2 * i:8 + 2 * i] for i in range(4)],
-            "cookie_key_previous": fields[14:16]}
+            "cookie_key_previous": fields[14:16], "cookie_tai_offset_ns": fields[16]}
 
 
 CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
@@ -294,6 +295,35 @@ KEY_N, KEY_N1 = "00112233445566778899aabbccddeeff", "8899aabbccddeeff00112233445
 
 def key_ints(text):
     return struct.unpack("<QQ", bytes.fromhex(text))
+
+
+def test_the_pops_tai_offset_is_written_and_a_rerun_changes_it_only_when_it_moved(pop, tmp_path):
+    """The cookie epoch is CLOCK_TAI less the POP's TAI offset (chrony sets 37 s, timesyncd 0):
+    edge_rules writes the offset it reads on the POP, in whole seconds, so a rerun finds it equal
+    and changes nothing. When the kernel's offset moves (a leap second: the kernel adds one;
+    a daemon setting it), the config holds the old one - staged here by writing a stale value -
+    and the next run puts this POP's offset back, touching edge_config only."""
+    host_offset = tai_offset_ns()
+    first = run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]})
+    assert first.result["changed"] is True
+    assert config(pop.entries("edge_config"))["cookie_tai_offset_ns"] == host_offset
+    assert run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]}).result["changed"] is False
+
+    stale = bytearray(pop.entries("edge_config")[struct.pack("<I", 0)])
+    stale[-8:] = struct.pack("<q", host_offset - 10**9)     # the offset before a leap second
+    pop.map("edge_config").update(struct.pack("<I", 0), bytes(stale))
+    rules_before = pop.snapshot(RULE_MAP_NAMES)
+    fixed = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"cookie_keys": [KEY_N]})
+    assert fixed.result["changed"] is True and fixed.result["writes"] == 1
+    assert [step["map"] for step in fixed.result["steps"]] == ["edge_config"]
+    assert "cookie_tai_offset_sec %g" % ((host_offset - 10**9) / 1e9) in fixed.stdout
+    assert "cookie_tai_offset_sec %g" % (host_offset / 1e9) in fixed.stdout
+    after = pop.snapshot(RULE_MAP_NAMES)
+    assert config(after["edge_config"])["cookie_tai_offset_ns"] == host_offset
+    assert config(after["edge_config"])["cookie_key"] == key_ints(KEY_N)             # the key is kept
+    assert {name: entries for name, entries in after.items() if name != "edge_config"} == \
+        {name: entries for name, entries in rules_before.items() if name != "edge_config"}
+    assert run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]}).result["changed"] is False
 
 
 def assert_no_key_in(run, *keys):

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns,
-                                                                               cookie_epoch, siphash24)
+                                                                               cookie_epoch, siphash24,
+                                                                               tai_offset_ns)
 
 
 def test_siphash_matches_the_papers_test_vector():
@@ -34,14 +35,34 @@ def test_the_cookie_depends_on_every_part_of_the_four_tuple_and_the_epoch():
     assert a2s_cookie((1, 3), **base) != cookie
 
 
-def test_the_cookie_clock_is_tai_not_the_hosts_uptime():
-    """Two POPs booted at different times agree on the epoch only if it is wall-clock time."""
-    before = time.clock_gettime_ns(time.CLOCK_TAI)
+def test_the_cookie_clock_is_utc_not_the_hosts_uptime_nor_its_tai():
+    """Two POPs booted at different times agree on the epoch only if it is wall-clock time, and
+    two POPs whose time daemons set different TAI offsets only if it is UTC."""
+    before = time.clock_gettime_ns(time.CLOCK_REALTIME)
     now = cookie_clock_ns()
-    after = time.clock_gettime_ns(time.CLOCK_TAI)
+    after = time.clock_gettime_ns(time.CLOCK_REALTIME)
     assert before <= now <= after
-    # Not the monotonic clock (seconds since boot): TAI is decades since 1970.
+    # Not the monotonic clock (seconds since boot): UTC is decades since 1970.
     assert now - time.monotonic_ns() > 50 * 365 * 86400 * 10**9
+
+
+def test_the_cookie_clock_takes_the_given_tai_offset_off_clock_tai():
+    """What a program whose config carries that offset reads: CLOCK_TAI - offset."""
+    before = time.clock_gettime_ns(time.CLOCK_TAI)
+    now = cookie_clock_ns(tai_offset=37 * 10**9)
+    after = time.clock_gettime_ns(time.CLOCK_TAI)
+    assert before - 37 * 10**9 <= now <= after - 37 * 10**9
+    assert cookie_clock_ns(tai_offset=0) >= after
+
+
+def test_the_tai_offset_is_whole_seconds_and_the_same_on_every_read():
+    """The kernel keeps it in seconds; reading two clocks apart must not make it jitter, or every
+    edge_rules run would rewrite the config."""
+    offsets = {tai_offset_ns() for dummy in range(1000)}
+    assert len(offsets) == 1
+    (offset,) = offsets
+    assert offset % 10**9 == 0 and 0 <= offset <= 100 * 10**9
+    assert abs(time.clock_gettime_ns(time.CLOCK_TAI) - time.clock_gettime_ns(time.CLOCK_REALTIME) - offset) < 10**8
 
 
 @pytest.mark.parametrize("clock_ns, epoch_ns, epoch", [

@@ -161,7 +161,7 @@ def test_config_value_and_cookie_key():
     assert replaced[:24] == config[:24] and replaced[40:] == config[40:]
 
 
-def test_the_previous_key_generation_is_the_last_member_of_edge_config():
+def test_the_previous_key_generation_sits_before_the_tai_offset_at_the_end_of_edge_config():
     current, previous = bytes(range(16)), bytes(range(100, 116))
     config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, current, previous)
     assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
@@ -173,10 +173,27 @@ def test_the_previous_key_generation_is_the_last_member_of_edge_config():
     new = bytes(range(50, 66))
     rotated = _rules.with_cookie_keys(config, new, current)
     assert (_rules.config_cookie_key(rotated), _rules.config_cookie_key_previous(rotated)) == (new, current)
-    assert rotated[:24] == config[:24] and rotated[40:-16] == config[40:-16] and len(rotated) == len(config)
-    assert _rules.with_cookie_key(config, new)[-16:] == previous     # the current one alone keeps the previous
+    assert rotated[:24] == config[:24] and rotated[40:-24] == config[40:-24] and len(rotated) == len(config)
+    assert rotated[-8:] == config[-8:]
+    assert _rules.with_cookie_key(config, new)[-24:-8] == previous   # the current one alone keeps the previous
     lines = _rules.render_config(rotated)
     assert "cookie_key current (set)" in lines and "cookie_key previous (set)" in lines
+
+
+def test_the_pops_tai_offset_is_the_last_member_of_edge_config():
+    """edge_rules passes the POP's CLOCK_TAI - CLOCK_REALTIME; it lands in cookie_tai_offset_ns
+    (signed), the keys stay where they are, and the diff shows it in seconds."""
+    key = bytes(range(16))
+    config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, key, cookie_tai_offset_ns=37 * 10**9)
+    assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
+                                     cookie_key=struct.unpack("<QQ", key), cookie_tai_offset_ns=37 * 10**9)
+    assert struct.unpack("<q", config[-8:]) == (37 * 10**9,)
+    assert _rules.config_cookie_key(config) == key and _rules.config_cookie_key_previous(config) == bytes(16)
+    assert "cookie_tai_offset_sec 37" in _rules.render_config(config)
+    assert struct.unpack("<q", _rules.config_value("10.0.0.7", {}, 60, 120, 30, key,
+                                                   cookie_tai_offset_ns=-1 * 10**9)[-8:]) == (-10**9,)
+    desired, dummy = _rules.desired_entries(params(), key, cookie_tai_offset_ns=37 * 10**9)
+    assert desired["edge_config"][_rules.CONFIG_KEY][-8:] == config[-8:]
 
 
 KEY_A, KEY_B = "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100"
