@@ -138,6 +138,28 @@ def wait_for(predicate, what, timeout=30.0):
     raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
+def agent_env(collections_root) -> dict:
+    """The environment the agent and its tools run in: the agent's package and the collection."""
+    return dict(os.environ, PYTHONPATH="%s:%s" % (AGENT_DIR, collections_root))
+
+
+def start_agent_and_prometheus(tmp_path: Path, config_dir: Path, exporter_port: int, collections_root, **agent_settings):
+    """A real agent serving its exporter on 127.0.0.1:exporter_port (no pins, no BIRD; the extra
+    settings, e.g. TLS, added to its config) and a real Prometheus run from the rendered
+    configuration. Returns (agent, prometheus, Prometheus's base URL); stop both when done."""
+    agent_config = tmp_path / "agent.json"
+    agent_config.write_text(json.dumps(dict({
+        "iface": "lo", "tunnel_address": "127.0.0.1", "listen_address": "127.0.0.1", "listen_port": exporter_port,
+        "pin_root": str(tmp_path / "no-pins"), "bird_manage": False, "check_dataplane": False}, **agent_settings)))
+    agent = Child([sys.executable, "-m", "anycast_edge_agent", "--config", str(agent_config)], tmp_path / "agent.log",
+                  env=agent_env(collections_root))
+    web_port = free_port()
+    server = Child([PROMETHEUS, "--config.file=%s" % (config_dir / "prometheus.yml"),
+                    "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % web_port],
+                   tmp_path / "prometheus.log")
+    return agent, server, "http://127.0.0.1:%d" % web_port
+
+
 def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
     config_dir = tmp_path / "etc-prometheus"
     exporter_port = free_port()
@@ -163,18 +185,7 @@ def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
 
     # A real agent as pop1's exporter (no pins here: it reports maps_readable 0), and a real
     # Prometheus from the rendered file.
-    agent_config = tmp_path / "agent.json"
-    agent_config.write_text(json.dumps({
-        "iface": "lo", "tunnel_address": "127.0.0.1", "listen_address": "127.0.0.1", "listen_port": exporter_port,
-        "pin_root": str(tmp_path / "no-pins"), "bird_manage": False, "check_dataplane": False}))
-    env = dict(os.environ, PYTHONPATH="%s:%s" % (AGENT_DIR, collections_root))
-    agent = Child([sys.executable, "-m", "anycast_edge_agent", "--config", str(agent_config)], tmp_path / "agent.log",
-                  env=env)
-    web_port = free_port()
-    server = Child([PROMETHEUS, "--config.file=%s" % (config_dir / "prometheus.yml"),
-                    "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % web_port],
-                   tmp_path / "prometheus.log")
-    base = "http://127.0.0.1:%d" % web_port
+    agent, server, base = start_agent_and_prometheus(tmp_path, config_dir, exporter_port, collections_root)
     try:
         groups = wait_for(lambda: api(base, "rules")["groups"], "the alert rules loaded")
         assert {group["name"] for group in groups} == {"anycast-edge-attack-signs", "anycast-edge-health"}
@@ -186,8 +197,8 @@ def test_render_check_rerun_and_scrape_a_real_agent(tmp_path, collections_root):
         assert up["pop1"] == "1"
         # anycast-edge top reads the same POP through this Prometheus (POPs by their "pop" label).
         done = subprocess.run([sys.executable, "-m", "anycast_edge_agent.top", "--prometheus", base, "--once",
-                               "--json", "--interval", "1.5"], capture_output=True, text=True, env=env, timeout=60,
-                              check=False)
+                               "--json", "--interval", "1.5"], capture_output=True, text=True,
+                              env=agent_env(collections_root), timeout=60, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         pops = {item["pop"]: item for item in json.loads(done.stdout)}
         assert pops["pop1"]["maps_readable"] is False and pops["pop1"]["announced"] is None
@@ -213,20 +224,10 @@ def test_a_tls_exporter_with_client_certificates_is_scraped_over_https(tmp_path,
     assert job["tls_config"] == {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "scraper.pem"),
                                  "key_file": str(pki / "scraper.key")}
 
-    agent_config = tmp_path / "agent.json"
-    agent_config.write_text(json.dumps({
-        "iface": "lo", "tunnel_address": "127.0.0.1", "listen_address": "127.0.0.1", "listen_port": exporter_port,
-        "pin_root": str(tmp_path / "no-pins"), "bird_manage": False, "check_dataplane": False,
-        "tls_cert_file": str(pki / "pop.pem"), "tls_key_file": str(pki / "pop.key"),
-        "tls_ca_file": str(pki / "ca.pem"), "tls_client_auth": True}))
-    env = dict(os.environ, PYTHONPATH="%s:%s" % (AGENT_DIR, collections_root))
-    agent = Child([sys.executable, "-m", "anycast_edge_agent", "--config", str(agent_config)], tmp_path / "agent.log",
-                  env=env)
-    web_port = free_port()
-    server = Child([PROMETHEUS, "--config.file=%s" % (config_dir / "prometheus.yml"),
-                    "--storage.tsdb.path=%s" % (tmp_path / "tsdb"), "--web.listen-address=127.0.0.1:%d" % web_port],
-                   tmp_path / "prometheus.log")
-    base = "http://127.0.0.1:%d" % web_port
+    agent, server, base = start_agent_and_prometheus(
+        tmp_path, config_dir, exporter_port, collections_root,
+        tls_cert_file=str(pki / "pop.pem"), tls_key_file=str(pki / "pop.key"), tls_ca_file=str(pki / "ca.pem"),
+        tls_client_auth=True)
     try:
         readable = wait_for(lambda: api(base, "query", query='anycast_edge_maps_readable{pop="pop1"}')["result"],
                             "a scrape of pop1's agent over https")
