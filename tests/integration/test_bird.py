@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-import agent_world  # noqa: F401  (puts agent/ on sys.path)
+# agent_world puts agent/ on sys.path (for anycast_edge_agent below).
+import agent_world  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import health
 
 from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
