@@ -14,6 +14,8 @@ path off this machine.
   ipip    N IPIP packets "from" a backend's tunnel address to the POP's tunnel address, each
           carrying a UDP datagram to a victim; --fragment splits each outer packet in two
           (issue 12 section 3: the kernel's ipip device must not reassemble and forward them)
+  direct  the inner datagram itself, routed by this namespace (a control: what a victim gets when
+          a POP lets the packet through)
   listen  count the UDP datagrams that reach ADDRESS:PORT for a while (the victim's view)
 """
 
@@ -27,6 +29,7 @@ import time
 
 from scapy.layers.inet import ICMP, IP, UDP, fragment
 from scapy.layers.l2 import Ether, getmacbyip
+from scapy.sendrecv import send
 from scapy.arch import get_if_hwaddr
 
 
@@ -80,6 +83,12 @@ def cmd_ipip(args) -> dict:
             "inner": "%s > %s:%d" % (args.inner_source, args.victim, args.port)}
 
 
+def cmd_direct(args) -> dict:
+    packet = IP(src=args.source, dst=args.victim) / UDP(sport=args.source_port, dport=args.port) / b"control"
+    send(packet, count=args.count, verbose=False)
+    return {"sent": args.count, "datagram": "%s:%d > %s:%d" % (args.source, args.source_port, args.victim, args.port)}
+
+
 def cmd_listen(args) -> dict:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((args.address, args.port))
@@ -123,6 +132,13 @@ def main(argv=None) -> int:
     ipip.add_argument("--fragment", action="store_true", help="send each outer packet as fragments")
     ipip.add_argument("--fragsize", type=int, default=400)
 
+    direct = commands.add_parser("direct", help="UDP from SOURCE to VICTIM:PORT, routed here")
+    direct.add_argument("--source", required=True)
+    direct.add_argument("--source-port", type=int, default=27015)
+    direct.add_argument("--victim", required=True)
+    direct.add_argument("--port", type=int, required=True)
+    direct.add_argument("--count", type=int, default=5)
+
     listen = commands.add_parser("listen", help="count datagrams to ADDRESS:PORT")
     listen.add_argument("--address", required=True)
     listen.add_argument("--port", type=int, required=True)
@@ -131,7 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "count", 1) > 20000 or getattr(args, "rate", 1) > 5000:
         parser.error("--count is at most 20000 and --rate at most 5000: the lab's floods are bounded")
-    result = {"flood": cmd_flood, "ipip": cmd_ipip, "listen": cmd_listen}[args.command](args)
+    result = {"flood": cmd_flood, "ipip": cmd_ipip, "direct": cmd_direct, "listen": cmd_listen}[args.command](args)
     json.dump(result, sys.stdout)
     print()
     return 0
