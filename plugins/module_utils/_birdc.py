@@ -51,10 +51,14 @@ class BirdcError(Exception):
 
 
 class Reply:
-    """One parsed birdc answer: a list of (code, text) lines, continuations folded in."""
+    """One parsed birdc answer: a list of (code, text) lines, continuations folded in.
 
-    def __init__(self, lines):
+    ``connected`` says BIRD greeted birdc (the 0001 banner): an answer with no lines after it is
+    then an empty answer (``show route export`` of a session that is sent nothing), not a failure."""
+
+    def __init__(self, lines, connected=False):
         self.lines = lines
+        self.connected = connected
 
     @property
     def codes(self):
@@ -78,6 +82,7 @@ def parse_reply(output):
     """
     lines = []
     code = None
+    connected = False
     for raw in output.splitlines():
         match = _REPLY_LINE.match(raw)
         if match:
@@ -89,9 +94,10 @@ def parse_reply(output):
         else:
             continue
         if code == WELCOME:
+            connected = True
             continue
         lines.append((code, text))
-    return Reply(lines)
+    return Reply(lines, connected)
 
 
 class Birdc:
@@ -108,7 +114,7 @@ class Birdc:
         argv = [self.birdc_path, "-v", "-s", self.socket_path] + _split_keep_quoted(command)
         rc, out, err = self._run_command(argv)
         reply = parse_reply(out)
-        if not reply.lines:
+        if not reply.lines and not reply.connected:
             # birdc could not even connect (no socket, no permission): that is on stderr.
             raise BirdcError(
                 "birdc %s failed (rc=%s): %s" % (command, rc, (err or out).strip() or "no reply"),

@@ -581,3 +581,51 @@ def _restore(ipr, before, name):
     except (IpipError, NetlinkError) as exc:
         return "; restoring the previous state failed too: %s" % exc, False
     return ("; the previous state was restored" if before is not None else ""), True
+
+
+# ---- per-device IPv4 settings (net.ipv4.conf.<link>.<key>) ---------------------------------
+# A POP's tunnels exist only so that the agent's probes and their answers are delivered
+# locally: they must not forward (a spoofed IPIP packet the kernel decapsulates would otherwise
+# be routed on to any victim) and want strict reverse-path filtering. A new link takes the
+# values of net.ipv4.conf.default, so the module sets them after every create or re-create.
+
+CONF_ROOT = "/proc/sys/net/ipv4/conf"
+DEVICE_SETTINGS = ("forwarding", "rp_filter")
+
+
+def wanted_settings(forwarding=None, rp_filter=None):
+    """The settings asked for, as the kernel writes them ("0", "1", "2"); None = leave alone."""
+    wanted = {}
+    if forwarding is not None:
+        wanted["forwarding"] = "1" if forwarding else "0"
+    if rp_filter is not None:
+        if rp_filter not in (0, 1, 2):
+            raise IpipError("rp_filter: %r is not 0 (off), 1 (strict) or 2 (loose)" % (rp_filter,))
+        wanted["rp_filter"] = str(rp_filter)
+    return wanted
+
+
+def read_settings(device, keys, conf_root=CONF_ROOT):
+    """{key: value} of net.ipv4.conf.<device>.<key> in the module's network namespace."""
+    values = {}
+    for key in keys:
+        with open(os.path.join(conf_root, device, key)) as handle:
+            values[key] = handle.read().strip()
+    return values
+
+
+def settings_changes(wanted, present):
+    """[(key, before, after)] for each setting that differs, in a stable order."""
+    return [(key, present.get(key), wanted[key]) for key in DEVICE_SETTINGS
+            if key in wanted and present.get(key) != wanted[key]]
+
+
+def write_settings(device, changes, conf_root=CONF_ROOT):
+    for key, dummy, value in changes:
+        path = os.path.join(conf_root, device, key)
+        try:
+            with open(path, "w") as handle:
+                handle.write(value + "\n")
+        except OSError as exc:
+            raise IpipError("cannot set net.ipv4.conf.%s.%s = %s (%s): %s"
+                            % (device, key, value, path, exc), host_changed=True)

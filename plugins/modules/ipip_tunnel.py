@@ -106,6 +106,21 @@ options:
       - "Free text stored after the mark in the interface alias (C(anycast.edge: <description>)),
         shown by C(ip link). Omitted leaves an existing description as it is."
     type: str
+  forwarding:
+    description:
+      - C(net.ipv4.conf.<name>.forwarding) of the link - whether the kernel routes packets that
+        arrive through the tunnel on to other hosts. V(false) on a POP, whose tunnels serve the
+        agent's probes only (local delivery), so a spoofed IPIP packet the kernel decapsulates
+        is not forwarded to a victim. Omitted leaves it as it is.
+      - Set after every create or re-create too (a new link takes C(net.ipv4.conf.default)'s).
+    type: bool
+  rp_filter:
+    description:
+      - C(net.ipv4.conf.<name>.rp_filter) of the link - V(0) off, V(1) strict, V(2) loose
+        reverse-path filtering (the kernel applies the larger of this and
+        C(net.ipv4.conf.all.rp_filter)). Omitted leaves it as it is.
+    type: int
+    choices: [0, 1, 2]
   keep:
     description: With O(state=pruned), the names of our tunnels to keep.
     type: list
@@ -116,6 +131,8 @@ notes:
     the link (C(ip addr add A peer B)) is not managed.
   - A link of another kind, or an ipip link without the C(anycast.edge) alias, with the name
     O(name) makes the task fail - it is not ours to change.
+  - O(forwarding) and O(rp_filter) are the runtime values of the network namespace the module
+    runs in; they live and die with the link (the link itself is not persistent either).
 seealso:
   - module: anycast.edge.tc_program
 """
@@ -129,6 +146,15 @@ EXAMPLES = r"""
     ttl: 64
     addresses: [100.64.0.0/31]
     description: peer game1
+
+- name: A POP's tunnel to a backend - probes only, never a path onward
+  anycast.edge.ipip_tunnel:
+    name: ae-91c0d2e4aa
+    local: 192.0.2.1
+    remote: 198.51.100.30
+    addresses: [100.64.0.2/31]
+    forwarding: false
+    rp_filter: 1
 
 - name: Collect-metadata tunnel for a BPF program that sets the endpoints per packet
   anycast.edge.ipip_tunnel:
@@ -165,6 +191,13 @@ tunnel:
     admin_state: up
     external: false
     addresses: [100.64.0.0/31]
+settings:
+  description:
+    - The link's O(forwarding) and O(rp_filter) after the run (in check mode, as they would be),
+      as the kernel writes them; only the ones asked for. Empty when none were asked for.
+  returned: always
+  type: dict
+  sample: {forwarding: "0", rp_filter: "1"}
 actions:
   description: What was done (or would be, in check mode), one line each; a re-create gives its reason.
   returned: always
@@ -200,23 +233,35 @@ def diff_for(before, after, header=None):
 def run_single(module, ipr):
     params = module.params
     wanted = None
+    wanted_settings = {}
     if params["state"] == "present":
         wanted = _ipip.wanted_state(
             params["name"], local=params["local"], remote=params["remote"], ttl=params["ttl"],
             mtu=params["mtu"], addresses=params["addresses"], admin_state=params["admin_state"],
             external=params["external"], description=params["description"])
+        wanted_settings = _ipip.wanted_settings(params["forwarding"], params["rp_filter"])
     elif not _ipip.INTERFACE_NAME.fullmatch(params["name"]):
         raise _ipip.IpipError("name: %r is not a Linux interface name" % (params["name"],))
     present = _ipip.read_link(ipr, params["name"])
     the_plan = _ipip.plan(wanted, present)
+    new_link = the_plan.action in ("create", "recreate")
+    settings_now, setting_changes = {}, []
+    if wanted_settings:
+        if present is not None:
+            settings_now = _ipip.read_settings(params["name"], wanted_settings)
+        # A link that is (re-)created starts with net.ipv4.conf.default's values.
+        settings_start = _ipip.read_settings("default", wanted_settings) if new_link else settings_now
+        setting_changes = _ipip.settings_changes(wanted_settings, settings_start)
     result = {
-        "changed": the_plan.changed,
+        "changed": the_plan.changed or bool(setting_changes),
         "tunnel": _ipip.public_state(the_plan.after),
-        "actions": the_plan.summary(),
+        "settings": dict(wanted_settings),
+        "actions": the_plan.summary() + ["set net.ipv4.conf.%s.%s %s -> %s" % ((params["name"],) + change)
+                                         for change in setting_changes],
         "recreated": the_plan.action == "recreate",
         "removed": [params["name"]] if the_plan.action == "delete" else [],
     }
-    if the_plan.action in ("create", "recreate") and not _ipip.ipip_module_present():
+    if new_link and not _ipip.ipip_module_present():
         # The kernel may still load it on demand; if it cannot, the create below fails with
         # the full explanation. In check mode this warning is all there is.
         if _ipip.modules_loadable():
@@ -230,16 +275,30 @@ def run_single(module, ipr):
         header = None
         if the_plan.action == "recreate":
             header = "%s (re-created: %s)" % (params["name"], "; ".join(the_plan.reasons))
-        result["diff"] = diff_for(_ipip.public_state(the_plan.before),
-                                  _ipip.public_state(the_plan.after), header)
-    if the_plan.changed and not module.check_mode:
+        result["diff"] = diff_for(_with_settings(_ipip.public_state(the_plan.before), settings_now),
+                                  _with_settings(_ipip.public_state(the_plan.after), wanted_settings), header)
+    if module.check_mode:
+        return result
+    if the_plan.changed:
         _ipip.apply(ipr, the_plan)
         if the_plan.after is not None:
             # Report what the kernel made of it (the MTU it picked, ...), not our prediction.
             result["tunnel"] = _ipip.public_state(_ipip.read_link(ipr, params["name"]))
             if module._diff:
-                result["diff"]["after"] = result["tunnel"]
+                result["diff"]["after"] = _with_settings(result["tunnel"], wanted_settings)
+    if wanted_settings and the_plan.after is not None:
+        # Read again from the link itself: a (re-)created one has the kernel's defaults now.
+        _ipip.write_settings(params["name"], _ipip.settings_changes(
+            wanted_settings, _ipip.read_settings(params["name"], wanted_settings)))
+        result["settings"] = _ipip.read_settings(params["name"], wanted_settings)
     return result
+
+
+def _with_settings(state, settings):
+    """The tunnel as the diff shows it: its attributes plus the settings asked for."""
+    if state is None or not settings:
+        return state
+    return dict(state, settings=settings)
 
 
 def run_pruned(module, ipr):
@@ -278,6 +337,8 @@ def main():
             admin_state=dict(type="str", default="up", choices=["up", "down"]),
             external=dict(type="bool", default=False),
             description=dict(type="str"),
+            forwarding=dict(type="bool"),
+            rp_filter=dict(type="int", choices=[0, 1, 2]),
             keep=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "present", ["name"]), ("state", "absent", ["name"])],

@@ -17,11 +17,18 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+# agent_world puts agent/ on sys.path (for anycast_edge_agent below).
+import agent_world  # noqa: F401  pylint: disable=unused-import
+from anycast_edge_agent import health
+
+from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
 
 # tests/integration may or may not be a package (other engineers add files here too).
 try:
@@ -275,8 +282,12 @@ def test_drain_adds_gshut_then_withdraws_and_undrain_brings_it_back(lab):
     assert proc.returncode == 0, proc.stdout[-8000:]
     results, dummy = task_results(proc)
     # The GSHUT phase was announced (and seen by the upstream) before the withdrawal.
-    gshut = results["Report what the upstreams saw during the GRACEFUL_SHUTDOWN phase"]
+    gshut = results["Check that every upstream is sent GRACEFUL_SHUTDOWN before the wait"]
     assert "65535:0" in gshut["msg"], gshut
+    # What the upstream is sent once withdrawn: the RTBH route, no anycast prefix.
+    report = results["Sum up what each upstream is sent"]["ansible_facts"]["bird_anycast_report"]
+    assert report["bgp_upstream1"]["established"] is True
+    assert list(report["bgp_upstream1"]["routes"]) == [RTBH_HOST], report
     lab.wait_for(lambda: upstream_route(lab, PREFIX) is None, "the withdrawal of the anycast prefix")
     assert lab.session_established(), "drain must not drop the BGP session"
     assert (lab.pop_dir / "state" / "bird_drain_state").read_text().strip() == "withdrawn"
@@ -363,3 +374,92 @@ def test_bgp_password_in_no_output_result_or_diff_and_file_is_0640_root_bird(lab
     # Back to the neighbours the other tests expect.
     results, dummy = converge(lab)
     assert PASSWORD not in lab.pop_config.read_text()
+
+
+class UpstreamWatcher:
+    """Polls the upstream's route for a prefix every 50 ms in a thread; keeps each change."""
+
+    def __init__(self, lab: BirdLab, prefix: str):
+        self.lab = lab
+        self.prefix = prefix
+        self.seen: list[tuple[float, frozenset | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            route = upstream_route(self.lab, self.prefix)
+            state = frozenset(communities(route)) if route else None
+            if not self.seen or self.seen[-1][1] != state:
+                self.seen.append((time.monotonic(), state))
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def announcements(self):
+        return [(at, state) for at, state in self.seen if state is not None]
+
+
+class HealthyAgent:
+    """The POP agent's announcer (agent/anycast_edge_agent/health.py, the real class) as the agent
+    runs it while the backends are healthy: ANNOUNCE every probe interval, which enables the
+    announcing protocol through birdc unless the drain state file says the POP is drained."""
+
+    def __init__(self, lab: BirdLab, interval: float = 0.2):
+        self.announcer = health.Announcer(Birdc(str(lab.pop_socket)), "anycast_edge_announce",
+                                          str(lab.pop_dir / "state" / "bird_drain_state"))
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.announcer.apply(health.ANNOUNCE)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_undrain_returns_the_pop_without_gshut_in_the_first_announcement(lab):
+    """Issue 12 section 7: with the agent running (healthy backends), undrain.yml used to delete
+    the drain state file before BIRD's configuration changed; the agent then re-enabled the
+    announcing protocol under the drained configuration's export filter, so the upstream's first
+    route back carried GRACEFUL_SHUTDOWN (65535:0) until the role reconfigured BIRD (~32 s on the
+    TCG lab). The first route the upstream has after undrain must carry no 65535:0, and undrain
+    reports what each neighbour is now sent."""
+    with HealthyAgent(lab):
+        proc = ansible_playbook(lab, str(REPO_ROOT / "playbooks" / "drain.yml"), inventory(lab),
+                                "-e", "anycast_edge_drain_all=true")
+        assert proc.returncode == 0, proc.stdout[-8000:]
+        lab.wait_for(lambda: upstream_route(lab, PREFIX) is None, "the withdrawal of the anycast prefix")
+        # The agent keeps a drained POP drained.
+        time.sleep(1)
+        assert upstream_route(lab, PREFIX) is None
+        with UpstreamWatcher(lab, PREFIX) as watcher:
+            started = time.monotonic()
+            proc = ansible_playbook(lab, str(REPO_ROOT / "playbooks" / "undrain.yml"), inventory(lab))
+            returned = time.monotonic()
+            assert proc.returncode == 0, proc.stdout[-8000:]
+            lab.wait_for(watcher.announcements, "the prefix back at the upstream")
+            time.sleep(1)
+    results, dummy = task_results(proc)
+    report = results["Sum up what each upstream is sent"]["ansible_facts"]["bird_anycast_report"]
+    assert report["bgp_upstream1"]["established"] is True
+    assert report["bgp_upstream1"]["routes"][PREFIX].split() == ["64500:100", "64600:42"], report
+    assert "announced; the upstreams are sent" in results[
+        "Check that every upstream is sent the anycast prefixes without GRACEFUL_SHUTDOWN"]["msg"]
+    seen = [("%.2fs" % (at - started), sorted(state) if state is not None else None) for at, state in watcher.seen]
+    print("undrain.yml took %.1fs; the upstream saw: %s" % (returned - started, seen))
+    assert all("65535:0" not in state for at, state in watcher.announcements()), seen

@@ -247,3 +247,15 @@ def test_birdc_without_a_socket_says_so():
     birdc = _birdc.Birdc("/nonexistent/bird.ctl", shutil.which("birdc") or "/usr/sbin/birdc")
     with pytest.raises(_birdc.BirdcError, match="birdc show protocols failed"):
         birdc.protocols()
+
+
+def test_an_empty_answer_is_no_routes_but_no_answer_at_all_is_an_error():
+    """BIRD 2.0.12 answers `show route export <session> all` for a session that is sent nothing
+    with its banner alone (seen in the VM lab after drain.yml's withdrawal): no routes. Without
+    even the banner birdc never reached BIRD: an error that says so."""
+    banner_only = _birdc.Birdc("/run/bird/bird.ctl", run_command=lambda argv: (0, "0001 BIRD 2.0.12 ready.\n", ""))
+    assert banner_only.routes("export bgp_upstream") == []
+    unreachable = _birdc.Birdc("/run/bird/bird.ctl", run_command=lambda argv: (
+        1, "", "Unable to connect to server control socket (/run/bird/bird.ctl): No such file or directory\n"))
+    with pytest.raises(_birdc.BirdcError, match="Unable to connect"):
+        unreachable.routes("export bgp_upstream")
