@@ -888,10 +888,20 @@ class XdpProgramModule(object):
 
 
 def host_ipv4_addresses():
-    """Every IPv4 address on the interfaces of this network namespace (dotted quads)."""
+    """Every IPv4 address on the interfaces of this network namespace (dotted quads), but those of
+    ipip links: a tunnel's inner address is reachable only through its tunnel, and the tunnels are
+    made after the program (ipip_tunnels runs after xdp_edge), so counting them would change the
+    map on every second run."""
     addresses = set()
     with open_iproute() as ipr:
+        tunnels = set()
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "ipip":
+                tunnels.add(link["index"])
         for message in ipr.get_addr(family=socket.AF_INET):
+            if message["index"] in tunnels:
+                continue
             address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
             if address:
                 addresses.add(address)
