@@ -31,6 +31,9 @@
 #define EDGE_MAX_TX_PORTS      64
 #define EDGE_MAX_IFINDEX       65536   /* edge_tunnel_ifaces is indexed by ifindex (per network namespace, small) */
 #define EDGE_MAX_OWN_ADDRS     64      /* the POP's own IPv4 addresses (edge_own_addrs) */
+#define EDGE_MAX_SOURCES       524288  /* per-source state (edge_sources): ban, rate window, verification, counters */
+#define EDGE_VERIFIED_SLOTS    2       /* services a source can be verified for at once (struct source_state) */
+#define EDGE_MAX_PAYLOAD_RULES 256     /* anycast_edge_filters.rules (edge_payload_rules) */
 
 /* Largest A2S_INFO reply payload (UDP payload, from the FF FF FF FF 49 header on) that is cached.
  * Replies are a few hundred bytes in practice; a larger or split (FF FF FF FF FE) reply is not cached. */
@@ -76,6 +79,8 @@ enum edge_reason {
 	EDGE_REASON_DROP_BAD_TUNNEL,       /* to the tunnel address: IPIP on a device that does not carry it, a fragment, GRE, 6in4 */
 	EDGE_REASON_DROP_OWN_SOURCE,       /* arrived with one of the POP's own addresses as its source (spoofed) */
 	EDGE_REASON_DROP_ICMP_TYPE,        /* ICMP to a service that is not an echo request */
+	EDGE_REASON_DROP_UNVERIFIED,       /* service under attack: unverified and not handshake-shaped, or over the admission budget */
+	EDGE_REASON_DROP_RULE,             /* a payload rule (anycast_edge_filters.rules) dropped it, or its per-source limit did */
 	EDGE_REASON_COUNT,
 };
 
@@ -106,6 +111,14 @@ struct edge_config {
 	 * chrony with leapsectz sets 37 s, systemd-timesyncd leaves 0. The cookie epoch subtracts
 	 * it, so every POP counts UTC epochs whatever its daemon (a2s.h). Last, like the member above. */
 	__s64 cookie_tai_offset_ns;
+	/* A verified source stays verified for a service while it sends within this idle time
+	 * (anycast_edge_verified_idle; 0: the default, 10 minutes). */
+	__u64 verified_idle_ns;
+	/* The CPUs the admission budgets are shared among (libbpf's possible CPUs, written by
+	 * edge_rules): each CPU's token bucket fills at budget / nr_cpus, so the POP as a whole never
+	 * admits more than the budget without an atomic on the hot path. 0 is read as 1. */
+	__u32 nr_cpus;
+	__u32 pad;
 };
 
 /* Service lookup: (protocol, anycast address, port). ICMP services use port 0. */
@@ -119,12 +132,34 @@ struct service_key {
 #define SERVICE_F_A2S_CACHE  (1U << 0) /* answer A2S_INFO from the cache (challenge first) */
 #define SERVICE_F_A2S_SNOOP  (1U << 1) /* refresh the cache from the backend's own A2S_INFO replies */
 
+/* The game protocol a service speaks: what is "handshake-shaped" for it while it is under attack,
+ * and which validator watches the game server's challenge on the return path (docs/data-plane.md). */
+enum edge_game_protocol {
+	EDGE_GAME_NONE = 0,    /* no handshake known: under attack, only verified sources pass */
+	EDGE_GAME_SOURCE = 1,  /* Source engine: A2S queries, getchallenge 'q' -> challenge 'A' -> connect 'k' */
+	EDGE_GAME_GOLDSRC = 2, /* GoldSrc (Half-Life, CS 1.6): A2S queries, "getchallenge" -> "A00000000 <n>" -> "connect <p> <n>" */
+	EDGE_GAME_COUNT = 3,
+};
+
+/* Who decides whether a service is under attack (anycast_edge_services[].attack_mode). */
+enum edge_attack_mode {
+	EDGE_ATTACK_AUTO = 0,   /* the agent, from the unverified traffic counted in edge_admission */
+	EDGE_ATTACK_ALWAYS = 1, /* the operator: always under attack (only verified and admitted traffic passes) */
+	EDGE_ATTACK_NEVER = 2,  /* the operator: never (unverified traffic passes as before this issue) */
+	EDGE_ATTACK_MODE_COUNT = 3,
+};
+
 struct service_value {
 	__u32 id;                    /* 1..EDGE_MAX_SERVICES-1: index of edge_service_stats and a2s_cache */
 	__be32 backend_addr;         /* outer destination of the IPIP packets */
 	__u32 flags;                 /* SERVICE_F_* */
 	__u32 a2s_max_age_ms;        /* a cache entry older than this is not served */
 	struct edge_rate_limit limit; /* per-service override; both 0: the global per-protocol limit applies */
+	/* The budget for unverified traffic while the service is under attack, for the whole POP
+	 * (each CPU's bucket gets edge_config.nr_cpus'th of it); both 0: nothing unverified passes. */
+	struct edge_rate_limit admission;
+	__u32 game_protocol;         /* enum edge_game_protocol */
+	__u32 attack_mode;           /* enum edge_attack_mode */
 };
 
 /* LPM keys (allow/deny/anycast). prefixlen counts bits from the first byte of addr. */
@@ -202,6 +237,63 @@ struct own_addrs {
 	__u32 count;                       /* addrs[0..count) are used */
 	__u32 pad;
 	__be32 addrs[EDGE_MAX_OWN_ADDRS];
+};
+
+/*
+ * Everything the POP knows about one source address, in one entry (edge_sources), so that a packet
+ * costs one lookup: its ban, its rate window, the services it proved it owns its address for, the
+ * game-server challenge in flight to it, and its traffic (top talkers).
+ *
+ * Only a source whose packets the POP accepted gets an entry: while a service is under attack, an
+ * unverified source over the admission budget is dropped without one, so a spoofed flood from
+ * millions of addresses cannot churn the LRU and evict the players (docs/data-plane.md).
+ */
+enum edge_verify_proof {
+	EDGE_PROOF_NONE = 0,
+	EDGE_PROOF_COOKIE = 1,    /* echoed a valid edge cookie (A2S challenge) */
+	EDGE_PROOF_HANDSHAKE = 2, /* echoed the game server's own challenge (validator on the return path) */
+	EDGE_PROOF_PUNCH = 3,     /* the game server opened the flow (spoke first) */
+	EDGE_PROOF_COUNT = 4,
+};
+
+struct source_verification {
+	__u32 service_id;   /* 0: free slot */
+	__u32 proof;        /* enum edge_verify_proof: how it was verified (the last proof) */
+	__u64 active_ns;    /* last packet from the source to the service; idle past verified_idle_ns: expired */
+};
+
+struct source_state {
+	__u64 ban_until_ns;      /* monotonic; the source is banned while now < ban_until_ns */
+	__u64 last_seen_ns;      /* last packet to a service or anycast prefix */
+	__u64 packets;           /* all packets to our services and prefixes (atomic adds): top talkers */
+	__u64 bytes;
+	__u32 window;            /* the one-second rate window (bpf_ktime_get_ns() / 1e9) the counts below are for */
+	__u32 pad;
+	__u64 window_packets;    /* atomic adds */
+	__u64 window_bytes;
+	struct source_verification verified[EDGE_VERIFIED_SLOTS];
+	__u32 challenge_service_id; /* the service whose game server last challenged this source (0: none) */
+	__u32 server_challenge;     /* that challenge, as the validator read it from the reply */
+	__u64 challenge_ns;         /* when; a connect echoing it later than verified_idle_ns is not accepted */
+};
+
+/* Per service, per CPU: the admission token bucket and the unverified traffic it saw (edge_admission). */
+struct admission_bucket {
+	__u64 refilled_ns;        /* monotonic time of the last refill */
+	__u64 packet_tokens;      /* tokens left, in packets */
+	__u64 byte_tokens;        /* tokens left, in bytes */
+	__u64 unverified_packets; /* unverified packets seen (under attack or not): what the agent's attack mode watches */
+	__u64 unverified_bytes;
+	__u64 admitted_packets;   /* unverified packets passed while under attack */
+	__u64 dropped_packets;    /* unverified packets dropped while under attack (drop_unverified) */
+	__u64 verified_packets;   /* packets from verified sources (never charged) */
+};
+
+/* Per service: whether it is under attack, as the agent decided (EDGE_ATTACK_AUTO services only). */
+struct attack_state {
+	__u32 under_attack;  /* 0 or 1 */
+	__u32 pad;
+	__u64 since_ns;      /* monotonic time of the last transition */
 };
 
 /* Temporary bans: source -> monotonic time the ban ends. */

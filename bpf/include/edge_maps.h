@@ -216,4 +216,41 @@ struct {
 	__type(value, __u32);
 } edge_tx_ports SEC(".maps");
 
+/* Written by XDP (inbound: bans, rate windows, counters, verification by cookie or by the game's
+ * handshake; return path: the game server's challenge in flight, verification by punch); the
+ * agent reads it (top talkers, bans, verified players) and may add or lift bans by hand.
+ * Never touched by edge_rules: learned state survives rule updates. See struct source_state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_SOURCES);
+	__type(key, __be32);
+	__type(value, struct source_state);
+} edge_sources SEC(".maps");
+
+/* Written by XDP (each CPU its own bucket and counters, indexed by service id: no atomics).
+ * Read by the agent (attack mode: unverified traffic per second; the exporter). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct admission_bucket);
+} edge_admission SEC(".maps");
+
+/* Written by the agent (attack mode of EDGE_ATTACK_AUTO services, with hysteresis), indexed by
+ * service id. Read by XDP on every unverified packet to a service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct attack_state);
+} edge_attack_state SEC(".maps");
+
+/* Written by XDP (per proof, per CPU: sources verified). Read by the agent (exporter). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_PROOF_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} edge_verify_stats SEC(".maps");
+
 #endif /* EDGE_MAPS_H */

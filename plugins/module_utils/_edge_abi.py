@@ -46,6 +46,8 @@ REASONS = (
     "drop_bad_tunnel",
     "drop_own_source",
     "drop_icmp_type",
+    "drop_unverified",
+    "drop_rule",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -58,6 +60,13 @@ ALLOW_ORIGINS = ("operator", "control_plane")
 ALLOW_OPERATOR = 1 << 0
 ALLOW_CONTROL_PLANE = 1 << 1
 
+# enum edge_game_protocol: the inventory names of a service's game_protocol, in order.
+GAME_PROTOCOLS = ("none", "source", "goldsrc")
+# enum edge_attack_mode: the inventory names of a service's attack_mode, in order.
+ATTACK_MODES = ("auto", "always", "never")
+# enum edge_verify_proof: how a source proved it owns its address (edge_verify_stats), in order.
+VERIFY_PROOFS = ("none", "cookie", "handshake", "punch")
+
 SERVICE_F_A2S_CACHE = 1 << 0
 SERVICE_F_A2S_SNOOP = 1 << 1
 
@@ -67,9 +76,9 @@ MAX_SERVICES = 1024
 # struct layouts ('<' = the BPF target's little-endian byte order, no implicit padding)
 EDGE_COUNTER = struct.Struct("<QQ")                   # struct edge_counter
 RATE_LIMIT = struct.Struct("<QQ")                     # struct edge_rate_limit
-EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES) + "2Qq")  # struct edge_config
+EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES) + "2QqQI4x")  # struct edge_config
 SERVICE_KEY = struct.Struct("<4s2sBx")                # struct service_key
-SERVICE_VALUE = struct.Struct("<I4sIIQQ")             # struct service_value
+SERVICE_VALUE = struct.Struct("<I4sIIQQQQII")         # struct service_value
 LPM_V4_KEY = struct.Struct("<I4s")                    # struct lpm_v4_key
 LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
@@ -92,6 +101,15 @@ SRC_FILTER_ENTRY = struct.Struct("<QQQQ")             # struct src_filter_entry
 SRC_HOSTS_KEY = struct.Struct("<II")                  # struct src_hosts_key
 SRC_HOSTS_VALUE = struct.Struct("<QQQQ")              # struct src_hosts_value
 
+MAX_SOURCES = 524288                                  # EDGE_MAX_SOURCES
+VERIFIED_SLOTS = 2                                    # EDGE_VERIFIED_SLOTS
+MAX_PAYLOAD_RULES = 256                               # EDGE_MAX_PAYLOAD_RULES
+SOURCE_VERIFICATION = struct.Struct("<IIQ")           # struct source_verification
+SOURCE_STATE = struct.Struct("<QQQQI4xQQ" + "IIQ" * VERIFIED_SLOTS + "IIQ")  # struct source_state
+ADMISSION_BUCKET = struct.Struct("<QQQQQQQQ")           # struct admission_bucket
+ATTACK_STATE = struct.Struct("<I4xQ")                 # struct attack_state
+U64 = struct.Struct("<Q")                             # map values that are a plain __u64
+
 SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
 NEXT_HOP_CACHE_ENTRY = struct.Struct("<Q4s4sII6s6sHBx")  # struct next_hop_cache_entry
 NEXT_HOP_CACHE_NS = 100 * 1000 * 1000                 # EDGE_NEXT_HOP_CACHE_NS
@@ -102,9 +120,18 @@ LAYOUTS = {
     "edge_rate_limit": (RATE_LIMIT, ("packets_per_sec", "bytes_per_sec")),
     "edge_config": (EDGE_CONFIG, ("tunnel_addr", "ban_sec", "punch_idle_ns", "cookie_epoch_ns",
                                   "cookie_key", "limits", "cookie_key_previous",
-                                  "cookie_tai_offset_ns")),
+                                  "cookie_tai_offset_ns", "verified_idle_ns", "nr_cpus", "pad")),
     "service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
-    "service_value": (SERVICE_VALUE, ("id", "backend_addr", "flags", "a2s_max_age_ms", "limit")),
+    "service_value": (SERVICE_VALUE, ("id", "backend_addr", "flags", "a2s_max_age_ms", "limit", "admission",
+                                      "game_protocol", "attack_mode")),
+    "source_verification": (SOURCE_VERIFICATION, ("service_id", "proof", "active_ns")),
+    "source_state": (SOURCE_STATE, ("ban_until_ns", "last_seen_ns", "packets", "bytes", "window", "pad",
+                                    "window_packets", "window_bytes", "verified", "challenge_service_id",
+                                    "server_challenge", "challenge_ns")),
+    "admission_bucket": (ADMISSION_BUCKET, ("refilled_ns", "packet_tokens", "byte_tokens", "unverified_packets",
+                                            "unverified_bytes", "admitted_packets", "dropped_packets",
+                                            "verified_packets")),
+    "attack_state": (ATTACK_STATE, ("under_attack", "pad", "since_ns")),
     "lpm_v4_key": (LPM_V4_KEY, ("prefixlen", "addr")),
     "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
     "backend_value": (BACKEND_VALUE, ("flags",)),
@@ -137,10 +164,12 @@ def port(number):
 
 
 def pack_config(tunnel_addr, ban_sec=0, punch_idle_ns=0, cookie_epoch_ns=0, cookie_key=(0, 0), limits=None,
-                cookie_key_previous=(0, 0), cookie_tai_offset_ns=0):
+                cookie_key_previous=(0, 0), cookie_tai_offset_ns=0, verified_idle_ns=0, nr_cpus=0):
     """struct edge_config. limits: {"tcp": (pps, bps), ...}; missing classes are unlimited.
     cookie_key_previous: the previous key generation, still accepted; (0, 0) for none.
-    cookie_tai_offset_ns: the POP's CLOCK_TAI - CLOCK_REALTIME, taken off the cookie clock."""
+    cookie_tai_offset_ns: the POP's CLOCK_TAI - CLOCK_REALTIME, taken off the cookie clock.
+    verified_idle_ns: how long a verified source stays verified without traffic (0: the default).
+    nr_cpus: the CPUs the admission budgets are shared among (0 is read as 1)."""
     limits = limits or {}
     flat = []
     for name in PROTO_CLASSES:
@@ -148,15 +177,21 @@ def pack_config(tunnel_addr, ban_sec=0, punch_idle_ns=0, cookie_epoch_ns=0, cook
         flat.extend((pps, bps))
     return EDGE_CONFIG.pack(ipv4(tunnel_addr), ban_sec, punch_idle_ns, cookie_epoch_ns,
                             cookie_key[0], cookie_key[1],
-                            *(flat + [cookie_key_previous[0], cookie_key_previous[1], cookie_tai_offset_ns]))
+                            *(flat + [cookie_key_previous[0], cookie_key_previous[1], cookie_tai_offset_ns,
+                                      verified_idle_ns, nr_cpus]))
 
 
 def pack_service_key(proto, address, port_number):
     return SERVICE_KEY.pack(ipv4(address), port(port_number), IPPROTO.get(proto, proto))
 
 
-def pack_service_value(service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
-    return SERVICE_VALUE.pack(service_id, ipv4(backend), flags, a2s_max_age_ms, limit[0], limit[1])
+def pack_service_value(service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0), admission=(0, 0),
+                       game_protocol="none", attack_mode="never"):
+    """struct service_value. admission: the unverified budget (pps, bps) for the whole POP;
+    game_protocol / attack_mode: names of GAME_PROTOCOLS / ATTACK_MODES."""
+    return SERVICE_VALUE.pack(service_id, ipv4(backend), flags, a2s_max_age_ms, limit[0], limit[1],
+                              admission[0], admission[1], GAME_PROTOCOLS.index(game_protocol),
+                              ATTACK_MODES.index(attack_mode))
 
 
 def pack_lpm_v4(cidr):

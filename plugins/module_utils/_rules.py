@@ -183,7 +183,7 @@ def render_service_key(key):
 
 
 def render_service_value(value):
-    service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)
+    service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)[:6]
     text = "id %d -> backend %s" % (service_id, socket.inet_ntoa(backend))
     flag_names = [name for bit, name in ((abi.SERVICE_F_A2S_CACHE, "a2s_cache"), (abi.SERVICE_F_A2S_SNOOP, "a2s_snoop"))
                   if flags & bit]
@@ -285,7 +285,7 @@ def service_entry(service, index):
         max_age_ms = int(max_age_sec * 1000)
     limit = rate_limit_pair(service.get("rate_limit"), where + ".rate_limit")
     key = abi.SERVICE_KEY.pack(address, abi.port(port_number), abi.IPPROTO[protocol])
-    value = abi.SERVICE_VALUE.pack(service_id, backend, flags, max_age_ms, limit[0], limit[1])
+    value = abi.pack_service_value(service_id, socket.inet_ntoa(backend), flags, max_age_ms, limit)
     return key, value
 
 
@@ -334,7 +334,7 @@ def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_ep
 # and of cookie_key_previous (before cookie_tai_offset_ns, the last member). test_rules checks both
 # against pack_config.
 _COOKIE_KEY_OFFSET = 24
-_COOKIE_KEY_PREVIOUS_OFFSET = abi.EDGE_CONFIG.size - 8 - 16
+_COOKIE_KEY_PREVIOUS_OFFSET = 24 + 16 + 16 * len(abi.PROTO_CLASSES)
 
 
 def config_cookie_key(config):
@@ -634,8 +634,9 @@ def _owners_by_id(services):
 
 
 def _disarmed(value):
-    service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)
-    return abi.SERVICE_VALUE.pack(service_id, backend, flags & ~A2S_FLAGS, max_age_ms, pps, bps)
+    fields = list(abi.SERVICE_VALUE.unpack(value))
+    fields[2] &= ~A2S_FLAGS
+    return abi.SERVICE_VALUE.pack(*fields)
 
 
 def stale_cache_ids(present_services, desired_services, present_cache_ids):

@@ -215,17 +215,18 @@ def services(entries):
     protocols = {6: "tcp", 17: "udp", 1: "icmp"}
     for key, value in entries.items():
         address, port_raw, proto = struct.unpack("<4s2sBx", key)
-        service_id, backend, flags, max_age_ms, pps, bps = struct.unpack("<I4sIIQQ", value)
+        service_id, backend, flags, max_age_ms, pps, bps = struct.unpack("<I4sIIQQQQII", value)[:6]
         decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
             service_id, ip(backend), flags, max_age_ms, pps, bps)
     return decoded
 
 
 def config(entries):
-    fields = struct.unpack("<4sIQQ2Q8Q2Qq", entries[struct.pack("<I", 0)])
+    fields = struct.unpack("<4sIQQ2Q8Q2QqQI4x", entries[struct.pack("<I", 0)])
     return {"tunnel": ip(fields[0]), "ban_sec": fields[1], "punch_idle_ns": fields[2], "cookie_epoch_ns": fields[3],
             "cookie_key": fields[4:6], "limits": [fields[6 + 2 * i:8 + 2 * i] for i in range(4)],
-            "cookie_key_previous": fields[14:16], "cookie_tai_offset_ns": fields[16]}
+            "cookie_key_previous": fields[14:16], "cookie_tai_offset_ns": fields[16],
+            "verified_idle_ns": fields[17], "nr_cpus": fields[18]}
 
 
 CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
@@ -310,7 +311,8 @@ def test_the_pops_tai_offset_is_written_and_a_rerun_changes_it_only_when_it_move
     assert run_edge_rules(pop, tmp_path, RULES, extra={"cookie_keys": [KEY_N]}).result["changed"] is False
 
     stale = bytearray(pop.entries("edge_config")[struct.pack("<I", 0)])
-    stale[-8:] = struct.pack("<q", host_offset - 10**9)     # the offset before a leap second
+    tai_at = abi.EDGE_CONFIG.size - 24   # cookie_tai_offset_ns: before verified_idle_ns and nr_cpus + pad
+    stale[tai_at:tai_at + 8] = struct.pack("<q", host_offset - 10**9)     # the offset before a leap second
     pop.map("edge_config").update(struct.pack("<I", 0), bytes(stale))
     rules_before = pop.snapshot(RULE_MAP_NAMES)
     fixed = run_edge_rules(pop, tmp_path, RULES, "--diff", extra={"cookie_keys": [KEY_N]})

@@ -187,7 +187,8 @@ def cookie_keys_of(pin_root: str, iface: str):
     """(current, previous) cookie keys in a POP's edge_config, as 16 raw bytes each."""
     config = _bpf.BpfMap.from_pin(os.path.join(pin_root, iface, "maps", "edge_config")).lookup(abi.U32.pack(0))
     fields = abi.EDGE_CONFIG.unpack(config)
-    return struct.pack("<QQ", *fields[4:6]), struct.pack("<QQ", *fields[-3:-1])
+    previous_at = 6 + 2 * len(abi.PROTO_CLASSES)   # after the per-class limits
+    return struct.pack("<QQ", *fields[4:6]), struct.pack("<QQ", *fields[previous_at:previous_at + 2])
 
 
 def assert_no_key_in(output: str, *keys: bytes):

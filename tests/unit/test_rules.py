@@ -110,7 +110,7 @@ def test_service_entry_packs_key_and_value():
 def test_service_entry_variants():
     # snoop only: the cache is filled but not served, so no max age
     dummy, value = _rules.service_entry(service("s", id=9, a2s_snoop=True), 0)
-    assert abi.SERVICE_VALUE.unpack(value) == (9, abi.ipv4("10.1.0.10"), abi.SERVICE_F_A2S_SNOOP, 0, 0, 0)
+    assert abi.SERVICE_VALUE.unpack(value)[:6] == (9, abi.ipv4("10.1.0.10"), abi.SERVICE_F_A2S_SNOOP, 0, 0, 0)
     # cache without snoop: refreshed by the agent only
     dummy, value = _rules.service_entry(service("s", id=9, a2s_cache=True, a2s_snoop=False), 0)
     assert abi.SERVICE_VALUE.unpack(value)[2] == abi.SERVICE_F_A2S_CACHE
@@ -173,27 +173,30 @@ def test_the_previous_key_generation_sits_before_the_tai_offset_at_the_end_of_ed
     new = bytes(range(50, 66))
     rotated = _rules.with_cookie_keys(config, new, current)
     assert (_rules.config_cookie_key(rotated), _rules.config_cookie_key_previous(rotated)) == (new, current)
-    assert rotated[:24] == config[:24] and rotated[40:-24] == config[40:-24] and len(rotated) == len(config)
-    assert rotated[-8:] == config[-8:]
-    assert _rules.with_cookie_key(config, new)[-24:-8] == previous   # the current one alone keeps the previous
+    previous_at = _rules._COOKIE_KEY_PREVIOUS_OFFSET
+    assert rotated[:24] == config[:24] and rotated[40:previous_at] == config[40:previous_at]
+    assert rotated[previous_at + 16:] == config[previous_at + 16:] and len(rotated) == len(config)
+    # the current one alone keeps the previous
+    assert _rules.with_cookie_key(config, new)[previous_at:previous_at + 16] == previous
     lines = _rules.render_config(rotated)
     assert "cookie_key current (set)" in lines and "cookie_key previous (set)" in lines
 
 
-def test_the_pops_tai_offset_is_the_last_member_of_edge_config():
+def test_the_pops_tai_offset_follows_the_previous_key_in_edge_config():
     """edge_rules passes the POP's CLOCK_TAI - CLOCK_REALTIME; it lands in cookie_tai_offset_ns
     (signed), the keys stay where they are, and the diff shows it in seconds."""
     key = bytes(range(16))
     config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, key, cookie_tai_offset_ns=37 * 10**9)
     assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
                                      cookie_key=struct.unpack("<QQ", key), cookie_tai_offset_ns=37 * 10**9)
-    assert struct.unpack("<q", config[-8:]) == (37 * 10**9,)
+    assert struct.unpack_from("<q", config, _rules._COOKIE_KEY_PREVIOUS_OFFSET + 16) == (37 * 10**9,)
     assert _rules.config_cookie_key(config) == key and _rules.config_cookie_key_previous(config) == bytes(16)
     assert "cookie_tai_offset_sec 37" in _rules.render_config(config)
-    assert struct.unpack("<q", _rules.config_value("10.0.0.7", {}, 60, 120, 30, key,
-                                                   cookie_tai_offset_ns=-1 * 10**9)[-8:]) == (-10**9,)
+    tai_at = _rules._COOKIE_KEY_PREVIOUS_OFFSET + 16
+    assert struct.unpack_from("<q", _rules.config_value("10.0.0.7", {}, 60, 120, 30, key,
+                                                        cookie_tai_offset_ns=-1 * 10**9), tai_at) == (-10**9,)
     desired, dummy = _rules.desired_entries(params(), key, cookie_tai_offset_ns=37 * 10**9)
-    assert desired["edge_config"][_rules.CONFIG_KEY][-8:] == config[-8:]
+    assert desired["edge_config"][_rules.CONFIG_KEY][tai_at:tai_at + 8] == config[tai_at:tai_at + 8]
 
 
 KEY_A, KEY_B = "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100"
