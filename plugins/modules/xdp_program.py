@@ -665,7 +665,11 @@ class XdpProgramModule(object):
             and present.attached_info.tag == new_tag
             and (mode == "auto" or present.attached_mode == mode)
             and not created and not stale
-            and all(present.pinned_maps[name].id in present.attached_info.map_ids for name in reused)
+            # Every pinned map the new program uses is one the attached program uses. (A map the
+            # code declares but never uses is in no program's map_ids; .rodata is made anew by
+            # each load and pinned by nobody.)
+            and all(present.pinned_maps[name].id in present.attached_info.map_ids for name in reused
+                    if present.pinned_maps[name].id in info.map_ids)
         )
         tx_map_name = TX_PORTS_MAP if TX_PORTS_MAP in reused + created else None
         for name, why in layout_notes.items():
