@@ -8,12 +8,12 @@
  *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
  *   anycast prefix? else the kernel's) -> temporary bans (only for traffic to a service or an
  *   anycast prefix) -> fragment / IP options / no service (dropped) -> ICMP other than echo
- *   (dropped) -> port punch -> rate limit (and ban) -> A2S_INFO challenge/cache -> IPIP to the
+ *   (dropped) -> port punch -> rate limit (and ban) -> A2S challenge/cache -> IPIP to the
  *   backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
  *   decapsulate -> player; only then, for a reply that leaves, learn the port punch and store
- *   the snooped A2S_INFO reply.
+ *   the snooped A2S reply (info, players or rules).
  *
  * Decisions (tests/bpf pins each one):
  *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
@@ -48,7 +48,9 @@
  *     goes to the game server, which runs its own challenge. A request carrying a challenge is
  *     answered from the cache only if the challenge is the fleet's cookie; a wrong one is dropped
  *     while the cache is fresh (it cannot be ours), forwarded while it is not (it is the game
- *     server's own).
+ *     server's own). A2S_INFO, A2S_PLAYER and A2S_RULES each have their own cache entry and the
+ *     same cookie; what is not exactly one of those requests (other lengths included) goes to
+ *     the game server. Split (FF FF FF FE) replies are never cached.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -413,46 +415,88 @@ static __always_inline struct verdict a2s_send_cached(struct xdp_md *ctx, const 
 }
 
 /*
- * A2S_INFO on a service with the cache on. Returns 1 with *v set when the packet is answered or
- * dropped here, 0 when it goes on to the game server.
+ * What an A2S request asks: its kind (enum a2s_kind), and the challenge it echoes. has_cookie is
+ * 0 for a request that asks for a challenge: an A2S_INFO without one, an A2S_PLAYER / A2S_RULES
+ * whose field is FF FF FF FF (or 0). Returns 0 when the payload is no A2S request the cache answers
+ * (another length, another query, a lookalike): it goes on to the game server.
+ */
+struct a2s_query {
+	__u32 kind;
+	__u32 cookie;
+	int has_cookie;
+};
+
+static __always_inline int a2s_parse_request(struct xdp_md *ctx, const struct packet *pkt, struct a2s_query *query)
+{
+	if (pkt->payload_len == A2S_REQUEST_LEN || pkt->payload_len == A2S_REQUEST_COOKIE_LEN) {
+		struct a2s_request req = {};
+
+		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req,
+				       pkt->payload_len == A2S_REQUEST_LEN ? A2S_REQUEST_LEN : A2S_REQUEST_COOKIE_LEN))
+			return 0;
+		if (!a2s_is_info_request(&req))
+			return 0;
+		query->kind = A2S_KIND_INFO;
+		query->has_cookie = pkt->payload_len == A2S_REQUEST_COOKIE_LEN;
+		query->cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
+				((__u32)req.cookie[3] << 24);
+		return 1;
+	}
+	if (pkt->payload_len == A2S_FIELD_REQUEST_LEN) {
+		struct a2s_field_request req;
+		int kind;
+
+		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req, sizeof(req)))
+			return 0;
+		kind = a2s_field_request_kind(&req);
+		if (kind < 0)
+			return 0;
+		query->kind = kind;
+		query->cookie = (__u32)req.field[0] | ((__u32)req.field[1] << 8) | ((__u32)req.field[2] << 16) |
+				((__u32)req.field[3] << 24);
+		/* Asking comes first: a field that asks is never taken as an echo, so a spoofed
+		 * FF FF FF FF gets 9 bytes, never the cached reply (a fleet cookie that happens to be
+		 * one of these two values - 2 in 2^32 - is simply issued again until the epoch turns). */
+		query->has_cookie = query->cookie != A2S_FIELD_ASK && query->cookie != A2S_FIELD_ASK_OLD;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * A2S_INFO / A2S_PLAYER / A2S_RULES on a service with the cache on. Returns 1 with *v set when the
+ * packet is answered or dropped here, 0 when it goes on to the game server. *cookie_proven is set
+ * to 1 exactly when the request echoed a valid fleet cookie: the client owns its address.
  */
 static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_config *cfg, const struct packet *pkt,
-				      const struct service_value *svc, __u64 now, struct verdict *v)
+				      const struct service_value *svc, __u64 now, struct verdict *v,
+				      int *cookie_proven)
 {
-	struct a2s_request req = {};
+	struct a2s_query query = {};
 	struct a2s_cache_entry *entry;
 	__u64 epoch_ns, epoch, max_age_ns;
-	__u32 cookie, service_id = svc->id;
+	__u32 cookie, key, service_id = svc->id;
 
-	if (pkt->payload_len == A2S_REQUEST_LEN) {
-		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req, A2S_REQUEST_LEN))
-			return 0;
-	} else if (pkt->payload_len == A2S_REQUEST_COOKIE_LEN) {
-		if (bpf_xdp_load_bytes(ctx, pkt->payload_off, &req, A2S_REQUEST_COOKIE_LEN))
-			return 0;
-	} else {
-		return 0;
-	}
-	if (!a2s_is_info_request(&req))
+	if (!a2s_parse_request(ctx, pkt, &query))
 		return 0;
 
-	entry = bpf_map_lookup_elem(&edge_a2s_cache, &service_id);
+	key = a2s_cache_key(service_id, query.kind);
+	entry = bpf_map_lookup_elem(&edge_a2s_cache, &key);
 	max_age_ns = (__u64)svc->a2s_max_age_ms * NSEC_PER_MSEC;
 	if (!entry || entry->updated_ns > now || now - entry->updated_ns >= max_age_ns)
 		return 0; /* nothing fresh to serve: the game server answers (and challenges) itself */
 
 	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
 	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same epoch on every POP (a2s.h) */
-	if (pkt->payload_len == A2S_REQUEST_LEN) {
+	if (!query.has_cookie) {
+		/* 9 bytes back for 25 (INFO) or 9 (PLAYER, RULES): never more than the request. */
 		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
 		*v = a2s_send_challenge(ctx, pkt, cookie, service_id);
 		return 1;
 	}
-
-	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
-		 ((__u32)req.cookie[3] << 24);
-	if (a2s_cookie_valid(cfg->cookie_key, cfg->cookie_key_previous, cookie, pkt->saddr, pkt->daddr, pkt->sport,
-			     pkt->dport, epoch)) {
+	if (a2s_cookie_valid(cfg->cookie_key, cfg->cookie_key_previous, query.cookie, pkt->saddr, pkt->daddr,
+			     pkt->sport, pkt->dport, epoch)) {
+		*cookie_proven = 1;
 		*v = a2s_send_cached(ctx, pkt, entry, service_id);
 		return 1;
 	}
@@ -527,8 +571,9 @@ static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, con
 	return emit(ctx, &hop, tx_reason);
 }
 
-/* Copy a backend's A2S_INFO reply into per-CPU scratch. Returns 1 when the scratch holds one,
- * to be inserted whole by a2s_snoop_commit() once the reply is known to be forwarded. */
+/* Copy a backend's single-packet A2S reply (info 0x49, players 0x44, rules 0x45; never a split
+ * FE one) into per-CPU scratch. Returns 1 + its enum a2s_kind when the scratch holds one, to be
+ * inserted whole by learn_from_reply() once the reply is known to be forwarded; 0 otherwise. */
 static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct packet *inner, __u64 now)
 {
 	struct a2s_cache_entry *scratch;
@@ -536,13 +581,14 @@ static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct pa
 	__u32 zero = 0;
 	__u8 header[5];
 	__u64 sum = 0;
+	int kind;
 
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD)
 		return 0;
 	if (bpf_xdp_load_bytes(ctx, inner->payload_off, header, sizeof(header)))
 		return 0;
-	if (header[0] != 0xff || header[1] != 0xff || header[2] != 0xff || header[3] != 0xff ||
-	    header[4] != A2S_INFO_REPLY_TYPE)
+	kind = a2s_reply_kind(header);
+	if (kind < 0)
 		return 0;
 	scratch = bpf_map_lookup_elem(&edge_a2s_scratch, &zero);
 	if (!scratch)
@@ -567,12 +613,12 @@ static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct pa
 	scratch->payload_csum = csum_fold(sum);
 	scratch->len = len;
 	scratch->updated_ns = now;
-	return 1;
+	return 1 + kind;
 }
 
 /*
- * What a forwarded reply teaches the POP: the port punch of its flow and, when it is an A2S_INFO
- * reply prepared in scratch, the cache entry. Called only once the reply passed every check and
+ * What a forwarded reply teaches the POP: the port punch of its flow and, when it is an A2S reply
+ * prepared in scratch (snooped: 1 + its kind), the cache entry of that kind. Called only once the reply passed every check and
  * leaves the program towards a player (or the kernel's delivery): a reply dropped late (TTL, no
  * route, an error) must not open a punch or fill the cache in a spoofer's name.
  */
@@ -600,9 +646,10 @@ static __always_inline void learn_from_reply(const struct packet *inner, __u32 s
 	}
 	if (snooped) {
 		struct a2s_cache_entry *scratch = bpf_map_lookup_elem(&edge_a2s_scratch, &zero);
+		__u32 key = a2s_cache_key(service_id, snooped - 1);
 
 		if (scratch)
-			bpf_map_update_elem(&edge_a2s_cache, &service_id, scratch, BPF_ANY);
+			bpf_map_update_elem(&edge_a2s_cache, &key, scratch, BPF_ANY);
 	}
 }
 
@@ -725,6 +772,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	struct verdict v;
 	__u64 now;
 	int allowed = lists.allowed, punched;
+	int cookie_proven = 0; /* set by a2s_handle: the source echoed a valid fleet cookie */
 
 	/* The deny list comes first, even before the return path: a denied source is never
 	 * forwarded. (validate_inventory refuses a deny prefix that covers a backend.) */
@@ -782,7 +830,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
 	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
-	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v))
+	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v, &cookie_proven))
 		return v;
 	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD, now);
 }

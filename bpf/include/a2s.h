@@ -1,11 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A2S_INFO (Valve server query) recognition and the stateless challenge cookie.
+ * A2S (Valve server query) recognition and the stateless challenge cookie.
  *
- *   request          FF FF FF FF 54 "Source Engine Query\0"              25 bytes
- *   request+cookie   the same followed by 4 challenge bytes                29 bytes
- *   challenge reply  FF FF FF FF 41 <4 bytes>                              9 bytes
- *   info reply       FF FF FF FF 49 ...                                    (cached)
+ *   A2S_INFO request          FF FF FF FF 54 "Source Engine Query\0"       25 bytes
+ *   request+cookie            the same followed by 4 challenge bytes         29 bytes
+ *   A2S_PLAYER / A2S_RULES    FF FF FF FF 55|56 <4-byte challenge field>      9 bytes
+ *                             (the field FF FF FF FF, or 0 from old clients, asks for a challenge)
+ *   challenge reply           FF FF FF FF 41 <4 bytes>                        9 bytes
+ *   replies (cached)          FF FF FF FF 49 (info) | 44 (players) | 45 (rules) ...
+ *   split reply (not cached)  FF FF FF FE ...
+ *
+ * (Valve Developer Community, "Server queries".) The challenge the POP issues is the same
+ * cookie for the three queries: it proves the client owns its address, whatever it asks next.
+ * The challenge reply is 9 bytes, never more than the request it answers (25 or 9).
  *
  * The cookie is SipHash-2-4, keyed by edge_config.cookie_key, of the client's 4-tuple and the
  * current epoch (UTC / cookie_epoch_ns); the low 32 bits go on the wire, little endian.
@@ -24,12 +31,20 @@
 
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include "edge_abi.h"
 
 #define A2S_REQUEST_LEN         25
 #define A2S_REQUEST_COOKIE_LEN  29
 #define A2S_CHALLENGE_LEN       9
 #define A2S_HEADER_SIMPLE       0xffffffffU
 #define A2S_INFO_REPLY_TYPE     0x49
+#define A2S_PLAYER_REPLY_TYPE   0x44
+#define A2S_RULES_REPLY_TYPE    0x45
+#define A2S_PLAYER_REQUEST_TYPE 0x55
+#define A2S_RULES_REQUEST_TYPE  0x56
+#define A2S_FIELD_REQUEST_LEN   9          /* A2S_PLAYER / A2S_RULES: header, type, challenge field */
+#define A2S_FIELD_ASK           0xffffffffU /* "send me a challenge" (Valve's -1) */
+#define A2S_FIELD_ASK_OLD       0U          /* the same, as some older clients send it */
 
 /* "\xff\xff\xff\xffTSource Engine Query\0" as three little-endian words and a final NUL. */
 #define A2S_REQUEST_W0 0x756f5354ffffffffULL
@@ -46,6 +61,39 @@ static __always_inline int a2s_is_info_request(const struct a2s_request *req)
 {
 	return req->w[0] == A2S_REQUEST_W0 && req->w[1] == A2S_REQUEST_W1 &&
 	       req->w[2] == A2S_REQUEST_W2 && req->nul == 0;
+}
+
+/* A2S_PLAYER / A2S_RULES request: the challenge field is part of every request. */
+struct a2s_field_request {
+	__u32 header;   /* FF FF FF FF */
+	__u8 type;      /* 'U' or 'V' */
+	__u8 field[4];  /* the challenge, little endian */
+} __attribute__((packed));
+
+/* The kind (enum a2s_kind) of a PLAYER or RULES request, or -1 for anything else. */
+static __always_inline int a2s_field_request_kind(const struct a2s_field_request *req)
+{
+	if (req->header != A2S_HEADER_SIMPLE)
+		return -1;
+	if (req->type == A2S_PLAYER_REQUEST_TYPE)
+		return A2S_KIND_PLAYER;
+	if (req->type == A2S_RULES_REQUEST_TYPE)
+		return A2S_KIND_RULES;
+	return -1;
+}
+
+/* The kind of a reply worth caching, from its 5-byte header, or -1 (challenge, split, other). */
+static __always_inline int a2s_reply_kind(const __u8 header[5])
+{
+	if (header[0] != 0xff || header[1] != 0xff || header[2] != 0xff || header[3] != 0xff)
+		return -1;
+	if (header[4] == A2S_INFO_REPLY_TYPE)
+		return A2S_KIND_INFO;
+	if (header[4] == A2S_PLAYER_REPLY_TYPE)
+		return A2S_KIND_PLAYER;
+	if (header[4] == A2S_RULES_REPLY_TYPE)
+		return A2S_KIND_RULES;
+	return -1;
 }
 
 #define SIP_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))

@@ -35,9 +35,30 @@
 #define EDGE_VERIFIED_SLOTS    2       /* services a source can be verified for at once (struct source_state) */
 #define EDGE_MAX_PAYLOAD_RULES 256     /* anycast_edge_filters.rules (edge_payload_rules) */
 
-/* Largest A2S_INFO reply payload (UDP payload, from the FF FF FF FF 49 header on) that is cached.
+/* Largest A2S reply payload (UDP payload, from the FF FF FF FF 49/44/45 header on) that is cached.
  * Replies are a few hundred bytes in practice; a larger or split (FF FF FF FF FE) reply is not cached. */
 #define A2S_CACHE_MAX_PAYLOAD  1400
+
+/* The queries the POP answers from its cache, one edge_a2s_cache entry per service and kind
+ * (A2S_KINDS in _edge_abi.py, in this order). */
+enum a2s_kind {
+	A2S_KIND_INFO = 0,   /* A2S_INFO   request 'T' (0x54) -> reply 'I' (0x49) */
+	A2S_KIND_PLAYER = 1, /* A2S_PLAYER request 'U' (0x55) -> reply 'D' (0x44) */
+	A2S_KIND_RULES = 2,  /* A2S_RULES  request 'V' (0x56) -> reply 'E' (0x45) */
+	A2S_KIND_COUNT = 3,
+};
+
+/* The edge_a2s_cache key of a service's cached reply of one kind: the service id (< 2^16) in the
+ * low bits, the kind above. An A2S_INFO entry's key is the service id itself, as it was before
+ * kinds existed. The one definition: Python packs it with _edge_abi.pack_a2s_cache_key, and
+ * tests/bpf/test_abi.py checks the shift and the capacity against this header. */
+#define A2S_CACHE_KEY_KIND_SHIFT 16
+#define A2S_CACHE_MAX_ENTRIES  (EDGE_MAX_SERVICES * A2S_KIND_COUNT)
+
+static inline __u32 a2s_cache_key(__u32 service_id, __u32 kind)
+{
+	return service_id | (kind << A2S_CACHE_KEY_KIND_SHIFT);
+}
 
 /* Protocol classes for the global rate limits (edge_config.limits[]). */
 enum edge_proto_class {
@@ -331,8 +352,8 @@ struct punch_value {
 	__u64 last_seen_ns;
 };
 
-/* A2S_INFO cache, keyed by service id. payload is the whole UDP payload of the reply
- * (FF FF FF FF 49 ...), zero-padded to a multiple of 4; payload_csum is the 16-bit ones'-complement
+/* A2S cache, keyed by a2s_cache_key(service id, kind). payload is the whole UDP payload of the
+ * reply (FF FF FF FF 49|44|45 ...), zero-padded to a multiple of 4; payload_csum is the 16-bit ones'-complement
  * sum of those padded bytes (folded), so the XDP program can checksum a reply without reading it. */
 struct a2s_cache_entry {
 	__u64 updated_ns;

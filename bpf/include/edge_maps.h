@@ -155,12 +155,15 @@ struct {
 	__type(value, struct punch_value);
 } edge_punches SEC(".maps");
 
-/* Written by the agent (A2S refresher) and by XDP (snooped backend replies, built in
- * a2s_scratch and inserted whole, so a reader never sees a half-written entry).
- * Read by XDP to answer A2S_INFO. No prealloc: replaced entries are freed after RCU. */
+/* Written by the agent (A2S refresher: INFO, PLAYER, RULES) and by XDP (snooped backend
+ * replies, built in a2s_scratch and inserted whole, so a reader never sees a half-written entry);
+ * entries deleted by edge_rules when their service changes owner.
+ * Read by XDP to answer A2S_INFO/PLAYER/RULES, and by the agent's exporter (entries, age).
+ * Keyed by a2s_cache_key(service id, enum a2s_kind). No prealloc: replaced entries are freed
+ * after RCU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_SERVICES);
+	__uint(max_entries, A2S_CACHE_MAX_ENTRIES);
 	__type(key, __u32);
 	__type(value, struct a2s_cache_entry);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

@@ -73,6 +73,11 @@ SERVICE_F_A2S_SNOOP = 1 << 1
 A2S_CACHE_MAX_PAYLOAD = 1400
 MAX_SERVICES = 1024
 
+# enum a2s_kind: the queries answered from the cache, one edge_a2s_cache entry each per service.
+A2S_KINDS = ("info", "player", "rules")
+A2S_CACHE_KEY_KIND_SHIFT = 16                          # A2S_CACHE_KEY_KIND_SHIFT
+A2S_CACHE_MAX_ENTRIES = MAX_SERVICES * len(A2S_KINDS)  # A2S_CACHE_MAX_ENTRIES
+
 # struct layouts ('<' = the BPF target's little-endian byte order, no implicit padding)
 EDGE_COUNTER = struct.Struct("<QQ")                   # struct edge_counter
 RATE_LIMIT = struct.Struct("<QQ")                     # struct edge_rate_limit
@@ -231,6 +236,23 @@ def payload_csum(payload):
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
+
+
+def a2s_cache_key(service_id, kind="info"):
+    """edge_abi.h's a2s_cache_key: the edge_a2s_cache key (an integer) of a service's cached reply
+    of one kind (a name of A2S_KINDS). The A2S_INFO key is the service id itself."""
+    return service_id | (A2S_KINDS.index(kind) << A2S_CACHE_KEY_KIND_SHIFT)
+
+
+def pack_a2s_cache_key(service_id, kind="info"):
+    """The edge_a2s_cache key as the map stores it (a native __u32)."""
+    return U32.pack(a2s_cache_key(service_id, kind))
+
+
+def unpack_a2s_cache_key(raw):
+    """(service id, kind name) of an edge_a2s_cache key."""
+    key = U32.unpack(raw)[0]
+    return key & ((1 << A2S_CACHE_KEY_KIND_SHIFT) - 1), A2S_KINDS[key >> A2S_CACHE_KEY_KIND_SHIFT]
 
 
 def pack_a2s_cache_entry(payload, updated_ns):

@@ -22,7 +22,7 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
     edge_src_hosts   a bitmap per partly listed /24 (derived, see _source_lists)
 
 The maps the program fills itself (bans, punches, rate counters, stats) are never written. The
-one exception is edge_a2s_cache: an entry is deleted when the service owning its id changes (see
+one exception is edge_a2s_cache: a service id's entries (every kind) are deleted when the service owning its id changes (see
 plan_writes), so that a cached reply of one game server is never served for another.
 """
 
@@ -243,7 +243,7 @@ def render_entry(map_name, key, value, service_names=None, reasons=None):
         prefix = (name + ": ") if name else ""
         return prefix + render_service_key(key) + " " + render_service_value(value)
     if map_name == A2S_CACHE_MAP:
-        return "cached reply of service id %d" % abi.U32.unpack(key)[0]
+        return "cached %s reply of service id %d" % tuple(reversed(abi.unpack_a2s_cache_key(key)))
     return "%s %s" % (key.hex(), value.hex())
 
 
@@ -674,7 +674,8 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     """The ordered list of non-empty Steps that turns `present` into `desired`.
 
     present, desired: {map name: {key: value}} for the maps of RULE_MAPS (a map absent from
-    `desired` is left alone). present_cache_ids: the ids that have an edge_a2s_cache entry.
+    `desired` is left alone). present_cache_ids: the service ids that have an edge_a2s_cache entry
+    (of any kind: cache_service_ids).
     changes: compare(present, desired), when the caller has it already.
     """
     if changes is None:
@@ -726,7 +727,9 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
         stale = []
     # Old values of cache entries are not kept: a deleted entry is refilled by the agent or by
     # snooping, so there is nothing to restore if a later step fails.
-    steps["a2s_cache_delete"] = (A2S_CACHE_MAP, "delete", [(abi.U32.pack(i), None, None) for i in stale])
+    # Every kind's entry of a stale id goes (INFO, PLAYER, RULES): one owner for them all.
+    steps["a2s_cache_delete"] = (A2S_CACHE_MAP, "delete", [(abi.pack_a2s_cache_key(i, kind), None, None)
+                                                           for i in stale for kind in abi.A2S_KINDS])
 
     plan = []
     for name in STEP_ORDER:
@@ -819,9 +822,14 @@ def summarize(plan, changes):
     writes = 0
     for step in plan:
         writes += len(step.entries)
-        if step.map_name == A2S_CACHE_MAP:
-            counts[A2S_CACHE_MAP]["removed"] += len(step.entries)
+        if step.map_name == A2S_CACHE_MAP:   # counted by service: its cached replies of every kind
+            counts[A2S_CACHE_MAP]["removed"] += len(cache_service_ids(key for key, dummy, dummy in step.entries))
     return counts, writes
+
+
+def cache_service_ids(keys):
+    """The service ids (sorted, once each) of edge_a2s_cache keys (packed a2s_cache_key)."""
+    return sorted(set(abi.unpack_a2s_cache_key(key)[0] for key in keys))
 
 
 def inverse(step):
@@ -877,7 +885,7 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
                 side.append("  ... and %d more" % (total - limit))
     if cache_deleted_ids:
         before.append("%s:" % A2S_CACHE_MAP)
-        before.extend("  cached reply of service id %d" % i for i in sorted(cache_deleted_ids)[:limit])
+        before.extend("  cached replies of service id %d" % i for i in sorted(cache_deleted_ids)[:limit])
         if len(cache_deleted_ids) > limit:
             before.append("  ... and %d more" % (len(cache_deleted_ids) - limit))
     return {"before": "\n".join(before) + ("\n" if before else ""),

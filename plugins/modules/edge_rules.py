@@ -26,8 +26,8 @@ description:
     converges too, so that a lookup costs the same with one prefix as with a million.
   - Never touches the maps the program fills itself (C(edge_bans), C(edge_punches),
     C(edge_rate_counters), the stats maps), so bans, port punches and counters survive a rule
-    change. The one exception is C(edge_a2s_cache) - the cached A2S_INFO reply of a service id
-    is deleted when that id stops being used or passes to another service or backend, so a
+    change. The one exception is C(edge_a2s_cache) - the cached A2S replies (info, players, rules) of a
+    service id are deleted when that id stops being used or passes to another service or backend, so a
     cached reply is never served for a different game server.
   - "Writes are ordered so that the filter is never looser than the new rule set: new denies
     first, then old allows removed, new allows added, old denies removed last (the derived lists:
@@ -472,7 +472,7 @@ def read_present(maps):
         present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_HOSTS_MAP] = dict(maps[_rules.SOURCE_HOSTS_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_FILTER_MAP] = maps[_rules.SOURCE_FILTER_MAP].array_bytes()
-    cache_ids = [abi.U32.unpack(key)[0] for key in maps[_rules.A2S_CACHE_MAP].keys()]
+    cache_ids = _rules.cache_service_ids(maps[_rules.A2S_CACHE_MAP].keys())
     return present, cache_ids
 
 
@@ -639,8 +639,8 @@ def run_module():
                            added=exempt_added, removed=exempt_removed),
     )
     if module._diff and plan:
-        deleted_ids = [abi.U32.unpack(entry[0])[0] for step in plan if step.map_name == _rules.A2S_CACHE_MAP
-                       for entry in step.entries]
+        deleted_ids = _rules.cache_service_ids(entry[0] for step in plan if step.map_name == _rules.A2S_CACHE_MAP
+                                               for entry in step.entries)
         result["diff"] = _rules.render_diff(present, desired, names, deleted_ids, limit=params["diff_limit"],
                                             changes=changes, reasons=reasons)
         result["diff"]["before_header"] = pin_dir + " (before)"

@@ -237,12 +237,13 @@ class EdgeEnv:
             abi.pack_punch_key(proto, service_addr, service_port, remote_addr, remote_port))
         return None if raw is None else abi.PUNCH_VALUE.unpack(raw)[0]
 
-    def set_a2s_cache(self, service_id: int, payload: bytes, updated_ns: int) -> None:
-        self.maps["edge_a2s_cache"].update(abi.U32.pack(service_id), abi.pack_a2s_cache_entry(payload, updated_ns))
+    def set_a2s_cache(self, service_id: int, payload: bytes, updated_ns: int, kind: str = "info") -> None:
+        self.maps["edge_a2s_cache"].update(abi.pack_a2s_cache_key(service_id, kind),
+                                           abi.pack_a2s_cache_entry(payload, updated_ns))
 
-    def a2s_cache(self, service_id: int):
-        """(updated_ns, payload, payload_csum) or None."""
-        raw = self.maps["edge_a2s_cache"].lookup(abi.U32.pack(service_id))
+    def a2s_cache(self, service_id: int, kind: str = "info"):
+        """(updated_ns, payload, payload_csum) of a service's cached reply of one kind, or None."""
+        raw = self.maps["edge_a2s_cache"].lookup(abi.pack_a2s_cache_key(service_id, kind))
         if raw is None:
             return None
         updated_ns, length, csum, payload = abi.A2S_CACHE_ENTRY.unpack(raw)

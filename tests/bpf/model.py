@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie as project_a2s_cookie
 
 from . import topology as topo
@@ -76,6 +77,11 @@ A2S_REQUEST_LEN = 25
 A2S_REQUEST_COOKIE_LEN = 29
 A2S_CHALLENGE_LEN = 9
 A2S_INFO_HEADER = b"\xff\xff\xff\xff\x49"
+A2S_FIELD_REQUEST_LEN = 9                                    # A2S_PLAYER / A2S_RULES with their challenge field
+A2S_FIELD_ASKS = (0xFFFFFFFF, 0)                             # a field that asks for a challenge
+# request type -> kind, reply type -> kind (enum a2s_kind; a2s.h)
+A2S_FIELD_REQUEST_KINDS = {0x55: "player", 0x56: "rules"}
+A2S_REPLY_KINDS = {0x49: "info", 0x44: "player", 0x45: "rules"}
 
 ICMP_DEST_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
@@ -217,7 +223,7 @@ class ModelState:
     deny: list = field(default_factory=list)               # CIDRs
     bans: dict = field(default_factory=dict)               # {address: until_ns}
     punches: dict = field(default_factory=dict)            # {PunchKey: last_seen_ns}
-    a2s_cache: dict = field(default_factory=dict)          # {service id: CacheEntry}
+    a2s_cache: dict = field(default_factory=dict)          # {a2s_cache_key(service id, kind): CacheEntry}
     tx_ports: set = field(default_factory=set)             # {"bk0", ...}: edge_tx_ports devices
     rate_counters: dict = field(default_factory=dict)      # {RateKey: (packets, bytes)}
     tunnel_ifaces: set = field(default_factory=set)        # {"up0", ...}: edge_tunnel_ifaces (carry IPIP)
@@ -265,7 +271,7 @@ class Effects:
     ban: Optional[tuple] = None              # (address, until_ns)
     punch_seen: Optional[tuple] = None       # (PunchKey, last_seen_ns): learned or refreshed
     punch_deleted: Optional[PunchKey] = None  # an idle punch met by an inbound packet
-    cache_stored: Optional[tuple] = None     # (service id, CacheEntry): a snooped A2S_INFO reply
+    cache_stored: Optional[tuple] = None     # (cache key, CacheEntry): a snooped A2S reply
     rate_counted: Optional[tuple] = None     # (RateKey, bytes): one packet counted in that window
 
     def __bool__(self) -> bool:
@@ -479,8 +485,8 @@ class EdgeModel:
             key, seen = effects.punch_seen
             state.punches[key] = seen
         if effects.cache_stored is not None:
-            service_id, entry = effects.cache_stored
-            state.a2s_cache[service_id] = entry
+            key, entry = effects.cache_stored
+            state.a2s_cache[key] = entry
         if effects.rate_counted is not None:
             key, nbytes = effects.rate_counted
             packets, total = state.rate_counters.get(key, (0, 0))
@@ -667,16 +673,32 @@ class EdgeModel:
         hop = self._fib(pkt.saddr, ICMP_REPLY_IP_LEN)
         self._emit(frame, hop, "tx_icmp_too_big")
 
-    # -- A2S_INFO --
+    # -- A2S_INFO / A2S_PLAYER / A2S_RULES --
+
+    def _a2s_request(self, pkt: Ipv4):
+        """(kind, cookie or None when it asks for a challenge) of an A2S request the cache answers,
+        or None (xdp_edge.c a2s_parse_request)."""
+        payload = self._frame[pkt.payload_off:pkt.payload_off + pkt.payload_len]
+        if pkt.payload_len in (A2S_REQUEST_LEN, A2S_REQUEST_COOKIE_LEN):
+            if payload[:A2S_REQUEST_LEN] != A2S_REQUEST:
+                return None
+            cookie = struct.unpack("<I", payload[A2S_REQUEST_LEN:])[0] if pkt.payload_len == A2S_REQUEST_COOKIE_LEN \
+                else None
+            return "info", cookie
+        if pkt.payload_len == A2S_FIELD_REQUEST_LEN and payload[:4] == b"\xff" * 4 \
+                and payload[4] in A2S_FIELD_REQUEST_KINDS:
+            (field_value,) = struct.unpack("<I", payload[5:9])
+            # Asking is checked first: a field that asks never gets the cached reply.
+            return A2S_FIELD_REQUEST_KINDS[payload[4]], None if field_value in A2S_FIELD_ASKS else field_value
+        return None
 
     def _a2s_handle(self, pkt: Ipv4, svc: Service):
         """Returns when the request goes on to the game server; raises a verdict otherwise."""
-        if pkt.payload_len not in (A2S_REQUEST_LEN, A2S_REQUEST_COOKIE_LEN):
+        request = self._a2s_request(pkt)
+        if request is None:
             return
-        payload = self._frame[pkt.payload_off:pkt.payload_off + pkt.payload_len]
-        if payload[:A2S_REQUEST_LEN] != A2S_REQUEST:
-            return
-        entry = self.state.a2s_cache.get(svc.id)
+        kind, cookie = request
+        entry = self.state.a2s_cache.get(abi.a2s_cache_key(svc.id, kind))
         max_age_ns = svc.a2s_max_age_ms * NSEC_PER_MSEC
         if entry is None or entry.updated_ns > self._now or self._now - entry.updated_ns >= max_age_ns:
             return    # nothing fresh to serve: the game server answers (and challenges) itself
@@ -688,10 +710,9 @@ class EdgeModel:
         def cookie_of(key, which_epoch):
             return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)
 
-        if pkt.payload_len == A2S_REQUEST_LEN:   # issued under the current key generation only
+        if cookie is None:   # issued under the current key generation only; 9 bytes for 25 or 9
             challenge = b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie_of(cfg.cookie_key, epoch))
             self._send_udp_reply(pkt, challenge, "tx_a2s_challenge")
-        (cookie,) = struct.unpack("<I", payload[A2S_REQUEST_LEN:])
         # Accepted under the current and (when set) the previous generation, this epoch or the last.
         keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
         if any(cookie in (cookie_of(key, epoch), cookie_of(key, epoch - 1)) for key in keys):
@@ -771,7 +792,11 @@ class EdgeModel:
             self._a2s_snoop(inner, svc)
 
     def _a2s_snoop(self, inner: Ipv4, svc: Service):
+        """Single-packet info/players/rules replies (FF FF FF FF 49/44/45) are cached under their
+        kind; a split reply (FF FF FF FE), a challenge or anything else is not."""
         payload = self._frame[inner.payload_off:inner.payload_off + inner.payload_len]
-        if not 5 <= len(payload) <= A2S_CACHE_MAX_PAYLOAD or payload[:5] != A2S_INFO_HEADER:
+        if not 5 <= len(payload) <= A2S_CACHE_MAX_PAYLOAD or payload[:4] != b"\xff" * 4 \
+                or payload[4] not in A2S_REPLY_KINDS:
             return
-        self._effects.cache_stored = (svc.id, CacheEntry(self._now, payload, payload_csum(payload)))
+        key = abi.a2s_cache_key(svc.id, A2S_REPLY_KINDS[payload[4]])
+        self._effects.cache_stored = (key, CacheEntry(self._now, payload, payload_csum(payload)))

@@ -40,6 +40,29 @@ def a2s_request(cookie: int | None = None) -> bytes:
     return A2S_INFO_REQUEST + (b"" if cookie is None else struct.pack("<I", cookie & 0xFFFFFFFF))
 
 
+A2S_FIELD_REQUEST_TYPES = {"player": b"\x55", "rules": b"\x56"}     # 'U', 'V'
+
+
+def a2s_field_request(kind: str, cookie: int | None = None) -> bytes:
+    """A2S_PLAYER ("player") or A2S_RULES ("rules") request: 9 bytes, the challenge field last
+    (little endian); None asks for a challenge (FF FF FF FF, Valve's -1)."""
+    return b"\xff\xff\xff\xff" + A2S_FIELD_REQUEST_TYPES[kind] + struct.pack(
+        "<I", 0xFFFFFFFF if cookie is None else cookie & 0xFFFFFFFF)
+
+
+def a2s_player_reply(names=("alice", "bob")) -> bytes:
+    """A2S_PLAYER reply (FF FF FF FF 44): count, then index, name, score, duration per player."""
+    body = b"".join(bytes([index]) + name.encode() + b"\0" + struct.pack("<if", 10 * index, 60.5 * index)
+                    for index, name in enumerate(names))
+    return b"\xff\xff\xff\xff\x44" + bytes([len(names)]) + body
+
+
+def a2s_rules_reply(rules=(("mp_friendlyfire", "0"), ("sv_cheats", "0"))) -> bytes:
+    """A2S_RULES reply (FF FF FF FF 45): count (16 bits), then name and value strings."""
+    body = b"".join(name.encode() + b"\0" + value.encode() + b"\0" for name, value in rules)
+    return b"\xff\xff\xff\xff\x45" + struct.pack("<H", len(rules)) + body
+
+
 def a2s_challenge(cookie: int) -> bytes:
     """S2C_CHALLENGE: FF FF FF FF 41 and the challenge, little endian."""
     return b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie & 0xFFFFFFFF)

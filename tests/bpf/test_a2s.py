@@ -1,4 +1,4 @@
-"""Rule 7: A2S_INFO answered at the POP, never amplifying."""
+"""Rule 7: A2S_INFO, A2S_PLAYER and A2S_RULES answered at the POP, never amplifying."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from scapy.packet import raw
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch, tai_offset_ns
 
 from .edge_env import monotonic_ns
+from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME,
-                       GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, checksums_valid, cookie_for, player_udp,
-                       setup_pop)
+                       GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, SIDE_BACKEND, backend_reply, checksums_valid,
+                       cookie_for, player_udp, setup_pop)
 from . import topology as topo
 
 SECOND = 10**9
@@ -276,6 +277,8 @@ def test_a_stale_entry_is_not_served(pop):
 
 
 def test_other_queries_and_lookalikes_go_to_the_game_server(cached):
+    """Only the INFO entry is cached here: an A2S_PLAYER request has nothing of its kind to be
+    answered from, so it goes on even though the INFO entry is fresh."""
     for payload in (b"\xff\xff\xff\xffU\xff\xff\xff\xff", A2S_REQUEST[:-1] + b"X", A2S_REQUEST + b"\x00" * 8):
         assert cached.run(player_udp(payload)).reason == "tx_forward"
 
@@ -297,3 +300,179 @@ def test_spoofed_requests_never_get_more_bytes_than_they_sent(cached):
             if result.action in ("TX", "REDIRECT") and result.reason.startswith("tx_a2s"):
                 received += len(result.data)
     assert 0 < received <= sent
+
+
+# ---- A2S_PLAYER and A2S_RULES: their own cache entries, the same cookie in their challenge field -------
+
+KINDS = ("player", "rules")
+# A 12-player server and a short rules list: a few hundred bytes each, as real ones are.
+REPLIES = {"player": a2s_player_reply(names=["player-%02d" % index for index in range(12)]),
+           "rules": a2s_rules_reply(rules=[("mp_rule_%02d" % index, str(index)) for index in range(16)])}
+
+
+@pytest.fixture
+def all_cached(pop):
+    """Fresh INFO, PLAYER and RULES entries, each its own reply."""
+    now = monotonic_ns()
+    pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, now)
+    for kind in KINDS:
+        pop.set_a2s_cache(GAME_UDP_ID, REPLIES[kind], now, kind=kind)
+    return pop
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("field", [None, 0], ids=["ff_ff_ff_ff", "zero"])
+def test_a_player_or_rules_request_without_a_challenge_gets_this_pops_challenge(all_cached, kind, field):
+    """FF FF FF FF (Valve's -1), or 0 from older clients, asks for a challenge: the POP answers with
+    its cookie in 9 bytes - exactly the size of the 9-byte request, never more."""
+    request = player_udp(a2s_field_request(kind, field))
+    result = all_cached.run(request)
+    assert (result.action, result.reason) == ("TX", "tx_a2s_challenge")
+    assert_reply_to_player(result.data, b"\xff\xff\xff\xffA" + cookie_for())
+    assert len(result.data) == len(request)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_player_or_rules_request_with_the_cookie_gets_its_own_cached_reply(all_cached, kind):
+    """The exact bytes of that kind's entry (not the INFO reply), with valid checksums; the
+    challenge an A2S_INFO request got is the same cookie and works here too."""
+    challenge = challenge_of(all_cached)
+    result = all_cached.run(player_udp(a2s_field_request(kind, int.from_bytes(challenge, "little"))))
+    assert (result.action, result.reason) == ("TX", "tx_a2s_cached")
+    assert_reply_to_player(result.data, REPLIES[kind])
+    assert all_cached.service_counters(GAME_UDP_ID)[2] == 2  # the challenge and this reply, counted out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_previous_epochs_cookie_is_accepted_in_the_field_but_not_older(all_cached, kind):
+    epoch = cookie_epoch(cookie_clock_ns(), COOKIE_EPOCH_NS)
+
+    def field(cookie):
+        return player_udp(a2s_field_request(kind, int.from_bytes(cookie, "little")))
+    assert all_cached.run(field(cookie_for(epoch=epoch - 1))).reason == "tx_a2s_cached"
+    assert all_cached.run(field(cookie_for(epoch=epoch - 2))).reason == "drop_bad_cookie"
+    assert all_cached.run(field(cookie_for(src="203.0.113.6"))).reason == "drop_bad_cookie"   # someone else's
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_wrong_cookie_is_dropped_while_fresh_and_forwarded_while_stale(pop, kind):
+    """Fresh: a challenge the POP did not issue cannot be the game server's either (the POP issued
+    the challenges while the entry was fresh): dropped. Stale: the POP challenges nobody, so the
+    challenge is the game server's own: it goes to the game server, as does a request that asks."""
+    wrong = player_udp(a2s_field_request(kind, 0xDEADBEEF))
+    asks = player_udp(a2s_field_request(kind))
+    pop.set_a2s_cache(GAME_UDP_ID, REPLIES[kind], monotonic_ns(), kind=kind)
+    assert pop.run(wrong).reason == "drop_bad_cookie"
+    pop.set_a2s_cache(GAME_UDP_ID, REPLIES[kind], monotonic_ns() - (A2S_MAX_AGE_MS + 1000) * 10**6, kind=kind)
+    for frame in (wrong, asks, player_udp(a2s_field_request(kind, int.from_bytes(cookie_for(), "little")))):
+        result = pop.run(frame)
+        assert (result.action, result.reason) == ("TX", "tx_forward")
+        assert Ether(result.data)[IP].dst == BACKEND
+
+
+def test_each_kind_is_fresh_on_its_own(pop):
+    """A fresh INFO entry does not make the POP answer A2S_PLAYER, nor a fresh PLAYER entry A2S_RULES:
+    a kind with no fresh entry of its own goes to the game server."""
+    pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+    pop.set_a2s_cache(GAME_UDP_ID, REPLIES["player"], monotonic_ns(), kind="player")
+    cookie = int.from_bytes(cookie_for(), "little")
+    assert pop.run(player_udp(a2s_field_request("player", cookie))).reason == "tx_a2s_cached"
+    assert pop.run(player_udp(a2s_field_request("rules", cookie))).reason == "tx_forward"
+    assert pop.run(player_udp(a2s_field_request("rules"))).reason == "tx_forward"
+    pop.set_a2s_cache(GAME_UDP_ID, REPLIES["rules"], monotonic_ns(), kind="rules")
+    assert pop.run(player_udp(a2s_field_request("rules", cookie))).reason == "tx_a2s_cached"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_requests_that_are_not_exactly_player_or_rules_go_to_the_game_server(all_cached, kind):
+    """Shorter than the challenge field (5..8 bytes: nothing to echo, and a 9-byte challenge would be
+    more than was sent), over-long (a valid cookie followed by more), or garbage with the header:
+    never answered by the POP - they are the game server's to judge, like any other payload."""
+    request = a2s_field_request(kind, int.from_bytes(cookie_for(), "little"))
+    malformed = [request[:length] for length in range(5, 9)]
+    malformed += [request + b"\x00", request + b"\xff" * 4, request * 2]
+    malformed += [b"\xff\xff\xff\xffW" + request[5:], b"\xff\xff\xff\xfe" + request[4:],
+                  b"\xff\xff\xff\xff\x00" + request[5:], b"\x00" + request[1:]]
+    for payload in malformed:
+        frame = player_udp(payload)
+        result = all_cached.run(frame)
+        assert (result.action, result.reason) == ("TX", "tx_forward"), payload
+        assert Ether(result.data)[IP].dst == BACKEND
+
+
+@pytest.mark.parametrize("kind, reply", [("info", A2S_INFO_REPLY), ("player", REPLIES["player"]),
+                                         ("rules", REPLIES["rules"])], ids=["info", "player", "rules"])
+def test_snooped_replies_fill_their_own_kinds_entry(pop, kind, reply):
+    """The game server's own single-packet reply, forwarded to a player, is cached under its kind
+    (and only that kind); another player's request of that kind is answered from it (the first
+    player's flow is punched now: its packets go to the game server)."""
+    before = monotonic_ns()
+    result = pop.run(backend_reply(reply))
+    assert (result.action, result.reason) == ("TX", "tx_return")
+    updated_ns, payload, dummy = pop.a2s_cache(GAME_UDP_ID, kind)
+    assert payload == reply and before <= updated_ns <= monotonic_ns()
+    assert [other for other in ("info", "player", "rules") if pop.a2s_cache(GAME_UDP_ID, other)] == [kind]
+    other_player = dict(src=PLAYER, sport=PLAYER_PORT + 1)
+    if kind == "info":
+        request = A2S_REQUEST + cookie_for(**other_player)
+    else:
+        request = a2s_field_request(kind, int.from_bytes(cookie_for(**other_player), "little"))
+    answered = pop.run(player_udp(request, **other_player))
+    assert (answered.action, answered.reason) == ("TX", "tx_a2s_cached")
+    assert Ether(answered.data)[UDP].load == reply and checksums_valid(answered.data)
+
+
+def test_split_replies_challenges_and_lookalikes_are_never_cached(pop):
+    """A split reply (FF FF FF FE: a player or rules list too long for one packet) is forwarded but
+    not cached - the POP answers with one packet - nor is the server's challenge, a reply over the
+    cache's 1400 bytes, or another type."""
+    too_big = a2s_player_reply(names=["p%03d-%s" % (index, "x" * 35) for index in range(28)])
+    assert 1400 < len(too_big) <= 1500 - 28      # one packet on the player's path, too big for the cache
+    for payload in (b"\xff\xff\xff\xfe\x01\x00\x00\x00\x02\x00" + a2s_player_reply()[4:],
+                    b"\xff\xff\xff\xfe" + a2s_rules_reply()[4:],
+                    b"\xff\xff\xff\xff\x41\x01\x02\x03\x04",
+                    too_big,
+                    b"\xff\xff\xff\xff\x46" + a2s_rules_reply()[5:],
+                    b"\xff\xff\xff\x00\x44" + a2s_player_reply()[5:]):
+        assert pop.run(backend_reply(payload)).reason == "tx_return"
+    assert all(pop.a2s_cache(GAME_UDP_ID, kind) is None for kind in ("info", "player", "rules"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_spoofed_return_never_fills_the_cache(pop, kind):
+    """Replies in a backend's name from elsewhere (not a backend; another service's backend; an
+    inner source that is not the service) are dropped and teach nothing; the honest reply does."""
+    reply = REPLIES[kind]
+    for frame in (backend_reply(reply, outer_src="192.0.2.66"), backend_reply(reply, outer_src=SIDE_BACKEND),
+                  backend_reply(reply, inner_src="198.51.100.99")):
+        result = pop.run(frame)
+        assert (result.action, result.reason) == ("DROP", "drop_bad_return")
+    assert pop.a2s_cache(GAME_UDP_ID, kind) is None
+    assert pop.run(backend_reply(reply)).reason == "tx_return"
+    assert pop.a2s_cache(GAME_UDP_ID, kind)[1] == reply
+
+
+def test_a_spoofed_flood_of_player_and_rules_queries_never_gets_more_bytes_than_it_sent(all_cached):
+    """Amplification <= 1 for senders that have not proven their address, request by request: asks,
+    guessed and stolen cookies, short and over-long requests, from 40 spoofed sources. The cached
+    replies are what an unprotected cache would have sent them - several times the request (shown
+    first) - and a proven client still gets them."""
+    cookie = int.from_bytes(cookie_for(), "little")         # PLAYER:PLAYER_PORT's, stolen
+    for kind in KINDS:
+        proven = all_cached.run(player_udp(a2s_field_request(kind, cookie)))
+        assert proven.reason == "tx_a2s_cached" and len(proven.data) > 2 * len(player_udp(a2s_field_request(kind)))
+    sent = received = answered = 0
+    for index in range(1, 41):
+        source = "192.0.2.%d" % index
+        for kind in KINDS:
+            for payload in (a2s_field_request(kind), a2s_field_request(kind, 0), a2s_field_request(kind, cookie),
+                            a2s_field_request(kind, 0x01020304 * index), a2s_field_request(kind)[:6],
+                            a2s_field_request(kind) + b"\x00" * 16):
+                frame = player_udp(payload, src=source)
+                result = all_cached.run(frame)
+                sent += len(frame)
+                if result.reason.startswith("tx_a2s"):
+                    assert result.reason == "tx_a2s_challenge" and len(result.data) <= len(frame)
+                    received += len(result.data)
+                    answered += 1
+    assert answered == 40 * 2 * 2 and 0 < received <= sent

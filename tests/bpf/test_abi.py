@@ -68,3 +68,18 @@ def test_trust_map_sizes_follow_the_c_constants(btf_object):
     assert abi.unpack_own_addrs(abi.pack_own_addrs(addresses)) == addresses
     with pytest.raises(ValueError, match="at most %d" % abi.MAX_OWN_ADDRS):
         abi.pack_own_addrs(addresses + ["10.0.1.1"])
+
+
+def test_a2s_cache_keys_follow_the_c_definition(repo_root, btf_object):
+    """One home for the cache key: edge_abi.h's a2s_cache_key (kind above the 16-bit service id);
+    the Python packing uses the same enum order, shift and capacity (3 kinds per service)."""
+    header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
+    assert tuple(enum_names(header, "a2s_kind", "A2S_KIND_")) == abi.A2S_KINDS
+    shift = re.search(r"#define A2S_CACHE_KEY_KIND_SHIFT\s+(\d+)", header).group(1)
+    assert int(shift) == abi.A2S_CACHE_KEY_KIND_SHIFT and abi.MAX_SERVICES <= 1 << abi.A2S_CACHE_KEY_KIND_SHIFT
+    cache = btf_object.map("edge_a2s_cache")
+    assert (cache.max_entries, cache.key_size, cache.value_size) == (
+        abi.A2S_CACHE_MAX_ENTRIES, abi.U32.size, abi.A2S_CACHE_ENTRY.size)
+    assert abi.a2s_cache_key(237) == 237                       # A2S_INFO: the service id, as before kinds
+    assert abi.a2s_cache_key(237, "rules") == 237 | 2 << 16
+    assert abi.unpack_a2s_cache_key(abi.pack_a2s_cache_key(1023, "player")) == (1023, "player")

@@ -101,7 +101,7 @@ class StateSpec:
     allow: list
     bans: list              # [(address, "active"|"expired")]
     punches: list           # [(PunchKey, "fresh"|"idle"|"future")]
-    cache: list             # [(service id, "fresh"|"stale"|"future", payload length, seed)]
+    cache: list             # [(service id, a2s kind, "fresh"|"stale"|"future", payload length, seed)]
     tx_ports: list
     tunnel_ifaces: list     # devices flagged as carrying IPIP (edge_tunnel_ifaces)
     own_addrs: list         # edge_own_addrs
@@ -155,6 +155,15 @@ def _payload(spec, ctx, src, dst, sport, dport):
         return pk.a2s_request()
     if kind == "a2s_cookie":
         return pk.a2s_request(ctx.cookie(spec[1], src, dst, sport, dport))
+    if kind == "a2s_field":       # A2S_PLAYER / A2S_RULES: (query, field: "ask" | "ask_old" | a cookie kind)
+        if spec[2] in ("ask", "ask_old"):
+            return pk.a2s_field_request(spec[1], None if spec[2] == "ask" else 0)
+        return pk.a2s_field_request(spec[1], ctx.cookie(spec[2], src, dst, sport, dport))
+    if kind == "a2s_field_odd":   # the same with the field cut short or followed by more bytes
+        request = pk.a2s_field_request(spec[1], ctx.cookie("current", src, dst, sport, dport))
+        return request[:spec[2]] if spec[2] < len(request) else request + bytes(spec[2] - len(request))
+    if kind in ("a2s_players", "a2s_rules"):
+        return _seeded(spec[1], spec[2], b"\xff\xff\xff\xff" + (b"\x44" if kind == "a2s_players" else b"\x45"))
     if kind == "a2s_info":
         return _seeded(spec[1], spec[2], b"\xff\xff\xff\xff\x49")
     if kind == "a2s_split":
@@ -322,7 +331,7 @@ def prefix(pick):
 def payload_spec(pick, proto, a2s_ok=True):
     choices = [(4, "random"), (1, "big")]
     if proto == UDP and a2s_ok:
-        choices += [(2, "a2s"), (4, "a2s_cookie")]
+        choices += [(2, "a2s"), (4, "a2s_cookie"), (3, "a2s_field"), (1, "a2s_field_odd")]
     kind = weighted(pick, *choices)
     if kind == "random":
         return ("random", pick.integers(0, 64), pick.integers(0, 2 ** 16))
@@ -330,9 +339,16 @@ def payload_spec(pick, proto, a2s_ok=True):
         return ("random", pick.integers(1430, 1500), pick.integers(0, 2 ** 16))
     if kind == "a2s":
         return ("a2s",)
+    if kind == "a2s_field_odd":
+        return ("a2s_field_odd", pick.choice(("player", "rules")), pick.choice((5, 6, 8, 10, 13, 25, 29)))
+    if kind == "a2s_field" and often(pick, 2):
+        return ("a2s_field", pick.choice(("player", "rules")), pick.choice(("ask", "ask_old")))
     cookie = weighted(pick, (3, "current"), (2, "previous"), (1, "stale"), (1, "next"), (1, "random"),
                       (2, "old_key"), (1, "old_key_previous"), (1, "old_key_stale"))
-    return ("a2s_cookie", pick.integers(0, 2 ** 32 - 1) if cookie == "random" else cookie)
+    cookie = pick.integers(0, 2 ** 32 - 1) if cookie == "random" else cookie
+    if kind == "a2s_field":
+        return ("a2s_field", pick.choice(("player", "rules")), cookie)
+    return ("a2s_cookie", cookie)
 
 
 MUTATION_ARGS = {
@@ -409,7 +425,8 @@ def return_spec(pick, state: StateSpec, flows) -> PacketSpec:
     outer_dst = TUNNEL if often(pick, 9, 10) else pick.choice(OTHER_DESTINATIONS)
     proto = template.proto if often(pick, 9, 10) else pick.choice((UDP, TCP, ICMP))
     if proto == UDP and often(pick, 1, 2):
-        kind = weighted(pick, (3, "a2s_info"), (1, "a2s_split"), (2, "a2s_real"))
+        kind = weighted(pick, (3, "a2s_info"), (1, "a2s_split"), (2, "a2s_real"), (2, "a2s_players"),
+                        (1, "a2s_rules"))
         low, high = pick.choice(((0, 80), (100, 600), (1390, 1410), (1460, 1500)))
         payload = (kind, pick.integers(low, high), pick.integers(0, 2 ** 16))
     else:
@@ -481,8 +498,10 @@ def state_spec(pick) -> StateSpec:
     for template in (service[0] for service in services):
         if template.proto == UDP and often(pick, 3):
             length = pick.integers(5, 200) if often(pick, 3) else pick.integers(1390, 1400)
-            cache.append((template.id, weighted(pick, (4, "fresh"), (1, "stale"), (1, "future")), length,
-                          pick.integers(0, 2 ** 16)))
+            for a2s_kind in abi.A2S_KINDS:
+                if a2s_kind == "info" or often(pick, 2):
+                    cache.append((template.id, a2s_kind, weighted(pick, (4, "fresh"), (1, "stale"), (1, "future")),
+                                  length, pick.integers(0, 2 ** 16)))
     return StateSpec(
         services=services, backends=backends,
         deny=[prefix(pick) for dummy in range(pick.integers(0, 3))],
@@ -557,9 +576,11 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
         state.bans[address] = now + h if kind == "active" else now - h // 2
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
-    for service_id, kind, length, seed in spec.cache:
+    for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
-        state.a2s_cache[service_id] = m.CacheEntry(updated, _seeded(length, seed, b"\xff\xff\xff\xff\x49"))
+        reply_type = {"info": b"\x49", "player": b"\x44", "rules": b"\x45"}[a2s_kind]
+        state.a2s_cache[abi.a2s_cache_key(service_id, a2s_kind)] = m.CacheEntry(
+            updated, _seeded(length, seed, b"\xff\xff\xff\xff" + reply_type))
     return state, Context(now=now, epoch=epoch, cookie_key=spec.cookie_key, cookie_key_previous=spec.cookie_key_previous)
 
 
@@ -586,8 +607,8 @@ def load_state(env, state: m.ModelState) -> None:
         env.ban(address, until)
     for key, seen in state.punches.items():
         env.punch(key.proto, key.service_addr, key.service_port, key.remote_addr, key.remote_port, seen)
-    for service_id, entry in state.a2s_cache.items():
-        env.maps["edge_a2s_cache"].update(abi.U32.pack(service_id), abi.A2S_CACHE_ENTRY.pack(
+    for key, entry in state.a2s_cache.items():
+        env.maps["edge_a2s_cache"].update(abi.U32.pack(key), abi.A2S_CACHE_ENTRY.pack(
             entry.updated_ns, len(entry.payload), entry.csum, entry.payload))
     for dev in state.tx_ports:
         env.add_tx_port(dev)
@@ -658,8 +679,9 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int) -> None:
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
                        {k: e.updated_ns for k, e in state.a2s_cache.items()}, slack_ns)
-    for service_id, entry in state.a2s_cache.items():
-        assert cache[service_id][1:] == (entry.payload, entry.csum), "a2s cache %d differs" % service_id
+    for key, entry in state.a2s_cache.items():
+        assert cache[key][1:] == (entry.payload, entry.csum), "a2s cache %s differs" % (abi.unpack_a2s_cache_key(
+            abi.U32.pack(key)),)
     assert rate_totals(program_rate_counters(env)) == rate_totals(state.rate_counters)
 
 

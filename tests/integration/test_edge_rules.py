@@ -418,7 +418,7 @@ def test_diff_names_the_entries_as_a_human_reads_them(pop, tmp_path):
     assert "-  tf2: udp 198.51.100.11:27015 id 30 -> backend 10.1.0.11 a2s_cache,a2s_snoop max_age 30s" in out
     assert "+  tf2: udp 198.51.100.11:27015 id 31 -> backend 10.1.0.11 a2s_cache,a2s_snoop max_age 30s" in out
     assert "+  cs2-tv: udp 198.51.100.10:27020 id 18 -> backend 10.1.0.10 limit 80 pps / - Bps" in out
-    assert "-  cached reply of service id 30" in out
+    assert "-  cached replies of service id 30" in out
     # 151 new denies: the first 100 are listed, then a count
     assert "+  ... and 51 more" in out
     # 100 lines: 203.0.113.0/24 (given first) and the first 99 of the 10.x.y.0/24

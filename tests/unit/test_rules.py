@@ -324,8 +324,9 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         abi.SRC_HOSTS_KEY.pack(0xC61200, _source_lists.DENY)]
     assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["allow_remove"].entries] == ["192.0.3.0/24"]
     assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["allow_add"].entries] == ["192.0.4.0/24"]
-    # the backend move disarms service 2, deletes its cache entry (1 stays), then re-arms it
-    assert [abi.U32.unpack(key)[0] for key, dummy, dummy in by_name["a2s_cache_delete"].entries] == [2]
+    # the backend move disarms service 2, deletes its cache entries of every kind (1 stays), then re-arms it
+    assert [abi.unpack_a2s_cache_key(key) for key, dummy, dummy in by_name["a2s_cache_delete"].entries] == [
+        (2, "info"), (2, "player"), (2, "rules")]
     (disarm_key, disarmed, dummy), = by_name["services_disarm"].entries
     assert abi.SERVICE_VALUE.unpack(disarmed)[:3] == (2, abi.ipv4("10.1.0.30"), 0)
     rearmed = dict((key, new_value) for key, new_value, dummy in by_name["services_change"].entries)
@@ -363,7 +364,8 @@ def test_two_services_swapping_ids_are_disarmed_until_both_cache_entries_are_gon
     assert [step.name for step in plan] == ["services_disarm", "a2s_cache_delete", "services_change"]
     assert all(abi.SERVICE_VALUE.unpack(value)[2] == 0 for dummy, value, dummy in plan[0].entries)
     # 8 has no entry yet, but "other" may snoop one into it until it is disarmed: both go
-    assert sorted(abi.U32.unpack(key)[0] for key, dummy, dummy in plan[1].entries) == [7, 8]
+    assert _rules.cache_service_ids(key for key, dummy, dummy in plan[1].entries) == [7, 8]
+    assert len(plan[1].entries) == 2 * len(abi.A2S_KINDS)
 
 
 def test_a_renumbered_service_without_a2s_needs_no_cache_work():
@@ -406,7 +408,7 @@ def test_diff_is_readable_and_capped():
     assert "  ban_sec 60" in before and "  ban_sec 5" in after
     assert "  cookie_key current (set, changed)" in after
     assert "  cookie_key previous (unset)" in before and "  cookie_key previous (unset)" in after
-    assert "  cached reply of service id 3" in before
+    assert "  cached replies of service id 3" in before
     # the key itself never appears
     assert bytes(range(16)).hex() not in diff["before"] + diff["after"]
 
@@ -546,7 +548,7 @@ def test_every_intermediate_state_is_safe(old_params, new_params, data):
         apply_step(state, step)
         if step.map_name == _rules.A2S_CACHE_MAP:
             for key, dummy, dummy in step.entries:
-                cache.pop(abi.U32.unpack(key)[0], None)
+                cache.pop(abi.unpack_a2s_cache_key(key)[0], None)
             continue
         if step.map_name in _rules.DERIVED_MAPS:
             continue   # what XDP reads of the lists: test_source_lists replays those steps
