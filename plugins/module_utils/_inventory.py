@@ -45,6 +45,7 @@ except ImportError:  # reported by the inventory_check module via missing_requir
     netaddr = None
     HAS_NETADDR = False
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
@@ -63,8 +64,13 @@ RATE_LIMIT_FIELDS = ("packets_per_sec", "bytes_per_sec")
 MAX_ASN = 4294967295
 DRAIN_STATES = ("announced", "gshut", "withdrawn")
 
+# A service's settings for players under a spoofed flood (their defaults: _rules.DEFAULT_*).
+ATTACK_SERVICE_KEYS = ("game_protocol", "attack_mode", "admission", "attack_detection")
 SERVICE_KEYS = ("name", "id", "address", "protocol", "port", "backend", "a2s_cache", "a2s_snoop",
-                "a2s_refresh_sec", "a2s_max_age_sec", "rate_limit")
+                "a2s_refresh_sec", "a2s_max_age_sec", "rate_limit") + ATTACK_SERVICE_KEYS
+ATTACK_DETECTION_KEYS = tuple(_rules.DEFAULT_ATTACK_DETECTION)
+# The longest anycast_edge_verified_idle_sec: a year (edge_config holds it in nanoseconds).
+MAX_VERIFIED_IDLE_SEC = 365 * 86400
 FILTER_KEYS = ("allow", "deny", "rate_limits", "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec")
 NEIGHBOR_KEYS = ("name", "address", "asn", "password", "multihop", "bfd", "communities")
 
@@ -370,6 +376,74 @@ def _check_hosts(ctx):
     ctx.normalized["backend_addresses"] = backend_addresses
 
 
+# --- players under a spoofed flood: verification, admission, attack mode --------------------------
+
+@inventory_check
+def _check_attack_defaults(ctx):
+    """The fleet-wide settings: anycast_edge_verified_idle_sec and anycast_edge_attack_detection
+    (each service may override the latter's fields), defaults from _rules."""
+    problems, normalized = ctx.problems, ctx.normalized
+    idle = ctx.variables.get("anycast_edge_verified_idle_sec")
+    if idle is None:
+        idle = _rules.DEFAULT_VERIFIED_IDLE_SEC
+    normalized["anycast_edge_verified_idle_sec"] = _integer(problems, "anycast_edge_verified_idle_sec", idle,
+                                                            minimum=1, maximum=MAX_VERIFIED_IDLE_SEC)
+    detection = dict(_rules.DEFAULT_ATTACK_DETECTION)
+    detection.update(_attack_detection(problems, "anycast_edge_attack_detection",
+                                       ctx.variables.get("anycast_edge_attack_detection")))
+    normalized["anycast_edge_attack_detection"] = detection
+
+
+def _attack_detection(problems, path, value):
+    """The valid fields of an attack detection mapping ({} when absent)."""
+    if value is None or _mapping(problems, path, value) is None:
+        return {}
+    _unknown_keys(problems, path, value, ATTACK_DETECTION_KEYS)
+    minimum = {"unverified_packets_per_sec": 1, "enter_after_sec": 0, "leave_after_sec": 1}
+    fields = {}
+    for key in ATTACK_DETECTION_KEYS:
+        if value.get(key) is not None:
+            number = _integer(problems, "%s.%s" % (path, key), value[key], minimum=minimum[key])
+            if number is not None:
+                fields[key] = number
+    return fields
+
+
+def _service_attack_settings(ctx, path, service, protocol):
+    """Validates and normalizes a service's game_protocol, attack_mode, admission and attack
+    detection in place (the detection: the fleet's, with the service's own fields over it)."""
+    problems = ctx.problems
+    game_protocol = service.setdefault("game_protocol", _rules.DEFAULT_GAME_PROTOCOL)
+    if game_protocol not in abi.GAME_PROTOCOLS:
+        problems.add(path + ".game_protocol", game_protocol, "is not one of %s" % ", ".join(abi.GAME_PROTOCOLS))
+    elif game_protocol != "none" and protocol not in (None, "udp"):
+        problems.add(path + ".game_protocol", game_protocol, "is a udp game protocol; the service is %s" % protocol)
+    attack_mode = service.setdefault("attack_mode", _rules.DEFAULT_ATTACK_MODE)
+    if attack_mode not in abi.ATTACK_MODES:
+        problems.add(path + ".attack_mode", attack_mode, "is not one of %s" % ", ".join(abi.ATTACK_MODES))
+
+    admission = dict(_rules.DEFAULT_ADMISSION)
+    raw = service.get("admission")
+    if raw is not None and _mapping(problems, path + ".admission", raw) is not None:
+        _unknown_keys(problems, path + ".admission", raw, RATE_LIMIT_FIELDS)
+        for field in RATE_LIMIT_FIELDS:
+            if raw.get(field) is not None:
+                admission[field] = _integer(problems, "%s.admission.%s" % (path, field), raw[field], minimum=0)
+        pps, bps = admission["packets_per_sec"], admission["bytes_per_sec"]
+        if pps is not None and bps is not None and (pps == 0) != (bps == 0):
+            problems.add(path + ".admission", raw, "has one budget 0 and the other not: give both > 0, or both 0 "
+                         "(under attack, nothing unverified passes)")
+    service["admission"] = admission
+
+    detection = dict(ctx.normalized.get("anycast_edge_attack_detection") or _rules.DEFAULT_ATTACK_DETECTION)
+    own = service.get("attack_detection")
+    detection.update(_attack_detection(problems, path + ".attack_detection", own))
+    if own is not None and attack_mode in ("always", "never"):
+        ctx.warnings.add(path + ".attack_detection", own, "is not used: attack_mode is %s (only auto services "
+                         "are put under attack by the agent)" % attack_mode)
+    service["attack_detection"] = detection
+
+
 @inventory_check
 def _check_services(ctx):
     problems, backends = ctx.problems, ctx.backends
@@ -484,6 +558,7 @@ def _check_services(ctx):
         service["a2s_refresh_sec"], service["a2s_max_age_sec"] = refresh, max_age
         if service.get("rate_limit") is not None:
             service["rate_limit"] = _rate_limit(problems, path + ".rate_limit", service["rate_limit"])
+        _service_attack_settings(ctx, path, service, protocol)
         services.append(service)
     ctx.normalized["anycast_edge_services"] = services
 

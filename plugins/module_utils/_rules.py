@@ -76,6 +76,34 @@ A2S_FLAGS = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
 DEFAULT_A2S_MAX_AGE_SEC = 30
 _ALL_ONES = 0xFFFFFFFF
 
+# --- players under a spoofed flood: the defaults, in one place ------------------------------
+# validate_inventory (_inventory), resolve_rules, the edge_rules module's argument spec and the
+# agent's attack-mode controller all read these; the role docs state them and
+# tests/unit/test_inventory.py checks that they agree. Why these values: docs/data-plane.md
+# ("Attack mode and admission").
+#
+# A service's game protocol (what is handshake-shaped while it is under attack): none knows no
+# handshake, so under attack only verified sources reach it.
+DEFAULT_GAME_PROTOCOL = "none"
+# auto: the agent decides from the unverified traffic (attack detection below).
+DEFAULT_ATTACK_MODE = "auto"
+# The POP's budget for a service's unverified traffic while it is under attack. A join costs a
+# handful of packets (getchallenge, connect - the A2S queries are answered by the POP itself),
+# a connect with a Steam ticket up to ~1,200 bytes: 2,000 packets/s lets a few hundred players
+# join per second through one POP - more than a full server reconnecting after a map change -
+# while a flood of any size reaches the game server as at most 2,000 packets and 2 MB per
+# second per POP. Verified players are never charged.
+DEFAULT_ADMISSION = {"packets_per_sec": 2000, "bytes_per_sec": 2000000}
+# When the agent puts an `auto` service under attack: unverified packets per second above the
+# threshold for enter_after_sec seconds in a row; it leaves after leave_after_sec seconds at or
+# below it. Server browsers and joining players make tens to hundreds of unverified packets per
+# second for a busy server; the floods this defends against are millions. The long quiet
+# period keeps a pulsing flood from toggling the mode, and costs a player nothing (under
+# attack, handshakes still pass within the budget).
+DEFAULT_ATTACK_DETECTION = {"unverified_packets_per_sec": 5000, "enter_after_sec": 3, "leave_after_sec": 60}
+# A verified source stays verified for a service while it sends within this idle time.
+DEFAULT_VERIFIED_IDLE_SEC = 600
+
 
 class RuleError(ValueError):
     """A parameter that cannot become a map entry; the text names the parameter and the value."""
@@ -193,14 +221,15 @@ def render_service_value(value):
         text += " max_age %gs" % (max_age_ms / 1000.0)
     if pps or bps:
         text += " limit %s pps / %s Bps" % (pps or "-", bps or "-")
-    return text
+    return text + render_attack_fields(value)
 
 
 def render_config(value):
     fields = abi.EDGE_CONFIG.unpack(value)
     tunnel, ban_sec, punch_idle_ns, cookie_epoch_ns, key0, key1 = fields[:6]
     limits = fields[6:6 + 2 * len(abi.PROTO_CLASSES)]
-    previous0, previous1, tai_offset_ns = fields[6 + 2 * len(abi.PROTO_CLASSES):9 + 2 * len(abi.PROTO_CLASSES)]
+    previous0, previous1, tai_offset_ns, verified_idle_ns, nr_cpus = \
+        fields[6 + 2 * len(abi.PROTO_CLASSES):11 + 2 * len(abi.PROTO_CLASSES)]
     lines = [
         "tunnel_address %s" % socket.inet_ntoa(tunnel),
         "ban_sec %d" % ban_sec,
@@ -210,6 +239,8 @@ def render_config(value):
         "cookie_key current %s" % ("(set)" if key0 or key1 else "(unset)"),
         "cookie_key previous %s" % ("(set)" if previous0 or previous1 else "(unset)"),
         "cookie_tai_offset_sec %g" % (tai_offset_ns / 1e9),
+        "verified_idle_sec %g" % (verified_idle_ns / 1e9),
+        "nr_cpus %d" % nr_cpus,
     ]
     for index, name in enumerate(abi.PROTO_CLASSES):
         pps, bps = limits[2 * index], limits[2 * index + 1]
@@ -284,9 +315,63 @@ def service_entry(service, index):
             raise RuleError("%s.a2s_max_age_sec: %r must be > 0" % (where, max_age_sec))
         max_age_ms = int(max_age_sec * 1000)
     limit = rate_limit_pair(service.get("rate_limit"), where + ".rate_limit")
+    admission, game_protocol, attack_mode = attack_fields(service, where)
     key = abi.SERVICE_KEY.pack(address, abi.port(port_number), abi.IPPROTO[protocol])
-    value = abi.pack_service_value(service_id, socket.inet_ntoa(backend), flags, max_age_ms, limit)
+    value = abi.pack_service_value(service_id, socket.inet_ntoa(backend), flags, max_age_ms, limit,
+                                   admission, game_protocol, attack_mode)
     return key, value
+
+
+# --- players under a spoofed flood: what a service and edge_config carry for it ---------------
+
+def admission_pair(admission, where):
+    """(packets_per_sec, bytes_per_sec) of a service's admission budget; a field left out (or the
+    whole budget) gets DEFAULT_ADMISSION's. Both 0 is allowed (under attack nothing unverified
+    passes); one 0 is refused, it would read either as "no budget" or as "no limit"."""
+    admission = admission or {}
+    pair = []
+    for field in ("packets_per_sec", "bytes_per_sec"):
+        number = admission.get(field)
+        if number is None:
+            number = DEFAULT_ADMISSION[field]
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            raise RuleError("%s.%s: %r must be an integer >= 0" % (where, field, number))
+        pair.append(number)
+    if (pair[0] == 0) != (pair[1] == 0):
+        raise RuleError("%s: %d packets/s and %d bytes/s: give both > 0, or both 0 (nothing unverified passes "
+                        "under attack)" % (where, pair[0], pair[1]))
+    return tuple(pair)
+
+
+def attack_fields(service, where):
+    """(admission pair, game_protocol, attack_mode) of one resolved service, defaults filled in."""
+    game_protocol = service.get("game_protocol") or DEFAULT_GAME_PROTOCOL
+    if game_protocol not in abi.GAME_PROTOCOLS:
+        raise RuleError("%s.game_protocol: %r is not one of %s" % (where, game_protocol, ", ".join(abi.GAME_PROTOCOLS)))
+    if game_protocol != "none" and service.get("protocol") != "udp":
+        raise RuleError("%s.game_protocol: %s is a udp game protocol, the service is %s"
+                        % (where, game_protocol, service.get("protocol")))
+    attack_mode = service.get("attack_mode") or DEFAULT_ATTACK_MODE
+    if attack_mode not in abi.ATTACK_MODES:
+        raise RuleError("%s.attack_mode: %r is not one of %s" % (where, attack_mode, ", ".join(abi.ATTACK_MODES)))
+    return admission_pair(service.get("admission"), where + ".admission"), game_protocol, attack_mode
+
+
+def render_attack_fields(value):
+    """The attack settings of a packed service_value, for the diff."""
+    admission_pps, admission_bps, game_protocol, attack_mode = abi.SERVICE_VALUE.unpack(value)[6:10]
+    return " game %s attack_mode %s admission %d pps / %d Bps" % (
+        abi.GAME_PROTOCOLS[game_protocol] if game_protocol < len(abi.GAME_PROTOCOLS) else game_protocol,
+        abi.ATTACK_MODES[attack_mode] if attack_mode < len(abi.ATTACK_MODES) else attack_mode,
+        admission_pps, admission_bps)
+
+
+def verified_idle_ns(verified_idle_sec):
+    """edge_config.verified_idle_ns of anycast_edge_verified_idle_sec (> 0; the program reads 0 as
+    its own default, so 0 is never written)."""
+    if isinstance(verified_idle_sec, bool) or not isinstance(verified_idle_sec, int) or verified_idle_sec <= 0:
+        raise RuleError("verified_idle_sec: %r must be an integer > 0" % (verified_idle_sec,))
+    return verified_idle_sec * 10**9
 
 
 def rate_limit_pair(limit, where):
@@ -306,10 +391,15 @@ def rate_limit_pair(limit, where):
 
 
 def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_epoch_sec, cookie_key,
-                 cookie_key_previous=bytes(16), cookie_tai_offset_ns=0):
+                 cookie_key_previous=bytes(16), cookie_tai_offset_ns=0, verified_idle_sec=DEFAULT_VERIFIED_IDLE_SEC,
+                 nr_cpus=1):
     """struct edge_config. cookie_key (the generation that issues) and cookie_key_previous (still
     accepted; all zero: none): 16 raw bytes each. cookie_tai_offset_ns: the POP's CLOCK_TAI -
-    CLOCK_REALTIME (_a2s_cookie.tai_offset_ns()), which the program takes off its cookie clock."""
+    CLOCK_REALTIME (_a2s_cookie.tai_offset_ns()), which the program takes off its cookie clock.
+    nr_cpus: libbpf's possible CPUs on the POP (_bpf.num_possible_cpus()), which the admission
+    budgets are shared among."""
+    if isinstance(nr_cpus, bool) or not isinstance(nr_cpus, int) or nr_cpus <= 0:
+        raise RuleError("nr_cpus: %r must be an integer > 0" % (nr_cpus,))
     if ban_sec < 0:
         raise RuleError("ban_sec: %r must be >= 0" % ban_sec)
     if punch_idle_sec <= 0:
@@ -327,7 +417,8 @@ def config_value(tunnel_address, rate_limits, ban_sec, punch_idle_sec, cookie_ep
     return abi.pack_config(tunnel_address, ban_sec=ban_sec, punch_idle_ns=int(punch_idle_sec * 10**9),
                            cookie_epoch_ns=int(cookie_epoch_sec * 10**9), cookie_key=(key0, key1),
                            limits=limits, cookie_key_previous=(previous0, previous1),
-                           cookie_tai_offset_ns=cookie_tai_offset_ns)
+                           cookie_tai_offset_ns=cookie_tai_offset_ns,
+                           verified_idle_ns=verified_idle_ns(verified_idle_sec), nr_cpus=nr_cpus)
 
 
 # Offset of cookie_key in struct edge_config (after tunnel_addr, ban_sec, punch_idle_ns, cookie_epoch_ns),
@@ -442,9 +533,10 @@ def control_plane_changes(present_allow, desired_allow):
     return len(after - before), len(before - after)
 
 
-def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_tai_offset_ns=0):
+def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_tai_offset_ns=0, nr_cpus=1):
     """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params (and
-    the POP's TAI offset, read on the POP: _a2s_cookie.tai_offset_ns()).
+    what is read on the POP: its TAI offset, _a2s_cookie.tai_offset_ns(), and its possible CPUs,
+    _bpf.num_possible_cpus()).
 
     Also returns {service key: service name} for readable diffs. RuleError names the first
     parameter that cannot be packed (the inventory role reports every problem up front; this
@@ -473,7 +565,9 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
         backends[abi.SERVICE_VALUE.unpack(value)[1]] = BACKEND_VALUE
     config = config_value(params["tunnel_address"], params.get("rate_limits"), params.get("ban_sec", 0),
                           params.get("punch_idle_sec", 120), params.get("a2s_cookie_epoch_sec", 30), cookie_key,
-                          cookie_key_previous, cookie_tai_offset_ns)
+                          cookie_key_previous, cookie_tai_offset_ns,
+                          DEFAULT_VERIFIED_IDLE_SEC if params.get("verified_idle_sec") is None
+                          else params["verified_idle_sec"], nr_cpus)
     desired = {
         "edge_config": {CONFIG_KEY: config},
         "edge_services": services,
@@ -917,6 +1011,7 @@ def resolve_rules(normalized):
         }
         if service.get("rate_limit"):
             resolved["rate_limit"] = dict(service["rate_limit"])
+        resolved.update(resolve_attack_settings(service))
         services.append(resolved)
     return {
         "services": services,
@@ -930,4 +1025,20 @@ def resolve_rules(normalized):
         "a2s_cookie_epoch_sec": filters["a2s_cookie_epoch_sec"],
         "control_plane": dict((pop, [dict(item) for item in items])
                               for pop, items in normalized.get("control_plane", {}).items()),
+        "verified_idle_sec": normalized.get("anycast_edge_verified_idle_sec", DEFAULT_VERIFIED_IDLE_SEC),
+        # For the agent (edge_agent's template), not for XDP: {service name: its attack detection}.
+        "attack_detection": dict((service["name"], dict(service["attack_detection"]))
+                                 for service in normalized["anycast_edge_services"] if "attack_detection" in service),
+    }
+
+
+def resolve_attack_settings(service):
+    """A normalized service's game_protocol, attack_mode and admission for edge_rules (defaults
+    filled in: the rules say exactly what XDP gets)."""
+    admission = dict(DEFAULT_ADMISSION)
+    admission.update(service.get("admission") or {})
+    return {
+        "game_protocol": service.get("game_protocol") or DEFAULT_GAME_PROTOCOL,
+        "attack_mode": service.get("attack_mode") or DEFAULT_ATTACK_MODE,
+        "admission": admission,
     }

@@ -35,6 +35,9 @@ description:
     anycast prefixes are released before their services go, and new prefixes are claimed only
     after their services and backends exist; a service whose id or backend changes has its A2S
     flags cleared until its old cache entry is deleted. The result's C(steps) lists the order."
+  - Writes this POP's possible CPUs (as libbpf counts them, from
+    C(/sys/devices/system/cpu/possible)) into C(edge_config.nr_cpus) - the program shares each
+    service's admission budget among them, one token bucket per CPU.
   - Writes this POP's TAI offset (CLOCK_TAI - CLOCK_REALTIME, whole seconds, set by its time
     daemon - chrony 37 s, systemd-timesyncd 0) into C(edge_config), which the program takes off
     CLOCK_TAI, so that every POP counts the same (UTC) edge cookie epochs. A rerun changes it
@@ -134,6 +137,36 @@ options:
           bytes_per_sec:
             description: Bytes per second per source; omitted = unlimited.
             type: int
+      game_protocol:
+        description:
+          - The game protocol of the service - what is handshake-shaped for it while it is under
+            attack (C(source), C(goldsrc) - udp only); C(none) knows no handshake.
+        type: str
+        choices: [none, source, goldsrc]
+        default: none
+      attack_mode:
+        description:
+          - Who puts the service under attack - C(auto) the POP agent (from the unverified traffic it
+            reads in C(edge_admission)), C(always) or C(never) the operator.
+        type: str
+        choices: [auto, always, never]
+        default: auto
+      admission:
+        description:
+          - The POP's budget for the service's unverified traffic while it is under attack, for the
+            whole POP (XDP shares it among the CPUs, C(edge_config.nr_cpus)). Both 0 - nothing
+            unverified passes under attack; one 0 alone is refused.
+        type: dict
+        default: {packets_per_sec: 2000, bytes_per_sec: 2000000}
+        suboptions:
+          packets_per_sec:
+            description: Unverified packets per second (>= 0).
+            type: int
+            default: 2000
+          bytes_per_sec:
+            description: Unverified bytes per second (>= 0).
+            type: int
+            default: 2000000
   anycast_prefixes:
     description: IPv4 prefixes the POP claims (traffic to other destinations goes to the kernel).
     type: list
@@ -236,6 +269,12 @@ options:
     description: Lifetime of an A2S challenge cookie (valid for this epoch and the previous one).
     type: int
     default: 30
+  verified_idle_sec:
+    description:
+      - A verified source stays verified for a service while it sends within this idle time
+        (seconds, > 0). Goes into C(edge_config.verified_idle_ns).
+    type: int
+    default: 600
   cookie_keys:
     description:
       - SipHash keys of the edge cookies (the A2S_INFO challenge), newest first, 32 hex digits
@@ -280,6 +319,7 @@ EXAMPLES = r"""
     ban_sec: "{{ anycast_edge_rules.ban_sec }}"
     punch_idle_sec: "{{ anycast_edge_rules.punch_idle_sec }}"
     a2s_cookie_epoch_sec: "{{ anycast_edge_rules.a2s_cookie_epoch_sec }}"
+    verified_idle_sec: "{{ anycast_edge_rules.verified_idle_sec }}"
     # The fleet's keys, newest first (from a vaulted var or file): the same on every POP.
     cookie_keys: "{{ anycast_edge_cookie_keys }}"
 
@@ -295,6 +335,8 @@ EXAMPLES = r"""
         port: 27015
         backend_address: 10.1.0.10
         a2s_cache: true
+        game_protocol: source
+        admission: {packets_per_sec: 1000, bytes_per_sec: 1000000}
     deny: [192.0.2.0/24]
 """
 
@@ -385,6 +427,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
@@ -424,6 +467,10 @@ ARGUMENT_SPEC = dict(
         a2s_snoop=dict(type="bool"),
         a2s_max_age_sec=dict(type="int", default=30),
         rate_limit=dict(type="dict", options=LIMIT_OPTIONS),
+        game_protocol=dict(type="str", default=_rules.DEFAULT_GAME_PROTOCOL, choices=list(abi.GAME_PROTOCOLS)),
+        attack_mode=dict(type="str", default=_rules.DEFAULT_ATTACK_MODE, choices=list(abi.ATTACK_MODES)),
+        admission=dict(type="dict", default=dict(_rules.DEFAULT_ADMISSION), options=dict(
+            (field, dict(type="int", default=number)) for field, number in _rules.DEFAULT_ADMISSION.items())),
     )),
     anycast_prefixes=dict(type="list", elements="str", default=[]),
     backends=dict(type="list", elements="str", default=[]),
@@ -442,6 +489,7 @@ ARGUMENT_SPEC = dict(
     ban_sec=dict(type="int", default=60),
     punch_idle_sec=dict(type="int", default=120),
     a2s_cookie_epoch_sec=dict(type="int", default=30),
+    verified_idle_sec=dict(type="int", default=_rules.DEFAULT_VERIFIED_IDLE_SEC),
     cookie_keys=dict(type="list", elements="str", no_log=True, aliases=["a2s_cookie_key"]),
     diff_limit=dict(type="int", default=100),
 )
@@ -596,7 +644,9 @@ def run_module():
         given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
         # The cookie epoch is UTC on every POP: the program takes this POP's TAI offset (set by its
         # time daemon: chrony 37 s, timesyncd 0) off CLOCK_TAI, the one wall clock it can read.
-        desired, names = _rules.desired_entries(params, bytes(16), cookie_tai_offset_ns=tai_offset_ns())
+        # The admission budgets are shared among the CPUs the per-CPU maps have (libbpf's count).
+        desired, names = _rules.desired_entries(params, bytes(16), cookie_tai_offset_ns=tai_offset_ns(),
+                                                nr_cpus=_bpf.num_possible_cpus())
         reasons = _rules.control_plane_entries(params["control_plane"])
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))

@@ -67,6 +67,12 @@ options:
     description: The value of C(anycast_edge_filters).
     type: raw
     default: {}
+  verified_idle_sec:
+    description: The value of C(anycast_edge_verified_idle_sec) (omitted - the default, 600).
+    type: raw
+  attack_detection:
+    description: The value of C(anycast_edge_attack_detection) (omitted - the defaults).
+    type: raw
   pops:
     description:
       - The hosts of group C(pops), each with its POP settings (absent ones as null) -
@@ -175,6 +181,17 @@ rules:
       description: A2S cookie epoch.
       type: int
       returned: success
+    verified_idle_sec:
+      description: How long a verified source stays verified without traffic (seconds).
+      type: int
+      returned: success
+    attack_detection:
+      description:
+        - By service name - when the POP agent puts the service under attack (the fleet's
+          C(anycast_edge_attack_detection) with the service's own fields over it). For the agent
+          (M(anycast.edge.edge_rules) does not take it).
+      type: dict
+      returned: success
     control_plane:
       description:
         - By POP (inventory name) - the sources that POP exempts from bans and rate limits, each
@@ -185,7 +202,8 @@ rules:
   sample:
     services:
       - {name: cs2-main, id: 237, address: 198.51.100.10, protocol: udp, port: 27015, backend_address: 10.1.0.10,
-         a2s_cache: true, a2s_snoop: true, a2s_max_age_sec: 30}
+         a2s_cache: true, a2s_snoop: true, a2s_max_age_sec: 30, game_protocol: source, attack_mode: auto,
+         admission: {packets_per_sec: 2000, bytes_per_sec: 2000000}}
     anycast_prefixes: [198.51.100.0/24]
     backends: [10.1.0.10]
     allow: []
@@ -194,6 +212,9 @@ rules:
     ban_sec: 60
     punch_idle_sec: 120
     a2s_cookie_epoch_sec: 30
+    verified_idle_sec: 600
+    attack_detection:
+      cs2-main: {unverified_packets_per_sec: 5000, enter_after_sec: 3, leave_after_sec: 60}
     control_plane:
       pop1:
         - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
@@ -213,6 +234,8 @@ def main():
             prefixes=dict(type="raw"),
             services=dict(type="raw", default=[]),
             filters=dict(type="raw", default={}),
+            verified_idle_sec=dict(type="raw"),
+            attack_detection=dict(type="raw"),
             pops=dict(type="dict", default={}),
             backends=dict(type="dict", default={}),
             monitoring=dict(type="dict", default={}),
@@ -229,6 +252,8 @@ def main():
         "anycast_edge_prefixes": params["prefixes"],
         "anycast_edge_services": params["services"],
         "anycast_edge_filters": params["filters"],
+        "anycast_edge_verified_idle_sec": params["verified_idle_sec"],
+        "anycast_edge_attack_detection": params["attack_detection"],
     }
     # Whatever the result says, a secret is masked in it (Ansible replaces these values).
     module.no_log_values.update(_inventory.secrets(params["pops"]))

@@ -221,6 +221,18 @@ def services(entries):
     return decoded
 
 
+def defence(entries):
+    """{(protocol, address, port): (admission pps, admission bps, game protocol, attack mode)}."""
+    decoded = {}
+    protocols = {6: "tcp", 17: "udp", 1: "icmp"}
+    for key, value in entries.items():
+        address, port_raw, proto = struct.unpack("<4s2sBx", key)
+        pps, bps, game, mode = struct.unpack("<I4sIIQQQQII", value)[6:]
+        decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
+            pps, bps, ("none", "source", "goldsrc")[game], ("auto", "always", "never")[mode])
+    return decoded
+
+
 def config(entries):
     fields = struct.unpack("<4sIQQ2Q8Q2QqQI4x", entries[struct.pack("<I", 0)])
     return {"tunnel": ip(fields[0]), "ban_sec": fields[1], "punch_idle_ns": fields[2], "cookie_epoch_ns": fields[3],
@@ -283,12 +295,76 @@ def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
     assert cfg["punch_idle_ns"] == 90 * 10**9 and cfg["cookie_epoch_ns"] == 20 * 10**9
     assert cfg["limits"] == [(0, 0), (500, 1000000), (10, 0), (0, 0)]      # tcp, udp, icmp, other
     assert cfg["cookie_key"] != (0, 0)
+    # the flood defence's defaults: 10 minutes of verified idle time, the budgets shared among the
+    # CPUs libbpf counts (the per-CPU maps' slots), every service auto with the default budget
+    assert cfg["verified_idle_ns"] == 600 * 10**9 and cfg["nr_cpus"] == _bpf.num_possible_cpus()
+    assert set(defence(pop.entries("edge_services")).values()) == {(2000, 2000000, "none", "auto")}
 
     second = run_edge_rules(pop, tmp_path, RULES)
     assert second.result["changed"] is False and second.recap["changed"] == 0
     assert second.result["writes"] == 0 and second.result["steps"] == []
     assert second.result["a2s_cookie_key_generated"] is False
     assert config(pop.entries("edge_config"))["cookie_key"] == cfg["cookie_key"]
+
+
+def test_flood_defence_settings_are_written_and_one_change_rewrites_one_entry(pop, tmp_path):
+    """game_protocol, attack_mode and the admission budget land in their service's entry,
+    verified_idle_sec in edge_config; a rerun changes nothing; changing one service's field
+    rewrites exactly that entry (check mode first: announced, not made), and the idle time
+    edge_config alone."""
+    rules = json.loads(json.dumps(RULES))
+    rules["services"][0].update(game_protocol="source", admission={"packets_per_sec": 800})
+    rules["services"][1].update(game_protocol="goldsrc", attack_mode="always",
+                                admission={"packets_per_sec": 0, "bytes_per_sec": 0})
+    rules["services"][3].update(attack_mode="never")
+    rules["verified_idle_sec"] = 900
+    first = run_edge_rules(pop, tmp_path, rules)
+    assert first.result["changed"] is True
+    assert defence(pop.entries("edge_services")) == {
+        ("udp", "198.51.100.10", 27015): (800, 2000000, "source", "auto"),
+        ("udp", "198.51.100.11", 27015): (0, 0, "goldsrc", "always"),
+        ("udp", "198.51.100.10", 27020): (2000, 2000000, "none", "auto"),
+        ("icmp", "198.51.100.10", 0): (2000, 2000000, "none", "never"),
+    }
+    cfg = config(pop.entries("edge_config"))
+    assert cfg["verified_idle_ns"] == 900 * 10**9 and cfg["nr_cpus"] == _bpf.num_possible_cpus()
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is False
+
+    before = pop.snapshot(RULE_MAP_NAMES)
+    rules["services"][2]["attack_mode"] = "always"          # cs2-tv only
+    checked = run_edge_rules(pop, tmp_path, rules, "--check", "--diff")
+    assert checked.result["changed"] is True and pop.snapshot(RULE_MAP_NAMES) == before
+    assert "attack_mode always" in checked.stdout
+    made = run_edge_rules(pop, tmp_path, rules)
+    assert made.result["maps"]["edge_services"] == {"added": 0, "changed": 1, "removed": 0}
+    assert made.result["writes"] == 1 and made.result["steps"] == checked.result["steps"]
+    after = pop.snapshot(RULE_MAP_NAMES)
+    changed_keys = [key for key in after["edge_services"] if after["edge_services"][key] != before["edge_services"][key]]
+    assert changed_keys == [abi.pack_service_key("udp", "198.51.100.10", 27020)]
+    assert {name: entries for name, entries in after.items() if name != "edge_services"} == \
+        {name: entries for name, entries in before.items() if name != "edge_services"}
+
+    rules["verified_idle_sec"] = 300
+    idle = run_edge_rules(pop, tmp_path, rules, "--diff")
+    assert [step["map"] for step in idle.result["steps"]] == ["edge_config"] and idle.result["writes"] == 1
+    assert "verified_idle_sec 900" in idle.stdout and "verified_idle_sec 300" in idle.stdout
+    assert config(pop.entries("edge_config"))["verified_idle_ns"] == 300 * 10**9
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is False
+
+
+@pytest.mark.parametrize("service_change, message", [
+    ({"admission": {"packets_per_sec": 0}}, "services[0].admission: 0 packets/s and 2000000 bytes/s: give both > 0, "
+                                            "or both 0 (nothing unverified passes under attack)"),
+    ({"protocol": "tcp", "a2s_cache": False, "game_protocol": "source"},
+     "services[0].game_protocol: source is a udp game protocol, the service is tcp"),
+])
+def test_a_bad_flood_defence_setting_fails_before_any_write(pop, tmp_path, service_change, message):
+    rules = json.loads(json.dumps(RULES))
+    rules["services"][0].update(service_change)
+    before = pop.snapshot(RULE_MAP_NAMES)
+    failed = run_edge_rules(pop, tmp_path, rules, expect_failure=True)
+    assert failed.result["failed"] is True and failed.result["msg"] == message
+    assert pop.snapshot(RULE_MAP_NAMES) == before
 
 
 KEY_N, KEY_N1 = "00112233445566778899aabbccddeeff", "8899aabbccddeeff0011223344556677"

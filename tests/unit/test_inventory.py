@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _rules
 
 VALID_VARS = {
@@ -258,7 +259,41 @@ CASES = [
      ["anycast_edge_services[0].a2s_refresh_sec: 0 must be > 0"]),
     ("unknown service setting", [svc(0, "a2s_chache", True)],
      ["anycast_edge_services[0].a2s_chache: unknown setting (known: name, id, address, protocol, port, backend, "
-      "a2s_cache, a2s_snoop, a2s_refresh_sec, a2s_max_age_sec, rate_limit)"]),
+      "a2s_cache, a2s_snoop, a2s_refresh_sec, a2s_max_age_sec, rate_limit, game_protocol, attack_mode, admission, "
+      "attack_detection)"]),
+    # --- players under a spoofed flood: game protocol, attack mode, admission, detection -----
+    ("game protocol unknown", [svc(0, "game_protocol", "quake")],
+     ["anycast_edge_services[0].game_protocol: quake is not one of none, source, goldsrc"]),
+    ("game protocol on a tcp service", [svc(1, "game_protocol", "source")],
+     ["anycast_edge_services[1].game_protocol: source is a udp game protocol; the service is tcp"]),
+    ("attack mode unknown", [svc(0, "attack_mode", "on")],
+     ["anycast_edge_services[0].attack_mode: on is not one of auto, always, never"]),
+    ("attack mode not a string", [svc(3, "attack_mode", True)],
+     ["anycast_edge_services[3].attack_mode: True is not one of auto, always, never"]),
+    ("admission not a mapping", [svc(0, "admission", 500)],
+     ["anycast_edge_services[0].admission: 500 is not a mapping"]),
+    ("admission negative, unknown key", [svc(0, "admission", {"packets_per_sec": -1, "pps": 5})],
+     ["anycast_edge_services[0].admission.pps: unknown setting (known: packets_per_sec, bytes_per_sec)",
+      "anycast_edge_services[0].admission.packets_per_sec: -1 must be >= 0"]),
+    ("admission one budget zero", [svc(0, "admission", {"packets_per_sec": 0})],
+     ["anycast_edge_services[0].admission: {'packets_per_sec': 0} has one budget 0 and the other not: give both > 0, "
+      "or both 0 (under attack, nothing unverified passes)"]),
+    ("attack detection of a service", [svc(0, "attack_detection", {"enter_after_sec": -1, "leave_after_sec": "x",
+                                                                   "unverified_pps": 1})],
+     ["anycast_edge_services[0].attack_detection.unverified_pps: unknown setting (known: unverified_packets_per_sec, "
+      "enter_after_sec, leave_after_sec)",
+      "anycast_edge_services[0].attack_detection.enter_after_sec: -1 must be >= 0",
+      "anycast_edge_services[0].attack_detection.leave_after_sec: x is not an integer"]),
+    ("fleet attack detection", [change("vars", ("anycast_edge_attack_detection",),
+                                       {"unverified_packets_per_sec": 0, "leave_after_sec": 0})],
+     ["anycast_edge_attack_detection.unverified_packets_per_sec: 0 must be >= 1",
+      "anycast_edge_attack_detection.leave_after_sec: 0 must be >= 1"]),
+    ("fleet attack detection not a mapping", [change("vars", ("anycast_edge_attack_detection",), [5000])],
+     ["anycast_edge_attack_detection: [5000] is not a mapping"]),
+    ("verified idle zero", [change("vars", ("anycast_edge_verified_idle_sec",), 0)],
+     ["anycast_edge_verified_idle_sec: 0 is out of range (1..31536000)"]),
+    ("verified idle not a number", [change("vars", ("anycast_edge_verified_idle_sec",), "10m")],
+     ["anycast_edge_verified_idle_sec: 10m is not an integer"]),
     ("service not a mapping", [change("vars", (SERVICES, 1), "cs2-rcon")],
      ["anycast_edge_services[1]: cs2-rcon is not a mapping"]),
     # --- BGP (moved from bird_anycast's asserts, which ran after xdp_edge had attached) ---------
@@ -417,6 +452,11 @@ def test_no_services_no_filters_is_valid():
     assert _inventory.validate(*inventory) == []
 
 
+# What a service gets when it sets none of game_protocol, attack_mode, admission (_rules' defaults).
+DEFENCE_DEFAULTS = {"game_protocol": "none", "attack_mode": "auto",
+                    "admission": {"packets_per_sec": 2000, "bytes_per_sec": 2000000}}
+
+
 def test_normalized_inventory_resolves_into_edge_rules_parameters():
     problems, normalized = _inventory.check(*copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)))
     assert problems == []
@@ -431,15 +471,20 @@ def test_normalized_inventory_resolves_into_edge_rules_parameters():
     assert (rules["ban_sec"], rules["punch_idle_sec"], rules["a2s_cookie_epoch_sec"]) == (60, 120, 30)
     assert rules["services"] == [
         {"name": "cs2-main", "id": 237, "address": "198.51.100.10", "protocol": "udp", "port": 27015,
-         "backend_address": "10.1.0.10", "a2s_cache": True, "a2s_snoop": True, "a2s_max_age_sec": 30},
+         "backend_address": "10.1.0.10", "a2s_cache": True, "a2s_snoop": True, "a2s_max_age_sec": 30, **DEFENCE_DEFAULTS},
         {"name": "cs2-rcon", "id": 676, "address": "198.51.100.10", "protocol": "tcp", "port": 27015,
-         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30},
+         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30, **DEFENCE_DEFAULTS},
         {"name": "ping", "id": 427, "address": "198.51.100.10", "protocol": "icmp", "port": 0,
-         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30},
+         "backend_address": "10.1.0.10", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30, **DEFENCE_DEFAULTS},
         {"name": "rust", "id": 42, "address": "203.0.113.20", "protocol": "udp", "port": 28015,
          "backend_address": "10.1.0.11", "a2s_cache": False, "a2s_snoop": False, "a2s_max_age_sec": 30,
-         "rate_limit": {"packets_per_sec": 300}},
+         "rate_limit": {"packets_per_sec": 300}, **DEFENCE_DEFAULTS},
     ]
+    # the fleet's defaults of the flood defence: verified idle time, and each service's detection
+    assert rules["verified_idle_sec"] == 600
+    assert rules["attack_detection"] == dict((name, {"unverified_packets_per_sec": 5000, "enter_after_sec": 3,
+                                                     "leave_after_sec": 60})
+                                             for name in ("cs2-main", "cs2-rcon", "ping", "rust"))
     # each POP's control plane: its own BGP neighbour and the other POP (never itself)
     assert rules["control_plane"] == {
         "pop-ams1": [{"address": "10.0.0.2/32", "reason": "tunnel address of POP pop-fra1"},
@@ -452,6 +497,55 @@ def test_normalized_inventory_resolves_into_edge_rules_parameters():
     assert len(desired["edge_services"]) == 4 and sorted(names.values()) == ["cs2-main", "cs2-rcon", "ping", "rust"]
     assert sorted(_rules.render_allow(key, value) for key, value in desired["edge_allow_v4"].items()) == [
         "10.0.0.2/32 (control plane)", "172.16.1.1/32 (control plane)", "192.0.2.0/28"]
+
+
+def test_flood_defence_settings_resolve_with_the_fleet_defaults_under_each_service():
+    """A service's own fields win over the fleet's attack detection field by field; the admission
+    budget is filled field by field from the default; both go where their reader wants them
+    (the budget to edge_rules' services, the detection to the agent, by service name)."""
+    problems, warnings, normalized = _inventory.check_all(*apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), [
+        change("vars", ("anycast_edge_verified_idle_sec",), "900"),
+        change("vars", ("anycast_edge_attack_detection",), {"unverified_packets_per_sec": 20000, "leave_after_sec": 30}),
+        svc(0, "game_protocol", "source"),
+        svc(0, "admission", {"packets_per_sec": 500}),
+        svc(0, "attack_detection", {"enter_after_sec": 1}),
+        svc(3, "game_protocol", "goldsrc"),
+        svc(3, "attack_mode", "always"),
+        svc(3, "admission", {"packets_per_sec": 0, "bytes_per_sec": 0}),
+        svc(2, "attack_mode", "never"),
+    ]))
+    assert problems == [] and [line for line in warnings if "attack" in line] == []
+    rules = _rules.resolve_rules(normalized)
+    assert rules["verified_idle_sec"] == 900
+    by_name = dict((service["name"], service) for service in rules["services"])
+    assert {name: (service["game_protocol"], service["attack_mode"], service["admission"])
+            for name, service in by_name.items()} == {
+        "cs2-main": ("source", "auto", {"packets_per_sec": 500, "bytes_per_sec": 2000000}),
+        "cs2-rcon": ("none", "auto", {"packets_per_sec": 2000, "bytes_per_sec": 2000000}),
+        "ping": ("none", "never", {"packets_per_sec": 2000, "bytes_per_sec": 2000000}),
+        "rust": ("goldsrc", "always", {"packets_per_sec": 0, "bytes_per_sec": 0}),
+    }
+    assert rules["attack_detection"]["cs2-main"] == {"unverified_packets_per_sec": 20000, "enter_after_sec": 1,
+                                                     "leave_after_sec": 30}
+    assert rules["attack_detection"]["rust"] == {"unverified_packets_per_sec": 20000, "enter_after_sec": 3,
+                                                 "leave_after_sec": 30}
+    # and edge_rules packs them
+    desired, dummy = _rules.desired_entries(dict(rules, tunnel_address="10.0.0.1", control_plane=[]), bytes(16))
+    values = [abi.SERVICE_VALUE.unpack(value) for value in desired["edge_services"].values()]
+    assert sorted(fields[6:] for fields in values) == [
+        (0, 0, abi.GAME_PROTOCOLS.index("goldsrc"), abi.ATTACK_MODES.index("always")),
+        (500, 2000000, abi.GAME_PROTOCOLS.index("source"), abi.ATTACK_MODES.index("auto")),
+        (2000, 2000000, 0, abi.ATTACK_MODES.index("auto")),
+        (2000, 2000000, 0, abi.ATTACK_MODES.index("never")),
+    ]
+
+
+def test_attack_detection_of_a_service_the_agent_does_not_watch_is_a_warning():
+    problems, warnings, dummy = _inventory.check_all(*apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), [
+        svc(0, "attack_mode", "always"), svc(0, "attack_detection", {"enter_after_sec": 1})]))
+    assert problems == []
+    assert [line for line in warnings if "attack" in line] == ["anycast_edge_services[0].attack_detection: {'enter_after_sec': 1} is not used: attack_mode "
+                        "is always (only auto services are put under attack by the agent)"]
 
 
 def test_default_filters_when_omitted():
@@ -504,7 +598,12 @@ def test_the_example_inventory_passes_and_every_host_gets_the_rules(tmp_path):
     assert by_name["ping-us"] == {"name": "ping-us", "id": _rules.default_service_id("ping-us"),
                                   "address": "203.0.113.10", "protocol": "icmp", "port": 0,
                                   "backend_address": "10.1.0.30", "a2s_cache": False, "a2s_snoop": False,
-                                  "a2s_max_age_sec": 30}
+                                  "a2s_max_age_sec": 30, **DEFENCE_DEFAULTS}
+    assert by_name["tf2-us-1"]["game_protocol"] == "source" and by_name["rust-eu-1"]["attack_mode"] == "never"
+    assert by_name["tf2-us-1"]["admission"] == {"packets_per_sec": 500, "bytes_per_sec": 500000}
+    assert rules[0]["verified_idle_sec"] == 600
+    assert rules[0]["attack_detection"]["tf2-us-1"] == {"unverified_packets_per_sec": 2000, "enter_after_sec": 3,
+                                                        "leave_after_sec": 60}
     assert "0.0.0.0/8" in rules[0]["deny"] and rules[0]["rate_limits"]["udp"] == {"packets_per_sec": 400,
                                                                                   "bytes_per_sec": 600000}
 
@@ -571,6 +670,27 @@ def test_the_roles_defaults_pass_the_checks(role):
         hostvars.update((name, defaults[name]) for name in _inventory.BACKEND_VARS
                         if name in defaults and name not in hostvars)
     assert _inventory.validate(*inventory) == []
+
+
+def test_the_flood_defence_defaults_documented_are_rules_own():
+    """The defaults of game_protocol, attack_mode, admission, attack detection and the verified
+    idle time live in _rules (DEFAULT_*); the role's argument specs state them, and must say
+    the same."""
+    specs = yaml.safe_load((EXAMPLE.parents[1] / "roles" / "validate_inventory" / "meta" / "argument_specs.yml")
+                           .read_text())["argument_specs"]["main"]["options"]
+    service = specs["anycast_edge_services"]["options"]
+    assert service["game_protocol"]["default"] == _rules.DEFAULT_GAME_PROTOCOL
+    assert service["game_protocol"]["choices"] == list(abi.GAME_PROTOCOLS)
+    assert service["attack_mode"]["default"] == _rules.DEFAULT_ATTACK_MODE
+    assert service["attack_mode"]["choices"] == list(abi.ATTACK_MODES)
+    assert service["admission"]["default"] == _rules.DEFAULT_ADMISSION
+    assert dict((key, option["default"]) for key, option in service["admission"]["options"].items()) == \
+        _rules.DEFAULT_ADMISSION
+    assert specs["anycast_edge_attack_detection"]["default"] == _rules.DEFAULT_ATTACK_DETECTION
+    assert dict((key, option["default"]) for key, option in specs["anycast_edge_attack_detection"]["options"].items()) \
+        == _rules.DEFAULT_ATTACK_DETECTION
+    assert list(service["attack_detection"]["options"]) == list(_rules.DEFAULT_ATTACK_DETECTION)
+    assert specs["anycast_edge_verified_idle_sec"]["default"] == _rules.DEFAULT_VERIFIED_IDLE_SEC
 
 
 def test_no_role_re_checks_the_inventory():

@@ -99,12 +99,18 @@ def test_bulk_and_item_parsing_agree_and_duplicates_collapse():
 
 # --- services and config --------------------------------------------------------------------
 
+# What a service that sets none of admission, game_protocol, attack_mode is packed with, and the
+# edge_config fields of the same defence (verified idle time, the CPUs the budgets are shared among).
+DEFENCE_DEFAULTS = dict(admission=(2000, 2000000), game_protocol="none", attack_mode="auto")
+CONFIG_DEFAULTS = dict(verified_idle_ns=600 * 10**9, nr_cpus=1)
+
+
 def test_service_entry_packs_key_and_value():
     key, value = _rules.service_entry(service("cs2-main", a2s_cache=True, a2s_max_age_sec=45,
                                               rate_limit={"packets_per_sec": 200}), 0)
     assert key == abi.pack_service_key("udp", "198.51.100.10", 27015)
     assert value == abi.pack_service_value(237, "10.1.0.10", abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP,
-                                           45000, (200, 0))
+                                           45000, (200, 0), **DEFENCE_DEFAULTS)
 
 
 def test_service_entry_variants():
@@ -153,7 +159,8 @@ def test_config_value_and_cookie_key():
     config = desired["edge_config"][_rules.CONFIG_KEY]
     k0, k1 = struct.unpack("<QQ", key)
     assert config == abi.pack_config("10.0.0.7", ban_sec=0, punch_idle_ns=90 * 10**9, cookie_epoch_ns=15 * 10**9,
-                                     cookie_key=(k0, k1), limits={"udp": (500, 0), "other": (0, 1000)})
+                                     cookie_key=(k0, k1), limits={"udp": (500, 0), "other": (0, 1000)},
+                                     **CONFIG_DEFAULTS)
     assert _rules.config_cookie_key(config) == key
     other = bytes(range(16, 32))
     replaced = _rules.with_cookie_key(config, other)
@@ -166,7 +173,7 @@ def test_the_previous_key_generation_sits_before_the_tai_offset_at_the_end_of_ed
     config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, current, previous)
     assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
                                      cookie_key=struct.unpack("<QQ", current),
-                                     cookie_key_previous=struct.unpack("<QQ", previous))
+                                     cookie_key_previous=struct.unpack("<QQ", previous), **CONFIG_DEFAULTS)
     assert (_rules.config_cookie_key(config), _rules.config_cookie_key_previous(config)) == (current, previous)
     assert _rules.config_cookie_key_previous(_rules.config_value("10.0.0.7", {}, 60, 120, 30, current)) == bytes(16)
     # Rotating: the new key issues, the old one moves to the previous slot; nothing else moves.
@@ -188,7 +195,8 @@ def test_the_pops_tai_offset_follows_the_previous_key_in_edge_config():
     key = bytes(range(16))
     config = _rules.config_value("10.0.0.7", {}, 60, 120, 30, key, cookie_tai_offset_ns=37 * 10**9)
     assert config == abi.pack_config("10.0.0.7", ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=30 * 10**9,
-                                     cookie_key=struct.unpack("<QQ", key), cookie_tai_offset_ns=37 * 10**9)
+                                     cookie_key=struct.unpack("<QQ", key), cookie_tai_offset_ns=37 * 10**9,
+                                     **CONFIG_DEFAULTS)
     assert struct.unpack_from("<q", config, _rules._COOKIE_KEY_PREVIOUS_OFFSET + 16) == (37 * 10**9,)
     assert _rules.config_cookie_key(config) == key and _rules.config_cookie_key_previous(config) == bytes(16)
     assert "cookie_tai_offset_sec 37" in _rules.render_config(config)
@@ -403,8 +411,10 @@ def test_diff_is_readable_and_capped():
     before, after = diff["before"].splitlines(), diff["after"].splitlines()
     assert "  10.0.0.0/16" in before and "  11.0.0.0/16" in after
     assert before.count("  ... and 50 more") == 1 and after.count("  ... and 50 more") == 1
-    assert "  cs2-main: udp 198.51.100.10:27015 id 237 -> backend 10.1.0.10 a2s_cache,a2s_snoop max_age 30s" in after
-    assert "  cs2-main: udp 198.51.100.10:27015 id 3 -> backend 10.1.0.10" in before   # changed in place
+    assert ("  cs2-main: udp 198.51.100.10:27015 id 237 -> backend 10.1.0.10 a2s_cache,a2s_snoop max_age 30s "
+            "game none attack_mode auto admission 2000 pps / 2000000 Bps") in after
+    assert ("  cs2-main: udp 198.51.100.10:27015 id 3 -> backend 10.1.0.10 "
+            "game none attack_mode auto admission 2000 pps / 2000000 Bps") in before   # changed in place
     assert "  ban_sec 60" in before and "  ban_sec 5" in after
     assert "  cookie_key current (set, changed)" in after
     assert "  cookie_key previous (unset)" in before and "  cookie_key previous (unset)" in after
