@@ -544,8 +544,9 @@ def test_attack_detection_of_a_service_the_agent_does_not_watch_is_a_warning():
     problems, warnings, dummy = _inventory.check_all(*apply(copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)), [
         svc(0, "attack_mode", "always"), svc(0, "attack_detection", {"enter_after_sec": 1})]))
     assert problems == []
-    assert [line for line in warnings if "attack" in line] == ["anycast_edge_services[0].attack_detection: {'enter_after_sec': 1} is not used: attack_mode "
-                        "is always (only auto services are put under attack by the agent)"]
+    assert [line for line in warnings if "attack" in line] == [
+        "anycast_edge_services[0].attack_detection: {'enter_after_sec': 1} is not used: attack_mode "
+        "is always (only auto services are put under attack by the agent)"]
 
 
 def test_default_filters_when_omitted():
