@@ -52,11 +52,7 @@
  * queries": "Steam uses a packet size of 1400 bytes + IP/UDP headers"), connect included. */
 #define GAME_MIN_LEN           9
 #define GAME_MAX_LEN           1400
-#define GAME_CONNECTIONLESS    0xffffffffU
-
-#define A2S_PLAYER_TYPE        0x55 /* 'U' */
-#define A2S_RULES_TYPE         0x56 /* 'V' */
-#define A2S_CHALLENGED_LEN     9    /* header, type, challenge (-1 asks for one) */
+/* The A2S queries' constants (and the connectionless header, A2S_HEADER_SIMPLE) are a2s.h's. */
 
 #define SOURCE_GETCHALLENGE_TYPE 0x71 /* 'q', A2S_GETCHALLENGE */
 #define SOURCE_GETCHALLENGE_LEN  20
@@ -115,7 +111,7 @@ static __always_inline __u32 game_le32(const struct game_window *win, __u32 off)
 
 static __always_inline int game_connectionless(const struct game_window *win)
 {
-	return game_le32(win, 0) == GAME_CONNECTIONLESS;
+	return game_le32(win, 0) == A2S_HEADER_SIMPLE;
 }
 
 /* Whether the window holds the string lit (without its NUL) at off. lit and off are constants:
@@ -139,8 +135,8 @@ static __always_inline int game_a2s_query(const struct game_window *win, __u32 l
 {
 	__u8 type = win->b[4];
 
-	if (len == A2S_CHALLENGED_LEN)
-		return type == A2S_PLAYER_TYPE || type == A2S_RULES_TYPE;
+	if (len == A2S_FIELD_REQUEST_LEN)
+		return type == A2S_PLAYER_REQUEST_TYPE || type == A2S_RULES_REQUEST_TYPE;
 	if (len == A2S_REQUEST_LEN || len == A2S_REQUEST_COOKIE_LEN)
 		return win->w[0] == A2S_REQUEST_W0 && win->w[1] == A2S_REQUEST_W1 && win->w[2] == A2S_REQUEST_W2 &&
 		       win->b[24] == 0;

@@ -110,9 +110,9 @@ WELL_FORMED = {
     # name: (payload, shaped for (source, goldsrc), server challenge for (source, goldsrc), echo for (source, goldsrc))
     "a2s_info": (pk.a2s_request(), (True, True), (None, None), (None, None)),
     "a2s_info_challenged": (pk.a2s_request(0x11223344), (True, True), (None, None), (None, None)),
-    "a2s_player_challenge_request": (b"\xff\xff\xff\xffU\xff\xff\xff\xff", (True, True), (None, None), (None, None)),
-    "a2s_player": (b"\xff\xff\xff\xffU" + struct.pack("<I", 0x55667788), (True, True), (None, None), (None, None)),
-    "a2s_rules": (b"\xff\xff\xff\xffV" + struct.pack("<I", 0x55667788), (True, True), (None, None), (None, None)),
+    "a2s_player_challenge_request": (pk.a2s_field_request("player"), (True, True), (None, None), (None, None)),
+    "a2s_player": (pk.a2s_field_request("player", 0x55667788), (True, True), (None, None), (None, None)),
+    "a2s_rules": (pk.a2s_field_request("rules", 0x55667788), (True, True), (None, None), (None, None)),
     "source_getchallenge": (gm.source_getchallenge_packet(CLIENT_CHALLENGE), (True, False), (None, None),
                             (None, None)),
     "source_challenge_steam": (gm.source_challenge_packet(CHALLENGE, CLIENT_CHALLENGE), (False, False),
