@@ -1,18 +1,17 @@
-"""What one Prometheus scrape of the POP agent costs with 100,000 tracked players and full ban
-and punch maps (run as root).
+"""What one Prometheus scrape of the POP agent costs with 100,000 tracked players, 262,144 banned
+sources and a full punch map (run as root).
 
     .venv/bin/python bench/agent_exporter_cost.py [--clients 100000] [--bans 262144] [--punches 262144]
                                                   [--scrapes 20] [--burst 8]
 
-Loads build/xdp_edge.o, fills its per-CPU LRU client map (edge_client_stats) with --clients
-players (every CPU's slot non-zero, as on a busy POP) and the ban and punch maps with --bans and
---punches entries (what an attack leaves behind), pins the maps in a private bpffs like
+Loads build/xdp_edge.o, fills its per-source LRU map (edge_sources) with --clients players and
+--bans banned sources, and the punch map with --punches entries (what an attack leaves behind), pins the maps in a private bpffs like
 xdp_program does, and runs the agent's real collector + text rendering (what an HTTP scrape
 does) --scrapes times, changing a tenth of the players' counters between scrapes so the top-N
 deltas have work to do. Reports the process CPU time of:
 
 * one scrape that walks every map (cache periods 0: what every scrape cost before the cache);
-* a light scrape (the per-entry maps' families reused) and the amortised cost at the agent's
+* a light scrape (the per-entry maps' families reused: sources with their bans, punches) and the amortised cost at the agent's
   default periods;
 * a burst of --burst scrapes at the same instant over HTTP (the agent's own server), with the
   default periods: the per-entry maps are walked once for the whole burst.
@@ -61,23 +60,21 @@ IFACE = "bench0"
 
 
 def fill_clients(bpf_map, count: int, bump: int = 0, every: int = 1) -> None:
-    ncpu = _bpf.num_possible_cpus()
     keys, values = [], []
     for index in range(0, count, every):
         keys.append(struct.pack("!I", 0x0B000000 + index))  # 11.0.0.0 + index
         packets = 1 + index % 1000 + bump
-        values.append(b"".join(abi.CLIENT_COUNTER.pack(packets + cpu, (packets + cpu) * 80, 10**9)
-                               for cpu in range(ncpu)))
+        values.append(abi.SourceState(last_seen_ns=10**9, packets=packets, byte_count=packets * 80).pack())
     for start in range(0, len(keys), 16384):
         bpf_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
 
 
-def fill_bans_and_punches(bans_map, punches_map, bans: int, punches: int) -> None:
+def fill_bans_and_punches(sources_map, punches_map, bans: int, punches: int) -> None:
     until = time.monotonic_ns() + 3600 * 10**9
     keys = [struct.pack("!I", 0x0C000000 + index) for index in range(bans)]  # 12.0.0.0 + index
-    values = [abi.BAN_VALUE.pack(until)] * bans
+    values = [abi.SourceState(ban_until_ns=until, last_seen_ns=10**9, packets=100, byte_count=8000).pack()] * bans
     for start in range(0, bans, 16384):
-        bans_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
+        sources_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
     keys = [abi.pack_punch_key("udp", "198.51.100.10", 27015, socket.inet_ntoa(struct.pack("!I", 0x0D000000 + index)),
                                1024 + index % 60000) for index in range(punches)]
     values = [abi.PUNCH_VALUE.pack(until)] * punches
@@ -144,9 +141,9 @@ def main() -> int:
             obj.program("xdp_edge").pin(_pins.program_pin_path(pin_root, IFACE))
             for bpf_map in obj.maps():
                 bpf_map.pin(_pins.map_pin_path(pin_root, IFACE, bpf_map.name))
-            clients = obj.map("edge_client_stats")
+            clients = obj.map("edge_sources")
             fill_clients(clients, args.clients)
-            fill_bans_and_punches(obj.map("edge_bans"), obj.map("edge_punches"), args.bans, args.punches)
+            fill_bans_and_punches(clients, obj.map("edge_punches"), args.bans, args.punches)
             registry = CollectorRegistry()
             registry.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10))
             generate_latest(registry)  # the first scrape has no previous reading: not timed
@@ -176,12 +173,13 @@ def main() -> int:
           % (cpu * 1e3, len(cpu_times), min(cpu_times) * 1e3, max(cpu_times) * 1e3, statistics.median(wall_times) * 1e3))
     print("at a 1 s scrape interval, every map walked every scrape: %.1f %% of one core" % (cpu * 100))
     light = light_times
-    print("light scrape (per-entry maps' families reused): %.1f ms CPU; client walk +%.1f ms, ban/punch walk +%.1f ms"
+    print("light scrape (per-entry maps' families reused): %.1f ms CPU; source walk (players, bans) +%.1f ms, "
+          "punch/cache walk +%.1f ms"
           % (light * 1e3, (clients_only - light) * 1e3, (state_only - light) * 1e3))
     # At the defaults each walk happens once per its period; the small maps every scrape.
     amortised = (light + (clients_only - light) / Config.top_clients_interval_sec
                  + (state_only - light) / Config.state_maps_interval_sec)
-    print("at a 1 s scrape interval, with the default periods (clients %g s, bans/punches %g s): %.1f ms a scrape, "
+    print("at a 1 s scrape interval, with the default periods (sources %g s, punches %g s): %.1f ms a scrape, "
           "%.1f %% of one core (%.1fx less)"
           % (Config.top_clients_interval_sec, Config.state_maps_interval_sec, amortised * 1e3, amortised * 100,
              cpu / amortised))

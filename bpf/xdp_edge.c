@@ -6,9 +6,10 @@
  *   parse (up to two VLAN tags) -> deny list -> allow list (both one lookup: source_lists_of) ->
  *   the POP's own address as source? (dropped) -> to the tunnel address: the return path, or
  *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
- *   anycast prefix? else the kernel's) -> temporary bans (only for traffic to a service or an
- *   anycast prefix) -> fragment / IP options / no service (dropped) -> ICMP other than echo
- *   (dropped) -> port punch -> rate limit (and ban) -> A2S challenge/cache -> IPIP to the
+ *   anycast prefix? else the kernel's) -> the source's one entry in edge_sources (only for
+ *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
+ *   options / no service (dropped) -> ICMP other than echo (dropped) -> port punch -> rate limit
+ *   (and ban), in the same entry -> A2S challenge/cache -> IPIP to the
  *   backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
@@ -160,19 +161,36 @@ static __always_inline __u8 proto_class(__u8 proto)
 	return EDGE_CLASS_OTHER;
 }
 
-static __always_inline void count_client(__be32 saddr, __u32 bytes, __u64 now)
+/* The source's one entry in edge_sources (ban, rate window, counters), or NULL: the one lookup a
+ * packet to our services and prefixes costs. */
+static __always_inline struct source_state *source_lookup(__be32 saddr)
 {
-	struct client_counter *counter = bpf_map_lookup_elem(&edge_client_stats, &saddr);
+	return bpf_map_lookup_elem(&edge_sources, &saddr);
+}
 
-	if (counter) {
-		counter->packets++;
-		counter->bytes += bytes;
-		counter->last_seen_ns = now;
-	} else {
-		struct client_counter first = { .packets = 1, .bytes = bytes, .last_seen_ns = now };
+/*
+ * Count a packet in its source's entry (top talkers), creating the entry when there is none.
+ * Returns the entry, NULL only when the map refused one (never an LRU in practice). The counters
+ * are atomic: two CPUs receiving the same source never lose a count; last_seen_ns is an aligned
+ * 64-bit store (atomic; the last writer wins).
+ */
+static __always_inline struct source_state *source_count(struct source_state *src, __be32 saddr, __u32 bytes,
+							  __u64 now)
+{
+	if (!src) {
+		struct source_state fresh = { .packets = 1, .bytes = bytes, .last_seen_ns = now };
 
-		bpf_map_update_elem(&edge_client_stats, &saddr, &first, BPF_NOEXIST);
+		if (bpf_map_update_elem(&edge_sources, &saddr, &fresh, BPF_NOEXIST) == 0)
+			return source_lookup(saddr);
+		/* Another CPU created it first: add to it. */
+		src = source_lookup(saddr);
+		if (!src)
+			return NULL;
 	}
+	__sync_fetch_and_add(&src->packets, 1);
+	__sync_fetch_and_add(&src->bytes, bytes);
+	src->last_seen_ns = now;
+	return src;
 }
 
 static __always_inline void count_service(__u32 service_id, __u32 bytes, int outbound)
@@ -217,26 +235,27 @@ static __always_inline int punch_is_live(const struct edge_config *cfg, const st
 
 /*
  * Count this packet against its source's limit for the current one-second window. Returns 1 when
- * the source is over the limit (and bans it). The counters are atomic, so two CPUs receiving the
- * same source never lose a count.
+ * the source is over the limit (and bans it). The limit is the packet's own: its service's
+ * override, else its protocol class's; the window is the source's, one per source whatever it
+ * sends to (docs/data-plane.md, "Per-source state").
+ *
+ * The counts are atomic adds, so two CPUs receiving the same source never lose a count within a
+ * second. A new second is opened by the one CPU whose compare-and-swap moves the window on; it
+ * zeroes the counts, so a count another CPU adds in the few nanoseconds between the swap and the
+ * reset is lost, and one that read the old window just before the swap lands in the new one:
+ * off by a packet or two at a second boundary, never by a second's worth.
  */
 static __always_inline int rate_limit_exceeded(const struct edge_config *cfg, const struct packet *pkt,
-					       const struct service_value *svc, __u64 now)
+					       const struct service_value *svc, struct source_state *src, __u64 now)
 {
 	const struct edge_rate_limit *limit;
-	struct rate_key key = {};
-	struct rate_value *counter;
 	__u64 packets, bytes;
-	__u32 len = pkt->ip_tot_len;
+	__u32 len = pkt->ip_tot_len, window, seen;
 
-	key.saddr = pkt->saddr;
-	key.proto_class = proto_class(pkt->proto);
-	key.window = (__u32)(now / NSEC_PER_SEC);
 	if (svc->limit.packets_per_sec || svc->limit.bytes_per_sec) {
 		limit = &svc->limit;
-		key.service_id = svc->id;
 	} else {
-		__u8 class = key.proto_class;
+		__u8 class = proto_class(pkt->proto);
 
 		if (class >= EDGE_CLASS_COUNT)
 			return 0;
@@ -244,31 +263,21 @@ static __always_inline int rate_limit_exceeded(const struct edge_config *cfg, co
 	}
 	if (!limit->packets_per_sec && !limit->bytes_per_sec)
 		return 0;
+	if (!src)
+		return 0; /* the map refused an entry (see source_count): nothing to count in */
 
-	counter = bpf_map_lookup_elem(&edge_rate_counters, &key);
-	if (!counter) {
-		struct rate_value first = { .packets = 1, .bytes = len };
-
-		if (bpf_map_update_elem(&edge_rate_counters, &key, &first, BPF_NOEXIST) == 0) {
-			packets = 1;
-			bytes = len;
-			goto check;
-		}
-		/* Another CPU created the window first: add to it. */
-		counter = bpf_map_lookup_elem(&edge_rate_counters, &key);
-		if (!counter)
-			return 0;
+	window = (__u32)(now / NSEC_PER_SEC);
+	seen = *(volatile __u32 *)&src->window;
+	if (seen != window && __sync_val_compare_and_swap(&src->window, seen, window) == seen) {
+		src->window_packets = 0;
+		src->window_bytes = 0;
 	}
-	packets = __sync_fetch_and_add(&counter->packets, 1) + 1;
-	bytes = __sync_fetch_and_add(&counter->bytes, len) + len;
-check:
+	packets = __sync_fetch_and_add(&src->window_packets, 1) + 1;
+	bytes = __sync_fetch_and_add(&src->window_bytes, len) + len;
 	if ((limit->packets_per_sec && packets > limit->packets_per_sec) ||
 	    (limit->bytes_per_sec && bytes > limit->bytes_per_sec)) {
-		if (cfg->ban_sec) {
-			struct ban_value ban = { .until_ns = now + (__u64)cfg->ban_sec * NSEC_PER_SEC };
-
-			bpf_map_update_elem(&edge_bans, &pkt->saddr, &ban, BPF_ANY);
-		}
+		if (cfg->ban_sec)
+			src->ban_until_ns = now + (__u64)cfg->ban_sec * NSEC_PER_SEC;
 		return 1;
 	}
 	return 0;
@@ -755,11 +764,9 @@ static __always_inline int is_own_source(const struct edge_config *cfg, __be32 s
 }
 
 /* Is the source under a temporary ban (asked only for traffic to a service or an anycast prefix)? */
-static __always_inline int is_banned(__be32 saddr, __u64 now)
+static __always_inline int is_banned(const struct source_state *src, __u64 now)
 {
-	struct ban_value *ban = bpf_map_lookup_elem(&edge_bans, &saddr);
-
-	return ban && ban->until_ns > now;
+	return src && src->ban_until_ns > now;
 }
 
 /* Inbound IPv4, after parsing. */
@@ -768,6 +775,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 {
 	struct service_key skey = {};
 	struct service_value *svc;
+	struct source_state *src;
 	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now;
@@ -807,18 +815,20 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (!svc) {
 		if (!lpm_v4_match(&edge_anycast_v4, pkt->daddr))
 			return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
-		if (!allowed && is_banned(pkt->saddr, now))
+		src = source_lookup(pkt->saddr);
+		if (!allowed && is_banned(src, now))
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
-		count_client(pkt->saddr, pkt->frame_len, now);
+		source_count(src, pkt->saddr, pkt->frame_len, now);
 		if (pkt->is_fragment)
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
 		if (pkt->ip_hdr_len != sizeof(struct iphdr))
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
 	}
-	if (!allowed && is_banned(pkt->saddr, now))
+	src = source_lookup(pkt->saddr);
+	if (!allowed && is_banned(src, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
-	count_client(pkt->saddr, pkt->frame_len, now);
+	src = source_count(src, pkt->saddr, pkt->frame_len, now);
 	count_service(svc->id, pkt->frame_len, 0);
 	/* An ICMP service is for ping: echo requests only. Errors, redirects, timestamps ... to an
 	 * anycast address are nothing a game server needs, and an error must never be answered. */
@@ -828,7 +838,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	punched = punch_is_live(cfg, pkt, now);
 	if (punched)
 		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
-	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, now))
+	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, src, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
 	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v, &cookie_proven))
 		return v;

@@ -6,16 +6,16 @@ running totals, so they survive agent restarts; they reset only when the program
 recreated (an upgrade that changes a layout), which Prometheus' rate() handles like a restart.
 
 Top players are by *recent* traffic: the packets and bytes each source sent since the previous
-scrape (the difference of two readings of the per-client map), so a player who was busy an
+scrape (the difference of two readings of the per-source map), so a player who was busy an
 hour ago does not stay on top. The first scrape after a start has no previous reading and
 reports the totals instead.
 
-The per-entry maps (the per-client counters, bans, port punches: up to 262,144 entries each)
-are walked at most once per their cache period, whatever the number of scrapes: scrapes in
+The per-entry maps (the per-source entries with their counters and bans: up to 524,288; the
+port punches: up to 262,144) are walked at most once per their cache period, whatever the number of scrapes: scrapes in
 between, and scrapes that arrive while a walk is under way, reuse its result (``WalkCache``).
 The small array maps (verdict reasons, services) and the agent's own state are read live.
 
-Cost: see bench/agent_exporter_cost.py (100,000 tracked players, full ban and punch maps).
+Cost: see bench/agent_exporter_cost.py (100,000 tracked players, some of them banned, a full punch map).
 
 ``serve`` is the HTTP(S) server: prometheus_client's WSGI app in a threading server of our own,
 so TLS (and client certificates) work with Debian 12's python3-prometheus-client 0.16, whose
@@ -52,10 +52,13 @@ LOG = logging.getLogger(__name__)
 
 PREFIX = "anycast_edge_"
 PROTOCOL_NAMES = {number: name for name, number in abi.IPPROTO.items()}
-STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_services",
-              "edge_bans", "edge_punches", "edge_a2s_cache")
-# Per-client values are read in big batches: fewer syscalls per scrape.
+STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_sources", "edge_services",
+              "edge_punches", "edge_a2s_cache")
+# Per-source values are read in big batches: fewer syscalls per scrape.
 CLIENT_BATCH = 16384
+# 64-bit words of struct source_state: its size, and where ban_until_ns, packets and bytes sit.
+SOURCE_WORDS = abi.SOURCE_STATE.size // 8
+SOURCE_BAN_WORD, SOURCE_PACKETS_WORD, SOURCE_BYTES_WORD = 0, 2, 3
 
 
 def verdict_of(reason: str) -> str:
@@ -81,12 +84,16 @@ def sum_percpu(bpf_map, buffers, fields):
     return totals
 
 
-def read_clients(bpf_map):
-    """(keys, packets, bytes) of every tracked client, CPUs summed."""
+def read_sources(bpf_map):
+    """(keys, packets, bytes, ban ends) of every source in edge_sources (one entry per source,
+    not per CPU), read as strided slices of one memoryview rather than unpacked entry by entry."""
     entries = bpf_map.lookup_batch(chunk_size=CLIENT_BATCH)
     keys = [key for key, dummy in entries]
-    packets, byte_counts = sum_percpu(bpf_map, [value for dummy, value in entries], 2)
-    return keys, packets, byte_counts
+    if not entries:
+        return keys, [], [], []
+    words = memoryview(b"".join(value for dummy, value in entries)).cast("Q")
+    return (keys, list(words[SOURCE_PACKETS_WORD::SOURCE_WORDS]), list(words[SOURCE_BYTES_WORD::SOURCE_WORDS]),
+            list(words[SOURCE_BAN_WORD::SOURCE_WORDS]))
 
 
 class TopTalkers:
@@ -156,7 +163,7 @@ class EdgeCollector:
                  state_interval_sec=0.0):
         self.edge_maps = edge_maps
         self.top_clients = top_clients
-        # Reading 100,000 per-CPU client entries, or full ban and punch maps, is most of a
+        # Reading 100,000 per-source entries (counters and bans), or a full punch map, is most of a
         # scrape's cost (bench/agent_exporter_cost.py): those families are recomputed at most once
         # per interval and reused in between, so the other counters can be scraped every second
         # at a fraction of the cost, and parallel scrapes cannot multiply it.
@@ -200,7 +207,7 @@ class EdgeCollector:
             services = self._services(maps["edge_services"])
             yield from self._reasons(maps["edge_reason_stats"])
             yield from self._service_counters(maps["edge_service_stats"], services)
-            yield from self.clients_cache.get(lambda: list(self._clients(maps["edge_client_stats"])))
+            yield from self.clients_cache.get(lambda: list(self._sources(maps["edge_sources"])))
             yield from self.state_cache.get(lambda: list(self._state_maps(maps, services)))
 
     @staticmethod
@@ -273,11 +280,16 @@ class EdgeCollector:
             proto_bytes.add_metric([protocol, direction], size)
         yield from (packets, byte_family, proto_packets, proto_bytes)
 
-    def _clients(self, client_map):
-        keys, packets, byte_counts = read_clients(client_map)
-        tracked = GaugeMetricFamily(PREFIX + "clients_tracked", "Player addresses in the per-client LRU map")
+    def _sources(self, sources_map):
+        """Top talkers and active bans: one walk of edge_sources (the ban is in the source's entry)."""
+        now = time.monotonic_ns()
+        keys, packets, byte_counts, ban_ends = read_sources(sources_map)
+        tracked = GaugeMetricFamily(PREFIX + "clients_tracked", "Source addresses in the per-source LRU map")
         tracked.add_metric([], len(keys))
         yield tracked
+        ban_family = GaugeMetricFamily(PREFIX + "bans_active", "Sources banned now (rate limit exceeded)")
+        ban_family.add_metric([], sum(1 for until in ban_ends if until > now))
+        yield ban_family
         by_packets, by_bytes = self.top_talkers.update(keys, packets, byte_counts, self.top_clients)
         top_p = GaugeMetricFamily(PREFIX + "top_client_packets",
                                   "Busiest players by packets since the previous scrape", labels=["rank", "client"])
@@ -292,11 +304,6 @@ class EdgeCollector:
 
     def _state_maps(self, maps, services):
         now = time.monotonic_ns()
-        bans = maps["edge_bans"].lookup_batch()
-        active = sum(1 for dummy, value in bans if abi.BAN_VALUE.unpack(value)[0] > now)
-        ban_family = GaugeMetricFamily(PREFIX + "bans_active", "Sources banned now (rate limit exceeded)")
-        ban_family.add_metric([], active)
-        yield ban_family
         punch_family = GaugeMetricFamily(PREFIX + "punches", "Port punches in the map (idle ones included until met)")
         punch_family.add_metric([], len(maps["edge_punches"].lookup_batch()))
         yield punch_family

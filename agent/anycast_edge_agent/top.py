@@ -7,7 +7,7 @@ shows per POP:
 
 * packets and bits per second in (every packet the XDP program saw) and out (to players);
 * drops per second by reason;
-* the top players (the exporter's ranking by traffic since its previous read of the client map);
+* the top players (the exporter's ranking by traffic since its previous read of the source map);
 * the A2S cache: answers from the cache and challenges sent per second. The data plane counts no
   "A2S forwarded to the server" event, so the hit rate shown is cached answers per challenge: a
   player's query costs one challenge and, when the cache is fresh, one cached answer — 100 %

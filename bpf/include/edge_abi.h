@@ -24,10 +24,7 @@
 #define EDGE_MAX_BACKENDS      1024
 #define EDGE_MAX_PREFIXES      1100000 /* allow/deny: room for a million prefixes */
 #define EDGE_MAX_ANYCAST       256
-#define EDGE_MAX_BANS          262144
 #define EDGE_MAX_PUNCHES       262144
-#define EDGE_MAX_RATE_COUNTERS 524288
-#define EDGE_MAX_CLIENTS       131072  /* per-player statistics (top talkers) */
 #define EDGE_MAX_TX_PORTS      64
 #define EDGE_MAX_IFINDEX       65536   /* edge_tunnel_ifaces is indexed by ifindex (per network namespace, small) */
 #define EDGE_MAX_OWN_ADDRS     64      /* the POP's own IPv4 addresses (edge_own_addrs) */
@@ -317,26 +314,6 @@ struct attack_state {
 	__u64 since_ns;      /* monotonic time of the last transition */
 };
 
-/* Temporary bans: source -> monotonic time the ban ends. */
-struct ban_value {
-	__u64 until_ns;
-};
-
-/* Rate counters: one fixed one-second window per key. The window number is part of the key, so a
- * new second starts a new entry with an atomic insert instead of a racy reset of the old one. */
-struct rate_key {
-	__be32 saddr;
-	__u32 service_id;   /* 0: the protocol-wide counter; a service with its own limit counts apart */
-	__u32 window;       /* bpf_ktime_get_ns() / 1e9, truncated */
-	__u8 proto_class;   /* enum edge_proto_class */
-	__u8 pad[3];
-};
-
-struct rate_value {
-	__u64 packets;      /* added with atomic adds: exact on every CPU */
-	__u64 bytes;
-};
-
 /* Port punches: a flow the game server spoke on (return path), so the player's packets of that
  * flow are forwarded without rate limits. */
 struct punch_key {
@@ -391,13 +368,6 @@ struct next_hop_cache_entry {
 	__u16 fits_len;        /* the largest IP length the FIB's MTU check accepted; a larger packet asks again */
 	__u8 tos;              /* ... and the TOS (part of the question) */
 	__u8 pad;
-};
-
-/* Per-player traffic (per CPU, LRU), keyed by source address: top talkers. */
-struct client_counter {
-	__u64 packets;
-	__u64 bytes;
-	__u64 last_seen_ns;
 };
 
 #endif /* EDGE_ABI_H */

@@ -4,7 +4,7 @@
  * "edge_rules" is the Ansible module that converges inventory into maps; "the agent" is the POP's
  * user-space service (cache refresh, stats export). The xdp_program module pins every map by
  * name under /sys/fs/bpf/anycast_edge/<iface>/ and hands the pins to the next version of the
- * program when the layout is unchanged, so an upgrade keeps bans, punches and the cache.
+ * program when the layout is unchanged, so an upgrade keeps sources (bans), punches and the cache.
  * (Pinning is done by the loader, not with LIBBPF_PIN_BY_NAME, so that tests and benchmarks can
  * load the object without a bpffs and the loader decides per map whether to reuse.)
  */
@@ -129,23 +129,6 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } edge_src_hosts SEC(".maps");
 
-/* Written by XDP (a source over its rate limit); user space may add or lift bans by hand.
- * Read by XDP. Never touched by edge_rules: bans survive rule updates. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_BANS);
-	__type(key, __be32);
-	__type(value, struct ban_value);
-} edge_bans SEC(".maps");
-
-/* Written and read by XDP only (rate-limit windows). Old windows fall out by LRU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_RATE_COUNTERS);
-	__type(key, struct rate_key);
-	__type(value, struct rate_value);
-} edge_rate_counters SEC(".maps");
-
 /* Written by XDP on the return path (flows the game server spoke on); read by XDP inbound.
  * Idle punches are deleted by XDP when met; the agent may sweep the rest. */
 struct {
@@ -193,14 +176,6 @@ struct {
 	__type(value, struct service_counter);
 } edge_service_stats SEC(".maps");
 
-/* Written by XDP (per source to an anycast address). Read by the agent (top talkers). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, EDGE_MAX_CLIENTS);
-	__type(key, __be32);
-	__type(value, struct client_counter);
-} edge_client_stats SEC(".maps");
-
 /* Written and read by XDP only (forward path): the FIB's answer per service's backend, per CPU,
  * for EDGE_NEXT_HOP_CACHE_NS. Nothing in user space needs it; an empty entry is a miss. */
 struct {
@@ -221,8 +196,11 @@ struct {
 
 /* Written by XDP (inbound: bans, rate windows, counters, verification by cookie or by the game's
  * handshake; return path: the game server's challenge in flight, verification by punch); the
- * agent reads it (top talkers, bans, verified players) and may add or lift bans by hand.
- * Never touched by edge_rules: learned state survives rule updates. See struct source_state. */
+ * agent reads it (anycast-edge top, the exporter: top talkers, active bans, verified players),
+ * as does edge_stats_info; an operator may add or lift a ban by hand (ban_until_ns). Never
+ * touched by edge_rules: learned state survives rule updates. One entry per source, one lookup
+ * per packet (it replaced edge_bans, edge_rate_counters and edge_client_stats). See struct
+ * source_state. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, EDGE_MAX_SOURCES);

@@ -87,21 +87,17 @@ SERVICE_VALUE = struct.Struct("<I4sIIQQQQII")         # struct service_value
 LPM_V4_KEY = struct.Struct("<I4s")                    # struct lpm_v4_key
 LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
-BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_bans)
+BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backends, edge_sources)
 BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
 IFACE_VALUE = struct.Struct("<I4x")                   # struct iface_value (edge_tunnel_ifaces)
 IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
 MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
 MAX_OWN_ADDRS = 64                                    # EDGE_MAX_OWN_ADDRS
 OWN_ADDRS = struct.Struct("<I4x%ds" % (4 * MAX_OWN_ADDRS))  # struct own_addrs (edge_own_addrs[0])
-BAN_VALUE = struct.Struct("<Q")                       # struct ban_value
-RATE_KEY = struct.Struct("<4sII B3x")                 # struct rate_key
-RATE_VALUE = struct.Struct("<QQ")                     # struct rate_value
 PUNCH_KEY = struct.Struct("<4s4s2s2sB3x")             # struct punch_key
 PUNCH_VALUE = struct.Struct("<Q")                     # struct punch_value
 A2S_CACHE_ENTRY = struct.Struct("<QII%ds" % A2S_CACHE_MAX_PAYLOAD)  # struct a2s_cache_entry
 SERVICE_COUNTER = struct.Struct("<QQQQ")              # struct service_counter
-CLIENT_COUNTER = struct.Struct("<QQQ")                # struct client_counter
 SRC_FILTER_ENTRY = struct.Struct("<QQQQ")             # struct src_filter_entry
 SRC_HOSTS_KEY = struct.Struct("<II")                  # struct src_hosts_key
 SRC_HOSTS_VALUE = struct.Struct("<QQQQ")              # struct src_hosts_value
@@ -142,14 +138,10 @@ LAYOUTS = {
     "backend_value": (BACKEND_VALUE, ("flags",)),
     "iface_value": (IFACE_VALUE, ("flags", "pad")),
     "own_addrs": (OWN_ADDRS, ("count", "pad", "addrs")),
-    "ban_value": (BAN_VALUE, ("until_ns",)),
-    "rate_key": (RATE_KEY, ("saddr", "service_id", "window", "proto_class", "pad")),
-    "rate_value": (RATE_VALUE, ("packets", "bytes")),
     "punch_key": (PUNCH_KEY, ("service_addr", "remote_addr", "service_port", "remote_port", "proto", "pad")),
     "punch_value": (PUNCH_VALUE, ("last_seen_ns",)),
     "a2s_cache_entry": (A2S_CACHE_ENTRY, ("updated_ns", "len", "payload_csum", "payload")),
     "service_counter": (SERVICE_COUNTER, ("in_packets", "in_bytes", "out_packets", "out_bytes")),
-    "client_counter": (CLIENT_COUNTER, ("packets", "bytes", "last_seen_ns")),
     "src_filter_entry": (SRC_FILTER_ENTRY, ("deny_all", "deny_some", "allow_all", "allow_some")),
     "src_hosts_key": (SRC_HOSTS_KEY, ("net24", "list")),
     "src_hosts_value": (SRC_HOSTS_VALUE, ("bits",)),
@@ -226,6 +218,61 @@ def unpack_own_addrs(raw):
     """The dotted quads of a struct own_addrs."""
     count, packed = OWN_ADDRS.unpack(raw)
     return [socket.inet_ntoa(packed[4 * index:4 * index + 4]) for index in range(min(count, MAX_OWN_ADDRS))]
+
+
+class SourceState(object):
+    """struct source_state (an edge_sources value) as plain fields, named as in C except
+    byte_count (C's bytes). verified: a list of VERIFIED_SLOTS (service_id, proof, active_ns)
+    tuples (service_id 0: a free slot)."""
+
+    __slots__ = ("ban_until_ns", "last_seen_ns", "packets", "byte_count", "window", "window_packets",
+                 "window_bytes", "verified", "challenge_service_id", "server_challenge", "challenge_ns")
+
+    def __init__(self, ban_until_ns=0, last_seen_ns=0, packets=0, byte_count=0, window=0, window_packets=0,
+                 window_bytes=0, verified=None, challenge_service_id=0, server_challenge=0, challenge_ns=0):
+        self.ban_until_ns = ban_until_ns
+        self.last_seen_ns = last_seen_ns
+        self.packets = packets
+        self.byte_count = byte_count
+        self.window = window
+        self.window_packets = window_packets
+        self.window_bytes = window_bytes
+        slots = list(verified or [])
+        self.verified = slots + [(0, 0, 0)] * (VERIFIED_SLOTS - len(slots))
+        self.challenge_service_id = challenge_service_id
+        self.server_challenge = server_challenge
+        self.challenge_ns = challenge_ns
+
+    def pack(self):
+        flat = []
+        for slot in self.verified:
+            flat.extend(slot)
+        return SOURCE_STATE.pack(self.ban_until_ns, self.last_seen_ns, self.packets, self.byte_count, self.window,
+                                 self.window_packets, self.window_bytes,
+                                 *(flat + [self.challenge_service_id, self.server_challenge, self.challenge_ns]))
+
+    @classmethod
+    def unpack(cls, raw):
+        fields = SOURCE_STATE.unpack_from(raw)
+        slots = [tuple(fields[7 + 3 * index:10 + 3 * index]) for index in range(VERIFIED_SLOTS)]
+        tail = fields[7 + 3 * VERIFIED_SLOTS:]
+        return cls(*fields[:7], verified=slots, challenge_service_id=tail[0], server_challenge=tail[1],
+                   challenge_ns=tail[2])
+
+    def __eq__(self, other):
+        return isinstance(other, SourceState) and all(getattr(self, name) == getattr(other, name)
+                                                      for name in self.__slots__)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return "SourceState(%s)" % ", ".join("%s=%r" % (name, getattr(self, name)) for name in self.__slots__)
+
+
+# Field offsets in struct source_state that readers want without unpacking the whole value.
+SOURCE_BAN_UNTIL = struct.Struct("<Q")       # at offset 0
+SOURCE_COUNTERS = struct.Struct("<8xQQQ")    # last_seen_ns, packets, bytes: offsets 8, 16, 24
 
 
 def payload_csum(payload):

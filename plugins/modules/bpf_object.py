@@ -146,7 +146,7 @@ maps:
   returned: always
   type: list
   elements: str
-  sample: [edge_config, edge_services, edge_bans]
+  sample: [edge_config, edge_services, edge_sources]
 """
 
 import hashlib

@@ -24,9 +24,9 @@ description:
     the lists from C(edge_src_filter) (a bit per /24, 8 MiB) and C(edge_src_hosts) (a bitmap per
     /24 that prefixes longer than /24 cover in part), which this module derives from them and
     converges too, so that a lookup costs the same with one prefix as with a million.
-  - Never touches the maps the program fills itself (C(edge_bans), C(edge_punches),
-    C(edge_rate_counters), the stats maps), so bans, port punches and counters survive a rule
-    change. The one exception is C(edge_a2s_cache) - the cached A2S replies (info, players, rules) of a
+  - Never touches the maps the program fills itself (C(edge_sources), C(edge_punches), the stats
+    maps), so bans, port punches and counters survive a rule change. The one exception is
+    C(edge_a2s_cache) - the cached A2S replies (info, players, rules) of a
     service id are deleted when that id stops being used or passes to another service or backend, so a
     cached reply is never served for a different game server.
   - "Writes are ordered so that the filter is never looser than the new rule set: new denies

@@ -20,7 +20,8 @@ description:
     exactly one reason), and totals of passed (to the kernel), dropped and transmitted packets.
   - C(edge_service_stats) - packets and bytes in (from players) and out (replies) per service,
     with the service's protocol, address, port and backend read from C(edge_services).
-  - C(edge_client_stats) - the O(top_clients) sources that sent the most packets.
+  - C(edge_sources) - the O(top_clients) sources that sent the most packets (to the anycast
+    services and prefixes), and how many sources are banned now.
   - Changes nothing.
 author:
   - anycast.edge maintainers (!UNKNOWN)
@@ -103,27 +104,34 @@ top_clients:
   elements: dict
   sample: [{address: 203.0.113.7, packets: 900, bytes: 57600, last_seen_ns: 81234567890}]
 clients_tracked:
-  description: How many client addresses the program is counting (the map is an LRU - the least recent fall out).
+  description: How many source addresses the program keeps an entry for (the map is an LRU - the least recent fall out).
   returned: always
   type: int
   sample: 3
+bans_active:
+  description: How many of those sources are banned now (over their rate limit, for the configured ban time).
+  returned: always
+  type: int
+  sample: 0
 """
 
 import heapq
 import socket
 import struct
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError
 from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
-    CLIENT_COUNTER,
     EDGE_COUNTER,
     IPPROTO,
     REASONS,
     SERVICE_COUNTER,
     SERVICE_KEY,
     SERVICE_VALUE,
+    SOURCE_BAN_UNTIL,
+    SOURCE_COUNTERS,
     U32,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
@@ -132,7 +140,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     open_pinned_maps,
 )
 
-STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_services")
+STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_sources", "edge_services")
 PROTOCOL_NAMES = dict((number, name) for name, number in IPPROTO.items())
 TOTAL_GROUPS = (("pass_", "passed"), ("drop_", "dropped"), ("tx_", "transmitted"))
 
@@ -196,19 +204,23 @@ def read_services(services_map, stats_map):
     return [by_id[service_id] for service_id in sorted(by_id)]
 
 
-def read_clients(bpf_map, top):
+def read_sources(bpf_map, top, now_ns):
+    """(sources tracked, the top sources by packets, sources banned at now_ns) from edge_sources."""
     clients = []
+    banned = 0
     for key, value in bpf_map.lookup_batch():
-        packets = byte_count = last_seen = 0
-        for cpu_value in bpf_map.split_percpu(value):
-            cpu_packets, cpu_bytes, cpu_last_seen = CLIENT_COUNTER.unpack_from(cpu_value)
-            packets += cpu_packets
-            byte_count += cpu_bytes
-            last_seen = max(last_seen, cpu_last_seen)  # a time: the latest CPU, not a sum
+        last_seen, packets, byte_count = SOURCE_COUNTERS.unpack_from(value)
+        if SOURCE_BAN_UNTIL.unpack_from(value)[0] > now_ns:
+            banned += 1
         clients.append((packets, byte_count, last_seen, key))
     busiest = heapq.nlargest(top, clients) if top > 0 else []
     return len(clients), [{"address": socket.inet_ntoa(key), "packets": packets, "bytes": byte_count,
-                           "last_seen_ns": last_seen} for packets, byte_count, last_seen, key in busiest]
+                           "last_seen_ns": last_seen} for packets, byte_count, last_seen, key in busiest], banned
+
+
+def monotonic_ns():
+    """CLOCK_MONOTONIC (Linux's time.monotonic) in ns: the clock of the program's times."""
+    return int(time.monotonic() * 1e9)
 
 
 def main():
@@ -227,13 +239,14 @@ def main():
         with open_pinned_maps(params["pin_root"], params["iface"], STATS_MAPS) as maps:
             reasons = read_reasons(maps["edge_reason_stats"])
             services = read_services(maps["edge_services"], maps["edge_service_stats"])
-            clients_tracked, top_clients = read_clients(maps["edge_client_stats"], params["top_clients"])
+            clients_tracked, top_clients, bans_active = read_sources(maps["edge_sources"], params["top_clients"],
+                                                                     monotonic_ns())
     except (PinError, ValueError) as exc:
         module.fail_json(msg="%s" % exc)
     except BpfError as exc:
         module.fail_json(msg="reading the counters of %s failed: %s" % (params["iface"], exc))
     module.exit_json(changed=False, reasons=reasons, totals=totals_of(reasons), services=services,
-                     top_clients=top_clients, clients_tracked=clients_tracked)
+                     top_clients=top_clients, clients_tracked=clients_tracked, bans_active=bans_active)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ maps_reused:
   returned: always
   type: list
   elements: str
-  sample: [edge_bans, edge_punches]
+  sample: [edge_sources, edge_punches]
 maps_created:
   description: Maps created empty (no pin yet, or the pinned one had another layout).
   returned: always

@@ -25,8 +25,8 @@ XDP_ACTIONS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 # Maps the program fills itself and edge_rules never touches, cleared between tests too.
 ALL_MAPS = (
     "edge_config", "edge_services", "edge_anycast_v4", "edge_anycast_v6", "edge_backends",
-    "edge_allow_v4", "edge_deny_v4", "edge_bans", "edge_rate_counters", "edge_punches",
-    "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_client_stats", "edge_tx_ports",
+    "edge_allow_v4", "edge_deny_v4", "edge_sources", "edge_punches",
+    "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
     "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
@@ -219,12 +219,24 @@ class EdgeEnv:
                 self.maps[name].update_batch(list(writes), list(writes.values()))
             self._derived[name] = desired[name]
 
+    def source(self, address: str):
+        """The source's edge_sources entry (abi.SourceState), or None."""
+        raw = self.maps["edge_sources"].lookup(abi.ipv4(address))
+        return None if raw is None else abi.SourceState.unpack(raw)
+
+    def set_source(self, address: str, state) -> None:
+        self.maps["edge_sources"].update(abi.ipv4(address), state.pack())
+
     def ban(self, address: str, until_ns: int) -> None:
-        self.maps["edge_bans"].update(abi.ipv4(address), abi.BAN_VALUE.pack(until_ns))
+        """Ban by hand, as an operator does: the source's entry gets ban_until_ns (made if need be)."""
+        state = self.source(address) or abi.SourceState()
+        state.ban_until_ns = until_ns
+        self.set_source(address, state)
 
     def ban_until(self, address: str):
-        raw = self.maps["edge_bans"].lookup(abi.ipv4(address))
-        return None if raw is None else abi.BAN_VALUE.unpack(raw)[0]
+        """The source's ban end, or None when it has no entry or was never banned."""
+        state = self.source(address)
+        return None if state is None or not state.ban_until_ns else state.ban_until_ns
 
     def punch(self, proto, service_addr, service_port, remote_addr, remote_port, last_seen_ns) -> None:
         self.maps["edge_punches"].update(
@@ -275,12 +287,9 @@ class EdgeEnv:
                                    abi.SERVICE_COUNTER)
 
     def client_counters(self, address: str):
-        """(packets, bytes) summed over CPUs, or None."""
-        values = self.maps["edge_client_stats"].lookup_percpu(abi.ipv4(address))
-        if values is None:
-            return None
-        packets, byte_count = abi.unpack_counters(values, abi.CLIENT_COUNTER)[:2]
-        return packets, byte_count
+        """(packets, bytes) the source sent to our services and prefixes, or None."""
+        state = self.source(address)
+        return None if state is None else (state.packets, state.byte_count)
 
     # ---- running packets -----------------------------------------------------------------------
 

@@ -161,13 +161,16 @@ class PunchKey:
     remote_port: int
 
 
-@dataclass(frozen=True)
-class RateKey:
-    """struct rate_key."""
-    saddr: str
-    service_id: int      # 0: the protocol-wide counter
-    window: int          # seconds of monotonic time
-    proto_class: int
+@dataclass
+class Source:
+    """One edge_sources entry (struct source_state): ban, the one-second rate window, counters."""
+    ban_until_ns: int = 0
+    last_seen_ns: int = 0
+    packets: int = 0
+    bytes: int = 0
+    window: int = 0          # seconds of monotonic time (u32) the window counts are for
+    window_packets: int = 0
+    window_bytes: int = 0
 
 
 @dataclass
@@ -221,20 +224,20 @@ class ModelState:
     backends: set = field(default_factory=set)             # {"10.1.0.5", ...}
     allow: list = field(default_factory=list)              # CIDRs
     deny: list = field(default_factory=list)               # CIDRs
-    bans: dict = field(default_factory=dict)               # {address: until_ns}
+    sources: dict = field(default_factory=dict)            # {address: Source}: edge_sources
     punches: dict = field(default_factory=dict)            # {PunchKey: last_seen_ns}
     a2s_cache: dict = field(default_factory=dict)          # {a2s_cache_key(service id, kind): CacheEntry}
     tx_ports: set = field(default_factory=set)             # {"bk0", ...}: edge_tx_ports devices
-    rate_counters: dict = field(default_factory=dict)      # {RateKey: (packets, bytes)}
     tunnel_ifaces: set = field(default_factory=set)        # {"up0", ...}: edge_tunnel_ifaces (carry IPIP)
     own_addrs: set = field(default_factory=set)            # {"10.0.0.1", ...}: edge_own_addrs
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
                        anycast_v6=list(self.anycast_v6), backends=set(self.backends),
-                       allow=list(self.allow), deny=list(self.deny), bans=dict(self.bans),
+                       allow=list(self.allow), deny=list(self.deny),
+                       sources={address: replace(source) for address, source in self.sources.items()},
                        punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
-                       tx_ports=set(self.tx_ports), rate_counters=dict(self.rate_counters),
+                       tx_ports=set(self.tx_ports),
                        tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs))
 
     # lookups as the program makes them
@@ -268,14 +271,16 @@ class ModelState:
 @dataclass
 class Effects:
     """Map writes implied by one packet (the per-CPU statistics maps are not modelled)."""
+    source_counted: Optional[tuple] = None   # (address, frame bytes, create, now): counted in its entry
     ban: Optional[tuple] = None              # (address, until_ns)
     punch_seen: Optional[tuple] = None       # (PunchKey, last_seen_ns): learned or refreshed
     punch_deleted: Optional[PunchKey] = None  # an idle punch met by an inbound packet
     cache_stored: Optional[tuple] = None     # (cache key, CacheEntry): a snooped A2S reply
-    rate_counted: Optional[tuple] = None     # (RateKey, bytes): one packet counted in that window
+    rate_counted: Optional[tuple] = None     # (address, window, IP bytes): one packet in the source's window
 
     def __bool__(self) -> bool:
-        return any((self.ban, self.punch_seen, self.punch_deleted, self.cache_stored, self.rate_counted))
+        return any((self.source_counted, self.ban, self.punch_seen, self.punch_deleted, self.cache_stored,
+                    self.rate_counted))
 
 
 @dataclass
@@ -487,13 +492,25 @@ class EdgeModel:
         if effects.cache_stored is not None:
             key, entry = effects.cache_stored
             state.a2s_cache[key] = entry
+        if effects.source_counted is not None:
+            address, nbytes, create, seen = effects.source_counted
+            source = state.sources.get(address)
+            if source is None and create:
+                source = state.sources[address] = Source()
+            if source is not None:
+                source.packets += 1
+                source.bytes += nbytes
+                source.last_seen_ns = seen
         if effects.rate_counted is not None:
-            key, nbytes = effects.rate_counted
-            packets, total = state.rate_counters.get(key, (0, 0))
-            state.rate_counters[key] = (packets + 1, total + nbytes)
+            address, window, nbytes = effects.rate_counted
+            source = state.sources[address]
+            if source.window != window:        # the first packet of a new second opens it
+                source.window, source.window_packets, source.window_bytes = window, 0, 0
+            source.window_packets += 1
+            source.window_bytes += nbytes
         if effects.ban is not None:
             address, until = effects.ban
-            state.bans[address] = until
+            state.sources[address].ban_until_ns = until
 
     # -- the pipeline (xdp_edge.c), in its order --
 
@@ -531,9 +548,11 @@ class EdgeModel:
                 raise _verdict(DROP, "drop_bad_tunnel")
         allowed = state.allowed(pkt.saddr)
 
+        # One entry per source (edge_sources): its ban, its rate window, its counters.
+        source = state.sources.get(pkt.saddr)
+
         def banned():
-            until = state.bans.get(pkt.saddr)
-            return not allowed and until is not None and until > self._now
+            return not allowed and source is not None and source.ban_until_ns > self._now
 
         # A service's own (protocol, address, port) is ours; the prefixes decide the rest. Bans
         # apply only to what is ours: never to the POP's own traffic (BGP of a banned neighbour).
@@ -545,6 +564,7 @@ class EdgeModel:
                 raise _verdict(PASS, "pass_not_ours")
             if banned():
                 raise _verdict(DROP, "drop_banned")
+            self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
             if pkt.is_fragment:
                 raise _verdict(DROP, "drop_fragment")
             if pkt.ip_hdr_len != IPV4_HLEN:
@@ -552,6 +572,7 @@ class EdgeModel:
             raise _verdict(DROP, "drop_no_service")
         if banned():
             raise _verdict(DROP, "drop_banned")
+        self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
         # An ICMP service is for ping: echo requests only.
         if pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO:
             raise _verdict(DROP, "drop_icmp_type")
@@ -579,19 +600,19 @@ class EdgeModel:
         return False
 
     def _rate_limit_exceeded(self, pkt: Ipv4, svc: Service) -> bool:
+        """The packet's own limit (its service's override, else its class's), counted in the
+        source's one window (whatever service or protocol the source sends to)."""
         cfg = self.state.config
-        pclass = proto_class(pkt.proto)
-        if svc.limit[0] or svc.limit[1]:
-            limit, service_id = tuple(svc.limit), svc.id
-        else:
-            limit, service_id = cfg.limit(pclass), 0
-        pps, bps = limit
+        pps, bps = tuple(svc.limit) if svc.limit[0] or svc.limit[1] else cfg.limit(proto_class(pkt.proto))
         if not pps and not bps:
             return False
-        key = RateKey(pkt.saddr, service_id, (self._now // NSEC_PER_SEC) & 0xFFFFFFFF, pclass)
-        packets, total = self.state.rate_counters.get(key, (0, 0))
+        window = (self._now // NSEC_PER_SEC) & 0xFFFFFFFF
+        source = self.state.sources.get(pkt.saddr)
+        packets = total = 0
+        if source is not None and source.window == window:
+            packets, total = source.window_packets, source.window_bytes
         packets, total = packets + 1, total + pkt.ip_tot_len
-        self._effects.rate_counted = (key, pkt.ip_tot_len)
+        self._effects.rate_counted = (pkt.saddr, window, pkt.ip_tot_len)
         if (pps and packets > pps) or (bps and total > bps):
             if cfg.ban_sec:
                 self._effects.ban = (pkt.saddr, self._now + cfg.ban_sec * NSEC_PER_SEC)

@@ -573,7 +573,11 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
         state.services.append(m.Service(template.proto, template.addr, template.port, template.id, backend, flags,
                                         h_ms if max_age == "H" else 0, LIMITS[limit]))
     for address, kind in spec.bans:
-        state.bans[address] = now + h if kind == "active" else now - h // 2
+        # An entry with a ban (active or over) and some history: counters and an old window.
+        state.sources[address] = m.Source(ban_until_ns=now + h if kind == "active" else now - h // 2,
+                                          last_seen_ns=now - h // 2, packets=1000, bytes=64000,
+                                          window=(now - h) // m.NSEC_PER_SEC, window_packets=10 ** 6,
+                                          window_bytes=10 ** 9)
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
     for service_id, a2s_kind, kind, length, seed in spec.cache:
@@ -603,8 +607,10 @@ def load_state(env, state: m.ModelState) -> None:
         env.deny(cidr)
     for cidr in state.allow:
         env.allow(cidr)
-    for address, until in state.bans.items():
-        env.ban(address, until)
+    for address, source in state.sources.items():
+        env.set_source(address, abi.SourceState(source.ban_until_ns, source.last_seen_ns, source.packets,
+                                                source.bytes, source.window, source.window_packets,
+                                                source.window_bytes))
     for key, seen in state.punches.items():
         env.punch(key.proto, key.service_addr, key.service_port, key.remote_addr, key.remote_port, seen)
     for key, entry in state.a2s_cache.items():
@@ -615,16 +621,12 @@ def load_state(env, state: m.ModelState) -> None:
     env.set_tunnel_devices(*state.tunnel_ifaces)
     for address in state.own_addrs:
         env.add_own_address(address)
-    for key, (packets, nbytes) in state.rate_counters.items():
-        env.maps["edge_rate_counters"].update(
-            abi.RATE_KEY.pack(abi.ipv4(key.saddr), key.service_id, key.window, key.proto_class),
-            abi.RATE_VALUE.pack(packets, nbytes))
 
 
 # ---- reading the program's maps back -----------------------------------------------------------------------
 
-def program_bans(env) -> dict:
-    return {socket.inet_ntoa(key): abi.BAN_VALUE.unpack(value)[0] for key, value in env.maps["edge_bans"].items()}
+def program_sources(env) -> dict:
+    return {socket.inet_ntoa(key): abi.SourceState.unpack(value) for key, value in env.maps["edge_sources"].items()}
 
 
 def program_punches(env) -> dict:
@@ -645,25 +647,6 @@ def program_cache(env) -> dict:
     return found
 
 
-def rate_totals(counters: dict) -> dict:
-    """(saddr, service id, class) -> (packets, bytes) summed over windows (which second a packet
-    fell in is the one thing the model cannot know to the nanosecond)."""
-    totals = {}
-    for key, (packets, nbytes) in counters.items():
-        k = (key.saddr, key.service_id, key.proto_class)
-        p, b = totals.get(k, (0, 0))
-        totals[k] = (p + packets, b + nbytes)
-    return totals
-
-
-def program_rate_counters(env) -> dict:
-    found = {}
-    for key, value in env.maps["edge_rate_counters"].items():
-        saddr, service_id, window, pclass = abi.RATE_KEY.unpack(key)
-        found[m.RateKey(socket.inet_ntoa(saddr), service_id, window, pclass)] = abi.RATE_VALUE.unpack(value)
-    return found
-
-
 def assert_times_match(what, program: dict, model: dict, slack_ns: int) -> None:
     """Same keys; each program time no earlier than the model's and at most slack_ns later (the
     program reads its clock a little after the model's "now")."""
@@ -673,8 +656,29 @@ def assert_times_match(what, program: dict, model: dict, slack_ns: int) -> None:
         assert 0 <= program[key] - value <= slack_ns, "%s %s: program %d, model %d" % (what, key, program[key], value)
 
 
-def assert_maps_match(env, state: m.ModelState, slack_ns: int) -> None:
-    assert_times_match("bans", program_bans(env), state.bans, slack_ns)
+def assert_sources_match(program: dict, model: dict, slack_ns: int, one_second: bool) -> None:
+    """The same entries with the same counters; times within the slack (the program reads its clock
+    a little after the model's "now"); the window's counts when every packet ran in one second
+    (which second a packet fell in is the one thing the model cannot know to the nanosecond)."""
+    assert set(program) == set(model), "sources: program has %s, model has %s" % (
+        sorted(set(program) - set(model)), sorted(set(model) - set(program)))
+    for address, want in model.items():
+        got = program[address]
+        assert (got.packets, got.byte_count) == (want.packets, want.bytes), (
+            "source %s counters: program %s, model %s" % (address, got, want))
+        for name in ("ban_until_ns", "last_seen_ns"):
+            assert 0 <= getattr(got, name) - getattr(want, name) <= slack_ns, (
+                "source %s %s: program %s, model %s" % (address, name, got, want))
+        if one_second:
+            assert got.window == want.window, "source %s window: program %s, model %s" % (address, got, want)
+            assert (got.window_packets, got.window_bytes) == (want.window_packets, want.window_bytes), (
+                "source %s window: program %s, model %s" % (address, got, want))
+
+
+def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int = None) -> None:
+    """started_ns: when the first packet ran (None: the packets may have crossed a second)."""
+    one_second = started_ns is not None and started_ns // m.NSEC_PER_SEC == monotonic_ns() // m.NSEC_PER_SEC
+    assert_sources_match(program_sources(env), state.sources, slack_ns, one_second)
     assert_times_match("punches", program_punches(env), state.punches, slack_ns)
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
@@ -682,7 +686,6 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int) -> None:
     for key, entry in state.a2s_cache.items():
         assert cache[key][1:] == (entry.payload, entry.csum), "a2s cache %s differs" % (abi.unpack_a2s_cache_key(
             abi.U32.pack(key)),)
-    assert rate_totals(program_rate_counters(env)) == rate_totals(state.rate_counters)
 
 
 # ---- the safety property, on the program's own answers -----------------------------------------------------
@@ -813,12 +816,13 @@ def run_against_model(env, state: m.ModelState, frames, ingress=topo.UPLINK):
     load_state(env, state)
     model = m.EdgeModel(state)
     results, slack = [], 0
+    started = monotonic_ns()
     for frame in frames:
         result, outcome, span = run_both(env, model, frame, ingress)
         slack = max(slack, span)
         assert_same(frame, ingress, result, outcome)
         results.append(result)
-    assert_maps_match(env, state, slack)
+    assert_maps_match(env, state, slack, started)
     return results
 
 
@@ -904,26 +908,28 @@ def _early_in_a_second():
 
 
 RATE_CASES = {
-    # name: (global limits, service limit, seeded (packets, bytes) or None, ban_sec, allow the source,
-    #        expected reasons of three packets)
-    "pps-global": ({"udp": (5, 0)}, (0, 0), (4, 400), 30, False, ["tx_forward", "drop_rate_limit", "drop_banned"]),
-    "bps-global": ({"udp": (0, 1000)}, (0, 0), (1, 1000 - 38), 30, False,
+    # name: (global limits, service limit, the source's window: (seconds before now, packets, bytes)
+    #        or None for no entry, ban_sec, allow the source, expected reasons of three packets)
+    "pps-global": ({"udp": (5, 0)}, (0, 0), (0, 4, 400), 30, False, ["tx_forward", "drop_rate_limit", "drop_banned"]),
+    "bps-global": ({"udp": (0, 1000)}, (0, 0), (0, 1, 1000 - 38), 30, False,
                    ["tx_forward", "drop_rate_limit", "drop_banned"]),
-    "no-ban": ({"udp": (2, 0)}, (0, 0), (1, 38), 0, False, ["tx_forward", "drop_rate_limit", "drop_rate_limit"]),
-    "service-override": ({"udp": (1000, 0)}, (3, 0), (2, 76), 30, False,
+    "no-ban": ({"udp": (2, 0)}, (0, 0), (0, 1, 38), 0, False, ["tx_forward", "drop_rate_limit", "drop_rate_limit"]),
+    "service-override": ({"udp": (1000, 0)}, (3, 0), (0, 2, 76), 30, False,
                          ["tx_forward", "drop_rate_limit", "drop_banned"]),
-    "allowed-source": ({"udp": (1, 0)}, (0, 0), (50, 5000), 30, True, ["tx_forward", "tx_forward", "tx_forward"]),
-    "fresh-window": ({"udp": (2, 0)}, (0, 0), None, 30, False, ["tx_forward", "tx_forward", "drop_rate_limit"]),
+    "allowed-source": ({"udp": (1, 0)}, (0, 0), (0, 50, 5000), 30, True, ["tx_forward", "tx_forward", "tx_forward"]),
+    "new-source": ({"udp": (2, 0)}, (0, 0), None, 30, False, ["tx_forward", "tx_forward", "drop_rate_limit"]),
+    # A full window of the previous second does not count: the first packet of this one opens it.
+    "stale-window": ({"udp": (2, 0)}, (0, 0), (1, 10 ** 6, 10 ** 9), 30, False,
+                     ["tx_forward", "tx_forward", "drop_rate_limit"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RATE_CASES))
 def test_rate_limit_counts_per_window(edge, case):
-    """Rate limits with counts that matter (which the random test avoids): the window's counter is
+    """Rate limits with counts that matter (which the random test avoids): the source's window is
     pre-seeded, so the outcome is fixed as long as the three packets share one second."""
     limits, service_limit, seeded, ban_sec, allowed, expected = RATE_CASES[case]
     frame = pk.udp_frame("203.0.113.7", "198.51.100.10", 5000, 27015, b"x" * 10)   # 38 bytes of IP
-    service_id = 1 if service_limit != (0, 0) else 0
     for attempt in range(3):
         state = basic_state(limits=limits, ban_sec=ban_sec)
         state.services[0].limit = service_limit
@@ -931,9 +937,8 @@ def test_rate_limit_counts_per_window(edge, case):
             state.allow = ["203.0.113.0/24"]
         window = _early_in_a_second()
         if seeded is not None:
-            state.rate_counters[m.RateKey("203.0.113.7", service_id, window, m.CLASS_UDP)] = seeded
-            # A full counter of the previous second must not count.
-            state.rate_counters[m.RateKey("203.0.113.7", service_id, window - 1, m.CLASS_UDP)] = (10 ** 6, 10 ** 9)
+            ago, packets, nbytes = seeded
+            state.sources["203.0.113.7"] = m.Source(window=window - ago, window_packets=packets, window_bytes=nbytes)
         results = run_against_model(edge, state, [frame] * 3)
         if monotonic_ns() // m.NSEC_PER_SEC == window:
             break
@@ -964,6 +969,7 @@ def test_program_agrees_with_model(edge):
         load_state(edge, state)
         model = m.EdgeModel(state)
         slack = 0
+        started = monotonic_ns()
         for index, packet in enumerate(packet_specs):
             frame = build_frame(packet, ctx)
             result, outcome, span = run_both(edge, model, frame, packet.ingress)
@@ -973,7 +979,7 @@ def test_program_agrees_with_model(edge):
             assert_same(frame, packet.ingress, result, outcome, label="packet %d (%s):" % (index, packet))
             ran["packets"] += 1
             reasons_seen.add(result.reason)
-        assert_maps_match(edge, state, slack)
+        assert_maps_match(edge, state, slack, started)
         ran["examples"] += 1
 
     started = time.monotonic()

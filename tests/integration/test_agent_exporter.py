@@ -98,7 +98,7 @@ def test_counters_match_the_maps(pop):
     assert samples[("anycast_edge_service_packets_total", labels)] == in_p == 65  # the 66th is the TCP SYN
     assert samples[("anycast_edge_service_bytes_total", labels)] == in_b
     assert samples[("anycast_edge_protocol_packets_total", (("direction", "in"), ("protocol", "tcp")))] == 1
-    tracked = len(list(pop.edge.maps["edge_client_stats"].keys()))
+    tracked = len(list(pop.edge.maps["edge_sources"].keys()))
     assert samples[("anycast_edge_clients_tracked", ())] == tracked
     # First scrape: totals since the start; the busiest three, in order.
     assert samples[("anycast_edge_top_client_packets", (("client", "203.0.113.10"), ("rank", "1")))] == 30

@@ -125,7 +125,7 @@ def test_top_prints_what_the_maps_count(world, agents):
         # The player of the A2S, TCP and no-service packets (4) outranks the one with 3.
         assert players == [("203.0.113.10", 12), ("203.0.113.11", 7), (PLAYER, 4)]
         assert [world.edge.client_counters(client)[0] for client, dummy in players] == [12, 7, 4]
-        assert summary["clients_tracked"] == len(list(world.edge.maps["edge_client_stats"].keys()))
+        assert summary["clients_tracked"] == len(list(world.edge.maps["edge_sources"].keys()))
         assert summary["backends"] == {"cs2-main/game1": "unknown"}  # probe: none
 
     # The screen shows the same numbers.

@@ -40,8 +40,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF maps,
 VENV_BIN = Path(sys.executable).parent
 IFACE = "uplink0"
 RULE_MAP_NAMES = _rules.RULE_MAPS
-LEARNED_MAPS = ("edge_bans", "edge_punches", "edge_rate_counters", "edge_a2s_cache", "edge_client_stats",
-                "edge_service_stats", "edge_reason_stats")
+LEARNED_MAPS = ("edge_sources", "edge_punches", "edge_a2s_cache", "edge_service_stats", "edge_reason_stats")
 
 RULES = {
     "tunnel_address": "10.0.0.1",
@@ -505,22 +504,22 @@ def test_diff_names_the_entries_as_a_human_reads_them(pop, tmp_path):
 def test_learned_state_survives_a_rule_change(pop, tmp_path):
     run_edge_rules(pop, tmp_path, RULES)
     now = time.monotonic_ns()
-    pop.map("edge_bans").update(abi.ipv4("203.0.113.66"), abi.BAN_VALUE.pack(now + 60 * 10**9))
+    pop.map("edge_sources").update(abi.ipv4("203.0.113.66"), abi.SourceState(ban_until_ns=now + 60 * 10**9).pack())
     pop.map("edge_punches").update(abi.pack_punch_key("udp", "198.51.100.10", 27015, "203.0.113.5", 50000),
                                    abi.PUNCH_VALUE.pack(now))
-    pop.map("edge_rate_counters").update(abi.RATE_KEY.pack(abi.ipv4("203.0.113.7"), 0, now // 10**9, 1),
-                                         abi.RATE_VALUE.pack(3, 300))
+    pop.map("edge_sources").update(abi.ipv4("203.0.113.7"), abi.SourceState(
+        last_seen_ns=now, packets=3, byte_count=300, window=now // 10**9, window_packets=3, window_bytes=300).pack())
     reply = b"\xff\xff\xff\xffI\x11cached server\x00"
     for service_id in (17, 30):     # cs2-main keeps id 17; tf2 moves from 30 to 31
         pop.map("edge_a2s_cache").update(abi.U32.pack(service_id), abi.pack_a2s_cache_entry(reply, now))
     stats = pop.map("edge_service_stats")
     stats.update_percpu(abi.U32.pack(17), [abi.SERVICE_COUNTER.pack(5, 500, 4, 400)] * _bpf.num_possible_cpus())
-    learned = pop.snapshot(("edge_bans", "edge_punches", "edge_rate_counters", "edge_service_stats"))
+    learned = pop.snapshot(("edge_sources", "edge_punches", "edge_service_stats"))
 
     result = run_edge_rules(pop, tmp_path, changed_rules()).result
     assert result["changed"] is True
 
-    assert pop.snapshot(("edge_bans", "edge_punches", "edge_rate_counters", "edge_service_stats")) == learned
+    assert pop.snapshot(("edge_sources", "edge_punches", "edge_service_stats")) == learned
     cache = pop.entries("edge_a2s_cache")
     assert set(cache) == {abi.U32.pack(17)}                      # tf2's old reply is gone, cs2-main's kept
     assert abi.A2S_CACHE_ENTRY.unpack(cache[abi.U32.pack(17)])[0] == now

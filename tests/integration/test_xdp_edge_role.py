@@ -141,7 +141,7 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert attached_prog_id(pop) == prog_id
 
     # What the program learned (a ban, a port punch, a cache entry) must survive a rule change.
-    pinned(pin_root, "edge_bans").update(abi.ipv4("198.18.0.1"), abi.BAN_VALUE.pack(2**62))
+    pinned(pin_root, "edge_sources").update(abi.ipv4("198.18.0.1"), abi.SourceState(ban_until_ns=2**62).pack())
     punch = abi.pack_punch_key("udp", GAME, 27015, PLAYER, 40000)
     pinned(pin_root, "edge_punches").update(punch, abi.PUNCH_VALUE.pack(2**62))
     cache = abi.pack_a2s_cache_entry(b"\xff\xff\xff\xffI-cached", 2**62)
@@ -154,7 +154,7 @@ def test_attach_rerun_rules_update_and_detach(pop, pin_root, tmp_path):
     assert attached_prog_id(pop) == prog_id  # rules only: never re-attached
     assert set(pinned(pin_root, "edge_deny_v4").keys()) == {abi.pack_lpm_v4("192.0.2.0/24"),
                                                             abi.pack_lpm_v4("203.0.113.0/24")}
-    assert pinned(pin_root, "edge_bans").lookup(abi.ipv4("198.18.0.1")) is not None
+    assert abi.SourceState.unpack(pinned(pin_root, "edge_sources").lookup(abi.ipv4("198.18.0.1"))).ban_until_ns == 2**62
     assert pinned(pin_root, "edge_punches").lookup(punch) is not None
     assert set(pinned(pin_root, "edge_a2s_cache").keys()) == cache_keys_before
     assert play(pop, inv, RULES_PLAYBOOK) == 0
@@ -328,7 +328,8 @@ def test_the_derived_control_plane_reaches_the_maps_and_a_rerun_changes_nothing(
             for dummy in range(20):
                 program.test_run(frame)
             dropped = limit_drops(pin_root) - before
-            banned = pinned(pin_root, "edge_bans").lookup(abi.ipv4(source)) is not None
+            entry = pinned(pin_root, "edge_sources").lookup(abi.ipv4(source))
+            banned = entry is not None and abi.SourceState.unpack(entry).ban_until_ns > 0
             if source == NEIGHBOUR:
                 assert (dropped, banned) == (0, False)
             else:   # 5 pass; 15 dropped (10 at least, should the flood straddle two one-second windows)

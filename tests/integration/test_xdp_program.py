@@ -45,17 +45,17 @@ def pinned_map_ids(pin_root, iface):
 
 
 def write_learned_state(pin_root):
-    with open_pinned_maps(pin_root, topo.POP_IFACE, ["edge_bans", "edge_punches", "edge_a2s_cache"]) as maps:
-        maps["edge_bans"].update(abi.ipv4(BANNED), abi.BAN_VALUE.pack(2 ** 62))
+    with open_pinned_maps(pin_root, topo.POP_IFACE, ["edge_sources", "edge_punches", "edge_a2s_cache"]) as maps:
+        maps["edge_sources"].update(abi.ipv4(BANNED), abi.SourceState(ban_until_ns=2 ** 62).pack())
         maps["edge_punches"].update(abi.pack_punch_key(*PUNCH), abi.PUNCH_VALUE.pack(123456789))
         maps["edge_a2s_cache"].update(abi.U32.pack(topo.SERVICE_ID), abi.pack_a2s_cache_entry(A2S_REPLY, 42))
 
 
 def read_learned_state(pin_root):
-    names = ["edge_bans", "edge_punches", "edge_a2s_cache", "edge_deny_v4", "edge_services"]
+    names = ["edge_sources", "edge_punches", "edge_a2s_cache", "edge_deny_v4", "edge_services"]
     with open_pinned_maps(pin_root, topo.POP_IFACE, names) as maps:
         return {
-            "ban": maps["edge_bans"].lookup(abi.ipv4(BANNED)),
+            "ban": maps["edge_sources"].lookup(abi.ipv4(BANNED)),
             "punch": maps["edge_punches"].lookup(abi.pack_punch_key(*PUNCH)),
             "a2s": maps["edge_a2s_cache"].lookup(abi.U32.pack(topo.SERVICE_ID)),
             "deny": maps["edge_deny_v4"].lookup(abi.pack_lpm_v4(topo.DENY_CIDR)),
@@ -251,14 +251,18 @@ def test_only_maps_whose_layout_changed_are_recreated(fixture_object, pin_root, 
         task(XDP, dict(args, object=grown), diff=True),
         task(XDP, dict(args, object=grown)),
         task(XDP, dict(args, object=shrunk)),
+        task(XDP, dict(args, object=shrunk)),
     ], tmp_path / "run", netns=pop)
-    regrown, rerun, without_extra = run.results
+    regrown, rerun, without_extra, rerun_without_extra = run.results
     # Same code, same tag - but one map's max_entries changed: that map alone is new (empty).
     assert regrown["changed"] and regrown["tag"] == first[0]["tag"], regrown
     assert regrown["maps_created"] == ["grown"] and sorted(regrown["maps_reused"]) == ["extra", "kept"]
     assert any("map grown changed layout" in warning for warning in regrown.get("warnings", []))
     assert not rerun["changed"], rerun
     assert without_extra["changed"] and without_extra["maps_removed"] == ["extra"], without_extra
+    # A map the new object no longer has (as edge_bans when edge_sources replaced it): its pin is
+    # removed once the new program runs, and a rerun finds nothing to do.
+    assert not rerun_without_extra["changed"], rerun_without_extra
 
     ids_after = pinned_map_ids(pin_root, "lay0")
     assert set(ids_after) == {"kept", "grown"}
