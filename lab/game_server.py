@@ -7,6 +7,10 @@ server behind anycast.edge does, and speaks just enough to test the whole path:
   carries a challenge gets the info reply (like a Source server with ``demand_challenge``).
   Any 4-byte challenge is accepted: the POPs answer bare requests with their own cookies, and a
   request the POP forwards (cache empty or stale) carries the POP's cookie, not ours.
+* UDP ``A2S_PLAYER`` / ``A2S_RULES`` (``FF FF FF FF 55|56`` + a 4-byte field): a field of
+  ``FF FF FF FF`` gets a challenge, any other gets the lab's player list / rules (the POPs'
+  agents refresh all three kinds of their caches; counted apart from ``udp_other``, which stays
+  what a flood looks like).
 * UDP datagrams starting with ``echo``: sent back unchanged (players' traffic).
 * TCP: every byte received is echoed back.
 * A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
@@ -34,6 +38,10 @@ import threading
 
 INFO_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"
 CHALLENGE_REPLY = b"\xff\xff\xff\xffA"
+FIELD_QUERIES = {0x55: "a2s_player", 0x56: "a2s_rules"}
+PLAYERS_REPLY = (b"\xff\xff\xff\xffD\x02" + b"\x00lab-player-1\x00" + struct.pack("<if", 5, 60.0)
+                 + b"\x01lab-player-2\x00" + struct.pack("<if", 3, 30.0))
+RULES_REPLY = b"\xff\xff\xff\xffE\x02\x00" + b"mp_friendlyfire\x000\x00" + b"sv_tags\x00anycast,edge,lab\x00"
 CONTROL_PORT = 27099
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
@@ -81,6 +89,13 @@ class GameServer:
             elif len(data) == len(INFO_REQUEST) + 4 and data.startswith(INFO_REQUEST):
                 self.count("a2s_info", self.info_by_source, peer[0])
                 self.udp.sendto(info_reply(self.port), peer)
+            elif len(data) == 9 and data[:4] == b"\xff\xff\xff\xff" and data[4] in FIELD_QUERIES:
+                if data[5:9] == b"\xff\xff\xff\xff":
+                    self.count("a2s_challenges")
+                    self.udp.sendto(CHALLENGE_REPLY + os.urandom(4), peer)
+                else:
+                    self.count(FIELD_QUERIES[data[4]])
+                    self.udp.sendto(PLAYERS_REPLY if data[4] == 0x55 else RULES_REPLY, peer)
             elif data.startswith(b"echo"):
                 self.count("udp_echo")
                 self.udp.sendto(data, peer)

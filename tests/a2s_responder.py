@@ -1,10 +1,13 @@
-"""A tiny A2S_INFO game-server stand-in for the agent's tests (unit and integration).
+"""A tiny A2S game-server stand-in for the agent's tests (unit and integration).
 
-``A2SResponder(address, port)`` answers A2S_INFO on a UDP socket in a thread, the way a Source
-server does since Valve's December 2020 change when ``demand_challenge`` is on: a bare request
-gets ``FF FF FF FF 41 <challenge>``, and only a request carrying that challenge gets the info
-reply. ``split=True`` answers with a multi-packet reply instead. It counts what it saw, so tests
-can assert how many queries reached the "game server" (the cache must bound that).
+``A2SResponder(address, port)`` answers A2S_INFO, A2S_PLAYER and A2S_RULES on a UDP socket in a
+thread, the way a Source server does since Valve's December 2020 change when
+``demand_challenge`` is on: a bare INFO request (or a PLAYER/RULES request whose field is
+FF FF FF FF) gets ``FF FF FF FF 41 <challenge>``, and only a request carrying that challenge gets
+the reply (PLAYER and RULES always demand it, as Source servers do). ``split`` names the queries
+answered with a multi-packet reply instead (``True``: INFO); ``answer`` the ones answered at all
+(an old server that knows only INFO). It counts what it saw, so tests can assert how many
+queries reached the "game server" (the cache must bound that).
 
 Also importable as a module path by the agent's tests: tests/ is on sys.path because
 tests/conftest.py is a rootless conftest (pytest's prepend import mode puts its folder first).
@@ -12,6 +15,7 @@ tests/conftest.py is a rootless conftest (pytest's prepend import mode puts its 
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import struct
@@ -25,6 +29,9 @@ if str(AGENT_DIR) not in sys.path:
     sys.path.insert(0, str(AGENT_DIR))
 
 INFO_REQUEST = b"\xff\xff\xff\xffTSource Engine Query\x00"
+FIELD_REQUESTS = {0x55: "player", 0x56: "rules"}
+DEFAULT_PLAYERS = [("alice", 12, 301.5), ("bob", 7, 120.0), ("carol", 0, 3.25)]
+DEFAULT_RULES = {"mp_friendlyfire": "0", "sv_cheats": "0", "mp_timelimit": "30", "sv_tags": "anycast,edge"}
 
 DEFAULT_INFO = {
     "protocol": 17, "name": "anycast.edge test server", "map": "de_dust2", "folder": "csgo",
@@ -65,18 +72,35 @@ def build_info_reply(info: dict) -> bytes:
             + cstr(info["version"]) + struct.pack("<B", edf) + tail)
 
 
+def build_players_reply(players) -> bytes:
+    """An ``FF FF FF FF 44`` datagram: count, then index, name, score (long), duration (float)."""
+    return (b"\xff\xff\xff\xffD" + struct.pack("<B", len(players))
+            + b"".join(struct.pack("<B", index) + name.encode() + b"\x00" + struct.pack("<if", score, duration)
+                       for index, (name, score, duration) in enumerate(players)))
+
+
+def build_rules_reply(rules: dict) -> bytes:
+    """An ``FF FF FF FF 45`` datagram: count (short), then name and value strings."""
+    return (b"\xff\xff\xff\xffE" + struct.pack("<H", len(rules))
+            + b"".join(name.encode() + b"\x00" + value.encode() + b"\x00" for name, value in rules.items()))
+
+
 class A2SResponder:
-    """Answer A2S_INFO on ``(address, port)`` until ``stop()``. Port 0 picks a free port."""
+    """Answer A2S queries on ``(address, port)`` until ``stop()``. Port 0 picks a free port."""
 
     def __init__(self, address: str = "127.0.0.1", port: int = 0, demand_challenge: bool = True,
-                 info: dict | None = None, split: bool = False):
+                 info: dict | None = None, split=False, answer=("info", "player", "rules")):
         self.demand_challenge = demand_challenge
         self.info = dict(DEFAULT_INFO if info is None else info)
-        self.split = split
+        self.players = list(DEFAULT_PLAYERS)
+        self.rules = dict(DEFAULT_RULES)
+        self.split = ("info",) if split is True else tuple(split or ())
+        self.answer = tuple(answer)
         self.challenge = os.urandom(4)
         self.requests = 0            # every A2S_INFO request received
-        self.challenged = 0          # bare requests answered with a challenge
+        self.challenged = 0          # bare INFO requests answered with a challenge
         self.answered = 0            # info replies sent
+        self.queries = collections.Counter()   # (query, "request" | "challenged" | "answered") -> count, all kinds
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((address, port))
         self.address = self._sock.getsockname()
@@ -86,6 +110,14 @@ class A2SResponder:
     @property
     def reply(self) -> bytes:
         return build_info_reply(self.info)
+
+    def reply_of(self, query: str) -> bytes:
+        """The reply datagram of "info", "player" or "rules"."""
+        if query == "player":
+            return build_players_reply(self.players)
+        if query == "rules":
+            return build_rules_reply(self.rules)
+        return self.reply
 
     def start(self) -> "A2SResponder":
         self._sock.settimeout(0.05)
@@ -111,23 +143,33 @@ class A2SResponder:
                 continue
             except OSError:
                 return
-            if not datagram.startswith(INFO_REQUEST):
+            if datagram.startswith(INFO_REQUEST):
+                query, echoed, demand = "info", datagram[len(INFO_REQUEST):len(INFO_REQUEST) + 4], self.demand_challenge
+            elif len(datagram) == 9 and datagram[:4] == b"\xff" * 4 and datagram[4] in FIELD_REQUESTS:
+                query, echoed, demand = FIELD_REQUESTS[datagram[4]], datagram[5:9], True
+            else:
                 continue
-            self.requests += 1
-            echoed = datagram[len(INFO_REQUEST):len(INFO_REQUEST) + 4]
-            if self.demand_challenge and echoed != self.challenge:
-                self.challenged += 1
+            if query not in self.answer:
+                continue
+            self.queries[query, "request"] += 1
+            if query == "info":
+                self.requests += 1
+            if demand and echoed != self.challenge:
+                self.queries[query, "challenged"] += 1
+                if query == "info":
+                    self.challenged += 1
                 self._sock.sendto(b"\xff\xff\xff\xffA" + self.challenge, client)
                 continue
-            self.answered += 1
-            if self.split:
-                self._send_split(client)
+            self.queries[query, "answered"] += 1
+            if query == "info":
+                self.answered += 1
+            if query in self.split:
+                self._send_split(client, self.reply_of(query))
             else:
-                self._sock.sendto(self.reply, client)
+                self._sock.sendto(self.reply_of(query), client)
 
-    def _send_split(self, client) -> None:
+    def _send_split(self, client, body: bytes) -> None:
         """Two packets of Source's multi-packet format: FE header, id, total, number, size."""
-        body = self.reply
         half = len(body) // 2
         for number, chunk in enumerate((body[:half], body[half:])):
             self._sock.sendto(b"\xff\xff\xff\xfe" + struct.pack("<IBBH", 77, 2, number, 1248) + chunk, client)
@@ -146,9 +188,13 @@ def main(argv=None) -> int:
     parser.add_argument("address")
     parser.add_argument("port", type=int)
     parser.add_argument("--no-challenge", action="store_true")
-    parser.add_argument("--split", action="store_true")
+    parser.add_argument("--split", action="append", default=[], choices=("info", "player", "rules"),
+                        help="answer this query with a split reply (repeatable)")
+    parser.add_argument("--only", action="append", choices=("info", "player", "rules"),
+                        help="answer only this query (repeatable; default: all three)")
     args = parser.parse_args(argv)
-    responder = A2SResponder(args.address, args.port, demand_challenge=not args.no_challenge, split=args.split)
+    responder = A2SResponder(args.address, args.port, demand_challenge=not args.no_challenge, split=args.split,
+                             answer=args.only or ("info", "player", "rules"))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *dummy: stopped.set())
     responder.start()

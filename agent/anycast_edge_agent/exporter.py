@@ -241,11 +241,11 @@ class EdgeCollector:
                     challenges = count
         yield packets
         yield byte_family
-        hits_family = CounterMetricFamily(PREFIX + "a2s_cache_hits", "A2S_INFO requests answered from the cache")
+        hits_family = CounterMetricFamily(PREFIX + "a2s_cache_hits", "A2S requests (info, player, rules) answered from the cache")
         hits_family.add_metric([], hits)
         yield hits_family
         challenge_family = CounterMetricFamily(PREFIX + "a2s_challenges_sent",
-                                               "A2S_INFO requests answered with this POP's challenge")
+                                               "A2S requests (info, player, rules) answered with this POP's challenge")
         challenge_family.add_metric([], challenges)
         yield challenge_family
 
@@ -308,18 +308,21 @@ class EdgeCollector:
         punch_family.add_metric([], len(maps["edge_punches"].lookup_batch()))
         yield punch_family
         names = {watch.service.id: watch.service.name for watch in self.watches}
-        entries = GaugeMetricFamily(PREFIX + "a2s_cache_entries", "Services with an A2S_INFO reply in the cache")
-        age = GaugeMetricFamily(PREFIX + "a2s_cache_age_seconds", "Age of each service's cached A2S_INFO reply",
-                                labels=["service", "service_id"])
+        entries = GaugeMetricFamily(PREFIX + "a2s_cache_entries",
+                                    "Cached A2S replies, all kinds (one per service and kind: info, player, rules; "
+                                    "a2s_cache_age_seconds has them by kind)")
+        age = GaugeMetricFamily(PREFIX + "a2s_cache_age_seconds", "Age of each service's cached A2S reply, by kind",
+                                labels=["service", "service_id", "kind"])
         count = 0
         for service_id in sorted(set(services) | set(names)):
-            raw = maps["edge_a2s_cache"].lookup(abi.U32.pack(service_id))
-            if raw is None:
-                continue
-            count += 1
-            updated_ns = abi.A2S_CACHE_ENTRY.unpack_from(raw)[0]
-            age.add_metric([names.get(service_id, services.get(service_id, ("",))[0]), str(service_id)],
-                           max(0, now - updated_ns) / 1e9)
+            for kind in abi.A2S_KINDS:
+                raw = maps["edge_a2s_cache"].lookup(abi.pack_a2s_cache_key(service_id, kind))
+                if raw is None:
+                    continue
+                count += 1
+                updated_ns = abi.A2S_CACHE_ENTRY.unpack_from(raw)[0]
+                age.add_metric([names.get(service_id, services.get(service_id, ("",))[0]), str(service_id), kind],
+                               max(0, now - updated_ns) / 1e9)
         entries.add_metric([], count)
         yield entries
         yield age
@@ -332,8 +335,8 @@ class EdgeCollector:
                                        "1 if the service's backend is up, 0 if down, NaN before enough probes",
                                        labels=labels)
         probes = CounterMetricFamily(PREFIX + "probes", "Health probes by evidence", labels=labels + ["evidence"])
-        refreshes = CounterMetricFamily(PREFIX + "a2s_refreshes", "A2S cache refreshes by outcome",
-                                        labels=["service", "outcome"])
+        refreshes = CounterMetricFamily(PREFIX + "a2s_refreshes", "A2S cache refreshes by kind and outcome",
+                                        labels=["service", "kind", "outcome"])
         server_challenges = CounterMetricFamily(PREFIX + "a2s_server_challenges",
                                                 "Challenges the game servers demanded from the agent's refreshes",
                                                 labels=["service"])
@@ -344,8 +347,9 @@ class EdgeCollector:
                 for evidence in (health.UP, health.DOWN, health.UNKNOWN):
                     probes.add_metric([service.name, service.backend, evidence], watch.probes[evidence])
                 if service.a2s_cache:
-                    for outcome in refresher.OUTCOMES:  # every outcome, zeros included: rate() needs a start
-                        refreshes.add_metric([service.name, outcome], watch.refreshes[outcome])
+                    for kind in abi.A2S_KINDS:
+                        for outcome in refresher.OUTCOMES:  # every outcome, zeros included: rate() needs a start
+                            refreshes.add_metric([service.name, kind, outcome], watch.refreshes[kind, outcome])
                     server_challenges.add_metric([service.name], watch.challenges)
         yield from (backend_up, probes, refreshes, server_challenges)
         announced = GaugeMetricFamily(PREFIX + "announced",

@@ -33,20 +33,22 @@ class EdgeMaps:
         """A PinnedMaps (context manager) of ``names``; PinError if the program or a map is not pinned."""
         return open_pinned_maps(self.pin_root, self.iface, names)
 
-    def write_a2s_cache(self, service_id: int, payload: bytes, updated_ns: int | None = None) -> None:
-        """Store an A2S_INFO reply (the whole UDP payload) as the cache entry of ``service_id``.
+    def write_a2s_cache(self, service_id: int, payload: bytes, updated_ns: int | None = None,
+                        kind: str = "info") -> None:
+        """Store an A2S reply (the whole UDP payload) as a service's cache entry of ``kind``
+        (_edge_abi.A2S_KINDS: "info", "player", "rules").
 
         One map update replaces the whole entry, so the XDP program never serves half of it.
         ``updated_ns`` is CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() reads.
         """
         entry = abi.pack_a2s_cache_entry(payload, time.monotonic_ns() if updated_ns is None else updated_ns)
         with self.open("edge_a2s_cache") as maps:
-            maps["edge_a2s_cache"].update(abi.U32.pack(service_id), entry)
+            maps["edge_a2s_cache"].update(abi.pack_a2s_cache_key(service_id, kind), entry)
 
-    def read_a2s_cache(self, service_id: int):
-        """(updated_ns, payload) of a service's cache entry, or None."""
+    def read_a2s_cache(self, service_id: int, kind: str = "info"):
+        """(updated_ns, payload) of a service's cache entry of ``kind``, or None."""
         with self.open("edge_a2s_cache") as maps:
-            raw = maps["edge_a2s_cache"].lookup(abi.U32.pack(service_id))
+            raw = maps["edge_a2s_cache"].lookup(abi.pack_a2s_cache_key(service_id, kind))
         if raw is None:
             return None
         updated_ns, length, dummy, payload = abi.A2S_CACHE_ENTRY.unpack(raw)

@@ -1,9 +1,9 @@
-"""Per service: probe the game server, refresh the A2S_INFO cache, feed health.
+"""Per service: probe the game server, refresh the A2S cache (INFO, PLAYER, RULES), feed health.
 
 How the POP reaches the game server
 -----------------------------------
 The game server listens on the service's anycast address on its backend host. The agent sends
-its A2S_INFO (or TCP/UDP probe) to that same address and port, from the POP's tunnel address,
+its A2S queries (or TCP/UDP probe) to that same address and port, from the POP's tunnel address,
 and leaves the path to the kernel: the ipip_tunnels role gives each POP a /32 route per service
 address through the IPIP tunnel to that service's backend. XDP only sees packets arriving on
 the uplink, so these kernel routes never change how players' packets are handled; they only
@@ -18,10 +18,14 @@ mapper steers it to the POP the "client" came from: this POP). See the closing n
 issue 6 for what the data plane must do with such a reply (hand it to the kernel, since its
 inner destination is the POP itself).
 
-Cache rules: only a complete single-packet ``FF FF FF FF 49`` reply that fits in
-``A2S_CACHE_MAX_PAYLOAD`` is written, with the time it arrived. A split reply (``FF FF FF FF
-FE``), a reply too big, or no reply leaves the entry alone: the XDP program stops serving it once
-it is older than the service's ``a2s_max_age_sec`` and players' queries go to the server again.
+Cache rules: a service with the cache on is asked A2S_INFO, A2S_PLAYER and A2S_RULES at once
+(each on its own socket, one timeout for all) every ``a2s_refresh_sec``; for each kind, only a
+complete single-packet reply of that kind (``FF FF FF FF 49`` / ``44`` / ``45``) that fits in
+``A2S_CACHE_MAX_PAYLOAD`` is written, under that kind's key, with the time it arrived. A split
+reply (``FF FF FF FF FE``: a long player or rules list), a reply too big, or no reply leaves that
+kind's entry alone: the XDP program stops serving it once it is older than the service's
+``a2s_max_age_sec`` and players' queries of that kind go to the server again. Health is judged
+on the A2S_INFO answer alone (a server that ignores A2S_PLAYER is still up).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class ServiceWatch:
         self.config = config
         self.edge_maps = edge_maps
         self.health = health.RiseFall(config.rise, config.fall)
-        self.refreshes = collections.Counter()   # outcome -> count
+        self.refreshes = collections.Counter()   # (kind, outcome) -> count; kind: abi.A2S_KINDS
         self.challenges = 0                      # challenges answered (the server demanded them)
         self.probes = collections.Counter()      # evidence -> count
         self.last_detail = ""
@@ -93,33 +97,36 @@ class ServiceWatch:
         return outcome
 
     def _a2s_probe(self, target, timeout, source) -> health.ProbeOutcome:
+        queries = abi.A2S_KINDS if self.service.a2s_cache else (a2s.INFO,)
         try:
-            result = a2s.query_info(target, timeout=timeout, source=source)
+            results = a2s.query(target, queries, timeout=timeout, source=source)
         except OSError as exc:
             return health._oserror_outcome(exc, target)  # pylint: disable=protected-access
+        info = results[a2s.INFO]
         with self.lock:
-            self.challenges += result.challenges
-            self.last_rtt_sec = result.rtt_sec
+            self.challenges += sum(result.challenges for result in results.values())
+            self.last_rtt_sec = info.rtt_sec
         if self.service.a2s_cache:
-            self._refresh_cache(result)
-        return health.evidence_of_query(result)
+            for kind, result in results.items():
+                self._refresh_cache(kind, result)
+        return health.evidence_of_query(info)
 
-    def _refresh_cache(self, result: a2s.QueryResult) -> None:
-        if result.kind == a2s.INFO and len(result.payload) <= abi.A2S_CACHE_MAX_PAYLOAD:
+    def _refresh_cache(self, kind: str, result: a2s.QueryResult) -> None:
+        if result.kind == kind and len(result.payload) <= abi.A2S_CACHE_MAX_PAYLOAD:
             try:
-                self.edge_maps.write_a2s_cache(self.service.id, result.payload, time.monotonic_ns())
+                self.edge_maps.write_a2s_cache(self.service.id, result.payload, time.monotonic_ns(), kind=kind)
                 outcome = REFRESHED
             except Exception as exc:  # pylint: disable=broad-except
-                LOG.error("service %s: cannot write the A2S cache: %s", self.service.name, exc)
+                LOG.error("service %s: cannot write the A2S %s cache entry: %s", self.service.name, kind, exc)
                 outcome = WRITE_FAILED
-        elif result.kind == a2s.INFO:
+        elif result.kind == kind:
             outcome = TOO_BIG_NOT_CACHED
         elif result.kind == a2s.SPLIT:
             outcome = SPLIT_NOT_CACHED
         else:
             outcome = NO_REPLY
         with self.lock:
-            self.refreshes[outcome] += 1
+            self.refreshes[kind, outcome] += 1
 
     def run(self, stopping: threading.Event) -> None:
         """Probe every interval until ``stopping`` is set. Never dies of a probe's exception."""

@@ -1,4 +1,4 @@
-"""The agent fills the A2S cache map from a game server; the XDP program answers from it."""
+"""The agent fills the A2S cache map (INFO, PLAYER, RULES) from a game server; the XDP program answers from it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import pytest
 
 from agent_world import IFACE, SERVICE_ADDRESS, SERVICE_PORT, AgentWorld, wait_until
+from bpf.packets import a2s_field_request
 from bpf.scenario import A2S_REQUEST, GAME_UDP_ID, PLAYER, cookie_for, player_udp, setup_pop
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import health, refresher
@@ -54,9 +55,11 @@ def watch_for(world):
     return refresher.ServiceWatch(config.services[0], config, EdgeMaps(world.pin_root, IFACE))
 
 
-def ask_the_pop(world):
-    """A player's A2S_INFO with the POP's cookie, through the XDP program."""
-    return world.edge.run(player_udp(A2S_REQUEST + cookie_for()))
+def ask_the_pop(world, kind="info"):
+    """A player's A2S query of `kind` with the POP's cookie, through the XDP program."""
+    if kind == "info":
+        return world.edge.run(player_udp(A2S_REQUEST + cookie_for()))
+    return world.edge.run(player_udp(a2s_field_request(kind, int.from_bytes(cookie_for(), "little"))))
 
 
 def test_the_agent_fills_the_cache_and_the_pop_answers_from_it(pop):
@@ -64,7 +67,7 @@ def test_the_agent_fills_the_cache_and_the_pop_answers_from_it(pop):
     pop.start_game_server()  # demands a challenge, like a current Source server
     watch = watch_for(pop)
     outcome = watch.probe_once()
-    assert outcome.evidence == health.UP and watch.challenges == 1
+    assert outcome.evidence == health.UP and watch.challenges == len(abi.A2S_KINDS)  # one per kind
     updated_ns, payload = EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID)
     assert payload.startswith(b"\xff\xff\xff\xffI") and 0 < time.monotonic_ns() - updated_ns < 2 * 10**9
 
@@ -75,12 +78,44 @@ def test_the_agent_fills_the_cache_and_the_pop_answers_from_it(pop):
     assert frame[UDP].load == payload  # exactly what the game server said
 
 
+def test_the_agent_fills_all_three_kinds_and_the_pop_answers_each_from_its_own(pop):
+    """One refresh asks INFO, PLAYER and RULES (each through the game server's challenge) and
+    writes three entries; the POP then answers a cookie-holding player's A2S_PLAYER and A2S_RULES
+    with exactly the bytes the game server sent for each."""
+    for kind in abi.A2S_KINDS:
+        assert ask_the_pop(pop, kind).reason == "tx_forward"
+    pop.start_game_server()
+    watch = watch_for(pop)
+    assert watch.probe_once().evidence == health.UP and watch.challenges == len(abi.A2S_KINDS)
+    payloads = {}
+    for kind, reply_type in zip(abi.A2S_KINDS, (b"I", b"D", b"E")):
+        updated_ns, payloads[kind] = EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID, kind)
+        assert payloads[kind].startswith(b"\xff\xff\xff\xff" + reply_type)
+        assert 0 < time.monotonic_ns() - updated_ns < 2 * 10**9
+        assert watch.refreshes[kind, refresher.REFRESHED] == 1
+    assert len(set(payloads.values())) == len(abi.A2S_KINDS)
+    for kind in abi.A2S_KINDS:
+        result = ask_the_pop(pop, kind)
+        assert (result.action, result.reason) == ("TX", "tx_a2s_cached")
+        assert Ether(result.data)[UDP].load == payloads[kind]
+
+
 def test_a_split_reply_is_not_cached(pop):
-    pop.start_game_server("--split")
+    pop.start_game_server("--split", "info")
     watch = watch_for(pop)
     assert watch.probe_once().evidence == health.UP
     assert EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID) is None
     assert ask_the_pop(pop).reason == "tx_forward"
+
+
+def test_a_split_player_list_is_not_cached_and_player_queries_go_to_the_server(pop):
+    pop.start_game_server("--split", "player")
+    watch = watch_for(pop)
+    assert watch.probe_once().evidence == health.UP
+    assert EdgeMaps(pop.pin_root, IFACE).read_a2s_cache(GAME_UDP_ID, "player") is None
+    assert watch.refreshes["player", refresher.SPLIT_NOT_CACHED] == 1
+    assert ask_the_pop(pop, "player").reason == "tx_forward"
+    assert ask_the_pop(pop, "rules").reason == "tx_a2s_cached"
 
 
 def test_when_the_server_stops_the_entry_ages_out_and_queries_go_to_the_server(pop):

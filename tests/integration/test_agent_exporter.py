@@ -125,12 +125,16 @@ def test_bans_punches_and_cache_entries(pop):
     pop.edge.ban("192.0.2.2", now - 10**9)  # expired: not active
     pop.edge.punch("udp", GAME, 27015, PLAYER, 50000, now)
     pop.edge.set_a2s_cache(GAME_UDP_ID, b"\xff\xff\xff\xffI" + b"\x00" * 20, now - 2 * 10**9)
+    pop.edge.set_a2s_cache(GAME_UDP_ID, b"\xff\xff\xff\xffD\x00", now - 7 * 10**9, kind="player")
     samples = scrape(make_collector(pop))
     assert samples[("anycast_edge_bans_active", ())] == 1
     assert samples[("anycast_edge_punches", ())] == 1
-    assert samples[("anycast_edge_a2s_cache_entries", ())] == 1
-    age = samples[("anycast_edge_a2s_cache_age_seconds", (("service", "cs2-main"), ("service_id", str(GAME_UDP_ID))))]
+    assert samples[("anycast_edge_a2s_cache_entries", ())] == 2          # both kinds
+    service = (("service", "cs2-main"), ("service_id", str(GAME_UDP_ID)))
+    age = samples[("anycast_edge_a2s_cache_age_seconds", (("kind", "info"),) + service)]
     assert 2 <= age < 5
+    assert 7 <= samples[("anycast_edge_a2s_cache_age_seconds", (("kind", "player"),) + service)] < 10
+    assert ("anycast_edge_a2s_cache_age_seconds", (("kind", "rules"),) + service) not in samples
     assert samples[("anycast_edge_maps_readable", ())] == 1
 
 

@@ -162,7 +162,8 @@ def run_agent(world, caps: str, seconds: float = 8.0) -> tuple[dict, str]:
             text = scrape(world, "http://127.0.0.1:%d/metrics" % port)
             samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
                        if line.startswith("anycast_edge_") and "{" not in line}
-            if samples.get("anycast_edge_announced") == 1 and samples.get("anycast_edge_a2s_cache_entries") == 1:
+            if samples.get("anycast_edge_announced") == 1 and \
+                    samples.get("anycast_edge_a2s_cache_entries") == len(abi.A2S_KINDS):
                 break
     finally:
         if agent.poll() is None:
@@ -174,8 +175,9 @@ def run_agent(world, caps: str, seconds: float = 8.0) -> tuple[dict, str]:
 def reset(world):
     birdc(world, "disable", PROTOCOL)
     cache = world.edge.maps["edge_a2s_cache"]
-    if cache.lookup(abi.U32.pack(GAME_UDP_ID)) is not None:
-        cache.delete(abi.U32.pack(GAME_UDP_ID))
+    for kind in abi.A2S_KINDS:
+        if cache.lookup(abi.pack_a2s_cache_key(GAME_UDP_ID, kind)) is not None:
+            cache.delete(abi.pack_a2s_cache_key(GAME_UDP_ID, kind))
 
 
 def test_with_only_cap_dac_override_the_agent_does_everything(pop):
@@ -184,7 +186,8 @@ def test_with_only_cap_dac_override_the_agent_does_everything(pop):
     samples, log = run_agent(pop, "+dac_override")
     assert samples.get("anycast_edge_maps_readable") == 1, log
     assert samples.get("anycast_edge_dataplane_attached") == 1, log
-    assert samples.get("anycast_edge_a2s_cache_entries") == 1, log   # it wrote the cache (a map write)
+    # it wrote the cache (map writes): info, player and rules
+    assert samples.get("anycast_edge_a2s_cache_entries") == len(abi.A2S_KINDS), log
     assert samples.get("anycast_edge_announced") == 1, log
     assert protocol_up(pop), log                                      # through BIRD's socket, by group
     assert pop.edge.maps["edge_a2s_cache"].lookup(abi.U32.pack(GAME_UDP_ID)) is not None

@@ -1,4 +1,4 @@
-"""The agent's A2S_INFO protocol against a real client library (python-a2s) and a test server."""
+"""The agent's A2S protocol (INFO, PLAYER, RULES) against a real client library (python-a2s) and a test server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import socket
 import a2s as python_a2s
 import pytest
 
-from a2s_responder import DEFAULT_INFO, A2SResponder, build_info_reply
+from a2s_responder import DEFAULT_INFO, DEFAULT_PLAYERS, DEFAULT_RULES, A2SResponder, build_info_reply
 from anycast_edge_agent import a2s
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 
 @pytest.fixture
@@ -79,7 +81,9 @@ def test_classify():
     assert a2s.classify(b"\xff\xff\xff\xffA1234") == a2s.CHALLENGE
     assert a2s.classify(b"\xff\xff\xff\xffA12") == a2s.OTHER       # challenge without its 4 bytes
     assert a2s.classify(b"\xff\xff\xff\xfe\x01\x02") == a2s.SPLIT
-    assert a2s.classify(b"\xff\xff\xff\xffD\x00") == a2s.OTHER      # A2S_PLAYER answer
+    assert a2s.classify(b"\xff\xff\xff\xffD\x00") == a2s.PLAYER     # A2S_PLAYER answer
+    assert a2s.classify(b"\xff\xff\xff\xffE\x00\x00") == a2s.RULES
+    assert a2s.classify(b"\xff\xff\xff\xffm\x00") == a2s.OTHER      # GoldSrc's obsolete info answer
     assert a2s.classify(b"hello") == a2s.OTHER
 
 
@@ -95,3 +99,39 @@ def test_a_server_that_only_ever_challenges_is_given_up_on():
     with A2SResponder(demand_challenge=True) as server:
         result = a2s.query_info(server.address, timeout=1, max_challenges=0)
     assert result.kind is None and "challenges" in result.error
+
+
+def test_the_query_names_are_the_caches_kinds():
+    """One list of kinds: the agent's query names are _edge_abi's (enum a2s_kind, in order)."""
+    assert a2s.QUERIES == abi.A2S_KINDS
+
+
+def test_the_test_servers_player_and_rules_replies_satisfy_a_real_client(challenging_server):
+    """python-a2s completes PLAYER and RULES against the responder (its challenge included):
+    the replies the refresher caches are what clients parse."""
+    players = python_a2s.players(challenging_server.address, timeout=2)
+    assert [(p.name, p.score, p.duration) for p in players] == [(n, s, d) for n, s, d in DEFAULT_PLAYERS]
+    assert python_a2s.rules(challenging_server.address, timeout=2) == DEFAULT_RULES
+
+
+def test_player_and_rules_queries_complete_the_challenge_at_once(challenging_server):
+    results = a2s.query(challenging_server.address, a2s.QUERIES, timeout=2)
+    assert {kind: (result.kind, result.challenges) for kind, result in results.items()} == {
+        "info": ("info", 1), "player": ("player", 1), "rules": ("rules", 1)}
+    assert results["player"].payload == challenging_server.reply_of("player")
+    assert [(p["name"], p["score"]) for p in results["player"].info] == [(n, s) for n, s, d in DEFAULT_PLAYERS]
+    assert results["rules"].info == DEFAULT_RULES
+    assert a2s.request("player") == b"\xff\xff\xff\xffU\xff\xff\xff\xff"
+    assert a2s.request("rules", b"1234") == b"\xff\xff\xff\xffV1234"
+
+
+@pytest.mark.parametrize("cut", [6, 9, 20])
+def test_a_truncated_player_reply_is_rejected(challenging_server, cut):
+    with pytest.raises(a2s.A2SError):
+        a2s.parse_players(challenging_server.reply_of("player")[:cut])
+
+
+@pytest.mark.parametrize("cut", [7, 12, 30])
+def test_a_truncated_rules_reply_is_rejected(challenging_server, cut):
+    with pytest.raises(a2s.A2SError):
+        a2s.parse_rules(challenging_server.reply_of("rules")[:cut])
