@@ -76,8 +76,8 @@ def request(query: str, challenge: bytes | None = None) -> bytes:
         return info_request(challenge)
     if challenge is not None and len(challenge) != 4:
         raise ValueError("an A2S challenge is 4 bytes, not %d" % len(challenge))
-    return SIMPLE_HEADER + bytes([_FIELD_REQUEST_TYPES[query]]) + (ASK_FOR_CHALLENGE if challenge is None
-                                                                    else challenge)
+    field_value = ASK_FOR_CHALLENGE if challenge is None else challenge
+    return SIMPLE_HEADER + bytes([_FIELD_REQUEST_TYPES[query]]) + field_value
 
 
 def classify(datagram: bytes) -> str:
