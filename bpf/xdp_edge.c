@@ -8,7 +8,8 @@
  *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
  *   anycast prefix? else the kernel's) -> the source's one entry in edge_sources (only for
  *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
- *   options / no service (dropped) -> ICMP other than echo (dropped) -> port punch -> rate limit
+ *   options / no service (dropped) -> ICMP other than echo (dropped) -> payload rules
+ *   (payload_rules.h: drop, or a per-source limit) -> port punch -> rate limit
  *   (and ban), in the same entry -> A2S challenge/cache -> IPIP to the
  *   backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
@@ -69,6 +70,7 @@
 #include "encap.h"
 #include "a2s.h"
 #include "udp_reply.h"
+#include "payload_rules.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define NSEC_PER_MSEC 1000000ULL
@@ -834,6 +836,10 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	 * anycast address are nothing a game server needs, and an error must never be answered. */
 	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ICMP_TYPE);
+
+	/* The operator's payload rules (payload_rules.h). "verified" is the allow list for now. */
+	if (payload_rules_drop(ctx, pkt, allowed, allowed, now))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RULE);
 
 	punched = punch_is_live(cfg, pkt, now);
 	if (punched)

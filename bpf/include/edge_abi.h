@@ -314,6 +314,80 @@ struct attack_state {
 	__u64 since_ns;      /* monotonic time of the last transition */
 };
 
+/*
+ * Payload rules (anycast_edge_filters.rules): an ordered list, first match wins, read by
+ * payload_rules.h. The list lives in two banks of EDGE_MAX_PAYLOAD_RULES entries (edge_payload_rules,
+ * entry bank * EDGE_MAX_PAYLOAD_RULES + position); edge_payload_rule_bank[0] names the bank XDP reads.
+ * edge_rules writes the bank XDP does not read, then switches banks with one aligned 4-byte store:
+ * a packet sees the old list or the new one, whole, never a mix of the two (an array entry is
+ * copied in place, so rewriting a list XDP reads would show it half-written rules and a list
+ * in the middle of a reorder). A list ends at its first EDGE_RULE_END entry (all zero).
+ *
+ * Every field is "any" when zero (ranges: min 0 and max 0), so a rule says only what it matches.
+ * Numbers are in host byte order (ranges compare); payload bytes are raw.
+ */
+#define EDGE_PAYLOAD_RULE_BANKS 2
+#define EDGE_RULE_PAYLOAD_MAX   16      /* bytes a rule compares, at most */
+#define EDGE_MAX_RULE_LIMITS    65536   /* (source, rule) windows of the per-source limit action (edge_rule_limits) */
+
+enum edge_rule_action {
+	EDGE_RULE_END = 0,   /* no rule: the list ends here */
+	EDGE_RULE_DROP = 1,  /* dropped (drop_rule) */
+	EDGE_RULE_PASS = 2,  /* no later rule applies; the rest of the pipeline does (punch, rate limit, A2S ...) */
+	EDGE_RULE_LIMIT = 3, /* per source and rule: over limit_pps / limit_bps in a second, dropped (drop_rule) */
+};
+
+enum edge_rule_verified {
+	EDGE_RULE_SOURCE_ANY = 0,
+	EDGE_RULE_SOURCE_VERIFIED = 1,   /* only sources verified for the service (allow list, for now) */
+	EDGE_RULE_SOURCE_UNVERIFIED = 2, /* only the others */
+};
+
+struct payload_rule {
+	__u8 action;          /* enum edge_rule_action */
+	__u8 proto;           /* IPPROTO_*; 0: any */
+	__u8 verified;        /* enum edge_rule_verified */
+	__u8 payload_len;     /* bytes compared (0..EDGE_RULE_PAYLOAD_MAX); 0: no payload match */
+	__u8 ttl_min;         /* inclusive ranges; both 0: any */
+	__u8 ttl_max;
+	__u8 tcp_flags_mask;  /* (flags & mask) == value; mask 0: any; a rule with a mask matches TCP only */
+	__u8 tcp_flags_value;
+	__u16 dport_min;      /* destination port range; both 0: any */
+	__u16 dport_max;
+	__u16 sport_min;      /* source port range; both 0: any */
+	__u16 sport_max;
+	__u16 len_min;        /* IP total length range (header included); both 0: any */
+	__u16 len_max;
+	__u16 payload_offset; /* from the first byte after the TCP/UDP/ICMP header */
+	__u16 pad;
+	__u64 limit_pps;      /* EDGE_RULE_LIMIT: packets per second per source; 0: no packet limit */
+	__u64 limit_bps;      /* EDGE_RULE_LIMIT: bytes (IP total length) per second per source; 0: none */
+	__u8 payload_value[EDGE_RULE_PAYLOAD_MAX]; /* (payload & mask) == value; zero past payload_len */
+	__u8 payload_mask[EDGE_RULE_PAYLOAD_MAX];
+};
+
+/* edge_payload_rule_bank[0]: the bank XDP reads (0 or 1). */
+struct payload_rule_bank {
+	__u32 bank;
+	__u32 pad;
+};
+
+/* Per-source limit of an EDGE_RULE_LIMIT rule: one fixed one-second window per (source, rule
+ * position). The window is in the key, so a new second starts a new entry with an atomic insert
+ * instead of a racy reset of the old one. */
+struct rule_limit_key {
+	__be32 saddr;
+	__u32 window;   /* bpf_ktime_get_ns() / 1e9, truncated */
+	__u16 rule;     /* position in the list */
+	__u16 pad;
+};
+
+/* Its counts, added with atomic adds: exact on every CPU. */
+struct rule_limit_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
 /* Port punches: a flow the game server spoke on (return path), so the player's packets of that
  * flow are forwarded without rate limits. */
 struct punch_key {

@@ -234,4 +234,43 @@ struct {
 	__type(value, __u64);
 } edge_verify_stats SEC(".maps");
 
+/* Written by edge_rules (anycast_edge_filters.rules: the bank XDP does not read, then the other
+ * after the switch; edge_abi.h, struct payload_rule). Read by XDP on every packet to a service
+ * that passed the deny, own-source, ban and ICMP checks, up to the first matching rule. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_PAYLOAD_RULE_BANKS * EDGE_MAX_PAYLOAD_RULES);
+	__type(key, __u32);
+	__type(value, struct payload_rule);
+} edge_payload_rules SEC(".maps");
+
+/* Written by edge_rules (the switch between the two banks of edge_payload_rules, one entry).
+ * Read by XDP with the rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct payload_rule_bank);
+} edge_payload_rule_bank SEC(".maps");
+
+/* Written by XDP (per rule position, per CPU: the packets and bytes each rule matched). Read by
+ * the agent (exporter, anycast-edge top) and edge_stats_info. edge_rules zeroes a position whose
+ * rule it replaces, so a count always belongs to the rule now at its position. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_MAX_PAYLOAD_RULES);
+	__type(key, __u32);
+	__type(value, struct edge_counter);
+} edge_payload_rule_stats SEC(".maps");
+
+/* Written and read by XDP only (EDGE_RULE_LIMIT windows per source and rule). Its own small LRU,
+ * not edge_sources: a limit rule is aimed at a flood, whose spoofed sources would otherwise
+ * churn the per-source entries and evict the players' state; old windows fall out by LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_RULE_LIMITS);
+	__type(key, struct rule_limit_key);
+	__type(value, struct rule_limit_value);
+} edge_rule_limits SEC(".maps");
+
 #endif /* EDGE_MAPS_H */

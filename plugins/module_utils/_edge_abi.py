@@ -111,6 +111,17 @@ ADMISSION_BUCKET = struct.Struct("<QQQQQQQQ")           # struct admission_bucke
 ATTACK_STATE = struct.Struct("<I4xQ")                 # struct attack_state
 U64 = struct.Struct("<Q")                             # map values that are a plain __u64
 
+# Payload rules (anycast_edge_filters.rules): struct payload_rule, two banks of MAX_PAYLOAD_RULES.
+RULE_ACTIONS = ("end", "drop", "pass", "limit")       # enum edge_rule_action, in order
+RULE_VERIFIED = ("any", "verified", "unverified")     # enum edge_rule_verified, in order
+PAYLOAD_RULE_BANKS = 2                                # EDGE_PAYLOAD_RULE_BANKS
+RULE_PAYLOAD_MAX = 16                                 # EDGE_RULE_PAYLOAD_MAX
+MAX_RULE_LIMITS = 65536                               # EDGE_MAX_RULE_LIMITS
+PAYLOAD_RULE = struct.Struct("<BBBBBBBBHHHHHHH2xQQ16s16s")      # struct payload_rule
+PAYLOAD_RULE_BANK = struct.Struct("<I4x")             # struct payload_rule_bank
+RULE_LIMIT_KEY = struct.Struct("<4sIH2x")             # struct rule_limit_key
+RULE_LIMIT_VALUE = struct.Struct("<QQ")               # struct rule_limit_value
+
 SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
 NEXT_HOP_CACHE_ENTRY = struct.Struct("<Q4s4sII6s6sHBx")  # struct next_hop_cache_entry
 NEXT_HOP_CACHE_NS = 100 * 1000 * 1000                 # EDGE_NEXT_HOP_CACHE_NS
@@ -145,6 +156,13 @@ LAYOUTS = {
     "src_filter_entry": (SRC_FILTER_ENTRY, ("deny_all", "deny_some", "allow_all", "allow_some")),
     "src_hosts_key": (SRC_HOSTS_KEY, ("net24", "list")),
     "src_hosts_value": (SRC_HOSTS_VALUE, ("bits",)),
+    "payload_rule": (PAYLOAD_RULE, ("action", "proto", "verified", "payload_len", "ttl_min", "ttl_max",
+                                    "tcp_flags_mask", "tcp_flags_value", "dport_min", "dport_max", "sport_min",
+                                    "sport_max", "len_min", "len_max", "payload_offset", "pad", "limit_pps",
+                                    "limit_bps", "payload_value", "payload_mask")),
+    "payload_rule_bank": (PAYLOAD_RULE_BANK, ("bank", "pad")),
+    "rule_limit_key": (RULE_LIMIT_KEY, ("saddr", "window", "rule", "pad")),
+    "rule_limit_value": (RULE_LIMIT_VALUE, ("packets", "bytes")),
     "next_hop_cache_entry": (NEXT_HOP_CACHE_ENTRY, ("expires_ns", "saddr", "daddr", "ingress_ifindex", "ifindex",
                                                     "smac", "dmac", "fits_len", "tos", "pad")),
 }
@@ -315,3 +333,22 @@ def unpack_counters(per_cpu_values, layout=EDGE_COUNTER):
         fields = layout.unpack_from(raw)
         totals = fields if totals is None else tuple(a + b for a, b in zip(totals, fields))
     return totals or layout.unpack(bytes(layout.size))
+
+
+def pack_payload_rule(action, proto=0, verified="any", dport=(0, 0), sport=(0, 0), length=(0, 0), ttl=(0, 0),
+                      tcp_flags=(0, 0), payload_offset=0, payload=b"", payload_mask=None, limit=(0, 0)):
+    """struct payload_rule. action / verified: names of RULE_ACTIONS / RULE_VERIFIED; proto: an
+    IPPROTO name or number (0: any); ranges (min, max) inclusive, (0, 0): any; tcp_flags: (mask,
+    value); payload: up to RULE_PAYLOAD_MAX bytes compared at payload_offset under payload_mask
+    (None: every bit), the value stored masked; limit: (packets/s, bytes/s) of a limit rule."""
+    if len(payload) > RULE_PAYLOAD_MAX:
+        raise ValueError("%d payload bytes; a rule compares at most %d" % (len(payload), RULE_PAYLOAD_MAX))
+    mask = bytes(b"\xff" * len(payload)) if payload_mask is None else bytes(payload_mask)
+    if len(mask) != len(payload):
+        raise ValueError("payload mask of %d bytes for %d payload bytes" % (len(mask), len(payload)))
+    value = bytes(a & b for a, b in zip(payload, mask))
+    pad = bytes(RULE_PAYLOAD_MAX - len(payload))
+    return PAYLOAD_RULE.pack(RULE_ACTIONS.index(action), IPPROTO.get(proto, proto), RULE_VERIFIED.index(verified),
+                             len(payload), ttl[0], ttl[1], tcp_flags[0], tcp_flags[1], dport[0], dport[1],
+                             sport[0], sport[1], length[0], length[1], payload_offset, limit[0], limit[1],
+                             value + pad, mask + pad)

@@ -28,9 +28,11 @@ ALL_MAPS = (
     "edge_allow_v4", "edge_deny_v4", "edge_sources", "edge_punches",
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
     "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
+    "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
-              "edge_tunnel_ifaces", "edge_own_addrs")
+              "edge_tunnel_ifaces", "edge_own_addrs", "edge_payload_rules", "edge_payload_rule_bank",
+              "edge_payload_rule_stats")
 
 
 @dataclass
@@ -138,8 +140,14 @@ class EdgeEnv:
         next_hops = self.maps["edge_next_hops"]
         next_hops.update_batch([abi.U32.pack(index) for index in range(next_hops.max_entries)],
                                [bytes(next_hops.value_buffer_size)] * next_hops.max_entries)
+        # No rule list and bank 0, as a freshly loaded program has.
+        rules = self.maps["edge_payload_rules"]
+        rules.update_batch([abi.U32.pack(index) for index in range(rules.max_entries)],
+                           [bytes(abi.PAYLOAD_RULE.size)] * rules.max_entries)
+        self.maps["edge_payload_rule_bank"].update(abi.U32.pack(0), abi.PAYLOAD_RULE_BANK.pack(0))
         for name, layout, count in (("edge_reason_stats", abi.EDGE_COUNTER, len(abi.REASONS)),
-                                    ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES)):
+                                    ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES),
+                                    ("edge_payload_rule_stats", abi.EDGE_COUNTER, abi.MAX_PAYLOAD_RULES)):
             zero = [bytes(layout.size)] * ncpu
             for index in range(count):
                 self.maps[name].update_percpu(abi.U32.pack(index), zero)
@@ -226,6 +234,27 @@ class EdgeEnv:
 
     def set_source(self, address: str, state) -> None:
         self.maps["edge_sources"].update(abi.ipv4(address), state.pack())
+
+    def set_payload_rules(self, packed_rules) -> None:
+        """Load a list of packed struct payload_rule (abi.pack_payload_rule) the way edge_rules does:
+        into the bank XDP does not read (the rest of it emptied), then switch banks."""
+        packed_rules = list(packed_rules)
+        if len(packed_rules) > abi.MAX_PAYLOAD_RULES:
+            raise ValueError("%d rules; the program holds %d" % (len(packed_rules), abi.MAX_PAYLOAD_RULES))
+        bank = 1 - self.payload_rule_bank()
+        empty = bytes(abi.PAYLOAD_RULE.size)
+        values = packed_rules + [empty] * (abi.MAX_PAYLOAD_RULES - len(packed_rules))
+        base = bank * abi.MAX_PAYLOAD_RULES
+        self.maps["edge_payload_rules"].update_batch([abi.U32.pack(base + index) for index in range(len(values))],
+                                                     values)
+        self.maps["edge_payload_rule_bank"].update(abi.U32.pack(0), abi.PAYLOAD_RULE_BANK.pack(bank))
+
+    def payload_rule_bank(self) -> int:
+        return abi.PAYLOAD_RULE_BANK.unpack(self.maps["edge_payload_rule_bank"].lookup(abi.U32.pack(0)))[0]
+
+    def rule_hits(self, position: int) -> tuple:
+        """(packets, bytes) the rule at `position` matched, summed over CPUs."""
+        return abi.unpack_counters(self.maps["edge_payload_rule_stats"].lookup_percpu(abi.U32.pack(position)))
 
     def ban(self, address: str, until_ns: int) -> None:
         """Ban by hand, as an operator does: the source's entry gets ban_until_ns (made if need be)."""

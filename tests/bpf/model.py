@@ -59,6 +59,7 @@ IP_DF = 0x4000
 IP_OFFSET = 0x1FFF
 
 NSEC_PER_SEC = 1_000_000_000
+RULE_PAYLOAD_MAX = 16          # EDGE_RULE_PAYLOAD_MAX: bytes a payload rule compares
 NSEC_PER_MSEC = 1_000_000
 DEFAULT_COOKIE_EPOCH_NS = 30 * NSEC_PER_SEC
 IPIP_OUTER_TTL = 64
@@ -215,6 +216,32 @@ class Config:
 
 
 @dataclass
+class PayloadRule:
+    """One struct payload_rule (anycast_edge_filters.rules). Ranges (min, max) inclusive, (0, 0):
+    any; proto 0: any; tcp_flags (mask, value), mask 0: any; payload compared under payload_mask."""
+    action: str                       # "drop" | "pass" | "limit"
+    proto: int = 0
+    verified: str = "any"             # "any" | "verified" | "unverified"
+    dport: tuple = (0, 0)
+    sport: tuple = (0, 0)
+    length: tuple = (0, 0)            # IP total length
+    ttl: tuple = (0, 0)
+    tcp_flags: tuple = (0, 0)
+    payload_offset: int = 0           # from the first byte after the L4 header
+    payload: bytes = b""
+    payload_mask: Optional[bytes] = None   # None: every bit of payload
+    limit: tuple = (0, 0)             # limit rules: (packets/s, bytes/s) per source
+
+
+@dataclass(frozen=True)
+class RuleLimitKey:
+    """struct rule_limit_key: one source's window for the limit rule at a position."""
+    saddr: str
+    window: int
+    rule: int
+
+
+@dataclass
 class ModelState:
     """Everything the program reads from or writes to its maps (statistics maps left out)."""
     config: Config = field(default_factory=Config)
@@ -230,6 +257,8 @@ class ModelState:
     tx_ports: set = field(default_factory=set)             # {"bk0", ...}: edge_tx_ports devices
     tunnel_ifaces: set = field(default_factory=set)        # {"up0", ...}: edge_tunnel_ifaces (carry IPIP)
     own_addrs: set = field(default_factory=set)            # {"10.0.0.1", ...}: edge_own_addrs
+    payload_rules: list = field(default_factory=list)      # [PayloadRule], in order (the bank XDP reads)
+    rule_limits: dict = field(default_factory=dict)        # {RuleLimitKey: (packets, bytes)}
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
@@ -238,7 +267,8 @@ class ModelState:
                        sources={address: replace(source) for address, source in self.sources.items()},
                        punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
                        tx_ports=set(self.tx_ports),
-                       tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs))
+                       tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs),
+                       payload_rules=list(self.payload_rules), rule_limits=dict(self.rule_limits))
 
     # lookups as the program makes them
     def service(self, proto: int, addr: str, port: int) -> Optional[Service]:
@@ -277,10 +307,12 @@ class Effects:
     punch_deleted: Optional[PunchKey] = None  # an idle punch met by an inbound packet
     cache_stored: Optional[tuple] = None     # (cache key, CacheEntry): a snooped A2S reply
     rate_counted: Optional[tuple] = None     # (address, window, IP bytes): one packet in the source's window
+    rule_limit_counted: Optional[tuple] = None  # (RuleLimitKey, bytes): counted by a limit rule
+    rule_hit: Optional[int] = None           # position of the payload rule that matched (its hit counter)
 
     def __bool__(self) -> bool:
         return any((self.source_counted, self.ban, self.punch_seen, self.punch_deleted, self.cache_stored,
-                    self.rate_counted))
+                    self.rate_counted, self.rule_limit_counted, self.rule_hit is not None))
 
 
 @dataclass
@@ -511,6 +543,10 @@ class EdgeModel:
         if effects.ban is not None:
             address, until = effects.ban
             state.sources[address].ban_until_ns = until
+        if effects.rule_limit_counted is not None:
+            key, nbytes = effects.rule_limit_counted
+            packets, total = state.rule_limits.get(key, (0, 0))
+            state.rule_limits[key] = (packets + 1, total + nbytes)
 
     # -- the pipeline (xdp_edge.c), in its order --
 
@@ -576,6 +612,10 @@ class EdgeModel:
         # An ICMP service is for ping: echo requests only.
         if pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO:
             raise _verdict(DROP, "drop_icmp_type")
+        # The payload rules (payload_rules.h), after everything above (which "pass" never skips).
+        # "verified" is the allow list until the verification state exists.
+        if self._payload_rules_drop(pkt, verified=allowed, allowed=allowed):
+            raise _verdict(DROP, "drop_rule")
         if self._punch_is_live(pkt):
             self._forward_to_backend(pkt, svc, "tx_punched")
         if not allowed and self._rate_limit_exceeded(pkt, svc):
@@ -583,6 +623,51 @@ class EdgeModel:
         if pkt.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_CACHE:
             self._a2s_handle(pkt, svc)
         self._forward_to_backend(pkt, svc, "tx_forward")
+
+    def _rule_matches(self, rule: PayloadRule, pkt: Ipv4, verified: bool) -> bool:
+        def holds(bounds, value):
+            return bounds == (0, 0) or bounds[0] <= value <= bounds[1]
+
+        if rule.proto and rule.proto != pkt.proto:
+            return False
+        if (rule.verified == "verified" and not verified) or (rule.verified == "unverified" and verified):
+            return False
+        if not (holds(rule.dport, pkt.dport) and holds(rule.sport, pkt.sport) and holds(rule.length, pkt.ip_tot_len)
+                and holds(rule.ttl, pkt.ttl)):
+            return False
+        mask, value = rule.tcp_flags
+        if mask:
+            # UDP has no flags: a flags rule is a TCP rule, even one asking for flags "0".
+            if pkt.proto != IPPROTO_TCP or self._frame[pkt.l4_off + 13] & mask != value:
+                return False
+        if not rule.payload:
+            return True
+        # Only bytes of the IP packet count: never the Ethernet padding or junk after it.
+        if rule.payload_offset + len(rule.payload) > pkt.payload_len:
+            return False
+        start = pkt.payload_off + rule.payload_offset
+        window = self._frame[start:start + len(rule.payload)]
+        mask = rule.payload_mask if rule.payload_mask is not None else b"\xff" * len(rule.payload)
+        return all(w & k == p & k for w, k, p in zip(window, mask, rule.payload))
+
+    def _payload_rules_drop(self, pkt: Ipv4, verified: bool, allowed: bool) -> bool:
+        """First match wins: drop -> dropped; pass -> on (later rules skipped); limit -> counted per
+        (source, position) in one-second windows, dropped over the limit (never for the allow list)."""
+        for position, rule in enumerate(self.state.payload_rules):
+            if not self._rule_matches(rule, pkt, verified):
+                continue
+            self._effects.rule_hit = position
+            if rule.action == "drop":
+                return True
+            if rule.action == "limit" and not allowed:
+                key = RuleLimitKey(pkt.saddr, (self._now // NSEC_PER_SEC) & 0xFFFFFFFF, position)
+                packets, total = self.state.rule_limits.get(key, (0, 0))
+                packets, total = packets + 1, total + pkt.ip_tot_len
+                self._effects.rule_limit_counted = (key, pkt.ip_tot_len)
+                pps, bps = rule.limit
+                return bool((pps and packets > pps) or (bps and total > bps))
+            return False
+        return False
 
     def _punch_is_live(self, pkt: Ipv4) -> bool:
         if pkt.proto not in (IPPROTO_TCP, IPPROTO_UDP):

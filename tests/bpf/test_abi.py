@@ -83,3 +83,20 @@ def test_a2s_cache_keys_follow_the_c_definition(repo_root, btf_object):
     assert abi.a2s_cache_key(237) == 237                       # A2S_INFO: the service id, as before kinds
     assert abi.a2s_cache_key(237, "rules") == 237 | 2 << 16
     assert abi.unpack_a2s_cache_key(abi.pack_a2s_cache_key(1023, "player")) == (1023, "player")
+
+
+def test_payload_rule_enums_follow_the_c_enums(repo_root):
+    header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
+    assert tuple(enum_names(header, "edge_rule_action", "EDGE_RULE_")) == abi.RULE_ACTIONS
+    assert tuple(enum_names(header, "edge_rule_verified", "EDGE_RULE_SOURCE_")) == abi.RULE_VERIFIED
+
+
+def test_payload_rule_maps_follow_the_c_constants(btf_object):
+    """Two banks of MAX_PAYLOAD_RULES rules, one hit counter per position."""
+    rules = btf_object.map("edge_payload_rules")
+    assert (rules.max_entries, rules.value_size) == (abi.PAYLOAD_RULE_BANKS * abi.MAX_PAYLOAD_RULES,
+                                                    abi.PAYLOAD_RULE.size)
+    assert btf_object.map("edge_payload_rule_stats").max_entries == abi.MAX_PAYLOAD_RULES
+    assert btf_object.map("edge_rule_limits").max_entries == abi.MAX_RULE_LIMITS
+    with pytest.raises(ValueError, match="at most 16"):
+        abi.pack_payload_rule("drop", payload=bytes(17))

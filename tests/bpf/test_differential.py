@@ -112,6 +112,7 @@ class StateSpec:
     cookie_key_previous: tuple  # the previous key generation; (0, 0): none
     cookie_tai_offset: int      # the POP's TAI offset in the config (ns, whole seconds), off the cookie clock
     limits: dict            # class name -> limit kind
+    payload_rules: list     # [m.PayloadRule], in order (anycast_edge_filters.rules)
 
 
 @dataclass
@@ -476,6 +477,51 @@ def packet_spec(kind_index: int, seed: int, state: StateSpec, flows) -> PacketSp
     return other_spec(pick)
 
 
+# Payload bytes the random packets carry often enough for a rule to meet them: A2S requests
+# (FF FF FF FF 'T' ...) and their challenges, and nothing in particular (a mask of zeros).
+RULE_PAYLOADS = (b"\xff\xff\xff\xff", b"\xff\xff\xff\xffT", b"Source Engine", b"\x00", b"\xff")
+
+
+def _range(pick, low, high, around=None):
+    """An inclusive (min, max), sometimes (0, 0) (any), sometimes around a value packets carry."""
+    if around is not None and often(pick, 2):
+        first = max(low, around - pick.integers(0, 1))
+        return first, min(high, around + pick.integers(0, 1))
+    first, second = pick.integers(low, high), pick.integers(low, high)
+    return min(first, second), max(first, second)
+
+
+def payload_rule(pick) -> m.PayloadRule:
+    """A rule shaped to meet the random packets now and then (their services' protocols and ports,
+    A2S payloads), every field sometimes at its edges."""
+    template = pick.choice(SERVICE_TEMPLATES)
+    rule = m.PayloadRule(action=weighted(pick, (3, "drop"), (2, "pass"), (2, "limit")))
+    if often(pick, 3):
+        rule.proto = template.proto if often(pick, 3) else pick.choice((UDP, TCP, ICMP, GRE))
+    rule.verified = weighted(pick, (4, "any"), (1, "verified"), (1, "unverified"))
+    if often(pick, 2):
+        rule.dport = _range(pick, 0, 65535, around=template.port)
+    if often(pick, 1):
+        rule.sport = _range(pick, 0, 65535)
+    if often(pick, 1):
+        rule.length = _range(pick, 0, 1600)
+    if often(pick, 1):
+        rule.ttl = _range(pick, 0, 255, around=64)
+    if often(pick, 1):
+        mask = pick.integers(1, 255)
+        rule.tcp_flags = (mask, pick.integers(0, 255) & mask)
+    if often(pick, 2):
+        content = pick.choice(RULE_PAYLOADS) if often(pick, 3) else pick.binary(1, m.RULE_PAYLOAD_MAX)
+        content = content[:m.RULE_PAYLOAD_MAX]
+        rule.payload_offset = 0 if often(pick, 2) else pick.integers(0, 70)
+        rule.payload = content
+        if often(pick, 1):
+            rule.payload_mask = pick.binary(len(content), len(content))
+    if rule.action == "limit":
+        rule.limit = LIMITS[weighted(pick, (1, "none"), (2, "never"), (2, "always"))]
+    return rule
+
+
 def state_spec(pick) -> StateSpec:
     services = []
     for template in SERVICE_TEMPLATES:
@@ -523,6 +569,8 @@ def state_spec(pick) -> StateSpec:
         # epoch must follow CLOCK_TAI less the config's offset, whatever it is.
         cookie_tai_offset=m.NSEC_PER_SEC * weighted(pick, (2, 0), (2, 37), (1, pick.integers(-100, 10**6))),
         limits={name: weighted(pick, (6, "none"), (2, "never"), (1, "always")) for name in m.CLASS_NAMES},
+        payload_rules=[payload_rule(pick) for dummy in range(weighted(pick, (2, 0), (3, pick.integers(1, 4)),
+                                                                       (1, pick.integers(5, 12))))],
     )
 
 
@@ -568,7 +616,7 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
     state = m.ModelState(config=config, anycast_v4=list(ANYCAST_V4), anycast_v6=list(ANYCAST_V6),
                          backends=set(spec.backends), allow=list(spec.allow), deny=list(spec.deny),
                          tx_ports=set(spec.tx_ports), tunnel_ifaces=set(spec.tunnel_ifaces),
-                         own_addrs=set(spec.own_addrs))
+                         own_addrs=set(spec.own_addrs), payload_rules=list(spec.payload_rules))
     for template, backend, flags, max_age, limit in spec.services:
         state.services.append(m.Service(template.proto, template.addr, template.port, template.id, backend, flags,
                                         h_ms if max_age == "H" else 0, LIMITS[limit]))
@@ -621,6 +669,16 @@ def load_state(env, state: m.ModelState) -> None:
     env.set_tunnel_devices(*state.tunnel_ifaces)
     for address in state.own_addrs:
         env.add_own_address(address)
+    env.set_payload_rules(pack_rule(rule) for rule in state.payload_rules)
+    for key, (packets, nbytes) in state.rule_limits.items():
+        env.maps["edge_rule_limits"].update(abi.RULE_LIMIT_KEY.pack(abi.ipv4(key.saddr), key.window, key.rule),
+                                            abi.RULE_LIMIT_VALUE.pack(packets, nbytes))
+
+
+def pack_rule(rule: m.PayloadRule) -> bytes:
+    return abi.pack_payload_rule(rule.action, rule.proto, rule.verified, rule.dport, rule.sport, rule.length,
+                                 rule.ttl, rule.tcp_flags, rule.payload_offset, rule.payload, rule.payload_mask,
+                                 rule.limit)
 
 
 # ---- reading the program's maps back -----------------------------------------------------------------------
@@ -645,6 +703,25 @@ def program_cache(env) -> dict:
         updated, length, csum, payload = abi.A2S_CACHE_ENTRY.unpack(value)
         found[abi.U32.unpack(key)[0]] = (updated, payload[:length], csum)
     return found
+
+
+def program_rule_limits(env) -> dict:
+    """(source, rule position) -> (packets, bytes), summed over windows (as rate_totals)."""
+    totals = {}
+    for key, value in env.maps["edge_rule_limits"].items():
+        saddr, dummy, position = abi.RULE_LIMIT_KEY.unpack(key)
+        packets, nbytes = abi.RULE_LIMIT_VALUE.unpack(value)
+        previous = totals.get((socket.inet_ntoa(saddr), position), (0, 0))
+        totals[(socket.inet_ntoa(saddr), position)] = (previous[0] + packets, previous[1] + nbytes)
+    return totals
+
+
+def model_rule_limits(state: m.ModelState) -> dict:
+    totals = {}
+    for key, (packets, nbytes) in state.rule_limits.items():
+        previous = totals.get((key.saddr, key.rule), (0, 0))
+        totals[(key.saddr, key.rule)] = (previous[0] + packets, previous[1] + nbytes)
+    return totals
 
 
 def assert_times_match(what, program: dict, model: dict, slack_ns: int) -> None:
@@ -686,6 +763,7 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     for key, entry in state.a2s_cache.items():
         assert cache[key][1:] == (entry.payload, entry.csum), "a2s cache %s differs" % (abi.unpack_a2s_cache_key(
             abi.U32.pack(key)),)
+    assert program_rule_limits(env) == model_rule_limits(state)
 
 
 # ---- the safety property, on the program's own answers -----------------------------------------------------
@@ -970,9 +1048,12 @@ def test_program_agrees_with_model(edge):
         model = m.EdgeModel(state)
         slack = 0
         started = monotonic_ns()
+        hits = [0] * len(state.payload_rules)
         for index, packet in enumerate(packet_specs):
             frame = build_frame(packet, ctx)
             result, outcome, span = run_both(edge, model, frame, packet.ingress)
+            if outcome.effects.rule_hit is not None:
+                hits[outcome.effects.rule_hit] += 1
             slack = max(slack, span)
             assert_denied_never_forwarded(frame, result.action, result.reason, state.deny)
             assert_trust_rules_hold(frame, packet.ingress, result.action, result.reason, state)
@@ -980,6 +1061,7 @@ def test_program_agrees_with_model(edge):
             ran["packets"] += 1
             reasons_seen.add(result.reason)
         assert_maps_match(edge, state, slack, started)
+        assert [edge.rule_hits(position)[0] for position in range(len(hits))] == hits, "payload rule hit counters"
         ran["examples"] += 1
 
     started = time.monotonic()
@@ -988,5 +1070,6 @@ def test_program_agrees_with_model(edge):
                                                                time.monotonic() - started))
     assert ran["packets"] >= PACKETS_WANTED, "only %d packets ran" % ran["packets"]
     # The trust rules of issue 12 section 3 are each met by the random packets, not just allowed for.
-    missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return"} - reasons_seen
+    missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return",
+               "drop_rule"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
