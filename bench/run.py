@@ -1,7 +1,7 @@
 """Benchmark of the XDP edge program against xdp-tools' xdp-filter (run as root: `make bench`).
 
 Times build/xdp_edge.o with BPF_PROG_TEST_RUN on one packet per path (deny drop, IPIP forward,
-A2S cache hit, rate-limited drop, pass-through), next to an empty `return XDP_DROP` program (the
+A2S_INFO and A2S_PLAYER cache hits, rate-limited drop, pass-through), next to an empty `return XDP_DROP` program (the
 floor) and xdp-filter dropping the same packet by a source rule (the baseline), then the deny drop
 with a million deny prefixes loaded against one. Prints ns per packet (median of interleaved
 runs), the ratio to the baseline and the issue's targets. bench/README.md explains the method.
@@ -113,6 +113,9 @@ def _check_single_runs(env, scenario, measure):
     if not (reply[IP].dst == scenario.A2S_CLIENT and reply[UDP].dport == scenario.A2S_CLIENT_PORT
             and bytes(reply[UDP].payload) == scenario.a2s_info_reply()):
         raise measure.SetupError("A2S: the reply is not the cached A2S_INFO answer: %s" % reply.summary())
+    reply = Ether(expect(scenario.a2s_player_request_frame(), "TX", "tx_a2s_cached").data)
+    if not (reply[IP].dst == scenario.A2S_CLIENT and bytes(reply[UDP].payload) == scenario.a2s_player_reply()):
+        raise measure.SetupError("A2S_PLAYER: the reply is not the cached A2S_PLAYER answer: %s" % reply.summary())
 
     # Put the limited source over its limit first (it already is from the first packet: see
     # scenario.LIMITED_SERVICE_LIMIT), and check that it is counted, dropped and never banned.
@@ -260,6 +263,7 @@ def _bench(args) -> int:
 
         denied, forward, limited = scenario.denied_frame(), scenario.forward_frame(), scenario.limited_frame()
         passing, a2s = scenario.pass_frame(), scenario.a2s_request_frame()
+        a2s_player = scenario.a2s_player_request_frame()
         DROP, PASS, TX = _bpf.XDP_DROP, _bpf.XDP_PASS, _bpf.XDP_TX
 
         floor = Probe("floor", floor_prog.prog, denied, ctx(denied), DROP)
@@ -278,6 +282,10 @@ def _bench(args) -> int:
                            forward, ctx(forward), DROP)
         a2s_h = edge_probe("A2S via harness", harness(env.prog, a2s, 0), a2s, TX, "tx_a2s_cached")
         a2s_hf = Probe("harness floor (A2S frame)", harness(floor_prog.prog, a2s, 0), a2s, ctx(a2s), DROP)
+        a2s_player_h = edge_probe("A2S_PLAYER via harness", harness(env.prog, a2s_player, 0), a2s_player, TX,
+                                  "tx_a2s_cached")
+        a2s_player_hf = Probe("harness floor (A2S_PLAYER frame)", harness(floor_prog.prog, a2s_player, 0), a2s_player,
+                              ctx(a2s_player), DROP)
         deny_h = edge_probe("deny via harness", harness(env.prog, denied, 0), denied, DROP, "drop_deny")
         deny_hf = Probe("harness floor (denied frame)", harness(floor_prog.prog, denied, 0),
                         denied, ctx(denied), DROP)
@@ -293,14 +301,15 @@ def _bench(args) -> int:
         _check_harness(floor_fwd_h, env.run(forward).data, measure)
         _check_harness(floor_a2s_h, env.run(a2s).data, measure)
         _check_harness(a2s_h, env.run(a2s).data, measure)
+        _check_harness(a2s_player_h, env.run(a2s_player).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
 
         # What the FIB's answer costs (xdp_edge keeps it per CPU for 100 ms): that helper alone,
         # for the same route as the forward's, in front of nothing else.
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
-        probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, rate,
-                  pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+        probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
+                  a2s_player_hf, rate, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -318,6 +327,8 @@ def _bench(args) -> int:
             ("xdp_edge forward (IPIP, next hop cached -> XDP_TX) [1]", corrected(forward_h, forward_hf, floor),
              "forward"),
             ("xdp_edge A2S cache hit (cookie ok -> XDP_TX) [1]", corrected(a2s_h, a2s_hf, floor), "a2s"),
+            ("xdp_edge A2S_PLAYER cache hit (cookie in field -> XDP_TX) [1]",
+             corrected(a2s_player_h, a2s_player_hf, floor), "a2s"),
             ("xdp_edge rate-limited drop", rate.samples, None),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
             ("method check: deny drop via harness [1]", corrected(deny_h, deny_hf, floor), None),

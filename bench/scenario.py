@@ -28,7 +28,7 @@ BACKEND = "10.1.0.10"            # routed via the uplink's router: bpf_fib_looku
 IPIP_HEADER_LEN = 20             # what the forward pushes in front of the player's packet
 
 FORWARD_PORT, FORWARD_ID = 27015, 1      # a plain game service
-A2S_PORT, A2S_ID = 27016, 2              # a service with the A2S_INFO cache on
+A2S_PORT, A2S_ID = 27016, 2              # a service with the A2S cache on (INFO and PLAYER entries)
 LIMITED_PORT, LIMITED_ID = 27017, 3      # a service with a tiny per-source limit of its own
 
 DENIED_PREFIX = "192.0.2.0/24"
@@ -76,6 +76,13 @@ def a2s_info_reply() -> bytes:
             + struct.pack("<Q", 730))
 
 
+def a2s_player_reply() -> bytes:
+    """A plausible A2S_PLAYER reply (FF FF FF FF 44 ...): the 12 players a2s_info_reply() counts."""
+    return (b"\xff\xff\xff\xffD" + bytes([12])
+            + b"".join(bytes([index]) + b"player-%02d\x00" % index + struct.pack("<if", 3 * index, 61.5 * index)
+                       for index in range(12)))
+
+
 def _to_pop(src: str, dst: str, l4) -> bytes:
     """An Ethernet frame from the upstream router to the POP's uplink."""
     return bytes(Ether(src=topo.ROUTER_MAC, dst=topo.MAC[topo.UPLINK]) / IP(src=src, dst=dst, ttl=57) / l4)
@@ -112,6 +119,14 @@ def a2s_request_frame(now_ns: int | None = None) -> bytes:
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))
 
 
+def a2s_player_request_frame(now_ns: int | None = None) -> bytes:
+    """The 9-byte A2S_PLAYER request with this POP's cookie in its challenge field (same client as A2S_INFO's)."""
+    epoch = cookie_epoch(cookie_clock_ns() if now_ns is None else now_ns, COOKIE_EPOCH_NS)
+    cookie = a2s_cookie(COOKIE_KEY, socket.inet_aton(A2S_CLIENT), socket.inet_aton(SERVICE_ADDR), A2S_CLIENT_PORT,
+                        A2S_PORT, epoch)
+    return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(b"\xff\xff\xff\xffU" + cookie))
+
+
 def build_pop(env) -> None:
     """Fill a freshly loaded xdp_edge (an EdgeEnv) with the bench POP's rules."""
     env.reset()
@@ -124,5 +139,6 @@ def build_pop(env) -> None:
                     a2s_max_age_ms=A2S_MAX_AGE_MS)
     env.add_service("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID, BACKEND, limit=LIMITED_SERVICE_LIMIT)
     env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
+    env.set_a2s_cache(A2S_ID, a2s_player_reply(), monotonic_ns(), kind="player")
     env.deny(DENIED_PREFIX)
     env.deny(DENIED_HOST_PREFIX)
