@@ -11,6 +11,9 @@ import json
 import socket
 from dataclasses import dataclass, field
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+
 PROBES = ("a2s", "tcp", "udp", "none")
 
 
@@ -34,6 +37,11 @@ class Service:
     # routes to the backend through the IPIP tunnel (a /32 per service: see README "reaching").
     probe_address: str = ""
     probe_port: int = 0
+    # Who puts the service under attack (auto: this agent, attack.py) and, for auto, when:
+    # {unverified_packets_per_sec, enter_after_sec, leave_after_sec} (validate_inventory resolves
+    # the fleet's default under the service's own fields; the defaults are _rules').
+    attack_mode: str = _rules.DEFAULT_ATTACK_MODE
+    attack_detection: dict = field(default_factory=lambda: dict(_rules.DEFAULT_ATTACK_DETECTION))
 
     @property
     def probe_target(self) -> tuple[str, int]:
@@ -185,11 +193,30 @@ def parse_service(index: int, raw: dict) -> Service:
         raise ConfigError("%s.probe: %s probes need a udp service" % (where, service.probe))
     if service.probe == "tcp" and service.protocol != "tcp":
         raise ConfigError("%s.probe: tcp probes need a tcp service" % where)
+    if service.attack_mode not in abi.ATTACK_MODES:
+        raise ConfigError("%s.attack_mode: one of %s, not %r" % (where, ", ".join(abi.ATTACK_MODES), service.attack_mode))
+    service.attack_detection = _attack_detection(where + ".attack_detection", service.attack_detection)
     service.a2s_refresh_sec = _positive(where + ".a2s_refresh_sec", service.a2s_refresh_sec)
     service.a2s_max_age_sec = _positive(where + ".a2s_max_age_sec", service.a2s_max_age_sec)
     if service.a2s_max_age_sec < service.a2s_refresh_sec:
         raise ConfigError("%s.a2s_max_age_sec: must be >= a2s_refresh_sec" % where)
     return service
+
+
+def _attack_detection(where, raw) -> dict:
+    """The detection with the defaults under the given fields; thresholds > 0, enter time >= 0."""
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: must be a mapping" % where)
+    unknown = sorted(set(raw) - set(_rules.DEFAULT_ATTACK_DETECTION))
+    if unknown:
+        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    detection = dict(_rules.DEFAULT_ATTACK_DETECTION)
+    detection.update(raw)
+    for key in ("unverified_packets_per_sec", "leave_after_sec"):
+        detection[key] = _positive("%s.%s" % (where, key), detection[key])
+    enter = detection["enter_after_sec"]
+    detection["enter_after_sec"] = 0.0 if enter in (0, "0") else _positive(where + ".enter_after_sec", enter)
+    return detection
 
 
 def load(path: str) -> Config:

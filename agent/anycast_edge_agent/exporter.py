@@ -47,6 +47,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from . import health, refresher
+from .maps import PinError
 
 LOG = logging.getLogger(__name__)
 
@@ -54,6 +55,18 @@ PREFIX = "anycast_edge_"
 PROTOCOL_NAMES = {number: name for name, number in abi.IPPROTO.items()}
 STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_sources", "edge_services",
               "edge_punches", "edge_a2s_cache")
+# The flood defence's maps, opened apart: a program that does not read them (older than them)
+# still has the rest of its counters exported.
+FLOOD_MAPS = ("edge_admission", "edge_attack_state", "edge_verify_stats")
+# struct admission_bucket's counters (after refilled_ns, packet_tokens, byte_tokens): metric name,
+# help. The unverified traffic is what attack mode watches; verified players are never charged.
+ADMISSION_COUNTERS = (
+    ("unverified_packets", "Packets to the service from sources not verified for it (under attack or not)"),
+    ("unverified_bytes", "Bytes to the service from sources not verified for it (under attack or not)"),
+    ("admitted_packets", "Unverified packets passed within the admission budget while the service was under attack"),
+    ("unverified_dropped_packets", "Unverified packets dropped while the service was under attack (drop_unverified)"),
+    ("verified_packets", "Packets to the service from verified sources (never charged to the budget)"),
+)
 # Per-source values are read in big batches: fewer syscalls per scrape.
 CLIENT_BATCH = 16384
 # 64-bit words of struct source_state: its size, and where ban_until_ns, packets and bytes sit.
@@ -160,8 +173,10 @@ class EdgeCollector:
     """prometheus_client collector of one POP: the maps of ``edge_maps`` and the agent's state."""
 
     def __init__(self, edge_maps, top_clients=10, watches=(), agent=None, clients_interval_sec=0.0,
-                 state_interval_sec=0.0):
+                 state_interval_sec=0.0, attack=None):
         self.edge_maps = edge_maps
+        # The attack-mode controller (attack.AttackController) whose transitions are exported.
+        self.attack = attack
         self.top_clients = top_clients
         # Reading 100,000 per-source entries (counters and bans), or a full punch map, is most of a
         # scrape's cost (bench/agent_exporter_cost.py): those families are recomputed at most once
@@ -173,6 +188,7 @@ class EdgeCollector:
         self.agent = agent
         self.top_talkers = TopTalkers()
         self.read_errors = 0
+        self.flood_maps_error = None
 
     def describe(self):
         return []  # collect() reads the kernel: never at registration time
@@ -209,16 +225,19 @@ class EdgeCollector:
             yield from self._service_counters(maps["edge_service_stats"], services)
             yield from self.clients_cache.get(lambda: list(self._sources(maps["edge_sources"])))
             yield from self.state_cache.get(lambda: list(self._state_maps(maps, services)))
+            yield from self._flood_defence(services)
 
     @staticmethod
     def _services(services_map):
-        """{service id: (name-ish label, protocol)} from edge_services."""
+        """{service id: (name-ish label, protocol, attack mode)} from edge_services."""
         by_id = {}
         for key, value in services_map.lookup_batch():
             address, port, proto = abi.SERVICE_KEY.unpack(key)
-            service_id = abi.SERVICE_VALUE.unpack(value)[0]
-            by_id[service_id] = ("%s:%d" % (socket.inet_ntoa(address), struct.unpack("!H", port)[0]),
-                                 PROTOCOL_NAMES.get(proto, str(proto)))
+            fields = abi.SERVICE_VALUE.unpack(value)
+            attack_mode = fields[9]
+            by_id[fields[0]] = ("%s:%d" % (socket.inet_ntoa(address), struct.unpack("!H", port)[0]),
+                                PROTOCOL_NAMES.get(proto, str(proto)),
+                                abi.ATTACK_MODES[attack_mode] if attack_mode < len(abi.ATTACK_MODES) else str(attack_mode))
         return by_id
 
     def _reasons(self, reason_map):
@@ -267,7 +286,7 @@ class EdgeCollector:
             in_p, in_b, out_p, out_b = (column[row] for column in columns)
             if service_id not in services and not (in_p or out_p):
                 continue  # an id never used (the array has 1024 slots)
-            label, protocol = services.get(service_id, ("", "unknown"))
+            label, protocol = services.get(service_id, ("", "unknown", ""))[:2]
             name = names.get(service_id, label or str(service_id))
             for direction, count, size in (("in", in_p, in_b), ("out", out_p, out_b)):
                 packets.add_metric([name, str(service_id), protocol, direction], count)
@@ -327,6 +346,63 @@ class EdgeCollector:
         yield entries
         yield age
 
+    def _flood_defence(self, services):
+        """Attack mode (as XDP applies it), the admission counters per service, verified sources per proof.
+        Nothing (said once in the log) when the program does not read these maps."""
+        try:
+            maps = self.edge_maps.open(*FLOOD_MAPS)
+        except (PinError, _bpf.BpfError) as exc:
+            if str(exc) != self.flood_maps_error:
+                LOG.warning("not exporting attack mode and admission: %s", exc)
+                self.flood_maps_error = str(exc)
+            return
+        self.flood_maps_error = None
+        with maps:
+            yield from self._flood_families(maps, services)
+
+    def _flood_families(self, maps, services):
+        names = {watch.service.id: watch.service.name for watch in self.watches}
+        if self.attack is not None:
+            names.update((service.id, service.name) for service, *dummy in self.attack.snapshot())
+        labels = ["service", "service_id"]
+        mode = GaugeMetricFamily(PREFIX + "attack_mode", "1 while the service is under attack (only verified and "
+                                 "admitted traffic passes), 0 if not; mode: who decides (auto: the agent)",
+                                 labels=labels + ["mode"])
+        states = maps["edge_attack_state"]
+        for service_id, (label, dummy, attack_mode) in sorted(services.items()):
+            if attack_mode == "auto":
+                raw = states.lookup(abi.U32.pack(service_id))
+                under_attack = bool(raw is not None and abi.ATTACK_STATE.unpack(raw)[0])
+            else:
+                under_attack = attack_mode == "always"
+            mode.add_metric([names.get(service_id, label), str(service_id), attack_mode], float(under_attack))
+        yield mode
+        families = [CounterMetricFamily(PREFIX + name, text, labels=labels) for name, text in ADMISSION_COUNTERS]
+        admission = maps["edge_admission"]
+        entries = admission.lookup_batch()
+        columns = sum_percpu(admission, [value for dummy, value in entries], len(abi.ADMISSION_BUCKET.unpack(
+            bytes(abi.ADMISSION_BUCKET.size))))[3:]
+        for row, (key, dummy) in enumerate(entries):
+            service_id = abi.U32.unpack(key)[0]
+            counts = [column[row] for column in columns]
+            if service_id not in services and not any(counts):
+                continue  # an id never used (the array has 1024 slots)
+            label = names.get(service_id, services.get(service_id, (str(service_id),))[0])
+            for family, count in zip(families, counts):
+                family.add_metric([label, str(service_id)], count)
+        yield from families
+        verified = CounterMetricFamily(PREFIX + "verified_sources", "Sources verified for a service, by the proof "
+                                       "(cookie: echoed the POP's A2S challenge; handshake: the game server's own; "
+                                       "punch: the game server spoke first)", labels=["proof"])
+        stats = maps["edge_verify_stats"]
+        entries = stats.lookup_batch()
+        totals = sum_percpu(stats, [value for dummy, value in entries], 1)[0]
+        for (key, dummy), count in zip(entries, totals):
+            index = abi.U32.unpack(key)[0]
+            if 0 < index < len(abi.VERIFY_PROOFS):
+                verified.add_metric([abi.VERIFY_PROOFS[index]], count)
+        yield verified
+
     # ---- the agent's own state --------------------------------------------------------------
 
     def _collect_agent(self):
@@ -367,6 +443,33 @@ class EdgeCollector:
         yield announced
         yield intent
         yield attached
+        yield from self._collect_attack()
+
+    def _collect_attack(self):
+        """The attack-mode controller's side: transitions, the rate it reads, what caused the last flip."""
+        transitions = CounterMetricFamily(PREFIX + "attack_transitions", "Attack mode changes the agent made "
+                                          "(enter: under attack, leave: attack over)", labels=["service", "direction"])
+        rate = GaugeMetricFamily(PREFIX + "attack_unverified_packets_per_second",
+                                 "Unverified packets per second over the agent's last reading (every 0.25 s)",
+                                 labels=["service"])
+        threshold = GaugeMetricFamily(PREFIX + "attack_threshold_packets_per_second",
+                                      "Above this many unverified packets per second (for enter_after_sec) the "
+                                      "agent puts the service under attack", labels=["service"])
+        cause_rate = GaugeMetricFamily(PREFIX + "attack_last_transition_packets_per_second",
+                                       "Unverified packets per second at the last transition", labels=["service", "direction"])
+        cause_packets = GaugeMetricFamily(PREFIX + "attack_last_transition_unverified_packets",
+                                          "Unverified packets over the seconds that caused the last transition",
+                                          labels=["service", "direction"])
+        for service, detection, dummy, counts, last, last_rate in (self.attack.snapshot() if self.attack else []):
+            for direction in ("enter", "leave"):
+                transitions.add_metric([service.name, direction], counts[direction])
+            threshold.add_metric([service.name], detection.unverified_packets_per_sec)
+            if last_rate is not None:
+                rate.add_metric([service.name], last_rate)
+            if last is not None:
+                cause_rate.add_metric([service.name, last.direction], last.rate)
+                cause_packets.add_metric([service.name, last.direction], last.counts.unverified_packets)
+        yield from (transitions, rate, threshold, cause_rate, cause_packets)
 
 
 # ---- the HTTP(S) server ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``anycast-edge-agent --config /etc/anycast-edge/agent.json``: the POP agent's service.
 
-One thread per service probes (and refreshes the A2S cache); the main thread checks the data
+One thread per service probes (and refreshes the A2S cache); one puts the ``auto`` services under
+attack and out of it (attack.py); the main thread checks the data
 plane and decides, every ``probe_interval_sec``, whether the POP announces; the exporter answers
 scrapes on ``listen_address:listen_port`` from its own thread.
 """
@@ -20,6 +21,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
 
 from . import config as config_module
 from . import health
+from .attack import AttackController
 from .exporter import EdgeCollector, serve
 from .maps import EdgeMaps, dataplane_attached
 from .refresher import ServiceWatch
@@ -47,10 +49,11 @@ class Agent:
                                       ssl_context=peers_context)
             self.announcer = health.Announcer(birdc or Birdc(config.bird_socket), config.bird_protocol,
                                               config.drain_state_file, guard)
+        self.attack = AttackController(config.services, self.edge_maps)
         self.registry = CollectorRegistry()
         self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
                                        clients_interval_sec=config.top_clients_interval_sec,
-                                       state_interval_sec=config.state_maps_interval_sec)
+                                       state_interval_sec=config.state_maps_interval_sec, attack=self.attack)
         self.registry.register(self.collector)
         self._threads = []
 
@@ -92,6 +95,10 @@ class Agent:
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
+        # Attack mode of the auto services, every attack.TICK_SEC (whatever the probes do).
+        thread = threading.Thread(target=self.attack.run, args=(self.stopping,), name="attack-mode", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def serve_metrics(self):
         config = self.config

@@ -32,9 +32,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 SERVICES = [
     {"name": "cs2", "address": "198.51.100.10", "protocol": "udp", "port": 27015, "backend": "game1",
-     "a2s_cache": True, "a2s_refresh_sec": 3, "a2s_max_age_sec": 20},
+     "a2s_cache": True, "a2s_refresh_sec": 3, "a2s_max_age_sec": 20, "game_protocol": "source",
+     "attack_detection": {"enter_after_sec": 1}},
     {"name": "cs2-rcon", "id": 40, "address": "198.51.100.10", "protocol": "tcp", "port": 27015, "backend": "game1"},
-    {"name": "rust", "id": 100, "address": "198.51.100.20", "protocol": "udp", "port": 28015, "backend": "game2"},
+    {"name": "rust", "id": 100, "address": "198.51.100.20", "protocol": "udp", "port": 28015, "backend": "game2",
+     "attack_mode": "never"},
     {"name": "ping", "address": "198.51.100.10", "protocol": "icmp", "backend": "game1"},
 ]
 
@@ -49,6 +51,7 @@ def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
             "anycast_edge_asn": 64500,
             "anycast_edge_prefixes": ["198.51.100.0/24"],
             "anycast_edge_services": SERVICES if services is None else services,
+            "anycast_edge_attack_detection": {"unverified_packets_per_sec": 8000},
             "anycast_edge_bpf_pin_root": "/sys/fs/bpf/anycast_edge_test",
             "anycast_edge_manage_packages": False,
             "anycast_edge_agent_manage_service": False,
@@ -170,6 +173,12 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     assert (by_name["cs2-rcon"].id, by_name["cs2-rcon"].probe) == (40, "tcp")
     assert (by_name["rust"].id, by_name["rust"].probe, by_name["rust"].backend) == (100, "udp", "game2")
     assert (by_name["ping"].probe, by_name["ping"].port) == ("none", 0)
+    # attack mode: the fleet's detection with each service's own fields over it (attack.py reads them)
+    assert (cs2.attack_mode, cs2.attack_detection) == (
+        "auto", {"unverified_packets_per_sec": 8000, "enter_after_sec": 1, "leave_after_sec": 60})
+    assert by_name["ping"].attack_detection == {"unverified_packets_per_sec": 8000, "enter_after_sec": 3,
+                                                "leave_after_sec": 60}
+    assert by_name["rust"].attack_mode == "never"
 
     # The installed copy runs on its own: the package and module_utils come from the lib folder.
     env = dict(os.environ, PYTHONPATH=str(lib))
