@@ -22,7 +22,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import a2s_responder  # noqa: F401  pylint: disable=unused-import  (puts agent/ on sys.path)
+# Imported for its side effect: it puts agent/ on sys.path (see its docstring).
+import a2s_responder  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import main as agent_main
 from anycast_edge_agent.maps import EdgeMaps, PinError
