@@ -84,21 +84,33 @@ struct game_window {
 };
 
 /*
- * Load the window of an unfragmented UDP payload of GAME_MIN_LEN..GAME_MAX_LEN bytes. Returns how
- * many bytes it holds (min(payload_len, GAME_WINDOW_LEN)), 0 when the packet is not a candidate
- * or cannot be read. The rest of the window stays zero and is never compared.
+ * Load the window of an unfragmented UDP payload of GAME_MIN_LEN..GAME_MAX_LEN bytes that starts
+ * with the connectionless header. Returns how many bytes it holds (min(payload_len,
+ * GAME_WINDOW_LEN)), 0 when the packet is not a candidate or cannot be read. The rest of the
+ * window stays zero and is never compared.
+ *
+ * The header is checked first, in the packet itself (direct access, ~1 ns), because that is
+ * where a flood of random payloads ends: the helper call of the load costs about 5 ns more.
  */
 static __always_inline __u32 game_load_window(struct xdp_md *ctx, const struct packet *pkt, struct game_window *win)
 {
-	__u32 n = pkt->payload_len;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 n = pkt->payload_len, off = pkt->payload_off;
+	__u8 *head;
 
 	if (pkt->proto != IPPROTO_UDP || pkt->is_fragment)
 		return 0;
-	if (n < GAME_MIN_LEN || n > GAME_MAX_LEN)
+	if (n < GAME_MIN_LEN || n > GAME_MAX_LEN || off > EDGE_MAX_FRAME)
 		return 0;
+	head = data + off;
+	if ((void *)(head + 4) > data_end)
+		return 0;
+	if (head[0] != 0xff || head[1] != 0xff || head[2] != 0xff || head[3] != 0xff)
+		return 0; /* not connectionless (A2S_HEADER_SIMPLE) */
 	if (n > GAME_WINDOW_LEN)
 		n = GAME_WINDOW_LEN;
-	if (bpf_xdp_load_bytes(ctx, pkt->payload_off, win->b, n))
+	if (bpf_xdp_load_bytes(ctx, off, win->b, n))
 		return 0;
 	return n;
 }
@@ -107,11 +119,6 @@ static __always_inline __u32 game_le32(const struct game_window *win, __u32 off)
 {
 	return (__u32)win->b[off] | ((__u32)win->b[off + 1] << 8) | ((__u32)win->b[off + 2] << 16) |
 	       ((__u32)win->b[off + 3] << 24);
-}
-
-static __always_inline int game_connectionless(const struct game_window *win)
-{
-	return game_le32(win, 0) == A2S_HEADER_SIMPLE;
 }
 
 /* Whether the window holds the string lit (without its NUL) at off. lit and off are constants:
@@ -130,7 +137,8 @@ static __always_inline int game_bytes_at(const struct game_window *win, __u32 of
 	return 1;
 }
 
-/* A2S_INFO (25 bytes, 29 with the challenge), A2S_PLAYER or A2S_RULES (9 bytes), header checked. */
+/* A2S_INFO (25 bytes, 29 with the challenge), A2S_PLAYER or A2S_RULES (9 bytes); game_load_window()
+ * checked the header. */
 static __always_inline int game_a2s_query(const struct game_window *win, __u32 len)
 {
 	__u8 type = win->b[4];
@@ -276,7 +284,7 @@ static __always_inline int game_handshake_shaped(struct xdp_md *ctx, const struc
 	if (game_protocol != EDGE_GAME_SOURCE && game_protocol != EDGE_GAME_GOLDSRC)
 		return 0;
 	n = game_load_window(ctx, pkt, &win);
-	if (!n || !game_connectionless(&win))
+	if (!n)
 		return 0;
 	if (game_a2s_query(&win, len))
 		return 1;
@@ -297,7 +305,7 @@ static __always_inline int game_server_challenge(struct xdp_md *ctx, const struc
 	if (game_protocol != EDGE_GAME_SOURCE && game_protocol != EDGE_GAME_GOLDSRC)
 		return 0;
 	n = game_load_window(ctx, inner, &win);
-	if (!n || !game_connectionless(&win))
+	if (!n)
 		return 0;
 	if (game_protocol == EDGE_GAME_SOURCE)
 		return source_server_challenge(&win, inner->payload_len, challenge);
@@ -314,7 +322,7 @@ static __always_inline int game_client_echo(struct xdp_md *ctx, const struct pac
 	if (game_protocol != EDGE_GAME_SOURCE && game_protocol != EDGE_GAME_GOLDSRC)
 		return 0;
 	n = game_load_window(ctx, pkt, &win);
-	if (!n || !game_connectionless(&win))
+	if (!n)
 		return 0;
 	if (game_protocol == EDGE_GAME_SOURCE)
 		return source_connect(&win, pkt->payload_len, challenge);
