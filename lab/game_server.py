@@ -11,6 +11,12 @@ server behind anycast.edge does, and speaks just enough to test the whole path:
   ``FF FF FF FF`` gets a challenge, any other gets the lab's player list / rules (the POPs'
   agents refresh all three kinds of their caches; counted apart from ``udp_other``, which stays
   what a flood looks like).
+* The Source engine's connectionless connect (docs/game-protocols.md): ``q`` getchallenge gets an
+  ``A`` S2C_CHALLENGE carrying this address's challenge (a keyed hash of the client's address, as
+  a Source server derives it), a ``k`` connect echoing it gets ``B`` S2C_CONNECTION and any other
+  challenge ``9`` S2C_CONNREJECT. The POP reads that challenge on the way back and verifies the
+  player whose connect echoes it; a spoofer never sees it. Connected players are counted by
+  address (``connected_by_source``).
 * UDP datagrams starting with ``echo``: sent back unchanged (players' traffic).
 * TCP: every byte received is echoed back.
 * A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import socket
@@ -43,6 +50,11 @@ PLAYERS_REPLY = (b"\xff\xff\xff\xffD\x02" + b"\x00lab-player-1\x00" + struct.pac
                  + b"\x01lab-player-2\x00" + struct.pack("<if", 3, 30.0))
 RULES_REPLY = b"\xff\xff\xff\xffE\x02\x00" + b"mp_friendlyfire\x000\x00" + b"sv_tags\x00anycast,edge,lab\x00"
 CONTROL_PORT = 27099
+# The Source engine's connectionless connect (docs/game-protocols.md has the layouts).
+SOURCE_GETCHALLENGE = b"\xff\xff\xff\xffq"
+SOURCE_CONNECT = b"\xff\xff\xff\xffk"
+SOURCE_CHALLENGE_MAGIC = 0x5A4F4933
+PROTOCOL_STEAM = 3
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 
@@ -56,12 +68,14 @@ def info_reply(port: int) -> bytes:
 
 
 class GameServer:
-    def __init__(self, address: str, port: int):
+    def __init__(self, address: str, port: int, control_port: int = CONTROL_PORT):
         self.port = port
         self.lock = threading.Lock()
         self.counters = collections.Counter()
         self.info_by_source = collections.Counter()
         self.punch_replies = collections.Counter()
+        self.connected_by_source = collections.Counter()
+        self.challenge_key = os.urandom(16)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.udp.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
@@ -72,7 +86,7 @@ class GameServer:
         self.tcp.bind((address, port))
         self.tcp.listen(64)
         self.control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.control.bind(("127.0.0.1", CONTROL_PORT))
+        self.control.bind(("127.0.0.1", control_port))
 
     def count(self, name: str, by: collections.Counter | None = None, key: str = "") -> None:
         with self.lock:
@@ -96,6 +110,11 @@ class GameServer:
                 else:
                     self.count(FIELD_QUERIES[data[4]])
                     self.udp.sendto(PLAYERS_REPLY if data[4] == 0x55 else RULES_REPLY, peer)
+            elif len(data) == 20 and data.startswith(SOURCE_GETCHALLENGE) and data[9:] == b"0000000000\x00":
+                self.count("handshake_challenges")
+                self.udp.sendto(self.source_challenge(peer, data[5:9]), peer)
+            elif len(data) >= 24 and data.startswith(SOURCE_CONNECT):
+                self.udp.sendto(self.source_connect(peer, data), peer)
             elif data.startswith(b"echo"):
                 self.count("udp_echo")
                 self.udp.sendto(data, peer)
@@ -103,6 +122,29 @@ class GameServer:
                 self.count("punch_reply", self.punch_replies, "%s:%d" % peer)
             else:
                 self.count("udp_other")  # unanswered: what a flood looks like to the server
+
+    def challenge_of(self, address: str) -> int:
+        """The challenge of a client address: the same for every request from it, unknowable to
+        anyone who does not receive it (a keyed hash, as a Source server derives it)."""
+        digest = hashlib.blake2s(address.encode(), key=self.challenge_key, digest_size=4).digest()
+        return struct.unpack("<I", digest)[0]
+
+    def source_challenge(self, peer, client_nonce: bytes) -> bytes:
+        """S2C_CHALLENGE: magic, our challenge, the client's nonce back, PROTOCOL_STEAM, the Steam
+        fields (key length 0, an anonymous game server's SteamID, not VAC secured) and the padding."""
+        return (b"\xff\xff\xff\xffA" + struct.pack("<II", SOURCE_CHALLENGE_MAGIC, self.challenge_of(peer[0]))
+                + client_nonce + struct.pack("<IHQB", PROTOCOL_STEAM, 0, 90071996842377216, 0) + b"000000\x00")
+
+    def source_connect(self, peer, data: bytes) -> bytes:
+        """C2S_CONNECT: S2C_CONNECTION ('B', the client's nonce, padding) when it echoes the
+        address's challenge, S2C_CONNREJECT ('9', the nonce, a reason) otherwise."""
+        dummy_protocol, dummy_auth, challenge, client_nonce = struct.unpack_from("<IIII", data, 5)
+        nonce = struct.pack("<I", client_nonce)
+        if challenge != self.challenge_of(peer[0]):
+            self.count("handshake_rejects")
+            return b"\xff\xff\xff\xff9" + nonce + b"#GameUI_ServerRejectBadChallenge\x00"
+        self.count("handshake_connects", self.connected_by_source, peer[0])
+        return b"\xff\xff\xff\xffB" + nonce + b"0000000000\x00"
 
     def serve_tcp(self) -> None:
         while True:

@@ -14,6 +14,9 @@ deny-list ones on its ``lo``); the target is the game service of lab/topology.ym
   stream     a steady numbered UDP stream for a while; loss and the longest gap (failover, drain)
   punch-wait wait on a UDP port for the game server's ``punch``; answer it with N datagrams at a
              rate above the limit (a punched flow is not rate limited)
+  join       the Source engine's connect, no A2S first: ``q`` getchallenge, the server's ``A``
+             challenge, ``k`` connect echoing it, ``B`` accepted (docs/game-protocols.md); then
+             the numbered stream of ``stream`` from the same port, if --stream is given
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -200,6 +204,58 @@ def cmd_punch_wait(args) -> dict:
     return {"punched": data == b"punch", "from": "%s:%d" % peer, "replies": args.replies}
 
 
+def source_getchallenge(nonce: int) -> bytes:
+    """A2S_GETCHALLENGE 'q': the client's nonce and the engine's padding (20 bytes)."""
+    return b"\xff\xff\xff\xffq" + struct.pack("<I", nonce) + b"0000000000\x00"
+
+
+def source_connect(challenge: int, nonce: int, auth: int, name: bytes = b"lab-joiner") -> bytes:
+    """C2S_CONNECT 'k': protocol 24, the server's auth protocol, its challenge, our nonce, name,
+    password, product version, then a Steam ticket (length and bytes; the stand-in ignores it)."""
+    ticket = os.urandom(64)
+    return (b"\xff\xff\xff\xffk" + struct.pack("<IIII", 24, auth, challenge, nonce) + name + b"\x00"
+            + b"\x00" + b"1.0.0.0\x00" + struct.pack("<H", len(ticket)) + ticket)
+
+
+def cmd_join(args) -> dict:
+    """Connect the way a Source client does when the player types ``connect ip:port``: retry the
+    challenge until the server answers, then the connect, until it accepts or rejects."""
+    sock = udp_socket(args.source, args.port, timeout=0.5)
+    nonce = struct.unpack("<I", os.urandom(4))[0]
+    started = time.monotonic()
+    deadline = started + args.wait
+    challenge = auth = None
+    tries = 0
+    while challenge is None and time.monotonic() < deadline:
+        tries += 1
+        sock.sendto(source_getchallenge(nonce), args.target)
+        try:
+            reply = sock.recv(4096)
+        except socket.timeout:
+            continue
+        if len(reply) >= 21 and reply[:5] == b"\xff\xff\xff\xffA" and struct.unpack_from("<I", reply, 13)[0] == nonce:
+            challenge, auth = struct.unpack_from("<I", reply, 9)[0], struct.unpack_from("<I", reply, 17)[0]
+    if challenge is None:
+        return {"connected": False, "stage": "challenge", "tries": tries}
+    answer = None
+    while answer is None and time.monotonic() < deadline:
+        tries += 1
+        sock.sendto(source_connect(challenge, nonce, auth), args.target)
+        try:
+            reply = sock.recv(4096)
+        except socket.timeout:
+            continue
+        if reply[:5] in (b"\xff\xff\xff\xffB", b"\xff\xff\xff\xff9") and reply[5:9] == struct.pack("<I", nonce):
+            answer = reply[4:5]
+    result = {"connected": answer == b"B", "stage": "connect" if answer != b"B" else "connected",
+              "rejected": answer == b"9", "tries": tries, "join_ms": round((time.monotonic() - started) * 1000, 1)}
+    if answer == b"B" and args.stream:
+        sock.close()
+        args.duration, args.interval = args.stream, 0.05
+        result["stream"] = cmd_stream(args)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="198.51.100.10:27015", help="ip:port of the game service")
@@ -228,11 +284,14 @@ def main() -> int:
     punch.add_argument("--port", type=int, default=41100)
     punch.add_argument("--replies", type=int, default=300)
     punch.add_argument("--rate", type=float, default=600, help="datagrams per second")
+    join = commands.add_parser("join")
+    join.add_argument("--port", type=int, default=41200, help="the player's UDP port (kept for --stream)")
+    join.add_argument("--stream", type=float, default=0, help="then stream this many seconds from that port")
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
     args.target = (host, int(port))
     handler = {"echo": cmd_echo, "tcp": cmd_tcp, "a2s": cmd_a2s, "a2s-burst": cmd_a2s_burst, "spoof": cmd_spoof,
-               "flood": cmd_flood, "stream": cmd_stream, "punch-wait": cmd_punch_wait}[args.command]
+               "flood": cmd_flood, "stream": cmd_stream, "punch-wait": cmd_punch_wait, "join": cmd_join}[args.command]
     print(json.dumps(handler(args)))
     return 0
 
