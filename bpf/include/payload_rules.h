@@ -87,6 +87,12 @@ static __always_inline int payload_rule_matches(const struct rule_match *m, cons
 	 * match (whatever Ethernet padding or junk follows). */
 	if (offset + len > m->payload_len)
 		return 0;
+	/* A size the verifier can prove is 1..16: the kernel of Debian 12 (6.1) refuses a helper size
+	 * that may be zero ("invalid zero-sized read"), and the compiler's form of the checks above
+	 * loses the lower bound (newer kernels accept a zero size). The barrier keeps clang from
+	 * folding the mask away, since it knows len is already in range. */
+	asm volatile("" : "+r"(len));
+	len = ((len - 1) & (EDGE_RULE_PAYLOAD_MAX - 1)) + 1;
 	if (bpf_xdp_load_bytes(m->xdp, m->payload_off + offset, window, len))
 		return 0;
 	/* The mask is zero past payload_len, and the value is stored masked (edge_rules packs both). */
