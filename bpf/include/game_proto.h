@@ -110,6 +110,12 @@ static __always_inline __u32 game_load_window(struct xdp_md *ctx, const struct p
 		return 0; /* not connectionless (A2S_HEADER_SIMPLE) */
 	if (n > GAME_WINDOW_LEN)
 		n = GAME_WINDOW_LEN;
+	/* A size the verifier can prove is 1..GAME_WINDOW_LEN (the same n, as n is 9..32 here): the
+	 * kernel of Debian 12 (6.1) refuses a helper size that may be zero ("invalid zero-sized
+	 * read"), and the compiler's form of the checks above can lose the lower bound. The barrier
+	 * keeps clang from folding the mask away. */
+	asm volatile("" : "+r"(n));
+	n = ((n - 1) & (GAME_WINDOW_LEN - 1)) + 1;
 	if (bpf_xdp_load_bytes(ctx, off, win->b, n))
 		return 0;
 	return n;
