@@ -117,11 +117,11 @@ options:
         type: str
         required: true
       a2s_cache:
-        description: Answer A2S_INFO at the POP from the cache (udp only).
+        description: Answer A2S_INFO, A2S_PLAYER and A2S_RULES at the POP from the cache (udp only).
         type: bool
         default: false
       a2s_snoop:
-        description: Refresh the cache from the backend's own A2S_INFO replies. Default is O(services[].a2s_cache).
+        description: Refresh the cache from the backend's own A2S_INFO, A2S_PLAYER and A2S_RULES replies. Default is O(services[].a2s_cache).
         type: bool
       a2s_max_age_sec:
         description: A cached reply older than this is not served.
@@ -277,7 +277,7 @@ options:
     default: 600
   cookie_keys:
     description:
-      - SipHash keys of the edge cookies (the A2S_INFO challenge), newest first, 32 hex digits
+      - SipHash keys of the edge cookies (the A2S challenge), newest first, 32 hex digits
         each - the same on every POP of the fleet, so that a challenge issued by one POP is
         accepted by another.
       - The first key is the current generation - it issues cookies and accepts them; the
