@@ -474,6 +474,21 @@ static __always_inline int a2s_parse_request(struct xdp_md *ctx, const struct pa
 	return 0;
 }
 
+/* Count an A2S answer (or bad-cookie drop) under its kind: edge_a2s_stats, per CPU. */
+static __always_inline void count_a2s(__u32 kind, __u32 reason)
+{
+	struct a2s_counter *counter = bpf_map_lookup_elem(&edge_a2s_stats, &kind);
+
+	if (!counter)
+		return;
+	if (reason == EDGE_REASON_TX_A2S_CHALLENGE)
+		counter->challenges++; /* per-CPU value: no other writer */
+	else if (reason == EDGE_REASON_TX_A2S_CACHED)
+		counter->cached++;
+	else if (reason == EDGE_REASON_DROP_BAD_COOKIE)
+		counter->bad_cookie++;
+}
+
 /*
  * A2S_INFO / A2S_PLAYER / A2S_RULES on a service with the cache on. Returns 1 with *v set when the
  * packet is answered or dropped here, 0 when it goes on to the game server. *cookie_proven is set
@@ -503,15 +518,18 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 		/* 9 bytes back for 25 (INFO) or 9 (PLAYER, RULES): never more than the request. */
 		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
 		*v = a2s_send_challenge(ctx, pkt, cookie, service_id);
+		count_a2s(query.kind, v->reason);
 		return 1;
 	}
 	if (a2s_cookie_valid(cfg->cookie_key, cfg->cookie_key_previous, query.cookie, pkt->saddr, pkt->daddr,
 			     pkt->sport, pkt->dport, epoch)) {
 		*cookie_proven = 1;
 		*v = a2s_send_cached(ctx, pkt, entry, service_id);
+		count_a2s(query.kind, v->reason);
 		return 1;
 	}
 	*v = make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_COOKIE);
+	count_a2s(query.kind, v->reason);
 	return 1;
 }
 

@@ -58,6 +58,10 @@ STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_sources", "edge_s
 # The flood defence's maps, opened apart: a program that does not read them (older than them)
 # still has the rest of its counters exported.
 FLOOD_MAPS = ("edge_admission", "edge_attack_state", "edge_verify_stats")
+# The A2S answers by kind, opened apart for the same reason.
+A2S_STATS_MAP = "edge_a2s_stats"
+# struct a2s_counter's fields: the answer label of anycast_edge_a2s_answers_total.
+A2S_ANSWERS = ("challenge", "cached", "bad_cookie")
 # struct admission_bucket's counters (after refilled_ns, packet_tokens, byte_tokens): metric name,
 # help. The unverified traffic is what attack mode watches; verified players are never charged.
 ADMISSION_COUNTERS = (
@@ -189,6 +193,7 @@ class EdgeCollector:
         self.top_talkers = TopTalkers()
         self.read_errors = 0
         self.flood_maps_error = None
+        self.a2s_stats_error = None
 
     def describe(self):
         return []  # collect() reads the kernel: never at registration time
@@ -226,6 +231,7 @@ class EdgeCollector:
             yield from self.clients_cache.get(lambda: list(self._sources(maps["edge_sources"])))
             yield from self.state_cache.get(lambda: list(self._state_maps(maps, services)))
             yield from self._flood_defence(services)
+            yield from self._a2s_answers()
 
     @staticmethod
     def _services(services_map):
@@ -345,6 +351,31 @@ class EdgeCollector:
         entries.add_metric([], count)
         yield entries
         yield age
+
+    def _a2s_answers(self):
+        """A2S requests answered (or dropped for a bad cookie) by kind and answer. Nothing (said
+        once in the log) when the program has no edge_a2s_stats."""
+        try:
+            maps = self.edge_maps.open(A2S_STATS_MAP)
+        except (PinError, _bpf.BpfError) as exc:
+            if str(exc) != self.a2s_stats_error:
+                LOG.warning("not exporting A2S answers by kind: %s", exc)
+                self.a2s_stats_error = str(exc)
+            return
+        self.a2s_stats_error = None
+        answers = CounterMetricFamily(PREFIX + "a2s_answers", "A2S requests answered by this POP, by kind (info, "
+                                      "player, rules) and answer (challenge, cached, bad_cookie: dropped)",
+                                      labels=["kind", "answer"])
+        with maps:
+            stats = maps[A2S_STATS_MAP]
+            entries = stats.lookup_batch()
+            totals = sum_percpu(stats, [value for dummy, value in entries], len(A2S_ANSWERS))
+        for position, (key, dummy) in enumerate(entries):
+            index = abi.U32.unpack(key)[0]
+            if index < len(abi.A2S_KINDS):
+                for answer, column in zip(A2S_ANSWERS, totals):
+                    answers.add_metric([abi.A2S_KINDS[index], answer], column[position])
+        yield answers
 
     def _flood_defence(self, services):
         """Attack mode (as XDP applies it), the admission counters per service, verified sources per proof.

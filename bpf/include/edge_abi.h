@@ -413,6 +413,14 @@ struct a2s_cache_entry {
 	__u8 payload[A2S_CACHE_MAX_PAYLOAD];
 };
 
+/* Per A2S kind (per CPU), indexed by enum a2s_kind: how the POP answered that kind's requests
+ * (edge_a2s_stats). user space sums the CPUs. */
+struct a2s_counter {
+	__u64 challenges;  /* answered with the POP's challenge (tx_a2s_challenge) */
+	__u64 cached;      /* answered from the cache (tx_a2s_cached) */
+	__u64 bad_cookie;  /* dropped: a challenge the POP did not issue, while the entry was fresh */
+};
+
 /* Per-service traffic (per CPU), indexed by service id. */
 struct service_counter {
 	__u64 in_packets;

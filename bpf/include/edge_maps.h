@@ -152,6 +152,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } edge_a2s_cache SEC(".maps");
 
+/* Written by XDP (each A2S request it answers or drops, by enum a2s_kind). Read by the agent's
+ * exporter (anycast_edge_a2s_answers_total{kind, answer}). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, A2S_KIND_COUNT);
+	__type(key, __u32);
+	__type(value, struct a2s_counter);
+} edge_a2s_stats SEC(".maps");
+
 /* XDP's private scratch space for building a cache entry (too big for the stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -98,6 +98,7 @@ PUNCH_KEY = struct.Struct("<4s4s2s2sB3x")             # struct punch_key
 PUNCH_VALUE = struct.Struct("<Q")                     # struct punch_value
 A2S_CACHE_ENTRY = struct.Struct("<QII%ds" % A2S_CACHE_MAX_PAYLOAD)  # struct a2s_cache_entry
 SERVICE_COUNTER = struct.Struct("<QQQQ")              # struct service_counter
+A2S_COUNTER = struct.Struct("<QQQ")                   # struct a2s_counter (edge_a2s_stats, by enum a2s_kind)
 SRC_FILTER_ENTRY = struct.Struct("<QQQQ")             # struct src_filter_entry
 SRC_HOSTS_KEY = struct.Struct("<II")                  # struct src_hosts_key
 SRC_HOSTS_VALUE = struct.Struct("<QQQQ")              # struct src_hosts_value
@@ -153,6 +154,7 @@ LAYOUTS = {
     "punch_value": (PUNCH_VALUE, ("last_seen_ns",)),
     "a2s_cache_entry": (A2S_CACHE_ENTRY, ("updated_ns", "len", "payload_csum", "payload")),
     "service_counter": (SERVICE_COUNTER, ("in_packets", "in_bytes", "out_packets", "out_bytes")),
+    "a2s_counter": (A2S_COUNTER, ("challenges", "cached", "bad_cookie")),
     "src_filter_entry": (SRC_FILTER_ENTRY, ("deny_all", "deny_some", "allow_all", "allow_some")),
     "src_hosts_key": (SRC_HOSTS_KEY, ("net24", "list")),
     "src_hosts_value": (SRC_HOSTS_VALUE, ("bits",)),

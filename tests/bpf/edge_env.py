@@ -29,10 +29,11 @@ ALL_MAPS = (
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
     "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
     "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
+    "edge_a2s_stats",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
               "edge_tunnel_ifaces", "edge_own_addrs", "edge_payload_rules", "edge_payload_rule_bank",
-              "edge_payload_rule_stats")
+              "edge_payload_rule_stats", "edge_a2s_stats")
 
 
 @dataclass
@@ -147,7 +148,8 @@ class EdgeEnv:
         self.maps["edge_payload_rule_bank"].update(abi.U32.pack(0), abi.PAYLOAD_RULE_BANK.pack(0))
         for name, layout, count in (("edge_reason_stats", abi.EDGE_COUNTER, len(abi.REASONS)),
                                     ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES),
-                                    ("edge_payload_rule_stats", abi.EDGE_COUNTER, abi.MAX_PAYLOAD_RULES)):
+                                    ("edge_payload_rule_stats", abi.EDGE_COUNTER, abi.MAX_PAYLOAD_RULES),
+                                    ("edge_a2s_stats", abi.A2S_COUNTER, len(abi.A2S_KINDS))):
             zero = [bytes(layout.size)] * ncpu
             for index in range(count):
                 self.maps[name].update_percpu(abi.U32.pack(index), zero)
@@ -309,6 +311,11 @@ class EdgeEnv:
             if totals[0]:
                 counts[name] = totals
         return counts
+
+    def a2s_counters(self, kind: str) -> tuple:
+        """(challenges, cached, bad_cookie) of an A2S kind, summed over CPUs."""
+        return abi.unpack_counters(self.maps["edge_a2s_stats"].lookup_percpu(abi.U32.pack(abi.A2S_KINDS.index(kind))),
+                                   abi.A2S_COUNTER)
 
     def service_counters(self, service_id: int) -> tuple:
         """(in_packets, in_bytes, out_packets, out_bytes)."""

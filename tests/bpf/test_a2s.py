@@ -476,3 +476,20 @@ def test_a_spoofed_flood_of_player_and_rules_queries_never_gets_more_bytes_than_
                     received += len(result.data)
                     answered += 1
     assert answered == 40 * 2 * 2 and 0 < received <= sent
+
+
+def test_answers_are_counted_by_kind(all_cached):
+    """edge_a2s_stats: per kind, the challenges sent, the cached answers and the bad-cookie drops
+    (what the exporter shows as anycast_edge_a2s_answers_total{kind, answer}); forwarded requests
+    are not answers and count nothing."""
+    cookie = int.from_bytes(cookie_for(), "little")
+    frames = {"info": [A2S_REQUEST, A2S_REQUEST + cookie_for(), A2S_REQUEST + cookie_for(), A2S_REQUEST + b"bad!"],
+              "player": [a2s_field_request("player"), a2s_field_request("player", cookie),
+                         a2s_field_request("player", 1), a2s_field_request("player", 2)],
+              "rules": [a2s_field_request("rules", cookie), a2s_field_request("rules")[:6]]}
+    for payloads in frames.values():
+        for payload in payloads:
+            all_cached.run(player_udp(payload))
+    assert all_cached.a2s_counters("info") == (1, 2, 1)
+    assert all_cached.a2s_counters("player") == (1, 1, 2)
+    assert all_cached.a2s_counters("rules") == (0, 1, 0)

@@ -83,6 +83,8 @@ def test_a2s_cache_keys_follow_the_c_definition(repo_root, btf_object):
     assert abi.a2s_cache_key(237) == 237                       # A2S_INFO: the service id, as before kinds
     assert abi.a2s_cache_key(237, "rules") == 237 | 2 << 16
     assert abi.unpack_a2s_cache_key(abi.pack_a2s_cache_key(1023, "player")) == (1023, "player")
+    stats = btf_object.map("edge_a2s_stats")
+    assert (stats.max_entries, stats.value_size) == (len(abi.A2S_KINDS), abi.A2S_COUNTER.size)
 
 
 def test_payload_rule_enums_follow_the_c_enums(repo_root):

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_world import IFACE, AgentWorld
-from bpf.scenario import GAME, GAME_UDP_ID, PLAYER, player_tcp, player_udp, setup_pop
+from bpf.packets import a2s_field_request
+from bpf.scenario import A2S_REQUEST, GAME, GAME_UDP_ID, PLAYER, cookie_for, player_tcp, player_udp, setup_pop
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent.exporter import EdgeCollector, serve
 from anycast_edge_agent.maps import EdgeMaps
@@ -136,6 +137,26 @@ def test_bans_punches_and_cache_entries(pop):
     assert 7 <= samples[("anycast_edge_a2s_cache_age_seconds", (("kind", "player"),) + service)] < 10
     assert ("anycast_edge_a2s_cache_age_seconds", (("kind", "rules"),) + service) not in samples
     assert samples[("anycast_edge_maps_readable", ())] == 1
+
+
+def test_a2s_answers_by_kind(pop):
+    """anycast_edge_a2s_answers_total{kind, answer}: what the POP answered per A2S kind, summed
+    over CPUs from edge_a2s_stats; every kind and answer is exported, zeros included."""
+    now = __import__("time").monotonic_ns()
+    for kind in abi.A2S_KINDS:
+        pop.edge.set_a2s_cache(GAME_UDP_ID, b"\xff\xff\xff\xff" + {"info": b"I", "player": b"D", "rules": b"E"}[kind]
+                               + b"\x00" * 8, now, kind=kind)
+    cookie = cookie_for()
+    for payload in (A2S_REQUEST, A2S_REQUEST + cookie, a2s_field_request("player"),
+                    a2s_field_request("player", int.from_bytes(cookie, "little")), a2s_field_request("player", 7),
+                    a2s_field_request("rules", int.from_bytes(cookie, "little"))):
+        pop.edge.run(player_udp(payload))
+    samples = scrape(make_collector(pop))
+    answers = {labels: value for (name, labels), value in samples.items() if name == "anycast_edge_a2s_answers_total"}
+    expected = {("info", "challenge"): 1, ("info", "cached"): 1, ("info", "bad_cookie"): 0,
+                ("player", "challenge"): 1, ("player", "cached"): 1, ("player", "bad_cookie"): 1,
+                ("rules", "challenge"): 0, ("rules", "cached"): 1, ("rules", "bad_cookie"): 0}
+    assert answers == {(("answer", answer), ("kind", kind)): count for (kind, answer), count in expected.items()}
 
 
 def exposed_metric_names(pop) -> set:
