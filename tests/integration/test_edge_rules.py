@@ -509,9 +509,12 @@ def test_learned_state_survives_a_rule_change(pop, tmp_path):
                                    abi.PUNCH_VALUE.pack(now))
     pop.map("edge_sources").update(abi.ipv4("203.0.113.7"), abi.SourceState(
         last_seen_ns=now, packets=3, byte_count=300, window=now // 10**9, window_packets=3, window_bytes=300).pack())
-    reply = b"\xff\xff\xff\xffI\x11cached server\x00"
+    replies = {"info": b"\xff\xff\xff\xffI\x11cached server\x00", "player": b"\xff\xff\xff\xffD\x00",
+               "rules": b"\xff\xff\xff\xffE\x00\x00"}
     for service_id in (17, 30):     # cs2-main keeps id 17; tf2 moves from 30 to 31
-        pop.map("edge_a2s_cache").update(abi.U32.pack(service_id), abi.pack_a2s_cache_entry(reply, now))
+        for kind, reply in replies.items():
+            pop.map("edge_a2s_cache").update(abi.pack_a2s_cache_key(service_id, kind),
+                                             abi.pack_a2s_cache_entry(reply, now))
     stats = pop.map("edge_service_stats")
     stats.update_percpu(abi.U32.pack(17), [abi.SERVICE_COUNTER.pack(5, 500, 4, 400)] * _bpf.num_possible_cpus())
     learned = pop.snapshot(("edge_sources", "edge_punches", "edge_service_stats"))
@@ -521,9 +524,10 @@ def test_learned_state_survives_a_rule_change(pop, tmp_path):
 
     assert pop.snapshot(("edge_sources", "edge_punches", "edge_service_stats")) == learned
     cache = pop.entries("edge_a2s_cache")
-    assert set(cache) == {abi.U32.pack(17)}                      # tf2's old reply is gone, cs2-main's kept
-    assert abi.A2S_CACHE_ENTRY.unpack(cache[abi.U32.pack(17)])[0] == now
-    assert result["maps"]["edge_a2s_cache"]["removed"] == 1
+    # tf2's old replies are gone, every kind of them; cs2-main's are kept, every kind
+    assert set(cache) == {abi.pack_a2s_cache_key(17, kind) for kind in abi.A2S_KINDS}
+    assert all(abi.A2S_CACHE_ENTRY.unpack(value)[0] == now for value in cache.values())
+    assert result["maps"]["edge_a2s_cache"]["removed"] == 1     # counted by service id
     assert [step["name"] for step in rule_steps(result)] == [
         "deny_add", "allow_remove", "backends_add", "services_disarm", "a2s_cache_delete", "services_change",
         "services_add"]
