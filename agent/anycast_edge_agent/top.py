@@ -133,6 +133,13 @@ def summarize(previous: Reading | None, current: Reading, top: int = 5) -> dict:
         hit_ratio = hits_rate / challenges_rate
     else:
         hit_ratio = hits / challenges if challenges else None
+    # By kind (info, player, rules): what the POP answered, from anycast_edge_a2s_answers_total.
+    by_kind = {}
+    for labels, dummy in current.select(PREFIX + "a2s_answers_total"):
+        kind, answer = labels["kind"], labels["answer"]
+        by_kind.setdefault(kind, {})[answer] = {
+            "total": current.total(PREFIX + "a2s_answers_total", kind=kind, answer=answer),
+            "per_sec": rate(PREFIX + "a2s_answers_total", kind=kind, answer=answer)}
     players = sorted(((int(labels["rank"]), labels["client"], value)
                       for labels, value in current.select(PREFIX + "top_client_packets")))[:top]
     player_bytes = {labels["client"]: value for labels, value in current.select(PREFIX + "top_client_bytes")}
@@ -153,7 +160,7 @@ def summarize(previous: Reading | None, current: Reading, top: int = 5) -> dict:
         "drops": dict(sorted(drops.items())),
         "a2s": {"cached": hits, "challenges": challenges, "cached_per_sec": hits_rate,
                 "challenges_per_sec": challenges_rate, "hit_ratio": hit_ratio,
-                "entries": current.total(PREFIX + "a2s_cache_entries")},
+                "entries": current.total(PREFIX + "a2s_cache_entries"), "by_kind": dict(sorted(by_kind.items()))},
         "top_players": [{"rank": rank, "client": client, "packets": packets, "bytes": player_bytes.get(client, 0)}
                         for rank, client, packets in players],
         "clients_tracked": current.total(PREFIX + "clients_tracked"),
@@ -212,6 +219,11 @@ def render(summaries: list, source: str) -> str:
         lines.append("  a2s cache: %s cached, %s challenges, cached per challenge %s (totals %d / %d), %d entries"
                      % (_si(a2s["cached_per_sec"], "/s"), _si(a2s["challenges_per_sec"], "/s"), ratio,
                         a2s["cached"], a2s["challenges"], a2s["entries"]))
+        kinds = ["%s %s cached / %s challenges / %s bad cookie" % (
+            kind, *(_si(answers.get(answer, {}).get("per_sec"), "/s") for answer in ("cached", "challenge", "bad_cookie")))
+            for kind, answers in a2s["by_kind"].items() if any(item["total"] for item in answers.values())]
+        if kinds:
+            lines.append("  a2s by kind: " + "; ".join(kinds))
         lines.append("  players tracked %d, bans active %d" % (pop["clients_tracked"], pop["bans_active"]))
         for player in pop["top_players"]:
             lines.append("    #%d %-15s %10d packets %12d bytes"

@@ -121,6 +121,9 @@ def test_top_prints_what_the_maps_count(world, agents):
         assert drops["drop_deny"] == 4
         assert (summary["a2s"]["cached"], summary["a2s"]["challenges"]) == (1, 1)
         assert summary["a2s"]["hit_ratio"] == 1.0
+        info = summary["a2s"]["by_kind"]["info"]
+        assert (info["cached"]["total"], info["challenge"]["total"], info["bad_cookie"]["total"]) == (1, 1, 0)
+        assert {answer["total"] for answer in summary["a2s"]["by_kind"]["player"].values()} == {0}
         players = [(player["client"], player["packets"]) for player in summary["top_players"]]
         # The player of the A2S, TCP and no-service packets (4) outranks the one with 3.
         assert players == [("203.0.113.10", 12), ("203.0.113.11", 7), (PLAYER, 4)]
@@ -134,6 +137,7 @@ def test_top_prints_what_the_maps_count(world, agents):
     assert "total %d packets, %d bytes" % (seen_packets, seen_bytes) in screen
     assert "drop_deny 0 /s (total 4)" in screen
     assert "#1 203.0.113.10" in screen
+    assert "  a2s by kind: info 0 /s cached / 0 /s challenges / 0 /s bad cookie\n" in screen   # only kinds seen
 
 
 def test_rates_come_from_the_traffic_between_two_readings(world, agents):
