@@ -1,7 +1,7 @@
 """Benchmark of the XDP edge program against xdp-tools' xdp-filter (run as root: `make bench`).
 
 Times build/xdp_edge.o with BPF_PROG_TEST_RUN on one packet per path (deny drop, IPIP forward,
-A2S_INFO and A2S_PLAYER cache hits, rate-limited drop, pass-through), next to an empty `return XDP_DROP` program (the
+A2S_INFO and A2S_PLAYER cache hits, rate-limited drop, banned drop, pass-through), next to an empty `return XDP_DROP` program (the
 floor) and xdp-filter dropping the same packet by a source rule (the baseline), then the deny drop
 with a million deny prefixes loaded against one. Prints ns per packet (median of interleaved
 runs), the ratio to the baseline and the issue's targets. bench/README.md explains the method.
@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The issue's targets: ratio of our time to xdp-filter's for the same packet.
-TARGETS = {"deny": 1.0, "forward": 1.5, "a2s": 2.0}
+TARGETS = {"deny": 1.0, "forward": 1.5, "a2s": 2.0, "drop": 1.0}
 # Besides 2 prefixes (the bench POP's own) and --prefixes, the deny drop is timed at this size too, to show the shape.
 MIDDLE_TABLE_SIZE = 10_000
 
@@ -101,6 +101,7 @@ def _check_single_runs(env, scenario, measure):
 
     expect(scenario.denied_frame(), "DROP", "drop_deny")
     expect(scenario.pass_frame(), "PASS", "pass_not_ours")
+    expect(scenario.banned_frame(), "DROP", "drop_banned")
 
     forwarded = Ether(expect(scenario.forward_frame(), "TX", "tx_forward").data)
     outer, inner = forwarded[IP], forwarded[IP].payload
@@ -273,6 +274,8 @@ def _bench(args) -> int:
                             *measure.xdp_filter_check(default_deny, DROP, rule_matches=False))
         deny = edge_probe("deny", env.prog, denied, DROP, "drop_deny")
         rate = edge_probe("rate limited", env.prog, limited, DROP, "drop_rate_limit")
+        banned_frame = scenario.banned_frame()
+        banned = edge_probe("banned", env.prog, banned_frame, DROP, "drop_banned")
         pass_through = edge_probe("pass", env.prog, passing, PASS, "pass_not_ours")
         # Paths that rewrite the frame run behind frame_restore (bench/frame_restore.c); each gets
         # a twin with the empty program behind the same harness, to subtract what restoring costs.
@@ -309,7 +312,7 @@ def _bench(args) -> int:
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
-                  a2s_player_hf, rate, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+                  a2s_player_hf, rate, banned, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -329,7 +332,8 @@ def _bench(args) -> int:
             ("xdp_edge A2S cache hit (cookie ok -> XDP_TX) [1]", corrected(a2s_h, a2s_hf, floor), "a2s"),
             ("xdp_edge A2S_PLAYER cache hit (cookie in field -> XDP_TX) [1]",
              corrected(a2s_player_h, a2s_player_hf, floor), "a2s"),
-            ("xdp_edge rate-limited drop", rate.samples, None),
+                        ("xdp_edge rate-limited drop", rate.samples, "drop"),
+            ("xdp_edge banned drop (its edge_sources entry)", banned.samples, "drop"),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
             ("method check: deny drop via harness [1]", corrected(deny_h, deny_hf, floor), None),
             ("bpf_fib_lookup alone (what the next-hop cache saves)", fib_only.samples, None),

@@ -40,11 +40,13 @@ DENIED_HOST = "198.18.7.66"
 FORWARD_CLIENT = "203.0.113.10"
 A2S_CLIENT = "203.0.113.20"
 LIMITED_CLIENT = "203.0.113.30"
+# Banned by hand (ban_until_ns far ahead in its edge_sources entry): the banned drop.
+BANNED_CLIENT = "203.0.113.40"
 # Pass-through: BGP from the upstream router to the POP's own address, not an anycast address.
 PASS_SOURCE, PASS_DESTINATION = topo.ROUTER_IP, topo.POP_TUNNEL_ADDR
 
 # Every source a measured packet comes from: random deny prefixes must not cover any of them.
-TEST_SOURCES = (DENIED_SOURCE, DENIED_HOST, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, PASS_SOURCE)
+TEST_SOURCES = (DENIED_SOURCE, DENIED_HOST, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, BANNED_CLIENT, PASS_SOURCE)
 
 COOKIE_KEY = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 # One-hour cookie epochs and cache age: neither the epoch nor the cache's freshness changes
@@ -100,6 +102,10 @@ def forward_frame() -> bytes:
     return _to_pop(FORWARD_CLIENT, SERVICE_ADDR, UDP(sport=40002, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
 
 
+def banned_frame() -> bytes:
+    return _to_pop(BANNED_CLIENT, SERVICE_ADDR, UDP(sport=40004, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
+
+
 def limited_frame() -> bytes:
     return _to_pop(LIMITED_CLIENT, SERVICE_ADDR, UDP(sport=40003, dport=LIMITED_PORT) / Raw(GAME_PAYLOAD))
 
@@ -142,3 +148,4 @@ def build_pop(env) -> None:
     env.set_a2s_cache(A2S_ID, a2s_player_reply(), monotonic_ns(), kind="player")
     env.deny(DENIED_PREFIX)
     env.deny(DENIED_HOST_PREFIX)
+    env.ban(BANNED_CLIENT, monotonic_ns() + 24 * 3600 * 1_000_000_000)

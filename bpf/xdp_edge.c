@@ -8,14 +8,18 @@
  *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
  *   anycast prefix? else the kernel's) -> the source's one entry in edge_sources (only for
  *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
- *   options / no service (dropped) -> ICMP other than echo (dropped) -> payload rules
- *   (payload_rules.h: drop, or a per-source limit) -> port punch -> rate limit
- *   (and ban), in the same entry -> A2S challenge/cache -> IPIP to the
- *   backend, next hop from the FIB (its answer cached per CPU for 100 ms: backend_next_hop).
+ *   options / no service (dropped) -> ICMP other than echo (dropped) -> admission: verified for
+ *   the service (allow list, a live slot, or echoing its game server's challenge), else, under
+ *   attack, handshake-shaped and within the budget (dropped: drop_unverified) -> payload rules
+ *   (payload_rules.h: drop, or a per-source limit) -> an accepted source without an entry gets
+ *   one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
+ *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for
+ *   100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
- *   decapsulate -> player; only then, for a reply that leaves, learn the port punch and store
- *   the snooped A2S reply (info, players or rules).
+ *   decapsulate -> player; only then, for a reply that leaves, learn the port punch, store
+ *   the snooped A2S reply (info, players or rules) and the game server's challenge to the
+ *   player, and verify the player by punch when the reply is of an established session.
  *
  * Decisions (tests/bpf pins each one):
  *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
@@ -69,12 +73,16 @@
 #include "csum.h"
 #include "encap.h"
 #include "a2s.h"
+#include "game_proto.h"
 #include "udp_reply.h"
 #include "payload_rules.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define NSEC_PER_MSEC 1000000ULL
 #define DEFAULT_COOKIE_EPOCH_NS (30 * NSEC_PER_SEC)
+#define DEFAULT_VERIFIED_IDLE_NS (600 * NSEC_PER_SEC) /* edge_config.verified_idle_ns 0: 10 minutes */
+/* An admission rate above this (per second) is read as this: credit * 1e9 must fit in a u64. */
+#define ADMISSION_MAX_RATE 18000000000ULL
 
 /* Outcome of a pipeline stage that may end the packet's journey. */
 struct verdict {
@@ -170,29 +178,247 @@ static __always_inline struct source_state *source_lookup(__be32 saddr)
 	return bpf_map_lookup_elem(&edge_sources, &saddr);
 }
 
-/*
- * Count a packet in its source's entry (top talkers), creating the entry when there is none.
- * Returns the entry, NULL only when the map refused one (never an LRU in practice). The counters
- * are atomic: two CPUs receiving the same source never lose a count; last_seen_ns is an aligned
- * 64-bit store (atomic; the last writer wins).
- */
-static __always_inline struct source_state *source_count(struct source_state *src, __be32 saddr, __u32 bytes,
-							  __u64 now)
+/* Count a packet in its source's entry (top talkers). The counters are atomic: two CPUs
+ * receiving the same source never lose a count; last_seen_ns is an aligned 64-bit store (atomic;
+ * the last writer wins). */
+static __always_inline void source_count(struct source_state *src, __u32 bytes, __u64 now)
 {
-	if (!src) {
-		struct source_state fresh = { .packets = 1, .bytes = bytes, .last_seen_ns = now };
-
-		if (bpf_map_update_elem(&edge_sources, &saddr, &fresh, BPF_NOEXIST) == 0)
-			return source_lookup(saddr);
-		/* Another CPU created it first: add to it. */
-		src = source_lookup(saddr);
-		if (!src)
-			return NULL;
-	}
 	__sync_fetch_and_add(&src->packets, 1);
 	__sync_fetch_and_add(&src->bytes, bytes);
 	src->last_seen_ns = now;
+}
+
+/*
+ * The entry of a source whose first packet the POP accepted, made with that packet counted.
+ * Only accepted packets make one (docs/data-plane.md, "Per-source state"): a spoofed flood from
+ * millions of addresses that is dropped gets none, so it cannot push the players out of the LRU.
+ * Returns the entry, NULL only when the map refused one (never an LRU in practice).
+ */
+static __always_inline struct source_state *source_create(__be32 saddr, __u32 bytes, __u64 now)
+{
+	struct source_state fresh = { .packets = 1, .bytes = bytes, .last_seen_ns = now };
+	struct source_state *src;
+
+	if (bpf_map_update_elem(&edge_sources, &saddr, &fresh, BPF_NOEXIST) == 0)
+		return source_lookup(saddr);
+	/* Another CPU created it first: add to it. */
+	src = source_lookup(saddr);
+	if (src)
+		source_count(src, bytes, now);
 	return src;
+}
+
+static __always_inline __u64 verified_idle_ns(const struct edge_config *cfg)
+{
+	return cfg->verified_idle_ns ? cfg->verified_idle_ns : DEFAULT_VERIFIED_IDLE_NS;
+}
+
+/* Was `then` less than idle_ns before now? A time another CPU stored after this packet read the
+ * clock is newer than now: recent, not billions of years old (the u64 difference would wrap). */
+static __always_inline int recent(__u64 then, __u64 now, __u64 idle_ns)
+{
+	return then >= now || now - then < idle_ns;
+}
+
+/*
+ * Is the source verified for the service: a slot of its entry names the service and was active
+ * within the idle time? Then the slot's activity is refreshed: a player stays verified while it
+ * plays. (Two CPUs may refresh at once: aligned 64-bit stores, the last writer wins.)
+ */
+static __always_inline int source_verified(const struct edge_config *cfg, struct source_state *src,
+					   __u32 service_id, __u64 now)
+{
+	__u64 idle_ns = verified_idle_ns(cfg);
+
+	if (!src)
+		return 0;
+	for (__u32 i = 0; i < EDGE_VERIFIED_SLOTS; i++) {
+		struct source_verification *slot = &src->verified[i];
+
+		if (slot->service_id != service_id)
+			continue;
+		if (!recent(slot->active_ns, now, idle_ns))
+			return 0;
+		slot->active_ns = now;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * The source proved it owns its address for a service (enum edge_verify_proof): the service's
+ * slot is (re)written, else a free or expired slot, else the least recently active one. Counted
+ * in edge_verify_stats when the source was not verified for the service already (a proof that
+ * renews a live slot refreshes it and is not counted again).
+ */
+static __always_inline void source_verify(const struct edge_config *cfg, struct source_state *src,
+					  __u32 service_id, __u32 proof, __u64 now)
+{
+	__u64 idle_ns = verified_idle_ns(cfg);
+	struct source_verification *slot = NULL;
+	__u64 oldest = ~0ULL;
+	__u64 *proofs;
+	int fresh = 1;
+
+	if (!src || !service_id)
+		return;
+	for (__u32 i = 0; i < EDGE_VERIFIED_SLOTS; i++) {
+		struct source_verification *candidate = &src->verified[i];
+
+		if (candidate->service_id == service_id) {
+			slot = candidate;
+			fresh = !recent(candidate->active_ns, now, idle_ns);
+			break;
+		}
+		if (!candidate->service_id || !recent(candidate->active_ns, now, idle_ns)) {
+			if (oldest) {
+				slot = candidate; /* free or expired: the first such slot */
+				oldest = 0;
+			}
+		} else if (candidate->active_ns < oldest) {
+			slot = candidate;
+			oldest = candidate->active_ns;
+		}
+	}
+	if (!slot)
+		return;
+	slot->service_id = service_id;
+	slot->proof = proof;
+	slot->active_ns = now;
+	if (!fresh)
+		return;
+	proofs = bpf_map_lookup_elem(&edge_verify_stats, &proof);
+	if (proofs)
+		*proofs += 1; /* per-CPU value: no other writer */
+}
+
+/* Is the service under attack: its operator says always, or (auto) the agent says so? */
+static __always_inline int service_under_attack(const struct service_value *svc)
+{
+	struct attack_state *state;
+	__u32 id = svc->id;
+
+	if (svc->attack_mode == EDGE_ATTACK_ALWAYS)
+		return 1;
+	if (svc->attack_mode != EDGE_ATTACK_AUTO)
+		return 0;
+	state = bpf_map_lookup_elem(&edge_attack_state, &id);
+	return state && state->under_attack;
+}
+
+/*
+ * Take one packet of len bytes from this CPU's admission bucket of the service. Each CPU's bucket
+ * fills at budget / nr_cpus per second and holds at most one second of it, so the POP as a whole
+ * never admits more than the budget per second (plus one second's worth at the start), with no
+ * atomic: the bucket is this CPU's alone (edge_admission is a per-CPU array).
+ *
+ * Credit is kept in units of 1 / (nr_cpus * 1e9) of a packet (and of a byte): a nanosecond adds
+ * `rate` units, a packet costs nr_cpus * 1e9 of them. No division, and no fraction of a token is
+ * ever lost to rounding however often the bucket is refilled (a flood refills it every few ns).
+ */
+static __always_inline __u64 admission_refill(__u64 credit, __u64 rate, __u64 elapsed_ns)
+{
+	__u64 capacity;
+
+	if (rate > ADMISSION_MAX_RATE)
+		rate = ADMISSION_MAX_RATE;
+	capacity = rate * NSEC_PER_SEC; /* one second of budget */
+	if (elapsed_ns >= NSEC_PER_SEC)
+		return capacity;
+	credit += elapsed_ns * rate;
+	return credit < capacity ? credit : capacity;
+}
+
+static __always_inline int admission_take(const struct edge_config *cfg, struct admission_bucket *bucket,
+					  const struct service_value *svc, __u32 len, __u64 now)
+{
+	__u64 pps = svc->admission.packets_per_sec, bps = svc->admission.bytes_per_sec;
+	__u64 unit = (__u64)(cfg->nr_cpus ? cfg->nr_cpus : 1) * NSEC_PER_SEC; /* one packet, one byte */
+	__u64 elapsed = now > bucket->refilled_ns ? now - bucket->refilled_ns : 0;
+	__u64 packet_credit, byte_credit;
+
+	if (!pps && !bps)
+		return 0; /* no budget: nothing unverified passes */
+	packet_credit = admission_refill(bucket->packet_tokens, pps, elapsed);
+	byte_credit = admission_refill(bucket->byte_tokens, bps, elapsed);
+	bucket->refilled_ns = now > bucket->refilled_ns ? now : bucket->refilled_ns;
+	bucket->packet_tokens = packet_credit;
+	bucket->byte_tokens = byte_credit;
+	if ((pps && packet_credit < unit) || (bps && byte_credit < unit * len))
+		return 0;
+	if (pps)
+		bucket->packet_tokens = packet_credit - unit;
+	if (bps)
+		bucket->byte_tokens = byte_credit - unit * len;
+	return 1;
+}
+
+/*
+ * Under attack, may an unverified packet ask to be admitted? Only what the service's game sends
+ * before it is verified: its connectionless handshake and the A2S queries (game_proto.h).
+ */
+static __always_inline int handshake_shaped(struct xdp_md *ctx, const struct packet *pkt,
+					    const struct service_value *svc)
+{
+	return pkt->proto == IPPROTO_UDP && game_handshake_shaped(ctx, pkt, svc->game_protocol);
+}
+
+/*
+ * Does this inbound packet echo the challenge the service's game server sent this source (stage
+ * C: the connect carrying the server challenge that learn_from_reply stored)? Asked only of a
+ * source with a challenge of this service in flight, younger than the verified idle time.
+ */
+static __always_inline int echoes_server_challenge(struct xdp_md *ctx, const struct edge_config *cfg,
+						   const struct packet *pkt, const struct service_value *svc,
+						   const struct source_state *src, __u64 now)
+{
+	__u32 echo = 0;
+
+	if (!src || src->challenge_service_id != svc->id || pkt->proto != IPPROTO_UDP)
+		return 0;
+	if (!recent(src->challenge_ns, now, verified_idle_ns(cfg)))
+		return 0;
+	return game_client_echo(ctx, pkt, svc->game_protocol, &echo) && echo == src->server_challenge;
+}
+
+/*
+ * Admission of a packet to a service (issue 13): 1 when it may go on (*verified says whether its
+ * source is verified: what the payload rules' "verified" matches), 0 when it is dropped as
+ * drop_unverified. A source is verified for the service by the allow list (nothing stored), a
+ * live slot of its entry, or this very packet echoing its game server's challenge. Verified
+ * packets are never charged to the budget. Unverified ones pass freely while the service is not
+ * under attack; under attack only when handshake-shaped and within the budget. Every packet is
+ * counted in this CPU's bucket of the service (what the agent's attack mode watches).
+ */
+static __always_inline int admitted(struct xdp_md *ctx, const struct edge_config *cfg, const struct packet *pkt,
+				    const struct service_value *svc, struct source_state *src, int allowed,
+				    __u64 now, int *verified_out)
+{
+	__u32 id = svc->id;
+	struct admission_bucket *bucket = bpf_map_lookup_elem(&edge_admission, &id);
+	int verified = allowed || source_verified(cfg, src, id, now);
+
+	if (!verified && echoes_server_challenge(ctx, cfg, pkt, svc, src, now)) {
+		source_verify(cfg, src, id, EDGE_PROOF_HANDSHAKE, now);
+		verified = 1;
+	}
+	*verified_out = verified;
+	if (!bucket)
+		return 1; /* not for any service id (< EDGE_MAX_SERVICES); the verifier wants the case */
+	if (verified) {
+		bucket->verified_packets++; /* per-CPU value: no other writer */
+		return 1;
+	}
+	bucket->unverified_packets++;
+	bucket->unverified_bytes += pkt->frame_len;
+	if (!service_under_attack(svc))
+		return 1;
+	if (handshake_shaped(ctx, pkt, svc) && admission_take(cfg, bucket, svc, pkt->ip_tot_len, now)) {
+		bucket->admitted_packets++;
+		return 1;
+	}
+	bucket->dropped_packets++;
+	return 0;
 }
 
 static __always_inline void count_service(__u32 service_id, __u32 bytes, int outbound)
@@ -651,9 +877,47 @@ static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct pa
  * leaves the program towards a player (or the kernel's delivery): a reply dropped late (TTL, no
  * route, an error) must not open a punch or fill the cache in a spoofer's name.
  */
-static __always_inline void learn_from_reply(const struct packet *inner, __u32 service_id, int snooped, __u64 now)
+/* What a backend's reply may teach, read before it is decapsulated (learn_from_reply records it
+ * only once the reply is forwarded). */
+struct reply_lesson {
+	int snooped;        /* a2s_snoop_prepare's answer: an A2S reply of that kind + 1 in scratch */
+	int proves_flow;    /* the player it goes to owns its address (see reply_proves_flow) */
+	int has_challenge;  /* it hands the player the game server's challenge (game_proto.h) */
+	__u32 challenge;
+};
+
+/*
+ * Does the game server's reply prove the player owns its address (proof PUNCH)? Only a reply on a
+ * flow the player took part in: a game server's packet of an established session (UDP that is not
+ * connectionless) or TCP past the handshake. A connectionless reply (FF FF FF FF: A2S answers,
+ * challenges, connect refusals) and a SYN-ACK or RST answer whoever asked, a spoofed address as
+ * readily as a player's: they prove nothing.
+ */
+static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct packet *inner)
+{
+	__u32 header = 0;
+	__u8 flags = 0;
+
+	if (inner->proto == IPPROTO_UDP) {
+		if (inner->payload_len < 4)
+			return 1;
+		if (bpf_xdp_load_bytes(ctx, inner->payload_off, &header, sizeof(header)))
+			return 0;
+		return header != A2S_HEADER_SIMPLE;
+	}
+	if (inner->proto == IPPROTO_TCP) {
+		if (bpf_xdp_load_bytes(ctx, inner->l4_off + 13, &flags, sizeof(flags)))
+			return 0;
+		return !(flags & (0x02 | 0x04)); /* neither SYN nor RST */
+	}
+	return 0;
+}
+
+static __always_inline void learn_from_reply(const struct edge_config *cfg, const struct packet *inner,
+					     __u32 service_id, const struct reply_lesson *lesson, __u64 now)
 {
 	__u32 zero = 0;
+	int snooped = lesson->snooped;
 
 	if (inner->proto == IPPROTO_TCP || inner->proto == IPPROTO_UDP) {
 		struct punch_key pkey = {
@@ -680,12 +944,35 @@ static __always_inline void learn_from_reply(const struct packet *inner, __u32 s
 		if (scratch)
 			bpf_map_update_elem(&edge_a2s_cache, &key, scratch, BPF_ANY);
 	}
+	if (lesson->proves_flow || lesson->has_challenge) {
+		/* The player's entry; a player the POP has none for (evicted, or the server spoke
+		 * first) gets one: the game server talks to it. */
+		struct source_state *player = source_lookup(inner->daddr);
+
+		if (!player) {
+			struct source_state fresh = {};
+
+			bpf_map_update_elem(&edge_sources, &inner->daddr, &fresh, BPF_NOEXIST);
+			player = source_lookup(inner->daddr);
+			if (!player)
+				return;
+		}
+		if (lesson->has_challenge) {
+			player->challenge_service_id = service_id;
+			player->server_challenge = lesson->challenge;
+			player->challenge_ns = now;
+		}
+		if (lesson->proves_flow)
+			source_verify(cfg, player, service_id, EDGE_PROOF_PUNCH, now);
+	}
 }
 
 /* IPIP addressed to the POP's tunnel address, unfragmented, on a device that carries IPIP: a
  * backend's reply on its way to a player. */
-static __always_inline struct verdict return_path(struct xdp_md *ctx, const struct packet *outer, __u64 now)
+static __always_inline struct verdict return_path(struct xdp_md *ctx, const struct edge_config *cfg,
+						  const struct packet *outer, __u64 now)
 {
+	struct reply_lesson lesson = {};
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct packet inner = {};
@@ -693,7 +980,7 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	struct service_value *svc;
 	struct next_hop hop;
 	struct verdict v;
-	int rc, snooped = 0;
+	int rc;
 
 	if (!bpf_map_lookup_elem(&edge_backends, &outer->saddr))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_RETURN);
@@ -716,13 +1003,18 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 
 	/* Read while the reply is still where it arrived; recorded only if it is forwarded. */
 	if (inner.proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_SNOOP))
-		snooped = a2s_snoop_prepare(ctx, &inner, now);
+		lesson.snooped = a2s_snoop_prepare(ctx, &inner, now);
+	lesson.proves_flow = reply_proves_flow(ctx, &inner);
+	if (inner.proto == IPPROTO_UDP)
+		lesson.has_challenge = game_server_challenge(ctx, &inner, svc->game_protocol, &lesson.challenge);
 
 	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* Addressed to the POP itself (the agent probing its game servers through the tunnel):
-		 * left encapsulated for the kernel's ipip device to deliver. */
-		learn_from_reply(&inner, svc->id, snooped, now);
+		 * left encapsulated for the kernel's ipip device to deliver. Its own address is no
+		 * player's: nothing to verify. */
+		lesson.proves_flow = lesson.has_challenge = 0;
+		learn_from_reply(cfg, &inner, svc->id, &lesson, now);
 		return make_verdict(XDP_PASS, EDGE_REASON_PASS_LOCAL);
 	}
 	if (inner.ttl <= 1)
@@ -737,12 +1029,12 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		/* The kernel fragments it (forwarded: learn) or, with DF, answers and drops it. */
 		if (!inner.dont_fragment)
-			learn_from_reply(&inner, svc->id, snooped, now);
+			learn_from_reply(cfg, &inner, svc->id, &lesson, now);
 		return make_verdict(XDP_PASS, EDGE_REASON_PASS_TOO_BIG);
 	}
 	v = emit(ctx, &hop, EDGE_REASON_TX_RETURN);
 	if (v.action != XDP_DROP)
-		learn_from_reply(&inner, svc->id, snooped, now); /* sent, or handed to the kernel to forward */
+		learn_from_reply(cfg, &inner, svc->id, &lesson, now); /* sent, or handed to the kernel to forward */
 	return v;
 }
 
@@ -799,7 +1091,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now;
-	int allowed = lists.allowed, punched;
+	int allowed = lists.allowed, punched, verified = 0;
 	int cookie_proven = 0; /* set by a2s_handle: the source echoed a valid fleet cookie */
 
 	/* The deny list comes first, even before the return path: a denied source is never
@@ -815,7 +1107,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	 * the wrong side, GRE, 6in4, any fragment) would reach players past every filter: dropped. */
 	if (pkt->daddr == cfg->tunnel_addr) {
 		if (pkt->proto == IPPROTO_IPIP && !pkt->is_fragment && carries_ipip(ctx->ingress_ifindex))
-			return return_path(ctx, pkt, bpf_ktime_get_ns());
+			return return_path(ctx, cfg, pkt, bpf_ktime_get_ns());
 		if (pkt->is_fragment || is_tunnel_proto(pkt->proto))
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
 	}
@@ -838,7 +1130,9 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 		src = source_lookup(pkt->saddr);
 		if (!allowed && is_banned(src, now))
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
-		source_count(src, pkt->saddr, pkt->frame_len, now);
+		/* Counted in the entry of a source the POP knows; dropped, so it makes none. */
+		if (src)
+			source_count(src, pkt->frame_len, now);
 		if (pkt->is_fragment)
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
 		if (pkt->ip_hdr_len != sizeof(struct iphdr))
@@ -848,24 +1142,34 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	src = source_lookup(pkt->saddr);
 	if (!allowed && is_banned(src, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_BANNED);
-	src = source_count(src, pkt->saddr, pkt->frame_len, now);
+	if (src)
+		source_count(src, pkt->frame_len, now);
 	count_service(svc->id, pkt->frame_len, 0);
 	/* An ICMP service is for ping: echo requests only. Errors, redirects, timestamps ... to an
 	 * anycast address are nothing a game server needs, and an error must never be answered. */
 	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ICMP_TYPE);
-
-	/* The operator's payload rules (payload_rules.h). "verified" is the allow list for now. */
-	if (payload_rules_drop(ctx, pkt, allowed, allowed, now))
+	if (!admitted(ctx, cfg, pkt, svc, src, allowed, now, &verified))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_UNVERIFIED);
+	/* The operator's payload rules (payload_rules.h): "verified" as admission found it. */
+	if (payload_rules_drop(ctx, pkt, verified, allowed, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RULE);
+	/* Accepted: the source's first accepted packet makes its entry. */
+	if (!src)
+		src = source_create(pkt->saddr, pkt->frame_len, now);
 
 	punched = punch_is_live(cfg, pkt, now);
 	if (punched)
 		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
 	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, src, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
-	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) && a2s_handle(ctx, cfg, pkt, svc, now, &v, &cookie_proven))
+	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) &&
+	    a2s_handle(ctx, cfg, pkt, svc, now, &v, &cookie_proven)) {
+		/* A valid fleet cookie proves the address (allow-listed sources need no proof). */
+		if (cookie_proven && !allowed)
+			source_verify(cfg, src, svc->id, EDGE_PROOF_COOKIE, now);
 		return v;
+	}
 	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD, now);
 }
 

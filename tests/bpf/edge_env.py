@@ -29,11 +29,11 @@ ALL_MAPS = (
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
     "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
     "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
-    "edge_a2s_stats",
+    "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
               "edge_tunnel_ifaces", "edge_own_addrs", "edge_payload_rules", "edge_payload_rule_bank",
-              "edge_payload_rule_stats", "edge_a2s_stats")
+              "edge_payload_rule_stats", "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats")
 
 
 @dataclass
@@ -149,10 +149,16 @@ class EdgeEnv:
         for name, layout, count in (("edge_reason_stats", abi.EDGE_COUNTER, len(abi.REASONS)),
                                     ("edge_service_stats", abi.SERVICE_COUNTER, abi.MAX_SERVICES),
                                     ("edge_payload_rule_stats", abi.EDGE_COUNTER, abi.MAX_PAYLOAD_RULES),
-                                    ("edge_a2s_stats", abi.A2S_COUNTER, len(abi.A2S_KINDS))):
+                                    ("edge_a2s_stats", abi.A2S_COUNTER, len(abi.A2S_KINDS)),
+                                    ("edge_verify_stats", abi.U64, len(abi.VERIFY_PROOFS))):
             zero = [bytes(layout.size)] * ncpu
             for index in range(count):
                 self.maps[name].update_percpu(abi.U32.pack(index), zero)
+        # The admission buckets and attack states of every service id: one batch write each.
+        for name in ("edge_admission", "edge_attack_state"):
+            bpf_map = self.maps[name]
+            bpf_map.update_batch([abi.U32.pack(index) for index in range(bpf_map.max_entries)],
+                                 [bytes(bpf_map.value_buffer_size)] * bpf_map.max_entries)
 
     def configure(self, tunnel_addr=topo.POP_TUNNEL_ADDR, **settings) -> None:
         self.maps["edge_config"].update(abi.U32.pack(0), abi.pack_config(tunnel_addr, **settings))
@@ -176,11 +182,48 @@ class EdgeEnv:
         present = abi.unpack_own_addrs(self.maps["edge_own_addrs"].lookup(abi.U32.pack(0)))
         self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs(present + [address]))
 
-    def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0)):
+    def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0),
+                    admission=(0, 0), game_protocol="none", attack_mode="never"):
+        """An edge_services entry as edge_rules packs it. admission: the unverified budget (pps,
+        bps) for the POP; game_protocol, attack_mode: names (abi.GAME_PROTOCOLS, abi.ATTACK_MODES)."""
         self.maps["edge_services"].update(
             abi.pack_service_key(proto, address, port),
-            abi.pack_service_value(service_id, backend, flags, a2s_max_age_ms, limit),
+            abi.pack_service_value(service_id, backend, flags, a2s_max_age_ms, limit, admission, game_protocol,
+                                   attack_mode),
         )
+
+    def set_under_attack(self, service_id: int, under_attack: bool, since_ns: int = 0) -> None:
+        """edge_attack_state[service id], as the agent's attack-mode controller writes it."""
+        self.maps["edge_attack_state"].update(abi.U32.pack(service_id),
+                                              abi.ATTACK_STATE.pack(int(under_attack), since_ns))
+
+    def admission_counters(self, service_id: int, cpu=None) -> dict:
+        """A service's admission bucket: one CPU's, or (cpu None) the counters summed over CPUs
+        (the token credits are per CPU and not summed: left out)."""
+        values = self.maps["edge_admission"].lookup_percpu(abi.U32.pack(service_id))
+        names = ("refilled_ns", "packet_tokens", "byte_tokens", "unverified_packets", "unverified_bytes",
+                 "admitted_packets", "dropped_packets", "verified_packets")
+        if cpu is not None:
+            return dict(zip(names, abi.ADMISSION_BUCKET.unpack(values[cpu])))
+        totals = abi.unpack_counters(values, abi.ADMISSION_BUCKET)
+        return dict((name, value) for name, value in zip(names, totals) if name.endswith("_packets")
+                    or name == "unverified_bytes")
+
+    def verify_counts(self) -> dict:
+        """{proof name: sources verified by it}, summed over CPUs."""
+        counts = {}
+        for index, name in enumerate(abi.VERIFY_PROOFS):
+            counts[name] = abi.unpack_counters(self.maps["edge_verify_stats"].lookup_percpu(abi.U32.pack(index)),
+                                               abi.U64)[0]
+        return counts
+
+    def verified_for(self, address: str, service_id: int, now_ns: int, idle_ns: int = 600 * 10**9):
+        """The proof name a source's live slot for the service holds, or None (no slot, or idle)."""
+        state = self.source(address)
+        for slot_service, proof, active_ns in (state.verified if state else []):
+            if slot_service == service_id and (active_ns >= now_ns or now_ns - active_ns < idle_ns):
+                return abi.VERIFY_PROOFS[proof]
+        return None
 
     def deny(self, cidr: str) -> None:
         self._add_to_list("deny", cidr)

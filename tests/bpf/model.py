@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie as project_a2s_cookie
 
+from . import game_model
 from . import topology as topo
 
 # ---- constants of the C side (bpf/include/*.h) ------------------------------------------------
@@ -83,6 +84,16 @@ A2S_FIELD_ASKS = (0xFFFFFFFF, 0)                             # a field that asks
 # request type -> kind, reply type -> kind (enum a2s_kind; a2s.h)
 A2S_FIELD_REQUEST_KINDS = {0x55: "player", 0x56: "rules"}
 A2S_REPLY_KINDS = {0x49: "info", 0x44: "player", 0x45: "rules"}
+
+# Issue 13: verification, admission, attack mode (edge_abi.h)
+DEFAULT_VERIFIED_IDLE_NS = 600 * NSEC_PER_SEC
+ADMISSION_MAX_RATE = 18_000_000_000
+VERIFIED_SLOTS = 2
+GAME_PROTOCOLS = ("none", "source", "goldsrc")          # enum edge_game_protocol
+ATTACK_MODES = ("auto", "always", "never")              # enum edge_attack_mode
+PROOFS = ("none", "cookie", "handshake", "punch")       # enum edge_verify_proof
+CONNECTIONLESS = b"\xff\xff\xff\xff"
+TCP_SYN, TCP_RST = 0x02, 0x04
 
 ICMP_DEST_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
@@ -172,6 +183,27 @@ class Source:
     window: int = 0          # seconds of monotonic time (u32) the window counts are for
     window_packets: int = 0
     window_bytes: int = 0
+    # struct source_verification slots: [service id (0: free), proof (PROOFS index), active_ns]
+    verified: list = field(default_factory=lambda: [[0, 0, 0] for dummy in range(VERIFIED_SLOTS)])
+    challenge_service_id: int = 0
+    server_challenge: int = 0
+    challenge_ns: int = 0
+
+    def copy(self) -> "Source":
+        return replace(self, verified=[list(slot) for slot in self.verified])
+
+
+@dataclass
+class Bucket:
+    """One CPU's struct admission_bucket of a service (the model runs on one CPU: the tests pin it)."""
+    refilled_ns: int = 0
+    packet_tokens: int = 0       # credit, in 1 / (nr_cpus * 1e9) of a packet
+    byte_tokens: int = 0
+    unverified_packets: int = 0
+    unverified_bytes: int = 0
+    admitted_packets: int = 0
+    dropped_packets: int = 0
+    verified_packets: int = 0
 
 
 @dataclass
@@ -185,6 +217,9 @@ class Service:
     flags: int = 0
     a2s_max_age_ms: int = 0
     limit: tuple = (0, 0)          # (packets_per_sec, bytes_per_sec); (0, 0): the global limit
+    admission: tuple = (0, 0)      # the unverified budget under attack (pps, bps) for the POP; (0, 0): none
+    game_protocol: str = "none"    # GAME_PROTOCOLS
+    attack_mode: str = "never"     # ATTACK_MODES
 
 
 @dataclass
@@ -210,6 +245,8 @@ class Config:
     limits: dict = field(default_factory=dict)
     cookie_key_previous: tuple = (0, 0)     # the previous key generation: accepted, never issued; 0: none
     cookie_tai_offset_ns: int = 0           # the POP's CLOCK_TAI - CLOCK_REALTIME, off the cookie clock
+    verified_idle_ns: int = 0               # 0: DEFAULT_VERIFIED_IDLE_NS
+    nr_cpus: int = 0                        # the CPUs admission budgets are shared among (0 read as 1)
 
     def limit(self, proto_class: int) -> tuple:
         return tuple(self.limits.get(CLASS_NAMES[proto_class], (0, 0)))
@@ -259,12 +296,18 @@ class ModelState:
     own_addrs: set = field(default_factory=set)            # {"10.0.0.1", ...}: edge_own_addrs
     payload_rules: list = field(default_factory=list)      # [PayloadRule], in order (the bank XDP reads)
     rule_limits: dict = field(default_factory=dict)        # {RuleLimitKey: (packets, bytes)}
+    under_attack: set = field(default_factory=set)         # {service id}: edge_attack_state under_attack
+    buckets: dict = field(default_factory=dict)            # {service id: Bucket}: edge_admission (one CPU)
+    verify_stats: dict = field(default_factory=dict)       # {proof name: count}: edge_verify_stats
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
                        anycast_v6=list(self.anycast_v6), backends=set(self.backends),
                        allow=list(self.allow), deny=list(self.deny),
-                       sources={address: replace(source) for address, source in self.sources.items()},
+                       sources={address: source.copy() for address, source in self.sources.items()},
+                       under_attack=set(self.under_attack),
+                       buckets={key: replace(bucket) for key, bucket in self.buckets.items()},
+                       verify_stats=dict(self.verify_stats),
                        punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
                        tx_ports=set(self.tx_ports),
                        tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs),
@@ -309,10 +352,13 @@ class Effects:
     rate_counted: Optional[tuple] = None     # (address, window, IP bytes): one packet in the source's window
     rule_limit_counted: Optional[tuple] = None  # (RuleLimitKey, bytes): counted by a limit rule
     rule_hit: Optional[int] = None           # position of the payload rule that matched (its hit counter)
+    # Issue 13's writes, applied in order after the above: verification slots, the game server's
+    # challenge, admission buckets, proof counts. Each is (what, function of the ModelState).
+    ops: list = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any((self.source_counted, self.ban, self.punch_seen, self.punch_deleted, self.cache_stored,
-                    self.rate_counted, self.rule_limit_counted, self.rule_hit is not None))
+                    self.rate_counted, self.rule_limit_counted, self.rule_hit is not None, self.ops))
 
 
 @dataclass
@@ -547,6 +593,8 @@ class EdgeModel:
             key, nbytes = effects.rule_limit_counted
             packets, total = state.rule_limits.get(key, (0, 0))
             state.rule_limits[key] = (packets + 1, total + nbytes)
+        for dummy, op in effects.ops:
+            op(state)
 
     # -- the pipeline (xdp_edge.c), in its order --
 
@@ -600,7 +648,9 @@ class EdgeModel:
                 raise _verdict(PASS, "pass_not_ours")
             if banned():
                 raise _verdict(DROP, "drop_banned")
-            self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
+            # Counted in the entry of a source the POP knows; dropped, so it makes none.
+            if source is not None:
+                self._effects.source_counted = (pkt.saddr, len(self._frame), False, self._now)
             if pkt.is_fragment:
                 raise _verdict(DROP, "drop_fragment")
             if pkt.ip_hdr_len != IPV4_HLEN:
@@ -608,14 +658,20 @@ class EdgeModel:
             raise _verdict(DROP, "drop_no_service")
         if banned():
             raise _verdict(DROP, "drop_banned")
-        self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
+        if source is not None:
+            self._effects.source_counted = (pkt.saddr, len(self._frame), False, self._now)
         # An ICMP service is for ping: echo requests only.
         if pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO:
             raise _verdict(DROP, "drop_icmp_type")
+        verified = self._admitted(pkt, svc, source, allowed)
+        if verified is None:
+            raise _verdict(DROP, "drop_unverified")
         # The payload rules (payload_rules.h), after everything above (which "pass" never skips).
-        # "verified" is the allow list until the verification state exists.
-        if self._payload_rules_drop(pkt, verified=allowed, allowed=allowed):
+        if self._payload_rules_drop(pkt, verified=verified, allowed=allowed):
             raise _verdict(DROP, "drop_rule")
+        # Only an accepted packet makes its source's entry (a dropped spoofed flood makes none).
+        if source is None:
+            self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
         if self._punch_is_live(pkt):
             self._forward_to_backend(pkt, svc, "tx_punched")
         if not allowed and self._rate_limit_exceeded(pkt, svc):
@@ -668,6 +724,124 @@ class EdgeModel:
                 return bool((pps and packets > pps) or (bps and total > bps))
             return False
         return False
+
+    # -- verification and admission (issue 13) --
+
+    def _idle_ns(self) -> int:
+        return self.state.config.verified_idle_ns or DEFAULT_VERIFIED_IDLE_NS
+
+    def _recent(self, then: int, idle_ns: int) -> bool:
+        """A time another CPU stored after this packet's clock reading is recent (no u64 wrap)."""
+        return then >= self._now or self._now - then < idle_ns
+
+    def _payload(self, pkt: Ipv4) -> bytes:
+        return self._frame[pkt.payload_off:pkt.payload_off + pkt.payload_len]
+
+    def _op(self, what, function):
+        self._effects.ops.append((what, function))
+
+    def _verify(self, address: str, service_id: int, proof: str, create: bool = False):
+        """source_verify as an op: the service's slot, else the first free or expired one, else the
+        least recently active; counted in verify_stats when the source was not verified already."""
+        now, idle_ns = self._now, self._idle_ns()
+
+        def recent(then):
+            return then >= now or now - then < idle_ns
+
+        def op(state):
+            source = state.sources.get(address)
+            if source is None:
+                if not create:
+                    return
+                source = state.sources[address] = Source()
+            chosen, fresh, oldest = None, True, None
+            for slot in source.verified:
+                if slot[0] == service_id:
+                    chosen, fresh = slot, not recent(slot[2])
+                    break
+                if not slot[0] or not recent(slot[2]):
+                    if oldest != 0:
+                        chosen, oldest = slot, 0
+                elif oldest is None or slot[2] < oldest:
+                    chosen, oldest = slot, slot[2]
+            chosen[:] = [service_id, PROOFS.index(proof), now]
+            if fresh:
+                state.verify_stats[proof] = state.verify_stats.get(proof, 0) + 1
+        self._op("verify %s for %d by %s" % (address, service_id, proof), op)
+
+    def _under_attack(self, svc: Service) -> bool:
+        if svc.attack_mode == "always":
+            return True
+        return svc.attack_mode == "auto" and svc.id in self.state.under_attack
+
+    def _admitted(self, pkt: Ipv4, svc: Service, source: Optional[Source], allowed: bool) -> Optional[bool]:
+        """admitted() of xdp_edge.c: verified (allow list, a live slot, or this packet echoing the
+        game server's challenge) passes uncharged; unverified passes unless the service is under
+        attack, then only handshake-shaped and within this CPU's admission bucket. None: dropped;
+        else whether the source is verified (what the payload rules' "verified" matches)."""
+        now, idle_ns = self._now, self._idle_ns()
+        verified = allowed
+        if not verified and source is not None:
+            for index, slot in enumerate(source.verified):
+                if slot[0] == svc.id:
+                    if self._recent(slot[2], idle_ns):
+                        verified = True
+
+                        def refresh(state, address=pkt.saddr, index=index):
+                            state.sources[address].verified[index][2] = now
+                        self._op("refresh %s's slot %d" % (pkt.saddr, index), refresh)
+                    break
+        protocol = GAME_PROTOCOLS.index(svc.game_protocol)
+        if not verified and source is not None and source.challenge_service_id == svc.id \
+                and pkt.proto == IPPROTO_UDP and self._recent(source.challenge_ns, idle_ns):
+            echo = game_model.client_echo(self._payload(pkt), protocol)
+            if echo is not None and echo == source.server_challenge:
+                self._verify(pkt.saddr, svc.id, "handshake")
+                verified = True
+        bucket = replace(self.state.buckets.get(svc.id, Bucket()))
+        outcome = verified
+        if verified:
+            bucket.verified_packets += 1
+        else:
+            bucket.unverified_packets += 1
+            bucket.unverified_bytes += len(self._frame)
+            if self._under_attack(svc):
+                shaped = pkt.proto == IPPROTO_UDP and game_model.handshake_shaped(self._payload(pkt), protocol)
+                if shaped and self._admission_take(bucket, svc, pkt.ip_tot_len):
+                    bucket.admitted_packets += 1
+                else:
+                    bucket.dropped_packets += 1
+                    outcome = None
+
+        def store(state, service_id=svc.id, bucket=bucket):
+            state.buckets[service_id] = bucket
+        self._op("bucket of %d" % svc.id, store)
+        return outcome
+
+    def _admission_take(self, bucket: Bucket, svc: Service, length: int) -> bool:
+        """admission_take on a copy of the bucket: credit in 1 / (nr_cpus * 1e9) of a packet/byte."""
+        pps, bps = svc.admission
+        unit = (self.state.config.nr_cpus or 1) * NSEC_PER_SEC
+        if not pps and not bps:
+            return False
+        elapsed = self._now - bucket.refilled_ns if self._now > bucket.refilled_ns else 0
+
+        def refill(credit, rate):
+            rate = min(rate, ADMISSION_MAX_RATE)
+            capacity = rate * NSEC_PER_SEC
+            if elapsed >= NSEC_PER_SEC:
+                return capacity
+            return min((credit + elapsed * rate) & U64, capacity)
+
+        bucket.packet_tokens, bucket.byte_tokens = refill(bucket.packet_tokens, pps), refill(bucket.byte_tokens, bps)
+        bucket.refilled_ns = max(self._now, bucket.refilled_ns)
+        if (pps and bucket.packet_tokens < unit) or (bps and bucket.byte_tokens < unit * length):
+            return False
+        if pps:
+            bucket.packet_tokens -= unit
+        if bps:
+            bucket.byte_tokens -= unit * length
+        return True
 
     def _punch_is_live(self, pkt: Ipv4) -> bool:
         if pkt.proto not in (IPPROTO_TCP, IPPROTO_UDP):
@@ -822,6 +996,9 @@ class EdgeModel:
         # Accepted under the current and (when set) the previous generation, this epoch or the last.
         keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
         if any(cookie in (cookie_of(key, epoch), cookie_of(key, epoch - 1)) for key in keys):
+            # A valid fleet cookie proves the address (allow-listed sources need no proof).
+            if not self.state.allowed(pkt.saddr):
+                self._verify(pkt.saddr, svc.id, "cookie")
             if not 5 <= len(entry.payload) <= A2S_CACHE_MAX_PAYLOAD:
                 raise _verdict(DROP, "drop_error")
             self._send_udp_reply(pkt, entry.payload, "tx_a2s_cached", entry.csum)
@@ -869,7 +1046,8 @@ class EdgeModel:
         hop = self._fib(inner.daddr, inner.ip_tot_len)
         if hop.rc == "local":
             # Addressed to the POP itself (the agent's probes): left encapsulated for the kernel.
-            self._learn_from_reply(inner, svc)
+            # Its own address is no player's: nothing to verify.
+            self._learn_from_reply(inner, svc, to_the_pop=True)
             raise _verdict(PASS, "pass_local")
         if inner.ttl <= 1:
             raise _verdict(DROP, "drop_ttl")
@@ -890,12 +1068,34 @@ class EdgeModel:
                 self._learn_from_reply(inner, svc)
             raise
 
-    def _learn_from_reply(self, inner: Ipv4, svc: Service):
+    def _learn_from_reply(self, inner: Ipv4, svc: Service, to_the_pop: bool = False):
         if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
             key = PunchKey(inner.proto, inner.saddr, inner.sport, inner.daddr, inner.dport)
             self._effects.punch_seen = (key, self._now)
         if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
             self._a2s_snoop(inner, svc)
+        if to_the_pop:
+            return
+        payload = self._payload(inner)
+        challenge = None
+        if inner.proto == IPPROTO_UDP:
+            challenge = game_model.server_challenge(payload, GAME_PROTOCOLS.index(svc.game_protocol))
+        if challenge is not None:
+            def store(state, address=inner.daddr, service_id=svc.id, value=challenge, now=self._now):
+                source = state.sources.setdefault(address, Source())
+                source.challenge_service_id, source.server_challenge, source.challenge_ns = service_id, value, now
+            self._op("challenge for %s" % inner.daddr, store)
+        if self._reply_proves_flow(inner, payload):
+            self._verify(inner.daddr, svc.id, "punch", create=True)
+
+    def _reply_proves_flow(self, inner: Ipv4, payload: bytes) -> bool:
+        """A game server's reply on an established session proves its player's address; a
+        connectionless reply (FF FF FF FF) or a SYN-ACK/RST answers spoofed sources as readily."""
+        if inner.proto == IPPROTO_UDP:
+            return len(payload) < 4 or payload[:4] != CONNECTIONLESS
+        if inner.proto == IPPROTO_TCP:
+            return not self._frame[inner.l4_off + 13] & (TCP_SYN | TCP_RST)
+        return False
 
     def _a2s_snoop(self, inner: Ipv4, svc: Service):
         """Single-packet info/players/rules replies (FF FF FF FF 49/44/45) are cached under their

@@ -35,10 +35,21 @@ from hypothesis import strategies as st
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, siphash24
 
+from . import game_model as gm
 from . import model as m
 from . import packets as pk
 from . import topology as topo
 from .edge_env import monotonic_ns
+
+@pytest.fixture(autouse=True)
+def one_cpu():
+    """Every packet of these tests runs on one CPU: the admission buckets are per CPU, and the
+    model keeps the one bucket that CPU fills (test_admission.py races two CPUs on purpose)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
+
 
 # ---- the world every example shares ---------------------------------------------------------------
 
@@ -95,7 +106,8 @@ EXAMPLES = 400
 
 @dataclass
 class StateSpec:
-    services: list          # [(ServiceTemplate, backend, flags, a2s_max_age "H"|"zero", limit kind)]
+    services: list          # [(ServiceTemplate, backend, flags, a2s_max_age "H"|"zero", limit kind,
+                            #   admission kind, game protocol, attack mode, under attack (auto))]
     backends: list
     deny: list
     allow: list
@@ -113,6 +125,10 @@ class StateSpec:
     cookie_tai_offset: int      # the POP's TAI offset in the config (ns, whole seconds), off the cookie clock
     limits: dict            # class name -> limit kind
     payload_rules: list     # [m.PayloadRule], in order (anycast_edge_filters.rules)
+    sources: list           # [(address, [(service id, proof, "fresh"|"idle"|"future")], challenge or None)]
+                            #   challenge: (service id, value, "fresh"|"idle")
+    verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
+    nr_cpus: int
 
 
 @dataclass
@@ -171,7 +187,22 @@ def _payload(spec, ctx, src, dst, sport, dport):
         return _seeded(spec[1], spec[2], b"\xff\xff\xff\xff\xfe")
     if kind == "a2s_real":
         return pk.a2s_info_reply(name="srv-%d" % spec[1])
+    if kind == "game":            # a client's handshake packet: (family, getchallenge | connect, challenge)
+        family, step, challenge = spec[1:]
+        if family == "source":
+            return gm.source_getchallenge_packet(0x1234) if step == "getchallenge" else \
+                gm.source_connect_packet(challenge, 0x1234)
+        return gm.goldsrc_getchallenge_packet() if step == "getchallenge" else gm.goldsrc_connect_packet(challenge)
+    if kind == "game_challenge":  # the game server's challenge to its client: (family, challenge)
+        family, challenge = spec[1:]
+        return gm.source_challenge_packet(challenge, 0x1234) if family == "source" else \
+            gm.goldsrc_challenge_packet(challenge)
     raise ValueError(kind)
+
+
+# Game-server challenges: few, so that a connect often echoes the one a reply stored.
+CHALLENGES = (0x12345678, 7, 0x80000005)
+ADMISSIONS = {"none": (0, 0), "huge": (10 ** 9, 10 ** 12), "tiny": (1, 0), "tiny_bytes": (0, 100)}
 
 
 def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8):
@@ -332,8 +363,11 @@ def prefix(pick):
 def payload_spec(pick, proto, a2s_ok=True):
     choices = [(4, "random"), (1, "big")]
     if proto == UDP and a2s_ok:
-        choices += [(2, "a2s"), (4, "a2s_cookie"), (3, "a2s_field"), (1, "a2s_field_odd")]
+        choices += [(2, "a2s"), (4, "a2s_cookie"), (3, "a2s_field"), (1, "a2s_field_odd"), (4, "game")]
     kind = weighted(pick, *choices)
+    if kind == "game":
+        return ("game", pick.choice(("source", "goldsrc")), pick.choice(("getchallenge", "connect", "connect")),
+                pick.choice(CHALLENGES))
     if kind == "random":
         return ("random", pick.integers(0, 64), pick.integers(0, 2 ** 16))
     if kind == "big":   # around the point where 20 more bytes of IPIP exceed the 1500-byte MTU
@@ -388,6 +422,12 @@ class Flow:
     player_port: int
 
 
+def game_family(pick, state: StateSpec, template) -> str:
+    """The game a service speaks (3 times in 4, when it speaks one), else either."""
+    games = [service[6] for service in state.services if service[0] == template and service[6] != "none"]
+    return games[0] if games and often(pick, 3) else pick.choice(("source", "goldsrc"))
+
+
 def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
     if often(pick, 2):
         flow = pick.choice(flows)
@@ -396,7 +436,8 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
         templates = [s[0] for s in state.services] if state.services and often(pick, 3) else SERVICE_TEMPLATES
         template = pick.choice(templates)
         # A source that has a punch or a ban in the state now and then, so those entries are met.
-        known = [key.remote_addr for key, dummy in state.punches] + [address for address, dummy in state.bans]
+        known = [key.remote_addr for key, dummy in state.punches] + [address for address, dummy in state.bans] + \
+            [source[0] for source in state.sources]
         src = pick.choice(known) if known and often(pick, 1) else player(pick)
         sport = port(pick)
     other_protocols = (UDP, TCP, ICMP, GRE, 132, m.IPPROTO_IPIP, m.IPPROTO_IPV6)
@@ -406,7 +447,10 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
     if proto in (UDP, TCP) and state.punches and often(pick, 1, 5):
         key = pick.choice([key for key, dummy in state.punches])
         proto, dst, dport, src, sport = key.proto, key.service_addr, key.service_port, key.remote_addr, key.remote_port
-    fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload_spec(pick, proto),
+    payload = payload_spec(pick, proto)
+    if payload[0] == "game":     # mostly the service's own game, so that handshakes are met
+        payload = ("game", game_family(pick, state, template)) + payload[2:]
+    fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload,
                   ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick),
                   qinq=qinq(pick), icmp_type=icmp_type(pick))
     ingress = weighted(pick, (6, topo.UPLINK), (1, topo.SIDE))
@@ -426,10 +470,12 @@ def return_spec(pick, state: StateSpec, flows) -> PacketSpec:
     outer_dst = TUNNEL if often(pick, 9, 10) else pick.choice(OTHER_DESTINATIONS)
     proto = template.proto if often(pick, 9, 10) else pick.choice((UDP, TCP, ICMP))
     if proto == UDP and often(pick, 1, 2):
-        kind = weighted(pick, (3, "a2s_info"), (1, "a2s_split"), (2, "a2s_real"), (2, "a2s_players"),
+        kind = weighted(pick, (3, "a2s_info"), (1, "a2s_split"), (2, "a2s_real"), (2, "a2s_players"), (3, "game_challenge"),
                         (1, "a2s_rules"))
         low, high = pick.choice(((0, 80), (100, 600), (1390, 1410), (1460, 1500)))
         payload = (kind, pick.integers(low, high), pick.integers(0, 2 ** 16))
+        if kind == "game_challenge":
+            payload = (kind, game_family(pick, state, template), pick.choice(CHALLENGES))
     else:
         payload = payload_spec(pick, proto, a2s_ok=False)
     inner = dict(proto=proto, src=template.addr if often(pick, 9, 10) else player(pick),
@@ -531,8 +577,13 @@ def state_spec(pick) -> StateSpec:
                 weighted(pick, (3, 0), (1, 3))
             backend = weighted(pick, (4, "10.1.0.5"), (1, "10.1.0.6"), (2, "10.2.0.10"), (1, "10.2.0.20"),
                                (1, "10.9.0.5"))
+            # Issue 13: the unverified budget, the game, who says "under attack" (and, for auto,
+            # what the agent says).
             services.append((template, backend, flags, weighted(pick, (4, "H"), (1, "zero")),
-                             weighted(pick, (8, "none"), (2, "never"), (1, "always"))))
+                             weighted(pick, (8, "none"), (2, "never"), (1, "always")),
+                             weighted(pick, (2, "none"), (2, "huge"), (2, "tiny"), (1, "tiny_bytes")),
+                             weighted(pick, (1, "none"), (2, "source"), (2, "goldsrc")),
+                             weighted(pick, (2, "auto"), (2, "always"), (2, "never")), often(pick, 2)))
     backends = [b for b in BACKEND_POOL if often(pick, 9, 10)]
     punches = []
     udp_tcp = [s[0] for s in services if s[0].proto in (UDP, TCP)]
@@ -571,7 +622,25 @@ def state_spec(pick) -> StateSpec:
         limits={name: weighted(pick, (6, "none"), (2, "never"), (1, "always")) for name in m.CLASS_NAMES},
         payload_rules=[payload_rule(pick) for dummy in range(weighted(pick, (2, 0), (3, pick.integers(1, 4)),
                                                                        (1, pick.integers(5, 12))))],
+        sources=[], verified_idle=weighted(pick, (3, "H"), (1, "half")), nr_cpus=pick.choice((1, 2, 4)),
     )
+
+
+def sources_spec(pick, state: StateSpec, flows) -> list:
+    """Entries of edge_sources for some players (flows' mostly): verified slots for services (live,
+    idle, stored by a CPU after the packet's clock reading) and a game server's challenge in flight."""
+    ids = [template.id for template in SERVICE_TEMPLATES]
+    sources = []
+    for dummy in range(pick.integers(0, 4)):
+        flow = pick.choice(flows)
+        address = flow.player if often(pick, 3) else player(pick)
+        slots = [(pick.choice(ids), weighted(pick, (1, 1), (1, 2), (1, 3)),
+                  weighted(pick, (3, "fresh"), (1, "idle"), (1, "future"))) for dummy in range(pick.integers(0, 2))]
+        challenge_for = flow.template.id if often(pick, 3) else pick.choice(ids)
+        challenge = (challenge_for, pick.choice(CHALLENGES), weighted(pick, (3, "fresh"), (1, "idle"))) \
+            if often(pick, 3) else None
+        sources.append((address, slots, challenge))
+    return sources
 
 
 @st.composite
@@ -581,6 +650,7 @@ def scenarios(draw):
     state = state_spec(pick)
     templates = [s[0] for s in state.services] or list(SERVICE_TEMPLATES)
     flows = [Flow(pick.choice(templates), player(pick), port(pick)) for dummy in range(pick.integers(1, 4))]
+    state.sources = sources_spec(pick, state, flows)
     count = draw(PACKETS_PER_EXAMPLE)
     seeds = draw(st.lists(st.tuples(st.integers(0, len(PACKET_KINDS) - 1), st.integers(0, 2 ** 32 - 1)),
                           min_size=count, max_size=count))
@@ -617,15 +687,29 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
                          backends=set(spec.backends), allow=list(spec.allow), deny=list(spec.deny),
                          tx_ports=set(spec.tx_ports), tunnel_ifaces=set(spec.tunnel_ifaces),
                          own_addrs=set(spec.own_addrs), payload_rules=list(spec.payload_rules))
-    for template, backend, flags, max_age, limit in spec.services:
+    config.verified_idle_ns = h if spec.verified_idle == "H" else h // 2
+    config.nr_cpus = spec.nr_cpus
+    idle = config.verified_idle_ns
+    for template, backend, flags, max_age, limit, admission, game, attack_mode, attacked in spec.services:
         state.services.append(m.Service(template.proto, template.addr, template.port, template.id, backend, flags,
-                                        h_ms if max_age == "H" else 0, LIMITS[limit]))
+                                        h_ms if max_age == "H" else 0, LIMITS[limit], ADMISSIONS[admission],
+                                        game, attack_mode))
+        if attacked:
+            state.under_attack.add(template.id)
     for address, kind in spec.bans:
         # An entry with a ban (active or over) and some history: counters and an old window.
         state.sources[address] = m.Source(ban_until_ns=now + h if kind == "active" else now - h // 2,
                                           last_seen_ns=now - h // 2, packets=1000, bytes=64000,
                                           window=(now - h) // m.NSEC_PER_SEC, window_packets=10 ** 6,
                                           window_bytes=10 ** 9)
+    for address, slots, challenge in spec.sources:
+        source = state.sources.setdefault(address, m.Source(last_seen_ns=now - h // 2, packets=3, bytes=200))
+        times = {"fresh": now - idle // 4, "idle": now - 2 * idle, "future": now + idle // 4}
+        for index, (service_id, proof, kind) in enumerate(slots):
+            source.verified[index] = [service_id, proof, times[kind]]
+        if challenge is not None:
+            source.challenge_service_id, source.server_challenge = challenge[:2]
+            source.challenge_ns = times[challenge[2]]
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
     for service_id, a2s_kind, kind, length, seed in spec.cache:
@@ -642,7 +726,8 @@ def load_state(env, state: m.ModelState) -> None:
     cfg = state.config
     env.configure(cfg.tunnel_addr, ban_sec=cfg.ban_sec, punch_idle_ns=cfg.punch_idle_ns,
                   cookie_epoch_ns=cfg.cookie_epoch_ns, cookie_key=cfg.cookie_key, limits=cfg.limits,
-                  cookie_key_previous=cfg.cookie_key_previous, cookie_tai_offset_ns=cfg.cookie_tai_offset_ns)
+                  cookie_key_previous=cfg.cookie_key_previous, cookie_tai_offset_ns=cfg.cookie_tai_offset_ns,
+                  verified_idle_ns=cfg.verified_idle_ns, nr_cpus=cfg.nr_cpus)
     for cidr in state.anycast_v4:
         env.add_anycast(cidr)
     for cidr in state.anycast_v6:
@@ -650,7 +735,10 @@ def load_state(env, state: m.ModelState) -> None:
     for address in state.backends:
         env.add_backend(address)
     for svc in state.services:
-        env.add_service(svc.proto, svc.addr, svc.port, svc.id, svc.backend, svc.flags, svc.a2s_max_age_ms, svc.limit)
+        env.add_service(svc.proto, svc.addr, svc.port, svc.id, svc.backend, svc.flags, svc.a2s_max_age_ms, svc.limit,
+                        svc.admission, svc.game_protocol, svc.attack_mode)
+    for service_id in state.under_attack:
+        env.set_under_attack(service_id, True)
     for cidr in state.deny:
         env.deny(cidr)
     for cidr in state.allow:
@@ -658,7 +746,9 @@ def load_state(env, state: m.ModelState) -> None:
     for address, source in state.sources.items():
         env.set_source(address, abi.SourceState(source.ban_until_ns, source.last_seen_ns, source.packets,
                                                 source.bytes, source.window, source.window_packets,
-                                                source.window_bytes))
+                                                source.window_bytes, [tuple(slot) for slot in source.verified],
+                                                source.challenge_service_id, source.server_challenge,
+                                                source.challenge_ns))
     for key, seen in state.punches.items():
         env.punch(key.proto, key.service_addr, key.service_port, key.remote_addr, key.remote_port, seen)
     for key, entry in state.a2s_cache.items():
@@ -746,6 +836,14 @@ def assert_sources_match(program: dict, model: dict, slack_ns: int, one_second: 
         for name in ("ban_until_ns", "last_seen_ns"):
             assert 0 <= getattr(got, name) - getattr(want, name) <= slack_ns, (
                 "source %s %s: program %s, model %s" % (address, name, got, want))
+        assert [tuple(slot[:2]) for slot in got.verified] == [tuple(slot[:2]) for slot in want.verified], (
+            "source %s verified: program %s, model %s" % (address, got, want))
+        for got_slot, want_slot in zip(got.verified, want.verified):
+            assert 0 <= got_slot[2] - want_slot[2] <= slack_ns, "source %s verified: program %s, model %s" % (
+                address, got, want)
+        assert (got.challenge_service_id, got.server_challenge) == (want.challenge_service_id, want.server_challenge)
+        assert 0 <= got.challenge_ns - want.challenge_ns <= slack_ns, "source %s challenge: program %s, model %s" % (
+            address, got, want)
         if one_second:
             assert got.window == want.window, "source %s window: program %s, model %s" % (address, got, want)
             assert (got.window_packets, got.window_bytes) == (want.window_packets, want.window_bytes), (
@@ -756,6 +854,15 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     """started_ns: when the first packet ran (None: the packets may have crossed a second)."""
     one_second = started_ns is not None and started_ns // m.NSEC_PER_SEC == monotonic_ns() // m.NSEC_PER_SEC
     assert_sources_match(program_sources(env), state.sources, slack_ns, one_second)
+    # The admission counters (the token credits depend on the nanosecond: the outcomes say enough).
+    counters = ("unverified_packets", "unverified_bytes", "admitted_packets", "dropped_packets", "verified_packets")
+    for template in SERVICE_TEMPLATES:
+        bucket = state.buckets.get(template.id, m.Bucket())
+        got = env.admission_counters(template.id)
+        assert got == {name: getattr(bucket, name) for name in counters}, "service %d admission: program %s, model %s" % (
+            template.id, got, bucket)
+    want_proofs = {name: state.verify_stats.get(name, 0) for name in abi.VERIFY_PROOFS}
+    assert env.verify_counts() == want_proofs, "verify stats: program %s, model %s" % (env.verify_counts(), want_proofs)
     assert_times_match("punches", program_punches(env), state.punches, slack_ns)
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
@@ -1032,6 +1139,7 @@ def test_program_agrees_with_model(edge):
     """>= 10,000 random and mutated frames: same action, reason, bytes and map changes."""
     ran = {"packets": 0, "examples": 0}
     reasons_seen = set()
+    proofs_seen = set()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1", report_multiple_bugs=False,
@@ -1063,6 +1171,7 @@ def test_program_agrees_with_model(edge):
         assert_maps_match(edge, state, slack, started)
         assert [edge.rule_hits(position)[0] for position in range(len(hits))] == hits, "payload rule hit counters"
         ran["examples"] += 1
+        proofs_seen.update(name for name, count in state.verify_stats.items() if count)
 
     started = time.monotonic()
     check()
@@ -1073,3 +1182,6 @@ def test_program_agrees_with_model(edge):
     missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return",
                "drop_rule"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
+    # Issue 13's paths too: the admission drop, and a source verified by each proof.
+    assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"
+    assert proofs_seen == {"cookie", "handshake", "punch"}, "proofs met by the random packets: %s" % sorted(proofs_seen)
