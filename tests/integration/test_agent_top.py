@@ -94,8 +94,10 @@ def test_top_prints_what_the_maps_count(world, agents):
     world.edge.deny("192.0.2.66/32")
     for dummy in range(4):
         world.edge.run(player_udp(src="192.0.2.66"))
-    world.edge.run(player_udp(dport=1))  # no such service
     world.edge.run(player_tcp())
+    # No such service: counted in the player's entry (made by the TCP packet, which was accepted;
+    # a packet that is dropped makes none).
+    world.edge.run(player_udp(dport=1))
     # A2S: a bare query gets a challenge; with a fresh cache entry, the echoed cookie gets the
     # cached reply.
     world.edge.set_a2s_cache(GAME_UDP_ID, b"\xff\xff\xff\xffI" + b"\x00" * 20, time.monotonic_ns())

@@ -1,0 +1,358 @@
+"""Issue 13 through the real program: verified players, the admission budget, attack mode, and the
+game server's handshake as proof.
+
+A source is verified for a service by a valid edge cookie, by the game server's reply on a flow it
+took part in (punch), by echoing the game server's own challenge (handshake), or by the allow
+list. While a service is under attack an unverified packet passes only when it is handshake-shaped
+for the service's game and within the service's per-CPU admission budget; everything else is
+drop_unverified, and a dropped source gets no entry in edge_sources. Each attack below is shown
+failing and, with the same packets, passing on the unprotected path (attack mode off).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from . import game_model as gm
+from .edge_env import monotonic_ns
+from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
+                       PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
+
+SECOND = 10**9
+BLACKHOLED_BACKEND = "10.9.0.1"   # tests/bpf/topology.py: a blackhole route (admitted -> drop_no_route)
+CLIENT_CHALLENGE = 0x1234
+
+
+def game_pop(edge, attack_mode="always", admission=(0, 0), game="source", backend=BACKEND, **config):
+    """The standard POP, its UDP game service speaking `game` with this attack mode and budget."""
+    setup_pop(edge, **config)
+    edge.add_service("udp", GAME, GAME_PORT, GAME_UDP_ID, backend,
+                     flags=abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP, a2s_max_age_ms=A2S_MAX_AGE_MS,
+                     admission=admission, game_protocol=game, attack_mode=attack_mode)
+    return edge
+
+
+def spoofed(count, seed=1):
+    """count distinct random source addresses (none in the test topology's own ranges)."""
+    rng = random.Random(seed)
+    addresses = set()
+    while len(addresses) < count:
+        addresses.add(socket.inet_ntoa(struct.pack("!I", (100 << 24) | rng.getrandbits(24))))  # 100.0.0.0/8
+    return sorted(addresses)
+
+
+def getchallenge(game="source"):
+    return gm.source_getchallenge_packet(CLIENT_CHALLENGE) if game == "source" else gm.goldsrc_getchallenge_packet()
+
+
+def connect(challenge, game="source"):
+    return gm.source_connect_packet(challenge, CLIENT_CHALLENGE) if game == "source" else \
+        gm.goldsrc_connect_packet(challenge)
+
+
+def server_challenge(challenge, game="source"):
+    return gm.source_challenge_packet(challenge, CLIENT_CHALLENGE) if game == "source" else \
+        gm.goldsrc_challenge_packet(challenge)
+
+
+def sources(edge):
+    return {socket.inet_ntoa(key): abi.SourceState.unpack(value) for key, value in edge.maps["edge_sources"].items()}
+
+
+def verified_anywhere(edge):
+    """Sources with any slot (live or not) naming a service."""
+    return {address for address, state in sources(edge).items() if any(slot[0] for slot in state.verified)}
+
+
+# ---- attack mode: the same flood, before and under it -------------------------------------------------
+
+FLOOD = spoofed(300)
+
+
+@pytest.mark.parametrize("payload", [b"\x00" * 40, b"\xff\xff\xff\xffjunk", A2S_REQUEST + b"\x01\x02\x03\x04"],
+                         ids=["junk", "connectionless-junk", "a2s-guessed-cookie"])
+def test_a_spoofed_flood_passes_without_attack_mode_and_dies_under_it(edge, payload):
+    # The unprotected path (attack mode never; issue 13's starting point): every packet forwarded,
+    # every spoofed source an entry (LRU churn that would evict players).
+    game_pop(edge, attack_mode="never")
+    before = [edge.run(player_udp(payload, src=source)).reason for source in FLOOD]
+    assert set(before) == {"tx_forward"}
+    assert len(sources(edge)) == len(FLOOD)
+    # The same packets, the service under attack with no budget: all dropped, no entry made.
+    edge.reset()
+    game_pop(edge, attack_mode="always")
+    under = [edge.run(player_udp(payload, src=source)).reason for source in FLOOD]
+    assert set(under) == {"drop_unverified"}
+    assert sources(edge) == {}
+    counters = edge.admission_counters(GAME_UDP_ID)
+    assert (counters["unverified_packets"], counters["dropped_packets"], counters["admitted_packets"]) == \
+        (len(FLOOD), len(FLOOD), 0)
+
+
+def test_attack_mode_auto_follows_the_agent_and_the_operator_overrides_it(edge):
+    frame = player_udp(b"\x00" * 40, src=FLOOD[0])
+    game_pop(edge, attack_mode="auto")
+    assert edge.run(frame).reason == "tx_forward"           # auto, the agent says calm
+    edge.set_under_attack(GAME_UDP_ID, True)
+    assert edge.run(frame).reason == "drop_unverified"      # auto, the agent says attack
+    edge.set_under_attack(GAME_UDP_ID, False)
+    assert edge.run(frame).reason == "tx_forward"           # and back
+    edge.set_under_attack(GAME_UDP_ID, True)
+    game_pop(edge, attack_mode="never")
+    assert edge.run(frame).reason == "tx_forward"           # never: whatever the agent says
+    edge.set_under_attack(GAME_UDP_ID, False)
+    game_pop(edge, attack_mode="always")
+    assert edge.run(frame).reason == "drop_unverified"      # always: whatever the agent says
+    # Unverified packets are counted under attack or not: what the agent's controller watches.
+    counters = edge.admission_counters(GAME_UDP_ID)
+    assert (counters["unverified_packets"], counters["dropped_packets"]) == (5, 2)
+
+
+def test_without_attack_a_direct_connect_needs_no_a2s_and_no_proof(edge):
+    """A player who connects directly (no server browser, no A2S) gets in while no attack is on."""
+    game_pop(edge, attack_mode="auto")
+    assert edge.run(player_udp(getchallenge())).reason == "tx_forward"
+    assert edge.run(player_udp(connect(0xABCDEF))).reason == "tx_forward"   # the game server judges it
+    assert edge.run(player_udp(b"netchannel data")).reason == "tx_forward"
+
+
+# ---- the budget ------------------------------------------------------------------------------------------
+
+def test_under_attack_only_handshake_shaped_packets_are_admitted_and_only_within_the_budget(edge):
+    game_pop(edge, attack_mode="always", admission=(5, 0), nr_cpus=1)
+    # Junk is never admitted, budget or not (and takes none of it).
+    assert [edge.run(player_udp(b"\x00" * 40, src=source)).reason for source in FLOOD[:20]] == \
+        ["drop_unverified"] * 20
+    # Handshake-shaped: the first five (one second of a 5 pps budget on the POP's one CPU).
+    reasons = [edge.run(player_udp(getchallenge(), src=source)).reason for source in FLOOD[20:40]]
+    assert reasons == ["tx_forward"] * 5 + ["drop_unverified"] * 15
+    # Only the admitted got an entry; none of them is verified by being admitted.
+    assert set(sources(edge)) == set(FLOOD[20:25])
+    assert verified_anywhere(edge) == set()
+    counters = edge.admission_counters(GAME_UDP_ID)
+    assert (counters["admitted_packets"], counters["dropped_packets"]) == (5, 35)
+
+
+def test_a_byte_budget_admits_exactly_its_bytes(edge):
+    frame = player_udp(getchallenge())
+    ip_bytes = len(frame) - 14
+    game_pop(edge, attack_mode="always", admission=(0, 3 * ip_bytes + ip_bytes // 2), nr_cpus=1)
+    assert [edge.run(frame).reason for dummy in range(5)] == ["tx_forward"] * 3 + ["drop_unverified"] * 2
+
+
+def test_a_game_without_a_known_handshake_admits_nothing_unverified(edge):
+    game_pop(edge, attack_mode="always", admission=(1000, 0), game="none", nr_cpus=1)
+    assert edge.run(player_udp(getchallenge())).reason == "drop_unverified"
+    assert edge.run(player_udp(A2S_REQUEST)).reason == "drop_unverified"
+
+
+def test_the_budget_is_exact_with_two_cpus_at_once(edge):
+    """Each CPU's bucket holds budget / nr_cpus: two CPUs hammering at once admit the budget, no
+    more (per-CPU buckets: no atomics, no shared count to race on)."""
+    budget = 20
+    game_pop(edge, attack_mode="always", admission=(budget, 0), nr_cpus=2, backend=BLACKHOLED_BACKEND)
+    # The admitted end as drop_no_route (the frame is left as it was, so every repetition of
+    # BPF_PROG_TEST_RUN is the same packet), the refused as drop_unverified.
+    frame = player_udp(getchallenge(), src=FLOOD[0])
+    ctx = edge.xdp_ctx("up0", len(frame))
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert len(cpus) == 2, "this test needs two CPUs to race on"
+    repeat = 500
+    errors = []
+
+    def hammer(cpu):
+        try:
+            os.sched_setaffinity(0, {cpu})
+            edge.prog.test_run(frame, repeat=repeat, ctx_in=ctx)
+        except Exception as exc:  # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(cpu,)) for cpu in cpus]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    per_cpu = [edge.admission_counters(GAME_UDP_ID, cpu=cpu)["admitted_packets"] for cpu in cpus]
+    assert per_cpu == [budget // 2, budget // 2]
+    reasons = edge.reason_counts()
+    assert (reasons["drop_no_route"][0], reasons["drop_unverified"][0]) == (budget, 2 * repeat - budget)
+
+
+# ---- the proofs ------------------------------------------------------------------------------------------
+
+def a2s_cookie_round(edge, src=PLAYER):
+    """A2S_INFO, the POP's challenge, the request with the cookie: answered from the cache."""
+    edge.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+    assert edge.run(player_udp(A2S_REQUEST, src=src)).reason == "tx_a2s_challenge"
+    return edge.run(player_udp(A2S_REQUEST + cookie_for(src=src), src=src)).reason
+
+
+def test_a_valid_cookie_verifies_and_a_verified_player_is_never_charged(edge):
+    game_pop(edge, attack_mode="always", admission=(2, 0), nr_cpus=1)
+    # Before: the player's game traffic is unverified (junk to the budget: dropped).
+    assert edge.run(player_udp(b"netchannel data")).reason == "drop_unverified"
+    assert a2s_cookie_round(edge) == "tx_a2s_cached"         # the two A2S packets took the budget
+    assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "cookie"
+    assert edge.verify_counts()["cookie"] == 1
+    # After: the budget is spent, the player streams anyway, charged nothing.
+    reasons = [edge.run(player_udp(b"netchannel data")).reason for dummy in range(50)]
+    assert reasons == ["tx_forward"] * 50
+    counters = edge.admission_counters(GAME_UDP_ID)
+    assert (counters["verified_packets"], counters["admitted_packets"]) == (50, 2)
+    assert edge.run(player_udp(getchallenge(), src=FLOOD[0])).reason == "drop_unverified"   # budget spent
+
+
+def test_a_verified_players_own_rate_limit_still_applies(edge):
+    game_pop(edge, attack_mode="always", admission=(10, 0), nr_cpus=1, limits={"udp": (4, 0)}, ban_sec=0)
+    now = monotonic_ns()
+    edge.set_source(PLAYER, abi.SourceState(verified=[(GAME_UDP_ID, 1, now)]))
+    while monotonic_ns() % SECOND > 600 * 10**6:  # the burst in one rate window
+        time.sleep(0.01)
+    assert [edge.run(player_udp(b"x")).reason for dummy in range(6)] == ["tx_forward"] * 4 + ["drop_rate_limit"] * 2
+
+
+def test_the_allow_list_counts_as_verified_and_stores_nothing(edge):
+    game_pop(edge, attack_mode="always")
+    edge.allow("203.0.113.0/24")
+    assert edge.run(player_udp(b"bgp-ish control traffic")).reason == "tx_forward"
+    assert verified_anywhere(edge) == set()
+    assert edge.admission_counters(GAME_UDP_ID)["verified_packets"] == 1
+    assert edge.verify_counts() == {"none": 0, "cookie": 0, "handshake": 0, "punch": 0}
+
+
+def test_the_game_servers_reply_on_the_players_flow_verifies_by_punch(edge):
+    game_pop(edge, attack_mode="always")
+    assert edge.run(backend_reply(b"\x01\x02 netchannel")).reason == "tx_return"
+    assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "punch"
+    assert edge.run(player_udp(b"netchannel data")).reason == "tx_punched"              # its flow
+    assert edge.run(player_udp(b"netchannel data", sport=PLAYER_PORT + 1)).reason == "tx_forward"   # the player
+
+
+@pytest.mark.parametrize("reply", ["connectionless", "syn-ack"])
+def test_a_reply_any_spoofed_request_gets_does_not_verify(edge, reply):
+    """Connectionless replies (A2S answers, challenges) and a SYN-ACK answer whoever asked, a
+    spoofed address as readily as a player's: they prove nothing."""
+    game_pop(edge, attack_mode="always")
+    if reply == "connectionless":
+        frame = backend_reply(b"\xff\xff\xff\xffA\x01\x02\x03\x04")
+    else:
+        edge.add_service("tcp", GAME, GAME_PORT, 2, BACKEND, attack_mode="always")
+        frame = backend_reply(b"", proto="tcp")
+    assert edge.run(frame).reason == "tx_return"
+    assert verified_anywhere(edge) == set()
+
+
+@pytest.mark.parametrize("game", ["source", "goldsrc"])
+def test_the_game_servers_handshake_verifies_the_player_who_echoes_it(edge, game):
+    challenge = 0x9E3779B9
+    game_pop(edge, attack_mode="always", admission=(1, 0), game=game, nr_cpus=1)
+    # getchallenge: handshake-shaped, within the budget.
+    assert edge.run(player_udp(getchallenge(game))).reason == "tx_forward"
+    # The game server's challenge goes back to the player: stored, not yet a proof.
+    assert edge.run(backend_reply(server_challenge(challenge, game))).reason == "tx_return"
+    state = edge.source(PLAYER)
+    assert (state.challenge_service_id, state.server_challenge) == (GAME_UDP_ID, challenge)
+    assert verified_anywhere(edge) == set()
+    # The budget is spent: a connect with another challenge is refused ...
+    assert edge.run(player_udp(connect(challenge + 1, game))).reason == "drop_unverified"
+    # ... the connect that echoes the server's challenge verifies (and is not charged). (The
+    # challenge's reply punched the flow: a punch skips the rate limit, never the admission.)
+    assert edge.run(player_udp(connect(challenge, game))).reason == "tx_punched"
+    assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "handshake"
+    assert edge.verify_counts()["handshake"] == 1
+    assert edge.run(player_udp(b"netchannel data", sport=PLAYER_PORT + 1)).reason == "tx_forward"
+
+
+@pytest.mark.parametrize("game", ["source", "goldsrc"])
+def test_a_spoofer_that_never_got_the_challenge_is_not_verified(edge, game):
+    """The player got the challenge; a spoofer echoing it from its own address, or sending in the
+    player's name from elsewhere, gets nothing: the challenge is the player's address's."""
+    challenge = 0x5EED5EED
+    game_pop(edge, attack_mode="always", game=game)
+    edge.allow("203.0.113.0/24")      # the player's getchallenge passes whatever the budget
+    assert edge.run(player_udp(getchallenge(game))).reason == "tx_forward"
+    assert edge.run(backend_reply(server_challenge(challenge, game))).reason == "tx_return"
+    reasons = [edge.run(player_udp(connect(challenge, game), src=source)).reason for source in FLOOD[:50]]
+    assert set(reasons) == {"drop_unverified"}
+    assert verified_anywhere(edge) == set()
+
+
+def test_an_old_challenge_is_not_accepted(edge):
+    game_pop(edge, attack_mode="always", verified_idle_ns=30 * SECOND)
+    now = monotonic_ns()
+    edge.set_source(PLAYER, abi.SourceState(challenge_service_id=GAME_UDP_ID, server_challenge=77,
+                                            challenge_ns=now - 31 * SECOND))
+    assert edge.run(player_udp(connect(77))).reason == "drop_unverified"
+    edge.set_source(PLAYER, abi.SourceState(challenge_service_id=GAME_UDP_ID, server_challenge=77,
+                                            challenge_ns=now - 29 * SECOND))
+    assert edge.run(player_udp(connect(77))).reason == "tx_forward"
+
+
+# ---- expiry ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("idle_ns,inside,outside", [(30 * SECOND, 29, 31), (0, 599, 601)], ids=["30s", "default-10min"])
+def test_verification_expires_after_the_idle_time_and_play_keeps_it(edge, idle_ns, inside, outside):
+    now = monotonic_ns()
+    assert now > 700 * SECOND, "the machine booted too recently for this test's times"
+    game_pop(edge, attack_mode="always", verified_idle_ns=idle_ns)
+    edge.set_source(PLAYER, abi.SourceState(verified=[(GAME_UDP_ID, 1, now - outside * SECOND)]))
+    assert edge.run(player_udp(b"data")).reason == "drop_unverified"
+    edge.set_source(PLAYER, abi.SourceState(verified=[(GAME_UDP_ID, 1, now - inside * SECOND)]))
+    assert edge.run(player_udp(b"data")).reason == "tx_forward"
+    # Playing refreshed it: the slot's activity is now.
+    assert monotonic_ns() - edge.source(PLAYER).verified[0][2] < SECOND
+
+
+def test_a_source_verified_for_one_service_is_not_for_another(edge):
+    game_pop(edge, attack_mode="always")
+    edge.add_service("tcp", GAME, GAME_PORT, 2, BACKEND, attack_mode="always")
+    edge.set_source(PLAYER, abi.SourceState(verified=[(GAME_UDP_ID, 1, monotonic_ns())]))
+    assert edge.run(player_udp(b"data")).reason == "tx_forward"
+    assert edge.run(player_tcp(flags="A")).reason == "drop_unverified"
+
+
+# ---- the property ------------------------------------------------------------------------------------------
+
+SPOOFED_PAYLOADS = st.one_of(
+    st.binary(min_size=0, max_size=64),
+    st.builds(lambda value: gm.source_connect_packet(value, CLIENT_CHALLENGE), st.integers(0, 2**32 - 1)),
+    st.builds(gm.goldsrc_connect_packet, st.integers(0, 2**32 - 1)),
+    st.just(getchallenge("source")), st.just(getchallenge("goldsrc")),
+    st.builds(lambda cookie: A2S_REQUEST + struct.pack("<I", cookie), st.integers(0, 2**32 - 1)),
+    st.just(A2S_REQUEST),
+)
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(packets=st.lists(st.tuples(st.integers(0, 2**24 - 1), st.integers(1, 65535), SPOOFED_PAYLOADS),
+                        min_size=1, max_size=40),
+       mode=st.sampled_from(["always", "auto", "never"]), game=st.sampled_from(["source", "goldsrc", "none"]),
+       budget=st.sampled_from([(0, 0), (3, 0), (10**6, 0)]))
+def test_a_spoofed_source_is_never_verified(edge, packets, mode, game, budget):
+    """Whatever spoofed sources send (guessed challenges and cookies, handshakes, junk), in any
+    attack mode and budget, none of them is ever verified: they never see what the POP or the game
+    server sends back (here: nothing is sent back to them at all). Only a player that got the
+    server's challenge (stored for PLAYER below) could be, and no spoofer is PLAYER."""
+    edge.reset()
+    game_pop(edge, attack_mode=mode, admission=budget, game=game, nr_cpus=1)
+    edge.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+    edge.set_source(PLAYER, abi.SourceState(challenge_service_id=GAME_UDP_ID, server_challenge=4242,
+                                            challenge_ns=monotonic_ns()))
+    for address, sport, payload in packets:
+        source = socket.inet_ntoa(struct.pack("!I", (100 << 24) | address))
+        edge.run(player_udp(payload, src=source, sport=sport))
+    assert verified_anywhere(edge) == set()
+    assert edge.verify_counts() == {"none": 0, "cookie": 0, "handshake": 0, "punch": 0}
