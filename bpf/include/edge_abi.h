@@ -339,7 +339,7 @@ enum edge_rule_action {
 
 enum edge_rule_verified {
 	EDGE_RULE_SOURCE_ANY = 0,
-	EDGE_RULE_SOURCE_VERIFIED = 1,   /* only sources verified for the service (allow list, for now) */
+	EDGE_RULE_SOURCE_VERIFIED = 1,   /* only sources verified for the service (allow list, or a proof: admitted()) */
 	EDGE_RULE_SOURCE_UNVERIFIED = 2, /* only the others */
 };
 

@@ -223,6 +223,17 @@ def test_a_verified_players_own_rate_limit_still_applies(edge):
     assert [edge.run(player_udp(b"x")).reason for dummy in range(6)] == ["tx_forward"] * 4 + ["drop_rate_limit"] * 2
 
 
+def test_a_payload_rule_for_unverified_sources_spares_a_verified_player(edge):
+    """The payload rules' "verified or not" is admission's answer: a proof counts, not only the
+    allow list."""
+    game_pop(edge, attack_mode="never")
+    edge.set_payload_rules([abi.pack_payload_rule("drop", "udp", verified="unverified")])
+    assert edge.run(player_udp(b"data")).reason == "drop_rule"
+    edge.set_source(PLAYER, abi.SourceState(verified=[(GAME_UDP_ID, 1, monotonic_ns())]))
+    assert edge.run(player_udp(b"data")).reason == "tx_forward"
+    assert edge.run(player_udp(b"data", src=FLOOD[0])).reason == "drop_rule"
+
+
 def test_the_allow_list_counts_as_verified_and_stores_nothing(edge):
     game_pop(edge, attack_mode="always")
     edge.allow("203.0.113.0/24")

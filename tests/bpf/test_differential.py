@@ -450,6 +450,10 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
     payload = payload_spec(pick, proto)
     if payload[0] == "game":     # mostly the service's own game, so that handshakes are met
         payload = ("game", game_family(pick, state, template)) + payload[2:]
+        # A connect echoing the challenge the source's entry holds, now and then.
+        held = [source[2][1] for source in state.sources if source[0] == src and source[2] is not None]
+        if held and payload[2] == "connect" and often(pick, 2, 3):
+            payload = payload[:3] + (pick.choice(held),)
     fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload,
                   ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick),
                   qinq=qinq(pick), icmp_type=icmp_type(pick))

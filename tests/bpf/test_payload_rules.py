@@ -222,7 +222,7 @@ def test_payload_offset_counts_from_after_the_tcp_header_with_options(pop):
 
 
 def test_verified_or_not(pop):
-    """'verified' is the allow list for now (the verification of issue 13 feeds it later)."""
+    """'verified' by the allow list here; by a proof: test_admission.py."""
     frame = udp()
     pop.set_payload_rules([rule("drop", "udp", verified="unverified")])
     assert pop.run(frame).reason == "drop_rule"
