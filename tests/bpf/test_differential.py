@@ -450,10 +450,13 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
     payload = payload_spec(pick, proto)
     if payload[0] == "game":     # mostly the service's own game, so that handshakes are met
         payload = ("game", game_family(pick, state, template)) + payload[2:]
-        # A connect echoing the challenge the source's entry holds, now and then.
-        held = [source[2][1] for source in state.sources if source[0] == src and source[2] is not None]
-        if held and payload[2] == "connect" and often(pick, 2, 3):
-            payload = payload[:3] + (pick.choice(held),)
+    # The connect of a source whose entry holds a challenge of this service, now and then echoing
+    # it (the handshake proof: rare by chance alone).
+    held = [source[2][1] for source in state.sources
+            if source[0] == src and source[2] is not None and source[2][0] == template.id]
+    if held and proto == UDP and often(pick, 1, 3):
+        payload = ("game", game_family(pick, state, template), "connect",
+                   pick.choice(held) if often(pick, 2, 3) else pick.choice(CHALLENGES))
     fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload,
                   ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick),
                   qinq=qinq(pick), icmp_type=icmp_type(pick))
