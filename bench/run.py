@@ -102,6 +102,10 @@ def _check_single_runs(env, scenario, measure):
     expect(scenario.denied_frame(), "DROP", "drop_deny")
     expect(scenario.pass_frame(), "PASS", "pass_not_ours")
     expect(scenario.banned_frame(), "DROP", "drop_banned")
+    expect(scenario.unverified_frame(), "DROP", "drop_unverified")
+    expect(scenario.verified_forward_frame(), "TX", "tx_forward")
+    if env.source(scenario.SPOOFED_CLIENT) is not None:
+        raise measure.SetupError("drop_unverified: the dropped source got an entry in edge_sources")
 
     forwarded = Ether(expect(scenario.forward_frame(), "TX", "tx_forward").data)
     outer, inner = forwarded[IP], forwarded[IP].payload
@@ -276,11 +280,18 @@ def _bench(args) -> int:
         rate = edge_probe("rate limited", env.prog, limited, DROP, "drop_rate_limit")
         banned_frame = scenario.banned_frame()
         banned = edge_probe("banned", env.prog, banned_frame, DROP, "drop_banned")
+        unverified_frame = scenario.unverified_frame()
+        unverified = edge_probe("unverified", env.prog, unverified_frame, DROP, "drop_unverified")
         pass_through = edge_probe("pass", env.prog, passing, PASS, "pass_not_ours")
         # Paths that rewrite the frame run behind frame_restore (bench/frame_restore.c); each gets
         # a twin with the empty program behind the same harness, to subtract what restoring costs.
         pushed = scenario.IPIP_HEADER_LEN
         forward_h = edge_probe("forward via harness", harness(env.prog, forward, pushed), forward, TX, "tx_forward")
+        verified_fwd = scenario.verified_forward_frame()
+        verified_h = edge_probe("verified forward via harness", harness(env.prog, verified_fwd, pushed), verified_fwd,
+                                TX, "tx_forward")
+        verified_hf = Probe("harness floor (verified forward frame)", harness(floor_prog.prog, verified_fwd, pushed),
+                            verified_fwd, ctx(verified_fwd), DROP)
         forward_hf = Probe("harness floor (forward frame)", harness(floor_prog.prog, forward, pushed),
                            forward, ctx(forward), DROP)
         a2s_h = edge_probe("A2S via harness", harness(env.prog, a2s, 0), a2s, TX, "tx_a2s_cached")
@@ -301,6 +312,7 @@ def _bench(args) -> int:
                             *floors.verdict_check(TX))
 
         _check_harness(forward_h, env.run(forward).data, measure)
+        _check_harness(verified_h, env.run(verified_fwd).data, measure)
         _check_harness(floor_fwd_h, env.run(forward).data, measure)
         _check_harness(floor_a2s_h, env.run(a2s).data, measure)
         _check_harness(a2s_h, env.run(a2s).data, measure)
@@ -312,7 +324,7 @@ def _bench(args) -> int:
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
-                  a2s_player_hf, rate, banned, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+                  a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -334,6 +346,9 @@ def _bench(args) -> int:
              corrected(a2s_player_h, a2s_player_hf, floor), "a2s"),
                         ("xdp_edge rate-limited drop", rate.samples, "drop"),
             ("xdp_edge banned drop (its edge_sources entry)", banned.samples, "drop"),
+            ("xdp_edge drop_unverified (new source, service under attack)", unverified.samples, "drop"),
+            ("xdp_edge verified player's forward (under attack) [1]", corrected(verified_h, verified_hf, floor),
+             "forward"),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
             ("method check: deny drop via harness [1]", corrected(deny_h, deny_hf, floor), None),
             ("bpf_fib_lookup alone (what the next-hop cache saves)", fib_only.samples, None),

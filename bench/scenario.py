@@ -30,6 +30,7 @@ IPIP_HEADER_LEN = 20             # what the forward pushes in front of the playe
 FORWARD_PORT, FORWARD_ID = 27015, 1      # a plain game service
 A2S_PORT, A2S_ID = 27016, 2              # a service with the A2S cache on (INFO and PLAYER entries)
 LIMITED_PORT, LIMITED_ID = 27017, 3      # a service with a tiny per-source limit of its own
+ATTACKED_PORT, ATTACKED_ID = 27018, 4    # a Source-engine service under attack (attack_mode always), no budget
 
 DENIED_PREFIX = "192.0.2.0/24"
 DENIED_SOURCE = "192.0.2.66"
@@ -42,11 +43,17 @@ A2S_CLIENT = "203.0.113.20"
 LIMITED_CLIENT = "203.0.113.30"
 # Banned by hand (ban_until_ns far ahead in its edge_sources entry): the banned drop.
 BANNED_CLIENT = "203.0.113.40"
+# A player verified for the attacked service (a live slot in its edge_sources entry), and a random
+# spoofed source that sends it a game packet (dropped unverified; it never gets an entry, so every
+# repetition is the first packet of a new source).
+VERIFIED_CLIENT = "203.0.113.50"
+SPOOFED_CLIENT = "100.64.7.9"
 # Pass-through: BGP from the upstream router to the POP's own address, not an anycast address.
 PASS_SOURCE, PASS_DESTINATION = topo.ROUTER_IP, topo.POP_TUNNEL_ADDR
 
 # Every source a measured packet comes from: random deny prefixes must not cover any of them.
-TEST_SOURCES = (DENIED_SOURCE, DENIED_HOST, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, BANNED_CLIENT, PASS_SOURCE)
+TEST_SOURCES = (DENIED_SOURCE, DENIED_HOST, FORWARD_CLIENT, A2S_CLIENT, LIMITED_CLIENT, BANNED_CLIENT,
+                VERIFIED_CLIENT, SPOOFED_CLIENT, PASS_SOURCE)
 
 COOKIE_KEY = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 # One-hour cookie epochs and cache age: neither the epoch nor the cache's freshness changes
@@ -106,6 +113,14 @@ def banned_frame() -> bytes:
     return _to_pop(BANNED_CLIENT, SERVICE_ADDR, UDP(sport=40004, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
 
 
+def verified_forward_frame() -> bytes:
+    return _to_pop(VERIFIED_CLIENT, SERVICE_ADDR, UDP(sport=40006, dport=ATTACKED_PORT) / Raw(GAME_PAYLOAD))
+
+
+def unverified_frame() -> bytes:
+    return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, UDP(sport=40007, dport=ATTACKED_PORT) / Raw(GAME_PAYLOAD))
+
+
 def limited_frame() -> bytes:
     return _to_pop(LIMITED_CLIENT, SERVICE_ADDR, UDP(sport=40003, dport=LIMITED_PORT) / Raw(GAME_PAYLOAD))
 
@@ -137,13 +152,18 @@ def build_pop(env) -> None:
     """Fill a freshly loaded xdp_edge (an EdgeEnv) with the bench POP's rules."""
     env.reset()
     env.configure(ban_sec=BAN_SEC, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY,
-                  cookie_tai_offset_ns=tai_offset_ns())     # as edge_rules writes it: the cookie clock is UTC
+                  cookie_tai_offset_ns=tai_offset_ns(),     # as edge_rules writes it: the cookie clock is UTC
+                  verified_idle_ns=24 * 3600 * 1_000_000_000)   # the verified player stays so for the bench
     env.add_anycast(ANYCAST_PREFIX)
     env.add_backend(BACKEND)
     env.add_service("udp", SERVICE_ADDR, FORWARD_PORT, FORWARD_ID, BACKEND)
     env.add_service("udp", SERVICE_ADDR, A2S_PORT, A2S_ID, BACKEND, flags=abi.SERVICE_F_A2S_CACHE,
                     a2s_max_age_ms=A2S_MAX_AGE_MS)
     env.add_service("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID, BACKEND, limit=LIMITED_SERVICE_LIMIT)
+    env.add_service("udp", SERVICE_ADDR, ATTACKED_PORT, ATTACKED_ID, BACKEND, game_protocol="source",
+                    attack_mode="always")
+    env.set_source(VERIFIED_CLIENT, abi.SourceState(verified=[(ATTACKED_ID, abi.VERIFY_PROOFS.index("cookie"),
+                                                               monotonic_ns())]))
     env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
     env.set_a2s_cache(A2S_ID, a2s_player_reply(), monotonic_ns(), kind="player")
     env.deny(DENIED_PREFIX)
