@@ -890,9 +890,9 @@ def ipv4_source(frame: bytes):
     return None if header is None else ipaddress.IPv4Address(header[12:16])
 
 
-def ipv4_header(frame: bytes):
-    """The 20 first bytes of a frame's IPv4 header behind up to two VLAN tags, read independently
-    of the model (None if there is none)."""
+def ipv4_offset(frame: bytes):
+    """Where a frame's IPv4 header starts, behind up to two VLAN tags, read independently of the
+    model (None if there is none)."""
     if len(frame) < 14:
         return None
     (ethertype,) = struct.unpack_from("!H", frame, 12)
@@ -904,7 +904,13 @@ def ipv4_header(frame: bytes):
         l3 += 4
     if ethertype != 0x0800 or len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
         return None
-    return frame[l3:l3 + 20]
+    return l3
+
+
+def ipv4_header(frame: bytes):
+    """The 20 first bytes of a frame's IPv4 header behind up to two VLAN tags (None if there is none)."""
+    l3 = ipv4_offset(frame)
+    return None if l3 is None else frame[l3:l3 + 20]
 
 
 def assert_trust_rules_hold(frame: bytes, ingress: str, action: str, reason: str, state: m.ModelState) -> None:
@@ -932,6 +938,36 @@ def assert_denied_never_forwarded(frame: bytes, action: str, reason: str, deny: 
     covering = [cidr for cidr in deny if source in ipaddress.IPv4Network(cidr, strict=False)]
     assert not covering or action == "DROP", (
         "SAFETY: source %s is in deny prefix %s but the program answered %s (%s)" % (source, covering[0], action, reason))
+
+
+def echoed_valid_cookie(frame: bytes, ctx: Context) -> bool:
+    """Does the frame's UDP payload echo a fleet cookie valid for its 4-tuple (an A2S_INFO request's
+    last 4 of 29 bytes, an A2S_PLAYER/RULES request's challenge field), under either key generation,
+    this epoch or the last? Read from the frame alone, not from the model."""
+    l3 = ipv4_offset(frame)
+    header = None if l3 is None else frame[l3:l3 + 20]
+    if header is None or header[9] != m.IPPROTO_UDP or header[0] & 0x0F != 5:
+        return False
+    udp = frame[l3 + 20:l3 + 28]
+    payload = frame[l3 + 28:l3 + struct.unpack("!H", header[2:4])[0]]
+    if len(payload) == 29:
+        echoed = payload[25:29]
+    elif len(payload) == 9:
+        echoed = payload[5:9]
+    else:
+        return False
+    keys = [ctx.cookie_key] + ([ctx.cookie_key_previous] if any(ctx.cookie_key_previous) else [])
+    return any(struct.unpack("<I", echoed)[0] == m.a2s_cookie(key, header[12:16], header[16:20], udp[0:2], udp[2:4],
+                                                               (ctx.epoch - back) % (1 << 64))
+               for key in keys for back in (0, 1))
+
+
+def assert_a2s_never_amplifies(frame: bytes, result, ctx: Context) -> None:
+    """An A2S answer larger than its request goes only to a source that echoed a valid cookie."""
+    if result.reason in ("tx_a2s_challenge", "tx_a2s_cached") and len(result.data) > len(frame):
+        assert echoed_valid_cookie(frame, ctx), (
+            "SAFETY: %s of %d bytes for a %d-byte request without a valid cookie" % (
+                result.reason, len(result.data), len(frame)))
 
 
 # ---- one packet, program and model side by side -------------------------------------------------------------
@@ -1016,6 +1052,26 @@ def run_against_model(env, state: m.ModelState, frames, ingress=topo.UPLINK):
         results.append(result)
     assert_maps_match(env, state, slack, started)
     return results
+
+
+@pytest.mark.parametrize("kind", ["info", "player", "rules"])
+def test_the_amplification_property_tells_a_proven_request_from_a_guess(kind):
+    """assert_a2s_never_amplifies (checked on every random frame) flags a large answer to a request
+    whose cookie is a guess, and accepts it for the valid one, for each request shape."""
+    ctx = Context(now=0, epoch=5, cookie_key=(1, 2), cookie_key_previous=(0, 0))
+    src, dst, sport, dport = "203.0.113.5", "198.51.100.10", 50000, 27015
+    cookie = ctx.cookie("current", src, dst, sport, dport)
+
+    def request(value):
+        payload = pk.a2s_request(value) if kind == "info" else pk.a2s_field_request(kind, value)
+        return pk.udp_frame(src, dst, sport, dport, payload)
+    answer = type("Result", (), {"reason": "tx_a2s_cached", "data": bytes(400)})
+    assert_a2s_never_amplifies(request(cookie), answer, ctx)
+    assert_a2s_never_amplifies(request(ctx.cookie("previous", src, dst, sport, dport)), answer, ctx)
+    with pytest.raises(AssertionError, match="SAFETY"):
+        assert_a2s_never_amplifies(request(cookie ^ 1), answer, ctx)
+    with pytest.raises(AssertionError, match="SAFETY"):
+        assert_a2s_never_amplifies(request(ctx.cookie("stale", src, dst, sport, dport)), answer, ctx)
 
 
 def test_fib_oracle_matches_kernel(edge):
@@ -1172,6 +1228,7 @@ def test_program_agrees_with_model(edge):
             slack = max(slack, span)
             assert_denied_never_forwarded(frame, result.action, result.reason, state.deny)
             assert_trust_rules_hold(frame, packet.ingress, result.action, result.reason, state)
+            assert_a2s_never_amplifies(frame, result, ctx)
             assert_same(frame, packet.ingress, result, outcome, label="packet %d (%s):" % (index, packet))
             ran["packets"] += 1
             reasons_seen.add(result.reason)
@@ -1187,7 +1244,7 @@ def test_program_agrees_with_model(edge):
     assert ran["packets"] >= PACKETS_WANTED, "only %d packets ran" % ran["packets"]
     # The trust rules of issue 12 section 3 are each met by the random packets, not just allowed for.
     missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return",
-               "drop_rule"} - reasons_seen
+               "drop_rule", "tx_a2s_challenge", "tx_a2s_cached", "drop_bad_cookie"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 13's paths too: the admission drop, and a source verified by each proof.
     assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"
