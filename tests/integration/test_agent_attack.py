@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 import a2s_responder  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import main as agent_main
-from anycast_edge_agent.maps import EdgeMaps, PinError
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -114,28 +113,6 @@ class FakeDataPlane:
         self.thread.join()
 
 
-class ObjectMaps(EdgeMaps):
-    """The agent's EdgeMaps, also opening the maps of the pinned object its program does not read.
-
-    _pins refuses a pinned map the pinned program does not use (a stale pin: writing into it would
-    be a silent no-op), and xdp_edge.c does not read edge_admission / edge_attack_state /
-    edge_verify_stats yet (the ABI declares them; the data plane's admission lands apart). The
-    maps themselves are the real object's, pinned where xdp_program pins them; only that check
-    is skipped, and only while the program does not use them: once it does, this is EdgeMaps.
-    """
-
-    def open(self, *names):
-        try:
-            return super().open(*names)
-        except PinError as exc:
-            if "not used by the program" not in str(exc):
-                raise
-        opened = _pins.PinnedMaps()
-        for name in names:
-            opened[name] = _bpf.BpfMap.from_pin(_pins.map_pin_path(self.pin_root, self.iface, name))
-        return opened
-
-
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -146,11 +123,10 @@ DETECTION = {"unverified_packets_per_sec": THRESHOLD, "enter_after_sec": ENTER_S
 
 
 @pytest.fixture
-def agent(pinned, monkeypatch):
+def agent(pinned):
     """Starts an Agent (the service's own class: its attack-mode thread, its exporter on a free
     port) on the pinned maps; call it again for a restart. Stopped at the end."""
     pin_root, dummy = pinned
-    monkeypatch.setattr(agent_main, "EdgeMaps", ObjectMaps)
     running = []
 
     def start():
