@@ -344,7 +344,7 @@ def _bench(args) -> int:
             ("xdp_edge A2S cache hit (cookie ok -> XDP_TX) [1]", corrected(a2s_h, a2s_hf, floor), "a2s"),
             ("xdp_edge A2S_PLAYER cache hit (cookie in field -> XDP_TX) [1]",
              corrected(a2s_player_h, a2s_player_hf, floor), "a2s"),
-                        ("xdp_edge rate-limited drop", rate.samples, "drop"),
+            ("xdp_edge rate-limited drop", rate.samples, "drop"),
             ("xdp_edge banned drop (its edge_sources entry)", banned.samples, "drop"),
             ("xdp_edge drop_unverified (new source, service under attack)", unverified.samples, "drop"),
             ("xdp_edge verified player's forward (under attack) [1]", corrected(verified_h, verified_hf, floor),

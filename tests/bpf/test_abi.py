@@ -96,8 +96,8 @@ def test_payload_rule_enums_follow_the_c_enums(repo_root):
 def test_payload_rule_maps_follow_the_c_constants(btf_object):
     """Two banks of MAX_PAYLOAD_RULES rules, one hit counter per position."""
     rules = btf_object.map("edge_payload_rules")
-    assert (rules.max_entries, rules.value_size) == (abi.PAYLOAD_RULE_BANKS * abi.MAX_PAYLOAD_RULES,
-                                                    abi.PAYLOAD_RULE.size)
+    assert (rules.max_entries, rules.value_size) == (
+        abi.PAYLOAD_RULE_BANKS * abi.MAX_PAYLOAD_RULES, abi.PAYLOAD_RULE.size)
     assert btf_object.map("edge_payload_rule_stats").max_entries == abi.MAX_PAYLOAD_RULES
     assert btf_object.map("edge_rule_limits").max_entries == abi.MAX_RULE_LIMITS
     with pytest.raises(ValueError, match="at most 16"):

@@ -41,6 +41,7 @@ from . import packets as pk
 from . import topology as topo
 from .edge_env import monotonic_ns
 
+
 @pytest.fixture(autouse=True)
 def one_cpu():
     """Every packet of these tests runs on one CPU: the admission buckets are per CPU, and the
@@ -106,8 +107,9 @@ EXAMPLES = 400
 
 @dataclass
 class StateSpec:
-    services: list          # [(ServiceTemplate, backend, flags, a2s_max_age "H"|"zero", limit kind,
-                            #   admission kind, game protocol, attack mode, under attack (auto))]
+    # services: [(ServiceTemplate, backend, flags, a2s_max_age "H"|"zero", limit kind,
+    #   admission kind, game protocol, attack mode, under attack (auto))]
+    services: list
     backends: list
     deny: list
     allow: list
@@ -125,8 +127,9 @@ class StateSpec:
     cookie_tai_offset: int      # the POP's TAI offset in the config (ns, whole seconds), off the cookie clock
     limits: dict            # class name -> limit kind
     payload_rules: list     # [m.PayloadRule], in order (anycast_edge_filters.rules)
-    sources: list           # [(address, [(service id, proof, "fresh"|"idle"|"future")], challenge or None)]
-                            #   challenge: (service id, value, "fresh"|"idle")
+    # sources: [(address, [(service id, proof, "fresh"|"idle"|"future")], challenge or None)],
+    #   challenge: (service id, value, "fresh"|"idle")
+    sources: list
     verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
     nr_cpus: int
 
@@ -627,8 +630,8 @@ def state_spec(pick) -> StateSpec:
         # epoch must follow CLOCK_TAI less the config's offset, whatever it is.
         cookie_tai_offset=m.NSEC_PER_SEC * weighted(pick, (2, 0), (2, 37), (1, pick.integers(-100, 10**6))),
         limits={name: weighted(pick, (6, "none"), (2, "never"), (1, "always")) for name in m.CLASS_NAMES},
-        payload_rules=[payload_rule(pick) for dummy in range(weighted(pick, (2, 0), (3, pick.integers(1, 4)),
-                                                                       (1, pick.integers(5, 12))))],
+        payload_rules=[payload_rule(pick) for dummy in range(
+            weighted(pick, (2, 0), (3, pick.integers(1, 4)), (1, pick.integers(5, 12))))],
         sources=[], verified_idle=weighted(pick, (3, "H"), (1, "half")), nr_cpus=pick.choice((1, 2, 4)),
     )
 
