@@ -323,8 +323,10 @@ struct attack_state {
  * copied in place, so rewriting a list XDP reads would show it half-written rules and a list
  * in the middle of a reorder). A list ends at its first EDGE_RULE_END entry (all zero).
  *
- * Every field is "any" when zero (ranges: min 0 and max 0), so a rule says only what it matches.
- * Numbers are in host byte order (ranges compare); payload bytes are raw.
+ * Ranges are inclusive, in host byte order; "any" is the whole range (ports and lengths 0..65535,
+ * TTL 0..255), so that 0 is a value a rule can match (spoofed floods use source port 0 and TTLs
+ * no stack sends). proto, verified, tcp_flags_mask and payload_len are "any" when 0. Payload
+ * bytes are raw.
  */
 #define EDGE_PAYLOAD_RULE_BANKS 2
 #define EDGE_RULE_PAYLOAD_MAX   16      /* bytes a rule compares, at most */
@@ -348,15 +350,15 @@ struct payload_rule {
 	__u8 proto;           /* IPPROTO_*; 0: any */
 	__u8 verified;        /* enum edge_rule_verified */
 	__u8 payload_len;     /* bytes compared (0..EDGE_RULE_PAYLOAD_MAX); 0: no payload match */
-	__u8 ttl_min;         /* inclusive ranges; both 0: any */
+	__u8 ttl_min;         /* TTL range */
 	__u8 ttl_max;
 	__u8 tcp_flags_mask;  /* (flags & mask) == value; mask 0: any; a rule with a mask matches TCP only */
 	__u8 tcp_flags_value;
-	__u16 dport_min;      /* destination port range; both 0: any */
+	__u16 dport_min;      /* destination port range */
 	__u16 dport_max;
-	__u16 sport_min;      /* source port range; both 0: any */
+	__u16 sport_min;      /* source port range */
 	__u16 sport_max;
-	__u16 len_min;        /* IP total length range (header included); both 0: any */
+	__u16 len_min;        /* IP total length range (header included) */
 	__u16 len_max;
 	__u16 payload_offset; /* from the first byte after the TCP/UDP/ICMP header */
 	__u16 pad;

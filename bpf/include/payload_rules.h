@@ -55,7 +55,7 @@ struct rule_match {
 
 static __always_inline int rule_range_holds(__u32 min, __u32 max, __u32 value)
 {
-	return (!min && !max) || (value >= min && value <= max);
+	return value >= min && value <= max;
 }
 
 static __always_inline int payload_rule_matches(const struct rule_match *m, const struct payload_rule *rule)

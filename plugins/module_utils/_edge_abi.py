@@ -337,10 +337,14 @@ def unpack_counters(per_cpu_values, layout=EDGE_COUNTER):
     return totals or layout.unpack(bytes(layout.size))
 
 
-def pack_payload_rule(action, proto=0, verified="any", dport=(0, 0), sport=(0, 0), length=(0, 0), ttl=(0, 0),
+ANY_PORT = (0, 0xFFFF)            # a payload rule's "any" range of ports and lengths
+ANY_TTL = (0, 0xFF)
+
+
+def pack_payload_rule(action, proto=0, verified="any", dport=ANY_PORT, sport=ANY_PORT, length=ANY_PORT, ttl=ANY_TTL,
                       tcp_flags=(0, 0), payload_offset=0, payload=b"", payload_mask=None, limit=(0, 0)):
     """struct payload_rule. action / verified: names of RULE_ACTIONS / RULE_VERIFIED; proto: an
-    IPPROTO name or number (0: any); ranges (min, max) inclusive, (0, 0): any; tcp_flags: (mask,
+    IPPROTO name or number (0: any); ranges (min, max) inclusive (the whole range: any); tcp_flags: (mask,
     value); payload: up to RULE_PAYLOAD_MAX bytes compared at payload_offset under payload_mask
     (None: every bit), the value stored masked; limit: (packets/s, bytes/s) of a limit rule."""
     if len(payload) > RULE_PAYLOAD_MAX:

@@ -47,6 +47,7 @@ except ImportError:  # reported by the inventory_check module via missing_requir
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
+from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 SERVICE_NAME = re.compile(r"[a-z0-9_-]+")
@@ -71,7 +72,7 @@ SERVICE_KEYS = ("name", "id", "address", "protocol", "port", "backend", "a2s_cac
 ATTACK_DETECTION_KEYS = tuple(_rules.DEFAULT_ATTACK_DETECTION)
 # The longest anycast_edge_verified_idle_sec: a year (edge_config holds it in nanoseconds).
 MAX_VERIFIED_IDLE_SEC = 365 * 86400
-FILTER_KEYS = ("allow", "deny", "rate_limits", "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec")
+FILTER_KEYS = ("allow", "deny", "rate_limits", "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec", "rules")
 NEIGHBOR_KEYS = ("name", "address", "asn", "password", "multihop", "bfd", "communities")
 
 # Defaults of the schema (also in roles/validate_inventory/defaults/main.yml and the specs).
@@ -943,3 +944,18 @@ def secrets(pops):
 def validate(variables, pops, backends, monitoring=None):
     """Every problem of the inventory, one line each (empty list: all good)."""
     return check(variables, pops, backends, monitoring)[0]
+
+
+# --- payload rules (anycast_edge_filters.rules, docs/payload-rules.md) ---------------------------
+
+@inventory_check
+def _check_payload_rules(ctx):
+    """Every problem of every rule, with its path and value (one parser: _payload_rules, which
+    edge_rules packs with); the normalized list goes to anycast_edge_filters.rules."""
+    raw_filters = ctx.variables.get("anycast_edge_filters")
+    raw_rules = raw_filters.get("rules") if isinstance(raw_filters, dict) else None
+    rules, problems = _payload_rules.parse_rules(raw_rules, "anycast_edge_filters.rules")
+    for path, value, reason in problems:
+        ctx.problems.add(path, value, reason)
+    filters = ctx.normalized.setdefault("anycast_edge_filters", {})
+    filters["rules"] = [] if problems else rules

@@ -20,6 +20,8 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
                      control plane derived from inventory, or both - enum edge_allow_origin)
     edge_src_filter  the deny and allow lists as XDP reads them: a bit per /24, and
     edge_src_hosts   a bitmap per partly listed /24 (derived, see _source_lists)
+    edge_payload_rules, edge_payload_rule_bank   the payload rules, two banks and the switch
+                     between them (see _payload_rules: the list is swapped whole)
 
 The maps the program fills itself (bans, punches, rate counters, stats) are never written. The
 one exception is edge_a2s_cache: a service id's entries (every kind) are deleted when the service owning its id changes (see
@@ -40,6 +42,7 @@ import struct
 import zlib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 # Maps edge_rules converges, in the order they are read and reported.
@@ -50,6 +53,10 @@ A2S_CACHE_MAP = "edge_a2s_cache"
 SOURCE_FILTER_MAP = "edge_src_filter"
 SOURCE_HOSTS_MAP = "edge_src_hosts"
 DERIVED_MAPS = (SOURCE_FILTER_MAP, SOURCE_HOSTS_MAP)
+# The payload rules (anycast_edge_filters.rules): a list in two banks, the switch, the hit counters.
+PAYLOAD_RULES_MAP = _payload_rules.RULES_MAP
+PAYLOAD_RULE_BANK_MAP = _payload_rules.BANK_MAP
+PAYLOAD_RULE_HITS_MAP = _payload_rules.HITS_MAP
 SOURCE_FILTER_ZERO = bytes(abi.SRC_FILTER_ENTRY.size)
 
 # Service ids index edge_service_stats and edge_a2s_cache: 1..MAX_SERVICES-1 (0 = "none").
@@ -584,6 +591,12 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
             raise RuleError("%s: %d entries do not fit in %s (max %d)"
                             % (map_name.replace("edge_", "").replace("_v4", ""), len(desired[map_name]), map_name, limit))
     desired.update(source_list_entries(desired["edge_deny_v4"], desired["edge_allow_v4"]))
+    if params.get("payload_rules") is not None:
+        # A list, not a map: the position is the rule's order (see _payload_rules.steps).
+        try:
+            desired[PAYLOAD_RULES_MAP] = _payload_rules.desired_values(params["payload_rules"])
+        except ValueError as exc:
+            raise RuleError(str(exc))
     return desired, names
 
 
@@ -673,6 +686,10 @@ Step = collections.namedtuple("Step", ["name", "map_name", "operation", "entries
 #                       service can forward or answer A2S with it
 #     services_change   final values (re-arming the disarmed ones)
 #     services_add
+#     rules_stage ... rules_hits_reset   the payload rules: swapped whole (one write switches
+#                       banks, see _payload_rules), so a packet meets the old list or the new one;
+#                       after the services, before new prefixes are claimed, so traffic to a new
+#                       prefix meets the new rules from its first packet
 #     anycast_add       claim new prefixes only once their services exist
 #     backends_remove   after no service points at them any more
 #
@@ -690,6 +707,7 @@ STEP_ORDER = (
     "src_hosts_tighten", "src_filter_tighten",
     "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
     "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
+    "rules_stage", "rules_switch", "rules_sync", "rules_hits_reset",
     "anycast_add", "allow_add", "deny_remove",
     "src_filter_final", "src_hosts_final", "src_hosts_remove",
     "backends_remove",
@@ -761,6 +779,9 @@ def compare(present, desired):
             changes[map_name] = map_changes(present.get(map_name, {}), desired[map_name])
         else:
             changes[map_name] = ({}, {}, {})
+    if PAYLOAD_RULES_MAP in desired:
+        # Positions (added, changed, removed) of the list the program reads against the new one.
+        changes[PAYLOAD_RULES_MAP] = _payload_rules.changes(present, desired[PAYLOAD_RULES_MAP])
     return changes
 
 
@@ -814,6 +835,10 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     steps["services_change"] = ("edge_services", "update", final)
 
     steps.update(_source_list_steps(present, desired, changes))
+    if PAYLOAD_RULES_MAP in desired:
+        steps.update(_payload_rules.steps(present, desired[PAYLOAD_RULES_MAP]))
+    else:
+        steps.update((name, (PAYLOAD_RULES_MAP, "update", [])) for name in _payload_rules.STEPS)
 
     if "edge_services" in desired:
         stale = stale_cache_ids(present.get("edge_services", {}), desired["edge_services"], present_cache_ids)
@@ -913,6 +938,9 @@ def summarize(plan, changes):
         added, changed, removed = changes[map_name]
         counts[map_name] = {"added": len(added), "changed": len(changed), "removed": len(removed)}
     counts[A2S_CACHE_MAP] = {"added": 0, "changed": 0, "removed": 0}
+    if PAYLOAD_RULES_MAP in changes:
+        added, changed, removed = changes[PAYLOAD_RULES_MAP]
+        counts[PAYLOAD_RULES_MAP] = {"added": len(added), "changed": len(changed), "removed": len(removed)}
     writes = 0
     for step in plan:
         writes += len(step.entries)
@@ -934,7 +962,8 @@ def inverse(step):
     undo = []
     if restore:
         undo.append(Step("undo_" + step.name, step.map_name, "update", restore))
-    if drop and step.map_name != A2S_CACHE_MAP:
+    # Neither deleted cache entries nor zeroed hit counters are kept: nothing to put back.
+    if drop and step.map_name not in (A2S_CACHE_MAP, PAYLOAD_RULE_HITS_MAP):
         undo.append(Step("undo_" + step.name, step.map_name, "delete", drop))
     return undo
 
@@ -977,6 +1006,12 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
                         for key, value in itertools.islice(entries, limit))
             if total > limit:
                 side.append("  ... and %d more" % (total - limit))
+    if PAYLOAD_RULES_MAP in desired:
+        old_rules, new_rules = _payload_rules.render_changes(present, desired[PAYLOAD_RULES_MAP], limit)
+        for side, lines in ((before, old_rules), (after, new_rules)):
+            if lines:
+                side.append("%s:" % PAYLOAD_RULES_MAP)
+                side.extend(lines)
     if cache_deleted_ids:
         before.append("%s:" % A2S_CACHE_MAP)
         before.extend("  cached replies of service id %d" % i for i in sorted(cache_deleted_ids)[:limit])
@@ -1023,6 +1058,7 @@ def resolve_rules(normalized):
         "ban_sec": filters["ban_sec"],
         "punch_idle_sec": filters["punch_idle_sec"],
         "a2s_cookie_epoch_sec": filters["a2s_cookie_epoch_sec"],
+        "payload_rules": [dict(rule) for rule in filters.get("rules") or []],
         "control_plane": dict((pop, [dict(item) for item in items])
                               for pop, items in normalized.get("control_plane", {}).items()),
         "verified_idle_sec": normalized.get("anycast_edge_verified_idle_sec", DEFAULT_VERIFIED_IDLE_SEC),

@@ -17,7 +17,7 @@ description:
     their pins C(<pin_root>/<iface>/maps/<map name>) (made by M(anycast.edge.xdp_program)); the
     maps must belong to the program pinned at C(<pin_root>/<iface>/program).
   - Converges C(edge_config), C(edge_services), C(edge_anycast_v4), C(edge_backends),
-    C(edge_allow_v4) and C(edge_deny_v4) - reads what is there (batch lookups), writes only the
+    C(edge_allow_v4), C(edge_deny_v4) and the payload rules (C(edge_payload_rules)) - reads what is there (batch lookups), writes only the
     differences (batch updates and deletes) and deletes what the parameters no longer declare.
     The program keeps running; nothing is detached or reloaded.
   - C(edge_deny_v4) and C(edge_allow_v4) keep the exact prefixes as a record; the program reads
@@ -269,6 +269,24 @@ options:
     description: Lifetime of an A2S challenge cookie (valid for this epoch and the previous one).
     type: int
     default: 30
+  payload_rules:
+    description:
+      - The payload rules (C(anycast_edge_filters.rules), as M(anycast.edge.inventory_check)
+        normalizes them), in order - the first rule a packet matches decides. At most 256.
+      - Each rule - C(action) (C(drop), C(pass) or C(limit)); what it matches, each left out for
+        any - C(protocol) (C(udp), C(tcp), C(icmp)), C(dst_port), C(src_port), C(length) (IP total
+        length), C(ttl) (a number, C("min-max") or C([min, max])), C(tcp_flags) (C({mask, value}),
+        numbers or lists of flag names), C(payload) (C({offset, value, mask}): up to 16 bytes in
+        hex at C(offset) bytes after the L4 header), C(verified) (true or false); and for
+        C(limit), C(limit) (C({packets_per_sec, bytes_per_sec}), per source and rule).
+      - Written into C(edge_payload_rules) - the bank the program does not read, then one write
+        switches banks, so every packet meets the old list or the new one whole - and the old
+        bank is brought up to date after. Only the rules that differ are written; the hit counters
+        (C(edge_payload_rule_stats)) of a position whose rule changed are zeroed.
+        See docs/payload-rules.md.
+    type: list
+    elements: dict
+    default: []
   verified_idle_sec:
     description:
       - A verified source stays verified for a service while it sends within this idle time
@@ -446,6 +464,9 @@ MAP_LAYOUTS = {
     "edge_a2s_cache": (abi.U32.size, abi.A2S_CACHE_ENTRY.size),
     "edge_src_filter": (abi.U32.size, abi.SRC_FILTER_ENTRY.size),
     "edge_src_hosts": (abi.SRC_HOSTS_KEY.size, abi.SRC_HOSTS_VALUE.size),
+    "edge_payload_rules": (abi.U32.size, abi.PAYLOAD_RULE.size),
+    "edge_payload_rule_bank": (abi.U32.size, abi.PAYLOAD_RULE_BANK.size),
+    "edge_payload_rule_stats": (abi.U32.size, abi.EDGE_COUNTER.size),
 }
 # Entries per batch lookup: fewer syscalls for the 100,000-entry tries (buffers of ~0.8 MB).
 LOOKUP_CHUNK = 65536
@@ -490,6 +511,7 @@ ARGUMENT_SPEC = dict(
     punch_idle_sec=dict(type="int", default=120),
     a2s_cookie_epoch_sec=dict(type="int", default=30),
     verified_idle_sec=dict(type="int", default=_rules.DEFAULT_VERIFIED_IDLE_SEC),
+    payload_rules=dict(type="list", elements="dict", default=[]),
     cookie_keys=dict(type="list", elements="str", no_log=True, aliases=["a2s_cookie_key"]),
     diff_limit=dict(type="int", default=100),
 )
@@ -520,6 +542,9 @@ def read_present(maps):
         present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_HOSTS_MAP] = dict(maps[_rules.SOURCE_HOSTS_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_FILTER_MAP] = maps[_rules.SOURCE_FILTER_MAP].array_bytes()
+    present[_rules.PAYLOAD_RULES_MAP] = dict(maps[_rules.PAYLOAD_RULES_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
+    present[_rules.PAYLOAD_RULE_BANK_MAP] = {
+        _rules.CONFIG_KEY: maps[_rules.PAYLOAD_RULE_BANK_MAP].lookup(_rules.CONFIG_KEY)}
     cache_ids = _rules.cache_service_ids(maps[_rules.A2S_CACHE_MAP].keys())
     return present, cache_ids
 
@@ -548,6 +573,12 @@ def execute(maps, step):
         # An array written in place through its mmap (every bit of it stands alone, see
         # bpf/include/edge_abi.h): the first run writes up to 262,144 entries.
         return target.array_write((abi.U32.unpack(key)[0], entry[1]) for key, entry in zip(keys, step.entries))
+    if step.map_name == _rules.PAYLOAD_RULE_HITS_MAP:
+        # Per-CPU counters: every CPU's value is written (zeroed).
+        cpus = _bpf.num_possible_cpus()
+        for key, entry in zip(keys, step.entries):
+            target.update_percpu(key, [entry[1]] * cpus)
+        return len(keys)
     if step.operation == "update":
         target.update_batch(keys, [entry[1] for entry in step.entries])
     else:

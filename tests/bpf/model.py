@@ -254,15 +254,16 @@ class Config:
 
 @dataclass
 class PayloadRule:
-    """One struct payload_rule (anycast_edge_filters.rules). Ranges (min, max) inclusive, (0, 0):
-    any; proto 0: any; tcp_flags (mask, value), mask 0: any; payload compared under payload_mask."""
+    """One struct payload_rule (anycast_edge_filters.rules). Ranges (min, max) inclusive, the whole
+    range: any (0 is a value like any other); proto 0: any; tcp_flags (mask, value), mask 0: any;
+    payload compared under payload_mask."""
     action: str                       # "drop" | "pass" | "limit"
     proto: int = 0
     verified: str = "any"             # "any" | "verified" | "unverified"
-    dport: tuple = (0, 0)
-    sport: tuple = (0, 0)
-    length: tuple = (0, 0)            # IP total length
-    ttl: tuple = (0, 0)
+    dport: tuple = (0, 0xFFFF)
+    sport: tuple = (0, 0xFFFF)
+    length: tuple = (0, 0xFFFF)       # IP total length
+    ttl: tuple = (0, 0xFF)
     tcp_flags: tuple = (0, 0)
     payload_offset: int = 0           # from the first byte after the L4 header
     payload: bytes = b""
@@ -682,7 +683,7 @@ class EdgeModel:
 
     def _rule_matches(self, rule: PayloadRule, pkt: Ipv4, verified: bool) -> bool:
         def holds(bounds, value):
-            return bounds == (0, 0) or bounds[0] <= value <= bounds[1]
+            return bounds[0] <= value <= bounds[1]
 
         if rule.proto and rule.proto != pkt.proto:
             return False

@@ -539,7 +539,7 @@ RULE_PAYLOADS = (b"\xff\xff\xff\xff", b"\xff\xff\xff\xffT", b"Source Engine", b"
 
 
 def _range(pick, low, high, around=None):
-    """An inclusive (min, max), sometimes (0, 0) (any), sometimes around a value packets carry."""
+    """An inclusive (min, max), sometimes around a value packets carry (0 among them: sport 0)."""
     if around is not None and often(pick, 2):
         first = max(low, around - pick.integers(0, 1))
         return first, min(high, around + pick.integers(0, 1))

@@ -292,3 +292,11 @@ def test_many_spoofed_sources_each_get_their_own_window(pop):
     assert set(windows) == set(sources)
     assert all(counts == [(0, 1)] for counts in windows.values())
     assert in_one_window(pop, [udp(src=sources[7])] * 2) == ["tx_forward", "drop_rule"]
+
+
+def test_a_range_of_zero_is_port_zero_not_any(pop):
+    """Spoofed floods use source port 0: a rule can name it (the whole range is "any", not 0-0)."""
+    zero, normal = udp(sport=0), udp()
+    assert verdicts(pop, [zero, normal]) == ["tx_forward", "tx_forward"]
+    pop.set_payload_rules([rule("drop", "udp", sport=(0, 0))])
+    assert verdicts(pop, [zero, normal]) == ["drop_rule", "tx_forward"]

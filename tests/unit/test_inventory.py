@@ -238,7 +238,17 @@ CASES = [
      ["anycast_edge_filters.a2s_cookie_epoch_sec: 0 must be > 0"]),
     ("unknown filter setting", [flt("denny", [])],
      ["anycast_edge_filters.denny: unknown setting (known: allow, deny, rate_limits, ban_sec, punch_idle_sec, "
-      "a2s_cookie_epoch_sec)"]),
+      "a2s_cookie_epoch_sec, rules)"]),
+    ("payload rules: every problem with its path", [flt("rules", [
+        {"action": "drop", "protocol": "udp", "dst_port": "27015-27000"},
+        {"action": "limit", "protocol": "tcp", "tcp_flags": {"mask": ["syn"], "value": ["fin"]},
+         "limit": {"packets_per_sec": 0}}])],
+     ["anycast_edge_filters.rules[0].dst_port: 27015-27000 is an empty range (min > max)",
+      "anycast_edge_filters.rules[1].tcp_flags.value: ['fin'] has flags outside the mask",
+      "anycast_edge_filters.rules[1].limit.packets_per_sec: 0 must be an integer > 0 (leave it out for none)",
+      "anycast_edge_filters.rules[1].limit: {'packets_per_sec': 0} sets neither packets_per_sec nor bytes_per_sec"]),
+    ("payload rules not a list", [flt("rules", {"action": "drop"})],
+     ["anycast_edge_filters.rules: {'action': 'drop'} is not a list"]),
     ("asn out of range", [change("vars", ("anycast_edge_asn",), 4294967296)],
      ["anycast_edge_asn: 4294967296 is out of range (1..4294967295)"]),
     ("asn missing", [change("vars", ("anycast_edge_asn",), DELETE)],
@@ -555,7 +565,7 @@ def test_default_filters_when_omitted():
     problems, normalized = _inventory.check(*inventory)
     assert problems == []
     assert normalized[FILTERS] == {"allow": [], "deny": [], "rate_limits": {}, "ban_sec": 60, "punch_idle_sec": 120,
-                                   "a2s_cookie_epoch_sec": 30}
+                                   "a2s_cookie_epoch_sec": 30, "rules": []}
 
 
 # --- the role, through ansible-playbook, on inventories/example -------------------------------
@@ -941,3 +951,15 @@ def test_a_deny_over_the_example_neighbour_stops_the_play(tmp_path):
             "pop-ams1 (hostvars['pop-ams1'].anycast_edge_bgp_neighbors[0].address): deny beats the control plane's "
             "exemption, every packet from it would be dropped\n") in proc.stdout, proc.stdout + proc.stderr
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_payload_rules_are_normalized_and_reach_edge_rules():
+    inventory = copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS))
+    inventory[0][FILTERS]["rules"] = [{"action": "drop", "protocol": "udp", "dst_port": 27015,
+                                       "payload": {"value": "FF FF FF FF 71"}}]
+    problems, normalized = _inventory.check(*inventory)
+    assert problems == []
+    rule = {"action": "drop", "protocol": "udp", "dst_port": [27015, 27015],
+            "payload": {"offset": 0, "value": "ffffffff71", "mask": "ffffffffff"}}
+    assert normalized[FILTERS]["rules"] == [rule]
+    assert _rules.resolve_rules(normalized)["payload_rules"] == [rule]

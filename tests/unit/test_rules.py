@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
@@ -296,6 +297,7 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         ],
         allow=["192.0.2.0/24", "192.0.3.0/24"],
         deny=["10.0.0.0/8", "172.16.0.0/12", "203.0.113.0/26", "198.18.0.7/32"],
+        payload_rules=[{"action": "drop", "protocol": "udp", "dst_port": [27015, 27015]}],
     )
     new = params(
         tunnel_address="10.0.0.1",
@@ -310,8 +312,12 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         ],
         allow=["192.0.2.0/24", "192.0.4.0/24"],
         deny=["10.0.0.0/8", "100.64.0.0/10", "203.0.113.128/26"],
+        payload_rules=[{"action": "pass", "protocol": "udp", "payload": {"value": "ffffffff54"}},
+                       {"action": "drop", "protocol": "udp", "dst_port": [27015, 27015]}],
     )
     present = entries_of(old)
+    # The payload rules as the maps hold them once loaded (two banks and the switch), not as a list.
+    present.update(_payload_rules.present_entries(present.pop(_payload_rules.RULES_MAP)))
     desired = entries_of(new)
     plan = _rules.plan_writes(present, desired, present_cache_ids=[1, 2])
     assert [step.name for step in plan] == list(_rules.STEP_ORDER)
