@@ -273,10 +273,10 @@ options:
     description:
       - The payload rules (C(anycast_edge_filters.rules), as M(anycast.edge.inventory_check)
         normalizes them), in order - the first rule a packet matches decides. At most 256.
-      - Each rule - C(action) (C(drop), C(pass) or C(limit)); what it matches, each left out for
+      - Each rule has C(action) (C(drop), C(pass) or C(limit)) and what it matches, each left out for
         any - C(protocol) (C(udp), C(tcp), C(icmp)), C(dst_port), C(src_port), C(length) (IP total
         length), C(ttl) (a number, C("min-max") or C([min, max])), C(tcp_flags) (C({mask, value}),
-        numbers or lists of flag names), C(payload) (C({offset, value, mask}): up to 16 bytes in
+        numbers or lists of flag names), C(payload) (C({offset, value, mask}), up to 16 bytes in
         hex at C(offset) bytes after the L4 header), C(verified) (true or false); and for
         C(limit), C(limit) (C({packets_per_sec, bytes_per_sec}), per source and rule).
       - Written into C(edge_payload_rules) - the bank the program does not read, then one write
