@@ -9,8 +9,11 @@ steps, newest first, puts everything back.
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules as pr
@@ -206,3 +209,10 @@ def test_edge_rules_parameters_carry_the_rules_and_a_bad_one_is_refused():
     assert pr.RULES_MAP not in desired        # not given: left alone
     with pytest.raises(_rules.RuleError, match=r"payload_rules\[0\]\.action: 'reject'"):
         _rules.desired_entries(dict(base, payload_rules=[{"action": "reject"}]), bytes(16))
+
+
+def test_the_documented_example_is_a_valid_list():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "payload-rules.md").read_text()
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    rules, problems = pr.parse_rules(example["anycast_edge_filters"]["rules"], "anycast_edge_filters.rules")
+    assert problems == [] and len(rules) == 6
