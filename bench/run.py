@@ -215,6 +215,23 @@ def _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure,
     return {"loads": loads, "samples": {probe.name: probe.samples for probe in table_probes}}
 
 
+def _rule_lists(scenario, abi):
+    """(label, packed rules) of the payload-rule rows: UDP rules for other destination ports
+    (each read in full: protocol and port compared), a payload rule among them every 4th (its
+    bytes loaded and compared: the forward's payload does not start with them)."""
+    def missing(index):
+        if index % 4 == 3:
+            return abi.pack_payload_rule("drop", "udp", payload=b"\xff\xff\xff\xff" + bytes([index & 0xFF]))
+        return abi.pack_payload_rule("drop", "udp", dport=(1000 + index, 1000 + index))
+
+    lists = [("%d rule%s, none matches" % (count, "" if count == 1 else "s"), [missing(i) for i in range(count)])
+             for count in (1, 16, abi.MAX_PAYLOAD_RULES)]
+    first = abi.pack_payload_rule("pass", "udp", dport=(scenario.FORWARD_PORT, scenario.FORWARD_PORT))
+    lists.append(("%d rules, the first matches" % abi.MAX_PAYLOAD_RULES,
+                  [first] + [missing(i) for i in range(abi.MAX_PAYLOAD_RULES - 1)]))
+    return lists
+
+
 def _bench(args) -> int:
     from ansible_collections.anycast.edge.plugins.module_utils import _bpf
     from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -319,12 +336,31 @@ def _bench(args) -> int:
         _check_harness(a2s_player_h, env.run(a2s_player).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
 
+        # The forward with payload rules loaded, each list in its own copy of the program (its own
+        # namespace, built like the first): rules the packet does not match, so every rule of the
+        # list is read (the worst case), and 256 whose first matches (what a match stops).
+        rule_probes = []
+        for label, rules in _rule_lists(scenario, abi):
+            copy = EdgeEnv.start(args.object, netns="aedge-bench-rules-%d-%d" % (len(rule_probes), os.getpid()))
+            cleanup.callback(copy.stop)
+            if copy.ifindex != env.ifindex:
+                raise measure.SetupError("the namespaces number their devices differently")
+            scenario.build_pop(copy)
+            copy.set_payload_rules(rules)
+            result = copy.run(forward)
+            if (result.action, result.reason) != ("TX", "tx_forward") or result.data != env.run(forward).data:
+                raise measure.SetupError("forward with %s: %s/%s" % (label, result.action, result.reason))
+            snapshot, check = measure.edge_reason_check(copy, "tx_forward")
+            rule_probes.append((label, Probe("forward, " + label, harness(copy.prog, forward, pushed), forward,
+                                             ctx(forward), TX, snapshot, check)))
+
         # What the FIB's answer costs (xdp_edge keeps it per CPU for 100 ms): that helper alone,
         # for the same route as the forward's, in front of nothing else.
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
                   a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+        probes += [probe for dummy, probe in rule_probes]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
         for probe in probes:
@@ -356,6 +392,8 @@ def _bench(args) -> int:
              "forward"),
             ("A2S floor: the least lookups rules 1-7 allow [1][2]", corrected(floor_a2s_h, a2s_hf, floor), "a2s"),
         ]
+        rows += [("xdp_edge forward, %s [1][3]" % label, corrected(probe, forward_hf, floor), None)
+                 for label, probe in rule_probes]
 
         _say()
         _say("%-58s %8s %11s %8s %7s %s" % ("case", "ns/pkt", "min-max", "vs base", "target", ""))
@@ -375,6 +413,8 @@ def _bench(args) -> int:
         _say("[2] bench/path_floors.c: xdp_edge's output, byte for byte, from one lookup per rule that needs")
         _say("    one (source lists; one entry per source for ban + rate + counters; service; next hop, or cookie")
         _say("    and cache). No implementation of the rules does that path for less (bench/README.md, 'The floors').")
+        _say("[3] anycast_edge_filters.rules (docs/payload-rules.md): N rules the packet does not match are")
+        _say("    all read; past a match nothing is (the last row: 256 loaded, the first matches, 'pass').")
         _say("repeat counts per run: %s" % ", ".join("%s %d" % (p.name, p.repeat) for p in probes))
 
         results["table_size"] = _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure, abi)

@@ -45,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 
 from . import health, refresher
 from .maps import PinError
@@ -62,6 +63,8 @@ FLOOD_MAPS = ("edge_admission", "edge_attack_state", "edge_verify_stats")
 A2S_STATS_MAP = "edge_a2s_stats"
 # struct a2s_counter's fields: the answer label of anycast_edge_a2s_answers_total.
 A2S_ANSWERS = ("challenge", "cached", "bad_cookie")
+# The payload rules' maps (the list, the bank switch, the hit counters), opened apart for the same reason.
+PAYLOAD_RULE_MAPS = (_payload_rules.RULES_MAP, _payload_rules.BANK_MAP, _payload_rules.HITS_MAP)
 # struct admission_bucket's counters (after refilled_ns, packet_tokens, byte_tokens): metric name,
 # help. The unverified traffic is what attack mode watches; verified players are never charged.
 ADMISSION_COUNTERS = (
@@ -194,6 +197,7 @@ class EdgeCollector:
         self.read_errors = 0
         self.flood_maps_error = None
         self.a2s_stats_error = None
+        self.payload_rule_maps_error = None
 
     def describe(self):
         return []  # collect() reads the kernel: never at registration time
@@ -232,6 +236,7 @@ class EdgeCollector:
             yield from self.state_cache.get(lambda: list(self._state_maps(maps, services)))
             yield from self._flood_defence(services)
             yield from self._a2s_answers()
+            yield from self._payload_rules()
 
     @staticmethod
     def _services(services_map):
@@ -376,6 +381,40 @@ class EdgeCollector:
                 for answer, column in zip(A2S_ANSWERS, totals):
                     answers.add_metric([abi.A2S_KINDS[index], answer], column[position])
         yield answers
+
+    def _payload_rules(self):
+        """The hits of each payload rule the program reads now, labelled by its position in
+        anycast_edge_filters.rules, its action and what it matches. Nothing (said once in the log)
+        when the program has no payload rules."""
+        try:
+            maps = self.edge_maps.open(*PAYLOAD_RULE_MAPS)
+        except (PinError, _bpf.BpfError) as exc:
+            if str(exc) != self.payload_rule_maps_error:
+                LOG.warning("not exporting the payload rules' hits: %s", exc)
+                self.payload_rule_maps_error = str(exc)
+            return
+        self.payload_rule_maps_error = None
+        labels = ["rule", "action", "match"]
+        packets = CounterMetricFamily(PREFIX + "payload_rule_packets",
+                                      "Packets each payload rule matched (anycast_edge_filters.rules[rule])", labels=labels)
+        byte_family = CounterMetricFamily(PREFIX + "payload_rule_bytes",
+                                          "Bytes (frames) each payload rule matched", labels=labels)
+        with maps:
+            present = {_payload_rules.RULES_MAP: dict(maps[_payload_rules.RULES_MAP].lookup_batch(chunk_size=512)),
+                       _payload_rules.BANK_MAP: {_payload_rules.BANK_KEY:
+                                                 maps[_payload_rules.BANK_MAP].lookup(_payload_rules.BANK_KEY)}}
+            rules = _payload_rules.loaded(present)
+            if rules:
+                hits = dict(maps[_payload_rules.HITS_MAP].lookup_batch(chunk_size=512))
+                buffers = [hits[abi.U32.pack(position)] for position in range(len(rules))]
+                totals = sum_percpu(maps[_payload_rules.HITS_MAP], buffers, 2)
+                for position, rule in enumerate(rules):
+                    match = _payload_rules.render(rule)
+                    values = [str(position), match.split(" ", 1)[0], match]
+                    packets.add_metric(values, totals[0][position])
+                    byte_family.add_metric(values, totals[1][position])
+        yield packets
+        yield byte_family
 
     def _flood_defence(self, services):
         """Attack mode (as XDP applies it), the admission counters per service, verified sources per proof.

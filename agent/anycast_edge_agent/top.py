@@ -140,6 +140,10 @@ def summarize(previous: Reading | None, current: Reading, top: int = 5) -> dict:
         by_kind.setdefault(kind, {})[answer] = {
             "total": current.total(PREFIX + "a2s_answers_total", kind=kind, answer=answer),
             "per_sec": rate(PREFIX + "a2s_answers_total", kind=kind, answer=answer)}
+    rules = []
+    for labels, value in current.select(PREFIX + "payload_rule_packets_total"):
+        rules.append({"rule": int(labels["rule"]), "match": labels["match"], "packets": value,
+                      "per_sec": rate(PREFIX + "payload_rule_packets_total", rule=labels["rule"], match=labels["match"])})
     players = sorted(((int(labels["rank"]), labels["client"], value)
                       for labels, value in current.select(PREFIX + "top_client_packets")))[:top]
     player_bytes = {labels["client"]: value for labels, value in current.select(PREFIX + "top_client_bytes")}
@@ -158,6 +162,9 @@ def summarize(previous: Reading | None, current: Reading, top: int = 5) -> dict:
                 "pps": rate(PREFIX + "service_packets_total", direction="out"),
                 "bps": _bits(rate(PREFIX + "service_bytes_total", direction="out"))},
         "drops": dict(sorted(drops.items())),
+        # The payload rules by position, with what each matched (a rule edited since the previous
+        # reading is a new series: its rate starts from its own count).
+        "payload_rules": sorted(rules, key=lambda rule: rule["rule"]),
         "a2s": {"cached": hits, "challenges": challenges, "cached_per_sec": hits_rate,
                 "challenges_per_sec": challenges_rate, "hit_ratio": hit_ratio,
                 "entries": current.total(PREFIX + "a2s_cache_entries"), "by_kind": dict(sorted(by_kind.items()))},
@@ -214,6 +221,9 @@ def render(summaries: list, source: str) -> str:
             drops = ["%s %s (total %d)" % (reason, _si(item["per_sec"], "/s"), item["total"])
                      for reason, item in pop["drops"].items() if item["total"]]
             lines.append("  drops: " + ", ".join(drops))
+        for rule in pop.get("payload_rules", []):
+            lines.append("  rule %-3d %10s  %10d hits   %s" % (rule["rule"], _si(rule["per_sec"], "/s"), rule["packets"],
+                                                           rule["match"]))
         a2s = pop["a2s"]
         ratio = "-" if a2s["hit_ratio"] is None else "%.0f %%" % (100 * a2s["hit_ratio"])
         lines.append("  a2s cache: %s cached, %s challenges, cached per challenge %s (totals %d / %d), %d entries"

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
 from agent_world import AGENT_DIR, IFACE, AgentWorld, wait_until
 from bpf.scenario import A2S_REQUEST, GAME, GAME_UDP_ID, PLAYER, cookie_for, player_tcp, player_udp, setup_pop
 
@@ -160,3 +162,30 @@ def test_rates_come_from_the_traffic_between_two_readings(world, agents):
     assert 1.5 < seconds < 4
     assert summary["in"]["pps"] == pytest.approx(50 / seconds)
     assert summary["in"]["bps"] == pytest.approx(summary["in"]["bytes"] * 8 / seconds)
+
+
+def test_each_payload_rule_has_its_hits_in_the_exporter_and_top(world, agents):
+    world.edge.reset()
+    setup_pop(world.edge)
+    rules = [abi.pack_payload_rule("drop", "udp", payload=b"\xff\xff\xff\xffq"),
+             abi.pack_payload_rule("limit", "udp", dport=(27015, 27015), limit=(1000, 0)),
+             abi.pack_payload_rule("drop", "tcp")]
+    world.edge.set_payload_rules(rules)
+    for dummy in range(5):
+        assert world.edge.run(player_udp(b"\xff\xff\xff\xffq")).reason == "drop_rule"
+    for dummy in range(3):
+        assert world.edge.run(player_udp(b"join")).reason == "tx_forward"
+    summaries = {item["pop"]: item for item in json.loads(top(world, agents, "--json"))}
+    for pop in PORTS:
+        hits = [(rule["rule"], rule["packets"], rule["match"]) for rule in summaries[pop]["payload_rules"]]
+        assert hits == [(0, 5, "drop udp payload@0 ffffffff71"),
+                        (1, 3, "limit udp dport 27015 limit 1000 pps / - Bps"),
+                        (2, 0, "drop tcp")]
+        assert summaries[pop]["drops"]["drop_rule"]["total"] == 5
+    # What the exporter says, as Prometheus reads it.
+    exposition = subprocess.run(in_pop_ns(world, "curl", "-s", "http://%s:%d/metrics" % (POP_ADDRESS, PORTS["ams"])),
+                                capture_output=True, text=True, check=True).stdout
+    assert ('anycast_edge_payload_rule_packets_total{action="drop",match="drop udp payload@0 ffffffff71",rule="0"} 5.0'
+            in exposition)
+    screen = top(world, agents)
+    assert "rule 0 " in screen and "5 hits   drop udp payload@0 ffffffff71" in screen
