@@ -222,8 +222,8 @@ def render(summaries: list, source: str) -> str:
                      for reason, item in pop["drops"].items() if item["total"]]
             lines.append("  drops: " + ", ".join(drops))
         for rule in pop.get("payload_rules", []):
-            lines.append("  rule %-3d %10s  %10d hits   %s" % (rule["rule"], _si(rule["per_sec"], "/s"), rule["packets"],
-                                                           rule["match"]))
+            lines.append("  rule %-3d %10s  %10d hits   %s"
+                         % (rule["rule"], _si(rule["per_sec"], "/s"), rule["packets"], rule["match"]))
         a2s = pop["a2s"]
         ratio = "-" if a2s["hit_ratio"] is None else "%.0f %%" % (100 * a2s["hit_ratio"])
         lines.append("  a2s cache: %s cached, %s challenges, cached per challenge %s (totals %d / %d), %d entries"

@@ -320,8 +320,8 @@ def loaded(present):
 def changes(present, desired):
     """(added, changed, removed) positions: the list the program reads against `desired` (packed)."""
     before, after = loaded(present), list(desired)
-    added = [p for p in range(len(before), len(after))]
-    removed = [p for p in range(len(after), len(before))]
+    added = list(range(len(before), len(after)))
+    removed = list(range(len(after), len(before)))
     changed = [p for p in range(min(len(before), len(after))) if before[p] != after[p]]
     return added, changed, removed
 
@@ -371,4 +371,3 @@ def render_changes(present, desired, limit=100):
         if len(lines) > limit:
             lines[limit:] = ["  ... and %d more" % (len(lines) - limit)]
     return before, after
-

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -213,9 +213,9 @@ def test_a_payload_match_past_the_packets_end_does_not_match(pop):
 
 
 def test_payload_offset_counts_from_after_the_tcp_header_with_options(pop):
+    options = [("MSS", 1400), ("NOP", None), ("NOP", None)]
     with_options = raw(eth() / IP(src=PLAYER, dst=GAME) /
-                       TCP(sport=PLAYER_PORT, dport=GAME_PORT, flags="PA", options=[("MSS", 1400), ("NOP", None),
-                                                                                       ("NOP", None)]) / b"GET /")
+                       TCP(sport=PLAYER_PORT, dport=GAME_PORT, flags="PA", options=options) / b"GET /")
     pop.set_payload_rules([rule("drop", "tcp", payload=b"GET ")])
     assert pop.run(with_options).reason == "drop_rule"
     assert pop.run(tcp("PA", b"PUT /")).reason == "tx_forward"
