@@ -15,8 +15,8 @@
  * Actions, as the caller applies them (xdp_edge.c, inbound_ipv4):
  *   drop   dropped, reason drop_rule;
  *   pass   the rest of the list is skipped; the packet goes on through the rest of the pipeline
- *          (port punch, rate limit, admission, A2S) exactly as if no rule had matched. It never
- *          skips what came before the rules (deny list, own source, bans, ICMP type): to exempt
+ *          (port punch, rate limit, A2S) exactly as if no rule had matched. It never skips what
+ *          came before the rules (deny list, own source, bans, ICMP type, admission): to exempt
  *          a source from limits, the allow list is the one place.
  *   limit  counted per (source, rule) in one-second windows (edge_rule_limits); over the rule's
  *          limit_pps / limit_bps dropped as drop_rule (no ban), else on through the pipeline like
