@@ -103,6 +103,13 @@ static __always_inline __u32 game_load_window(struct xdp_md *ctx, const struct p
 		return 0;
 	if (n < GAME_MIN_LEN || n > GAME_MAX_LEN || off > EDGE_MAX_FRAME)
 		return 0;
+	/* The offset the verifier of Debian 12's kernel (6.1) can bound: the check above may be made
+	 * on one copy of off and the add below on another, refilled from a 32-bit stack slot, whose
+	 * bound 6.1 forgets ("invalid access to packet ... R1 offset is outside of the packet" when
+	 * learn_from_reply calls this; newer kernels keep it). The mask is a no-op after the check
+	 * (EDGE_MAX_FRAME < 0x4000); the barrier keeps clang from dropping it as one. */
+	asm volatile("" : "+r"(off));
+	off &= 0x3fff;
 	head = data + off;
 	if ((void *)(head + 4) > data_end)
 		return 0;
