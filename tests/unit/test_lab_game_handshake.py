@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import socket
 import struct
 import threading
@@ -99,6 +100,20 @@ def test_join_connects_without_any_a2s_query(server):
     assert result["connected"] and result["stage"] == "connected" and not result["rejected"]
     assert server.counters["handshake_challenges"] >= 1 and server.counters["handshake_connects"] == 1
     assert "a2s_challenges" not in server.counters and "a2s_info" not in server.counters
+
+
+def test_stats_say_who_connected(server):
+    """The lab's spoofed-flood check reads ``connected_by_source`` from ``ask stats`` to see that
+    the player who joined during the flood got in."""
+    threading.Thread(target=server.serve_control, daemon=True).start()
+    args = argparse.Namespace(source="127.0.0.1", target=("127.0.0.1", server.port), port=0, wait=3.0, stream=0)
+    assert player.cmd_join(args)["connected"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(b"stats", ("127.0.0.1", server.control.getsockname()[1]))
+        stats = json.loads(sock.recv(65536))
+    assert stats["connected_by_source"] == {"127.0.0.1": 1}
+    assert stats["counters"]["handshake_connects"] == 1
 
 
 def test_the_challenge_is_per_address_and_stable(server):

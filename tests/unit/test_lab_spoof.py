@@ -1,0 +1,90 @@
+"""The lab's spoofed game flood (lab/spoof.py game-flood): the frames it puts on a POP's uplink.
+
+The lab's spoofed-flood check asserts what the POP and the game server did with these frames, so
+the frames must be what the check says: each from its own address of the range (at least 65,536
+distinct, issue 13), correct IPv4 headers (a bad checksum would be dropped by the POP's kernel
+path or XDP for another reason than the defence under test), every Nth payload handshake-shaped
+for a Source service by the validators' reference model (tests/bpf/game_model.py), the others not,
+and the same sources for the same seed. No packet is sent here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import types
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+spoof = load("lab_spoof", REPO / "lab" / "spoof.py")
+gm = load("game_model", REPO / "tests" / "bpf" / "game_model.py")
+game_server = load("lab_game_server", REPO / "lab" / "game_server.py")
+
+
+def flood_args(**overrides):
+    fields = dict(sources="198.18.0.0/15", seed=13, count=70000, target="198.51.100.10", port=27015,
+                  handshake_every=10, iface="unused", pop="unused")
+    fields.update(overrides)
+    return types.SimpleNamespace(**fields)
+
+
+def frames_of(monkeypatch, **overrides):
+    monkeypatch.setattr(spoof, "ether_to", lambda args: Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"))
+    return spoof.game_flood_frames(flood_args(**overrides))
+
+
+def test_every_frame_has_its_own_source_of_the_range_and_valid_headers(monkeypatch):
+    frames, distinct = frames_of(monkeypatch)
+    assert len(frames) == 70000 and distinct == 70000
+    network = ipaddress.ip_network("198.18.0.0/15")
+    sources = set()
+    for frame in frames[:2000] + frames[-2000:]:
+        packet = Ether(frame)
+        assert ipaddress.ip_address(packet[IP].src) in network
+        assert packet[IP].dst == "198.51.100.10" and packet[UDP].dport == 27015
+        sent_checksum = packet[IP].chksum
+        del packet[IP].chksum
+        assert Ether(bytes(packet))[IP].chksum == sent_checksum
+        assert packet[UDP].chksum == 0  # "no checksum", valid in IPv4
+        assert packet[IP].len == len(frame) - 14 and packet[UDP].len == len(frame) - 34
+        sources.add(packet[IP].src)
+    assert len(sources) == 4000
+
+
+def test_every_nth_payload_is_a_source_getchallenge_the_rest_is_junk(monkeypatch):
+    frames, dummy = frames_of(monkeypatch, count=1000)
+    shaped = [gm.handshake_shaped(bytes(Ether(frame)[UDP].payload), gm.EDGE_GAME_SOURCE) for frame in frames]
+    assert [number for number, yes in enumerate(shaped) if yes] == list(range(0, 1000, 10))
+    # The stand-in game server answers the getchallenges (replies to spoofed sources: the check
+    # blackholes them in the upstream) and counts the junk as udp_other (unanswered).
+    first = bytes(Ether(frames[0])[UDP].payload)
+    assert first.startswith(game_server.SOURCE_GETCHALLENGE) and first[9:] == b"0000000000\x00"
+    assert not bytes(Ether(frames[1])[UDP].payload).startswith((b"\xff\xff\xff\xff", b"echo", b"punch-reply"))
+
+
+def test_the_same_seed_sends_the_same_flood(monkeypatch):
+    assert frames_of(monkeypatch, count=500)[0] == frames_of(monkeypatch, count=500)[0]
+    assert frames_of(monkeypatch, count=500)[0] != frames_of(monkeypatch, count=500, seed=14)[0]
+
+
+def test_the_flood_is_bounded():
+    for argv in (["--count", "200001", "--rate", "100"], ["--count", "100", "--rate", "50001"]):
+        try:
+            spoof.main(["game-flood", "--iface", "x", "--pop", "192.0.2.1", "--target", "198.51.100.10",
+                        "--port", "27015", "--sources", "198.18.0.0/15"] + argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError("%s was accepted" % argv)
