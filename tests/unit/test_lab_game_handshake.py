@@ -40,18 +40,22 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_in_background(serve) -> None:
+    """Run one of the stand-in's serving loops in a thread until the test closes its socket."""
+    def until_closed():
+        try:
+            serve()
+        except OSError:
+            pass  # the socket closed under its recvfrom: the test is over (not an error to report)
+
+    threading.Thread(target=until_closed, daemon=True).start()
+
+
 @pytest.fixture
 def server():
     """The stand-in on 127.0.0.1, its control socket on a free port (not the lab's 27099)."""
     instance = game_server.GameServer("127.0.0.1", free_udp_port(), control_port=free_udp_port())
-
-    def serve_until_closed():
-        try:
-            instance.serve_udp()
-        except OSError:
-            pass  # the socket closed under its recvfrom: the test is over (not an error to report)
-
-    threading.Thread(target=serve_until_closed, daemon=True).start()
+    serve_in_background(instance.serve_udp)
     yield instance
     for sock in (instance.udp, instance.tcp, instance.control):
         sock.close()
@@ -105,7 +109,7 @@ def test_join_connects_without_any_a2s_query(server):
 def test_stats_say_who_connected(server):
     """The lab's spoofed-flood check reads ``connected_by_source`` from ``ask stats`` to see that
     the player who joined during the flood got in."""
-    threading.Thread(target=server.serve_control, daemon=True).start()
+    serve_in_background(server.serve_control)
     args = argparse.Namespace(source="127.0.0.1", target=("127.0.0.1", server.port), port=0, wait=3.0, stream=0)
     assert player.cmd_join(args)["connected"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
