@@ -10,28 +10,15 @@ accepts only the challenge it handed to that address.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import socket
 import struct
 import threading
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-game_server = load("lab_game_server", REPO / "lab" / "game_server.py")
-player = load("lab_player", REPO / "lab" / "player.py")
-gm = load("game_model", REPO / "tests" / "bpf" / "game_model.py")
+from lab_modules import game_model as gm
+from lab_modules import game_server, player
 
 
 def free_udp_port() -> int:

@@ -10,27 +10,14 @@ and the same sources for the same seed. No packet is sent here.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import types
-from pathlib import Path
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-spoof = load("lab_spoof", REPO / "lab" / "spoof.py")
-gm = load("game_model", REPO / "tests" / "bpf" / "game_model.py")
-game_server = load("lab_game_server", REPO / "lab" / "game_server.py")
+from lab_modules import game_model as gm
+from lab_modules import game_server, spoof
 
 
 def flood_args(**overrides):
