@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -390,3 +391,27 @@ class EdgeEnv:
 def monotonic_ns() -> int:
     """The clock bpf_ktime_get_ns() reads."""
     return time.monotonic_ns()
+
+
+def hammer_from_two_cpus(edge, frame, repeat):
+    """Run frame `repeat` times on each of two CPUs at once (BPF_PROG_TEST_RUN pinned per thread);
+    returns the two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert len(cpus) == 2, "this test needs two CPUs to race on"
+    ctx = edge.xdp_ctx("up0", len(frame))
+    errors = []
+
+    def hammer(cpu):
+        try:
+            os.sched_setaffinity(0, {cpu})
+            edge.prog.test_run(frame, repeat=repeat, ctx_in=ctx)
+        except Exception as exc:  # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(cpu,)) for cpu in cpus]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    return cpus

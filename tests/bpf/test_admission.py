@@ -11,11 +11,9 @@ failing and, with the same packets, passing on the unprotected path (attack mode
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import struct
-import threading
 import time
 
 import pytest
@@ -25,7 +23,7 @@ from hypothesis import strategies as st
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from . import game_model as gm
-from .edge_env import monotonic_ns
+from .edge_env import hammer_from_two_cpus, monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
                        PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
 
@@ -165,25 +163,8 @@ def test_the_budget_is_exact_with_two_cpus_at_once(edge):
     # The admitted end as drop_no_route (the frame is left as it was, so every repetition of
     # BPF_PROG_TEST_RUN is the same packet), the refused as drop_unverified.
     frame = player_udp(getchallenge(), src=FLOOD[0])
-    ctx = edge.xdp_ctx("up0", len(frame))
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    assert len(cpus) == 2, "this test needs two CPUs to race on"
     repeat = 500
-    errors = []
-
-    def hammer(cpu):
-        try:
-            os.sched_setaffinity(0, {cpu})
-            edge.prog.test_run(frame, repeat=repeat, ctx_in=ctx)
-        except Exception as exc:  # reported below: a thread's exception is otherwise lost
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer, args=(cpu,)) for cpu in cpus]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    cpus = hammer_from_two_cpus(edge, frame, repeat)
     per_cpu = [edge.admission_counters(GAME_UDP_ID, cpu=cpu)["admitted_packets"] for cpu in cpus]
     assert per_cpu == [budget // 2, budget // 2]
     reasons = edge.reason_counts()

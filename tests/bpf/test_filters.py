@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
-from .edge_env import monotonic_ns
+from .edge_env import hammer_from_two_cpus, monotonic_ns
 from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, player_tcp, player_udp,
                        setup_pop)
 
@@ -179,28 +177,6 @@ def test_allowed_sources_are_not_rate_limited(edge):
     edge.allow("203.0.113.0/24")
     assert {edge.run(player_udp()).reason for dummy in range(5)} == {"tx_forward"}
     assert edge.ban_until(PLAYER) is None
-
-
-def hammer_from_two_cpus(edge, frame, repeat):
-    """Run frame `repeat` times on each of two CPUs at once (BPF_PROG_TEST_RUN pinned per thread)."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.fail("this test needs two CPUs to race on")
-    ctx = edge.xdp_ctx("up0", len(frame))
-    errors = []
-
-    def hammer(cpu):
-        try:
-            os.sched_setaffinity(0, {cpu})
-            edge.prog.test_run(frame, repeat=repeat, ctx_in=ctx)
-        except Exception as exc:  # reported below: a thread's exception is otherwise lost
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer, args=(cpu,)) for cpu in sorted(os.sched_getaffinity(0))[:2]]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
 
 
 def counted_not_forwarded(edge):
