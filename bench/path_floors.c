@@ -1,26 +1,48 @@
 // SPDX-License-Identifier: MIT
 /*
- * The floors of the two paths the issue sets targets for: the least a program can do to forward
- * a player's packet (forward_floor) or to answer an A2S_INFO request from the cache (a2s_floor)
- * by the issue's rules, with the state of those rules merged into as few lookups as they allow.
- * They exist only to be timed next to xdp_edge (bench/README.md, "The floors"); the bench checks
- * that each one's output is xdp_edge's, byte for byte.
+ * The floors of the paths the issues set targets for: the least a program can do, by the rules,
+ * to forward a player's packet (forward_floor), to answer an A2S_INFO request from the cache or
+ * drop one with a bad cookie (a2s_floor), and to drop or pass what the POP drops or passes
+ * (drop_floor), with the state of those rules merged into as few lookups as they allow. They exist
+ * only to be timed next to xdp_edge (bench/README.md, "The floors"); the bench checks that each
+ * one's verdict and reason are xdp_edge's on the same frame, and the output byte for byte where
+ * the frame is rewritten.
  *
- * Both do, for every packet (admit()):
+ * forward_floor and a2s_floor do, for every packet (admit()):
  *   rule 1  parse the frame: parsing.h, every bounds check, exactly as xdp_edge
  *   rule 2  the source's deny/allow bits: one lookup in an array laid out as edge_src_filter
  *   rules 3, 6  ONE entry per source holding its ban, its rate-limit window and its counters
  *           (the per-player statistics too): one hash lookup, atomic adds, the clock read once
  *   rule 4  the service: one hash lookup (edge_services' key and value)
  * then forward_floor (rule 8): TTL decrement, IPIP encapsulation (encap.h), the next hop kept in
- * an array, XDP_TX; a2s_floor (rule 7): the request's bytes, its cookie (one SipHash, a2s.h), the
- * cache entry (one hash lookup), the reply built in place (udp_reply.h), XDP_TX. Every verdict is
- * counted in a per-CPU array, as every packet must be.
+ * an array, XDP_TX; a2s_floor (rule 7): the request's bytes, the cache entry (one hash lookup),
+ * its cookie (one SipHash, a2s.h), the reply built in place (udp_reply.h), XDP_TX, or a drop when
+ * the cookie is not the POP's. Every verdict is counted under its reason (enum edge_reason) in a
+ * per-CPU array, as every packet must be.
  *
  * What they leave out that xdp_edge does: a port punch lookup (rule 5; a per-source "has punches"
- * flag could skip it for most sources), per-service counters, separate maps for bans, rate windows
- * and player statistics (xdp_edge keeps three: who reads them differs). So no implementation of the
- * rules does either path for less; whether one can do it for as little is another question.
+ * flag could skip it for most sources), per-service counters, the admission checks.
+ *
+ * drop_floor is the inbound pipeline up to its first drop, or to the pass of a packet that is not
+ * the POP's to filter, in the order of xdp_edge's reasons (the same frame must get the same one):
+ *   parse; the source's deny/allow bits (one array lookup: drop_deny); the source is the POP's
+ *   tunnel address (drop_own_source); to the tunnel address, a fragment or a tunnel protocol
+ *   (drop_bad_tunnel); the destination is no anycast address: pass_not_ours, after ONE array
+ *   lookup (a bit per /24 of the anycast prefixes, laid out as edge_src_filter: BGP carries no
+ *   prefix longer than /24, so an announced prefix is always whole /24s). Then, only for what is
+ *   ours: the source's one entry (hash lookup) and, only when it has one (its ban, verification
+ *   and window expire), the clock, once (drop_banned); the service (hash lookup: drop_no_service); unverified (no live slot for the service, not allowed) while the
+ *   service is under attack (its mode, or for "auto" the attack state: one array lookup), counted
+ *   per service and CPU for the attack detection, and dropped without a budget (drop_unverified);
+ *   the rate window in the source's entry (two atomic adds: drop_rate_limit).
+ * What it leaves out that xdp_edge does: the POP's other own addresses (a bit in the source's list
+ * entry would spare every other /24 a look), the partly listed /24s' host bitmaps (a second
+ * lookup only for such a /24), per-service and per-source total counters (the rate window counts
+ * the source's packets), the admission budget and handshake check (a service with a budget reads
+ * the payload and a per-CPU bucket first), ICMP types, payload rules (none loaded: one array read
+ * in xdp_edge) and the port punch (a punched flow is never rate limited: one more hash lookup).
+ * So no implementation of the rules makes these drops for less; a packet not ours costs the parse
+ * and two array lookups.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -31,17 +53,29 @@
 
 #include "edge_abi.h"
 #include "parsing.h"
+#include "game_proto.h"
 #include "csum.h"
 #include "encap.h"
 #include "a2s.h"
 #include "udp_reply.h"
 
-/* Everything one source needs: ban, rate window, counters (written with atomic adds). */
+/* Everything one source needs: ban, rate window, counters (written with atomic adds), the one
+ * service it is verified for. forward_floor and a2s_floor count every packet in packets/bytes
+ * (never reset: they time no window); drop_floor counts them per one-second window. */
 struct floor_source {
 	__u64 banned_until_ns;
-	__u64 window;
+	__u32 window;
+	__u32 pad;
 	__u64 packets;
 	__u64 bytes;
+	__u32 verified_service_id;
+	__u32 pad2;
+	__u64 verified_active_ns;
+};
+
+/* A bit per /24 of the anycast prefixes, indexed as edge_src_filter (drop_floor). */
+struct floor_dst_entry {
+	__u64 anycast_all;
 };
 
 struct floor_config {
@@ -52,6 +86,8 @@ struct floor_config {
 	__u64 cookie_key[2];    /* as edge_config's */
 	__u64 cookie_epoch_ns;
 	__s64 cookie_tai_offset_ns; /* as edge_config's: the cookie epoch counts UTC */
+	struct edge_rate_limit limits[EDGE_CLASS_COUNT]; /* as edge_config's */
+	__u64 verified_idle_ns;
 };
 
 /* Written by bench/programs.py (every source bit 0: none listed); read per packet. */
@@ -94,19 +130,44 @@ struct {
 	__type(value, struct a2s_cache_entry);
 } floor_a2s_cache SEC(".maps");
 
-/* Written here (one counter per XDP action); read by bench/programs.py to check the path. */
+/* Written by bench/programs.py (the anycast prefix's /24s); read by drop_floor per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct floor_dst_entry);
+} floor_dst_filter SEC(".maps");
+
+/* Written by bench/programs.py (none under attack); read by drop_floor for an "auto" service. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct attack_state);
+} floor_attack_state SEC(".maps");
+
+/* Written by drop_floor (unverified packets per service, per CPU: what attack detection reads). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 8);
+	__uint(max_entries, EDGE_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u64);
+} floor_unverified SEC(".maps");
+
+/* Written here (one counter per enum edge_reason); read by bench/programs.py to check the path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EDGE_REASON_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
 } floor_verdicts SEC(".maps");
 
 #define FLOOR_PACKETS_PER_SEC 1000000000ULL
+#define FLOOR_NSEC_PER_SEC 1000000000ULL
 
-static __always_inline int counted(__u32 action)
+static __always_inline int counted(int action, __u32 reason)
 {
-	__u64 *count = bpf_map_lookup_elem(&floor_verdicts, &action);
+	__u64 *count = bpf_map_lookup_elem(&floor_verdicts, &reason);
 
 	if (count)
 		(*count)++;
@@ -114,7 +175,8 @@ static __always_inline int counted(__u32 action)
 }
 
 /* Rules 1-4 and 6 for one packet: the service it is for, or NULL with *action set. */
-static __always_inline struct service_value *admit(struct xdp_md *ctx, struct packet *pkt, __u64 *now, int *action)
+static __always_inline struct service_value *admit(struct xdp_md *ctx, struct packet *pkt, __u64 *now, int *action,
+						   __u32 *reason)
 {
 	struct service_key skey = {};
 	struct src_filter_entry *lists;
@@ -124,8 +186,10 @@ static __always_inline struct service_value *admit(struct xdp_md *ctx, struct pa
 	__u64 bit;
 
 	*action = XDP_DROP;
+	*reason = EDGE_REASON_DROP_DENY;
 	if (parse_frame(ctx, pkt) != PARSE_IPV4) {
 		*action = XDP_PASS;
+		*reason = EDGE_REASON_PASS_NON_IP;
 		return NULL;
 	}
 	addr = bpf_ntohl(pkt->saddr);
@@ -137,8 +201,10 @@ static __always_inline struct service_value *admit(struct xdp_md *ctx, struct pa
 
 	*now = bpf_ktime_get_ns();
 	source = bpf_map_lookup_elem(&floor_sources, &pkt->saddr);
+	*reason = EDGE_REASON_DROP_BANNED;
 	if (!source || source->banned_until_ns > *now)
 		return NULL;
+	*reason = EDGE_REASON_DROP_RATE_LIMIT;
 	if (__sync_fetch_and_add(&source->packets, 1) >= FLOOR_PACKETS_PER_SEC)
 		return NULL;
 	__sync_fetch_and_add(&source->bytes, pkt->ip_tot_len);
@@ -147,6 +213,7 @@ static __always_inline struct service_value *admit(struct xdp_md *ctx, struct pa
 	skey.port = pkt->dport;
 	skey.proto = pkt->proto;
 	svc = bpf_map_lookup_elem(&floor_services, &skey);
+	*reason = EDGE_REASON_DROP_NO_SERVICE;
 	return svc;
 }
 
@@ -159,22 +226,23 @@ int forward_floor(struct xdp_md *ctx)
 	struct ethhdr *eth;
 	__u32 zero = 0;
 	__u64 now = 0;
+	__u32 reason;
 	int action;
 
-	svc = admit(ctx, &pkt, &now, &action);
+	svc = admit(ctx, &pkt, &now, &action, &reason);
 	if (!svc)
-		return counted(action);
+		return counted(action, reason);
 	cfg = bpf_map_lookup_elem(&floor_config, &zero);
 	if (!cfg || pkt.ttl <= 1)
-		return counted(XDP_DROP);
+		return counted(XDP_DROP, EDGE_REASON_DROP_TTL);
 	if (ipv4_decrement_ttl(ctx, pkt.l3_off) || ipip_encap(ctx, &pkt, cfg->tunnel_addr, svc->backend_addr))
-		return counted(XDP_ABORTED);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	eth = (void *)(long)ctx->data;
 	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
-		return counted(XDP_ABORTED);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	__builtin_memcpy(eth->h_dest, cfg->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, cfg->smac, ETH_ALEN);
-	return counted(XDP_TX);
+	return counted(XDP_TX, EDGE_REASON_TX_FORWARD);
 }
 
 SEC("xdp")
@@ -187,32 +255,149 @@ int a2s_floor(struct xdp_md *ctx)
 	struct floor_config *cfg;
 	__u32 zero = 0, cookie, id;
 	__u64 now = 0, len;
+	__u32 reason;
 	int action, off;
 
-	svc = admit(ctx, &pkt, &now, &action);
+	svc = admit(ctx, &pkt, &now, &action, &reason);
 	if (!svc)
-		return counted(action);
+		return counted(action, reason);
+	/* Not an A2S_INFO request with a cookie, or nothing fresh cached: no path the bench times. */
 	cfg = bpf_map_lookup_elem(&floor_config, &zero);
 	if (!cfg || !cfg->cookie_epoch_ns || pkt.payload_len != A2S_REQUEST_COOKIE_LEN ||
 	    bpf_xdp_load_bytes(ctx, pkt.payload_off, &req, A2S_REQUEST_COOKIE_LEN) || !a2s_is_info_request(&req))
-		return counted(XDP_DROP);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	id = svc->id;
 	entry = bpf_map_lookup_elem(&floor_a2s_cache, &id);
 	if (!entry || entry->updated_ns > now || now - entry->updated_ns >= (__u64)svc->a2s_max_age_ms * 1000000ULL)
-		return counted(XDP_DROP);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
 		 ((__u32)req.cookie[3] << 24);
 	if (cookie != a2s_cookie(cfg->cookie_key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
 				 edge_cookie_epoch(cfg->cookie_epoch_ns, cfg->cookie_tai_offset_ns)))
-		return counted(XDP_DROP);
+		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_COOKIE);
 	len = entry->len;
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD || pkt.vlan_tags)
-		return counted(XDP_DROP);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	off = udp_reply_in_place(ctx, sizeof(struct ethhdr), len);
 	if (off < 0 || payload_copy(ctx, off, (__u8 *)entry->payload, len, 1) ||
 	    udp_reply_set_csum(ctx, sizeof(struct ethhdr), entry->payload_csum))
-		return counted(XDP_ABORTED);
-	return counted(XDP_TX);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+	return counted(XDP_TX, EDGE_REASON_TX_A2S_CACHED);
+}
+
+/* Is the service under attack: its operator says always, or (auto) the agent says so? */
+static __always_inline int floor_under_attack(const struct service_value *svc)
+{
+	struct attack_state *state;
+	__u32 id = svc->id;
+
+	if (svc->attack_mode == EDGE_ATTACK_ALWAYS)
+		return 1;
+	if (svc->attack_mode != EDGE_ATTACK_AUTO)
+		return 0;
+	state = bpf_map_lookup_elem(&floor_attack_state, &id);
+	return state && state->under_attack;
+}
+
+SEC("xdp")
+int drop_floor(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct service_key skey = {};
+	const struct edge_rate_limit *limit;
+	struct src_filter_entry *lists;
+	struct floor_dst_entry *dst;
+	struct service_value *svc;
+	struct floor_config *cfg;
+	struct floor_source *src;
+	__u32 zero = 0, addr, index, id, window, seen, len;
+	__u64 now, packets, bytes, *unverified;
+	int rc, allowed, verified;
+
+	rc = parse_frame(ctx, &pkt);
+	if (rc == PARSE_MALFORMED)
+		return counted(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
+	if (rc != PARSE_IPV4)
+		return counted(XDP_PASS, EDGE_REASON_PASS_NON_IP); /* IPv6 left out: no bench row */
+
+	addr = bpf_ntohl(pkt.saddr);
+	index = addr >> 14;
+	lists = bpf_map_lookup_elem(&floor_src_filter, &index);
+	if (!lists)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+	if (lists->deny_all & (1ULL << ((addr >> 8) & 63)))
+		return counted(XDP_DROP, EDGE_REASON_DROP_DENY);
+	allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
+
+	cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	if (!cfg)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+	if (pkt.saddr == cfg->tunnel_addr)
+		return counted(XDP_DROP, EDGE_REASON_DROP_OWN_SOURCE);
+	if (pkt.daddr == cfg->tunnel_addr &&
+	    (pkt.is_fragment || pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6 || pkt.proto == IPPROTO_GRE))
+		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL); /* the return path is no drop floor */
+
+	addr = bpf_ntohl(pkt.daddr);
+	index = addr >> 14;
+	dst = bpf_map_lookup_elem(&floor_dst_filter, &index);
+	if (!dst || !(dst->anycast_all & (1ULL << ((addr >> 8) & 63))))
+		return counted(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
+
+	/* The clock only for a source with an entry (its ban, its verification and its window
+	 * expire): a new source's packet is decided without it. */
+	src = bpf_map_lookup_elem(&floor_sources, &pkt.saddr);
+	now = src ? bpf_ktime_get_ns() : 0;
+	if (!allowed && src && src->banned_until_ns > now)
+		return counted(XDP_DROP, EDGE_REASON_DROP_BANNED);
+	if (pkt.is_fragment)
+		return counted(XDP_DROP, EDGE_REASON_DROP_FRAGMENT);
+	if (pkt.ip_hdr_len != sizeof(struct iphdr))
+		return counted(XDP_DROP, EDGE_REASON_DROP_IP_OPTIONS);
+	skey.addr = pkt.daddr;
+	skey.port = pkt.dport;
+	skey.proto = pkt.proto;
+	svc = bpf_map_lookup_elem(&floor_services, &skey);
+	if (!svc)
+		return counted(XDP_DROP, EDGE_REASON_DROP_NO_SERVICE);
+
+	id = svc->id;
+	verified = allowed || (src && src->verified_service_id == id &&
+			       (src->verified_active_ns >= now || now - src->verified_active_ns < cfg->verified_idle_ns));
+	if (!verified && floor_under_attack(svc)) {
+		unverified = bpf_map_lookup_elem(&floor_unverified, &id);
+		if (unverified)
+			(*unverified)++; /* per-CPU value: no other writer */
+		if (!svc->admission.packets_per_sec && !svc->admission.bytes_per_sec)
+			return counted(XDP_DROP, EDGE_REASON_DROP_UNVERIFIED);
+		if (!game_handshake_shaped(ctx, &pkt, svc->game_protocol))
+			return counted(XDP_DROP, EDGE_REASON_DROP_UNVERIFIED);
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* the budget: left out */
+	}
+	if (!src || allowed)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* a new source, or not limited: no drop */
+
+	if (svc->limit.packets_per_sec || svc->limit.bytes_per_sec)
+		limit = &svc->limit;
+	else if (pkt.proto == IPPROTO_UDP)
+		limit = &cfg->limits[EDGE_CLASS_UDP];
+	else if (pkt.proto == IPPROTO_TCP)
+		limit = &cfg->limits[EDGE_CLASS_TCP];
+	else
+		limit = &cfg->limits[pkt.proto == IPPROTO_ICMP ? EDGE_CLASS_ICMP : EDGE_CLASS_OTHER];
+	len = pkt.ip_tot_len;
+	window = (__u32)(now / FLOOR_NSEC_PER_SEC);
+	seen = *(volatile __u32 *)&src->window;
+	if (seen != window && __sync_val_compare_and_swap(&src->window, seen, window) == seen) {
+		src->packets = 0;
+		src->bytes = 0;
+	}
+	packets = __sync_fetch_and_add(&src->packets, 1) + 1;
+	bytes = __sync_fetch_and_add(&src->bytes, len) + len;
+	if ((limit->packets_per_sec && packets > limit->packets_per_sec) ||
+	    (limit->bytes_per_sec && bytes > limit->bytes_per_sec))
+		return counted(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
+	return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* within its limit: the forward's floor */
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -98,44 +98,63 @@ class FibLookupOnly:
 
 
 class PathFloors:
-    """bench/path_floors.c: forward_floor and a2s_floor, filled like the bench POP: ``clients``
-    may send, ``forward`` and ``a2s`` are (proto, address, port, id) of the two services at
-    ``backend``, the A2S one with ``a2s_reply`` cached, the next hop's MACs given."""
+    """bench/path_floors.c: forward_floor, a2s_floor and drop_floor, filled like the bench POP
+    (bench/scenario.py): its services, sources (the banned one banned, the verified one verified
+    for the attacked service, the limited one with its entry), anycast prefix and A2S reply; the
+    next hop's MACs given."""
 
-    SOURCE = struct.Struct("<QQQQ")                 # struct floor_source
-    CONFIG = struct.Struct("<4s4x6s6s4xQQQq")      # struct floor_config
+    SOURCE = struct.Struct("<QI4xQQI4xQ")           # struct floor_source
+    CONFIG = struct.Struct("<4s4x6s6s4xQQQq" + "QQ" * 4 + "Q")  # struct floor_config
+    DST_ENTRY = struct.Struct("<Q")                 # struct floor_dst_entry
 
-    def __init__(self, clients, forward, a2s, backend: str, a2s_reply: bytes, a2s_max_age_ms: int,
-                 tunnel_addr: str, smac: str, dmac: str, cookie_key, cookie_epoch_ns: int,
-                 cookie_tai_offset_ns: int | None = None):
+    def __init__(self, scenario, tunnel_addr: str, smac: str, dmac: str):
         self.obj = _bpf.BpfObject.open(compile_bench_program("path_floors"))
         self.obj.load()
         self.forward = self.obj.program("forward_floor")
         self.a2s = self.obj.program("a2s_floor")
-        for client in clients:
-            self.obj.map("floor_sources").update(socket.inet_aton(client), self.SOURCE.pack(0, 0, 0, 0))
+        self.drop = self.obj.program("drop_floor")
+        now = time.monotonic_ns()
+        sources = self.obj.map("floor_sources")
+        for client in (scenario.FORWARD_CLIENT, scenario.A2S_CLIENT, scenario.LIMITED_CLIENT):
+            sources.update(socket.inet_aton(client), self.SOURCE.pack(0, 0, 0, 0, 0, 0))
+        sources.update(socket.inet_aton(scenario.BANNED_CLIENT),
+                       self.SOURCE.pack(now + 24 * 3600 * 10**9, 0, 0, 0, 0, 0))
+        sources.update(socket.inet_aton(scenario.VERIFIED_CLIENT),
+                       self.SOURCE.pack(0, 0, 0, 0, scenario.ATTACKED_ID, now))
         services = self.obj.map("floor_services")
-        services.update(abi.pack_service_key(*forward[:3]), abi.pack_service_value(forward[3], backend))
-        services.update(abi.pack_service_key(*a2s[:3]), abi.pack_service_value(
-            a2s[3], backend, abi.SERVICE_F_A2S_CACHE, a2s_max_age_ms))
-        self.obj.map("floor_a2s_cache").update(struct.pack("<I", a2s[3]),
-                                               abi.pack_a2s_cache_entry(a2s_reply, time.monotonic_ns()))
+        for (proto, address, port, service_id), settings in scenario.services():
+            services.update(abi.pack_service_key(proto, address, port),
+                            abi.pack_service_value(service_id, scenario.BACKEND, **settings))
+        self.obj.map("floor_a2s_cache").update(struct.pack("<I", scenario.A2S_ID),
+                                               abi.pack_a2s_cache_entry(scenario.a2s_info_reply(), now))
+        filters = self.obj.map("floor_src_filter")
+        network = int.from_bytes(socket.inet_aton(scenario.DENIED_PREFIX.split("/")[0]), "big")
+        filters.update(struct.pack("<I", network >> 14),
+                       abi.SRC_FILTER_ENTRY.pack(1 << ((network >> 8) & 63), 0, 0, 0))
+        network = int.from_bytes(socket.inet_aton(scenario.ANYCAST_PREFIX.split("/")[0]), "big")
+        if not scenario.ANYCAST_PREFIX.endswith("/24"):
+            raise ValueError("the floor's anycast bitmap holds whole /24s: %s" % scenario.ANYCAST_PREFIX)
+        self.obj.map("floor_dst_filter").update(struct.pack("<I", network >> 14),
+                                                self.DST_ENTRY.pack(1 << ((network >> 8) & 63)))
+        cookie_key = scenario.COOKIE_KEY
         self.obj.map("floor_config").update(struct.pack("<I", 0), self.CONFIG.pack(
             socket.inet_aton(tunnel_addr), bytes.fromhex(smac.replace(":", "")), bytes.fromhex(dmac.replace(":", "")),
-            cookie_key[0], cookie_key[1], cookie_epoch_ns,
-            tai_offset_ns() if cookie_tai_offset_ns is None else cookie_tai_offset_ns))     # as edge_rules writes it
+            cookie_key[0], cookie_key[1], scenario.COOKIE_EPOCH_NS, tai_offset_ns(),   # as edge_rules writes it
+            *([0, 0] * 4), scenario.VERIFIED_IDLE_NS))
         self.verdicts = self.obj.map("floor_verdicts")
 
-    def verdict_check(self, action: int):
-        """(snapshot, check) for a Probe: the per-action counter moved by exactly `repeat` (the
-        two programs share it: a probe runs one of them at a time)."""
+    def verdict_check(self, reason: str):
+        """(snapshot, check) for a Probe: the floors' counter of `reason` (an abi.REASONS name, as
+        xdp_edge counts it) moved by exactly `repeat`, and no other (the three programs share the
+        counters: a probe runs one of them at a time)."""
 
         def snapshot():
-            return sum(_percpu_u64(self.verdicts, struct.pack("<I", action)))
+            return [sum(_percpu_u64(self.verdicts, struct.pack("<I", index))) for index in range(len(abi.REASONS))]
 
         def check(before, after, repeat):
-            if after - before != repeat:
-                return "path_floors counted %d x action %d for %d runs" % (after - before, action, repeat)
+            moved = {abi.REASONS[index]: a - b for index, (a, b) in enumerate(zip(after, before)) if a != b}
+            if moved != {reason: repeat}:
+                return "expected %d x %s, the floors counted %s" % (repeat, reason, moved)
             return None
 
         return snapshot, check

@@ -104,6 +104,7 @@ def _check_single_runs(env, scenario, measure):
     expect(scenario.banned_frame(), "DROP", "drop_banned")
     expect(scenario.unverified_frame(), "DROP", "drop_unverified")
     expect(scenario.verified_forward_frame(), "TX", "tx_forward")
+    expect(scenario.bad_cookie_frame(), "DROP", "drop_bad_cookie")
     if env.source(scenario.SPOOFED_CLIENT) is not None:
         raise measure.SetupError("drop_unverified: the dropped source got an entry in edge_sources")
 
@@ -135,6 +136,50 @@ def _check_harness(probe, direct_output, measure):
     result = probe.run(5)
     if result.data_out != direct_output:
         raise measure.SetupError("%s: output through frame_restore differs from a direct run" % probe.name)
+
+
+def _floor_probe(edge, floor_prog, floors, env, ctx, measure):
+    """The probe of a drop or pass-through path's floor (bench/path_floors.c) on the frame of an
+    xdp_edge probe: it must give xdp_edge's verdict and reason there, every repetition."""
+    from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+    from bench.measure import Probe
+
+    edge_result = env.run(edge.frame)
+    floor_result = floor_prog.test_run(edge.frame, repeat=1, ctx_in=ctx(edge.frame))
+    snapshot, check = floors.verdict_check(edge_result.reason)
+    if floor_result.retval != edge.expected_action or edge_result.reason not in abi.REASONS:
+        raise measure.SetupError("%s floor: verdict %s, xdp_edge's %s/%s" % (
+            edge.name, floor_result.retval, edge_result.action, edge_result.reason))
+    probe = Probe("%s floor" % edge.name, floor_prog, edge.frame, ctx(edge.frame), edge.expected_action,
+                  snapshot, check)
+    probe.run(3)    # counted under xdp_edge's reason, or SetupError
+    return probe
+
+
+# What the floors' table calls the paths (the xdp_edge probe's name -> row label).
+FLOOR_ROWS = {"deny": "deny drop", "banned": "banned drop", "rate limited": "rate-limited drop",
+              "unverified": "drop_unverified", "bad cookie": "bad cookie drop", "pass": "pass-through (not ours)"}
+
+
+def _print_floors_table(path_floors, base):
+    """Each drop path and the pass-through: xdp_edge and its floor, both against the baseline."""
+    from bench.measure import median, paired_ratios
+
+    _say()
+    _say("drop and pass-through paths against their floors (bench/path_floors.c, drop_floor / a2s_floor) [4]")
+    _say("%-30s %9s %8s %9s %8s %11s %8s" % ("path", "xdp_edge", "vs base", "floor", "vs base", "edge/floor",
+                                             "target"))
+    for edge, floor in path_floors:
+        edge_ratio = median(paired_ratios(edge.samples, base))
+        floor_ratio = median(paired_ratios(floor.samples, base))
+        closeness = median(paired_ratios(edge.samples, floor.samples))
+        _say("%-30s %7.1fns %7.2fx %7.1fns %7.2fx %10.2fx %8s" % (
+            FLOOR_ROWS[edge.name], median(edge.samples), edge_ratio, median(floor.samples), floor_ratio, closeness,
+            "<=%.1fx" % TARGETS["drop"]))
+    _say("    baseline (xdp-filter's source-rule drop): %.1f ns" % median(base))
+    _say("[4] each floor gives xdp_edge's verdict and reason on xdp_edge's frame (checked every run); what")
+    _say("    it does and leaves out: bench/README.md, 'The floors'. A floor above the target: no implementation")
+    _say("    of the rules meets it here.")
 
 
 def _load_prefixes(env, scenario, count, abi):
@@ -263,12 +308,7 @@ def _bench(args) -> int:
 
         fib_only_prog = programs.FibLookupOnly(topo.POP_TUNNEL_ADDR, scenario.BACKEND)
         cleanup.callback(fib_only_prog.close)
-        floors = programs.PathFloors(
-            (scenario.FORWARD_CLIENT, scenario.A2S_CLIENT),
-            ("udp", scenario.SERVICE_ADDR, scenario.FORWARD_PORT, scenario.FORWARD_ID),
-            ("udp", scenario.SERVICE_ADDR, scenario.A2S_PORT, scenario.A2S_ID), scenario.BACKEND,
-            scenario.a2s_info_reply(), scenario.A2S_MAX_AGE_MS, topo.POP_TUNNEL_ADDR, topo.MAC[topo.UPLINK],
-            topo.ROUTER_MAC, scenario.COOKIE_KEY, scenario.COOKIE_EPOCH_NS)
+        floors = programs.PathFloors(scenario, topo.POP_TUNNEL_ADDR, topo.MAC[topo.UPLINK], topo.ROUTER_MAC)
         cleanup.callback(floors.close)
 
         def ctx(frame):
@@ -300,6 +340,8 @@ def _bench(args) -> int:
         unverified_frame = scenario.unverified_frame()
         unverified = edge_probe("unverified", env.prog, unverified_frame, DROP, "drop_unverified")
         pass_through = edge_probe("pass", env.prog, passing, PASS, "pass_not_ours")
+        bad_cookie_frame = scenario.bad_cookie_frame()
+        bad_cookie = edge_probe("bad cookie", env.prog, bad_cookie_frame, DROP, "drop_bad_cookie")
         # Paths that rewrite the frame run behind frame_restore (bench/frame_restore.c); each gets
         # a twin with the empty program behind the same harness, to subtract what restoring costs.
         pushed = scenario.IPIP_HEADER_LEN
@@ -324,9 +366,16 @@ def _bench(args) -> int:
         # The floors (bench/path_floors.c) behind the same harness: each one's output must be
         # xdp_edge's, byte for byte, or it would be timing less work.
         floor_fwd_h = Probe("forward floor via harness", harness(floors.forward, forward, pushed), forward,
-                            ctx(forward), TX, *floors.verdict_check(TX))
+                            ctx(forward), TX, *floors.verdict_check("tx_forward"))
         floor_a2s_h = Probe("A2S floor via harness", harness(floors.a2s, a2s, 0), a2s, ctx(a2s), TX,
-                            *floors.verdict_check(TX))
+                            *floors.verdict_check("tx_a2s_cached"))
+        # The drop and pass-through paths' floors (they leave the frame alone: timed directly),
+        # each on xdp_edge's very frame, with xdp_edge's verdict and reason (checked first).
+        path_floors = []
+        for edge, floor_prog_of_path in ((deny, floors.drop), (banned, floors.drop), (rate, floors.drop),
+                                         (unverified, floors.drop), (bad_cookie, floors.a2s),
+                                         (pass_through, floors.drop)):
+            path_floors.append((edge, _floor_probe(edge, floor_prog_of_path, floors, env, ctx, measure)))
 
         _check_harness(forward_h, env.run(forward).data, measure)
         _check_harness(verified_h, env.run(verified_fwd).data, measure)
@@ -359,7 +408,9 @@ def _bench(args) -> int:
         fib_only = Probe("bpf_fib_lookup only", fib_only_prog.prog, forward, ctx(forward), DROP)
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
-                  a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, deny_h, deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+                  a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, bad_cookie, deny_h,
+                  deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+        probes += [floor_probe for dummy, floor_probe in path_floors]
         probes += [probe for dummy, probe in rule_probes]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
         _say("calibrating repeat counts for ~%.2f s per run ..." % args.seconds)
@@ -386,6 +437,7 @@ def _bench(args) -> int:
             ("xdp_edge verified player's forward (under attack) [1]", corrected(verified_h, verified_hf, floor),
              "forward"),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
+            ("xdp_edge bad cookie drop (A2S_INFO, a cookie not the POP's)", bad_cookie.samples, "drop"),
             ("method check: deny drop via harness [1]", corrected(deny_h, deny_hf, floor), None),
             ("bpf_fib_lookup alone (what the next-hop cache saves)", fib_only.samples, None),
             ("forward floor: the least lookups rules 1-8 allow [1][2]", corrected(floor_fwd_h, forward_hf, floor),
@@ -415,6 +467,7 @@ def _bench(args) -> int:
         _say("    and cache). No implementation of the rules does that path for less (bench/README.md, 'The floors').")
         _say("[3] anycast_edge_filters.rules (docs/payload-rules.md): N rules the packet does not match are")
         _say("    all read; past a match nothing is (the last row: 256 loaded, the first matches, 'pass').")
+        _print_floors_table(path_floors, base)
         _say("repeat counts per run: %s" % ", ".join("%s %d" % (p.name, p.repeat) for p in probes))
 
         results["table_size"] = _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure, abi)

@@ -60,6 +60,8 @@ COOKIE_KEY = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 # while the bench runs (the program also accepts the previous epoch's cookie).
 COOKIE_EPOCH_NS = 3600 * 1_000_000_000
 A2S_MAX_AGE_MS = 3600 * 1000
+# The verified player stays verified for the whole bench.
+VERIFIED_IDLE_NS = 24 * 3600 * 1_000_000_000
 
 # The limited service allows 1 packet and 1 byte per second per source: every packet is over the
 # byte limit, even the first of a new one-second window, so every repetition takes the counting
@@ -140,6 +142,13 @@ def a2s_request_frame(now_ns: int | None = None) -> bytes:
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))
 
 
+def bad_cookie_frame(now_ns: int | None = None) -> bytes:
+    """The A2S_INFO request with a cookie this POP did not issue (the valid one, its first byte changed)."""
+    frame = bytearray(a2s_request_frame(now_ns))
+    frame[-4] ^= 0xFF
+    return bytes(frame)
+
+
 def a2s_player_request_frame(now_ns: int | None = None) -> bytes:
     """The 9-byte A2S_PLAYER request with this POP's cookie in its challenge field (same client as A2S_INFO's)."""
     epoch = cookie_epoch(cookie_clock_ns() if now_ns is None else now_ns, COOKIE_EPOCH_NS)
@@ -148,20 +157,27 @@ def a2s_player_request_frame(now_ns: int | None = None) -> bytes:
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(b"\xff\xff\xff\xffU" + cookie))
 
 
+def services() -> list:
+    """The bench POP's services: ((proto, address, port, id), settings of pack_service_value), as
+    build_pop writes them into xdp_edge and bench/programs.py into the path floors."""
+    return [
+        (("udp", SERVICE_ADDR, FORWARD_PORT, FORWARD_ID), {}),
+        (("udp", SERVICE_ADDR, A2S_PORT, A2S_ID), {"flags": abi.SERVICE_F_A2S_CACHE, "a2s_max_age_ms": A2S_MAX_AGE_MS}),
+        (("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID), {"limit": LIMITED_SERVICE_LIMIT}),
+        (("udp", SERVICE_ADDR, ATTACKED_PORT, ATTACKED_ID), {"game_protocol": "source", "attack_mode": "always"}),
+    ]
+
+
 def build_pop(env) -> None:
     """Fill a freshly loaded xdp_edge (an EdgeEnv) with the bench POP's rules."""
     env.reset()
     env.configure(ban_sec=BAN_SEC, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY,
                   cookie_tai_offset_ns=tai_offset_ns(),     # as edge_rules writes it: the cookie clock is UTC
-                  verified_idle_ns=24 * 3600 * 1_000_000_000)   # the verified player stays so for the bench
+                  verified_idle_ns=VERIFIED_IDLE_NS)
     env.add_anycast(ANYCAST_PREFIX)
     env.add_backend(BACKEND)
-    env.add_service("udp", SERVICE_ADDR, FORWARD_PORT, FORWARD_ID, BACKEND)
-    env.add_service("udp", SERVICE_ADDR, A2S_PORT, A2S_ID, BACKEND, flags=abi.SERVICE_F_A2S_CACHE,
-                    a2s_max_age_ms=A2S_MAX_AGE_MS)
-    env.add_service("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID, BACKEND, limit=LIMITED_SERVICE_LIMIT)
-    env.add_service("udp", SERVICE_ADDR, ATTACKED_PORT, ATTACKED_ID, BACKEND, game_protocol="source",
-                    attack_mode="always")
+    for (proto, address, port, service_id), settings in services():
+        env.add_service(proto, address, port, service_id, BACKEND, **settings)
     env.set_source(VERIFIED_CLIENT, abi.SourceState(verified=[(ATTACKED_ID, abi.VERIFY_PROOFS.index("cookie"),
                                                                monotonic_ns())]))
     env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
