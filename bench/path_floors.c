@@ -17,7 +17,7 @@
  * then forward_floor (rule 8): TTL decrement, IPIP encapsulation (encap.h), the next hop kept in
  * an array, XDP_TX; a2s_floor (rule 7): the request's bytes, the cache entry (one hash lookup),
  * its cookie (one SipHash, a2s.h), the reply built in place (udp_reply.h), XDP_TX, or a drop when
- * the cookie is not the POP's. Every verdict is counted under its reason (enum edge_reason) in a
+ * the cookie is not the POP's (a second SipHash: the previous epoch's cookie is valid too). Every verdict is counted under its reason (enum edge_reason) in a
  * per-CPU array, as every packet must be.
  *
  * What they leave out that xdp_edge does: a port punch lookup (rule 5; a per-source "has punches"
@@ -254,7 +254,7 @@ int a2s_floor(struct xdp_md *ctx)
 	struct service_value *svc;
 	struct floor_config *cfg;
 	__u32 zero = 0, cookie, id;
-	__u64 now = 0, len;
+	__u64 now = 0, len, epoch;
 	__u32 reason;
 	int action, off;
 
@@ -272,8 +272,11 @@ int a2s_floor(struct xdp_md *ctx)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	cookie = (__u32)req.cookie[0] | ((__u32)req.cookie[1] << 8) | ((__u32)req.cookie[2] << 16) |
 		 ((__u32)req.cookie[3] << 24);
-	if (cookie != a2s_cookie(cfg->cookie_key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport,
-				 edge_cookie_epoch(cfg->cookie_epoch_ns, cfg->cookie_tai_offset_ns)))
+	/* Valid for this epoch and the previous one (the rule): the usual echo costs one SipHash,
+	 * a bad cookie two. */
+	epoch = edge_cookie_epoch(cfg->cookie_epoch_ns, cfg->cookie_tai_offset_ns);
+	if (cookie != a2s_cookie(cfg->cookie_key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, epoch) &&
+	    cookie != a2s_cookie(cfg->cookie_key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, epoch - 1))
 		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_COOKIE);
 	len = entry->len;
 	if (len < 5 || len > A2S_CACHE_MAX_PAYLOAD || pkt.vlan_tags)
