@@ -742,6 +742,16 @@ def _mount_fstype_of(path):
     return best_type
 
 
+def is_bpffs(path):
+    """True if ``path`` is on a bpf filesystem (pins can be made there).
+
+    A path that does not exist yet counts as being where it would be made:
+    on the mount that holds its nearest existing parent.  The collection's one
+    bpffs check (pin roots, ``ensure_bpffs``).
+    """
+    return _mount_fstype_of(os.fspath(path)) == "bpf"
+
+
 def ensure_bpffs(path="/sys/fs/bpf", mode=0o700):
     """Make sure ``path`` is on a bpf filesystem, mounting one there if not.
 
@@ -749,7 +759,7 @@ def ensure_bpffs(path="/sys/fs/bpf", mode=0o700):
     as mounted.  Returns True if this call mounted it, False if it already was.
     """
     path = os.fspath(path)
-    if _mount_fstype_of(path) == "bpf":
+    if is_bpffs(path):
         # Already on a bpffs; a missing directory is created inside it.
         if not os.path.isdir(path):
             os.makedirs(path, mode=mode)
@@ -923,18 +933,12 @@ def _bpf_fd_kind(fd):
     return "other"
 
 
-class _FdHolder(object):
-    """Base of BpfMap/BpfProgram: an fd owned either by a BpfObject (its
-    libbpf handle) or by this instance (opened from a pin, an id or a dup)."""
-
-    _owned_fd = None
+class Closing(object):
+    """What holds kernel or libbpf resources: released by ``close()``, at the
+    end of a ``with`` block, or (as a last resort) when garbage-collected."""
 
     def close(self):
-        """Close the fd this instance owns (no-op for object members: they
-        close with their BpfObject)."""
-        fd, self._owned_fd = self._owned_fd, None
-        if fd is not None:
-            os.close(fd)
+        raise NotImplementedError
 
     def __enter__(self):
         return self
@@ -948,6 +952,20 @@ class _FdHolder(object):
             self.close()
         except Exception:  # pylint: disable=broad-except
             pass
+
+
+class _FdHolder(Closing):
+    """Base of BpfMap/BpfProgram: an fd owned either by a BpfObject (its
+    libbpf handle) or by this instance (opened from a pin, an id or a dup)."""
+
+    _owned_fd = None
+
+    def close(self):
+        """Close the fd this instance owns (no-op for object members: they
+        close with their BpfObject)."""
+        fd, self._owned_fd = self._owned_fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class BpfMap(_FdHolder):
@@ -1603,7 +1621,7 @@ class BpfProgram(_FdHolder):
 # Objects
 # ---------------------------------------------------------------------------
 
-class BpfObject(object):
+class BpfObject(Closing):
     """A compiled BPF ELF object (``clang -target bpf``) opened with libbpf.
 
     ``open`` parses it, ``load`` creates its maps and verifies and loads its
@@ -1734,19 +1752,6 @@ class BpfObject(object):
         handle, self._handle = self._handle, None
         if handle is not None and _LIB is not None:
             _LIB.bpf_object__close(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # pylint: disable=broad-except
-            pass
 
     def __repr__(self):
         return "<BpfObject %s%s>" % (self.path, " (closed)" if self.closed else "")

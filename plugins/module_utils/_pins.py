@@ -19,8 +19,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -28,16 +26,18 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BpfError,
     BpfMap,
     BpfProgram,
+    Closing,
     ensure_bpffs,
+    is_bpffs,
+    unpin,
 )
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/anycast_edge"
 SYSTEM_BPFFS = "/sys/fs/bpf"
 TC_DIRECTIONS = ("ingress", "egress")
-
-# linux/magic.h
-_BPF_FS_MAGIC = 0xCAFE4A11
-_LIBC = None
+# A pin made beside its final path before it is renamed over it (bpffs reserves dots in names
+# for itself, hence not ".next").
+STAGING_SUFFIX = "_next"
 
 
 class PinError(Exception):
@@ -80,32 +80,39 @@ def tc_pin_path(pin_root, iface, direction):
     return os.path.join(pin_dir(pin_root, iface), "tc_" + direction)
 
 
-def pin_replacing(bpf_object, path):
-    """Pin ``bpf_object`` (a BpfMap or BpfProgram) at ``path``, replacing what is pinned there.
+class StagedPins(object):
+    """Pins staged beside their final paths, then moved into place together.
 
-    The new pin is made beside the old one and renamed over it, so a reader opening ``path``
-    meanwhile finds either the old object or the new one, never nothing.  (bpffs reserves
-    dots in names for itself, hence the ``_next`` suffix.)
+    ``stage(obj, path)`` pins a BpfMap or BpfProgram at ``<path>_next`` (replacing a staging
+    pin an interrupted run left); ``commit()`` renames every staged pin over its path, so a
+    reader opening a path finds the old object or the new one, never nothing; ``abort()``
+    removes the staged pins and leaves the old ones as they were.  Stage everything that can
+    fail (pinning, then the attach) before committing: after it only renames remain.
     """
-    staging = path + "_next"
-    unpin(staging)
-    bpf_object.pin(staging)
-    try:
-        os.rename(staging, path)
-    except OSError:
+
+    def __init__(self):
+        self.paths = []
+
+    def stage(self, bpf_object, path):
+        staging = path + STAGING_SUFFIX
         unpin(staging)
-        raise
+        bpf_object.pin(staging)
+        self.paths.append(path)
+
+    def commit(self):
+        for path in self.paths:
+            os.rename(path + STAGING_SUFFIX, path)
+        self.paths = []
+
+    def abort(self):
+        for path in self.paths:
+            unpin(path + STAGING_SUFFIX)
+        self.paths = []
 
 
-def unpin(path):
-    """Remove the pin at ``path``; False if there was none."""
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+def is_staging(name):
+    """True for the name of a staging pin (``<name>_next``), which is not a map of its own."""
+    return name.endswith(STAGING_SUFFIX)
 
 
 def remove_empty_dirs(pin_root, iface):
@@ -116,24 +123,6 @@ def remove_empty_dirs(pin_root, iface):
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
                 raise
-
-
-def is_bpffs(path):
-    """True if ``path`` (or, when it does not exist yet, its nearest existing parent) is on a
-    bpf filesystem - i.e. pins can be made there."""
-    global _LIBC  # pylint: disable=global-statement
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    # struct statfs starts with f_type (a long on every Linux ABI); the rest is not needed,
-    # but the buffer must hold the whole struct (120 bytes on 64-bit).
-    buf = ctypes.create_string_buffer(256)
-    if _LIBC.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "statfs %s: %s" % (path, os.strerror(err)))
-    return (ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF) == _BPF_FS_MAGIC
 
 
 def under_system_bpffs(path):
@@ -167,19 +156,39 @@ def prepare_pin_root(pin_root, may_mount, check_mode):
         raise PinError("pin_root: cannot mount a bpf filesystem at %s: %s" % (SYSTEM_BPFFS, exc))
 
 
-class PinnedMaps(dict):
+class PinnedMaps(dict, Closing):
     """``{map name: BpfMap}`` opened from pins; ``close()`` (or ``with``) closes them all."""
 
     def close(self):
         for bpf_map in self.values():
             bpf_map.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
+def open_map_folder(folder):
+    """Every map pinned in ``folder`` (a staging pin is not a map of its own), as PinnedMaps;
+    empty when the folder does not exist."""
+    opened = PinnedMaps()
+    if not os.path.isdir(folder):
+        return opened
+    try:
+        for name in sorted(os.listdir(folder)):
+            if not is_staging(name):
+                opened[name] = BpfMap.from_pin(os.path.join(folder, name))
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+def _open_pin(kind, path, missing, failed):
+    """``kind.from_pin(path)`` (BpfMap or BpfProgram); PinError ``missing`` when nothing is pinned
+    there, else ``failed: <why>``."""
+    try:
+        return kind.from_pin(path)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            raise PinError(missing)
+        raise PinError("%s: %s" % (failed, exc))
 
 
 def open_pinned_maps(pin_root, iface, names):
@@ -192,14 +201,10 @@ def open_pinned_maps(pin_root, iface, names):
     running program does not read would be a silent no-op.
     """
     program_path = program_pin_path(pin_root, iface)
-    try:
-        program = BpfProgram.from_pin(program_path)
-    except BpfError as exc:
-        if exc.errno == errno.ENOENT:
-            raise PinError("no XDP program is pinned for interface %s (%s does not exist): "
-                           "attach it with anycast.edge.xdp_program first"
-                           % (iface, program_path))
-        raise PinError("cannot open the XDP program pinned for interface %s: %s" % (iface, exc))
+    program = _open_pin(BpfProgram, program_path,
+                        "no XDP program is pinned for interface %s (%s does not exist): "
+                        "attach it with anycast.edge.xdp_program first" % (iface, program_path),
+                        "cannot open the XDP program pinned for interface %s" % iface)
     try:
         program_map_ids = set(program.info().map_ids)
     finally:
@@ -209,15 +214,11 @@ def open_pinned_maps(pin_root, iface, names):
     try:
         for name in names:
             path = map_pin_path(pin_root, iface, name)
-            try:
-                bpf_map = BpfMap.from_pin(path)
-            except BpfError as exc:
-                if exc.errno == errno.ENOENT:
-                    raise PinError("map %s of the XDP program on interface %s is not pinned "
-                                   "(%s does not exist): rerun anycast.edge.xdp_program"
-                                   % (name, iface, path))
-                raise PinError("cannot open map %s pinned at %s: %s" % (name, path, exc))
-            opened[name] = bpf_map
+            bpf_map = opened[name] = _open_pin(
+                BpfMap, path,
+                "map %s of the XDP program on interface %s is not pinned (%s does not exist): "
+                "rerun anycast.edge.xdp_program" % (name, iface, path),
+                "cannot open map %s pinned at %s" % (name, path))
             if bpf_map.id not in program_map_ids:
                 raise PinError("the map pinned at %s is not used by the program pinned at %s "
                                "(stale pin): rerun anycast.edge.xdp_program" % (path, program_path))

@@ -78,9 +78,11 @@ options:
   share_maps:
     description:
       - Pin the program's maps in C(<pin_root>/<iface>/<share_maps>/) and load it with the maps
-        already pinned there (same type and sizes), so that several programs of one object (an
-        ingress and an egress half) use the same maps, and a replacement program keeps their
-        contents. A map whose layout changed is created anew and its pin replaced.
+        already pinned there whose layout is unchanged (type, key size, value size, max entries,
+        flags and the BTF key/value types, as M(anycast.edge.xdp_program) decides), so that
+        several programs of one object (an ingress and an egress half) use the same maps, and a
+        replacement program keeps their contents. A map whose layout changed is created anew
+        (with a warning) and its pin replaced once the new program runs.
       - Unset, the program gets private maps (a replacement starts with fresh ones).
     type: str
   share_maps_of:
@@ -189,9 +191,15 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BPF_PROG_TYPE_SCHED_CLS,
     BpfError,
-    BpfObject,
     BpfProgram,
     prog_info_by_id,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._loader import (
+    ModuleFailure,
+    PinningModule,
+    load_program,
+    open_object,
+    plan_map_reuse,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
@@ -205,9 +213,10 @@ from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
 )
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     DEFAULT_PIN_ROOT,
-    PinError,
+    PinnedMaps,
+    StagedPins,
+    open_map_folder,
     pin_dir,
-    prepare_pin_root,
     remove_empty_dirs,
     tc_pin_path,
     unpin,
@@ -218,16 +227,12 @@ DEFAULT_PRIORITY = 0xAE
 NAME_PREFIX = "anycast_edge:"
 
 
-class ModuleFailure(Exception):
-    """Fail the task with this message (after cleaning up)."""
-
-
 def describe(tc_filter):
     return {"kind": tc_filter.kind, "priority": tc_filter.priority,
             "handle": tc_filter.handle, "name": tc_filter.name}
 
 
-class TcProgramModule(object):
+class TcProgramModule(PinningModule):
 
     def __init__(self, module, ipr):
         self.module = module
@@ -260,7 +265,6 @@ class TcProgramModule(object):
         elif params.get("share_maps_of"):
             module.fail_json(msg="share_maps_of: %r needs share_maps (the folder of the shared maps)"
                              % params["share_maps_of"])
-        self.reused_maps = set()
         self.modified = False
         self.result = dict(changed=False, prog_id=None, tag=None, previous_prog_id=None,
                            previous_tag=None, filter_name=None, handle=FILTER_HANDLE,
@@ -336,16 +340,26 @@ class TcProgramModule(object):
         name = NAME_PREFIX + params["program"]
         self.result["filter_name"] = name
 
-        obj = self.load_object(params["object"], params["program"])
+        obj = open_object(params["object"], params["program"])
+        # With share_maps, the maps pinned there are handed to the new program (one policy with
+        # xdp_program's: the same layout keeps its map and entries).
+        pinned = open_map_folder(self.shared_dir) if self.shared_dir is not None else PinnedMaps()
         try:
-            program = obj.program(params["program"])
+            plan = None
+            if self.shared_dir is not None:
+                plan = plan_map_reuse(obj, pinned, self.shared_dir)
+                self.result["maps_reused"] = sorted(plan.reused)
+                for map_name, why in plan.changed.items():
+                    self.module.warn("map %s changed layout (%s): it starts empty in the new program" % (map_name, why))
+            program = load_program(obj, params["program"], BPF_PROG_TYPE_SCHED_CLS)
             new_tag = program.tag
             self.result["tag"] = new_tag
             # A tag does not cover which maps a program uses: with shared maps, the running
             # program must also use the maps pinned for sharing.
             filter_unchanged = (ours is not None and ours.tag == new_tag and ours.direct_action
                                 and ours.name == name
-                                and (self.shared_dir is None or self.uses_shared_maps(ours.prog_id, program)))
+                                and (plan is None or (not plan.created and plan.uses_the_pinned_maps(
+                                    prog_info_by_id(ours.prog_id), program.info(), pinned))))
             after = {"priority": self.priority, "handle": FILTER_HANDLE, "name": name, "tag": new_tag}
             if filter_unchanged:
                 self.result["prog_id"] = ours.prog_id
@@ -356,99 +370,29 @@ class TcProgramModule(object):
                     self.result["changed"] = True
                     if not self.module.check_mode:
                         with BpfProgram.from_id(ours.prog_id) as running:
-                            self.pin(running)
+                            staged = StagedPins()
+                            staged.stage(running, self.pin_path)
+                            staged.commit()
                 return
             self.result["changed"] = True
             self.result["clsact_created"] = qdisc is None
             self.set_diff(qdisc, ours, after)
             if self.module.check_mode:
                 return
-            self.attach(program, name, qdisc is None, replace=ours is not None)
-            self.pin_shared_maps(obj)
+            self.attach(obj, program, name, plan, qdisc is None, replace=ours is not None)
         finally:
+            pinned.close()
             obj.close()
 
-    def prepare_pins(self, may_mount):
+    def attach(self, obj, program, name, plan, add_clsact_first, replace):
+        """Put ``program`` in our filter; its pin and those of the maps created for sharing
+        (``plan``) are staged first and moved into place once the filter runs it."""
+        staged = StagedPins()
         try:
-            usable, mounted = prepare_pin_root(self.pin_root, may_mount, self.module.check_mode)
-        except PinError as exc:
-            raise ModuleFailure(str(exc))
-        self.result["bpffs_mounted"] = mounted
-        self.modified = self.modified or (mounted and not self.module.check_mode)
-        return usable
-
-    def load_object(self, path, program_name):
-        if not os.path.isfile(path):
-            raise ModuleFailure("object: %s is not a file" % path)
-        try:
-            obj = BpfObject.open(path)
-        except BpfError as exc:
-            raise ModuleFailure("object: cannot open %s: %s" % (path, exc))
-        try:
-            names = [prog.name for prog in obj.programs()]
-            if program_name not in names:
-                raise ModuleFailure("program: %s has no program %r (it has: %s)"
-                                    % (path, program_name, ", ".join(names) or "none"))
-            self.reuse_shared_maps(obj)
-            try:
-                obj.load()
-            except BpfError as exc:
-                raise ModuleFailure("loading %s failed (nothing was changed): %s" % (path, exc))
-            if obj.program(program_name).info().type != BPF_PROG_TYPE_SCHED_CLS:
-                raise ModuleFailure("program: %s in %s is not a TC classifier (SEC(\"tc\"))"
-                                    % (program_name, path))
-        except BaseException:
-            obj.close()
-            raise
-        return obj
-
-    # -- maps shared through pins (share_maps) -------------------------------------------------
-
-    def reuse_shared_maps(self, obj):
-        """Before loading: take every map already pinned for sharing whose layout still fits."""
-        if self.shared_dir is None:
-            return
-        for bpf_map in obj.maps():
-            path = os.path.join(self.shared_dir, bpf_map.name)
-            if not os.path.exists(path):
-                continue
-            try:
-                bpf_map.reuse_pin(path)
-                self.reused_maps.add(bpf_map.name)
-            except BpfError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: the layout changed, a new map replaces it
-                    raise ModuleFailure("reusing the map pinned at %s failed: %s" % (path, exc))
-        self.result["maps_reused"] = sorted(self.reused_maps)
-
-    def uses_shared_maps(self, prog_id, program):
-        """Does the running program use the same maps as the one just loaded with the pinned ones?"""
-        return sorted(prog_info_by_id(prog_id).map_ids) == sorted(program.info().map_ids)
-
-    def pin_shared_maps(self, obj):
-        """After attaching: pin the maps that were created anew (replacing stale pins by rename)."""
-        if self.shared_dir is None:
-            return
-        for bpf_map in obj.maps():
-            if bpf_map.name in self.reused_maps:
-                continue
-            path = os.path.join(self.shared_dir, bpf_map.name)
-            staging = path + "_next"
-            unpin(staging)
-            bpf_map.pin(staging)
-            os.rename(staging, path)
-
-    def pin(self, program):
-        """Pin ``program`` at our path, replacing the old pin in one rename."""
-        staging = self.pin_path + "_next"
-        unpin(staging)
-        program.pin(staging)
-        os.rename(staging, self.pin_path)
-
-    def attach(self, program, name, add_clsact_first, replace):
-        staging = self.pin_path + "_next"
-        unpin(staging)
-        program.pin(staging)  # pinning can fail (bpffs full, permissions): before any change
-        try:
+            # Pinning can fail (bpffs full, permissions): before any change.
+            staged.stage(program, self.pin_path)
+            for map_name in plan.created if plan is not None else []:
+                staged.stage(obj.map(map_name), os.path.join(self.shared_dir, map_name))
             if add_clsact_first:
                 add_clsact(self.ipr, self.ifindex)
                 self.modified = True
@@ -456,13 +400,16 @@ class TcProgramModule(object):
                            program.fd, name, replace=replace)
             self.modified = True
         except NetlinkError as exc:
-            unpin(staging)
+            staged.abort()
             remove_empty_dirs(self.pin_root, self.iface)
             if add_clsact_first and self.modified:
                 self.remove_our_clsact()
             raise ModuleFailure("attaching %s to %s failed (the previous filter is untouched): %s"
                                 % (name, self.where(), exc))
-        os.rename(staging, self.pin_path)
+        except BaseException:
+            staged.abort()
+            raise
+        staged.commit()
         self.result["prog_id"] = program.id
 
     def remove_our_clsact(self):

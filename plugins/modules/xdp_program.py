@@ -247,8 +247,6 @@ import struct
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
-    BPF_MAP_TYPE_DEVMAP,
-    BPF_MAP_TYPE_DEVMAP_HASH,
     BPF_PROG_TYPE_XDP,
     XDP_ATTACHED_DRV,
     XDP_ATTACHED_HW,
@@ -257,8 +255,6 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     XDP_FLAGS_SKB_MODE,
     XDP_FLAGS_UPDATE_IF_NOEXIST,
     BpfError,
-    BpfMap,
-    BpfObject,
     BpfProgram,
     prog_info_by_id,
     xdp_attach,
@@ -273,17 +269,25 @@ from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
     pack_own_addrs,
     unpack_own_addrs,
 )
+from ansible_collections.anycast.edge.plugins.module_utils._loader import (
+    ModuleFailure,
+    PinningModule,
+    attached_is_ours,
+    load_program,
+    open_object,
+    plan_map_reuse,
+)
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
     open_iproute,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     DEFAULT_PIN_ROOT,
-    PinError,
+    StagedPins,
     map_pin_path,
     maps_dir,
+    open_map_folder,
     pin_dir,
-    prepare_pin_root,
     program_pin_path,
     remove_empty_dirs,
     unpin,
@@ -297,59 +301,28 @@ ATTACHED_MODE_NAMES = {XDP_ATTACHED_DRV: "native", XDP_ATTACHED_SKB: "generic", 
 # What a driver without native XDP answers to XDP_FLAGS_DRV_MODE.
 NATIVE_REFUSED_ERRNOS = (errno.EOPNOTSUPP, errno.EINVAL)
 U32 = struct.Struct("<I")
-BPF_F_RDONLY_PROG = 1 << 7
-DEVMAP_TYPES = (BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH)
-# The kernel keeps at most 15 characters of a program's name.
-KERNEL_NAME_LEN = 15
 
 
-class ModuleFailure(Exception):
-    """Raised to fail the task after cleaning up (the message is the task's msg)."""
+def attached_program(ifindex):
+    """(id, mode) of the XDP program attached to ``ifindex``: (0, None) when there is none."""
+    query = xdp_query(ifindex)
+    return (query.drv_prog_id or query.skb_prog_id or query.hw_prog_id,
+            ATTACHED_MODE_NAMES.get(query.attach_mode))
 
 
-def map_layout(bpf_map):
-    """What must be equal for a pinned map to be handed to a new program.
-
-    The kernel's attributes (what libbpf itself would check) plus the BTF key and value
-    types: two structs of the same size with reordered members must not share a map.
-    """
-    try:
-        btf = bpf_map.btf_layout()
-    except BpfError:
-        btf = None
-    flags = bpf_map.flags
-    if bpf_map.type in DEVMAP_TYPES:
-        # The kernel adds BPF_F_RDONLY_PROG to every device map it creates: a definition
-        # without it and a live map with it are the same layout.
-        flags |= BPF_F_RDONLY_PROG
-    return {
-        "type": bpf_map.type,
-        "key_size": bpf_map.key_size,
-        "value_size": bpf_map.value_size,
-        "max_entries": bpf_map.max_entries,
-        "flags": flags,
-        "btf": btf,
-    }
-
-
-def layout_differences(old, new):
-    diffs = []
-    for field in ("type", "key_size", "value_size", "max_entries", "flags"):
-        if old[field] != new[field]:
-            diffs.append("%s %s -> %s" % (field, old[field], new[field]))
-    # Compare BTF only when both sides have it (a map created without BTF says nothing).
-    if old["btf"] is not None and new["btf"] is not None and old["btf"] != new["btf"]:
-        diffs.append("key/value types changed")
-    return diffs
+def wanted_mode(mode, ours, attached_mode):
+    """The mode to attach in: V(auto) keeps the mode of a program of ours already attached,
+    because a mode switch cannot be atomic."""
+    if mode == "auto" and ours and attached_mode in MODE_FLAGS:
+        return attached_mode
+    return mode
 
 
 class PresentState(object):
     """What is on the host now: the attached program, our pins."""
 
     def __init__(self, ifindex, pin_root, iface, pins_readable):
-        self.query = xdp_query(ifindex)
-        self.attached_id = self.query.drv_prog_id or self.query.skb_prog_id or self.query.hw_prog_id
-        self.attached_mode = ATTACHED_MODE_NAMES.get(self.query.attach_mode)
+        self.attached_id, self.attached_mode = attached_program(ifindex)
         self.attached_info = prog_info_by_id(self.attached_id) if self.attached_id else None
         self.pinned_program = None
         self.pinned_maps = {}
@@ -358,12 +331,7 @@ class PresentState(object):
         program_path = program_pin_path(pin_root, iface)
         if os.path.exists(program_path):
             self.pinned_program = BpfProgram.from_pin(program_path)
-        folder = maps_dir(pin_root, iface)
-        if os.path.isdir(folder):
-            for name in sorted(os.listdir(folder)):
-                if name.endswith("_next"):
-                    continue  # staging pin of an interrupted run
-                self.pinned_maps[name] = BpfMap.from_pin(os.path.join(folder, name))
+        self.pinned_maps = open_map_folder(maps_dir(pin_root, iface))
 
     @property
     def pinned_id(self):
@@ -371,20 +339,16 @@ class PresentState(object):
 
     def ours_attached(self, program_name):
         """True if the attached program is the one we pinned, or (pins lost) has our name."""
-        if not self.attached_id:
-            return False
-        if self.pinned_program is not None:
-            return self.attached_id == self.pinned_id
-        return self.attached_info.name == program_name[:KERNEL_NAME_LEN]
+        return attached_is_ours(self.attached_info, program_name, self.pinned_id)
 
     def close(self):
         if self.pinned_program is not None:
             self.pinned_program.close()
-        for bpf_map in self.pinned_maps.values():
-            bpf_map.close()
+        if self.pinned_maps:
+            self.pinned_maps.close()
 
 
-class XdpProgramModule(object):
+class XdpProgramModule(PinningModule):
 
     def __init__(self, module):
         self.module = module
@@ -408,29 +372,17 @@ class XdpProgramModule(object):
         except OSError:
             module.fail_json(msg="iface: no interface named %r in this network namespace" % self.iface)
 
-    # -- bpffs -------------------------------------------------------------------------------
-
-    def pins_readable(self, mount_if_needed):
-        """True if pin_root is on a bpffs (mounting /sys/fs/bpf when allowed and needed)."""
-        try:
-            usable, mounted = prepare_pin_root(self.pin_root, mount_if_needed, self.module.check_mode)
-        except PinError as exc:
-            raise ModuleFailure(str(exc))
-        self.result["bpffs_mounted"] = mounted
-        self.modified = self.modified or (mounted and not self.module.check_mode)
-        return usable
-
     # -- present -----------------------------------------------------------------------------
 
     def run_present(self):
         tx_ifindexes = self.tx_ifindexes()
         self.tunnel_ifindexes = self.wanted_tunnel_ifindexes()
         self.own_addresses = host_ipv4_addresses()
-        readable = self.pins_readable(mount_if_needed=True)
+        readable = self.prepare_pins(may_mount=True)
         present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
         try:
             self.record_previous(present)
-            obj = self.open_object()
+            obj = open_object(self.module.params["object"], self.program_name)
             try:
                 self.present_with_object(present, obj, tx_ifindexes)
             finally:
@@ -456,68 +408,34 @@ class XdpProgramModule(object):
         """Attach the program that runs on iface to every also_on interface that runs another."""
         prog_id = self.result["prog_id"]
         for name, ifindex in self.also_on_ifindexes().items():
-            query = xdp_query(ifindex)
-            attached_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+            attached_id, attached_mode = attached_program(ifindex)
             self.result["also_on"][name] = attached_id or None
             if prog_id is not None and attached_id == prog_id:
                 continue
             self.result["changed"] = True
             if self.module.check_mode or prog_id is None:
                 continue
-            old = BpfProgram.from_id(attached_id) if attached_id else None
-            try:
-                if old is not None and old.info().name != self.program_name[:KERNEL_NAME_LEN]:
-                    self.module.warn("replacing XDP program %s (id %d) on %s, which this module did not attach"
-                                     % (old.info().name, attached_id, name))
-                with BpfProgram.from_id(prog_id) as program:
-                    self.attach_also_on(name, ifindex, program, old, ATTACHED_MODE_NAMES.get(query.attach_mode))
-            finally:
-                if old is not None:
-                    old.close()
-            self.modified = True
+            # Nothing is pinned for these interfaces: ours is what has our program's name.
+            ours = attached_is_ours(prog_info_by_id(attached_id) if attached_id else None, self.program_name)
+            with BpfProgram.from_id(prog_id) as program:
+                self.attach(name, ifindex, program, wanted_mode(self.module.params["mode"], ours, attached_mode),
+                            attached_id, attached_mode, ours, option="also_on: ")
             self.result["also_on"][name] = prog_id
-
-    def attach_also_on(self, name, ifindex, program, old, old_mode):
-        mode = self.module.params["mode"]
-        modes = ["native", "generic"] if mode == "auto" else [mode]
-        if old is not None and old_mode in modes:
-            modes.remove(old_mode)
-            modes.insert(0, old_mode)  # replace in place, atomically
-        for attempt in modes:
-            try:
-                if old is not None and old_mode == attempt:
-                    xdp_attach(ifindex, program.fd, MODE_FLAGS[attempt], old_prog_fd=old.fd)
-                else:
-                    if old is not None:
-                        xdp_detach(ifindex, MODE_FLAGS.get(old_mode, 0), old_prog_fd=old.fd)
-                        old = None
-                    xdp_attach(ifindex, program.fd, MODE_FLAGS[attempt] | XDP_FLAGS_UPDATE_IF_NOEXIST)
-                return
-            except BpfError as exc:
-                if attempt == modes[-1] or exc.errno not in NATIVE_REFUSED_ERRNOS:
-                    raise ModuleFailure("also_on: attaching %s to %s failed: %s" % (self.program_name, name, exc))
 
     def detach_also_on(self):
         for name, ifindex in self.also_on_ifindexes().items():
-            query = xdp_query(ifindex)
-            attached_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+            attached_id, attached_mode = attached_program(ifindex)
             if not attached_id:
                 continue
-            with BpfProgram.from_id(attached_id) as attached:
-                if attached.info().name != self.program_name[:KERNEL_NAME_LEN]:
-                    self.module.warn("leaving XDP program %s (id %d) on %s attached: this module did not attach it"
-                                     % (attached.info().name, attached_id, name))
-                    continue
-                self.result["changed"] = True
-                self.result["also_on"][name] = None
-                if self.module.check_mode:
-                    continue
-                try:
-                    xdp_detach(ifindex, MODE_FLAGS.get(ATTACHED_MODE_NAMES.get(query.attach_mode), 0),
-                               old_prog_fd=attached.fd)
-                except BpfError as exc:
-                    raise ModuleFailure("also_on: detaching the XDP program from %s failed: %s" % (name, exc))
-                self.modified = True
+            attached_info = prog_info_by_id(attached_id)
+            if not attached_is_ours(attached_info, self.program_name):
+                self.module.warn("leaving XDP program %s (id %d) on %s attached: this module did not attach it"
+                                 % (attached_info.name, attached_id, name))
+                continue
+            self.result["changed"] = True
+            self.result["also_on"][name] = None
+            if not self.module.check_mode:
+                self.detach(name, ifindex, attached_id, attached_mode, option="also_on: ")
 
     def record_previous(self, present):
         if present.attached_id:
@@ -593,71 +511,14 @@ class XdpProgramModule(object):
                 raise ModuleFailure("tx_devices: no interface named %r in this network namespace" % name)
         return wanted
 
-    def open_object(self):
-        path = self.module.params["object"]
-        if not os.path.isfile(path):
-            raise ModuleFailure("object: %s is not a file" % path)
-        try:
-            obj = BpfObject.open(path)
-        except BpfError as exc:
-            raise ModuleFailure("object: cannot open %s: %s" % (path, exc))
-        try:
-            names = [prog.name for prog in obj.programs()]
-            if self.program_name not in names:
-                raise ModuleFailure("program: %s has no program %r (it has: %s)"
-                                    % (path, self.program_name, ", ".join(names) or "none"))
-        except BaseException:
-            obj.close()
-            raise
-        return obj
-
-    def plan_maps(self, present, obj):
-        """Reuse every pinned map whose layout matches the object's definition."""
-        reused, created, layout_notes = [], [], {}
-        for bpf_map in obj.maps():
-            name = bpf_map.name
-            pinned = present.pinned_maps.get(name)
-            if pinned is None:
-                created.append(name)
-                continue
-            diffs = layout_differences(map_layout(pinned), map_layout(bpf_map))
-            if diffs:
-                created.append(name)
-                layout_notes[name] = ", ".join(diffs)
-                continue
-            try:
-                # The layouts were compared above, more closely than reuse_fd's own check
-                # (which does not know about the devmap flag the kernel adds).
-                bpf_map.reuse_fd(pinned.fd, check_compatible=False)
-            except BpfError as exc:
-                raise ModuleFailure("cannot reuse the map pinned at %s: %s"
-                                    % (map_pin_path(self.pin_root, self.iface, name), exc))
-            reused.append(name)
-        stale = sorted(set(present.pinned_maps) - set(bpf_map.name for bpf_map in obj.maps()))
-        return reused, created, stale, layout_notes
-
-    def wanted_mode(self, present):
-        mode = self.module.params["mode"]
-        if mode == "auto" and present.ours_attached(self.program_name) \
-                and present.attached_mode in MODE_FLAGS:
-            return present.attached_mode
-        return mode
-
     def present_with_object(self, present, obj, tx_ifindexes):
-        reused, created, stale, layout_notes = self.plan_maps(present, obj)
-        try:
-            obj.load()
-        except BpfError as exc:
-            raise ModuleFailure("loading %s failed (nothing was changed): %s"
-                                % (self.module.params["object"], exc))
-        program = obj.program(self.program_name)
+        plan = plan_map_reuse(obj, present.pinned_maps, maps_dir(self.pin_root, self.iface))
+        reused, created, stale = plan.reused, plan.created, plan.stale
+        program = load_program(obj, self.program_name, BPF_PROG_TYPE_XDP)
         info = program.info()
-        if info.type != BPF_PROG_TYPE_XDP:
-            raise ModuleFailure("program: %s in %s is not an XDP program (SEC(\"xdp\"))"
-                                % (self.program_name, self.module.params["object"]))
         new_tag = info.tag
-        mode = self.wanted_mode(present)
         ours = present.ours_attached(self.program_name)
+        mode = wanted_mode(self.module.params["mode"], ours, present.attached_mode)
 
         program_unchanged = (
             ours
@@ -665,14 +526,10 @@ class XdpProgramModule(object):
             and present.attached_info.tag == new_tag
             and (mode == "auto" or present.attached_mode == mode)
             and not created and not stale
-            # Every pinned map the new program uses is one the attached program uses. (A map the
-            # code declares but never uses is in no program's map_ids; .rodata is made anew by
-            # each load and pinned by nobody.)
-            and all(present.pinned_maps[name].id in present.attached_info.map_ids for name in reused
-                    if present.pinned_maps[name].id in info.map_ids)
+            and plan.uses_the_pinned_maps(present.attached_info, info, present.pinned_maps)
         )
         tx_map_name = TX_PORTS_MAP if TX_PORTS_MAP in reused + created else None
-        for name, why in layout_notes.items():
+        for name, why in plan.changed.items():
             self.module.warn("map %s changed layout (%s): it starts empty in the new program" % (name, why))
 
         if program_unchanged:
@@ -730,8 +587,7 @@ class XdpProgramModule(object):
         attach) happens while the old program still runs and its pins are untouched;
         after the attach only renames remain.
         """
-        staged = []
-        program_path = program_pin_path(self.pin_root, self.iface)
+        staged = StagedPins()
         try:
             os.makedirs(maps_dir(self.pin_root, self.iface), mode=0o700)
         except OSError as exc:
@@ -739,80 +595,95 @@ class XdpProgramModule(object):
                 raise
         try:
             for name in created:
-                path = map_pin_path(self.pin_root, self.iface, name)
-                unpin(path + "_next")
-                obj.map(name).pin(path + "_next")
-                staged.append(path)
-            unpin(program_path + "_next")
-            program.pin(program_path + "_next")
-            staged.append(program_path)
-            self.attach(present, program, mode)
-            self.modified = True
+                staged.stage(obj.map(name), map_pin_path(self.pin_root, self.iface, name))
+            staged.stage(program, program_pin_path(self.pin_root, self.iface))
+            ours = present.ours_attached(self.program_name)
+            self.attach(self.iface, self.ifindex, program, mode, present.attached_id, present.attached_mode, ours)
         except BaseException:
-            for path in staged:
-                unpin(path + "_next")
+            staged.abort()
             remove_empty_dirs(self.pin_root, self.iface)
             raise
-        for path in staged:
-            os.rename(path + "_next", path)
+        staged.commit()
         for name in stale:
             unpin(map_pin_path(self.pin_root, self.iface, name))
         self.result["prog_id"] = program.id
 
-    def attach(self, present, program, mode):
-        """Attach ``program`` in ``mode`` (auto: native, else generic), replacing what runs."""
+    # -- attaching and detaching (iface and also_on alike) -----------------------------------
+
+    def attach(self, name, ifindex, program, mode, attached_id, attached_mode, ours, option=""):
+        """Attach ``program`` to interface ``name`` in ``mode``, replacing the program attached
+        there (``attached_id``, in ``attached_mode``; ``ours``: whether we put it there).
+
+        ``auto`` is native, falling back to generic when the driver refuses native XDP (for
+        iface, the reason goes to the result's mode_fallback).  On failure the previous program
+        stays attached; ``option`` starts the message (the option that named ``name``).
+        """
         old = None
-        if present.attached_id:
-            if not present.ours_attached(self.program_name):
+        if attached_id:
+            old = BpfProgram.from_id(attached_id)
+            if not ours:
                 self.module.warn("replacing XDP program %s (id %d) on %s, which this module did not attach"
-                                 % (present.attached_info.name, present.attached_id, self.iface))
-            old = BpfProgram.from_id(present.attached_id)
+                                 % (old.info().name, attached_id, name))
         try:
             if mode == "auto":
                 try:
-                    self.attach_in_mode(present, program, "native", old)
+                    mode = self.attach_in_mode(name, ifindex, program, "native", old, attached_mode)
                 except BpfError as exc:
                     if exc.errno not in NATIVE_REFUSED_ERRNOS:
                         raise
-                    self.result["mode_fallback"] = ("native XDP refused by the driver of %s: %s"
-                                                    % (self.iface, os.strerror(exc.errno)))
-                    self.attach_in_mode(present, program, "generic", old)
+                    if name == self.iface:
+                        self.result["mode_fallback"] = ("native XDP refused by the driver of %s: %s"
+                                                        % (name, os.strerror(exc.errno)))
+                    mode = self.attach_in_mode(name, ifindex, program, "generic", old, attached_mode)
             else:
-                self.attach_in_mode(present, program, mode, old)
+                self.attach_in_mode(name, ifindex, program, mode, old, attached_mode)
         except BpfError as exc:
-            raise ModuleFailure("attaching %s to %s failed (the previous program stays attached): %s"
-                                % (self.program_name, self.iface, exc))
+            raise ModuleFailure("%sattaching %s to %s failed (the previous program stays attached): %s"
+                                % (option, self.program_name, name, exc))
         finally:
             if old is not None:
                 old.close()
+        self.modified = True
+        if name == self.iface:
+            self.result["mode"] = mode
 
-    def attach_in_mode(self, present, program, mode, old):
+    def attach_in_mode(self, name, ifindex, program, mode, old, old_mode):
+        """One attempt of ``attach``, in ``mode`` (returned)."""
         flags = MODE_FLAGS[mode]
         if old is None:
             # Fails with EBUSY instead of replacing a program attached meanwhile.
-            xdp_attach(self.ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
-        elif present.attached_mode == mode:
+            xdp_attach(ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+        elif old_mode == mode:
             # Atomic: fails with EEXIST if the attached program is not `old` any more.
-            xdp_attach(self.ifindex, program.fd, flags, old_prog_fd=old.fd)
+            xdp_attach(ifindex, program.fd, flags, old_prog_fd=old.fd)
         else:
             # native <-> generic cannot be swapped in one step: the kernel refuses a second
             # mode while one is attached. Detach, attach, and put the old one back on failure.
             self.module.warn("switching %s from %s to %s XDP: the interface runs without a "
-                             "program for a moment" % (self.iface, present.attached_mode, mode))
-            old_flags = MODE_FLAGS.get(present.attached_mode, 0)
-            xdp_detach(self.ifindex, old_flags, old_prog_fd=old.fd)
+                             "program for a moment" % (name, old_mode, mode))
+            old_flags = MODE_FLAGS.get(old_mode, 0)
+            xdp_detach(ifindex, old_flags, old_prog_fd=old.fd)
             try:
-                xdp_attach(self.ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                xdp_attach(ifindex, program.fd, flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
             except BpfError as exc:
                 try:
-                    xdp_attach(self.ifindex, old.fd, old_flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
+                    xdp_attach(ifindex, old.fd, old_flags | XDP_FLAGS_UPDATE_IF_NOEXIST)
                 except BpfError as again:
                     self.modified = True
                     raise ModuleFailure("attaching %s to %s in %s mode failed (%s), and putting the "
                                         "previous program back failed too (%s): %s has no XDP program"
-                                        % (self.program_name, self.iface, mode, exc, again, self.iface))
+                                        % (self.program_name, name, mode, exc, again, name))
                 raise
-        self.result["mode"] = mode
+        return mode
+
+    def detach(self, name, ifindex, attached_id, attached_mode, option=""):
+        """Detach the program ``attached_id`` (that one only: EEXIST if another runs now) from ``name``."""
+        with BpfProgram.from_id(attached_id) as attached:
+            try:
+                xdp_detach(ifindex, MODE_FLAGS.get(attached_mode, 0), old_prog_fd=attached.fd)
+            except BpfError as exc:
+                raise ModuleFailure("%sdetaching the XDP program from %s failed: %s" % (option, name, exc))
+        self.modified = True
 
     def set_diff(self, present, new_tag, new_mode, new_maps):
         if not self.module._diff:
@@ -852,7 +723,7 @@ class XdpProgramModule(object):
 
     def run_absent(self):
         self.detach_also_on()
-        readable = self.pins_readable(mount_if_needed=False)
+        readable = self.prepare_pins(may_mount=False)
         present = PresentState(self.ifindex, self.pin_root, self.iface, readable)
         try:
             self.record_previous(present)
@@ -876,13 +747,7 @@ class XdpProgramModule(object):
             if self.module.check_mode or not self.result["changed"]:
                 return
             if ours:
-                old = BpfProgram.from_id(present.attached_id)
-                try:
-                    xdp_detach(self.ifindex, MODE_FLAGS.get(present.attached_mode, 0), old_prog_fd=old.fd)
-                except BpfError as exc:
-                    raise ModuleFailure("detaching the XDP program from %s failed: %s" % (self.iface, exc))
-                finally:
-                    old.close()
+                self.detach(self.iface, self.ifindex, present.attached_id, present.attached_mode)
             self.modified = True
             for path in pins:
                 unpin(path)
