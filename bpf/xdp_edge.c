@@ -56,7 +56,7 @@
  *     while the cache is fresh (it cannot be ours), forwarded while it is not (it is the game
  *     server's own). A2S_INFO, A2S_PLAYER and A2S_RULES each have their own cache entry and the
  *     same cookie; what is not exactly one of those requests (other lengths included) goes to
- *     the game server. Split (FF FF FF FE) replies are never cached.
+ *     the game server. Split (FE FF FF FF) replies are never cached.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -890,8 +890,8 @@ struct reply_lesson {
  * Does the game server's reply prove the player owns its address (proof PUNCH)? Only a reply on a
  * flow the player took part in: a game server's packet of an established session (UDP that is not
  * connectionless) or TCP past the handshake. A connectionless reply (FF FF FF FF: A2S answers,
- * challenges, connect refusals) and a SYN-ACK or RST answer whoever asked, a spoofed address as
- * readily as a player's: they prove nothing.
+ * challenges, connect refusals; or one part of a split answer, FE FF FF FF) and a SYN-ACK or RST
+ * answer whoever asked, a spoofed address as readily as a player's: they prove nothing.
  */
 static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct packet *inner)
 {
@@ -903,7 +903,7 @@ static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct pa
 			return 1;
 		if (bpf_xdp_load_bytes(ctx, inner->payload_off, &header, sizeof(header)))
 			return 0;
-		return header != A2S_HEADER_SIMPLE;
+		return header != A2S_HEADER_SIMPLE && header != A2S_HEADER_SPLIT;
 	}
 	if (inner->proto == IPPROTO_TCP) {
 		if (bpf_xdp_load_bytes(ctx, inner->l4_off + 13, &flags, sizeof(flags)))

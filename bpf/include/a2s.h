@@ -8,7 +8,7 @@
  *                             (the field FF FF FF FF, or 0 from old clients, asks for a challenge)
  *   challenge reply           FF FF FF FF 41 <4 bytes>                        9 bytes
  *   replies (cached)          FF FF FF FF 49 (info) | 44 (players) | 45 (rules) ...
- *   split reply (not cached)  FF FF FF FE ...
+ *   split reply (not cached)  FE FF FF FF ...  (header -2, little endian: A2S_HEADER_SPLIT)
  *
  * (Valve Developer Community, "Server queries".) The challenge the POP issues is the same
  * cookie for the three queries: it proves the client owns its address, whatever it asks next.
@@ -37,6 +37,7 @@
 #define A2S_REQUEST_COOKIE_LEN  29
 #define A2S_CHALLENGE_LEN       9
 #define A2S_HEADER_SIMPLE       0xffffffffU
+#define A2S_HEADER_SPLIT        0xfffffffeU /* -2: one part of a reply split over several datagrams */
 #define A2S_INFO_REPLY_TYPE     0x49
 #define A2S_PLAYER_REPLY_TYPE   0x44
 #define A2S_RULES_REPLY_TYPE    0x45

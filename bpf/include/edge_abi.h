@@ -33,7 +33,7 @@
 #define EDGE_MAX_PAYLOAD_RULES 256     /* anycast_edge_filters.rules (edge_payload_rules) */
 
 /* Largest A2S reply payload (UDP payload, from the FF FF FF FF 49/44/45 header on) that is cached.
- * Replies are a few hundred bytes in practice; a larger or split (FF FF FF FF FE) reply is not cached. */
+ * Replies are a few hundred bytes in practice; a larger or split (FE FF FF FF) reply is not cached. */
 #define A2S_CACHE_MAX_PAYLOAD  1400
 
 /* The queries the POP answers from its cache, one edge_a2s_cache entry per service and kind

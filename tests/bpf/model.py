@@ -93,6 +93,7 @@ GAME_PROTOCOLS = ("none", "source", "goldsrc")          # enum edge_game_protoco
 ATTACK_MODES = ("auto", "always", "never")              # enum edge_attack_mode
 PROOFS = ("none", "cookie", "handshake", "punch")       # enum edge_verify_proof
 CONNECTIONLESS = b"\xff\xff\xff\xff"
+SPLIT = b"\xfe\xff\xff\xff"                              # one part of a split A2S reply (header -2, LE)
 TCP_SYN, TCP_RST = 0x02, 0x04
 
 ICMP_DEST_UNREACH = 3
@@ -1091,16 +1092,17 @@ class EdgeModel:
 
     def _reply_proves_flow(self, inner: Ipv4, payload: bytes) -> bool:
         """A game server's reply on an established session proves its player's address; a
-        connectionless reply (FF FF FF FF) or a SYN-ACK/RST answers spoofed sources as readily."""
+        connectionless reply (FF FF FF FF, or a split one's part: FE FF FF FF) or a SYN-ACK/RST
+        answers spoofed sources as readily."""
         if inner.proto == IPPROTO_UDP:
-            return len(payload) < 4 or payload[:4] != CONNECTIONLESS
+            return len(payload) < 4 or payload[:4] not in (CONNECTIONLESS, SPLIT)
         if inner.proto == IPPROTO_TCP:
             return not self._frame[inner.l4_off + 13] & (TCP_SYN | TCP_RST)
         return False
 
     def _a2s_snoop(self, inner: Ipv4, svc: Service):
         """Single-packet info/players/rules replies (FF FF FF FF 49/44/45) are cached under their
-        kind; a split reply (FF FF FF FE), a challenge or anything else is not."""
+        kind; a split reply (FE FF FF FF), a challenge or anything else is not."""
         payload = self._frame[inner.payload_off:inner.payload_off + inner.payload_len]
         if not 5 <= len(payload) <= A2S_CACHE_MAX_PAYLOAD or payload[:4] != b"\xff" * 4 \
                 or payload[4] not in A2S_REPLY_KINDS:

@@ -423,13 +423,13 @@ def test_snooped_replies_fill_their_own_kinds_entry(pop, kind, reply):
 
 
 def test_split_replies_challenges_and_lookalikes_are_never_cached(pop):
-    """A split reply (FF FF FF FE: a player or rules list too long for one packet) is forwarded but
+    """A split reply (FE FF FF FF, header -2: a player or rules list too long for one packet) is forwarded but
     not cached - the POP answers with one packet - nor is the server's challenge, a reply over the
     cache's 1400 bytes, or another type."""
     too_big = a2s_player_reply(names=["p%03d-%s" % (index, "x" * 35) for index in range(28)])
     assert 1400 < len(too_big) <= 1500 - 28      # one packet on the player's path, too big for the cache
-    for payload in (b"\xff\xff\xff\xfe\x01\x00\x00\x00\x02\x00" + a2s_player_reply()[4:],
-                    b"\xff\xff\xff\xfe" + a2s_rules_reply()[4:],
+    for payload in (b"\xfe\xff\xff\xff\x01\x00\x00\x00\x02\x00" + a2s_player_reply()[4:],
+                    b"\xfe\xff\xff\xff" + a2s_rules_reply()[4:],
                     b"\xff\xff\xff\xff\x41\x01\x02\x03\x04",
                     too_big,
                     b"\xff\xff\xff\xff\x46" + a2s_rules_reply()[5:],

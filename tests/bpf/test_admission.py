@@ -232,13 +232,20 @@ def test_the_game_servers_reply_on_the_players_flow_verifies_by_punch(edge):
     assert edge.run(player_udp(b"netchannel data", sport=PLAYER_PORT + 1)).reason == "tx_forward"   # the player
 
 
-@pytest.mark.parametrize("reply", ["connectionless", "syn-ack"])
+# A split reply (Valve, "Server queries": header -2, little endian, then the answer's id, the
+# packet count and number): a player or rules list too long for one datagram, sent to whoever asked.
+SPLIT_REPLY = struct.pack("<iiBB", -2, 0x1234, 2, 0) + b"\xff\xff\xff\xffD\x20" + b"p\x00" * 20
+
+
+@pytest.mark.parametrize("reply", ["connectionless", "split", "syn-ack"])
 def test_a_reply_any_spoofed_request_gets_does_not_verify(edge, reply):
-    """Connectionless replies (A2S answers, challenges) and a SYN-ACK answer whoever asked, a
-    spoofed address as readily as a player's: they prove nothing."""
+    """Connectionless replies (A2S answers, challenges, and the parts of a split A2S answer) and a
+    SYN-ACK answer whoever asked, a spoofed address as readily as a player's: they prove nothing."""
     game_pop(edge, attack_mode="always")
     if reply == "connectionless":
         frame = backend_reply(b"\xff\xff\xff\xffA\x01\x02\x03\x04")
+    elif reply == "split":
+        frame = backend_reply(SPLIT_REPLY)
     else:
         edge.add_service("tcp", GAME, GAME_PORT, 2, BACKEND, attack_mode="always")
         frame = backend_reply(b"", proto="tcp")

@@ -187,7 +187,7 @@ def _payload(spec, ctx, src, dst, sport, dport):
     if kind == "a2s_info":
         return _seeded(spec[1], spec[2], b"\xff\xff\xff\xff\x49")
     if kind == "a2s_split":
-        return _seeded(spec[1], spec[2], b"\xff\xff\xff\xff\xfe")
+        return _seeded(spec[1], spec[2], b"\xfe\xff\xff\xff")   # header -2, little endian
     if kind == "a2s_real":
         return pk.a2s_info_reply(name="srv-%d" % spec[1])
     if kind == "game":            # a client's handshake packet: (family, getchallenge | connect, challenge)

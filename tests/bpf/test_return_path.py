@@ -119,7 +119,7 @@ def test_a_punched_player_reaches_the_game_server_even_for_a2s(pop):
 
 
 def test_split_or_other_replies_are_not_cached(pop):
-    for payload in (b"\xff\xff\xff\xfe" + b"\x00" * 40, b"\xff\xff\xff\xffA1234", b"\xff\xff\xff\xffI" + b"x" * 1400):
+    for payload in (b"\xfe\xff\xff\xff" + b"\x00" * 40, b"\xff\xff\xff\xffA1234", b"\xff\xff\xff\xffI" + b"x" * 1400):
         pop.run(backend_reply(payload))
     assert pop.a2s_cache(GAME_UDP_ID) is None
 
