@@ -17,9 +17,9 @@
  *   100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
- *   decapsulate -> player; only then, for a reply that leaves, learn the port punch, store
- *   the snooped A2S reply (info, players or rules) and the game server's challenge to the
- *   player, and verify the player by punch when the reply is of an established session.
+ *   decapsulate -> player; only then, for a reply that leaves, store the snooped A2S reply
+ *   (info, players or rules) and the game server's challenge to the player, and, when the reply
+ *   is of an established session, learn the port punch and verify the player by punch.
  *
  * Decisions (tests/bpf pins each one):
  *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
@@ -872,7 +872,9 @@ static __always_inline int a2s_snoop_prepare(struct xdp_md *ctx, const struct pa
 }
 
 /*
- * What a forwarded reply teaches the POP: the port punch of its flow and, when it is an A2S reply
+ * What a forwarded reply teaches the POP: the port punch of its flow when the reply proves the
+ * flow (reply_proves_flow: an established session's packet, never a reply anyone can provoke,
+ * which would let the asker's flood past the rate limit) and, when it is an A2S reply
  * prepared in scratch (snooped: 1 + its kind), the cache entry of that kind. Called only once the reply passed every check and
  * leaves the program towards a player (or the kernel's delivery): a reply dropped late (TTL, no
  * route, an error) must not open a punch or fill the cache in a spoofer's name.
@@ -919,7 +921,10 @@ static __always_inline void learn_from_reply(const struct edge_config *cfg, cons
 	__u32 zero = 0;
 	int snooped = lesson->snooped;
 
-	if (inner->proto == IPPROTO_TCP || inner->proto == IPPROTO_UDP) {
+	/* Only a flow the player took part in is punched: a challenge, an A2S answer, a SYN-ACK or an
+	 * RST go to whoever asked, and a punch would let the asker's flood (from a spoofed address,
+	 * or its own) skip the rate limit and the ban. */
+	if (lesson->proves_flow && (inner->proto == IPPROTO_TCP || inner->proto == IPPROTO_UDP)) {
 		struct punch_key pkey = {
 			.service_addr = inner->saddr,
 			.remote_addr = inner->daddr,
@@ -1012,7 +1017,7 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* Addressed to the POP itself (the agent probing its game servers through the tunnel):
 		 * left encapsulated for the kernel's ipip device to deliver. Its own address is no
-		 * player's: nothing to verify. */
+		 * player's: nothing to verify, no flow to punch (its own address is dropped inbound). */
 		lesson.proves_flow = lesson.has_challenge = 0;
 		learn_from_reply(cfg, &inner, svc->id, &lesson, now);
 		return make_verdict(XDP_PASS, EDGE_REASON_PASS_LOCAL);

@@ -390,8 +390,9 @@ struct rule_limit_value {
 	__u64 bytes;
 };
 
-/* Port punches: a flow the game server spoke on (return path), so the player's packets of that
- * flow are forwarded without rate limits. */
+/* Port punches: a flow the game server spoke on in an established session (return path; never a
+ * reply anyone can provoke: connectionless, SYN-ACK, RST), so the player's packets of that flow
+ * are forwarded without rate limits. */
 struct punch_key {
 	__be32 service_addr;
 	__be32 remote_addr;

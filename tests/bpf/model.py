@@ -1071,14 +1071,17 @@ class EdgeModel:
             raise
 
     def _learn_from_reply(self, inner: Ipv4, svc: Service, to_the_pop: bool = False):
-        if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        payload = self._payload(inner)
+        # Only a reply that proves the flow punches it: one anyone can provoke (connectionless,
+        # SYN-ACK, RST) would let the asker's flood skip the rate limit. The POP's own: no flow.
+        proves_flow = not to_the_pop and self._reply_proves_flow(inner, payload)
+        if proves_flow and inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
             key = PunchKey(inner.proto, inner.saddr, inner.sport, inner.daddr, inner.dport)
             self._effects.punch_seen = (key, self._now)
         if inner.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_SNOOP:
             self._a2s_snoop(inner, svc)
         if to_the_pop:
             return
-        payload = self._payload(inner)
         challenge = None
         if inner.proto == IPPROTO_UDP:
             challenge = game_model.server_challenge(payload, GAME_PROTOCOLS.index(svc.game_protocol))
@@ -1087,7 +1090,7 @@ class EdgeModel:
                 source = state.sources.setdefault(address, Source())
                 source.challenge_service_id, source.server_challenge, source.challenge_ns = service_id, value, now
             self._op("challenge for %s" % inner.daddr, store)
-        if self._reply_proves_flow(inner, payload):
+        if proves_flow:
             self._verify(inner.daddr, svc.id, "punch", create=True)
 
     def _reply_proves_flow(self, inner: Ipv4, payload: bytes) -> bool:

@@ -87,9 +87,9 @@ def cookie_for(src=PLAYER, sport=PLAYER_PORT, dst=GAME, dport=GAME_PORT, epoch=N
 
 
 def backend_reply(payload=b"welcome", outer_src=BACKEND, inner_src=GAME, sport=GAME_PORT, dst=PLAYER,
-                  dport=PLAYER_PORT, proto="udp", inner_ttl=64, outer_flags=0, outer_frag=0):
+                  dport=PLAYER_PORT, proto="udp", inner_ttl=64, outer_flags=0, outer_frag=0, tcp_flags="SA"):
     """A game server's reply as the backend's tunnel sends it to the POP."""
-    l4 = UDP(sport=sport, dport=dport) if proto == "udp" else TCP(sport=sport, dport=dport, flags="SA")
+    l4 = UDP(sport=sport, dport=dport) if proto == "udp" else TCP(sport=sport, dport=dport, flags=tcp_flags)
     inner = IP(src=inner_src, dst=dst, ttl=inner_ttl) / l4 / payload
     return raw(eth() / IP(src=outer_src, dst=topo.POP_TUNNEL_ADDR, proto=4, flags=outer_flags, frag=outer_frag)
                / inner)

@@ -253,6 +253,22 @@ def test_a_reply_any_spoofed_request_gets_does_not_verify(edge, reply):
     assert verified_anywhere(edge) == set()
 
 
+def test_a_verified_attacker_cannot_punch_its_flood_past_its_own_rate_limit(edge):
+    """Under attack, the attacker who does not spoof (a bot at its own address) verifies itself
+    with a cookie like any player, then asks the game server for a challenge from the port it will
+    flood from: the challenge (connectionless, sent to whoever asks) must not punch that flow, or
+    the flood would skip the per-source limit that is all that holds a verified source back."""
+    attacker = FLOOD[0]
+    game_pop(edge, attack_mode="always", admission=(10, 0), nr_cpus=1, limits={"udp": (3, 0)}, ban_sec=0)
+    assert a2s_cookie_round(edge, src=attacker) == "tx_a2s_cached"
+    assert edge.run(player_udp(getchallenge(), src=attacker)).reason == "tx_forward"
+    assert edge.run(backend_reply(server_challenge(0xC0FFEE), dst=attacker)).reason == "tx_return"
+    time.sleep(1 - monotonic_ns() % SECOND / SECOND + 0.01)      # a new rate window
+    reasons = [edge.run(player_udp(b"\x00" * 40, src=attacker)).reason for dummy in range(10)]
+    assert reasons == ["tx_forward"] * 3 + ["drop_rate_limit"] * 7
+    assert edge.admission_counters(GAME_UDP_ID)["verified_packets"] >= 10    # verified: never charged
+
+
 @pytest.mark.parametrize("game", ["source", "goldsrc"])
 def test_the_game_servers_handshake_verifies_the_player_who_echoes_it(edge, game):
     challenge = 0x9E3779B9
@@ -267,8 +283,8 @@ def test_the_game_servers_handshake_verifies_the_player_who_echoes_it(edge, game
     # The budget is spent: a connect with another challenge is refused ...
     assert edge.run(player_udp(connect(challenge + 1, game))).reason == "drop_unverified"
     # ... the connect that echoes the server's challenge verifies (and is not charged). (The
-    # challenge's reply punched the flow: a punch skips the rate limit, never the admission.)
-    assert edge.run(player_udp(connect(challenge, game))).reason == "tx_punched"
+    # challenge punched nothing: it goes to whoever asks for one.)
+    assert edge.run(player_udp(connect(challenge, game))).reason == "tx_forward"
     assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "handshake"
     assert edge.verify_counts()["handshake"] == 1
     assert edge.run(player_udp(b"netchannel data", sport=PLAYER_PORT + 1)).reason == "tx_forward"

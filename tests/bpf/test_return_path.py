@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -12,7 +15,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from .edge_env import monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT,
                        SIDE_BACKEND, SIDE_GAME, SIDE_PORT, backend_reply, checksums_valid, cookie_for, eth,
-                       player_udp, setup_pop)
+                       player_tcp, player_udp, setup_pop)
 from . import topology as topo
 
 SECOND = 10**9
@@ -53,8 +56,39 @@ def test_a_punch_lets_the_players_answers_past_the_rate_limit(edge):
 
 
 def test_tcp_replies_learn_punches_too(pop):
-    pop.run(backend_reply(proto="tcp"))
+    pop.run(backend_reply(proto="tcp", tcp_flags="A"))
     assert pop.punch_last_seen("tcp", GAME, GAME_PORT, PLAYER, PLAYER_PORT) is not None
+
+
+def next_rate_window():
+    """Sleep into the start of the next one-second rate window (the counts below in one window)."""
+    time.sleep(1 - monotonic_ns() % SECOND / SECOND + 0.01)
+
+
+# Replies a game server sends whoever asks - a spoofed address as readily as an attacker's own:
+# connectionless (an A2S challenge; one part of a split A2S answer, header -2) and TCP's SYN-ACK
+# and RST.
+ANYONE_GETS = {"connectionless": ("udp", b"\xff\xff\xff\xffA\x01\x02\x03\x04", None),
+               "split": ("udp", struct.pack("<iiBB", -2, 7, 2, 0) + b"\xff\xff\xff\xffE\x10\x00", None),
+               "syn-ack": ("tcp", b"", "SA"), "rst": ("tcp", b"", "RA")}
+
+
+@pytest.mark.parametrize("reply", sorted(ANYONE_GETS))
+def test_a_reply_anyone_can_provoke_punches_no_flow_past_the_rate_limit(edge, reply):
+    """The attack: ask the game server something it answers anyone (a getchallenge, an A2S query,
+    a SYN) from the address and port to flood from - spoofed, or one's own - and the flow is
+    punched: its flood skips the rate limit and the ban. A reply that answers whoever asked
+    punches nothing; a reply of an established session still does (the same flood, punched)."""
+    proto, payload, flags = ANYONE_GETS[reply]
+    setup_pop(edge, limits={proto: (2, 0)}, ban_sec=0)
+    flood = player_udp(b"\x00" * 40) if proto == "udp" else player_tcp(flags="A")
+    assert edge.run(backend_reply(payload, proto=proto, tcp_flags=flags)).reason == "tx_return"
+    assert edge.punch_last_seen(proto, GAME, GAME_PORT, PLAYER, PLAYER_PORT) is None
+    next_rate_window()
+    assert [edge.run(flood).reason for dummy in range(6)] == ["tx_forward"] * 2 + ["drop_rate_limit"] * 4
+    # The unprotected path: a flow the game server spoke on in session lets the same flood through.
+    assert edge.run(backend_reply(b"session", proto=proto, tcp_flags="A")).reason == "tx_return"
+    assert [edge.run(flood).reason for dummy in range(6)] == ["tx_punched"] * 6
 
 
 def test_ipip_from_an_unknown_source_is_dropped(pop):

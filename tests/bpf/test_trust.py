@@ -106,23 +106,28 @@ def test_a_ttl_1_reply_leaves_no_punch_and_no_cache_entry(edge):
     (then a flood passed as tx_punched at a 1 pps limit) and overwrite the A2S cache."""
     setup_pop(edge, limits={"udp": (1, 0)}, ban_sec=60)
     poison = b"\xff\xff\xff\xffI" + b"attacker's server name\x00" * 4
-    result = edge.run(backend_reply(poison, inner_ttl=1))
-    assert (result.action, result.reason) == ("DROP", "drop_ttl")
+    for reply in (poison, b"session"):      # (a connectionless reply punches nothing in any case)
+        result = edge.run(backend_reply(reply, inner_ttl=1))
+        assert (result.action, result.reason) == ("DROP", "drop_ttl")
     assert learnt_nothing(edge)
     flood = [edge.run(player_udp()).reason for dummy in range(20)]
     assert flood[:2] == ["tx_forward", "drop_rate_limit"] and set(flood[2:]) == {"drop_banned"}
 
 
-def test_the_same_reply_with_a_live_ttl_teaches_both(pop):
+def test_the_same_replies_with_a_live_ttl_teach_both(pop):
+    """The A2S reply fills the cache; a reply of the player's session punches its flow (an A2S
+    reply goes to whoever asked: it punches nothing, test_return_path)."""
     before = monotonic_ns()
     assert pop.run(backend_reply(A2S_INFO_REPLY)).reason == "tx_return"
-    assert before <= pop.punch_last_seen("udp", GAME, GAME_PORT, PLAYER, PLAYER_PORT) <= monotonic_ns()
     assert pop.a2s_cache(GAME_UDP_ID)[1] == A2S_INFO_REPLY
+    assert pop.run(backend_reply(b"session")).reason == "tx_return"
+    assert before <= pop.punch_last_seen("udp", GAME, GAME_PORT, PLAYER, PLAYER_PORT) <= monotonic_ns()
 
 
 def test_a_reply_without_a_route_leaves_nothing(pop):
-    result = pop.run(backend_reply(A2S_INFO_REPLY, dst=BLACKHOLED_PLAYER))
-    assert (result.action, result.reason) == ("DROP", "drop_no_route")
+    for reply in (A2S_INFO_REPLY, b"session"):      # what would fill the cache, what would punch
+        result = pop.run(backend_reply(reply, dst=BLACKHOLED_PLAYER))
+        assert (result.action, result.reason) == ("DROP", "drop_no_route")
     assert learnt_nothing(pop, dst=BLACKHOLED_PLAYER)
 
 
@@ -132,7 +137,7 @@ def test_a_too_big_reply_is_learnt_only_when_the_kernel_forwards_it(pop):
     # An inner packet of 1513 bytes: more than the uplink's MTU (1500) once decapsulated.
     df_frame = raw(eth() / IP(src=BACKEND, dst=topo.POP_TUNNEL_ADDR, proto=4)
                    / IP(src=GAME, dst=PLAYER, flags="DF") / UDP(sport=GAME_PORT, dport=PLAYER_PORT)
-                   / (b"\xff\xff\xff\xffI" + b"z" * 1480))
+                   / (b"z" * 1485))      # a session's packet: what would punch
     assert pop.run(df_frame).reason == "pass_too_big"
     assert learnt_nothing(pop)
     no_df = raw(eth() / IP(src=BACKEND, dst=topo.POP_TUNNEL_ADDR, proto=4)
