@@ -162,6 +162,9 @@ def cmd_stream(args) -> dict:
     count = int(args.duration / args.interval)
     received = set()
     started = time.monotonic()
+    # Wall-clock time of datagram 0: datagram N left at started_at + N * interval, so a check can
+    # line the lost numbers up with what else happened then (another process's clock, same host).
+    started_at = time.time()
     for seq in range(count):
         if stopping:
             count = seq
@@ -187,7 +190,8 @@ def cmd_stream(args) -> dict:
         longest = max(longest, run)
     return {"sent": count, "received": len(received), "lost": count - len(received),
             "longest_gap_sec": round(longest * args.interval, 2), "interval_sec": args.interval,
-            "lost_seqs": [seq for seq in range(count) if seq not in received][:50]}
+            "started_at": round(started_at, 3),
+            "lost_seqs": [seq for seq in range(count) if seq not in received][:200]}
 
 
 def cmd_punch_wait(args) -> dict:

@@ -15,7 +15,8 @@ path off this machine.
           N UDP datagrams to a game service, each from a different random address of a range
           (seeded: the same run sends the same sources), every Nth a Source engine getchallenge
           (handshake-shaped: what admission lets through within the budget under attack), the
-          rest junk (issue 13: the spoofed flood at the game port)
+          rest junk (issue 13: the spoofed flood at the game port); as fast as the POP takes them
+          (--most-waiting frames queued on the link at most), at most --rate per second
   ipip    N IPIP packets "from" a backend's tunnel address to the POP's tunnel address, each
           carrying a UDP datagram to a victim; --fragment splits each outer packet in two
           (issue 12 section 3: the kernel's ipip device must not reassemble and forward them)
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import random
 import socket
 import struct
@@ -122,20 +124,79 @@ def game_flood_frames(args) -> tuple[list[bytes], int]:
     return frames, len(set(offsets))
 
 
+class LinkBacklog:
+    """How many frames wait in a tap's queue for its reader (the POP's QEMU), from the tap's own
+    counters: Linux's tun driver counts tx_packets when the reader takes a frame and tx_dropped
+    when its queue (tx_queue_len frames) was full. Frames sent are added as they go; a drop means
+    the queue is full. Other traffic on the link (the players' datagrams the upstream routes
+    there) is taken by the reader too, so the estimate can only run low, and the next drop puts
+    it right. A sender that keeps it under a bound sends as fast as the reader takes frames -
+    the rate the lab sustains - and never makes the link drop another sender's datagrams."""
+
+    def __init__(self, queue_len: int, delivered: int, dropped: int):
+        self.queue_len = queue_len
+        self.delivered = delivered
+        self.dropped = dropped
+        self.waiting = 0
+        self.drops = 0
+
+    def sent(self, frames: int = 1) -> None:
+        self.waiting += frames
+
+    def update(self, delivered: int, dropped: int) -> int:
+        taken, lost = delivered - self.delivered, dropped - self.dropped
+        self.delivered, self.dropped = delivered, dropped
+        self.drops += lost
+        self.waiting = self.queue_len if lost else max(0, self.waiting - taken)
+        return self.waiting
+
+
+class LinkCounters:
+    """tx_packets and tx_dropped of a link in this namespace, read again on each call (sysfs
+    makes a counter's text anew on a read from offset 0: the files stay open, one pread each)."""
+
+    def __init__(self, iface: str):
+        self.fds = [os.open("/sys/class/net/%s/statistics/%s" % (iface, name), os.O_RDONLY)
+                    for name in ("tx_packets", "tx_dropped")]
+
+    def __call__(self) -> tuple[int, int]:
+        delivered, dropped = (int(os.pread(fd, 32, 0)) for fd in self.fds)
+        return delivered, dropped
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
 def cmd_game_flood(args) -> dict:
     frames, distinct = game_flood_frames(args)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((args.iface, 0))
+    link_counters = LinkCounters(args.iface)
+    with open("/sys/class/net/%s/tx_queue_len" % args.iface, encoding="ascii") as queue_len:
+        backlog = LinkBacklog(int(queue_len.read()), *link_counters())
+    held_back = 0.0
     started = time.monotonic()
+    started_at = time.time()  # wall clock of the first datagram, to line up with other processes' reports
     for number, frame in enumerate(frames):
+        if args.most_waiting:
+            while backlog.update(*link_counters()) >= args.most_waiting:
+                waited = time.monotonic()
+                time.sleep(0.0005)
+                held_back += time.monotonic() - waited
         sock.send(frame)
-        # Paced against the start (as send_frames), one frame per step.
+        backlog.sent()
+        # Never faster than --rate: paced against the start (as send_frames), one frame per step.
         delay = started + (number + 1) / args.rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
     seconds = time.monotonic() - started
+    backlog.update(*link_counters())
+    link_counters.close()
     handshakes = sum(1 for number in range(len(frames)) if args.handshake_every and number % args.handshake_every == 0)
     return {"sent": len(frames), "seconds": round(seconds, 2), "rate": round(len(frames) / seconds),
+            "started_at": round(started_at, 3), "most_waiting": args.most_waiting,
+            "held_back_sec": round(held_back, 2), "link_dropped": backlog.drops,
             "distinct_sources": distinct, "sources": args.sources, "seed": args.seed,
             "handshake_shaped": handshakes, "junk": len(frames) - handshakes,
             "target": "%s:%d" % (args.target, args.port)}
@@ -200,6 +261,9 @@ def main(argv=None) -> int:
     game.add_argument("--seed", type=int, default=13)
     game.add_argument("--handshake-every", type=int, default=10,
                       help="every Nth datagram a Source getchallenge, the rest junk (0: junk only)")
+    game.add_argument("--most-waiting", type=int, default=128,
+                      help="frames queued on the link for the POP at most: send as fast as it takes "
+                      "them, up to --rate (0: at --rate, whatever the link drops)")
 
     ipip = sender("ipip", "IPIP in a backend's name carrying UDP to a victim")
     ipip.add_argument("--outer-source", required=True)

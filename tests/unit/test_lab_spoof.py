@@ -75,3 +75,27 @@ def test_the_flood_is_bounded():
             assert exc.code == 2
         else:
             raise AssertionError("%s was accepted" % argv)
+
+
+def test_the_backlog_counts_frames_sent_less_frames_the_reader_took():
+    """The flood waits while this many of its frames sit in the tap's queue: sent frames add,
+    the reader's tx_packets take away (never below 0: other traffic is read from the link too)."""
+    backlog = spoof.LinkBacklog(queue_len=1000, delivered=500, dropped=7)
+    backlog.sent(100)
+    assert backlog.update(delivered=530, dropped=7) == 70
+    backlog.sent(5)
+    assert backlog.update(delivered=530, dropped=7) == 75
+    assert backlog.update(delivered=700, dropped=7) == 0
+    assert backlog.drops == 0
+
+
+def test_a_drop_on_the_link_means_its_queue_is_full():
+    """The estimate can run low (the reader also took the players' datagrams); the tun driver
+    drops only when its queue is full, so a drop sets the backlog to the queue's length and the
+    flood waits until the reader has taken that many."""
+    backlog = spoof.LinkBacklog(queue_len=1000, delivered=0, dropped=0)
+    backlog.sent(300)
+    assert backlog.update(delivered=100, dropped=3) == 1000
+    assert backlog.drops == 3
+    assert backlog.update(delivered=1000, dropped=3) == 100
+    assert backlog.update(delivered=1100, dropped=3) == 0
