@@ -3,7 +3,8 @@
 #   1. Debian packages (toolchain for the BPF programs, runtime tools the tests drive),
 #      installed only when dpkg says one is missing, so a ready machine never touches apt;
 #   2. the project virtualenv .venv/ with the exact pins of requirements.txt, rebuilt only
-#      when requirements.txt (or the interpreter) changed since the last successful install.
+#      when requirements.txt (or the interpreter) changed since the last successful install;
+#   3. the collections the roles call (ansible.posix), into that venv, when missing.
 # A second run on a ready machine is a no-op that takes well under a second.
 set -euo pipefail
 
@@ -85,5 +86,60 @@ install_venv() {
     log "$VENV_DIR ready"
 }
 
+# ansible.posix, whose sysctl module the roles set the kernel's settings with. Our machines reach
+# PyPI but not Galaxy; the `ansible` package on PyPI bundles the collection. Only that collection
+# is taken from its wheel (the whole package is 210 MB of collections we do not use), into the
+# venv's site-packages, where ansible-core finds collections (COLLECTIONS_SCAN_SYS_PATH): every
+# ansible-playbook, ansible-lint and molecule run from .venv sees it. ansible 12.x is the bundle
+# made for ansible-core 2.19.x (requirements.txt pins 2.19).
+ANSIBLE_BUNDLE=ansible==12.3.0
+ANSIBLE_POSIX_VERSION=2.1.0
+
+installed_collection_version() {  # site-packages, namespace.name -> its version, or nothing
+    "$VENV_DIR/bin/python" - "$1" "$2" <<'EOF' 2>/dev/null || true
+import json, os, sys
+site, name = sys.argv[1:]
+with open(os.path.join(site, "ansible_collections", *name.split("."), "MANIFEST.json")) as manifest:
+    print(json.load(manifest)["collection_info"]["version"])
+EOF
+}
+
+install_collections() {
+    local site download
+    site=$("$VENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    if [[ $(installed_collection_version "$site" ansible.posix) == "$ANSIBLE_POSIX_VERSION" ]]; then
+        log "ansible.posix $ANSIBLE_POSIX_VERSION present"
+        return
+    fi
+    log "installing ansible.posix $ANSIBLE_POSIX_VERSION from the $ANSIBLE_BUNDLE wheel"
+    download=$(mktemp -d)
+    "$VENV_DIR/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --only-binary :all: --dest "$download" "$ANSIBLE_BUNDLE" \
+        2> >(grep -v "is neither a file nor a directory" >&2)
+    # Unpacked beside its place and moved in whole: an interrupted run leaves no half collection.
+    "$VENV_DIR/bin/python" - "$download" "$site" "$ANSIBLE_POSIX_VERSION" <<'EOF'
+import glob, json, os, shutil, sys, zipfile
+download, site, version = sys.argv[1:]
+prefix = "ansible_collections/ansible/posix/"
+(wheel,) = glob.glob(os.path.join(download, "ansible-*.whl"))
+with zipfile.ZipFile(wheel) as bundle:
+    found = json.loads(bundle.read(prefix + "MANIFEST.json"))["collection_info"]["version"]
+    if found != version:
+        sys.exit("setup: %s holds ansible.posix %s, not %s" % (os.path.basename(wheel), found, version))
+    bundle.extractall(download, [name for name in bundle.namelist() if name.startswith(prefix)])
+target = os.path.join(site, prefix)
+os.makedirs(os.path.dirname(target.rstrip("/")), exist_ok=True)
+shutil.rmtree(target, ignore_errors=True)
+shutil.move(os.path.join(download, prefix), target)
+EOF
+    rm -rf "$download"
+    if [[ $(installed_collection_version "$site" ansible.posix) != "$ANSIBLE_POSIX_VERSION" ]]; then
+        log "ansible.posix $ANSIBLE_POSIX_VERSION did not install"
+        exit 1
+    fi
+    log "ansible.posix $ANSIBLE_POSIX_VERSION ready"
+}
+
 install_apt_packages
 install_venv
+install_collections

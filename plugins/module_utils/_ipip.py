@@ -45,15 +45,8 @@ import os
 import re
 import socket
 
-try:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-except ImportError:
-    IPRoute = None
-    NetlinkError = OSError
-    HAS_PYROUTE2 = False
-else:
-    HAS_PYROUTE2 = True
+# The one pyroute2 set-up (import, fallbacks, the socket) is _netlink's.
+from ansible_collections.anycast.edge.plugins.module_utils._netlink import NetlinkError
 
 MARK = "anycast.edge"
 KIND = "ipip"
@@ -383,12 +376,6 @@ def _is_missing_kind_error(exc):
 
 
 # -- pyroute2 -----------------------------------------------------------------------------------
-
-def open_iproute():
-    if IPRoute is None:
-        raise IpipError("pyroute2 is not installed (Debian: python3-pyroute2)")
-    return IPRoute()
-
 
 def _dump(message):
     return message.dump()

@@ -1,7 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to anycast.edge
 # MIT License (see https://opensource.org/licenses/MIT)
-"""Traffic-control (tc) helpers over pyroute2: clsact qdiscs and direct-action BPF filters.
+"""The collection's one pyroute2 set-up (``IPRoute``, ``NetlinkError``, ``PYROUTE2_IMPORT_ERROR``,
+``open_iproute``; _ipip and the modules take them from here), and the traffic-control (tc)
+helpers over it: clsact qdiscs and direct-action BPF filters.
 
 What the collection needs from tc is small and must never disturb anybody else's setup:
 

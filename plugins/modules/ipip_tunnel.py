@@ -220,6 +220,7 @@ removed:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
+from ansible_collections.anycast.edge.plugins.module_utils import _netlink
 
 
 def diff_for(before, after, header=None):
@@ -344,17 +345,18 @@ def main():
         required_if=[("state", "present", ["name"]), ("state", "absent", ["name"])],
         supports_check_mode=True,
     )
-    if not _ipip.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"))
+    if _netlink.PYROUTE2_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
+                         exception=_netlink.PYROUTE2_IMPORT_ERROR)
     try:
-        with _ipip.open_iproute() as ipr:
+        with _netlink.open_iproute() as ipr:
             if module.params["state"] == "pruned":
                 result = run_pruned(module, ipr)
             else:
                 result = run_single(module, ipr)
     except _ipip.IpipError as exc:
         module.fail_json(msg=str(exc), changed=exc.host_changed)
-    except _ipip.NetlinkError as exc:  # reading links failed: nothing was changed
+    except _netlink.NetlinkError as exc:  # reading links failed: nothing was changed
         module.fail_json(msg="netlink: %s" % exc, changed=False)
     module.exit_json(**result)
 
