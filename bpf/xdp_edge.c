@@ -76,6 +76,7 @@
 #include "game_proto.h"
 #include "udp_reply.h"
 #include "payload_rules.h"
+#include "syn_auth.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define NSEC_PER_MSEC 1000000ULL
@@ -401,14 +402,35 @@ static __always_inline int echoes_server_challenge(struct xdp_md *ctx, const str
 	return game_client_echo(ctx, pkt, svc->game_protocol, &echo) && echo == src->server_challenge;
 }
 
+/* Is SYN authentication on for the service (syn_auth.h): a TCP service whose syn_auth is always, or
+ * auto while the service is under attack? */
+static __always_inline int syn_auth_active(const struct service_value *svc)
+{
+	if (svc->syn_auth == EDGE_SYN_AUTH_ALWAYS)
+		return 1;
+	return svc->syn_auth == EDGE_SYN_AUTH_AUTO && service_under_attack(svc);
+}
+
+/* What admission decided about a packet to a service. */
+enum admission {
+	ADMIT_DROP = 0,     /* dropped as drop_unverified */
+	ADMIT_PASS = 1,     /* goes on */
+	ADMIT_SYN_AUTH = 2, /* unverified TCP while SYN authentication is on: syn_auth() decides (a punched flow goes on) */
+};
+
 /*
- * Admission of a packet to a service (issue 13): 1 when it may go on (*verified says whether its
- * source is verified: what the payload rules' "verified" matches), 0 when it is dropped as
- * drop_unverified. A source is verified for the service by the allow list (nothing stored), a
- * live slot of its entry, or this very packet echoing its game server's challenge. Verified
- * packets are never charged to the budget. Unverified ones pass freely while the service is not
- * under attack; under attack only when handshake-shaped and within the budget. Every packet is
- * counted in this CPU's bucket of the service (what the agent's attack mode watches).
+ * Admission of a packet to a service (issue 13): ADMIT_PASS when it may go on (*verified says
+ * whether its source is verified: what the payload rules' "verified" matches), ADMIT_DROP when it
+ * is dropped as drop_unverified. A source is verified for the service by the allow list (nothing
+ * stored), a live slot of its entry, or this very packet echoing its game server's challenge.
+ * Verified packets are never charged to the budget. Unverified TCP to a service with SYN
+ * authentication on is syn_auth()'s (ADMIT_SYN_AUTH), never charged to the budget either. Other
+ * unverified packets pass freely while the service is not under attack; under attack only when
+ * handshake-shaped and within the budget. Every packet is counted in this CPU's bucket of the
+ * service (what the agent's attack mode watches): for TCP, every segment from a source that is
+ * not verified for the service (SYNs, the handshake's ACK, and floods of any flags) counts as
+ * unverified, so a SYN or ACK flood puts an auto service under attack, and keeps it there while
+ * SYN authentication answers it.
  */
 static __always_inline int admitted(struct xdp_md *ctx, const struct edge_config *cfg, const struct packet *pkt,
 				    const struct service_value *svc, struct source_state *src, int allowed,
@@ -428,23 +450,25 @@ static __always_inline int admitted(struct xdp_md *ctx, const struct edge_config
 	}
 	*verified_out = verified;
 	if (!bucket)
-		return 1; /* not for any service id (< EDGE_MAX_SERVICES); the verifier wants the case */
+		return ADMIT_PASS; /* not for any service id (< EDGE_MAX_SERVICES); the verifier wants the case */
 	if (verified) {
 		bucket->verified_packets++; /* per-CPU value: no other writer */
-		return 1;
+		return ADMIT_PASS;
 	}
 	bucket->unverified_packets++;
 	bucket->unverified_bytes += pkt->frame_len;
+	if (pkt->proto == IPPROTO_TCP && syn_auth_active(svc))
+		return ADMIT_SYN_AUTH;
 	if (!service_under_attack(svc))
-		return 1;
+		return ADMIT_PASS;
 	/* No budget: nothing unverified passes, whatever its shape (no payload read). */
 	if ((svc->admission.packets_per_sec || svc->admission.bytes_per_sec) && handshake_shaped(ctx, pkt, svc) &&
 	    admission_take(cfg, bucket, svc, pkt->ip_tot_len, clock_now(now))) {
 		bucket->admitted_packets++;
-		return 1;
+		return ADMIT_PASS;
 	}
 	bucket->dropped_packets++;
-	return 0;
+	return ADMIT_DROP;
 }
 
 static __always_inline void count_service(__u32 service_id, __u32 bytes, int outbound)
@@ -1112,6 +1136,57 @@ static __always_inline int is_banned(const struct source_state *src, __u64 now)
 	return src && src->ban_until_ns > now;
 }
 
+/*
+ * SYN authentication (syn_auth.h) of a TCP segment from a source not verified for the service, on
+ * no live punch, while it is on: a SYN is answered with the cookie SYN-ACK (tx_syn_auth); a RST
+ * whose sequence number is this tuple's cookie verifies the source (proof syn_auth) and is
+ * consumed (drop_syn_auth_verified); everything else - ACK, data, FIN, RST floods, a RST with
+ * another number, a SYN too short to answer - is dropped (drop_tcp_unverified). Only the valid
+ * RST makes a source entry: a spoofed flood makes none.
+ */
+static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct edge_config *cfg,
+					       const struct packet *pkt, const struct service_value *svc,
+					       struct source_state *src, __u64 now)
+{
+	struct tcp_head head;
+	__u64 key[2], previous[2], epoch_ns, epoch;
+	__u32 cookie;
+	__u8 flags;
+	int len;
+
+	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 4, &head, sizeof(head)))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	flags = head.flags & TCP_FLAGS_HANDSHAKE;
+	/* A RST with or without ACK (stacks differ); a SYN alone. Nothing else is asked. */
+	if (flags != TCP_FLAG_SYN && (flags & ~TCP_FLAG_ACK) != TCP_FLAG_RST)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
+	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same on every POP */
+	syn_auth_keys(cfg, key, previous);
+	if (flags == TCP_FLAG_SYN) {
+		cookie = a2s_cookie(key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);
+		/* The cookie must not be the ACK the client waits for (a chance of 2^-32): it would
+		 * complete a handshake the game server never saw. Dropped: the retransmission of a
+		 * later epoch gets another cookie. Never more bytes back than the SYN brought. */
+		if (cookie == bpf_ntohl(head.seq) + 1 || pkt->ip_tot_len < SYN_AUTH_REPLY_IP_LEN)
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+		/* Our sequence number: the client never acknowledges it; derived from the cookie so
+		 * the answer is the same for the same SYN. */
+		len = syn_ack_send(ctx, pkt->vlan_tags, ~cookie, cookie);
+		if (len < 0)
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+		count_service(svc->id, len, 1);
+		return make_verdict(XDP_TX, EDGE_REASON_TX_SYN_AUTH);
+	}
+	if (!a2s_cookie_valid(key, previous, bpf_ntohl(head.seq), pkt->saddr, pkt->daddr, pkt->sport, pkt->dport,
+			      epoch))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	if (!src)
+		src = source_create(pkt->saddr, pkt->frame_len, now);
+	source_verify(cfg, src, svc->id, EDGE_PROOF_SYN_AUTH, now);
+	return make_verdict(XDP_DROP, EDGE_REASON_DROP_SYN_AUTH_VERIFIED);
+}
+
 /* Inbound IPv4, after parsing. */
 static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const struct edge_config *cfg,
 						   const struct packet *pkt)
@@ -1122,7 +1197,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now = 0; /* clock_now(): read only once a decision needs it */
-	int allowed = lists.allowed, punched, verified = 0;
+	int allowed = lists.allowed, punched, verified = 0, admission;
 	int cookie_proven = 0; /* set by a2s_handle: the source echoed a valid fleet cookie */
 
 	/* The deny list comes first, even before the return path: a denied source is never
@@ -1183,7 +1258,10 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	 * anycast address are nothing a game server needs, and an error must never be answered. */
 	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ICMP_TYPE);
-	if (!admitted(ctx, cfg, pkt, svc, src, allowed, &now, &verified))
+	admission = admitted(ctx, cfg, pkt, svc, src, allowed, &now, &verified);
+	if (admission == ADMIT_SYN_AUTH && !punch_is_live(cfg, pkt, clock_now(&now)))
+		return syn_auth(ctx, cfg, pkt, svc, src, now);
+	if (admission == ADMIT_DROP)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_UNVERIFIED);
 	clock_now(&now); /* from here on every path needs it */
 	/* The operator's payload rules (payload_rules.h): "verified" as admission found it. */

@@ -52,8 +52,8 @@ static __always_inline __u16 csum_replace2(__u16 check, __u16 old, __u16 new)
 	return ~csum_fold(sum);
 }
 
-/* Sum of the UDP pseudo header (addresses, protocol, UDP length). */
-static __always_inline __u64 udp_pseudo_sum(__be32 saddr, __be32 daddr, __be16 udp_len)
+/* Sum of the IPv4 pseudo header of a TCP or UDP checksum (addresses, protocol, L4 length). */
+static __always_inline __u64 ipv4_pseudo_sum(__be32 saddr, __be32 daddr, __u8 proto, __be16 l4_len)
 {
 	__u64 sum = 0;
 
@@ -61,9 +61,15 @@ static __always_inline __u64 udp_pseudo_sum(__be32 saddr, __be32 daddr, __be16 u
 	sum += saddr >> 16;
 	sum += daddr & 0xffff;
 	sum += daddr >> 16;
-	sum += bpf_htons(IPPROTO_UDP);
-	sum += udp_len;
+	sum += bpf_htons(proto);
+	sum += l4_len;
 	return sum;
+}
+
+/* Sum of the UDP pseudo header (addresses, protocol, UDP length). */
+static __always_inline __u64 udp_pseudo_sum(__be32 saddr, __be32 daddr, __be16 udp_len)
+{
+	return ipv4_pseudo_sum(saddr, daddr, IPPROTO_UDP, udp_len);
 }
 
 /* Final UDP checksum from the pseudo header, the UDP header (check field 0) and a payload sum.

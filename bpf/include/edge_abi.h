@@ -99,6 +99,9 @@ enum edge_reason {
 	EDGE_REASON_DROP_ICMP_TYPE,        /* ICMP to a service that is not an echo request */
 	EDGE_REASON_DROP_UNVERIFIED,       /* service under attack: unverified and not handshake-shaped, or over the admission budget */
 	EDGE_REASON_DROP_RULE,             /* a payload rule (anycast_edge_filters.rules) dropped it, or its per-source limit did */
+	EDGE_REASON_TX_SYN_AUTH,           /* SYN authentication: answered an unverified source's SYN with the cookie SYN-ACK (syn_auth.h) */
+	EDGE_REASON_DROP_SYN_AUTH_VERIFIED, /* SYN authentication: the client's RST echoed a valid cookie; the source is verified, the RST consumed */
+	EDGE_REASON_DROP_TCP_UNVERIFIED,   /* SYN authentication active: a TCP segment from an unverified source that is not a SYN, or a RST without a valid cookie */
 	EDGE_REASON_COUNT,
 };
 
@@ -167,6 +170,16 @@ enum edge_attack_mode {
 	EDGE_ATTACK_MODE_COUNT = 3,
 };
 
+/* When a TCP service authenticates unverified sources' SYNs at the POP (anycast_edge_services[].syn_auth;
+ * syn_auth.h): while it is under attack (its attack_mode decides), always, or never. While active, an
+ * unverified source's SYN is answered by the POP and its other segments are dropped. */
+enum edge_syn_auth_mode {
+	EDGE_SYN_AUTH_AUTO = 0,   /* while the service is under attack (service_under_attack) */
+	EDGE_SYN_AUTH_ALWAYS = 1,
+	EDGE_SYN_AUTH_NEVER = 2,  /* unverified TCP is admitted (or not) by issue 13's admission alone */
+	EDGE_SYN_AUTH_MODE_COUNT = 3,
+};
+
 struct service_value {
 	__u32 id;                    /* 1..EDGE_MAX_SERVICES-1: index of edge_service_stats and a2s_cache */
 	__be32 backend_addr;         /* outer destination of the IPIP packets */
@@ -178,6 +191,8 @@ struct service_value {
 	struct edge_rate_limit admission;
 	__u32 game_protocol;         /* enum edge_game_protocol */
 	__u32 attack_mode;           /* enum edge_attack_mode */
+	__u32 syn_auth;              /* enum edge_syn_auth_mode (TCP services; ignored for the others) */
+	__u32 pad;
 };
 
 /* LPM keys (allow/deny/anycast). prefixlen counts bits from the first byte of addr. */
@@ -271,7 +286,8 @@ enum edge_verify_proof {
 	EDGE_PROOF_COOKIE = 1,    /* echoed a valid edge cookie (A2S challenge) */
 	EDGE_PROOF_HANDSHAKE = 2, /* echoed the game server's own challenge (validator on the return path) */
 	EDGE_PROOF_PUNCH = 3,     /* the game server opened the flow (spoke first) */
-	EDGE_PROOF_COUNT = 4,
+	EDGE_PROOF_SYN_AUTH = 4,  /* answered the POP's cookie SYN-ACK with the RST a real TCP stack sends (syn_auth.h) */
+	EDGE_PROOF_COUNT = 5,
 };
 
 struct source_verification {

@@ -98,3 +98,15 @@ def a2s_cookie(cookie_key, saddr, daddr, sport, dport, epoch):
     key = struct.pack("<QQ", cookie_key[0], cookie_key[1])
     message = saddr + daddr + struct.pack("!HH", sport, dport) + struct.pack("<I", epoch & 0xFFFFFFFF)
     return struct.pack("<I", siphash24(key, message) & 0xFFFFFFFF)
+
+
+# bpf/include/syn_auth.h SYN_AUTH_KEY_TWEAK: xored into the first word of each key generation.
+SYN_AUTH_KEY_TWEAK = 0x7463702D73796E61
+
+
+def syn_cookie(cookie_key, saddr, daddr, sport, dport, epoch):
+    """The SYN authentication cookie (syn_auth.h) as an integer: the acknowledgement number of the
+    POP's SYN-ACK to a client, and the sequence number of the RST that proves the client's address.
+    The edge cookie of the 4-tuple and epoch under the TCP key of the generation cookie_key."""
+    tcp_key = (cookie_key[0] ^ SYN_AUTH_KEY_TWEAK, cookie_key[1])
+    return struct.unpack("<I", a2s_cookie(tcp_key, saddr, daddr, sport, dport, epoch))[0]

@@ -48,6 +48,9 @@ REASONS = (
     "drop_icmp_type",
     "drop_unverified",
     "drop_rule",
+    "tx_syn_auth",
+    "drop_syn_auth_verified",
+    "drop_tcp_unverified",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -64,8 +67,10 @@ ALLOW_CONTROL_PLANE = 1 << 1
 GAME_PROTOCOLS = ("none", "source", "goldsrc")
 # enum edge_attack_mode: the inventory names of a service's attack_mode, in order.
 ATTACK_MODES = ("auto", "always", "never")
+# enum edge_syn_auth_mode: the inventory names of a TCP service's syn_auth, in order.
+SYN_AUTH_MODES = ("auto", "always", "never")
 # enum edge_verify_proof: how a source proved it owns its address (edge_verify_stats), in order.
-VERIFY_PROOFS = ("none", "cookie", "handshake", "punch")
+VERIFY_PROOFS = ("none", "cookie", "handshake", "punch", "syn_auth")
 
 SERVICE_F_A2S_CACHE = 1 << 0
 SERVICE_F_A2S_SNOOP = 1 << 1
@@ -83,7 +88,7 @@ EDGE_COUNTER = struct.Struct("<QQ")                   # struct edge_counter
 RATE_LIMIT = struct.Struct("<QQ")                     # struct edge_rate_limit
 EDGE_CONFIG = struct.Struct("<4sIQQ2Q" + "QQ" * len(PROTO_CLASSES) + "2QqQI4x")  # struct edge_config
 SERVICE_KEY = struct.Struct("<4s2sBx")                # struct service_key
-SERVICE_VALUE = struct.Struct("<I4sIIQQQQII")         # struct service_value
+SERVICE_VALUE = struct.Struct("<I4sIIQQQQIII4x")      # struct service_value
 LPM_V4_KEY = struct.Struct("<I4s")                    # struct lpm_v4_key
 LPM_V6_KEY = struct.Struct("<I16s")                   # struct lpm_v6_key
 U32 = struct.Struct("<I")                             # map values that are a plain __u32
@@ -136,7 +141,7 @@ LAYOUTS = {
                                   "cookie_tai_offset_ns", "verified_idle_ns", "nr_cpus", "pad")),
     "service_key": (SERVICE_KEY, ("addr", "port", "proto", "pad")),
     "service_value": (SERVICE_VALUE, ("id", "backend_addr", "flags", "a2s_max_age_ms", "limit", "admission",
-                                      "game_protocol", "attack_mode")),
+                                      "game_protocol", "attack_mode", "syn_auth", "pad")),
     "source_verification": (SOURCE_VERIFICATION, ("service_id", "proof", "active_ns")),
     "source_state": (SOURCE_STATE, ("ban_until_ns", "last_seen_ns", "packets", "bytes", "window", "pad",
                                     "window_packets", "window_bytes", "verified", "challenge_service_id",
@@ -203,12 +208,12 @@ def pack_service_key(proto, address, port_number):
 
 
 def pack_service_value(service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0), admission=(0, 0),
-                       game_protocol="none", attack_mode="never"):
+                       game_protocol="none", attack_mode="never", syn_auth="never"):
     """struct service_value. admission: the unverified budget (pps, bps) for the whole POP;
-    game_protocol / attack_mode: names of GAME_PROTOCOLS / ATTACK_MODES."""
+    game_protocol / attack_mode / syn_auth: names of GAME_PROTOCOLS / ATTACK_MODES / SYN_AUTH_MODES."""
     return SERVICE_VALUE.pack(service_id, ipv4(backend), flags, a2s_max_age_ms, limit[0], limit[1],
                               admission[0], admission[1], GAME_PROTOCOLS.index(game_protocol),
-                              ATTACK_MODES.index(attack_mode))
+                              ATTACK_MODES.index(attack_mode), SYN_AUTH_MODES.index(syn_auth))
 
 
 def pack_lpm_v4(cidr):

@@ -184,13 +184,14 @@ class EdgeEnv:
         self.maps["edge_own_addrs"].update(abi.U32.pack(0), abi.pack_own_addrs(present + [address]))
 
     def add_service(self, proto, address, port, service_id, backend, flags=0, a2s_max_age_ms=0, limit=(0, 0),
-                    admission=(0, 0), game_protocol="none", attack_mode="never"):
+                    admission=(0, 0), game_protocol="none", attack_mode="never", syn_auth="never"):
         """An edge_services entry as edge_rules packs it. admission: the unverified budget (pps,
-        bps) for the POP; game_protocol, attack_mode: names (abi.GAME_PROTOCOLS, abi.ATTACK_MODES)."""
+        bps) for the POP; game_protocol, attack_mode, syn_auth: names (abi.GAME_PROTOCOLS,
+        abi.ATTACK_MODES, abi.SYN_AUTH_MODES)."""
         self.maps["edge_services"].update(
             abi.pack_service_key(proto, address, port),
             abi.pack_service_value(service_id, backend, flags, a2s_max_age_ms, limit, admission, game_protocol,
-                                   attack_mode),
+                                   attack_mode, syn_auth),
         )
 
     def set_under_attack(self, service_id: int, under_attack: bool, since_ns: int = 0) -> None:

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie as project_a2s_cookie
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import SYN_AUTH_KEY_TWEAK
 
 from . import game_model
 from . import topology as topo
@@ -91,10 +92,17 @@ ADMISSION_MAX_RATE = 18_000_000_000
 VERIFIED_SLOTS = 2
 GAME_PROTOCOLS = ("none", "source", "goldsrc")          # enum edge_game_protocol
 ATTACK_MODES = ("auto", "always", "never")              # enum edge_attack_mode
-PROOFS = ("none", "cookie", "handshake", "punch")       # enum edge_verify_proof
+PROOFS = ("none", "cookie", "handshake", "punch", "syn_auth")   # enum edge_verify_proof
 CONNECTIONLESS = b"\xff\xff\xff\xff"
 SPLIT = b"\xfe\xff\xff\xff"                              # one part of a split A2S reply (header -2, LE)
 TCP_SYN, TCP_RST = 0x02, 0x04
+
+# Issue 14: SYN authentication (syn_auth.h)
+SYN_AUTH_MODES = ("auto", "always", "never")            # enum edge_syn_auth_mode
+TCP_FIN, TCP_ACK = 0x01, 0x10
+TCP_FLAGS_HANDSHAKE = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
+SYN_AUTH_REPLY_IP_LEN = IPV4_HLEN + 20                   # a TCP header without options
+SYN_AUTH_WINDOW = 65535
 
 ICMP_DEST_UNREACH = 3
 ICMP_FRAG_NEEDED = 4
@@ -221,6 +229,7 @@ class Service:
     admission: tuple = (0, 0)      # the unverified budget under attack (pps, bps) for the POP; (0, 0): none
     game_protocol: str = "none"    # GAME_PROTOCOLS
     attack_mode: str = "never"     # ATTACK_MODES
+    syn_auth: str = "never"        # SYN_AUTH_MODES (TCP services)
 
 
 @dataclass
@@ -666,6 +675,11 @@ class EdgeModel:
         if pkt.proto == IPPROTO_ICMP and pkt.icmp_type != ICMP_ECHO:
             raise _verdict(DROP, "drop_icmp_type")
         verified = self._admitted(pkt, svc, source, allowed)
+        if verified == "syn_auth":
+            # Unverified TCP while SYN authentication is on: a punched flow goes on, the rest is its.
+            if not self._punch_is_live(pkt):
+                self._syn_auth(pkt, svc, source)
+            verified = False
         if verified is None:
             raise _verdict(DROP, "drop_unverified")
         # The payload rules (payload_rules.h), after everything above (which "pass" never skips).
@@ -780,6 +794,7 @@ class EdgeModel:
         """admitted() of xdp_edge.c: verified (allow list, a live slot, or this packet echoing the
         game server's challenge) passes uncharged; unverified passes unless the service is under
         attack, then only handshake-shaped and within this CPU's admission bucket. None: dropped;
+        "syn_auth": unverified TCP while SYN authentication is on (syn_auth decides, uncharged);
         else whether the source is verified (what the payload rules' "verified" matches)."""
         now, idle_ns = self._now, self._idle_ns()
         verified = allowed
@@ -807,7 +822,9 @@ class EdgeModel:
         else:
             bucket.unverified_packets += 1
             bucket.unverified_bytes += len(self._frame)
-            if self._under_attack(svc):
+            if pkt.proto == IPPROTO_TCP and self._syn_auth_active(svc):
+                outcome = "syn_auth"      # never charged to the budget: syn_auth decides
+            elif self._under_attack(svc):
                 shaped = pkt.proto == IPPROTO_UDP and game_model.handshake_shaped(self._payload(pkt), protocol)
                 if shaped and self._admission_take(bucket, svc, pkt.ip_tot_len):
                     bucket.admitted_packets += 1
@@ -819,6 +836,56 @@ class EdgeModel:
             state.buckets[service_id] = bucket
         self._op("bucket of %d" % svc.id, store)
         return outcome
+
+    def _syn_auth_active(self, svc: Service) -> bool:
+        return svc.syn_auth == "always" or (svc.syn_auth == "auto" and self._under_attack(svc))
+
+    def _syn_auth(self, pkt: Ipv4, svc: Service, source: Optional[Source]):
+        """syn_auth() of xdp_edge.c: a SYN gets the cookie SYN-ACK, a RST echoing the tuple's cookie
+        verifies its source (and is dropped), everything else is drop_tcp_unverified."""
+        l4 = pkt.l4_off
+        (seq,) = struct.unpack_from("!I", self._frame, l4 + 4)
+        flags = self._frame[l4 + 13] & TCP_FLAGS_HANDSHAKE
+        if flags != TCP_SYN and flags & ~TCP_ACK != TCP_RST:
+            raise _verdict(DROP, "drop_tcp_unverified")
+        cfg = self.state.config
+        utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
+        epoch = utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+
+        def cookie_of(key, which_epoch):
+            tcp_key = (key[0] ^ SYN_AUTH_KEY_TWEAK, key[1])
+            return a2s_cookie(tcp_key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)
+
+        if flags == TCP_SYN:
+            cookie = cookie_of(cfg.cookie_key, epoch)
+            if cookie == (seq + 1) & 0xFFFFFFFF or pkt.ip_tot_len < SYN_AUTH_REPLY_IP_LEN:
+                raise _verdict(DROP, "drop_tcp_unverified")
+            self._send_syn_ack(pkt, (~cookie) & 0xFFFFFFFF, cookie)
+        keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
+        if not any(seq in (cookie_of(key, epoch), cookie_of(key, epoch - 1)) for key in keys):
+            raise _verdict(DROP, "drop_tcp_unverified")
+        if source is None:
+            self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
+        self._verify(pkt.saddr, svc.id, "syn_auth", create=True)
+        raise _verdict(DROP, "drop_syn_auth_verified")
+
+    def _send_syn_ack(self, pkt: Ipv4, seq: int, ack: int):
+        """syn_ack_in_place: the SYN turned around, 40 IP bytes, no options, back the way it came."""
+        request_ip = self._frame[pkt.l3_off:pkt.l3_off + IPV4_HLEN]
+        ip = bytearray(request_ip)
+        ip[12:16], ip[16:20] = request_ip[16:20], request_ip[12:16]
+        struct.pack_into("!H", ip, 2, SYN_AUTH_REPLY_IP_LEN)
+        struct.pack_into("!H", ip, 6, 0)       # frag_off
+        ip[8] = REPLY_TTL
+        ip[10:12] = ipv4_header_csum(bytes(ip))
+        sport, dport = struct.unpack_from("!HH", self._frame, pkt.l4_off)
+        tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, seq, ack, 5 << 4, TCP_SYN | TCP_ACK,
+                                    SYN_AUTH_WINDOW, 0, 0))
+        total = csum_words(bytes(ip[12:20])) + (IPPROTO_TCP << 8) + struct.unpack("<H", struct.pack("!H", 20))[0]
+        total += csum_words(bytes(tcp))
+        tcp[16:18] = struct.pack("<H", _not16(csum_fold(total)))
+        ethernet = self._frame[6:12] + self._frame[0:6] + self._frame[12:pkt.l3_off]
+        raise _verdict(TX, "tx_syn_auth", ethernet + bytes(ip) + bytes(tcp))
 
     def _admission_take(self, bucket: Bucket, svc: Service, length: int) -> bool:
         """admission_take on a copy of the bucket: credit in 1 / (nr_cpus * 1e9) of a packet/byte."""

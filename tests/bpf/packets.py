@@ -110,8 +110,9 @@ def udp_frame(src, dst, sport, dport, payload: bytes = b"", vlan=None, **ip_fiel
     return frame(ipv4(src, dst, UDP(sport=sport, dport=dport) / Raw(payload), **ip_fields), vlan=vlan)
 
 
-def tcp_frame(src, dst, sport, dport, payload: bytes = b"", flags: str = "S", vlan=None, **ip_fields) -> bytes:
-    return frame(ipv4(src, dst, TCP(sport=sport, dport=dport, flags=flags, seq=1000) / Raw(payload), **ip_fields),
+def tcp_frame(src, dst, sport, dport, payload: bytes = b"", flags: str = "S", vlan=None, seq: int = 1000,
+              **ip_fields) -> bytes:
+    return frame(ipv4(src, dst, TCP(sport=sport, dport=dport, flags=flags, seq=seq) / Raw(payload), **ip_fields),
                  vlan=vlan)
 
 

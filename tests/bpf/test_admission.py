@@ -221,7 +221,7 @@ def test_the_allow_list_counts_as_verified_and_stores_nothing(edge):
     assert edge.run(player_udp(b"bgp-ish control traffic")).reason == "tx_forward"
     assert verified_anywhere(edge) == set()
     assert edge.admission_counters(GAME_UDP_ID)["verified_packets"] == 1
-    assert edge.verify_counts() == {"none": 0, "cookie": 0, "handshake": 0, "punch": 0}
+    assert edge.verify_counts() == dict.fromkeys(abi.VERIFY_PROOFS, 0)
 
 
 def test_the_game_servers_reply_on_the_players_flow_verifies_by_punch(edge):
@@ -370,4 +370,4 @@ def test_a_spoofed_source_is_never_verified(edge, packets, mode, game, budget):
         source = socket.inet_ntoa(struct.pack("!I", (100 << 24) | address))
         edge.run(player_udp(payload, src=source, sport=sport))
     assert verified_anywhere(edge) == set()
-    assert edge.verify_counts() == {"none": 0, "cookie": 0, "handshake": 0, "punch": 0}
+    assert edge.verify_counts() == dict.fromkeys(abi.VERIFY_PROOFS, 0)

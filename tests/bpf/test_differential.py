@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, siphash24
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, siphash24, syn_cookie
 
 from . import game_model as gm
 from . import model as m
@@ -108,7 +108,7 @@ EXAMPLES = 400
 @dataclass
 class StateSpec:
     # services: [(ServiceTemplate, backend, flags, a2s_max_age "H"|"zero", limit kind,
-    #   admission kind, game protocol, attack mode, under attack (auto))]
+    #   admission kind, game protocol, attack mode, under attack (auto), syn_auth mode)]
     services: list
     backends: list
     deny: list
@@ -151,6 +151,16 @@ class Context:
         key = (self.cookie_key, self.cookie_key_previous)[generation]
         return m.a2s_cookie(key, socket.inet_aton(src), socket.inet_aton(dst),
                             struct.pack("!H", sport), struct.pack("!H", dport), (self.epoch + delta) % (1 << 64))
+
+    def syn_cookie(self, kind, src, dst, sport, dport):
+        """The SYN authentication cookie (syn_auth.h) of a 4-tuple, by the same kinds as cookie()."""
+        if isinstance(kind, int):
+            return kind
+        generation, delta = {"current": (0, 0), "previous": (0, -1), "stale": (0, -2), "next": (0, 1),
+                             "old_key": (1, 0), "old_key_previous": (1, -1), "old_key_stale": (1, -2)}[kind]
+        key = (self.cookie_key, self.cookie_key_previous)[generation]
+        return syn_cookie(key, socket.inet_aton(src), socket.inet_aton(dst), sport, dport,
+                          (self.epoch + delta) % (1 << 64))
 
 
 @dataclass
@@ -208,12 +218,12 @@ CHALLENGES = (0x12345678, 7, 0x80000005)
 ADMISSIONS = {"none": (0, 0), "huge": (10 ** 9, 10 ** 12), "tiny": (1, 0), "tiny_bytes": (0, 100)}
 
 
-def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8):
+def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8, tcp_seq=1000):
     ip_fields = dict(ttl=ttl, tos=tos, df=df)
     if proto == UDP:
         return pk.udp_frame(src, dst, sport, dport, payload, vlan=vlan, **ip_fields)
     if proto == TCP:
-        return pk.tcp_frame(src, dst, sport, dport, payload, flags=tcp_flags, vlan=vlan, **ip_fields)
+        return pk.tcp_frame(src, dst, sport, dport, payload, flags=tcp_flags, vlan=vlan, seq=tcp_seq, **ip_fields)
     if proto == ICMP:
         return pk.icmp_echo_frame(src, dst, payload, vlan=vlan, icmp_type=icmp_type, **ip_fields)
     return pk.raw_ip_frame(src, dst, proto, payload, vlan=vlan, **ip_fields)
@@ -250,8 +260,11 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
     f = spec.fields
     if spec.kind == "inbound":
         payload = _payload(f["payload"], ctx, f["src"], f["dst"], f["sport"], f["dport"])
+        flags, seq = f.get("tcp", ("PA", 1000))
+        # A RST echoing a SYN cookie of its own tuple (of some epoch and key generation), or a number.
+        seq = ctx.syn_cookie(seq, f["src"], f["dst"], f["sport"], f["dport"]) if f["proto"] == TCP else 1000
         frame = _l4_frame(f["proto"], f["src"], f["dst"], f["sport"], f["dport"], payload, f["ttl"], f["tos"],
-                          f["df"], f["vlan"], icmp_type=f["icmp_type"])
+                          f["df"], f["vlan"], icmp_type=f["icmp_type"], tcp_flags=flags, tcp_seq=seq)
     elif spec.kind == "return":
         i = f["inner"]
         payload = _payload(i["payload"], ctx, i["src"], i["dst"], i["sport"], i["dport"])
@@ -431,6 +444,18 @@ def game_family(pick, state: StateSpec, template) -> str:
     return games[0] if games and often(pick, 3) else pick.choice(("source", "goldsrc"))
 
 
+def tcp_spec(pick):
+    """(flags, sequence number or cookie kind) of an inbound TCP segment: SYNs, the RST a client
+    sends for the POP's SYN-ACK (its cookie of some epoch and key generation, or a guess), and
+    out-of-state ACK, data, FIN and SYN-ACK segments."""
+    flags = weighted(pick, (3, "S"), (3, "R"), (1, "RA"), (2, "A"), (2, "PA"), (1, "FA"), (1, "SA"), (1, "SR"))
+    if "R" in flags:
+        seq = weighted(pick, (4, "current"), (2, "previous"), (1, "stale"), (1, "next"), (2, "old_key"),
+                       (1, "old_key_previous"), (1, "old_key_stale"), (1, "random"))
+        return flags, pick.integers(0, 2 ** 32 - 1) if seq == "random" else seq
+    return flags, pick.integers(0, 2 ** 32 - 1)
+
+
 def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
     if often(pick, 2):
         flow = pick.choice(flows)
@@ -462,7 +487,7 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
                    pick.choice(held) if often(pick, 2, 3) else pick.choice(CHALLENGES))
     fields = dict(proto=proto, src=src, dst=dst, sport=sport, dport=dport, payload=payload,
                   ttl=ttl(pick), tos=pick.choice((0, 0, 0, 0x10, 0xB8, 0x03)), df=often(pick, 2), vlan=vlan(pick),
-                  qinq=qinq(pick), icmp_type=icmp_type(pick))
+                  qinq=qinq(pick), icmp_type=icmp_type(pick), tcp=tcp_spec(pick))
     ingress = weighted(pick, (6, topo.UPLINK), (1, topo.SIDE))
     return PacketSpec("inbound", ingress, fields, mutations(pick))
 
@@ -593,7 +618,9 @@ def state_spec(pick) -> StateSpec:
                              weighted(pick, (8, "none"), (2, "never"), (1, "always")),
                              weighted(pick, (2, "none"), (2, "huge"), (2, "tiny"), (1, "tiny_bytes")),
                              weighted(pick, (1, "none"), (2, "source"), (2, "goldsrc")),
-                             weighted(pick, (2, "auto"), (2, "always"), (2, "never")), often(pick, 2)))
+                             weighted(pick, (2, "auto"), (2, "always"), (2, "never")), often(pick, 2),
+                             # Issue 14: SYN authentication (meaningful for TCP services only).
+                             weighted(pick, (2, "auto"), (2, "always"), (1, "never"))))
     backends = [b for b in BACKEND_POOL if often(pick, 9, 10)]
     punches = []
     udp_tcp = [s[0] for s in services if s[0].proto in (UDP, TCP)]
@@ -700,10 +727,10 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
     config.verified_idle_ns = h if spec.verified_idle == "H" else h // 2
     config.nr_cpus = spec.nr_cpus
     idle = config.verified_idle_ns
-    for template, backend, flags, max_age, limit, admission, game, attack_mode, attacked in spec.services:
+    for template, backend, flags, max_age, limit, admission, game, attack_mode, attacked, syn_auth in spec.services:
         state.services.append(m.Service(template.proto, template.addr, template.port, template.id, backend, flags,
                                         h_ms if max_age == "H" else 0, LIMITS[limit], ADMISSIONS[admission],
-                                        game, attack_mode))
+                                        game, attack_mode, syn_auth))
         if attacked:
             state.under_attack.add(template.id)
     for address, kind in spec.bans:
@@ -746,7 +773,7 @@ def load_state(env, state: m.ModelState) -> None:
         env.add_backend(address)
     for svc in state.services:
         env.add_service(svc.proto, svc.addr, svc.port, svc.id, svc.backend, svc.flags, svc.a2s_max_age_ms, svc.limit,
-                        svc.admission, svc.game_protocol, svc.attack_mode)
+                        svc.admission, svc.game_protocol, svc.attack_mode, svc.syn_auth)
     for service_id in state.under_attack:
         env.set_under_attack(service_id, True)
     for cidr in state.deny:
@@ -974,6 +1001,12 @@ def assert_a2s_never_amplifies(frame: bytes, result, ctx: Context) -> None:
 
 
 # ---- one packet, program and model side by side -------------------------------------------------------------
+
+def assert_syn_auth_never_amplifies(frame: bytes, result) -> None:
+    """The SYN-ACK of SYN authentication is never longer than the SYN it answers."""
+    if result.reason == "tx_syn_auth":
+        assert len(result.data) <= len(frame), "a %d-byte SYN-ACK for a %d-byte SYN" % (len(result.data), len(frame))
+
 
 def describe(frame: bytes) -> str:
     from scapy.layers.l2 import Ether
@@ -1232,6 +1265,7 @@ def test_program_agrees_with_model(edge):
             assert_denied_never_forwarded(frame, result.action, result.reason, state.deny)
             assert_trust_rules_hold(frame, packet.ingress, result.action, result.reason, state)
             assert_a2s_never_amplifies(frame, result, ctx)
+            assert_syn_auth_never_amplifies(frame, result)
             assert_same(frame, packet.ingress, result, outcome, label="packet %d (%s):" % (index, packet))
             ran["packets"] += 1
             reasons_seen.add(result.reason)
@@ -1251,4 +1285,8 @@ def test_program_agrees_with_model(edge):
     assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 13's paths too: the admission drop, and a source verified by each proof.
     assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"
-    assert proofs_seen == {"cookie", "handshake", "punch"}, "proofs met by the random packets: %s" % sorted(proofs_seen)
+    # Issue 14's: the SYN-ACK, the RST that verifies, the out-of-state drop.
+    missing = {"tx_syn_auth", "drop_syn_auth_verified", "drop_tcp_unverified"} - reasons_seen
+    assert not missing, "no random packet reached %s" % sorted(missing)
+    assert proofs_seen == {"cookie", "handshake", "punch", "syn_auth"}, \
+        "proofs met by the random packets: %s" % sorted(proofs_seen)
