@@ -10,7 +10,8 @@
  *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
  *   options / no service (dropped) -> ICMP other than echo (dropped) -> admission: verified for
  *   the service (allow list, a live slot, or echoing its game server's challenge), else, under
- *   attack, handshake-shaped and within the budget (dropped: drop_unverified) -> payload rules
+ *   attack, handshake-shaped and within the budget (dropped: drop_unverified); unverified TCP while
+ *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
  *   (payload_rules.h: drop, or a per-source limit) -> an accepted source without an entry gets
  *   one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
  *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for

@@ -463,7 +463,8 @@ class EdgeCollector:
         yield from families
         verified = CounterMetricFamily(PREFIX + "verified_sources", "Sources verified for a service, by the proof "
                                        "(cookie: echoed the POP's A2S challenge; handshake: the game server's own; "
-                                       "punch: the game server spoke first)", labels=["proof"])
+                                       "punch: the game server spoke first; syn_auth: answered the POP's "
+                                       "SYN-ACK with its RST)", labels=["proof"])
         stats = maps["edge_verify_stats"]
         entries = stats.lookup_batch()
         totals = sum_percpu(stats, [value for dummy, value in entries], 1)[0]

@@ -66,7 +66,7 @@ MAX_ASN = 4294967295
 DRAIN_STATES = ("announced", "gshut", "withdrawn")
 
 # A service's settings for players under a spoofed flood (their defaults: _rules.DEFAULT_*).
-ATTACK_SERVICE_KEYS = ("game_protocol", "attack_mode", "admission", "attack_detection")
+ATTACK_SERVICE_KEYS = ("game_protocol", "attack_mode", "admission", "attack_detection", "syn_auth")
 SERVICE_KEYS = ("name", "id", "address", "protocol", "port", "backend", "a2s_cache", "a2s_snoop",
                 "a2s_refresh_sec", "a2s_max_age_sec", "rate_limit") + ATTACK_SERVICE_KEYS
 ATTACK_DETECTION_KEYS = tuple(_rules.DEFAULT_ATTACK_DETECTION)
@@ -411,7 +411,7 @@ def _attack_detection(problems, path, value):
 
 
 def _service_attack_settings(ctx, path, service, protocol):
-    """Validates and normalizes a service's game_protocol, attack_mode, admission and attack
+    """Validates and normalizes a service's game_protocol, attack_mode, syn_auth, admission and attack
     detection in place (the detection: the fleet's, with the service's own fields over it)."""
     problems = ctx.problems
     game_protocol = service.setdefault("game_protocol", _rules.DEFAULT_GAME_PROTOCOL)
@@ -422,6 +422,11 @@ def _service_attack_settings(ctx, path, service, protocol):
     attack_mode = service.setdefault("attack_mode", _rules.DEFAULT_ATTACK_MODE)
     if attack_mode not in abi.ATTACK_MODES:
         problems.add(path + ".attack_mode", attack_mode, "is not one of %s" % ", ".join(abi.ATTACK_MODES))
+    if "syn_auth" in service and protocol not in (None, "tcp"):
+        problems.add(path + ".syn_auth", service["syn_auth"], "is for tcp services only; the service is %s" % protocol)
+    syn_auth = service.setdefault("syn_auth", _rules.DEFAULT_SYN_AUTH)
+    if syn_auth not in abi.SYN_AUTH_MODES:
+        problems.add(path + ".syn_auth", syn_auth, "is not one of %s" % ", ".join(abi.SYN_AUTH_MODES))
 
     admission = dict(_rules.DEFAULT_ADMISSION)
     raw = service.get("admission")

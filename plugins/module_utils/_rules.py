@@ -110,6 +110,11 @@ DEFAULT_ADMISSION = {"packets_per_sec": 2000, "bytes_per_sec": 2000000}
 DEFAULT_ATTACK_DETECTION = {"unverified_packets_per_sec": 5000, "enter_after_sec": 3, "leave_after_sec": 60}
 # A verified source stays verified for a service while it sends within this idle time.
 DEFAULT_VERIFIED_IDLE_SEC = 600
+# SYN authentication of a TCP service (docs/tcp-protection.md): auto - while the service is under
+# attack (its attack_mode decides). Off while calm, a new player's first connection costs nothing;
+# under a SYN or ACK flood, the first connection of a source costs a round trip and the client's
+# SYN retransmission timer (~1 s), and no spoofed segment reaches the game server.
+DEFAULT_SYN_AUTH = "auto"
 
 
 class RuleError(ValueError):
@@ -322,10 +327,10 @@ def service_entry(service, index):
             raise RuleError("%s.a2s_max_age_sec: %r must be > 0" % (where, max_age_sec))
         max_age_ms = int(max_age_sec * 1000)
     limit = rate_limit_pair(service.get("rate_limit"), where + ".rate_limit")
-    admission, game_protocol, attack_mode = attack_fields(service, where)
+    admission, game_protocol, attack_mode, syn_auth = attack_fields(service, where)
     key = abi.SERVICE_KEY.pack(address, abi.port(port_number), abi.IPPROTO[protocol])
     value = abi.pack_service_value(service_id, socket.inet_ntoa(backend), flags, max_age_ms, limit,
-                                   admission, game_protocol, attack_mode)
+                                   admission, game_protocol, attack_mode, syn_auth)
     return key, value
 
 
@@ -351,7 +356,9 @@ def admission_pair(admission, where):
 
 
 def attack_fields(service, where):
-    """(admission pair, game_protocol, attack_mode) of one resolved service, defaults filled in."""
+    """(admission pair, game_protocol, attack_mode, syn_auth) of one resolved service, defaults
+    filled in. syn_auth is a TCP service's; any other service is packed with never (XDP reads it
+    for TCP only), so its entry never changes with a setting that means nothing for it."""
     game_protocol = service.get("game_protocol") or DEFAULT_GAME_PROTOCOL
     if game_protocol not in abi.GAME_PROTOCOLS:
         raise RuleError("%s.game_protocol: %r is not one of %s" % (where, game_protocol, ", ".join(abi.GAME_PROTOCOLS)))
@@ -361,16 +368,24 @@ def attack_fields(service, where):
     attack_mode = service.get("attack_mode") or DEFAULT_ATTACK_MODE
     if attack_mode not in abi.ATTACK_MODES:
         raise RuleError("%s.attack_mode: %r is not one of %s" % (where, attack_mode, ", ".join(abi.ATTACK_MODES)))
-    return admission_pair(service.get("admission"), where + ".admission"), game_protocol, attack_mode
+    syn_auth = service.get("syn_auth") or DEFAULT_SYN_AUTH
+    if syn_auth not in abi.SYN_AUTH_MODES:
+        raise RuleError("%s.syn_auth: %r is not one of %s" % (where, syn_auth, ", ".join(abi.SYN_AUTH_MODES)))
+    if service.get("protocol") != "tcp":
+        syn_auth = "never"
+    return admission_pair(service.get("admission"), where + ".admission"), game_protocol, attack_mode, syn_auth
 
 
 def render_attack_fields(value):
     """The attack settings of a packed service_value, for the diff."""
-    admission_pps, admission_bps, game_protocol, attack_mode = abi.SERVICE_VALUE.unpack(value)[6:10]
-    return " game %s attack_mode %s admission %d pps / %d Bps" % (
+    admission_pps, admission_bps, game_protocol, attack_mode, syn_auth = abi.SERVICE_VALUE.unpack(value)[6:11]
+    text = " game %s attack_mode %s admission %d pps / %d Bps" % (
         abi.GAME_PROTOCOLS[game_protocol] if game_protocol < len(abi.GAME_PROTOCOLS) else game_protocol,
         abi.ATTACK_MODES[attack_mode] if attack_mode < len(abi.ATTACK_MODES) else attack_mode,
         admission_pps, admission_bps)
+    if syn_auth != abi.SYN_AUTH_MODES.index("never"):   # never: every non-TCP service, said by its absence
+        text += " syn_auth %s" % (abi.SYN_AUTH_MODES[syn_auth] if syn_auth < len(abi.SYN_AUTH_MODES) else syn_auth)
+    return text
 
 
 def verified_idle_ns(verified_idle_sec):
@@ -1069,7 +1084,7 @@ def resolve_rules(normalized):
 
 
 def resolve_attack_settings(service):
-    """A normalized service's game_protocol, attack_mode and admission for edge_rules (defaults
+    """A normalized service's game_protocol, attack_mode, admission and syn_auth for edge_rules (defaults
     filled in: the rules say exactly what XDP gets)."""
     admission = dict(DEFAULT_ADMISSION)
     admission.update(service.get("admission") or {})
@@ -1077,4 +1092,5 @@ def resolve_attack_settings(service):
         "game_protocol": service.get("game_protocol") or DEFAULT_GAME_PROTOCOL,
         "attack_mode": service.get("attack_mode") or DEFAULT_ATTACK_MODE,
         "admission": admission,
+        "syn_auth": service.get("syn_auth") or DEFAULT_SYN_AUTH,
     }

@@ -151,6 +151,15 @@ options:
         type: str
         choices: [auto, always, never]
         default: auto
+      syn_auth:
+        description:
+          - SYN authentication of a C(tcp) service (docs/tcp-protection.md) - C(auto) while the service
+            is under attack, C(always) or C(never). While on, the POP answers an unverified source's SYN
+            with a cookie SYN-ACK, verifies the source by the RST its stack sends back, and drops the
+            source's other segments (C(drop_tcp_unverified)). Written as C(never) for other protocols.
+        type: str
+        choices: [auto, always, never]
+        default: auto
       admission:
         description:
           - The POP's budget for the service's unverified traffic while it is under attack, for the
@@ -490,6 +499,7 @@ ARGUMENT_SPEC = dict(
         rate_limit=dict(type="dict", options=LIMIT_OPTIONS),
         game_protocol=dict(type="str", default=_rules.DEFAULT_GAME_PROTOCOL, choices=list(abi.GAME_PROTOCOLS)),
         attack_mode=dict(type="str", default=_rules.DEFAULT_ATTACK_MODE, choices=list(abi.ATTACK_MODES)),
+        syn_auth=dict(type="str", default=_rules.DEFAULT_SYN_AUTH, choices=list(abi.SYN_AUTH_MODES)),
         admission=dict(type="dict", default=dict(_rules.DEFAULT_ADMISSION), options=dict(
             (field, dict(type="int", default=number)) for field, number in _rules.DEFAULT_ADMISSION.items())),
     )),

@@ -252,8 +252,15 @@ def test_the_state_under_the_flood_is_visible_and_a_restarted_agent_keeps_it(pin
     """While the flood lasts the exporter says so; an agent restarted during the flood starts from
     the state in the map (no window in which the flood passes), and flips nothing."""
     dummy, maps = pinned
+    ncpu = _bpf.num_possible_cpus()
     maps["edge_verify_stats"].update_percpu(abi.U32.pack(abi.VERIFY_PROOFS.index("cookie")),
-                                            [abi.U64.pack(3)] * _bpf.num_possible_cpus())
+                                            [abi.U64.pack(3)] * ncpu)
+    # SYN authentication's counters (issue 14): RSTs that verified a source, SYN-ACKs sent, out-of-state drops.
+    maps["edge_verify_stats"].update_percpu(abi.U32.pack(abi.VERIFY_PROOFS.index("syn_auth")),
+                                            [abi.U64.pack(2)] * ncpu)
+    for reason, packets in (("tx_syn_auth", 5), ("drop_syn_auth_verified", 2), ("drop_tcp_unverified", 7)):
+        maps["edge_reason_stats"].update_percpu(abi.U32.pack(abi.REASON_INDEX[reason]),
+                                                [abi.EDGE_COUNTER.pack(packets, 60 * packets)] * ncpu)
     with FakeDataPlane(maps["edge_admission"]) as data_plane:
         data_plane.set_rate(AUTO, FLOOD_PPS)
         caplog.set_level(logging.INFO, logger="anycast_edge_agent")
@@ -265,6 +272,11 @@ def test_the_state_under_the_flood_is_visible_and_a_restarted_agent_keeps_it(pin
         assert samples[("anycast_edge_attack_unverified_packets_per_second", (("service", "cs2"),))] > THRESHOLD
         assert samples[("anycast_edge_verified_sources_total", (("proof", "cookie"),))] == \
             3 * _bpf.num_possible_cpus()
+        assert samples[("anycast_edge_verified_sources_total", (("proof", "syn_auth"),))] == 2 * ncpu
+        for reason, verdict, packets in (("tx_syn_auth", "tx", 5), ("drop_syn_auth_verified", "drop", 2),
+                                         ("drop_tcp_unverified", "drop", 7)):
+            assert samples[("anycast_edge_packets_total", (("reason", reason), ("verdict", verdict)))] == \
+                packets * ncpu
         since_ns = state(maps, AUTO)[1]
 
         # A new agent during the flood (the first one stopped): it adopts the state, writes nothing.

@@ -214,7 +214,7 @@ def services(entries):
     protocols = {6: "tcp", 17: "udp", 1: "icmp"}
     for key, value in entries.items():
         address, port_raw, proto = struct.unpack("<4s2sBx", key)
-        service_id, backend, flags, max_age_ms, pps, bps = struct.unpack("<I4sIIQQQQII", value)[:6]
+        service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)[:6]
         decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
             service_id, ip(backend), flags, max_age_ms, pps, bps)
     return decoded
@@ -226,7 +226,7 @@ def defence(entries):
     protocols = {6: "tcp", 17: "udp", 1: "icmp"}
     for key, value in entries.items():
         address, port_raw, proto = struct.unpack("<4s2sBx", key)
-        pps, bps, game, mode = struct.unpack("<I4sIIQQQQII", value)[6:]
+        pps, bps, game, mode = abi.SERVICE_VALUE.unpack(value)[6:10]
         decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
             pps, bps, ("none", "source", "goldsrc")[game], ("auto", "always", "never")[mode])
     return decoded
@@ -304,6 +304,40 @@ def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
     assert second.result["writes"] == 0 and second.result["steps"] == []
     assert second.result["a2s_cookie_key_generated"] is False
     assert config(pop.entries("edge_config"))["cookie_key"] == cfg["cookie_key"]
+
+
+def syn_auth_modes(entries):
+    """{(protocol, address, port): syn_auth name} of edge_services entries."""
+    modes = {}
+    for key, value in entries.items():
+        address, port_raw, proto = abi.SERVICE_KEY.unpack(key)
+        modes[({6: "tcp", 17: "udp", 1: "icmp"}[proto], ip(address), struct.unpack("!H", port_raw)[0])] = \
+            abi.SYN_AUTH_MODES[abi.SERVICE_VALUE.unpack(value)[10]]
+    return modes
+
+
+def test_syn_auth_of_a_tcp_service_is_converged_idempotently(pop, tmp_path):
+    """syn_auth lands in the TCP service's entry (auto by default; never for the other protocols), a
+    rerun changes nothing, and changing it rewrites that entry alone (check mode first)."""
+    rules = json.loads(json.dumps(RULES))
+    rules["services"].append({"name": "rcon", "id": 40, "address": "198.51.100.10", "protocol": "tcp", "port": 27015,
+                              "backend_address": "10.1.0.10"})
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is True
+    modes = syn_auth_modes(pop.entries("edge_services"))
+    assert modes.pop(("tcp", "198.51.100.10", 27015)) == "auto"
+    assert set(modes.values()) == {"never"}
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is False
+
+    before = pop.snapshot(RULE_MAP_NAMES)
+    rules["services"][-1]["syn_auth"] = "always"
+    checked = run_edge_rules(pop, tmp_path, rules, "--check", "--diff")
+    assert checked.result["changed"] is True and pop.snapshot(RULE_MAP_NAMES) == before
+    assert "syn_auth always" in checked.stdout
+    made = run_edge_rules(pop, tmp_path, rules)
+    assert made.result["maps"]["edge_services"] == {"added": 0, "changed": 1, "removed": 0}
+    assert syn_auth_modes(pop.entries("edge_services"))[("tcp", "198.51.100.10", 27015)] == "always"
+    again = run_edge_rules(pop, tmp_path, rules)
+    assert again.result["changed"] is False and again.result["writes"] == 0
 
 
 def test_flood_defence_settings_are_written_and_one_change_rewrites_one_entry(pop, tmp_path):

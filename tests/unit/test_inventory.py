@@ -270,7 +270,7 @@ CASES = [
     ("unknown service setting", [svc(0, "a2s_chache", True)],
      ["anycast_edge_services[0].a2s_chache: unknown setting (known: name, id, address, protocol, port, backend, "
       "a2s_cache, a2s_snoop, a2s_refresh_sec, a2s_max_age_sec, rate_limit, game_protocol, attack_mode, admission, "
-      "attack_detection)"]),
+      "attack_detection, syn_auth)"]),
     # --- players under a spoofed flood: game protocol, attack mode, admission, detection -----
     ("game protocol unknown", [svc(0, "game_protocol", "quake")],
      ["anycast_edge_services[0].game_protocol: quake is not one of none, source, goldsrc"]),
@@ -280,6 +280,10 @@ CASES = [
      ["anycast_edge_services[0].attack_mode: on is not one of auto, always, never"]),
     ("attack mode not a string", [svc(3, "attack_mode", True)],
      ["anycast_edge_services[3].attack_mode: True is not one of auto, always, never"]),
+    ("syn auth unknown", [svc(1, "syn_auth", "on")],
+     ["anycast_edge_services[1].syn_auth: on is not one of auto, always, never"]),
+    ("syn auth on a udp service", [svc(0, "syn_auth", "always")],
+     ["anycast_edge_services[0].syn_auth: always is for tcp services only; the service is udp"]),
     ("admission not a mapping", [svc(0, "admission", 500)],
      ["anycast_edge_services[0].admission: 500 is not a mapping"]),
     ("admission negative, unknown key", [svc(0, "admission", {"packets_per_sec": -1, "pps": 5})],
@@ -464,7 +468,7 @@ def test_no_services_no_filters_is_valid():
 
 # What a service gets when it sets none of game_protocol, attack_mode, admission (_rules' defaults).
 DEFENCE_DEFAULTS = {"game_protocol": "none", "attack_mode": "auto",
-                    "admission": {"packets_per_sec": 2000, "bytes_per_sec": 2000000}}
+                    "admission": {"packets_per_sec": 2000, "bytes_per_sec": 2000000}, "syn_auth": "auto"}
 
 
 def test_normalized_inventory_resolves_into_edge_rules_parameters():
@@ -523,6 +527,7 @@ def test_flood_defence_settings_resolve_with_the_fleet_defaults_under_each_servi
         svc(3, "attack_mode", "always"),
         svc(3, "admission", {"packets_per_sec": 0, "bytes_per_sec": 0}),
         svc(2, "attack_mode", "never"),
+        svc(1, "syn_auth", "always"),
     ]))
     assert problems == [] and [line for line in warnings if "attack" in line] == []
     rules = _rules.resolve_rules(normalized)
@@ -542,11 +547,14 @@ def test_flood_defence_settings_resolve_with_the_fleet_defaults_under_each_servi
     # and edge_rules packs them
     desired, dummy = _rules.desired_entries(dict(rules, tunnel_address="10.0.0.1", control_plane=[]), bytes(16))
     values = [abi.SERVICE_VALUE.unpack(value) for value in desired["edge_services"].values()]
-    assert sorted(fields[6:] for fields in values) == [
-        (0, 0, abi.GAME_PROTOCOLS.index("goldsrc"), abi.ATTACK_MODES.index("always")),
-        (500, 2000000, abi.GAME_PROTOCOLS.index("source"), abi.ATTACK_MODES.index("auto")),
-        (2000, 2000000, 0, abi.ATTACK_MODES.index("auto")),
-        (2000, 2000000, 0, abi.ATTACK_MODES.index("never")),
+    assert by_name["cs2-rcon"]["syn_auth"] == "always" and by_name["cs2-main"]["syn_auth"] == "auto"
+    never, always = abi.SYN_AUTH_MODES.index("never"), abi.SYN_AUTH_MODES.index("always")
+    # syn_auth is a TCP service's (cs2-rcon); the others are packed with never whatever they say.
+    assert sorted(fields[6:11] for fields in values) == [
+        (0, 0, abi.GAME_PROTOCOLS.index("goldsrc"), abi.ATTACK_MODES.index("always"), never),
+        (500, 2000000, abi.GAME_PROTOCOLS.index("source"), abi.ATTACK_MODES.index("auto"), never),
+        (2000, 2000000, 0, abi.ATTACK_MODES.index("auto"), always),
+        (2000, 2000000, 0, abi.ATTACK_MODES.index("never"), never),
     ]
 
 
@@ -694,6 +702,8 @@ def test_the_flood_defence_defaults_documented_are_rules_own():
     assert service["game_protocol"]["choices"] == list(abi.GAME_PROTOCOLS)
     assert service["attack_mode"]["default"] == _rules.DEFAULT_ATTACK_MODE
     assert service["attack_mode"]["choices"] == list(abi.ATTACK_MODES)
+    assert service["syn_auth"]["default"] == _rules.DEFAULT_SYN_AUTH
+    assert service["syn_auth"]["choices"] == list(abi.SYN_AUTH_MODES)
     assert service["admission"]["default"] == _rules.DEFAULT_ADMISSION
     assert dict((key, option["default"]) for key, option in service["admission"]["options"].items()) == \
         _rules.DEFAULT_ADMISSION

@@ -114,6 +114,20 @@ def test_service_entry_packs_key_and_value():
                                            45000, (200, 0), **DEFENCE_DEFAULTS)
 
 
+def test_syn_auth_is_packed_for_tcp_services_only_and_shown_in_the_diff():
+    syn_auth = abi.SERVICE_VALUE.unpack(_rules.service_entry(service("rcon", protocol="tcp"), 0)[1])[10]
+    assert syn_auth == abi.SYN_AUTH_MODES.index(_rules.DEFAULT_SYN_AUTH)
+    dummy, value = _rules.service_entry(service("rcon", protocol="tcp", syn_auth="always"), 0)
+    assert abi.SERVICE_VALUE.unpack(value)[10] == abi.SYN_AUTH_MODES.index("always")
+    assert _rules.render_service_value(value).endswith(" syn_auth always")
+    # A UDP service: never, whatever it says (XDP reads it for TCP only), and the diff says nothing.
+    dummy, value = _rules.service_entry(service("game", syn_auth="always"), 0)
+    assert abi.SERVICE_VALUE.unpack(value)[10] == abi.SYN_AUTH_MODES.index("never")
+    assert "syn_auth" not in _rules.render_service_value(value)
+    with pytest.raises(_rules.RuleError, match=r"services\[0\].syn_auth: 'on' is not one of auto, always, never"):
+        _rules.service_entry(service("rcon", protocol="tcp", syn_auth="on"), 0)
+
+
 def test_service_entry_variants():
     # snoop only: the cache is filled but not served, so no max age
     dummy, value = _rules.service_entry(service("s", id=9, a2s_snoop=True), 0)
