@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The issue's targets: ratio of our time to xdp-filter's for the same packet.
-TARGETS = {"deny": 1.0, "forward": 1.5, "a2s": 2.0, "drop": 1.0}
+TARGETS = {"deny": 1.0, "forward": 1.5, "a2s": 2.0, "drop": 1.0, "syn_ack": 2.0}
 # Besides 2 prefixes (the bench POP's own) and --prefixes, the deny drop is timed at this size too, to show the shape.
 MIDDLE_TABLE_SIZE = 10_000
 
@@ -105,8 +105,16 @@ def _check_single_runs(env, scenario, measure):
     expect(scenario.unverified_frame(), "DROP", "drop_unverified")
     expect(scenario.verified_forward_frame(), "TX", "tx_forward")
     expect(scenario.bad_cookie_frame(), "DROP", "drop_bad_cookie")
+    syn = scenario.syn_frame()
+    syn_ack = expect(syn, "TX", "tx_syn_auth").data
+    if len(syn_ack) > len(syn) or Ether(syn_ack)[IP].dst != scenario.SPOOFED_CLIENT:
+        raise measure.SetupError("SYN authentication: unexpected answer %s" % Ether(syn_ack).summary())
+    expect(scenario.spoofed_rst_frame(), "DROP", "drop_tcp_unverified")
+    expect(scenario.out_of_state_frame(), "DROP", "drop_tcp_unverified")
+    expect(scenario.verified_tcp_frame(), "TX", "tx_forward")
     if env.source(scenario.SPOOFED_CLIENT) is not None:
-        raise measure.SetupError("drop_unverified: the dropped source got an entry in edge_sources")
+        raise measure.SetupError("drop_unverified / SYN authentication: the spoofed source got an entry in "
+                                 "edge_sources")
 
     forwarded = Ether(expect(scenario.forward_frame(), "TX", "tx_forward").data)
     outer, inner = forwarded[IP], forwarded[IP].payload
@@ -363,6 +371,21 @@ def _bench(args) -> int:
         deny_hf = Probe("harness floor (denied frame)", harness(floor_prog.prog, denied, 0),
                         denied, ctx(denied), DROP)
 
+        # SYN authentication (issue 14): the SYN-ACK (rewrites the frame: via the harness), a spoofed
+        # RST (every accepted cookie computed, none matches) and an out-of-state ACK (both dropped
+        # as drop_tcp_unverified), and a verified player's TCP forward on the same service.
+        syn = scenario.syn_frame()
+        syn_h = edge_probe("SYN-ACK via harness", harness(env.prog, syn, 0), syn, TX, "tx_syn_auth")
+        syn_hf = Probe("harness floor (SYN frame)", harness(floor_prog.prog, syn, 0), syn, ctx(syn), DROP)
+        spoofed_rst = edge_probe("spoofed RST", env.prog, scenario.spoofed_rst_frame(), DROP, "drop_tcp_unverified")
+        out_of_state = edge_probe("out-of-state ACK", env.prog, scenario.out_of_state_frame(), DROP,
+                                  "drop_tcp_unverified")
+        verified_tcp = scenario.verified_tcp_frame()
+        verified_tcp_h = edge_probe("verified TCP forward via harness", harness(env.prog, verified_tcp, pushed),
+                                    verified_tcp, TX, "tx_forward")
+        verified_tcp_hf = Probe("harness floor (verified TCP frame)", harness(floor_prog.prog, verified_tcp, pushed),
+                                verified_tcp, ctx(verified_tcp), DROP)
+
         # The floors (bench/path_floors.c) behind the same harness: each one's output must be
         # xdp_edge's, byte for byte, or it would be timing less work.
         floor_fwd_h = Probe("forward floor via harness", harness(floors.forward, forward, pushed), forward,
@@ -384,6 +407,8 @@ def _bench(args) -> int:
         _check_harness(a2s_h, env.run(a2s).data, measure)
         _check_harness(a2s_player_h, env.run(a2s_player).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
+        _check_harness(syn_h, env.run(syn).data, measure)
+        _check_harness(verified_tcp_h, env.run(verified_tcp).data, measure)
 
         # The forward with payload rules loaded, each list in its own copy of the program (its own
         # namespace, built like the first): rules the packet does not match, so every rule of the
@@ -409,7 +434,8 @@ def _bench(args) -> int:
 
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
                   a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, bad_cookie, deny_h,
-                  deny_hf, fib_only, floor_fwd_h, floor_a2s_h]
+                  deny_hf, fib_only, floor_fwd_h, floor_a2s_h, syn_h, syn_hf, spoofed_rst, out_of_state, verified_tcp_h,
+                  verified_tcp_hf]
         probes += [floor_probe for dummy, floor_probe in path_floors]
         probes += [probe for dummy, probe in rule_probes]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
@@ -435,6 +461,11 @@ def _bench(args) -> int:
             ("xdp_edge banned drop (its edge_sources entry)", banned.samples, "drop"),
             ("xdp_edge drop_unverified (new source, service under attack)", unverified.samples, "drop"),
             ("xdp_edge verified player's forward (under attack) [1]", corrected(verified_h, verified_hf, floor),
+             "forward"),
+            ("xdp_edge SYN auth: SYN-ACK answer (-> XDP_TX) [1]", corrected(syn_h, syn_hf, floor), "syn_ack"),
+            ("xdp_edge SYN auth: spoofed RST drop (drop_tcp_unverified)", spoofed_rst.samples, "drop"),
+            ("xdp_edge SYN auth: out-of-state ACK drop", out_of_state.samples, "drop"),
+            ("xdp_edge SYN auth: verified player's TCP forward [1]", corrected(verified_tcp_h, verified_tcp_hf, floor),
              "forward"),
             ("xdp_edge pass-through (not anycast -> XDP_PASS)", pass_through.samples, None),
             ("xdp_edge bad cookie drop (A2S_INFO, a cookie not the POP's)", bad_cookie.samples, "drop"),

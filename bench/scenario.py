@@ -31,6 +31,7 @@ FORWARD_PORT, FORWARD_ID = 27015, 1      # a plain game service
 A2S_PORT, A2S_ID = 27016, 2              # a service with the A2S cache on (INFO and PLAYER entries)
 LIMITED_PORT, LIMITED_ID = 27017, 3      # a service with a tiny per-source limit of its own
 ATTACKED_PORT, ATTACKED_ID = 27018, 4    # a Source-engine service under attack (attack_mode always), no budget
+SYN_AUTH_PORT, SYN_AUTH_ID = 27019, 5    # a TCP service with SYN authentication always on (syn_auth always)
 
 DENIED_PREFIX = "192.0.2.0/24"
 DENIED_SOURCE = "192.0.2.66"
@@ -123,6 +124,32 @@ def unverified_frame() -> bytes:
     return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, UDP(sport=40007, dport=ATTACKED_PORT) / Raw(GAME_PAYLOAD))
 
 
+# A SYN as Linux sends it (MSS, SACK, timestamps, window scale: 60 IP bytes); the POP's SYN-ACK is 40.
+SYN_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", None), ("WScale", 7)]
+
+
+def syn_frame() -> bytes:
+    """A spoofed source's SYN to the SYN-authenticated service: answered with the cookie SYN-ACK."""
+    return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, TCP(sport=40008, dport=SYN_AUTH_PORT, flags="S", seq=1000,
+                                                     options=SYN_OPTIONS))
+
+
+def spoofed_rst_frame() -> bytes:
+    """A RST whose sequence number is not the tuple's cookie: every accepted cookie is computed and refused."""
+    return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, TCP(sport=40008, dport=SYN_AUTH_PORT, flags="R", seq=0xDEADBEEF))
+
+
+def out_of_state_frame() -> bytes:
+    """An ACK from a spoofed source that follows no SYN (an ACK flood's packet)."""
+    return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, TCP(sport=40008, dport=SYN_AUTH_PORT, flags="A", seq=1001, ack=1))
+
+
+def verified_tcp_frame() -> bytes:
+    """Data from the verified player to the SYN-authenticated service: forwarded."""
+    return _to_pop(VERIFIED_CLIENT, SERVICE_ADDR, TCP(sport=40009, dport=SYN_AUTH_PORT, flags="PA", seq=1, ack=1)
+                   / Raw(GAME_PAYLOAD))
+
+
 def limited_frame() -> bytes:
     return _to_pop(LIMITED_CLIENT, SERVICE_ADDR, UDP(sport=40003, dport=LIMITED_PORT) / Raw(GAME_PAYLOAD))
 
@@ -165,6 +192,7 @@ def services() -> list:
         (("udp", SERVICE_ADDR, A2S_PORT, A2S_ID), {"flags": abi.SERVICE_F_A2S_CACHE, "a2s_max_age_ms": A2S_MAX_AGE_MS}),
         (("udp", SERVICE_ADDR, LIMITED_PORT, LIMITED_ID), {"limit": LIMITED_SERVICE_LIMIT}),
         (("udp", SERVICE_ADDR, ATTACKED_PORT, ATTACKED_ID), {"game_protocol": "source", "attack_mode": "always"}),
+        (("tcp", SERVICE_ADDR, SYN_AUTH_PORT, SYN_AUTH_ID), {"syn_auth": "always"}),
     ]
 
 
@@ -178,8 +206,9 @@ def build_pop(env) -> None:
     env.add_backend(BACKEND)
     for (proto, address, port, service_id), settings in services():
         env.add_service(proto, address, port, service_id, BACKEND, **settings)
-    env.set_source(VERIFIED_CLIENT, abi.SourceState(verified=[(ATTACKED_ID, abi.VERIFY_PROOFS.index("cookie"),
-                                                               monotonic_ns())]))
+    env.set_source(VERIFIED_CLIENT, abi.SourceState(verified=[
+        (ATTACKED_ID, abi.VERIFY_PROOFS.index("cookie"), monotonic_ns()),
+        (SYN_AUTH_ID, abi.VERIFY_PROOFS.index("syn_auth"), monotonic_ns())]))
     env.set_a2s_cache(A2S_ID, a2s_info_reply(), monotonic_ns())
     env.set_a2s_cache(A2S_ID, a2s_player_reply(), monotonic_ns(), kind="player")
     env.deny(DENIED_PREFIX)

@@ -11,13 +11,13 @@
  *                      <------      SYN-ACK ack=C (C = cookie, deliberately not x+1), no options
  *   (SYN-SENT: an unacceptable ACK; RFC 9293 3.10.7.3: "send a reset <SEQ=SEG.ACK><CTL=RST>")
  *   RST seq=C          ------>      C is this tuple's cookie: source verified, RST dropped
- *   SYN seq=x (the retransmission ~1 s later, the same connection attempt)
+ *   SYN seq=x (its retransmission, same attempt: Linux's a few ms later, others' ~1 s later)
  *                      ------>      verified: forwarded (IPIP)       ------>  SYN
  *
  * A spoofed SYN's SYN-ACK goes to the owner of the address, who never sent the SYN; a spoofer that
  * does not see that SYN-ACK cannot send the RST: its SYNs never reach the game server. The cost is
- * one round trip plus the client's SYN retransmission timer on the first connection of a source to
- * the service; afterwards the source is verified (edge_sources) and its SYNs pass at once.
+ * one round trip plus the wait for the client's SYN retransmission on the first connection of a
+ * source to the service (docs/tcp-protection.md, "Cost"); afterwards the source is verified (edge_sources) and its SYNs pass at once.
  *
  * The cookie C is the fleet's edge cookie (a2s.h: SipHash-2-4 of the 4-tuple and the UTC epoch,
  * the key generations edge_rules rotates) under a key of its own (each generation's key with

@@ -113,7 +113,8 @@ DEFAULT_VERIFIED_IDLE_SEC = 600
 # SYN authentication of a TCP service (docs/tcp-protection.md): auto - while the service is under
 # attack (its attack_mode decides). Off while calm, a new player's first connection costs nothing;
 # under a SYN or ACK flood, the first connection of a source costs a round trip and the client's
-# SYN retransmission timer (~1 s), and no spoofed segment reaches the game server.
+# SYN retransmission (Linux: a few ms; other stacks: their 1 s timer), and no spoofed segment reaches
+# the game server.
 DEFAULT_SYN_AUTH = "auto"
 
 

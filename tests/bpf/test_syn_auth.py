@@ -47,8 +47,8 @@ def segment(flags="S", src=PLAYER, sport=PLAYER_PORT, seq=CLIENT_ISN, ack=0, pay
     frame = eth()
     for vid in vlans:
         frame = frame / Dot1Q(vlan=vid)
-    return raw(frame / IP(src=src, dst=GAME) / TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=ack,
-                                                  options=list(options)) / payload)
+    tcp = TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=ack, options=list(options))
+    return raw(frame / IP(src=src, dst=GAME) / tcp / payload)
 
 
 def epoch_now():
