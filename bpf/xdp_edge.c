@@ -9,8 +9,9 @@
  *   anycast prefix? else the kernel's) -> the source's one entry in edge_sources (only for
  *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
  *   options / no service (dropped) -> ICMP other than echo (dropped) -> admission: verified for
- *   the service (allow list, a live slot, or echoing its game server's challenge), else, under
- *   attack, handshake-shaped and within the budget (dropped: drop_unverified); unverified TCP while
+ *   the service (allow list, a live slot, or echoing its game server's challenge or an edge
+ *   cookie), else, under attack, handshake-shaped and within the budget (dropped:
+ *   drop_unverified); unverified TCP while
  *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
  *   (payload_rules.h: drop, or a per-source limit) -> an accepted source without an entry gets
  *   one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
@@ -412,6 +413,9 @@ static __always_inline int syn_auth_active(const struct service_value *svc)
 	return svc->syn_auth == EDGE_SYN_AUTH_AUTO && service_under_attack(svc);
 }
 
+static __always_inline int echoes_edge_cookie(struct xdp_md *ctx, const struct edge_config *cfg,
+					      const struct packet *pkt, const struct service_value *svc);
+
 /* What admission decided about a packet to a service. */
 enum admission {
 	ADMIT_DROP = 0,     /* dropped as drop_unverified */
@@ -423,8 +427,10 @@ enum admission {
  * Admission of a packet to a service (issue 13): ADMIT_PASS when it may go on (*verified says
  * whether its source is verified: what the payload rules' "verified" matches), ADMIT_DROP when it
  * is dropped as drop_unverified. A source is verified for the service by the allow list (nothing
- * stored), a live slot of its entry, or this very packet echoing its game server's challenge.
- * Verified packets are never charged to the budget. Unverified TCP to a service with SYN
+ * stored), a live slot of its entry, or this very packet echoing its game server's challenge or a
+ * valid edge cookie (a2s_handle records the cookie's proof). Both echoes are checked before the
+ * budget: a flood of spoofed queries that spent it must not refuse the one player who proves
+ * itself. Verified packets are never charged to the budget. Unverified TCP to a service with SYN
  * authentication on is syn_auth()'s (ADMIT_SYN_AUTH), never charged to the budget either. Other
  * unverified packets pass freely while the service is not under attack; under attack only when
  * handshake-shaped and within the budget. Every packet is counted in this CPU's bucket of the
@@ -449,6 +455,8 @@ static __always_inline int admitted(struct xdp_md *ctx, const struct edge_config
 		source_verify(cfg, src, id, EDGE_PROOF_HANDSHAKE, *now);
 		verified = 1;
 	}
+	if (!verified && echoes_edge_cookie(ctx, cfg, pkt, svc))
+		verified = 1;
 	*verified_out = verified;
 	if (!bucket)
 		return ADMIT_PASS; /* not for any service id (< EDGE_MAX_SERVICES); the verifier wants the case */
@@ -751,6 +759,28 @@ static __always_inline int a2s_parse_request(struct xdp_md *ctx, const struct pa
 	return 0;
 }
 
+/* The edge cookie's epoch now (UTC: the same on every POP, a2s.h). */
+static __always_inline __u64 edge_cookie_epoch_now(const struct edge_config *cfg)
+{
+	return edge_cookie_epoch(cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS,
+				 cfg->cookie_tai_offset_ns);
+}
+
+/* Does this packet echo a valid edge cookie: an A2S request the cache answers, to a service with
+ * the cache on, carrying a cookie this fleet issued to its 4-tuple? The address is proven. */
+static __always_inline int echoes_edge_cookie(struct xdp_md *ctx, const struct edge_config *cfg,
+					      const struct packet *pkt, const struct service_value *svc)
+{
+	struct a2s_query query = {};
+
+	if (pkt->proto != IPPROTO_UDP || !(svc->flags & SERVICE_F_A2S_CACHE))
+		return 0;
+	if (!a2s_parse_request(ctx, pkt, &query) || !query.has_cookie)
+		return 0;
+	return a2s_cookie_valid(cfg->cookie_key, cfg->cookie_key_previous, query.cookie, pkt->saddr, pkt->daddr,
+				pkt->sport, pkt->dport, edge_cookie_epoch_now(cfg));
+}
+
 /* Count an A2S answer (or bad-cookie drop) under its kind: edge_a2s_stats, per CPU. */
 static __always_inline void count_a2s(__u32 kind, __u32 reason)
 {
@@ -777,7 +807,7 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 {
 	struct a2s_query query = {};
 	struct a2s_cache_entry *entry;
-	__u64 epoch_ns, epoch, max_age_ns;
+	__u64 epoch, max_age_ns;
 	__u32 cookie, key, service_id = svc->id;
 
 	if (!a2s_parse_request(ctx, pkt, &query))
@@ -789,8 +819,7 @@ static __always_inline int a2s_handle(struct xdp_md *ctx, const struct edge_conf
 	if (!entry || entry->updated_ns > now || now - entry->updated_ns >= max_age_ns)
 		return 0; /* nothing fresh to serve: the game server answers (and challenges) itself */
 
-	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
-	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same epoch on every POP (a2s.h) */
+	epoch = edge_cookie_epoch_now(cfg);
 	if (!query.has_cookie) {
 		/* 9 bytes back for 25 (INFO) or 9 (PLAYER, RULES): never more than the request. */
 		cookie = a2s_cookie(cfg->cookie_key, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, epoch);

@@ -792,7 +792,7 @@ class EdgeModel:
 
     def _admitted(self, pkt: Ipv4, svc: Service, source: Optional[Source], allowed: bool) -> Optional[bool]:
         """admitted() of xdp_edge.c: verified (allow list, a live slot, or this packet echoing the
-        game server's challenge) passes uncharged; unverified passes unless the service is under
+        game server's challenge or a valid edge cookie) passes uncharged; unverified passes unless the service is under
         attack, then only handshake-shaped and within this CPU's admission bucket. None: dropped;
         "syn_auth": unverified TCP while SYN authentication is on (syn_auth decides, uncharged);
         else whether the source is verified (what the payload rules' "verified" matches)."""
@@ -815,6 +815,10 @@ class EdgeModel:
             if echo is not None and echo == source.server_challenge:
                 self._verify(pkt.saddr, svc.id, "handshake")
                 verified = True
+        # A valid edge cookie is a proof too, checked before the budget (a2s_handle records it).
+        if not verified and pkt.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_CACHE:
+            request = self._a2s_request(pkt)
+            verified = request is not None and request[1] is not None and self._cookie_valid(pkt, request[1])
         bucket = replace(self.state.buckets.get(svc.id, Bucket()))
         outcome = verified
         if verified:
@@ -1041,6 +1045,22 @@ class EdgeModel:
             return A2S_FIELD_REQUEST_KINDS[payload[4]], None if field_value in A2S_FIELD_ASKS else field_value
         return None
 
+    def _cookie_epoch(self) -> int:
+        """u64 arithmetic, as in a2s.h edge_cookie_epoch: (TAI - offset) / epoch length."""
+        cfg = self.state.config
+        utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
+        return utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
+
+    @staticmethod
+    def _cookie_of(pkt: Ipv4, key, epoch: int) -> int:
+        return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, epoch & U64)
+
+    def _cookie_valid(self, pkt: Ipv4, cookie: int) -> bool:
+        """a2s_cookie_valid: the current and (when set) the previous key generation, this epoch or the last."""
+        cfg, epoch = self.state.config, self._cookie_epoch()
+        keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
+        return any(cookie in (self._cookie_of(pkt, key, epoch), self._cookie_of(pkt, key, epoch - 1)) for key in keys)
+
     def _a2s_handle(self, pkt: Ipv4, svc: Service):
         """Returns when the request goes on to the game server; raises a verdict otherwise."""
         request = self._a2s_request(pkt)
@@ -1052,19 +1072,10 @@ class EdgeModel:
         if entry is None or entry.updated_ns > self._now or self._now - entry.updated_ns >= max_age_ns:
             return    # nothing fresh to serve: the game server answers (and challenges) itself
         cfg = self.state.config
-        # u64 arithmetic, as in a2s.h edge_cookie_epoch: (TAI - offset) / epoch length.
-        utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
-        epoch = utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)
-
-        def cookie_of(key, which_epoch):
-            return a2s_cookie(key, pkt.saddr_raw, pkt.daddr_raw, pkt.sport_raw, pkt.dport_raw, which_epoch & U64)
-
         if cookie is None:   # issued under the current key generation only; 9 bytes for 25 or 9
-            challenge = b"\xff\xff\xff\xff\x41" + struct.pack("<I", cookie_of(cfg.cookie_key, epoch))
-            self._send_udp_reply(pkt, challenge, "tx_a2s_challenge")
-        # Accepted under the current and (when set) the previous generation, this epoch or the last.
-        keys = [cfg.cookie_key] + ([cfg.cookie_key_previous] if any(cfg.cookie_key_previous) else [])
-        if any(cookie in (cookie_of(key, epoch), cookie_of(key, epoch - 1)) for key in keys):
+            issued = self._cookie_of(pkt, cfg.cookie_key, self._cookie_epoch())
+            self._send_udp_reply(pkt, b"\xff\xff\xff\xff\x41" + struct.pack("<I", issued), "tx_a2s_challenge")
+        if self._cookie_valid(pkt, cookie):
             # A valid fleet cookie proves the address (allow-listed sources need no proof).
             if not self.state.allowed(pkt.saddr):
                 self._verify(pkt.saddr, svc.id, "cookie")

@@ -24,6 +24,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 
 from . import game_model as gm
 from .edge_env import hammer_from_two_cpus, monotonic_ns
+from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
                        PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
 
@@ -184,15 +185,44 @@ def test_a_valid_cookie_verifies_and_a_verified_player_is_never_charged(edge):
     game_pop(edge, attack_mode="always", admission=(2, 0), nr_cpus=1)
     # Before: the player's game traffic is unverified (junk to the budget: dropped).
     assert edge.run(player_udp(b"netchannel data")).reason == "drop_unverified"
-    assert a2s_cookie_round(edge) == "tx_a2s_cached"         # the two A2S packets took the budget
+    assert a2s_cookie_round(edge) == "tx_a2s_cached"         # the challenge took the budget, not the echo
     assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "cookie"
     assert edge.verify_counts()["cookie"] == 1
     # After: the budget is spent, the player streams anyway, charged nothing.
     reasons = [edge.run(player_udp(b"netchannel data")).reason for dummy in range(50)]
     assert reasons == ["tx_forward"] * 50
     counters = edge.admission_counters(GAME_UDP_ID)
-    assert (counters["verified_packets"], counters["admitted_packets"]) == (50, 2)
-    assert edge.run(player_udp(getchallenge(), src=FLOOD[0])).reason == "drop_unverified"   # budget spent
+    assert (counters["verified_packets"], counters["admitted_packets"]) == (1 + 50, 1)
+    assert edge.run(player_udp(getchallenge(), src=FLOOD[0])).reason == "tx_forward"        # 1 token left
+    assert edge.run(player_udp(getchallenge(), src=FLOOD[1])).reason == "drop_unverified"   # budget spent
+
+
+@pytest.mark.parametrize("kind", ["info", "player", "rules"])
+def test_a_valid_cookie_is_a_proof_a_spent_budget_cannot_refuse(edge, kind):
+    """The attack: a flood of spoofed A2S queries (handshake-shaped: each takes the budget's token
+    while one is left) spends the budget, and the player who got the POP's challenge and echoes
+    it - the one proof a server browser's player can give - was charged like the flood and dropped
+    (drop_unverified). The echo is checked before the budget, as the handshake's is: a guessed
+    cookie is no proof and is still charged and refused."""
+    game_pop(edge, attack_mode="always", admission=(1, 0), nr_cpus=1)
+    edge.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
+    edge.set_a2s_cache(GAME_UDP_ID, a2s_player_reply(), monotonic_ns(), kind="player")
+    edge.set_a2s_cache(GAME_UDP_ID, a2s_rules_reply(), monotonic_ns(), kind="rules")
+
+    def request(cookie=None, src=PLAYER):
+        if kind == "info":
+            return player_udp(A2S_REQUEST + (b"" if cookie is None else cookie), src=src)
+        return player_udp(a2s_field_request(kind, None if cookie is None else int.from_bytes(cookie, "little")),
+                          src=src)
+
+    assert edge.run(request()).reason == "tx_a2s_challenge"          # the player's challenge: the budget
+    assert {edge.run(request(src=source)).reason for source in FLOOD[:20]} == {"drop_unverified"}
+    assert edge.run(request(cookie_for())).reason == "tx_a2s_cached"
+    assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "cookie"
+    assert edge.run(player_udp(b"netchannel data")).reason == "tx_forward"
+    # A spoofer's guess (here: a cookie valid for another address) is charged and refused.
+    assert edge.run(request(cookie_for(), src=FLOOD[0])).reason == "drop_unverified"
+    assert verified_anywhere(edge) == {PLAYER}
 
 
 def test_a_verified_players_own_rate_limit_still_applies(edge):
