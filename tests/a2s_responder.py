@@ -169,10 +169,10 @@ class A2SResponder:
                 self._sock.sendto(self.reply_of(query), client)
 
     def _send_split(self, client, body: bytes) -> None:
-        """Two packets of Source's multi-packet format: FE header, id, total, number, size."""
+        """Two packets of Source's multi-packet format: header -2 (FE FF FF FF), id, total, number, size."""
         half = len(body) // 2
         for number, chunk in enumerate((body[:half], body[half:])):
-            self._sock.sendto(b"\xff\xff\xff\xfe" + struct.pack("<IBBH", 77, 2, number, 1248) + chunk, client)
+            self._sock.sendto(b"\xfe\xff\xff\xff" + struct.pack("<IBBH", 77, 2, number, 1248) + chunk, client)
 
 
 def main(argv=None) -> int:

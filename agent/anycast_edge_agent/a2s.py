@@ -7,7 +7,7 @@
 * challenge (S2C_CHALLENGE): ``FF FF FF FF 41 <4 bytes>``: resend the request with those 4 bytes;
 * replies: ``FF FF FF FF 49`` (info, the fields parsed by ``parse_info``), ``44`` (players:
   ``parse_players``), ``45`` (rules: ``parse_rules``);
-* a reply split over several packets starts ``FF FF FF FF FE`` (header -2). The POP never caches
+* a reply split over several packets starts ``FE FF FF FF`` (header -2, little-endian). The POP never caches
   those: the XDP program answers with one packet, and a split reply does not fit in one
   (``A2S_CACHE_MAX_PAYLOAD`` is 1400 bytes). The queries report them as ``SPLIT`` and the
   refresher leaves the cache alone, so the entry ages out and players reach the server itself.
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 SIMPLE_HEADER = b"\xff\xff\xff\xff"
-SPLIT_HEADER = b"\xff\xff\xff\xfe"
+SPLIT_HEADER = b"\xfe\xff\xff\xff"  # -2 as a little-endian int32, as SIMPLE_HEADER is -1
 INFO_REQUEST = SIMPLE_HEADER + b"TSource Engine Query\x00"
 PLAYER_REQUEST_TYPE = 0x55
 RULES_REQUEST_TYPE = 0x56

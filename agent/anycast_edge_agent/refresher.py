@@ -22,7 +22,7 @@ Cache rules: a service with the cache on is asked A2S_INFO, A2S_PLAYER and A2S_R
 (each on its own socket, one timeout for all) every ``a2s_refresh_sec``; for each kind, only a
 complete single-packet reply of that kind (``FF FF FF FF 49`` / ``44`` / ``45``) that fits in
 ``A2S_CACHE_MAX_PAYLOAD`` is written, under that kind's key, with the time it arrived. A split
-reply (``FF FF FF FF FE``: a long player or rules list), a reply too big, or no reply leaves that
+reply (``FE FF FF FF``: a long player or rules list), a reply too big, or no reply leaves that
 kind's entry alone: the XDP program stops serving it once it is older than the service's
 ``a2s_max_age_sec`` and players' queries of that kind go to the server again. Health is judged
 on the A2S_INFO answer alone (a server that ignores A2S_PLAYER is still up).

@@ -80,7 +80,8 @@ def test_a_truncated_reply_is_rejected(cut):
 def test_classify():
     assert a2s.classify(b"\xff\xff\xff\xffA1234") == a2s.CHALLENGE
     assert a2s.classify(b"\xff\xff\xff\xffA12") == a2s.OTHER       # challenge without its 4 bytes
-    assert a2s.classify(b"\xff\xff\xff\xfe\x01\x02") == a2s.SPLIT
+    assert a2s.classify(b"\xfe\xff\xff\xff\x01\x02") == a2s.SPLIT     # header -2, little-endian
+    assert a2s.classify(b"\xff\xff\xff\xfe\x01\x02") == a2s.OTHER     # not a header Valve sends
     assert a2s.classify(b"\xff\xff\xff\xffD\x00") == a2s.PLAYER     # A2S_PLAYER answer
     assert a2s.classify(b"\xff\xff\xff\xffE\x00\x00") == a2s.RULES
     assert a2s.classify(b"\xff\xff\xff\xffm\x00") == a2s.OTHER      # GoldSrc's obsolete info answer

@@ -80,7 +80,7 @@ def test_a_split_reply_is_not_cached_but_counts_as_alive():
 
 @pytest.mark.parametrize("kind", ["player", "rules"])
 def test_a_split_player_or_rules_list_is_not_cached_and_the_other_kinds_are(kind):
-    """A long player or rules list comes split (FF FF FF FE): that kind is left to age out."""
+    """A long player or rules list comes split (FE FF FF FF): that kind is left to age out."""
     with A2SResponder(split=[kind]) as server:
         watch, cache = make_watch(server)
         assert watch.probe_once().evidence == health.UP
