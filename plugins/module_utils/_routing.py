@@ -44,7 +44,14 @@ Rule.__doc__ = """A policy rule: packets from ``src`` (``a.b.c.d/len``) look up 
 
 
 class RoutingError(Exception):
-    """A wanted entry is invalid, or netlink refused a change; the message says which."""
+    """A wanted entry is invalid, or netlink refused a change; the message says which.
+
+    ``host_changed`` is True when the failure left the host different from before (the undo of
+    the changes made before it failed too), so that the module reports ``changed`` truthfully."""
+
+    def __init__(self, message, host_changed=False):
+        super(RoutingError, self).__init__(message)
+        self.host_changed = host_changed
 
 
 def show(entry):
@@ -219,7 +226,8 @@ def apply(ipr, add, remove, address_label=None, route_protocol=None):
         failed = "%s %s" % ("removing" if entry in remove else "adding", show(entry))
         undone = _undo(ipr, done, address_label, route_protocol)
         raise RoutingError("%s failed: %s%s" % (failed, exc, "" if undone else
-                                                " (and undoing the changes before it failed too: the host is changed)"))
+                                                " (and undoing the changes before it failed too: the host is changed)"),
+                           host_changed=not undone)
 
 
 def _undo(ipr, done, address_label, route_protocol):

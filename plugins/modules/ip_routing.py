@@ -208,7 +208,7 @@ def main():
             try:
                 _routing.apply(ipr, add, remove, **marks)
             except _routing.RoutingError as exc:
-                module.fail_json(msg=str(exc), changed="the host is changed" in str(exc), **dict(
+                module.fail_json(msg=str(exc), changed=exc.host_changed, **dict(
                     (key, value) for key, value in result.items() if key != "changed"))
     module.exit_json(**result)
 
