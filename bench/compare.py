@@ -35,6 +35,9 @@ PATHS = (
     ("pass-through (not ours)", "pass_frame", "PASS", "pass_not_ours", False),
     ("forward [1]", "forward_frame", "TX", "tx_forward", True),
     ("verified player's forward [1]", "verified_forward_frame", "TX", "tx_forward", True),
+    ("SYN auth: spoofed RST drop", "spoofed_rst_frame", "DROP", "drop_tcp_unverified", False),
+    ("SYN auth: out-of-state ACK drop", "out_of_state_frame", "DROP", "drop_tcp_unverified", False),
+    ("SYN auth: verified player's TCP forward [1]", "verified_tcp_frame", "TX", "tx_forward", True),
 )
 
 

@@ -496,7 +496,7 @@ static __always_inline void count_service(__u32 service_id, __u32 bytes, int out
 }
 
 /* Is there a live port punch for this inbound packet? An idle one is deleted. */
-static __always_inline int punch_is_live(const struct edge_config *cfg, const struct packet *pkt, __u64 now)
+static __always_inline int punch_is_live(const struct edge_config *cfg, const struct packet *pkt, __u64 *clock)
 {
 	struct punch_key key = {
 		.service_addr = pkt->daddr,
@@ -506,12 +506,14 @@ static __always_inline int punch_is_live(const struct edge_config *cfg, const st
 		.proto = pkt->proto,
 	};
 	struct punch_value *punch;
+	__u64 now;
 
 	if (pkt->proto != IPPROTO_TCP && pkt->proto != IPPROTO_UDP)
 		return 0;
 	punch = bpf_map_lookup_elem(&edge_punches, &key);
 	if (!punch)
-		return 0;
+		return 0; /* no punch: no need for the time (an out-of-state flood's drop never reads it) */
+	now = clock_now(clock);
 	/* A punch refreshed by another CPU after this packet read the clock is newer than "now":
 	 * live, not billions of years idle (the u64 difference would wrap). */
 	if (punch->last_seen_ns >= now || now - punch->last_seen_ns < cfg->punch_idle_ns)
@@ -1172,11 +1174,12 @@ static __always_inline int is_banned(const struct source_state *src, __u64 now)
  * whose sequence number is this tuple's cookie verifies the source (proof syn_auth) and is
  * consumed (drop_syn_auth_verified); everything else - ACK, data, FIN, RST floods, a RST with
  * another number, a SYN too short to answer - is dropped (drop_tcp_unverified). Only the valid
- * RST makes a source entry: a spoofed flood makes none.
+ * RST makes a source entry, and only it reads the monotonic clock: a spoofed flood makes none,
+ * and its drops read no clock (the SYN-ACK reads the cookie's UTC clock).
  */
 static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct edge_config *cfg,
 					       const struct packet *pkt, const struct service_value *svc,
-					       struct source_state *src, __u64 now)
+					       struct source_state *src, __u64 *now)
 {
 	struct tcp_head head;
 	__u64 key[2], previous[2], epoch_ns, epoch;
@@ -1211,9 +1214,10 @@ static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct 
 	if (!a2s_cookie_valid(key, previous, bpf_ntohl(head.seq), pkt->saddr, pkt->daddr, pkt->sport, pkt->dport,
 			      epoch))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	clock_now(now); /* only a proven source's entry needs the time */
 	if (!src)
-		src = source_create(pkt->saddr, pkt->frame_len, now);
-	source_verify(cfg, src, svc->id, EDGE_PROOF_SYN_AUTH, now);
+		src = source_create(pkt->saddr, pkt->frame_len, *now);
+	source_verify(cfg, src, svc->id, EDGE_PROOF_SYN_AUTH, *now);
 	return make_verdict(XDP_DROP, EDGE_REASON_DROP_SYN_AUTH_VERIFIED);
 }
 
@@ -1289,8 +1293,8 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ICMP_TYPE);
 	admission = admitted(ctx, cfg, pkt, svc, src, allowed, &now, &verified);
-	if (admission == ADMIT_SYN_AUTH && !punch_is_live(cfg, pkt, clock_now(&now)))
-		return syn_auth(ctx, cfg, pkt, svc, src, now);
+	if (admission == ADMIT_SYN_AUTH && !punch_is_live(cfg, pkt, &now))
+		return syn_auth(ctx, cfg, pkt, svc, src, &now);
 	if (admission == ADMIT_DROP)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_UNVERIFIED);
 	clock_now(&now); /* from here on every path needs it */
@@ -1301,7 +1305,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (!src)
 		src = source_create(pkt->saddr, pkt->frame_len, now);
 
-	punched = punch_is_live(cfg, pkt, now);
+	punched = punch_is_live(cfg, pkt, &now);
 	if (punched)
 		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
 	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, src, now))
