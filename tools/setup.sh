@@ -21,10 +21,11 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # bpftool, xdp-tools, iproute2, tcpdump and bird2 are driven by the bpf/integration tiers;
 # ansible-test's sanity run lints tools/*.sh with the ShellCheck package; python3-pyroute2
 # is the pyroute2 0.7 a Debian POP runs the modules with (the tests check both it and PyPI's);
-# prometheus (its server and promtool) checks what playbooks/monitoring.yml renders.
+# prometheus (its server and promtool) checks what playbooks/monitoring.yml renders;
+# nats-server (with JetStream) is the fleet's state bus the agents' sync is tested against.
 # python3-venv (with python3), make and git: a fresh Debian 12 install has none of them
 # (make test-fresh checks this list on one).
-APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus)
+APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server)
 
 log() { printf 'setup: %s\n' "$*"; }
 
