@@ -91,6 +91,39 @@ class Config:
     tls_ca_file: str = ""
     tls_client_auth: bool = False
     check_dataplane: bool = True
+    # The fleet sync over NATS JetStream (fleet_sync.py); None (no ``fleet_sync`` setting): off.
+    fleet_sync: "FleetSyncConfig | None" = None
+
+
+@dataclass
+class FleetSyncConfig:
+    """``fleet_sync``: where the fleet's NATS servers are, how this agent logs in, and its caps.
+
+    The password and the TLS key are secrets: ``repr`` leaves the password out, and nothing here
+    logs either (docs/fleet-sync.md).
+    """
+    servers: list                            # nats://host:port or tls://host:port, this POP's own first
+    user: str = ""
+    password: str = field(default="", repr=False)
+    tls_ca_file: str = ""                    # verifies the servers; tls:// servers need it or the system's CAs
+    tls_cert_file: str = ""                  # this POP's client certificate (with tls_key_file)
+    tls_key_file: str = ""
+    stream: str = "ANYCAST_EDGE_FLEET"
+    # The stream's replicas when this agent creates it (the first agent to connect does): 3 keeps
+    # the fleet's state through the loss of one server of a cluster of three or more.
+    replicas: int = 3
+    # No entry lives longer on the bus than this (a longer ban is published with this lifetime).
+    max_age_sec: float = 3600.0
+    # How often the punches (what a moving player needs first) and the sources (bans, verified
+    # players) are scanned for what this POP learned.
+    punch_scan_interval_sec: float = 0.2
+    sources_scan_interval_sec: float = 1.0
+    # What one other POP may make this one import: entries per second (with a burst of
+    # import_burst_per_pop), and entries alive at once.
+    import_rate_per_pop: float = 1000.0
+    import_burst_per_pop: int = 5000
+    import_max_entries_per_pop: int = 50000
+    kinds: list = field(default_factory=lambda: ["punch", "ban", "verified"])
 
 
 def _positive(name, value, kind=float):
@@ -147,6 +180,8 @@ def parse(raw: dict) -> Config:
         raise ConfigError("listen_address: %s is inside an anycast prefix; the exporter must listen on "
                           "the POP's management address" % settings["listen_address"])
     settings["services"] = [parse_service(index, item) for index, item in enumerate(raw.get("services", []))]
+    if raw.get("fleet_sync") is not None:
+        settings["fleet_sync"] = parse_fleet_sync(raw["fleet_sync"])
     ids = [service.id for service in settings["services"]]
     if len(ids) != len(set(ids)):
         raise ConfigError("services: service ids must be unique, got %s" % ids)
@@ -163,6 +198,49 @@ def _check_tls(settings) -> None:
     if cert and any(url.startswith("http://") for url in settings.get("fleet_peers", [])):
         raise ConfigError("fleet_peers: the exporters serve TLS (tls_cert_file) but a peer is read over http: %s"
                           % [url for url in settings["fleet_peers"] if url.startswith("http://")])
+
+
+FLEET_KINDS = ("punch", "ban", "verified")
+
+
+def parse_fleet_sync(raw) -> FleetSyncConfig:
+    """``fleet_sync`` checked; the error names the setting (never the password's value)."""
+    where = "fleet_sync"
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: must be a mapping" % where)
+    unknown = sorted(set(raw) - set(FleetSyncConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    servers = raw.get("servers")
+    if not servers or not isinstance(servers, list):
+        raise ConfigError("%s.servers: a list of nats:// or tls:// URLs is required" % where)
+    for index, url in enumerate(servers):
+        if not isinstance(url, str) or not url.startswith(("nats://", "tls://")):
+            raise ConfigError("%s.servers[%d]: %r is not a nats:// or tls:// URL" % (where, index, url))
+        if "@" in url:
+            # Credentials in a URL end up in logs and error messages: refused, and not echoed.
+            raise ConfigError("%s.servers[%d]: no credentials in the URL; use %s.user and %s.password"
+                              % (where, index, where, where))
+    settings = dict(raw)
+    if bool(raw.get("tls_cert_file")) != bool(raw.get("tls_key_file")):
+        raise ConfigError("%s.tls_cert_file, %s.tls_key_file: give both or neither" % (where, where))
+    if raw.get("password") and not raw.get("user"):
+        raise ConfigError("%s.password: needs %s.user" % (where, where))
+    for key in ("max_age_sec", "punch_scan_interval_sec", "sources_scan_interval_sec", "import_rate_per_pop"):
+        if key in raw:
+            settings[key] = _positive("%s.%s" % (where, key), raw[key])
+    for key in ("replicas", "import_burst_per_pop", "import_max_entries_per_pop"):
+        if key in raw:
+            settings[key] = _positive("%s.%s" % (where, key), raw[key], int)
+    if not 1 <= settings.get("replicas", 3) <= 5:
+        raise ConfigError("%s.replicas: 1..5 (JetStream's limit), not %r" % (where, raw["replicas"]))
+    stream = str(settings.get("stream", FleetSyncConfig.stream))
+    if not stream or any(char in stream for char in " .*>/\\"):
+        raise ConfigError("%s.stream: %r is not a JetStream stream name" % (where, stream))
+    kinds = settings.get("kinds", list(FLEET_KINDS))
+    if not isinstance(kinds, list) or any(kind not in FLEET_KINDS for kind in kinds):
+        raise ConfigError("%s.kinds: a list of %s, not %r" % (where, ", ".join(FLEET_KINDS), kinds))
+    return FleetSyncConfig(**settings)
 
 
 def parse_service(index: int, raw: dict) -> Service:

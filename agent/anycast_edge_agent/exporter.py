@@ -515,6 +515,9 @@ class EdgeCollector:
         yield intent
         yield attached
         yield from self._collect_attack()
+        fleet_sync = getattr(self.agent, "fleet_sync", None)
+        if fleet_sync is not None:
+            yield from self._collect_fleet(fleet_sync.snapshot())
 
     def _collect_attack(self):
         """The attack-mode controller's side: transitions, the rate it reads, what caused the last flip."""
@@ -541,6 +544,40 @@ class EdgeCollector:
                 cause_rate.add_metric([service.name, last.direction], last.rate)
                 cause_packets.add_metric([service.name, last.direction], last.counts.unverified_packets)
         yield from (transitions, rate, threshold, cause_rate, cause_packets)
+
+
+    @staticmethod
+    def _collect_fleet(snapshot):
+        """The fleet sync (fleet_sync.py): what this POP took from each other POP, what it refused
+        and why, what it published, and whether it is on the bus."""
+        imported = CounterMetricFamily(PREFIX + "fleet_imported", "Entries other POPs learned, written into this "
+                                       "POP's maps, by origin POP and kind (punch, ban, verified)",
+                                       labels=["from", "kind"])
+        for (origin, kind), count in sorted(snapshot["imported"].items()):
+            imported.add_metric([origin, kind], count)
+        refused = CounterMetricFamily(PREFIX + "fleet_refused", "Entries from other POPs not imported, by origin, "
+                                      "kind and reason (denied: on this POP's deny list; rate_cap, size_cap: the "
+                                      "origin's import caps; unknown_service, expired, malformed, origin_mismatch)",
+                                      labels=["from", "kind", "reason"])
+        for (origin, kind, reason), count in sorted(snapshot["refused"].items()):
+            refused.add_metric([origin, kind, reason], count)
+        published = CounterMetricFamily(PREFIX + "fleet_published", "Entries this POP learned and published to the "
+                                        "fleet (acknowledged by JetStream), by kind", labels=["kind"])
+        for kind, count in sorted(snapshot["published"].items()):
+            published.add_metric([kind], count)
+        errors = CounterMetricFamily(PREFIX + "fleet_errors", "Fleet sync failures by stage (publish: not "
+                                     "acknowledged, retried; scan, import: map reads or writes)", labels=["stage"])
+        for stage in ("publish", "scan", "import"):
+            errors.add_metric([stage], snapshot[stage + "_errors"])
+        connected = GaugeMetricFamily(PREFIX + "fleet_connected", "1 while the agent is connected to the fleet's NATS")
+        connected.add_metric([], float(snapshot["connected"]))
+        backlog = GaugeMetricFamily(PREFIX + "fleet_publish_backlog", "Entries learned here waiting to be published")
+        backlog.add_metric([], snapshot["backlog"])
+        scan = GaugeMetricFamily(PREFIX + "fleet_scan_seconds", "Time the last scan for news took, by map walk",
+                                 labels=["maps"])
+        for what, seconds in sorted(snapshot["scan_seconds"].items()):
+            scan.add_metric([what], seconds)
+        yield from (imported, refused, published, errors, connected, backlog, scan)
 
 
 # ---- the HTTP(S) server ---------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``anycast-edge-agent --config /etc/anycast-edge/agent.json``: the POP agent's service.
 
 One thread per service probes (and refreshes the A2S cache); one puts the ``auto`` services under
-attack and out of it (attack.py); the main thread checks the data
+attack and out of it (attack.py); one shares punches, bans and verified players with the other
+POPs over NATS JetStream (fleet_sync.py, with ``fleet_sync`` set); the main thread checks the data
 plane and decides, every ``probe_interval_sec``, whether the POP announces; the exporter answers
 scrapes on ``listen_address:listen_port`` from its own thread.
 """
@@ -23,6 +24,7 @@ from . import config as config_module
 from . import health
 from .attack import AttackController
 from .exporter import EdgeCollector, serve
+from .fleet_sync import FleetSync
 from .maps import EdgeMaps, dataplane_attached
 from .refresher import ServiceWatch
 from .tls import client_ssl_context, server_ssl_context
@@ -50,6 +52,9 @@ class Agent:
             self.announcer = health.Announcer(birdc or Birdc(config.bird_socket), config.bird_protocol,
                                               config.drain_state_file, guard)
         self.attack = AttackController(config.services, self.edge_maps)
+        # Punches, bans and verified players shared with the fleet (off without fleet_sync).
+        self.fleet_sync = None if config.fleet_sync is None else FleetSync(config.fleet_sync, config.pop_name,
+                                                                            self.edge_maps)
         self.registry = CollectorRegistry()
         self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
                                        clients_interval_sec=config.top_clients_interval_sec,
@@ -99,6 +104,11 @@ class Agent:
         thread = threading.Thread(target=self.attack.run, args=(self.stopping,), name="attack-mode", daemon=True)
         thread.start()
         self._threads.append(thread)
+        # The fleet sync in its own thread and event loop: the bus never holds up the rest.
+        if self.fleet_sync is not None:
+            thread = threading.Thread(target=self.fleet_sync.run, args=(self.stopping,), name="fleet-sync", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def serve_metrics(self):
         config = self.config

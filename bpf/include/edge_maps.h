@@ -98,8 +98,9 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } edge_allow_v4 SEC(".maps");
 
-/* Written by edge_rules (deny CIDRs, exactly as inventory gives them). Read by edge_rules only:
- * the record the derived edge_src_filter/edge_src_hosts are rebuilt from. XDP does not read it. */
+/* Written by edge_rules (deny CIDRs, exactly as inventory gives them). Read by edge_rules (the
+ * record the derived edge_src_filter/edge_src_hosts are rebuilt from) and by the agent's fleet
+ * sync (an entry another POP learned for a denied address is not imported). XDP does not read it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, EDGE_MAX_PREFIXES);

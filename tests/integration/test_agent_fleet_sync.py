@@ -1,0 +1,312 @@
+"""The fleet sync end to end: two POPs, each the real xdp_edge program with its maps pinned on its
+own bpffs and a real ``Agent`` of the agent package (its fleet-sync thread and its exporter), and
+a real NATS JetStream cluster of three Debian nats-servers, all in one network namespace.
+
+What a POP learns is learned by its program, from packets (BPF_PROG_TEST_RUN): a game server's
+reply through POP A opens the punch, a flood over the rate limit bans. What the other POP then
+does with the same packets is read from its program's verdicts, before and after the sync.
+Propagation delays are printed (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import agent_world  # noqa: F401  pylint: disable=unused-import  (puts agent/ and tests/ on sys.path)
+from anycast_edge_agent import config as agent_config
+from anycast_edge_agent.main import Agent
+from bpf import scenario as sc
+from bpf import topology as topo
+from bpf.edge_env import EdgeEnv, monotonic_ns
+from helpers.bpffs import private_bpffs
+from helpers.nats_cluster import NatsCluster, free_ports
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _pins
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF, bpffs and namespaces need root")
+
+NS = 10**9
+PUNCH_IDLE_SEC = 6
+STRANGER = "203.0.113.77"
+
+
+def pin(edge, pin_root):
+    os.makedirs(_pins.maps_dir(pin_root, topo.UPLINK))
+    edge.prog.pin(_pins.program_pin_path(pin_root, topo.UPLINK))
+    for name, bpf_map in edge.maps.items():
+        bpf_map.pin(_pins.map_pin_path(pin_root, topo.UPLINK, name))
+
+
+class Pop:
+    """One POP: its program (EdgeEnv), its pins and its agent."""
+
+    def __init__(self, name, edge, pin_root, servers, **sync):
+        self.name = name
+        self.edge = edge
+        pin(edge, pin_root)
+        self.port = free_ports(1)[0]
+        settings = dict(servers=servers, punch_scan_interval_sec=0.1, sources_scan_interval_sec=0.25)
+        settings.update(sync)
+        self.config = agent_config.parse({
+            "iface": topo.UPLINK, "tunnel_address": topo.POP_TUNNEL_ADDR, "listen_address": "127.0.0.1",
+            "listen_port": self.port, "pin_root": pin_root, "bird_manage": False, "check_dataplane": False,
+            "pop_name": name, "fleet_sync": settings})
+        self.agent = Agent(self.config)
+        self.httpd = None
+
+    def start(self):
+        self.httpd = self.agent.serve_metrics()[0]
+        self.agent.start()
+        return self
+
+    def stop(self):
+        self.agent.stop()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+    @property
+    def sync(self):
+        return self.agent.fleet_sync
+
+    def metrics(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=5) as answer:
+            text = answer.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    def punched(self, dport=sc.PLAYER_PORT, src=sc.PLAYER):
+        return self.edge.maps["edge_punches"].lookup(
+            abi.pack_punch_key("udp", sc.GAME, sc.GAME_PORT, src, dport)) is not None
+
+
+@pytest.fixture
+def world(xdp_edge_object, tmp_path):
+    """(cluster, make_pops): make_pops(a_sync={}, b_sync={}) -> (A, B), both started."""
+    edge_a = EdgeEnv.start(xdp_edge_object, netns="aedge-fleet-" + uuid.uuid4().hex[:6])
+    edge_b = None
+    cluster = None
+    pops = []
+    try:
+        edge_b = edge_a.another_pop()
+        for edge in (edge_a, edge_b):
+            # A tight rate limit, so that "not punched" shows as drops; punches idle out quickly.
+            sc.setup_pop(edge, limits={"udp": (2, 0)}, ban_sec=60, punch_idle_ns=PUNCH_IDLE_SEC * NS)
+        (tmp_path / "nats").mkdir()
+        cluster = NatsCluster(tmp_path / "nats", size=3).start()
+        cluster.wait_for_jetstream()
+        with private_bpffs(tmp_path / "pins-a") as pins_a, private_bpffs(tmp_path / "pins-b") as pins_b:
+
+            def make_pops(a_sync=None, b_sync=None):
+                pops.append(Pop("pop-a", edge_a, str(pins_a), cluster.urls, **(a_sync or {})).start())
+                pops.append(Pop("pop-b.example", edge_b, str(pins_b), cluster.urls[::-1], **(b_sync or {})).start())
+                wait_for(lambda: all(pop.sync.connected for pop in pops), "both agents on the bus")
+                return pops
+
+            try:
+                yield cluster, make_pops
+            finally:
+                for pop in pops:
+                    pop.stop()
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if edge_b is not None:
+            edge_b.stop()
+        edge_a.stop()
+
+
+def wait_for(predicate, what, timeout=15.0, interval=0.01):
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        value = predicate()
+        if value:
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+def player_packets(pop, count=4, **fields):
+    """The verdicts of ``count`` packets of the player's flow at ``pop`` (within one second)."""
+    return [pop.edge.run(sc.player_udp(**fields)).reason for dummy in range(count)]
+
+
+def learn_punch(pop, dport=sc.PLAYER_PORT, dst=sc.PLAYER):
+    """The game server answers the player through ``pop``: its program opens the punch."""
+    result = pop.edge.run(sc.backend_reply(dport=dport, dst=dst))
+    assert result.action == "TX", result.reason
+
+
+def learn_punches(pop, dports, dst=sc.PLAYER):
+    """learn_punch for many ports, fast (the verdicts are not read back: the punches are)."""
+    for dport in dports:
+        frame = sc.backend_reply(dport=dport, dst=dst)
+        assert pop.edge.prog.test_run(frame, ctx_in=pop.edge.xdp_ctx(topo.UPLINK, len(frame))).retval == 3  # XDP_TX
+
+
+def ban_by_flood(pop, address):
+    """``address`` floods the game port at ``pop`` past its rate limit: the program bans it."""
+    reasons = []
+    while "drop_banned" not in reasons:
+        assert len(reasons) < 10, reasons
+        reasons.append(pop.edge.run(sc.player_udp(src=address, sport=40000)).reason)
+    assert "drop_rate_limit" in reasons, reasons
+
+
+def live_punches(pop):
+    now = monotonic_ns()
+    return sum(1 for dummy, value in pop.edge.maps["edge_punches"].lookup_batch()
+               if now - abi.PUNCH_VALUE.unpack(value)[0] < PUNCH_IDLE_SEC * NS)
+
+
+def test_a_punch_learned_at_a_is_in_b_within_a_second_and_expires_everywhere(world):
+    dummy, make_pops = world
+    pop_a, pop_b = make_pops()
+    # Before: B does not know the flow; the player's packet there is an unpunched one.
+    assert player_packets(pop_b, count=1) == ["tx_forward"]
+    pop_b.edge.maps["edge_sources"].delete(abi.ipv4(sc.PLAYER))   # a clean rate window at B for after
+
+    learn_punch(pop_a)
+    delay = wait_for(lambda: pop_b.punched(), "the punch learned at pop-a in pop-b's map", timeout=5)
+    print("\npunch propagation pop-a -> pop-b: %.0f ms" % (delay * 1000))
+    assert delay < 1.0
+    # Six packets in a second at a limit of two: a punch is what lets them through.
+    assert player_packets(pop_b, count=6) == ["tx_punched"] * 6
+    assert player_packets(pop_a, count=6) == ["tx_punched"] * 6
+    metrics_b = pop_b.metrics()
+    assert metrics_b[("anycast_edge_fleet_imported_total", (("from", "pop-a"), ("kind", "punch")))] == 1
+    assert pop_a.metrics()[("anycast_edge_fleet_published_total", (("kind", "punch"),))] >= 1
+    # B's copy is not published back as B's own.
+    assert ("anycast_edge_fleet_published_total", (("kind", "punch"),)) not in metrics_b
+
+    # Idle everywhere: no reply for the idle time -> no punch at A nor at B.
+    time.sleep(PUNCH_IDLE_SEC + 0.5)
+    for pop in (pop_a, pop_b):
+        assert pop.edge.run(sc.player_udp()).reason != "tx_punched", pop.name
+        assert not pop.punched(), pop.name
+    # ... and nothing brings it back from the bus.
+    time.sleep(1.0)
+    assert not pop_b.punched()
+
+
+def test_a_deny_listed_address_is_refused_on_import(world):
+    dummy, make_pops = world
+    pop_a, pop_b = make_pops()
+    ban_by_flood(pop_a, STRANGER)
+    # Before B deny-lists it, A's ban is imported: the stranger is dropped at B without having flooded B.
+    wait_for(lambda: pop_b.edge.ban_until(STRANGER), "pop-a's ban at pop-b", timeout=5)
+    assert pop_b.edge.run(sc.player_udp(src=STRANGER, sport=40000)).reason == "drop_banned"
+    first_ban = pop_b.edge.ban_until(STRANGER)
+
+    # B deny-lists the player's /24 (edge_rules' records and what XDP reads); A learns about it more.
+    pop_b.edge.deny("203.0.113.0/24")
+    pop_b.edge.maps["edge_sources"].delete(abi.ipv4(STRANGER))
+    learn_punch(pop_a, dst=STRANGER, dport=40000)
+    ban_by_flood(pop_a, "203.0.113.78")
+    wait_for(lambda: pop_b.sync.snapshot()["refused"].get(("pop-a", "ban", "denied"), 0) >= 1
+             and pop_b.sync.snapshot()["refused"].get(("pop-a", "punch", "denied"), 0) >= 1,
+             "pop-b refusing the denied entries", timeout=5)
+    assert pop_b.edge.ban_until("203.0.113.78") is None
+    assert not pop_b.punched(src=STRANGER, dport=40000)
+    assert pop_a.punched(src=STRANGER, dport=40000)                  # the POP without the deny entry has it
+    metrics = pop_b.metrics()
+    assert metrics[("anycast_edge_fleet_refused_total", (("from", "pop-a"), ("kind", "ban"), ("reason", "denied")))] >= 1
+    assert first_ban   # imported before the deny
+
+
+def test_the_import_caps_hold_under_a_burst_from_one_pop(world):
+    dummy, make_pops = world
+    rate, burst, size = 100, 150, 100
+    pop_a, pop_b = make_pops(b_sync=dict(import_rate_per_pop=rate, import_burst_per_pop=burst,
+                                         import_max_entries_per_pop=size))
+    # An attacker makes pop-a learn 1,000 junk flows (replies to 1,000 ports) as fast as it can.
+    started = time.monotonic()
+    learn_punches(pop_a, range(20000, 21000))
+    assert live_punches(pop_a) == 1000
+    wait_for(lambda: pop_a.sync.snapshot()["published"].get("punch", 0) >= 1000, "pop-a publishing 1,000 punches",
+             timeout=20)
+
+    def handled():
+        snapshot = pop_b.sync.snapshot()
+        return sum(snapshot["imported"].values()) + sum(snapshot["refused"].values())
+
+    # 1,000 punches and the player's verification (the replies proved the flow).
+    wait_for(lambda: handled() >= 1001, "pop-b reading all 1,001", timeout=20)
+    elapsed = time.monotonic() - started
+    snapshot = pop_b.sync.snapshot()
+    imported = snapshot["imported"][("pop-a", "punch")]
+    refused = {reason: count for (dummy, kind, reason), count in snapshot["refused"].items() if kind == "punch"}
+    print("\nburst of 1000 punches from pop-a in %.2f s: pop-b imported %d (caps: %d/s, burst %d, %d live), "
+          "refused %s" % (elapsed, imported, rate, burst, size, refused))
+    assert live_punches(pop_b) <= size
+    assert imported <= burst + rate * elapsed
+    assert refused["rate_cap"] >= 1000 - burst - rate * elapsed - 1
+    assert refused["size_cap"] >= 1
+    assert sum(refused.values()) + imported == 1000
+    metrics = pop_b.metrics()
+    assert metrics[("anycast_edge_fleet_refused_total",
+                    (("from", "pop-a"), ("kind", "punch"), ("reason", "rate_cap")))] == refused["rate_cap"]
+
+
+def test_a_verified_player_at_a_is_verified_at_b(world):
+    dummy, make_pops = world
+    pop_a, pop_b = make_pops()
+    for edge in (pop_a.edge, pop_b.edge):   # the game service under attack at both (no unverified budget)
+        edge.add_service("udp", sc.GAME, sc.GAME_PORT, sc.GAME_UDP_ID, sc.BACKEND, attack_mode="always")
+    # Under attack, an unverified player is dropped at B (no admission budget set).
+    assert pop_b.edge.run(sc.player_udp(sport=41000)).reason == "drop_unverified"
+    # The game server speaks first on the player's flow through A: A verifies it (proof: punch).
+    learn_punch(pop_a, dport=41000)
+    assert pop_a.edge.verified_for(sc.PLAYER, sc.GAME_UDP_ID, monotonic_ns())
+    wait_for(lambda: pop_b.edge.verified_for(sc.PLAYER, sc.GAME_UDP_ID, monotonic_ns()),
+             "the verification at pop-b", timeout=5)
+    # On another flow (no punch at B for it) the player passes B as verified.
+    assert pop_b.edge.run(sc.player_udp(sport=41001)).reason == "tx_forward"
+
+
+def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
+    cluster, make_pops = world
+    pop_a, pop_b = make_pops()
+    learn_punch(pop_a)
+    wait_for(lambda: pop_b.punched(), "the first punch at pop-b", timeout=5)
+
+    # One server dies: the cluster keeps its quorum, the agents move to another server.
+    cluster.kill(0)
+    learn_punch(pop_a, dport=50001)
+
+    delay = wait_for(lambda: pop_b.punched(dport=50001), "a punch while one server is down", timeout=15)
+    print("\none server down: punch propagation %.0f ms" % (delay * 1000))
+
+    # A second one dies: no JetStream (no quorum). Both data planes work from their maps alone:
+    # A with what it learns now, B with what it imported.
+    cluster.kill(1)
+    learn_punch(pop_a, dport=50002)
+    time.sleep(2.0)
+    assert not pop_b.punched(dport=50002)
+    assert player_packets(pop_a, count=3, sport=50002) == ["tx_punched"] * 3
+    assert player_packets(pop_b, count=3, sport=50001) == ["tx_punched"] * 3
+    ban_by_flood(pop_b, STRANGER)
+    # The agents' other work goes on: the exporter answers, says the sync is behind.
+    metrics_a = pop_a.metrics()
+    assert metrics_a[("anycast_edge_fleet_publish_backlog", ())] >= 1
+    assert metrics_a[("anycast_edge_maps_readable", ())] == 1
+
+    # Heal: both servers back (same stores). What was learned meanwhile arrives.
+    healed = time.monotonic()
+    cluster.start(0)
+    cluster.start(1)
+    wait_for(lambda: pop_b.punched(dport=50002) and pop_a.edge.ban_until(STRANGER), "the catch-up after the heal",
+             timeout=40)
+    print("\nheal: caught up %.1f s after the servers came back" % (time.monotonic() - healed))
+    assert pop_a.edge.run(sc.player_udp(src=STRANGER, sport=40000)).reason == "drop_banned"
+    assert pop_a.metrics()[("anycast_edge_fleet_publish_backlog", ())] == 0
