@@ -545,7 +545,6 @@ class EdgeCollector:
                 cause_packets.add_metric([service.name, last.direction], last.counts.unverified_packets)
         yield from (transitions, rate, threshold, cause_rate, cause_packets)
 
-
     @staticmethod
     def _collect_fleet(snapshot):
         """The fleet sync (fleet_sync.py): what this POP took from each other POP, what it refused

@@ -53,8 +53,9 @@ class Agent:
                                               config.drain_state_file, guard)
         self.attack = AttackController(config.services, self.edge_maps)
         # Punches, bans and verified players shared with the fleet (off without fleet_sync).
-        self.fleet_sync = None if config.fleet_sync is None else FleetSync(config.fleet_sync, config.pop_name,
-                                                                            self.edge_maps)
+        self.fleet_sync = None
+        if config.fleet_sync is not None:
+            self.fleet_sync = FleetSync(config.fleet_sync, config.pop_name, self.edge_maps)
         self.registry = CollectorRegistry()
         self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
                                        clients_interval_sec=config.top_clients_interval_sec,
