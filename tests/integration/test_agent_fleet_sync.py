@@ -18,7 +18,8 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import agent_world  # noqa: F401  pylint: disable=unused-import  (puts agent/ and tests/ on sys.path)
+# agent_world puts agent/ and tests/ on sys.path.
+import agent_world  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent.main import Agent
 from bpf import scenario as sc
@@ -177,7 +178,7 @@ def test_a_punch_learned_at_a_is_in_b_within_a_second_and_expires_everywhere(wor
     pop_b.edge.maps["edge_sources"].delete(abi.ipv4(sc.PLAYER))   # a clean rate window at B for after
 
     learn_punch(pop_a)
-    delay = wait_for(lambda: pop_b.punched(), "the punch learned at pop-a in pop-b's map", timeout=5)
+    delay = wait_for(pop_b.punched, "the punch learned at pop-a in pop-b's map", timeout=5)
     print("\npunch propagation pop-a -> pop-b: %.0f ms" % (delay * 1000))
     assert delay < 1.0
     # Six packets in a second at a limit of two: a punch is what lets them through.
@@ -278,7 +279,7 @@ def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
     cluster, make_pops = world
     pop_a, pop_b = make_pops()
     learn_punch(pop_a)
-    wait_for(lambda: pop_b.punched(), "the first punch at pop-b", timeout=5)
+    wait_for(pop_b.punched, "the first punch at pop-b", timeout=5)
 
     # One server dies: the cluster keeps its quorum, the agents move to another server.
     cluster.kill(0)
