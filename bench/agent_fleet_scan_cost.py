@@ -47,6 +47,17 @@ def fill_players(sources_map, count: int) -> None:
         sources_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
 
 
+def fill_punches(punches_map, count: int) -> None:
+    """Live punches, their last reply now (not in the future: a scan reads what is newer than the last)."""
+    now = time.monotonic_ns()
+    keys = [abi.pack_punch_key("udp", "198.51.100.10", 27015, "13.%d.%d.%d" % (index >> 16, (index >> 8) & 255,
+                                                                                 index & 255), 27005)
+            for index in range(count)]
+    values = [abi.PUNCH_VALUE.pack(now)] * count
+    for start in range(0, count, 16384):
+        punches_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
+
+
 def cpu_of(call) -> float:
     started = time.process_time()
     call()
@@ -79,7 +90,8 @@ def main() -> int:
             maps["edge_services"].update(abi.pack_service_key("udp", "198.51.100.10", 27015),
                                          abi.pack_service_value(SERVICE_ID, "10.1.0.10"))
             fill_players(maps["edge_sources"], args.players)
-            base.fill_bans_and_punches(maps["edge_sources"], maps["edge_punches"], args.bans, args.punches)
+            base.fill_bans_and_punches(maps["edge_sources"], maps["edge_punches"], args.bans, 0)
+            fill_punches(maps["edge_punches"], args.punches)
             sync = FleetSync(FleetSyncConfig(servers=["nats://127.0.0.1:4222"]), "bench", EdgeMaps(pin_root, IFACE))
             first_punches = cpu_of(sync.scan_punches)
             first_sources = cpu_of(sync.scan_sources)

@@ -5,9 +5,10 @@ How (docs/fleet-sync.md has the why):
 
 - **Learning** is a scan of the maps XDP writes, with a cursor: ``edge_punches`` every
   ``punch_scan_interval_sec``, ``edge_sources`` (bans and verified slots) every
-  ``sources_scan_interval_sec``. Each entry's *expiry* (CLOCK_REALTIME ns: a punch's last reply +
-  the punch idle time, a ban's end, a verified slot's last packet + the verified idle time) is
-  compared with what the cursor knows (published or imported); an entry is published when it is
+  ``sources_scan_interval_sec``; each looks only at the entries XDP touched since the previous
+  scan (a punch's last reply; a source's last packet, which a ban follows, or verified slot).
+  Each entry's *expiry* (CLOCK_REALTIME ns: a punch's last reply + the punch idle time, a ban's
+  end, a verified slot's last packet + the verified idle time) is compared with what the cursor knows (published or imported); an entry is published when it is
   new or its expiry moved later by more than a quarter of its lifetime (a ban: by a second), so
   a busy flow is republished a few times per idle time, not at every packet. The data plane
   needs no change and never waits for the agent.
@@ -259,6 +260,8 @@ def realtime_offset_ns() -> int:
 # ---- reading what XDP learned --------------------------------------------------------------------
 
 SOURCE_WORDS = abi.SOURCE_STATE.size // 8
+# Entries per batch read of a scan.
+SCAN_CHUNK = 16384
 # 64-bit word of struct source_state: ban_until_ns, and each verified slot's (service_id | proof << 32)
 # and active_ns.
 SOURCE_BAN_WORD = 0
@@ -279,32 +282,42 @@ class Lifetimes:
         return cls(fields[2], fields[1], verified_idle or DEFAULT_VERIFIED_IDLE_NS)
 
 
-def punch_expiries(entries, idle_ns, offset_ns):
-    """{punch key: expiry (REALTIME ns)} of edge_punches' (key, value) pairs."""
+def punch_expiries(chunks, idle_ns, offset_ns, since_ns=0):
+    """{punch key: expiry (REALTIME ns)} of edge_punches read as lookup_batch_chunks, for the
+    punches whose last reply is at or after ``since_ns`` (monotonic) only."""
+    key_size = abi.PUNCH_KEY.size
     base = offset_ns + idle_ns
-    return {key: base + abi.PUNCH_VALUE.unpack(value)[0] for key, value in entries}
+    expiries = {}
+    for count, keys, values in chunks:
+        seen = memoryview(values).cast("Q")[:count]
+        for index in [index for index, last in enumerate(seen) if last >= since_ns]:
+            expiries[keys[index * key_size:(index + 1) * key_size]] = base + seen[index]
+    return expiries
 
 
-def source_expiries(entries, mono_now_ns, offset_ns, verified_idle_ns):
-    """({address: ban expiry}, {VERIFIED_KEY: (expiry, proof)}) of edge_sources' (key, value)
-    pairs: live bans and live verified slots only, read as words of one memoryview."""
+def source_expiries(chunks, mono_now_ns, offset_ns, verified_idle_ns, since_ns=0):
+    """({address: ban expiry}, {VERIFIED_KEY: (expiry, proof)}) of edge_sources read as
+    lookup_batch_chunks: live bans and live verified slots, of the sources XDP touched at or after
+    ``since_ns`` (monotonic: a packet counted, a ban made, a slot verified or refreshed), read as
+    strided words of each chunk rather than unpacked entry by entry."""
     bans, verified = {}, {}
-    if not entries:
-        return bans, verified
-    words = memoryview(b"".join(value for dummy, value in entries)).cast("Q")
-    for index, (key, dummy) in enumerate(entries):
-        base = index * SOURCE_WORDS
-        until = words[base + SOURCE_BAN_WORD]
-        if until > mono_now_ns:
-            bans[key] = until + offset_ns
-        for ids_word, active_word in SLOT_WORDS:
-            ids = words[base + ids_word]
-            service_id = ids & 0xFFFFFFFF
-            if not service_id:
-                continue
-            active = words[base + active_word]
-            if active + verified_idle_ns > mono_now_ns:
-                verified[VERIFIED_KEY.pack(key, service_id)] = (active + verified_idle_ns + offset_ns, ids >> 32)
+    for count, keys, values in chunks:
+        words = memoryview(values).cast("Q")
+        touched = map(max, words[1::SOURCE_WORDS], *(words[active::SOURCE_WORDS] for dummy, active in SLOT_WORDS))
+        for index in [index for index, last in enumerate(touched) if last >= since_ns][:count]:
+            base = index * SOURCE_WORDS
+            address = keys[index * 4:index * 4 + 4]
+            until = words[base + SOURCE_BAN_WORD]
+            if until > mono_now_ns:
+                bans[address] = until + offset_ns
+            for ids_word, active_word in SLOT_WORDS:
+                ids = words[base + ids_word]
+                service_id = ids & 0xFFFFFFFF
+                if not service_id:
+                    continue
+                active = words[base + active_word]
+                if active + verified_idle_ns > mono_now_ns:
+                    verified[VERIFIED_KEY.pack(address, service_id)] = (active + verified_idle_ns + offset_ns, ids >> 32)
     return bans, verified
 
 
@@ -337,6 +350,9 @@ class FleetSync:
         self._lifetimes = None
         self._errors = {}                         # what was last logged, per place (logged once)
         self._news = None                         # asyncio.Event: the outbox got something (made in run)
+        # Per map: the monotonic time the last scan started; entries XDP has not touched since
+        # were read by it (a scan reads only what is newer: its cost is mostly the map read).
+        self._since = {}
 
     # ---- learning --------------------------------------------------------------------------
 
@@ -351,26 +367,31 @@ class FleetSync:
     def scan_punches(self) -> list:
         """Queue the punches learned since the last scan; returns them."""
         started = time.monotonic()
+        # What XDP wrote from now on is read by this scan or the next one.
+        scan_ns = time.monotonic_ns()
         with self.edge_maps.open("edge_config", "edge_services", "edge_punches") as maps:
             self._refresh_local_state(maps)
-            entries = maps["edge_punches"].lookup_batch(chunk_size=16384)
+            chunks = maps["edge_punches"].lookup_batch_chunks(chunk_size=SCAN_CHUNK)
         if "punch" not in self.settings.kinds:
             return []
         idle = self._lifetimes.punch_idle_ns
-        expiries = punch_expiries(entries, idle, realtime_offset_ns())
+        expiries = punch_expiries(chunks, idle, realtime_offset_ns(), self._since.get("punches", 0))
         news = self.cursor.changes("punch", expiries, idle)
         self._queue("punch", news)
+        self._since["punches"] = scan_ns
         self.last_scan_sec["punches"] = time.monotonic() - started
         return news
 
     def scan_sources(self) -> list:
         """Queue the bans and verified slots learned since the last scan; returns them."""
         started = time.monotonic()
+        scan_ns = time.monotonic_ns()
         with self.edge_maps.open("edge_config", "edge_services", "edge_sources") as maps:
             self._refresh_local_state(maps)
-            entries = maps["edge_sources"].lookup_batch(chunk_size=16384)
+            chunks = maps["edge_sources"].lookup_batch_chunks(chunk_size=SCAN_CHUNK)
         offset = realtime_offset_ns()
-        bans, verified = source_expiries(entries, time.monotonic_ns(), offset, self._lifetimes.verified_idle_ns)
+        bans, verified = source_expiries(chunks, time.monotonic_ns(), offset, self._lifetimes.verified_idle_ns,
+                                         self._since.get("sources", 0))
         news = []
         if "ban" in self.settings.kinds:
             changed = self.cursor.changes("ban", bans, 0)
@@ -382,6 +403,7 @@ class FleetSync:
             self._queue("verified", changed, proofs={key: proof for key, (dummy, proof) in verified.items()})
             news += changed
         self.cursor.forget_expired(time.time_ns())
+        self._since["sources"] = scan_ns
         self.last_scan_sec["sources"] = time.monotonic() - started
         return news
 

@@ -1410,6 +1410,26 @@ class BpfMap(_FdHolder):
     def _lookup_batch(self, chunk_size):
         """All entries via bpf_map_lookup_batch; None if the map type has no
         batch lookup."""
+        key_size = self.key_size
+        value_size = self.value_buffer_size
+        results = []
+        chunks = self.lookup_batch_chunks(chunk_size)
+        if chunks is None:
+            return None
+        for count, keys_raw, values_raw in chunks:
+            for i in range(count):
+                results.append((keys_raw[i * key_size:(i + 1) * key_size],
+                                values_raw[i * value_size:(i + 1) * value_size]))
+        return results
+
+    def lookup_batch_chunks(self, chunk_size=1024):
+        """All entries as ``[(count, keys, values)]``: each chunk's keys and values
+        as one bytes object each (``count`` keys of ``key_size`` bytes, values of
+        ``value_buffer_size``), for readers that slice or cast them themselves
+        rather than pay for a bytes object per entry.  None if the map type has
+        no batch lookup."""
+        if "lookup" in self._batch_unsupported:
+            return None
         lib = _lib()
         fd = self.fd
         key_size = self.key_size
@@ -1421,7 +1441,8 @@ class BpfMap(_FdHolder):
         token_in = ctypes.create_string_buffer(token_size)
         token_out = ctypes.create_string_buffer(token_size)
         started = False
-        results = []
+        chunks = []
+        read = 0
         opts = self._batch_opts()
         while True:
             keys_buf = ctypes.create_string_buffer(key_size * chunk)
@@ -1439,13 +1460,13 @@ class BpfMap(_FdHolder):
                 if not started and self._batch_falls_back("lookup", err, count.value, chunk):
                     return None
                 raise BpfError(err, "batch lookup in map", self.name,
-                               detail="after %d entries" % len(results))
-            keys_raw, values_raw = keys_buf.raw, values_buf.raw
-            for i in range(count.value):
-                results.append((keys_raw[i * key_size:(i + 1) * key_size],
-                                values_raw[i * value_size:(i + 1) * value_size]))
+                               detail="after %d entries" % read)
+            if count.value:
+                chunks.append((count.value, keys_buf.raw[:key_size * count.value],
+                               values_buf.raw[:value_size * count.value]))
+                read += count.value
             if err == errno.ENOENT:  # no more entries
-                return results
+                return chunks
             ctypes.memmove(token_in, token_out, token_size)
             started = True
 

@@ -124,22 +124,37 @@ def source(ban_until=0, verified=()):
     return abi.SourceState(ban_until_ns=ban_until, packets=9, verified=list(verified)).pack()
 
 
+def chunks(entries, per_chunk=2):
+    """(key, value) pairs as BpfMap.lookup_batch_chunks returns them."""
+    return [(len(entries[start:start + per_chunk]), b"".join(key for key, dummy in entries[start:start + per_chunk]),
+             b"".join(value for dummy, value in entries[start:start + per_chunk]))
+            for start in range(0, len(entries), per_chunk)]
+
+
 def test_reading_bans_and_verified_slots_from_xdp_entries():
     now, offset, idle = 5000 * NS, 10**18, 600 * NS
     other = abi.ipv4("203.0.113.6")
     idle_one = abi.ipv4("203.0.113.7")
-    bans, verified = fleet_sync.source_expiries(
-        [(PLAYER, source(ban_until=now + 60 * NS, verified=[(7, 1, now - NS), (9, 3, now - 10 * NS)])),
-         (other, source(ban_until=now - 1)),
-         (idle_one, source(verified=[(0, 0, 0), (7, 2, now - idle)]))],
-        now, offset, idle)
+    entries = [(PLAYER, source(ban_until=now + 60 * NS, verified=[(7, 1, now - NS), (9, 3, now - 10 * NS)])),
+               (other, source(ban_until=now - 1)),
+               (idle_one, source(verified=[(0, 0, 0), (7, 2, now - idle)]))]
+    bans, verified = fleet_sync.source_expiries(chunks(entries), now, offset, idle)
     assert bans == {PLAYER: now + 60 * NS + offset}
     assert verified == {fleet_sync.VERIFIED_KEY.pack(PLAYER, 7): (now - NS + idle + offset, 1),
                         fleet_sync.VERIFIED_KEY.pack(PLAYER, 9): (now - 10 * NS + idle + offset, 3)}
+    # Only the sources XDP touched since the last scan are looked at (a packet, a verified slot).
+    assert fleet_sync.source_expiries(chunks(entries), now, offset, idle, since_ns=now - 2 * NS)[1] == verified
+    assert fleet_sync.source_expiries(chunks(entries), now, offset, idle, since_ns=now) == ({}, {})
+    banned_now = abi.SourceState(ban_until_ns=now + 60 * NS, last_seen_ns=now).pack()
+    assert fleet_sync.source_expiries(chunks([(other, banned_now)] + entries[1:]), now, offset, idle,
+                                      since_ns=now - 2 * NS) == ({other: now + 60 * NS + offset}, {})
 
 
 def test_punch_expiries_are_the_last_reply_plus_the_idle_time():
-    assert fleet_sync.punch_expiries([(PUNCH, abi.PUNCH_VALUE.pack(50 * NS))], 120 * NS, 7) == {PUNCH: 170 * NS + 7}
+    other = abi.pack_punch_key("udp", "198.51.100.10", 27015, "203.0.113.5", 50001)
+    entries = [(PUNCH, abi.PUNCH_VALUE.pack(50 * NS)), (other, abi.PUNCH_VALUE.pack(90 * NS))]
+    assert fleet_sync.punch_expiries(chunks(entries, 1), 120 * NS, 7) == {PUNCH: 170 * NS + 7, other: 210 * NS + 7}
+    assert fleet_sync.punch_expiries(chunks(entries), 120 * NS, 7, since_ns=60 * NS) == {other: 210 * NS + 7}
 
 
 def test_an_imported_verification_takes_a_slot_as_xdp_would():
