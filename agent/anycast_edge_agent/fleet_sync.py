@@ -350,6 +350,8 @@ class FleetSync:
         self._lifetimes = None
         self._errors = {}                         # what was last logged, per place (logged once)
         self._news = None                         # asyncio.Event: the outbox got something (made in run)
+        self._caught_up = None                    # asyncio.Event: the stream was read to its end once
+        self._catch_up_to = 0                     # ... namely to this sequence
         # Per map: the monotonic time the last scan started; entries XDP has not touched since
         # were read by it (a scan reads only what is newer: its cost is mostly the map read).
         self._since = {}
@@ -522,6 +524,7 @@ class FleetSync:
 
     async def _main(self, stopping):
         self._news = asyncio.Event()
+        self._caught_up = asyncio.Event()
         tasks = [asyncio.create_task(self._every(self.settings.punch_scan_interval_sec, self.scan_punches, "punches")),
                  asyncio.create_task(self._every(self.settings.sources_scan_interval_sec, self.scan_sources, "sources")),
                  asyncio.create_task(self._bus())]
@@ -545,6 +548,9 @@ class FleetSync:
         """Scan every ``interval``, or less often when a scan takes long (full maps): a scan's
         share of a CPU stays under SCAN_CPU_SHARE. A failed scan (no pins during an upgrade) is
         retried."""
+        # Not before the stream was read up to where it stood at the first subscription: the maps
+        # may hold what this POP imported before a restart, which is the others' to publish.
+        await self._caught_up.wait()
         while True:
             started = time.monotonic()
             try:
@@ -597,6 +603,10 @@ class FleetSync:
                 js = client.jetstream(timeout=PUBLISH_TIMEOUT_SEC)
                 await self._ensure_stream(js)
                 subscription = [await self._subscribe(js)]
+                if not self._caught_up.is_set():
+                    self._catch_up_to = (await js.stream_info(self.settings.stream)).state.last_seq
+                    if self.last_sequence >= self._catch_up_to:
+                        self._caught_up.set()
                 watchdog = asyncio.create_task(self._watch_consumer(client, js, subscription))
                 try:
                     await self._publish_forever(client, js)
@@ -682,6 +692,8 @@ class FleetSync:
         try:
             self.last_sequence = max(self.last_sequence, msg.metadata.sequence.stream)
             self.import_message(msg.subject, msg.data)
+            if self.last_sequence >= self._catch_up_to and self._catch_up_to and not self._caught_up.is_set():
+                self._caught_up.set()
             self._log_recovered("importing")
         except Exception as exc:  # pylint: disable=broad-except
             with self.lock:

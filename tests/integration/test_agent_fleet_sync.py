@@ -10,6 +10,7 @@ Propagation delays are printed (pytest -s shows them).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import urllib.request
@@ -92,8 +93,9 @@ class Pop:
 
 
 @pytest.fixture
-def world(xdp_edge_object, tmp_path):
-    """(cluster, make_pops): make_pops(a_sync={}, b_sync={}) -> (A, B), both started."""
+def world(xdp_edge_object, tmp_path, request):
+    """(cluster, make_pops): make_pops(a_sync={}, b_sync={}) -> (A, B), both started. Parametrized
+    (indirect) with {user: password}, the servers want those logins."""
     edge_a = EdgeEnv.start(xdp_edge_object, netns="aedge-fleet-" + uuid.uuid4().hex[:6])
     edge_b = None
     cluster = None
@@ -104,14 +106,15 @@ def world(xdp_edge_object, tmp_path):
             # A tight rate limit, so that "not punched" shows as drops; punches idle out quickly.
             sc.setup_pop(edge, limits={"udp": (2, 0)}, ban_sec=60, punch_idle_ns=PUNCH_IDLE_SEC * NS)
         (tmp_path / "nats").mkdir()
-        cluster = NatsCluster(tmp_path / "nats", size=3).start()
+        cluster = NatsCluster(tmp_path / "nats", size=3, users=getattr(request, "param", None)).start()
         cluster.wait_for_jetstream()
         with private_bpffs(tmp_path / "pins-a") as pins_a, private_bpffs(tmp_path / "pins-b") as pins_b:
 
-            def make_pops(a_sync=None, b_sync=None):
+            def make_pops(a_sync=None, b_sync=None, connected=("pop-a", "pop-b.example")):
                 pops.append(Pop("pop-a", edge_a, str(pins_a), cluster.urls, **(a_sync or {})).start())
                 pops.append(Pop("pop-b.example", edge_b, str(pins_b), cluster.urls[::-1], **(b_sync or {})).start())
-                wait_for(lambda: all(pop.sync.connected for pop in pops), "both agents on the bus")
+                wait_for(lambda: all(pop.sync.connected for pop in pops if pop.name in connected),
+                         "%s on the bus" % ", ".join(connected))
                 return pops
 
             try:
@@ -311,3 +314,27 @@ def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
     print("\nheal: caught up %.1f s after the servers came back" % (time.monotonic() - healed))
     assert pop_a.edge.run(sc.player_udp(src=STRANGER, sport=40000)).reason == "drop_banned"
     assert pop_a.metrics()[("anycast_edge_fleet_publish_backlog", ())] == 0
+
+
+LOGINS = {"pop-a": "a-s3cret-password-1", "pop-b.example": "b-s3cret-password-2"}
+
+
+@pytest.mark.parametrize("world", [LOGINS], indirect=True)
+def test_logins_work_and_no_password_is_ever_logged_or_exported(world, caplog):
+    dummy, make_pops = world
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-s3cret-password-3"
+    pop_a, pop_b = make_pops(a_sync=dict(user="pop-a", password=LOGINS["pop-a"]),
+                             b_sync=dict(user="pop-b.example", password=wrong), connected=("pop-a",))
+    learn_punch(pop_a)
+    wait_for(lambda: pop_a.sync.snapshot()["published"].get("punch"), "pop-a publishing with its login")
+    time.sleep(2.0)
+    assert not pop_b.sync.connected and not pop_b.punched()
+    assert pop_b.metrics()[("anycast_edge_fleet_connected", ())] == 0
+    logged = "\n".join(record.getMessage() + " " + str(record.exc_info or "") for record in caplog.records)
+    assert "uthorization" in logged                                   # the refusal is said ...
+    for secret in (wrong, *LOGINS.values()):
+        assert secret not in logged                                   # ... never the password
+        assert secret not in repr(pop_a.config) + repr(pop_b.config)
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % pop_b.port, timeout=5) as answer:
+        assert wrong.encode() not in answer.read()

@@ -23,6 +23,7 @@ jetstream {{
   max_memory_store: 64MB
   max_file_store: 256MB
 }}
+{authorization}
 cluster {{
   name: anycast_edge_test
   listen: 127.0.0.1:{route_port}
@@ -43,9 +44,11 @@ def free_ports(count):
 
 
 class NatsCluster:
-    def __init__(self, workdir: Path, size: int = 3):
+    def __init__(self, workdir: Path, size: int = 3, users=None):
+        """users: {name: password} the clients must log in as (none: no authorization)."""
         self.workdir = Path(workdir)
         self.size = size
+        self.users = dict(users or {})
         ports = free_ports(3 * size)
         self.client_ports = ports[:size]
         self.route_ports = ports[size:2 * size]
@@ -65,8 +68,16 @@ class NatsCluster:
         path = self.workdir / ("n%d.conf" % index)
         path.write_text(CONFIG.format(name="n%d" % index, client_port=self.client_ports[index],
                                       monitor_port=self.monitor_ports[index], route_port=self.route_ports[index],
-                                      store=self.workdir / ("store%d" % index), routes=routes))
+                                      store=self.workdir / ("store%d" % index), routes=routes,
+                                      authorization=self._authorization()))
         return path
+
+    def _authorization(self):
+        if not self.users:
+            return ""
+        users = ", ".join("{user: %s, password: %s}" % (json.dumps(name), json.dumps(password))
+                          for name, password in sorted(self.users.items()))
+        return "authorization {\n  users: [%s]\n}" % users
 
     def start(self, index=None):
         for which in range(self.size) if index is None else [index]:
@@ -107,7 +118,11 @@ class NatsCluster:
 
     async def _probe(self):
         import nats  # pylint: disable=import-outside-toplevel
-        client = await nats.connect(self.urls, connect_timeout=1, allow_reconnect=False)
+        login = {}
+        if self.users:
+            name, password = sorted(self.users.items())[0]
+            login = dict(user=name, password=password)
+        client = await nats.connect(self.urls, connect_timeout=1, allow_reconnect=False, **login)
         try:
             js = client.jetstream(timeout=2)
             await js.add_stream(name="probe", subjects=["probe.>"], num_replicas=min(3, self.size))
