@@ -281,6 +281,8 @@ def test_a_verified_player_at_a_is_verified_at_b(world):
 def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
     cluster, make_pops = world
     pop_a, pop_b = make_pops()
+    for pop in (pop_a, pop_b):   # flows that stay punched through the outages below, however long they take
+        sc.setup_pop(pop.edge, limits={"udp": (2, 0)}, ban_sec=60, punch_idle_ns=120 * NS)
     learn_punch(pop_a)
     wait_for(pop_b.punched, "the first punch at pop-b", timeout=5)
 
