@@ -598,7 +598,6 @@ class FleetSync:
             client = None
             try:
                 client = await nats.connect(**self._connect_options())
-                self.connected = True
                 self._log_recovered("connecting")
                 js = client.jetstream(timeout=PUBLISH_TIMEOUT_SEC)
                 await self._ensure_stream(js)
@@ -607,6 +606,8 @@ class FleetSync:
                     self._catch_up_to = (await js.stream_info(self.settings.stream)).state.last_seq
                     if self.last_sequence >= self._catch_up_to:
                         self._caught_up.set()
+                # On the bus: the stream is there and this POP consumes it.
+                self.connected = True
                 watchdog = asyncio.create_task(self._watch_consumer(client, js, subscription))
                 try:
                     await self._publish_forever(client, js)
