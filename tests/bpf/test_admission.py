@@ -185,6 +185,7 @@ def test_a_valid_cookie_verifies_and_a_verified_player_is_never_charged(edge):
     game_pop(edge, attack_mode="always", admission=(2, 0), nr_cpus=1)
     # Before: the player's game traffic is unverified (junk to the budget: dropped).
     assert edge.run(player_udp(b"netchannel data")).reason == "drop_unverified"
+    challenged = time.monotonic()
     assert a2s_cookie_round(edge) == "tx_a2s_cached"         # the challenge took the budget, not the echo
     assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "cookie"
     assert edge.verify_counts()["cookie"] == 1
@@ -193,8 +194,15 @@ def test_a_valid_cookie_verifies_and_a_verified_player_is_never_charged(edge):
     assert reasons == ["tx_forward"] * 50
     counters = edge.admission_counters(GAME_UDP_ID)
     assert (counters["verified_packets"], counters["admitted_packets"]) == (1 + 50, 1)
-    assert edge.run(player_udp(getchallenge(), src=FLOOD[0])).reason == "tx_forward"        # 1 token left
-    assert edge.run(player_udp(getchallenge(), src=FLOOD[1])).reason == "drop_unverified"   # budget spent
+    # What is left of the budget: 1 token, plus what 2 tokens/s refilled meanwhile (a loaded
+    # machine can take half a second over the 50 runs; the bucket holds 2 at most).
+    admitted = 0
+    for source in FLOOD[:10]:
+        if edge.run(player_udp(getchallenge(), src=source)).reason != "tx_forward":
+            break
+        admitted += 1
+    refilled = int(2 * (time.monotonic() - challenged))
+    assert 1 <= admitted <= min(2, 1 + refilled), (admitted, refilled)   # then one was dropped: spent
 
 
 @pytest.mark.parametrize("kind", ["info", "player", "rules"])
