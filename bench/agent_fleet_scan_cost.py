@@ -47,12 +47,15 @@ def fill_players(sources_map, count: int) -> None:
         sources_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
 
 
+def client_address(index: int) -> str:
+    """The index-th of 13.0.0.0/8's addresses, a distinct client per punch."""
+    return "13.%d.%d.%d" % (index >> 16, (index >> 8) & 255, index & 255)
+
+
 def fill_punches(punches_map, count: int) -> None:
     """Live punches, their last reply now (not in the future: a scan reads what is newer than the last)."""
     now = time.monotonic_ns()
-    keys = [abi.pack_punch_key("udp", "198.51.100.10", 27015, "13.%d.%d.%d" % (index >> 16, (index >> 8) & 255,
-                                                                                 index & 255), 27005)
-            for index in range(count)]
+    keys = [abi.pack_punch_key("udp", "198.51.100.10", 27015, client_address(index), 27005) for index in range(count)]
     values = [abi.PUNCH_VALUE.pack(now)] * count
     for start in range(0, count, 16384):
         punches_map.update_batch(keys[start:start + 16384], values[start:start + 16384])
