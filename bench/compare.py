@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.run import _collections_tree, _pin_to_one_cpu, _say  # noqa: E402  pylint: disable=wrong-import-position
+from bench.run import _pin_to_one_cpu, _say, run_as_root  # noqa: E402  pylint: disable=wrong-import-position
 
 # (row, frame function of bench/scenario.py, XDP action, reason, rewrites the frame)
 PATHS = (
@@ -117,20 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("objects", nargs="+", help="xdp_edge objects to compare (e.g. before and after)")
     parser.add_argument("--rounds", type=int, default=11, help="interleaved rounds; each figure is their median")
     parser.add_argument("--seconds", type=float, default=0.1, help="length of one timed run")
-    args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/compare.py needs root (BPF_PROG_TEST_RUN, network namespaces, bpffs)", file=sys.stderr)
-        return 2
-    tree = _collections_tree()
-    try:
-        from bench.measure import SetupError
-        try:
-            return _compare(args)
-        except SetupError as exc:
-            print("bench: setup does not do what it claims, no figures: %s" % exc, file=sys.stderr)
-            return 1
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
+    return run_as_root("bench/compare.py", _compare, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

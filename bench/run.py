@@ -509,21 +509,27 @@ def _bench(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
+def run_as_root(script: str, body, args) -> int:
+    """``body(args)`` as root, with the collections tree made for it and removed after; a setup
+    that does not do what it claims ends the run with no figures (exit 1). Shared by the bench's
+    entry points (run.py, compare.py)."""
     if os.geteuid() != 0:
-        print("bench/run.py needs root (BPF_PROG_TEST_RUN, network namespaces, bpffs)", file=sys.stderr)
+        print("%s needs root (BPF_PROG_TEST_RUN, network namespaces, bpffs)" % script, file=sys.stderr)
         return 2
     tree = _collections_tree()
     try:
         from bench.measure import SetupError
         try:
-            return _bench(args)
+            return body(args)
         except SetupError as exc:
             print("bench: setup does not do what it claims, no figures: %s" % exc, file=sys.stderr)
             return 1
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    return run_as_root("bench/run.py", _bench, _parse_args(argv))
 
 
 if __name__ == "__main__":
