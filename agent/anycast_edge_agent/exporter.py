@@ -76,9 +76,6 @@ ADMISSION_COUNTERS = (
 )
 # Per-source values are read in big batches: fewer syscalls per scrape.
 CLIENT_BATCH = 16384
-# 64-bit words of struct source_state: its size, and where ban_until_ns, packets and bytes sit.
-SOURCE_WORDS = abi.SOURCE_STATE.size // 8
-SOURCE_BAN_WORD, SOURCE_PACKETS_WORD, SOURCE_BYTES_WORD = 0, 2, 3
 
 
 def verdict_of(reason: str) -> str:
@@ -112,8 +109,9 @@ def read_sources(bpf_map):
     if not entries:
         return keys, [], [], []
     words = memoryview(b"".join(value for dummy, value in entries)).cast("Q")
-    return (keys, list(words[SOURCE_PACKETS_WORD::SOURCE_WORDS]), list(words[SOURCE_BYTES_WORD::SOURCE_WORDS]),
-            list(words[SOURCE_BAN_WORD::SOURCE_WORDS]))
+    stride, word = abi.SOURCE_WORDS, abi.SOURCE_WORD
+    return (keys, list(words[word["packets"]::stride]), list(words[word["bytes"]::stride]),
+            list(words[word["ban_until_ns"]::stride]))
 
 
 class TopTalkers:

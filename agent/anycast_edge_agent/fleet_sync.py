@@ -259,13 +259,8 @@ def realtime_offset_ns() -> int:
 
 # ---- reading what XDP learned --------------------------------------------------------------------
 
-SOURCE_WORDS = abi.SOURCE_STATE.size // 8
 # Entries per batch read of a scan.
 SCAN_CHUNK = 16384
-# 64-bit word of struct source_state: ban_until_ns, and each verified slot's (service_id | proof << 32)
-# and active_ns.
-SOURCE_BAN_WORD = 0
-SLOT_WORDS = [(7 + 2 * slot, 8 + 2 * slot) for slot in range(abi.VERIFIED_SLOTS)]
 
 
 @dataclass
@@ -277,9 +272,9 @@ class Lifetimes:
 
     @classmethod
     def read(cls, config_map):
-        fields = abi.EDGE_CONFIG.unpack(config_map.lookup(abi.U32.pack(0)))
-        verified_idle = fields[9 + 2 * len(abi.PROTO_CLASSES)]
-        return cls(fields[2], fields[1], verified_idle or DEFAULT_VERIFIED_IDLE_NS)
+        config = config_map.lookup(abi.U32.pack(0))
+        return cls(abi.config_member(config, "punch_idle_ns"), abi.config_member(config, "ban_sec"),
+                   abi.config_member(config, "verified_idle_ns") or DEFAULT_VERIFIED_IDLE_NS)
 
 
 def punch_expiries(chunks, idle_ns, offset_ns, since_ns=0):
@@ -303,14 +298,16 @@ def source_expiries(chunks, mono_now_ns, offset_ns, verified_idle_ns, since_ns=0
     bans, verified = {}, {}
     for count, keys, values in chunks:
         words = memoryview(values).cast("Q")
-        touched = map(max, words[1::SOURCE_WORDS], *(words[active::SOURCE_WORDS] for dummy, active in SLOT_WORDS))
+        stride = abi.SOURCE_WORDS
+        touched = map(max, words[abi.SOURCE_WORD["last_seen_ns"]::stride],
+                      *(words[active::stride] for dummy, active in abi.SOURCE_SLOT_WORDS))
         for index in [index for index, last in enumerate(touched) if last >= since_ns][:count]:
-            base = index * SOURCE_WORDS
+            base = index * stride
             address = keys[index * 4:index * 4 + 4]
-            until = words[base + SOURCE_BAN_WORD]
+            until = words[base + abi.SOURCE_WORD["ban_until_ns"]]
             if until > mono_now_ns:
                 bans[address] = until + offset_ns
-            for ids_word, active_word in SLOT_WORDS:
+            for ids_word, active_word in abi.SOURCE_SLOT_WORDS:
                 ids = words[base + ids_word]
                 service_id = ids & 0xFFFFFFFF
                 if not service_id:

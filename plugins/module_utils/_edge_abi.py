@@ -76,7 +76,12 @@ SERVICE_F_A2S_CACHE = 1 << 0
 SERVICE_F_A2S_SNOOP = 1 << 1
 
 A2S_CACHE_MAX_PAYLOAD = 1400
-MAX_SERVICES = 1024
+MAX_SERVICES = 1024                                    # EDGE_MAX_SERVICES
+MAX_BACKENDS = 1024                                    # EDGE_MAX_BACKENDS
+MAX_PREFIXES = 1100000                                 # EDGE_MAX_PREFIXES (edge_allow_v4, edge_deny_v4, each)
+MAX_ANYCAST = 256                                      # EDGE_MAX_ANYCAST
+MAX_PUNCHES = 262144                                   # EDGE_MAX_PUNCHES
+MAX_TX_PORTS = 64                                      # EDGE_MAX_TX_PORTS
 
 # enum a2s_kind: the queries answered from the cache, one edge_a2s_cache entry each per service.
 A2S_KINDS = ("info", "player", "rules")
@@ -129,8 +134,39 @@ RULE_LIMIT_KEY = struct.Struct("<4sIH2x")             # struct rule_limit_key
 RULE_LIMIT_VALUE = struct.Struct("<QQ")               # struct rule_limit_value
 
 SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
+SRC_NETS_PER_ENTRY = 64                               # EDGE_SRC_NETS_PER_ENTRY: a bit per /24 in each word
 NEXT_HOP_CACHE_ENTRY = struct.Struct("<Q4s4sII6s6sHBx")  # struct next_hop_cache_entry
 NEXT_HOP_CACHE_NS = 100 * 1000 * 1000                 # EDGE_NEXT_HOP_CACHE_NS
+
+# The capacity (max_entries, edge_maps.h) of every map Python sizes, fills or checks against;
+# tests/bpf/test_abi.py compares each with the compiled object.
+MAP_CAPACITY = {
+    "edge_config": 1,
+    "edge_services": MAX_SERVICES,
+    "edge_anycast_v4": MAX_ANYCAST,
+    "edge_backends": MAX_BACKENDS,
+    "edge_tunnel_ifaces": MAX_IFINDEX,
+    "edge_own_addrs": 1,
+    "edge_allow_v4": MAX_PREFIXES,
+    "edge_deny_v4": MAX_PREFIXES,
+    "edge_src_filter": SRC_FILTER_ENTRIES,
+    "edge_src_hosts": MAX_PREFIXES,
+    "edge_punches": MAX_PUNCHES,
+    "edge_a2s_cache": A2S_CACHE_MAX_ENTRIES,
+    "edge_a2s_stats": len(A2S_KINDS),
+    "edge_reason_stats": len(REASONS),
+    "edge_service_stats": MAX_SERVICES,
+    "edge_next_hops": MAX_SERVICES,
+    "edge_tx_ports": MAX_TX_PORTS,
+    "edge_sources": MAX_SOURCES,
+    "edge_admission": MAX_SERVICES,
+    "edge_attack_state": MAX_SERVICES,
+    "edge_verify_stats": len(VERIFY_PROOFS),
+    "edge_payload_rules": PAYLOAD_RULE_BANKS * MAX_PAYLOAD_RULES,
+    "edge_payload_rule_bank": 1,
+    "edge_payload_rule_stats": MAX_PAYLOAD_RULES,
+    "edge_rule_limits": MAX_RULE_LIMITS,
+}
 
 # name of the C struct -> (Struct, member names in order); what the BTF test checks
 LAYOUTS = {
@@ -295,9 +331,37 @@ class SourceState(object):
         return "SourceState(%s)" % ", ".join("%s=%r" % (name, getattr(self, name)) for name in self.__slots__)
 
 
-# Field offsets in struct source_state that readers want without unpacking the whole value.
-SOURCE_BAN_UNTIL = struct.Struct("<Q")       # at offset 0
-SOURCE_COUNTERS = struct.Struct("<8xQQQ")    # last_seen_ns, packets, bytes: offsets 8, 16, 24
+# Byte offsets of the members that readers take from a raw value without unpacking all of it (a
+# scan of half a million sources, a key rotation); tests/bpf/test_abi.py checks each against the
+# object's BTF, so no reader counts the fields of a format by hand.
+MEMBER_OFFSETS = {
+    "edge_config": {"ban_sec": 4, "punch_idle_ns": 8, "cookie_key": 24, "cookie_key_previous": 104,
+                    "verified_idle_ns": 128},
+    "source_state": {"ban_until_ns": 0, "last_seen_ns": 8, "packets": 16, "bytes": 24, "verified": 56},
+    "source_verification": {"service_id": 0, "proof": 4, "active_ns": 8},
+}
+COOKIE_KEY_SIZE = 16                         # edge_config.cookie_key, cookie_key_previous: two __u64
+_SOURCE = MEMBER_OFFSETS["source_state"]
+SOURCE_BAN_UNTIL = struct.Struct("<%dxQ" % _SOURCE["ban_until_ns"])
+SOURCE_COUNTERS = struct.Struct("<%dxQQQ" % _SOURCE["last_seen_ns"])   # last_seen_ns, packets, bytes
+# The same members as 64-bit word indexes of a value, for readers that stride over a batch of
+# values cast to words: word SOURCE_WORDS * n + SOURCE_WORD["packets"] is the n-th value's packets.
+SOURCE_WORDS = SOURCE_STATE.size // 8
+SOURCE_WORD = dict((name, offset // 8) for name, offset in _SOURCE.items())
+# Each verified slot's words: (service_id | proof << 32, active_ns), slot by slot.
+_SLOT = MEMBER_OFFSETS["source_verification"]
+SOURCE_SLOT_WORDS = tuple(((_SOURCE["verified"] + slot * SOURCE_VERIFICATION.size + _SLOT["service_id"]) // 8,
+                           (_SOURCE["verified"] + slot * SOURCE_VERIFICATION.size + _SLOT["active_ns"]) // 8)
+                          for slot in range(VERIFIED_SLOTS))
+
+
+def config_member(config, name):
+    """A member of a packed struct edge_config read in place: an integer, or the 16 raw bytes of
+    a cookie key (cookie_key, cookie_key_previous)."""
+    offset = MEMBER_OFFSETS["edge_config"][name]
+    if name.startswith("cookie_key"):
+        return bytes(config[offset:offset + COOKIE_KEY_SIZE])
+    return struct.unpack_from("<I" if name == "ban_sec" else "<Q", config, offset)[0]
 
 
 def payload_csum(payload):

@@ -24,12 +24,15 @@ __metaclass__ = type
 
 from array import array
 
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
 DENY = 0    # enum edge_src_list
 ALLOW = 1
 
-FILTER_ENTRIES = 1 << 18
-NETS_PER_ENTRY = 64
-ENTRY_SIZE = 32                      # struct src_filter_entry: four u64 words
+# The geometry is the C side's (edge_abi.h), checked against the object by tests/bpf/test_abi.py.
+FILTER_ENTRIES = abi.SRC_FILTER_ENTRIES
+NETS_PER_ENTRY = abi.SRC_NETS_PER_ENTRY
+ENTRY_SIZE = abi.SRC_FILTER_ENTRY.size   # struct src_filter_entry: four u64 words
 FILTER_SIZE = FILTER_ENTRIES * ENTRY_SIZE
 _PLANE_SIZE = (1 << 24) // 8         # a bit per /24: 2 MiB
 _HOSTS_ALL_ONES = (1 << 256) - 1

@@ -158,7 +158,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError, BpfObject
 
-# The Makefile's BPF_CFLAGS minus its -I (include folders are a parameter here).
+# The Makefile's BPF_CFLAGS minus its -I (include folders are a parameter here) and -idirafter;
+# tests/integration/test_bpf_object.py checks that the whole command line is the Makefile's.
 # -mcpu=v3: the program's exact rate counters use atomic fetch-and-add (BPF ISA v3).
 BASE_CFLAGS = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"]
 
@@ -230,9 +231,13 @@ class Compiler(object):
         self.flags.extend(params["extra_cflags"])
 
     def _multiarch_include(self):
-        """/usr/include/<multiarch> (x86_64-linux-gnu on Debian amd64), or None if unknown."""
-        for command, argument in (("cc", "-print-multiarch"), ("dpkg-architecture", "-qDEB_HOST_MULTIARCH")):
-            binary = self.module.get_bin_path(command)
+        """/usr/include/<multiarch> (x86_64-linux-gnu on Debian amd64), or None if unknown.
+
+        Asked of the clang that compiles first, as the Makefile does: a controller with clang
+        alone has neither cc nor dpkg-architecture (dpkg-dev)."""
+        for command, argument in ((self.clang, "-print-multiarch"), ("cc", "-print-multiarch"),
+                                  ("dpkg-architecture", "-qDEB_HOST_MULTIARCH")):
+            binary = self.module.get_bin_path(command) if os.sep not in command else command
             if not binary:
                 continue
             rc, out, dummy_err = self.module.run_command([binary, argument])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import struct
 
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 from .btf_check import assert_layout_matches_btf, enum_names
@@ -102,3 +104,59 @@ def test_payload_rule_maps_follow_the_c_constants(btf_object):
     assert btf_object.map("edge_rule_limits").max_entries == abi.MAX_RULE_LIMITS
     with pytest.raises(ValueError, match="at most 16"):
         abi.pack_payload_rule("drop", payload=bytes(17))
+
+
+def test_every_map_capacity_python_knows_is_the_objects(btf_object):
+    """One home per capacity: edge_maps.h's max_entries. abi.MAP_CAPACITY (what edge_rules, the
+    agent, the tests and the bench size their reads and writes by) and _rules' pre-write capacity
+    check both say what the compiled object says."""
+    for name, capacity in abi.MAP_CAPACITY.items():
+        assert btf_object.map(name).max_entries == capacity, name
+    for name, capacity in _rules.CAPACITY.items():
+        assert btf_object.map(name).max_entries == capacity, name
+
+
+def test_member_offsets_python_reads_in_place_are_the_objects(btf_object):
+    """The members readers take from raw values (the agent's scans, the cookie keys' rotation)
+    sit where the object's BTF says, and the words the scans stride by follow from them."""
+    for struct_name, offsets in abi.MEMBER_OFFSETS.items():
+        members = dict((member.name, member) for member in btf_object.btf_type(struct_name).members)
+        for name, offset in offsets.items():
+            assert members[name].offset == offset, "%s.%s" % (struct_name, name)
+    config_members = dict((member.name, member) for member in btf_object.btf_type("edge_config").members)
+    assert config_members["cookie_key"].size == config_members["cookie_key_previous"].size == abi.COOKIE_KEY_SIZE
+    slot = btf_object.btf_type("source_verification")
+    assert slot.size == abi.SOURCE_VERIFICATION.size
+    # A slot's first word is service_id | proof << 32: the two __u32 side by side, service_id first.
+    assert [(member.name, member.offset) for member in slot.members[:2]] == [("service_id", 0), ("proof", 4)]
+    state = abi.SourceState(ban_until_ns=11, last_seen_ns=12, packets=13, byte_count=14,
+                            verified=[(5, 2, 15), (6, 1, 16)]).pack()
+    words = memoryview(state).cast("Q")
+    assert [words[abi.SOURCE_WORD[name]] for name in ("ban_until_ns", "last_seen_ns", "packets", "bytes")] == [
+        11, 12, 13, 14]
+    assert [(words[ids], words[active]) for ids, active in abi.SOURCE_SLOT_WORDS] == [(5 | 2 << 32, 15), (6 | 1 << 32, 16)]
+    config = abi.pack_config("10.0.0.1", ban_sec=7, punch_idle_ns=8, cookie_key=(1, 2), cookie_key_previous=(3, 4),
+                             verified_idle_ns=9)
+    assert [abi.config_member(config, name) for name in ("ban_sec", "punch_idle_ns", "verified_idle_ns")] == [7, 8, 9]
+    assert abi.config_member(config, "cookie_key_previous") == struct.pack("<QQ", 3, 4)
+
+
+def _c_constant(header, name):
+    """The value of a #define of plain integer arithmetic (suffixes U, ULL dropped)."""
+    expression = re.search(r"^#define %s\s+(.+?)\s*(/\*.*)?$" % name, header, re.M).group(1)
+    expression = re.sub(r"(?<=\d)[uUlL]+\b", "", expression)
+    assert re.fullmatch(r"[\d\s()*+<]+", expression), (name, expression)
+    return eval(expression)  # pylint: disable=eval-used  (digits and operators only, checked above)
+
+
+def test_constants_no_map_or_struct_carries_follow_the_header(repo_root):
+    """What the object's BTF cannot tell (#defines used only in code) is compared with the header."""
+    header = (repo_root / "bpf" / "include" / "edge_abi.h").read_text()
+    for name, value in (("EDGE_NEXT_HOP_CACHE_NS", abi.NEXT_HOP_CACHE_NS),
+                        ("EDGE_SRC_NETS_PER_ENTRY", abi.SRC_NETS_PER_ENTRY),
+                        ("EDGE_VERIFIED_SLOTS", abi.VERIFIED_SLOTS),
+                        ("EDGE_RULE_PAYLOAD_MAX", abi.RULE_PAYLOAD_MAX),
+                        ("A2S_CACHE_MAX_PAYLOAD", abi.A2S_CACHE_MAX_PAYLOAD)):
+        assert _c_constant(header, name) == value, name
+    assert (_source_lists.FILTER_ENTRIES, _source_lists.NETS_PER_ENTRY, _source_lists.ENTRY_SIZE) == (
+        abi.SRC_FILTER_ENTRIES, abi.SRC_NETS_PER_ENTRY, abi.SRC_FILTER_ENTRY.size)

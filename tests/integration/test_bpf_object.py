@@ -21,6 +21,15 @@ def sha256(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_the_module_compiles_with_the_makefiles_flags(repo_root, tmp_path, bpf_cflags):
+    """One home for the BPF compile flags (the Makefile's BPF_CFLAGS, `make print-bpf-cflags`):
+    bpf_object's command line for bpf/xdp_edge.c, with its default include folder, is make's."""
+    src, dest = repo_root / "bpf" / "xdp_edge.c", tmp_path / "xdp_edge.o"
+    result = run_tasks([task(OBJ, {"src": str(src), "dest": str(dest)}, check=True)], tmp_path / "run").results[0]
+    assert not result.get("failed"), result
+    assert result["command"][1:] == bpf_cflags + ["-c", str(src), "-o", str(dest)]
+
+
 def test_compile_is_idempotent_by_inputs_and_fails_with_clangs_message(repo_root, tmp_path):
     src_dir = tmp_path / "bpf"
     shutil.copytree(repo_root / "bpf", src_dir)
