@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 import struct
 
@@ -141,12 +143,20 @@ def test_member_offsets_python_reads_in_place_are_the_objects(btf_object):
     assert abi.config_member(config, "cookie_key_previous") == struct.pack("<QQ", 3, 4)
 
 
+_C_OPERATORS = {ast.Mult: operator.mul, ast.Add: operator.add, ast.LShift: operator.lshift}
+
+
 def _c_constant(header, name):
-    """The value of a #define of plain integer arithmetic (suffixes U, ULL dropped)."""
+    """The value of a #define of integer literals, *, + and << (suffixes U, ULL dropped)."""
     expression = re.search(r"^#define %s\s+(.+?)\s*(/\*.*)?$" % name, header, re.M).group(1)
-    expression = re.sub(r"(?<=\d)[uUlL]+\b", "", expression)
-    assert re.fullmatch(r"[\d\s()*+<]+", expression), (name, expression)
-    return eval(expression)  # pylint: disable=eval-used  (digits and operators only, checked above)
+
+    def value(node):
+        if isinstance(node, ast.BinOp):
+            return _C_OPERATORS[type(node.op)](value(node.left), value(node.right))
+        assert isinstance(node, ast.Constant) and isinstance(node.value, int), (name, expression)
+        return node.value
+
+    return value(ast.parse(re.sub(r"(?<=\d)[uUlL]+\b", "", expression), mode="eval").body)
 
 
 def test_constants_no_map_or_struct_carries_follow_the_header(repo_root):
