@@ -91,6 +91,9 @@ class Config:
     tls_ca_file: str = ""
     tls_client_auth: bool = False
     check_dataplane: bool = True
+    # The local control socket (control.py: hand-made bans, playbooks/ban.yml); "": none. The
+    # edge_agent role sets /run/anycast-edge-agent/control.sock (its unit's RuntimeDirectory).
+    control_socket: str = ""
     # The fleet sync over NATS JetStream (fleet_sync.py); None (no ``fleet_sync`` setting): off.
     fleet_sync: "FleetSyncConfig | None" = None
 

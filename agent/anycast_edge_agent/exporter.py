@@ -516,6 +516,20 @@ class EdgeCollector:
         fleet_sync = getattr(self.agent, "fleet_sync", None)
         if fleet_sync is not None:
             yield from self._collect_fleet(fleet_sync.snapshot())
+        manual_bans = getattr(self.agent, "manual_bans", None)
+        if manual_bans is not None:
+            yield self._manual_bans(manual_bans.live())
+
+    @staticmethod
+    def _manual_bans(live):
+        """The hand-made bans (playbooks/ban.yml) this POP knows, its own and the fleet's: a few
+        operator actions, not XDP's rate-limit bans (anycast_edge_bans_active counts those)."""
+        family = GaugeMetricFamily(PREFIX + "manual_ban_expiry_timestamp_seconds",
+                                   "Hand-made bans (ban.yml): when each ends (Unix time), by address and the POP "
+                                   "the ban was made at", labels=["address", "origin"])
+        for address, (expires_ns, origin) in sorted(live.items()):
+            family.add_metric([address, origin], expires_ns / 1e9)
+        return family
 
     def _collect_attack(self):
         """The attack-mode controller's side: transitions, the rate it reads, what caused the last flip."""

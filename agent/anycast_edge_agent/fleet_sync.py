@@ -54,6 +54,9 @@ KINDS = ("punch", "ban", "verified")
 REFUSALS = ("malformed", "origin_mismatch", "expired", "rate_cap", "denied", "unknown_service", "size_cap")
 SUBJECT_ROOT = "anycast_edge.fleet"
 FORMAT_VERSION = 1
+# A hand-made ban's lift (unban) is the one message of version 2: an agent that knows only version
+# 1 refuses it as malformed rather than read it as a ban.
+LIFT_VERSION = 2
 NS = 10**9
 # XDP's default when edge_config.verified_idle_ns is 0 (DEFAULT_VERIFIED_IDLE_NS in xdp_edge.c).
 DEFAULT_VERIFIED_IDLE_NS = 600 * NS
@@ -97,6 +100,13 @@ class Entry:
     expires_ns: int
     origin: str
     proof: int = 0       # verified: enum edge_verify_proof at the origin
+    manual: bool = False  # ban: made by an operator (playbooks/ban.yml), listed by every POP's exporter
+    lifted: bool = False  # ban: an operator's unban, which ends the address's ban at every POP
+
+    @property
+    def label(self) -> str:
+        """The kind as the exporter counts it (a lift is an "unban")."""
+        return "unban" if self.lifted else self.kind
 
     @property
     def address(self) -> bytes:
@@ -107,7 +117,12 @@ class Entry:
         return "%s.%s.%s.%s" % (root, origin_token(self.origin), self.kind, self.key.hex())
 
     def payload(self) -> bytes:
-        body = {"v": FORMAT_VERSION, "origin": self.origin, "kind": self.kind, "expires_ns": self.expires_ns}
+        body = {"v": LIFT_VERSION if self.lifted else FORMAT_VERSION, "origin": self.origin, "kind": self.kind,
+                "expires_ns": self.expires_ns}
+        if self.lifted:
+            body["lifted"] = True
+        elif self.manual:
+            body["manual"] = True
         if self.kind == "punch":
             service_addr, remote_addr, service_port, remote_port, proto = abi.PUNCH_KEY.unpack(self.key)
             body.update(proto=PROTO_NAMES.get(proto, proto),
@@ -139,11 +154,14 @@ def decode(subject: str, payload: bytes) -> Entry:
         raise Malformed("subject %r" % subject)
     try:
         body = json.loads(payload)
-        if not isinstance(body, dict) or body.get("v") != FORMAT_VERSION:
+        if not isinstance(body, dict) or body.get("v") not in (FORMAT_VERSION, LIFT_VERSION):
             raise Malformed("version")
         kind, origin, expires_ns = body["kind"], str(body["origin"]), int(body["expires_ns"])
         if kind != tokens[-2] or kind not in KINDS:
             raise Malformed("kind %r" % kind)
+        lifted = body.get("lifted") is True
+        if lifted != (body["v"] == LIFT_VERSION) or (lifted and kind != "ban"):
+            raise Malformed("a lift is a version %d ban" % LIFT_VERSION)
         proof = 0
         if kind == "punch":
             service_addr, service_port = _endpoint(body["service"])
@@ -165,7 +183,8 @@ def decode(subject: str, payload: bytes) -> Entry:
         raise Malformed(str(exc)) from None
     if key.hex() != tokens[-1]:
         raise Malformed("the subject's key is not the payload's")
-    return Entry(kind, key, expires_ns, origin, proof)
+    return Entry(kind, key, expires_ns, origin, proof, manual=kind == "ban" and body.get("manual") is True,
+                 lifted=lifted)
 
 
 class OriginMismatch(ValueError):
@@ -324,8 +343,10 @@ class FleetSync:
     """The POP's side of the fleet's state: scans, publishes, imports. ``run(stopping)`` is a
     thread's target; everything else is read by the exporter through ``snapshot``."""
 
-    def __init__(self, settings, pop_name: str, edge_maps):
+    def __init__(self, settings, pop_name: str, edge_maps, manual_bans=None):
         self.settings = settings
+        # The hand-made bans this POP knows (control.ManualBans): noted as they come and go on the bus.
+        self.manual_bans = manual_bans
         self.pop_name = pop_name
         self.token = origin_token(pop_name)
         self.edge_maps = edge_maps
@@ -347,6 +368,7 @@ class FleetSync:
         self._lifetimes = None
         self._errors = {}                         # what was last logged, per place (logged once)
         self._news = None                         # asyncio.Event: the outbox got something (made in run)
+        self._loop = None                         # the sync's event loop (run), for other threads' news
         self._caught_up = None                    # asyncio.Event: the stream was read to its end once
         self._catch_up_to = 0                     # ... namely to this sequence
         # Per map: the monotonic time the last scan started; entries XDP has not touched since
@@ -415,6 +437,28 @@ class FleetSync:
         if news and self._news is not None:
             self._news.set()     # the scans run in the sync's event loop: wake the publisher now
 
+    def publish_manual(self, what, addresses, expires_ns=None):
+        """Queue an operator's ban (``what`` "ban", until ``expires_ns``, CLOCK_REALTIME) or lift
+        ("unban") of ``addresses`` for the bus. Called from the control socket's thread; the
+        caller has written (or lifted) the bans in this POP's map."""
+        now = time.time_ns()
+        with self.lock:
+            for address in addresses:
+                key = abi.ipv4(address)
+                if what == "ban":
+                    expires = min(expires_ns, now + int(self.settings.max_age_sec * NS))
+                    entry = Entry("ban", key, expires, self.pop_name, manual=True)
+                    self.cursor.note("ban", key, expires)
+                else:
+                    # The lift lives on the bus as long as any ban it ends could (max_age_sec), and
+                    # replaces this POP's ban message of the address there (one message per subject).
+                    entry = Entry("ban", key, now + int(self.settings.max_age_sec * NS), self.pop_name, lifted=True)
+                    self.cursor.known.pop(("ban", key), None)
+                self.outbox[("ban", key)] = entry
+        loop, news = self._loop, self._news
+        if loop is not None and news is not None:
+            loop.call_soon_threadsafe(news.set)
+
     # ---- importing -------------------------------------------------------------------------
 
     def import_message(self, subject: str, payload: bytes):
@@ -422,6 +466,8 @@ class FleetSync:
         long already), "own", or a reason of REFUSALS."""
         origin_part = subject.split(".")[-3] if subject.count(".") >= 3 else "?"
         if origin_part == self.token:
+            if self.manual_bans is not None and subject.split(".")[-2] == "ban":
+                self._note_own_ban(subject, payload)
             return "own"
         try:
             entry = decode(subject, payload)
@@ -434,28 +480,51 @@ class FleetSync:
         now_real = time.time_ns()
         remaining = entry.expires_ns - now_real
         if remaining <= 0:
-            return self._refuse(entry.origin, entry.kind, "expired")
+            return self._refuse(entry.origin, entry.label, "expired")
         if not self.caps.take_token(entry.origin, time.monotonic_ns()):
-            return self._refuse(entry.origin, entry.kind, "rate_cap")
+            return self._refuse(entry.origin, entry.label, "rate_cap")
         with self.edge_maps.open("edge_config", "edge_services", "edge_deny_v4", "edge_punches",
                                  "edge_sources") as maps:
             if self._lifetimes is None:
                 self._refresh_local_state(maps)
             if maps["edge_deny_v4"].lookup(abi.LPM_V4_KEY.pack(32, entry.address)) is not None:
-                return self._refuse(entry.origin, entry.kind, "denied")
+                return self._refuse(entry.origin, entry.label, "denied")
             if not self._carries_service(entry):
-                return self._refuse(entry.origin, entry.kind, "unknown_service")
+                return self._refuse(entry.origin, entry.label, "unknown_service")
             item = (entry.kind, entry.key)
             if not self.caps.has_room(entry.origin, item, now_real):
-                return self._refuse(entry.origin, entry.kind, "size_cap")
+                return self._refuse(entry.origin, entry.label, "size_cap")
             written = self._apply(maps, entry, remaining)
-        self.cursor.note(entry.kind, entry.key, entry.expires_ns)
+        self._note_manual(entry)
+        if entry.lifted:
+            self.cursor.known.pop(item, None)
+        else:
+            self.cursor.note(entry.kind, entry.key, entry.expires_ns)
         if not written:
             return "known"
         self.caps.admit(entry.origin, item, entry.expires_ns)
         with self.lock:
-            self.imported[(entry.origin, entry.kind)] += 1
+            self.imported[(entry.origin, entry.label)] += 1
         return "imported"
+
+    def _note_manual(self, entry):
+        if self.manual_bans is None or entry.kind != "ban":
+            return
+        address = socket.inet_ntoa(entry.address)
+        if entry.lifted:
+            self.manual_bans.remove(address)
+        elif entry.manual:
+            self.manual_bans.add(address, entry.expires_ns, entry.origin)
+
+    def _note_own_ban(self, subject, payload):
+        """This POP's own hand-made bans and lifts, read back from the bus: after a restart the
+        agent lists again the bans it made before."""
+        try:
+            entry = decode(subject, payload)
+        except (Malformed, ValueError):
+            return
+        if entry.expires_ns > time.time_ns():
+            self._note_manual(entry)
 
     def _carries_service(self, entry) -> bool:
         keys, ids = self._services
@@ -488,7 +557,12 @@ class FleetSync:
         address = entry.address
         raw = sources.lookup(address)
         state = abi.SourceState.unpack(raw) if raw is not None else abi.SourceState()
-        if entry.kind == "ban":
+        if entry.lifted:
+            # An operator's unban ends the address's ban here, whoever made it.
+            if state.ban_until_ns <= now:
+                return False
+            state.ban_until_ns = 0
+        elif entry.kind == "ban":
             until = now + min(remaining_ns, int(self.settings.max_age_sec * NS))
             if state.ban_until_ns >= until:
                 return False
@@ -521,6 +595,7 @@ class FleetSync:
 
     async def _main(self, stopping):
         self._news = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._caught_up = asyncio.Event()
         tasks = [asyncio.create_task(self._every(self.settings.punch_scan_interval_sec, self.scan_punches, "punches")),
                  asyncio.create_task(self._every(self.settings.sources_scan_interval_sec, self.scan_sources, "sources")),
@@ -721,7 +796,7 @@ class FleetSync:
                         if self.outbox.get(item) is entry:
                             del self.outbox[item]
                         if result is True:
-                            self.published[entry.kind] += 1
+                            self.published[entry.label] += 1
                     else:
                         failed += 1
                 self.publish_errors += failed

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc
 
 from . import config as config_module
+from . import control
 from . import health
 from .attack import AttackController
 from .exporter import EdgeCollector, serve
@@ -54,8 +55,11 @@ class Agent:
         self.attack = AttackController(config.services, self.edge_maps)
         # Punches, bans and verified players shared with the fleet (off without fleet_sync).
         self.fleet_sync = None
+        # Hand-made bans (the control socket's, and the fleet's with the sync on): the exporter lists them.
+        self.manual_bans = control.ManualBans()
         if config.fleet_sync is not None:
-            self.fleet_sync = FleetSync(config.fleet_sync, config.pop_name, self.edge_maps)
+            self.fleet_sync = FleetSync(config.fleet_sync, config.pop_name, self.edge_maps, self.manual_bans)
+        self.control = control.Control(self.edge_maps, config.pop_name, self.manual_bans, self.fleet_sync)
         self.registry = CollectorRegistry()
         self.collector = EdgeCollector(self.edge_maps, config.top_clients, self.watches, agent=self,
                                        clients_interval_sec=config.top_clients_interval_sec,
@@ -119,6 +123,12 @@ class Agent:
                                          config.tls_client_auth)
         return serve(self.registry, config.listen_address, config.listen_port, context)
 
+    def serve_control(self):
+        """The local control socket (hand-made bans), from its own thread; None without one."""
+        if not self.config.control_socket:
+            return None
+        return control.serve(self.control, self.config.control_socket)
+
     def run(self) -> None:
         self.start()
         while not self.stopping.is_set():
@@ -160,6 +170,11 @@ def main(argv=None) -> int:
         return 1
     LOG.info("serving metrics on %s://%s:%d; %d services", "https" if config.tls_cert_file else "http",
              config.listen_address, config.listen_port, len(config.services))
+    try:
+        agent.serve_control()
+    except OSError as exc:
+        LOG.error("cannot listen on the control socket %s: %s", config.control_socket, exc)
+        return 1
     agent.run()
     agent.stop()
     return 0
