@@ -91,7 +91,7 @@ def resolve(addresses, variable="addresses", max_addresses=DEFAULT_MAX_ADDRESSES
                                                                                            max_addresses))
     if problems:
         raise BanRequestError(problems)
-    return sorted(found, key=lambda text: ipaddress.IPv4Address(text))
+    return sorted(found, key=ipaddress.IPv4Address)
 
 
 def check_duration(duration, variable="duration"):

@@ -13,11 +13,11 @@ module: edge_ban
 short_description: Ban source addresses and prefixes at a POP for a while, or lift bans - fleet-wide through the agent
 version_added: "0.1.0"
 description:
-  - An operator's temporary ban, written where the C(xdp_edge) program keeps its own rate-limit
-    bans (C(ban_until_ns) of the source's C(edge_sources) entry): packets from a banned source to
+  - "An operator's temporary ban, written where the C(xdp_edge) program keeps its own rate-limit
+    bans (C(ban_until_ns) of the source's C(edge_sources) entry) - packets from a banned source to
     the anycast services and prefixes are dropped as C(drop_banned) until the ban ends. Traffic
     to the POP itself (BGP, management) is never banned, and allow-listed sources are exempt, as
-    for every ban.
+    for every ban."
   - Prefixes are expanded into their addresses (the program looks bans up by address), at most
     O(max_addresses) per run.
   - With the agent's control socket present (O(via=auto)), the agent writes the bans and, when
@@ -287,8 +287,9 @@ def main():
     result.update(changed=bool(changed or published), changed_addresses=changed, published=published, via=via,
                   fleet=fleet)
     if module._diff:
-        until = "" if expires_ns is None else " until %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                           time.gmtime(expires_ns // NS))
+        until = ""
+        if expires_ns is not None:
+            until = " until %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_ns // NS))
         touched = sorted(set(changed) | set(published))
         result["diff"] = dict(
             before="".join("%s %s\n" % (address, "banned" if params["state"] == "absent" else "not banned that long")
