@@ -43,6 +43,24 @@
  * in xdp_edge) and the port punch (a punched flow is never rate limited: one more hash lookup).
  * So no implementation of the rules makes these drops for less; a packet not ours costs the parse
  * and two array lookups.
+ *
+ * tcp_floor is SYN authentication's paths (issue 14, syn_auth.h) for a segment to a TCP service
+ * with SYN authentication on, from a source not verified for it: parse; the source's deny/allow
+ * bits (one array lookup); the POP's tunnel address as source or destination (compares); the
+ * service (hash lookup: a service's address is ours, no anycast lookup); the source's one entry
+ * (hash lookup; the clock only when it has one: its ban and its verification expire); SYN
+ * authentication on (its mode; for "auto" the attack state, one array lookup); the segment
+ * counted per service and CPU (what attack detection reads: an ACK flood must put an "auto"
+ * service under attack); the flow's port punch (hash lookup: "verified sources and punched flows
+ * pass", issue 14; no clock when there is none); then the TCP flags: anything but a SYN or a RST
+ * is dropped (drop_tcp_unverified); a RST's sequence number against every cookie the rule
+ * accepts (the UTC clock, the epoch, a SipHash for this epoch and one for the previous:
+ * drop_tcp_unverified when none matches); a SYN gets the cookie SYN-ACK built in place (the
+ * epoch, one SipHash, syn_auth.h's syn_ack_send, XDP_TX: tx_syn_auth).
+ * What it leaves out that xdp_edge does: the POP's other own addresses, the partly listed /24s'
+ * host bitmaps, per-service and per-source total counters, the previous key generation's two
+ * cookies (the bench POP has none: xdp_edge does not compute them either), the A2S and game
+ * echoes admission asks of UDP only, payload rules.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -58,6 +76,7 @@
 #include "encap.h"
 #include "a2s.h"
 #include "udp_reply.h"
+#include "syn_auth.h"
 
 /* Everything one source needs: ban, rate window, counters (written with atomic adds), the one
  * service it is verified for. forward_floor and a2s_floor count every packet in packets/bytes
@@ -146,7 +165,16 @@ struct {
 	__type(value, struct attack_state);
 } floor_attack_state SEC(".maps");
 
-/* Written by drop_floor (unverified packets per service, per CPU: what attack detection reads). */
+/* Written by bench/programs.py (none: the bench's spoofed flows have no punch); read by tcp_floor. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_PUNCHES);
+	__type(key, struct punch_key);
+	__type(value, struct punch_value);
+} floor_punches SEC(".maps");
+
+/* Written by drop_floor and tcp_floor (unverified packets per service, per CPU: what attack
+ * detection reads). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, EDGE_MAX_SERVICES);
@@ -401,6 +429,99 @@ int drop_floor(struct xdp_md *ctx)
 	    (limit->bytes_per_sec && bytes > limit->bytes_per_sec))
 		return counted(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
 	return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* within its limit: the forward's floor */
+}
+
+SEC("xdp")
+int tcp_floor(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct service_key skey = {};
+	struct punch_key pkey = {};
+	struct src_filter_entry *lists;
+	struct service_value *svc;
+	struct floor_config *cfg;
+	struct floor_source *src;
+	struct tcp_head head;
+	__u32 zero = 0, addr, index, id, cookie, seq;
+	__u64 now = 0, key[2], epoch, *unverified;
+	int rc, allowed, syn_auth_on;
+	__u8 flags;
+
+	rc = parse_frame(ctx, &pkt);
+	if (rc == PARSE_MALFORMED)
+		return counted(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
+	if (rc != PARSE_IPV4)
+		return counted(XDP_PASS, EDGE_REASON_PASS_NON_IP);
+
+	addr = bpf_ntohl(pkt.saddr);
+	index = addr >> 14;
+	lists = bpf_map_lookup_elem(&floor_src_filter, &index);
+	if (!lists)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+	if (lists->deny_all & (1ULL << ((addr >> 8) & 63)))
+		return counted(XDP_DROP, EDGE_REASON_DROP_DENY);
+	allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
+
+	cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	if (!cfg || !cfg->cookie_epoch_ns)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+	if (pkt.saddr == cfg->tunnel_addr)
+		return counted(XDP_DROP, EDGE_REASON_DROP_OWN_SOURCE);
+	if (pkt.daddr == cfg->tunnel_addr &&
+	    (pkt.is_fragment || pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6 || pkt.proto == IPPROTO_GRE))
+		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
+	if (pkt.proto != IPPROTO_TCP || pkt.is_fragment || pkt.ip_hdr_len != sizeof(struct iphdr))
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* drop_floor's paths */
+	skey.addr = pkt.daddr;
+	skey.port = pkt.dport;
+	skey.proto = pkt.proto;
+	svc = bpf_map_lookup_elem(&floor_services, &skey);
+	if (!svc)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* drop_floor's paths */
+
+	src = bpf_map_lookup_elem(&floor_sources, &pkt.saddr);
+	now = src ? bpf_ktime_get_ns() : 0;
+	if (!allowed && src && src->banned_until_ns > now)
+		return counted(XDP_DROP, EDGE_REASON_DROP_BANNED);
+	id = svc->id;
+	if (allowed || (src && src->verified_service_id == id &&
+			(src->verified_active_ns >= now || now - src->verified_active_ns < cfg->verified_idle_ns)))
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* verified: the forward's floor */
+	syn_auth_on = svc->syn_auth == EDGE_SYN_AUTH_ALWAYS ||
+		      (svc->syn_auth == EDGE_SYN_AUTH_AUTO && floor_under_attack(svc));
+	if (!syn_auth_on)
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* SYN authentication off: drop_floor's paths */
+	unverified = bpf_map_lookup_elem(&floor_unverified, &id);
+	if (unverified)
+		(*unverified)++; /* per-CPU value: no other writer */
+	pkey.service_addr = pkt.daddr;
+	pkey.remote_addr = pkt.saddr;
+	pkey.service_port = pkt.dport;
+	pkey.remote_port = pkt.sport;
+	pkey.proto = pkt.proto;
+	if (bpf_map_lookup_elem(&floor_punches, &pkey))
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* a punched flow passes: no path timed here */
+
+	if (bpf_xdp_load_bytes(ctx, pkt.l4_off + 4, &head, sizeof(head)))
+		return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	flags = head.flags & TCP_FLAGS_HANDSHAKE;
+	if (flags != TCP_FLAG_SYN && (flags & ~TCP_FLAG_ACK) != TCP_FLAG_RST)
+		return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	key[0] = cfg->cookie_key[0] ^ SYN_AUTH_KEY_TWEAK;
+	key[1] = cfg->cookie_key[1];
+	epoch = edge_cookie_epoch(cfg->cookie_epoch_ns, cfg->cookie_tai_offset_ns);
+	seq = bpf_ntohl(head.seq);
+	cookie = a2s_cookie(key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, epoch);
+	if (flags == TCP_FLAG_SYN) {
+		if (cookie == seq + 1 || pkt.ip_tot_len < SYN_AUTH_REPLY_IP_LEN)
+			return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+		if (syn_ack_send(ctx, pkt.vlan_tags, ~cookie, cookie) < 0)
+			return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
+		return counted(XDP_TX, EDGE_REASON_TX_SYN_AUTH);
+	}
+	if (seq == cookie || seq == a2s_cookie(key, pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, epoch - 1))
+		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* a valid RST verifies: no path timed here */
+	return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

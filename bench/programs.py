@@ -98,7 +98,7 @@ class FibLookupOnly:
 
 
 class PathFloors:
-    """bench/path_floors.c: forward_floor, a2s_floor and drop_floor, filled like the bench POP
+    """bench/path_floors.c: forward_floor, a2s_floor, drop_floor and tcp_floor, filled like the bench POP
     (bench/scenario.py): its services, sources (the banned one banned, the verified one verified
     for the attacked service, the limited one with its entry), anycast prefix and A2S reply; the
     next hop's MACs given."""
@@ -113,6 +113,7 @@ class PathFloors:
         self.forward = self.obj.program("forward_floor")
         self.a2s = self.obj.program("a2s_floor")
         self.drop = self.obj.program("drop_floor")
+        self.tcp = self.obj.program("tcp_floor")
         now = time.monotonic_ns()
         sources = self.obj.map("floor_sources")
         for client in (scenario.FORWARD_CLIENT, scenario.A2S_CLIENT, scenario.LIMITED_CLIENT):
@@ -145,7 +146,7 @@ class PathFloors:
 
     def verdict_check(self, reason: str):
         """(snapshot, check) for a Probe: the floors' counter of `reason` (an abi.REASONS name, as
-        xdp_edge counts it) moved by exactly `repeat`, and no other (the three programs share the
+        xdp_edge counts it) moved by exactly `repeat`, and no other (the four programs share the
         counters: a probe runs one of them at a time)."""
 
         def snapshot():

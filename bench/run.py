@@ -166,7 +166,8 @@ def _floor_probe(edge, floor_prog, floors, env, ctx, measure):
 
 # What the floors' table calls the paths (the xdp_edge probe's name -> row label).
 FLOOR_ROWS = {"deny": "deny drop", "banned": "banned drop", "rate limited": "rate-limited drop",
-              "unverified": "drop_unverified", "bad cookie": "bad cookie drop", "pass": "pass-through (not ours)"}
+              "unverified": "drop_unverified", "bad cookie": "bad cookie drop", "pass": "pass-through (not ours)",
+              "spoofed RST": "SYN auth: spoofed RST drop", "out-of-state ACK": "SYN auth: out-of-state ACK"}
 
 
 def _print_floors_table(path_floors, base):
@@ -174,7 +175,7 @@ def _print_floors_table(path_floors, base):
     from bench.measure import median, paired_ratios
 
     _say()
-    _say("drop and pass-through paths against their floors (bench/path_floors.c, drop_floor / a2s_floor) [4]")
+    _say("drop and pass-through paths against their floors (bench/path_floors.c: drop_floor, a2s_floor, tcp_floor) [4]")
     _say("%-30s %9s %8s %9s %8s %11s %8s" % ("path", "xdp_edge", "vs base", "floor", "vs base", "edge/floor",
                                              "target"))
     for edge, floor in path_floors:
@@ -392,18 +393,22 @@ def _bench(args) -> int:
                             ctx(forward), TX, *floors.verdict_check("tx_forward"))
         floor_a2s_h = Probe("A2S floor via harness", harness(floors.a2s, a2s, 0), a2s, ctx(a2s), TX,
                             *floors.verdict_check("tx_a2s_cached"))
+        floor_syn_h = Probe("SYN-ACK floor via harness", harness(floors.tcp, syn, 0), syn, ctx(syn), TX,
+                            *floors.verdict_check("tx_syn_auth"))
         # The drop and pass-through paths' floors (they leave the frame alone: timed directly),
         # each on xdp_edge's very frame, with xdp_edge's verdict and reason (checked first).
         path_floors = []
         for edge, floor_prog_of_path in ((deny, floors.drop), (banned, floors.drop), (rate, floors.drop),
                                          (unverified, floors.drop), (bad_cookie, floors.a2s),
-                                         (pass_through, floors.drop)):
+                                         (pass_through, floors.drop), (spoofed_rst, floors.tcp),
+                                         (out_of_state, floors.tcp)):
             path_floors.append((edge, _floor_probe(edge, floor_prog_of_path, floors, env, ctx, measure)))
 
         _check_harness(forward_h, env.run(forward).data, measure)
         _check_harness(verified_h, env.run(verified_fwd).data, measure)
         _check_harness(floor_fwd_h, env.run(forward).data, measure)
         _check_harness(floor_a2s_h, env.run(a2s).data, measure)
+        _check_harness(floor_syn_h, env.run(syn).data, measure)
         _check_harness(a2s_h, env.run(a2s).data, measure)
         _check_harness(a2s_player_h, env.run(a2s_player).data, measure)
         _check_harness(deny_h, env.run(denied).data, measure)
@@ -435,7 +440,7 @@ def _bench(args) -> int:
         probes = [floor, baseline, policy_drop, deny, forward_h, forward_hf, a2s_h, a2s_hf, a2s_player_h,
                   a2s_player_hf, rate, banned, unverified, verified_h, verified_hf, pass_through, bad_cookie, deny_h,
                   deny_hf, fib_only, floor_fwd_h, floor_a2s_h, syn_h, syn_hf, spoofed_rst, out_of_state, verified_tcp_h,
-                  verified_tcp_hf]
+                  verified_tcp_hf, floor_syn_h]
         probes += [floor_probe for dummy, floor_probe in path_floors]
         probes += [probe for dummy, probe in rule_probes]
         _say("anycast.edge XDP bench: %s, kernel %s, pinned to CPU %d" % (_cpu_model(), platform.release(), cpu))
@@ -474,6 +479,8 @@ def _bench(args) -> int:
             ("forward floor: the least lookups rules 1-8 allow [1][2]", corrected(floor_fwd_h, forward_hf, floor),
              "forward"),
             ("A2S floor: the least lookups rules 1-7 allow [1][2]", corrected(floor_a2s_h, a2s_hf, floor), "a2s"),
+            ("SYN-ACK floor: the least SYN authentication allows [1][2]", corrected(floor_syn_h, syn_hf, floor),
+             "syn_ack"),
         ]
         rows += [("xdp_edge forward, %s [1][3]" % label, corrected(probe, forward_hf, floor), None)
                  for label, probe in rule_probes]
@@ -495,7 +502,8 @@ def _bench(args) -> int:
         _say("    The method check row should match the direct deny drop row.")
         _say("[2] bench/path_floors.c: xdp_edge's output, byte for byte, from one lookup per rule that needs")
         _say("    one (source lists; one entry per source for ban + rate + counters; service; next hop, or cookie")
-        _say("    and cache). No implementation of the rules does that path for less (bench/README.md, 'The floors').")
+        _say("    and cache, or the flow's punch and the TCP cookie). No implementation of the rules does that path")
+        _say("    for less (bench/README.md, 'The floors').")
         _say("[3] anycast_edge_filters.rules (docs/payload-rules.md): N rules the packet does not match are")
         _say("    all read; past a match nothing is (the last row: 256 loaded, the first matches, 'pass').")
         _print_floors_table(path_floors, base)
