@@ -36,18 +36,16 @@ requirements:
   - the libbpf headers the source includes (Debian package C(libbpf-dev))
   - libbpf 1.x (C(libbpf.so.1)) to list the object's programs and maps (optional - without it the
     lists are empty and a warning says why)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Computes the hash (runs C(clang -M) and C(clang --version)) and reports whether the object would be rebuilt; compiles nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Shows the stored and the new input hash.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: posix
 options:
   src:

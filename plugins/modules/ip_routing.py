@@ -28,18 +28,16 @@ author:
 requirements:
   - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
   - root (CAP_NET_ADMIN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads our entries and reports what would be added and removed.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Our entries before and after, one line each, as C(ip) writes them.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   addresses:

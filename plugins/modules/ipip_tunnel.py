@@ -35,18 +35,16 @@ requirements:
   - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
   - the C(ipip) kernel module
   - root (CAP_NET_ADMIN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads the links and reports what would change; warns if the kernel shows no ipip support.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The tunnel's attributes before and after; for a re-create the header gives the reason.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   name:

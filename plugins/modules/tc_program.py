@@ -34,18 +34,16 @@ requirements:
   - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
   - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
   - root (CAP_BPF and CAP_NET_ADMIN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Loads the object to learn its tag (the kernel frees it again) and compares; changes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Shows our filter (priority, handle, name, tag) and whether a clsact qdisc exists, before and after.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   iface:

@@ -39,20 +39,18 @@ requirements:
   - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
   - root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN to mount bpffs)
   - pyroute2 (Debian package C(python3-pyroute2)), to read the host's addresses
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
       Loads the object to learn its tag (the kernel frees it again) and compares; attaches, pins,
       mounts and writes nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Shows the attached program's tag and mode, the pinned maps and the TX devices before and after.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   iface:
