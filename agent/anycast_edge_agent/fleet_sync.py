@@ -513,27 +513,32 @@ class FleetSync:
             item = (entry.kind, entry.key)
             if not self.caps.has_room(entry.origin, item, now_real):
                 return self._refuse(entry.origin, entry.label, "size_cap")
+            # What this POP keeps of it, whatever the message claims: the cursor and the caps go
+            # by that too (an expiry years ahead would keep this POP from ever publishing the
+            # same entry learned here, and hold its place under the origin's cap).
+            remaining = min(remaining, self._lifetime_here_ns(entry.kind))
             written = self._apply(maps, entry, remaining)
-        self._note_manual(entry)
+        self._note_manual(entry, now_real + remaining)
         if entry.lifted:
             self.cursor.known.pop(item, None)
         else:
-            self.cursor.note(entry.kind, entry.key, entry.expires_ns)
+            self.cursor.note(entry.kind, entry.key, now_real + remaining)
         if not written:
             return "known"
-        self.caps.admit(entry.origin, item, entry.expires_ns)
+        self.caps.admit(entry.origin, item, now_real + remaining)
         with self.lock:
             self.imported[(entry.origin, entry.label)] += 1
         return "imported"
 
-    def _note_manual(self, entry):
+    def _note_manual(self, entry, expires_ns=None):
+        """expires_ns: when the ban ends here (an imported one: at most max_age_sec), else the entry's."""
         if self.manual_bans is None or entry.kind != "ban":
             return
         address = socket.inet_ntoa(entry.address)
         if entry.lifted:
             self.manual_bans.remove(address)
         elif entry.manual:
-            self.manual_bans.add(address, entry.expires_ns, entry.origin)
+            self.manual_bans.add(address, entry.expires_ns if expires_ns is None else expires_ns, entry.origin)
 
     def _note_own_ban(self, subject, payload):
         """This POP's own hand-made bans and lifts, read back from the bus: after a restart the
@@ -559,13 +564,23 @@ class FleetSync:
             self.refused[(origin, kind, reason)] += 1
         return reason
 
+    def _lifetime_here_ns(self, kind) -> int:
+        """The longest an imported entry of the kind lives here: a punch or a verification this
+        POP's own idle time, a ban the bus's max_age_sec."""
+        if kind == "punch":
+            return self._lifetimes.punch_idle_ns
+        if kind == "verified":
+            return self._lifetimes.verified_idle_ns
+        return int(self.settings.max_age_sec * NS)
+
     def _apply(self, maps, entry, remaining_ns) -> bool:
-        """Write the entry with its remaining lifetime; False when this POP already has it for as long."""
+        """Write the entry with its remaining lifetime (at most _lifetime_here_ns); False when this
+        POP already has it for as long."""
         lifetimes = self._lifetimes
         now = time.monotonic_ns()
         if entry.kind == "punch":
             idle = lifetimes.punch_idle_ns
-            last_seen = now - idle + min(remaining_ns, idle)
+            last_seen = now - idle + remaining_ns
             punches = maps["edge_punches"]
             present = punches.lookup(entry.key)
             if present is not None and abi.PUNCH_VALUE.unpack(present)[0] >= last_seen:
@@ -582,13 +597,13 @@ class FleetSync:
                 return False
             state.ban_until_ns = 0
         elif entry.kind == "ban":
-            until = now + min(remaining_ns, int(self.settings.max_age_sec * NS))
+            until = now + remaining_ns
             if state.ban_until_ns >= until:
                 return False
             state.ban_until_ns = until
         else:
             idle = lifetimes.verified_idle_ns
-            active = now - idle + min(remaining_ns, idle)
+            active = now - idle + remaining_ns
             service_id = VERIFIED_KEY.unpack(entry.key)[1]
             if not _verify_slot(state, service_id, entry.proof, active, now, idle):
                 return False

@@ -10,6 +10,7 @@ Propagation delays are printed (pytest -s shows them).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 # agent_world puts agent/ and tests/ on sys.path.
 import agent_world  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
+from anycast_edge_agent import fleet_sync
 from anycast_edge_agent.main import Agent
 from bpf import scenario as sc
 from bpf import topology as topo
@@ -260,6 +262,43 @@ def test_the_import_caps_hold_under_a_burst_from_one_pop(world):
     metrics = pop_b.metrics()
     assert metrics[("anycast_edge_fleet_refused_total",
                     (("from", "pop-a"), ("kind", "punch"), ("reason", "rate_cap")))] == refused["rate_cap"]
+
+
+def publish_on_the_bus(cluster, *entries):
+    """Whoever reaches the bus (a POP's login, or none) publishes these entries, as fleet_sync would."""
+    async def publish():
+        import nats  # pylint: disable=import-outside-toplevel
+        client = await nats.connect(cluster.urls, connect_timeout=2, allow_reconnect=False)
+        try:
+            js = client.jetstream(timeout=5)
+            for entry in entries:
+                await js.publish(entry.subject(), entry.payload())
+        finally:
+            await client.close()
+
+    asyncio.run(publish())
+
+
+def test_an_expiry_years_ahead_does_not_keep_a_pop_from_publishing_what_it_learns(world):
+    """The importer's cursor takes an imported entry as the bus's: with the expiry the message
+    claimed, a forged punch 'expiring' in ten years kept B from ever publishing the same flow's
+    punch learned by B itself. B keeps it no longer than its own idle time, and notes that."""
+    cluster, make_pops = world
+    pop_a, pop_b = make_pops()
+    forged = fleet_sync.Entry("punch", abi.pack_punch_key("udp", sc.GAME, sc.GAME_PORT, sc.PLAYER, 50123),
+                              time.time_ns() + 10 * 365 * 86400 * NS, "pop-x")
+    publish_on_the_bus(cluster, forged)
+    wait_for(lambda: pop_b.sync.snapshot()["imported"].get(("pop-x", "punch")) == 1, "pop-b importing pop-x's punch",
+             timeout=5)
+    # B keeps it for its own idle time (as before the fix).
+    assert pop_b.punched(dport=50123)
+    # The game server answers the player on that flow through B, after a quarter of the idle time
+    # (the slack past which a punch's later expiry is news): B publishes it and A imports B's.
+    time.sleep(PUNCH_IDLE_SEC / 4 + 0.5)
+    learn_punch(pop_b, dport=50123)
+    wait_for(lambda: pop_a.sync.snapshot()["imported"].get(("pop-b.example", "punch")) == 1,
+             "pop-a importing the punch pop-b learned itself", timeout=5)
+    assert pop_b.sync.snapshot()["published"].get("punch") == 1
 
 
 def test_a_verified_player_at_a_is_verified_at_b(world):
