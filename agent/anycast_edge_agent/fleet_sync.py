@@ -78,6 +78,12 @@ SCAN_CPU_SHARE = 0.25
 CONSUMER_CHECK_SEC = 2.0
 _ORIGIN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 VERIFIED_KEY = struct.Struct("<4sI")   # source address, service id
+# Proofs that stay at the POP that saw them (enum edge_verify_proof): SYN authentication's RST
+# proves that the address has a TCP stack, and any host without a stateful firewall answers a
+# SYN-ACK to a SYN spoofed in its name with it (docs/tcp-protection.md, "Limits"): shared, a
+# spoofer's verifications at one POP would let its flood in those names through every POP. A
+# player it verified is shared once the game server's reply on its flow proves it (punch).
+LOCAL_PROOFS = frozenset([abi.VERIFY_PROOFS.index("syn_auth")])
 
 
 class Malformed(ValueError):
@@ -438,6 +444,7 @@ class FleetSync:
             self._queue("ban", changed)
             news += changed
         if "verified" in self.settings.kinds:
+            verified = {key: value for key, value in verified.items() if value[1] not in LOCAL_PROOFS}
             changed = self.cursor.changes("verified", {key: expires for key, (expires, dummy) in verified.items()},
                                           self._lifetimes.verified_idle_ns)
             self._queue("verified", changed, proofs={key: proof for key, (dummy, proof) in verified.items()})

@@ -19,6 +19,9 @@ import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import raw
 
 # agent_world puts agent/ and tests/ on sys.path.
 import agent_world  # noqa: F401  pylint: disable=unused-import
@@ -29,6 +32,7 @@ from bpf import scenario as sc
 from bpf import topology as topo
 from bpf.edge_env import EdgeEnv, monotonic_ns
 from helpers.bpffs import private_bpffs
+from helpers.closed_host import answer_of_a_closed_host
 from helpers.nats_cluster import NatsCluster, free_ports
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -315,6 +319,42 @@ def test_a_verified_player_at_a_is_verified_at_b(world):
              "the verification at pop-b", timeout=5)
     # On another flow (no punch at B for it) the player passes B as verified.
     assert pop_b.edge.run(sc.player_udp(sport=41001)).reason == "tx_forward"
+
+
+def test_a_source_verified_by_syn_authentication_is_verified_at_its_pop_only(world):
+    """SYN authentication's RST proves that the address has a TCP stack, not that it sent the SYN:
+    any host without a stateful firewall answers the POP's SYN-ACK to a SYN spoofed in its name with
+    the very RST that verifies it (docs/tcp-protection.md, "Limits"). A spoofer can so verify such
+    hosts at the POP it reaches, and flood in their names; shared with the fleet, every POP would
+    take that flood. Shared were every verification, so syn_auth's too: B forwarded the spoofer's
+    ACKs in the victim's name without ever having answered it."""
+    dummy, make_pops = world
+    pop_a, pop_b = make_pops()
+    victim = "192.0.2.99"            # a host that never sent a packet to the fleet
+    for edge in (pop_a.edge, pop_b.edge):
+        edge.add_service("tcp", sc.GAME, sc.GAME_PORT, sc.GAME_TCP_ID, sc.BACKEND, syn_auth="always")
+    in_the_victims_name = raw(sc.eth() / IP(src=victim, dst=sc.GAME) /
+                              TCP(sport=40001, dport=sc.GAME_PORT, flags="A", seq=1, ack=1) / b"flood")
+    assert pop_b.edge.run(in_the_victims_name).reason == "drop_tcp_unverified"
+
+    # At A: the spoofer's SYN in the victim's name; the victim's kernel answers the SYN-ACK.
+    syn_ack = pop_a.edge.run(raw(sc.eth() / IP(src=victim, dst=sc.GAME) /
+                                 TCP(sport=40001, dport=sc.GAME_PORT, flags="S", seq=7)))
+    assert syn_ack.reason == "tx_syn_auth"
+    reset = answer_of_a_closed_host(raw(Ether(syn_ack.data)[IP]))
+    assert reset is not None and IP(reset)[TCP].flags == "R" and IP(reset)[TCP].seq == Ether(syn_ack.data)[TCP].ack
+    assert pop_a.edge.run(raw(sc.eth() / IP(reset))).reason == "drop_syn_auth_verified"
+    assert pop_a.edge.verified_for(victim, sc.GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+    assert pop_a.edge.run(in_the_victims_name).reason == "tx_forward"          # the known limit, at A
+
+    # A player the game server proved afterwards (its reply on the player's flow, proof punch) is
+    # shared, and once B has it, B would have had the victim's earlier verification too.
+    learn_punch(pop_a, dport=41000)
+    wait_for(lambda: pop_b.edge.verified_for(sc.PLAYER, sc.GAME_UDP_ID, monotonic_ns()), "the player's "
+             "verification at pop-b", timeout=5)
+    assert pop_b.edge.verified_for(victim, sc.GAME_TCP_ID, monotonic_ns()) is None
+    assert pop_b.edge.run(in_the_victims_name).reason == "drop_tcp_unverified"
+    assert pop_b.metrics()[("anycast_edge_fleet_imported_total", (("from", "pop-a"), ("kind", "verified")))] == 1
 
 
 def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
