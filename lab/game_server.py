@@ -18,7 +18,11 @@ server behind anycast.edge does, and speaks just enough to test the whole path:
   player whose connect echoes it; a spoofer never sees it. Connected players are counted by
   address (``connected_by_source``).
 * UDP datagrams starting with ``echo``: sent back unchanged (players' traffic).
-* TCP: every byte received is echoed back.
+* TCP: every byte received is echoed back. Every TCP segment that reaches this host for the game
+  port is also counted by what it is (``tcp_segment``: syn, syn_ack, ack, data, fin, rst) and by
+  its source's /24 (``tcp_by_network``), from a raw socket that sees it before the kernel's TCP
+  does (``watch_tcp``): what a SYN or ACK flood put on the game server, the accepted connections
+  being only what completed a handshake.
 * A command on ``127.0.0.1:27099`` (from the VM itself): ``punch <ip> <port>`` sends ``punch`` to
   that address from the game socket - a flow the server opens, as a Source server's master-server
   heartbeat does from its game port; the POP records a port punch when it passes, and the peer's
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import ipaddress
 import json
 import os
 import socket
@@ -67,6 +72,28 @@ def info_reply(port: int) -> bytes:
             + b"dl" + bytes([0, 1]) + cstr("1.40.0.0") + bytes([0x80]) + struct.pack("<H", port))
 
 
+def tcp_segment(packet: bytes, port: int) -> tuple[str, str] | None:
+    """(source address, kind) of an IPv4 packet that carries a TCP segment to ``port``, else None.
+    The kinds: syn (no ACK), syn_ack, rst, fin, data (payload), ack (a bare ACK)."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_TCP:
+        return None
+    header = (packet[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", packet, 2)[0]
+    if len(packet) < header + 20 or struct.unpack_from("!H", packet, header + 2)[0] != port:
+        return None
+    flags = packet[header + 13]
+    payload = min(total, len(packet)) - header - (packet[header + 12] >> 4) * 4
+    if flags & 0x04:
+        kind = "rst"
+    elif flags & 0x02:
+        kind = "syn_ack" if flags & 0x10 else "syn"
+    elif flags & 0x01:
+        kind = "fin"
+    else:
+        kind = "data" if payload > 0 else "ack"
+    return socket.inet_ntoa(packet[12:16]), kind
+
+
 class GameServer:
     def __init__(self, address: str, port: int, control_port: int = CONTROL_PORT):
         self.port = port
@@ -75,6 +102,7 @@ class GameServer:
         self.info_by_source = collections.Counter()
         self.punch_replies = collections.Counter()
         self.connected_by_source = collections.Counter()
+        self.tcp_by_network = collections.defaultdict(collections.Counter)
         self.challenge_key = os.urandom(16)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -161,6 +189,23 @@ class GameServer:
             except OSError:
                 pass
 
+    def count_tcp(self, packet: bytes) -> None:
+        segment = tcp_segment(packet, self.port)
+        if segment is None:
+            return
+        source, kind = segment
+        network = str(ipaddress.ip_network(source + "/24", strict=False))
+        with self.lock:
+            self.counters["tcp_" + kind] += 1
+            self.tcp_by_network[network][kind] += 1
+
+    def watch_tcp(self, watcher: socket.socket) -> None:
+        """Count every TCP segment this host receives for the game port: ``watcher`` is a raw TCP
+        socket (root; opened before the threads start, so that a failure stops the server), which
+        gets a copy of each before the kernel's TCP handles it, a SYN its listen queue would refuse too."""
+        while True:
+            self.count_tcp(watcher.recv(65535))
+
     def serve_control(self) -> None:
         while True:
             data, peer = self.control.recvfrom(512)
@@ -176,7 +221,8 @@ class GameServer:
                 with self.lock:
                     answer = {"counters": dict(self.counters), "a2s_info_by_source": dict(self.info_by_source),
                               "punch_replies": dict(self.punch_replies),
-                              "connected_by_source": dict(self.connected_by_source)}
+                              "connected_by_source": dict(self.connected_by_source),
+                              "tcp_by_network": {network: dict(kinds) for network, kinds in self.tcp_by_network.items()}}
             else:
                 answer = {"error": "commands: stats | punch <ip> <port>"}
             self.control.sendto(json.dumps(answer).encode(), peer)
@@ -202,6 +248,9 @@ def main() -> None:
         ask(args.words)
         return
     server = GameServer(args.address, args.port)
+    watcher = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    watcher.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    threading.Thread(target=server.watch_tcp, args=(watcher,), daemon=True).start()
     for target in (server.serve_udp, server.serve_tcp):
         threading.Thread(target=target, daemon=True).start()
     server.serve_control()

@@ -6,7 +6,10 @@ has python-a2s). Every command prints one JSON object, which molecule's verify a
 deny-list ones on its ``lo``); the target is the game service of lab/topology.yml.
 
   echo       N UDP datagrams ``echo <n>`` to the game port, the echoes counted
-  tcp        one TCP connection to the game port, a line sent and echoed
+  tcp        TCP connections to the game port from the player's own kernel stack, one after the
+             other (--connects), each connect's delay and a line echoed (the first connection of
+             a source through SYN authentication pays the POP's round trip); --hold keeps the last
+             one open as an echo session, a line every --interval, until SIGTERM or --hold seconds
   a2s        an A2S_INFO query with python-a2s (challenge and all)
   a2s-burst  one challenge, then N A2S_INFO requests carrying it, as fast as the POP takes them
   spoof      what a spoofer's victim receives: bare requests and forged challenges, bytes in/out
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -66,17 +70,127 @@ def cmd_echo(args) -> dict:
     return {"sent": len(sent), "received": len(sent & set(replies))}
 
 
-def cmd_tcp(args) -> dict:
-    line = b"hello over tcp %d\n" % os.getpid()
-    with socket.create_connection(args.target, timeout=5, source_address=(args.source, 0)) as conn:
-        conn.sendall(line)
-        echoed = b""
-        while len(echoed) < len(line):
-            chunk = conn.recv(4096)
-            if not chunk:
+def tcp_connect(args) -> tuple[socket.socket, float]:
+    """A connection from the player's own kernel TCP stack, and how long connect() took (ms): the
+    SYN, the SYN-ACK, and, when the POP authenticates the source first, its SYN-ACK, our stack's
+    RST and the SYN it sends again (docs/tcp-protection.md)."""
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.settimeout(args.connect_timeout)
+    conn.bind((args.source, 0))
+    started = time.monotonic()
+    try:
+        conn.connect(args.target)
+    except OSError:
+        conn.close()
+        raise
+    return conn, round((time.monotonic() - started) * 1000, 1)
+
+
+def echo_line(conn: socket.socket, line: bytes) -> bool:
+    conn.sendall(line)
+    echoed = b""
+    while len(echoed) < len(line):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        echoed += chunk
+    return echoed == line
+
+
+def hold_session(conn: socket.socket, args) -> dict:
+    """Keep an echo session open: a numbered line every interval until --hold seconds have passed
+    or SIGTERM comes, the echoes read as they come. The session survived when every line came
+    back and the connection still echoes at the end (no reset, no close)."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *dummy: stopping.append(True))
+    conn.setblocking(False)
+    sent = echoed = 0
+    pending = b""
+    started = last_echo = time.monotonic()
+    longest_silence = 0.0
+    error = None
+    while not stopping and time.monotonic() - started < args.hold and error is None:
+        try:
+            conn.sendall(b"session line %d\n" % sent)
+            sent += 1
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            error = str(exc)
+            break
+        until = started + sent * args.interval
+        while (left := until - time.monotonic()) > 0 and error is None:
+            readable, dummy_w, dummy_x = select.select([conn], [], [], left)
+            if not readable:
+                continue
+            try:
+                chunk = conn.recv(65536)
+            except OSError as exc:
+                error = str(exc)
                 break
-            echoed += chunk
-    return {"sent": len(line), "echoed": echoed == line}
+            if not chunk:
+                error = "closed by the peer"
+                break
+            pending += chunk
+            lines = pending.count(b"\n")
+            if lines:
+                now = time.monotonic()
+                longest_silence = max(longest_silence, now - last_echo)
+                last_echo = now
+                echoed += lines
+                pending = pending[pending.rindex(b"\n") + 1:]
+    alive = False
+    if error is None:
+        conn.setblocking(True)
+        conn.settimeout(args.wait)
+        try:  # what is still on the way comes back first, then this last line
+            conn.sendall(b"session last\n")
+            deadline = time.monotonic() + args.wait
+            while b"session last\n" not in pending and time.monotonic() < deadline:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    error = "closed by the peer"
+                    break
+                pending += chunk
+            echoed += pending.count(b"\n") - (1 if b"session last\n" in pending else 0)
+            alive = b"session last\n" in pending
+        except OSError as exc:
+            error = str(exc)
+    return {"sent": sent, "echoed": echoed, "alive": alive, "error": error,
+            "seconds": round(time.monotonic() - started, 2), "interval_sec": args.interval,
+            "longest_silence_sec": round(max(longest_silence, time.monotonic() - last_echo if not alive else 0), 2)}
+
+
+def cmd_tcp(args) -> dict:
+    """--connects connections one after the other, each connect's delay and a line echoed; with
+    --hold, the last one stays open as an echo session (hold_session)."""
+    connects = []
+    session = None
+    for number in range(args.connects):
+        if number:
+            time.sleep(args.pause)
+        started_at = time.time()  # wall clock, to line the connection up with a flood's report
+        try:
+            conn, connect_ms = tcp_connect(args)
+        except OSError as exc:
+            connects.append({"connected": False, "error": str(exc), "started_at": round(started_at, 3)})
+            continue
+        with conn:
+            line = b"hello over tcp %d %d\n" % (os.getpid(), number)
+            try:
+                echoed = echo_line(conn, line)
+            except OSError:
+                echoed = False
+            connects.append({"connected": True, "connect_ms": connect_ms, "echoed": echoed,
+                             "port": conn.getsockname()[1], "started_at": round(started_at, 3)})
+            if args.hold and number == args.connects - 1 and echoed:
+                session = hold_session(conn, args)
+    result = {"connects": len(connects), "connected": sum(1 for one in connects if one["connected"]),
+              "echoed": bool(connects) and all(one.get("echoed") for one in connects),
+              "connect_ms": [one.get("connect_ms") for one in connects], "each": connects}
+    if args.hold:
+        result["session"] = session
+    return result
 
 
 def cmd_a2s(args) -> dict:
@@ -270,7 +384,13 @@ def main() -> int:
     echo = commands.add_parser("echo")
     echo.add_argument("--count", type=int, default=10)
     echo.add_argument("--interval", type=float, default=0.05)
-    commands.add_parser("tcp")
+    tcp = commands.add_parser("tcp")
+    tcp.add_argument("--connects", type=int, default=1, help="connections one after the other")
+    tcp.add_argument("--pause", type=float, default=0.2, help="seconds between two connections")
+    tcp.add_argument("--connect-timeout", type=float, default=10.0)
+    tcp.add_argument("--hold", type=float, default=0,
+                     help="keep the last connection open as an echo session this many seconds (or until SIGTERM)")
+    tcp.add_argument("--interval", type=float, default=0.1, help="seconds between the session's lines")
     commands.add_parser("a2s")
     burst = commands.add_parser("a2s-burst")
     burst.add_argument("--count", type=int, default=10000)

@@ -17,6 +17,11 @@ path off this machine.
           (handshake-shaped: what admission lets through within the budget under attack), the
           rest junk (issue 13: the spoofed flood at the game port); as fast as the POP takes them
           (--most-waiting frames queued on the link at most), at most --rate per second
+  tcp-flood
+          N TCP segments to a TCP service, each from a different random address of a range, all
+          SYNs (--flags syn, with a Linux client's options) or all bare ACKs that follow no SYN
+          (--flags ack), valid checksums, random sequence numbers (issue 14: SYN authentication
+          and out-of-state drops); sent like game-flood, as fast as the POP takes them
   ipip    N IPIP packets "from" a backend's tunnel address to the POP's tunnel address, each
           carrying a UDP datagram to a victim; --fragment splits each outer packet in two
           (issue 12 section 3: the kernel's ipip device must not reassemble and forward them)
@@ -37,7 +42,7 @@ import struct
 import sys
 import time
 
-from scapy.layers.inet import ICMP, IP, UDP, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether, getmacbyip
 from scapy.sendrecv import send
 from scapy.arch import get_if_hwaddr
@@ -92,36 +97,84 @@ GETCHALLENGE = b"\xff\xff\xff\xffq%s0000000000\x00"
 JUNK = b"\x00spoofed flood " + b"x" * 34
 
 
-def game_flood_frames(args) -> tuple[list[bytes], int]:
-    """The flood's frames: scapy builds one frame per payload kind; each frame then gets its own
-    source address and port patched in (the IP checksum recomputed; the UDP checksum left 0, "none"
-    in IPv4), which takes microseconds where building 65,536 scapy packets takes minutes.
-    Sources are distinct (a sample of the range without replacement) when the range has room."""
+def random_source_frames(args, templates: dict[str, bytes], kind_of, finish=None) -> tuple[list[bytes], int]:
+    """The frames of a flood from many random sources (the one home of their building): scapy
+    builds one frame per payload kind (``templates``); each frame then gets its own source address
+    and source port patched in, ``finish(frame, kind, rng)`` patches what else is per frame, and
+    the IP checksum is recomputed. That takes microseconds where building 65,536 scapy packets
+    takes minutes. ``kind_of(number)`` names the template of the number-th frame. Sources are
+    distinct (a sample of the range without replacement) when the range has room; the same seed
+    gives the same frames."""
     network = ipaddress.ip_network(args.sources)
     rng = random.Random(args.seed)
     if args.count <= network.num_addresses:
         offsets = rng.sample(range(network.num_addresses), args.count)
     else:
         offsets = [rng.randrange(network.num_addresses) for dummy in range(args.count)]
+    base = int(network.network_address)
+    frames = []
+    for number, offset in enumerate(offsets):
+        kind = kind_of(number)
+        frame = bytearray(templates[kind])
+        struct.pack_into("!I", frame, 26, base + offset)               # IP source
+        struct.pack_into("!H", frame, 34, rng.randrange(1024, 65536))  # UDP or TCP source port
+        if finish:
+            finish(frame, kind, rng)
+        struct.pack_into("!H", frame, 24, 0)
+        struct.pack_into("!H", frame, 24, ipv4_checksum(bytes(frame[14:34])))
+        frames.append(bytes(frame))
+    return frames, len(set(offsets))
+
+
+def game_flood_frames(args) -> tuple[list[bytes], int]:
+    """The game flood's frames: every --handshake-every-th a Source getchallenge with its own
+    client nonce, the rest junk; the UDP checksum left 0 ("none" in IPv4)."""
     link = ether_to(args)
     templates = {}
     for kind in ("handshake", "junk"):
         payload = GETCHALLENGE % b"\0\0\0\0" if kind == "handshake" else JUNK
         templates[kind] = bytes(link / IP(src="0.0.0.0", dst=args.target, ttl=60)
                                 / UDP(sport=1024, dport=args.port, chksum=0) / payload)
-    base = int(network.network_address)
-    frames = []
-    for number, offset in enumerate(offsets):
-        handshake = args.handshake_every and number % args.handshake_every == 0
-        frame = bytearray(templates["handshake" if handshake else "junk"])
-        struct.pack_into("!I", frame, 26, base + offset)               # IP source
-        struct.pack_into("!H", frame, 24, 0)
-        struct.pack_into("!H", frame, 24, ipv4_checksum(bytes(frame[14:34])))
-        struct.pack_into("!H", frame, 34, rng.randrange(1024, 65536))  # UDP source port
-        if handshake:                                                  # the client's nonce
+
+    def kind_of(number: int) -> str:
+        return "handshake" if args.handshake_every and number % args.handshake_every == 0 else "junk"
+
+    def client_nonce(frame: bytearray, kind: str, rng: random.Random) -> None:
+        if kind == "handshake":
             frame[47:51] = rng.randbytes(4)
-        frames.append(bytes(frame))
-    return frames, len(set(offsets))
+
+    return random_source_frames(args, templates, kind_of, client_nonce)
+
+
+# What a Linux client's SYN carries (60 IP bytes: MSS, SACK permitted, timestamps, window scale):
+# the POP's SYN-ACK (40 bytes, no options) is smaller than what each spoofed SYN brought.
+SYN_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (0, 0)), ("NOP", None), ("WScale", 7)]
+TCP_FLAGS = {"syn": "S", "ack": "A"}
+
+
+def tcp_checksum(segment: bytes, source: bytes, destination: bytes) -> int:
+    """The TCP checksum of ``segment`` (its checksum field zero) under the IPv4 pseudo-header."""
+    pseudo = source + destination + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(segment))
+    data = pseudo + segment + (b"\0" if len(segment) % 2 else b"")
+    return ipv4_checksum(data)
+
+
+def tcp_flood_frames(args) -> tuple[list[bytes], int]:
+    """The TCP flood's frames: SYNs as a Linux client sends them, or bare ACKs that follow no SYN,
+    each with a random sequence number (and acknowledgement), and a valid TCP checksum: the game
+    server's kernel would drop a bad one before any socket, and the check counts what arrives."""
+    options = SYN_OPTIONS if args.flags == "syn" else []
+    template = bytes(ether_to(args) / IP(src="0.0.0.0", dst=args.target, ttl=60)
+                     / TCP(sport=1024, dport=args.port, flags=TCP_FLAGS[args.flags], window=64240, options=options))
+
+    def sequence_and_checksum(frame: bytearray, dummy_kind: str, rng: random.Random) -> None:
+        frame[38:42] = rng.randbytes(4)                      # sequence number
+        if args.flags == "ack":
+            frame[42:46] = rng.randbytes(4)                  # acknowledgement number
+        struct.pack_into("!H", frame, 50, 0)
+        struct.pack_into("!H", frame, 50, tcp_checksum(bytes(frame[34:]), bytes(frame[26:30]), bytes(frame[30:34])))
+
+    return random_source_frames(args, {args.flags: template}, lambda number: args.flags, sequence_and_checksum)
 
 
 class LinkBacklog:
@@ -168,8 +221,9 @@ class LinkCounters:
             os.close(fd)
 
 
-def cmd_game_flood(args) -> dict:
-    frames, distinct = game_flood_frames(args)
+def send_as_the_link_takes(args, frames: list[bytes]) -> dict:
+    """Put ``frames`` on the link as fast as the POP takes them (at most --most-waiting of them in
+    the tap's queue, LinkBacklog), never faster than --rate; what it measured, for the report."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((args.iface, 0))
     link_counters = LinkCounters(args.iface)
@@ -193,13 +247,28 @@ def cmd_game_flood(args) -> dict:
     seconds = time.monotonic() - started
     backlog.update(*link_counters())
     link_counters.close()
-    handshakes = sum(1 for number in range(len(frames)) if args.handshake_every and number % args.handshake_every == 0)
+    sock.close()
     return {"sent": len(frames), "seconds": round(seconds, 2), "rate": round(len(frames) / seconds),
             "started_at": round(started_at, 3), "most_waiting": args.most_waiting,
-            "held_back_sec": round(held_back, 2), "link_dropped": backlog.drops,
-            "distinct_sources": distinct, "sources": args.sources, "seed": args.seed,
-            "handshake_shaped": handshakes, "junk": len(frames) - handshakes,
-            "target": "%s:%d" % (args.target, args.port)}
+            "held_back_sec": round(held_back, 2), "link_dropped": backlog.drops}
+
+
+def cmd_game_flood(args) -> dict:
+    frames, distinct = game_flood_frames(args)
+    result = send_as_the_link_takes(args, frames)
+    handshakes = sum(1 for number in range(len(frames)) if args.handshake_every and number % args.handshake_every == 0)
+    result.update({"distinct_sources": distinct, "sources": args.sources, "seed": args.seed,
+                   "handshake_shaped": handshakes, "junk": len(frames) - handshakes,
+                   "target": "%s:%d" % (args.target, args.port)})
+    return result
+
+
+def cmd_tcp_flood(args) -> dict:
+    frames, distinct = tcp_flood_frames(args)
+    result = send_as_the_link_takes(args, frames)
+    result.update({"distinct_sources": distinct, "sources": args.sources, "seed": args.seed, "flags": args.flags,
+                   "frame_bytes": len(frames[0]), "target": "%s:%d" % (args.target, args.port)})
+    return result
 
 
 def cmd_ipip(args) -> dict:
@@ -254,16 +323,21 @@ def main(argv=None) -> int:
     flood.add_argument("--target", required=True)
 
     game = sender("game-flood", "UDP to a game service from many random sources of a range")
-    game.add_argument("--target", required=True)
-    game.add_argument("--port", type=int, required=True)
-    game.add_argument("--sources", required=True, help="the range the sources are drawn from (give the "
-                      "upstream a blackhole route for it: the game server's replies must die there)")
-    game.add_argument("--seed", type=int, default=13)
     game.add_argument("--handshake-every", type=int, default=10,
                       help="every Nth datagram a Source getchallenge, the rest junk (0: junk only)")
-    game.add_argument("--most-waiting", type=int, default=128,
-                      help="frames queued on the link for the POP at most: send as fast as it takes "
-                      "them, up to --rate (0: at --rate, whatever the link drops)")
+
+    tcp = sender("tcp-flood", "TCP SYNs or bare ACKs to a TCP service from many random sources of a range")
+    tcp.add_argument("--flags", choices=sorted(TCP_FLAGS), required=True,
+                     help="syn: a SYN flood; ack: ACKs that follow no SYN (out of state)")
+    for command in (game, tcp):
+        command.add_argument("--target", required=True)
+        command.add_argument("--port", type=int, required=True)
+        command.add_argument("--sources", required=True, help="the range the sources are drawn from (give the "
+                             "upstream a blackhole route for it: the replies to them must die there)")
+        command.add_argument("--seed", type=int, default=13)
+        command.add_argument("--most-waiting", type=int, default=128,
+                             help="frames queued on the link for the POP at most: send as fast as it takes "
+                             "them, up to --rate (0: at --rate, whatever the link drops)")
 
     ipip = sender("ipip", "IPIP in a backend's name carrying UDP to a victim")
     ipip.add_argument("--outer-source", required=True)
@@ -289,13 +363,14 @@ def main(argv=None) -> int:
     listen.add_argument("--duration", type=float, required=True)
 
     args = parser.parse_args(argv)
-    # The game flood needs more than 65,536 sources (issue 13), each one packet; the others stay small.
-    most_count, most_rate = (200000, 50000) if args.command == "game-flood" else (20000, 5000)
+    # The random-source floods need more than 65,536 sources (issues 13 and 14), each one packet;
+    # the others stay small.
+    most_count, most_rate = (200000, 50000) if args.command in ("game-flood", "tcp-flood") else (20000, 5000)
     if getattr(args, "count", 1) > most_count or getattr(args, "rate", 1) > most_rate:
         parser.error("--count is at most %d and --rate at most %d for %s: the lab's floods are bounded"
                      % (most_count, most_rate, args.command))
-    result = {"flood": cmd_flood, "game-flood": cmd_game_flood, "ipip": cmd_ipip, "direct": cmd_direct,
-              "listen": cmd_listen}[args.command](args)
+    result = {"flood": cmd_flood, "game-flood": cmd_game_flood, "tcp-flood": cmd_tcp_flood, "ipip": cmd_ipip,
+              "direct": cmd_direct, "listen": cmd_listen}[args.command](args)
     json.dump(result, sys.stdout)
     print()
     return 0

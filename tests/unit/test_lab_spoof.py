@@ -1,4 +1,4 @@
-"""The lab's spoofed game flood (lab/spoof.py game-flood): the frames it puts on a POP's uplink.
+"""The lab's spoofed floods (lab/spoof.py game-flood, tcp-flood): the frames they put on a POP's uplink.
 
 The lab's spoofed-flood check asserts what the POP and the game server did with these frames, so
 the frames must be what the check says: each from its own address of the range (at least 65,536
@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import types
 
-from scapy.layers.inet import IP, UDP
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from lab_modules import game_model as gm
@@ -99,3 +100,62 @@ def test_a_drop_on_the_link_means_its_queue_is_full():
     assert backlog.drops == 3
     assert backlog.update(delivered=1000, dropped=3) == 100
     assert backlog.update(delivered=1100, dropped=3) == 0
+
+
+def tcp_frames_of(monkeypatch, **overrides):
+    monkeypatch.setattr(spoof, "ether_to", lambda args: Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"))
+    fields = dict(flags="syn")
+    fields.update(overrides)
+    return spoof.tcp_flood_frames(flood_args(**fields))
+
+
+@pytest.mark.parametrize("flags", ["syn", "ack"])
+def test_every_tcp_segment_has_its_own_source_and_valid_checksums(monkeypatch, flags):
+    """The lab's TCP flood check counts at the game server what of it arrives: a bad TCP checksum
+    would be dropped by that host's kernel, and the control (the same frames from the allow list)
+    would not show that the path delivers them."""
+    frames, distinct = tcp_frames_of(monkeypatch, flags=flags, count=5000)
+    assert len(frames) == 5000 and distinct == 5000
+    network = ipaddress.ip_network("198.18.0.0/15")
+    sources, sequences = set(), set()
+    for frame in frames[:200] + frames[-200:]:
+        packet = Ether(frame)
+        assert ipaddress.ip_address(packet[IP].src) in network
+        assert packet[IP].dst == "198.51.100.10" and packet[TCP].dport == 27015
+        sent_ip, sent_tcp = packet[IP].chksum, packet[TCP].chksum
+        del packet[IP].chksum
+        del packet[TCP].chksum
+        rebuilt = Ether(bytes(packet))
+        assert (rebuilt[IP].chksum, rebuilt[TCP].chksum) == (sent_ip, sent_tcp)
+        assert packet[IP].len == len(frame) - 14
+        assert not bytes(packet[TCP].payload)
+        sources.add(packet[IP].src)
+        sequences.add(packet[TCP].seq)
+    assert len(sources) == 400 and len(sequences) > 395
+    first = Ether(frames[0])[TCP]
+    assert str(first.flags) == {"syn": "S", "ack": "A"}[flags]
+    assert game_server.tcp_segment(bytes(Ether(frames[0])[IP]), 27015) == (Ether(frames[0])[IP].src, flags)
+
+
+def test_a_flood_syn_is_a_linux_clients_and_larger_than_the_pops_syn_ack(monkeypatch):
+    """60 IP bytes with MSS, SACK, timestamps and window scale: the POP's 40-byte SYN-ACK to each
+    spoofed source is less than the SYN brought (docs/tcp-protection.md)."""
+    frames, dummy = tcp_frames_of(monkeypatch, count=10)
+    syn = Ether(frames[0])
+    assert len(syn[IP]) == 60
+    assert [name for name, dummy_value in syn[TCP].options] == ["MSS", "SAckOK", "Timestamp", "NOP", "WScale"]
+    acks, dummy = tcp_frames_of(monkeypatch, count=10, flags="ack")
+    assert len(Ether(acks[0])[IP]) == 40 and Ether(acks[0])[TCP].ack != 0
+
+
+def test_the_same_seed_sends_the_same_tcp_flood(monkeypatch):
+    assert tcp_frames_of(monkeypatch, count=300)[0] == tcp_frames_of(monkeypatch, count=300)[0]
+    assert tcp_frames_of(monkeypatch, count=300)[0] != tcp_frames_of(monkeypatch, count=300, seed=14)[0]
+
+
+def test_the_tcp_flood_is_bounded():
+    for argv in (["--count", "200001", "--rate", "100"], ["--count", "100", "--rate", "50001"]):
+        with pytest.raises(SystemExit) as exc:
+            spoof.main(["tcp-flood", "--flags", "syn", "--iface", "x", "--pop", "192.0.2.1", "--target", "198.51.100.10",
+                        "--port", "27015", "--sources", "198.18.0.0/15"] + argv)
+        assert exc.value.code == 2
