@@ -20,6 +20,7 @@ deltas have work to do. Reports the process CPU time of:
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import socket
 import statistics
@@ -33,21 +34,12 @@ import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "agent"))
-
-
-def collections_root() -> str:
-    """A folder holding ansible_collections/anycast/edge -> this checkout (as the tests make it)."""
-    folder = tempfile.mkdtemp(prefix="anycast-edge-bench-")
-    namespace = Path(folder, "ansible_collections", "anycast")
-    namespace.mkdir(parents=True)
-    (namespace / "edge").symlink_to(REPO_ROOT, target_is_directory=True)
-    return folder
-
-
-sys.path.insert(0, collections_root())
+sys.path[0:0] = [str(REPO_ROOT / "agent"), str(REPO_ROOT)]
 
 # pylint: disable=wrong-import-position
+from harness import collection  # noqa: E402
+
+atexit.register(collection.remove, collection.use())
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf, _pins  # noqa: E402

@@ -42,8 +42,8 @@ PATHS = (
 
 def _compare(args) -> int:
     from ansible_collections.anycast.edge.plugins.module_utils import _bpf
-    from tests.bpf import topology as topo
-    from tests.bpf.edge_env import EdgeEnv
+    from harness import topology as topo
+    from harness.edge_env import EdgeEnv
 
     from bench import measure, programs, scenario
     from bench.measure import Probe, corrected, median, paired_ratios, spread

@@ -55,16 +55,6 @@ BASE_RULES = {
 }
 
 
-def collections_tree() -> Path:
-    """A temporary ansible_collections/anycast/edge -> this checkout (the module and its
-    module_utils import each other as ansible_collections.anycast.edge...)."""
-    tree = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-bench-"))
-    (tree / "ansible_collections" / "anycast").mkdir(parents=True)
-    (tree / "ansible_collections" / "anycast" / "edge").symlink_to(REPO_ROOT, target_is_directory=True)
-    sys.path.insert(0, str(tree))
-    return tree
-
-
 def deny_prefixes(count, seed):
     """`count` distinct random CIDRs (/12../32, host bits clear), as an operator's list looks."""
     rnd = random.Random(seed)
@@ -140,7 +130,9 @@ def main(argv=None):
     args = parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("rules_sync: run as root (BPF maps, bpffs mount)")
-    tree = collections_tree()
+    sys.path.insert(0, str(REPO_ROOT))
+    from harness import collection  # pylint: disable=import-outside-toplevel
+    tree = collection.use()
     from ansible_collections.anycast.edge.plugins.module_utils import _bpf  # pylint: disable=import-outside-toplevel
 
     workdir = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-bench-work-"))
@@ -184,7 +176,7 @@ def main(argv=None):
         subprocess.run(["umount", str(bpffs)], check=False)
         os.rmdir(bpffs)
         shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(tree, ignore_errors=True)
+        collection.remove(tree)
 
     def median(case, field="ms"):
         return statistics.median(sample[field] for sample in samples[case])

@@ -17,9 +17,7 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,23 +27,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"deny": 1.0, "forward": 1.5, "a2s": 2.0, "drop": 1.0, "syn_ack": 2.0}
 # Besides 2 prefixes (the bench POP's own) and --prefixes, the deny drop is timed at this size too, to show the shape.
 MIDDLE_TABLE_SIZE = 10_000
-
-
-def _collections_tree() -> Path:
-    """A temporary ansible_collections/anycast/edge -> this checkout, first on sys.path.
-
-    Same reason as the repository's conftest.py: module_utils import each other as
-    ansible_collections.anycast.edge..., which resolves only from such a tree. The bench's own
-    folder leaves sys.path (its modules are imported as the package `bench`, from the repo root).
-    """
-    tree = Path(tempfile.mkdtemp(prefix="anycast-edge-bench-collections-"))
-    namespace_dir = tree / "ansible_collections" / "anycast"
-    namespace_dir.mkdir(parents=True)
-    (namespace_dir / "edge").symlink_to(REPO_ROOT, target_is_directory=True)
-    bench_dir = str(Path(__file__).resolve().parent)
-    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != bench_dir]
-    sys.path[0:0] = [str(tree), str(REPO_ROOT)]
-    return tree
 
 
 def _parse_args(argv):
@@ -90,7 +71,7 @@ def _check_single_runs(env, scenario, measure):
     """Each packet once through xdp_edge, with its output frame inspected."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
-    from tests.bpf import topology as topo
+    from harness import topology as topo
 
     def expect(frame, action, reason):
         result = env.run(frame)
@@ -211,7 +192,7 @@ def _measure_table_sizes(args, cleanup, env, edge_probe, ctx, scenario, measure,
     with the bench POP's 2 deny prefixes, 10,000 and args.prefixes: one copy of the program per table size, all loaded at once, so that
     the sizes can be timed interleaved."""
     from ansible_collections.anycast.edge.plugins.module_utils import _bpf
-    from tests.bpf.edge_env import EdgeEnv
+    from harness.edge_env import EdgeEnv
 
     from bench.measure import Probe, median, paired_ratios, spread
 
@@ -289,8 +270,8 @@ def _rule_lists(scenario, abi):
 def _bench(args) -> int:
     from ansible_collections.anycast.edge.plugins.module_utils import _bpf
     from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-    from tests.bpf import topology as topo
-    from tests.bpf.edge_env import EdgeEnv
+    from harness import topology as topo
+    from harness.edge_env import EdgeEnv
 
     from bench import measure, programs, scenario
     from bench.measure import Probe, corrected, median, paired_ratios, spread
@@ -524,7 +505,13 @@ def run_as_root(script: str, body, args) -> int:
     if os.geteuid() != 0:
         print("%s needs root (BPF_PROG_TEST_RUN, network namespaces, bpffs)" % script, file=sys.stderr)
         return 2
-    tree = _collections_tree()
+    # The bench's own folder leaves sys.path (its modules are imported as the package `bench`,
+    # from the repo root); the collections tree (harness/collection.py) goes first.
+    bench_dir = str(Path(__file__).resolve().parent)
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != bench_dir]
+    sys.path.insert(0, str(REPO_ROOT))
+    from harness import collection  # pylint: disable=import-outside-toplevel
+    tree = collection.use()
     try:
         from bench.measure import SetupError
         try:
@@ -533,7 +520,7 @@ def run_as_root(script: str, body, args) -> int:
             print("bench: setup does not do what it claims, no figures: %s" % exc, file=sys.stderr)
             return 1
     finally:
-        shutil.rmtree(tree, ignore_errors=True)
+        collection.remove(tree)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
 Every address here is chosen so that each packet takes exactly one path through xdp_edge, and
 run.py checks that it does (verdict, reason counter, output frame) before and during timing.
-The namespace around the program (routes, neighbours) is tests/bpf/topology.py's.
+The namespace around the program (routes, neighbours) is harness/topology.py's.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from tests.bpf import topology as topo
-from tests.bpf.edge_env import monotonic_ns
+from harness import topology as topo
+from harness.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,

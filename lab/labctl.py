@@ -33,6 +33,9 @@ import yaml
 
 LAB_DIR = Path(__file__).resolve().parent
 REPO_DIR = LAB_DIR.parent
+sys.path.insert(0, str(REPO_DIR))
+
+from harness import collection  # noqa: E402  pylint: disable=wrong-import-position
 IMAGE_RECIPE_DIR = LAB_DIR / "image"
 TOPOLOGY_FILE = LAB_DIR / "topology.yml"
 INVENTORY_DIR = REPO_DIR / "inventories" / "lab"
@@ -491,19 +494,10 @@ def ssh_command(topology: dict, name: str) -> list[str]:
 # ---- Ansible ----------------------------------------------------------------------------------
 
 def collections_root() -> Path:
-    """A folder holding ansible_collections/anycast/edge -> this checkout.
-
-    Outside the checkout (a link back into it would be a loop for tools that walk the tree),
-    and stable, so that repeated runs reuse it.
-    """
+    """A folder holding ansible_collections/anycast/edge -> this checkout (harness/collection.py),
+    stable, so that repeated runs reuse it."""
     checkout_id = hashlib.sha256(str(REPO_DIR).encode()).hexdigest()[:12]
-    root = Path.home() / ".cache" / "anycast-edge" / "collections" / checkout_id
-    link = root / "ansible_collections" / "anycast" / "edge"
-    if not link.is_symlink() or link.resolve() != REPO_DIR:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        link.symlink_to(REPO_DIR, target_is_directory=True)
-    return root
+    return collection.collections_root(Path.home() / ".cache" / "anycast-edge" / "collections" / checkout_id)
 
 
 def ansible_environment() -> dict[str, str]:

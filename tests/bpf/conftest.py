@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from .edge_env import EdgeEnv
+from harness.edge_env import EdgeEnv
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
-from .namespace import EnteredNamespace, ip
+from harness.namespace import EnteredNamespace, ip
 
 TC_ACTIONS = {-1: "UNSPEC", 0: "OK", 2: "SHOT", 7: "REDIRECT"}
 

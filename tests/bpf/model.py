@@ -11,7 +11,7 @@ makes to its own maps (a ban, a learned or deleted port punch, a snooped A2S rep
 
 `EdgeModel.decide` decides without touching the state; `EdgeModel.apply` applies the effects.
 
-Where the kernel answers a question (bpf_fib_lookup), the model asks tests/bpf/topology.py, which
+Where the kernel answers a question (bpf_fib_lookup), the model asks harness/topology.py, which
 describes the namespace the tests run the program in.
 
 The model follows the order documented at the top of bpf/xdp_edge.c and the rules in
@@ -32,7 +32,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import SYN_AUTH_KEY_TWEAK
 
 from . import game_model
-from . import topology as topo
+from harness import topology as topo
 
 # ---- constants of the C side (bpf/include/*.h) ------------------------------------------------
 
@@ -109,7 +109,7 @@ ICMP_FRAG_NEEDED = 4
 ICMP_QUOTE_LEN = IPV4_HLEN + 8
 ICMP_REPLY_IP_LEN = IPV4_HLEN + 8 + ICMP_QUOTE_LEN        # 56
 
-# XDP actions as tests/bpf/edge_env.RunResult names them
+# XDP actions as harness/edge_env.RunResult names them
 DROP, PASS, TX, REDIRECT = "DROP", "PASS", "TX", "REDIRECT"
 
 
@@ -537,7 +537,7 @@ def _verdict(action, reason, frame=None):
 class EdgeModel:
     """The decision of xdp_edge for one frame, given the maps (state) and the time.
 
-    next_hop, macs and mtus describe the routing world (default: tests/bpf/topology.py):
+    next_hop, macs and mtus describe the routing world (default: harness/topology.py):
     next_hop(dst) -> (kind, device, dst_mac) as topology.next_hop.
     """
 

@@ -18,7 +18,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from . import topology as topo
+from harness import topology as topo
 
 ETH_HLEN = 14
 VLAN_HLEN = 4

@@ -15,7 +15,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,
                                                                                tai_offset_ns)
 
-from . import topology as topo
+from harness import topology as topo
 
 ANYCAST = "198.51.100.0/24"
 ANYCAST_V6 = "2001:db8:100::/48"

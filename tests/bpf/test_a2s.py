@@ -11,12 +11,12 @@ from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch, tai_offset_ns
 
-from .edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME,
                        GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, SIDE_BACKEND, backend_reply, checksums_valid,
                        cookie_for, player_udp, setup_pop)
-from . import topology as topo
+from harness import topology as topo
 
 SECOND = 10**9
 

@@ -23,13 +23,13 @@ from hypothesis import strategies as st
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from . import game_model as gm
-from .edge_env import hammer_from_two_cpus, monotonic_ns
+from harness.edge_env import hammer_from_two_cpus, monotonic_ns
 from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
                        PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
 
 SECOND = 10**9
-BLACKHOLED_BACKEND = "10.9.0.1"   # tests/bpf/topology.py: a blackhole route (admitted -> drop_no_route)
+BLACKHOLED_BACKEND = "10.9.0.1"   # harness/topology.py: a blackhole route (admitted -> drop_no_route)
 CLIENT_CHALLENGE = 0x1234
 
 

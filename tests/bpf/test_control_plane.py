@@ -20,8 +20,8 @@ from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _r
 
 from .scenario import BACKEND, GAME, GAME_PORT, PLAYER, backend_reply, eth, player_udp, setup_pop
 from .scenario import ICMP, IP, TCP, raw
-from . import topology as topo
-from .edge_env import monotonic_ns
+from harness import topology as topo
+from harness.edge_env import monotonic_ns
 
 EXAMPLE_FILTERS = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "inventories" / "example" / "group_vars" / "all.yml").read_text()

@@ -38,8 +38,8 @@ from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import co
 from . import game_model as gm
 from . import model as m
 from . import packets as pk
-from . import topology as topo
-from .edge_env import monotonic_ns
+from harness import topology as topo
+from harness.edge_env import monotonic_ns
 
 
 @pytest.fixture(autouse=True)

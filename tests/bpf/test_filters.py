@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
-from .edge_env import hammer_from_two_cpus, monotonic_ns
+from harness.edge_env import hammer_from_two_cpus, monotonic_ns
 from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, player_tcp, player_udp,
                        setup_pop)
 

@@ -13,11 +13,11 @@ from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
-from .edge_env import monotonic_ns
-from .namespace import ip
+from harness.edge_env import monotonic_ns
+from harness.namespace import ip
 from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, SIDE_BACKEND, SIDE_GAME, SIDE_PORT,
                        checksums_valid, eth, player_udp, setup_pop)
-from . import topology as topo
+from harness import topology as topo
 
 
 def mac_bytes(text: str) -> bytes:

@@ -15,7 +15,7 @@ from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
-from .edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 from .packets import pad
 from .scenario import GAME, GAME_PORT, PLAYER, PLAYER_PORT, SIDE_GAME, SIDE_PORT, eth, player_icmp, player_udp, setup_pop
 

@@ -12,11 +12,11 @@ from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
-from .edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT,
                        SIDE_BACKEND, SIDE_GAME, SIDE_PORT, backend_reply, checksums_valid, cookie_for, eth,
                        player_tcp, player_udp, setup_pop)
-from . import topology as topo
+from harness import topology as topo
 
 SECOND = 10**9
 OTHER_PLAYER = "203.0.113.6"

@@ -25,8 +25,8 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns,
                                                                                cookie_epoch, syn_cookie)
 
-from . import topology as topo
-from .edge_env import monotonic_ns
+from harness import topology as topo
+from harness.edge_env import monotonic_ns
 from .scenario import (BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME, GAME_PORT, GAME_TCP_ID, PLAYER, PLAYER_PORT,
                        backend_reply, checksums_valid, eth, setup_pop)
 

@@ -15,7 +15,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
-from .edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 from .mapper_env import (GATEWAY_MAC, HOST_ADDR, NIC_MAC, PEERED_POP, PEERING_ROUTER_MAC, SECOND_LINK_POP,
                          SECOND_LINK_ROUTER_MAC, SECOND_NIC_MAC, MapperEnv, build_object)
 

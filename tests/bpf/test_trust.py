@@ -16,11 +16,11 @@ import pytest
 from scapy.layers.inet import GRE
 from scapy.layers.l2 import Dot1AD, Dot1Q
 
-from .edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 from .scenario import (A2S_INFO_REPLY, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT,
                        SIDE_BACKEND, SIDE_GAME, SIDE_PORT, ICMP, IP, UDP, Ether, backend_reply, eth, player_icmp,
                        player_udp, raw, setup_pop)
-from . import topology as topo
+from harness import topology as topo
 
 SECOND = 10**9
 BLACKHOLED_PLAYER = "10.9.1.1"

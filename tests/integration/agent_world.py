@@ -26,8 +26,8 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from a2s_responder import AGENT_DIR  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
-from bpf import topology as topo  # noqa: E402  pylint: disable=wrong-import-position
-from bpf.edge_env import EdgeEnv  # noqa: E402  pylint: disable=wrong-import-position
+from harness import topology as topo  # noqa: E402  pylint: disable=wrong-import-position
+from harness.edge_env import EdgeEnv  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.anycast.edge.plugins.module_utils import _pins  # noqa: E402  pylint: disable=wrong-import-position
 

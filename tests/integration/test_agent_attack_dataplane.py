@@ -2,7 +2,7 @@
 Agent class, in this process) reading what the program counts, the program dropping the flood once
 the agent says "under attack", and letting the same packets through again once it is over.
 
-The program runs on crafted packets (BPF_PROG_TEST_RUN, tests/bpf/edge_env.py) in the agent world
+The program runs on crafted packets (BPF_PROG_TEST_RUN, harness/edge_env.py) in the agent world
 of agent_world.py, its maps pinned where xdp_program pins them; the agent opens those pins.
 """
 

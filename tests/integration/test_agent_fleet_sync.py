@@ -29,8 +29,8 @@ from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import fleet_sync
 from anycast_edge_agent.main import Agent
 from bpf import scenario as sc
-from bpf import topology as topo
-from bpf.edge_env import EdgeEnv, monotonic_ns
+from harness import topology as topo
+from harness.edge_env import EdgeEnv, monotonic_ns
 from helpers.bpffs import private_bpffs
 from helpers.closed_host import answer_of_a_closed_host
 from helpers.nats_cluster import NatsCluster, free_ports

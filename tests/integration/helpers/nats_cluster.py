@@ -1,5 +1,5 @@
 """A real NATS JetStream cluster of Debian's nats-server, one process per server, on loopback ports
-of the namespace the calling thread is in (tests/bpf/namespace.py: a test inside an EdgeEnv
+of the namespace the calling thread is in (harness/namespace.py: a test inside an EdgeEnv
 gets its servers inside the POPs' namespace). Each server has its own store folder; a server can
 be killed (SIGKILL: a crashed POP) and started again on the same store and ports (a healed one).
 """

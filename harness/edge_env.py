@@ -1,6 +1,6 @@
 """The compiled xdp_edge program, loaded into the kernel and run on crafted packets.
 
-EdgeEnv owns one network namespace built from tests/bpf/topology.py (the calling thread enters
+EdgeEnv owns one network namespace built from harness/topology.py (the calling thread enters
 it, so bpf_fib_lookup sees its routes), one loaded copy of build/xdp_edge.o, and helpers to fill
 its maps the way edge_rules will and to run packets through BPF_PROG_TEST_RUN.
 """

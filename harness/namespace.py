@@ -1,7 +1,7 @@
 """A network namespace that the test process's thread steps into.
 
 BPF_PROG_TEST_RUN resolves bpf_fib_lookup and ingress devices in the caller's namespace, so the
-BPF tier builds its little worlds (tests/bpf/topology.py, the mapper's host) in a namespace of
+BPF tier builds its little worlds (harness/topology.py, the mapper's host) in a namespace of
 its own and runs the programs from inside it. Commands started meanwhile (`ip ...`) inherit it.
 """
 
