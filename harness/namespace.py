@@ -7,6 +7,7 @@ its own and runs the programs from inside it. Commands started meanwhile (`ip ..
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -15,10 +16,28 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open as ``fd``."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "setns: " + os.strerror(err))
+
+
+@contextlib.contextmanager
+def inside(name: str):
+    """Run the block with this thread in the named namespace (`ip netns add NAME`), then come
+    back. Sockets made inside stay in that namespace after the thread leaves."""
+    original = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open("/run/netns/" + name, os.O_RDONLY)
+    try:
+        setns(target)
+        try:
+            yield
+        finally:
+            setns(original)
+    finally:
+        os.close(target)
+        os.close(original)
 
 
 def ip(*args: str) -> None:
@@ -41,13 +60,13 @@ class EnteredNamespace:
         ip("netns", "add", self.name)
         self._original = os.open("/proc/self/ns/net", os.O_RDONLY)
         self._own = os.open("/run/netns/" + self.name, os.O_RDONLY)
-        _setns(self._own)
+        setns(self._own)
         ip("link", "set", "lo", "up")
 
     def leave(self) -> None:
         """Back to the namespace we came from; safe to call after a failed or partial enter()."""
         if self._original is not None:
-            _setns(self._original)
+            setns(self._original)
             os.close(self._original)
             self._original = None
         if self._own is not None:

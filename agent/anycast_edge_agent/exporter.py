@@ -25,7 +25,6 @@ in the accepting one (a client that never finishes its handshake cannot stall th
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -80,25 +79,6 @@ CLIENT_BATCH = 16384
 
 def verdict_of(reason: str) -> str:
     return reason.split("_", 1)[0]  # pass / drop / tx
-
-
-def sum_percpu(bpf_map, buffers, fields):
-    """Per-CPU value buffers (one per entry) -> list (per field) of lists (per entry) of CPU sums.
-
-    Done on one memoryview of all entries at once (strided slices summed with map(add)), not
-    entry by entry: with 100,000 clients the difference is most of a scrape's cost.
-    """
-    if not buffers:
-        return [[] for dummy in range(fields)]
-    stride_words = len(buffers[0]) // 8
-    cpus = _bpf.num_possible_cpus()
-    per_cpu_words = stride_words // cpus
-    words = memoryview(b"".join(buffers)).cast("Q")
-    totals = []
-    for index in range(fields):
-        columns = [words[cpu * per_cpu_words + index::stride_words] for cpu in range(cpus)]
-        totals.append(list(functools.reduce(lambda a, b: map(operator.add, a, b), columns)))
-    return totals
 
 
 def read_sources(bpf_map):
@@ -256,7 +236,7 @@ class EdgeCollector:
                                           labels=["reason", "verdict"])
         hits = challenges = 0
         entries = reason_map.lookup_batch()
-        totals = sum_percpu(reason_map, [value for dummy, value in entries], 2)
+        totals = reason_map.sum_percpu([value for dummy, value in entries], 2)
         for (key, dummy), count, size in zip(entries, totals[0], totals[1]):
             index = abi.U32.unpack(key)[0]
             if index < len(abi.REASONS):
@@ -289,7 +269,7 @@ class EdgeCollector:
                                           labels=["protocol", "direction"])
         by_protocol = {}
         entries = stats_map.lookup_batch()
-        columns = sum_percpu(stats_map, [value for dummy, value in entries], 4)
+        columns = stats_map.sum_percpu([value for dummy, value in entries], 4)
         for row, (key, dummy) in enumerate(entries):
             service_id = abi.U32.unpack(key)[0]
             in_p, in_b, out_p, out_b = (column[row] for column in columns)
@@ -372,7 +352,7 @@ class EdgeCollector:
         with maps:
             stats = maps[A2S_STATS_MAP]
             entries = stats.lookup_batch()
-            totals = sum_percpu(stats, [value for dummy, value in entries], len(A2S_ANSWERS))
+            totals = stats.sum_percpu([value for dummy, value in entries], len(A2S_ANSWERS))
         for position, (key, dummy) in enumerate(entries):
             index = abi.U32.unpack(key)[0]
             if index < len(abi.A2S_KINDS):
@@ -405,7 +385,7 @@ class EdgeCollector:
             if rules:
                 hits = dict(maps[_payload_rules.HITS_MAP].lookup_batch(chunk_size=512))
                 buffers = [hits[abi.U32.pack(position)] for position in range(len(rules))]
-                totals = sum_percpu(maps[_payload_rules.HITS_MAP], buffers, 2)
+                totals = maps[_payload_rules.HITS_MAP].sum_percpu(buffers, 2)
                 for position, rule in enumerate(rules):
                     match = _payload_rules.render(rule)
                     values = [str(position), match.split(" ", 1)[0], match]
@@ -448,7 +428,7 @@ class EdgeCollector:
         families = [CounterMetricFamily(PREFIX + name, text, labels=labels) for name, text in ADMISSION_COUNTERS]
         admission = maps["edge_admission"]
         entries = admission.lookup_batch()
-        columns = sum_percpu(admission, [value for dummy, value in entries], len(abi.ADMISSION_BUCKET.unpack(
+        columns = admission.sum_percpu([value for dummy, value in entries], len(abi.ADMISSION_BUCKET.unpack(
             bytes(abi.ADMISSION_BUCKET.size))))[3:]
         for row, (key, dummy) in enumerate(entries):
             service_id = abi.U32.unpack(key)[0]
@@ -465,7 +445,7 @@ class EdgeCollector:
                                        "SYN-ACK with its RST)", labels=["proof"])
         stats = maps["edge_verify_stats"]
         entries = stats.lookup_batch()
-        totals = sum_percpu(stats, [value for dummy, value in entries], 1)[0]
+        totals = stats.sum_percpu([value for dummy, value in entries], 1)[0]
         for (key, dummy), count in zip(entries, totals):
             index = abi.U32.unpack(key)[0]
             if 0 < index < len(abi.VERIFY_PROOFS):

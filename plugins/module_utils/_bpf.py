@@ -38,7 +38,9 @@ import collections
 import ctypes
 import ctypes.util
 import errno
+import functools
 import mmap
+import operator
 import os
 import threading
 
@@ -1238,6 +1240,24 @@ class BpfMap(_FdHolder):
         stride = _round_up8(self.value_size)
         size = self.value_size
         return [bytes(value_buffer[i:i + size]) for i in range(0, len(value_buffer), stride)]
+
+    def sum_percpu(self, value_buffers, words):
+        """Per-CPU value buffers (one per entry, as ``lookup_batch`` gives them) -> for each of the
+        value's first ``words`` 64-bit words, the list of its sums over the CPUs, entry by entry.
+
+        The one reader of per-CPU counters (edge_stats_info, the agent's exporter): done on one
+        memoryview of all entries at once (strided slices summed with map(add)), not entry by
+        entry; with 100,000 entries the difference is most of an exporter scrape's cost."""
+        if not value_buffers:
+            return [[] for dummy in range(words)]
+        per_cpu_words = _round_up8(self.value_size) // 8
+        entry_words = len(value_buffers[0]) // 8
+        all_words = memoryview(b"".join(value_buffers)).cast("Q")
+        sums = []
+        for index in range(words):
+            columns = [all_words[cpu_start + index::entry_words] for cpu_start in range(0, entry_words, per_cpu_words)]
+            sums.append(list(functools.reduce(lambda a, b: map(operator.add, a, b), columns)))
+        return sums
 
     def lookup_percpu(self, key):
         """Per-CPU map: list of each possible CPU's value (None if absent)."""

@@ -141,24 +141,17 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import (
 STATS_MAPS = ("edge_reason_stats", "edge_service_stats", "edge_sources", "edge_services")
 PROTOCOL_NAMES = dict((number, name) for name, number in IPPROTO.items())
 TOTAL_GROUPS = (("pass_", "passed"), ("drop_", "dropped"), ("tx_", "transmitted"))
-
-
-def summed(bpf_map, raw_value, layout):
-    """Per-CPU value buffer -> tuple of the fields summed over the CPUs."""
-    totals = [0] * len(layout.unpack(bytes(layout.size)))
-    for cpu_value in bpf_map.split_percpu(raw_value):
-        for index, field in enumerate(layout.unpack_from(cpu_value)):
-            totals[index] += field
-    return totals
+SERVICE_FIELDS = ("in_packets", "in_bytes", "out_packets", "out_bytes")   # struct service_counter
 
 
 def read_reasons(bpf_map):
     reasons = dict((name, {"packets": 0, "bytes": 0}) for name in REASONS)
-    for key, value in bpf_map.lookup_batch():
+    entries = bpf_map.lookup_batch()
+    packets, byte_counts = bpf_map.sum_percpu([value for dummy, value in entries], EDGE_COUNTER.size // 8)
+    for (key, dummy), packet_count, byte_count in zip(entries, packets, byte_counts):
         index = U32.unpack(key)[0]
         if index < len(REASONS):
-            packets, byte_count = summed(bpf_map, value, EDGE_COUNTER)
-            reasons[REASONS[index]] = {"packets": packets, "bytes": byte_count}
+            reasons[REASONS[index]] = {"packets": packet_count, "bytes": byte_count}
     return reasons
 
 
@@ -187,17 +180,18 @@ def read_services(services_map, stats_map):
             "port": struct.unpack("!H", port)[0],
             "backend": socket.inet_ntoa(backend),
         }
-    for key, value in stats_map.lookup_batch():
+    entries = stats_map.lookup_batch()
+    columns = stats_map.sum_percpu([value for dummy, value in entries], SERVICE_COUNTER.size // 8)
+    for (key, dummy), counters in zip(entries, zip(*columns)):
         service_id = U32.unpack(key)[0]
-        counters = summed(stats_map, value, SERVICE_COUNTER)
         if service_id not in by_id:
             if not any(counters):
                 continue
             by_id[service_id] = {"id": service_id, "protocol": None, "address": None,
                                  "port": None, "backend": None}
-        by_id[service_id].update(zip(("in_packets", "in_bytes", "out_packets", "out_bytes"), counters))
+        by_id[service_id].update(zip(SERVICE_FIELDS, counters))
     for entry in by_id.values():
-        for field in ("in_packets", "in_bytes", "out_packets", "out_bytes"):
+        for field in SERVICE_FIELDS:
             entry.setdefault(field, 0)
     return [by_id[service_id] for service_id in sorted(by_id)]
 

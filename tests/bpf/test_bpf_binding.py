@@ -8,7 +8,6 @@ pair inside a throw-away network namespace. Needs root.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -22,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+from harness import namespace
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures_binding"
-CLONE_NEWNET = 0x40000000
 
 # Map key/value layouts of tiny_xdp.c (checked against its BTF in test_btf_layout_*).
 LPM_KEY = struct.Struct("<I4s")          # prefixlen, address bytes (network order)
@@ -365,6 +364,26 @@ def test_percpu_values_have_one_slot_per_possible_cpu(tiny):
         tiny.map("reflect_ports").lookup_percpu(reflect_key(1))
 
 
+def test_sum_percpu_sums_each_word_over_the_cpus_entry_by_entry(tiny, edge):
+    """The one reader of per-CPU counters (edge_stats_info, the exporter): each of the value's
+    first words summed over every possible CPU, per entry, in the order of the buffers given."""
+    ncpu = _bpf.num_possible_cpus()
+    stats = edge.maps["edge_service_stats"]            # per-CPU array of struct service_counter
+    stats.update_percpu(U32.pack(1), [struct.pack("<QQQQ", 1, 10 + cpu, 100, 1000 * cpu) for cpu in range(ncpu)])
+    stats.update_percpu(U32.pack(3), [struct.pack("<QQQQ", 2, 0, 0, 5)] * ncpu)
+    entries = stats.lookup_batch()
+    assert len(entries) == stats.max_entries
+    sums = dict(zip((key for key, dummy in entries), zip(*stats.sum_percpu([value for dummy, value in entries], 4))))
+    assert sums[U32.pack(1)] == (ncpu, 10 * ncpu + sum(range(ncpu)), 100 * ncpu, 1000 * sum(range(ncpu)))
+    assert sums[U32.pack(3)] == (2 * ncpu, 0, 0, 5 * ncpu)
+    assert sums[U32.pack(2)] == (0, 0, 0, 0)
+    assert stats.sum_percpu([stats.lookup(U32.pack(1))], 2) == [[ncpu], [10 * ncpu + sum(range(ncpu))]]
+    assert stats.sum_percpu([], 4) == [[], [], [], []]
+    verdicts = tiny.map("verdicts")                    # a one-word value
+    verdicts.update_percpu(U32.pack(_bpf.XDP_TX), [U64.pack(7)] * ncpu)
+    assert verdicts.sum_percpu([verdicts.lookup(U32.pack(_bpf.XDP_TX))], 1) == [[7 * ncpu]]
+
+
 # --- test_run -----------------------------------------------------------------------------
 
 def verdict_total(obj, verdict: int) -> int:
@@ -606,31 +625,6 @@ def test_ensure_bpffs_mounts_only_where_needed(bpffs_root, tmp_path):
 
 # --- XDP attachment -----------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: " + os.strerror(err))
-
-
-@contextlib.contextmanager
-def inside_netns(name: str):
-    """Run the block with this thread in network namespace ``name``, then come back."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open("/var/run/netns/" + name, os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
 @pytest.fixture
 def veth_netns():
     """A fresh namespace holding an up veth pair veth0/veth1; removed afterwards."""
@@ -650,7 +644,7 @@ def test_xdp_attach_query_replace_detach(tiny, veth_netns):
     filter_prog = tiny.program("xdp_filter")
     pass_prog = tiny.program("xdp_pass_all")
     grow_prog = tiny.program("xdp_grow")
-    with inside_netns(veth_netns):
+    with namespace.inside(veth_netns):
         ifindex = socket.if_nametoindex("veth0")
         nothing = _bpf.xdp_query(ifindex)
         assert (nothing.prog_id, nothing.mode) == (0, "none")
@@ -702,10 +696,10 @@ def test_an_attached_program_outlives_the_process_objects(objects, pin_dir, veth
     with _bpf.BpfObject.open(objects["tiny_xdp"], pin_root_path=pin_dir) as obj:
         obj.load()
         prog_id = obj.program("xdp_pass_all").id
-        with inside_netns(veth_netns):
+        with namespace.inside(veth_netns):
             _bpf.xdp_attach(socket.if_nametoindex("veth0"), obj.program("xdp_pass_all").fd,
                             _bpf.XDP_FLAGS_DRV_MODE)
-    with inside_netns(veth_netns):
+    with namespace.inside(veth_netns):
         ifindex = socket.if_nametoindex("veth0")
         assert _bpf.xdp_query(ifindex).prog_id == prog_id
         assert _bpf.prog_info_by_id(prog_id).name == "xdp_pass_all"

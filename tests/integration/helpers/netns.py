@@ -9,19 +9,10 @@ in the namespace after the thread leaves, which is how tests send and capture fr
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import subprocess
 import uuid
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "setns: " + os.strerror(err))
+from harness import namespace
 
 
 def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -51,17 +42,8 @@ class NetNs:
     @contextlib.contextmanager
     def entered(self):
         """Run the block (in this thread) inside the namespace."""
-        original = os.open("/proc/self/ns/net", os.O_RDONLY)
-        target = os.open("/run/netns/" + self.name, os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield self
-            finally:
-                _setns(original)
-        finally:
-            os.close(target)
-            os.close(original)
+        with namespace.inside(self.name):
+            yield self
 
     def delete(self) -> None:
         run("ip", "netns", "delete", self.name, check=False)
