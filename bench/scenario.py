@@ -18,8 +18,8 @@ from harness import topology as topo
 from harness.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,
-                                                                               tai_offset_ns)
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
+from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch
 
 
 ANYCAST_PREFIX = "198.51.100.0/24"

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import a2s_cookie as project_a2s_cookie
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import SYN_AUTH_KEY_TWEAK
+from harness.cookies import a2s_cookie as project_a2s_cookie
+from harness.cookies import SYN_AUTH_KEY_TWEAK
 
 from . import game_model
 from harness import topology as topo

@@ -12,8 +12,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns, cookie_epoch,
-                                                                               tai_offset_ns)
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
+from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch
 
 from harness import topology as topo
 

@@ -9,7 +9,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, cookie_epoch, tai_offset_ns
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
+from harness.cookies import cookie_clock_ns, cookie_epoch
 
 from harness.edge_env import monotonic_ns
 from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import cookie_clock_ns, siphash24, syn_cookie
+from harness.cookies import cookie_clock_ns, siphash24, syn_cookie
 
 from . import game_model as gm
 from . import model as m

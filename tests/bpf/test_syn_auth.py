@@ -22,8 +22,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns,
-                                                                               cookie_epoch, syn_cookie)
+from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch, syn_cookie
 
 from harness import topology as topo
 from harness.edge_env import monotonic_ns

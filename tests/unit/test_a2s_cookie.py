@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import (a2s_cookie, cookie_clock_ns,
-                                                                               cookie_epoch, siphash24,
-                                                                               tai_offset_ns)
+from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
+from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch, siphash24
 
 
 def test_siphash_matches_the_papers_test_vector():
