@@ -57,6 +57,18 @@ class AgentWorld:
         self._object_path = object_path
         self._pop_ns = "aedge-agent-pop-" + tag
 
+    @classmethod
+    def serving(cls, repo_root: Path, workdir: Path):
+        """A module fixture's body (``yield from AgentWorld.serving(...)``): build/xdp_edge.o made
+        up to date, a world started on it, yielded, and stopped after the module's tests."""
+        subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
+                       capture_output=True)
+        world = cls(str(repo_root / "build" / "xdp_edge.o"), workdir).start()
+        try:
+            yield world
+        finally:
+            world.stop()
+
     def start(self) -> "AgentWorld":
         try:
             os.makedirs(self.pin_root)

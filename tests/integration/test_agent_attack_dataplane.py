@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import struct
-import subprocess
 import time
 
 import pytest
@@ -32,13 +31,7 @@ THRESHOLD, ENTER_SEC, LEAVE_SEC = 300, 1, 1
 
 @pytest.fixture(scope="module")
 def world(repo_root, tmp_path_factory):
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
-                   capture_output=True)
-    agent_world = AgentWorld(str(repo_root / "build" / "xdp_edge.o"), tmp_path_factory.mktemp("attack")).start()
-    try:
-        yield agent_world
-    finally:
-        agent_world.stop()
+    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("attack"))
 
 
 def spoofed(count, seed=7):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -25,13 +24,7 @@ MAX_AGE_SEC = 1.5
 
 @pytest.fixture(scope="module")
 def world(repo_root, tmp_path_factory):
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
-                   capture_output=True)
-    agent_world = AgentWorld(str(repo_root / "build" / "xdp_edge.o"), tmp_path_factory.mktemp("agent")).start()
-    try:
-        yield agent_world
-    finally:
-        agent_world.stop()
+    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("agent"))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import threading
 import urllib.request
 from pathlib import Path
@@ -32,13 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def world(repo_root, tmp_path_factory):
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
-                   capture_output=True)
-    agent_world = AgentWorld(str(repo_root / "build" / "xdp_edge.o"), tmp_path_factory.mktemp("exporter")).start()
-    try:
-        yield agent_world
-    finally:
-        agent_world.stop()
+    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("exporter"))
 
 
 @pytest.fixture

@@ -27,13 +27,7 @@ PORTS = {"ams": 19601, "fra": 19602}
 
 @pytest.fixture(scope="module")
 def world(repo_root, tmp_path_factory):
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
-                   capture_output=True)
-    agent_world = AgentWorld(str(repo_root / "build" / "xdp_edge.o"), tmp_path_factory.mktemp("top")).start()
-    try:
-        yield agent_world
-    finally:
-        agent_world.stop()
+    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("top"))
 
 
 def in_pop_ns(world, *argv):
