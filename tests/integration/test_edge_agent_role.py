@@ -152,7 +152,7 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
         assert (utils / name).read_bytes() == (REPO / "plugins/module_utils" / name).read_bytes()
     # Only the module_utils the agent imports (the role's edge_agent_module_utils) go to the POP.
     assert sorted(path.name for path in utils.iterdir()) == [
-        "_birdc.py", "_bpf.py", "_edge_abi.py", "_payload_rules.py", "_pins.py", "_rules.py", "_source_lists.py"]
+        "_bans.py", "_birdc.py", "_bpf.py", "_edge_abi.py", "_payload_rules.py", "_pins.py", "_rules.py", "_source_lists.py"]
     assert not list(lib.rglob("__pycache__")), "the controller's bytecode must not be shipped"
 
     # The agent's own loader accepts the file, with the inventory's values in it.
