@@ -33,7 +33,7 @@ from test_xdp_edge_role import inventory
 
 from anycast_edge_agent import control
 from bpf import scenario as sc
-from bpf.edge_env import monotonic_ns
+from harness.edge_env import monotonic_ns
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
