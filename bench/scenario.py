@@ -169,6 +169,11 @@ def a2s_request_frame(now_ns: int | None = None) -> bytes:
     return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST + cookie))
 
 
+def a2s_challenge_frame() -> bytes:
+    """The 25-byte A2S_INFO request with no cookie yet: answered with this POP's challenge (S2C_CHALLENGE)."""
+    return _to_pop(A2S_CLIENT, SERVICE_ADDR, UDP(sport=A2S_CLIENT_PORT, dport=A2S_PORT) / Raw(A2S_REQUEST))
+
+
 def bad_cookie_frame(now_ns: int | None = None) -> bytes:
     """The A2S_INFO request with a cookie this POP did not issue (the valid one, its first byte changed)."""
     frame = bytearray(a2s_request_frame(now_ns))

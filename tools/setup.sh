@@ -23,9 +23,10 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # is the pyroute2 0.7 a Debian POP runs the modules with (the tests check both it and PyPI's);
 # prometheus (its server and promtool) checks what playbooks/monitoring.yml renders;
 # nats-server (with JetStream) is the fleet's state bus the agents' sync is tested against.
+# nftables and ethtool: bench/pps.py's kernel baseline (an nftables drop rule) and its veth's GRO.
 # python3-venv (with python3), make and git: a fresh Debian 12 install has none of them
 # (make test-fresh checks this list on one).
-APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server)
+APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server nftables ethtool)
 
 log() { printf 'setup: %s\n' "$*"; }
 

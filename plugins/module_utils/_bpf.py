@@ -69,6 +69,12 @@ XDP_ATTACHED_SKB = 2
 XDP_ATTACHED_HW = 3
 XDP_ATTACHED_MULTI = 4
 
+#: ``BPF_PROG_TEST_RUN`` flag: run an XDP program on live frames (kernel >= 5.18), whose
+#: verdicts the kernel carries out (``run_live_frames``).
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+#: The largest batch of live frames the kernel takes (``TEST_XDP_MAX_BATCH``).
+TEST_XDP_MAX_BATCH = 256
+
 #: XDP verdicts (``TestRunResult.retval`` of an XDP program).
 XDP_ABORTED = 0
 XDP_DROP = 1
@@ -1656,6 +1662,31 @@ class BpfProgram(_FdHolder):
         ctx_out = ctx_out_buf.raw[:opts.ctx_size_out] if ctx_out_buf is not None else None
         return TestRunResult(opts.retval, data_out.raw[:opts.data_size_out], opts.duration,
                              ctx_out)
+
+    def run_live_frames(self, data, repeat, ctx_in, batch_size=0):
+        """Run this XDP program ``repeat`` times on live copies of ``data``
+        (BPF_PROG_TEST_RUN with ``BPF_F_TEST_XDP_LIVE_FRAMES``): the kernel
+        carries out each verdict as if the frame had arrived on the device
+        ``ctx_in`` names (``xdp_md(len(data), ingress_ifindex=...)``): XDP_TX
+        sends it out of that device, a redirect to its target, XDP_PASS into
+        the stack.  Nothing comes back but errors of the setup; ``batch_size``
+        frames are sent at a time (0: the kernel's 64, at most
+        ``TEST_XDP_MAX_BATCH``).  Documentation/bpf/bpf_prog_run.rst.
+        """
+        data = bytes(data)
+        ctx_in = bytes(ctx_in)
+        data_in = ctypes.create_string_buffer(data, max(len(data), 1))
+        ctx_in_buf = ctypes.create_string_buffer(ctx_in, len(ctx_in))
+        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts))
+        opts.data_in = ctypes.addressof(data_in)
+        opts.data_size_in = len(data)
+        opts.ctx_in = ctypes.addressof(ctx_in_buf)
+        opts.ctx_size_in = len(ctx_in)
+        opts.repeat = repeat
+        opts.flags = BPF_F_TEST_XDP_LIVE_FRAMES
+        opts.batch_size = batch_size
+        _check(_lib().bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)), "live-frame test run of program",
+               self.name)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The far side's counter of bench/pps.py: attached (native) to the veths that receive what the POP
+ * sends out - the backend's side, where a forward arrives, and the generator's own veth, where an
+ * answer (XDP_TX) comes back. Counts each frame per CPU and drops it. A veth delivers frames sent
+ * by XDP (XDP_TX, redirect) only to a peer that runs XDP itself: this program is also what lets
+ * them arrive. The last frame's first bytes are kept, so that the bench can check what arrives.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+/* Written by XDP (pps_count), read by bench/pps.py: frames received on this device. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pps_received SEC(".maps");
+
+#define PPS_KEEP 128
+
+struct pps_last_frame {
+	__u32 len;
+	__u8 bytes[PPS_KEEP];
+};
+
+/* Written by XDP (pps_count), read by bench/pps.py: the last frame received (racy across CPUs: any
+ * recent frame will do, every frame of a case is the same). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pps_last_frame);
+} pps_last_frame SEC(".maps");
+
+SEC("xdp")
+int pps_count(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u64 *received = bpf_map_lookup_elem(&pps_received, &zero);
+	struct pps_last_frame *last = bpf_map_lookup_elem(&pps_last_frame, &zero);
+	__u32 len = ctx->data_end - ctx->data;
+
+	if (received)
+		*received += 1;    /* per CPU: no other CPU writes this slot */
+	if (last && len >= 14) {
+		if (len > PPS_KEEP)
+			len = PPS_KEEP;
+		if (!bpf_xdp_load_bytes(ctx, 0, last->bytes, len))
+			last->len = len;
+	}
+	return XDP_DROP;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
