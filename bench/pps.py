@@ -141,15 +141,40 @@ class Counter:
         self.obj.close()
 
 
+class WorldNamespace:
+    """The world's named namespace (`ip netns add`): the generator's and the backend side's veth
+    ends; deleted with everything in it."""
+
+    def __init__(self, name: str):
+        self.name = name
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        _run("ip", "netns", "add", name)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str) -> str:
+        return _run("ip", "-n", self.name, *args)
+
+    def exec(self, *argv: str) -> str:
+        return _run("ip", "netns", "exec", self.name, *argv)
+
+    def entered(self):
+        """A block run (by this thread) inside the namespace."""
+        from harness import namespace
+
+        return namespace.inside(self.name)
+
+    def delete(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, check=False)
+
+
 class PpsWorld:
-    """The POP namespace (tests/bpf's EdgeEnv, filled as bench/scenario.py's POP), the world
+    """The POP namespace (harness.edge_env's EdgeEnv, filled as bench/scenario.py's POP), the world
     namespace holding the far ends of its veths, the generator and the counters."""
 
     def __init__(self, object_path: str, label: str):
         from ansible_collections.anycast.edge.plugins.module_utils import _bpf
-        from tests.bpf import topology as topo
-        from tests.bpf.edge_env import EdgeEnv
-        from tests.integration.helpers.netns import NetNs
+        from harness import topology as topo
+        from harness.edge_env import EdgeEnv
 
         from bench import programs, scenario
 
@@ -157,7 +182,7 @@ class PpsWorld:
         self._closers = []
         self.env = EdgeEnv.start(object_path, netns="aedge-pps-%s-%d" % (label, os.getpid()))
         self._closers.append(self.env.stop)
-        self.world = NetNs("pps-world")
+        self.world = WorldNamespace("aedge-pps-world-%s-%d" % (label, os.getpid()))
         self._closers.append(self.world.delete)
         try:
             self._build(programs)
