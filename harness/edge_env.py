@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 from . import topology as topo
@@ -125,8 +126,7 @@ class EdgeEnv:
 
     def reset(self) -> None:
         """Empty every map (arrays zeroed): each test starts from a blank POP."""
-        self._lists = {"deny": {}, "allow": {}}
-        self._sync_source_lists()
+        self._write_lists({}, {})
         for name in ALL_MAPS:
             bpf_map = self.maps[name]
             if name in ARRAY_MAPS:
@@ -236,43 +236,28 @@ class EdgeEnv:
     def allow_entries(self, entries) -> None:
         """Write edge_allow_v4 entries as edge_rules packs them ({LPM key: enum edge_allow_origin
         bits}: the operator's list and the control plane) and derive the lists XDP reads."""
-        entries = dict(entries)
-        if entries:
-            self.maps["edge_allow_v4"].update_batch(list(entries), list(entries.values()))
-        self._lists["allow"].update(entries)
-        self._sync_source_lists()
+        self._write_lists(self._lists["deny"], dict(self._lists["allow"], **dict(entries)))
 
     def deny_many(self, lpm_keys) -> None:
-        """Deny many packed LPM keys at once (the bench's large lists): one batch for the record,
-        one derivation."""
-        lpm_keys = list(lpm_keys)
-        self.maps["edge_deny_v4"].update_batch(lpm_keys, [abi.U32.pack(1)] * len(lpm_keys))
-        self._lists["deny"].update(dict.fromkeys(lpm_keys, abi.U32.pack(1)))
-        self._sync_source_lists()
+        """Deny many packed LPM keys at once (the bench's large lists): one plan."""
+        self._write_lists(dict(self._lists["deny"], **dict.fromkeys(lpm_keys, _rules.LPM_PRESENT)), self._lists["allow"])
 
     def _add_to_list(self, name: str, cidr: str) -> None:
-        key = abi.pack_lpm_v4(cidr)
-        self.maps["edge_%s_v4" % name].update(key, abi.U32.pack(1))
-        self._lists[name][key] = abi.U32.pack(1)
-        self._sync_source_lists()
+        lists = {"deny": dict(self._lists["deny"]), "allow": dict(self._lists["allow"])}
+        lists[name][abi.pack_lpm_v4(cidr)] = _rules.LPM_PRESENT
+        self._write_lists(lists["deny"], lists["allow"])
 
-    def _sync_source_lists(self) -> None:
-        """Write what the deny/allow records derive to (only the entries that differ)."""
-        desired = _rules.source_list_entries(self._lists["deny"], self._lists["allow"])
-        for name in _rules.DERIVED_MAPS:
-            if name == _rules.SOURCE_FILTER_MAP:
-                added, changed, removed = _rules.source_filter_changes(self._derived[name], desired[name])
-            else:
-                added, changed, removed = _rules.map_changes(self._derived[name], desired[name])
-            writes = dict(added)
-            writes.update((key, new) for key, (new, old) in changed.items())
-            if name == _rules.SOURCE_FILTER_MAP:
-                writes.update((key, _rules.SOURCE_FILTER_ZERO) for key in removed)
-            elif removed:
-                self.maps[name].delete_batch(list(removed))
-            if writes:
-                self.maps[name].update_batch(list(writes), list(writes.values()))
-            self._derived[name] = desired[name]
+    def _write_lists(self, deny, allow) -> None:
+        """Bring the deny/allow records ({LPM key: value}) and the lists XDP reads of them
+        (edge_src_filter, edge_src_hosts) to `deny` and `allow` with edge_rules' own plan and
+        engine: only what differs, in its order."""
+        present = {"edge_deny_v4": self._lists["deny"], "edge_allow_v4": self._lists["allow"]}
+        present.update(self._derived)
+        desired = {"edge_deny_v4": deny, "edge_allow_v4": allow}
+        desired.update(_rules.source_list_entries(deny, allow))
+        _map_sync.apply_plan(_rules.plan_writes(present, desired), _map_sync.executor(self.maps, _rules.IN_PLACE_MAPS))
+        self._lists = {"deny": dict(deny), "allow": dict(allow)}
+        self._derived = dict((name, desired[name]) for name in _rules.DERIVED_MAPS)
 
     def source(self, address: str):
         """The source's edge_sources entry (abi.SourceState), or None."""

@@ -28,6 +28,7 @@ import binascii
 import re
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 
 RULES_MAP = "edge_payload_rules"
 BANK_MAP = "edge_payload_rule_bank"
@@ -365,9 +366,7 @@ def render_changes(present, desired, limit=100):
     """(before lines, after lines) of the positions that differ."""
     before_values, after_values = loaded(present), list(desired)
     added, changed, removed = changes(present, desired)
-    before = ["  [%d] %s" % (p, render(before_values[p])) for p in sorted(changed + removed)]
-    after = ["  [%d] %s" % (p, render(after_values[p])) for p in sorted(added + changed)]
-    for lines in (before, after):
-        if len(lines) > limit:
-            lines[limit:] = ["  ... and %d more" % (len(lines) - limit)]
-    return before, after
+    before = sorted(changed + removed)
+    after = sorted(added + changed)
+    return (_map_sync.limited(("  [%d] %s" % (p, render(before_values[p])) for p in before), len(before), limit),
+            _map_sync.limited(("  [%d] %s" % (p, render(after_values[p])) for p in after), len(after), limit))

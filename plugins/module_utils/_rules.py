@@ -42,6 +42,7 @@ import struct
 import zlib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
@@ -58,6 +59,10 @@ PAYLOAD_RULES_MAP = _payload_rules.RULES_MAP
 PAYLOAD_RULE_BANK_MAP = _payload_rules.BANK_MAP
 PAYLOAD_RULE_HITS_MAP = _payload_rules.HITS_MAP
 SOURCE_FILTER_ZERO = bytes(abi.SRC_FILTER_ENTRY.size)
+# Written in place through its mmap (_map_sync.write_step): the first run writes up to 262,144
+# entries, and every bit of one stands alone (bpf/include/edge_abi.h), so a word seen half
+# written reads each /24 as it was or as it will be.
+IN_PLACE_MAPS = (SOURCE_FILTER_MAP,)
 
 # Service ids index edge_service_stats and edge_a2s_cache: 1..MAX_SERVICES-1 (0 = "none").
 MAX_SERVICE_ID = abi.MAX_SERVICES - 1
@@ -672,10 +677,9 @@ def source_filter_changes(before, after):
 
 # --- the plan ---------------------------------------------------------------------------------
 
-# One step of the plan: `operation` ("update" or "delete") on `map_name` for `entries`, each
-# (key, new value or None for a delete, old value or None when absent before). The old values
-# let the module undo a step if a later one fails.
-Step = collections.namedtuple("Step", ["name", "map_name", "operation", "entries"])
+# One step of the plan (_map_sync.Step): each entry (key, new value or None for a delete, old
+# value or None when absent before); the old values let edge_rules undo a step if a later one fails.
+Step = _map_sync.Step
 
 # Why the steps come in this order (the unit tests pin it):
 #
@@ -730,20 +734,7 @@ STEP_ORDER = (
 )
 
 
-def map_changes(present, desired):
-    """(added, changed, removed): {key: new}, {key: (new, old)}, {key: old}."""
-    if present == desired:  # the no-op rerun: one C-level comparison of 100,000 entries
-        return {}, {}, {}
-    added = {}
-    changed = {}
-    for key, value in desired.items():
-        old = present.get(key)
-        if old is None:
-            added[key] = value
-        elif old != value:
-            changed[key] = (value, old)
-    removed = dict((key, value) for key, value in present.items() if key not in desired)
-    return added, changed, removed
+map_changes = _map_sync.map_changes
 
 
 def _service_owner(value):
@@ -813,7 +804,7 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
         changes = compare(present, desired)
 
     def upserts(map_name):
-        return _upserts(*changes[map_name][:2])
+        return _map_sync.upserts(*changes[map_name][:2])
 
     def deletes(map_name):
         return [(key, None, old) for key, old in changes[map_name][2].items()]
@@ -874,13 +865,6 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     return plan
 
 
-def _upserts(added, changed):
-    """Update entries (key, new, old or None) for what map_changes() found added or changed."""
-    entries = [(key, value, None) for key, value in added.items()]
-    entries.extend((key, new, old) for key, (new, old) in changed.items())
-    return entries
-
-
 def _filter_writes(before, after, changes=None):
     """Writes turning edge_src_filter from `before` to `after` (each whole, bytes): an array has
     no deletes, an entry that goes is written with zeros (and "old" is never None, so undoing a
@@ -932,13 +916,13 @@ def _source_list_steps(present, desired, changes):
     hosts_after_tighten.update(hosts_tight)
     final_added, final_changed, final_removed = map_changes(hosts_after_tighten, desired[SOURCE_HOSTS_MAP])
     return {
-        "src_hosts_tighten": (SOURCE_HOSTS_MAP, "update", _upserts(added, changed)),
+        "src_hosts_tighten": (SOURCE_HOSTS_MAP, "update", _map_sync.upserts(added, changed)),
         "src_filter_tighten": (SOURCE_FILTER_MAP, "update",
                                _filter_writes(present.get(SOURCE_FILTER_MAP), interim[SOURCE_FILTER_MAP],
                                               changes[SOURCE_FILTER_MAP] if interim is desired else None)),
         "src_filter_final": (SOURCE_FILTER_MAP, "update",
                              _filter_writes(interim[SOURCE_FILTER_MAP], desired[SOURCE_FILTER_MAP])),
-        "src_hosts_final": (SOURCE_HOSTS_MAP, "update", _upserts(final_added, final_changed)),
+        "src_hosts_final": (SOURCE_HOSTS_MAP, "update", _map_sync.upserts(final_added, final_changed)),
         "src_hosts_remove": (SOURCE_HOSTS_MAP, "delete", [(key, None, old) for key, old in final_removed.items()]),
     }
 
@@ -971,17 +955,9 @@ def cache_service_ids(keys):
 
 
 def inverse(step):
-    """The step that undoes `step` (for the module's rollback when a later write fails).
-    Deleting a key that a failed batch never wrote is harmless: deletes skip absent keys."""
-    restore = [(key, old, new) for key, new, old in step.entries if old is not None]
-    drop = [(key, None, new) for key, new, old in step.entries if old is None]
-    undo = []
-    if restore:
-        undo.append(Step("undo_" + step.name, step.map_name, "update", restore))
-    # Neither deleted cache entries nor zeroed hit counters are kept: nothing to put back.
-    if drop and step.map_name not in (A2S_CACHE_MAP, PAYLOAD_RULE_HITS_MAP):
-        undo.append(Step("undo_" + step.name, step.map_name, "delete", drop))
-    return undo
+    """The steps that undo `step` (for edge_rules' rollback when a later write fails): neither
+    deleted cache entries nor zeroed hit counters are kept, so those have nothing to put back."""
+    return _map_sync.inverse(step, unrestorable=(A2S_CACHE_MAP, PAYLOAD_RULE_HITS_MAP))
 
 
 def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100, changes=None, reasons=None):
@@ -1018,10 +994,8 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
         for side, entries, total, side_reasons in ((before, old_side, len(removed) + len(changed), None),
                                                    (after, new_side, len(added) + len(changed), reasons)):
             side.append("%s:" % map_name)
-            side.extend("  " + render_entry(map_name, key, value, service_names, side_reasons)
-                        for key, value in itertools.islice(entries, limit))
-            if total > limit:
-                side.append("  ... and %d more" % (total - limit))
+            side.extend(_map_sync.limited(("  " + render_entry(map_name, key, value, service_names, side_reasons)
+                                           for key, value in entries), total, limit))
     if PAYLOAD_RULES_MAP in desired:
         old_rules, new_rules = _payload_rules.render_changes(present, desired[PAYLOAD_RULES_MAP], limit)
         for side, lines in ((before, old_rules), (after, new_rules)):
@@ -1030,9 +1004,8 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
                 side.extend(lines)
     if cache_deleted_ids:
         before.append("%s:" % A2S_CACHE_MAP)
-        before.extend("  cached replies of service id %d" % i for i in sorted(cache_deleted_ids)[:limit])
-        if len(cache_deleted_ids) > limit:
-            before.append("  ... and %d more" % (len(cache_deleted_ids) - limit))
+        before.extend(_map_sync.limited(("  cached replies of service id %d" % i for i in sorted(cache_deleted_ids)),
+                                        len(cache_deleted_ids), limit))
     return {"before": "\n".join(before) + ("\n" if before else ""),
             "after": "\n".join(after) + ("\n" if after else "")}
 

@@ -456,6 +456,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
@@ -530,19 +531,13 @@ ARGUMENT_SPEC = dict(
 def open_maps(module):
     """The maps of the program pinned for iface (_pins checks they belong to it), each
     checked for the key and value sizes this collection packs."""
-    pin_root, iface = module.params["pin_root"], module.params["iface"]
     try:
-        maps = _pins.open_pinned_maps(pin_root, iface, sorted(MAP_LAYOUTS))
+        return _map_sync.open_pinned(module.params["pin_root"], module.params["iface"], MAP_LAYOUTS,
+                                     "attach this collection's program first (anycast.edge.xdp_program)")
+    except _map_sync.LayoutError as exc:
+        module.fail_json(msg=str(exc))
     except (_pins.PinError, ValueError) as exc:
         module.fail_json(msg="iface: %s" % exc)
-    for name, (key_size, value_size) in sorted(MAP_LAYOUTS.items()):
-        bpf_map = maps[name]
-        if (bpf_map.key_size, bpf_map.value_size) != (key_size, value_size):
-            module.fail_json(msg="the map pinned at %s has keys of %d and values of %d bytes, this collection "
-                                 "packs %d and %d: attach this collection's program first (anycast.edge.xdp_program)"
-                             % (_pins.map_pin_path(pin_root, iface, name), bpf_map.key_size, bpf_map.value_size,
-                                key_size, value_size))
-    return maps
 
 
 def read_present(maps):
@@ -575,61 +570,11 @@ def cookie_keys_bytes(given, present_config):
     return key, previous, True
 
 
-def execute(maps, step):
-    """Make one step's writes; returns how many elements were written or deleted."""
-    target = maps[step.map_name]
-    keys = [entry[0] for entry in step.entries]
-    if step.map_name == _rules.SOURCE_FILTER_MAP:
-        # An array written in place through its mmap (every bit of it stands alone, see
-        # bpf/include/edge_abi.h): the first run writes up to 262,144 entries.
-        return target.array_write((abi.U32.unpack(key)[0], entry[1]) for key, entry in zip(keys, step.entries))
-    if step.map_name == _rules.PAYLOAD_RULE_HITS_MAP:
-        # Per-CPU counters: every CPU's value is written (zeroed).
-        cpus = _bpf.num_possible_cpus()
-        for key, entry in zip(keys, step.entries):
-            target.update_percpu(key, [entry[1]] * cpus)
-        return len(keys)
-    if step.operation == "update":
-        target.update_batch(keys, [entry[1] for entry in step.entries])
-    else:
-        target.delete_batch(keys)
-    return len(keys)
-
-
 def apply_plan(maps, plan, on_step=None):
-    """Execute the plan in order. If a step fails, undo it and every step before it (newest
-    first) and re-raise: the maps are left as they were (except deleted A2S cache entries,
-    which refill). on_step(step) is called before each step (tests record the order)."""
-    done = []
-    for step in plan:
-        if on_step is not None:
-            on_step(step)
-        done.append(step)
-        try:
-            execute(maps, step)
-        except (BpfError, ValueError) as exc:
-            undo_errors = []
-            for made in reversed(done):
-                for undo in _rules.inverse(made):
-                    try:
-                        execute(maps, undo)
-                    except (BpfError, ValueError) as undo_exc:
-                        undo_errors.append("%s on %s: %s" % (undo.name, undo.map_name, undo_exc))
-            raise PlanError(step, exc, undo_errors)
-
-
-class PlanError(Exception):
-    def __init__(self, step, cause, undo_errors):
-        self.step = step
-        self.cause = cause
-        self.undo_errors = undo_errors
-        text = "step %s (%s of %d entries in %s) failed: %s" % (
-            step.name, step.operation, len(step.entries), step.map_name, cause)
-        if undo_errors:
-            text += "; the rollback failed too, the maps are partly updated: " + "; ".join(undo_errors)
-        else:
-            text += "; every earlier write was undone"
-        super(PlanError, self).__init__(text)
+    """Execute the plan in order (_map_sync.apply_plan): if a step fails, every step made is
+    undone and PlanError raised. on_step(step) is called before each step (tests record the order)."""
+    _map_sync.apply_plan(plan, _map_sync.executor(maps, _rules.IN_PLACE_MAPS), invert=_rules.inverse,
+                         on_step=on_step)
 
 
 def echoed_params(params):
@@ -741,7 +686,7 @@ def run_module():
     if plan and not module.check_mode:
         try:
             apply_plan(maps, plan)
-        except PlanError as exc:
+        except _map_sync.PlanError as exc:
             result.update(timing.report())
             result.pop("diff", None)
             module.fail_json(msg=str(exc), invocation=dict(module_args=echoed_params(params)), **result)

@@ -177,6 +177,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _netlink
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
@@ -239,8 +240,8 @@ def route_devices(pops, devices):
 
 
 def desired_entries(params, pop_devices=None):
-    """({map name: {key: value}}, {map name: {key: label}}) wanted by the parameters, each POP
-    with the device it is accepted on (pop_devices: {address: ifindex}; None: ask the kernel)."""
+    """{map name: {key: value}} wanted by the parameters, each POP with the device it is accepted
+    on (pop_devices: {address: ifindex}; None: ask the kernel)."""
     tunnel = ipv4("tunnel_address", params["tunnel_address"])
     pops = sorted(set(ipv4("pops[%d]" % index, pop) for index, pop in enumerate(params["pops"])))
     if len(pops) > abi.MAX_POPS:
@@ -262,12 +263,10 @@ def desired_entries(params, pop_devices=None):
 
     if pop_devices is None:
         pop_devices = route_devices(pops, params["devices"] or [params["iface"]])
-    labels = {"mapper_config": {CONFIG_KEY: "config"}, "mapper_pops": {}, "mapper_services": {}}
     wanted = {"mapper_config": {CONFIG_KEY: config}, "mapper_pops": {}, "mapper_services": {}}
     for pop in pops:
         key = abi.pack_pop_key(pop)
         wanted["mapper_pops"][key] = abi.pack_pop_value(pop_devices[pop])
-        labels["mapper_pops"][key] = pop
     seen = {}
     for index, service in enumerate(params["services"]):
         path = "services[%d]" % index
@@ -283,10 +282,9 @@ def desired_entries(params, pop_devices=None):
         seen[endpoint] = index
         key = abi.pack_service_key(service["protocol"], address, port)
         wanted["mapper_services"][key] = abi.pack_service_value(service["dsr"])
-        labels["mapper_services"][key] = "%s (%s %s:%d)" % (service["name"], service["protocol"], address, port)
     if len(wanted["mapper_services"]) > abi.MAX_SERVICES:
         raise RuleError("services: %d services, at most %d fit" % (len(wanted["mapper_services"]), abi.MAX_SERVICES))
-    return wanted, labels
+    return wanted
 
 
 def show_config(raw):
@@ -362,12 +360,9 @@ class MapperMaps(object):
                     self.flows_ids[direction] = bpf_map.id
                 if bpf_map.name not in RULE_MAPS or bpf_map.id in seen_ids:
                     continue
-                key_size, value_size = RULE_MAPS[bpf_map.name]
-                if (bpf_map.key_size, bpf_map.value_size) != (key_size, value_size):
-                    raise RuleError("map %s of the program pinned at %s has keys of %d and values of %d bytes, "
-                                    "this collection packs %d and %d: attach this collection's tc_mapper first"
-                                    % (bpf_map.name, path, bpf_map.key_size, bpf_map.value_size, key_size,
-                                       value_size))
+                _map_sync.check_layout(bpf_map, RULE_MAPS[bpf_map.name][0], RULE_MAPS[bpf_map.name][1],
+                                       "%s of the program pinned at %s" % (bpf_map.name, path),
+                                       "attach this collection's tc_mapper first")
                 seen_ids.add(bpf_map.id)
                 self.instances.append((bpf_map.name, bpf_map))
             if "mapper_config" not in names:
@@ -393,64 +388,25 @@ def read_present(name, bpf_map):
 
 
 def plan(instances, wanted):
-    """[(map name, BpfMap, 'update'|'delete', key, value, value before)] in write order over
-    every map instance, and the counts per map name."""
+    """The _map_sync steps turning every map instance into `wanted`, in write order (each step's
+    target: the index of its instance in `instances`), and the counts per map name."""
     counts = dict((name, {"added": 0, "changed": 0, "removed": 0}) for name in RULE_MAPS)
-    writes = []
+    steps = []
     for name in ADD_ORDER:
-        for map_name, bpf_map, present in instances:
-            if map_name != name:
-                continue
-            for key, value in sorted(wanted[name].items()):
-                before = present.get(key)
-                if before == value:
-                    continue
-                counts[name]["added" if before is None else "changed"] += 1
-                writes.append((name, bpf_map, "update", key, value, before))
+        for index, (map_name, _bpf_map, present) in enumerate(instances):
+            if map_name == name:
+                added, changed = _map_sync.map_changes(present, wanted[name])[:2]
+                counts[name]["added"] += len(added)
+                counts[name]["changed"] += len(changed)
+                steps.append(_map_sync.Step(name + "_add", name, "update",
+                                            sorted(_map_sync.upserts(added, changed)), index))
     for name in REMOVE_ORDER:
-        for map_name, bpf_map, present in instances:
-            if map_name != name:
-                continue
-            for key in sorted(set(present) - set(wanted[name])):
-                counts[name]["removed"] += 1
-                writes.append((name, bpf_map, "delete", key, None, present[key]))
-    return writes, counts
-
-
-class WriteError(Exception):
-    def __init__(self, map_name, key, text, undo_failed):
-        super(WriteError, self).__init__(text)
-        self.map_name = map_name
-        self.key = key
-        self.undo_failed = undo_failed
-
-
-def write_one(bpf_map, operation, key, value):
-    if operation == "update":
-        bpf_map.update(key, value)
-    else:
-        bpf_map.delete(key)
-
-
-def apply_writes(writes):
-    """Make the writes in order; if one fails, put back what was there before every write made
-    so far (newest first), so the maps are left as they were."""
-    done = []
-    for name, bpf_map, operation, key, value, before in writes:
-        try:
-            write_one(bpf_map, operation, key, value)
-        except BpfError as exc:
-            undo_errors = []
-            for done_map, done_key, done_before in reversed(done):
-                try:
-                    write_one(done_map, "delete" if done_before is None else "update", done_key, done_before)
-                except BpfError as undo_exc:
-                    undo_errors.append(str(undo_exc))
-            text = "%s in %s failed: %s; " % (operation, name, exc)
-            text += ("the undo failed too, the maps are partly updated: " + "; ".join(undo_errors)
-                     if undo_errors else "every earlier write was undone")
-            raise WriteError(name, key, text, bool(undo_errors))
-        done.append((bpf_map, key, before))
+        for index, (map_name, _bpf_map, present) in enumerate(instances):
+            if map_name == name:
+                removed = _map_sync.map_changes(present, wanted[name])[2]
+                counts[name]["removed"] += len(removed)
+                steps.append(_map_sync.Step(name + "_remove", name, "delete", sorted(_map_sync.deletes(removed)), index))
+    return [step for step in steps if step.entries], counts
 
 
 def run_module():
@@ -477,7 +433,7 @@ def run_module():
     )
     params = module.params
     try:
-        wanted, labels = desired_entries(params)
+        wanted = desired_entries(params)
         _pins.pin_dir(params["pin_root"], params["iface"])
     except (RuleError, ValueError, _netlink.TcError) as exc:
         module.fail_json(msg=str(exc))
@@ -514,16 +470,14 @@ def run_module():
             before = dict((name, {}) for name in RULE_MAPS)
             for name, _bpf_map, present in reversed(instances):
                 before[name] = present  # the first instance of each map shows
-            result["diff"] = {"before": show(before), "after": show(wanted),
-                              "before_header": "tc_mapper maps on %s (before)" % params["iface"],
-                              "after_header": "tc_mapper maps on %s (after)" % params["iface"]}
+            result["diff"] = _map_sync.diff_result(show(before), show(wanted), "tc_mapper maps on %s" % params["iface"])
         if writes and not module.check_mode:
             try:
-                apply_writes(writes)
-            except WriteError as exc:
-                result["changed"] = exc.undo_failed
-                module.fail_json(msg="%s (%s)" % (exc, labels.get(exc.map_name, {}).get(exc.key, "an entry")),
-                                 **result)
+                _map_sync.apply_plan(writes, _map_sync.executor(dict(enumerate(bpf_map for _name, bpf_map, _present
+                                                                                in instances))))
+            except _map_sync.PlanError as exc:
+                result["changed"] = bool(exc.undo_errors)
+                module.fail_json(msg=str(exc), **result)
         module.exit_json(**result)
     finally:
         maps.close()

@@ -18,6 +18,7 @@ program", and "no datagram of the denied player came back" is "the deny list alw
 from __future__ import annotations
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
 
@@ -85,11 +86,7 @@ class EdgeLab:
             maps["edge_services"].update(abi.pack_service_key(*SERVICE),
                                          abi.pack_service_value(SERVICE_ID, BACKEND))
             maps["edge_backends"].update(abi.ipv4(BACKEND), abi.BACKEND_VALUE.pack(0))
-            maps["edge_deny_v4"].update(abi.pack_lpm_v4(DENY_CIDR), abi.U32.pack(1))
-            # ... and what XDP reads of the deny list, derived from it as edge_rules derives it
-            derived = _rules.source_list_entries([abi.pack_lpm_v4(DENY_CIDR)], [])
-            for name, entries in ((_rules.SOURCE_HOSTS_MAP, derived[_rules.SOURCE_HOSTS_MAP]),
-                                  (_rules.SOURCE_FILTER_MAP,
-                                   _rules.source_filter_changes(None, derived[_rules.SOURCE_FILTER_MAP])[0])):
-                if entries:
-                    maps[name].update_batch(list(entries), list(entries.values()))
+            # ... and the deny list with what XDP reads of it, planned and written as edge_rules does
+            deny = {abi.pack_lpm_v4(DENY_CIDR): _rules.LPM_PRESENT}
+            desired = dict(_rules.source_list_entries(deny, {}), edge_deny_v4=deny, edge_allow_v4={})
+            _map_sync.apply_plan(_rules.plan_writes({}, desired), _map_sync.executor(maps, _rules.IN_PLACE_MAPS))
