@@ -37,6 +37,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
+import socket
 
 try:
     import netaddr
@@ -964,3 +965,64 @@ def _check_payload_rules(ctx):
         ctx.problems.add(path, value, reason)
     filters = ctx.normalized.setdefault("anycast_edge_filters", {})
     filters["rules"] = [] if problems else rules
+
+
+# --- the validated inventory -> edge_rules' rules (on the controller) -------------------------
+
+def resolve_rules(normalized):
+    """edge_rules' rule parameters from a validated, normalized inventory (_inventory.check):
+    service ids filled in, backend host names replaced by their tunnel addresses. The POP's own
+    parameters (pin_root, iface, tunnel_address) are added by the role from its host vars, and
+    its control_plane is control_plane[inventory_hostname] ({POP: [{address, reason}]}: each POP
+    has its own BGP neighbours and leaves itself out)."""
+    backend_addresses = normalized["backend_addresses"]
+    filters = normalized["anycast_edge_filters"]
+    services = []
+    for service in normalized["anycast_edge_services"]:
+        resolved = {
+            "name": service["name"],
+            "id": service.get("id") or _rules.default_service_id(service["name"]),
+            "address": service["address"],
+            "protocol": service["protocol"],
+            "port": service.get("port") or 0,
+            "backend_address": backend_addresses[service["backend"]],
+            "a2s_cache": bool(service.get("a2s_cache")),
+            "a2s_snoop": bool(service.get("a2s_snoop")),
+            "a2s_max_age_sec": service.get("a2s_max_age_sec") or _rules.DEFAULT_A2S_MAX_AGE_SEC,
+        }
+        if service.get("rate_limit"):
+            resolved["rate_limit"] = dict(service["rate_limit"])
+        resolved.update(resolve_attack_settings(service))
+        services.append(resolved)
+    return {
+        "services": services,
+        "anycast_prefixes": list(normalized["anycast_edge_prefixes"]),
+        "backends": sorted(set(backend_addresses.values()), key=socket.inet_aton),
+        "allow": list(filters["allow"]),
+        "deny": list(filters["deny"]),
+        "rate_limits": dict((name, dict(limit)) for name, limit in filters["rate_limits"].items()),
+        "ban_sec": filters["ban_sec"],
+        "punch_idle_sec": filters["punch_idle_sec"],
+        "a2s_cookie_epoch_sec": filters["a2s_cookie_epoch_sec"],
+        "payload_rules": [dict(rule) for rule in filters.get("rules") or []],
+        "control_plane": dict((pop, [dict(item) for item in items])
+                              for pop, items in normalized.get("control_plane", {}).items()),
+        "verified_idle_sec": normalized.get("anycast_edge_verified_idle_sec", _rules.DEFAULT_VERIFIED_IDLE_SEC),
+        # For the agent (edge_agent's template), not for XDP: {service name: its attack detection}.
+        "attack_detection": dict((service["name"], dict(service["attack_detection"]))
+                                 for service in normalized["anycast_edge_services"] if "attack_detection" in service),
+    }
+
+
+def resolve_attack_settings(service):
+    """A normalized service's game_protocol, attack_mode, admission and syn_auth for edge_rules (defaults
+    filled in: the rules say exactly what XDP gets)."""
+    admission = dict(_rules.DEFAULT_ADMISSION)
+    admission.update(service.get("admission") or {})
+    return {
+        "game_protocol": service.get("game_protocol") or _rules.DEFAULT_GAME_PROTOCOL,
+        "attack_mode": service.get("attack_mode") or _rules.DEFAULT_ATTACK_MODE,
+        "admission": admission,
+        "syn_auth": service.get("syn_auth") or _rules.DEFAULT_SYN_AUTH,
+    }
+

@@ -222,7 +222,6 @@ rules:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _inventory
-from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 
 def main():
@@ -264,7 +263,7 @@ def main():
             msg="the anycast.edge inventory has %d problem%s:\n%s"
                 % (len(problems), "" if len(problems) == 1 else "s", "\n".join(problems)),
             problems=problems, warnings_found=warnings, invocation=dict(module_args=echoed_params(params)))
-    module.exit_json(changed=False, problems=[], warnings_found=warnings, rules=_rules.resolve_rules(normalized),
+    module.exit_json(changed=False, problems=[], warnings_found=warnings, rules=_inventory.resolve_rules(normalized),
                      invocation=dict(module_args=echoed_params(params)))
 
 

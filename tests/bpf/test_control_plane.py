@@ -113,7 +113,7 @@ def pop1_allow_entries():
     into edge_rules' parameters, packed by _rules (the module's own path, minus the syscalls)."""
     problems, warnings, normalized = _inventory.check_all(*inventory())
     assert problems == []
-    rules = _rules.resolve_rules(normalized)
+    rules = _inventory.resolve_rules(normalized)
     params = dict(rules, tunnel_address=POP_ADDRESS, control_plane=rules["control_plane"]["pop1"])
     return _rules.desired_entries(params, bytes(16))[0]["edge_allow_v4"]
 

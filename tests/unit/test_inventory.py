@@ -474,7 +474,7 @@ DEFENCE_DEFAULTS = {"game_protocol": "none", "attack_mode": "auto",
 def test_normalized_inventory_resolves_into_edge_rules_parameters():
     problems, normalized = _inventory.check(*copy.deepcopy((VALID_VARS, VALID_POPS, VALID_BACKENDS)))
     assert problems == []
-    rules = _rules.resolve_rules(normalized)
+    rules = _inventory.resolve_rules(normalized)
     assert rules["anycast_prefixes"] == ["198.51.100.0/24", "203.0.113.0/25"]
     assert rules["backends"] == ["10.1.0.10", "10.1.0.11"]
     # a bare address becomes a /32; order kept
@@ -530,7 +530,7 @@ def test_flood_defence_settings_resolve_with_the_fleet_defaults_under_each_servi
         svc(1, "syn_auth", "always"),
     ]))
     assert problems == [] and [line for line in warnings if "attack" in line] == []
-    rules = _rules.resolve_rules(normalized)
+    rules = _inventory.resolve_rules(normalized)
     assert rules["verified_idle_sec"] == 900
     by_name = dict((service["name"], service) for service in rules["services"])
     assert {name: (service["game_protocol"], service["attack_mode"], service["admission"])
@@ -972,4 +972,4 @@ def test_payload_rules_are_normalized_and_reach_edge_rules():
     rule = {"action": "drop", "protocol": "udp", "dst_port": [27015, 27015],
             "payload": {"offset": 0, "value": "ffffffff71", "mask": "ffffffffff"}}
     assert normalized[FILTERS]["rules"] == [rule]
-    assert _rules.resolve_rules(normalized)["payload_rules"] == [rule]
+    assert _inventory.resolve_rules(normalized)["payload_rules"] == [rule]
