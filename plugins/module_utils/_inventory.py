@@ -1026,3 +1026,10 @@ def resolve_attack_settings(service):
         "syn_auth": service.get("syn_auth") or _rules.DEFAULT_SYN_AUTH,
     }
 
+
+def pop_rules(resolved, pop):
+    """The rules edge_rules converges on one POP (the content of its rules file): resolve_rules'
+    rules with this POP's own control plane."""
+    rules = dict((name, resolved[name]) for name in _rules.RULES_FILE_OPTIONS if name != "control_plane")
+    rules["control_plane"] = resolved["control_plane"].get(pop, [])
+    return rules

@@ -36,6 +36,7 @@ import binascii
 import collections
 import functools
 import itertools
+import json
 import operator
 import socket
 import struct
@@ -1009,3 +1010,39 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
     return {"before": "\n".join(before) + ("\n" if before else ""),
             "after": "\n".join(after) + ("\n" if after else "")}
 
+
+# --- the rules file: what the controller renders per POP and edge_rules reads ------------------
+
+# edge_rules' options a rules file carries: every rule of the inventory, resolved for one POP (its
+# own control plane). The POP's own options (pin_root, iface, tunnel_address) and the cookie keys
+# (a secret, never written to a file by this collection) stay task arguments.
+RULES_FILE_OPTIONS = ("services", "anycast_prefixes", "backends", "allow", "control_plane", "deny", "rate_limits",
+                      "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec", "verified_idle_sec", "payload_rules")
+# Written into the file and checked when it is read: a file of another layout is refused, not guessed at.
+RULES_FILE_FORMAT = "anycast.edge rules 1"
+
+
+def render_rules_file(rules):
+    """The text of a rules file: one compact JSON document (keys sorted, so the same rules make
+    the same bytes and an unchanged file is not rewritten) holding RULES_FILE_OPTIONS of `rules`."""
+    content = dict((name, rules[name]) for name in RULES_FILE_OPTIONS if name in rules)
+    return json.dumps({"format": RULES_FILE_FORMAT, "rules": content}, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def read_rules_file(text, where):
+    """The rules ({option: value}) of a rules file's text; RuleError naming `where` when it is
+    not one this collection wrote."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise RuleError("%s: not a rules file (%s)" % (where, exc))
+    if not isinstance(document, dict) or document.get("format") != RULES_FILE_FORMAT \
+            or not isinstance(document.get("rules"), dict):
+        raise RuleError("%s: not a rules file of format %r (anycast.edge.inventory_check renders them)"
+                        % (where, RULES_FILE_FORMAT))
+    unknown = sorted(set(document["rules"]) - set(RULES_FILE_OPTIONS))
+    if unknown:
+        raise RuleError("%s: %s not an option a rules file carries (%s)"
+                        % (where, ", ".join(unknown) + (" is" if len(unknown) == 1 else " are"),
+                           ", ".join(RULES_FILE_OPTIONS)))
+    return document["rules"]

@@ -82,6 +82,18 @@ options:
         destination of their replies). Goes into C(edge_config).
     type: str
     required: true
+  rules_file:
+    description:
+      - Path, on the controller, of a rules file - every rule option of this module (O(services),
+        O(anycast_prefixes), O(backends), O(allow), O(control_plane), O(deny), O(rate_limits),
+        O(ban_sec), O(punch_idle_sec), O(a2s_cookie_epoch_sec), O(verified_idle_sec),
+        O(payload_rules)) in one compact JSON document, as M(anycast.edge.inventory_check)
+        renders it per POP (its O(anycast.edge.inventory_check#module:rules_dir)). The module's
+        action plugin copies it to the POP's temporary folder for the run; its content is checked
+        as those options are. Given, none of those options may be.
+      - The way to pass large lists - 100,000 prefixes travel as one file, not as task arguments
+        that Ansible templates, ships and echoes back in the result.
+    type: path
   services:
     description:
       - The services, already resolved (the M(anycast.edge.inventory_check) module returns them
@@ -350,6 +362,13 @@ EXAMPLES = r"""
     # The fleet's keys, newest first (from a vaulted var or file): the same on every POP.
     cookie_keys: "{{ anycast_edge_cookie_keys }}"
 
+- name: Apply this POP's rules file, rendered on the controller by anycast.edge.inventory_check
+  anycast.edge.edge_rules:
+    iface: "{{ anycast_edge_uplink }}"
+    tunnel_address: "{{ anycast_edge_tunnel_address }}"
+    rules_file: "{{ anycast_edge_inventory.rules_files[inventory_hostname] }}"
+    cookie_keys: "{{ anycast_edge_cookie_keys }}"
+
 - name: Deny one more network by hand (everything else as given)
   anycast.edge.edge_rules:
     iface: eth1
@@ -453,6 +472,7 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -483,10 +503,9 @@ LOOKUP_CHUNK = 65536
 
 LIMIT_OPTIONS = dict(packets_per_sec=dict(type="int"), bytes_per_sec=dict(type="int"))
 
-ARGUMENT_SPEC = dict(
-    pin_root=dict(type="path", default="/sys/fs/bpf/anycast_edge"),
-    iface=dict(type="str", required=True),
-    tunnel_address=dict(type="str", required=True),
+# The rules: task options, or the content of a rules file (_rules.RULES_FILE_OPTIONS), checked
+# by the same spec either way.
+RULE_OPTIONS = dict(
     services=dict(type="list", elements="dict", default=[], options=dict(
         name=dict(type="str", required=True),
         id=dict(type="int"),
@@ -523,8 +542,16 @@ ARGUMENT_SPEC = dict(
     a2s_cookie_epoch_sec=dict(type="int", default=30),
     verified_idle_sec=dict(type="int", default=_rules.DEFAULT_VERIFIED_IDLE_SEC),
     payload_rules=dict(type="list", elements="dict", default=[]),
+)
+
+ARGUMENT_SPEC = dict(
+    pin_root=dict(type="path", default="/sys/fs/bpf/anycast_edge"),
+    iface=dict(type="str", required=True),
+    tunnel_address=dict(type="str", required=True),
+    rules_file=dict(type="path"),
     cookie_keys=dict(type="list", elements="str", no_log=True, aliases=["a2s_cookie_key"]),
     diff_limit=dict(type="int", default=100),
+    **RULE_OPTIONS
 )
 
 
@@ -577,19 +604,20 @@ def apply_plan(maps, plan, on_step=None):
                          on_step=on_step)
 
 
-def echoed_params(params):
-    """The parameters as the result echoes them (``invocation``), with long CIDR lists cut to
-    a count: echoing 100,000 prefixes back would cost the controller more than the whole
-    convergence costs the POP."""
-    echoed = dict(params)
-    for name in ("anycast_prefixes", "backends", "allow", "control_plane", "deny"):
-        value = echoed.get(name) or []
-        if len(value) > params["diff_limit"]:
-            echoed[name] = value[:params["diff_limit"]] + ["... and %d more" % (len(value) - params["diff_limit"])]
-    for name in ("cookie_keys", "a2s_cookie_key"):
-        if echoed.get(name) is not None:
-            echoed[name] = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
-    return echoed
+def rules_from_file(module, path):
+    """The rule options a rules file holds, checked by the same spec as the task's own options
+    (defaults filled in); the task fails naming the file and what is wrong."""
+    try:
+        with open(path) as handle:
+            rules = _rules.read_rules_file(handle.read(), "rules_file %s" % path)
+    except (IOError, OSError) as exc:
+        module.fail_json(msg="rules_file: cannot read %s: %s" % (path, exc))
+    except _rules.RuleError as exc:
+        module.fail_json(msg=str(exc))
+    validated = ArgumentSpecValidator(RULE_OPTIONS).validate(rules)
+    if validated.error_messages:
+        module.fail_json(msg="rules_file %s: %s" % (path, "; ".join(validated.error_messages)))
+    return validated.validated_parameters
 
 
 class Stopwatch(object):
@@ -615,10 +643,13 @@ class Stopwatch(object):
 def run_module():
     started = time.monotonic()
     cpu_started = time.process_time()
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           mutually_exclusive=[("rules_file", name) for name in sorted(RULE_OPTIONS)])
+    params = module.params
+    if params["rules_file"] is not None:
+        params.update(rules_from_file(module, params["rules_file"]))
     timing = Stopwatch(started, cpu_started)
     timing.lap("params")
-    params = module.params
     try:
         pin_dir = _pins.maps_dir(params["pin_root"], params["iface"])
     except ValueError as exc:
@@ -689,10 +720,10 @@ def run_module():
         except _map_sync.PlanError as exc:
             result.update(timing.report())
             result.pop("diff", None)
-            module.fail_json(msg=str(exc), invocation=dict(module_args=echoed_params(params)), **result)
+            module.fail_json(msg=str(exc), **result)
     timing.lap("write")
     result.update(timing.report())
-    module.exit_json(invocation=dict(module_args=echoed_params(params)), **result)
+    module.exit_json(**result)
 
 
 def main():

@@ -35,7 +35,13 @@ description:
   - Meant to run once, on the controller, before any host is touched - the
     C(anycast.edge.validate_inventory) role does that (C(run_once), C(delegate_to=localhost)).
     The schema is documented in that role (C(ansible-doc -t role anycast.edge.validate_inventory)).
-  - Changes nothing, anywhere.
+  - With O(rules_dir), also renders the rules of each POP into one compact file there,
+    C(<rules_dir>/<POP>.json) - what M(anycast.edge.edge_rules) reads through its
+    O(anycast.edge.edge_rules#module:rules_file), so that the rules (up to a million prefixes)
+    reach a POP as one file, not as task arguments. A file is written only when its content changes.
+  - Changes nothing on any managed host. The rules files are the controller's working copy of
+    the inventory, like a registered result - written in check mode too, so that a check run
+    compares the POPs with the inventory as it is; they never count as a change.
 author:
   - anycast.edge maintainers (!UNKNOWN)
 requirements:
@@ -45,7 +51,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Validates the same way; it never changes anything.
+    details: Validates the same way; it changes no managed host (the rules files of O(rules_dir) are written, see above).
   diff_mode:
     support: none
   platform:
@@ -95,6 +101,11 @@ options:
         (null when unset). Their addresses are control-plane sources of every POP.
     type: dict
     default: {}
+  rules_dir:
+    description:
+      - Folder on the host the module runs on (the controller) to render one rules file per POP
+        into (made when missing, mode 0700; files mode 0600). Omitted, no file is written.
+    type: path
 notes:
   - The parameters are C(raw) on purpose - the module, not Ansible's type conversion, judges the
     values, so that a bad value is reported with its full path and every problem at once.
@@ -217,11 +228,20 @@ rules:
       pop1:
         - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
         - {address: 172.16.1.1/32, reason: BGP neighbour upstream of pop1}
+rules_files:
+  description: By POP (inventory name) - the path of its rules file.
+  returned: success, when O(rules_dir) is given
+  type: dict
+  sample: {pop1: /home/ops/inventory/edge_rules/pop1.json}
 """
+
+import os
+import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.anycast.edge.plugins.module_utils import _inventory
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 
 def main():
@@ -236,6 +256,7 @@ def main():
             pops=dict(type="dict", default={}),
             backends=dict(type="dict", default={}),
             monitoring=dict(type="dict", default={}),
+            rules_dir=dict(type="path"),
         ),
         supports_check_mode=True,
         # The POPs' settings hold the BGP passwords: nothing of the arguments goes to the journal.
@@ -263,8 +284,42 @@ def main():
             msg="the anycast.edge inventory has %d problem%s:\n%s"
                 % (len(problems), "" if len(problems) == 1 else "s", "\n".join(problems)),
             problems=problems, warnings_found=warnings, invocation=dict(module_args=echoed_params(params)))
-    module.exit_json(changed=False, problems=[], warnings_found=warnings, rules=_inventory.resolve_rules(normalized),
-                     invocation=dict(module_args=echoed_params(params)))
+    rules = _inventory.resolve_rules(normalized)
+    result = dict(changed=False, problems=[], warnings_found=warnings, rules=rules)
+    if params["rules_dir"]:
+        try:
+            result["rules_files"] = write_rules_files(params["rules_dir"], rules, sorted(params["pops"]))
+        except (IOError, OSError) as exc:
+            module.fail_json(msg="rules_dir: cannot write the rules files in %s: %s" % (params["rules_dir"], exc),
+                             invocation=dict(module_args=echoed_params(params)))
+    module.exit_json(invocation=dict(module_args=echoed_params(params)), **result)
+
+
+def write_rules_files(folder, rules, pops):
+    """{POP: path} of the rules files written (each replaced whole, by a rename, and only when its
+    content differs: an unchanged inventory rewrites nothing)."""
+    if not os.path.isdir(folder):
+        os.makedirs(folder, 0o700)
+    paths = {}
+    for pop in pops:
+        path = paths[pop] = os.path.join(folder, "%s.json" % pop)
+        text = _rules.render_rules_file(_inventory.pop_rules(rules, pop))
+        try:
+            with open(path) as present:
+                if present.read() == text:
+                    continue
+        except (IOError, OSError):
+            pass
+        handle, staged = tempfile.mkstemp(dir=folder, prefix=".%s." % pop)
+        try:
+            with os.fdopen(handle, "w") as staged_file:
+                staged_file.write(text)
+            os.chmod(staged, 0o600)
+            os.rename(staged, path)
+        except BaseException:
+            os.unlink(staged)
+            raise
+    return paths
 
 
 def echoed_params(params, limit=100):
