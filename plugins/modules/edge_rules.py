@@ -142,7 +142,7 @@ options:
       rate_limit:
         description: Per-source limit for this service instead of the protocol-wide one.
         type: dict
-        suboptions:
+        suboptions: &per_source_limit
           packets_per_sec:
             description: Packets per second per source; omitted = unlimited.
             type: int
@@ -241,43 +241,19 @@ options:
       tcp:
         description: Limit of TCP packets.
         type: dict
-        suboptions:
-          packets_per_sec:
-            description: Packets per second per source; omitted = unlimited.
-            type: int
-          bytes_per_sec:
-            description: Bytes per second per source; omitted = unlimited.
-            type: int
+        suboptions: *per_source_limit
       udp:
         description: Limit of UDP packets.
         type: dict
-        suboptions:
-          packets_per_sec:
-            description: Packets per second per source; omitted = unlimited.
-            type: int
-          bytes_per_sec:
-            description: Bytes per second per source; omitted = unlimited.
-            type: int
+        suboptions: *per_source_limit
       icmp:
         description: Limit of ICMP packets.
         type: dict
-        suboptions:
-          packets_per_sec:
-            description: Packets per second per source; omitted = unlimited.
-            type: int
-          bytes_per_sec:
-            description: Bytes per second per source; omitted = unlimited.
-            type: int
+        suboptions: *per_source_limit
       other:
         description: Limit of every other IP protocol.
         type: dict
-        suboptions:
-          packets_per_sec:
-            description: Packets per second per source; omitted = unlimited.
-            type: int
-          bytes_per_sec:
-            description: Bytes per second per source; omitted = unlimited.
-            type: int
+        suboptions: *per_source_limit
   ban_sec:
     description: How long a source over its limit is banned; 0 = drop over the limit, do not ban.
     type: int

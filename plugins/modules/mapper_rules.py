@@ -473,8 +473,8 @@ def run_module():
             result["diff"] = _map_sync.diff_result(show(before), show(wanted), "tc_mapper maps on %s" % params["iface"])
         if writes and not module.check_mode:
             try:
-                _map_sync.apply_plan(writes, _map_sync.executor(dict(enumerate(bpf_map for _name, bpf_map, _present
-                                                                                in instances))))
+                copies = dict((index, bpf_map) for index, (_name, bpf_map, _present) in enumerate(instances))
+                _map_sync.apply_plan(writes, _map_sync.executor(copies))
             except _map_sync.PlanError as exc:
                 result["changed"] = bool(exc.undo_errors)
                 module.fail_json(msg=str(exc), **result)

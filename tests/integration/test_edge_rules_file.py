@@ -57,7 +57,7 @@ def test_check_mode_and_diff_read_the_new_file_and_the_real_run_then_writes_it(p
 def test_100k_prefixes_travel_as_a_file_and_not_back_in_the_result(pop, tmp_path):
     rnd = random.Random(5)
     deny = sorted(set("%d.%d.%d.0/24" % (rnd.randrange(1, 224), rnd.randrange(256), rnd.randrange(256))
-                      for _ in range(110000)))[:100000]
+                      for _index in range(110000)))[:100000]
     rules = dict(RULES, deny=deny, allow=[])
     path, options = rules_file(tmp_path, rules)
     run = run_edge_rules(pop, tmp_path, options, extra={"rules_file": str(path)})
