@@ -71,28 +71,32 @@ def make_pop(namespace):
     netns_ip(namespace, "route", "add", "default", "via", "10.0.0.254")
 
 
+# One POP (this machine, in the namespace) and one backend; the deny list and the paths are added.
+INVENTORY = """
+all:
+  vars:
+    anycast_edge_asn: 64500
+    anycast_edge_prefixes: [198.51.100.0/24]
+    anycast_edge_services:
+      - {name: game, address: 198.51.100.10, protocol: udp, port: 27015, backend: game1, a2s_cache: true}
+    anycast_edge_manage_packages: false
+    anycast_edge_sysctl_persist: false
+  children:
+    pops:
+      hosts:
+        pop1: {ansible_connection: local, anycast_edge_uplink: up0, anycast_edge_tunnel_address: 10.0.0.1}
+    backends:
+      hosts:
+        game1: {anycast_edge_tunnel_address: 10.1.0.10, anycast_edge_uplink: eth0}
+"""
+
+
 def write_inventory(workdir, pin_root, deny):
-    data = {"all": {
-        "vars": {
-            "anycast_edge_asn": 64500,
-            "anycast_edge_prefixes": ["198.51.100.0/24"],
-            "anycast_edge_services": [{"name": "game", "address": "198.51.100.10", "protocol": "udp",
-                                       "port": 27015, "backend": "game1", "a2s_cache": True}],
-            "anycast_edge_filters": {"deny": deny, "allow": ["100.64.0.0/10"]},
-            "anycast_edge_bpf_pin_root": pin_root,
-            "anycast_edge_controller_build_dir": str(workdir / "controller-build"),
-            "anycast_edge_object_dir": str(workdir / "pop-objects"),
-            "anycast_edge_manage_packages": False,
-            "anycast_edge_sysctl_persist": False,
-            "ansible_python_interpreter": sys.executable,
-        },
-        "children": {
-            "pops": {"hosts": {"pop1": {"ansible_connection": "local", "anycast_edge_uplink": "up0",
-                                        "anycast_edge_tunnel_address": "10.0.0.1"}}},
-            "backends": {"hosts": {"game1": {"anycast_edge_tunnel_address": "10.1.0.10",
-                                             "anycast_edge_uplink": "eth0"}}},
-        },
-    }}
+    data = yaml.safe_load(INVENTORY)
+    data["all"]["vars"].update(
+        anycast_edge_filters={"deny": deny, "allow": ["100.64.0.0/10"]}, anycast_edge_bpf_pin_root=pin_root,
+        anycast_edge_controller_build_dir=str(workdir / "controller-build"),
+        anycast_edge_object_dir=str(workdir / "pop-objects"), ansible_python_interpreter=sys.executable)
     path = workdir / "inventory.yml"
     path.write_text(yaml.safe_dump(data))
     return path
