@@ -236,11 +236,15 @@ class EdgeEnv:
     def allow_entries(self, entries) -> None:
         """Write edge_allow_v4 entries as edge_rules packs them ({LPM key: enum edge_allow_origin
         bits}: the operator's list and the control plane) and derive the lists XDP reads."""
-        self._write_lists(self._lists["deny"], dict(self._lists["allow"], **dict(entries)))
+        allow = dict(self._lists["allow"])
+        allow.update(entries)
+        self._write_lists(self._lists["deny"], allow)
 
     def deny_many(self, lpm_keys) -> None:
         """Deny many packed LPM keys at once (the bench's large lists): one plan."""
-        self._write_lists(dict(self._lists["deny"], **dict.fromkeys(lpm_keys, _rules.LPM_PRESENT)), self._lists["allow"])
+        deny = dict(self._lists["deny"])
+        deny.update(dict.fromkeys(lpm_keys, _rules.LPM_PRESENT))
+        self._write_lists(deny, self._lists["allow"])
 
     def _add_to_list(self, name: str, cidr: str) -> None:
         lists = {"deny": dict(self._lists["deny"]), "allow": dict(self._lists["allow"])}
