@@ -623,7 +623,8 @@ def run_module():
                            mutually_exclusive=[("rules_file", name) for name in sorted(RULE_OPTIONS)])
     params = module.params
     if params["rules_file"] is not None:
-        params.update(rules_from_file(module, params["rules_file"]))
+        # A copy: module.params is what the result echoes (the path, not the file's rules).
+        params = dict(params, **rules_from_file(module, params["rules_file"]))
     timing = Stopwatch(started, cpu_started)
     timing.lap("params")
     try:
