@@ -8,8 +8,9 @@ edge_rules module on them - as its own process, the way Ansible starts it on a P
   2. a no-op rerun with those 100,000 entries            (issue target: <= 1 s, changed: false)
   3. a change of 10 entries among the 100,000            (only those 10 written)
 
-Times are the module's own `elapsed_ms` (from the start of its main() - argument parsing
-included - to its result), so Ansible's controller overhead is not counted; its `cpu_ms` (the
+The rules reach the module as a rules file (its rules_file option), as the xdp_edge role gives
+them. Times are the module's own `elapsed_ms` (from the start of its main() - argument parsing
+and reading the rules file included - to its result), so Ansible's controller overhead is not counted; its `cpu_ms` (the
 CPU time of the same span, which a busy machine hardly changes) and the process's wall time
 (Python start-up and imports included) are printed next to it, with the load average. Each figure is the median
 of --rounds runs; every run gets fresh, empty maps for (1). Writes are the counts the module
@@ -88,15 +89,23 @@ class Pop:
 
 def run_module(tree, workdir, pop, rules):
     """One run of edge_rules as its own process (Ansible's direct-invocation path: the args
-    file holds ANSIBLE_MODULE_ARGS). Returns (result, process wall ms)."""
+    file holds ANSIBLE_MODULE_ARGS), the rules in a rules file as the xdp_edge role gives them
+    (rendered here, before the clock starts, as the controller renders it). Returns (result,
+    process wall ms)."""
+    from ansible_collections.anycast.edge.plugins.module_utils import _rules  # pylint: disable=import-outside-toplevel
+
+    rules_path = workdir / ("rules-%s.json" % uuid.uuid4().hex[:8])
+    rules_path.write_text(_rules.render_rules_file(rules))
     args_path = workdir / ("args-%s.json" % uuid.uuid4().hex[:8])
-    args_path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(rules, pin_root=str(pop.pin_root), iface=IFACE)}))
+    args_path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(
+        tunnel_address=rules["tunnel_address"], rules_file=str(rules_path), pin_root=str(pop.pin_root), iface=IFACE)}))
     env = dict(os.environ, PYTHONPATH=str(tree))
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", MODULE, str(args_path)], capture_output=True, text=True,
                           env=env, check=False, cwd=str(workdir))
     wall_ms = (time.monotonic() - started) * 1000.0
     args_path.unlink()
+    rules_path.unlink()
     try:
         result = json.loads(proc.stdout)
     except ValueError:
