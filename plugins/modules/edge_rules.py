@@ -50,22 +50,20 @@ author:
 requirements:
   - libbpf 1.x (libbpf.so.1) on the POP
   - root (CAP_BPF and CAP_NET_ADMIN) to open and write pinned maps
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
       Reads the maps and computes every change; writes nothing. When no program is pinned for
       O(iface) yet (a first run in check mode), compares with empty maps and warns.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: >-
       Lists the entries that change, map by map (CIDRs, services by name, the config fields;
       the cookie key is never shown). At most O(diff_limit) lines per map and side, then a count.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   pin_root:

@@ -33,20 +33,18 @@ author:
 requirements:
   - libbpf 1.x (libbpf.so.1)
   - root (CAP_BPF) to open pinned programs and their maps
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: >-
       Reads the maps and computes every change; writes nothing. With no program pinned yet (a
       first run in check mode), compares with empty maps and warns.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: Shows the config fields, the POP addresses and the services before and after.
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   pin_root:
