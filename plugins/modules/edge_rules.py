@@ -50,8 +50,6 @@ author:
 requirements:
   - libbpf 1.x (libbpf.so.1) on the POP
   - root (CAP_BPF and CAP_NET_ADMIN) to open and write pinned maps
-extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
@@ -315,6 +313,8 @@ notes:
     or after, never half-written (an edge_config update is one value copy).
 seealso:
   - module: anycast.edge.inventory_check
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 """
 
 EXAMPLES = r"""

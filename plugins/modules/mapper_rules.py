@@ -33,8 +33,6 @@ author:
 requirements:
   - libbpf 1.x (libbpf.so.1)
   - root (CAP_BPF) to open pinned programs and their maps
-extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
@@ -124,6 +122,8 @@ options:
         default: false
 seealso:
   - module: anycast.edge.tc_program
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 """
 
 EXAMPLES = r"""
