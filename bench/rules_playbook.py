@@ -35,7 +35,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-from bench.rules_sync import collections_tree, deny_prefixes  # noqa: E402  pylint: disable=wrong-import-position
+from bench.rules_sync import deny_prefixes  # noqa: E402  pylint: disable=wrong-import-position
+from harness import collection  # noqa: E402  pylint: disable=wrong-import-position
 
 VENV_BIN = Path(sys.executable).parent
 ATTACH_PLAY = [{"name": "Attach the POP's program and apply its rules", "hosts": "pops", "gather_facts": False,
@@ -127,7 +128,7 @@ def main(argv=None):
         raise SystemExit("rules_playbook: run as root (network namespace, BPF, bpffs mount)")
     if not (REPO_ROOT / "build" / "xdp_edge.o").exists():
         raise SystemExit("rules_playbook: build/xdp_edge.o missing: make bpf-objects")
-    tree = collections_tree()
+    tree = collection.use()
     workdir = Path(tempfile.mkdtemp(prefix="anycast-edge-rules-playbook-"))
     bpffs = workdir / "bpffs"
     bpffs.mkdir()
@@ -154,7 +155,7 @@ def main(argv=None):
         subprocess.run(["ip", "netns", "del", namespace], check=False)
         subprocess.run(["umount", str(bpffs)], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(tree, ignore_errors=True)
+        collection.remove(tree)
     print("  %-22s %8s %8s %12s" % ("", "wall s", "CPU s", "max RSS MiB"))
     for name, (_changed, wall, cpu, rss) in figures.items():
         print("  %-22s %8.1f %8.1f %12.0f" % (name, wall, cpu, rss))
