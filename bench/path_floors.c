@@ -330,44 +330,61 @@ static __always_inline int floor_under_attack(const struct service_value *svc)
 	return state && state->under_attack;
 }
 
-SEC("xdp")
-int drop_floor(struct xdp_md *ctx)
+/* The first steps of every drop floor, in xdp_edge's order: parse; the source lists (a denied
+ * source dropped, an allowed one remembered in *allowed); the POP's own tunnel address as a source,
+ * and tunnel traffic to it (the return path is no drop floor). FLOOR_GO_ON to go on, else the
+ * counted verdict. IPv6 is left out: no bench row. */
+#define FLOOR_GO_ON (-1)
+static __always_inline int floor_screen(struct xdp_md *ctx, struct packet *pkt, struct floor_config **cfg,
+					int *allowed)
 {
-	struct packet pkt = {};
-	struct service_key skey = {};
-	const struct edge_rate_limit *limit;
 	struct src_filter_entry *lists;
-	struct floor_dst_entry *dst;
-	struct service_value *svc;
-	struct floor_config *cfg;
-	struct floor_source *src;
-	__u32 zero = 0, addr, index, id, window, seen, len;
-	__u64 now, packets, bytes, *unverified;
-	int rc, allowed, verified;
+	__u32 zero = 0, addr, index;
+	int rc;
 
-	rc = parse_frame(ctx, &pkt);
+	rc = parse_frame(ctx, pkt);
 	if (rc == PARSE_MALFORMED)
 		return counted(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
 	if (rc != PARSE_IPV4)
-		return counted(XDP_PASS, EDGE_REASON_PASS_NON_IP); /* IPv6 left out: no bench row */
+		return counted(XDP_PASS, EDGE_REASON_PASS_NON_IP);
 
-	addr = bpf_ntohl(pkt.saddr);
+	addr = bpf_ntohl(pkt->saddr);
 	index = addr >> 14;
 	lists = bpf_map_lookup_elem(&floor_src_filter, &index);
 	if (!lists)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	if (lists->deny_all & (1ULL << ((addr >> 8) & 63)))
 		return counted(XDP_DROP, EDGE_REASON_DROP_DENY);
-	allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
+	*allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
 
-	cfg = bpf_map_lookup_elem(&floor_config, &zero);
-	if (!cfg)
+	*cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	if (!*cfg)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
-	if (pkt.saddr == cfg->tunnel_addr)
+	if (pkt->saddr == (*cfg)->tunnel_addr)
 		return counted(XDP_DROP, EDGE_REASON_DROP_OWN_SOURCE);
-	if (pkt.daddr == cfg->tunnel_addr &&
-	    (pkt.is_fragment || pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6 || pkt.proto == IPPROTO_GRE))
-		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL); /* the return path is no drop floor */
+	if (pkt->daddr == (*cfg)->tunnel_addr &&
+	    (pkt->is_fragment || pkt->proto == IPPROTO_IPIP || pkt->proto == IPPROTO_IPV6 || pkt->proto == IPPROTO_GRE))
+		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
+	return FLOOR_GO_ON;
+}
+
+SEC("xdp")
+int drop_floor(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct service_key skey = {};
+	const struct edge_rate_limit *limit;
+	struct floor_dst_entry *dst;
+	struct service_value *svc;
+	struct floor_config *cfg;
+	struct floor_source *src;
+	__u32 addr, index, id, window, seen, len;
+	__u64 now, packets, bytes, *unverified;
+	int rc, allowed, verified;
+
+	rc = floor_screen(ctx, &pkt, &cfg, &allowed);
+	if (rc != FLOOR_GO_ON)
+		return rc;
 
 	addr = bpf_ntohl(pkt.daddr);
 	index = addr >> 14;
@@ -437,39 +454,20 @@ int tcp_floor(struct xdp_md *ctx)
 	struct packet pkt = {};
 	struct service_key skey = {};
 	struct punch_key pkey = {};
-	struct src_filter_entry *lists;
 	struct service_value *svc;
 	struct floor_config *cfg;
 	struct floor_source *src;
 	struct tcp_head head;
-	__u32 zero = 0, addr, index, id, cookie, seq;
+	__u32 id, cookie, seq;
 	__u64 now = 0, key[2], epoch, *unverified;
 	int rc, allowed, syn_auth_on;
 	__u8 flags;
 
-	rc = parse_frame(ctx, &pkt);
-	if (rc == PARSE_MALFORMED)
-		return counted(XDP_DROP, EDGE_REASON_DROP_MALFORMED);
-	if (rc != PARSE_IPV4)
-		return counted(XDP_PASS, EDGE_REASON_PASS_NON_IP);
-
-	addr = bpf_ntohl(pkt.saddr);
-	index = addr >> 14;
-	lists = bpf_map_lookup_elem(&floor_src_filter, &index);
-	if (!lists)
+	rc = floor_screen(ctx, &pkt, &cfg, &allowed);
+	if (rc != FLOOR_GO_ON)
+		return rc;
+	if (!cfg->cookie_epoch_ns)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
-	if (lists->deny_all & (1ULL << ((addr >> 8) & 63)))
-		return counted(XDP_DROP, EDGE_REASON_DROP_DENY);
-	allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
-
-	cfg = bpf_map_lookup_elem(&floor_config, &zero);
-	if (!cfg || !cfg->cookie_epoch_ns)
-		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
-	if (pkt.saddr == cfg->tunnel_addr)
-		return counted(XDP_DROP, EDGE_REASON_DROP_OWN_SOURCE);
-	if (pkt.daddr == cfg->tunnel_addr &&
-	    (pkt.is_fragment || pkt.proto == IPPROTO_IPIP || pkt.proto == IPPROTO_IPV6 || pkt.proto == IPPROTO_GRE))
-		return counted(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
 	if (pkt.proto != IPPROTO_TCP || pkt.is_fragment || pkt.ip_hdr_len != sizeof(struct iphdr))
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* drop_floor's paths */
 	skey.addr = pkt.daddr;
