@@ -24,9 +24,11 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # prometheus (its server and promtool) checks what playbooks/monitoring.yml renders;
 # nats-server (with JetStream) is the fleet's state bus the agents' sync is tested against.
 # nftables and ethtool: bench/pps.py's kernel baseline (an nftables drop rule) and its veth's GRO.
+# wireguard-tools (wg) is what anycast.edge.wireguard_interface drives; wireguard-go is userspace
+# WireGuard, which the integration tests run in namespaces (this host's kernel has no wireguard).
 # python3-venv (with python3), make and git: a fresh Debian 12 install has none of them
 # (make test-fresh checks this list on one).
-APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server nftables ethtool)
+APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server nftables ethtool wireguard-tools wireguard-go)
 
 log() { printf 'setup: %s\n' "$*"; }
 

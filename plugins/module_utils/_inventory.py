@@ -50,6 +50,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
 from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
+from ansible_collections.anycast.edge.plugins.module_utils import _transport
 
 SERVICE_NAME = re.compile(r"[a-z0-9_-]+")
 # Linux interface names (dev_valid_name): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'.
@@ -93,10 +94,10 @@ POP_VARS = ("anycast_edge_uplink", "anycast_edge_tunnel_address", "anycast_edge_
             "anycast_edge_router_id", "anycast_edge_bgp_neighbors", "anycast_edge_bgp_communities",
             "anycast_edge_rtbh", "anycast_edge_bgp_timers", "anycast_edge_bfd_timers",
             "anycast_edge_drain_state", "anycast_edge_cookie_keys", "ansible_host",
-            "anycast_edge_agent_listen_address")
+            "anycast_edge_agent_listen_address") + _transport.POP_VARS
 BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_edge_mapper_devices",
                 "anycast_edge_mapper_fib_next_hop", "anycast_edge_mapper_rp_filter",
-                "anycast_edge_default_pop", "anycast_edge_dsr_services")
+                "anycast_edge_default_pop", "anycast_edge_dsr_services") + _transport.BACKEND_VARS
 # The hosts of group monitoring (Prometheus, playbooks/monitoring.yml): only their address.
 MONITORING_VARS = ("ansible_host",)
 # Variables that hold secrets: checked, never shown (the problem says what is wrong, not the value).
@@ -752,6 +753,97 @@ def _check_mapper(ctx):
                                  "is not a service whose backend is %s (anycast_edge_services[].name)" % host)
 
 
+# --- the transport of each (POP, backend) pair: IPIP or WireGuard (docs/transport.md) ------------
+
+@inventory_check
+def _check_transport(ctx):
+    """Each POP's anycast_edge_transport and anycast_edge_transport_backends, and, on every host,
+    the WireGuard settings (checked whenever set; a typo in an unused one is still a typo).
+
+    normalized["transports"]: {POP: {backend: transport}} of every pair; normalized
+    ["wireguard_interfaces"]: {host: _transport.wireguard_interfaces} of every POP and backend
+    (their WireGuard interfaces, [] for a host with none). A host's WireGuard ports
+    (its base port + one per WireGuard peer) must fit under 65535, and two hosts with the same
+    endpoint address (behind one NAT) must not share a port.
+    """
+    problems = ctx.problems
+    pops, backends = {}, {}
+    for host in sorted(ctx.pops):
+        hostvars = ctx.pops[host]
+        pops[host] = own = dict((name, hostvars.get(name)) for name in _transport.POP_VARS)
+        path = _hostvars_path(host, "anycast_edge_transport")
+        if own["anycast_edge_transport"] is not None and own["anycast_edge_transport"] not in _transport.TRANSPORTS:
+            problems.add(path, own["anycast_edge_transport"], "is not one of %s" % ", ".join(_transport.TRANSPORTS))
+            own["anycast_edge_transport"] = None
+        path = _hostvars_path(host, "anycast_edge_transport_backends")
+        per_backend = own["anycast_edge_transport_backends"]
+        if per_backend is not None and _mapping(problems, path, per_backend) is not None:
+            valid = {}
+            for backend in sorted(per_backend, key=str):
+                item = "%s.%s" % (path, backend)
+                if backend not in ctx.backends:
+                    problems.add(item, per_backend[backend], "is set for %s, which is not a host of group backends"
+                                 % _show(backend))
+                elif per_backend[backend] not in _transport.TRANSPORTS:
+                    problems.add(item, per_backend[backend], "is not one of %s" % ", ".join(_transport.TRANSPORTS))
+                else:
+                    valid[backend] = per_backend[backend]
+            own["anycast_edge_transport_backends"] = valid
+        else:
+            own["anycast_edge_transport_backends"] = None
+    for host in sorted(ctx.backends):
+        backends[host] = dict((name, ctx.backends[host].get(name)) for name in _transport.BACKEND_VARS)
+
+    ports = {}   # (endpoint address, port) -> the host listening there (two hosts behind one NAT)
+    for host in sorted(pops) + sorted(backends):
+        hostvars = ctx.pops[host] if host in pops else ctx.backends[host]
+        own = pops[host] if host in pops else backends[host]
+        peers = _transport.wireguard_peers_of(host, pops, backends)
+        port_path = _hostvars_path(host, "anycast_edge_wireguard_port")
+        port = _transport.DEFAULTS["anycast_edge_wireguard_port"]
+        if own["anycast_edge_wireguard_port"] is not None:
+            port = own["anycast_edge_wireguard_port"] = _integer(problems, port_path, own["anycast_edge_wireguard_port"],
+                                                                 minimum=1, maximum=65535)
+        endpoint_path = _hostvars_path(host, "anycast_edge_wireguard_endpoint")
+        endpoint = own["anycast_edge_wireguard_endpoint"]
+        if endpoint is not None:
+            address = _ipv4_address(problems, endpoint_path, endpoint)
+            if address is not None and ctx.in_anycast(address):
+                problems.add(endpoint_path, endpoint, "is inside an anycast prefix; it must be the host's own "
+                             "unicast address its peers send WireGuard to")
+                address = None
+            own["anycast_edge_wireguard_endpoint"] = str(address) if address is not None else None
+        for name, minimum, maximum in (("anycast_edge_wireguard_mtu", _transport.MIN_MTU, _transport.MAX_MTU),
+                                       ("anycast_edge_wireguard_keepalive", 0, _transport.MAX_KEEPALIVE)):
+            if own[name] is not None:
+                own[name] = _integer(problems, _hostvars_path(host, name), own[name], minimum=minimum, maximum=maximum)
+        if not peers or port is None:
+            continue
+        last = port + len(peers) - 1
+        if last > 65535:
+            problems.add(port_path, port, "leaves no room for %s's %d WireGuard peers (ports %d..%d; each peer "
+                         "has its own interface and port)" % (host, len(peers), port, last))
+            continue
+        address = own["anycast_edge_wireguard_endpoint"] if endpoint is not None else \
+            _host_address(hostvars.get("anycast_edge_tunnel_address"))
+        if address is None:
+            continue
+        address = str(address)
+        for number in range(port, last + 1):
+            other = ports.setdefault((address, number), host)
+            if other != host:
+                problems.add(port_path, port, "gives %s the port %d at the endpoint %s, where %s listens too: "
+                             "two hosts behind one address need ports apart" % (host, number, address, other))
+                break
+    ctx.normalized["transports"] = _transport.transports(pops, backends)
+    for host in list(pops) + list(backends):
+        own = pops[host] if host in pops else backends[host]
+        hostvars = ctx.pops[host] if host in pops else ctx.backends[host]
+        own["anycast_edge_tunnel_address"] = hostvars.get("anycast_edge_tunnel_address")
+    ctx.normalized["wireguard_interfaces"] = dict(
+        (host, _transport.wireguard_interfaces(host, pops, backends)) for host in sorted(list(pops) + list(backends)))
+
+
 # --- the transport's trust (a warning: plain IPIP is authenticated by nothing but its path) ------
 
 @inventory_check
@@ -762,6 +854,7 @@ def _warn_ipip_paths(ctx):
     anycast_edge_underlay_devices when it has any, else on its uplink - the internet. A POP that
     also lists anycast_edge_underlay_networks (the networks routed over those devices) reaches a
     backend over the underlay only when the backend's tunnel address is inside one of them.
+    A pair whose transport is WireGuard is authenticated whatever its path: no warning.
     """
     problems, warnings = ctx.problems, ctx.warnings
     backend_addresses = ctx.normalized.get("backend_addresses", {})
@@ -778,6 +871,8 @@ def _warn_ipip_paths(ctx):
                              "(the networks say which backends the underlay devices reach)")
                 continue
         for backend, address in sorted(backend_addresses.items()):
+            if ctx.normalized["transports"][pop].get(backend) == "wireguard":
+                continue   # authenticated and encrypted, whatever path it takes
             if not underlay:
                 reason = "%s has no anycast_edge_underlay_devices: it is sent and accepted on the uplink %s" % (
                     pop, hostvars.get("anycast_edge_uplink"))

@@ -22,6 +22,8 @@ description:
     output, once) - today one per POP/backend pair whose plain IPIP does not cross a declared
     underlay device (O(pops) C(anycast_edge_underlay_devices), C(anycast_edge_underlay_networks)).
   - Secrets (BGP passwords) are checked but never shown; they are masked in the result.
+  - Resolves the transport of every (POP, backend) pair, C(ipip) or C(wireguard) (RV(transports)), and
+    the WireGuard interfaces each host needs for its WireGuard pairs (RV(wireguard_interfaces)).
   - On success returns RV(rules), the parameters of M(anycast.edge.edge_rules) (service ids
     filled in, backend host names replaced by their tunnel addresses, CIDRs in canonical form).
   - "Derives each POP's control-plane sources, which no spoofed packet may get banned or rate
@@ -84,7 +86,9 @@ options:
         C(anycast_edge_underlay_devices), C(anycast_edge_underlay_networks), C(anycast_edge_router_id),
         C(anycast_edge_bgp_neighbors), C(anycast_edge_bgp_communities), C(anycast_edge_rtbh),
         C(anycast_edge_bgp_timers), C(anycast_edge_bfd_timers), C(anycast_edge_drain_state),
-        C(ansible_host), C(anycast_edge_agent_listen_address).
+        C(ansible_host), C(anycast_edge_agent_listen_address), C(anycast_edge_transport),
+        C(anycast_edge_transport_backends), C(anycast_edge_wireguard_port), C(anycast_edge_wireguard_endpoint),
+        C(anycast_edge_wireguard_mtu), C(anycast_edge_wireguard_keepalive).
     type: dict
     default: {}
   backends:
@@ -92,7 +96,8 @@ options:
       - The hosts of group C(backends), each with its settings (absent ones as null) -
         C(anycast_edge_tunnel_address), C(anycast_edge_uplink), C(anycast_edge_mapper_devices),
         C(anycast_edge_mapper_fib_next_hop), C(anycast_edge_mapper_rp_filter),
-        C(anycast_edge_default_pop), C(anycast_edge_dsr_services).
+        C(anycast_edge_default_pop), C(anycast_edge_dsr_services), C(anycast_edge_wireguard_port),
+        C(anycast_edge_wireguard_endpoint), C(anycast_edge_wireguard_mtu), C(anycast_edge_wireguard_keepalive).
     type: dict
     default: {}
   monitoring:
@@ -228,6 +233,24 @@ rules:
       pop1:
         - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
         - {address: 172.16.1.1/32, reason: BGP neighbour upstream of pop1}
+transports:
+  description: By POP, by backend (inventory names) - the transport of the pair, C(ipip) or C(wireguard) (docs/transport.md).
+  returned: success
+  type: dict
+  sample: {pop1: {game1: ipip}, pop2: {game1: wireguard}}
+wireguard_interfaces:
+  description:
+    - By POP and backend (inventory name) - its WireGuard interfaces, one per WireGuard pair (an empty
+      list for a host with none), each with C(name), C(peer) (inventory name), C(listen_port), the
+      peer's C(endpoint) (C(address:port)), C(mtu) and C(persistent_keepalive).
+  returned: success
+  type: dict
+  sample:
+    pop1: []
+    pop2: [{name: aw-a31a83312b, peer: game1, listen_port: 51820, endpoint: "10.1.0.10:51820", mtu: 1440,
+            persistent_keepalive: 25}]
+    game1: [{name: aw-6aecf4af8a, peer: pop2, listen_port: 51820, endpoint: "10.0.0.2:51820", mtu: 1440,
+             persistent_keepalive: 25}]
 rules_files:
   description: By POP (inventory name) - the path of its rules file.
   returned: success, when O(rules_dir) is given
@@ -285,7 +308,8 @@ def main():
                 % (len(problems), "" if len(problems) == 1 else "s", "\n".join(problems)),
             problems=problems, warnings_found=warnings, invocation=dict(module_args=echoed_params(params)))
     rules = _inventory.resolve_rules(normalized)
-    result = dict(changed=False, problems=[], warnings_found=warnings, rules=rules)
+    result = dict(changed=False, problems=[], warnings_found=warnings, rules=rules,
+                  transports=normalized["transports"], wireguard_interfaces=normalized["wireguard_interfaces"])
     if params["rules_dir"]:
         try:
             result["rules_files"] = write_rules_files(params["rules_dir"], rules, sorted(params["pops"]))
