@@ -101,10 +101,11 @@ def wireguard_peers_of(host, pops, backends):
     return []
 
 
-def listen_port(host, peer, pops, backends):
-    """The UDP port `host`'s interface toward `peer` listens on."""
-    variables = pops.get(host) if host in pops else backends.get(host)
-    return int(setting(variables, "anycast_edge_wireguard_port")) + wireguard_peers_of(host, pops, backends).index(peer)
+def listen_port(listener, toward, pops, backends):
+    """The UDP port `listener`'s interface toward `toward` listens on."""
+    variables = pops.get(listener) if listener in pops else backends.get(listener)
+    return int(setting(variables, "anycast_edge_wireguard_port")) + \
+        wireguard_peers_of(listener, pops, backends).index(toward)
 
 
 def endpoint_address(hostvars):
