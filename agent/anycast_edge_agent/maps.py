@@ -8,15 +8,13 @@ old, detached map without any error.
 
 from __future__ import annotations
 
-import socket
 import time
 
-from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     PinError,
     open_pinned_maps,
-    program_pin_path,
+    pinned_program_attached,
 )
 
 __all__ = ["PinError", "EdgeMaps", "dataplane_attached"]
@@ -60,18 +58,7 @@ def dataplane_attached(pin_root: str, iface: str) -> bool:
 
     False is evidence (nothing attached, or another program). Raises PinError / OSError /
     BpfError when the agent cannot tell (no pin, no such interface, no permission): the caller
-    treats that as "unknown", never as "down".
+    treats that as "unknown", never as "down". (_pins.pinned_program_attached, which
+    edge_status_info reads too.)
     """
-    ifindex = socket.if_nametoindex(iface)
-    attached = _bpf.xdp_query(ifindex)
-    attached_ids = {attached.prog_id, attached.drv_prog_id, attached.skb_prog_id, attached.hw_prog_id} - {0}
-    if not attached_ids:
-        return False
-    try:
-        program = _bpf.BpfProgram.from_pin(program_pin_path(pin_root, iface))
-    except _bpf.BpfError as exc:
-        raise PinError("cannot open the XDP program pinned for %s: %s" % (iface, exc)) from exc
-    try:
-        return program.id in attached_ids
-    finally:
-        program.close()
+    return pinned_program_attached(pin_root, iface)

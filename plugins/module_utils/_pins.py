@@ -21,6 +21,7 @@ __metaclass__ = type
 
 import errno
 import os
+import socket
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BpfError,
@@ -30,6 +31,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     ensure_bpffs,
     is_bpffs,
     unpin,
+    xdp_query,
 )
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/anycast_edge"
@@ -226,3 +228,24 @@ def open_pinned_maps(pin_root, iface, names):
         opened.close()
         raise
     return opened
+
+
+def pinned_program_attached(pin_root, iface):
+    """True if the XDP program pinned for ``iface`` is the one attached to it (any mode).
+
+    False is evidence (nothing attached, or another program). Raises PinError (no pin) or
+    OSError / BpfError (no such interface, no permission) when it cannot tell: callers treat
+    that as "unknown", never as "not attached".
+    """
+    attached = xdp_query(socket.if_nametoindex(iface))
+    attached_ids = set([attached.prog_id, attached.drv_prog_id, attached.skb_prog_id, attached.hw_prog_id]) - set([0])
+    if not attached_ids:
+        return False
+    try:
+        program = BpfProgram.from_pin(program_pin_path(pin_root, iface))
+    except BpfError as exc:
+        raise PinError("cannot open the XDP program pinned for %s: %s" % (iface, exc))
+    try:
+        return program.id in attached_ids
+    finally:
+        program.close()

@@ -38,7 +38,7 @@ from harness.edge_env import monotonic_ns
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
 from ansible_collections.anycast.edge.plugins.modules.edge_ban import ask_agent
-from ansible_collections.anycast.edge.plugins.modules.edge_stats_info import read_reasons
+from ansible_collections.anycast.edge.plugins.module_utils._edge_stats import read_reasons
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF, bpffs and namespaces need root")
 
