@@ -135,7 +135,9 @@ top_drops:
   elements: dict
   sample: [{reason: drop_banned, pps: 10200.0}, {reason: drop_rate_limit, pps: 42.0}]
 nats:
-  description: C(routes) (how many) and C(peers) (each route's remote server name, or address) of the POP's nats-server; null without O(nats_monitor_url).
+  description:
+    - C(routes) (how many) and C(peers) of the POP's nats-server - each route's remote server name, or its
+      address where the server does not say (nats-server 2.9, Debian 12's); null without O(nats_monitor_url).
   returned: always
   type: dict
   sample: {routes: 2, peers: [pop2, pop3]}
@@ -211,8 +213,9 @@ def read_bird(module, socket_path, protocol):
 
 def read_nats(url):
     answer = json.loads(open_url(url.rstrip("/") + "/routez", timeout=5).read())
-    peers = sorted(route.get("remote_name") or "%s:%s" % (route.get("ip"), route.get("port"))
-                   for route in answer.get("routes") or [])
+    # Debian 12's nats-server (2.9) does not name a route's server (remote_name came later): its
+    # address then says which POP it is (a route's port is the connecting side's, ephemeral).
+    peers = sorted(route.get("remote_name") or str(route.get("ip")) for route in answer.get("routes") or [])
     return {"routes": int(answer.get("num_routes", len(peers))), "peers": peers}
 
 
