@@ -33,16 +33,14 @@ author:
 requirements:
   - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1)) when writing the map itself
   - root (to open pinned maps, or to reach the agent's control socket)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   addresses:

@@ -31,17 +31,15 @@ author:
 requirements:
   - libbpf 1.x (C(libbpf.so.1), Debian package C(libbpf1))
   - root (to open pinned maps), birdc
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads only; the same result as without check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   iface:
