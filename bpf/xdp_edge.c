@@ -1193,6 +1193,11 @@ static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct 
 	/* A RST with or without ACK (stacks differ); a SYN alone. Nothing else is asked. */
 	if (flags != TCP_FLAG_SYN && (flags & ~TCP_FLAG_ACK) != TCP_FLAG_RST)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	/* A source inside the fleet's own anycast prefixes is spoofed (nobody else holds them): its
+	 * SYN-ACK would go back into the fleet, at one of its own services, whose game server's RST
+	 * would then verify that address. Neither answered nor verified. */
+	if (lpm_v4_match(&edge_anycast_v4, pkt->saddr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
 	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
 	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same on every POP */
 	syn_auth_keys(cfg, key, previous);

@@ -852,6 +852,8 @@ class EdgeModel:
         flags = self._frame[l4 + 13] & TCP_FLAGS_HANDSHAKE
         if flags != TCP_SYN and flags & ~TCP_ACK != TCP_RST:
             raise _verdict(DROP, "drop_tcp_unverified")
+        if self.state.is_anycast_v4(pkt.saddr):       # the fleet's own prefixes: spoofed
+            raise _verdict(DROP, "drop_tcp_unverified")
         cfg = self.state.config
         utc = (self._cookie_clock - cfg.cookie_tai_offset_ns) & U64
         epoch = utc // (cfg.cookie_epoch_ns or DEFAULT_COOKIE_EPOCH_NS)

@@ -206,6 +206,23 @@ def test_another_pop_of_the_fleet_accepts_the_rst(edge):
         other.stop()
 
 
+@pytest.mark.parametrize("source", [GAME, "198.51.100.77"], ids=["the-service-itself", "elsewhere-in-the-prefix"])
+def test_a_source_inside_the_fleets_own_prefix_is_neither_answered_nor_verified(edge, source):
+    """Nobody else holds the anycast prefixes: a SYN from inside them is spoofed. Answered, its
+    SYN-ACK went back into the fleet, at one of its own services (the POP reflecting at itself), and
+    that service's game server, answering the SYN-ACK with its RST, verified the fleet's own address
+    for this service. The same SYN is still forwarded when SYN authentication is off."""
+    tcp_pop(edge, syn_auth="never")
+    assert edge.run(segment(src=source, sport=27016)).reason == "tx_forward"
+    edge.reset()
+    tcp_pop(edge)
+    assert edge.run(segment(src=source, sport=27016)).reason == "drop_tcp_unverified"
+    assert edge.reason_counts().get("tx_syn_auth", (0, 0))[0] == 0
+    assert edge.run(rst(cookie(src=source, sport=27016), src=source, sport=27016)).reason == "drop_tcp_unverified"
+    assert entries(edge) == set()
+    assert edge.run(segment(src="100.1.2.3")).reason == "tx_syn_auth"        # everyone else: answered
+
+
 # ---- floods ------------------------------------------------------------------------------------------------
 
 FLOOD = spoofed(200)
