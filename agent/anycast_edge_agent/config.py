@@ -108,6 +108,10 @@ class FleetSyncConfig:
     servers: list                            # nats://host:port or tls://host:port, this POP's own first
     user: str = ""
     password: str = field(default="", repr=False)
+    # Or the password in a file, read at each connection: the edge_agent role gives a systemd
+    # credential ("$CREDENTIALS_DIRECTORY/nats-password": LoadCredential= in the unit), so that
+    # the secret is in no configuration file the agent's user can read. $VARIABLES are expanded.
+    password_file: str = ""
     tls_ca_file: str = ""                    # verifies the servers; tls:// servers need it or the system's CAs
     tls_cert_file: str = ""                  # this POP's client certificate (with tls_key_file)
     tls_key_file: str = ""
@@ -227,8 +231,10 @@ def parse_fleet_sync(raw) -> FleetSyncConfig:
     settings = dict(raw)
     if bool(raw.get("tls_cert_file")) != bool(raw.get("tls_key_file")):
         raise ConfigError("%s.tls_cert_file, %s.tls_key_file: give both or neither" % (where, where))
-    if raw.get("password") and not raw.get("user"):
+    if (raw.get("password") or raw.get("password_file")) and not raw.get("user"):
         raise ConfigError("%s.password: needs %s.user" % (where, where))
+    if raw.get("password") and raw.get("password_file"):
+        raise ConfigError("%s.password, %s.password_file: give one or the other" % (where, where))
     for key in ("max_age_sec", "punch_scan_interval_sec", "sources_scan_interval_sec", "import_rate_per_pop"):
         if key in raw:
             settings[key] = _positive("%s.%s" % (where, key), raw[key])

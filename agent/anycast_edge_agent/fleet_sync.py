@@ -39,6 +39,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import re
 import socket
 import struct
@@ -47,6 +48,8 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from .config import ConfigError
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +91,23 @@ LOCAL_PROOFS = frozenset([abi.VERIFY_PROOFS.index("syn_auth")])
 
 class Malformed(ValueError):
     """A message that is not an entry this version understands."""
+
+
+def read_password(settings) -> str:
+    """The login's password: ``password``, or the first line of ``password_file`` ($VARIABLES
+    expanded: a systemd credential is "$CREDENTIALS_DIRECTORY/<name>"). The error names the file,
+    never its content."""
+    if not settings.password_file:
+        return settings.password
+    path = os.path.expandvars(settings.password_file)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError("fleet_sync.password_file: cannot read %s (%s)" % (path, exc.strerror)) from None
+    if not password:
+        raise ConfigError("fleet_sync.password_file: %s is empty" % path)
+    return password
 
 
 def origin_token(pop_name: str) -> str:
@@ -684,7 +704,7 @@ class FleetSync:
                        error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                        reconnected_cb=self._on_reconnected)
         if settings.user:
-            options.update(user=settings.user, password=settings.password)
+            options.update(user=settings.user, password=read_password(settings))
         if settings.tls_ca_file or settings.tls_cert_file or any(url.startswith("tls://") for url in settings.servers):
             # pylint: disable-next=import-outside-toplevel
             from .tls import client_ssl_context

@@ -229,12 +229,36 @@ def test_fleet_sync_settings_are_checked_and_the_password_never_echoed():
            ({"servers": ["nats://x:4222"], "stream": "a.b"}, "fleet_sync.stream"),
            ({"servers": ["nats://x:4222"], "kinds": ["cache"]}, "fleet_sync.kinds"),
            ({"servers": ["nats://x:4222"], "tls_cert_file": "/c.pem"}, "fleet_sync.tls_cert_file"),
+           ({"servers": ["nats://x:4222"], "password_file": "/p"}, "fleet_sync.password"),
+           ({"servers": ["nats://x:4222"], "user": "pop1", "password": "s3cret", "password_file": "/p"},
+            "fleet_sync.password, fleet_sync.password_file: give one or the other"),
            ({"servers": ["nats://x:4222"], "colour": "red"}, "unknown settings: colour")]
     for settings, named in bad:
         with pytest.raises(agent_config.ConfigError) as caught:
             agent_config.parse(dict(BASE, fleet_sync=settings))
         assert named in str(caught.value)
         assert "s3cret" not in str(caught.value)
+
+
+def test_the_password_file_is_read_at_each_login_from_the_credentials_directory(tmp_path, monkeypatch):
+    """edge_agent gives the password as a systemd credential: "$CREDENTIALS_DIRECTORY/nats-password"."""
+    settings = agent_config.parse(dict(BASE, fleet_sync={
+        "servers": ["tls://10.0.0.1:4222"], "user": "pop1",
+        "password_file": "$CREDENTIALS_DIRECTORY/nats-password"})).fleet_sync
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with pytest.raises(agent_config.ConfigError) as caught:
+        fleet_sync.read_password(settings)
+    assert str(caught.value) == "fleet_sync.password_file: cannot read %s/nats-password (No such file or directory)" \
+        % tmp_path
+    (tmp_path / "nats-password").write_text("")
+    with pytest.raises(agent_config.ConfigError, match="is empty"):
+        fleet_sync.read_password(settings)
+    (tmp_path / "nats-password").write_text("s3cret-one\n")
+    assert fleet_sync.read_password(settings) == "s3cret-one"
+    (tmp_path / "nats-password").write_text("s3cret-two")     # a new password: the next login uses it
+    sync = fleet_sync.FleetSync(settings, "pop1", None)
+    assert sync._connect_options()["password"] == "s3cret-two"  # pylint: disable=protected-access
+    assert "s3cret" not in repr(settings)
 
 
 def test_an_address_in_a_message_is_dotted_quad():
