@@ -94,7 +94,8 @@ POP_VARS = ("anycast_edge_uplink", "anycast_edge_tunnel_address", "anycast_edge_
             "anycast_edge_router_id", "anycast_edge_bgp_neighbors", "anycast_edge_bgp_communities",
             "anycast_edge_rtbh", "anycast_edge_bgp_timers", "anycast_edge_bfd_timers",
             "anycast_edge_drain_state", "anycast_edge_cookie_keys", "ansible_host",
-            "anycast_edge_agent_listen_address") + _transport.POP_VARS
+            "anycast_edge_agent_listen_address", "anycast_edge_nats_address", "anycast_edge_nats_password",
+            "anycast_edge_nats_tls_cert", "anycast_edge_nats_tls_key") + _transport.POP_VARS
 BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_edge_mapper_devices",
                 "anycast_edge_mapper_fib_next_hop", "anycast_edge_mapper_rp_filter",
                 "anycast_edge_default_pop", "anycast_edge_dsr_services") + _transport.BACKEND_VARS
@@ -102,6 +103,8 @@ BACKEND_VARS = ("anycast_edge_tunnel_address", "anycast_edge_uplink", "anycast_e
 MONITORING_VARS = ("ansible_host",)
 # Variables that hold secrets: checked, never shown (the problem says what is wrong, not the value).
 SECRET_KEYS = ("password",)
+# The POPs' own secrets of the fleet sync's NATS cluster (checked, never shown, masked in results).
+NATS_SECRET_VARS = ("anycast_edge_nats_password", "anycast_edge_nats_tls_key")
 
 
 class _Problems(object):
@@ -928,7 +931,8 @@ def _check_control_plane(ctx):
             fleet.append((host, address, "tunnel address of POP %s" % host,
                           _hostvars_path(host, "anycast_edge_tunnel_address")))
         for var, what in (("ansible_host", "management address"),
-                          ("anycast_edge_agent_listen_address", "exporter address")):
+                          ("anycast_edge_agent_listen_address", "exporter address"),
+                          ("anycast_edge_nats_address", "NATS address")):
             address = _host_address(hostvars.get(var))
             if address is not None:
                 fleet.append((host, address, "%s of POP %s (%s)" % (what, host, var), _hostvars_path(host, var)))
@@ -1032,6 +1036,10 @@ def secrets(pops):
         if isinstance(keys, (list, tuple)):
             found.extend(key.strip() for key in keys if isinstance(key, str) and key.strip())
             found.extend(key for key in keys if isinstance(key, str) and key.strip() and key != key.strip())
+        for var in NATS_SECRET_VARS:
+            value = (hostvars or {}).get(var)
+            if isinstance(value, str) and value.strip():
+                found.extend(set([value, value.strip()]))
         neighbors = (hostvars or {}).get("anycast_edge_bgp_neighbors")
         if isinstance(neighbors, (list, tuple)):
             for neighbor in neighbors:
@@ -1128,3 +1136,164 @@ def pop_rules(resolved, pop):
     rules = dict((name, resolved[name]) for name in _rules.RULES_FILE_OPTIONS if name != "control_plane")
     rules["control_plane"] = resolved["control_plane"].get(pop, [])
     return rules
+
+
+# --- the fleet sync's NATS cluster (roles/nats_fleet, the agent's fleet_sync; docs/fleet-sync.md) --
+
+# What the agent's fleet_sync takes from anycast_edge_fleet_sync_options (the connection itself -
+# servers, login, TLS - is rendered by the roles). tests/unit/test_inventory.py keeps these equal
+# to the agent's FleetSyncConfig fields.
+FLEET_SYNC_OPTION_KEYS = ("stream", "replicas", "max_age_sec", "punch_scan_interval_sec",
+                          "sources_scan_interval_sec", "import_rate_per_pop", "import_burst_per_pop",
+                          "import_max_entries_per_pop", "kinds")
+FLEET_SYNC_KINDS = ("punch", "ban", "verified")
+FLEET_SYNC_DEFAULT_REPLICAS = 3
+# The agent's default stream (FleetSyncConfig.stream): the servers' permissions name it.
+FLEET_SYNC_DEFAULT_STREAM = "ANYCAST_EDGE_FLEET"
+# JetStream's limit on a stream's replicas.
+FLEET_SYNC_MAX_REPLICAS = 5
+NATS_PORT_VARS = ("anycast_edge_nats_client_port", "anycast_edge_nats_cluster_port", "anycast_edge_nats_monitor_port")
+# A POP's inventory name is its NATS user and, '.' written '~', a token of the subjects it may
+# publish on (fleet_sync.origin_token): no whitespace, wildcard or quote.
+NATS_POP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# The shortest password a POP may log in with: the NATS client port is on the management network.
+MIN_NATS_PASSWORD = 16
+PEM_CERTIFICATE = re.compile(r"\s*(-----BEGIN CERTIFICATE-----\s[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+")
+PEM_PRIVATE_KEY = re.compile(r"\s*-----BEGIN ((RSA|EC) )?PRIVATE KEY-----\s[A-Za-z0-9+/=\s]+-----END ((RSA|EC) )?PRIVATE KEY-----\s*")
+
+
+def nats_subject_token(pop_name):
+    """A POP's name as one NATS subject token ('.' separates tokens; it is written '~'). The same
+    rule as the agent's fleet_sync.origin_token (a unit test keeps them equal)."""
+    return pop_name.replace(".", "~")
+
+
+def _fleet_sync_options(problems, value, pop_count):
+    """The agent's fleet_sync options of anycast_edge_fleet_sync_options, checked; replicas
+    defaults to min(3, POPs) (a stream cannot have more replicas than servers), stream to the
+    agent's (the servers' permissions name it)."""
+    path = "anycast_edge_fleet_sync_options"
+    options = {}
+    if value is not None and _mapping(problems, path, value) is not None:
+        _unknown_keys(problems, path, value, FLEET_SYNC_OPTION_KEYS)
+        for key in ("max_age_sec", "punch_scan_interval_sec", "sources_scan_interval_sec", "import_rate_per_pop"):
+            if value.get(key) is not None:
+                number = value[key]
+                if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+                    problems.add("%s.%s" % (path, key), number, "is not a number > 0")
+                else:
+                    options[key] = number
+        for key in ("import_burst_per_pop", "import_max_entries_per_pop"):
+            if value.get(key) is not None:
+                number = _integer(problems, "%s.%s" % (path, key), value[key], strictly_positive=True)
+                if number is not None:
+                    options[key] = number
+        if value.get("replicas") is not None:
+            replicas = _integer(problems, path + ".replicas", value["replicas"], minimum=1,
+                                maximum=FLEET_SYNC_MAX_REPLICAS)
+            if replicas is not None and replicas > pop_count:
+                problems.add(path + ".replicas", value["replicas"],
+                             "is more than the %d POP(s) of group pops (one server each)" % pop_count)
+            elif replicas is not None:
+                options["replicas"] = replicas
+        if value.get("stream") is not None:
+            if not isinstance(value["stream"], str) or not STREAM_NAME.fullmatch(value["stream"]):
+                problems.add(path + ".stream", value["stream"], "is not a JetStream stream name ([A-Za-z0-9_-]+)")
+            else:
+                options["stream"] = value["stream"]
+        if value.get("kinds") is not None:
+            kinds = value["kinds"]
+            if not isinstance(kinds, list) or not kinds or any(kind not in FLEET_SYNC_KINDS for kind in kinds):
+                problems.add(path + ".kinds", kinds, "is not a list of %s" % ", ".join(FLEET_SYNC_KINDS))
+            else:
+                options["kinds"] = list(kinds)
+    options.setdefault("replicas", max(1, min(FLEET_SYNC_DEFAULT_REPLICAS, pop_count)))
+    options.setdefault("stream", FLEET_SYNC_DEFAULT_STREAM)
+    return options
+
+
+def _nats_ports(problems, variables):
+    ports = {}
+    for var in NATS_PORT_VARS:
+        if variables.get(var) is not None:
+            port = _integer(problems, var, variables[var], minimum=1, maximum=65535)
+            if port is not None:
+                if port in ports.values():
+                    other = [name for name, number in ports.items() if number == port][0]
+                    problems.add(var, variables[var], "is also %s" % other)
+                ports[var] = port
+    return ports
+
+
+@inventory_check
+def _check_fleet_sync(ctx):
+    """anycast_edge_fleet_sync (off by default: a single POP needs no NATS) and, when it is on,
+    what the POPs' NATS cluster needs: each POP's address (anycast_edge_nats_address, else its
+    ansible_host), password, certificate and key, the fleet's CA, the ports, the agent's options.
+    Secrets are checked, never shown. normalized["fleet_sync"]: {enabled, pops: {POP: {address,
+    origin}}, options} for the roles (nats_fleet, edge_agent)."""
+    problems = ctx.problems
+    enabled = ctx.variables.get("anycast_edge_fleet_sync")
+    if enabled is None:
+        enabled = False
+    elif _boolean(problems, "anycast_edge_fleet_sync", enabled) is None:
+        enabled = False
+    ctx.normalized["fleet_sync"] = {"enabled": enabled}
+    if not enabled:
+        return
+    ca = ctx.variables.get("anycast_edge_nats_tls_ca")
+    if not ca:
+        problems.note("anycast_edge_nats_tls_ca", "is required with anycast_edge_fleet_sync: the PEM of the CA that "
+                      "signs every POP's NATS certificate (routes and clients are verified against it)")
+    elif not isinstance(ca, str) or not PEM_CERTIFICATE.fullmatch(ca):
+        # Not shown: whatever was put there by mistake may be a key.
+        problems.note("anycast_edge_nats_tls_ca", "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+    _nats_ports(problems, ctx.variables)
+    pops = {}
+    owner = {}
+    for host in sorted(ctx.pops):
+        hostvars = ctx.pops[host]
+        if not NATS_POP_NAME.fullmatch(host):
+            problems.add("groups['pops']", host, "cannot be a NATS user and subject token (the fleet sync's origin): "
+                         "use [A-Za-z0-9_.-] in the POP's inventory name")
+        var = "anycast_edge_nats_address" if hostvars.get("anycast_edge_nats_address") is not None else "ansible_host"
+        path = _hostvars_path(host, var)
+        value = hostvars.get(var)
+        address = _host_address(value)
+        if address is None:
+            problems.add(path, value, "is not an IPv4 address: the POP's NATS server listens and routes on "
+                         "anycast_edge_nats_address (default: ansible_host), which must be one")
+        elif address.is_loopback() and len(ctx.pops) > 1:
+            problems.add(path, value, "is a loopback address: the other POPs' NATS servers cannot route to it")
+        elif ctx.in_anycast(address):
+            problems.add(path, value, "is inside an anycast prefix; the NATS cluster runs over the management network")
+        elif address in owner:
+            problems.add(path, value, "is also the NATS address of %s" % owner[address])
+        else:
+            owner[address] = host
+            pops[host] = {"address": str(address), "origin": nats_subject_token(host)}
+        password = hostvars.get("anycast_edge_nats_password")
+        path = _hostvars_path(host, "anycast_edge_nats_password")
+        if password is None or password == "":
+            problems.note(path, "is required with anycast_edge_fleet_sync (this POP's NATS login; vault it)")
+        elif not isinstance(password, str) or len(password) < MIN_NATS_PASSWORD or password.strip() != password \
+                or re.search(r"[\x00-\x1f\x7f]", password):
+            problems.note(path, "(not shown) must be a string of at least %d characters, without control characters "
+                          "or surrounding spaces" % MIN_NATS_PASSWORD)
+        cert = hostvars.get("anycast_edge_nats_tls_cert")
+        path = _hostvars_path(host, "anycast_edge_nats_tls_cert")
+        if not cert:
+            problems.note(path, "is required with anycast_edge_fleet_sync (the PEM of this POP's NATS certificate, "
+                          "signed by anycast_edge_nats_tls_ca, naming its NATS address)")
+        elif not isinstance(cert, str) or not PEM_CERTIFICATE.fullmatch(cert):
+            problems.note(path, "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+        key = hostvars.get("anycast_edge_nats_tls_key")
+        path = _hostvars_path(host, "anycast_edge_nats_tls_key")
+        if not key:
+            problems.note(path, "is required with anycast_edge_fleet_sync (the PEM of this POP's NATS private key; "
+                          "vault it)")
+        elif not isinstance(key, str) or not PEM_PRIVATE_KEY.fullmatch(key):
+            problems.note(path, "(not shown) is not a PEM private key (-----BEGIN PRIVATE KEY----- ...)")
+    options = _fleet_sync_options(problems, ctx.variables.get("anycast_edge_fleet_sync_options"), len(ctx.pops))
+    ctx.normalized["fleet_sync"] = {"enabled": True, "pops": pops, "options": options}

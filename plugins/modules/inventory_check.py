@@ -76,6 +76,26 @@ options:
   verified_idle_sec:
     description: The value of C(anycast_edge_verified_idle_sec) (omitted - the default, 600).
     type: raw
+  fleet_sync:
+    description:
+      - C(anycast_edge_fleet_sync) - share port punches, bans and verified players between the POPs over
+        their own NATS JetStream cluster (a boolean; null - off).
+    type: raw
+  fleet_sync_options:
+    description: C(anycast_edge_fleet_sync_options) - the agent's fleet sync settings (caps, stream, replicas).
+    type: raw
+  nats_tls_ca:
+    description: C(anycast_edge_nats_tls_ca) - the PEM of the CA of the POPs' NATS certificates.
+    type: raw
+  nats_client_port:
+    description: C(anycast_edge_nats_client_port).
+    type: raw
+  nats_cluster_port:
+    description: C(anycast_edge_nats_cluster_port).
+    type: raw
+  nats_monitor_port:
+    description: C(anycast_edge_nats_monitor_port).
+    type: raw
   attack_detection:
     description: The value of C(anycast_edge_attack_detection) (omitted - the defaults).
     type: raw
@@ -88,7 +108,9 @@ options:
         C(anycast_edge_bgp_timers), C(anycast_edge_bfd_timers), C(anycast_edge_drain_state),
         C(ansible_host), C(anycast_edge_agent_listen_address), C(anycast_edge_transport),
         C(anycast_edge_transport_backends), C(anycast_edge_wireguard_port), C(anycast_edge_wireguard_endpoint),
-        C(anycast_edge_wireguard_mtu), C(anycast_edge_wireguard_keepalive).
+        C(anycast_edge_wireguard_mtu), C(anycast_edge_wireguard_keepalive), C(anycast_edge_nats_address),
+        C(anycast_edge_nats_password), C(anycast_edge_nats_tls_cert), C(anycast_edge_nats_tls_key).
+      - The NATS password and key are secrets - checked, never shown, masked in the result.
     type: dict
     default: {}
   backends:
@@ -256,6 +278,19 @@ rules_files:
   returned: success, when O(rules_dir) is given
   type: dict
   sample: {pop1: /home/ops/inventory/edge_rules/pop1.json}
+fleet_sync:
+  description:
+    - The fleet sync's NATS cluster as the roles render it - C(enabled); when enabled, C(pops) (by POP -
+      its NATS C(address) and C(origin), the subject token it publishes under) and C(options) (the
+      agent's fleet sync settings, C(replicas) defaulting to min(3, POPs)).
+  returned: success
+  type: dict
+  sample:
+    enabled: true
+    pops:
+      pop1: {address: 192.0.2.11, origin: pop1}
+      pop2.example: {address: 192.0.2.12, origin: pop2~example}
+    options: {replicas: 2}
 """
 
 import os
@@ -276,6 +311,12 @@ def main():
             filters=dict(type="raw", default={}),
             verified_idle_sec=dict(type="raw"),
             attack_detection=dict(type="raw"),
+            fleet_sync=dict(type="raw"),
+            fleet_sync_options=dict(type="raw"),
+            nats_tls_ca=dict(type="raw"),
+            nats_client_port=dict(type="raw"),
+            nats_cluster_port=dict(type="raw"),
+            nats_monitor_port=dict(type="raw"),
             pops=dict(type="dict", default={}),
             backends=dict(type="dict", default={}),
             monitoring=dict(type="dict", default={}),
@@ -295,6 +336,12 @@ def main():
         "anycast_edge_filters": params["filters"],
         "anycast_edge_verified_idle_sec": params["verified_idle_sec"],
         "anycast_edge_attack_detection": params["attack_detection"],
+        "anycast_edge_fleet_sync": params["fleet_sync"],
+        "anycast_edge_fleet_sync_options": params["fleet_sync_options"],
+        "anycast_edge_nats_tls_ca": params["nats_tls_ca"],
+        "anycast_edge_nats_client_port": params["nats_client_port"],
+        "anycast_edge_nats_cluster_port": params["nats_cluster_port"],
+        "anycast_edge_nats_monitor_port": params["nats_monitor_port"],
     }
     # Whatever the result says, a secret is masked in it (Ansible replaces these values).
     module.no_log_values.update(_inventory.secrets(params["pops"]))
@@ -309,7 +356,8 @@ def main():
             problems=problems, warnings_found=warnings, invocation=dict(module_args=echoed_params(params)))
     rules = _inventory.resolve_rules(normalized)
     result = dict(changed=False, problems=[], warnings_found=warnings, rules=rules,
-                  transports=normalized["transports"], wireguard_interfaces=normalized["wireguard_interfaces"])
+                  transports=normalized["transports"], wireguard_interfaces=normalized["wireguard_interfaces"],
+                  fleet_sync=normalized["fleet_sync"])
     if params["rules_dir"]:
         try:
             result["rules_files"] = write_rules_files(params["rules_dir"], rules, sorted(params["pops"]))
