@@ -23,14 +23,24 @@ def _openssl(folder: Path, *argv: str) -> None:
     subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True)
 
 
+def make_ca(folder: Path, ca: str) -> None:
+    """<ca>.pem and <ca>.key: a self-signed CA."""
+    _openssl(folder, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-days", "2", "-subj", "/CN=%s" % ca, "-keyout", ca + ".key", "-out", ca + ".pem")
+
+
+def issue(folder: Path, name: str, ca: str, extensions: str) -> None:
+    """<name>.pem and <name>.key: a certificate of ``ca`` with ``extensions`` (openssl's syntax)."""
+    (folder / (name + ".ext")).write_text(extensions + "\n")
+    _openssl(folder, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", "/CN=" + name, "-keyout", name + ".key", "-out", name + ".csr")
+    _openssl(folder, "x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+             "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem")
+
+
 def make_pki(folder: Path) -> Path:
     for ca in ("ca", "stranger-ca"):
-        _openssl(folder, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-days", "2", "-subj", "/CN=%s" % ca, "-keyout", ca + ".key", "-out", ca + ".pem")
+        make_ca(folder, ca)
     for name, ca, extensions in CERTIFICATES:
-        (folder / (name + ".ext")).write_text(extensions + "\n")
-        _openssl(folder, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-subj", "/CN=" + name, "-keyout", name + ".key", "-out", name + ".csr")
-        _openssl(folder, "x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
-                 "-CAcreateserial", "-days", "2", "-extfile", name + ".ext", "-out", name + ".pem")
+        issue(folder, name, ca, extensions)
     return folder
