@@ -259,6 +259,15 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
     assert changed == dict.fromkeys(POPS, 0), output
     assert files(tmp_path / "root") == before
 
+    # A new password for pop3, in check mode: every server's logins (pop3's hash) and pop3's agent
+    # credential would change; nothing does, and neither password is shown.
+    new_passwords = dict(passwords, pop3=secrets.token_urlsafe(24))
+    changed, output = play(inventory(tmp_path, certs, new_passwords), namespaces["pop1"], "--check", "--diff")
+    assert changed == {"pop1": 1, "pop2.example": 1, "pop3": 2}, output
+    assert files(tmp_path / "root") == before
+    assert passwords["pop3"] not in output and new_passwords["pop3"] not in output
+    inv = inventory(tmp_path, certs, passwords)
+
     servers = Servers(tmp_path, namespaces)
     try:
         for name in POPS:
