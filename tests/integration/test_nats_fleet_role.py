@@ -6,7 +6,8 @@ the test starts each POP's Debian nats-server on the configuration the role wrot
 drop-in would, each in a network namespace of its own holding the POP's NATS address (the three
 joined by veths, as the management network joins real POPs). What is checked: the files and their
 modes, a second run that changes nothing, a check run that says what a real one would change and
-changes nothing, the servers forming one cluster over mutual TLS, and a client logging in the way
+changes nothing, the servers forming one cluster over mutual TLS (a server with a certificate of
+another CA refused, the same server with one of the fleet's CA let in), and a client logging in the way
 the agent does (the agent's own connection code on the configuration edge_agent rendered, the
 password from the credential file) using JetStream, while a wrong password, a client without TLS,
 and a POP publishing in another POP's name are refused.
@@ -283,10 +284,56 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
         assert varz["tls_required"] and varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"]
         run_clients(tmp_path, namespaces, passwords, certs)
         assert "TLS handshake error" in servers.log("pop1")
+        stranger_routes(tmp_path, netns, namespaces, servers)
     finally:
         servers.stop()
     for name in POPS:
         assert not any(password in servers.log(name) for password in passwords.values())
+
+
+STRANGER = "192.0.2.66"
+STRANGER_CONFIG = """server_name: stranger
+listen: "%(address)s:4222"
+cluster {
+  name: anycast_edge
+  listen: "%(address)s:6222"
+  tls { cert_file: "%(pki)s/%(cert)s.pem", key_file: "%(pki)s/%(cert)s.key", ca_file: "%(pki)s/ca.pem", verify: true }
+  routes: ["nats-route://%(pop1)s:6222"]
+}
+"""
+
+
+def stranger_routes(tmp_path, netns, namespaces, servers):
+    """A server on the management network (it knows the fleet's CA, a public certificate) tries to
+    route to pop1: with a certificate of its own CA it is refused, and pop1 keeps its two routes;
+    the same server with a certificate of the fleet's CA joins (what the refusal rests on)."""
+    pki_dir = tmp_path / "pki"
+    issue(pki_dir, "stranger", "stranger-ca", "subjectAltName=IP:%s\nextendedKeyUsage=serverAuth,clientAuth" % STRANGER)
+    issue(pki_dir, "insider", "ca", "subjectAltName=IP:%s\nextendedKeyUsage=serverAuth,clientAuth" % STRANGER)
+    stranger = netns("stranger")
+    stranger.ip("addr", "add", STRANGER + "/32", "dev", "lo")
+    veth(stranger, "s0", namespaces["pop1"], "s1")
+    stranger.ip("route", "add", POPS["pop1"] + "/32", "dev", "s0")
+    namespaces["pop1"].ip("route", "add", STRANGER + "/32", "dev", "s1")
+    refused_before = servers.log("pop1").count("TLS route handshake error")
+    for cert, routes in (("stranger", 2), ("insider", 3)):
+        config = tmp_path / (cert + ".conf")
+        config.write_text(STRANGER_CONFIG % dict(address=STRANGER, pki=pki_dir, cert=cert, pop1=POPS["pop1"]))
+        with open(tmp_path / (cert + ".log"), "ab") as log:
+            process = subprocess.Popen(  # pylint: disable=consider-using-with
+                ["ip", "netns", "exec", stranger.name, "/usr/sbin/nats-server", "-c", str(config)],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if routes == 2:
+                wait_for(lambda: servers.log("pop1").count("TLS route handshake error") > refused_before,
+                         "pop1 refusing the stranger's route")
+                time.sleep(2)
+                assert servers.monitor("pop1", "routez")["num_routes"] == 2
+            else:
+                wait_for(lambda: servers.monitor("pop1", "routez")["num_routes"] == 3, "the insider's route")
+        finally:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def run_clients(tmp_path, namespaces, passwords, certs):
