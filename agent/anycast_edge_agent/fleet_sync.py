@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _fleet_stream
 
 from .config import ConfigError
 
@@ -56,7 +57,7 @@ LOG = logging.getLogger(__name__)
 KINDS = ("punch", "ban", "verified")
 # Why an entry from another POP was not imported (the exporter's reason label).
 REFUSALS = ("malformed", "origin_mismatch", "expired", "rate_cap", "denied", "unknown_service", "size_cap")
-SUBJECT_ROOT = "anycast_edge.fleet"
+SUBJECT_ROOT = _fleet_stream.SUBJECT_ROOT
 FORMAT_VERSION = 1
 # A hand-made ban's lift (unban) is the one message of version 2: an agent that knows only version
 # 1 refuses it as malformed rather than read it as a ban.
@@ -770,10 +771,11 @@ class FleetSync:
             return
         except NotFoundError:
             pass
-        info = await js.add_stream(api.StreamConfig(
-            name=self.settings.stream, subjects=[SUBJECT_ROOT + ".>"], max_age=self.settings.max_age_sec,
-            max_msgs_per_subject=1, num_replicas=self.settings.replicas, storage=api.StorageType.FILE,
-            discard=api.DiscardPolicy.OLD))
+        # Where the roles run (nats_fleet), the stream is theirs (the fleet_stream module, with the
+        # stream's own login) and this POP's login may not create it: this fails, and the bus loop
+        # retries until the stream is there. A bus of its own (the tests) gets it from here.
+        info = await js.add_stream(_fleet_stream.stream_config(api, self.settings.stream, self.settings.max_age_sec,
+                                                               self.settings.replicas))
         # A new replicated stream answers publications once its replicas elected a leader.
         for dummy in range(50):
             if info.cluster is None or info.cluster.leader:

@@ -211,7 +211,9 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
     namespaces = management_network(netns)
     inv = inventory(tmp_path, certs, passwords)
 
-    changed, output = play(inv, namespaces["pop1"])
+    # No server runs yet (the test starts them below): the stream waits for them.
+    no_stream = ("-e", "anycast_edge_nats_manage_stream=false")
+    changed, output = play(inv, namespaces["pop1"], *no_stream)
     assert all(count > 0 for count in changed.values()), output
     for name, password in passwords.items():
         assert password not in output, "a NATS password in the play's output"
@@ -228,7 +230,9 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
     assert stat.S_IMODE((root / "var/lib/anycast-edge/nats").stat().st_mode) == 0o700
     config = (nats_dir / "nats-server.conf").read_text()
     assert not any(password in config for password in passwords.values())
-    assert len(re.findall(r'password: "\$2b\$10\$', config)) == 3
+    # The three POPs' logins and the stream's.
+    assert len(re.findall(r'password: "\$2b\$10\$', config)) == 4
+    assert 'user: "anycast-edge/stream"' in config
     assert 'listen: "192.0.2.11:4222"' in config and 'http: "127.0.0.1:8222"' in config
     assert '"nats-route://192.0.2.12:6222", "nats-route://192.0.2.13:6222"' in config
     dropin = (root / "etc/systemd/system/nats-server.service.d/anycast-edge.conf").read_text()
@@ -256,14 +260,14 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
 
     # Twice: nothing changes (the hashes' salts are derived, not random).
     before = files(tmp_path / "root")
-    changed, output = play(inv, namespaces["pop1"])
+    changed, output = play(inv, namespaces["pop1"], *no_stream)
     assert changed == dict.fromkeys(POPS, 0), output
     assert files(tmp_path / "root") == before
 
     # A new password for pop3, in check mode: every server's logins (pop3's hash) and pop3's agent
     # credential would change; nothing does, and neither password is shown.
     new_passwords = dict(passwords, pop3=secrets.token_urlsafe(24))
-    changed, output = play(inventory(tmp_path, certs, new_passwords), namespaces["pop1"], "--check", "--diff")
+    changed, output = play(inventory(tmp_path, certs, new_passwords), namespaces["pop1"], "--check", "--diff", *no_stream)
     assert changed == {"pop1": 1, "pop2.example": 1, "pop3": 2}, output
     assert files(tmp_path / "root") == before
     assert passwords["pop3"] not in output and new_passwords["pop3"] not in output
@@ -282,6 +286,7 @@ def test_the_role_converges_and_the_servers_form_an_authenticated_cluster(tmp_pa
         wait_for(lambda: servers.monitor("pop1", "jsz").get("meta_cluster", {}).get("leader"), "JetStream's leader")
         varz = servers.monitor("pop1", "varz")
         assert varz["tls_required"] and varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"]
+        the_role_makes_the_stream(tmp_path, inv, certs, passwords, namespaces)
         run_clients(tmp_path, namespaces, passwords, certs)
         assert "TLS handshake error" in servers.log("pop1")
         stranger_routes(tmp_path, netns, namespaces, servers)
@@ -334,6 +339,39 @@ def stranger_routes(tmp_path, netns, namespaces, servers):
         finally:
             process.kill()
             process.wait(timeout=10)
+
+
+def the_role_makes_the_stream(tmp_path, inv, certs, passwords, namespaces):
+    """With the servers up, the play makes the fleet's stream (once, from the first POP, with the
+    stream's login), a rerun leaves it alone, and a new max_age_sec is an update in place."""
+    changed, output = play(inv, namespaces["pop1"])
+    assert changed == {"pop1": 1, "pop2.example": 0, "pop3": 0}, output
+    assert not any(password in output for password in passwords.values())
+    with namespaces["pop1"].entered():
+        info = asyncio.run(stream_info(tmp_path, passwords["pop1"]))
+    assert (info.config.num_replicas, info.config.subjects, info.config.max_msgs_per_subject, info.config.max_age) == (
+        3, ["anycast_edge.fleet.>"], 1, 3600.0)
+    assert info.cluster.leader and len(info.cluster.replicas) == 2
+    changed, output = play(inv, namespaces["pop1"])
+    assert changed == dict.fromkeys(POPS, 0), output
+    shorter = inventory(tmp_path, certs, passwords, anycast_edge_fleet_sync_options={"max_age_sec": 1800})
+    changed, output = play(shorter, namespaces["pop1"])
+    assert changed["pop1"] == 2, output   # the agent's configuration and the stream
+    with namespaces["pop1"].entered():
+        assert asyncio.run(stream_info(tmp_path, passwords["pop1"])).config.max_age == 1800.0
+    # inventory() writes the same file: the fleet's settings back as they were.
+    changed, output = play(inventory(tmp_path, certs, passwords), namespaces["pop1"])
+    assert changed["pop1"] == 2, output
+
+
+async def stream_info(tmp_path, password):
+    """The fleet stream's info, read with pop1's login (it may read it)."""
+    settings = dataclasses.replace(agent_settings(tmp_path, "pop1"), password=password, password_file="")
+    client = await login(settings, "pop1")
+    try:
+        return await client.jetstream(timeout=5).stream_info(STREAM)
+    finally:
+        await client.close()
 
 
 def run_clients(tmp_path, namespaces, passwords, certs):
@@ -391,15 +429,39 @@ async def clients(tmp_path, passwords, certs, credentials):
     await other_js.publish("anycast_edge.fleet.pop2~example.ban.01", b'{"v":1}')
     assert await asyncio.wait_for(received.get(), 10) == "anycast_edge.fleet.pop2~example.ban.01"
 
-    # ... but not in pop1's name, nor may it delete the fleet's stream: the servers refuse both.
+    # ... but not in pop1's name, nor may it delete, purge, change or (re)create the fleet's stream,
+    # make a durable consumer (it would hold the stream's messages for it) or delete a consumer: the
+    # servers refuse each (the stream is the roles', made with its own login).
     assert errors == []
     with pytest.raises(nats.errors.TimeoutError):
         await other_js.publish("anycast_edge.fleet.pop1.ban.02", b'{"v":1}', timeout=2)
-    with pytest.raises(nats.errors.TimeoutError):
-        await other_js.delete_stream(STREAM)
-    assert errors == ['nats: permissions violation for publish to "anycast_edge.fleet.pop1.ban.02"',
-                      'nats: permissions violation for publish to "$js.api.stream.delete.%s"' % STREAM.lower()], errors
-    assert (await js.stream_info(STREAM)).state.messages == 2
+    # What the agent's bus loop does besides: read the stream's info, its consumer's (the watchdog).
+    assert (await other_js.stream_info(STREAM)).config.name == STREAM
+    assert (await subscription.consumer_info()).stream_name == STREAM
+    # The one consumer subject it may use makes ephemeral consumers only: a durable asked for there
+    # is refused by the server itself.
+    answer = await other.request("$JS.API.CONSUMER.CREATE." + STREAM, json.dumps(
+        {"stream_name": STREAM, "config": {"durable_name": "hoard", "ack_policy": "explicit"}}).encode(), timeout=5)
+    assert "error" in json.loads(answer.data), answer.data
+    info = await js.stream_info(STREAM)
+    attempts = (
+        ("stream.delete." + STREAM, other_js.delete_stream(STREAM)),
+        ("stream.purge." + STREAM, other_js.purge_stream(STREAM)),
+        ("stream.update." + STREAM, other_js.update_stream(info.config.evolve(max_age=1.0))),
+        ("stream.create." + STREAM, other_js.add_stream(info.config)),
+        ("stream.create.other", other_js.add_stream(name="other", subjects=["other.>"])),
+        ("consumer.durable.create.%s.hoard" % STREAM, other_js.add_consumer(STREAM, durable_name="hoard")),
+        ("consumer.create.%s.hoard" % STREAM, other_js.add_consumer(STREAM, name="hoard", durable_name="hoard")),
+        ("consumer.delete.%s.%s" % (STREAM, subscription._consumer),  # pylint: disable=protected-access
+         other_js.delete_consumer(STREAM, subscription._consumer)),  # pylint: disable=protected-access
+    )
+    for subject, attempt in attempts:
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(attempt, 10)
+    assert errors == ['nats: permissions violation for publish to "anycast_edge.fleet.pop1.ban.02"'] + [
+        'nats: permissions violation for publish to "$js.api.%s"' % subject.lower() for subject, dummy in attempts], errors
+    info = await js.stream_info(STREAM)
+    assert info.state.messages == 2 and info.state.consumer_count == 1 and info.config.max_age == 3600.0
     await subscription.unsubscribe()
     await other.close()
     await client.close()
