@@ -24,7 +24,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 
 from . import game_model as gm
 from harness.edge_env import hammer_from_two_cpus, monotonic_ns
-from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply
+from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply, tcp_frame
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
                        PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
 
@@ -366,6 +366,36 @@ def test_verification_expires_after_the_idle_time_and_play_keeps_it(edge, idle_n
     assert edge.run(player_udp(b"data")).reason == "tx_forward"
     # Playing refreshed it: the slot's activity is now.
     assert monotonic_ns() - edge.source(PLAYER).verified[0][2] < SECOND
+
+
+GAME_TCP_SERVICE_ID = 2
+
+
+@pytest.mark.parametrize("game", ["source", "goldsrc", "none"])
+def test_with_syn_auth_never_no_tcp_segment_is_handshake_shaped(edge, game):
+    """A TCP service under attack with SYN authentication off (syn_auth never) is left to this
+    issue's admission, and no TCP segment is handshake-shaped, whatever its flags and bytes: the
+    game's getchallenge and A2S query (handshakes over UDP), a SYN, an ACK, a FIN. Each is
+    drop_unverified and takes none of a budget that would admit them all; the control is the same
+    bytes over UDP to the same game, admitted from the same budget (the UDP service's)."""
+    game_pop(edge, attack_mode="always", admission=(10**6, 10**9), game=game, nr_cpus=1)
+    edge.add_service("tcp", GAME, GAME_PORT, GAME_TCP_SERVICE_ID, BACKEND, admission=(10**6, 10**9),
+                     game_protocol=game, attack_mode="always", syn_auth="never")
+    payloads = [getchallenge("source"), getchallenge("goldsrc"), A2S_REQUEST]
+    if game != "none":     # the control: over UDP, the game's own handshakes are admitted
+        for payload in (getchallenge(game), A2S_REQUEST):
+            assert edge.run(player_udp(payload)).reason == "tx_forward"
+        assert edge.admission_counters(GAME_UDP_ID)["admitted_packets"] == 2
+    sent = 0
+    for flags in ("S", "A", "PA", "FA", "R"):
+        for payload in [b""] + payloads:
+            frame = tcp_frame(FLOOD[sent % len(FLOOD)], GAME, PLAYER_PORT, GAME_PORT, payload, flags=flags)
+            assert edge.run(frame).reason == "drop_unverified", (flags, payload)
+            sent += 1
+    counters = edge.admission_counters(GAME_TCP_SERVICE_ID)
+    assert (counters["unverified_packets"], counters["admitted_packets"], counters["dropped_packets"]) == \
+        (sent, 0, sent)
+    assert set(sources(edge)) <= {PLAYER}     # a dropped source gets no entry
 
 
 def test_a_source_verified_for_one_service_is_not_for_another(edge):
