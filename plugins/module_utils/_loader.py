@@ -9,6 +9,9 @@
   layout - type, sizes, flags, BTF key and value types - is the one the object declares, so its
   entries survive an upgrade; any other map is created empty;
 - ``attached_is_ours``: is a program attached to a hook the one this collection put there;
+- ``LoadRecords``: which object each program a module attached was loaded from, so that a rerun
+  with the same object knows the tag without loading it again (the verifier of a large program
+  takes tens of seconds on a slow host);
 - ``ModuleFailure``: the error such a module fails its task with, and ``PinningModule``: the
   bpffs check before pins are read or made.
 
@@ -19,6 +22,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
+import json
 import os
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
@@ -28,6 +33,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BPF_PROG_TYPE_XDP,
     BpfError,
     BpfObject,
+    prog_info_by_id,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._pins import PinError, prepare_pin_root
 
@@ -145,13 +151,12 @@ class MapReusePlan(object):
     def __init__(self):
         self.reused, self.created, self.stale, self.changed = [], [], [], {}
 
-    def uses_the_pinned_maps(self, running_info, loaded_info, pinned):
-        """True if the running program (its ProgInfo) already uses every pinned map the freshly
-        loaded program uses: same tag and same maps make the same program.  (A map the code
-        declares but never uses is in no program's map_ids; .rodata is made anew by each load
-        and pinned by nobody.)"""
-        return all(pinned[name].id in running_info.map_ids for name in self.reused
-                   if pinned[name].id in loaded_info.map_ids)
+    def uses_the_pinned_maps(self, running_info, used_maps, pinned):
+        """True if the running program (its ProgInfo) already uses every pinned map the object's
+        program uses (``used_maps``: their names, from a load or its record): same tag and same
+        maps make the same program.  (A map the code declares but never uses is in no program's
+        map_ids; .rodata is made anew by each load and pinned by nobody.)"""
+        return all(pinned[name].id in running_info.map_ids for name in self.reused if name in used_maps)
 
 
 def plan_map_reuse(obj, pinned, folder):
@@ -192,3 +197,78 @@ def attached_is_ours(attached_info, program_name, pinned_id=None):
     if pinned_id is not None:
         return attached_info.id == pinned_id
     return attached_info.name == program_name[:KERNEL_NAME_LEN]
+
+
+def file_sha256(path):
+    """The sha256 (hex) of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LoadRecords(object):
+    """Which object each program a module attached was loaded from: one JSON file per program id
+    in ``folder`` - the object's sha256, the tag the kernel gave the program and the names of the
+    maps the program uses.
+
+    A program's tag is a function of the object's bytes (the kernel hashes the instructions
+    libbpf hands it), so for the running program's id, a record with the object's sha256 gives
+    the tag a load would give, without a load: the verifier of xdp_edge takes 25-30 s on an
+    emulated CPU.  Program ids are not reused within a boot and the folder, under /run, goes
+    with the boot as the programs do.  A record whose tag is not the running program's is
+    ignored (and a missing or unreadable one only costs the load it saves).
+    """
+
+    FOLDER = "/run/anycast-edge/programs"
+
+    def __init__(self, folder=None):
+        self.folder = folder or self.FOLDER
+
+    def path(self, prog_id):
+        return os.path.join(self.folder, "%d.json" % prog_id)
+
+    def known(self, running_info, sha256):
+        """The record of the running program (its ProgInfo) if it was loaded from the object with
+        ``sha256`` and has the tag recorded then: a dict with ``tag`` and ``used_maps``; else None."""
+        try:
+            with open(self.path(running_info.id)) as handle:
+                record = json.load(handle)
+        except (OSError, IOError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("object_sha256") != sha256 \
+                or record.get("tag") != running_info.tag or not isinstance(record.get("used_maps"), list):
+            return None
+        return record
+
+    def write(self, prog_id, sha256, tag, used_maps):
+        """Record that program ``prog_id`` (tag ``tag``, using the maps named ``used_maps``) was
+        loaded from the object with ``sha256``; forget the programs that are gone.  A failure to
+        write only loses the shortcut."""
+        try:
+            if not os.path.isdir(self.folder):
+                os.makedirs(self.folder, mode=0o700)
+            temporary = self.path(prog_id) + ".new"
+            with open(temporary, "w") as handle:
+                json.dump({"object_sha256": sha256, "tag": tag, "used_maps": sorted(used_maps)}, handle)
+            os.rename(temporary, self.path(prog_id))
+            for name in os.listdir(self.folder):
+                stem = name[:-len(".json")] if name.endswith(".json") else None
+                if stem and stem.isdigit() and int(stem) != prog_id and not program_exists(int(stem)):
+                    os.unlink(os.path.join(self.folder, name))
+        except (OSError, IOError):
+            pass
+
+
+def program_exists(prog_id):
+    try:
+        prog_info_by_id(prog_id)
+    except BpfError:
+        return False
+    return True
+
+
+def used_map_names(obj, loaded_info):
+    """Names of the (loaded) object's maps that its loaded program (ProgInfo) uses."""
+    return [bpf_map.name for bpf_map in obj.maps() if bpf_map.id in loaded_info.map_ids]

@@ -198,6 +198,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._loader import (
     load_program,
     open_object,
     plan_map_reuse,
+    used_map_names,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
@@ -357,7 +358,7 @@ class TcProgramModule(PinningModule):
             filter_unchanged = (ours is not None and ours.tag == new_tag and ours.direct_action
                                 and ours.name == name
                                 and (plan is None or (not plan.created and plan.uses_the_pinned_maps(
-                                    prog_info_by_id(ours.prog_id), program.info(), pinned))))
+                                    prog_info_by_id(ours.prog_id), used_map_names(obj, program.info()), pinned))))
             after = {"priority": self.priority, "handle": FILTER_HANDLE, "name": name, "tag": new_tag}
             if filter_unchanged:
                 self.result["prog_id"] = ours.prog_id

@@ -19,7 +19,10 @@ description:
     M(anycast.edge.edge_stats_info) find them.
   - Idempotent by program tag and mode - when the program attached to O(iface) is the pinned one,
     has the tag the object's program gets when loaded, runs in the wanted mode and uses the
-    pinned maps, and every map still has the layout the object declares, nothing changes.
+    pinned maps, and every map still has the layout the object declares, nothing changes. The
+    object's tag is learned by loading it (the verifier runs), except when the running program was
+    loaded from the very same object (same sha256), which the module records in
+    C(/run/anycast-edge/programs) - see RV(loaded).
   - A different object replaces the running program B(atomically) (C(XDP_FLAGS_REPLACE) naming
     the old program) - there is no moment without a program on the interface. The new program
     reuses every pinned map whose layout is unchanged (type, key size, value size, max entries,
@@ -45,8 +48,8 @@ attributes:
   check_mode:
     support: full
     details: >-
-      Loads the object to learn its tag (the kernel frees it again) and compares; attaches, pins,
-      mounts and writes nothing.
+      Loads the object to learn its tag (the kernel frees it again; not when the running program was
+      loaded from the same object, see RV(loaded)) and compares; attaches, pins, mounts and writes nothing.
   diff_mode:
     support: full
     details: Shows the attached program's tag and mode, the pinned maps and the TX devices before and after.
@@ -230,6 +233,15 @@ pin_dir:
   returned: always
   type: str
   sample: /sys/fs/bpf/anycast_edge/eth1
+loaded:
+  description:
+    - Whether this run loaded the object into the kernel (the verifier ran) to learn its tag.
+    - A rerun with the object the running program was loaded from does not - the module recorded,
+      when it attached or last compared that program, the object's sha256 beside the program's id in
+      C(/run/anycast-edge/programs) - and on a slow host that is most of the run's time.
+  returned: when O(state=present)
+  type: bool
+  sample: false
 bpffs_mounted:
   description: True if this run mounted a bpf filesystem at C(/sys/fs/bpf) (or would, in check mode).
   returned: always
@@ -268,12 +280,15 @@ from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
     unpack_own_addrs,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._loader import (
+    LoadRecords,
     ModuleFailure,
     PinningModule,
     attached_is_ours,
+    file_sha256,
     load_program,
     open_object,
     plan_map_reuse,
+    used_map_names,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
@@ -512,11 +527,21 @@ class XdpProgramModule(PinningModule):
     def present_with_object(self, present, obj, tx_ifindexes):
         plan = plan_map_reuse(obj, present.pinned_maps, maps_dir(self.pin_root, self.iface))
         reused, created, stale = plan.reused, plan.created, plan.stale
-        program = load_program(obj, self.program_name, BPF_PROG_TYPE_XDP)
-        info = program.info()
-        new_tag = info.tag
         ours = present.ours_attached(self.program_name)
         mode = wanted_mode(self.module.params["mode"], ours, present.attached_mode)
+        records = LoadRecords()
+        object_sha256 = file_sha256(self.module.params["object"])
+        # The running program loaded from this very object: its tag and maps are known, the
+        # verifier need not run again (LoadRecords).
+        known = records.known(present.attached_info, object_sha256) if ours else None
+        program = None
+        if known is not None:
+            new_tag, used_maps = known["tag"], known["used_maps"]
+        else:
+            program = load_program(obj, self.program_name, BPF_PROG_TYPE_XDP)
+            info = program.info()
+            new_tag, used_maps = info.tag, used_map_names(obj, info)
+        self.result["loaded"] = program is not None
 
         program_unchanged = (
             ours
@@ -524,7 +549,7 @@ class XdpProgramModule(PinningModule):
             and present.attached_info.tag == new_tag
             and (mode == "auto" or present.attached_mode == mode)
             and not created and not stale
-            and plan.uses_the_pinned_maps(present.attached_info, info, present.pinned_maps)
+            and plan.uses_the_pinned_maps(present.attached_info, used_maps, present.pinned_maps)
         )
         tx_map_name = TX_PORTS_MAP if TX_PORTS_MAP in reused + created else None
         for name, why in plan.changed.items():
@@ -537,8 +562,14 @@ class XdpProgramModule(PinningModule):
             self.converge_tx_ports(tx_map, tx_ifindexes, tx_map_name)
             self.converge_trust_maps(present.pinned_maps)
             self.set_diff(present, new_tag, present.attached_mode, sorted(reused))
+            if known is None and not self.module.check_mode:
+                records.write(present.attached_id, object_sha256, new_tag, used_maps)
             return
 
+        if program is None:
+            # The same object, but a mode or a pinned map to change: a new program after all.
+            program = load_program(obj, self.program_name, BPF_PROG_TYPE_XDP)
+            self.result["loaded"] = True
         self.result.update(changed=True, tag=new_tag, maps_reused=reused, maps_created=created,
                            maps_removed=stale)
         # The new program's device map (the pinned one if reused) is filled before the
@@ -552,6 +583,7 @@ class XdpProgramModule(PinningModule):
             self.set_diff(present, new_tag, self.result["mode"], sorted(reused + created))
             return
         self.replace_program(present, obj, program, created, stale, mode)
+        records.write(self.result["prog_id"], object_sha256, new_tag, used_map_names(obj, program.info()))
         self.set_diff(present, new_tag, self.result["mode"], sorted(reused + created))
 
     def converge_tx_ports(self, tx_map, tx_ifindexes, tx_map_name):

@@ -6,12 +6,15 @@ The modules run through real ansible-playbook (``ip netns exec <pop> ansible-pla
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import time
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils._loader import LoadRecords
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
 
 from helpers import edge_lab as topo
@@ -102,6 +105,9 @@ def test_attach_rerun_upgrade_without_a_gap_then_detach(edge_lab, pin_root, tmp_
     for result in (rerun, check_rerun):
         assert not result["changed"] and not result.get("failed"), result
         assert result["prog_id"] == attach["prog_id"] and result["tag"] == attach["tag"]
+        # The running program was loaded from this very object: its tag is known, no load.
+        assert result["loaded"] is False, result
+    assert check["loaded"] is True and attach["loaded"] is True
 
     # -- rules and learned state, then traffic through the upgrade -------------------------
     edge_lab.write_rules(pin_root)
@@ -136,6 +142,7 @@ def test_attach_rerun_upgrade_without_a_gap_then_detach(edge_lab, pin_root, tmp_
     assert replaced["diff"]["before"]["tag"] == attach["tag"]
     assert replaced["diff"]["after"]["tag"] == replaced["tag"]
     assert not unchanged["changed"] and unchanged["prog_id"] == replaced["prog_id"], unchanged
+    assert replaced["loaded"] is True and unchanged["loaded"] is False
     assert attached(pop, topo.POP_IFACE) == (replaced["prog_id"], "drv")
 
     # Every datagram of the allowed player, from the first the capture saw to the last one
@@ -328,6 +335,53 @@ def test_the_same_program_on_a_second_device(xdp_edge_object, fixture_object, pi
     assert removed["changed"] and removed["also_on"] == {"ul0": None}, removed
     assert not removed_again["changed"], removed_again
     assert attached(pop, "ul0") == attached(pop, "up0") == (0, "none")
+
+
+def test_a_rerun_loads_only_an_object_it_has_not_recorded(xdp_edge_object, pin_root, netns, tmp_path):
+    """The record that spares a rerun the load (the verifier takes 25-30 s on the lab's emulated
+    CPU) is trusted for the very bytes the running program came from, and only while its tag is the
+    running program's: other bytes, a forged record or a lost one mean a load, as before it."""
+    pop = netns("record")
+    veth(pop, "up0", pop, "up0p")
+    same_bytes, other_bytes = tmp_path / "copy/xdp_edge.o", tmp_path / "stripped/xdp_edge.o"
+    same_bytes.parent.mkdir()
+    other_bytes.parent.mkdir()
+    same_bytes.write_bytes(open(xdp_edge_object, "rb").read())
+    # The same instructions (the same tag) in other bytes: without the debug sections' line info.
+    subprocess.run(["llvm-strip", "--strip-debug", "-o", str(other_bytes), xdp_edge_object], check=True)
+    args = {"iface": "up0", "object": xdp_edge_object, "pin_root": pin_root}
+    first = run_tasks([task(XDP, args), task(XDP, args), task(XDP, dict(args, object=str(same_bytes)))],
+                      tmp_path / "first", netns=pop)
+    attach, rerun, copied = first.results
+    assert attach["changed"] and attach["loaded"] is True, attach
+    record = LoadRecords().path(attach["prog_id"])
+    assert json.load(open(record))["tag"] == attach["tag"]
+    for result in (rerun, copied):
+        assert not result["changed"] and result["loaded"] is False, result
+
+    # Other bytes: loaded and compared (the same tag: nothing to change), then recorded for them.
+    stripped = run_tasks([task(XDP, dict(args, object=str(other_bytes)))] * 2, tmp_path / "other", netns=pop)
+    for result, loaded in zip(stripped.results, (True, False)):
+        assert not result["changed"] and result["prog_id"] == attach["prog_id"], result
+        assert result["loaded"] is loaded, result
+
+    # A record that claims another tag, or none at all: loaded, and nothing changes.
+    with open(record) as handle:
+        forged = dict(json.load(handle), tag="0123456789abcdef")
+    with open(record, "w") as handle:
+        json.dump(forged, handle)
+    after_forgery = run_tasks([task(XDP, dict(args, object=str(other_bytes)))], tmp_path / "forged", netns=pop)
+    os.unlink(record)
+    after_loss = run_tasks([task(XDP, args, check=True), task(XDP, args)], tmp_path / "lost", netns=pop)
+    for result in after_forgery.results + after_loss.results:
+        assert not result["changed"] and result["loaded"] is True and result["prog_id"] == attach["prog_id"], result
+    # Once the module has compared the running program with an object, it records it (not in check mode).
+    assert json.load(open(record))["tag"] == attach["tag"]
+
+    # A record never stands for a program that is gone.
+    run_tasks([task(XDP, {"iface": "up0", "pin_root": pin_root, "state": "absent"}),
+               task(XDP, {**args, "iface": "up0"})], tmp_path / "again", netns=pop)
+    assert not os.path.exists(record)
 
 
 def flagged_tunnel_ifindexes(pin_root, iface):
