@@ -511,6 +511,9 @@ def ansible_environment() -> dict[str, str]:
     env.setdefault("ANSIBLE_FORKS", "10")
     env.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
     env.setdefault("ANSIBLE_TIMEOUT", "60")
+    # Where the time goes: the time of each role at the end of every run (make lab, molecule's
+    # converge and idempotence), so that CI's logs show it.
+    env.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_roles")
     if os.environ.get("ANSIBLE_LAB_MITOGEN") == "1":
         env.update(mitogen_environment())
     return env
