@@ -55,9 +55,14 @@ class ManualBans:
             if had is None or had[0] < expires_ns:
                 self._bans[address] = (expires_ns, origin)
 
-    def remove(self, address):
+    def remove(self, address, origin=None):
+        """Forget the address's ban (only if ``origin`` made it, when given: a lift from the bus)."""
         with self.lock:
-            return self._bans.pop(address, None) is not None
+            had = self._bans.get(address)
+            if had is None or (origin is not None and had[1] != origin):
+                return False
+            del self._bans[address]
+            return True
 
     def expiry(self, address):
         with self.lock:

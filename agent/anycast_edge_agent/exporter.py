@@ -548,7 +548,8 @@ class EdgeCollector:
             imported.add_metric([origin, kind], count)
         refused = CounterMetricFamily(PREFIX + "fleet_refused", "Entries from other POPs not imported, by origin, "
                                       "kind and reason (denied: on this POP's deny list; rate_cap, size_cap: the "
-                                      "origin's import caps; unknown_service, expired, malformed, origin_mismatch)",
+                                      "origin's import caps; not_its_ban: a lift of a ban not imported from the "
+                                      "lifting POP; unknown_service, expired, malformed, origin_mismatch)",
                                       labels=["from", "kind", "reason"])
         for (origin, kind, reason), count in sorted(snapshot["refused"].items()):
             refused.add_metric([origin, kind, reason], count)

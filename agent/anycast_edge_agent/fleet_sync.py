@@ -4,9 +4,11 @@ other POP over NATS JetStream, and what they learn applied to this POP's maps.
 How (docs/fleet-sync.md has the why):
 
 - **Learning** is a scan of the maps XDP writes, with a cursor: ``edge_punches`` every
-  ``punch_scan_interval_sec``, ``edge_sources`` (bans and verified slots) every
+  ``punch_scan_interval_sec``, ``edge_sources`` (verified slots) every
   ``sources_scan_interval_sec``; each looks only at the entries XDP touched since the previous
-  scan (a punch's last reply; a source's last packet, which a ban follows, or verified slot).
+  scan (a punch's last reply; a source's last packet or verified slot). The bans XDP makes
+  stay at their POP (a spoofed flood would get a player banned everywhere: scan_sources); the
+  bans operators make are published as they are made (publish_manual).
   Each entry's *expiry* (CLOCK_REALTIME ns: a punch's last reply + the punch idle time, a ban's
   end, a verified slot's last packet + the verified idle time) is compared with what the cursor knows (published or imported); an entry is published when it is
   new or its expiry moved later by more than a quarter of its lifetime (a ban: by a second), so
@@ -56,7 +58,8 @@ LOG = logging.getLogger(__name__)
 
 KINDS = ("punch", "ban", "verified")
 # Why an entry from another POP was not imported (the exporter's reason label).
-REFUSALS = ("malformed", "origin_mismatch", "expired", "rate_cap", "denied", "unknown_service", "size_cap")
+REFUSALS = ("malformed", "origin_mismatch", "expired", "automatic_ban", "rate_cap", "denied", "unknown_service",
+            "size_cap", "not_its_ban")
 SUBJECT_ROOT = _fleet_stream.SUBJECT_ROOT
 FORMAT_VERSION = 1
 # A hand-made ban's lift (unban) is the one message of version 2: an agent that knows only version
@@ -173,6 +176,18 @@ def _endpoint(text):
     return address, number
 
 
+def _not_a_number(constant):
+    """json.loads' hook for Infinity, -Infinity and NaN, which Python's JSON reads but JSON has not."""
+    raise Malformed("%s is not a number" % constant)
+
+
+def _integer(value, what):
+    """An integer of the message (a float, even 1e400 which is infinite, or a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Malformed("%s %r is not an integer" % (what, value))
+    return value
+
+
 def decode(subject: str, payload: bytes) -> Entry:
     """The entry a message carries. Malformed if anything is off; ValueError subclasses only.
     The subject's origin token is returned as the entry's origin when the payload agrees."""
@@ -181,10 +196,10 @@ def decode(subject: str, payload: bytes) -> Entry:
     if len(tokens) != len(root) + 3 or tokens[:len(root)] != root:
         raise Malformed("subject %r" % subject)
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_constant=_not_a_number)
         if not isinstance(body, dict) or body.get("v") not in (FORMAT_VERSION, LIFT_VERSION):
             raise Malformed("version")
-        kind, origin, expires_ns = body["kind"], str(body["origin"]), int(body["expires_ns"])
+        kind, origin, expires_ns = body["kind"], str(body["origin"]), _integer(body["expires_ns"], "expires_ns")
         if kind != tokens[-2] or kind not in KINDS:
             raise Malformed("kind %r" % kind)
         lifted = body.get("lifted") is True
@@ -200,14 +215,14 @@ def decode(subject: str, payload: bytes) -> Entry:
         elif kind == "ban":
             key = abi.ipv4(body["address"])
         else:
-            service_id = int(body["service_id"])
+            service_id = _integer(body["service_id"], "service_id")
             if not 0 < service_id < 1 << 32:
                 raise Malformed("service_id %r" % service_id)
             key = VERIFIED_KEY.pack(abi.ipv4(body["address"]), service_id)
             proof = abi.VERIFY_PROOFS.index(body.get("proof", "none")) if body.get("proof") in abi.VERIFY_PROOFS else 0
     except Malformed:
         raise
-    except (ValueError, KeyError, TypeError, OSError, struct.error) as exc:
+    except (ValueError, KeyError, TypeError, OSError, OverflowError, struct.error) as exc:
         raise Malformed(str(exc)) from None
     if key.hex() != tokens[-1]:
         raise Malformed("the subject's key is not the payload's")
@@ -296,7 +311,11 @@ class ImportCaps:
         bucket[0] = tokens - 1.0
         return True
 
-    def has_room(self, origin: str, item, now_ns: int) -> bool:
+    def has_room(self, origin: str, item, now_ns: int, renewed=None) -> bool:
+        """renewed(item): the expiry (REALTIME ns) an entry has now at this POP, or None - asked
+        of an entry whose imported lifetime is over, before its place is given back: an imported
+        verification lives on here as long as its source's own packets refresh its slot, and goes
+        on counting under its origin's cap."""
         live = self.live[origin]
         if item in live or len(live) < self.max_entries:
             return True
@@ -304,7 +323,12 @@ class ImportCaps:
         while expiries and expiries[0][0] <= now_ns:
             expires, old = heapq.heappop(expiries)
             if live.get(old) == expires:
-                del live[old]
+                later = renewed(old) if renewed is not None else None
+                if later is not None and later > now_ns:
+                    live[old] = later
+                    heapq.heappush(expiries, (later, old))
+                else:
+                    del live[old]
         return len(live) < self.max_entries
 
     def admit(self, origin: str, item, expires_ns: int) -> None:
@@ -420,6 +444,10 @@ class FleetSync:
         # Per map: the monotonic time the last scan started; entries XDP has not touched since
         # were read by it (a scan reads only what is newer: its cost is mostly the map read).
         self._since = {}
+        # {address: {origin: ban end, monotonic ns}}: the bans this POP imported from each origin.
+        # A lift from the bus ends only its origin's ban here (_lift), never one this POP's XDP or
+        # operator made, nor another POP's. Read and written by the sync's thread only.
+        self._imported_bans = {}
 
     # ---- learning --------------------------------------------------------------------------
 
@@ -450,20 +478,22 @@ class FleetSync:
         return news
 
     def scan_sources(self) -> list:
-        """Queue the bans and verified slots learned since the last scan; returns them."""
+        """Queue the verified slots learned since the last scan; returns them.
+
+        The bans XDP makes by itself (a source over its rate limit) stay at this POP: a UDP
+        source address is anyone's to write, so a flood spoofed in a player's name gets the
+        player banned where the flood arrives - shared, at every POP, including the one the
+        player's own packets reach (anycast takes a real flooder to the same POP anyway). The
+        fleet shares the bans operators make (publish_manual), which no packet can forge."""
         started = time.monotonic()
         scan_ns = time.monotonic_ns()
         with self.edge_maps.open("edge_config", "edge_services", "edge_sources") as maps:
             self._refresh_local_state(maps)
             chunks = maps["edge_sources"].lookup_batch_chunks(chunk_size=SCAN_CHUNK)
         offset = realtime_offset_ns()
-        bans, verified = source_expiries(chunks, time.monotonic_ns(), offset, self._lifetimes.verified_idle_ns,
-                                         self._since.get("sources", 0))
+        dummy_bans, verified = source_expiries(chunks, time.monotonic_ns(), offset,
+                                               self._lifetimes.verified_idle_ns, self._since.get("sources", 0))
         news = []
-        if "ban" in self.settings.kinds:
-            changed = self.cursor.changes("ban", bans, 0)
-            self._queue("ban", changed)
-            news += changed
         if "verified" in self.settings.kinds:
             verified = {key: value for key, value in verified.items() if value[1] not in LOCAL_PROOFS}
             changed = self.cursor.changes("verified", {key: expires for key, (expires, dummy) in verified.items()},
@@ -471,6 +501,7 @@ class FleetSync:
             self._queue("verified", changed, proofs={key: proof for key, (dummy, proof) in verified.items()})
             news += changed
         self.cursor.forget_expired(time.time_ns())
+        self._forget_ended_bans(time.monotonic_ns())
         self._since["sources"] = scan_ns
         self.last_scan_sec["sources"] = time.monotonic() - started
         return news
@@ -528,6 +559,9 @@ class FleetSync:
         remaining = entry.expires_ns - now_real
         if remaining <= 0:
             return self._refuse(entry.origin, entry.label, "expired")
+        if entry.kind == "ban" and not (entry.manual or entry.lifted):
+            # An automatic ban (an agent of before this rule published them): see scan_sources.
+            return self._refuse(entry.origin, entry.label, "automatic_ban")
         if not self.caps.take_token(entry.origin, time.monotonic_ns()):
             return self._refuse(entry.origin, entry.label, "rate_cap")
         with self.edge_maps.open("edge_config", "edge_services", "edge_deny_v4", "edge_punches",
@@ -539,7 +573,10 @@ class FleetSync:
             if not self._carries_service(entry):
                 return self._refuse(entry.origin, entry.label, "unknown_service")
             item = (entry.kind, entry.key)
-            if not self.caps.has_room(entry.origin, item, now_real):
+            if entry.lifted and entry.origin not in self._imported_bans.get(entry.address, {}):
+                return self._refuse(entry.origin, entry.label, "not_its_ban")
+            if not self.caps.has_room(entry.origin, item, now_real,
+                                      renewed=lambda old: self._verified_until(maps["edge_sources"], old)):
                 return self._refuse(entry.origin, entry.label, "size_cap")
             # What this POP keeps of it, whatever the message claims: the cursor and the caps go
             # by that too (an expiry years ahead would keep this POP from ever publishing the
@@ -564,7 +601,7 @@ class FleetSync:
             return
         address = socket.inet_ntoa(entry.address)
         if entry.lifted:
-            self.manual_bans.remove(address)
+            self.manual_bans.remove(address, origin=entry.origin)
         elif entry.manual:
             self.manual_bans.add(address, entry.expires_ns if expires_ns is None else expires_ns, entry.origin)
 
@@ -620,12 +657,12 @@ class FleetSync:
         raw = sources.lookup(address)
         state = abi.SourceState.unpack(raw) if raw is not None else abi.SourceState()
         if entry.lifted:
-            # An operator's unban ends the address's ban here, whoever made it.
-            if state.ban_until_ns <= now:
+            if not self._lift(state, entry, now):
                 return False
-            state.ban_until_ns = 0
         elif entry.kind == "ban":
             until = now + remaining_ns
+            self._imported_bans.setdefault(address, {})[entry.origin] = max(
+                until, self._imported_bans.get(address, {}).get(entry.origin, 0))
             if state.ban_until_ns >= until:
                 return False
             state.ban_until_ns = until
@@ -639,6 +676,45 @@ class FleetSync:
         # write are lost (a few packets of top-talker counters), never a ban or a verification.
         sources.update(address, state.pack())
         return True
+
+    def _verified_until(self, sources, item):
+        """When an imported verification ends here now (REALTIME ns), or None: XDP refreshes a
+        verified slot at each packet of its source (source_verified), so the import's own lifetime
+        says nothing of how long it stays. Punches and bans end when the import said (a punch
+        refreshed here is this POP's own learning: the game server answered through it)."""
+        kind, key = item
+        if kind != "verified":
+            return None
+        address, service_id = VERIFIED_KEY.unpack(key)
+        raw = sources.lookup(address)
+        if raw is None:
+            return None
+        for slot_service, dummy, active in abi.SourceState.unpack(raw).verified:
+            if slot_service == service_id:
+                return active + self._lifetimes.verified_idle_ns + realtime_offset_ns()
+        return None
+
+    def _lift(self, state, entry, now) -> bool:
+        """An operator's unban from another POP ends here only the ban this POP imported from that
+        POP: if the address's ban is still the one written from it (not extended since by this
+        POP's XDP, its operator or a later ban of another POP), it falls back to the latest ban
+        imported from the others, else ends. A lift from anywhere of every ban would let one POP
+        (its operator's unban.yml with -l, or its login in other hands) lift every POP's own bans
+        of an attacker. False when the ban here is not changed."""
+        origins = self._imported_bans.get(entry.address, {})
+        theirs = origins.pop(entry.origin, None)
+        if not origins:
+            self._imported_bans.pop(entry.address, None)
+        if theirs is None or state.ban_until_ns != theirs or state.ban_until_ns <= now:
+            return False
+        others = [until for until in origins.values() if until > now]
+        state.ban_until_ns = max(others) if others else 0
+        return True
+
+    def _forget_ended_bans(self, now):
+        for address in [address for address, origins in self._imported_bans.items()
+                        if all(until <= now for until in origins.values())]:
+            del self._imported_bans[address]
 
     # ---- the exporter's view -----------------------------------------------------------------
 

@@ -23,8 +23,9 @@ description:
   - With the agent's control socket present (O(via=auto)), the agent writes the bans and, when
     its fleet sync is on, publishes them to every other POP over NATS JetStream (applied there
     within a second; docs/fleet-actions.md). Without it the module writes this POP's map itself.
-  - O(state=absent) lifts the bans of the addresses, whoever made them (the agent publishes the
-    lift too).
+  - O(state=absent) lifts the bans of the addresses at this POP, whoever made them. The agent
+    publishes the lift, which ends at the other POPs only the ban this POP published (not their
+    own bans, nor another POP's); docs/fleet-actions.md.
   - A ban already ending at least as late as asked is left alone, so a second run with the same
     O(expires_at) changes nothing. O(resolve_only=true) only checks the request and returns the
     addresses and the end time (the playbooks run it once on the controller, before any POP is touched).

@@ -11,6 +11,7 @@ Propagation delays are printed (pytest -s shows them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -164,6 +165,14 @@ def learn_punches(pop, dports, dst=sc.PLAYER):
         assert pop.edge.prog.test_run(frame, ctx_in=pop.edge.xdp_ctx(topo.UPLINK, len(frame))).retval == 3  # XDP_TX
 
 
+def ban_by_hand(pop, address, seconds=300):
+    """The POP's operator bans ``address`` (ban.yml through the agent's control socket): its agent
+    writes the ban and publishes it."""
+    answer = pop.agent.control.handle({"action": "ban", "addresses": [address],
+                                       "expires_ns": time.time_ns() + seconds * NS})
+    assert answer["changed"] == [address] and answer["published"] == [address], answer
+
+
 def ban_by_flood(pop, address):
     """``address`` floods the game port at ``pop`` past its rate limit: the program bans it."""
     reasons = []
@@ -212,7 +221,7 @@ def test_a_punch_learned_at_a_is_in_b_within_a_second_and_expires_everywhere(wor
 def test_a_deny_listed_address_is_refused_on_import(world):
     dummy, make_pops = world
     pop_a, pop_b = make_pops()
-    ban_by_flood(pop_a, STRANGER)
+    ban_by_hand(pop_a, STRANGER)
     # Before B deny-lists it, A's ban is imported: the stranger is dropped at B without having flooded B.
     wait_for(lambda: pop_b.edge.ban_until(STRANGER), "pop-a's ban at pop-b", timeout=5)
     assert pop_b.edge.run(sc.player_udp(src=STRANGER, sport=40000)).reason == "drop_banned"
@@ -222,7 +231,7 @@ def test_a_deny_listed_address_is_refused_on_import(world):
     pop_b.edge.deny("203.0.113.0/24")
     pop_b.edge.maps["edge_sources"].delete(abi.ipv4(STRANGER))
     learn_punch(pop_a, dst=STRANGER, dport=40000)
-    ban_by_flood(pop_a, "203.0.113.78")
+    ban_by_hand(pop_a, "203.0.113.78")
     wait_for(lambda: pop_b.sync.snapshot()["refused"].get(("pop-a", "ban", "denied"), 0) >= 1
              and pop_b.sync.snapshot()["refused"].get(("pop-a", "punch", "denied"), 0) >= 1,
              "pop-b refusing the denied entries", timeout=5)
@@ -232,6 +241,32 @@ def test_a_deny_listed_address_is_refused_on_import(world):
     metrics = pop_b.metrics()
     assert metrics[("anycast_edge_fleet_refused_total", (("from", "pop-a"), ("kind", "ban"), ("reason", "denied")))] >= 1
     assert first_ban   # imported before the deny
+
+
+def test_a_flood_spoofed_in_a_players_name_bans_the_player_only_where_it_arrives(world):
+    """A UDP source address is anyone's to write: a flood in a player's name past the rate limit
+    at A gets the player banned at A. The bans XDP made by itself were shared, so the player was
+    banned at B too, where its own packets arrive (anycast) and nothing was flooded: B dropped
+    them within a second. They stay at A now; B keeps forwarding the player, and refuses an
+    automatic ban published by an agent of before (origin pop-x); hand-made bans still travel
+    (test_fleet_ban)."""
+    cluster, make_pops = world
+    pop_a, pop_b = make_pops()
+    victim = "203.0.113.79"
+    assert pop_b.edge.run(sc.player_udp(src=victim, sport=40000)).reason == "tx_forward"
+    pop_b.edge.maps["edge_sources"].delete(abi.ipv4(victim))   # a clean rate window at B for after
+    ban_by_flood(pop_a, victim)                                 # the spoofer's flood reaches A
+    assert pop_a.edge.run(sc.player_udp(src=victim, sport=40000)).reason == "drop_banned"
+    # Several scans of A's sources later: nothing published, nothing at B.
+    time.sleep(2.0)
+    assert "ban" not in pop_a.sync.snapshot()["published"]
+    assert pop_b.edge.ban_until(victim) is None
+    assert pop_b.edge.run(sc.player_udp(src=victim, sport=40000)).reason == "tx_forward"
+    older = fleet_sync.Entry("ban", abi.ipv4(victim), time.time_ns() + 60 * NS, "pop-x")
+    publish_on_the_bus(cluster, older)
+    wait_for(lambda: pop_b.sync.snapshot()["refused"].get(("pop-x", "ban", "automatic_ban")) == 1,
+             "pop-b refusing the automatic ban", timeout=5)
+    assert pop_b.edge.ban_until(victim) is None
 
 
 def test_the_import_caps_hold_under_a_burst_from_one_pop(world):
@@ -283,6 +318,48 @@ def publish_on_the_bus(cluster, *entries):
     asyncio.run(publish())
 
 
+def publish_raw_on_the_bus(cluster, *messages):
+    """(subject, payload bytes) published as they are: what a forger's client can send."""
+    async def publish():
+        import nats  # pylint: disable=import-outside-toplevel
+        client = await nats.connect(cluster.urls, connect_timeout=2, allow_reconnect=False)
+        try:
+            js = client.jetstream(timeout=5)
+            for subject, payload in messages:
+                await js.publish(subject, payload)
+        finally:
+            await client.close()
+
+    asyncio.run(publish())
+
+
+def test_an_infinite_or_nan_expiry_is_refused_as_malformed(world):
+    """JSON as Python reads it has Infinity and NaN (and 1e400 is infinite): int(inf) raises
+    OverflowError, which the decoder did not take for a malformed message; the importer counted it
+    as an import error (the exporter's anycast_edge_fleet_import_errors_total), not as a refusal of
+    the origin's message. A well-formed punch after them is imported."""
+    cluster, make_pops = world
+    pop_a, pop_b = make_pops()
+    good = fleet_sync.Entry("punch", abi.pack_punch_key("udp", sc.GAME, sc.GAME_PORT, sc.PLAYER, 50200),
+                            time.time_ns() + 60 * NS, "pop-x")
+    messages = []
+    for index, expiry in enumerate((b"Infinity", b"-Infinity", b"NaN", b"1e400")):
+        entry = dataclasses.replace(good, key=abi.pack_punch_key("udp", sc.GAME, sc.GAME_PORT, sc.PLAYER, 50201 + index))
+        messages.append((entry.subject(), entry.payload().replace(b'"expires_ns":%d' % entry.expires_ns,
+                                                                  b'"expires_ns":' + expiry)))
+        assert expiry in messages[-1][1]
+    messages.append((good.subject(), good.payload()))
+    publish_raw_on_the_bus(cluster, *messages)
+    wait_for(lambda: pop_b.sync.snapshot()["imported"].get(("pop-x", "punch")) == 1, "pop-b importing the good one",
+             timeout=5)
+    snapshot = pop_b.sync.snapshot()
+    assert snapshot["refused"].get(("pop-x", "punch", "malformed")) == 4, snapshot
+    assert snapshot["import_errors"] == 0
+    assert pop_b.metrics()[("anycast_edge_fleet_refused_total",
+                            (("from", "pop-x"), ("kind", "punch"), ("reason", "malformed")))] == 4
+    assert pop_b.punched(dport=50200) and not any(pop_b.punched(dport=50201 + index) for index in range(4))
+
+
 def test_an_expiry_years_ahead_does_not_keep_a_pop_from_publishing_what_it_learns(world):
     """The importer's cursor takes an imported entry as the bus's: with the expiry the message
     claimed, a forged punch 'expiring' in ten years kept B from ever publishing the same flow's
@@ -319,6 +396,49 @@ def test_a_verified_player_at_a_is_verified_at_b(world):
              "the verification at pop-b", timeout=5)
     # On another flow (no punch at B for it) the player passes B as verified.
     assert pop_b.edge.run(sc.player_udp(sport=41001)).reason == "tx_forward"
+
+
+def test_imported_verifications_that_their_sources_keep_alive_count_under_the_cap(world):
+    """An imported verification counted under its origin's live-entry cap only for the lifetime it
+    was imported with, but XDP refreshes a verified slot at each packet of its source: the sources
+    kept their slots alive at B past that, their places under A's cap were given back, and A could
+    make B hold verifications without end (its cap's worth per verified idle time). They count as
+    long as they live at B now; once their sources stop, their places come back."""
+    dummy, make_pops = world
+    idle = 3
+    pop_a, pop_b = make_pops(a_sync=dict(kinds=["verified"]), b_sync=dict(import_max_entries_per_pop=3))
+    for edge in (pop_a.edge, pop_b.edge):
+        sc.setup_pop(edge, limits={"udp": (50, 0)}, ban_sec=60, punch_idle_ns=PUNCH_IDLE_SEC * NS,
+                     verified_idle_ns=idle * NS)
+        edge.add_service("udp", sc.GAME, sc.GAME_PORT, sc.GAME_UDP_ID, sc.BACKEND, attack_mode="always")
+    players = ["203.0.113.%d" % host for host in range(101, 106)]
+
+    def verify_at_a(player):
+        learn_punch(pop_a, dst=player, dport=41000)
+        assert pop_a.edge.verified_for(player, sc.GAME_UDP_ID, monotonic_ns(), idle * NS)
+
+    def verified_at_b(player):
+        return pop_b.edge.verified_for(player, sc.GAME_UDP_ID, monotonic_ns(), idle * NS)
+
+    for player in players[:3]:
+        verify_at_a(player)
+    wait_for(lambda: all(verified_at_b(player) for player in players[:3]), "three verifications at pop-b", timeout=5)
+    # The three players play at B for twice the idle time: their own packets keep them verified there.
+    deadline = time.monotonic() + 2 * idle
+    while time.monotonic() < deadline:
+        for player in players[:3]:
+            assert pop_b.edge.run(sc.player_udp(src=player, sport=41000)).reason == "tx_forward", player
+        time.sleep(0.3)
+    # A verifies a fourth: B is at A's cap still (the three are alive), and refuses it.
+    verify_at_a(players[3])
+    wait_for(lambda: pop_b.sync.snapshot()["refused"].get(("pop-a", "verified", "size_cap")), "pop-b refusing it",
+             timeout=5)
+    assert not verified_at_b(players[3])
+    assert pop_b.edge.run(sc.player_udp(src=players[3], sport=41000)).reason == "drop_unverified"
+    # The three stop; once their slots end at B, A's next verification has a place again.
+    time.sleep(idle + 0.5)
+    verify_at_a(players[4])
+    wait_for(lambda: verified_at_b(players[4]), "the fifth verification at pop-b", timeout=5)
 
 
 def test_a_source_verified_by_syn_authentication_is_verified_at_its_pop_only(world):
@@ -380,7 +500,7 @@ def test_the_pops_keep_working_without_the_bus_and_catch_up_on_heal(world):
     assert not pop_b.punched(dport=50002)
     assert player_packets(pop_a, count=3, sport=50002) == ["tx_punched"] * 3
     assert player_packets(pop_b, count=3, sport=50001) == ["tx_punched"] * 3
-    ban_by_flood(pop_b, STRANGER)
+    ban_by_hand(pop_b, STRANGER)
     # The agents' other work goes on: the exporter answers, says the sync is behind.
     metrics_a = pop_a.metrics()
     assert metrics_a[("anycast_edge_fleet_publish_backlog", ())] >= 1

@@ -28,10 +28,11 @@ import yaml
 
 from helpers import edge_lab as topo
 from helpers.playbook import run_tasks, task
-from test_agent_fleet_sync import wait_for, world  # noqa: F401  pylint: disable=unused-import
+from test_agent_fleet_sync import ban_by_flood, publish_on_the_bus, wait_for, world  # noqa: F401  pylint: disable=unused-import
 from test_xdp_edge_role import inventory
 
 from anycast_edge_agent import control
+from anycast_edge_agent import fleet_sync
 from bpf import scenario as sc
 from harness.edge_env import monotonic_ns
 
@@ -222,3 +223,46 @@ def test_a_ban_at_a_is_enforced_at_b_within_a_second_and_lifted_the_same_way(wor
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_lift_from_the_bus_ends_only_the_ban_its_origin_made(world):
+    """An unban was a lift of the address's ban at every POP, whoever made it: pop-a's operator
+    (unban.yml -l pop-a), or whoever has pop-a's login, lifted the ban pop-b's operator made at
+    pop-b and the ban pop-b's own XDP made of a flooding source. A lift from the bus now ends at a
+    POP only the ban it imported from the lifting POP; the POP's own bans stay."""
+    cluster, make_pops = world
+    pop_a, pop_b = make_pops()
+    by_hand, flooder, from_a = "203.0.113.92", "203.0.113.93", "203.0.113.94"
+    expires = time.time_ns() + 300 * 10**9
+    # pop-b's operator bans one address at pop-b (published: pop-a imports it) ...
+    assert pop_b.agent.control.handle({"action": "ban", "addresses": [by_hand], "expires_ns": expires})["published"]
+    wait_for(lambda: (pop_a.edge.ban_until(by_hand) or 0) > monotonic_ns(), "pop-b's ban at pop-a", timeout=5)
+    # ... pop-b's XDP bans a flooding source by itself, and pop-a's operator bans a third at pop-a.
+    ban_by_flood(pop_b, flooder)
+    assert pop_a.agent.control.handle({"action": "ban", "addresses": [from_a], "expires_ns": expires})["published"]
+    wait_for(lambda: (pop_b.edge.ban_until(from_a) or 0) > monotonic_ns(), "pop-a's ban at pop-b", timeout=5)
+
+    # pop-a's operator lifts all three at pop-a (pop-a had the first two too, a forger lifts the flooder).
+    pop_a.edge.ban(flooder, monotonic_ns() + 300 * 10**9)
+    answer = pop_a.agent.control.handle({"action": "unban", "addresses": [by_hand, flooder, from_a]})
+    assert answer["published"] == [by_hand, flooder, from_a], answer
+    publish_on_the_bus(cluster, fleet_sync.Entry("ban", abi.ipv4(flooder), time.time_ns() + 60 * 10**9, "pop-x",
+                                                 lifted=True))
+    wait_for(lambda: (pop_b.edge.ban_until(from_a) or 0) <= monotonic_ns(), "pop-a's own ban lifted at pop-b",
+             timeout=5)
+    wait_for(lambda: pop_b.sync.snapshot()["refused"].get(("pop-x", "unban", "not_its_ban")) == 1,
+             "the forger's lift refused", timeout=5)
+    refused = pop_b.sync.snapshot()["refused"]
+    assert refused.get(("pop-a", "unban", "not_its_ban")) == 2, refused
+    # pop-a's own ban ended at pop-b; pop-b's own two stand.
+    for address, reason in ((from_a, "tx_forward"), (by_hand, "drop_banned"), (flooder, "drop_banned")):
+        assert pop_b.edge.run(sc.player_udp(src=address, sport=40100)).reason == reason, address
+    for address in (by_hand, flooder, from_a):
+        assert pop_a.edge.run(sc.player_udp(src=address, sport=40100)).reason == "tx_forward", address
+    listed = ("anycast_edge_manual_ban_expiry_timestamp_seconds", (("address", by_hand), ("origin", "pop-b.example")))
+    assert listed in pop_b.metrics()
+    assert pop_b.metrics()[("anycast_edge_fleet_refused_total",
+                            (("from", "pop-a"), ("kind", "unban"), ("reason", "not_its_ban")))] == 2
+    # pop-b's own lift ends its own ban at pop-b (its operator), and at pop-a nothing is left to end.
+    assert pop_b.agent.control.handle({"action": "unban", "addresses": [by_hand]})["changed"] == [by_hand]
+    assert pop_b.edge.run(sc.player_udp(src=by_hand, sport=40100)).reason == "tx_forward"

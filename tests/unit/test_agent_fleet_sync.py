@@ -67,6 +67,13 @@ def mutate(entry, **changes):
     (lambda e: e.subject(), lambda e: mutate(e, service="nowhere:1")),
     (lambda e: e.subject(), lambda e: mutate(e, proto="icmp")),
     (lambda e: e.subject(), lambda e: mutate(e, expires_ns="soon")),
+    # Python's JSON writes and reads Infinity and NaN; int() of an infinity raised OverflowError.
+    (lambda e: e.subject(), lambda e: mutate(e, expires_ns=float("inf"))),
+    (lambda e: e.subject(), lambda e: mutate(e, expires_ns=float("-inf"))),
+    (lambda e: e.subject(), lambda e: mutate(e, expires_ns=float("nan"))),
+    (lambda e: e.subject(), lambda e: mutate(e, expires_ns=1.7e18)),
+    (lambda e: e.subject(), lambda e: mutate(e, expires_ns=True)),
+    (lambda e: e.subject(), lambda e: e.payload().replace(b'"expires_ns":%d' % e.expires_ns, b'"expires_ns":1e400')),
     (lambda e: "anycast_edge.fleet.pop1~ams.punch", lambda e: e.payload()),
     (lambda e: "other.fleet.pop1~ams.punch." + PUNCH.hex(), lambda e: e.payload()),
 ])
@@ -118,6 +125,29 @@ def test_the_import_size_cap_counts_live_entries_per_origin():
     assert caps.has_room("pop1", ("ban", b"\x00"), now)                       # one it has: a renewal
     assert caps.has_room("pop2", ("ban", b"\x09"), now)
     assert caps.has_room("pop1", ("ban", b"\x09"), now + NS)                  # the first one expired
+
+
+def test_an_entry_that_lives_on_here_past_its_imported_lifetime_keeps_its_place_under_the_cap():
+    """An imported verification that its source's packets keep refreshing at this POP is still
+    live here when its imported lifetime ends: it keeps counting, with the end it has now."""
+    caps = fleet_sync.ImportCaps(rate_per_sec=10, burst=5, max_entries=2)
+    now = 1000 * NS
+    caps.admit("pop1", ("verified", b"a"), now + NS)
+    caps.admit("pop1", ("verified", b"b"), now + NS)
+    ends_here = {("verified", b"a"): now + 10 * NS, ("verified", b"b"): now + 10 * NS}   # their sources send
+    asked = []
+
+    def renewed(item):
+        asked.append(item)
+        return ends_here.get(item)
+
+    assert not caps.has_room("pop1", ("verified", b"c"), now + 2 * NS, renewed=renewed)
+    assert not caps.has_room("pop1", ("verified", b"c"), now + 3 * NS, renewed=renewed)
+    assert sorted(asked) == [("verified", b"a"), ("verified", b"b")]          # each asked once, not per refusal
+    assert not caps.has_room("pop1", ("verified", b"c"), now + 2 * NS)        # without asking: as before, ...
+    del ends_here[("verified", b"b")]                                         # ... b's source stops sending
+    assert caps.has_room("pop1", ("verified", b"c"), now + 10 * NS, renewed=renewed)
+    assert caps.live["pop1"] == {}                                            # a stopped at 10 s too
 
 
 def test_an_entry_admitted_again_counts_with_its_latest_expiry():
