@@ -20,7 +20,8 @@ SHELL_MODULES = ("command", "shell", "raw", "ansible.builtin.command", "ansible.
 # Programs that change kernel state (links, addresses, routes, rules, qdiscs, BPF, settings,
 # modules, mounts, firewall).
 KERNEL_TOOLS = {"sysctl", "ip", "tc", "bpftool", "modprobe", "rmmod", "insmod", "mount", "umount",
-                "iptables", "ip6tables", "nft", "ethtool", "ifup", "ifdown", "xdp-loader", "xdp-filter"}
+                "iptables", "ip6tables", "nft", "ethtool", "ifup", "ifdown", "xdp-loader", "xdp-filter",
+                "wg", "wireguard-go"}
 
 
 def tasks_in(entries):
