@@ -1,0 +1,137 @@
+"""The wireguard_transport role on a POP and a backend, each its own network namespace, in one
+ansible-playbook run as an operator's (the modules of each host run in its namespace: its
+interpreter is `ip netns exec NS python`).
+
+This host's kernel has no wireguard, so the interfaces the role configures are wireguard-go ones
+the test makes with the names the role derives (the role uses an existing WireGuard interface of
+either kind; the lab's VMs have the kernel's). pop1 says `anycast_edge_transport: wireguard`: both
+ends get their key, each other's public key and endpoint, and complete a handshake over the veth
+between them; a rerun changes nothing; setting the pair back to ipip removes both interfaces; and an
+inventory without WireGuard (the default) installs, makes and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.anycast.edge.plugins.module_utils import _transport
+
+from helpers.netns import veth
+from test_wireguard_interface import WireguardGo
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, TUN)")
+
+VENV_BIN = Path(sys.executable).parent
+ROLE_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "wireguard_transport_role.yml"
+ADDRESSES = {"pop1": "10.99.0.1", "game1": "10.99.0.2"}
+
+
+@pytest.fixture
+def hosts(netns, tmp_path):
+    namespaces = {"pop1": netns("wgpop"), "game1": netns("wggame")}
+    veth(namespaces["pop1"], "up0", namespaces["game1"], "up0")
+    for host, namespace in namespaces.items():
+        namespace.ip("addr", "add", ADDRESSES[host] + "/24", "dev", "up0")
+        wrapper = tmp_path / ("python-%s" % host)
+        wrapper.write_text("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n" % (namespace.name, sys.executable))
+        wrapper.chmod(0o755)
+    return namespaces
+
+
+def inventory(tmp_path: Path, transport: str) -> Path:
+    def host(name, **more):
+        return dict({"ansible_connection": "local", "ansible_python_interpreter": str(tmp_path / ("python-%s" % name)),
+                     "anycast_edge_tunnel_address": ADDRESSES[name], "anycast_edge_uplink": "up0",
+                     "wireguard_transport_key_file": str(tmp_path / name / "wireguard" / "private.key")}, **more)
+    data = {"all": {
+        "vars": {
+            "anycast_edge_asn": 64500,
+            "anycast_edge_prefixes": ["198.51.100.0/24"],
+            "anycast_edge_services": [{"name": "game", "address": "198.51.100.10", "protocol": "udp",
+                                       "port": 27015, "backend": "game1"}],
+            "anycast_edge_manage_packages": False,
+            "anycast_edge_rules_dir": str(tmp_path / "rules"),
+        },
+        "children": {
+            "pops": {"hosts": {"pop1": host("pop1", anycast_edge_transport=transport)}},
+            "backends": {"hosts": {"game1": host("game1")}},
+        },
+    }}
+    path = tmp_path / ("inventory-%s.yml" % transport)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def play(inventory_path: Path) -> dict:
+    """Run the role's playbook; {host: its changed count}."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(ROLE_PLAYBOOK)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    changed = {}
+    for host in ("pop1", "game1"):
+        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % host, output, re.M)
+        assert recap and recap.group(2) == "0", output
+        changed[host] = int(recap.group(1))
+    return changed
+
+
+def handshake_done(end: WireguardGo) -> bool:
+    lines = end.dump().splitlines()
+    return len(lines) == 2 and lines[1].split("\t")[4] != "0"
+
+
+def test_a_wireguard_pair_gets_both_ends_and_goes_away_with_it(hosts, tmp_path):
+    ends = {"pop1": WireguardGo(hosts["pop1"], _transport.interface_name("game1")),
+            "game1": WireguardGo(hosts["game1"], _transport.interface_name("pop1"))}
+    try:
+        assert play(inventory(tmp_path, "wireguard")) == {"pop1": 2, "game1": 2}   # key, interface
+        for host, end in ends.items():
+            peer = "game1" if host == "pop1" else "pop1"
+            key = tmp_path / host / "wireguard" / "private.key"
+            assert oct(key.stat().st_mode & 0o777) == "0o600"
+            state = end.dump().splitlines()
+            own = state[0].split("\t")
+            assert own[2] == "51820"
+            peer_line = state[1].split("\t")
+            peer_public = subprocess.run(["wg", "pubkey"], input=(tmp_path / peer / "wireguard" / "private.key")
+                                         .read_text(), capture_output=True, text=True, check=True).stdout.strip()
+            assert peer_line[0] == peer_public
+            assert peer_line[2] == "%s:51820" % ADDRESSES[peer]
+            assert peer_line[3] == "0.0.0.0/0" and peer_line[7] == "25"
+            link = hosts[host].ip("-d", "link", "show", end.name).stdout
+            assert "mtu 1440" in link and "alias anycast.edge: peer %s" % peer in link
+        # The keepalive starts a handshake: it completes only if each end has the other's key and endpoint.
+        deadline = time.monotonic() + 15
+        while not all(handshake_done(end) for end in ends.values()):
+            assert time.monotonic() < deadline, [end.dump() for end in ends.values()]
+            time.sleep(0.2)
+
+        assert play(inventory(tmp_path, "wireguard")) == {"pop1": 0, "game1": 0}
+
+        # The pair back to ipip: both WireGuard interfaces are removed (the keys stay).
+        assert play(inventory(tmp_path, "ipip")) == {"pop1": 1, "game1": 1}
+        for host, end in ends.items():
+            assert end.name not in hosts[host].ip("-o", "link", "show").stdout
+            assert (tmp_path / host / "wireguard" / "private.key").exists()
+    finally:
+        for end in ends.values():
+            end.stop()
+
+
+def test_without_wireguard_pairs_the_role_changes_nothing(hosts, tmp_path):
+    before = dict((host, namespace.ip("-o", "link", "show").stdout) for host, namespace in hosts.items())
+    assert play(inventory(tmp_path, "ipip")) == {"pop1": 0, "game1": 0}
+    for host, namespace in hosts.items():
+        assert namespace.ip("-o", "link", "show").stdout == before[host]
+        assert not (tmp_path / host).exists()
