@@ -12,6 +12,7 @@ inventory without WireGuard (the default) installs, makes and changes nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 
 VENV_BIN = Path(sys.executable).parent
 ROLE_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "wireguard_transport_role.yml"
+INVENTORIES = Path(__file__).resolve().parents[2] / "inventories"
 ADDRESSES = {"pop1": "10.99.0.1", "game1": "10.99.0.2"}
 
 
@@ -70,16 +72,18 @@ def inventory(tmp_path: Path, transport: str) -> Path:
     return path
 
 
-def play(inventory_path: Path) -> dict:
+def play(inventory_path: Path, hosts=("pop1", "game1"), extra_vars=None) -> dict:
     """Run the role's playbook; {host: its changed count}."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
-    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(ROLE_PLAYBOOK)],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(ROLE_PLAYBOOK)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     changed = {}
-    for host in ("pop1", "game1"):
+    for host in hosts:
         recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % host, output, re.M)
         assert recap and recap.group(2) == "0", output
         changed[host] = int(recap.group(1))
@@ -135,3 +139,25 @@ def test_without_wireguard_pairs_the_role_changes_nothing(hosts, tmp_path):
     for host, namespace in hosts.items():
         assert namespace.ip("-o", "link", "show").stdout == before[host]
         assert not (tmp_path / host).exists()
+
+
+@pytest.mark.parametrize("name, hosts", [
+    ("lab", ("pop1", "pop2", "backend")),
+    ("example", ("pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1", "game-ams-01", "game-fra-01", "game-nyc-01")),
+])
+def test_the_shipped_inventories_have_no_wireguard_pair_and_the_role_changes_nothing(netns, tmp_path, name, hosts):
+    """The lab's and the example's inventories as they are (transport ipip by default): every host
+    of them, run in one empty namespace, installs, makes and changes nothing - what pop.yml and
+    backend.yml now add to a converge of an existing fleet."""
+    namespace = netns("wgship")
+    wrapper = tmp_path / "python-ns"
+    wrapper.write_text("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n" % (namespace.name, sys.executable))
+    wrapper.chmod(0o755)
+    before = namespace.ip("-o", "link", "show").stdout
+    key_file = tmp_path / "keys" / "private.key"
+    changed = play(INVENTORIES / name, hosts, {
+        "ansible_connection": "local", "ansible_python_interpreter": str(wrapper),
+        "anycast_edge_rules_dir": str(tmp_path / "rules"), "wireguard_transport_key_file": str(key_file)})
+    assert changed == dict((host, 0) for host in hosts)
+    assert namespace.ip("-o", "link", "show").stdout == before
+    assert not key_file.parent.exists()
