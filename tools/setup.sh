@@ -26,9 +26,10 @@ STAMP="$VENV_DIR/.requirements.sha256"
 # nftables and ethtool: bench/pps.py's kernel baseline (an nftables drop rule) and its veth's GRO.
 # wireguard-tools (wg) is what anycast.edge.wireguard_interface drives; wireguard-go is userspace
 # WireGuard, which the integration tests run in namespaces (this host's kernel has no wireguard).
+# tshark reads the lab's merged capture (molecule verify's check 14) and filters playbooks/capture.yml's.
 # python3-venv (with python3), make and git: a fresh Debian 12 install has none of them
 # (make test-fresh checks this list on one).
-APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server nftables ethtool wireguard-tools wireguard-go)
+APT_PACKAGES=(python3 python3-venv make clang llvm libbpf-dev libbpf1 bpftool xdp-tools iproute2 tcpdump bird2 shellcheck git python3-pyroute2 prometheus nats-server nftables ethtool wireguard-tools wireguard-go tshark)
 
 log() { printf 'setup: %s\n' "$*"; }
 
