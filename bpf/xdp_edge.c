@@ -5,7 +5,8 @@
  * Inbound (internet -> anycast service), in this order:
  *   parse (up to two VLAN tags) -> deny list -> allow list (both one lookup: source_lists_of) ->
  *   the POP's own address as source? (dropped) -> to the tunnel address: the return path, or
- *   dropped when it is tunnel traffic the return path does not take -> service lookup (a miss:
+ *   dropped when it is tunnel traffic the return path does not take -> nothing of the destination's
+ *   /24 ours (edge_dst_pass: one array lookup)? passed to the kernel -> service lookup (a miss:
  *   anycast prefix? else the kernel's) -> the source's one entry in edge_sources (only for
  *   traffic to a service or an anycast prefix): temporary ban, then counted -> fragment / IP
  *   options / no service (dropped) -> ICMP other than echo (dropped) -> admission: verified for
@@ -161,6 +162,17 @@ static __always_inline struct source_lists source_lists_of(__be32 saddr)
 	lists.allowed = (entry->allow_all & bit) ||
 			((entry->allow_some & bit) && src_host_listed(addr, EDGE_SRC_LIST_ALLOW));
 	return lists;
+}
+
+/* Is no address of the destination's /24 ours (edge_dst_pass: no anycast prefix, no service)?
+ * One array lookup, where the service's hash lookup and the anycast prefixes' trie would miss. */
+static __always_inline int dest_not_ours(__be32 daddr)
+{
+	__u32 addr = bpf_ntohl(daddr);
+	__u32 index = addr >> 14; /* (addr >> 8) / EDGE_SRC_NETS_PER_ENTRY, as source_lists_of */
+	__u64 *word = bpf_map_lookup_elem(&edge_dst_pass, &index);
+
+	return word && ((*word >> ((addr >> 8) & (EDGE_SRC_NETS_PER_ENTRY - 1))) & 1);
 }
 
 static __always_inline __u8 proto_class(__u8 proto)
@@ -1256,6 +1268,10 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 		if (pkt->is_fragment || is_tunnel_proto(pkt->proto))
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_BAD_TUNNEL);
 	}
+	/* Nothing of its /24 is ours: the POP's own traffic, to the kernel after one array lookup
+	 * (what the service and anycast lookups below would also say, for more). */
+	if (dest_not_ours(pkt->daddr))
+		return make_verdict(XDP_PASS, EDGE_REASON_PASS_NOT_OURS);
 	/* The service first: a packet to one is ours without asking the anycast prefixes. Fragments
 	 * (a later one has no ports) and IP options are never a service's. Without a service, the
 	 * prefixes tell "ours, but dropped" from "not ours" (the kernel's). Bans apply only to what

@@ -18,6 +18,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
+from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 from . import topology as topo
 from .namespace import EnteredNamespace, ip
@@ -29,11 +30,12 @@ ALL_MAPS = (
     "edge_config", "edge_services", "edge_anycast_v4", "edge_anycast_v6", "edge_backends",
     "edge_allow_v4", "edge_deny_v4", "edge_sources", "edge_punches",
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
-    "edge_src_filter", "edge_src_hosts", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
+    "edge_src_filter", "edge_src_hosts", "edge_dst_pass", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
     "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
     "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats",
 )
-ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_next_hops",
+ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_dst_pass",
+              "edge_next_hops",
               "edge_tunnel_ifaces", "edge_own_addrs", "edge_payload_rules", "edge_payload_rule_bank",
               "edge_payload_rule_stats", "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats")
 
@@ -59,6 +61,9 @@ class EdgeEnv:
         # edge_src_hosts (the maps XDP reads), written the way edge_rules writes them.
         self._lists = {"deny": {}, "allow": {}}
         self._derived = {_rules.SOURCE_FILTER_MAP: None, _rules.SOURCE_HOSTS_MAP: {}}
+        # The edge_dst_pass words whose bits add_anycast/add_service cleared ({index: word}); None
+        # until the map is first filled (all zero, as loaded).
+        self._claimed_words = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -127,6 +132,7 @@ class EdgeEnv:
     def reset(self) -> None:
         """Empty every map (arrays zeroed): each test starts from a blank POP."""
         self._write_lists({}, {})
+        self._reset_dest_pass()
         for name in ALL_MAPS:
             bpf_map = self.maps[name]
             if name in ARRAY_MAPS:
@@ -165,7 +171,10 @@ class EdgeEnv:
         self.maps["edge_config"].update(abi.U32.pack(0), abi.pack_config(tunnel_addr, **settings))
 
     def add_anycast(self, cidr: str) -> None:
-        self.maps["edge_anycast_v4"].update(abi.pack_lpm_v4(cidr), abi.U32.pack(1))
+        key = abi.pack_lpm_v4(cidr)
+        length, network = abi.LPM_V4_KEY.unpack(key)
+        self._claim(int.from_bytes(network, "big"), length)
+        self.maps["edge_anycast_v4"].update(key, abi.U32.pack(1))
 
     def add_anycast_v6(self, cidr: str) -> None:
         self.maps["edge_anycast_v6"].update(abi.pack_lpm_v6(cidr), abi.U32.pack(1))
@@ -188,8 +197,10 @@ class EdgeEnv:
         """An edge_services entry as edge_rules packs it. admission: the unverified budget (pps,
         bps) for the POP; game_protocol, attack_mode, syn_auth: names (abi.GAME_PROTOCOLS,
         abi.ATTACK_MODES, abi.SYN_AUTH_MODES)."""
+        key = abi.pack_service_key(proto, address, port)
+        self._claim(int.from_bytes(abi.ipv4(address), "big"), 32)
         self.maps["edge_services"].update(
-            abi.pack_service_key(proto, address, port),
+            key,
             abi.pack_service_value(service_id, backend, flags, a2s_max_age_ms, limit, admission, game_protocol,
                                    attack_mode, syn_auth),
         )
@@ -262,6 +273,41 @@ class EdgeEnv:
         _map_sync.apply_plan(_rules.plan_writes(present, desired), _map_sync.executor(self.maps, _rules.IN_PLACE_MAPS))
         self._lists = {"deny": dict(deny), "allow": dict(allow)}
         self._derived = dict((name, desired[name]) for name in _rules.DERIVED_MAPS)
+
+    # edge_dst_pass as edge_rules derives it (_rules.dest_pass_entries; tests/bpf/test_filters.py
+    # compares the two): a POP with nothing claimed passes every destination at once, as the
+    # service and anycast lookups would; each prefix or service added clears its /24s' bits
+    # before its entry is written (edge_rules' dst_pass_tighten). Only the words that change are
+    # written: the whole map once per loaded program, then a word or two per test.
+
+    def _reset_dest_pass(self) -> None:
+        all_ones = abi.U64.pack((1 << 64) - 1)
+        if self._claimed_words is None:
+            words = range(abi.SRC_FILTER_ENTRIES)
+        else:
+            words = list(self._claimed_words)
+        self.maps[_rules.DEST_PASS_MAP].array_write((index, all_ones) for index in words)
+        self._claimed_words = {}
+
+    def _claim(self, address: int, length: int) -> None:
+        if self._claimed_words is None:
+            return   # left all zero (clear_dest_pass): nothing is passed at once
+        first, count = _source_lists.nets_touched(address, length)
+        changed = {}
+        for net24 in range(first, first + count):
+            index = net24 // abi.SRC_NETS_PER_ENTRY
+            word = changed.get(index, self._claimed_words.get(index, (1 << 64) - 1))
+            changed[index] = word & ~(1 << (net24 % abi.SRC_NETS_PER_ENTRY))
+        self.maps[_rules.DEST_PASS_MAP].array_write((index, abi.U64.pack(word)) for index, word in changed.items())
+        self._claimed_words.update(changed)
+
+    def clear_dest_pass(self) -> None:
+        """edge_dst_pass all zero, as a program just loaded has it before edge_rules first writes
+        it (an upgrade's window): every packet asks the services and the anycast prefixes. Until
+        the next reset, prefixes and services added leave it so."""
+        self.maps[_rules.DEST_PASS_MAP].array_write((index, bytes(abi.U64.size))
+                                                    for index in range(abi.SRC_FILTER_ENTRIES))
+        self._claimed_words = None
 
     def source(self, address: str):
         """The source's edge_sources entry (abi.SourceState), or None."""

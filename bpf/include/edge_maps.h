@@ -120,6 +120,22 @@ struct {
 	__uint(map_flags, BPF_F_MMAPABLE);
 } edge_src_filter SEC(".maps");
 
+/* Written by edge_rules (derived from the anycast prefixes and the services' addresses; the
+ * geometry of edge_src_filter's words: bit (n % 64) of entry (n / 64) for the /24 number n;
+ * mmapable so that user space reads and compares all 2 MiB at once). A set bit says that no
+ * address of that /24 is ours: no anycast prefix and no service covers any of it. Read by XDP on
+ * every IPv4 packet that is not denied, not from the POP's own address and not to its tunnel
+ * address: a packet to such a /24 (the POP's own traffic: SSH, BGP, monitoring) is passed to the
+ * kernel after one array lookup, without the service and anycast lookups. All zero (a program
+ * just loaded, before edge_rules writes it) says nothing: every packet asks as without it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} edge_dst_pass SEC(".maps");
+
 /* Written by edge_rules (the /24s that deny or allow prefixes longer than /24 cover in part).
  * Read by XDP when edge_src_filter says "some" for the source's /24. */
 struct {

@@ -151,6 +151,7 @@ MAP_CAPACITY = {
     "edge_deny_v4": MAX_PREFIXES,
     "edge_src_filter": SRC_FILTER_ENTRIES,
     "edge_src_hosts": MAX_PREFIXES,
+    "edge_dst_pass": SRC_FILTER_ENTRIES,
     "edge_punches": MAX_PUNCHES,
     "edge_a2s_cache": A2S_CACHE_MAX_ENTRIES,
     "edge_a2s_stats": len(A2S_KINDS),

@@ -20,6 +20,8 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
                      control plane derived from inventory, or both - enum edge_allow_origin)
     edge_src_filter  the deny and allow lists as XDP reads them: a bit per /24, and
     edge_src_hosts   a bitmap per partly listed /24 (derived, see _source_lists)
+    edge_dst_pass    the /24s nothing of which is ours: a bit per /24 (derived from the anycast
+                     prefixes and the services' addresses, see _source_lists.not_ours_plane)
     edge_payload_rules, edge_payload_rule_bank   the payload rules, two banks and the switch
                      between them (see _payload_rules: the list is swapped whole)
 
@@ -55,6 +57,9 @@ A2S_CACHE_MAP = "edge_a2s_cache"
 SOURCE_FILTER_MAP = "edge_src_filter"
 SOURCE_HOSTS_MAP = "edge_src_hosts"
 DERIVED_MAPS = (SOURCE_FILTER_MAP, SOURCE_HOSTS_MAP)
+# Derived from edge_anycast_v4 and edge_services: the destinations XDP passes at once (not ours).
+DEST_PASS_MAP = "edge_dst_pass"
+DEST_PASS_ZERO = bytes(abi.U64.size)
 # The payload rules (anycast_edge_filters.rules): a list in two banks, the switch, the hit counters.
 PAYLOAD_RULES_MAP = _payload_rules.RULES_MAP
 PAYLOAD_RULE_BANK_MAP = _payload_rules.BANK_MAP
@@ -63,7 +68,7 @@ SOURCE_FILTER_ZERO = bytes(abi.SRC_FILTER_ENTRY.size)
 # Written in place through its mmap (_map_sync.write_step): the first run writes up to 262,144
 # entries, and every bit of one stands alone (bpf/include/edge_abi.h), so a word seen half
 # written reads each /24 as it was or as it will be.
-IN_PLACE_MAPS = (SOURCE_FILTER_MAP,)
+IN_PLACE_MAPS = (SOURCE_FILTER_MAP, DEST_PASS_MAP)
 
 # Service ids index edge_service_stats and edge_a2s_cache: 1..MAX_SERVICES-1 (0 = "none").
 MAX_SERVICE_ID = abi.MAX_SERVICES - 1
@@ -613,6 +618,7 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
             raise RuleError("%s: %d entries do not fit in %s (max %d)"
                             % (map_name.replace("edge_", "").replace("_v4", ""), len(desired[map_name]), map_name, limit))
     desired.update(source_list_entries(desired["edge_deny_v4"], desired["edge_allow_v4"]))
+    desired[DEST_PASS_MAP] = dest_pass_entries(desired["edge_anycast_v4"], desired["edge_services"])
     if params.get("payload_rules") is not None:
         # A list, not a map: the position is the rule's order (see _payload_rules.steps).
         try:
@@ -643,18 +649,46 @@ def source_list_entries(deny_entries, allow_entries):
     }
 
 
-_FILTER_BLOCK = 4096   # bytes compared at once: 128 entries
+_FILTER_BLOCK = 4096   # bytes compared at once: 128 entries of edge_src_filter, 512 of edge_dst_pass
 
 
-def source_filter_changes(before, after):
-    """map_changes() for edge_src_filter given whole (bytes, or None for all zero): (added,
-    changed, removed) keyed by packed index, only for the entries that differ (blocks of 128
-    entries are compared first, at C speed; only a block that differs is compared entry by entry).
+def dest_pass_entries(anycast_entries, service_keys):
+    """edge_dst_pass whole (bytes): a bit per /24 no address of which is ours, from the anycast
+    prefixes (packed LPM keys) and the services (packed service keys: their addresses, which
+    validate_inventory keeps inside the prefixes, are counted too, so that XDP never passes a
+    service's packet however the two are given)."""
+    services = [(int.from_bytes(abi.SERVICE_KEY.unpack(key)[0], "big"), 32) for key in service_keys]
+    return _source_lists.not_ours_plane(_prefixes(anycast_entries) + services)
+
+
+def dest_pass_tightened(before, after):
+    """edge_dst_pass while a change is written: a bit is set only where both the present and the
+    desired rules say that nothing of the /24 is ours (before: bytes, or None for all zero, as a
+    program that edge_rules never wrote has it). Written first, so that no packet to a prefix or a
+    service being added is passed before it is claimed; the desired bits last, once the removed
+    ones are gone."""
+    if before is None:
+        return bytes(len(after))
+    interim = bytearray(after)
+    for block in range(0, len(after), _FILTER_BLOCK):   # only the blocks that differ, as source_filter_changes
+        old, new = before[block:block + _FILTER_BLOCK], after[block:block + _FILTER_BLOCK]
+        if old != new:
+            both = int.from_bytes(old, "little") & int.from_bytes(new, "little")
+            interim[block:block + _FILTER_BLOCK] = both.to_bytes(len(new), "little")
+    return bytes(interim)
+
+
+def source_filter_changes(before, after, entry_size=abi.SRC_FILTER_ENTRY.size):
+    """map_changes() for edge_src_filter (or another array kept whole: edge_dst_pass, whose
+    entries are entry_size bytes) given whole (bytes, or None for all zero): (added, changed,
+    removed) keyed by packed index, only for the entries that differ (blocks of _FILTER_BLOCK
+    bytes are compared first, at C speed; only a block that differs is compared entry by entry).
     An all-zero entry counts as absent."""
-    size = abi.SRC_FILTER_ENTRY.size
-    zero = SOURCE_FILTER_ZERO
-    before = before or bytes(_source_lists.FILTER_SIZE)
-    after = after or bytes(_source_lists.FILTER_SIZE)
+    size = entry_size
+    zero = bytes(entry_size)
+    whole = abi.SRC_FILTER_ENTRIES * entry_size
+    before = before or bytes(whole)
+    after = after or bytes(whole)
     added, changed, removed = {}, {}, {}
     if before == after:
         return added, changed, removed
@@ -724,14 +758,21 @@ Step = _map_sync.Step
 #                       stop pointing at a bitmap before it goes)
 #   Every bit of a word is a /24 of its own, so a reader that sees a word half written sees each
 #   /24 either as it was or as it will be.
+#
+#   XDP passes a packet to a /24 edge_dst_pass marks as nothing of ours before it asks the
+#   services or the anycast prefixes, so that map is tightened the same way:
+#     dst_pass_tighten  first, a bit only where the old and the new rules both say "not ours"
+#                       (a /24 being claimed, or holding a service being added, is never passed)
+#     dst_pass_final    last, the new bits (a /24 given up is passed only once its prefix and
+#                       services are gone)
 STEP_ORDER = (
-    "src_hosts_tighten", "src_filter_tighten",
+    "dst_pass_tighten", "src_hosts_tighten", "src_filter_tighten",
     "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
     "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
     "rules_stage", "rules_switch", "rules_sync", "rules_hits_reset",
     "anycast_add", "allow_add", "deny_remove",
     "src_filter_final", "src_hosts_final", "src_hosts_remove",
-    "backends_remove",
+    "backends_remove", "dst_pass_final",
 )
 
 
@@ -787,6 +828,9 @@ def compare(present, desired):
             changes[map_name] = map_changes(present.get(map_name, {}), desired[map_name])
         else:
             changes[map_name] = ({}, {}, {})
+    if DEST_PASS_MAP in desired:
+        changes[DEST_PASS_MAP] = source_filter_changes(present.get(DEST_PASS_MAP), desired[DEST_PASS_MAP],
+                                                       abi.U64.size)
     if PAYLOAD_RULES_MAP in desired:
         # Positions (added, changed, removed) of the list the program reads against the new one.
         changes[PAYLOAD_RULES_MAP] = _payload_rules.changes(present, desired[PAYLOAD_RULES_MAP])
@@ -843,6 +887,7 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     steps["services_change"] = ("edge_services", "update", final)
 
     steps.update(_source_list_steps(present, desired, changes))
+    steps.update(_dest_pass_steps(present, desired, changes))
     if PAYLOAD_RULES_MAP in desired:
         steps.update(_payload_rules.steps(present, desired[PAYLOAD_RULES_MAP]))
     else:
@@ -866,15 +911,39 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     return plan
 
 
-def _filter_writes(before, after, changes=None):
-    """Writes turning edge_src_filter from `before` to `after` (each whole, bytes): an array has
-    no deletes, an entry that goes is written with zeros (and "old" is never None, so undoing a
-    step only ever writes). changes: source_filter_changes(before, after), when known."""
-    added, changed, removed = changes or source_filter_changes(before, after)
-    entries = [(key, value, SOURCE_FILTER_ZERO) for key, value in added.items()]
+def _filter_writes(before, after, changes=None, entry_size=abi.SRC_FILTER_ENTRY.size):
+    """Writes turning edge_src_filter (or edge_dst_pass: entry_size) from `before` to `after`
+    (each whole, bytes): an array has no deletes, an entry that goes is written with zeros (and
+    "old" is never None, so undoing a step only ever writes). changes:
+    source_filter_changes(before, after, entry_size), when known."""
+    zero = bytes(entry_size)
+    added, changed, removed = changes or source_filter_changes(before, after, entry_size)
+    entries = [(key, value, zero) for key, value in added.items()]
     entries.extend((key, new, old) for key, (new, old) in changed.items())
-    entries.extend((key, SOURCE_FILTER_ZERO, old) for key, old in removed.items())
+    entries.extend((key, zero, old) for key, old in removed.items())
     return entries
+
+
+def _dest_pass_steps(present, desired, changes):
+    """edge_dst_pass's two steps (see STEP_ORDER): {step name: (map, operation, entries)}."""
+    if DEST_PASS_MAP not in desired:
+        return {"dst_pass_tighten": (DEST_PASS_MAP, "update", []), "dst_pass_final": (DEST_PASS_MAP, "update", [])}
+    before, after = present.get(DEST_PASS_MAP), desired[DEST_PASS_MAP]
+    size = abi.U64.size
+    if before == after:
+        return {"dst_pass_tighten": (DEST_PASS_MAP, "update", []), "dst_pass_final": (DEST_PASS_MAP, "update", [])}
+    interim = dest_pass_tightened(before, after)
+    if interim == (before or bytes(len(after))):
+        # Nothing to take back first (the first run, or only claims given up): one step of 2 MiB.
+        return {"dst_pass_tighten": (DEST_PASS_MAP, "update", []),
+                "dst_pass_final": (DEST_PASS_MAP, "update",
+                                   _filter_writes(before, after, changes[DEST_PASS_MAP], size))}
+    return {
+        "dst_pass_tighten": (DEST_PASS_MAP, "update",
+                             _filter_writes(before, interim, changes[DEST_PASS_MAP] if interim == after else None,
+                                            size)),
+        "dst_pass_final": (DEST_PASS_MAP, "update", _filter_writes(interim, after, None, size)),
+    }
 
 
 def _strictest_hosts(present_hosts, interim_hosts, final_hosts):
@@ -933,7 +1002,7 @@ def summarize(plan, changes):
     counts once, as changed) and the number of element writes the plan makes.
     changes: compare(present, desired)."""
     counts = {}
-    for map_name in RULE_MAPS + DERIVED_MAPS:
+    for map_name in RULE_MAPS + DERIVED_MAPS + (DEST_PASS_MAP,):
         if map_name not in changes:
             continue
         added, changed, removed = changes[map_name]

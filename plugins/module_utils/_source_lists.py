@@ -16,6 +16,12 @@ as the list grows (docs/data-plane.md has the figures measured). The program rea
 That is one array lookup for every packet and one hash lookup for a source in a partly listed /24:
 the same cost for one prefix as for a million. This module derives both from the exact prefixes;
 pure Python, no kernel access (edge_rules writes what it returns, the tests and the bench too).
+
+The same geometry, one word per entry, says which destinations are not ours (not_ours_plane):
+
+    edge_dst_pass     2^18 64-bit words; bit (n % 64) of word (n // 64) set: no address of the
+                      /24 number n is ours (no anycast prefix, no service covers any of it), so
+                      XDP passes a packet to it to the kernel after one array lookup.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -54,6 +60,31 @@ def _set_bits(plane, first, count):
         plane[first >> 3:(first + count) >> 3] = _full(count >> 3)
     else:
         plane[first >> 3] |= ((1 << count) - 1) << (first & 7)
+
+
+def _clear_bits(plane, first, count):
+    """Clear bits first..first+count-1 of a bitmap (count a power of two, first a multiple of it)."""
+    if count >= 8:
+        plane[first >> 3:(first + count) >> 3] = bytes(count >> 3)
+    else:
+        plane[first >> 3] &= ~(((1 << count) - 1) << (first & 7)) & 0xFF
+
+
+def nets_touched(address, length):
+    """(first /24 number, how many) of the /24s a prefix touches (address: host-order int): a
+    prefix longer than /24 touches its one /24."""
+    return address >> 8, 1 << (24 - length) if length <= 24 else 1
+
+
+def not_ours_plane(prefixes):
+    """edge_dst_pass whole (_PLANE_SIZE bytes, as the kernel keeps it: word i little-endian at
+    i * 8, the plane's bit n being bit n % 64 of word n // 64): every bit set but those of the /24s
+    any of `prefixes` touches ((address, length) as derive takes them; a prefix longer than /24
+    clears its one /24: the rest of that /24 still asks the services and the anycast prefixes)."""
+    plane = bytearray(_full(_PLANE_SIZE))
+    for address, length in prefixes:
+        _clear_bits(plane, *nets_touched(address, length))
+    return bytes(plane)
 
 
 def derive(deny, allow):

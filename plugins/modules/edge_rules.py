@@ -24,6 +24,9 @@ description:
     the lists from C(edge_src_filter) (a bit per /24, 8 MiB) and C(edge_src_hosts) (a bitmap per
     /24 that prefixes longer than /24 cover in part), which this module derives from them and
     converges too, so that a lookup costs the same with one prefix as with a million.
+  - Derives from the anycast prefixes and the services' addresses C(edge_dst_pass) (a bit per /24,
+    2 MiB, set for each /24 no address of which is ours), which lets the program pass the POP's
+    own traffic to the kernel after one array lookup, and converges it too.
   - Never touches the maps the program fills itself (C(edge_sources), C(edge_punches), the stats
     maps), so bans, port punches and counters survive a rule change. The one exception is
     C(edge_a2s_cache) - the cached A2S replies (info, players, rules) of a
@@ -375,6 +378,7 @@ maps:
     edge_a2s_cache: {added: 0, changed: 0, removed: 0}
     edge_src_filter: {added: 1, changed: 0, removed: 0}
     edge_src_hosts: {added: 0, changed: 0, removed: 0}
+    edge_dst_pass: {added: 0, changed: 1, removed: 0}
 control_plane:
   description:
     - The control-plane sources exempt from bans and rate limits on this POP (O(control_plane),
@@ -468,6 +472,7 @@ MAP_LAYOUTS = {
     "edge_a2s_cache": (abi.U32.size, abi.A2S_CACHE_ENTRY.size),
     "edge_src_filter": (abi.U32.size, abi.SRC_FILTER_ENTRY.size),
     "edge_src_hosts": (abi.SRC_HOSTS_KEY.size, abi.SRC_HOSTS_VALUE.size),
+    "edge_dst_pass": (abi.U32.size, abi.U64.size),
     "edge_payload_rules": (abi.U32.size, abi.PAYLOAD_RULE.size),
     "edge_payload_rule_bank": (abi.U32.size, abi.PAYLOAD_RULE_BANK.size),
     "edge_payload_rule_stats": (abi.U32.size, abi.EDGE_COUNTER.size),
@@ -548,6 +553,7 @@ def read_present(maps):
         present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_HOSTS_MAP] = dict(maps[_rules.SOURCE_HOSTS_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.SOURCE_FILTER_MAP] = maps[_rules.SOURCE_FILTER_MAP].array_bytes()
+    present[_rules.DEST_PASS_MAP] = maps[_rules.DEST_PASS_MAP].array_bytes()
     present[_rules.PAYLOAD_RULES_MAP] = dict(maps[_rules.PAYLOAD_RULES_MAP].lookup_batch(chunk_size=LOOKUP_CHUNK))
     present[_rules.PAYLOAD_RULE_BANK_MAP] = {
         _rules.CONFIG_KEY: maps[_rules.PAYLOAD_RULE_BANK_MAP].lookup(_rules.CONFIG_KEY)}

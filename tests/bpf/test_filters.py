@@ -10,8 +10,8 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 from harness.edge_env import hammer_from_two_cpus, monotonic_ns
-from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, player_tcp, player_udp,
-                       setup_pop)
+from .scenario import (ANYCAST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, PLAYER_PORT, SIDE_GAME, SIDE_PORT,
+                       player_tcp, player_udp, setup_pop)
 
 SECOND = 10**9
 
@@ -116,6 +116,58 @@ def test_a_service_is_looked_up_before_the_anycast_prefixes(pop):
 def test_traffic_not_to_an_anycast_prefix_goes_to_the_kernel_untouched(pop, frame):
     result = pop.run(frame)
     assert (result.action, result.reason, result.data) == ("PASS", "pass_not_ours", frame)
+
+
+def test_the_pass_map_is_what_edge_rules_derives_from_the_prefixes_and_services(pop):
+    """The harness writes edge_dst_pass word by word; edge_rules derives it whole: the same bytes."""
+    anycast = [abi.pack_lpm_v4(ANYCAST)]
+    services = [abi.pack_service_key(proto, address, port) for proto, address, port in (
+        ("udp", GAME, GAME_PORT), ("tcp", GAME, GAME_PORT), ("icmp", GAME, 0), ("udp", SIDE_GAME, SIDE_PORT))]
+    derived = _rules.dest_pass_entries(anycast, services)
+    assert pop.maps[_rules.DEST_PASS_MAP].array_bytes() == derived
+    pop.add_service("udp", "192.0.2.200", 27015, 9, BACKEND)    # outside the prefixes: its /24 is claimed too
+    assert pop.maps[_rules.DEST_PASS_MAP].array_bytes() == _rules.dest_pass_entries(
+        anycast, services + [abi.pack_service_key("udp", "192.0.2.200", 27015)])
+
+
+# Every path of the filter, to the prefix, a service outside it, and elsewhere: the verdicts must not
+# depend on whether edge_dst_pass was written (it only spares the POP's own traffic two lookups).
+PASS_MAP_FRAMES = [
+    ("service", player_udp(), "tx_forward"),
+    ("not a service in the prefix", player_udp(dport=27016), "drop_no_service"),
+    ("fragment to the prefix", player_udp(dst="198.51.100.99", flags="MF"), "drop_fragment"),
+    ("service outside the prefixes", player_udp(dst="192.0.2.200"), "tx_forward"),
+    ("its /24, another port", player_udp(dst="192.0.2.200", dport=27016), "pass_not_ours"),
+    ("the POP's BGP", player_tcp(dst="10.0.0.1", dport=179), "pass_not_ours"),
+    ("elsewhere", player_udp(dst="203.0.113.80", dport=53), "pass_not_ours"),
+    ("a fragment elsewhere", player_udp(dst="203.0.113.80", flags="MF"), "pass_not_ours"),
+    ("denied, elsewhere", player_udp(src="192.0.2.66", dst="203.0.113.80"), "drop_deny"),
+]
+
+
+def test_the_pass_map_changes_no_verdict_and_an_unwritten_one_passes_nothing_early(pop):
+    pop.deny("192.0.2.66/32")
+    pop.add_service("udp", "192.0.2.200", 27015, 9, BACKEND)
+    written = [pop.run(frame).reason for dummy, frame, dummy in PASS_MAP_FRAMES]
+    assert written == [reason for dummy, dummy, reason in PASS_MAP_FRAMES]
+    # all zero, as a program just loaded before edge_rules writes it: every lookup is asked, same verdicts
+    pop.clear_dest_pass()
+    assert [pop.run(frame).reason for dummy, frame, dummy in PASS_MAP_FRAMES] == written
+
+
+def test_a_pass_bit_over_a_claimed_prefix_would_let_its_traffic_past_every_filter(pop):
+    """Why edge_rules clears a /24's bit before it writes the prefix or service there, and sets it
+    only after they are gone (_rules.STEP_ORDER): the map is read before any other lookup. A bit
+    set by hand over the anycast /24 hands a flood from a banned source to the kernel."""
+    pop.ban("192.0.2.99", monotonic_ns() + 60 * SECOND)
+    flood = player_udp(src="192.0.2.99")
+    assert pop.run(flood).reason == "drop_banned"
+    net24 = int.from_bytes(abi.ipv4(GAME), "big") >> 8
+    index = net24 // abi.SRC_NETS_PER_ENTRY
+    word = abi.U64.unpack(pop.maps[_rules.DEST_PASS_MAP].lookup(abi.U32.pack(index)))[0]
+    pop.maps[_rules.DEST_PASS_MAP].update(abi.U32.pack(index),
+                                          abi.U64.pack(word | 1 << (net24 % abi.SRC_NETS_PER_ENTRY)))
+    assert pop.run(flood).reason == "pass_not_ours"
 
 
 def test_counters_per_reason_per_service_and_per_player(pop):

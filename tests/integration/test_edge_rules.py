@@ -244,8 +244,13 @@ CACHE = abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP
 
 
 def rule_steps(result):
-    """The result's steps on the rule maps, without those on the lists derived from deny/allow."""
-    return [step for step in result["steps"] if step["map"] not in _rules.DERIVED_MAPS]
+    """The result's steps on the rule maps, without those on the maps derived from them (the lists
+    derived from deny/allow, and edge_dst_pass from the prefixes and services)."""
+    return [step for step in result["steps"] if step["map"] not in _rules.DERIVED_MAPS + (_rules.DEST_PASS_MAP,)]
+
+
+def dest_pass_writes(result):
+    return sum(step["count"] for step in result["steps"] if step["map"] == _rules.DEST_PASS_MAP)
 
 
 def rule_writes(result):
@@ -266,11 +271,15 @@ def test_converges_the_maps_and_a_rerun_changes_nothing(pop, tmp_path):
     assert first.result["maps"]["edge_deny_v4"] == {"added": 2, "changed": 0, "removed": 0}
     assert first.result["maps"]["edge_services"] == {"added": 4, "changed": 0, "removed": 0}
     assert rule_writes(first.result) == 2 + 1 + 2 + 4 + 1 + 1      # deny, config, backends, services, anycast, allow
+    assert dest_pass_writes(first.result) == abi.SRC_FILTER_ENTRIES  # the first write: every word has a /24 passed
     assert [step["name"] for step in first.result["steps"]] == [
         "src_hosts_tighten", "src_filter_tighten", "deny_add", "backends_add", "config", "services_add", "anycast_add",
-        "allow_add", "src_filter_final"]
+        "allow_add", "src_filter_final", "dst_pass_final"]
     # what XDP reads of the lists: derived from the record, and it drops what the record denies
     assert derived_lists(pop) == _rules.source_list_entries(pop.entries("edge_deny_v4"), pop.entries("edge_allow_v4"))
+    # and the /24s nothing of which is ours, from the prefixes and the services
+    assert pop.map(_rules.DEST_PASS_MAP).array_bytes() == _rules.dest_pass_entries(
+        pop.entries("edge_anycast_v4"), pop.entries("edge_services"))
     # 233.252.0.5/32 and 192.0.2.0/28: a bitmap each
     assert first.result["maps"]["edge_src_hosts"] == {"added": 2, "changed": 0, "removed": 0}
     for source, verdict in (("100.64.7.7", _bpf.XDP_DROP), ("100.128.0.1", _bpf.XDP_PASS),
@@ -655,6 +664,7 @@ def test_check_mode_before_the_program_is_attached_reports_the_first_run(pop, tm
     checked = run_edge_rules(pop, tmp_path, RULES, "--check")
     assert checked.result["changed"] is True
     assert rule_writes(checked.result) == 2 + 2 + 1 + 4 + 1 + 1
+    assert dest_pass_writes(checked.result) == abi.SRC_FILTER_ENTRIES
     assert any("no XDP program is pinned for interface uplink0 yet" in warning
                for warning in checked.result.get("warnings", []))
     assert pop.entries("edge_deny_v4") == {}
@@ -748,9 +758,11 @@ def test_the_sampler_does_catch_a_wrong_order(pop, tmp_path):
     emptied first, then rebuilt) lets the always-denied source through, and the sampler sees it."""
     old, new = strictness_rules()
     run_edge_rules(pop, tmp_path, old)
-    maps = dict((name, pop.map(name)) for name in RULE_MAP_NAMES + (_rules.A2S_CACHE_MAP,) + _rules.DERIVED_MAPS)
+    maps = dict((name, pop.map(name))
+                for name in RULE_MAP_NAMES + (_rules.A2S_CACHE_MAP, _rules.DEST_PASS_MAP) + _rules.DERIVED_MAPS)
     present = dict((name, pop.entries(name)) for name in RULE_MAP_NAMES)
     present.update(derived_lists(pop))
+    present[_rules.DEST_PASS_MAP] = pop.map(_rules.DEST_PASS_MAP).array_bytes()
     desired, dummy = _rules.desired_entries(new, _rules.config_cookie_key(present["edge_config"][_rules.CONFIG_KEY]))
     plan = _rules.plan_writes(present, desired)
     emptied = [(key, _rules.SOURCE_FILTER_ZERO, old_entry)

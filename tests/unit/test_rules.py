@@ -373,7 +373,7 @@ def test_first_deployment_writes_config_before_any_service_and_prefixes_last():
     names = [step.name for step in _rules.plan_writes(empty, desired)]
     # the derived lists: the deny first, the allow (which the empty maps did not have) last
     assert names == ["src_filter_tighten", "deny_add", "backends_add", "config", "services_add", "anycast_add",
-                     "allow_add", "src_filter_final"]
+                     "allow_add", "src_filter_final", "dst_pass_final"]
 
 
 def test_an_id_passed_to_another_service_clears_the_cache_before_the_new_owner_arrives():
@@ -536,12 +536,13 @@ def copy_of(entries):
 
 
 def apply_step(state, step):
-    if step.map_name == _rules.SOURCE_FILTER_MAP:
+    if step.map_name in (_rules.SOURCE_FILTER_MAP, _rules.DEST_PASS_MAP):
         # the array, kept whole as bytes (absent: all zero); "delete" never happens to it
         assert step.operation == "update"
-        array = bytearray(state.get(step.map_name) or bytes(_source_lists.FILTER_SIZE))
+        size = abi.SRC_FILTER_ENTRY.size if step.map_name == _rules.SOURCE_FILTER_MAP else abi.U64.size
+        array = bytearray(state.get(step.map_name) or bytes(abi.SRC_FILTER_ENTRIES * size))
         for key, value, dummy in step.entries:
-            offset = abi.U32.unpack(key)[0] * abi.SRC_FILTER_ENTRY.size
+            offset = abi.U32.unpack(key)[0] * size
             array[offset:offset + len(value)] = value
         state[step.map_name] = bytes(array)
         return
@@ -551,6 +552,13 @@ def apply_step(state, step):
             target[key] = value
         else:
             target.pop(key, None)
+
+
+def passed_at_once(dest_pass, address):
+    """Whether XDP passes a packet to `address` (raw bytes) after its one edge_dst_pass lookup."""
+    net24 = int.from_bytes(address, "big") >> 8
+    word = abi.U64.unpack_from(dest_pass, (net24 // 64) * abi.U64.size)[0] if dest_pass else 0
+    return bool((word >> (net24 % 64)) & 1)
 
 
 def services_in(prefix_key, services):
@@ -580,9 +588,14 @@ def test_every_intermediate_state_is_safe(old_params, new_params, data):
             for key, dummy, dummy in step.entries:
                 cache.pop(abi.unpack_a2s_cache_key(key)[0], None)
             continue
-        if step.map_name in _rules.DERIVED_MAPS:
-            continue   # what XDP reads of the lists: test_source_lists replays those steps
         where = "after step %d (%s) of %s" % (number, step.name, [s.name for s in plan])
+        # nothing claimed (a prefix, a service) is passed by edge_dst_pass before the lookups
+        for key in state["edge_services"]:
+            assert not passed_at_once(state.get(_rules.DEST_PASS_MAP), abi.SERVICE_KEY.unpack(key)[0]), where
+        for key in state["edge_anycast_v4"]:
+            assert not passed_at_once(state.get(_rules.DEST_PASS_MAP), abi.LPM_V4_KEY.unpack(key)[1]), where
+        if step.map_name in _rules.DERIVED_MAPS + (_rules.DEST_PASS_MAP,):
+            continue   # what XDP reads of the lists: test_source_lists replays those steps
         deny, allow = set(state["edge_deny_v4"]), set(state["edge_allow_v4"])
         assert deny >= set(new["edge_deny_v4"]), where
         assert allow <= set(old["edge_allow_v4"]) | set(new["edge_allow_v4"]), where

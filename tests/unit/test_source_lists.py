@@ -144,3 +144,17 @@ def test_no_step_of_a_rule_change_is_more_lenient_than_both_rule_sets(old_deny, 
         tightened = tightened or step.name == "src_filter_tighten"
         check(step.name, tightened)
     assert as_read_by_xdp(maps) == as_read_by_xdp(dict((name, desired[name]) for name in _rules.DERIVED_MAPS))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(prefixes(), max_size=6))
+def test_the_pass_plane_marks_exactly_the_24s_no_prefix_touches(cidrs):
+    """edge_dst_pass: a /24's bit is set iff no prefix has an address in it (read as XDP reads it)."""
+    networks = [ipaddress.IPv4Network(cidr) for cidr in cidrs]
+    plane = sl.not_ours_plane([(int(n.network_address), n.prefixlen) for n in networks])
+    assert len(plane) == abi.SRC_FILTER_ENTRIES * abi.U64.size
+    for address in addresses_near(cidrs):
+        net24 = ipaddress.IPv4Network((address & 0xFFFFFF00, 24))
+        word = abi.U64.unpack_from(plane, (address >> 8) // 64 * abi.U64.size)[0]
+        passed = bool((word >> ((address >> 8) % 64)) & 1)
+        assert passed == (not any(n.overlaps(net24) for n in networks)), (cidrs, ipaddress.IPv4Address(address))
