@@ -72,14 +72,16 @@ def inventory(tmp_path: Path, transport: str) -> Path:
     return path
 
 
-def play(inventory_path: Path, hosts=("pop1", "game1"), extra_vars=None) -> dict:
-    """Run the role's playbook; {host: its changed count}."""
+def run_playbook(inventory_path: Path, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
-    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(ROLE_PLAYBOOK)]
-    if extra_vars:
-        argv += ["-e", json.dumps(extra_vars)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+    argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), str(ROLE_PLAYBOOK)] + list(arguments)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def play(inventory_path: Path, hosts=("pop1", "game1"), extra_vars=None) -> dict:
+    """Run the role's playbook; {host: its changed count}."""
+    done = run_playbook(inventory_path, *(["-e", json.dumps(extra_vars)] if extra_vars else []))
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     changed = {}
@@ -131,6 +133,24 @@ def test_a_wireguard_pair_gets_both_ends_and_goes_away_with_it(hosts, tmp_path):
     finally:
         for end in ends.values():
             end.stop()
+
+
+def test_a_limit_without_the_other_end_stops_before_any_interface_naming_the_peer(hosts, tmp_path):
+    """pop1 alone (--limit pop1) with a WireGuard pair: game1's keys play did not run, so its public
+    key is unknown - the role says so, naming the peer and the pair, and configures nothing."""
+    ends = {"pop1": WireguardGo(hosts["pop1"], _transport.interface_name("game1"))}
+    try:
+        before = ends["pop1"].dump()
+        done = run_playbook(inventory(tmp_path, "wireguard"), "--limit", "pop1")
+        output = done.stdout + done.stderr
+        assert done.returncode != 0, output
+        assert ("game1's WireGuard public key is unknown (the pair pop1 <-> game1 is wireguard): "
+                "playbooks/wireguard_keys.yml did not run on game1 in this run - a --limit must include both ends "
+                "of every WireGuard pair") in output, output
+        assert "has no attribute" not in output, output
+        assert ends["pop1"].dump() == before   # no key, no peer, no port set on the interface
+    finally:
+        ends["pop1"].stop()
 
 
 def test_without_wireguard_pairs_the_role_changes_nothing(hosts, tmp_path):
