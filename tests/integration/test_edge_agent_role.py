@@ -93,12 +93,13 @@ def inventory(tmp_path: Path, root: Path, services=None, **pop1_vars) -> Path:
     return path
 
 
-def play(inventory_path: Path, netns, expect_failure: bool = False) -> tuple[int, str]:
-    """Run the role on pop1 inside ``netns`` (its routes are the namespace's); (changed count, output)."""
+def play(inventory_path: Path, netns, *options: str, expect_failure: bool = False) -> tuple[int, str]:
+    """Run the role on pop1 inside ``netns`` (its routes are the namespace's), with ansible-playbook's
+    ``options`` (--check, --diff); (changed count, output)."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
     done = subprocess.run(["ip", "netns", "exec", netns.name, str(VENV_BIN / "ansible-playbook"), "-i", str(inventory_path), "--limit", "pop1",
-                           str(PLAYBOOK)], capture_output=True, text=True, env=env, timeout=600, check=False)
+                           *options, str(PLAYBOOK)], capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     if expect_failure:
         assert done.returncode != 0, output
@@ -107,6 +108,18 @@ def play(inventory_path: Path, netns, expect_failure: bool = False) -> tuple[int
     recap = re.search(r"^pop1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
     assert recap and recap.group(2) == "0", output
     return int(recap.group(1)), output
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The names of the tasks the default callback reports changed on pop1, in order."""
+    changed, task = [], None
+    for line in output.splitlines():
+        header = re.match(r"(?:TASK|RUNNING HANDLER) \[(?:[\w.]+ : )?(.*)\] \*+$", line)
+        if header:
+            task = header.group(1)
+        elif line.startswith("changed: [pop1]"):
+            changed.append(task)
+    return changed
 
 
 def installed_files(root: Path) -> dict:
@@ -226,6 +239,27 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     assert changed == 0, output
     assert installed_files(root) == before
     assert probe_routes(ns) == routes
+
+    # An upgrade of the agent's code: the POP runs an older agent (one file and the record of the
+    # installed archive differ from what the controller packs). --check --diff announces it and
+    # leaves the POP as it is (unarchive alone said nothing: it skips tar archives in check mode);
+    # the real run then makes the same one change.
+    record = root / "usr/local/lib/anycast-edge/agent.tar"
+    main_py = lib / "anycast_edge_agent" / "main.py"
+    main_py.write_bytes(main_py.read_bytes() + b"# an older agent\n")
+    subprocess.run(["tar", "--create", "--file", str(record), "--directory", str(lib), "anycast_edge_agent"], check=True)
+    older = installed_files(root)
+    changed, output = play(inv, ns, "--check", "--diff")
+    assert changed_tasks(output) == ["Ship the agent's archive (the record of the installed agent)"], output
+    assert installed_files(root) == older
+    changed, output = play(inv, ns, "--diff")
+    assert changed_tasks(output) == ["Ship the agent's archive (the record of the installed agent)"], output
+    assert installed_files(root) == before
+    # A file that drifted under an unchanged record: the real run puts it back and says so.
+    main_py.write_bytes(b"# not the agent\n")
+    changed, output = play(inv, ns)
+    assert changed_tasks(output) == ["Install the agent and its module_utils"], output
+    assert installed_files(root) == before
 
     # A service gone from inventory: its address's route goes; a route of somebody else's stays.
     ns.ip("route", "add", "198.51.100.99/32", "dev", tunnel_name("game2"))
