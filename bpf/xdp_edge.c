@@ -14,8 +14,9 @@
  *   cookie), else, under attack, handshake-shaped and within the budget (dropped:
  *   drop_unverified); unverified TCP while
  *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
- *   (payload_rules.h: drop, or a per-source limit) -> an accepted source without an entry gets
- *   one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
+ *   (payload_rules.h: drop, or a per-source limit) -> a minecraft service's first data segment of a
+ *   flow must be its handshake (mc_proto.h; else drop_handshake, the source's verification
+ *   revoked) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
  *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for
  *   100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
@@ -77,6 +78,7 @@
 #include "encap.h"
 #include "a2s.h"
 #include "game_proto.h"
+#include "mc_proto.h"
 #include "udp_reply.h"
 #include "payload_rules.h"
 #include "syn_auth.h"
@@ -325,6 +327,24 @@ static __always_inline void source_verify(const struct edge_config *cfg, struct 
 	proofs = bpf_map_lookup_elem(&edge_verify_stats, &proof);
 	if (proofs)
 		*proofs += 1; /* per-CPU value: no other writer */
+}
+
+/* The source's verification for the service is revoked (its slot freed): it sent what no client of
+ * the service sends (a refused handshake, mc_proto.h). Verified by the allow list: nothing stored,
+ * nothing to revoke. Its next packets are unverified until it proves its address again. */
+static __always_inline void source_unverify(struct source_state *src, __u32 service_id)
+{
+	if (!src || !service_id)
+		return;
+	for (__u32 i = 0; i < EDGE_VERIFIED_SLOTS; i++) {
+		struct source_verification *slot = &src->verified[i];
+
+		if (slot->service_id != service_id)
+			continue;
+		slot->service_id = 0;
+		slot->proof = EDGE_PROOF_NONE;
+		slot->active_ns = 0;
+	}
 }
 
 /* Is the service under attack: its operator says always, or (auto) the agent says so? */
@@ -1238,6 +1258,78 @@ static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct 
 	return make_verdict(XDP_DROP, EDGE_REASON_DROP_SYN_AUTH_VERIFIED);
 }
 
+/* TCP flags (byte 13 of the header; the TCP_FLAG_* of syn_auth.h); parse_l4 checked the header. */
+static __always_inline __u8 tcp_flags_of(struct xdp_md *ctx, const struct packet *pkt)
+{
+	__u8 flags = 0;
+
+	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 13, &flags, sizeof(flags)))
+		return 0;
+	return flags;
+}
+
+static __always_inline int tcp_is_syn(__u8 flags)
+{
+	return (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
+}
+
+static __always_inline struct mc_flow_key mc_flow_of(const struct packet *pkt)
+{
+	struct mc_flow_key key = { .saddr = pkt->saddr, .daddr = pkt->daddr, .sport = pkt->sport, .dport = pkt->dport };
+
+	return key;
+}
+
+/*
+ * Minecraft (game_protocol minecraft, TCP): is this segment refused as no handshake? The first
+ * data segment of a flow whose SYN the POP forwarded (an edge_mc_flows entry) must start with a
+ * well-formed handshake (mc_proto.h): if it does, the flow's entry goes (its later segments are not
+ * looked at); if not, it is refused and the entry stays, so its retransmissions and later segments
+ * are refused too. A SYN carrying data (TCP Fast Open, which no Minecraft client uses) is refused:
+ * its data would be a first segment with no entry to check it against. Segments without data, and
+ * RSTs, are never refused. A flow without an entry is not checked (docs/game-protocols.md).
+ */
+static __always_inline int mc_handshake_refused(struct xdp_md *ctx, const struct packet *pkt, __u8 flags)
+{
+	struct mc_handshake handshake = {};
+	struct mc_flow_key key;
+
+	if (!pkt->payload_len || (flags & TCP_FLAG_RST))
+		return 0;
+	if (flags & TCP_FLAG_SYN)
+		return 1;
+	key = mc_flow_of(pkt);
+	if (!bpf_map_lookup_elem(&edge_mc_flows, &key))
+		return 0;
+	if (!mc_handshake_valid(ctx, pkt, &handshake))
+		return 1;
+	bpf_map_delete_elem(&edge_mc_flows, &key);
+	return 0;
+}
+
+/* A SYN to a minecraft service left the program towards its backend (or the kernel's forwarding):
+ * the flow's next data segment is its first, to be checked. A retransmitted SYN renews the entry. */
+static __always_inline void mc_flow_start(const struct packet *pkt, __u64 now)
+{
+	struct mc_flow_key key = mc_flow_of(pkt);
+	struct mc_flow_value value = { .syn_ns = now };
+
+	bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_ANY);
+}
+
+/* forward_to_backend, and for a SYN to a minecraft service that is not dropped on its way, the
+ * flow's entry (mc_flow_start). */
+static __always_inline struct verdict forward_segment(struct xdp_md *ctx, const struct edge_config *cfg,
+						      const struct packet *pkt, const struct service_value *svc,
+						      __u32 tx_reason, int mc_syn, __u64 now)
+{
+	struct verdict v = forward_to_backend(ctx, cfg, pkt, svc, tx_reason, now);
+
+	if (mc_syn && v.action != XDP_DROP)
+		mc_flow_start(pkt, now);
+	return v;
+}
+
 /* Inbound IPv4, after parsing. */
 static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const struct edge_config *cfg,
 						   const struct packet *pkt)
@@ -1248,7 +1340,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	struct source_lists lists = source_lists_of(pkt->saddr);
 	struct verdict v;
 	__u64 now = 0; /* clock_now(): read only once a decision needs it */
-	int allowed = lists.allowed, punched, verified = 0, admission;
+	int allowed = lists.allowed, punched, verified = 0, admission, mc_syn = 0;
 	int cookie_proven = 0; /* set by a2s_handle: the source echoed a valid fleet cookie */
 
 	/* The deny list comes first, even before the return path: a denied source is never
@@ -1322,13 +1414,24 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	/* The operator's payload rules (payload_rules.h): "verified" as admission found it. */
 	if (payload_rules_drop(ctx, pkt, verified, allowed, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RULE);
+	/* Minecraft: a flow's first data segment is the client's handshake, or the source is no client
+	 * (mc_proto.h); whatever the punch (a live one of a reused four-tuple does not spare it). */
+	if (svc->game_protocol == EDGE_GAME_MINECRAFT && pkt->proto == IPPROTO_TCP) {
+		__u8 flags = tcp_flags_of(ctx, pkt);
+
+		if (mc_handshake_refused(ctx, pkt, flags)) {
+			source_unverify(src, svc->id);
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_HANDSHAKE);
+		}
+		mc_syn = tcp_is_syn(flags);
+	}
 	/* Accepted: the source's first accepted packet makes its entry. */
 	if (!src)
 		src = source_create(pkt->saddr, pkt->frame_len, now);
 
 	punched = punch_is_live(cfg, pkt, &now);
 	if (punched)
-		return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, now);
+		return forward_segment(ctx, cfg, pkt, svc, EDGE_REASON_TX_PUNCHED, mc_syn, now);
 	if (!allowed && rate_limit_exceeded(cfg, pkt, svc, src, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RATE_LIMIT);
 	if (pkt->proto == IPPROTO_UDP && (svc->flags & SERVICE_F_A2S_CACHE) &&
@@ -1338,7 +1441,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 			source_verify(cfg, src, svc->id, EDGE_PROOF_COOKIE, now);
 		return v;
 	}
-	return forward_to_backend(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD, now);
+	return forward_segment(ctx, cfg, pkt, svc, EDGE_REASON_TX_FORWARD, mc_syn, now);
 }
 
 SEC("xdp")

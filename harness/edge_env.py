@@ -32,7 +32,7 @@ ALL_MAPS = (
     "edge_a2s_cache", "edge_reason_stats", "edge_service_stats", "edge_tx_ports",
     "edge_src_filter", "edge_src_hosts", "edge_dst_pass", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
     "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
-    "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats",
+    "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats", "edge_mc_flows",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_dst_pass",
               "edge_next_hops",

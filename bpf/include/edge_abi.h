@@ -102,6 +102,7 @@ enum edge_reason {
 	EDGE_REASON_TX_SYN_AUTH,           /* SYN authentication: answered an unverified source's SYN with the cookie SYN-ACK (syn_auth.h) */
 	EDGE_REASON_DROP_SYN_AUTH_VERIFIED, /* SYN authentication: the client's RST echoed a valid cookie; the source is verified, the RST consumed */
 	EDGE_REASON_DROP_TCP_UNVERIFIED,   /* SYN authentication active: a TCP segment from an unverified source that is not a SYN, or a RST without a valid cookie */
+	EDGE_REASON_DROP_HANDSHAKE,        /* the first data segment of a TCP flow to a minecraft service is no well-formed handshake (mc_proto.h) */
 	EDGE_REASON_COUNT,
 };
 
@@ -159,7 +160,8 @@ enum edge_game_protocol {
 	EDGE_GAME_NONE = 0,    /* no handshake known: under attack, only verified sources pass */
 	EDGE_GAME_SOURCE = 1,  /* Source engine: A2S queries, getchallenge 'q' -> challenge 'A' -> connect 'k' */
 	EDGE_GAME_GOLDSRC = 2, /* GoldSrc (Half-Life, CS 1.6): A2S queries, "getchallenge" -> "A00000000 <n>" -> "connect <p> <n>" */
-	EDGE_GAME_COUNT = 3,
+	EDGE_GAME_MINECRAFT = 3, /* Minecraft Java Edition (TCP): a flow's first data segment must be its handshake (mc_proto.h) */
+	EDGE_GAME_COUNT = 4,
 };
 
 /* Who decides whether a service is under attack (anycast_edge_services[].attack_mode). */
@@ -347,6 +349,7 @@ struct attack_state {
 #define EDGE_PAYLOAD_RULE_BANKS 2
 #define EDGE_RULE_PAYLOAD_MAX   16      /* bytes a rule compares, at most */
 #define EDGE_MAX_RULE_LIMITS    65536   /* (source, rule) windows of the per-source limit action (edge_rule_limits) */
+#define EDGE_MAX_MC_FLOWS       65536   /* TCP flows to minecraft services between their SYN and first data (edge_mc_flows) */
 
 enum edge_rule_action {
 	EDGE_RULE_END = 0,   /* no rule: the list ends here */
@@ -404,6 +407,19 @@ struct rule_limit_key {
 struct rule_limit_value {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* A TCP flow to a minecraft service whose SYN the POP forwarded and whose first data segment it has
+ * not seen yet (edge_mc_flows): that segment must be the client's handshake (mc_proto.h). */
+struct mc_flow_key {
+	__be32 saddr;   /* the player */
+	__be32 daddr;   /* the service */
+	__be16 sport;
+	__be16 dport;
+};
+
+struct mc_flow_value {
+	__u64 syn_ns;   /* when its (last) SYN was forwarded: for the operator's eyes */
 };
 
 /* Port punches: a flow the game server spoke on in an established session (return path; never a

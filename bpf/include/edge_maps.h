@@ -299,4 +299,17 @@ struct {
 	__type(value, struct rule_limit_value);
 } edge_rule_limits SEC(".maps");
 
+/* Written and read by XDP only: a TCP flow to a minecraft service gets an entry when its SYN is
+ * forwarded and loses it when its first data segment proved to be a well-formed handshake
+ * (mc_proto.h); a flow whose first data was refused keeps it, so each of its segments is checked
+ * again. Its own small LRU: an entry lives one round trip, and a flood of SYNs (forwarded only
+ * while SYN authentication lets them) evicts other such entries, never a source's state. A flow
+ * without an entry (evicted, or begun before the program) is not checked. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EDGE_MAX_MC_FLOWS);
+	__type(key, struct mc_flow_key);
+	__type(value, struct mc_flow_value);
+} edge_mc_flows SEC(".maps");
+
 #endif /* EDGE_MAPS_H */

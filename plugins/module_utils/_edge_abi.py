@@ -51,6 +51,7 @@ REASONS = (
     "tx_syn_auth",
     "drop_syn_auth_verified",
     "drop_tcp_unverified",
+    "drop_handshake",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -64,7 +65,10 @@ ALLOW_OPERATOR = 1 << 0
 ALLOW_CONTROL_PLANE = 1 << 1
 
 # enum edge_game_protocol: the inventory names of a service's game_protocol, in order.
-GAME_PROTOCOLS = ("none", "source", "goldsrc")
+GAME_PROTOCOLS = ("none", "source", "goldsrc", "minecraft")
+# The transport each game protocol runs on: a service may name only a game protocol of its own
+# protocol (source, goldsrc: UDP handshakes; minecraft: the TCP handshake validator, mc_proto.h).
+GAME_PROTOCOL_TRANSPORT = {"source": "udp", "goldsrc": "udp", "minecraft": "tcp"}
 # enum edge_attack_mode: the inventory names of a service's attack_mode, in order.
 ATTACK_MODES = ("auto", "always", "never")
 # enum edge_syn_auth_mode: the inventory names of a TCP service's syn_auth, in order.
@@ -132,6 +136,9 @@ PAYLOAD_RULE = struct.Struct("<BBBBBBBBHHHHHHH2xQQ16s16s")      # struct payload
 PAYLOAD_RULE_BANK = struct.Struct("<I4x")             # struct payload_rule_bank
 RULE_LIMIT_KEY = struct.Struct("<4sIH2x")             # struct rule_limit_key
 RULE_LIMIT_VALUE = struct.Struct("<QQ")               # struct rule_limit_value
+MAX_MC_FLOWS = 65536                                  # EDGE_MAX_MC_FLOWS
+MC_FLOW_KEY = struct.Struct("<4s4s2s2s")              # struct mc_flow_key (edge_mc_flows)
+MC_FLOW_VALUE = struct.Struct("<Q")                   # struct mc_flow_value
 
 SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
 SRC_NETS_PER_ENTRY = 64                               # EDGE_SRC_NETS_PER_ENTRY: a bit per /24 in each word
@@ -167,6 +174,7 @@ MAP_CAPACITY = {
     "edge_payload_rule_bank": 1,
     "edge_payload_rule_stats": MAX_PAYLOAD_RULES,
     "edge_rule_limits": MAX_RULE_LIMITS,
+    "edge_mc_flows": MAX_MC_FLOWS,
 }
 
 # name of the C struct -> (Struct, member names in order); what the BTF test checks
@@ -207,6 +215,8 @@ LAYOUTS = {
     "payload_rule_bank": (PAYLOAD_RULE_BANK, ("bank", "pad")),
     "rule_limit_key": (RULE_LIMIT_KEY, ("saddr", "window", "rule", "pad")),
     "rule_limit_value": (RULE_LIMIT_VALUE, ("packets", "bytes")),
+    "mc_flow_key": (MC_FLOW_KEY, ("saddr", "daddr", "sport", "dport")),
+    "mc_flow_value": (MC_FLOW_VALUE, ("syn_ns",)),
     "next_hop_cache_entry": (NEXT_HOP_CACHE_ENTRY, ("expires_ns", "saddr", "daddr", "ingress_ifindex", "ifindex",
                                                     "smac", "dmac", "fits_len", "tos", "pad")),
 }

@@ -422,8 +422,9 @@ def _service_attack_settings(ctx, path, service, protocol):
     game_protocol = service.setdefault("game_protocol", _rules.DEFAULT_GAME_PROTOCOL)
     if game_protocol not in abi.GAME_PROTOCOLS:
         problems.add(path + ".game_protocol", game_protocol, "is not one of %s" % ", ".join(abi.GAME_PROTOCOLS))
-    elif game_protocol != "none" and protocol not in (None, "udp"):
-        problems.add(path + ".game_protocol", game_protocol, "is a udp game protocol; the service is %s" % protocol)
+    elif game_protocol != "none" and protocol is not None and protocol != abi.GAME_PROTOCOL_TRANSPORT[game_protocol]:
+        problems.add(path + ".game_protocol", game_protocol, "is a %s game protocol; the service is %s"
+                     % (abi.GAME_PROTOCOL_TRANSPORT[game_protocol], protocol))
     attack_mode = service.setdefault("attack_mode", _rules.DEFAULT_ATTACK_MODE)
     if attack_mode not in abi.ATTACK_MODES:
         problems.add(path + ".attack_mode", attack_mode, "is not one of %s" % ", ".join(abi.ATTACK_MODES))

@@ -374,9 +374,9 @@ def attack_fields(service, where):
     game_protocol = service.get("game_protocol") or DEFAULT_GAME_PROTOCOL
     if game_protocol not in abi.GAME_PROTOCOLS:
         raise RuleError("%s.game_protocol: %r is not one of %s" % (where, game_protocol, ", ".join(abi.GAME_PROTOCOLS)))
-    if game_protocol != "none" and service.get("protocol") != "udp":
-        raise RuleError("%s.game_protocol: %s is a udp game protocol, the service is %s"
-                        % (where, game_protocol, service.get("protocol")))
+    if game_protocol != "none" and service.get("protocol") != abi.GAME_PROTOCOL_TRANSPORT[game_protocol]:
+        raise RuleError("%s.game_protocol: %s is a %s game protocol, the service is %s"
+                        % (where, game_protocol, abi.GAME_PROTOCOL_TRANSPORT[game_protocol], service.get("protocol")))
     attack_mode = service.get("attack_mode") or DEFAULT_ATTACK_MODE
     if attack_mode not in abi.ATTACK_MODES:
         raise RuleError("%s.attack_mode: %r is not one of %s" % (where, attack_mode, ", ".join(abi.ATTACK_MODES)))

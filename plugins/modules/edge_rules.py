@@ -152,8 +152,10 @@ options:
         description:
           - The game protocol of the service - what is handshake-shaped for it while it is under
             attack (C(source), C(goldsrc) - udp only); C(none) knows no handshake.
+          - C(minecraft) (tcp only) - the first data segment of each connection must be a well-formed
+            Java Edition handshake, else it is dropped and the source's verification revoked.
         type: str
-        choices: [none, source, goldsrc]
+        choices: [none, source, goldsrc, minecraft]
         default: none
       attack_mode:
         description:

@@ -32,6 +32,7 @@ from harness.cookies import a2s_cookie as project_a2s_cookie
 from harness.cookies import SYN_AUTH_KEY_TWEAK
 
 from . import game_model
+from . import mc_model
 from harness import topology as topo
 
 # ---- constants of the C side (bpf/include/*.h) ------------------------------------------------
@@ -55,6 +56,8 @@ IPPROTO_GRE = 47
 # What the kernel's tunnels could decapsulate if it reached them (xdp_edge.c is_tunnel_proto).
 TUNNEL_PROTOS = (IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_GRE)
 ICMP_ECHO = 8
+# TCP flags (byte 13 of the header)
+TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 
 IP_MF = 0x2000
 IP_DF = 0x4000
@@ -90,7 +93,7 @@ A2S_REPLY_KINDS = {0x49: "info", 0x44: "player", 0x45: "rules"}
 DEFAULT_VERIFIED_IDLE_NS = 600 * NSEC_PER_SEC
 ADMISSION_MAX_RATE = 18_000_000_000
 VERIFIED_SLOTS = 2
-GAME_PROTOCOLS = ("none", "source", "goldsrc")          # enum edge_game_protocol
+GAME_PROTOCOLS = ("none", "source", "goldsrc", "minecraft")   # enum edge_game_protocol
 ATTACK_MODES = ("auto", "always", "never")              # enum edge_attack_mode
 PROOFS = ("none", "cookie", "handshake", "punch", "syn_auth")   # enum edge_verify_proof
 CONNECTIONLESS = b"\xff\xff\xff\xff"
@@ -180,6 +183,15 @@ class PunchKey:
     service_port: int
     remote_addr: str
     remote_port: int
+
+
+@dataclass(frozen=True)
+class McFlow:
+    """struct mc_flow_key: a TCP flow to a minecraft service (edge_mc_flows)."""
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
 
 
 @dataclass
@@ -310,6 +322,7 @@ class ModelState:
     under_attack: set = field(default_factory=set)         # {service id}: edge_attack_state under_attack
     buckets: dict = field(default_factory=dict)            # {service id: Bucket}: edge_admission (one CPU)
     verify_stats: dict = field(default_factory=dict)       # {proof name: count}: edge_verify_stats
+    mc_flows: dict = field(default_factory=dict)           # {McFlow: syn_ns}: edge_mc_flows
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
@@ -322,7 +335,8 @@ class ModelState:
                        punches=dict(self.punches), a2s_cache=dict(self.a2s_cache),
                        tx_ports=set(self.tx_ports),
                        tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs),
-                       payload_rules=list(self.payload_rules), rule_limits=dict(self.rule_limits))
+                       payload_rules=list(self.payload_rules), rule_limits=dict(self.rule_limits),
+                       mc_flows=dict(self.mc_flows))
 
     # lookups as the program makes them
     def service(self, proto: int, addr: str, port: int) -> Optional[Service]:
@@ -685,16 +699,68 @@ class EdgeModel:
         # The payload rules (payload_rules.h), after everything above (which "pass" never skips).
         if self._payload_rules_drop(pkt, verified=verified, allowed=allowed):
             raise _verdict(DROP, "drop_rule")
+        # Minecraft: a flow's first data segment must be the client's handshake (mc_proto.h).
+        mc_syn = False
+        if svc.game_protocol == "minecraft" and pkt.proto == IPPROTO_TCP:
+            flags = self._frame[pkt.l4_off + 13]
+            if self._mc_handshake_refused(pkt, flags):
+                self._unverify(pkt.saddr, svc.id)
+                raise _verdict(DROP, "drop_handshake")
+            mc_syn = flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
         # Only an accepted packet makes its source's entry (a dropped spoofed flood makes none).
         if source is None:
             self._effects.source_counted = (pkt.saddr, len(self._frame), True, self._now)
         if self._punch_is_live(pkt):
-            self._forward_to_backend(pkt, svc, "tx_punched")
+            self._forward_segment(pkt, svc, "tx_punched", mc_syn)
         if not allowed and self._rate_limit_exceeded(pkt, svc):
             raise _verdict(DROP, "drop_rate_limit")
         if pkt.proto == IPPROTO_UDP and svc.flags & SERVICE_F_A2S_CACHE:
             self._a2s_handle(pkt, svc)
-        self._forward_to_backend(pkt, svc, "tx_forward")
+        self._forward_segment(pkt, svc, "tx_forward", mc_syn)
+
+    # -- Minecraft's handshake (issue 14) --
+
+    @staticmethod
+    def _mc_flow(pkt: Ipv4) -> McFlow:
+        return McFlow(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport)
+
+    def _mc_handshake_refused(self, pkt: Ipv4, flags: int) -> bool:
+        """Data on a flow whose SYN was forwarded (an entry) must start with a well-formed handshake:
+        then the entry goes; else refused (the entry stays). Data on a SYN is refused; no data, a
+        RST, or a flow without an entry: not looked at."""
+        if not pkt.payload_len or flags & TCP_RST:
+            return False
+        if flags & TCP_SYN:
+            return True
+        flow = self._mc_flow(pkt)
+        if flow not in self.state.mc_flows:
+            return False
+        if mc_model.handshake(self._payload(pkt)) is None:
+            return True
+        self._op("flow %s checked" % (flow,), lambda state: state.mc_flows.pop(flow, None))
+        return False
+
+    def _unverify(self, address: str, service_id: int):
+        """source_unverify as an op: the source's slot of the service freed."""
+        def op(state):
+            source = state.sources.get(address)
+            if source is None:
+                return
+            for slot in source.verified:
+                if slot[0] == service_id:
+                    slot[:] = [0, 0, 0]
+        self._op("unverify %s for %d" % (address, service_id), op)
+
+    def _forward_segment(self, pkt: Ipv4, svc: Service, tx_reason: str, mc_syn: bool):
+        """_forward_to_backend; a SYN to a minecraft service that is not dropped on its way opens the
+        flow's entry (its next data segment is checked)."""
+        try:
+            self._forward_to_backend(pkt, svc, tx_reason)
+        except Decision as decision:
+            if mc_syn and decision.action != DROP:
+                flow, now = self._mc_flow(pkt), self._now
+                self._op("flow %s opened" % (flow,), lambda state: state.mc_flows.__setitem__(flow, now))
+            raise
 
     def _rule_matches(self, rule: PayloadRule, pkt: Ipv4, verified: bool) -> bool:
         def holds(bounds, value):

@@ -170,3 +170,9 @@ def test_constants_no_map_or_struct_carries_follow_the_header(repo_root):
         assert _c_constant(header, name) == value, name
     assert (_source_lists.FILTER_ENTRIES, _source_lists.NETS_PER_ENTRY, _source_lists.ENTRY_SIZE) == (
         abi.SRC_FILTER_ENTRIES, abi.SRC_NETS_PER_ENTRY, abi.SRC_FILTER_ENTRY.size)
+
+
+def test_minecraft_flow_map_holds_the_flow_key_and_value(btf_object):
+    """edge_mc_flows' key and value are struct mc_flow_key / mc_flow_value (its capacity: MAP_CAPACITY)."""
+    flows = btf_object.map("edge_mc_flows")
+    assert (flows.key_size, flows.value_size) == (abi.MC_FLOW_KEY.size, abi.MC_FLOW_VALUE.size)

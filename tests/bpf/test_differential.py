@@ -26,7 +26,7 @@ import random
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -36,6 +36,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from harness.cookies import cookie_clock_ns, siphash24, syn_cookie
 
 from . import game_model as gm
+from . import mc_model as mc
 from . import model as m
 from . import packets as pk
 from harness import topology as topo
@@ -132,6 +133,7 @@ class StateSpec:
     sources: list
     verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
     nr_cpus: int
+    mc_flows: list = field(default_factory=list)   # [m.McFlow]: TCP flows whose SYN was forwarded (edge_mc_flows)
 
 
 @dataclass
@@ -206,6 +208,25 @@ def _payload(spec, ctx, src, dst, sport, dport):
             return gm.source_getchallenge_packet(0x1234) if step == "getchallenge" else \
                 gm.source_connect_packet(challenge, 0x1234)
         return gm.goldsrc_getchallenge_packet() if step == "getchallenge" else gm.goldsrc_connect_packet(challenge)
+    if kind == "mc":              # a Minecraft client's first segment: (variant, seed)
+        rng = random.Random(spec[2])
+        handshake = mc.handshake_packet(rng.choice((b"", b"mc.example.net", b"a" * 200, b"a" * 765)),
+                                        rng.randrange(65536), rng.choice((1, 2, 3, 2, 0, 4)),
+                                        rng.choice((767, 4, -1, 2 ** 30 + 5)))
+        if spec[1] == "login":
+            return handshake + mc.login_start()
+        if spec[1] == "legacy":
+            return mc.legacy_ping()
+        data = bytearray(handshake)     # "mutated": a byte changed, cut or added
+        position = rng.randrange(len(data))
+        change = rng.choice(("set", "cut", "add"))
+        if change == "set":
+            data[position] = rng.choice((0x00, 0x01, 0x04, 0x7F, 0x80, 0xFF))
+        elif change == "cut":
+            del data[position:]
+        else:
+            data[position:position] = bytes([rng.choice((0x00, 0x80, 0xFF))])
+        return bytes(data)
     if kind == "game_challenge":  # the game server's challenge to its client: (family, challenge)
         family, challenge = spec[1:]
         return gm.source_challenge_packet(challenge, 0x1234) if family == "source" else \
@@ -380,7 +401,11 @@ def payload_spec(pick, proto, a2s_ok=True):
     choices = [(4, "random"), (1, "big")]
     if proto == UDP and a2s_ok:
         choices += [(2, "a2s"), (4, "a2s_cookie"), (3, "a2s_field"), (1, "a2s_field_odd"), (4, "game")]
+    if proto == TCP:
+        choices += [(4, "mc")]
     kind = weighted(pick, *choices)
+    if kind == "mc":
+        return ("mc", weighted(pick, (3, "login"), (3, "mutated"), (1, "legacy")), pick.integers(0, 2 ** 16))
     if kind == "game":
         return ("game", pick.choice(("source", "goldsrc")), pick.choice(("getchallenge", "connect", "connect")),
                 pick.choice(CHALLENGES))
@@ -617,7 +642,8 @@ def state_spec(pick) -> StateSpec:
             services.append((template, backend, flags, weighted(pick, (4, "H"), (1, "zero")),
                              weighted(pick, (8, "none"), (2, "never"), (1, "always")),
                              weighted(pick, (2, "none"), (2, "huge"), (2, "tiny"), (1, "tiny_bytes")),
-                             weighted(pick, (1, "none"), (2, "source"), (2, "goldsrc")),
+                             weighted(pick, (1, "none"), (2, "source"), (2, "goldsrc")) if template.proto != TCP
+                             else weighted(pick, (1, "none"), (1, "source"), (3, "minecraft")),
                              weighted(pick, (2, "auto"), (2, "always"), (2, "never")), often(pick, 2),
                              # Issue 14: SYN authentication (meaningful for TCP services only).
                              weighted(pick, (2, "auto"), (2, "always"), (1, "never"))))
@@ -688,6 +714,9 @@ def scenarios(draw):
     templates = [s[0] for s in state.services] or list(SERVICE_TEMPLATES)
     flows = [Flow(pick.choice(templates), player(pick), port(pick)) for dummy in range(pick.integers(1, 4))]
     state.sources = sources_spec(pick, state, flows)
+    # Minecraft flows whose SYN the POP forwarded before the example (the packets open more).
+    state.mc_flows = [m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port)
+                      for flow in flows if flow.template.proto == TCP and often(pick, 2)]
     count = draw(PACKETS_PER_EXAMPLE)
     seeds = draw(st.lists(st.tuples(st.integers(0, len(PACKET_KINDS) - 1), st.integers(0, 2 ** 32 - 1)),
                           min_size=count, max_size=count))
@@ -749,6 +778,8 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
             source.challenge_ns = times[challenge[2]]
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
+    for flow in spec.mc_flows:
+        state.mc_flows[flow] = now - h // 4
     for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
         reply_type = {"info": b"\x49", "player": b"\x44", "rules": b"\x45"}[a2s_kind]
@@ -800,6 +831,13 @@ def load_state(env, state: m.ModelState) -> None:
     for key, (packets, nbytes) in state.rule_limits.items():
         env.maps["edge_rule_limits"].update(abi.RULE_LIMIT_KEY.pack(abi.ipv4(key.saddr), key.window, key.rule),
                                             abi.RULE_LIMIT_VALUE.pack(packets, nbytes))
+    for flow, syn_ns in state.mc_flows.items():
+        env.maps["edge_mc_flows"].update(pack_mc_flow(flow), abi.MC_FLOW_VALUE.pack(syn_ns))
+
+
+def pack_mc_flow(flow: m.McFlow) -> bytes:
+    return abi.MC_FLOW_KEY.pack(abi.ipv4(flow.saddr), abi.ipv4(flow.daddr), struct.pack("!H", flow.sport),
+                                struct.pack("!H", flow.dport))
 
 
 def pack_rule(rule: m.PayloadRule) -> bytes:
@@ -821,6 +859,15 @@ def program_punches(env) -> dict:
         found[m.PunchKey(proto, socket.inet_ntoa(service_addr), struct.unpack("!H", service_port)[0],
                          socket.inet_ntoa(remote_addr), struct.unpack("!H", remote_port)[0])] = \
             abi.PUNCH_VALUE.unpack(value)[0]
+    return found
+
+
+def program_mc_flows(env) -> dict:
+    found = {}
+    for key, value in env.maps["edge_mc_flows"].items():
+        saddr, daddr, sport, dport = abi.MC_FLOW_KEY.unpack(key)
+        found[m.McFlow(socket.inet_ntoa(saddr), socket.inet_ntoa(daddr), struct.unpack("!H", sport)[0],
+                       struct.unpack("!H", dport)[0])] = abi.MC_FLOW_VALUE.unpack(value)[0]
     return found
 
 
@@ -901,6 +948,7 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     want_proofs = {name: state.verify_stats.get(name, 0) for name in abi.VERIFY_PROOFS}
     assert env.verify_counts() == want_proofs, "verify stats: program %s, model %s" % (env.verify_counts(), want_proofs)
     assert_times_match("punches", program_punches(env), state.punches, slack_ns)
+    assert_times_match("minecraft flows", program_mc_flows(env), state.mc_flows, slack_ns)
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
                        {k: e.updated_ns for k, e in state.a2s_cache.items()}, slack_ns)
@@ -1281,7 +1329,7 @@ def test_program_agrees_with_model(edge):
     assert ran["packets"] >= PACKETS_WANTED, "only %d packets ran" % ran["packets"]
     # The trust rules of issue 12 section 3 are each met by the random packets, not just allowed for.
     missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return",
-               "drop_rule", "tx_a2s_challenge", "tx_a2s_cached", "drop_bad_cookie"} - reasons_seen
+               "drop_rule", "tx_a2s_challenge", "tx_a2s_cached", "drop_bad_cookie", "drop_handshake"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 13's paths too: the admission drop, and a source verified by each proof.
     assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"

@@ -228,7 +228,7 @@ def defence(entries):
         address, port_raw, proto = struct.unpack("<4s2sBx", key)
         pps, bps, game, mode = abi.SERVICE_VALUE.unpack(value)[6:10]
         decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
-            pps, bps, ("none", "source", "goldsrc")[game], ("auto", "always", "never")[mode])
+            pps, bps, abi.GAME_PROTOCOLS[game], abi.ATTACK_MODES[mode])
     return decoded
 
 
@@ -399,6 +399,7 @@ def test_flood_defence_settings_are_written_and_one_change_rewrites_one_entry(po
                                             "or both 0 (nothing unverified passes under attack)"),
     ({"protocol": "tcp", "a2s_cache": False, "game_protocol": "source"},
      "services[0].game_protocol: source is a udp game protocol, the service is tcp"),
+    ({"game_protocol": "minecraft"}, "services[0].game_protocol: minecraft is a tcp game protocol, the service is udp"),
 ])
 def test_a_bad_flood_defence_setting_fails_before_any_write(pop, tmp_path, service_change, message):
     rules = json.loads(json.dumps(RULES))
@@ -407,6 +408,21 @@ def test_a_bad_flood_defence_setting_fails_before_any_write(pop, tmp_path, servi
     failed = run_edge_rules(pop, tmp_path, rules, expect_failure=True)
     assert failed.result["failed"] is True and failed.result["msg"] == message
     assert pop.snapshot(RULE_MAP_NAMES) == before
+
+
+def test_a_minecraft_service_is_written_and_converged(pop, tmp_path):
+    """game_protocol minecraft on a tcp service lands in its entry (the validator's switch); a rerun
+    changes nothing; back to none rewrites that one entry."""
+    rules = json.loads(json.dumps(RULES))
+    rules["services"].append({"name": "mc", "id": 40, "address": "198.51.100.12", "protocol": "tcp", "port": 25565,
+                              "backend_address": "10.1.0.11", "game_protocol": "minecraft"})
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is True
+    assert defence(pop.entries("edge_services"))[("tcp", "198.51.100.12", 25565)][2] == "minecraft"
+    assert run_edge_rules(pop, tmp_path, rules).result["changed"] is False
+    rules["services"][-1]["game_protocol"] = "none"
+    made = run_edge_rules(pop, tmp_path, rules)
+    assert made.result["maps"]["edge_services"] == {"added": 0, "changed": 1, "removed": 0}
+    assert defence(pop.entries("edge_services"))[("tcp", "198.51.100.12", 25565)][2] == "none"
 
 
 KEY_N, KEY_N1 = "00112233445566778899aabbccddeeff", "8899aabbccddeeff0011223344556677"

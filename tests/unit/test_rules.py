@@ -617,3 +617,14 @@ def test_every_intermediate_state_is_safe(old_params, new_params, data):
                 cache[service_id] = (key, backend)     # what snooping would write
     state.pop(_rules.A2S_CACHE_MAP, None)
     assert state == new
+
+
+@pytest.mark.parametrize("protocol, game_protocol, transport", [
+    ("udp", "minecraft", "tcp"), ("icmp", "minecraft", "tcp"), ("tcp", "source", "udp"), ("tcp", "goldsrc", "udp"),
+])
+def test_a_game_protocol_runs_only_on_its_own_transport(protocol, game_protocol, transport):
+    message = r"services\[2\].game_protocol: %s is a %s game protocol, the service is %s" % (
+        game_protocol, transport, protocol)
+    with pytest.raises(_rules.RuleError, match=message):
+        _rules.attack_fields({"protocol": protocol, "game_protocol": game_protocol}, "services[2]")
+    assert _rules.attack_fields({"protocol": transport, "game_protocol": game_protocol}, "services[2]")[1] == game_protocol

@@ -1,0 +1,198 @@
+"""Issue 14 item 3 through the real program: a minecraft service's first data segment.
+
+For a TCP service with game_protocol minecraft, the POP opens an edge_mc_flows entry when it
+forwards a flow's SYN; the flow's first data segment must then be a well-formed Java Edition
+handshake (bpf/include/mc_proto.h): forwarded and the entry gone when it is, dropped as
+drop_handshake (the entry kept, the source's verification for the service revoked) when it is
+not. Each refusal is shown next to the same segment forwarded on the unprotected path (the same
+service with game_protocol none).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.packet import raw
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+
+from . import mc_model as mc
+from harness import topology as topo
+from harness.edge_env import monotonic_ns
+from .scenario import BACKEND, GAME, GAME_PORT, GAME_TCP_ID, GAME_UDP_ID, PLAYER, PLAYER_PORT, eth, setup_pop
+from .test_admission import BLACKHOLED_BACKEND, spoofed
+
+HANDSHAKE = mc.handshake_packet(b"mc.example.net", GAME_PORT, mc.NEXT_LOGIN, 767)
+GARBAGE = {
+    "random": bytes(range(7, 107)),
+    "http": b"GET / HTTP/1.1\r\nHost: mc.example.net\r\n\r\n",
+    "truncated": HANDSHAKE[:-1],
+    "length_too_long": mc.varint(len(HANDSHAKE)) + HANDSHAKE[1:] + b"\x00",   # declares one byte more
+    "wider_varint": b"\x0f\x00\xff\xff\xff\xff\xff\x01" + HANDSHAKE[4:],
+    "next_state_4": HANDSHAKE[:-1] + b"\x04",
+    "wrong_id": HANDSHAKE[:1] + b"\x01" + HANDSHAKE[2:],
+    "legacy_ping": mc.legacy_ping(),
+    "login_start_first": mc.login_start(),
+}
+
+
+def minecraft_pop(edge, game_protocol="minecraft", backend=BACKEND, **config):
+    """The standard POP, its TCP service speaking `game_protocol`."""
+    setup_pop(edge, **config)
+    edge.add_service("tcp", GAME, GAME_PORT, GAME_TCP_ID, backend, game_protocol=game_protocol)
+    return edge
+
+
+def segment(payload=b"", flags="PA", src=PLAYER, sport=PLAYER_PORT, seq=1001):
+    return raw(eth() / IP(src=src, dst=GAME) / TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=5001)
+               / payload)
+
+
+def syn(src=PLAYER, sport=PLAYER_PORT):
+    return segment(flags="S", src=src, sport=sport, seq=1000)
+
+
+def backend_tcp(flags, payload=b"", dst=PLAYER, dport=PLAYER_PORT):
+    """The game server's segment to the player, as the backend's tunnel sends it to the POP."""
+    inner = IP(src=GAME, dst=dst) / TCP(sport=GAME_PORT, dport=dport, flags=flags, seq=5000) / payload
+    return raw(eth() / IP(src=BACKEND, dst=topo.POP_TUNNEL_ADDR, proto=4) / inner)
+
+
+def flows(edge):
+    found = set()
+    for key, dummy in edge.maps["edge_mc_flows"].items():
+        saddr, daddr, sport, dport = abi.MC_FLOW_KEY.unpack(key)
+        found.add((socket.inet_ntoa(saddr), socket.inet_ntoa(daddr), int.from_bytes(sport, "big"),
+                   int.from_bytes(dport, "big")))
+    return found
+
+
+FLOW = (PLAYER, GAME, PLAYER_PORT, GAME_PORT)
+
+
+def verify_player(edge, service_id=GAME_TCP_ID):
+    """The player verified for the service (as a proof leaves it: a live slot)."""
+    state = edge.source(PLAYER) or abi.SourceState()
+    slots = [slot for slot in state.verified if slot[0] not in (0, service_id)]
+    state.verified = (slots + [(service_id, abi.VERIFY_PROOFS.index("punch"), monotonic_ns())]
+                      + [(0, 0, 0)] * abi.VERIFIED_SLOTS)[:abi.VERIFIED_SLOTS]
+    edge.set_source(PLAYER, state)
+
+
+def test_a_connection_with_its_handshake_is_forwarded_and_then_not_looked_at(edge):
+    """The whole life of a real connection: SYN (entry), the server's SYN-ACK, the client's ACK,
+    its handshake and Login Start in one segment (checked, entry gone), the server's answer (a
+    punch), then game traffic."""
+    minecraft_pop(edge)
+    assert edge.run(syn()).reason == "tx_forward"
+    assert flows(edge) == {FLOW}
+    assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    assert edge.run(segment(flags="A")).reason == "tx_forward"        # no data: not the first data segment
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(HANDSHAKE + mc.login_start())).reason == "tx_forward"
+    assert flows(edge) == set()
+    assert edge.run(backend_tcp("PA", mc.frame(0x02, bytes(16)))).reason == "tx_return"
+    # Later segments are the game's own packets, never a handshake: not checked any more.
+    for payload in (GARBAGE["random"], mc.frame(0x1A, b"\x00" * 40)):
+        assert edge.run(segment(payload)).reason == "tx_punched"
+
+
+@pytest.mark.parametrize("next_state", mc.NEXT_STATES)
+def test_every_next_state_is_forwarded(edge, next_state):
+    minecraft_pop(edge)
+    edge.run(syn())
+    first = mc.handshake_packet(b"play.example.org", GAME_PORT, next_state, -1)
+    assert edge.run(segment(first + mc.status_request())).reason == "tx_forward"
+    assert flows(edge) == set()
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_garbage_first_segment_is_dropped_and_revokes_the_source_but_passes_unprotected(edge, name):
+    payload = GARBAGE[name]
+    # The unprotected path: the same service without the validator forwards the same segments, and
+    # the source keeps its verification.
+    minecraft_pop(edge, game_protocol="none")
+    verify_player(edge)
+    assert edge.run(syn()).reason == "tx_forward"
+    assert flows(edge) == set()
+    assert edge.run(segment(payload)).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+
+    edge.reset()
+    minecraft_pop(edge)
+    verify_player(edge)
+    verify_player(edge, GAME_UDP_ID)            # verified for another service too
+    assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(segment(payload)).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+    assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "punch"   # only this service's slot
+    # The flow stays watched: its retransmission is dropped as well.
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(payload)).reason == "drop_handshake"
+    assert edge.reason_counts()["drop_handshake"][0] == 2
+
+
+def test_a_refused_flow_is_refused_whatever_the_punch(edge):
+    """A live punch of the same four-tuple (a client that reuses its port within the punch's idle
+    time) does not wave a new connection's first segment through: the check comes first."""
+    minecraft_pop(edge)
+    edge.run(syn())
+    edge.run(backend_tcp("SA"))
+    edge.punch("tcp", GAME, GAME_PORT, PLAYER, PLAYER_PORT, monotonic_ns())
+    assert edge.run(segment(flags="A")).reason == "tx_punched"
+    assert edge.run(segment(GARBAGE["random"])).reason == "drop_handshake"
+
+
+def test_only_a_forwarded_syn_opens_a_flow(edge):
+    """A SYN the POP drops (no route to the backend) opens no entry: nothing is waited for."""
+    minecraft_pop(edge, backend=BLACKHOLED_BACKEND)
+    assert edge.run(syn()).reason == "drop_no_route"
+    assert flows(edge) == set()
+
+
+def test_a_flow_the_pop_never_saw_begin_is_not_checked(edge):
+    """No entry (the SYN went through another POP, the entry was evicted, the program was replaced
+    mid-connection): its data is forwarded, as on every POP before this validator."""
+    minecraft_pop(edge)
+    assert edge.run(segment(GARBAGE["random"])).reason == "tx_forward"
+    assert edge.run(segment(GARBAGE["random"], sport=PLAYER_PORT + 1)).reason == "tx_forward"
+
+
+def test_syn_with_data_is_refused_rst_and_pure_acks_are_not(edge):
+    minecraft_pop(edge)
+    # TCP Fast Open: data on the SYN, which no Minecraft client sends.
+    assert edge.run(segment(HANDSHAKE, flags="S")).reason == "drop_handshake"
+    assert flows(edge) == set()
+    edge.run(syn())
+    for flags in ("A", "FA", "R", "RA"):
+        assert edge.run(segment(b"", flags=flags)).reason == "tx_forward", flags
+    assert edge.run(segment(b"reset reason", flags="R")).reason == "tx_forward"
+    assert flows(edge) == {FLOW}
+
+
+def test_a_retransmitted_syn_renews_the_flow_and_each_flow_is_its_own(edge):
+    minecraft_pop(edge)
+    edge.run(syn())
+    edge.run(syn(sport=PLAYER_PORT + 1))
+    assert flows(edge) == {FLOW, (PLAYER, GAME, PLAYER_PORT + 1, GAME_PORT)}
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert edge.run(segment(GARBAGE["http"], sport=PLAYER_PORT + 1)).reason == "drop_handshake"
+    # A new connection on the same port (the SYN again) is checked afresh.
+    edge.run(syn())
+    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
+
+
+def test_many_sources_each_checked_on_their_own(edge):
+    """A flood of connections from many sources (not under attack: their SYNs are forwarded),
+    each sending garbage first: every one dropped; the real player's handshake among them passes."""
+    minecraft_pop(edge)
+    sources = spoofed(200, seed=14)
+    for source in sources:
+        assert edge.run(syn(src=source)).reason == "tx_forward"
+    edge.run(syn())
+    for source in sources:
+        assert edge.run(segment(GARBAGE["random"], src=source)).reason == "drop_handshake"
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert len(flows(edge)) == len(sources)
