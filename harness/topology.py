@@ -42,10 +42,14 @@ def next_hop(destination: str):
     Returns (kind, device, dst_mac) with kind one of "ok", "no_neigh", "no_route", "local".
     """
     address = ipaddress.ip_address(destination)
-    if address in ipaddress.ip_network(BLACKHOLE) or address.is_loopback:
+    if address in ipaddress.ip_network(BLACKHOLE):
         return "no_route", None, None
-    # The POP's own addresses and the subnet broadcasts are local routes: the kernel does not
-    # forward them (BPF_FIB_LKUP_RET_NOT_FWDED).
+    # 127.0.0.0/8 is a local route (tests/bpf/namespace.py brings lo up in every test namespace),
+    # as are the POP's own addresses and the subnet broadcasts: the kernel does not forward them
+    # (BPF_FIB_LKUP_RET_NOT_FWDED). (Forwarding to a backend drops either as no_route; only the
+    # return path tells "local" from "no_route": pass_local.)
+    if address.is_loopback:
+        return "local", None, None
     for own in (UPLINK_ADDR, SIDE_ADDR):
         interface = ipaddress.ip_interface(own)
         if address in (interface.ip, interface.network.broadcast_address):
