@@ -23,6 +23,7 @@ from harness import topology as topo
 from harness.edge_env import monotonic_ns
 from .scenario import BACKEND, GAME, GAME_PORT, GAME_TCP_ID, GAME_UDP_ID, PLAYER, PLAYER_PORT, eth, setup_pop
 from .test_admission import BLACKHOLED_BACKEND, spoofed
+from .test_syn_auth import cookie, rst
 
 HANDSHAKE = mc.handshake_packet(b"mc.example.net", GAME_PORT, mc.NEXT_LOGIN, 767)
 GARBAGE = {
@@ -196,3 +197,21 @@ def test_many_sources_each_checked_on_their_own(edge):
         assert edge.run(segment(GARBAGE["random"], src=source)).reason == "drop_handshake"
     assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
     assert len(flows(edge)) == len(sources)
+
+
+def test_with_syn_authentication_a_revoked_source_must_prove_its_address_again(edge):
+    """Issue 14 end to end: SYN authentication verifies the player (its stack's RST), its SYN is
+    then forwarded and opens the flow; garbage first revokes it, so its next SYN is answered by the
+    POP again (not forwarded) until its stack proves the address once more."""
+    setup_pop(edge)
+    edge.add_service("tcp", GAME, GAME_PORT, GAME_TCP_ID, BACKEND, game_protocol="minecraft", syn_auth="always")
+    assert edge.run(syn()).reason == "tx_syn_auth"
+    assert edge.run(rst(cookie())).reason == "drop_syn_auth_verified"
+    assert edge.run(syn()).reason == "tx_forward"
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+    assert edge.run(syn(sport=PLAYER_PORT + 1)).reason == "tx_syn_auth"
+    assert edge.run(rst(cookie(sport=PLAYER_PORT + 1), sport=PLAYER_PORT + 1)).reason == "drop_syn_auth_verified"
+    assert edge.run(syn(sport=PLAYER_PORT + 1)).reason == "tx_forward"
+    assert edge.run(segment(HANDSHAKE, sport=PLAYER_PORT + 1)).reason == "tx_forward"
