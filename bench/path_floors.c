@@ -500,10 +500,10 @@ int tcp_floor(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&floor_punches, &pkey))
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* a punched flow passes: no path timed here */
 
-	if (bpf_xdp_load_bytes(ctx, pkt.l4_off + 4, &head, sizeof(head)))
-		return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
-	flags = head.flags & TCP_FLAGS_HANDSHAKE;
+	flags = pkt.tcp_flags & TCP_FLAGS_HANDSHAKE; /* parse_frame's: no helper call */
 	if (flags != TCP_FLAG_SYN && (flags & ~TCP_FLAG_ACK) != TCP_FLAG_RST)
+		return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	if (bpf_xdp_load_bytes(ctx, pkt.l4_off + 4, &head, sizeof(head)))
 		return counted(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
 	key[0] = cfg->cookie_key[0] ^ SYN_AUTH_KEY_TWEAK;
 	key[1] = cfg->cookie_key[1];

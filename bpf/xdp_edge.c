@@ -1012,7 +1012,6 @@ struct reply_lesson {
 static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct packet *inner)
 {
 	__u32 header = 0;
-	__u8 flags = 0;
 
 	if (inner->proto == IPPROTO_UDP) {
 		if (inner->payload_len < 4)
@@ -1021,11 +1020,8 @@ static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct pa
 			return 0;
 		return header != A2S_HEADER_SIMPLE && header != A2S_HEADER_SPLIT;
 	}
-	if (inner->proto == IPPROTO_TCP) {
-		if (bpf_xdp_load_bytes(ctx, inner->l4_off + 13, &flags, sizeof(flags)))
-			return 0;
-		return !(flags & (0x02 | 0x04)); /* neither SYN nor RST */
-	}
+	if (inner->proto == IPPROTO_TCP)
+		return !(inner->tcp_flags & (0x02 | 0x04)); /* neither SYN nor RST */
 	return 0;
 }
 
@@ -1219,16 +1215,17 @@ static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct 
 	__u8 flags;
 	int len;
 
-	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 4, &head, sizeof(head)))
-		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
-	flags = head.flags & TCP_FLAGS_HANDSHAKE;
-	/* A RST with or without ACK (stacks differ); a SYN alone. Nothing else is asked. */
+	flags = pkt->tcp_flags & TCP_FLAGS_HANDSHAKE;
+	/* A RST with or without ACK (stacks differ); a SYN alone. Nothing else is asked, and an
+	 * out-of-state flood's segment is dropped without reading more of it. */
 	if (flags != TCP_FLAG_SYN && (flags & ~TCP_FLAG_ACK) != TCP_FLAG_RST)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
 	/* A source inside the fleet's own anycast prefixes is spoofed (nobody else holds them): its
 	 * SYN-ACK would go back into the fleet, at one of its own services, whose game server's RST
 	 * would then verify that address. Neither answered nor verified. */
 	if (lpm_v4_match(&edge_anycast_v4, pkt->saddr))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
+	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 4, &head, sizeof(head)))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TCP_UNVERIFIED);
 	epoch_ns = cfg->cookie_epoch_ns ? cfg->cookie_epoch_ns : DEFAULT_COOKIE_EPOCH_NS;
 	epoch = edge_cookie_epoch(epoch_ns, cfg->cookie_tai_offset_ns); /* UTC: the same on every POP */
@@ -1256,16 +1253,6 @@ static __always_inline struct verdict syn_auth(struct xdp_md *ctx, const struct 
 		src = source_create(pkt->saddr, pkt->frame_len, *now);
 	source_verify(cfg, src, svc->id, EDGE_PROOF_SYN_AUTH, *now);
 	return make_verdict(XDP_DROP, EDGE_REASON_DROP_SYN_AUTH_VERIFIED);
-}
-
-/* TCP flags (byte 13 of the header; the TCP_FLAG_* of syn_auth.h); parse_l4 checked the header. */
-static __always_inline __u8 tcp_flags_of(struct xdp_md *ctx, const struct packet *pkt)
-{
-	__u8 flags = 0;
-
-	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 13, &flags, sizeof(flags)))
-		return 0;
-	return flags;
 }
 
 static __always_inline int tcp_is_syn(__u8 flags)
@@ -1417,7 +1404,7 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	/* Minecraft: a flow's first data segment is the client's handshake, or the source is no client
 	 * (mc_proto.h); whatever the punch (a live one of a reused four-tuple does not spare it). */
 	if (svc->game_protocol == EDGE_GAME_MINECRAFT && pkt->proto == IPPROTO_TCP) {
-		__u8 flags = tcp_flags_of(ctx, pkt);
+		__u8 flags = pkt->tcp_flags;
 
 		if (mc_handshake_refused(ctx, pkt, flags)) {
 			source_unverify(src, svc->id);

@@ -73,7 +73,7 @@ struct packet {
 	__u8 dont_fragment;
 	__u8 vlan_tags;      /* 0, 1 or 2 */
 	__u8 icmp_type;      /* ICMP (unfragmented) only */
-	__u8 pad;
+	__u8 tcp_flags;      /* TCP (unfragmented) only: byte 13 of its header, CWR ECE URG ACK PSH RST SYN FIN */
 	__u8 v6_daddr[16];   /* IPv6 only: the destination, for the anycast check */
 };
 
@@ -99,6 +99,10 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 			return PARSE_MALFORMED;
 		pkt->sport = tcp->source;
 		pkt->dport = tcp->dest;
+		/* Read here, inside the bounds just checked: SYN authentication, the handshake
+		 * validator, the payload rules and the return path decide on them without a helper
+		 * call (an out-of-state ACK's drop: 63 -> 55 ns, bench/compare.py). */
+		pkt->tcp_flags = ((__u8 *)tcp)[13];
 		pkt->payload_off = l4_off + tcp_hdr_len;
 		pkt->payload_len = ip_payload_len - tcp_hdr_len;
 	} else if (pkt->proto == IPPROTO_UDP) {

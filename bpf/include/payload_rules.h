@@ -176,13 +176,8 @@ static __always_inline int payload_rules_drop(struct xdp_md *ctx, const struct p
 	m.ttl = pkt->ttl;
 	m.verified = !!verified;
 	m.matched = -1;
-	if (pkt->proto == IPPROTO_TCP) {
-		__u8 flags;
-
-		/* Byte 13 of the TCP header: CWR ECE URG ACK PSH RST SYN FIN (parse_l4 checked the header). */
-		if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 13, &flags, 1) == 0)
-			m.tcp_flags = flags;
-	}
+	if (pkt->proto == IPPROTO_TCP)
+		m.tcp_flags = pkt->tcp_flags; /* parse_l4's: CWR ECE URG ACK PSH RST SYN FIN */
 	bpf_loop(EDGE_MAX_PAYLOAD_RULES, payload_rule_step, &m, 0);
 	if (m.matched < 0)
 		return 0;
