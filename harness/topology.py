@@ -44,7 +44,7 @@ def next_hop(destination: str):
     address = ipaddress.ip_address(destination)
     if address in ipaddress.ip_network(BLACKHOLE):
         return "no_route", None, None
-    # 127.0.0.0/8 is a local route (tests/bpf/namespace.py brings lo up in every test namespace),
+    # 127.0.0.0/8 is a local route (harness/namespace.py brings lo up in every test namespace),
     # as are the POP's own addresses and the subnet broadcasts: the kernel does not forward them
     # (BPF_FIB_LKUP_RET_NOT_FWDED). (Forwarding to a backend drops either as no_route; only the
     # return path tells "local" from "no_route": pass_local.)
