@@ -16,14 +16,16 @@
  *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
  *   (payload_rules.h: drop, or a per-source limit) -> a minecraft service's first data segment of a
  *   flow must be its handshake (mc_proto.h; else drop_handshake, the source's verification
- *   revoked) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
+ *   revoked, only when the segment acknowledges the backend's SYN-ACK: other data
+ *   drop_handshake_unacked, nobody revoked) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
  *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for
  *   100 ms: backend_next_hop).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
  *   decapsulate -> player; only then, for a reply that leaves, store the snooped A2S reply
  *   (info, players or rules) and the game server's challenge to the player, and, when the reply
- *   is of an established session, learn the port punch and verify the player by punch.
+ *   is of an established session, learn the port punch and verify the player by punch; a
+ *   minecraft service's SYN-ACK teaches its flow's edge_mc_flows entry the player's ACK.
  *
  * Decisions (tests/bpf pins each one):
  *   - Fragments and IPv4 options to an anycast address are dropped (reasons "fragment",
@@ -1000,6 +1002,8 @@ struct reply_lesson {
 	int proves_flow;    /* the player it goes to owns its address (see reply_proves_flow) */
 	int has_challenge;  /* it hands the player the game server's challenge (game_proto.h) */
 	__u32 challenge;
+	int mc_syn_ack;     /* a minecraft service's SYN-ACK: the flow's entry learns client_ack */
+	__u32 client_ack;   /* its sequence number + 1: the ACK the player's first data carries */
 };
 
 /*
@@ -1023,6 +1027,41 @@ static __always_inline int reply_proves_flow(struct xdp_md *ctx, const struct pa
 	if (inner->proto == IPPROTO_TCP)
 		return !(inner->tcp_flags & (0x02 | 0x04)); /* neither SYN nor RST */
 	return 0;
+}
+
+static __always_inline struct mc_flow_key mc_flow_of(const struct packet *pkt)
+{
+	struct mc_flow_key key = { .saddr = pkt->saddr, .daddr = pkt->daddr, .sport = pkt->sport, .dport = pkt->dport };
+
+	return key;
+}
+
+/* Is the backend's reply a SYN-ACK (of a minecraft service: the caller asks)? Then *client_ack is
+ * the ACK number the player's stack will send with its first data: the SYN-ACK's sequence + 1. */
+static __always_inline int mc_syn_ack_of(struct xdp_md *ctx, const struct packet *inner, __u32 *client_ack)
+{
+	__be32 seq;
+
+	if (inner->proto != IPPROTO_TCP ||
+	    (inner->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != (TCP_FLAG_SYN | TCP_FLAG_ACK))
+		return 0;
+	if (bpf_xdp_load_bytes(ctx, inner->l4_off + 4, &seq, sizeof(seq)))
+		return 0;
+	*client_ack = bpf_ntohl(seq) + 1;
+	return 1;
+}
+
+/* The backend's SYN-ACK went to the player: its flow's entry (one the POP opened on the player's
+ * SYN; the SYN-ACK opens none) now knows the ACK that proves the player's own first data. The
+ * latest SYN-ACK wins (a new connection on the same four-tuple has a new one). */
+static __always_inline void mc_flow_syn_acked(const struct packet *reply, __u32 client_ack)
+{
+	struct mc_flow_key key = { .saddr = reply->daddr, .daddr = reply->saddr, .sport = reply->dport,
+				   .dport = reply->sport };
+	struct mc_flow_value *flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
+
+	if (flow)
+		flow->syn_acked = MC_FLOW_SYN_ACKED | client_ack; /* one aligned 64-bit store */
 }
 
 static __always_inline void learn_from_reply(const struct edge_config *cfg, const struct packet *inner,
@@ -1059,6 +1098,8 @@ static __always_inline void learn_from_reply(const struct edge_config *cfg, cons
 		if (scratch)
 			bpf_map_update_elem(&edge_a2s_cache, &key, scratch, BPF_ANY);
 	}
+	if (lesson->mc_syn_ack)
+		mc_flow_syn_acked(inner, lesson->client_ack);
 	if (lesson->proves_flow || lesson->has_challenge) {
 		/* The player's entry; a player the POP has none for (evicted, or the server spoke
 		 * first) gets one: the game server talks to it. */
@@ -1122,13 +1163,15 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	lesson.proves_flow = reply_proves_flow(ctx, &inner);
 	if (inner.proto == IPPROTO_UDP)
 		lesson.has_challenge = game_server_challenge(ctx, &inner, svc->game_protocol, &lesson.challenge);
+	if (svc->game_protocol == EDGE_GAME_MINECRAFT)
+		lesson.mc_syn_ack = mc_syn_ack_of(ctx, &inner, &lesson.client_ack);
 
 	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/* Addressed to the POP itself (the agent probing its game servers through the tunnel):
 		 * left encapsulated for the kernel's ipip device to deliver. Its own address is no
 		 * player's: nothing to verify, no flow to punch (its own address is dropped inbound). */
-		lesson.proves_flow = lesson.has_challenge = 0;
+		lesson.proves_flow = lesson.has_challenge = lesson.mc_syn_ack = 0;
 		learn_from_reply(cfg, &inner, svc->id, &lesson, now);
 		return make_verdict(XDP_PASS, EDGE_REASON_PASS_LOCAL);
 	}
@@ -1260,48 +1303,86 @@ static __always_inline int tcp_is_syn(__u8 flags)
 	return (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
 }
 
-static __always_inline struct mc_flow_key mc_flow_of(const struct packet *pkt)
+/*
+ * mc_handshake_valid() on a TCP segment's payload, as a global function: the verifier checks it
+ * once, on its own, for any arguments, instead of once on every path of inbound_ipv4() that
+ * reaches it (inlined, its unrolled VarInt loop multiplied those paths past the verifier's
+ * 1,000,000 processed instructions on 6.18). Its caller knows only its answer, 0 or 1.
+ */
+__noinline int mc_payload_is_handshake(struct xdp_md *ctx, __u32 payload_off, __u32 payload_len)
 {
-	struct mc_flow_key key = { .saddr = pkt->saddr, .daddr = pkt->daddr, .sport = pkt->sport, .dport = pkt->dport };
+	struct packet payload = { .proto = IPPROTO_TCP, .payload_off = payload_off, .payload_len = payload_len };
+	struct mc_handshake handshake = {};
 
-	return key;
+	return mc_handshake_valid(ctx, &payload, &handshake);
 }
 
+/* What mc_first_data() makes of a segment to a minecraft service. */
+enum mc_verdict {
+	MC_PASS,    /* not a flow's first data, a flow the POP does not check, or a well-formed handshake */
+	MC_DROP,    /* not provably the player's own (drop_handshake_unacked): dropped, nobody revoked */
+	MC_REVOKE,  /* the player's own first data, and no handshake: dropped, its source's verification revoked */
+};
+
 /*
- * Minecraft (game_protocol minecraft, TCP): is this segment refused as no handshake? The first
- * data segment of a flow whose SYN the POP forwarded (an edge_mc_flows entry) must start with a
- * well-formed handshake (mc_proto.h): if it does, the flow's entry goes (its later segments are not
- * looked at); if not, it is refused and the entry stays, so its retransmissions and later segments
- * are refused too. A SYN carrying data (TCP Fast Open, which no Minecraft client uses) is refused:
- * its data would be a first segment with no entry to check it against. Segments without data, and
- * RSTs, are never refused. A flow without an entry is not checked (docs/game-protocols.md).
+ * Minecraft (game_protocol minecraft, TCP): the first data segment of a flow whose SYN the POP
+ * forwarded (an edge_mc_flows entry) must start with a well-formed handshake (mc_proto.h). Anyone
+ * who knows a player's address can send segments in its name, so a refusal revokes the player's
+ * verification only when the segment is provably the player's own: its ACK number is the backend's
+ * SYN-ACK's sequence number + 1 (recorded by the return path, mc_flow_syn_acked), which only the
+ * stack the SYN-ACK reached knows. Any other data is dropped and revokes nobody: data before the
+ * SYN-ACK went back (no client sends that), with another ACK (a spoofer's guess), or riding a SYN
+ * (TCP Fast Open, which no Minecraft client uses: data with no entry to check it against). One
+ * exception: data on a flow whose SYN-ACK was not seen but which has a live punch belongs to the
+ * established connection of that four-tuple (a SYN spoofed into it opened the entry; its backend
+ * answers such a SYN with an ACK, never a SYN-ACK) and passes. A well-formed handshake ends the
+ * entry (the flow's later segments are not looked at); a refused one keeps it, so the flow's
+ * retransmissions are refused too. Segments without data, and RSTs, always pass; so does a flow
+ * without an entry (docs/game-protocols.md: why not fail closed).
  */
-static __always_inline int mc_handshake_refused(struct xdp_md *ctx, const struct packet *pkt, __u8 flags)
+static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const struct edge_config *cfg,
+						     const struct packet *pkt, __u64 *now)
 {
-	struct mc_handshake handshake = {};
+	struct mc_flow_value *flow;
 	struct mc_flow_key key;
+	__u8 flags = pkt->tcp_flags;
+	__u64 syn_acked;
+	__be32 ack;
 
 	if (!pkt->payload_len || (flags & TCP_FLAG_RST))
-		return 0;
+		return MC_PASS;
 	if (flags & TCP_FLAG_SYN)
-		return 1;
+		return MC_DROP;
 	key = mc_flow_of(pkt);
-	if (!bpf_map_lookup_elem(&edge_mc_flows, &key))
-		return 0;
-	if (!mc_handshake_valid(ctx, pkt, &handshake))
-		return 1;
+	flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
+	if (!flow)
+		return MC_PASS;
+	syn_acked = flow->syn_acked;
+	if (!(syn_acked & MC_FLOW_SYN_ACKED))
+		return punch_is_live(cfg, pkt, now) ? MC_PASS : MC_DROP;
+	if (!(flags & TCP_FLAG_ACK) || bpf_xdp_load_bytes(ctx, pkt->l4_off + 8, &ack, sizeof(ack)) ||
+	    bpf_ntohl(ack) != (__u32)syn_acked)
+		return MC_DROP;
+	if (!mc_payload_is_handshake(ctx, pkt->payload_off, pkt->payload_len))
+		return MC_REVOKE;
 	bpf_map_delete_elem(&edge_mc_flows, &key);
-	return 0;
+	return MC_PASS;
 }
 
 /* A SYN to a minecraft service left the program towards its backend (or the kernel's forwarding):
- * the flow's next data segment is its first, to be checked. A retransmitted SYN renews the entry. */
+ * the flow's next data segment is its first, to be checked. A retransmitted SYN (or one spoofed
+ * into the flow) renews the time and keeps what the flow's SYN-ACK recorded: only the backend's
+ * next SYN-ACK replaces that. */
 static __always_inline void mc_flow_start(const struct packet *pkt, __u64 now)
 {
 	struct mc_flow_key key = mc_flow_of(pkt);
 	struct mc_flow_value value = { .syn_ns = now };
+	struct mc_flow_value *flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
 
-	bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_ANY);
+	if (flow)
+		flow->syn_ns = now;
+	else
+		bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_NOEXIST);
 }
 
 /* forward_to_backend, and for a SYN to a minecraft service that is not dropped on its way, the
@@ -1402,15 +1483,18 @@ static __always_inline struct verdict inbound_ipv4(struct xdp_md *ctx, const str
 	if (payload_rules_drop(ctx, pkt, verified, allowed, now))
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_RULE);
 	/* Minecraft: a flow's first data segment is the client's handshake, or the source is no client
-	 * (mc_proto.h); whatever the punch (a live one of a reused four-tuple does not spare it). */
+	 * (mc_proto.h); whatever the punch once the flow's SYN-ACK was seen (a live one of a reused
+	 * four-tuple does not spare the new connection). Only the player's own segment revokes. */
 	if (svc->game_protocol == EDGE_GAME_MINECRAFT && pkt->proto == IPPROTO_TCP) {
-		__u8 flags = pkt->tcp_flags;
+		enum mc_verdict mc = mc_first_data(ctx, cfg, pkt, &now);
 
-		if (mc_handshake_refused(ctx, pkt, flags)) {
+		if (mc == MC_DROP)
+			return make_verdict(XDP_DROP, EDGE_REASON_DROP_HANDSHAKE_UNACKED);
+		if (mc == MC_REVOKE) {
 			source_unverify(src, svc->id);
 			return make_verdict(XDP_DROP, EDGE_REASON_DROP_HANDSHAKE);
 		}
-		mc_syn = tcp_is_syn(flags);
+		mc_syn = tcp_is_syn(pkt->tcp_flags);
 	}
 	/* Accepted: the source's first accepted packet makes its entry. */
 	if (!src)

@@ -103,6 +103,7 @@ enum edge_reason {
 	EDGE_REASON_DROP_SYN_AUTH_VERIFIED, /* SYN authentication: the client's RST echoed a valid cookie; the source is verified, the RST consumed */
 	EDGE_REASON_DROP_TCP_UNVERIFIED,   /* SYN authentication active: a TCP segment from an unverified source that is not a SYN, or a RST without a valid cookie */
 	EDGE_REASON_DROP_HANDSHAKE,        /* the first data segment of a TCP flow to a minecraft service is no well-formed handshake (mc_proto.h) */
+	EDGE_REASON_DROP_HANDSHAKE_UNACKED, /* data to a minecraft service that is not the player's own: it does not acknowledge the backend's SYN-ACK, or rides a SYN */
 	EDGE_REASON_COUNT,
 };
 
@@ -410,7 +411,8 @@ struct rule_limit_value {
 };
 
 /* A TCP flow to a minecraft service whose SYN the POP forwarded and whose first data segment it has
- * not seen yet (edge_mc_flows): that segment must be the client's handshake (mc_proto.h). */
+ * not seen yet (edge_mc_flows): that segment must be the client's handshake (mc_proto.h), and only
+ * a segment that acknowledges the backend's SYN-ACK is the client's own (see syn_acked). */
 struct mc_flow_key {
 	__be32 saddr;   /* the player */
 	__be32 daddr;   /* the service */
@@ -419,8 +421,12 @@ struct mc_flow_key {
 };
 
 struct mc_flow_value {
-	__u64 syn_ns;   /* when its (last) SYN was forwarded: for the operator's eyes */
+	__u64 syn_ns;     /* when its (last) SYN was forwarded: for the operator's eyes */
+	__u64 syn_acked;  /* 0 until the backend's SYN-ACK went back to the player; then
+			   * MC_FLOW_SYN_ACKED | the ACK number the player's first data must carry
+			   * (the SYN-ACK's sequence number + 1). One 64-bit word: one atomic store */
 };
+#define MC_FLOW_SYN_ACKED (1ULL << 32)
 
 /* Port punches: a flow the game server spoke on in an established session (return path; never a
  * reply anyone can provoke: connectionless, SYN-ACK, RST), so the player's packets of that flow

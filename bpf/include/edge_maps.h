@@ -299,12 +299,16 @@ struct {
 	__type(value, struct rule_limit_value);
 } edge_rule_limits SEC(".maps");
 
-/* Written and read by XDP only: a TCP flow to a minecraft service gets an entry when its SYN is
- * forwarded and loses it when its first data segment proved to be a well-formed handshake
- * (mc_proto.h); a flow whose first data was refused keeps it, so each of its segments is checked
- * again. Its own small LRU: an entry lives one round trip, and a flood of SYNs (forwarded only
- * while SYN authentication lets them) evicts other such entries, never a source's state. A flow
- * without an entry (evicted, or begun before the program) is not checked. */
+/* Written and read by XDP only. Inbound: a TCP flow to a minecraft service gets an entry when its
+ * SYN is forwarded (a later SYN renews syn_ns only) and loses it when its first data segment, sent
+ * by the player's own stack, proved to be a well-formed handshake (mc_proto.h); a flow whose first
+ * data was refused keeps it, so each of its segments is checked again. Return path: the backend's
+ * SYN-ACK on the way to the player writes syn_acked (the ACK that proves a data segment the
+ * player's own, the only one whose refusal revokes); it makes no entry. Its own small LRU: an
+ * entry lives one round trip, and a flood of SYNs (forwarded only while SYN authentication lets
+ * them) evicts other such entries, never a source's state. A flow without an entry (evicted, or
+ * begun before the program) is not checked: failing closed would stall real players' flows
+ * (docs/game-protocols.md). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, EDGE_MAX_MC_FLOWS);

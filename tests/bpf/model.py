@@ -25,7 +25,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from harness.cookies import a2s_cookie as project_a2s_cookie
@@ -194,6 +194,13 @@ class McFlow:
     dport: int
 
 
+class McFlowEntry(NamedTuple):
+    """struct mc_flow_value: when the flow's SYN was forwarded; 0 until its backend's SYN-ACK went
+    back to the player, then MC_FLOW_SYN_ACKED | the ACK the player's first data must carry."""
+    syn_ns: int
+    syn_acked: int = 0
+
+
 @dataclass
 class Source:
     """One edge_sources entry (struct source_state): ban, the one-second rate window, counters."""
@@ -322,7 +329,7 @@ class ModelState:
     under_attack: set = field(default_factory=set)         # {service id}: edge_attack_state under_attack
     buckets: dict = field(default_factory=dict)            # {service id: Bucket}: edge_admission (one CPU)
     verify_stats: dict = field(default_factory=dict)       # {proof name: count}: edge_verify_stats
-    mc_flows: dict = field(default_factory=dict)           # {McFlow: syn_ns}: edge_mc_flows
+    mc_flows: dict = field(default_factory=dict)           # {McFlow: McFlowEntry}: edge_mc_flows
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
@@ -703,7 +710,10 @@ class EdgeModel:
         mc_syn = False
         if svc.game_protocol == "minecraft" and pkt.proto == IPPROTO_TCP:
             flags = self._frame[pkt.l4_off + 13]
-            if self._mc_handshake_refused(pkt, flags):
+            first_data = self._mc_first_data(pkt, flags)
+            if first_data == "drop":
+                raise _verdict(DROP, "drop_handshake_unacked")
+            if first_data == "revoke":
                 self._unverify(pkt.saddr, svc.id)
                 raise _verdict(DROP, "drop_handshake")
             mc_syn = flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
@@ -724,21 +734,30 @@ class EdgeModel:
     def _mc_flow(pkt: Ipv4) -> McFlow:
         return McFlow(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport)
 
-    def _mc_handshake_refused(self, pkt: Ipv4, flags: int) -> bool:
-        """Data on a flow whose SYN was forwarded (an entry) must start with a well-formed handshake:
-        then the entry goes; else refused (the entry stays). Data on a SYN is refused; no data, a
+    def _mc_first_data(self, pkt: Ipv4, flags: int) -> str:
+        """"pass", "drop" (not provably the player's own: nobody revoked) or "revoke". Data on a flow
+        whose SYN was forwarded (an entry) is the player's own only if it acknowledges the backend's
+        SYN-ACK (the entry's syn_acked); then it must start with a well-formed handshake (the entry
+        goes), else it revokes (the entry stays). Before the SYN-ACK: dropped, unless the four-tuple
+        has a live punch (its established connection's data). Data on a SYN: dropped. No data, a
         RST, or a flow without an entry: not looked at."""
         if not pkt.payload_len or flags & TCP_RST:
-            return False
+            return "pass"
         if flags & TCP_SYN:
-            return True
+            return "drop"
         flow = self._mc_flow(pkt)
-        if flow not in self.state.mc_flows:
-            return False
+        entry = self.state.mc_flows.get(flow)
+        if entry is None:
+            return "pass"
+        if not entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
+            return "pass" if self._punch_is_live(pkt) else "drop"
+        ack = struct.unpack_from("!I", self._frame, pkt.l4_off + 8)[0]
+        if not flags & TCP_ACK or ack != entry.syn_acked & 0xFFFFFFFF:
+            return "drop"
         if mc_model.handshake(self._payload(pkt)) is None:
-            return True
+            return "revoke"
         self._op("flow %s checked" % (flow,), lambda state: state.mc_flows.pop(flow, None))
-        return False
+        return "pass"
 
     def _unverify(self, address: str, service_id: int):
         """source_unverify as an op: the source's slot of the service freed."""
@@ -759,7 +778,10 @@ class EdgeModel:
         except Decision as decision:
             if mc_syn and decision.action != DROP:
                 flow, now = self._mc_flow(pkt), self._now
-                self._op("flow %s opened" % (flow,), lambda state: state.mc_flows.__setitem__(flow, now))
+
+                def opened(state):     # a later SYN renews the time, keeps what the SYN-ACK taught
+                    state.mc_flows[flow] = McFlowEntry(now, state.mc_flows.get(flow, McFlowEntry(0)).syn_acked)
+                self._op("flow %s opened" % (flow,), opened)
             raise
 
     def _rule_matches(self, rule: PayloadRule, pkt: Ipv4, verified: bool) -> bool:
@@ -1238,6 +1260,18 @@ class EdgeModel:
             self._op("challenge for %s" % inner.daddr, store)
         if proves_flow:
             self._verify(inner.daddr, svc.id, "punch", create=True)
+        # A minecraft service's SYN-ACK: the flow's entry (if the POP opened one) learns the ACK
+        # that proves the player's own first data: its sequence number + 1.
+        if svc.game_protocol == "minecraft" and inner.proto == IPPROTO_TCP and \
+                self._frame[inner.l4_off + 13] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK:
+            flow = McFlow(inner.daddr, inner.saddr, inner.dport, inner.sport)
+            client_ack = (struct.unpack_from("!I", self._frame, inner.l4_off + 4)[0] + 1) & 0xFFFFFFFF
+
+            def syn_acked(state):
+                if flow in state.mc_flows:
+                    state.mc_flows[flow] = state.mc_flows[flow]._replace(
+                        syn_acked=abi.MC_FLOW_SYN_ACKED | client_ack)
+            self._op("flow %s SYN-ACKed" % (flow,), syn_acked)
 
     def _reply_proves_flow(self, inner: Ipv4, payload: bytes) -> bool:
         """A game server's reply on an established session proves its player's address; a

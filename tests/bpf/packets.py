@@ -111,9 +111,9 @@ def udp_frame(src, dst, sport, dport, payload: bytes = b"", vlan=None, **ip_fiel
 
 
 def tcp_frame(src, dst, sport, dport, payload: bytes = b"", flags: str = "S", vlan=None, seq: int = 1000,
-              **ip_fields) -> bytes:
-    return frame(ipv4(src, dst, TCP(sport=sport, dport=dport, flags=flags, seq=seq) / Raw(payload), **ip_fields),
-                 vlan=vlan)
+              ack: int = 0, **ip_fields) -> bytes:
+    return frame(ipv4(src, dst, TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / Raw(payload),
+                      **ip_fields), vlan=vlan)
 
 
 def icmp_echo_frame(src, dst, payload: bytes = b"", ident: int = 1, seq: int = 1, vlan=None, icmp_type: int = 8,

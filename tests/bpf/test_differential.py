@@ -133,7 +133,9 @@ class StateSpec:
     sources: list
     verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
     nr_cpus: int
-    mc_flows: list = field(default_factory=list)   # [m.McFlow]: TCP flows whose SYN was forwarded (edge_mc_flows)
+    # [(m.McFlow, syn_acked)]: TCP flows whose SYN was forwarded (edge_mc_flows), syn_acked 0 or
+    #   MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for
+    mc_flows: list = field(default_factory=list)
 
 
 @dataclass
@@ -239,12 +241,14 @@ CHALLENGES = (0x12345678, 7, 0x80000005)
 ADMISSIONS = {"none": (0, 0), "huge": (10 ** 9, 10 ** 12), "tiny": (1, 0), "tiny_bytes": (0, 100)}
 
 
-def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8, tcp_seq=1000):
+def _l4_frame(proto, src, dst, sport, dport, payload, ttl, tos, df, vlan, tcp_flags="PA", icmp_type=8, tcp_seq=1000,
+              tcp_ack=0):
     ip_fields = dict(ttl=ttl, tos=tos, df=df)
     if proto == UDP:
         return pk.udp_frame(src, dst, sport, dport, payload, vlan=vlan, **ip_fields)
     if proto == TCP:
-        return pk.tcp_frame(src, dst, sport, dport, payload, flags=tcp_flags, vlan=vlan, seq=tcp_seq, **ip_fields)
+        return pk.tcp_frame(src, dst, sport, dport, payload, flags=tcp_flags, vlan=vlan, seq=tcp_seq, ack=tcp_ack,
+                            **ip_fields)
     if proto == ICMP:
         return pk.icmp_echo_frame(src, dst, payload, vlan=vlan, icmp_type=icmp_type, **ip_fields)
     return pk.raw_ip_frame(src, dst, proto, payload, vlan=vlan, **ip_fields)
@@ -281,16 +285,17 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
     f = spec.fields
     if spec.kind == "inbound":
         payload = _payload(f["payload"], ctx, f["src"], f["dst"], f["sport"], f["dport"])
-        flags, seq = f.get("tcp", ("PA", 1000))
+        flags, seq, ack = f.get("tcp", ("PA", 1000, 0))
         # A RST echoing a SYN cookie of its own tuple (of some epoch and key generation), or a number.
         seq = ctx.syn_cookie(seq, f["src"], f["dst"], f["sport"], f["dport"]) if f["proto"] == TCP else 1000
         frame = _l4_frame(f["proto"], f["src"], f["dst"], f["sport"], f["dport"], payload, f["ttl"], f["tos"],
-                          f["df"], f["vlan"], icmp_type=f["icmp_type"], tcp_flags=flags, tcp_seq=seq)
+                          f["df"], f["vlan"], icmp_type=f["icmp_type"], tcp_flags=flags, tcp_seq=seq, tcp_ack=ack)
     elif spec.kind == "return":
         i = f["inner"]
         payload = _payload(i["payload"], ctx, i["src"], i["dst"], i["sport"], i["dport"])
+        flags, seq = i.get("tcp", ("PA", 1000))
         inner = _l4_frame(i["proto"], i["src"], i["dst"], i["sport"], i["dport"], payload, i["ttl"], i["tos"],
-                          i["df"], None)
+                          i["df"], None, tcp_flags=flags, tcp_seq=seq)
         inner_ip = pk.ip_bytes(_mutate(inner, spec.inner_mutations))
         frame = pk.ipip_frame(f["outer_src"], f["outer_dst"], inner_ip, vlan=f["vlan"], ttl=f["ttl"], df=f["df"])
         if f["outer_proto"] != m.IPPROTO_IPIP:     # the same bytes as GRE or 6in4: never the return path
@@ -469,16 +474,33 @@ def game_family(pick, state: StateSpec, template) -> str:
     return games[0] if games and often(pick, 3) else pick.choice(("source", "goldsrc"))
 
 
+# The sequence numbers of the backends' SYN-ACKs: few (one at the wrap), so that a player's data
+# segment often acknowledges the one its flow's entry recorded (edge_mc_flows' syn_acked).
+SYN_ACK_SEQS = (5000, 0xFFFFFFFF, 0x7FFFFFFF)
+
+
+def client_ack(pick) -> int:
+    """The ACK number of a segment: mostly one that acknowledges some backend's SYN-ACK."""
+    return (pick.choice(SYN_ACK_SEQS) + 1) % 2 ** 32 if often(pick, 2, 3) else pick.integers(0, 2 ** 32 - 1)
+
+
 def tcp_spec(pick):
-    """(flags, sequence number or cookie kind) of an inbound TCP segment: SYNs, the RST a client
-    sends for the POP's SYN-ACK (its cookie of some epoch and key generation, or a guess), and
-    out-of-state ACK, data, FIN and SYN-ACK segments."""
+    """(flags, sequence number or cookie kind, ACK number) of an inbound TCP segment: SYNs, the RST a
+    client sends for the POP's SYN-ACK (its cookie of some epoch and key generation, or a guess),
+    and out-of-state ACK, data, FIN and SYN-ACK segments."""
     flags = weighted(pick, (3, "S"), (3, "R"), (1, "RA"), (2, "A"), (2, "PA"), (1, "FA"), (1, "SA"), (1, "SR"))
     if "R" in flags:
         seq = weighted(pick, (4, "current"), (2, "previous"), (1, "stale"), (1, "next"), (2, "old_key"),
                        (1, "old_key_previous"), (1, "old_key_stale"), (1, "random"))
-        return flags, pick.integers(0, 2 ** 32 - 1) if seq == "random" else seq
-    return flags, pick.integers(0, 2 ** 32 - 1)
+        return flags, pick.integers(0, 2 ** 32 - 1) if seq == "random" else seq, client_ack(pick)
+    return flags, pick.integers(0, 2 ** 32 - 1), client_ack(pick)
+
+
+def return_tcp_spec(pick):
+    """(flags, sequence number) of a game server's TCP segment: mostly a session's data, often the
+    SYN-ACK that teaches a minecraft flow its ACK, now and then anything else."""
+    flags = weighted(pick, (6, "PA"), (3, "SA"), (1, "A"), (1, "R"), (1, "S"))
+    return flags, pick.choice(SYN_ACK_SEQS) if often(pick, 2, 3) else pick.integers(0, 2 ** 32 - 1)
 
 
 def challenge_holders(state: StateSpec) -> list:
@@ -557,7 +579,8 @@ def return_spec(pick, state: StateSpec, flows) -> PacketSpec:
         payload = payload_spec(pick, proto, a2s_ok=False)
     inner = dict(proto=proto, src=template.addr if often(pick, 9, 10) else player(pick),
                  sport=template.port if often(pick, 9, 10) else port(pick), dst=dst, dport=dport,
-                 payload=payload, ttl=ttl(pick), tos=pick.choice((0, 0x10, 0xB8)), df=often(pick, 2))
+                 payload=payload, ttl=ttl(pick), tos=pick.choice((0, 0x10, 0xB8)), df=often(pick, 2),
+                 tcp=return_tcp_spec(pick))
     outer_proto = m.IPPROTO_IPIP if often(pick, 15, 16) else pick.choice((GRE, m.IPPROTO_IPV6))
     fields = dict(outer_src=outer_src, outer_dst=outer_dst, inner=inner, vlan=vlan(pick), qinq=qinq(pick),
                   outer_proto=outer_proto,
@@ -732,7 +755,9 @@ def scenarios(draw):
     flows = [Flow(pick.choice(templates), player(pick), port(pick)) for dummy in range(pick.integers(1, 4))]
     state.sources = sources_spec(pick, state, flows)
     # Minecraft flows whose SYN the POP forwarded before the example (the packets open more).
-    state.mc_flows = [m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port)
+    # Some of them already SYN-ACKed by their backend (the ACK the player's first data must carry).
+    state.mc_flows = [(m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port),
+                       abi.MC_FLOW_SYN_ACKED | (pick.choice(SYN_ACK_SEQS) + 1) % 2 ** 32 if often(pick, 2) else 0)
                       for flow in flows if flow.template.proto == TCP and often(pick, 2)]
     count = draw(PACKETS_PER_EXAMPLE)
     seeds = draw(st.lists(st.tuples(st.integers(0, len(PACKET_KINDS) - 1), st.integers(0, 2 ** 32 - 1)),
@@ -795,8 +820,8 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
             source.challenge_ns = times[challenge[2]]
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
-    for flow in spec.mc_flows:
-        state.mc_flows[flow] = now - h // 4
+    for flow, syn_acked in spec.mc_flows:
+        state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked)
     for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
         reply_type = {"info": b"\x49", "player": b"\x44", "rules": b"\x45"}[a2s_kind]
@@ -848,8 +873,8 @@ def load_state(env, state: m.ModelState) -> None:
     for key, (packets, nbytes) in state.rule_limits.items():
         env.maps["edge_rule_limits"].update(abi.RULE_LIMIT_KEY.pack(abi.ipv4(key.saddr), key.window, key.rule),
                                             abi.RULE_LIMIT_VALUE.pack(packets, nbytes))
-    for flow, syn_ns in state.mc_flows.items():
-        env.maps["edge_mc_flows"].update(pack_mc_flow(flow), abi.MC_FLOW_VALUE.pack(syn_ns))
+    for flow, entry in state.mc_flows.items():
+        env.maps["edge_mc_flows"].update(pack_mc_flow(flow), abi.MC_FLOW_VALUE.pack(*entry))
 
 
 def pack_mc_flow(flow: m.McFlow) -> bytes:
@@ -884,7 +909,7 @@ def program_mc_flows(env) -> dict:
     for key, value in env.maps["edge_mc_flows"].items():
         saddr, daddr, sport, dport = abi.MC_FLOW_KEY.unpack(key)
         found[m.McFlow(socket.inet_ntoa(saddr), socket.inet_ntoa(daddr), struct.unpack("!H", sport)[0],
-                       struct.unpack("!H", dport)[0])] = abi.MC_FLOW_VALUE.unpack(value)[0]
+                       struct.unpack("!H", dport)[0])] = m.McFlowEntry(*abi.MC_FLOW_VALUE.unpack(value))
     return found
 
 
@@ -965,7 +990,11 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     want_proofs = {name: state.verify_stats.get(name, 0) for name in abi.VERIFY_PROOFS}
     assert env.verify_counts() == want_proofs, "verify stats: program %s, model %s" % (env.verify_counts(), want_proofs)
     assert_times_match("punches", program_punches(env), state.punches, slack_ns)
-    assert_times_match("minecraft flows", program_mc_flows(env), state.mc_flows, slack_ns)
+    mc_flows = program_mc_flows(env)
+    assert_times_match("minecraft flows", {flow: entry.syn_ns for flow, entry in mc_flows.items()},
+                       {flow: entry.syn_ns for flow, entry in state.mc_flows.items()}, slack_ns)
+    assert {flow: entry.syn_acked for flow, entry in mc_flows.items()} == \
+        {flow: entry.syn_acked for flow, entry in state.mc_flows.items()}, "minecraft flows' syn_acked"
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
                        {k: e.updated_ns for k, e in state.a2s_cache.items()}, slack_ns)
@@ -1346,7 +1375,8 @@ def test_program_agrees_with_model(edge):
     assert ran["packets"] >= PACKETS_WANTED, "only %d packets ran" % ran["packets"]
     # The trust rules of issue 12 section 3 are each met by the random packets, not just allowed for.
     missing = {"drop_bad_tunnel", "drop_own_source", "drop_icmp_type", "drop_bad_return", "tx_return",
-               "drop_rule", "tx_a2s_challenge", "tx_a2s_cached", "drop_bad_cookie", "drop_handshake"} - reasons_seen
+               "drop_rule", "tx_a2s_challenge", "tx_a2s_cached", "drop_bad_cookie", "drop_handshake",
+               "drop_handshake_unacked"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 13's paths too: the admission drop, and a source verified by each proof.
     assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"

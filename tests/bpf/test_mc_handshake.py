@@ -1,11 +1,14 @@
 """Issue 14 item 3 through the real program: a minecraft service's first data segment.
 
 For a TCP service with game_protocol minecraft, the POP opens an edge_mc_flows entry when it
-forwards a flow's SYN; the flow's first data segment must then be a well-formed Java Edition
-handshake (bpf/include/mc_proto.h): forwarded and the entry gone when it is, dropped as
-drop_handshake (the entry kept, the source's verification for the service revoked) when it is
-not. Each refusal is shown next to the same segment forwarded on the unprotected path (the same
-service with game_protocol none).
+forwards a flow's SYN, and the return path records in it the ACK that the backend's SYN-ACK asks
+for; the flow's first data segment must then be a well-formed Java Edition handshake
+(bpf/include/mc_proto.h): forwarded and the entry gone when it is, dropped as drop_handshake (the
+entry kept, the source's verification for the service revoked) when it is not. Only the player's
+own segment (one that acknowledges that SYN-ACK) can revoke: anything else is dropped as
+drop_handshake_unacked, nobody revoked, so a spoofer who knows a player's address cannot revoke
+it. Each refusal is shown next to the same segment forwarded on the unprotected path (the same
+service with game_protocol none), each spoofed attack next to the player's own segment revoking.
 """
 
 from __future__ import annotations
@@ -46,8 +49,12 @@ def minecraft_pop(edge, game_protocol="minecraft", backend=BACKEND, **config):
     return edge
 
 
-def segment(payload=b"", flags="PA", src=PLAYER, sport=PLAYER_PORT, seq=1001):
-    return raw(eth() / IP(src=src, dst=GAME) / TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=5001)
+SERVER_ISN = 5000                  # the backend's SYN-ACK's sequence number (backend_tcp)
+CLIENT_ACK = SERVER_ISN + 1        # what the player's stack acknowledges with its first data
+
+
+def segment(payload=b"", flags="PA", src=PLAYER, sport=PLAYER_PORT, seq=1001, ack=CLIENT_ACK):
+    return raw(eth() / IP(src=src, dst=GAME) / TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=ack)
                / payload)
 
 
@@ -55,9 +62,9 @@ def syn(src=PLAYER, sport=PLAYER_PORT):
     return segment(flags="S", src=src, sport=sport, seq=1000)
 
 
-def backend_tcp(flags, payload=b"", dst=PLAYER, dport=PLAYER_PORT):
+def backend_tcp(flags, payload=b"", dst=PLAYER, dport=PLAYER_PORT, seq=SERVER_ISN):
     """The game server's segment to the player, as the backend's tunnel sends it to the POP."""
-    inner = IP(src=GAME, dst=dst) / TCP(sport=GAME_PORT, dport=dport, flags=flags, seq=5000) / payload
+    inner = IP(src=GAME, dst=dst) / TCP(sport=GAME_PORT, dport=dport, flags=flags, seq=seq) / payload
     return raw(eth() / IP(src=BACKEND, dst=topo.POP_TUNNEL_ADDR, proto=4) / inner)
 
 
@@ -68,6 +75,27 @@ def flows(edge):
         found.add((socket.inet_ntoa(saddr), socket.inet_ntoa(daddr), int.from_bytes(sport, "big"),
                    int.from_bytes(dport, "big")))
     return found
+
+
+NOT_SYN_ACKED = "no SYN-ACK yet"
+
+
+def syn_acked(edge, flow):
+    """What the flow's entry knows: None without an entry, NOT_SYN_ACKED before its backend's
+    SYN-ACK, else the ACK number the player's first data must carry."""
+    key = abi.MC_FLOW_KEY.pack(socket.inet_aton(flow[0]), socket.inet_aton(flow[1]), flow[2].to_bytes(2, "big"),
+                               flow[3].to_bytes(2, "big"))
+    value = edge.maps["edge_mc_flows"].lookup(key)
+    if value is None:
+        return None
+    acked = abi.MC_FLOW_VALUE.unpack(value)[1]
+    return acked & 0xFFFFFFFF if acked & abi.MC_FLOW_SYN_ACKED else NOT_SYN_ACKED
+
+
+def connect(edge, src=PLAYER, sport=PLAYER_PORT):
+    """A player's SYN forwarded (the flow's entry) and its backend's SYN-ACK back to it."""
+    assert edge.run(syn(src=src, sport=sport)).reason == "tx_forward"
+    assert edge.run(backend_tcp("SA", dst=src, dport=sport)).reason == "tx_return"
 
 
 FLOW = (PLAYER, GAME, PLAYER_PORT, GAME_PORT)
@@ -89,7 +117,9 @@ def test_a_connection_with_its_handshake_is_forwarded_and_then_not_looked_at(edg
     minecraft_pop(edge)
     assert edge.run(syn()).reason == "tx_forward"
     assert flows(edge) == {FLOW}
+    assert syn_acked(edge, FLOW) == NOT_SYN_ACKED
     assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    assert syn_acked(edge, FLOW) == CLIENT_ACK
     assert edge.run(segment(flags="A")).reason == "tx_forward"        # no data: not the first data segment
     assert flows(edge) == {FLOW}
     assert edge.run(segment(HANDSHAKE + mc.login_start())).reason == "tx_forward"
@@ -103,7 +133,7 @@ def test_a_connection_with_its_handshake_is_forwarded_and_then_not_looked_at(edg
 @pytest.mark.parametrize("next_state", mc.NEXT_STATES)
 def test_every_next_state_is_forwarded(edge, next_state):
     minecraft_pop(edge)
-    edge.run(syn())
+    connect(edge)
     first = mc.handshake_packet(b"play.example.org", GAME_PORT, next_state, -1)
     assert edge.run(segment(first + mc.status_request())).reason == "tx_forward"
     assert flows(edge) == set()
@@ -117,6 +147,7 @@ def test_garbage_first_segment_is_dropped_and_revokes_the_source_but_passes_unpr
     minecraft_pop(edge, game_protocol="none")
     verify_player(edge)
     assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(backend_tcp("SA")).reason == "tx_return"
     assert flows(edge) == set()
     assert edge.run(segment(payload)).reason == "tx_forward"
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
@@ -125,7 +156,7 @@ def test_garbage_first_segment_is_dropped_and_revokes_the_source_but_passes_unpr
     minecraft_pop(edge)
     verify_player(edge)
     verify_player(edge, GAME_UDP_ID)            # verified for another service too
-    assert edge.run(syn()).reason == "tx_forward"
+    connect(edge)
     assert edge.run(segment(payload)).reason == "drop_handshake"
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
     assert edge.verified_for(PLAYER, GAME_UDP_ID, monotonic_ns()) == "punch"   # only this service's slot
@@ -139,8 +170,7 @@ def test_a_refused_flow_is_refused_whatever_the_punch(edge):
     """A live punch of the same four-tuple (a client that reuses its port within the punch's idle
     time) does not wave a new connection's first segment through: the check comes first."""
     minecraft_pop(edge)
-    edge.run(syn())
-    edge.run(backend_tcp("SA"))
+    connect(edge)
     edge.punch("tcp", GAME, GAME_PORT, PLAYER, PLAYER_PORT, monotonic_ns())
     assert edge.run(segment(flags="A")).reason == "tx_punched"
     assert edge.run(segment(GARBAGE["random"])).reason == "drop_handshake"
@@ -163,10 +193,11 @@ def test_a_flow_the_pop_never_saw_begin_is_not_checked(edge):
 
 def test_syn_with_data_is_refused_rst_and_pure_acks_are_not(edge):
     minecraft_pop(edge)
-    # TCP Fast Open: data on the SYN, which no Minecraft client sends.
-    assert edge.run(segment(HANDSHAKE, flags="S")).reason == "drop_handshake"
+    # TCP Fast Open: data on the SYN, which no Minecraft client sends (and anyone can send in
+    # anyone's name: it revokes nobody, test_one_spoofed_syn_with_data_revokes_nobody).
+    assert edge.run(segment(HANDSHAKE, flags="S")).reason == "drop_handshake_unacked"
     assert flows(edge) == set()
-    edge.run(syn())
+    connect(edge)
     for flags in ("A", "FA", "R", "RA"):
         assert edge.run(segment(b"", flags=flags)).reason == "tx_forward", flags
     assert edge.run(segment(b"reset reason", flags="R")).reason == "tx_forward"
@@ -175,14 +206,17 @@ def test_syn_with_data_is_refused_rst_and_pure_acks_are_not(edge):
 
 def test_a_retransmitted_syn_renews_the_flow_and_each_flow_is_its_own(edge):
     minecraft_pop(edge)
-    edge.run(syn())
-    edge.run(syn(sport=PLAYER_PORT + 1))
+    connect(edge)
+    connect(edge, sport=PLAYER_PORT + 1)
     assert flows(edge) == {FLOW, (PLAYER, GAME, PLAYER_PORT + 1, GAME_PORT)}
     assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
     assert edge.run(segment(GARBAGE["http"], sport=PLAYER_PORT + 1)).reason == "drop_handshake"
-    # A new connection on the same port (the SYN again) is checked afresh.
+    # A new connection on the same port (the SYN again, a new SYN-ACK) is checked afresh.
     edge.run(syn())
-    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
+    assert edge.run(backend_tcp("SA", seq=SERVER_ISN + 7)).reason == "tx_return"
+    assert syn_acked(edge, FLOW) == CLIENT_ACK + 7
+    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake_unacked"   # the old connection's ACK
+    assert edge.run(segment(GARBAGE["http"], ack=CLIENT_ACK + 7)).reason == "drop_handshake"
 
 
 def test_many_sources_each_checked_on_their_own(edge):
@@ -191,8 +225,8 @@ def test_many_sources_each_checked_on_their_own(edge):
     minecraft_pop(edge)
     sources = spoofed(200, seed=14)
     for source in sources:
-        assert edge.run(syn(src=source)).reason == "tx_forward"
-    edge.run(syn())
+        connect(edge, src=source)
+    connect(edge)
     for source in sources:
         assert edge.run(segment(GARBAGE["random"], src=source)).reason == "drop_handshake"
     assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
@@ -207,11 +241,123 @@ def test_with_syn_authentication_a_revoked_source_must_prove_its_address_again(e
     edge.add_service("tcp", GAME, GAME_PORT, GAME_TCP_ID, BACKEND, game_protocol="minecraft", syn_auth="always")
     assert edge.run(syn()).reason == "tx_syn_auth"
     assert edge.run(rst(cookie())).reason == "drop_syn_auth_verified"
-    assert edge.run(syn()).reason == "tx_forward"
+    connect(edge)
     assert flows(edge) == {FLOW}
     assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
     assert edge.run(syn(sport=PLAYER_PORT + 1)).reason == "tx_syn_auth"
     assert edge.run(rst(cookie(sport=PLAYER_PORT + 1), sport=PLAYER_PORT + 1)).reason == "drop_syn_auth_verified"
-    assert edge.run(syn(sport=PLAYER_PORT + 1)).reason == "tx_forward"
+    connect(edge, sport=PLAYER_PORT + 1)
     assert edge.run(segment(HANDSHAKE, sport=PLAYER_PORT + 1)).reason == "tx_forward"
+
+
+# ---- the attacker's review: revoking a player in its name ----------------------------------------------
+
+def with_syn_auth_pop(edge):
+    """The lab's shape: the minecraft service with SYN authentication always on, the player verified
+    by its own stack's RST (so its SYNs are forwarded)."""
+    setup_pop(edge)
+    edge.add_service("tcp", GAME, GAME_PORT, GAME_TCP_ID, BACKEND, game_protocol="minecraft", syn_auth="always")
+    assert edge.run(syn()).reason == "tx_syn_auth"
+    assert edge.run(rst(cookie())).reason == "drop_syn_auth_verified"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+    return edge
+
+
+@pytest.mark.parametrize("payload", [HANDSHAKE, GARBAGE["random"]], ids=["handshake", "garbage"])
+def test_one_spoofed_syn_with_data_revokes_nobody(edge, payload):
+    """Attack 1, one packet: a SYN carrying data in the verified player's name. Dropped, the player
+    still verified, its next SYN still forwarded; the same SYN passes the unprotected service."""
+    minecraft_pop(edge, game_protocol="none")
+    verify_player(edge)
+    assert edge.run(segment(payload, flags="S", seq=1000, ack=0)).reason == "tx_forward"
+
+    edge.reset()
+    with_syn_auth_pop(edge)
+    assert edge.run(segment(payload, flags="S", seq=1000, ack=0)).reason == "drop_handshake_unacked"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+    assert flows(edge) == set()
+    assert edge.run(syn(sport=PLAYER_PORT + 1)).reason == "tx_forward"
+
+
+@pytest.mark.parametrize("when", ["before_the_syn_ack", "after_the_syn_ack"])
+def test_a_spoofed_syn_then_garbage_revokes_nobody(edge, when):
+    """Attack 2, two packets: a SYN spoofed in the verified player's name is forwarded (the player is
+    verified) and opens the flow's entry; garbage data on that flow follows. Before the backend's
+    SYN-ACK came back, and after it (which went to the player, not to the spoofer: the spoofer's
+    ACKs are guesses), the garbage is dropped and revokes nobody. The control: the player's own
+    stack, acknowledging the SYN-ACK, sending the same garbage, is revoked."""
+    with_syn_auth_pop(edge)
+    sport = PLAYER_PORT + 5
+    flow = (PLAYER, GAME, sport, GAME_PORT)
+    assert edge.run(syn(sport=sport)).reason == "tx_forward"
+    assert flows(edge) == {flow}
+    guesses = (0, 1, CLIENT_ACK - 1, CLIENT_ACK + 1, 2 ** 32 - 1)
+    if when == "after_the_syn_ack":
+        assert edge.run(backend_tcp("SA", dport=sport)).reason == "tx_return"
+    else:
+        guesses += (CLIENT_ACK,)      # even the right number is not the player's before the SYN-ACK left
+    for ack in guesses:
+        assert edge.run(segment(GARBAGE["http"], sport=sport, ack=ack)).reason == "drop_handshake_unacked", ack
+        assert edge.run(segment(GARBAGE["http"], flags="P", sport=sport, ack=ack)).reason == \
+            "drop_handshake_unacked", ack     # no ACK flag: the number means nothing
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+    assert edge.reason_counts().get("drop_handshake", (0, 0))[0] == 0
+    # The flow is still watched, and still the player's own: the real client's handshake passes.
+    if when == "before_the_syn_ack":
+        assert edge.run(backend_tcp("SA", dport=sport)).reason == "tx_return"
+    assert edge.run(segment(HANDSHAKE, sport=sport)).reason == "tx_forward"
+    # The control: the player's own stack sending garbage first (it acknowledges the SYN-ACK) is revoked.
+    connect(edge, sport=sport + 1)
+    assert edge.run(segment(GARBAGE["http"], sport=sport + 1)).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+
+
+def test_a_spoofed_syn_during_the_players_handshake_keeps_its_ack(edge):
+    """A SYN spoofed into the player's own flow between the backend's SYN-ACK and the player's first
+    data renews the entry's time only: the player's handshake still passes."""
+    minecraft_pop(edge)
+    connect(edge)
+    assert edge.run(segment(flags="S", seq=777, ack=0)).reason == "tx_forward"
+    assert syn_acked(edge, FLOW) == CLIENT_ACK
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert flows(edge) == set()
+
+
+def test_a_spoofed_syn_into_an_established_connection_stalls_and_revokes_nothing(edge):
+    """A SYN spoofed with the four-tuple of the player's established connection (its backend answers
+    with an ACK, never a SYN-ACK) opens an entry that never learns an ACK: the connection's data
+    passes on its live punch (the game server spoke on it); without a live punch it would be
+    dropped, and still revoke nobody."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    connect(edge)
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert edge.run(backend_tcp("PA", mc.frame(0x02, bytes(16)))).reason == "tx_return"    # punches the flow
+    assert edge.run(syn()).reason == "tx_punched"
+    assert edge.run(backend_tcp("A")).reason == "tx_return"          # the backend's challenge ACK
+    assert syn_acked(edge, FLOW) == NOT_SYN_ACKED
+    assert edge.run(segment(GARBAGE["random"], ack=CLIENT_ACK + 20)).reason == "tx_punched"
+    for key in list(edge.maps["edge_punches"].keys()):
+        edge.maps["edge_punches"].delete(key)
+    assert edge.run(segment(GARBAGE["random"], ack=CLIENT_ACK + 20)).reason == "drop_handshake_unacked"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+
+
+def test_a_syn_ack_opens_no_flow_and_teaches_only_its_own(edge):
+    """The return path records a SYN-ACK only in the entry the player's SYN opened: one for a flow
+    the POP never forwarded a SYN of opens none, and another flow's SYN-ACK leaves the entry alone."""
+    minecraft_pop(edge)
+    assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    assert flows(edge) == set()
+    assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(backend_tcp("SA", dport=PLAYER_PORT + 1)).reason == "tx_return"
+    assert edge.run(backend_tcp("A")).reason == "tx_return"
+    assert edge.run(backend_tcp("R")).reason == "tx_return"
+    assert syn_acked(edge, FLOW) == NOT_SYN_ACKED
+    assert edge.run(backend_tcp("SA", seq=2 ** 32 - 1)).reason == "tx_return"
+    assert syn_acked(edge, FLOW) == 0           # the ACK that wraps to 0 ...
+    # ... is the player's all the same: the check (before the punch the backend's ACK above made)
+    # passes its handshake and ends the flow's entry.
+    assert edge.run(segment(HANDSHAKE, ack=0)).reason == "tx_punched"
+    assert flows(edge) == set()
