@@ -150,9 +150,12 @@ def arp_frame(sender_ip="10.0.0.254", target_ip="10.0.0.1") -> bytes:
 # ---- offsets ------------------------------------------------------------------------------------------
 
 def l3_offset(eth_frame: bytes) -> int:
-    """14, or 18 / 22 behind one or two 802.1Q/802.1ad tags."""
+    """14, or 18 / 22 behind one or two 802.1Q/802.1ad tags (past the end of a frame cut inside
+    its tags: such a frame has no L3 bytes)."""
     offset = ETH_HLEN
     for dummy in range(2):
+        if offset > len(eth_frame):
+            break
         (ethertype,) = struct.unpack_from("!H", eth_frame, offset - 2)
         if ethertype not in (ETH_P_8021Q, ETH_P_8021AD):
             break
