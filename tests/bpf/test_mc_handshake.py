@@ -13,7 +13,12 @@ service with game_protocol none), each spoofed attack next to the player's own s
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import socket
+import struct
+import types
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -22,12 +27,14 @@ from scapy.packet import raw
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from . import mc_model as mc
+from . import packets as pk
 from harness import topology as topo
 from harness.edge_env import monotonic_ns
 from .scenario import BACKEND, GAME, GAME_PORT, GAME_TCP_ID, GAME_UDP_ID, PLAYER, PLAYER_PORT, eth, setup_pop
 from .test_admission import BLACKHOLED_BACKEND, spoofed
 from .test_syn_auth import cookie, rst
 
+REPO = Path(__file__).resolve().parent.parent.parent
 HANDSHAKE = mc.handshake_packet(b"mc.example.net", GAME_PORT, mc.NEXT_LOGIN, 767)
 GARBAGE = {
     "random": bytes(range(7, 107)),
@@ -361,3 +368,98 @@ def test_a_syn_ack_opens_no_flow_and_teaches_only_its_own(edge):
     # passes its handshake and ends the flow's entry.
     assert edge.run(segment(HANDSHAKE, ack=0)).reason == "tx_punched"
     assert flows(edge) == set()
+
+
+# ---- the table's fail-open: a spoofed SYN flood and edge_mc_flows' 65,536 entries ----------------------
+
+FLOOD = 2 * abi.MAX_MC_FLOWS       # twice the table: the LRU has evicted every older entry by then
+
+
+@functools.lru_cache(maxsize=None)
+def lab_spoof():
+    """lab/spoof.py, the one home of a spoofed flood's frames (a script, loaded by path as
+    tests/unit/lab_modules.py does), its link layer the test topology's instead of the lab's ARP."""
+    spec = importlib.util.spec_from_file_location("lab_spoof_for_bpf", REPO / "lab" / "spoof.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.ether_to = lambda args: eth()
+    return module
+
+
+def spoofed_syns(count):
+    """count SYNs to the service as lab/spoof.py tcp-flood sends them (a Linux client's options, a
+    random sequence number, valid checksums), each from its own source of 100.0.0.0/8."""
+    args = types.SimpleNamespace(sources="100.0.0.0/8", seed=14, count=count, target=GAME, port=GAME_PORT,
+                                 flags="syn")
+    frames, distinct = lab_spoof().tcp_flood_frames(args)
+    assert distinct == count
+    return frames
+
+
+def backend_syn_acks(syns):
+    """The game server's SYN-ACK to each SYN, as its tunnel brings it back to the POP: the one
+    template's inner destination address and port patched, its IP and TCP checksums recomputed."""
+    spoof = lab_spoof()
+    template = bytearray(backend_tcp("SA", dst="100.0.0.0", dport=1024))
+    inner = pk.l4_offset(bytes(template))          # the inner IPv4 header, after the outer one
+    l4 = inner + (template[inner] & 0x0F) * 4
+    frames = []
+    for syn_frame in syns:
+        frame = bytearray(template)
+        frame[inner + 16:inner + 20] = syn_frame[26:30]            # to the SYN's source
+        frame[l4 + 2:l4 + 4] = syn_frame[34:36]                    # and source port
+        struct.pack_into("!H", frame, inner + 10, 0)
+        struct.pack_into("!H", frame, inner + 10, spoof.ipv4_checksum(bytes(frame[inner:l4])))
+        struct.pack_into("!H", frame, l4 + 16, 0)
+        struct.pack_into("!H", frame, l4 + 16, spoof.tcp_checksum(bytes(frame[l4:]), bytes(frame[inner + 12:inner + 16]),
+                                                                  bytes(frame[inner + 16:inner + 20])))
+        frames.append(bytes(frame))
+    return frames
+
+
+def flood(edge, frames):
+    """Run each frame once (the program's own test run, without the per-frame counter reads of
+    edge.run); returns the reasons' packet counts the frames added."""
+    before = edge.reason_counts()
+    for frame in frames:
+        edge.prog.test_run(frame, ctx_in=edge.xdp_ctx(topo.UPLINK, len(frame)))
+    after = edge.reason_counts()
+    return {name: after[name][0] - before.get(name, (0, 0))[0] for name in after
+            if after[name][0] != before.get(name, (0, 0))[0]}
+
+
+def test_a_spoofed_syn_flood_cannot_evict_a_flow_under_syn_authentication(edge):
+    """A flow without an entry goes unchecked (fail open: docs/game-protocols.md), so a flood that
+    evicted a player's entry from the 65,536-entry LRU would wave its first segment through. Under
+    SYN authentication a spoofed SYN opens no entry (the POP answers it, never forwards it): after
+    131,072 of them from as many sources, the player's flow is still the table's only entry and
+    its own garbage (the SYN-ACK's ACK) is still refused and revoked."""
+    with_syn_auth_pop(edge)
+    connect(edge)
+    added = flood(edge, spoofed_syns(FLOOD))
+    assert added == {"tx_syn_auth": FLOOD}
+    assert flows(edge) == {FLOW}
+    assert syn_acked(edge, FLOW) == CLIENT_ACK
+    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+
+
+def test_without_syn_authentication_a_spoofed_syn_flood_evicts_flows_which_then_go_unchecked(edge):
+    """The control, and the documented limit: without SYN authentication (syn_auth never, or auto
+    before attack mode is on) every spoofed SYN is forwarded and opens an entry, and the game
+    server's SYN-ACK to it comes back through the POP (which looks the entry up, as it does the
+    player's: the LRU gives neither a second chance the other lacks). 131,072 of them fill the
+    table and evict the player's flow, whose garbage first segment then reaches the game server
+    unchecked (which checks it itself), and nobody is revoked."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    connect(edge)
+    assert syn_acked(edge, FLOW) == CLIENT_ACK
+    syns = spoofed_syns(FLOOD)
+    added = flood(edge, [frame for pair in zip(syns, backend_syn_acks(syns)) for frame in pair])
+    assert added == {"tx_forward": FLOOD, "tx_return": FLOOD}
+    left = flows(edge)
+    assert FLOW not in left
+    assert len(left) >= abi.MAX_MC_FLOWS * 9 // 10    # the flood's: the LRU keeps each CPU's reserve free
+    assert edge.run(segment(GARBAGE["http"])).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
