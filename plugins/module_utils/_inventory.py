@@ -749,12 +749,19 @@ def _check_mapper(ctx):
         dsr_path = _hostvars_path(host, "anycast_edge_dsr_services")
         dsr = hostvars.get("anycast_edge_dsr_services")
         if dsr is not None and _sequence(problems, dsr_path, dsr) is not None:
-            served = set(service.get("name") for service in ctx.normalized.get("anycast_edge_services", [])
-                         if service.get("backend") == host)
+            served = {service.get("name"): service for service in ctx.normalized.get("anycast_edge_services", [])
+                      if service.get("backend") == host}
             for index, name in enumerate(dsr):
                 if not isinstance(name, str) or name not in served:
                     problems.add("%s[%d]" % (dsr_path, index), name,
                                  "is not a service whose backend is %s (anycast_edge_services[].name)" % host)
+                elif served[name].get("game_protocol") == "minecraft":
+                    # The validator lets a flow's first data segment through only with the ACK of
+                    # the backend's SYN-ACK, which the POP learns on the return path: a DSR reply
+                    # never crosses it, so every connection would stall (docs/game-protocols.md).
+                    problems.add("%s[%d]" % (dsr_path, index), name,
+                                 "is a game_protocol minecraft service: its replies must come back through "
+                                 "the POP (the handshake validator reads the backend's SYN-ACK there)")
 
 
 # --- the transport of each (POP, backend) pair: IPIP or WireGuard (docs/transport.md) ------------

@@ -378,6 +378,10 @@ CASES = [
     ("dsr service of another backend", [backend("anycast_edge_dsr_services", ["cs2-main", "rust"])],
      ["hostvars['game1'].anycast_edge_dsr_services[1]: rust is not a service whose backend is game1 "
       "(anycast_edge_services[].name)"]),
+    ("dsr minecraft service", [svc(1, "game_protocol", "minecraft"), backend("anycast_edge_dsr_services", ["cs2-rcon"])],
+     ["hostvars['game1'].anycast_edge_dsr_services[0]: cs2-rcon is a game_protocol minecraft service: its replies must "
+      "come back through the POP (the handshake validator reads the backend's SYN-ACK there)"]),
+    ("dsr tcp service without the validator is fine", [backend("anycast_edge_dsr_services", ["cs2-rcon"])], []),
     ("host in both groups", [change("backends", ("pop-fra1",), {"anycast_edge_tunnel_address": "10.1.0.99",
                                                                 "anycast_edge_uplink": "eth0"})],
      ["hostvars['pop-fra1']: is in both groups pops and backends; a host is one or the other"]),
