@@ -34,12 +34,15 @@ class BlockReader(object):
         self._order = None     # "<" or ">" once the section header was read
 
     def feed(self, data):
-        self._buffer += data
-        blocks = []
-        while len(self._buffer) >= 12:
-            if self._order is None or self._buffer[:4] == struct.pack("<I", SECTION_HEADER):
-                magic = struct.unpack("<I", self._buffer[8:12])[0]
-                if struct.unpack("<I", self._buffer[:4])[0] != SECTION_HEADER:
+        # One pass with a read position, the rest kept once at the end: cutting each block off the
+        # front of the buffer copied the rest per block (a flood's capture took quadratic time).
+        buffer = self._buffer + data if self._buffer else data
+        position, blocks = 0, []
+        while len(buffer) - position >= 12:
+            head = buffer[position:position + 12]
+            if self._order is None or head[:4] == struct.pack("<I", SECTION_HEADER):
+                magic = struct.unpack("<I", head[8:12])[0]
+                if struct.unpack("<I", head[:4])[0] != SECTION_HEADER:
                     raise PcapngError("the stream does not start with a pcapng section header")
                 if magic == BYTE_ORDER_MAGIC:
                     self._order = "<"
@@ -47,13 +50,14 @@ class BlockReader(object):
                     self._order = ">"
                 else:
                     raise PcapngError("bad byte-order magic %#x" % magic)
-            block_type, length = struct.unpack(self._order + "II", self._buffer[:8])
+            block_type, length = struct.unpack(self._order + "II", head[:8])
             if length < 12 or length % 4:
                 raise PcapngError("block of type %#x has a bad length %d" % (block_type, length))
-            if len(self._buffer) < length:
+            if len(buffer) - position < length:
                 break
-            blocks.append((block_type, self._buffer[:length]))
-            self._buffer = self._buffer[length:]
+            blocks.append((block_type, buffer[position:position + length]))
+            position += length
+        self._buffer = buffer[position:]
         return blocks
 
     @property
@@ -97,6 +101,8 @@ def name_interfaces(data, prefix):
             out.append(raw)
             continue
         length = len(raw)
+        if length < 12 + 8:
+            raise PcapngError("an interface description of %d bytes is shorter than its fixed fields" % length)
         fixed, options = raw[8:16], _options(order, raw[16:length - 4])
         names = [value for code, value in options if code == OPTION_IF_NAME]
         name = prefix.encode() + (b":" + names[0].rstrip(b"\0") if names else b"")
@@ -111,6 +117,9 @@ def name_interfaces(data, prefix):
 SIMPLE_PACKET = 0x00000003
 INTERFACE_STATISTICS = 0x00000005
 OPTION_IF_TSRESOL = 9
+# The fixed fields before a block's options: link type, reserved, snaplen; interface id and
+# timestamp (and the lengths of a packet's data, which the merge does not read).
+MIN_BODY = {INTERFACE_DESCRIPTION: 8, ENHANCED_PACKET: 12, INTERFACE_STATISTICS: 12}
 
 
 def _blocks_of_one_section(data):
@@ -157,6 +166,9 @@ def merge(streams):
         shift, units = len(interfaces), []
         for block_type, raw in blocks[1:]:
             body = raw[8:len(raw) - 4]
+            if block_type in (INTERFACE_DESCRIPTION, ENHANCED_PACKET, INTERFACE_STATISTICS) and len(body) < MIN_BODY[block_type]:
+                raise PcapngError("stream %d: a block of type %#x is %d bytes, shorter than its fixed fields"
+                                  % (number, block_type, len(raw)))
             if block_type == INTERFACE_DESCRIPTION:
                 interfaces.append(raw)
                 units.append(_nanoseconds_per_unit(order, raw))

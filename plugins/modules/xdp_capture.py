@@ -110,7 +110,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.anycast.edge.plugins.module_utils._pcapng import ENHANCED_PACKET, BlockReader, name_interfaces
+from ansible_collections.anycast.edge.plugins.module_utils._pcapng import ENHANCED_PACKET, BlockReader, PcapngError, name_interfaces
 
 POLL_SEC = 0.05
 STOP_TIMEOUT_SEC = 10
@@ -160,8 +160,12 @@ def main():
                 with open(params["dest"], "rb") as capture:
                     capture.seek(state["offset"])
                     data = capture.read()
+                try:
+                    blocks = state["reader"].feed(data)
+                except PcapngError:
+                    break    # stopped; the same bytes are read again after the run, which fails with the reason
                 state["offset"] += len(data)
-                state["records"] += sum(1 for block_type, dummy in state["reader"].feed(data) if block_type == ENHANCED_PACKET)
+                state["records"] += sum(1 for block_type, dummy in blocks if block_type == ENHANCED_PACKET)
                 if wanted_records and state["records"] >= wanted_records:
                     state["stopped_by"] = "packets"
                     break
@@ -179,15 +183,23 @@ def main():
     reader, records, offset, stopped_by = state["reader"], state["records"], state["offset"], state["stopped_by"]
     if rc not in (0, -signal.SIGINT) or not os.path.exists(params["dest"]):
         module.fail_json(msg="xdpdump on %s failed (rc %s): %s" % (params["iface"], rc, (out + err).strip()[-2000:]))
-    with open(params["dest"], "rb") as capture:
-        capture.seek(offset)
-        records += sum(1 for block_type, dummy in reader.feed(capture.read()) if block_type == ENHANCED_PACKET)
-    if params["interface_prefix"]:
+    try:
         with open(params["dest"], "rb") as capture:
-            named = name_interfaces(capture.read(), params["interface_prefix"])
-        with open(params["dest"] + ".named", "wb") as capture:
-            capture.write(named)
-        os.rename(params["dest"] + ".named", params["dest"])
+            capture.seek(offset)
+            records += sum(1 for block_type, dummy in reader.feed(capture.read()) if block_type == ENHANCED_PACKET)
+        if params["interface_prefix"]:
+            with open(params["dest"], "rb") as capture:
+                named = name_interfaces(capture.read(), params["interface_prefix"])
+            # Players' traffic: readable by root only, as xdpdump writes it (0600), and never
+            # through a file or link someone else put there.
+            renamed = params["dest"] + ".named"
+            if os.path.lexists(renamed):
+                os.unlink(renamed)
+            with os.fdopen(os.open(renamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as capture:
+                capture.write(named)
+            os.rename(renamed, params["dest"])
+    except PcapngError as error:
+        module.fail_json(msg="xdpdump on %s wrote %s, which is no readable pcapng: %s" % (params["iface"], params["dest"], error))
     module.exit_json(changed=True, packets=records // 2, records=records, seconds=seconds, stopped_by=stopped_by)
 
 

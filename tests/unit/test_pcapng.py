@@ -121,3 +121,26 @@ def test_what_cannot_be_merged_is_refused():
         _pcapng.merge([capture("<", b"pop1:eth1", [(5, 1, b"a")])])
     with pytest.raises(_pcapng.PcapngError, match="nothing to merge"):
         _pcapng.merge([])
+
+
+@pytest.mark.parametrize("short", [_pcapng.ENHANCED_PACKET, _pcapng.INTERFACE_STATISTICS, _pcapng.INTERFACE_DESCRIPTION])
+def test_a_block_shorter_than_its_fixed_fields_is_refused_not_a_crash(short):
+    """A packet or statistics block of 12 bytes (no interface id, no timestamp) or an interface
+    description without its link type: a clean PcapngError, never struct.error (a traceback)."""
+    shb = block("<", _pcapng.SECTION_HEADER, struct.pack("<IHHq", _pcapng.BYTE_ORDER_MAGIC, 1, 0, -1))
+    data = shb + (interface("<", b"eth1") if short != _pcapng.INTERFACE_DESCRIPTION else b"") + block("<", short, b"")
+    with pytest.raises(_pcapng.PcapngError, match="shorter than its fixed fields"):
+        _pcapng.merge([data])
+    if short == _pcapng.INTERFACE_DESCRIPTION:
+        with pytest.raises(_pcapng.PcapngError, match="shorter than its fixed fields"):
+            _pcapng.name_interfaces(data, "pop1")
+
+
+def test_a_long_capture_is_read_in_one_pass():
+    """The reader keeps a position instead of cutting each block off its buffer: fed whole, a
+    capture of 50,000 packets comes out block for block, and what is left waits for the next feed."""
+    data = stream("<", [b"x" * 60] * 50000)
+    reader = _pcapng.BlockReader()
+    blocks = reader.feed(data + data[:7])
+    assert len(blocks) == 2 + 50000 and blocks[-1][1] == data[-len(blocks[-1][1]):]
+    assert reader.pending == 7
