@@ -183,13 +183,16 @@ def check_layout(bpf_map, key_size, value_size, where, fix):
                           "%d: %s" % (where, bpf_map.key_size, bpf_map.value_size, key_size, value_size, fix))
 
 
-def open_pinned(pin_root, iface, layouts, fix):
+def open_pinned(pin_root, iface, layouts, fix, unpinned=None):
     """{name: BpfMap} of the maps pinned for `iface` (_pins checks they belong to its pinned
     program), each checked against layouts {name: (key size, value size)}. Raises _pins.PinError,
-    ValueError (a bad iface) or LayoutError; `fix` says what to do about a wrong layout."""
-    maps = _pins.open_pinned_maps(pin_root, iface, sorted(layouts))
+    ValueError (a bad iface) or LayoutError; `fix` says what to do about a wrong layout.
+    `unpinned` (a list; check mode ahead of an upgrade): a map with no pin is left out and named
+    there instead of raising (_pins.open_pinned_maps)."""
+    maps = _pins.open_pinned_maps(pin_root, iface, sorted(layouts), unpinned=unpinned)
     try:
-        for name, (key_size, value_size) in sorted(layouts.items()):
+        for name in sorted(maps):
+            key_size, value_size = layouts[name]
             check_layout(maps[name], key_size, value_size, "pinned at %s" % _pins.map_pin_path(pin_root, iface, name),
                          fix)
     except LayoutError:

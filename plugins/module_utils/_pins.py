@@ -193,7 +193,7 @@ def _open_pin(kind, path, missing, failed):
         raise PinError("%s: %s" % (failed, exc))
 
 
-def open_pinned_maps(pin_root, iface, names):
+def open_pinned_maps(pin_root, iface, names, unpinned=None):
     """Open the maps ``names`` of the XDP program pinned for ``iface``.
 
     Returns a PinnedMaps.  Raises PinError, naming the interface and the path, when the
@@ -201,6 +201,10 @@ def open_pinned_maps(pin_root, iface, names):
     remounted), when a map pin is missing, or when a pinned map is not one the pinned
     program uses (a half-finished upgrade or a stray pin): writing rules into a map the
     running program does not read would be a silent no-op.
+
+    ``unpinned`` (a list) is for check mode ahead of an upgrade, whose new program brings maps
+    the running one lacks: a map with no pin is then left out of the result and its name
+    appended to ``unpinned`` instead of raising. The other errors still raise.
     """
     program_path = program_pin_path(pin_root, iface)
     program = _open_pin(BpfProgram, program_path,
@@ -216,6 +220,9 @@ def open_pinned_maps(pin_root, iface, names):
     try:
         for name in names:
             path = map_pin_path(pin_root, iface, name)
+            if unpinned is not None and not os.path.exists(path):
+                unpinned.append(name)
+                continue
             bpf_map = opened[name] = _open_pin(
                 BpfMap, path,
                 "map %s of the XDP program on interface %s is not pinned (%s does not exist): "

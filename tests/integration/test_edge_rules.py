@@ -686,6 +686,29 @@ def test_check_mode_before_the_program_is_attached_reports_the_first_run(pop, tm
     assert pop.entries("edge_deny_v4") == {}
 
 
+def test_check_mode_ahead_of_an_upgrade_that_brings_a_new_map(pop, tmp_path):
+    """`site.yml --check` on an upgrade: the running program predates a map this version writes
+    (here edge_dst_pass, as before f2f9170) and xdp_program, in check mode, replaced nothing.
+    Check mode compares that map as empty - what the real run finds once the upgrade created it -
+    and says so; it failed on the missing pin before. A real run against the old program still
+    refuses, as it must: the rules need every map."""
+    run_edge_rules(pop, tmp_path, RULES)
+    os.unlink(pop.pin_root / IFACE / "maps" / _rules.DEST_PASS_MAP)
+    before = pop.snapshot()
+    checked = run_edge_rules(pop, tmp_path, RULES, "--check", "--diff")
+    assert checked.result["changed"] is True
+    assert rule_writes(checked.result) == 0                     # the other maps are converged
+    assert dest_pass_writes(checked.result) == abi.SRC_FILTER_ENTRIES   # the new map's first write
+    assert any("has no map edge_dst_pass yet" in warning for warning in checked.result.get("warnings", []))
+    assert pop.snapshot() == before
+    assert not os.path.exists(pop.pin_root / IFACE / "maps" / _rules.DEST_PASS_MAP)
+
+    failed = run_edge_rules(pop, tmp_path, RULES, expect_failure=True).result
+    assert failed["failed"] is True
+    assert "map edge_dst_pass of the XDP program on interface uplink0 is not pinned" in failed["msg"]
+    assert pop.snapshot() == before
+
+
 def test_a_failed_write_undoes_every_earlier_one(pop, tmp_path):
     """edge_backends holds 1024 entries: fill it with strays, so that adding a backend fails
     half-way through the plan (after the deny and allow steps were made)."""
