@@ -87,7 +87,6 @@ EXAMPLES = r"""
     replicas: 3
     client_lib_dir: /usr/local/lib/anycast-edge/agent
   run_once: true
-  no_log: true
 """
 
 RETURN = r"""

@@ -362,6 +362,18 @@ def the_role_makes_the_stream(tmp_path, inv, certs, passwords, namespaces):
     # inventory() writes the same file: the fleet's settings back as they were.
     changed, output = play(inventory(tmp_path, certs, passwords), namespaces["pop1"])
     assert changed["pop1"] == 2, output
+    # The agent's tag alone (`--tags anycast_edge_agent`) also brings the stream to the inventory:
+    # the stream's password is derived under that tag too (the task failed on its undefined value
+    # before), and the task shows its diff (a task-wide no_log hid it) but never a password.
+    tagged = inventory(tmp_path, certs, passwords, anycast_edge_fleet_sync_options={"max_age_sec": 900})
+    changed, output = play(tagged, namespaces["pop1"], "--tags", "anycast_edge_agent", "--diff")
+    assert changed["pop1"] == 2, output
+    assert '+    "max_age": 900.0' in output, output
+    assert not any(password in output for password in passwords.values())
+    with namespaces["pop1"].entered():
+        assert asyncio.run(stream_info(tmp_path, passwords["pop1"])).config.max_age == 900.0
+    changed, output = play(inventory(tmp_path, certs, passwords), namespaces["pop1"], "--tags", "anycast_edge_agent")
+    assert changed["pop1"] == 2, output
 
 
 async def stream_info(tmp_path, password):
