@@ -30,6 +30,9 @@ description:
     module show neither the content nor any password found in it.
 author:
   - anycast.edge maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - anycast.edge.birdc
 options:
   content:
     description:
@@ -42,10 +45,6 @@ options:
     description: The live configuration file BIRD reads.
     type: path
     default: /etc/bird/bird.conf
-  socket:
-    description: BIRD's control socket.
-    type: path
-    default: /run/bird/bird.ctl
   reload:
     description:
       - Reload the running BIRD after replacing the file. With C(false) only the file is written
@@ -81,10 +80,6 @@ options:
     description: The C(bird) binary (used as C(bird -p -c) to parse).
     type: path
     default: bird
-  birdc_path:
-    description: The C(birdc) binary.
-    type: path
-    default: birdc
 attributes:
   check_mode:
     support: full

@@ -18,24 +18,16 @@ description:
   - For verification after a rollout and for the operator; it changes nothing.
 author:
   - anycast.edge maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - anycast.edge.info
+  - anycast.edge.birdc
 options:
-  socket:
-    description: BIRD's control socket.
-    type: path
-    default: /run/bird/bird.ctl
   exported_by:
     description:
       - Protocols whose exported routes to return. Default is every BGP protocol.
     type: list
     elements: str
-  birdc_path:
-    description: The C(birdc) binary.
-    type: path
-    default: birdc
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; runs the same in check mode.
 seealso:
   - module: anycast.edge.bird_config
   - module: anycast.edge.bird_protocol

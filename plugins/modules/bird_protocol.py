@@ -22,6 +22,9 @@ description:
     state into the configuration.
 author:
   - anycast.edge maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - anycast.edge.birdc
 options:
   name:
     description: The protocol name as in C(show protocols).
@@ -32,14 +35,6 @@ options:
     type: str
     choices: [enabled, disabled]
     default: enabled
-  socket:
-    description: BIRD's control socket.
-    type: path
-    default: /run/bird/bird.ctl
-  birdc_path:
-    description: The C(birdc) binary.
-    type: path
-    default: birdc
 attributes:
   check_mode:
     support: full

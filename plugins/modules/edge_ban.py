@@ -36,13 +36,8 @@ requirements:
   - root (to open pinned maps, or to reach the agent's control socket)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: linux
+  - anycast.edge.pin_root
+  - anycast.edge.state
 options:
   addresses:
     description: IPv4 addresses and CIDR prefixes (host bits clear) to ban or unban.
@@ -69,10 +64,6 @@ options:
   iface:
     description: Interface the program is attached to (its pins are in C(<pin_root>/<iface>/maps/)).
     type: str
-  pin_root:
-    description: Folder on a bpffs holding one folder of pins per interface.
-    type: path
-    default: /sys/fs/bpf/anycast_edge
   via:
     description:
       - C(auto) - through the agent when its control socket exists, else the map directly.

@@ -30,23 +30,13 @@ requirements:
   - root (CAP_BPF) to open pinned maps
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-    details: Reads only; the same result as without check mode.
-  diff_mode:
-    support: none
-  platform:
-    platforms: linux
+  - anycast.edge.info
+  - anycast.edge.pin_root
 options:
   iface:
     description: Interface the program is attached to (its pins are in C(<pin_root>/<iface>/maps/)).
     type: str
     required: true
-  pin_root:
-    description: Folder on a bpffs holding one folder of pins per interface.
-    type: path
-    default: /sys/fs/bpf/anycast_edge
   top_clients:
     description: How many of the busiest client addresses to return (0 - none).
     type: int

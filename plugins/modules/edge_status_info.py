@@ -33,23 +33,13 @@ requirements:
   - root (to open pinned maps), birdc
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-    details: Reads only; the same result as without check mode.
-  diff_mode:
-    support: none
-  platform:
-    platforms: linux
+  - anycast.edge.info
+  - anycast.edge.pin_root
 options:
   iface:
     description: Interface the program is attached to (its pins are in C(<pin_root>/<iface>/)).
     type: str
     required: true
-  pin_root:
-    description: Folder on a bpffs holding one folder of pins per interface.
-    type: path
-    default: /sys/fs/bpf/anycast_edge
   interval:
     description: Seconds between the two readings of the counters (0.1 to 10).
     type: float

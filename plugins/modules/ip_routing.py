@@ -25,20 +25,15 @@ description:
   - On failure the changes already made are undone, and the message says so if that failed too.
 author:
   - anycast.edge maintainers (!UNKNOWN)
-requirements:
-  - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
-  - root (CAP_NET_ADMIN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.state
+  - anycast.edge.netlink
 attributes:
   check_mode:
-    support: full
     details: Reads our entries and reports what would be added and removed.
   diff_mode:
-    support: full
     details: Our entries before and after, one line each, as C(ip) writes them.
-  platform:
-    platforms: linux
 options:
   addresses:
     description: The addresses of ours, each with its device.

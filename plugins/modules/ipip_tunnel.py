@@ -32,20 +32,16 @@ description:
 author:
   - anycast.edge maintainers (!UNKNOWN)
 requirements:
-  - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
   - the C(ipip) kernel module
-  - root (CAP_NET_ADMIN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.state
+  - anycast.edge.netlink
 attributes:
   check_mode:
-    support: full
     details: Reads the links and reports what would change; warns if the kernel shows no ipip support.
   diff_mode:
-    support: full
     details: The tunnel's attributes before and after; for a re-create the header gives the reason.
-  platform:
-    platforms: linux
 options:
   name:
     description:

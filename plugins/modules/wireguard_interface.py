@@ -38,22 +38,18 @@ author:
   - anycast.edge maintainers (!UNKNOWN)
 requirements:
   - wireguard-tools (C(wg))
-  - pyroute2 0.7 or later (Debian package C(python3-pyroute2))
   - the C(wireguard) kernel module, or an interface made by a userspace implementation
-  - root (CAP_NET_ADMIN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.state
+  - anycast.edge.netlink
 attributes:
   check_mode:
-    support: full
     details: Reads the interface and reports what would change; a private key file not there yet (made by
       M(anycast.edge.wireguard_key) in the same check run) is reported as a key to set.
   diff_mode:
-    support: full
     details: The interface before and after - public key, listen port, peers (public keys, endpoints,
       allowed IPs, keepalive), MTU, addresses, admin state. Never the private key.
-  platform:
-    platforms: linux
 options:
   name:
     description:

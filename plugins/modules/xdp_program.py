@@ -44,6 +44,7 @@ requirements:
   - pyroute2 (Debian package C(python3-pyroute2)), to read the host's addresses
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.pin_root
 attributes:
   check_mode:
     support: full
@@ -79,10 +80,6 @@ options:
     type: str
     choices: [auto, native, generic]
     default: auto
-  pin_root:
-    description: Folder on a bpffs holding one folder of pins per interface.
-    type: path
-    default: /sys/fs/bpf/anycast_edge
   state:
     description: V(present) attaches (or upgrades); V(absent) detaches and removes the pins.
     type: str
