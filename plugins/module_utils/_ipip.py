@@ -570,6 +570,45 @@ def _restore(ipr, before, name):
     return ("; the previous state was restored" if before is not None else ""), True
 
 
+# ---- what every module managing one kind of our links shares (ipip_tunnel, wireguard_interface) --
+
+def link_argument_spec(**kind_options):
+    """The argument spec of such a module: the options of any link of ours, plus ``kind_options``."""
+    spec = dict(
+        name=dict(type="str"),
+        state=dict(type="str", default="present", choices=["present", "absent", "pruned"]),
+        mtu=dict(type="int"),
+        addresses=dict(type="list", elements="str"),
+        admin_state=dict(type="str", default="up", choices=["up", "down"]),
+        description=dict(type="str"),
+        keep=dict(type="list", elements="str", default=[]),
+    )
+    spec.update(kind_options)
+    return spec
+
+
+def remove_links(module, shown_before, delete, error_class, **result):
+    """Remove our links ``shown_before`` ({name: the link as the diff shows it}), sorted by name,
+    with ``delete(name)`` (which raises ``error_class`` or NetlinkError); return the module's result:
+    ``result`` plus changed, actions, removed and, in diff mode, the diff.
+
+    Nothing is deleted in check mode. A failure raises ``error_class`` naming the links removed
+    before it: they stay removed, so the host changed when there was one.
+    """
+    names = sorted(shown_before)
+    result.update(changed=bool(names), actions=["delete %s" % name for name in names], removed=names)
+    if module._diff:
+        result["diff"] = {"before": shown_before, "after": {}}
+    if not module.check_mode:
+        for done, name in enumerate(names):
+            try:
+                delete(name)
+            except (error_class, NetlinkError) as exc:
+                raise error_class("%s (removed before the failure: %s)" % (exc, ", ".join(names[:done]) or "none"),
+                                  host_changed=done > 0 or getattr(exc, "host_changed", False))
+    return result
+
+
 # ---- per-device IPv4 settings (net.ipv4.conf.<link>.<key>) ---------------------------------
 # A POP's tunnels exist only so that the agent's probes and their answers are delivered
 # locally: they must not forward (a spoofed IPIP packet the kernel decapsulates would otherwise

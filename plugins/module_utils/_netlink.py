@@ -29,6 +29,8 @@ import socket
 import struct
 import traceback
 
+from ansible.module_utils.basic import missing_required_lib
+
 try:
     from pyroute2 import IPRoute
     # Re-exported: modules catch this class whichever pyroute2 version is installed.
@@ -66,6 +68,13 @@ False otherwise)."""
 
 class TcError(Exception):
     """A tc operation failed; the message names the interface, hook and operation."""
+
+
+def fail_without_pyroute2(module):
+    """Fail the module, saying what to install, when pyroute2 could not be imported."""
+    if PYROUTE2_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
+                         exception=PYROUTE2_IMPORT_ERROR)
 
 
 def open_iproute():

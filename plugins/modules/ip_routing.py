@@ -138,7 +138,7 @@ removed:
   sample: ["from 198.51.100.9/32 lookup 4242 priority 4242"]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _netlink, _routing
 
@@ -174,9 +174,7 @@ def main():
         module.fail_json(msg="route_protocol: %d is not 5..255 (0..4 are the kernel's own)" % params["route_protocol"])
     if params["rule_priority"] is not None and not 1 <= params["rule_priority"] <= 32765:
         module.fail_json(msg="rule_priority: %d is not 1..32765" % params["rule_priority"])
-    if _netlink.PYROUTE2_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
-                         exception=_netlink.PYROUTE2_IMPORT_ERROR)
+    _netlink.fail_without_pyroute2(module)
     rules = [dict(rule, priority=params["rule_priority"]) for rule in params["rules"]]
     try:
         wanted = _routing.wanted_entries(params["addresses"], params["routes"], rules)

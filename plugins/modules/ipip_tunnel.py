@@ -211,7 +211,7 @@ removed:
   sample: [ae-0b1c2d3e4f]
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
 from ansible_collections.anycast.edge.plugins.module_utils import _netlink
@@ -297,51 +297,28 @@ def _with_settings(state, settings):
 
 
 def run_pruned(module, ipr):
-    keep = module.params["keep"]
     links = _ipip.list_ipip_links(ipr)
-    stale = _ipip.stale_tunnels(links, keep)
-    by_name = dict((link["name"], link) for link in links)
-    plans = [_ipip.plan(None, by_name[name]) for name in stale]
-    result = {"changed": bool(plans), "tunnel": None, "recreated": False, "removed": stale,
-              "actions": ["delete %s" % name for name in stale]}
-    if module._diff:
-        result["diff"] = diff_for(
-            dict((p.before["name"], _ipip.public_state(p.before)) for p in plans), {})
-    if not module.check_mode:
-        for done, the_plan in enumerate(plans):
-            try:
-                _ipip.apply(ipr, the_plan)
-            except _ipip.IpipError as exc:
-                # The tunnels deleted before this one stay deleted: say so.
-                raise _ipip.IpipError("%s (removed before the failure: %s)"
-                                      % (exc, ", ".join(stale[:done]) or "none"),
-                                      host_changed=done > 0 or exc.host_changed)
-    return result
+    stale = set(_ipip.stale_tunnels(links, module.params["keep"]))
+    plans = dict((link["name"], _ipip.plan(None, link)) for link in links if link["name"] in stale)
+    return _ipip.remove_links(
+        module, dict((name, _ipip.public_state(the_plan.before)) for name, the_plan in plans.items()),
+        lambda name: _ipip.apply(ipr, plans[name]), _ipip.IpipError, tunnel=None, recreated=False)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent", "pruned"]),
+        argument_spec=_ipip.link_argument_spec(
             local=dict(type="str"),
             remote=dict(type="str"),
             ttl=dict(type="int"),
-            mtu=dict(type="int"),
-            addresses=dict(type="list", elements="str"),
-            admin_state=dict(type="str", default="up", choices=["up", "down"]),
             external=dict(type="bool", default=False),
-            description=dict(type="str"),
             forwarding=dict(type="bool"),
             rp_filter=dict(type="int", choices=[0, 1, 2]),
-            keep=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "present", ["name"]), ("state", "absent", ["name"])],
         supports_check_mode=True,
     )
-    if _netlink.PYROUTE2_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
-                         exception=_netlink.PYROUTE2_IMPORT_ERROR)
+    _netlink.fail_without_pyroute2(module)
     try:
         with _netlink.open_iproute() as ipr:
             if module.params["state"] == "pruned":

@@ -184,7 +184,7 @@ import errno
 import os
 import socket
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BPF_PROG_TYPE_SCHED_CLS,
@@ -201,10 +201,10 @@ from ansible_collections.anycast.edge.plugins.module_utils._loader import (
     used_map_names,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
-    PYROUTE2_IMPORT_ERROR,
     NetlinkError,
     add_clsact,
     delete_filter,
+    fail_without_pyroute2,
     list_filters,
     open_iproute,
     put_bpf_filter,
@@ -478,9 +478,7 @@ def main():
         required_if=[("state", "present", ["object", "program"])],
         supports_check_mode=True,
     )
-    if PYROUTE2_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
-                         exception=PYROUTE2_IMPORT_ERROR)
+    fail_without_pyroute2(module)
     with open_iproute() as ipr:
         runner = TcProgramModule(module, ipr)
         try:

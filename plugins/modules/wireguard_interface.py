@@ -207,7 +207,7 @@ removed:
 import errno
 import ipaddress
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils import _ipip
 from ansible_collections.anycast.edge.plugins.module_utils import _netlink
@@ -435,27 +435,21 @@ def run_removal(module, ipr, wg):
     else:
         doomed = dict((name, (link, wg.dump(name)[0])) for name, link in ours_wireguard(ipr, wg).items()
                       if name not in params["keep"])
-    names = sorted(doomed)
-    result = {"changed": bool(names), "interface": None, "actions": ["delete %s" % name for name in names],
-              "created": False, "removed": names}
-    if module._diff:
-        result["diff"] = {"before": dict((name, shown(link_state(doomed[name][0]), doomed[name][1])) for name in names),
-                          "after": {}}
-    if not module.check_mode:
-        for done, name in enumerate(names):
-            try:
-                ipr.link("del", index=doomed[name][0]["index"])
-            except _netlink.NetlinkError as exc:
-                raise _wireguard.WireguardError("delete %s: %s (removed before the failure: %s)"
-                                                % (name, exc, ", ".join(names[:done]) or "none"), host_changed=done > 0)
-    return result
+
+    def delete(name):
+        try:
+            ipr.link("del", index=doomed[name][0]["index"])
+        except _netlink.NetlinkError as exc:
+            raise _wireguard.WireguardError("delete %s: %s" % (name, exc))
+
+    return _ipip.remove_links(
+        module, dict((name, shown(link_state(link), present)) for name, (link, present) in doomed.items()),
+        delete, _wireguard.WireguardError, interface=None, created=False)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent", "pruned"]),
+        argument_spec=_ipip.link_argument_spec(
             private_key_file=dict(type="path"),
             listen_port=dict(type="int"),
             peers=dict(type="list", elements="dict", default=[], options=dict(
@@ -465,18 +459,11 @@ def main():
                 persistent_keepalive=dict(type="int", default=0),
             )),
             prune_peers=dict(type="bool", default=True),
-            mtu=dict(type="int"),
-            addresses=dict(type="list", elements="str"),
-            admin_state=dict(type="str", default="up", choices=["up", "down"]),
-            description=dict(type="str"),
-            keep=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "present", ["name", "private_key_file"]), ("state", "absent", ["name"])],
         supports_check_mode=True,
     )
-    if _netlink.PYROUTE2_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("pyroute2 (Debian: python3-pyroute2)"),
-                         exception=_netlink.PYROUTE2_IMPORT_ERROR)
+    _netlink.fail_without_pyroute2(module)
     name = module.params["name"]
     if name is not None and (not _ipip.INTERFACE_NAME.fullmatch(name) or name in (".", "..")):
         module.fail_json(msg="name: %r is not a Linux interface name (1..15 characters, no '/', ':' or whitespace)"
