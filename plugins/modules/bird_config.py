@@ -33,6 +33,7 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - anycast.edge.birdc
+  - anycast.edge.state
 options:
   content:
     description:
@@ -82,11 +83,9 @@ options:
     default: bird
 attributes:
   check_mode:
-    support: full
-    description: Parses the configuration and reports what would change; never writes or reloads.
+    details: Parses the configuration and reports what would change; never writes or reloads.
   diff_mode:
-    support: full
-    description: Unified diff of the configuration file, passwords masked.
+    details: Unified diff of the configuration file, passwords masked.
 notes:
   - The file is replaced by a rename within its directory, so BIRD never reads a half-written file.
   - A file whose content is right but whose owner, group or mode is not is fixed without a reload

@@ -25,6 +25,7 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - anycast.edge.birdc
+  - anycast.edge.state
 options:
   name:
     description: The protocol name as in C(show protocols).
@@ -37,11 +38,9 @@ options:
     default: enabled
 attributes:
   check_mode:
-    support: full
-    description: Reads the protocol's state and reports whether it would change it.
+    details: Reads the protocol's state and reports whether it would change it.
   diff_mode:
-    support: full
-    description: The protocol's state before and after.
+    details: The protocol's state before and after.
 seealso:
   - module: anycast.edge.bird_config
   - module: anycast.edge.bird_info
