@@ -143,6 +143,25 @@ def _positive(name, value, kind=float):
     return number
 
 
+def _known_settings(where, raw, known) -> dict:
+    """A copy of ``raw``, checked to be a mapping of ``known`` settings only (``where``: its name,
+    "" for the file's top level)."""
+    prefix = where + ": " if where else ""
+    if not isinstance(raw, dict):
+        raise ConfigError("%smust be a mapping" % prefix)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError("%sunknown settings: %s" % (prefix, ", ".join(unknown)))
+    return dict(raw)
+
+
+def _positives(settings, raw, keys, kind=float, where="") -> None:
+    """settings[key] = raw[key] checked to be > 0, for each of ``keys`` that ``raw`` gives."""
+    for key in keys:
+        if key in raw:
+            settings[key] = _positive("%s.%s" % (where, key) if where else key, raw[key], kind)
+
+
 def _address(name, value):
     try:
         return str(ipaddress.IPv4Address(value))
@@ -156,22 +175,13 @@ def parse(raw: dict) -> Config:
     for key in ("iface", "tunnel_address", "listen_address"):
         if not raw.get(key):
             raise ConfigError("%s: required" % key)
-    known = set(Config.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError("unknown settings: %s" % ", ".join(unknown))
-    settings = dict(raw)
+    settings = _known_settings("", raw, Config.__dataclass_fields__)
     settings["tunnel_address"] = _address("tunnel_address", raw["tunnel_address"])
     settings["listen_address"] = _address("listen_address", raw["listen_address"])
-    for key in ("probe_interval_sec", "probe_timeout_sec"):
-        if key in raw:
-            settings[key] = _positive(key, raw[key])
-    for key in ("rise", "fall", "listen_port", "min_announcing_peers"):
-        if key in raw:
-            settings[key] = _positive(key, raw[key], int) if key != "min_announcing_peers" else int(raw[key])
-    for key in ("fleet_timeout_sec", "fleet_settle_sec"):
-        if key in raw:
-            settings[key] = _positive(key, raw[key])
+    _positives(settings, raw, ("probe_interval_sec", "probe_timeout_sec", "fleet_timeout_sec", "fleet_settle_sec"))
+    _positives(settings, raw, ("rise", "fall", "listen_port"), int)
+    if "min_announcing_peers" in raw:
+        settings["min_announcing_peers"] = int(raw["min_announcing_peers"])
     if "fleet_jitter_sec" in raw:
         settings["fleet_jitter_sec"] = _positive("fleet_jitter_sec", raw["fleet_jitter_sec"]) \
             if raw["fleet_jitter_sec"] else 0.0
@@ -213,11 +223,7 @@ FLEET_KINDS = ("punch", "ban", "verified")
 def parse_fleet_sync(raw) -> FleetSyncConfig:
     """``fleet_sync`` checked; the error names the setting (never the password's value)."""
     where = "fleet_sync"
-    if not isinstance(raw, dict):
-        raise ConfigError("%s: must be a mapping" % where)
-    unknown = sorted(set(raw) - set(FleetSyncConfig.__dataclass_fields__))
-    if unknown:
-        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    settings = _known_settings(where, raw, FleetSyncConfig.__dataclass_fields__)
     servers = raw.get("servers")
     if not servers or not isinstance(servers, list):
         raise ConfigError("%s.servers: a list of nats:// or tls:// URLs is required" % where)
@@ -228,19 +234,15 @@ def parse_fleet_sync(raw) -> FleetSyncConfig:
             # Credentials in a URL end up in logs and error messages: refused, and not echoed.
             raise ConfigError("%s.servers[%d]: no credentials in the URL; use %s.user and %s.password"
                               % (where, index, where, where))
-    settings = dict(raw)
     if bool(raw.get("tls_cert_file")) != bool(raw.get("tls_key_file")):
         raise ConfigError("%s.tls_cert_file, %s.tls_key_file: give both or neither" % (where, where))
     if (raw.get("password") or raw.get("password_file")) and not raw.get("user"):
         raise ConfigError("%s.password: needs %s.user" % (where, where))
     if raw.get("password") and raw.get("password_file"):
         raise ConfigError("%s.password, %s.password_file: give one or the other" % (where, where))
-    for key in ("max_age_sec", "punch_scan_interval_sec", "sources_scan_interval_sec", "import_rate_per_pop"):
-        if key in raw:
-            settings[key] = _positive("%s.%s" % (where, key), raw[key])
-    for key in ("replicas", "import_burst_per_pop", "import_max_entries_per_pop"):
-        if key in raw:
-            settings[key] = _positive("%s.%s" % (where, key), raw[key], int)
+    _positives(settings, raw, ("max_age_sec", "punch_scan_interval_sec", "sources_scan_interval_sec",
+                               "import_rate_per_pop"), where=where)
+    _positives(settings, raw, ("replicas", "import_burst_per_pop", "import_max_entries_per_pop"), int, where)
     if not 1 <= settings.get("replicas", 3) <= 5:
         raise ConfigError("%s.replicas: 1..5 (JetStream's limit), not %r" % (where, raw["replicas"]))
     stream = str(settings.get("stream", FleetSyncConfig.stream))
@@ -254,11 +256,7 @@ def parse_fleet_sync(raw) -> FleetSyncConfig:
 
 def parse_service(index: int, raw: dict) -> Service:
     where = "services[%d]" % index
-    if not isinstance(raw, dict):
-        raise ConfigError("%s: must be a mapping" % where)
-    unknown = sorted(set(raw) - set(Service.__dataclass_fields__))
-    if unknown:
-        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    _known_settings(where, raw, Service.__dataclass_fields__)
     for key in ("name", "id", "address", "protocol"):
         if key not in raw:
             raise ConfigError("%s.%s: required" % (where, key))
@@ -292,11 +290,7 @@ def parse_service(index: int, raw: dict) -> Service:
 
 def _attack_detection(where, raw) -> dict:
     """The detection with the defaults under the given fields; thresholds > 0, enter time >= 0."""
-    if not isinstance(raw, dict):
-        raise ConfigError("%s: must be a mapping" % where)
-    unknown = sorted(set(raw) - set(_rules.DEFAULT_ATTACK_DETECTION))
-    if unknown:
-        raise ConfigError("%s: unknown settings: %s" % (where, ", ".join(unknown)))
+    _known_settings(where, raw, _rules.DEFAULT_ATTACK_DETECTION)
     detection = dict(_rules.DEFAULT_ATTACK_DETECTION)
     detection.update(raw)
     for key in ("unverified_packets_per_sec", "leave_after_sec"):

@@ -173,9 +173,8 @@ class EdgeCollector:
         self.agent = agent
         self.top_talkers = TopTalkers()
         self.read_errors = 0
-        self.flood_maps_error = None
-        self.a2s_stats_error = None
-        self.payload_rule_maps_error = None
+        # What kept each optional family from being exported at the last scrape (_open_optional_maps).
+        self.optional_maps_errors = {}
 
     def describe(self):
         return []  # collect() reads the kernel: never at registration time
@@ -338,14 +337,9 @@ class EdgeCollector:
     def _a2s_answers(self):
         """A2S requests answered (or dropped for a bad cookie) by kind and answer. Nothing (said
         once in the log) when the program has no edge_a2s_stats."""
-        try:
-            maps = self.edge_maps.open(A2S_STATS_MAP)
-        except (PinError, _bpf.BpfError) as exc:
-            if str(exc) != self.a2s_stats_error:
-                LOG.warning("not exporting A2S answers by kind: %s", exc)
-                self.a2s_stats_error = str(exc)
+        maps = self._open_optional_maps((A2S_STATS_MAP,), "A2S answers by kind")
+        if maps is None:
             return
-        self.a2s_stats_error = None
         answers = CounterMetricFamily(PREFIX + "a2s_answers", "A2S requests answered by this POP, by kind (info, "
                                       "player, rules) and answer (challenge, cached, bad_cookie: dropped)",
                                       labels=["kind", "answer"])
@@ -360,18 +354,26 @@ class EdgeCollector:
                     answers.add_metric([abi.A2S_KINDS[index], answer], column[position])
         yield answers
 
+    def _open_optional_maps(self, names, what):
+        """The maps ``names`` opened, or None when the program cannot give them (an older program):
+        then ``what`` is not exported, said in the log once for each new reason."""
+        try:
+            maps = self.edge_maps.open(*names)
+        except (PinError, _bpf.BpfError) as exc:
+            if self.optional_maps_errors.get(what) != str(exc):
+                LOG.warning("not exporting %s: %s", what, exc)
+                self.optional_maps_errors[what] = str(exc)
+            return None
+        self.optional_maps_errors.pop(what, None)
+        return maps
+
     def _payload_rules(self):
         """The hits of each payload rule the program reads now, labelled by its position in
         anycast_edge_filters.rules, its action and what it matches. Nothing (said once in the log)
         when the program has no payload rules."""
-        try:
-            maps = self.edge_maps.open(*PAYLOAD_RULE_MAPS)
-        except (PinError, _bpf.BpfError) as exc:
-            if str(exc) != self.payload_rule_maps_error:
-                LOG.warning("not exporting the payload rules' hits: %s", exc)
-                self.payload_rule_maps_error = str(exc)
+        maps = self._open_optional_maps(PAYLOAD_RULE_MAPS, "the payload rules' hits")
+        if maps is None:
             return
-        self.payload_rule_maps_error = None
         labels = ["rule", "action", "match"]
         packets = CounterMetricFamily(PREFIX + "payload_rule_packets",
                                       "Packets each payload rule matched (anycast_edge_filters.rules[rule])", labels=labels)
@@ -397,14 +399,9 @@ class EdgeCollector:
     def _flood_defence(self, services):
         """Attack mode (as XDP applies it), the admission counters per service, verified sources per proof.
         Nothing (said once in the log) when the program does not read these maps."""
-        try:
-            maps = self.edge_maps.open(*FLOOD_MAPS)
-        except (PinError, _bpf.BpfError) as exc:
-            if str(exc) != self.flood_maps_error:
-                LOG.warning("not exporting attack mode and admission: %s", exc)
-                self.flood_maps_error = str(exc)
+        maps = self._open_optional_maps(FLOOD_MAPS, "attack mode and admission")
+        if maps is None:
             return
-        self.flood_maps_error = None
         with maps:
             yield from self._flood_families(maps, services)
 

@@ -102,40 +102,39 @@ def a2s_probe(target, timeout, source=None) -> ProbeOutcome:
         return _oserror_outcome(exc, target)
 
 
-def tcp_probe(target, timeout, source=None) -> ProbeOutcome:
-    """A completed TCP handshake is UP; a reset or silence is DOWN."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _socket_probe(kind, what, target, timeout, source, exchange) -> ProbeOutcome:
+    """Connect a socket of ``kind`` (from ``source``, if given) to ``target`` and return what
+    ``exchange(sock)`` makes of it; silence for ``timeout`` s is DOWN, as an error is (_oserror_outcome)."""
+    sock = socket.socket(socket.AF_INET, kind)
     try:
         sock.settimeout(timeout)
         if source is not None:
             sock.bind(source)
         sock.connect(target)
-        return ProbeOutcome(UP, "connected")
+        return exchange(sock)
     except socket.timeout:
-        return ProbeOutcome(DOWN, "no TCP answer from %s:%d within %.1f s" % (target + (timeout,)))
+        return ProbeOutcome(DOWN, "no %s answer from %s:%d within %.1f s" % ((what,) + tuple(target) + (timeout,)))
     except OSError as exc:
         return _oserror_outcome(exc, target)
     finally:
         sock.close()
+
+
+def tcp_probe(target, timeout, source=None) -> ProbeOutcome:
+    """A completed TCP handshake is UP; a reset or silence is DOWN."""
+    return _socket_probe(socket.SOCK_STREAM, "TCP", target, timeout, source,
+                         lambda sock: ProbeOutcome(UP, "connected"))
 
 
 def udp_probe(target, timeout, source=None, payload=a2s.INFO_REQUEST) -> ProbeOutcome:
     """Any datagram back from the target is UP; an ICMP port unreachable or silence is DOWN."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.settimeout(timeout)
-        if source is not None:
-            sock.bind(source)
-        sock.connect(target)  # connected: ICMP errors are reported on this socket
+    def exchange(sock):
+        # The socket is connected: ICMP errors are reported on it.
         sock.send(payload)
         sock.recv(65535)
         return ProbeOutcome(UP, "answered")
-    except socket.timeout:
-        return ProbeOutcome(DOWN, "no UDP answer from %s:%d within %.1f s" % (target + (timeout,)))
-    except OSError as exc:
-        return _oserror_outcome(exc, target)
-    finally:
-        sock.close()
+
+    return _socket_probe(socket.SOCK_DGRAM, "UDP", target, timeout, source, exchange)
 
 
 def _oserror_outcome(exc: OSError, target) -> ProbeOutcome:

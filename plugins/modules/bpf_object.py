@@ -155,6 +155,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError, BpfObject
+from ansible_collections.anycast.edge.plugins.module_utils._loader import file_sha256
 
 # The Makefile's BPF_CFLAGS minus its -I (include folders are a parameter here) and -idirafter;
 # tests/integration/test_bpf_object.py checks that the whole command line is the Makefile's.
@@ -163,14 +164,6 @@ BASE_CFLAGS = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"]
 
 # Bumped when the way the hash is computed changes, so old stamps never match by accident.
 STAMP_FORMAT = 1
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_make_dependencies(text):
