@@ -9,6 +9,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "map_def.h"
+
 #define AF_INET 2
 #define IPPROTO_IPIP 4
 
@@ -18,12 +20,7 @@ struct fib_target {
 };
 
 /* Written by bench/programs.py before the run (one entry); read here for each packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fib_target);
-} fib_targets SEC(".maps");
+DEFINE_MAP(fib_targets, BPF_MAP_TYPE_ARRAY, 1, __u32, struct fib_target);
 
 SEC("xdp")
 int fib_lookup_only(struct xdp_md *ctx)

@@ -18,6 +18,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "map_def.h"
+
 #define BENCH_FRAME_MAX 256
 
 struct bench_frame {
@@ -27,19 +29,9 @@ struct bench_frame {
 	__u8 bytes[BENCH_FRAME_MAX];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct bench_frame);
-} bench_frame SEC(".maps");
+DEFINE_MAP(bench_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct bench_frame);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} bench_target SEC(".maps");
+DEFINE_MAP(bench_target, BPF_MAP_TYPE_PROG_ARRAY, 1, __u32, __u32);
 
 SEC("xdp")
 int frame_restore(struct xdp_md *ctx)

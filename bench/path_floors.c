@@ -70,6 +70,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "edge_abi.h"
+#include "map_def.h"
 #include "parsing.h"
 #include "game_proto.h"
 #include "csum.h"
@@ -110,85 +111,35 @@ struct floor_config {
 };
 
 /* Written by bench/programs.py (every source bit 0: none listed); read per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
-	__type(key, __u32);
-	__type(value, struct src_filter_entry);
-} floor_src_filter SEC(".maps");
+DEFINE_MAP(floor_src_filter, BPF_MAP_TYPE_ARRAY, EDGE_SRC_FILTER_ENTRIES, __u32, struct src_filter_entry);
 
 /* Written by bench/programs.py (the forwarded client's entry); read and counted per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __be32);
-	__type(value, struct floor_source);
-} floor_sources SEC(".maps");
+DEFINE_MAP(floor_sources, BPF_MAP_TYPE_HASH, 65536, __be32, struct floor_source);
 
 /* Written by bench/programs.py (the forwarded service); read per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, struct service_key);
-	__type(value, struct service_value);
-} floor_services SEC(".maps");
+DEFINE_MAP(floor_services, BPF_MAP_TYPE_HASH, EDGE_MAX_SERVICES, struct service_key, struct service_value);
 
 /* Written by bench/programs.py (tunnel address, next hop, cookie key and epoch); read per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct floor_config);
-} floor_config SEC(".maps");
+DEFINE_MAP(floor_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct floor_config);
 
 /* Written by bench/programs.py (the A2S service's reply); read by a2s_floor per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct a2s_cache_entry);
-} floor_a2s_cache SEC(".maps");
+DEFINE_MAP(floor_a2s_cache, BPF_MAP_TYPE_HASH, EDGE_MAX_SERVICES, __u32, struct a2s_cache_entry);
 
 /* Written by bench/programs.py (the anycast prefix's /24s); read by drop_floor per packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
-	__type(key, __u32);
-	__type(value, struct floor_dst_entry);
-} floor_dst_filter SEC(".maps");
+DEFINE_MAP(floor_dst_filter, BPF_MAP_TYPE_ARRAY, EDGE_SRC_FILTER_ENTRIES, __u32, struct floor_dst_entry);
 
 /* Written by bench/programs.py (none under attack); read by drop_floor for an "auto" service. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct attack_state);
-} floor_attack_state SEC(".maps");
+DEFINE_MAP(floor_attack_state, BPF_MAP_TYPE_ARRAY, EDGE_MAX_SERVICES, __u32, struct attack_state);
 
 /* Written by bench/programs.py (none: the bench's spoofed flows have no punch); read by tcp_floor. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_PUNCHES);
-	__type(key, struct punch_key);
-	__type(value, struct punch_value);
-} floor_punches SEC(".maps");
+DEFINE_MAP(floor_punches, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_PUNCHES, struct punch_key, struct punch_value);
 
 /* Written by drop_floor and tcp_floor (unverified packets per service, per CPU: what attack
  * detection reads). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, __u64);
-} floor_unverified SEC(".maps");
+DEFINE_MAP(floor_unverified, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_SERVICES, __u32, __u64);
 
 /* Written here (one counter per enum edge_reason); read by bench/programs.py to check the path. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_REASON_COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} floor_verdicts SEC(".maps");
+DEFINE_MAP(floor_verdicts, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_REASON_COUNT, __u32, __u64);
 
 #define FLOOR_PACKETS_PER_SEC 1000000000ULL
 #define FLOOR_NSEC_PER_SEC 1000000000ULL

@@ -9,13 +9,10 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "map_def.h"
+
 /* Written by XDP (pps_count), read by bench/pps.py: frames received on this device. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} pps_received SEC(".maps");
+DEFINE_MAP(pps_received, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, __u64);
 
 #define PPS_KEEP 128
 
@@ -26,12 +23,7 @@ struct pps_last_frame {
 
 /* Written by XDP (pps_count), read by bench/pps.py: the last frame received (racy across CPUs: any
  * recent frame will do, every frame of a case is the same). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pps_last_frame);
-} pps_last_frame SEC(".maps");
+DEFINE_MAP(pps_last_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_last_frame);
 
 SEC("xdp")
 int pps_count(struct xdp_md *ctx)

@@ -19,6 +19,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "map_def.h"
+
 #define PPS_FRAME_MAX 256
 
 struct pps_frame {
@@ -27,12 +29,7 @@ struct pps_frame {
 };
 
 /* Written by bench/pps.py before each run (the case's frame); read by pps_gen. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pps_frame);
-} pps_frame SEC(".maps");
+DEFINE_MAP(pps_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_frame);
 
 SEC("xdp")
 int pps_gen(struct xdp_md *ctx)

@@ -14,111 +14,56 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "edge_abi.h"
+#include "map_def.h"
 
 /* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie epoch, the
  * current and previous edge cookie keys, the POP's TAI offset for the cookie epoch).
  * Read by XDP on every packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct edge_config);
-} edge_config SEC(".maps");
+DEFINE_MAP(edge_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct edge_config);
 
 /* Written by edge_rules (services from inventory). Read by XDP: inbound lookup by
  * (proto, address, port), and on the return path to check the inner source is a service. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, struct service_key);
-	__type(value, struct service_value);
-} edge_services SEC(".maps");
+DEFINE_MAP(edge_services, BPF_MAP_TYPE_HASH, EDGE_MAX_SERVICES, struct service_key, struct service_value);
 
 /* Written by edge_rules (the anycast prefixes). Read by XDP: "is this destination ours?". */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, EDGE_MAX_ANYCAST);
-	__type(key, struct lpm_v4_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_anycast_v4 SEC(".maps");
+DEFINE_MAP_FLAGS(edge_anycast_v4, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_ANYCAST, struct lpm_v4_key, __u32, BPF_F_NO_PREALLOC);
 
 /* Written by edge_rules (IPv6 anycast prefixes). Read by XDP: IPv6 to these is dropped until
  * IPv6 services exist; all other IPv6 goes to the kernel. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, EDGE_MAX_ANYCAST);
-	__type(key, struct lpm_v6_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_anycast_v6 SEC(".maps");
+DEFINE_MAP_FLAGS(edge_anycast_v6, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_ANYCAST, struct lpm_v6_key, __u32, BPF_F_NO_PREALLOC);
 
 /* Written by edge_rules (the backends' tunnel addresses). Read by XDP on the return path:
  * IPIP is accepted only from these. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_BACKENDS);
-	__type(key, __be32);
-	__type(value, struct backend_value);
-} edge_backends SEC(".maps");
+DEFINE_MAP(edge_backends, BPF_MAP_TYPE_HASH, EDGE_MAX_BACKENDS, __be32, struct backend_value);
 
 /* Written by xdp_program (its tunnel_devices option: the underlay devices when there are any,
  * else the uplink; roles/xdp_edge sets it), indexed by ifindex. Read by XDP on the return path
  * only: IPIP to the tunnel address is accepted only from a device flagged EDGE_IFACE_F_IPIP, so a
  * reply spoofed in a backend's name from the internet (the uplink of a POP with an underlay)
  * is dropped. One array lookup, and only for IPIP to the tunnel address. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_MAX_IFINDEX);
-	__type(key, __u32);
-	__type(value, struct iface_value);
-	__uint(map_flags, BPF_F_MMAPABLE);
-} edge_tunnel_ifaces SEC(".maps");
+DEFINE_MAP_FLAGS(edge_tunnel_ifaces, BPF_MAP_TYPE_ARRAY, EDGE_MAX_IFINDEX, __u32, struct iface_value, BPF_F_MMAPABLE);
 
 /* Written by xdp_program (the IPv4 addresses on the POP's interfaces, read from the kernel at
  * each run; the tunnel address is also compared from edge_config), one entry written whole.
  * Read by XDP on every IPv4 packet: a packet arriving with one of these as its source is spoofed
  * and dropped, so the kernel's accept_local (which the fallback path needs) never lets one in. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct own_addrs);
-} edge_own_addrs SEC(".maps");
+DEFINE_MAP(edge_own_addrs, BPF_MAP_TYPE_ARRAY, 1, __u32, struct own_addrs);
 
 /* Written by edge_rules (allow CIDRs, exactly as inventory gives them: the operator's allow list
  * and the control-plane sources derived from inventory; the value says which, enum
  * edge_allow_origin). Read by edge_rules only: the record the derived edge_src_filter/
  * edge_src_hosts are rebuilt from. XDP does not read it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, EDGE_MAX_PREFIXES);
-	__type(key, struct lpm_v4_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_allow_v4 SEC(".maps");
+DEFINE_MAP_FLAGS(edge_allow_v4, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_PREFIXES, struct lpm_v4_key, __u32, BPF_F_NO_PREALLOC);
 
 /* Written by edge_rules (deny CIDRs, exactly as inventory gives them). Read by edge_rules (the
  * record the derived edge_src_filter/edge_src_hosts are rebuilt from) and by the agent's fleet
  * sync (an entry another POP learned for a denied address is not imported). XDP does not read it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, EDGE_MAX_PREFIXES);
-	__type(key, struct lpm_v4_key);
-	__type(value, __u32);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_deny_v4 SEC(".maps");
+DEFINE_MAP_FLAGS(edge_deny_v4, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_PREFIXES, struct lpm_v4_key, __u32, BPF_F_NO_PREALLOC);
 
 /* Written by edge_rules (derived from the deny and allow prefixes: edge_abi.h explains the layout;
  * mmapable so that user space reads and compares all 8 MiB at once). Read by XDP on every packet:
  * one array lookup says whether the source's /24 is wholly or partly denied or allowed. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
-	__type(key, __u32);
-	__type(value, struct src_filter_entry);
-	__uint(map_flags, BPF_F_MMAPABLE);
-} edge_src_filter SEC(".maps");
+DEFINE_MAP_FLAGS(edge_src_filter, BPF_MAP_TYPE_ARRAY, EDGE_SRC_FILTER_ENTRIES, __u32, struct src_filter_entry, BPF_F_MMAPABLE);
 
 /* Written by edge_rules (derived from the anycast prefixes and the services' addresses; the
  * geometry of edge_src_filter's words: bit (n % 64) of entry (n / 64) for the /24 number n;
@@ -128,32 +73,15 @@ struct {
  * address: a packet to such a /24 (the POP's own traffic: SSH, BGP, monitoring) is passed to the
  * kernel after one array lookup, without the service and anycast lookups. All zero (a program
  * just loaded, before edge_rules writes it) says nothing: every packet asks as without it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_SRC_FILTER_ENTRIES);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(map_flags, BPF_F_MMAPABLE);
-} edge_dst_pass SEC(".maps");
+DEFINE_MAP_FLAGS(edge_dst_pass, BPF_MAP_TYPE_ARRAY, EDGE_SRC_FILTER_ENTRIES, __u32, __u64, BPF_F_MMAPABLE);
 
 /* Written by edge_rules (the /24s that deny or allow prefixes longer than /24 cover in part).
  * Read by XDP when edge_src_filter says "some" for the source's /24. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, EDGE_MAX_PREFIXES);
-	__type(key, struct src_hosts_key);
-	__type(value, struct src_hosts_value);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_src_hosts SEC(".maps");
+DEFINE_MAP_FLAGS(edge_src_hosts, BPF_MAP_TYPE_HASH, EDGE_MAX_PREFIXES, struct src_hosts_key, struct src_hosts_value, BPF_F_NO_PREALLOC);
 
 /* Written by XDP on the return path (flows the game server spoke on); read by XDP inbound.
  * Idle punches are deleted by XDP when met; the agent may sweep the rest. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_PUNCHES);
-	__type(key, struct punch_key);
-	__type(value, struct punch_value);
-} edge_punches SEC(".maps");
+DEFINE_MAP(edge_punches, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_PUNCHES, struct punch_key, struct punch_value);
 
 /* Written by the agent (A2S refresher: INFO, PLAYER, RULES) and by XDP (snooped backend
  * replies, built in a2s_scratch and inserted whole, so a reader never sees a half-written entry);
@@ -161,64 +89,28 @@ struct {
  * Read by XDP to answer A2S_INFO/PLAYER/RULES, and by the agent's exporter (entries, age).
  * Keyed by a2s_cache_key(service id, enum a2s_kind). No prealloc: replaced entries are freed
  * after RCU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, A2S_CACHE_MAX_ENTRIES);
-	__type(key, __u32);
-	__type(value, struct a2s_cache_entry);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} edge_a2s_cache SEC(".maps");
+DEFINE_MAP_FLAGS(edge_a2s_cache, BPF_MAP_TYPE_HASH, A2S_CACHE_MAX_ENTRIES, __u32, struct a2s_cache_entry, BPF_F_NO_PREALLOC);
 
 /* Written by XDP (each A2S request it answers or drops, by enum a2s_kind). Read by the agent's
  * exporter (anycast_edge_a2s_answers_total{kind, answer}). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, A2S_KIND_COUNT);
-	__type(key, __u32);
-	__type(value, struct a2s_counter);
-} edge_a2s_stats SEC(".maps");
+DEFINE_MAP(edge_a2s_stats, BPF_MAP_TYPE_PERCPU_ARRAY, A2S_KIND_COUNT, __u32, struct a2s_counter);
 
 /* XDP's private scratch space for building a cache entry (too big for the stack). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct a2s_cache_entry);
-} edge_a2s_scratch SEC(".maps");
+DEFINE_MAP(edge_a2s_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct a2s_cache_entry);
 
 /* Written by XDP (every packet, by enum edge_reason). Read by edge_stats_info and the agent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_REASON_COUNT);
-	__type(key, __u32);
-	__type(value, struct edge_counter);
-} edge_reason_stats SEC(".maps");
+DEFINE_MAP(edge_reason_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_REASON_COUNT, __u32, struct edge_counter);
 
 /* Written by XDP (per service id, in and out). Read by edge_stats_info and the agent. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct service_counter);
-} edge_service_stats SEC(".maps");
+DEFINE_MAP(edge_service_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_SERVICES, __u32, struct service_counter);
 
 /* Written and read by XDP only (forward path): the FIB's answer per service's backend, per CPU,
  * for EDGE_NEXT_HOP_CACHE_NS. Nothing in user space needs it; an empty entry is a miss. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct next_hop_cache_entry);
-} edge_next_hops SEC(".maps");
+DEFINE_MAP(edge_next_hops, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_SERVICES, __u32, struct next_hop_cache_entry);
 
 /* Written by xdp_program (egress devices other than the uplink, keyed by ifindex).
  * Read by XDP: bpf_redirect_map() when the fib says the next hop is on another device. */
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
-	__uint(max_entries, EDGE_MAX_TX_PORTS);
-	__type(key, __u32);
-	__type(value, __u32);
-} edge_tx_ports SEC(".maps");
+DEFINE_MAP(edge_tx_ports, BPF_MAP_TYPE_DEVMAP_HASH, EDGE_MAX_TX_PORTS, __u32, __u32);
 
 /* Written by XDP (inbound: bans, rate windows, counters, verification by cookie or by the game's
  * handshake; return path: the game server's challenge in flight, verification by punch); the
@@ -227,77 +119,37 @@ struct {
  * touched by edge_rules: learned state survives rule updates. One entry per source, one lookup
  * per packet (it replaced edge_bans, edge_rate_counters and edge_client_stats). See struct
  * source_state. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_SOURCES);
-	__type(key, __be32);
-	__type(value, struct source_state);
-} edge_sources SEC(".maps");
+DEFINE_MAP(edge_sources, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_SOURCES, __be32, struct source_state);
 
 /* Written by XDP (each CPU its own bucket and counters, indexed by service id: no atomics).
  * Read by the agent (attack mode: unverified traffic per second; the exporter). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct admission_bucket);
-} edge_admission SEC(".maps");
+DEFINE_MAP(edge_admission, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_SERVICES, __u32, struct admission_bucket);
 
 /* Written by the agent (attack mode of EDGE_ATTACK_AUTO services, with hysteresis), indexed by
  * service id. Read by XDP on every unverified packet to a service. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_MAX_SERVICES);
-	__type(key, __u32);
-	__type(value, struct attack_state);
-} edge_attack_state SEC(".maps");
+DEFINE_MAP(edge_attack_state, BPF_MAP_TYPE_ARRAY, EDGE_MAX_SERVICES, __u32, struct attack_state);
 
 /* Written by XDP (per proof, per CPU: sources verified). Read by the agent (exporter). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_PROOF_COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} edge_verify_stats SEC(".maps");
+DEFINE_MAP(edge_verify_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_PROOF_COUNT, __u32, __u64);
 
 /* Written by edge_rules (anycast_edge_filters.rules: the bank XDP does not read, then the other
  * after the switch; edge_abi.h, struct payload_rule). Read by XDP on every packet to a service
  * that passed the deny, own-source, ban and ICMP checks, up to the first matching rule. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, EDGE_PAYLOAD_RULE_BANKS * EDGE_MAX_PAYLOAD_RULES);
-	__type(key, __u32);
-	__type(value, struct payload_rule);
-} edge_payload_rules SEC(".maps");
+DEFINE_MAP(edge_payload_rules, BPF_MAP_TYPE_ARRAY, EDGE_PAYLOAD_RULE_BANKS * EDGE_MAX_PAYLOAD_RULES, __u32, struct payload_rule);
 
 /* Written by edge_rules (the switch between the two banks of edge_payload_rules, one entry).
  * Read by XDP with the rules. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct payload_rule_bank);
-} edge_payload_rule_bank SEC(".maps");
+DEFINE_MAP(edge_payload_rule_bank, BPF_MAP_TYPE_ARRAY, 1, __u32, struct payload_rule_bank);
 
 /* Written by XDP (per rule position, per CPU: the packets and bytes each rule matched). Read by
  * the agent (exporter, anycast-edge top) and edge_stats_info. edge_rules zeroes a position whose
  * rule it replaces, so a count always belongs to the rule now at its position. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EDGE_MAX_PAYLOAD_RULES);
-	__type(key, __u32);
-	__type(value, struct edge_counter);
-} edge_payload_rule_stats SEC(".maps");
+DEFINE_MAP(edge_payload_rule_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_PAYLOAD_RULES, __u32, struct edge_counter);
 
 /* Written and read by XDP only (EDGE_RULE_LIMIT windows per source and rule). Its own small LRU,
  * not edge_sources: a limit rule is aimed at a flood, whose spoofed sources would otherwise
  * churn the per-source entries and evict the players' state; old windows fall out by LRU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_RULE_LIMITS);
-	__type(key, struct rule_limit_key);
-	__type(value, struct rule_limit_value);
-} edge_rule_limits SEC(".maps");
+DEFINE_MAP(edge_rule_limits, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_RULE_LIMITS, struct rule_limit_key, struct rule_limit_value);
 
 /* Written and read by XDP only. Inbound: a TCP flow to a minecraft service gets an entry when its
  * SYN is forwarded (a later SYN renews syn_ns only) and loses it when its first data segment, sent
@@ -309,11 +161,6 @@ struct {
  * them) evicts other such entries, never a source's state. A flow without an entry (evicted, or
  * begun before the program) is not checked: failing closed would stall real players' flows
  * (docs/game-protocols.md). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EDGE_MAX_MC_FLOWS);
-	__type(key, struct mc_flow_key);
-	__type(value, struct mc_flow_value);
-} edge_mc_flows SEC(".maps");
+DEFINE_MAP(edge_mc_flows, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_MC_FLOWS, struct mc_flow_key, struct mc_flow_value);
 
 #endif /* EDGE_MAPS_H */

@@ -117,49 +117,25 @@ struct mapper_flow_value {
 /* The maps, for the BPF program only (user space knows them by name from the object). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "map_def.h"
 
 /* Written by tc_mapper (this host's settings). Read by ingress and egress on every packet. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct mapper_config);
-} mapper_config SEC(".maps");
+DEFINE_MAP(mapper_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct mapper_config);
 
 /* Written by tc_mapper (every POP's tunnel address from inventory, with the device the host routes
  * it through). Read by ingress (accept and learn only these, only on their device) and by egress (a mapping to a POP no longer listed falls back to the default). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAPPER_MAX_POPS);
-	__type(key, __be32);
-	__type(value, struct mapper_pop_value);
-} mapper_pops SEC(".maps");
+DEFINE_MAP(mapper_pops, BPF_MAP_TYPE_HASH, MAPPER_MAX_POPS, __be32, struct mapper_pop_value);
 
 /* Written by tc_mapper (this host's services and their DSR flag). Read by egress. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAPPER_MAX_SERVICES);
-	__type(key, struct mapper_service_key);
-	__type(value, struct mapper_service_value);
-} mapper_services SEC(".maps");
+DEFINE_MAP(mapper_services, BPF_MAP_TYPE_HASH, MAPPER_MAX_SERVICES, struct mapper_service_key, struct mapper_service_value);
 
 /* Written by ingress (learned flows). Read by egress; user space may read it (which POP serves
  * whom) but never writes it: rule updates keep learned flows. Idle entries are ignored by egress
  * and age out by LRU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, MAPPER_MAX_FLOWS);
-	__type(key, struct mapper_flow_key);
-	__type(value, struct mapper_flow_value);
-} mapper_flows SEC(".maps");
+DEFINE_MAP(mapper_flows, BPF_MAP_TYPE_LRU_HASH, MAPPER_MAX_FLOWS, struct mapper_flow_key, struct mapper_flow_value);
 
 /* Written by ingress and egress (every packet, by enum mapper_reason). Read by the stats exporter. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAPPER_REASON_COUNT);
-	__type(key, __u32);
-	__type(value, struct mapper_counter);
-} mapper_stats SEC(".maps");
+DEFINE_MAP(mapper_stats, BPF_MAP_TYPE_PERCPU_ARRAY, MAPPER_REASON_COUNT, __u32, struct mapper_counter);
 #endif /* __bpf__ */
 
 #endif /* MAPPER_ABI_H */

@@ -28,6 +28,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "map_def.h"
+
 /* LPM trie key: prefixlen first (host order), then the address bytes
  * in network order, as the kernel's LPM trie requires. */
 struct lpm_v4_key {
@@ -52,34 +54,13 @@ struct reflect_value {
 	__u32 pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 64);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct lpm_v4_key);
-	__type(value, struct deny_value);
-} deny_v4 SEC(".maps");
+DEFINE_MAP_FLAGS(deny_v4, BPF_MAP_TYPE_LPM_TRIE, 64, struct lpm_v4_key, struct deny_value, BPF_F_NO_PREALLOC);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct reflect_key);
-	__type(value, struct reflect_value);
-} reflect_ports SEC(".maps");
+DEFINE_MAP(reflect_ports, BPF_MAP_TYPE_HASH, 1024, struct reflect_key, struct reflect_value);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 8);
-	__type(key, __u32);
-	__type(value, __u64);
-} verdicts SEC(".maps");
+DEFINE_MAP(verdicts, BPF_MAP_TYPE_PERCPU_ARRAY, 8, __u32, __u64);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_DEVMAP);
-	__uint(max_entries, 4);
-	__type(key, __u32);
-	__type(value, __u32);
-} egress_ports SEC(".maps");
+DEFINE_MAP(egress_ports, BPF_MAP_TYPE_DEVMAP, 4, __u32, __u32);
 
 /* Pinned by name under the object's pin_root_path: a second load of this
  * object reuses the map (and its entries) instead of creating a new one. */

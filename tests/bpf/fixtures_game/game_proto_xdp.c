@@ -12,6 +12,7 @@
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "map_def.h"
 #include "parsing.h"
 #include "game_proto.h"
 
@@ -27,12 +28,7 @@ struct game_answers {
 	__u32 echo_challenge[PROTOCOLS_TRIED];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct game_answers);
-} game_answers SEC(".maps");
+DEFINE_MAP(game_answers, BPF_MAP_TYPE_ARRAY, 1, __u32, struct game_answers);
 
 SEC("xdp")
 int xdp_game_proto(struct xdp_md *ctx)

@@ -11,6 +11,7 @@
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "map_def.h"
 #include "parsing.h"
 #include "mc_proto.h"
 
@@ -22,12 +23,7 @@ struct mc_answers {
 	struct mc_handshake handshake; /* what it read; all zero when not valid */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct mc_answers);
-} mc_answers SEC(".maps");
+DEFINE_MAP(mc_answers, BPF_MAP_TYPE_ARRAY, 1, __u32, struct mc_answers);
 
 SEC("xdp")
 int xdp_mc_proto(struct xdp_md *ctx)
