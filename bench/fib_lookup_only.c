@@ -27,9 +27,8 @@ int fib_lookup_only(struct xdp_md *ctx)
 {
 	struct bpf_fib_lookup fib = {};
 	struct fib_target *target;
-	__u32 zero = 0;
 
-	target = bpf_map_lookup_elem(&fib_targets, &zero);
+	target = one_slot(&fib_targets);
 	if (!target)
 		return XDP_ABORTED;
 	fib.family = AF_INET;

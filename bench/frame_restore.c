@@ -37,11 +37,11 @@ SEC("xdp")
 int frame_restore(struct xdp_md *ctx)
 {
 	struct bench_frame *frame;
-	__u32 zero = 0, len;
+	__u32 len;
 	long current_len;
 	int head;
 
-	frame = bpf_map_lookup_elem(&bench_frame, &zero);
+	frame = one_slot(&bench_frame);
 	if (!frame)
 		return XDP_ABORTED;
 	len = frame->len;

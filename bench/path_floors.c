@@ -78,6 +78,7 @@
 #include "a2s.h"
 #include "udp_reply.h"
 #include "syn_auth.h"
+#include "attack_mode.h"
 
 /* Everything one source needs: ban, rate window, counters (written with atomic adds), the one
  * service it is verified for. forward_floor and a2s_floor count every packet in packets/bytes
@@ -203,7 +204,6 @@ int forward_floor(struct xdp_md *ctx)
 	struct service_value *svc;
 	struct floor_config *cfg;
 	struct ethhdr *eth;
-	__u32 zero = 0;
 	__u64 now = 0;
 	__u32 reason;
 	int action;
@@ -211,7 +211,7 @@ int forward_floor(struct xdp_md *ctx)
 	svc = admit(ctx, &pkt, &now, &action, &reason);
 	if (!svc)
 		return counted(action, reason);
-	cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	cfg = one_slot(&floor_config);
 	if (!cfg || pkt.ttl <= 1)
 		return counted(XDP_DROP, EDGE_REASON_DROP_TTL);
 	if (ipv4_decrement_ttl(ctx, pkt.l3_off) || ipip_encap(ctx, &pkt, cfg->tunnel_addr, svc->backend_addr))
@@ -232,7 +232,7 @@ int a2s_floor(struct xdp_md *ctx)
 	struct a2s_cache_entry *entry;
 	struct service_value *svc;
 	struct floor_config *cfg;
-	__u32 zero = 0, cookie, id;
+	__u32 cookie, id;
 	__u64 now = 0, len, epoch;
 	__u32 reason;
 	int action, off;
@@ -241,7 +241,7 @@ int a2s_floor(struct xdp_md *ctx)
 	if (!svc)
 		return counted(action, reason);
 	/* Not an A2S_INFO request with a cookie, or nothing fresh cached: no path the bench times. */
-	cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	cfg = one_slot(&floor_config);
 	if (!cfg || !cfg->cookie_epoch_ns || pkt.payload_len != A2S_REQUEST_COOKIE_LEN ||
 	    bpf_xdp_load_bytes(ctx, pkt.payload_off, &req, A2S_REQUEST_COOKIE_LEN) || !a2s_is_info_request(&req))
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
@@ -267,20 +267,6 @@ int a2s_floor(struct xdp_md *ctx)
 	return counted(XDP_TX, EDGE_REASON_TX_A2S_CACHED);
 }
 
-/* Is the service under attack: its operator says always, or (auto) the agent says so? */
-static __always_inline int floor_under_attack(const struct service_value *svc)
-{
-	struct attack_state *state;
-	__u32 id = svc->id;
-
-	if (svc->attack_mode == EDGE_ATTACK_ALWAYS)
-		return 1;
-	if (svc->attack_mode != EDGE_ATTACK_AUTO)
-		return 0;
-	state = bpf_map_lookup_elem(&floor_attack_state, &id);
-	return state && state->under_attack;
-}
-
 /* The first steps of every drop floor, in xdp_edge's order: parse; the source lists (a denied
  * source dropped, an allowed one remembered in *allowed); the POP's own tunnel address as a source,
  * and tunnel traffic to it (the return path is no drop floor). FLOOR_GO_ON to go on, else the
@@ -290,7 +276,7 @@ static __always_inline int floor_screen(struct xdp_md *ctx, struct packet *pkt, 
 					int *allowed)
 {
 	struct src_filter_entry *lists;
-	__u32 zero = 0, addr, index;
+	__u32 addr, index;
 	int rc;
 
 	rc = parse_frame(ctx, pkt);
@@ -308,7 +294,7 @@ static __always_inline int floor_screen(struct xdp_md *ctx, struct packet *pkt, 
 		return counted(XDP_DROP, EDGE_REASON_DROP_DENY);
 	*allowed = (lists->allow_all & (1ULL << ((addr >> 8) & 63))) != 0;
 
-	*cfg = bpf_map_lookup_elem(&floor_config, &zero);
+	*cfg = one_slot(&floor_config);
 	if (!*cfg)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR);
 	if (pkt->saddr == (*cfg)->tunnel_addr)
@@ -363,7 +349,7 @@ int drop_floor(struct xdp_md *ctx)
 	id = svc->id;
 	verified = allowed || (src && src->verified_service_id == id &&
 			       (src->verified_active_ns >= now || now - src->verified_active_ns < cfg->verified_idle_ns));
-	if (!verified && floor_under_attack(svc)) {
+	if (!verified && service_under_attack(svc, &floor_attack_state)) {
 		unverified = bpf_map_lookup_elem(&floor_unverified, &id);
 		if (unverified)
 			(*unverified)++; /* per-CPU value: no other writer */
@@ -437,7 +423,7 @@ int tcp_floor(struct xdp_md *ctx)
 			(src->verified_active_ns >= now || now - src->verified_active_ns < cfg->verified_idle_ns)))
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* verified: the forward's floor */
 	syn_auth_on = svc->syn_auth == EDGE_SYN_AUTH_ALWAYS ||
-		      (svc->syn_auth == EDGE_SYN_AUTH_AUTO && floor_under_attack(svc));
+		      (svc->syn_auth == EDGE_SYN_AUTH_AUTO && service_under_attack(svc, &floor_attack_state));
 	if (!syn_auth_on)
 		return counted(XDP_ABORTED, EDGE_REASON_DROP_ERROR); /* SYN authentication off: drop_floor's paths */
 	unverified = bpf_map_lookup_elem(&floor_unverified, &id);

@@ -28,9 +28,8 @@ DEFINE_MAP(pps_last_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_last_frame);
 SEC("xdp")
 int pps_count(struct xdp_md *ctx)
 {
-	__u32 zero = 0;
-	__u64 *received = bpf_map_lookup_elem(&pps_received, &zero);
-	struct pps_last_frame *last = bpf_map_lookup_elem(&pps_last_frame, &zero);
+	__u64 *received = one_slot(&pps_received);
+	struct pps_last_frame *last = one_slot(&pps_last_frame);
 	__u32 len = ctx->data_end - ctx->data;
 
 	if (received)

@@ -34,8 +34,7 @@ DEFINE_MAP(pps_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_frame);
 SEC("xdp")
 int pps_gen(struct xdp_md *ctx)
 {
-	__u32 zero = 0;
-	struct pps_frame *frame = bpf_map_lookup_elem(&pps_frame, &zero);
+	struct pps_frame *frame = one_slot(&pps_frame);
 	__u32 len;
 	int delta;
 

@@ -84,6 +84,7 @@
 #include "udp_reply.h"
 #include "payload_rules.h"
 #include "syn_auth.h"
+#include "attack_mode.h"
 
 #define NSEC_PER_SEC 1000000000ULL
 #define NSEC_PER_MSEC 1000000ULL
@@ -349,20 +350,6 @@ static __always_inline void source_unverify(struct source_state *src, __u32 serv
 	}
 }
 
-/* Is the service under attack: its operator says always, or (auto) the agent says so? */
-static __always_inline int service_under_attack(const struct service_value *svc)
-{
-	struct attack_state *state;
-	__u32 id = svc->id;
-
-	if (svc->attack_mode == EDGE_ATTACK_ALWAYS)
-		return 1;
-	if (svc->attack_mode != EDGE_ATTACK_AUTO)
-		return 0;
-	state = bpf_map_lookup_elem(&edge_attack_state, &id);
-	return state && state->under_attack;
-}
-
 /*
  * Take one packet of len bytes from this CPU's admission bucket of the service. Each CPU's bucket
  * fills at budget / nr_cpus per second and holds at most one second of it, so the POP as a whole
@@ -444,7 +431,7 @@ static __always_inline int syn_auth_active(const struct service_value *svc)
 {
 	if (svc->syn_auth == EDGE_SYN_AUTH_ALWAYS)
 		return 1;
-	return svc->syn_auth == EDGE_SYN_AUTH_AUTO && service_under_attack(svc);
+	return svc->syn_auth == EDGE_SYN_AUTH_AUTO && service_under_attack(svc, &edge_attack_state);
 }
 
 static __always_inline int echoes_edge_cookie(struct xdp_md *ctx, const struct edge_config *cfg,
@@ -502,7 +489,7 @@ static __always_inline int admitted(struct xdp_md *ctx, const struct edge_config
 	bucket->unverified_bytes += pkt->frame_len;
 	if (pkt->proto == IPPROTO_TCP && syn_auth_active(svc))
 		return ADMIT_SYN_AUTH;
-	if (!service_under_attack(svc))
+	if (!service_under_attack(svc, &edge_attack_state))
 		return ADMIT_PASS;
 	/* No budget: nothing unverified passes, whatever its shape (no payload read). */
 	if ((svc->admission.packets_per_sec || svc->admission.bytes_per_sec) && handshake_shaped(ctx, pkt, svc) &&

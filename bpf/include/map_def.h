@@ -7,6 +7,8 @@
  * BPF_F_MMAPABLE, ...). The fields keep libbpf's usual order (type, max_entries, key, value,
  * map_flags), so the object's BTF is what the struct written out by hand would give.
  * Used by the shipped programs (bpf/), the bench's programs and the test fixtures alike.
+ *
+ * one_slot(&map) is the entry of a one-entry array (a program's settings, its answers to a test).
  */
 #ifndef EDGE_MAP_DEF_H
 #define EDGE_MAP_DEF_H
@@ -30,5 +32,13 @@
 		__type(value, value_type);                                        \
 		__uint(map_flags, flags);                                         \
 	} name SEC(".maps")
+
+/* The one entry of a one-entry array map (index 0), or NULL. */
+static __always_inline void *one_slot(void *map)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(map, &zero);
+}
 
 #endif /* EDGE_MAP_DEF_H */

@@ -35,10 +35,9 @@ int xdp_game_proto(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
 	struct game_answers *out;
-	__u32 zero = 0;
 	int parsed;
 
-	out = bpf_map_lookup_elem(&game_answers, &zero);
+	out = one_slot(&game_answers);
 	if (!out)
 		return XDP_ABORTED;
 	parsed = parse_frame(ctx, &pkt);

@@ -31,10 +31,9 @@ int xdp_mc_proto(struct xdp_md *ctx)
 	struct mc_handshake handshake = {};
 	struct packet pkt = {};
 	struct mc_answers *out;
-	__u32 zero = 0;
 	int parsed;
 
-	out = bpf_map_lookup_elem(&mc_answers, &zero);
+	out = one_slot(&mc_answers);
 	if (!out)
 		return XDP_ABORTED;
 	parsed = parse_frame(ctx, &pkt);
