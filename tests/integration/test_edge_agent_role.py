@@ -239,6 +239,8 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     assert changed == 0, output
     assert installed_files(root) == before
     assert probe_routes(ns) == routes
+    changed, output = play(inv, ns, "--check")      # the installed agent compares equal to its record
+    assert changed == 0, output
 
     # An upgrade of the agent's code: the POP runs an older agent (one file and the record of the
     # installed archive differ from what the controller packs). --check --diff announces it and
@@ -255,8 +257,13 @@ def test_install_render_rerun_unchanged_and_refuse_an_anycast_exporter(tmp_path,
     changed, output = play(inv, ns, "--diff")
     assert changed_tasks(output) == ["Ship the agent's archive (the record of the installed agent)"], output
     assert installed_files(root) == before
-    # A file that drifted under an unchanged record: the real run puts it back and says so.
+    # A file that drifted under an unchanged record: --check says so (unarchive cannot: it is not
+    # run in check mode) and changes nothing; the real run puts it back and says so.
     main_py.write_bytes(b"# not the agent\n")
+    drifted = installed_files(root)
+    changed, output = play(inv, ns, "--check")
+    assert changed_tasks(output) == ["Compare the installed agent with its record (check mode)"], output
+    assert installed_files(root) == drifted
     changed, output = play(inv, ns)
     assert changed_tasks(output) == ["Install the agent and its module_utils"], output
     assert installed_files(root) == before
