@@ -10,33 +10,27 @@
 #include <bpf/bpf_helpers.h>
 
 #include "map_def.h"
+#include "pps_frame.h"
 
 /* Written by XDP (pps_count), read by bench/pps.py: frames received on this device. */
 DEFINE_MAP(pps_received, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, __u64);
 
-#define PPS_KEEP 128
-
-struct pps_last_frame {
-	__u32 len;
-	__u8 bytes[PPS_KEEP];
-};
-
 /* Written by XDP (pps_count), read by bench/pps.py: the last frame received (racy across CPUs: any
  * recent frame will do, every frame of a case is the same). */
-DEFINE_MAP(pps_last_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_last_frame);
+DEFINE_MAP(pps_last_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_frame);
 
 SEC("xdp")
 int pps_count(struct xdp_md *ctx)
 {
 	__u64 *received = one_slot(&pps_received);
-	struct pps_last_frame *last = one_slot(&pps_last_frame);
+	struct pps_frame *last = one_slot(&pps_last_frame);
 	__u32 len = ctx->data_end - ctx->data;
 
 	if (received)
 		*received += 1;    /* per CPU: no other CPU writes this slot */
 	if (last && len >= 14) {
-		if (len > PPS_KEEP)
-			len = PPS_KEEP;
+		if (len > PPS_FRAME_MAX)
+			len = PPS_FRAME_MAX;
 		if (!bpf_xdp_load_bytes(ctx, 0, last->bytes, len))
 			last->len = len;
 	}

@@ -20,13 +20,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "map_def.h"
-
-#define PPS_FRAME_MAX 256
-
-struct pps_frame {
-	__u32 len;
-	__u8 bytes[PPS_FRAME_MAX];
-};
+#include "pps_frame.h"
 
 /* Written by bench/pps.py before each run (the case's frame); read by pps_gen. */
 DEFINE_MAP(pps_frame, BPF_MAP_TYPE_ARRAY, 1, __u32, struct pps_frame);

@@ -55,10 +55,10 @@ def clang_flags() -> tuple:
 
 def compile_bench_program(name: str) -> Path:
     """bench/<name>.c -> build/bench/<name>.o (rebuilt when the source or a header of bpf/include
-    is newer)."""
+    or bench/ is newer)."""
     source = BENCH_DIR / (name + ".c")
     target = BUILD_DIR / (name + ".o")
-    inputs = [source, *(REPO_ROOT / "bpf" / "include").glob("*.h")]
+    inputs = [source, *(REPO_ROOT / "bpf" / "include").glob("*.h"), *BENCH_DIR.glob("*.h")]
     if target.exists() and target.stat().st_mtime >= max(path.stat().st_mtime for path in inputs):
         return target
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
