@@ -21,7 +21,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 from . import topology as topo
-from .namespace import EnteredNamespace, ip
+from .namespace import ProgramInNamespace, add_veth, enable_forwarding, ip, reason_counts
 
 XDP_ACTIONS = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
 
@@ -48,15 +48,13 @@ class RunResult:
     duration_ns: int
 
 
-class EdgeEnv:
+class EdgeEnv(ProgramInNamespace):
     """One namespace, one loaded program. Create with EdgeEnv.start(object_path)."""
 
+    NETNS_PREFIX = "aedge-bpf"
+
     def __init__(self, object_path: str, netns: str):
-        self.netns = netns
-        self._namespace = EnteredNamespace(netns)
-        self._owns_namespace = True
-        self.obj = None
-        self.object_path = object_path
+        super().__init__(object_path, netns)
         # The deny/allow records, and what was last derived from them into edge_src_filter and
         # edge_src_hosts (the maps XDP reads), written the way edge_rules writes them.
         self._lists = {"deny": {}, "allow": {}}
@@ -65,26 +63,7 @@ class EdgeEnv:
         # until the map is first filled (all zero, as loaded).
         self._claimed_words = None
 
-    # ---- lifecycle -------------------------------------------------------------------------
-
-    @classmethod
-    def start(cls, object_path: str, netns: str | None = None) -> "EdgeEnv":
-        env = cls(object_path, netns or "aedge-bpf-%d" % os.getpid())
-        try:
-            env._namespace.enter()
-            env._build_topology()
-            env._load()
-        except BaseException:
-            env.stop()
-            raise
-        return env
-
-    def stop(self) -> None:
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-        if self._owns_namespace:
-            self._namespace.leave()
+    # ---- lifecycle (start, stop: ProgramInNamespace) -----------------------------------------
 
     def another_pop(self) -> "EdgeEnv":
         """A second POP: another copy of the program with its own maps (all empty), loaded beside
@@ -100,12 +79,9 @@ class EdgeEnv:
             raise
         return other
 
-    def _build_topology(self) -> None:
+    def _build(self) -> None:
         for dev in (topo.UPLINK, topo.SIDE):
-            ip("link", "add", dev, "address", topo.MAC[dev], "mtu", str(topo.MTU[dev]),
-                "type", "veth", "peer", "name", dev + "p")
-            ip("link", "set", dev + "p", "up")
-            ip("link", "set", dev, "up")
+            add_veth(dev, topo.MAC[dev], topo.MTU[dev])
         ip("addr", "add", topo.UPLINK_ADDR, "dev", topo.UPLINK)
         ip("addr", "add", topo.SIDE_ADDR, "dev", topo.SIDE)
         ip("neigh", "replace", topo.ROUTER_IP, "lladdr", topo.ROUTER_MAC, "nud", "permanent", "dev", topo.UPLINK)
@@ -114,10 +90,7 @@ class EdgeEnv:
         ip("route", "add", "default", "via", topo.ROUTER_IP, "dev", topo.UPLINK)
         ip("route", "add", topo.BACKENDS_VIA_ROUTER, "via", topo.ROUTER_IP, "dev", topo.UPLINK)
         ip("route", "add", "blackhole", topo.BLACKHOLE)
-        # bpf_fib_lookup refuses to route (FWD_DISABLED) unless forwarding is on.
-        for conf in ("all", "default", topo.UPLINK, topo.SIDE):
-            with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:
-                knob.write("1")
+        enable_forwarding(topo.UPLINK, topo.SIDE)
         # /sys/class/net shows the namespace sysfs was mounted in, not ours: ask by ioctl instead.
         self.ifindex = {dev: socket.if_nametoindex(dev) for dev in (topo.UPLINK, topo.SIDE)}
 
@@ -385,12 +358,7 @@ class EdgeEnv:
 
     def reason_counts(self) -> dict:
         """{reason: (packets, bytes)} summed over CPUs, zero reasons left out."""
-        counts = {}
-        for index, name in enumerate(abi.REASONS):
-            totals = abi.unpack_counters(self.maps["edge_reason_stats"].lookup_percpu(abi.U32.pack(index)))
-            if totals[0]:
-                counts[name] = totals
-        return counts
+        return reason_counts(self.maps["edge_reason_stats"], abi.REASONS, abi.unpack_counters)
 
     def a2s_counters(self, kind: str) -> tuple:
         """(challenges, cached, bad_cookie) of an A2S kind, summed over CPUs."""

@@ -25,6 +25,24 @@ def bpf_cflags() -> list:
     return shlex.split(done.stdout)
 
 
+def make_object(name: str) -> str:
+    """build/<name>.o, (re)built by make (the objects' one recipe) so that no test runs a stale object."""
+    subprocess.run(["make", "--no-print-directory", "build/%s.o" % name], cwd=REPO_ROOT, check=True)
+    return str(REPO_ROOT / "build" / (name + ".o"))
+
+
+@pytest.fixture(scope="session")
+def xdp_edge_object() -> str:
+    """build/xdp_edge.o, the POP program (make_object)."""
+    return make_object("xdp_edge")
+
+
+@pytest.fixture(scope="session")
+def tc_mapper_object() -> str:
+    """build/tc_mapper.o, the backend's mapper (make_object)."""
+    return make_object("tc_mapper")
+
+
 @pytest.fixture(scope="session")
 def build_dir() -> Path:
     """Where `make` puts the compiled BPF objects (build/xdp_edge.o, ...)."""

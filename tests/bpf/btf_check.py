@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+
+
+def btf_object_of(object_fixture: str):
+    """A module fixture: the object the fixture ``object_fixture`` builds, opened for its BTF."""
+    @pytest.fixture(scope="module")
+    def btf_object(request):
+        with _bpf.BpfObject.open(request.getfixturevalue(object_fixture)) as obj:
+            yield obj
+    return btf_object
+
 
 def member_offsets(layout_struct):
     """Offsets of each top-level member of a struct.Struct whose format is '<' + fields."""

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from ansible_collections.anycast.edge.plugins.module_utils import _bpf
+
 from harness.edge_env import EdgeEnv
 
-
-@pytest.fixture(scope="session")
-def xdp_edge_object(repo_root):
-    """build/xdp_edge.o, (re)built by make so the tests never run a stale object."""
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True)
-    return str(repo_root / "build" / "xdp_edge.o")
+from .scenario import setup_pop
 
 
 @pytest.fixture(scope="session")
 def edge_session(xdp_edge_object):
     """One loaded program for the whole session (loading it costs the verifier ~1 s)."""
-    env = EdgeEnv.start(xdp_edge_object)
-    yield env
-    env.stop()
+    with EdgeEnv.running(xdp_edge_object) as env:
+        yield env
 
 
 @pytest.fixture
@@ -29,3 +26,30 @@ def edge(edge_session):
     """The loaded program with every map emptied: a blank POP for each test."""
     edge_session.reset()
     return edge_session
+
+
+@pytest.fixture
+def pop(edge):
+    """A blank POP set up as scenario.setup_pop does: the anycast prefix, services, backends."""
+    setup_pop(edge)
+    return edge
+
+
+@pytest.fixture(scope="session")
+def fixture_program(tmp_path_factory, bpf_cflags, repo_root):
+    """load(source) -> a C fixture program compiled with the Makefile's flags and loaded (the
+    verifier accepts it); closed at the end of the session."""
+    loaded = []
+
+    def load(source: Path):
+        target = tmp_path_factory.mktemp(source.stem) / (source.stem + ".o")
+        subprocess.run(["clang", *bpf_cflags, "-c", str(source), "-o", str(target)], cwd=repo_root,
+                       check=True, capture_output=True, text=True)
+        obj = _bpf.BpfObject.open(target)
+        loaded.append(obj)
+        obj.load()
+        return obj
+
+    yield load
+    for obj in loaded:
+        obj.close()

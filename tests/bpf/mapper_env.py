@@ -13,16 +13,14 @@ BPF_PROG_TEST_RUN.
 from __future__ import annotations
 
 import ctypes
-import os
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
-from harness.namespace import EnteredNamespace, ip
+from harness.namespace import ProgramInNamespace, add_veth, enable_forwarding, ip, reason_counts
 
 TC_ACTIONS = {-1: "UNSPEC", 0: "OK", 2: "SHOT", 7: "REDIRECT"}
 
@@ -48,12 +46,6 @@ SK_BUFF_SIZE = 192
 SK_BUFF_IFINDEX_OFFSET = 40
 
 
-def build_object(repo_root) -> str:
-    """build/tc_mapper.o, (re)built by make so the tests never run a stale object."""
-    subprocess.run(["make", "--no-print-directory", "build/tc_mapper.o"], cwd=repo_root, check=True)
-    return str(repo_root / "build" / "tc_mapper.o")
-
-
 @dataclass
 class RunResult:
     action: str          # "OK", "SHOT", "REDIRECT", ...
@@ -61,57 +53,31 @@ class RunResult:
     data: bytes          # the frame as the program left it
 
 
-class MapperEnv:
+class MapperEnv(ProgramInNamespace):
     """One namespace, one loaded tc_mapper object. Create with MapperEnv.start(object_path)."""
 
+    NETNS_PREFIX = "aedge-mapper"
+
     def __init__(self, object_path: str, netns: str):
-        self.object_path = object_path
-        self.netns = netns
-        self._namespace = EnteredNamespace(netns)
-        self.obj = None
+        super().__init__(object_path, netns)
         self.ifindex = 0
         self.programs = {}
         self.maps = {}
 
-    @classmethod
-    def start(cls, object_path: str) -> "MapperEnv":
-        env = cls(object_path, "aedge-mapper-%d" % os.getpid())
-        try:
-            env._namespace.enter()
-            env._build_host()
-            env._load()
-        except BaseException:
-            env.stop()
-            raise
-        return env
-
-    def stop(self) -> None:
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-        self._namespace.leave()
-
-    def _build_host(self) -> None:
-        ip("link", "add", NIC, "address", NIC_MAC, "type", "veth", "peer", "name", NIC + "p")
-        ip("link", "set", NIC + "p", "up")
-        ip("link", "set", NIC, "up")
+    def _build(self) -> None:
+        add_veth(NIC, NIC_MAC)
         ip("addr", "add", HOST_ADDR + "/24", "dev", NIC)
         ip("neigh", "replace", GATEWAY, "lladdr", GATEWAY_MAC, "nud", "permanent", "dev", NIC)
         ip("route", "add", "default", "via", GATEWAY, "dev", NIC)
         ip("neigh", "replace", PEERING_ROUTER, "lladdr", PEERING_ROUTER_MAC, "nud", "permanent", "dev", NIC)
         ip("route", "add", "10.5.0.0/16", "via", PEERING_ROUTER, "dev", NIC)
-        ip("link", "add", SECOND_NIC, "address", SECOND_NIC_MAC, "type", "veth", "peer", "name", SECOND_NIC + "p")
-        ip("link", "set", SECOND_NIC + "p", "up")
-        ip("link", "set", SECOND_NIC, "up")
+        add_veth(SECOND_NIC, SECOND_NIC_MAC)
         ip("addr", "add", "10.2.0.2/24", "dev", SECOND_NIC)
         ip("neigh", "replace", SECOND_LINK_ROUTER, "lladdr", SECOND_LINK_ROUTER_MAC, "nud", "permanent",
            "dev", SECOND_NIC)
         ip("route", "add", SECOND_LINK_POP + "/32", "via", SECOND_LINK_ROUTER, "dev", SECOND_NIC)
         self.second_ifindex = socket.if_nametoindex(SECOND_NIC)
-        # bpf_fib_lookup answers FWD_DISABLED unless forwarding is on for the device.
-        for conf in ("all", "default", NIC):
-            with open("/proc/sys/net/ipv4/conf/%s/forwarding" % conf, "w") as knob:
-                knob.write("1")
+        enable_forwarding(NIC)
         self.ifindex = socket.if_nametoindex(NIC)
 
     def _load(self) -> None:
@@ -164,12 +130,7 @@ class MapperEnv:
 
     def reason_counts(self) -> dict:
         """{reason: (packets, bytes)} summed over CPUs, zero reasons left out."""
-        counts = {}
-        for index, name in enumerate(abi.REASONS):
-            totals = abi.unpack_counters(self.maps["mapper_stats"].lookup_percpu(abi.U32.pack(index)))
-            if totals[0]:
-                counts[name] = totals
-        return counts
+        return reason_counts(self.maps["mapper_stats"], abi.REASONS, abi.unpack_counters)
 
     # ---- running packets -----------------------------------------------------------------------
 

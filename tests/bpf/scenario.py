@@ -7,6 +7,10 @@ players and backends.
 
 from __future__ import annotations
 
+import random
+import socket
+import struct
+
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
@@ -93,6 +97,16 @@ def backend_reply(payload=b"welcome", outer_src=BACKEND, inner_src=GAME, sport=G
     inner = IP(src=inner_src, dst=dst, ttl=inner_ttl) / l4 / payload
     return raw(eth() / IP(src=outer_src, dst=topo.POP_TUNNEL_ADDR, proto=4, flags=outer_flags, frag=outer_frag)
                / inner)
+
+
+def spoofed(count, seed):
+    """``count`` distinct random source addresses in 100.0.0.0/8 (none in the test topology's own
+    ranges), sorted; the same ones for the same ``seed``."""
+    rng = random.Random(seed)
+    addresses = set()
+    while len(addresses) < count:
+        addresses.add(socket.inet_ntoa(struct.pack("!I", (100 << 24) | rng.getrandbits(24))))
+    return sorted(addresses)
 
 
 def checksums_valid(frame: bytes) -> bool:

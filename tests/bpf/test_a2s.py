@@ -23,12 +23,6 @@ SECOND = 10**9
 
 
 @pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
-
-
-@pytest.fixture
 def cached(pop):
     pop.set_a2s_cache(GAME_UDP_ID, A2S_INFO_REPLY, monotonic_ns())
     return pop

@@ -14,14 +14,10 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
-from .btf_check import assert_layout_matches_btf, enum_names
+from .btf_check import assert_layout_matches_btf, btf_object_of, enum_names
 
 
-@pytest.fixture(scope="module")
-def btf_object(xdp_edge_object):
-    obj = _bpf.BpfObject.open(xdp_edge_object)
-    yield obj
-    obj.close()
+btf_object = btf_object_of("xdp_edge_object")
 
 
 @pytest.mark.parametrize("name", sorted(abi.LAYOUTS))

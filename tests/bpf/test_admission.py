@@ -11,7 +11,6 @@ failing and, with the same packets, passing on the unprotected path (attack mode
 
 from __future__ import annotations
 
-import random
 import socket
 import struct
 import time
@@ -26,7 +25,7 @@ from . import game_model as gm
 from harness.edge_env import hammer_from_two_cpus, monotonic_ns
 from .packets import a2s_field_request, a2s_player_reply, a2s_rules_reply, tcp_frame
 from .scenario import (A2S_INFO_REPLY, A2S_MAX_AGE_MS, A2S_REQUEST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER,
-                       PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop)
+                       PLAYER_PORT, backend_reply, cookie_for, player_tcp, player_udp, setup_pop, spoofed)
 
 SECOND = 10**9
 BLACKHOLED_BACKEND = "10.9.0.1"   # harness/topology.py: a blackhole route (admitted -> drop_no_route)
@@ -40,15 +39,6 @@ def game_pop(edge, attack_mode="always", admission=(0, 0), game="source", backen
                      flags=abi.SERVICE_F_A2S_CACHE | abi.SERVICE_F_A2S_SNOOP, a2s_max_age_ms=A2S_MAX_AGE_MS,
                      admission=admission, game_protocol=game, attack_mode=attack_mode)
     return edge
-
-
-def spoofed(count, seed=1):
-    """count distinct random source addresses (none in the test topology's own ranges)."""
-    rng = random.Random(seed)
-    addresses = set()
-    while len(addresses) < count:
-        addresses.add(socket.inet_ntoa(struct.pack("!I", (100 << 24) | rng.getrandbits(24))))  # 100.0.0.0/8
-    return sorted(addresses)
 
 
 def getchallenge(game="source"):
@@ -76,7 +66,7 @@ def verified_anywhere(edge):
 
 # ---- attack mode: the same flood, before and under it -------------------------------------------------
 
-FLOOD = spoofed(300)
+FLOOD = spoofed(300, seed=1)
 
 
 @pytest.mark.parametrize("payload", [b"\x00" * 40, b"\xff\xff\xff\xffjunk", A2S_REQUEST + b"\x01\x02\x03\x04"],

@@ -16,12 +16,6 @@ from .scenario import (ANYCAST, BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, P
 SECOND = 10**9
 
 
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
-
-
 # Kilimanjaro masked network-order addresses with host-order masks: nothing shorter than /32 ever
 # matched. Each prefix length must match the addresses inside it and nothing outside.
 # The program reads the lists as a bit per /24 and a bitmap per partly listed /24 (edge_abi.h), so

@@ -16,18 +16,12 @@ from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as a
 from harness.edge_env import monotonic_ns
 from harness.namespace import ip
 from .scenario import (BACKEND, GAME, GAME_PORT, GAME_UDP_ID, PLAYER, SIDE_BACKEND, SIDE_GAME, SIDE_PORT,
-                       checksums_valid, eth, player_udp, setup_pop)
+                       checksums_valid, eth, player_udp)
 from harness import topology as topo
 
 
 def mac_bytes(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
-
-
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
 
 
 def test_forwarded_packet_is_encapsulated_exactly(pop):

@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import random
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import GAME_PROTOCOLS
 
+from . import fuzz
 from . import game_model as gm
 from . import packets as pk
 from .btf_check import assert_layout_matches_btf, enum_names
@@ -45,14 +45,9 @@ EXAMPLES = int(os.environ.get("GAME_FUZZ_EXAMPLES", "600"))
 # ---- the fixture program -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def game_object(tmp_path_factory, bpf_cflags, repo_root):
+def game_object(fixture_program):
     """game_proto_xdp.c compiled with the Makefile's flags and loaded (the verifier accepts it)."""
-    target = tmp_path_factory.mktemp("game-proto") / "game_proto_xdp.o"
-    subprocess.run(["clang", *bpf_cflags, "-c", str(FIXTURE), "-o", str(target)], cwd=repo_root,
-                   check=True, capture_output=True, text=True)
-    with _bpf.BpfObject.open(target) as obj:
-        obj.load()
-        yield obj
+    return fixture_program(FIXTURE)
 
 
 class Answers:
@@ -317,26 +312,11 @@ def test_only_unfragmented_udp_is_considered(game_object):
 # ---- the differential test: C against game_model.py ---------------------------------------------
 
 def mutate(payload: bytes, draw) -> bytes:
-    """One or more of the changes an attacker (or a lossy path) makes to a handshake."""
-    data = bytearray(payload)
-    for _change in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(("flip", "set", "cut", "extend", "insert", "delete", "digits")))
-        position = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip" and data:
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[position] = draw(st.sampled_from((0x00, 0x20, 0x22, 0x2D, 0x30, 0x39, 0x0A, 0xFF, 0x41, 0x6B)))
-        elif kind == "cut":
-            data = data[:position]
-        elif kind == "extend":
-            data += draw(st.binary(min_size=1, max_size=40))
-        elif kind == "insert":
-            data[position:position] = draw(st.sampled_from((b"0", b"9", b"-", b" ", b'"', b"\n", b"\x00")))
-        elif kind == "delete" and data:
-            del data[position]
-        elif kind == "digits":
-            data[position:position] = str(draw(st.integers(-2 ** 33, 2 ** 34))).encode()
-    return bytes(data)
+    """One or more of the changes an attacker (or a lossy path) makes to a handshake; the numbers
+    of these protocols are decimal digits."""
+    return fuzz.mutate(payload, draw, (0x00, 0x20, 0x22, 0x2D, 0x30, 0x39, 0x0A, 0xFF, 0x41, 0x6B),
+                       (b"0", b"9", b"-", b" ", b'"', b"\n", b"\x00"),
+                       lambda draw: str(draw(st.integers(-2 ** 33, 2 ** 34))).encode())
 
 
 @st.composite
@@ -367,9 +347,7 @@ def test_program_agrees_with_game_model(game_object):
     """Random payloads, well-formed handshakes and mutated ones: the C answers what the model answers."""
     seen = {"shaped": 0, "server": 0, "echo": 0, "examples": 0}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1",
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @fuzz.differential(EXAMPLES)
     @given(payload=payloads())
     def check(payload):
         answers = assert_agrees(game_object, payload)

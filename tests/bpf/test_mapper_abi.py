@@ -9,20 +9,10 @@ import pytest
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
-from .mapper_env import build_object
-from .btf_check import assert_layout_matches_btf, enum_names
+from .btf_check import assert_layout_matches_btf, btf_object_of, enum_names
 
 
-@pytest.fixture(scope="module")
-def tc_mapper_object(repo_root):
-    return build_object(repo_root)
-
-
-@pytest.fixture(scope="module")
-def btf_object(tc_mapper_object):
-    obj = _bpf.BpfObject.open(tc_mapper_object)
-    yield obj
-    obj.close()
+btf_object = btf_object_of("tc_mapper_object")
 
 
 @pytest.mark.parametrize("name", sorted(abi.LAYOUTS))

@@ -13,17 +13,17 @@ from __future__ import annotations
 import os
 import random
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.packet import Raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 
+from . import fuzz
 from . import mc_model as mc
 from . import packets as pk
 from .btf_check import assert_layout_matches_btf
@@ -43,14 +43,9 @@ EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "600"))
 
 
 @pytest.fixture(scope="module")
-def mc_object(tmp_path_factory, bpf_cflags, repo_root):
+def mc_object(fixture_program):
     """mc_proto_xdp.c compiled with the Makefile's flags and loaded (the verifier accepts it)."""
-    target = tmp_path_factory.mktemp("mc-proto") / "mc_proto_xdp.o"
-    subprocess.run(["clang", *bpf_cflags, "-c", str(FIXTURE), "-o", str(target)], cwd=repo_root,
-                   check=True, capture_output=True, text=True)
-    with _bpf.BpfObject.open(target) as obj:
-        obj.load()
-        yield obj
+    return fixture_program(FIXTURE)
 
 
 def answer(mc_object, frame: bytes):
@@ -282,26 +277,11 @@ def test_a_flood_that_knows_the_layout_is_refused_unless_every_length_adds_up(mc
 # ---- the differential test: C against mc_model.py -----------------------------------------------
 
 def mutate(payload: bytes, draw) -> bytes:
-    """One or more of the changes an attacker (or a lossy path) makes to a handshake."""
-    data = bytearray(payload)
-    for _change in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(("flip", "set", "cut", "extend", "insert", "delete", "varint")))
-        position = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip" and data:
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and data:
-            data[position] = draw(st.sampled_from((0x00, 0x01, 0x02, 0x03, 0x04, 0x7F, 0x80, 0x81, 0xFE, 0xFF)))
-        elif kind == "cut":
-            data = data[:position]
-        elif kind == "extend":
-            data += draw(st.binary(min_size=1, max_size=40))
-        elif kind == "insert":
-            data[position:position] = draw(st.sampled_from((b"\x00", b"\x80", b"\xff", b"\x01")))
-        elif kind == "delete" and data:
-            del data[position]
-        elif kind == "varint":
-            data[position:position] = mc.varint(draw(st.integers(-2 ** 31, 2 ** 32 - 1)))
-    return bytes(data)
+    """One or more of the changes an attacker (or a lossy path) makes to a handshake; the numbers
+    of this protocol are VarInts."""
+    return fuzz.mutate(payload, draw, (0x00, 0x01, 0x02, 0x03, 0x04, 0x7F, 0x80, 0x81, 0xFE, 0xFF),
+                       (b"\x00", b"\x80", b"\xff", b"\x01"),
+                       lambda draw: mc.varint(draw(st.integers(-2 ** 31, 2 ** 32 - 1))))
 
 
 @st.composite
@@ -325,9 +305,7 @@ def test_program_agrees_with_mc_model(mc_object):
     """Random payloads, well-formed handshakes and mutated ones: the C answers what the model answers."""
     seen = {"valid": 0, "examples": 0}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1",
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @fuzz.differential(EXAMPLES)
     @given(payload=payloads())
     def check(payload):
         seen["valid"] += assert_agrees(mc_object, payload) is not None

@@ -10,13 +10,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import raw
 
-from .scenario import BACKEND, GAME, GAME_PORT, PLAYER, eth, player_tcp, player_udp, setup_pop
-
-
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
+from .scenario import BACKEND, GAME, GAME_PORT, PLAYER, eth, player_tcp, player_udp
 
 
 def with_ip_field(frame: bytes, offset: int, fmt: str, value: int) -> bytes:

@@ -23,12 +23,6 @@ rule = abi.pack_payload_rule
 SECOND = 10**9
 
 
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
-
-
 def tcp(flags="S", payload=b"", src=PLAYER, sport=PLAYER_PORT, ttl=64):
     return raw(eth() / IP(src=src, dst=GAME, ttl=ttl) / TCP(sport=sport, dport=GAME_PORT, flags=flags) / payload)
 

@@ -22,12 +22,6 @@ SECOND = 10**9
 OTHER_PLAYER = "203.0.113.6"
 
 
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
-
-
 def test_a_backend_reply_is_decapsulated_to_the_player(pop):
     frame = backend_reply(b"snapshot")
     result = pop.run(frame)

@@ -27,7 +27,7 @@ from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch, syn_cooki
 from harness import topology as topo
 from harness.edge_env import monotonic_ns
 from .scenario import (BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME, GAME_PORT, GAME_TCP_ID, PLAYER, PLAYER_PORT,
-                       backend_reply, checksums_valid, eth, setup_pop)
+                       backend_reply, checksums_valid, eth, setup_pop, spoofed)
 
 PREVIOUS_KEY = (0x1111111111111111, 0x2222222222222222)
 OLDER_KEY = (0x3333333333333333, 0x4444444444444444)
@@ -61,14 +61,6 @@ def cookie(src=PLAYER, sport=PLAYER_PORT, epoch=None, key=COOKIE_KEY):
 def rst(value, src=PLAYER, sport=PLAYER_PORT, flags="R"):
     """The RST a client's stack sends for the POP's SYN-ACK: <SEQ=SEG.ACK><CTL=RST>."""
     return segment(flags, src=src, sport=sport, seq=value)
-
-
-def spoofed(count, seed=14):
-    rng = random.Random(seed)
-    addresses = set()
-    while len(addresses) < count:
-        addresses.add(socket.inet_ntoa(struct.pack("!I", (100 << 24) | rng.getrandbits(24))))  # 100.0.0.0/8
-    return sorted(addresses)
 
 
 def entries(edge):
@@ -225,7 +217,7 @@ def test_a_source_inside_the_fleets_own_prefix_is_neither_answered_nor_verified(
 
 # ---- floods ------------------------------------------------------------------------------------------------
 
-FLOOD = spoofed(200)
+FLOOD = spoofed(200, seed=14)
 FLOOD_KINDS = {
     "syn": dict(flags="S"),
     "ack": dict(flags="A", ack=1),

@@ -17,7 +17,7 @@ from scapy.packet import raw
 
 from harness.edge_env import monotonic_ns
 from .mapper_env import (GATEWAY_MAC, HOST_ADDR, NIC_MAC, PEERED_POP, PEERING_ROUTER_MAC, SECOND_LINK_POP,
-                         SECOND_LINK_ROUTER_MAC, SECOND_NIC_MAC, MapperEnv, build_object)
+                         SECOND_LINK_ROUTER_MAC, SECOND_NIC_MAC, MapperEnv)
 
 SECOND = 10**9
 IDLE_NS = 30 * SECOND
@@ -37,11 +37,10 @@ OTHER_MAC = "02:00:00:00:00:77"
 
 
 @pytest.fixture(scope="module")
-def mapper_session(repo_root):
+def mapper_session(tc_mapper_object):
     """One loaded object for this module (entered namespace restored when the module ends)."""
-    env = MapperEnv.start(build_object(repo_root))
-    yield env
-    env.stop()
+    with MapperEnv.running(tc_mapper_object) as env:
+        yield env
 
 
 @pytest.fixture

@@ -26,12 +26,6 @@ SECOND = 10**9
 BLACKHOLED_PLAYER = "10.9.1.1"
 
 
-@pytest.fixture
-def pop(edge):
-    setup_pop(edge)
-    return edge
-
-
 def learnt_nothing(edge, dst=PLAYER, dport=PLAYER_PORT):
     return (edge.punch_last_seen("udp", GAME, GAME_PORT, dst, dport) is None
             and edge.a2s_cache(GAME_UDP_ID) is None)

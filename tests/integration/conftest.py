@@ -27,14 +27,6 @@ def _needs_root():
 
 
 @pytest.fixture(scope="session")
-def xdp_edge_object(repo_root):
-    """build/xdp_edge.o, (re)built by make like the bpf tier does."""
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True,
-                   capture_output=True)
-    return str(repo_root / "build" / "xdp_edge.o")
-
-
-@pytest.fixture(scope="session")
 def fixture_object(tmp_path_factory, bpf_cflags):
     """compile(name, *defines) -> path of tests/integration/fixtures/<name>.c compiled with
     the Makefile's flags plus ``-D<define>`` for each define (cached per combination)."""

@@ -81,12 +81,6 @@ def changed_rules():
 # --- the POP: program and maps pinned on a private bpffs ---------------------------------------
 
 @pytest.fixture(scope="session")
-def xdp_edge_object(repo_root):
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True)
-    return str(repo_root / "build" / "xdp_edge.o")
-
-
-@pytest.fixture(scope="session")
 def bpffs():
     mount_point = tempfile.mkdtemp(prefix="edge-rules-bpffs-")
     subprocess.run(["mount", "-t", "bpf", "bpf", mount_point], check=True)

@@ -1,0 +1,48 @@
+"""What the differential tests of the game-protocol parsers (test_game_proto.py, test_mc_proto.py:
+a C fixture against its Python model) share: their hypothesis settings and the mutations an
+attacker (or a lossy path) makes to a handshake.
+
+Hypothesis runs derandomized (the same examples on every run) so CI is reproducible; set
+EDGE_FUZZ_RANDOM=1 to explore fresh examples locally.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+MUTATIONS = ("flip", "set", "cut", "extend", "insert", "delete", "number")
+
+
+def differential(examples: int):
+    """The settings of a differential test of ``examples`` payloads."""
+    return settings(max_examples=examples, deadline=None, database=None,
+                    derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1",
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def mutate(payload: bytes, draw, set_values, insert_values, number) -> bytes:
+    """One to three changes to ``payload``: flip a bit, set a byte to one of ``set_values``, cut it
+    short, extend it, insert one of ``insert_values``, delete a byte, or insert ``number(draw)``
+    (a number written the way the protocol writes them)."""
+    data = bytearray(payload)
+    for _change in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(MUTATIONS))
+        position = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and data:
+            data[position] = draw(st.sampled_from(set_values))
+        elif kind == "cut":
+            data = data[:position]
+        elif kind == "extend":
+            data += draw(st.binary(min_size=1, max_size=40))
+        elif kind == "insert":
+            data[position:position] = draw(st.sampled_from(insert_values))
+        elif kind == "delete" and data:
+            del data[position]
+        elif kind == "number":
+            data[position:position] = number(draw)
+    return bytes(data)
