@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from agent_world import AGENT_DIR, SERVICE_ADDRESS, SERVICE_PORT, TESTS_DIR, run
 from bird_lab import POP_ADDRESS, POP_ASN, UPSTREAM_ADDRESS, UPSTREAM_ASN, BirdLab
+from helpers.netns import terminate
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf, _pins
 
@@ -102,13 +102,7 @@ class Process:
                                      text=True)
 
     def terminate(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def start_game_server(lab):

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +26,8 @@ import yaml
 
 from a2s_responder import AGENT_DIR
 from fleet_pki import make_pki
+from helpers.netns import terminate
+from helpers.playbook import changed_by_host
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -91,9 +91,7 @@ def play(inventory_path: Path) -> int:
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    recap = re.search(r"^prom1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
-    assert recap and recap.group(2) == "0", output
-    return int(recap.group(1))
+    return changed_by_host(output, ["prom1"])["prom1"]
 
 
 class Child:
@@ -105,13 +103,7 @@ class Child:
             self.proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def api(base: str, path: str, **query) -> dict:

@@ -17,7 +17,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
+from helpers.bpffs import private_bpffs
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
@@ -81,14 +81,9 @@ def changed_rules():
 # --- the POP: program and maps pinned on a private bpffs ---------------------------------------
 
 @pytest.fixture(scope="session")
-def bpffs():
-    mount_point = tempfile.mkdtemp(prefix="edge-rules-bpffs-")
-    subprocess.run(["mount", "-t", "bpf", "bpf", mount_point], check=True)
-    try:
-        yield Path(mount_point)
-    finally:
-        subprocess.run(["umount", mount_point], check=False)
-        os.rmdir(mount_point)
+def bpffs(tmp_path_factory):
+    with private_bpffs(tmp_path_factory.mktemp("edge-rules-bpffs")) as folder:
+        yield folder
 
 
 class Pop:

@@ -27,11 +27,7 @@ def send(world, source, port, count):
 
 
 def test_counters_per_reason_service_and_client(edge_lab, xdp_edge_object, pin_root, tmp_path):
-    attach = run_tasks([task("anycast.edge.xdp_program", {"iface": topo.POP_IFACE, "object": xdp_edge_object,
-                                                          "pin_root": pin_root})],
-                       tmp_path / "attach", netns=edge_lab.pop)
-    assert attach[0]["changed"] and not attach[0].get("failed"), attach[0]
-    edge_lab.write_rules(pin_root)
+    edge_lab.attach_with_rules(xdp_edge_object, pin_root, tmp_path / "attach")
 
     service_port = topo.SERVICE[2]
     send(edge_lab.world, topo.ALLOWED_PLAYER, service_port, 30)        # forwarded

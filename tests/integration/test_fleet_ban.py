@@ -97,14 +97,8 @@ def playbook(namespace, inventory_path, name, *extra):
 
 
 def test_ban_and_unban_playbooks_at_a_pop(edge_lab, xdp_edge_object, pin_root, tmp_path):
-    attach = run_tasks([task("anycast.edge.xdp_program", {"iface": topo.POP_IFACE, "object": xdp_edge_object,
-                                                          "pin_root": pin_root})],
-                       tmp_path / "attach", netns=edge_lab.pop)
-    assert attach[0]["changed"] and not attach[0].get("failed"), attach[0]
-    edge_lab.write_rules(pin_root)
-    inv = inventory(tmp_path, pin_root, deny=[], pops={"pop1": {
-        "ansible_connection": "local", "anycast_edge_uplink": topo.POP_IFACE,
-        "anycast_edge_tunnel_address": topo.POP_ADDRESS}})
+    edge_lab.attach_with_rules(xdp_edge_object, pin_root, tmp_path / "attach")
+    inv = inventory(tmp_path, pin_root, deny=[])   # its pop1 is this lab's POP (up0, 10.0.0.1)
     player = topo.ALLOWED_PLAYER
     request = ["-e", yaml.safe_dump({"anycast_edge_ban_addresses": [player] + OTHER_BANNED,
                                      "anycast_edge_ban_duration": 300}, default_flow_style=True).strip()]

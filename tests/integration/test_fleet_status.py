@@ -26,7 +26,6 @@ import yaml
 
 from helpers import edge_lab as topo
 from helpers.nats_cluster import NatsCluster
-from helpers.playbook import run_tasks, task
 from test_xdp_edge_role import inventory
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -126,14 +125,8 @@ def status_row(namespace, inventory_path, *extra):
 
 
 def test_the_status_table_says_what_the_pop_is(edge_lab, xdp_edge_object, pin_root, tmp_path):
-    attach = run_tasks([task("anycast.edge.xdp_program", {"iface": topo.POP_IFACE, "object": xdp_edge_object,
-                                                          "pin_root": pin_root})],
-                       tmp_path / "attach", netns=edge_lab.pop)
-    assert attach[0]["changed"] and not attach[0].get("failed"), attach[0]
-    edge_lab.write_rules(pin_root)
-    inv = inventory(tmp_path, pin_root, deny=[], pops={"pop1": {
-        "ansible_connection": "local", "anycast_edge_uplink": topo.POP_IFACE,
-        "anycast_edge_tunnel_address": topo.POP_ADDRESS}})
+    edge_lab.attach_with_rules(xdp_edge_object, pin_root, tmp_path / "attach")
+    inv = inventory(tmp_path, pin_root, deny=[])   # its pop1 is this lab's POP (up0, 10.0.0.1)
     data = yaml.safe_load(inv.read_text())
     data["all"]["vars"]["anycast_edge_services"][0].update(id=topo.SERVICE_ID, name="cs2")
     inv.write_text(yaml.safe_dump(data))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.netns import veth
+from helpers.netns import terminate, veth
 from helpers.playbook import run_tasks, task
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, TUN)")
@@ -56,13 +56,7 @@ class WireguardGo:
         return lines[:1] + ["\t".join(fields[:4] + fields[7:]) for fields in (line.split("\t") for line in lines[1:])]
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout=5)
         (UAPI_DIR / (self.name + ".sock")).unlink(missing_ok=True)
 
 

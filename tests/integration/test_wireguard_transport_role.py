@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 from ansible_collections.anycast.edge.plugins.module_utils import _transport
 
 from helpers.netns import veth
+from helpers.playbook import changed_by_host
 from test_wireguard_interface import WireguardGo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, TUN)")
@@ -84,11 +84,7 @@ def play(inventory_path: Path, hosts=("pop1", "game1"), extra_vars=None) -> dict
     done = run_playbook(inventory_path, *(["-e", json.dumps(extra_vars)] if extra_vars else []))
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    changed = {}
-    for host in hosts:
-        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % host, output, re.M)
-        assert recap and recap.group(2) == "0", output
-        changed[host] = int(recap.group(1))
+    changed = changed_by_host(output, hosts)
     return changed
 
 

@@ -26,6 +26,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from helpers.netns import veth
+from helpers.playbook import changed_by_host
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -84,11 +85,7 @@ def play_output(namespace, inventory_path: Path, playbook: Path, *args: str, hos
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    changed = {}
-    for host in hosts:
-        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % host, output, re.M)
-        assert recap and recap.group(2) == "0", output
-        changed[host] = int(recap.group(1))
+    changed = changed_by_host(output, hosts)
     return changed, output
 
 

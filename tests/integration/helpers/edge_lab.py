@@ -23,6 +23,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pinned_maps
 
 from .netns import NetNs, link_mac, run, veth
+from .playbook import run_tasks, task
 
 POP_IFACE = "up0"
 WORLD_IFACE = "up0p"
@@ -73,6 +74,14 @@ class EdgeLab:
     def delete(self) -> None:
         self.pop.delete()
         self.world.delete()
+
+    def attach_with_rules(self, xdp_edge_object: str, pin_root: str, workdir) -> None:
+        """xdp_edge attached to the POP's uplink by the xdp_program module, its pins under pin_root,
+        and the rules of write_rules in its maps."""
+        attach = run_tasks([task("anycast.edge.xdp_program", {"iface": POP_IFACE, "object": xdp_edge_object,
+                                                              "pin_root": pin_root})], workdir, netns=self.pop)
+        assert attach[0]["changed"] and not attach[0].get("failed"), attach[0]
+        self.write_rules(pin_root)
 
     @staticmethod
     def write_rules(pin_root: str) -> None:

@@ -24,6 +24,18 @@ def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Compl
     return done
 
 
+def terminate(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a child process the test started: SIGTERM, and SIGKILL if it is still there after
+    ``timeout`` seconds; reaped either way. Nothing if it has ended already."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class NetNs:
     def __init__(self, label: str):
         self.name = "aedge-it-%s-%s" % (label, uuid.uuid4().hex[:6])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +38,17 @@ class PlaybookRun:
 
     def __len__(self):
         return len(self.results)
+
+
+def changed_by_host(output: str, hosts) -> dict:
+    """{host: its changed count} from the PLAY RECAP of ansible-playbook's ``output``; each of
+    ``hosts`` must be there with failed=0."""
+    changed = {}
+    for host in hosts:
+        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % re.escape(host), output, re.M)
+        assert recap and recap.group(2) == "0", output
+        changed[host] = int(recap.group(1))
+    return changed
 
 
 def task(module: str, args: dict | None = None, check: bool = False, diff: bool = False,
