@@ -13,8 +13,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -26,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import a2s_responder  # noqa: F401  pylint: disable=unused-import
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import main as agent_main
+from helpers.background import BackgroundLoop
+from helpers.bpffs import private_bpffs
 
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -43,44 +43,43 @@ OPERATOR_STATES = {ALWAYS: abi.ATTACK_STATE.pack(0, 12345), NEVER: abi.ATTACK_ST
 
 
 @pytest.fixture
-def pinned(repo_root, tmp_path):
+def pinned(xdp_edge_object, tmp_path):
     """The program and its maps pinned as xdp_program pins them, on a private bpffs."""
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=repo_root, check=True, capture_output=True)
-    mount_point = tempfile.mkdtemp(prefix="agent-attack-bpffs-")
-    subprocess.run(["mount", "-t", "bpf", "bpf", mount_point], check=True)
-    obj = _bpf.BpfObject.open(str(repo_root / "build" / "xdp_edge.o"))
-    try:
-        obj.load()
-        obj.program("xdp_edge").pin(_pins.program_pin_path(mount_point, IFACE))
-        for bpf_map in obj.maps():
-            bpf_map.pin(_pins.map_pin_path(mount_point, IFACE, bpf_map.name))
-        maps = dict((bpf_map.name, bpf_map) for bpf_map in obj.maps())
-        # The services as edge_rules writes them: the exporter reads their attack mode from here.
-        for service_id, mode in ((AUTO, "auto"), (ALWAYS, "always"), (NEVER, "never")):
-            maps["edge_services"].update(abi.pack_service_key("udp", "198.51.100.10", 27000 + service_id),
-                                         abi.pack_service_value(service_id, "10.1.0.10", game_protocol="source",
-                                                                attack_mode=mode))
-        for service_id, state in OPERATOR_STATES.items():
-            maps["edge_attack_state"].update(abi.U32.pack(service_id), state)
-        yield mount_point, maps
-    finally:
-        obj.close()
-        shutil.rmtree(os.path.join(mount_point, IFACE), ignore_errors=True)
-        subprocess.run(["umount", mount_point], check=False)
-        os.rmdir(mount_point)
+    with private_bpffs(tmp_path / "bpffs") as folder:
+        mount_point = str(folder)
+        obj = _bpf.BpfObject.open(xdp_edge_object)
+        try:
+            obj.load()
+            obj.program("xdp_edge").pin(_pins.program_pin_path(mount_point, IFACE))
+            for bpf_map in obj.maps():
+                bpf_map.pin(_pins.map_pin_path(mount_point, IFACE, bpf_map.name))
+            maps = dict((bpf_map.name, bpf_map) for bpf_map in obj.maps())
+            # The services as edge_rules writes them: the exporter reads their attack mode from here.
+            for service_id, mode in ((AUTO, "auto"), (ALWAYS, "always"), (NEVER, "never")):
+                maps["edge_services"].update(abi.pack_service_key("udp", "198.51.100.10", 27000 + service_id),
+                                             abi.pack_service_value(service_id, "10.1.0.10", game_protocol="source",
+                                                                    attack_mode=mode))
+            for service_id, state in OPERATOR_STATES.items():
+                maps["edge_attack_state"].update(abi.U32.pack(service_id), state)
+            yield mount_point, maps
+        finally:
+            obj.close()
+            shutil.rmtree(os.path.join(mount_point, IFACE), ignore_errors=True)
 
 
-class FakeDataPlane:
+class FakeDataPlane(BackgroundLoop):
     """Counts unverified traffic into edge_admission as XDP does: per CPU, only growing."""
 
+    interval = 0.01
+
     def __init__(self, admission_map):
+        super().__init__()
         self.map = admission_map
         self.cpus = _bpf.num_possible_cpus()
         self.totals = {}
         self.rates = {}
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.last = None
 
     def set_rate(self, service_id, packets_per_sec):
         with self.lock:
@@ -94,23 +93,13 @@ class FakeDataPlane:
             per_cpu.append(abi.ADMISSION_BUCKET.pack(0, 0, 0, share, share * 60, admitted, share - admitted, cpu))
         self.map.update_percpu(abi.U32.pack(service_id), per_cpu)
 
-    def _run(self):
-        last = time.monotonic()
-        while not self.stopping.wait(0.01):
-            now = time.monotonic()
-            with self.lock:
-                for service_id, rate in self.rates.items():
-                    self.totals[service_id] = self.totals.get(service_id, 0) + int(rate * (now - last))
-                    self._write(service_id, self.totals[service_id])
-            last = now
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.thread.join()
+    def step(self):
+        now = time.monotonic()
+        with self.lock:
+            for service_id, rate in self.rates.items():
+                self.totals[service_id] = self.totals.get(service_id, 0) + int(rate * (now - (self.last or now)))
+                self._write(service_id, self.totals[service_id])
+        self.last = now
 
 
 def free_port():

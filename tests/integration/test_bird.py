@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +34,7 @@ try:
     from .bird_lab import POP_ADDRESS, POP_ASN, UPSTREAM_ADDRESS, UPSTREAM_ASN, BirdLab
 except ImportError:
     from bird_lab import POP_ADDRESS, POP_ASN, UPSTREAM_ADDRESS, UPSTREAM_ASN, BirdLab
+from helpers.background import BackgroundLoop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -376,60 +376,40 @@ def test_bgp_password_in_no_output_result_or_diff_and_file_is_0640_root_bird(lab
     assert PASSWORD not in lab.pop_config.read_text()
 
 
-class UpstreamWatcher:
+class UpstreamWatcher(BackgroundLoop):
     """Polls the upstream's route for a prefix every 50 ms in a thread; keeps each change."""
 
+    interval = 0.05
+
     def __init__(self, lab: BirdLab, prefix: str):
+        super().__init__()
         self.lab = lab
         self.prefix = prefix
         self.seen: list[tuple[float, frozenset | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            route = upstream_route(self.lab, self.prefix)
-            state = frozenset(communities(route)) if route else None
-            if not self.seen or self.seen[-1][1] != state:
-                self.seen.append((time.monotonic(), state))
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def step(self):
+        route = upstream_route(self.lab, self.prefix)
+        state = frozenset(communities(route)) if route else None
+        if not self.seen or self.seen[-1][1] != state:
+            self.seen.append((time.monotonic(), state))
 
     def announcements(self):
         return [(at, state) for at, state in self.seen if state is not None]
 
 
-class HealthyAgent:
+class HealthyAgent(BackgroundLoop):
     """The POP agent's announcer (agent/anycast_edge_agent/health.py, the real class) as the agent
     runs it while the backends are healthy: ANNOUNCE every probe interval, which enables the
     announcing protocol through birdc unless the drain state file says the POP is drained."""
 
     def __init__(self, lab: BirdLab, interval: float = 0.2):
+        super().__init__()
         self.announcer = health.Announcer(Birdc(str(lab.pop_socket)), "anycast_edge_announce",
                                           str(lab.pop_dir / "state" / "bird_drain_state"))
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.announcer.apply(health.ANNOUNCE)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def step(self):
+        self.announcer.apply(health.ANNOUNCE)
 
 
 def test_undrain_returns_the_pop_without_gshut_in_the_first_announcement(lab):
