@@ -32,11 +32,8 @@ requirements:
   - nats-py (on the POP, in O(client_lib_dir) or on the module's Python path)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.state
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
   platform:
     platforms: posix
 options:

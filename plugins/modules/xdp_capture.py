@@ -25,17 +25,15 @@ author:
   - anycast.edge maintainers (!UNKNOWN)
 requirements:
   - xdp-tools (C(xdpdump)) on the POP
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: Checks the request and that xdpdump is there; captures nothing.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
     platforms: linux
 options:
   iface:
