@@ -60,18 +60,26 @@ class PlanError(Exception):
 # --- want / have / compare ---------------------------------------------------------------------
 
 def map_changes(present, desired):
-    """(added, changed, removed) of one map: {key: new}, {key: (new, old)}, {key: old}."""
-    if present == desired:  # the no-op rerun: one C-level comparison of 100,000 entries
+    """(added, changed, removed) of one map: {key: new}, {key: (new, old)}, {key: old}; added and
+    changed in desired's order, removed in present's. The entries that differ are found by set
+    operations on the dicts' views (C loops: a million entries compared in a fraction of a
+    second); only those are then visited one by one."""
+    if present == desired:  # the no-op rerun: one C-level comparison of every entry
         return {}, {}, {}
+    if not present:
+        return dict(desired), {}, {}
+    differing = set(key for key, dummy in desired.items() - present.items())
     added = {}
     changed = {}
-    for key, value in desired.items():
+    for key in filter(differing.__contains__, desired):
+        value = desired[key]
         old = present.get(key)
         if old is None:
             added[key] = value
-        elif old != value:
+        else:
             changed[key] = (value, old)
-    removed = dict((key, value) for key, value in present.items() if key not in desired)
+    gone = present.keys() - desired.keys()
+    removed = dict((key, present[key]) for key in filter(gone.__contains__, present)) if gone else {}
     return added, changed, removed
 
 

@@ -54,14 +54,6 @@ def _full(count):
     return run
 
 
-def _set_bits(plane, first, count):
-    """Set bits first..first+count-1 of a bitmap (count a power of two, first a multiple of it)."""
-    if count >= 8:
-        plane[first >> 3:(first + count) >> 3] = _full(count >> 3)
-    else:
-        plane[first >> 3] |= ((1 << count) - 1) << (first & 7)
-
-
 def _clear_bits(plane, first, count):
     """Clear bits first..first+count-1 of a bitmap (count a power of two, first a multiple of it)."""
     if count >= 8:
@@ -87,6 +79,46 @@ def not_ours_plane(prefixes):
     return bytes(plane)
 
 
+# The bits of its /24 a prefix longer than /24 covers: _LONG_SPANS[length][last octet].
+_LONG_SPANS = dict((length, [((1 << (1 << (32 - length))) - 1) << last for last in range(256)])
+                   for length in range(25, 33))
+# A prefix of /24 or shorter covers 2^(24 - length) /24s: whole bytes of a plane from /21 up,
+# _SHORT_BITS[length] (the low bits of one byte, shifted into place) for /22 to /24.
+_SHORT_BITS = {22: 0x0F, 23: 0x03, 24: 0x01}
+
+
+def _list_planes(prefixes, whole, some):
+    """Set the "all" bits of one list in `whole`, its "some" bits in `some` (bytearrays of
+    _PLANE_SIZE) and return its hosts bitmaps {/24 number: 256-bit int} (see derive). One pass
+    over the prefixes with the per-prefix work inlined: a million prefixes are derived on every
+    run."""
+    partial = {}
+    get = partial.get
+    spans = _LONG_SPANS
+    short_bits = _SHORT_BITS
+    for address, length in prefixes:
+        if length > 24:
+            net24 = address >> 8
+            partial[net24] = get(net24, 0) | spans[length][address & 0xFF]
+        elif length > 21:
+            first = address >> 8
+            whole[first >> 3] |= short_bits[length] << (first & 7)
+        else:
+            first = address >> 11
+            whole[first:first + (1 << (21 - length))] = _full(1 << (21 - length))
+    hosts = {}
+    for net24, bits in partial.items():
+        byte, bit = net24 >> 3, 1 << (net24 & 7)
+        if whole[byte] & bit:
+            continue
+        if bits == _HOSTS_ALL_ONES:
+            whole[byte] |= bit
+        else:
+            some[byte] |= bit
+            hosts[net24] = bits
+    return hosts
+
+
 def derive(deny, allow):
     """(filter, hosts) for the prefixes of two lists, each an iterable of (address, length) with the
     address an integer in host order and its host bits clear.
@@ -97,30 +129,13 @@ def derive(deny, allow):
     A /24 that is covered whole is "all" and has no hosts bitmap, whatever longer prefixes it holds;
     a /24 whose longer prefixes add up to all 256 addresses becomes "all" too.
     The bits are set in bytearrays (one per word of the entry, a bit per /24), whole bytes at a
-    time for prefixes of /21 and shorter, so that 100,000 prefixes take a fraction of a second.
+    time for prefixes of /21 and shorter, so that a million prefixes take a fraction of a second.
     """
     planes = [bytearray(_PLANE_SIZE) for dummy in range(4)]
     hosts = {}
     for list_id, prefixes in ((DENY, deny), (ALLOW, allow)):
-        whole = planes[2 * list_id]
-        partial = {}
-        for address, length in prefixes:
-            if length > 24:
-                net24 = address >> 8
-                span = ((1 << (1 << (32 - length))) - 1) << (address & 0xFF)
-                partial[net24] = partial.get(net24, 0) | span
-            else:
-                _set_bits(whole, address >> 8, 1 << (24 - length))
-        some = planes[2 * list_id + 1]
-        for net24, bits in partial.items():
-            byte, bit = net24 >> 3, 1 << (net24 & 7)
-            if whole[byte] & bit:
-                continue
-            if bits == _HOSTS_ALL_ONES:
-                whole[byte] |= bit
-            else:
-                some[byte] |= bit
-                hosts[(net24, list_id)] = bits
+        list_hosts = _list_planes(prefixes, planes[2 * list_id], planes[2 * list_id + 1])
+        hosts.update(((net24, list_id), bits) for net24, bits in list_hosts.items())
     # Interleave the four planes word by word: entry i = word i of each plane (a plane's bit n is
     # bit n % 64 of its little-endian word n // 64, exactly the entry's layout).
     words = array("Q", bytes(FILTER_SIZE))

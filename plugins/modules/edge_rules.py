@@ -527,6 +527,10 @@ RULE_OPTIONS = dict(
     payload_rules=dict(type="list", elements="dict", default=[]),
 )
 
+# The rule options that are lists of strings (type list, elements str): the long ones.
+STRING_LISTS = tuple(sorted(name for name, spec in RULE_OPTIONS.items()
+                            if spec["type"] == "list" and spec.get("elements") == "str"))
+
 ARGUMENT_SPEC = dict(
     pin_root=dict(type="path", default="/sys/fs/bpf/anycast_edge"),
     iface=dict(type="str", required=True),
@@ -604,9 +608,15 @@ def rules_from_file(module, path):
         module.fail_json(msg="rules_file: cannot read %s: %s" % (path, exc))
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))
+    # A list of strings is what the spec would make of it unchanged: such lists (a million deny
+    # prefixes) are set aside rather than copied and checked string by string (seconds), and
+    # parsed by _rules like any other; anything else goes through the spec.
+    string_lists = dict((name, rules.pop(name)) for name in STRING_LISTS
+                        if isinstance(rules.get(name), list) and set(map(type, rules[name])) <= set([str]))
     validated = ArgumentSpecValidator(RULE_OPTIONS).validate(rules)
     if validated.error_messages:
         module.fail_json(msg="rules_file %s: %s" % (path, "; ".join(validated.error_messages)))
+    validated.validated_parameters.update(string_lists)
     return validated.validated_parameters
 
 

@@ -127,3 +127,20 @@ def test_a_map_of_another_layout_is_refused_naming_it():
         _map_sync.check_layout(Sized(4, 16), 4, 8, "pinned at /sys/fs/bpf/e/eth0/maps/m", "attach it first")
     assert str(caught.value) == ("the map pinned at /sys/fs/bpf/e/eth0/maps/m has keys of 4 and values of 16 bytes, "
                                  "this collection packs 4 and 8: attach it first")
+
+
+def reference_changes(present, desired):
+    """map_changes as the plain loop it stands for (the one it replaced)."""
+    added = dict((key, value) for key, value in desired.items() if key not in present)
+    changed = dict((key, (value, present[key])) for key, value in desired.items()
+                   if key in present and present[key] != value)
+    removed = dict((key, value) for key, value in present.items() if key not in desired)
+    return added, changed, removed
+
+
+@given(entries, entries)
+def test_map_changes_finds_what_the_plain_loop_finds_in_the_same_order(present, desired):
+    found = _map_sync.map_changes(present, desired)
+    expected = reference_changes(present, desired)
+    assert found == expected
+    assert [list(part) for part in found] == [list(part) for part in expected]   # desired's, present's order

@@ -628,3 +628,50 @@ def test_a_game_protocol_runs_only_on_its_own_transport(protocol, game_protocol,
     with pytest.raises(_rules.RuleError, match=message):
         _rules.attack_fields({"protocol": protocol, "game_protocol": game_protocol}, "services[2]")
     assert _rules.attack_fields({"protocol": transport, "game_protocol": game_protocol}, "services[2]")[1] == game_protocol
+
+
+@given(st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 32)), max_size=40))
+def test_prefixes_are_unpacked_column_by_column_as_struct_unpacks_them(pairs):
+    keys = [abi.LPM_V4_KEY.pack(length, ((address >> (32 - length)) << (32 - length) if length else 0)
+                                .to_bytes(4, "big")) for address, length in pairs]
+    expected = [(int.from_bytes(raw, "big"), length) for length, raw in map(abi.LPM_V4_KEY.unpack, keys)]
+    assert _rules._prefixes(keys) == expected
+
+
+def test_a_hosts_bitmap_packs_as_its_four_words():
+    bits = (1 << 255) | (0xDEADBEEF << 70) | 5
+    assert _rules._hosts_value(bits) == abi.SRC_HOSTS_VALUE.pack(*_source_lists.host_words(bits))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.integers(0, abi.SRC_FILTER_ENTRIES - 1), st.binary(min_size=32, max_size=32), max_size=6),
+       st.dictionaries(st.integers(0, abi.SRC_FILTER_ENTRIES - 1), st.binary(min_size=32, max_size=32), max_size=6))
+def test_the_array_changes_are_those_entry_by_entry(old_entries, new_entries):
+    """source_filter_changes finds the differing entries with whole-array operations: the same
+    (added, changed, removed) as comparing every entry, an all-zero entry counting as absent."""
+    size = abi.SRC_FILTER_ENTRY.size
+    before, after = bytearray(abi.SRC_FILTER_ENTRIES * size), bytearray(abi.SRC_FILTER_ENTRIES * size)
+    for plane, entries in ((before, old_entries), (after, new_entries)):
+        for index, value in entries.items():
+            plane[index * size:(index + 1) * size] = value
+    zero = bytes(size)
+    expected = ({}, {}, {})
+    for index in sorted(set(old_entries) | set(new_entries)):
+        old, new = bytes(before[index * size:(index + 1) * size]), bytes(after[index * size:(index + 1) * size])
+        key = abi.U32.pack(index)
+        if old == new:
+            continue
+        if old == zero:
+            expected[0][key] = new
+        elif new == zero:
+            expected[2][key] = old
+        else:
+            expected[1][key] = (new, old)
+    assert _rules.source_filter_changes(bytes(before), bytes(after)) == expected
+
+
+def test_the_dest_pass_interim_is_the_and_of_both_planes():
+    before = bytes([0b1100, 0xFF, 0]) + bytes(5)
+    after = bytes([0b1010, 0x0F, 0xFF]) + bytes(5)
+    assert _rules.dest_pass_tightened(before, after) == bytes([0b1000, 0x0F, 0]) + bytes(5)
+    assert _rules.dest_pass_tightened(None, after) == bytes(8)
