@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
 from test_edge_rules import RULE_MAP_NAMES, RULES, changed_rules, cidrs, run_edge_rules
-from test_edge_rules import bpffs, pop, xdp_edge_object  # noqa: F401  pylint: disable=unused-import
+from test_edge_rules import bpffs, pop  # noqa: F401  pylint: disable=unused-import
 
 POP_ONLY = ("tunnel_address",)
 

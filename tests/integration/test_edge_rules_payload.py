@@ -19,7 +19,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _payload_rules
 
 # The harness and fixtures of test_edge_rules.py (this folder is on sys.path: pytest prepends it).
 from test_edge_rules import RULES, run_edge_rules
-from test_edge_rules import bpffs, pop, xdp_edge_object  # noqa: F401  pylint: disable=unused-import
+from test_edge_rules import bpffs, pop  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF maps, bpffs)")
 
