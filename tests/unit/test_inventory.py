@@ -948,14 +948,17 @@ def test_the_example_inventory_derives_each_pops_control_plane(tmp_path):
 
 
 def test_the_lab_inventory_derives_the_upstream_and_the_other_pop(tmp_path):
-    """The lab's ansible_host is 127.0.0.1 for every VM (forwarded SSH): no management address."""
+    """The lab's ansible_host is 127.0.0.1 for every VM (forwarded SSH): no management address. Its
+    fleet sync routes NATS over the uplinks: each POP exempts the other's NATS address."""
     proc = run_validation_play(EXAMPLE.parent / "lab", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     derived = json.loads((tmp_path / "pop1.json").read_text())["control_plane"]
     assert derived == {
         "pop1": [{"address": "10.0.0.2/32", "reason": "tunnel address of POP pop2"},
-                 {"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop1"}],
+                 {"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop1"},
+                 {"address": "172.16.2.2/32", "reason": "NATS address of POP pop2 (anycast_edge_nats_address)"}],
         "pop2": [{"address": "10.0.0.1/32", "reason": "tunnel address of POP pop1"},
+                 {"address": "172.16.1.2/32", "reason": "NATS address of POP pop1 (anycast_edge_nats_address)"},
                  {"address": "172.16.2.1/32", "reason": "BGP neighbour upstream of pop2"}],
     }
 
