@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Time a fleet-wide ban's arrival in every POP's map, on one clock (verify's check 15).
 
 Two halves, standard library only:
@@ -45,7 +44,7 @@ def watch(args: argparse.Namespace) -> int:
 
     def say(event: str) -> None:
         # Three copies a few ms apart: a datagram lost on a busy link must not fail the check.
-        for _ in range(3):
+        for dummy in range(3):
             report.sendto(("%s %s" % (args.pop, event)).encode(), destination)
             time.sleep(0.005)
 
@@ -80,11 +79,11 @@ def listen(args: argparse.Namespace) -> int:
     while len(seen) < len(pops) and time.monotonic() < deadline:
         server.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            data, _ = server.recvfrom(256)
+            data, dummy = server.recvfrom(256)
         except socket.timeout:
             break
         arrived = time.monotonic()
-        pop, _, event = data.decode(errors="replace").partition(" ")
+        pop, dummy, event = data.decode(errors="replace").partition(" ")
         if pop not in pops:
             continue
         if event == "ready" and pop not in ready:
@@ -156,7 +155,7 @@ def rounds(args: argparse.Namespace) -> int:
                     request["expires_ns"] = (int(time.time()) + args.ban_sec) * 10**9
                 asked = subprocess.run(labctl + [pops[0], "python3", "-c", shlex.quote(ASK_AGENT), shlex.quote(json.dumps(request))],
                                        capture_output=True, text=True, check=False)
-                out, _ = listener.communicate(timeout=args.timeout + 30)
+                out, dummy = listener.communicate(timeout=args.timeout + 30)
                 for watcher in watchers:
                     watcher.wait(timeout=args.timeout + 30)
                 try:
