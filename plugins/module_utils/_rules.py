@@ -147,7 +147,8 @@ def parse_ipv4(text, where):
     """Raw network-order bytes of a dotted quad; RuleError naming `where` otherwise."""
     try:
         return socket.inet_pton(socket.AF_INET, text)
-    except (OSError, TypeError):
+    except (OSError, TypeError, ValueError, UnicodeError):
+        # ValueError: an embedded NUL; UnicodeError: a lone surrogate. Either is no address.
         raise RuleError("%s: %r is not an IPv4 address" % (where, text))
 
 
@@ -159,7 +160,9 @@ def parse_cidr(text, where):
     address, slash, length_text = text.partition("/")
     raw = parse_ipv4(address, where)
     if slash:
-        if not length_text.isdigit() or int(length_text) > 32:
+        # ASCII digits only: str.isdigit() also takes '²' (int() then fails) and full-width
+        # digits (which int() reads).
+        if not (length_text.isascii() and length_text.isdigit()) or int(length_text) > 32:
             raise RuleError("%s: %r has no valid prefix length (0..32)" % (where, text))
         length = int(length_text)
     else:
@@ -234,7 +237,7 @@ def cidr_entries(cidrs, where):
             address, length_text = text.split("/")
             length = int(length_text)
             raw = inet_pton(socket.AF_INET, address)
-            if 0 <= length <= 32 and length_text.isdigit() and not int.from_bytes(raw, "big") & (_ALL_ONES >> length):
+            if 0 <= length <= 32 and length_text.isascii() and length_text.isdigit() and not int.from_bytes(raw, "big") & (_ALL_ONES >> length):
                 entries[pack(length, raw)] = LPM_PRESENT
                 continue
         except (ValueError, OSError, AttributeError, TypeError):

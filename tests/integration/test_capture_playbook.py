@@ -69,3 +69,26 @@ def test_a_failed_capture_leaves_no_file_on_the_pop(tmp_path):
     assert not capture_file.exists(), output
     assert "TASK [Remove it from the POP]" in output, output
     assert os.listdir(pop_dir) == []
+
+
+def test_a_shared_folder_is_refused_and_left_as_it_was(tmp_path):
+    """anycast_edge_capture_pop_dir naming a folder that exists and is not the capture's own (here
+    a sticky, world-writable one, as /tmp or /var/tmp): the play stops before the capture, naming
+    the variable and the value, and the folder keeps its mode (the folder task would have made it
+    0700, taking it from everybody else)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    inv = inventory(tmp_path, str(tmp_path / "bpffs"), deny=[])
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+               PATH="%s:%s" % (VENV_BIN, os.environ.get("PATH", "")))
+    done = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(REPO / "playbooks" / "capture.yml"),
+                           "-e", "anycast_edge_capture_duration=1", "-e", "anycast_edge_capture_pop_dir=%s" % shared,
+                           "-e", "anycast_edge_capture_dir=%s" % (tmp_path / "controller")],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "anycast_edge_capture_pop_dir (%s) exists and is not a folder of root's with mode 0700" % shared in output, output
+    assert "mode 1777" in output, output
+    assert "TASK [Capture on each POP]" not in output, output
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777

@@ -76,6 +76,12 @@ def test_cidr_keys(text, key):
     (" 10.0.0.0/8", "deny[1]: ' 10.0.0.0' is not an IPv4 address"),
     ("2001:db8::/32", "deny[1]: '2001:db8::' is not an IPv4 address"),
     (17, "deny[1]: 17 is not an IPv4 CIDR"),
+    # Spellings str.isdigit() or inet_pton did not refuse cleanly (review finding): '²' raised an
+    # unnamed ValueError, full-width digits were read as 32, a NUL or a lone surrogate raised.
+    ("1.2.3.4/\u00b2", "deny[1]: '1.2.3.4/\u00b2' has no valid prefix length (0..32)"),
+    ("1.2.3.0/\uff13\uff12", "deny[1]: '1.2.3.0/\uff13\uff12' has no valid prefix length (0..32)"),
+    ("1.2.3.4\x00/32", "deny[1]: '1.2.3.4\\x00' is not an IPv4 address"),
+    ("1.2.3.4\ud800/32", "deny[1]: '1.2.3.4\\ud800' is not an IPv4 address"),
 ])
 def test_bad_cidrs_name_their_index(text, message):
     with pytest.raises(_rules.RuleError) as error:
