@@ -4,7 +4,9 @@ The bench's figures are only as good as two facts, tested here on counts small e
 (fewer frames than a veth's ring holds, so none is lost to a full ring): the generator really
 puts frames on the wire - BPF_PROG_TEST_RUN's live frames out of the world's veth, received by the
 POP's veth in native mode - and each case's counter counts exactly those frames on exactly the
-path the case claims. No speed is asserted.
+path the case claims. No speed is asserted. Where the kernel refuses live frames (EPERM on
+6.18.44-fc), bench/pps.py sends by an AF_PACKET socket instead (bench/README.md), and these tests
+check that generator; the page-recycling test is then skipped, saying why.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def test_the_generator_rewrites_a_page_an_answer_was_written_over(world):
     """The A2S challenge is written over the request, in the generator's own pages, which come back
     to it: each later frame is still the request (else xdp_edge would see answers, not requests)."""
     challenge = next(case for case in pps.CASES if case.counted == "gen")
+    pps.measure_case(world, challenge, frames=1)        # the generator is chosen at the first send
+    if world.packet_socket is not None:
+        # Only live frames recycle the generator's pages; a socket sends a fresh copy each time, so
+        # here the test would pass without testing anything.
+        pytest.skip("this kernel refuses live frames, so no page is recycled: %s" % world.generator_method)
     for _round in range(3):
         got = pps.measure_case(world, challenge, frames=FEW)
         assert got.counted == FEW
