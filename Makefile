@@ -10,6 +10,9 @@ SHELL := /bin/bash
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 TIER   := tools/pytest-tier.sh
+# Each pytest tier ends with its 10 slowest tests and files (tests/conftest.py), so that a tier
+# grown slow shows where its time goes (CI's limit: `make test` within 45 minutes on 2 cores).
+TIMES  := --durations=10 --file-durations=10
 LAB    := $(PYTHON) lab/labctl.py
 # The venv's tools come first, so ansible-lint and ansible-test find the pinned ansible-core
 # (and ansible-lint stops warning that PATH lacks its own folder).
@@ -66,13 +69,13 @@ test-lint: setup
 	tools/sanity.sh
 
 test-unit: setup
-	$(TIER) tests/unit
+	$(TIER) tests/unit $(TIMES)
 
 test-bpf: setup $(BPF_OBJECTS)
-	$(TIER) --needs-root tests/bpf
+	$(TIER) --needs-root tests/bpf $(TIMES)
 
 test-integration: setup $(BPF_OBJECTS)
-	$(TIER) --needs-root tests/integration
+	$(TIER) --needs-root tests/integration $(TIMES)
 
 # The whole site.yml on the QEMU VM lab (molecule/default; docs/lab.md), as root. Without a
 # scenario there is nothing to run; with one, it runs: never pass without running it.

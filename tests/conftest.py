@@ -56,3 +56,30 @@ def collections_root(pytestconfig) -> Path:
     Also exported as ANSIBLE_COLLECTIONS_PATH for ansible-* subprocesses.
     """
     return pytestconfig.anycast_edge_collections_root
+
+
+# `--file-durations=N` (the Makefile's test tiers pass it): after the run, the N test files that
+# took longest (setup, call and teardown of their tests summed), so that a slow tier shows where
+# its time went; pytest's own --durations names single tests, not a file's shared set-ups.
+# (A session fixture's set-up counts for the file of the first test that uses it.)
+_SECONDS_BY_FILE: dict = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--file-durations", type=int, default=0, metavar="N",
+                     help="list the N slowest test files at the end (default 0: none)")
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    _SECONDS_BY_FILE[path] = _SECONDS_BY_FILE.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("--file-durations")
+    if count <= 0 or not _SECONDS_BY_FILE:
+        return
+    terminalreporter.write_sep("=", "slowest %d test files" % count)
+    for path, seconds in sorted(_SECONDS_BY_FILE.items(), key=lambda item: -item[1])[:count]:
+        terminalreporter.write_line("%8.2fs %s" % (seconds, path))
+    terminalreporter.write_line("%8.2fs in all, %d files" % (sum(_SECONDS_BY_FILE.values()), len(_SECONDS_BY_FILE)))
