@@ -12,8 +12,9 @@ stays the caller's pure, tested function: _rules.plan_writes); `apply_plan` make
 order and, when one fails, undoes every step made (`inverse`, newest first), so a failed run
 leaves the maps as they were. `limited` cuts the diff's lines the same way for every module.
 
-`open_pinned` / `check_layout` refuse a map whose key or value size is not what this collection
-packs (a program of another version) before anything is read or written.
+`open_pinned` / `check_layout` refuse a map whose key or value size (or, where given, number of
+entries) is not what this collection packs (a program of another version) before anything is read
+or written.
 
 Pure Python but for `write_step` and `open_pinned`, which take libbpf map objects (_bpf.BpfMap).
 """
@@ -184,25 +185,32 @@ def diff_result(before, after, where):
 
 # --- open the pinned maps, checked against the layouts this collection packs ------------------
 
-def check_layout(bpf_map, key_size, value_size, where, fix):
-    """LayoutError naming `where` (a pin or a program) when the map's sizes are not those given."""
+def check_layout(bpf_map, key_size, value_size, where, fix, max_entries=None):
+    """LayoutError naming `where` (a pin or a program) when the map's sizes are not those given,
+    or, with `max_entries`, when it holds another number of entries: an array map's contents are
+    read and written as one block of max_entries values, so a program built with another
+    capacity must be refused here, not fail half-way through a write."""
     if (bpf_map.key_size, bpf_map.value_size) != (key_size, value_size):
         raise LayoutError("the map %s has keys of %d and values of %d bytes, this collection packs %d and "
                           "%d: %s" % (where, bpf_map.key_size, bpf_map.value_size, key_size, value_size, fix))
+    if max_entries is not None and bpf_map.max_entries != max_entries:
+        raise LayoutError("the map %s holds %d entries, this collection sizes it for %d: %s"
+                          % (where, bpf_map.max_entries, max_entries, fix))
 
 
-def open_pinned(pin_root, iface, layouts, fix, unpinned=None):
+def open_pinned(pin_root, iface, layouts, fix, unpinned=None, capacities=None):
     """{name: BpfMap} of the maps pinned for `iface` (_pins checks they belong to its pinned
     program), each checked against layouts {name: (key size, value size)}. Raises _pins.PinError,
     ValueError (a bad iface) or LayoutError; `fix` says what to do about a wrong layout.
     `unpinned` (a list; check mode ahead of an upgrade): a map with no pin is left out and named
-    there instead of raising (_pins.open_pinned_maps)."""
+    there instead of raising (_pins.open_pinned_maps). `capacities` {name: max_entries}: the maps
+    whose number of entries must match too."""
     maps = _pins.open_pinned_maps(pin_root, iface, sorted(layouts), unpinned=unpinned)
     try:
         for name in sorted(maps):
             key_size, value_size = layouts[name]
             check_layout(maps[name], key_size, value_size, "pinned at %s" % _pins.map_pin_path(pin_root, iface, name),
-                         fix)
+                         fix, max_entries=(capacities or {}).get(name))
     except LayoutError:
         maps.close()
         raise

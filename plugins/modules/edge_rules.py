@@ -549,7 +549,7 @@ def open_maps(module, unpinned=None):
     try:
         return _map_sync.open_pinned(module.params["pin_root"], module.params["iface"], MAP_LAYOUTS,
                                      "attach this collection's program first (anycast.edge.xdp_program)",
-                                     unpinned=unpinned)
+                                     unpinned=unpinned, capacities=abi.MAP_CAPACITY)
     except _map_sync.LayoutError as exc:
         module.fail_json(msg=str(exc))
     except (_pins.PinError, ValueError) as exc:
