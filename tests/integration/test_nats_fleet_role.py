@@ -374,6 +374,16 @@ def the_role_makes_the_stream(tmp_path, inv, certs, passwords, namespaces):
         assert asyncio.run(stream_info(tmp_path, passwords["pop1"])).config.max_age == 900.0
     changed, output = play(inventory(tmp_path, certs, passwords), namespaces["pop1"], "--tags", "anycast_edge_agent")
     assert changed["pop1"] == 2, output
+    # Skipping the servers' tag (`--skip-tags anycast_edge_nats`) still runs the agent's tasks,
+    # the stream's among them: its password is derived then too (an undefined value before).
+    skipped = inventory(tmp_path, certs, passwords, anycast_edge_fleet_sync_options={"max_age_sec": 600})
+    changed, output = play(skipped, namespaces["pop1"], "--skip-tags", "anycast_edge_nats")
+    assert changed["pop1"] == 2, output
+    assert not any(password in output for password in passwords.values())
+    with namespaces["pop1"].entered():
+        assert asyncio.run(stream_info(tmp_path, passwords["pop1"])).config.max_age == 600.0
+    changed, output = play(inventory(tmp_path, certs, passwords), namespaces["pop1"], "--skip-tags", "anycast_edge_nats")
+    assert changed["pop1"] == 2, output
 
 
 async def stream_info(tmp_path, password):
