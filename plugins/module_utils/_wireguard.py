@@ -110,7 +110,8 @@ def _endpoint(path, value):
         address = ipaddress.IPv4Address(address)
     except ValueError:
         raise WireguardError("%s: %r is not an IPv4 address and port (a.b.c.d:port)" % (path, value))
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    # ASCII digits only: str.isdigit() also takes '²' (int() then raises) and full-width digits.
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise WireguardError("%s: %r has no port in 1..65535" % (path, value))
     return "%s:%d" % (address, int(port))
 
