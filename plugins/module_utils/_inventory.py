@@ -36,6 +36,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
+import binascii
+import hashlib
 import re
 import socket
 
@@ -1168,6 +1171,11 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # The shortest password a POP may log in with: the NATS client port is on the management network.
 MIN_NATS_PASSWORD = 16
 PEM_CERTIFICATE = re.compile(r"\s*(-----BEGIN CERTIFICATE-----\s[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*)+")
+# The SHA-256 of the DER of the VM lab's NATS CA (inventories/lab/group_vars/pops.yml): its
+# certificates and keys are committed in plain text, so anybody can present them. Refused
+# unless the inventory says it is the lab (anycast_edge_lab_inventory); a unit test pins it to
+# the lab's certificate.
+LAB_NATS_CA_SHA256 = "1b7197548fc5298bd1140ed1cd2ddcbae0011d31d5831da1d0e4160d41dbc268"
 PEM_PRIVATE_KEY = re.compile(r"\s*-----BEGIN ((RSA|EC) )?PRIVATE KEY-----\s[A-Za-z0-9+/=\s]+-----END ((RSA|EC) )?PRIVATE KEY-----\s*")
 
 
@@ -1175,6 +1183,18 @@ def nats_subject_token(pop_name):
     """A POP's name as one NATS subject token ('.' separates tokens; it is written '~'). The same
     rule as the agent's fleet_sync.origin_token (a unit test keeps them equal)."""
     return pop_name.replace(".", "~")
+
+
+def pem_certificate_sha256s(pem):
+    """The SHA-256 (hex) of the DER of each certificate in a PEM text that PEM_CERTIFICATE matched;
+    a body that is not valid base64 has none (what TLS makes of it is the servers' business)."""
+    digests = []
+    for body in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem, re.S):
+        try:
+            digests.append(hashlib.sha256(base64.b64decode("".join(body.split()), validate=True)).hexdigest())
+        except (binascii.Error, ValueError):
+            continue
+    return digests
 
 
 def _fleet_sync_options(problems, value, pop_count):
@@ -1242,6 +1262,9 @@ def _check_fleet_sync(ctx):
     Secrets are checked, never shown. normalized["fleet_sync"]: {enabled, pops: {POP: {address,
     origin}}, options} for the roles (nats_fleet, edge_agent)."""
     problems = ctx.problems
+    lab = ctx.variables.get("anycast_edge_lab_inventory")
+    if lab is not None:
+        lab = _boolean(problems, "anycast_edge_lab_inventory", lab)
     enabled = ctx.variables.get("anycast_edge_fleet_sync")
     if enabled is None:
         enabled = False
@@ -1257,6 +1280,11 @@ def _check_fleet_sync(ctx):
     elif not isinstance(ca, str) or not PEM_CERTIFICATE.fullmatch(ca):
         # Not shown: whatever was put there by mistake may be a key.
         problems.note("anycast_edge_nats_tls_ca", "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+    elif LAB_NATS_CA_SHA256 in pem_certificate_sha256s(ca) and lab is not True:
+        problems.note("anycast_edge_nats_tls_ca", "is the VM lab's CA, whose certificates and keys are public in this "
+                      "collection's repository: anybody could join this fleet's NATS cluster with them. Make your "
+                      "own CA and certificates (roles/nats_fleet/README.md); only the lab's inventory sets "
+                      "anycast_edge_lab_inventory: true")
     _nats_ports(problems, ctx.variables)
     pops = {}
     owner = {}

@@ -87,6 +87,11 @@ options:
   nats_tls_ca:
     description: C(anycast_edge_nats_tls_ca) - the PEM of the CA of the POPs' NATS certificates.
     type: raw
+  lab_inventory:
+    description:
+      - C(anycast_edge_lab_inventory) - true only in the project's VM lab inventory, whose public lab CA
+        C(anycast_edge_nats_tls_ca) is refused anywhere else.
+    type: raw
   nats_client_port:
     description: C(anycast_edge_nats_client_port).
     type: raw
@@ -314,6 +319,7 @@ def main():
             fleet_sync=dict(type="raw"),
             fleet_sync_options=dict(type="raw"),
             nats_tls_ca=dict(type="raw"),
+            lab_inventory=dict(type="raw"),
             nats_client_port=dict(type="raw"),
             nats_cluster_port=dict(type="raw"),
             nats_monitor_port=dict(type="raw"),
@@ -339,6 +345,7 @@ def main():
         "anycast_edge_fleet_sync": params["fleet_sync"],
         "anycast_edge_fleet_sync_options": params["fleet_sync_options"],
         "anycast_edge_nats_tls_ca": params["nats_tls_ca"],
+        "anycast_edge_lab_inventory": params["lab_inventory"],
         "anycast_edge_nats_client_port": params["nats_client_port"],
         "anycast_edge_nats_cluster_port": params["nats_cluster_port"],
         "anycast_edge_nats_monitor_port": params["nats_monitor_port"],

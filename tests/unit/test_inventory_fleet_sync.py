@@ -212,3 +212,38 @@ def test_a_broken_fleet_sync_stops_the_play_without_showing_a_secret(tmp_path):
             ["Good-NATS-Secret-%d" % index for index in range(len(pops))]:
         assert secret not in output, secret
     assert not list(tmp_path.glob("*.json"))
+
+
+def lab_ca():
+    return yaml.safe_load((EXAMPLE.parent / "lab" / "group_vars" / "pops.yml").read_text())["anycast_edge_nats_tls_ca"]
+
+
+def test_the_pinned_fingerprint_is_the_lab_cas():
+    assert _inventory.pem_certificate_sha256s(lab_ca()) == [_inventory.LAB_NATS_CA_SHA256]
+
+
+def test_the_lab_ca_is_refused_outside_the_lab():
+    """The lab's certificates and keys are public: a fleet trusting its CA admits anybody."""
+    problems, _ = check({"anycast_edge_nats_tls_ca": lab_ca()})
+    assert problems == ["anycast_edge_nats_tls_ca: is the VM lab's CA, whose certificates and keys are public in this "
+                        "collection's repository: anybody could join this fleet's NATS cluster with them. Make your own "
+                        "CA and certificates (roles/nats_fleet/README.md); only the lab's inventory sets "
+                        "anycast_edge_lab_inventory: true"]
+    # ... also inside a bundle of several CAs, and when the flag is not a real boolean
+    problems, _ = check({"anycast_edge_nats_tls_ca": CERT + lab_ca(), "anycast_edge_lab_inventory": "yes"})
+    assert problems[0] == "anycast_edge_lab_inventory: yes is not a boolean (true or false)"
+    assert problems[1].startswith("anycast_edge_nats_tls_ca: is the VM lab's CA")
+    # the control: the lab says it is the lab; another CA needs no flag
+    assert check({"anycast_edge_nats_tls_ca": lab_ca(), "anycast_edge_lab_inventory": True})[0] == []
+    assert check({"anycast_edge_lab_inventory": False})[0] == []
+
+
+def test_the_lab_inventory_without_its_flag_is_refused(tmp_path):
+    inventory = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE.parent / "lab", inventory)
+    all_vars = inventory / "group_vars" / "all.yml"
+    all_vars.write_text(all_vars.read_text().replace("anycast_edge_lab_inventory: true\n", ""))
+    proc = run_validation_play(inventory, tmp_path)
+    assert proc.returncode != 0
+    assert "anycast_edge_nats_tls_ca: is the VM lab's CA" in proc.stdout + proc.stderr
+    assert not list(tmp_path.glob("*.json"))
