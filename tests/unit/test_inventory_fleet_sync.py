@@ -224,13 +224,13 @@ def test_the_pinned_fingerprint_is_the_lab_cas():
 
 def test_the_lab_ca_is_refused_outside_the_lab():
     """The lab's certificates and keys are public: a fleet trusting its CA admits anybody."""
-    problems, _ = check({"anycast_edge_nats_tls_ca": lab_ca()})
+    problems = check({"anycast_edge_nats_tls_ca": lab_ca()})[0]
     assert problems == ["anycast_edge_nats_tls_ca: is the VM lab's CA, whose certificates and keys are public in this "
                         "collection's repository: anybody could join this fleet's NATS cluster with them. Make your own "
                         "CA and certificates (roles/nats_fleet/README.md); only the lab's inventory sets "
                         "anycast_edge_lab_inventory: true"]
     # ... also inside a bundle of several CAs, and when the flag is not a real boolean
-    problems, _ = check({"anycast_edge_nats_tls_ca": CERT + lab_ca(), "anycast_edge_lab_inventory": "yes"})
+    problems = check({"anycast_edge_nats_tls_ca": CERT + lab_ca(), "anycast_edge_lab_inventory": "yes"})[0]
     assert problems[0] == "anycast_edge_lab_inventory: yes is not a boolean (true or false)"
     assert problems[1].startswith("anycast_edge_nats_tls_ca: is the VM lab's CA")
     # the control: the lab says it is the lab; another CA needs no flag
