@@ -592,7 +592,8 @@ VENV_BIN = Path(sys.executable).parent
 
 def run_validation_play(inventory, tmp_path, *args):
     """A play over every host with validate_inventory first, then a task that writes each host's
-    anycast_edge_rules to <tmp>/<host>.json (only if the role let the play go on)."""
+    anycast_edge_rules to <tmp>/<host>.json (only if the role let the play go on); the POPs' rules
+    files go to <tmp>/rules."""
     playbook = tmp_path / "validate.yml"
     playbook.write_text(yaml.safe_dump([{
         "name": "Validate, then act",
@@ -607,14 +608,24 @@ def run_validation_play(inventory, tmp_path, *args):
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_HOME=str(tmp_path / "ansible-home"))
     return subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
-         "-e", "ansible_connection=local", "-e", "ansible_python_interpreter=%s" % sys.executable, *args],
+         "-e", "ansible_connection=local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+         "-e", "anycast_edge_rules_dir=%s" % (tmp_path / "rules"), *args],
         capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+EXAMPLE_POPS = ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"]
+
+
+def rules_files(tmp_path):
+    """{POP: its rules} of the rules files a run_validation_play rendered."""
+    return dict((path.stem, _rules.read_rules_file(path.read_text(), path.name))
+                for path in (tmp_path / "rules").glob("*.json"))
 
 
 def test_the_example_inventory_passes_and_every_host_gets_the_rules(tmp_path):
     proc = run_validation_play(EXAMPLE, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    hosts = ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1", "game-ams-01", "game-fra-01", "game-nyc-01", "mon-1"]
+    hosts = EXAMPLE_POPS + ["game-ams-01", "game-fra-01", "game-nyc-01", "mon-1"]
     rules = [json.loads((tmp_path / (host + ".json")).read_text()) for host in hosts]
     assert all(item == rules[0] for item in rules)
     assert rules[0]["anycast_prefixes"] == ["198.51.100.0/24", "203.0.113.0/25"]
@@ -631,8 +642,26 @@ def test_the_example_inventory_passes_and_every_host_gets_the_rules(tmp_path):
     assert rules[0]["verified_idle_sec"] == 600
     assert rules[0]["attack_detection"]["tf2-us-1"] == {"unverified_packets_per_sec": 2000, "enter_after_sec": 3,
                                                         "leave_after_sec": 60}
-    assert "0.0.0.0/8" in rules[0]["deny"] and rules[0]["rate_limits"]["udp"] == {"packets_per_sec": 400,
-                                                                                  "bytes_per_sec": 600000}
+    assert rules[0]["rate_limits"]["udp"] == {"packets_per_sec": 400, "bytes_per_sec": 600000}
+
+
+def test_the_source_lists_and_control_planes_are_in_the_pops_rules_files_only(tmp_path):
+    """anycast_edge_rules, which every host gets, leaves out what only edge_rules reads from the
+    POP's rules file: the allow and deny lists (up to a million prefixes each, copied to every host
+    by set_fact) and the control planes; each POP's file has the lists and its own control plane."""
+    proc = run_validation_play(EXAMPLE, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for host_file in tmp_path.glob("*.json"):
+        published = json.loads(host_file.read_text())
+        assert not {"allow", "deny", "control_plane"} & set(published), host_file.name
+        assert published["services"] and published["rate_limits"]["udp"]["packets_per_sec"] == 400
+    by_pop = rules_files(tmp_path)
+    assert sorted(by_pop) == EXAMPLE_POPS
+    for pop, in_file in by_pop.items():
+        assert "0.0.0.0/8" in in_file["deny"] and "192.0.2.64/27" in in_file["allow"]
+        reasons = [entry["reason"] for entry in in_file["control_plane"]]
+        assert sorted(reason for reason in reasons if reason.startswith("tunnel address of POP ")) \
+            == ["tunnel address of POP " + other for other in EXAMPLE_POPS if other != pop]
 
 
 def test_validation_runs_whatever_tags_are_asked_for(tmp_path):
@@ -924,7 +953,7 @@ def test_a_deny_prefix_over_the_control_plane_is_a_problem(mutations, monitoring
 def test_the_example_inventory_derives_each_pops_control_plane(tmp_path):
     proc = run_validation_play(EXAMPLE, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    derived = json.loads((tmp_path / "pop-ams1.json").read_text())["control_plane"]
+    derived = dict((pop, rules["control_plane"]) for pop, rules in rules_files(tmp_path).items())
     assert sorted(derived) == ["pop-ams1", "pop-fra1", "pop-lon1", "pop-nyc1"]
     assert derived["pop-ams1"] == [
         {"address": "10.0.0.2/32", "reason": "tunnel address of POP pop-fra1"},
@@ -952,7 +981,7 @@ def test_the_lab_inventory_derives_the_upstream_and_the_other_pop(tmp_path):
     fleet sync routes NATS over the uplinks: each POP exempts the other's NATS address."""
     proc = run_validation_play(EXAMPLE.parent / "lab", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    derived = json.loads((tmp_path / "pop1.json").read_text())["control_plane"]
+    derived = dict((pop, rules["control_plane"]) for pop, rules in rules_files(tmp_path).items())
     assert derived == {
         "pop1": [{"address": "10.0.0.2/32", "reason": "tunnel address of POP pop2"},
                  {"address": "172.16.1.1/32", "reason": "BGP neighbour upstream of pop1"},
