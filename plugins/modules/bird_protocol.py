@@ -24,8 +24,8 @@ author:
   - anycast.edge maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-  - anycast.edge.birdc
   - anycast.edge.state
+  - anycast.edge.birdc
 options:
   name:
     description: The protocol name as in C(show protocols).

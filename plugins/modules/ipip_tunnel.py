@@ -37,24 +37,17 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - anycast.edge.state
   - anycast.edge.netlink
+  - anycast.edge.link
 attributes:
   check_mode:
     details: Reads the links and reports what would change; warns if the kernel shows no ipip support.
   diff_mode:
     details: The tunnel's attributes before and after; for a re-create the header gives the reason.
 options:
-  name:
-    description:
-      - The link's name (1..15 characters, no C(/), C(:) or whitespace). Required unless
-        O(state=pruned).
-    type: str
   state:
     description:
       - V(present) creates or updates the tunnel; V(absent) removes it (only if it is ours);
         V(pruned) removes every ipip link marked as ours whose name is not in O(keep).
-    type: str
-    choices: [present, absent, pruned]
-    default: present
   local:
     description:
       - Outer source address (this host's tunnel address). Omitted means "any" (the kernel
@@ -82,11 +75,6 @@ options:
         alone; V([]) removes all of them. IPv6 addresses are never touched.
     type: list
     elements: str
-  admin_state:
-    description: V(up) or V(down) (C(ip link set NAME up/down)).
-    type: str
-    choices: [up, down]
-    default: up
   external:
     description:
       - Collect-metadata mode (C(ip link add NAME type ipip external)) - endpoints come per
@@ -95,11 +83,6 @@ options:
         (changing this re-creates the link).
     type: bool
     default: false
-  description:
-    description:
-      - "Free text stored after the mark in the interface alias (C(anycast.edge: <description>)),
-        shown by C(ip link). Omitted leaves an existing description as it is."
-    type: str
   forwarding:
     description:
       - C(net.ipv4.conf.<name>.forwarding) of the link - whether the kernel routes packets that
@@ -115,11 +98,6 @@ options:
         C(net.ipv4.conf.all.rp_filter)). Omitted leaves it as it is.
     type: int
     choices: [0, 1, 2]
-  keep:
-    description: With O(state=pruned), the names of our tunnels to keep.
-    type: list
-    elements: str
-    default: []
 notes:
   - Addresses are compared as local address and prefix length; a peer address configured on
     the link (C(ip addr add A peer B)) is not managed.

@@ -41,6 +41,7 @@ requirements:
   - the C(wireguard) kernel module, or an interface made by a userspace implementation
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - anycast.edge.link
   - anycast.edge.state
   - anycast.edge.netlink
 attributes:
@@ -51,18 +52,10 @@ attributes:
     details: The interface before and after - public key, listen port, peers (public keys, endpoints,
       allowed IPs, keepalive), MTU, addresses, admin state. Never the private key.
 options:
-  name:
-    description:
-      - The interface's name (1..15 characters, no C(/), C(:) or whitespace). Required unless
-        O(state=pruned).
-    type: str
   state:
     description:
       - V(present) creates (kernel WireGuard) or updates the interface; V(absent) removes it;
         V(pruned) removes every WireGuard interface marked as ours whose name is not in O(keep).
-    type: str
-    choices: [present, absent, pruned]
-    default: present
   private_key_file:
     description:
       - File on the host holding the interface's private key (as C(wg genkey) prints it), readable
@@ -112,20 +105,6 @@ options:
         these. Omitted leaves the addresses alone; V([]) removes all of them.
     type: list
     elements: str
-  admin_state:
-    description: V(up) or V(down).
-    type: str
-    choices: [up, down]
-    default: up
-  description:
-    description:
-      - "Free text stored after the mark in the interface alias (C(anycast.edge: <description>))."
-    type: str
-  keep:
-    description: With O(state=pruned), the names of our WireGuard interfaces to keep.
-    type: list
-    elements: str
-    default: []
 notes:
   - The key file is read on every run; a changed key file (a new key) changes the interface's key
     and public key, which every peer must then be given.
