@@ -153,41 +153,46 @@ def _integer(problems, path, value, minimum=None, maximum=None, strictly_positiv
     return value
 
 
-def _boolean(problems, path, value):
-    if not isinstance(value, bool):
-        problems.add(path, value, "is not a boolean (true or false)")
+def _of_type(problems, path, value, types, what):
+    """``value`` when it is one of ``types``, or None after reporting that it is not ``what``."""
+    if not isinstance(value, types):
+        problems.add(path, value, "is not %s" % what)
         return None
     return value
 
 
-def _ipv4_address(problems, path, value):
-    """The canonical text of an IPv4 address, or None after reporting."""
+def _boolean(problems, path, value):
+    return _of_type(problems, path, value, bool, "a boolean (true or false)")
+
+
+def _parsed_ipv4(problems, path, value, parse, not_text, unparsable, not_ipv4):
+    """``parse(value)`` (netaddr) when ``value`` is a string it parses as IPv4, or None after
+    reporting which of the three it is not."""
     if not isinstance(value, str):
-        problems.add(path, value, "is not an IPv4 address")
+        problems.add(path, value, not_text)
         return None
     try:
-        address = netaddr.IPAddress(value)
+        parsed = parse(value)
     except (netaddr.AddrFormatError, ValueError, TypeError):
-        problems.add(path, value, "is not an IPv4 address")
+        problems.add(path, value, unparsable)
         return None
-    if address.version != 4:
-        problems.add(path, value, "is not an IPv4 address (IPv6 is not supported yet)")
+    if parsed.version != 4:
+        problems.add(path, value, not_ipv4)
         return None
-    return address
+    return parsed
+
+
+def _ipv4_address(problems, path, value):
+    """The canonical text of an IPv4 address, or None after reporting."""
+    return _parsed_ipv4(problems, path, value, netaddr.IPAddress, "is not an IPv4 address", "is not an IPv4 address",
+                        "is not an IPv4 address (IPv6 is not supported yet)")
 
 
 def _ipv4_network(problems, path, value):
     """netaddr.IPNetwork of a CIDR without host bits, or None after reporting."""
-    if not isinstance(value, str):
-        problems.add(path, value, "is not a CIDR (a string such as 198.51.100.0/24)")
-        return None
-    try:
-        network = netaddr.IPNetwork(value)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        problems.add(path, value, "is not a valid IPv4 CIDR")
-        return None
-    if network.version != 4:
-        problems.add(path, value, "is an IPv6 prefix (only IPv4 is supported yet)")
+    network = _parsed_ipv4(problems, path, value, netaddr.IPNetwork, "is not a CIDR (a string such as 198.51.100.0/24)",
+                           "is not a valid IPv4 CIDR", "is an IPv6 prefix (only IPv4 is supported yet)")
+    if network is None:
         return None
     if network.ip != network.network:
         problems.add(path, value, "has host bits set (did you mean %s?)" % network.cidr)
@@ -196,17 +201,11 @@ def _ipv4_network(problems, path, value):
 
 
 def _mapping(problems, path, value):
-    if not isinstance(value, dict):
-        problems.add(path, value, "is not a mapping")
-        return None
-    return value
+    return _of_type(problems, path, value, dict, "a mapping")
 
 
 def _sequence(problems, path, value):
-    if not isinstance(value, (list, tuple)):
-        problems.add(path, value, "is not a list")
-        return None
-    return value
+    return _of_type(problems, path, value, (list, tuple), "a list")
 
 
 def _unknown_keys(problems, path, item, known):
@@ -1254,6 +1253,16 @@ def _nats_ports(problems, variables):
     return ports
 
 
+def _nats_pem(problems, host, hostvars, var, pattern, what, malformed):
+    """Report the POP's ``var`` missing (it is ``what``) or not matching the PEM ``pattern``."""
+    value = hostvars.get(var)
+    path = _hostvars_path(host, var)
+    if not value:
+        problems.note(path, "is required with anycast_edge_fleet_sync (%s)" % what)
+    elif not isinstance(value, str) or not pattern.fullmatch(value):
+        problems.note(path, malformed)
+
+
 @inventory_check
 def _check_fleet_sync(ctx):
     """anycast_edge_fleet_sync (off by default: a single POP needs no NATS) and, when it is on,
@@ -1317,19 +1326,11 @@ def _check_fleet_sync(ctx):
                 or re.search(r"[\x00-\x1f\x7f]", password):
             problems.note(path, "(not shown) must be a string of at least %d characters, without control characters "
                           "or surrounding spaces" % MIN_NATS_PASSWORD)
-        cert = hostvars.get("anycast_edge_nats_tls_cert")
-        path = _hostvars_path(host, "anycast_edge_nats_tls_cert")
-        if not cert:
-            problems.note(path, "is required with anycast_edge_fleet_sync (the PEM of this POP's NATS certificate, "
-                          "signed by anycast_edge_nats_tls_ca, naming its NATS address)")
-        elif not isinstance(cert, str) or not PEM_CERTIFICATE.fullmatch(cert):
-            problems.note(path, "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
-        key = hostvars.get("anycast_edge_nats_tls_key")
-        path = _hostvars_path(host, "anycast_edge_nats_tls_key")
-        if not key:
-            problems.note(path, "is required with anycast_edge_fleet_sync (the PEM of this POP's NATS private key; "
-                          "vault it)")
-        elif not isinstance(key, str) or not PEM_PRIVATE_KEY.fullmatch(key):
-            problems.note(path, "(not shown) is not a PEM private key (-----BEGIN PRIVATE KEY----- ...)")
+        _nats_pem(problems, host, hostvars, "anycast_edge_nats_tls_cert", PEM_CERTIFICATE,
+                  "the PEM of this POP's NATS certificate, signed by anycast_edge_nats_tls_ca, naming its NATS address",
+                  "is not a PEM certificate (-----BEGIN CERTIFICATE----- ...)")
+        _nats_pem(problems, host, hostvars, "anycast_edge_nats_tls_key", PEM_PRIVATE_KEY,
+                  "the PEM of this POP's NATS private key; vault it",
+                  "(not shown) is not a PEM private key (-----BEGIN PRIVATE KEY----- ...)")
     options = _fleet_sync_options(problems, ctx.variables.get("anycast_edge_fleet_sync_options"), len(ctx.pops))
     ctx.normalized["fleet_sync"] = {"enabled": True, "pops": pops, "options": options}
