@@ -29,6 +29,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
 from helpers.bpffs import private_bpffs
+from helpers.playbook import recap_counts, run_playbook
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
@@ -136,11 +137,10 @@ class Run:
 
     @property
     def recap(self):
-        for line in self.stdout.splitlines():
-            if line.startswith("localhost") and "ok=" in line:
-                return dict((key, int(value)) for key, value in
-                            (item.split("=") for item in line.split(":", 1)[1].split()))
-        raise AssertionError("no PLAY RECAP in:\n" + self.stdout)
+        counts = recap_counts(self.stdout)
+        if "localhost" not in counts:
+            raise AssertionError("no PLAY RECAP in:\n" + self.stdout)
+        return counts["localhost"]
 
 
 def run_edge_rules(pop, tmp_path, rules, *args, expect_failure=False, extra=None):
@@ -164,19 +164,8 @@ def run_edge_rules(pop, tmp_path, rules, *args, expect_failure=False, extra=None
         ],
     }]
     (work / "playbook.yml").write_text(yaml.safe_dump(playbook))
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
-        "ANSIBLE_HOME": str(work / "ansible-home"),
-        "PATH": "%s:%s" % (VENV_BIN, env.get("PATH", "")),
-    })
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % sys.executable, "-e", "@%s" % (work / "args.json"),
-         str(work / "playbook.yml"), *args],
-        capture_output=True, text=True, env=env, timeout=600, check=False, cwd=str(work))
+    proc = run_playbook(work / "playbook.yml", work, "-e", "@%s" % (work / "args.json"), *args,
+                        extra_env={"ANSIBLE_HOME": str(work / "ansible-home")}, timeout=600, cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((work / "result.json").read_text())
     if not expect_failure:
@@ -198,27 +187,25 @@ def cidrs(entries):
     return result
 
 
-def services(entries):
+def by_service(entries, fields):
+    """{(protocol, address, port): fields(the unpacked struct service_value)} of edge_services."""
     decoded = {}
     protocols = {6: "tcp", 17: "udp", 1: "icmp"}
     for key, value in entries.items():
         address, port_raw, proto = struct.unpack("<4s2sBx", key)
-        service_id, backend, flags, max_age_ms, pps, bps = abi.SERVICE_VALUE.unpack(value)[:6]
-        decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
-            service_id, ip(backend), flags, max_age_ms, pps, bps)
+        decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = fields(
+            abi.SERVICE_VALUE.unpack(value))
     return decoded
+
+
+def services(entries):
+    """{(protocol, address, port): (id, backend, flags, A2S max age ms, limit pps, limit bps)}."""
+    return by_service(entries, lambda value: (value[0], ip(value[1])) + value[2:6])
 
 
 def defence(entries):
     """{(protocol, address, port): (admission pps, admission bps, game protocol, attack mode)}."""
-    decoded = {}
-    protocols = {6: "tcp", 17: "udp", 1: "icmp"}
-    for key, value in entries.items():
-        address, port_raw, proto = struct.unpack("<4s2sBx", key)
-        pps, bps, game, mode = abi.SERVICE_VALUE.unpack(value)[6:10]
-        decoded[(protocols[proto], ip(address), struct.unpack("!H", port_raw)[0])] = (
-            pps, bps, abi.GAME_PROTOCOLS[game], abi.ATTACK_MODES[mode])
-    return decoded
+    return by_service(entries, lambda value: value[6:8] + (abi.GAME_PROTOCOLS[value[8]], abi.ATTACK_MODES[value[9]]))
 
 
 def config(entries):

@@ -40,15 +40,41 @@ class PlaybookRun:
         return len(self.results)
 
 
+def recap_counts(output: str) -> dict:
+    """{host: {"ok": n, "changed": n, "failed": n, ...}} from the PLAY RECAP of ansible-playbook's
+    ``output`` (the default callback's lines ``host : ok=1 changed=0 ...``)."""
+    counts = {}
+    recap = output.split("PLAY RECAP", 1)[1] if "PLAY RECAP" in output else ""
+    for line in recap.splitlines():
+        host, colon, fields = line.partition(":")
+        if colon and "ok=" in fields:
+            counts[host.strip()] = dict((key, int(value)) for key, value in re.findall(r"(\w+)=(\d+)", fields))
+    return counts
+
+
 def changed_by_host(output: str, hosts) -> dict:
     """{host: its changed count} from the PLAY RECAP of ansible-playbook's ``output``; each of
     ``hosts`` must be there with failed=0."""
+    counts = recap_counts(output)
     changed = {}
     for host in hosts:
-        recap = re.search(r"^%s\s*:.*?changed=(\d+).*?failed=(\d+)" % re.escape(host), output, re.M)
-        assert recap and recap.group(2) == "0", output
-        changed[host] = int(recap.group(1))
+        assert host in counts and counts[host]["failed"] == 0, output
+        changed[host] = counts[host]["changed"]
     return changed
+
+
+def bpf_role_vars(tmp_path: Path, pin_root: str, object_dir: str) -> dict:
+    """The inventory variables with which a BPF role (xdp_edge, tc_mapper) converges inside a
+    test: its pins under ``pin_root``, the objects built and shipped under ``tmp_path`` (the host's
+    in ``object_dir``), no package installed, no sysctl persisted, modules run by this venv."""
+    return {
+        "anycast_edge_bpf_pin_root": pin_root,
+        "anycast_edge_controller_build_dir": str(tmp_path / "controller-build"),
+        "anycast_edge_object_dir": str(tmp_path / object_dir),
+        "anycast_edge_manage_packages": False,
+        "anycast_edge_sysctl_persist": False,
+        "ansible_python_interpreter": sys.executable,
+    }
 
 
 def task(module: str, args: dict | None = None, check: bool = False, diff: bool = False,
@@ -100,6 +126,20 @@ def run_tasks(tasks: list, workdir: Path, netns=None, python: str | None = None,
     playbook_path = workdir / "playbook.yml"
     playbook_path.write_text(yaml.safe_dump(playbook, sort_keys=False))
 
+    started = time.monotonic()
+    done = run_playbook(playbook_path, workdir, netns=netns, python=python, extra_env=extra_env, timeout=timeout)
+    seconds = time.monotonic() - started
+    output = done.stdout + done.stderr
+    if done.returncode != 0 or not results_path.exists():
+        raise AssertionError("ansible-playbook failed (rc %d):\n%s" % (done.returncode, output))
+    return PlaybookRun(json.loads(results_path.read_text()), output, seconds)
+
+
+def run_playbook(playbook_path: Path, workdir: Path, *args: str, netns=None, python: str | None = None,
+                 extra_env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
+    """ansible-playbook ``playbook_path`` (with ``args``) on localhost over the local connection,
+    the modules run by ``python`` (default: this venv's), Ansible's temporary files under
+    ``workdir``, in ``netns`` when given; the CompletedProcess, whatever its return code."""
     env = dict(os.environ)
     env.update({
         "ANSIBLE_NOCOLOR": "1",
@@ -111,13 +151,8 @@ def run_tasks(tasks: list, workdir: Path, netns=None, python: str | None = None,
     env.update(extra_env or {})
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
             "-e", "ansible_python_interpreter=%s" % (python or sys.executable),
-            str(playbook_path)]
+            str(playbook_path), *args]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns.name] + argv
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    seconds = time.monotonic() - started
-    output = done.stdout + done.stderr
-    if done.returncode != 0 or not results_path.exists():
-        raise AssertionError("ansible-playbook failed (rc %d):\n%s" % (done.returncode, output))
-    return PlaybookRun(json.loads(results_path.read_text()), output, seconds)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                          cwd=None if cwd is None else str(cwd))
