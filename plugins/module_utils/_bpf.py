@@ -673,22 +673,24 @@ def prog_info(fd):
     )
 
 
-def prog_info_by_id(prog_id):
-    """ProgInfo of the loaded program with id ``prog_id`` (e.g. from xdp_query)."""
-    fd = _check(_lib().bpf_prog_get_fd_by_id(prog_id), "open program by id", prog_id)
+def _info_by_id(object_id, fd_by_id, what, info):
+    """``info(fd)`` of the BPF object with id ``object_id``, opened by libbpf's ``fd_by_id`` for
+    the time of the call."""
+    fd = _check(getattr(_lib(), fd_by_id)(object_id), "open %s by id" % what, object_id)
     try:
-        return prog_info(fd)
+        return info(fd)
     finally:
         os.close(fd)
+
+
+def prog_info_by_id(prog_id):
+    """ProgInfo of the loaded program with id ``prog_id`` (e.g. from xdp_query)."""
+    return _info_by_id(prog_id, "bpf_prog_get_fd_by_id", "program", prog_info)
 
 
 def map_info_by_id(map_id):
     """MapInfo of the map with id ``map_id`` (e.g. from ProgInfo.map_ids)."""
-    fd = _check(_lib().bpf_map_get_fd_by_id(map_id), "open map by id", map_id)
-    try:
-        return map_info(fd)
-    finally:
-        os.close(fd)
+    return _info_by_id(map_id, "bpf_map_get_fd_by_id", "map", map_info)
 
 
 # ---------------------------------------------------------------------------
@@ -967,6 +969,38 @@ class _FdHolder(Closing):
     libbpf handle) or by this instance (opened from a pin, an id or a dup)."""
 
     _owned_fd = None
+    _noun = None          # "map" or "program", in its errors
+    _libbpf_fd = None     # libbpf's getters of a member of an object: its fd, its name
+    _libbpf_name = None
+
+    def _live_ptr(self):
+        raise NotImplementedError
+
+    def info(self):
+        raise NotImplementedError
+
+    @property
+    def name(self):
+        """Full name for members of an object (a program's function name); the kernel's (<= 15
+        chars) otherwise."""
+        ptr = self._live_ptr()
+        if ptr is not None:
+            return _decode(getattr(_lib(), self._libbpf_name)(ptr))
+        return self.info().name
+
+    @property
+    def fd(self):
+        """The map's or program's fd (BpfError EBADF before its object is loaded)."""
+        ptr = self._live_ptr()
+        if ptr is None:
+            if self._owned_fd is None:
+                raise BpfError(errno.EBADF, "use " + self._noun, detail="closed")
+            return self._owned_fd
+        fd = getattr(_lib(), self._libbpf_fd)(ptr)
+        if fd < 0:
+            raise BpfError(errno.EBADF, "use " + self._noun, self.name,
+                           detail="object not loaded yet")
+        return fd
 
     def close(self):
         """Close the fd this instance owns (no-op for object members: they
@@ -974,6 +1008,12 @@ class _FdHolder(Closing):
         fd, self._owned_fd = self._owned_fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _map_attribute(info_field, libbpf_getter, doc):
+    """A BpfMap property: what libbpf says before the map is loaded, the kernel's map info after
+    (BpfMap._attr)."""
+    return property(lambda bpf_map: bpf_map._attr(info_field, libbpf_getter), doc=doc)
 
 
 class BpfMap(_FdHolder):
@@ -992,6 +1032,10 @@ class BpfMap(_FdHolder):
         self._owned_fd = fd
         self._info = None
         self._batch_unsupported = set()
+
+    _noun = "map"
+    _libbpf_fd = "bpf_map__fd"
+    _libbpf_name = "bpf_map__name"
 
     # -- construction -----------------------------------------------------
 
@@ -1030,20 +1074,6 @@ class BpfMap(_FdHolder):
                            detail="its BpfObject is closed")
         return self._map_ptr
 
-    @property
-    def fd(self):
-        """The map's fd (BpfError EBADF before its object is loaded)."""
-        ptr = self._live_ptr()
-        if ptr is None:
-            if self._owned_fd is None:
-                raise BpfError(errno.EBADF, "use map", detail="closed")
-            return self._owned_fd
-        fd = _lib().bpf_map__fd(ptr)
-        if fd < 0:
-            raise BpfError(errno.EBADF, "use map", self.name,
-                           detail="object not loaded yet")
-        return fd
-
     def _has_fd(self):
         ptr = self._live_ptr()
         return self._owned_fd is not None if ptr is None else _lib().bpf_map__fd(ptr) >= 0
@@ -1063,40 +1093,16 @@ class BpfMap(_FdHolder):
         return getattr(self.info(), info_field)
 
     @property
-    def name(self):
-        """Full name for object maps; the kernel's (<= 15 chars) otherwise."""
-        ptr = self._live_ptr()
-        if ptr is not None:
-            return _decode(_lib().bpf_map__name(ptr))
-        return self.info().name
-
-    @property
     def id(self):
         """Kernel map id."""
         return self.info().id
 
-    @property
-    def type(self):
-        """Map type (``BPF_MAP_TYPE_*``)."""
-        return self._attr("type", "bpf_map__type")
-
-    @property
-    def key_size(self):
-        return self._attr("key_size", "bpf_map__key_size")
-
-    @property
-    def value_size(self):
-        """Size of one value (one CPU's value for per-CPU maps)."""
-        return self._attr("value_size", "bpf_map__value_size")
-
-    @property
-    def max_entries(self):
-        return self._attr("max_entries", "bpf_map__max_entries")
-
-    @property
-    def flags(self):
-        """Map flags (``BPF_F_*``, e.g. BPF_F_NO_PREALLOC = 1)."""
-        return self._attr("flags", "bpf_map__map_flags")
+    type = _map_attribute("type", "bpf_map__type", "Map type (``BPF_MAP_TYPE_*``).")
+    key_size = _map_attribute("key_size", "bpf_map__key_size", "Size of one key.")
+    value_size = _map_attribute("value_size", "bpf_map__value_size",
+                                "Size of one value (one CPU's value for per-CPU maps).")
+    max_entries = _map_attribute("max_entries", "bpf_map__max_entries", "How many entries the map holds at most.")
+    flags = _map_attribute("flags", "bpf_map__map_flags", "Map flags (``BPF_F_*``, e.g. BPF_F_NO_PREALLOC = 1).")
 
     @property
     def is_percpu(self):
@@ -1547,6 +1553,10 @@ class BpfProgram(_FdHolder):
         self._prog_ptr = prog_ptr
         self._owned_fd = fd
 
+    _noun = "program"
+    _libbpf_fd = "bpf_program__fd"
+    _libbpf_name = "bpf_program__name"
+
     @classmethod
     def from_pin(cls, path):
         """Open the program pinned at ``path`` (the instance owns the fd)."""
@@ -1575,29 +1585,6 @@ class BpfProgram(_FdHolder):
         if self._owner is None or self._owner.closed:
             raise BpfError(errno.EBADF, "use program", detail="its BpfObject is closed")
         return self._prog_ptr
-
-    @property
-    def fd(self):
-        """The program's fd (BpfError EBADF before its object is loaded)."""
-        ptr = self._live_ptr()
-        if ptr is None:
-            if self._owned_fd is None:
-                raise BpfError(errno.EBADF, "use program", detail="closed")
-            return self._owned_fd
-        fd = _lib().bpf_program__fd(ptr)
-        if fd < 0:
-            raise BpfError(errno.EBADF, "use program", self.name,
-                           detail="object not loaded yet")
-        return fd
-
-    @property
-    def name(self):
-        """Full function name for object programs; the kernel's (<= 15
-        chars) otherwise."""
-        ptr = self._live_ptr()
-        if ptr is not None:
-            return _decode(_lib().bpf_program__name(ptr))
-        return self.info().name
 
     @property
     def section(self):
