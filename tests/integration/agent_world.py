@@ -25,7 +25,10 @@ TESTS_DIR = Path(__file__).resolve().parent.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+import pytest  # noqa: E402  pylint: disable=wrong-import-position
+
 from a2s_responder import AGENT_DIR  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+from bpf.scenario import setup_pop  # noqa: E402  pylint: disable=wrong-import-position
 from harness import topology as topo  # noqa: E402  pylint: disable=wrong-import-position
 from harness.edge_env import EdgeEnv  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -36,6 +39,19 @@ SERVICE_ADDRESS = "198.51.100.10"
 SERVICE_PORT = 27015
 POP_LINK = "10.200.0.1"
 BACKEND_LINK = "10.200.0.2"
+
+
+@pytest.fixture(scope="module")
+def world(repo_root, tmp_path_factory):
+    """The test module's AgentWorld (a module imports this fixture by name)."""
+    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("agent"))
+
+
+def scenario_pop(world):
+    """``world`` with its program's maps emptied and the scenario's POP set up (bpf.scenario)."""
+    world.edge.reset()
+    setup_pop(world.edge)
+    return world
 
 
 def run(*argv, check=True):

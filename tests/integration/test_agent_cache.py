@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from agent_world import IFACE, SERVICE_ADDRESS, SERVICE_PORT, AgentWorld, wait_until
+from agent_world import IFACE, SERVICE_ADDRESS, SERVICE_PORT, scenario_pop, wait_until
+from agent_world import world  # noqa: F401  pylint: disable=unused-import
 from bpf.packets import a2s_field_request
-from bpf.scenario import A2S_REQUEST, GAME_UDP_ID, PLAYER, cookie_for, player_udp, setup_pop
+from bpf.scenario import A2S_REQUEST, GAME_UDP_ID, PLAYER, cookie_for, player_udp
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent import health, refresher
 from anycast_edge_agent.maps import EdgeMaps
@@ -22,15 +23,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF and namespaces ne
 MAX_AGE_SEC = 1.5
 
 
-@pytest.fixture(scope="module")
-def world(repo_root, tmp_path_factory):
-    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("agent"))
-
-
 @pytest.fixture
 def pop(world):
-    world.edge.reset()
-    setup_pop(world.edge)
+    scenario_pop(world)
     # The scenario's game service, with a short max age so expiry is seen within the test.
     world.edge.add_service("udp", SERVICE_ADDRESS, SERVICE_PORT, GAME_UDP_ID, "10.1.0.10",
                            flags=abi.SERVICE_F_A2S_CACHE, a2s_max_age_ms=int(MAX_AGE_SEC * 1000))

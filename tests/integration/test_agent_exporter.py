@@ -15,9 +15,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent_world import IFACE, AgentWorld
+from agent_world import IFACE, scenario_pop
+from agent_world import world  # noqa: F401  pylint: disable=unused-import
 from bpf.packets import a2s_field_request
-from bpf.scenario import A2S_REQUEST, GAME, GAME_UDP_ID, PLAYER, cookie_for, player_tcp, player_udp, setup_pop
+from bpf.scenario import A2S_REQUEST, GAME, GAME_UDP_ID, PLAYER, cookie_for, player_tcp, player_udp
 from anycast_edge_agent import config as agent_config
 from anycast_edge_agent.exporter import EdgeCollector, serve
 from anycast_edge_agent.maps import EdgeMaps
@@ -29,16 +30,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF and namespaces ne
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def world(repo_root, tmp_path_factory):
-    yield from AgentWorld.serving(repo_root, tmp_path_factory.mktemp("exporter"))
-
-
 @pytest.fixture
 def pop(world):
-    world.edge.reset()
-    setup_pop(world.edge)
-    return world
+    return scenario_pop(world)
 
 
 def make_collector(world):
