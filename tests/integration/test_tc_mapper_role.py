@@ -26,7 +26,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _mapper_abi as abi
 
 from helpers.netns import veth
-from helpers.playbook import run_tasks, task
+from helpers.playbook import bpf_role_vars, changed_by_host, run_tasks, task
 
 VENV_BIN = Path(sys.executable).parent
 ROLE_PLAYBOOK = Path(__file__).resolve().parent / "playbooks" / "tc_mapper_role.yml"
@@ -50,12 +50,7 @@ def inventory(tmp_path: Path, pin_root: str, pops: list, **backend_vars) -> Path
                  "backend": "game2"},
             ],
             "anycast_edge_mapper_idle_sec": 30,
-            "anycast_edge_bpf_pin_root": pin_root,
-            "anycast_edge_controller_build_dir": str(tmp_path / "controller-build"),
-            "anycast_edge_object_dir": str(tmp_path / "host-objects"),
-            "anycast_edge_manage_packages": False,
-            "anycast_edge_sysctl_persist": False,
-            "ansible_python_interpreter": sys.executable,
+            **bpf_role_vars(tmp_path, pin_root, "host-objects"),
         },
         "children": {
             "pops": {"hosts": dict((name, {"anycast_edge_uplink": "eth0", "anycast_edge_tunnel_address": POPS[name]})
@@ -86,9 +81,7 @@ def play(namespace, inventory_path: Path, expect_failure: bool = False):
         assert done.returncode != 0, output
         return output
     assert done.returncode == 0, output
-    recap = re.search(r"^game1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
-    assert recap and recap.group(2) == "0", output
-    return int(recap.group(1))
+    return changed_by_host(output, ["game1"])["game1"]
 
 
 def tc_filters(namespace, direction: str) -> list:

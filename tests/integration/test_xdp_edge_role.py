@@ -26,7 +26,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 
 from helpers.netns import veth
-from helpers.playbook import changed_by_host
+from helpers.playbook import bpf_role_vars, changed_by_host
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -48,12 +48,7 @@ def inventory(tmp_path: Path, pin_root: str, deny: list, pops: dict = None, extr
             "anycast_edge_filters": {"deny": deny, "allow": ["100.64.0.0/10"],
                                      "rate_limits": {"udp": {"packets_per_sec": 1000}},
                                      "ban_sec": 60, "punch_idle_sec": 120, "a2s_cookie_epoch_sec": 30},
-            "anycast_edge_bpf_pin_root": pin_root,
-            "anycast_edge_controller_build_dir": str(tmp_path / "controller-build"),
-            "anycast_edge_object_dir": str(tmp_path / "pop-objects"),
-            "anycast_edge_manage_packages": False,
-            "anycast_edge_sysctl_persist": False,
-            "ansible_python_interpreter": sys.executable,
+            **bpf_role_vars(tmp_path, pin_root, "pop-objects"),
             **(extra_vars or {}),
         },
         "children": {
