@@ -22,11 +22,35 @@ IPPROTO_IPIP = 4
 IPPROTO_UDP = 17
 
 
-class UdpSender:
+class _SocketThread:
+    """A socket's loop (``_run``) in a daemon thread: start() starts it, _finish() stops it, waits
+    for it and closes the socket."""
+
+    sock: socket.socket
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _finish(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+class UdpSender(_SocketThread):
     """Send one tagged UDP datagram every ``interval`` seconds from ``source`` (an address of
     the namespace) to ``destination``, until stop()."""
 
     def __init__(self, netns, number: int, source: str, destination: tuple, interval: float = 0.001):
+        super().__init__()
         self.number = number
         self.destination = destination
         self.interval = interval
@@ -34,12 +58,6 @@ class UdpSender:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((source, 0))
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "UdpSender":
-        self._thread.start()
-        return self
 
     def _run(self) -> None:
         next_send = time.monotonic()
@@ -53,9 +71,7 @@ class UdpSender:
 
     def stop(self) -> int:
         """Stop sending; returns how many were sent (sequence numbers 0..sent-1)."""
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+        self._finish()
         return self.sent
 
 
@@ -86,10 +102,11 @@ def _udp_payload(ip_packet: bytes):
     return proto, source, destination, body
 
 
-class Capture:
+class Capture(_SocketThread):
     """Record the tagged packets arriving on ``dev`` (frames the interface sends are ignored)."""
 
     def __init__(self, netns, dev: str):
+        super().__init__()
         with netns.entered():
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -97,12 +114,6 @@ class Capture:
         self.sock.settimeout(0.1)
         self.seen = Seen()
         self.last_seen = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "Capture":
-        self._thread.start()
-        return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -142,7 +153,5 @@ class Capture:
     def stop(self) -> Seen:
         # Let the last packets in flight arrive before closing.
         time.sleep(0.2)
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+        self._finish()
         return self.seen
