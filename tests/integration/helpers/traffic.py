@@ -7,6 +7,7 @@ plain) and which are missing.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -117,15 +118,16 @@ class Capture(_SocketThread):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                frame, address = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            if address[2] == PACKET_OUTGOING or len(frame) < 34:
-                continue
-            if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
-                continue
-            self._record(frame[14:])
+            with contextlib.suppress(socket.timeout):   # nothing within 0.1 s: look at _stop again
+                self._take(*self.sock.recvfrom(65536))
+
+    def _take(self, frame: bytes, address) -> None:
+        """Record a received frame (not one the interface sent) that carries IPv4."""
+        if address[2] == PACKET_OUTGOING or len(frame) < 34:
+            return
+        if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
+            return
+        self._record(frame[14:])
 
     def _record(self, ip_packet: bytes) -> None:
         proto, source, destination, body = _udp_payload(ip_packet)
