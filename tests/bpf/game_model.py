@@ -129,30 +129,33 @@ def goldsrc_getchallenge(payload: bytes) -> bool:
     return payload in (GOLDSRC_GETCHALLENGE, GOLDSRC_GETCHALLENGE + b"\x00")
 
 
-def goldsrc_connect(payload: bytes) -> Optional[int]:
-    """"connect 48 <challenge> \\"..." : the challenge may be negative (echoed with %i)."""
-    if not payload.startswith(GOLDSRC_CONNECT):
+def _decimal_after(payload: bytes, prefix: bytes, allow_sign: bool):
+    """(value, the window's bytes after it) of the canonical decimal right after ``prefix`` (see
+    _decimal), or None."""
+    if not payload.startswith(prefix):
         return None
-    number = _decimal(payload, len(GOLDSRC_CONNECT), allow_sign=True)
+    number = _decimal(payload, len(prefix), allow_sign=allow_sign)
     if number is None:
         return None
     value, end = number
-    text = payload[:WINDOW_LEN]
-    if text[end:end + 2] != b' "':
+    return value, payload[:WINDOW_LEN][end:]
+
+
+def goldsrc_connect(payload: bytes) -> Optional[int]:
+    """"connect 48 <challenge> \\"..." : the challenge may be negative (echoed with %i)."""
+    found = _decimal_after(payload, GOLDSRC_CONNECT, allow_sign=True)
+    if found is None or found[1][:2] != b' "':
         return None
-    return value
+    return found[0]
 
 
 def goldsrc_server_challenge(payload: bytes) -> Optional[int]:
     """"A00000000 <challenge> <auth 1..3>" then ' ' or '\\n'."""
-    if not payload.startswith(GOLDSRC_CHALLENGE):
+    found = _decimal_after(payload, GOLDSRC_CHALLENGE, allow_sign=False)
+    if found is None:
         return None
-    number = _decimal(payload, len(GOLDSRC_CHALLENGE), allow_sign=False)
-    if number is None:
-        return None
-    value, end = number
-    text = payload[:WINDOW_LEN]
-    follow = text[end:end + 3]
+    value, after = found
+    follow = after[:3]
     if len(follow) != 3 or follow[0:1] != b" " or follow[1:2] not in (b"1", b"2", b"3") or follow[2:3] not in (b" ", b"\n"):
         return None
     return value
@@ -171,22 +174,21 @@ def handshake_shaped(payload: bytes, protocol: int) -> bool:
     return goldsrc_getchallenge(payload) or goldsrc_connect(payload) is not None
 
 
-def server_challenge(payload: bytes, protocol: int) -> Optional[int]:
-    """The challenge a game server's reply hands its client, or None."""
+def _read_by_protocol(payload: bytes, protocol: int, source_reader, goldsrc_reader) -> Optional[int]:
+    """What the protocol's reader finds in a candidate payload, or None."""
     if not _candidate(payload, protocol):
         return None
-    if protocol == EDGE_GAME_SOURCE:
-        return source_server_challenge(payload)
-    return goldsrc_server_challenge(payload)
+    return (source_reader if protocol == EDGE_GAME_SOURCE else goldsrc_reader)(payload)
+
+
+def server_challenge(payload: bytes, protocol: int) -> Optional[int]:
+    """The challenge a game server's reply hands its client, or None."""
+    return _read_by_protocol(payload, protocol, source_server_challenge, goldsrc_server_challenge)
 
 
 def client_echo(payload: bytes, protocol: int) -> Optional[int]:
     """The server challenge a client's connect echoes, or None."""
-    if not _candidate(payload, protocol):
-        return None
-    if protocol == EDGE_GAME_SOURCE:
-        return source_connect(payload)
-    return goldsrc_connect(payload)
+    return _read_by_protocol(payload, protocol, source_connect, goldsrc_connect)
 
 
 # ---- well-formed packets, for tests and the lab ------------------------------------------------

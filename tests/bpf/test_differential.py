@@ -146,25 +146,29 @@ class Context:
     cookie_key: tuple
     cookie_key_previous: tuple
 
+    # A cookie kind: (key generation, epoch) - this epoch, the previous one (both accepted), older
+    # and newer, with the current key or the one before it.
+    KINDS = {"current": (0, 0), "previous": (0, -1), "stale": (0, -2), "next": (0, 1),
+             "old_key": (1, 0), "old_key_previous": (1, -1), "old_key_stale": (1, -2)}
+
+    def key_and_epoch(self, kind):
+        """(key, epoch) a cookie of ``kind`` is made with."""
+        generation, delta = self.KINDS[kind]
+        return (self.cookie_key, self.cookie_key_previous)[generation], (self.epoch + delta) % (1 << 64)
+
     def cookie(self, kind, src, dst, sport, dport):
         if isinstance(kind, int):
             return kind
-        # (key generation, epoch): this epoch, the previous one (both accepted), older and newer.
-        generation, delta = {"current": (0, 0), "previous": (0, -1), "stale": (0, -2), "next": (0, 1),
-                             "old_key": (1, 0), "old_key_previous": (1, -1), "old_key_stale": (1, -2)}[kind]
-        key = (self.cookie_key, self.cookie_key_previous)[generation]
+        key, epoch = self.key_and_epoch(kind)
         return m.a2s_cookie(key, socket.inet_aton(src), socket.inet_aton(dst),
-                            struct.pack("!H", sport), struct.pack("!H", dport), (self.epoch + delta) % (1 << 64))
+                            struct.pack("!H", sport), struct.pack("!H", dport), epoch)
 
     def syn_cookie(self, kind, src, dst, sport, dport):
         """The SYN authentication cookie (syn_auth.h) of a 4-tuple, by the same kinds as cookie()."""
         if isinstance(kind, int):
             return kind
-        generation, delta = {"current": (0, 0), "previous": (0, -1), "stale": (0, -2), "next": (0, 1),
-                             "old_key": (1, 0), "old_key_previous": (1, -1), "old_key_stale": (1, -2)}[kind]
-        key = (self.cookie_key, self.cookie_key_previous)[generation]
-        return syn_cookie(key, socket.inet_aton(src), socket.inet_aton(dst), sport, dport,
-                          (self.epoch + delta) % (1 << 64))
+        key, epoch = self.key_and_epoch(kind)
+        return syn_cookie(key, socket.inet_aton(src), socket.inet_aton(dst), sport, dport, epoch)
 
 
 @dataclass
