@@ -14,6 +14,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 MUTATIONS = ("flip", "set", "cut", "extend", "insert", "delete", "number")
+# The player and the service of the fixtures' frames.
+CLIENT = "203.0.113.7"
+SERVICE = "198.51.100.10"
+
+
+def examples(variable: str) -> int:
+    """How many payloads a differential test tries: ``variable`` from the environment, else 600."""
+    return int(os.environ.get(variable, "600"))
 
 
 def differential(examples: int):

@@ -9,7 +9,6 @@ model tests/bpf/game_model.py (a differential test on random and mutated handsha
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from pathlib import Path
@@ -22,6 +21,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import GAME_PROTOCOLS
 
 from . import fuzz
+from .fuzz import CLIENT, SERVICE
 from . import game_model as gm
 from . import packets as pk
 from .btf_check import assert_layout_matches_btf, enum_names
@@ -37,9 +37,7 @@ ANSWERS = struct.Struct("<Ii" + "%dI" % PROTOCOLS_TRIED * 5)
 ANSWERS_MEMBERS = ("runs", "parse_result", "shaped", "server_found", "server_challenge", "echo_found",
                    "echo_challenge")
 
-CLIENT = "203.0.113.7"
-SERVICE = "198.51.100.10"
-EXAMPLES = int(os.environ.get("GAME_FUZZ_EXAMPLES", "600"))
+EXAMPLES = fuzz.examples("GAME_FUZZ_EXAMPLES")
 
 
 # ---- the fixture program -------------------------------------------------------------------------

@@ -10,7 +10,6 @@ the legacy ping, attackers' random payloads) and with the reference model tests/
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from pathlib import Path
@@ -24,6 +23,7 @@ from scapy.packet import Raw
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 
 from . import fuzz
+from .fuzz import CLIENT, SERVICE
 from . import mc_model as mc
 from . import packets as pk
 from .btf_check import assert_layout_matches_btf
@@ -37,9 +37,7 @@ HANDSHAKE_MEMBERS = ("protocol_version", "address_len", "port", "next_state", "e
 ANSWERS = struct.Struct("<IiII5I")
 ANSWERS_MEMBERS = ("runs", "parse_result", "valid", "pad", "handshake")
 
-CLIENT = "203.0.113.7"
-SERVICE = "198.51.100.10"
-EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "600"))
+EXAMPLES = fuzz.examples("MC_FUZZ_EXAMPLES")
 
 
 @pytest.fixture(scope="module")
