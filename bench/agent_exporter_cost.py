@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import socket
 import statistics
@@ -112,17 +113,28 @@ def median_scrape_cpu(pin_root, scrapes: int, clients_every: float, state_every:
     return statistics.median(times)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=100_000)
-    parser.add_argument("--bans", type=int, default=262_144)
-    parser.add_argument("--punches", type=int, default=262_144)
-    parser.add_argument("--scrapes", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=8)
-    args = parser.parse_args()
+def arguments(doc: str, **counts: int) -> argparse.Namespace:
+    """The command line of an agent bench: the integer options ``counts`` ({name: default}), and
+    --bans and --punches (262,144 each by default: edge_sources' bans and edge_punches full)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in dict(counts, bans=262_144, punches=262_144).items():
+        parser.add_argument("--" + name, type=int, default=default)
+    return parser.parse_args()
+
+
+def is_root(tool: str) -> bool:
+    """True when run as root; else says that ``tool`` needs it."""
     if os.geteuid() != 0:
-        print("agent_exporter_cost: needs root (BPF)", file=sys.stderr)
-        return 1
+        print("%s: needs root (BPF)" % tool, file=sys.stderr)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def pinned_edge_program():
+    """build/xdp_edge.o made up to date and loaded, its program and maps pinned for IFACE in a
+    private bpffs as xdp_program pins them: yields (the object, the bpffs folder), unmounted and
+    removed afterwards."""
     subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=REPO_ROOT, check=True)
     pin_root = tempfile.mkdtemp(prefix="anycast-edge-bench-pins-")
     subprocess.run(["mount", "-t", "bpf", "bpf", pin_root], check=True)
@@ -133,31 +145,40 @@ def main() -> int:
             obj.program("xdp_edge").pin(_pins.program_pin_path(pin_root, IFACE))
             for bpf_map in obj.maps():
                 bpf_map.pin(_pins.map_pin_path(pin_root, IFACE, bpf_map.name))
-            clients = obj.map("edge_sources")
-            fill_clients(clients, args.clients)
-            fill_bans_and_punches(clients, obj.map("edge_punches"), args.bans, args.punches)
-            registry = CollectorRegistry()
-            registry.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10))
-            generate_latest(registry)  # the first scrape has no previous reading: not timed
-            cpu_times, wall_times = [], []
-            for scrape in range(args.scrapes):
-                fill_clients(clients, args.clients, bump=scrape + 1, every=10)
-                cpu_start, wall_start = time.process_time(), time.monotonic()
-                text = generate_latest(registry).decode()
-                cpu_times.append(time.process_time() - cpu_start)
-                wall_times.append(time.monotonic() - wall_start)
-            # One family group walked every scrape, the other reused: what each walk costs alone.
-            light_times = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=3600)
-            clients_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=0, state_every=3600)
-            state_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=0)
-            tracked = [line for line in text.splitlines() if line.startswith("anycast_edge_clients_tracked ")]
-            bursty = CollectorRegistry()
-            bursty.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10,
-                                          clients_interval_sec=Config.top_clients_interval_sec,
-                                          state_interval_sec=Config.state_maps_interval_sec))
-            burst = burst_cpu(bursty, args.burst)
+            yield obj, pin_root
     finally:
         subprocess.run(["umount", "-l", pin_root], check=False)
+        os.rmdir(pin_root)
+
+
+def main() -> int:
+    args = arguments(__doc__, clients=100_000, scrapes=20, burst=8)
+    if not is_root("agent_exporter_cost"):
+        return 1
+    with pinned_edge_program() as (obj, pin_root):
+        clients = obj.map("edge_sources")
+        fill_clients(clients, args.clients)
+        fill_bans_and_punches(clients, obj.map("edge_punches"), args.bans, args.punches)
+        registry = CollectorRegistry()
+        registry.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10))
+        generate_latest(registry)  # the first scrape has no previous reading: not timed
+        cpu_times, wall_times = [], []
+        for scrape in range(args.scrapes):
+            fill_clients(clients, args.clients, bump=scrape + 1, every=10)
+            cpu_start, wall_start = time.process_time(), time.monotonic()
+            text = generate_latest(registry).decode()
+            cpu_times.append(time.process_time() - cpu_start)
+            wall_times.append(time.monotonic() - wall_start)
+        # One family group walked every scrape, the other reused: what each walk costs alone.
+        light_times = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=3600)
+        clients_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=0, state_every=3600)
+        state_only = median_scrape_cpu(pin_root, args.scrapes, clients_every=3600, state_every=0)
+        tracked = [line for line in text.splitlines() if line.startswith("anycast_edge_clients_tracked ")]
+        bursty = CollectorRegistry()
+        bursty.register(EdgeCollector(EdgeMaps(pin_root, IFACE), top_clients=10,
+                                      clients_interval_sec=Config.top_clients_interval_sec,
+                                      state_interval_sec=Config.state_maps_interval_sec))
+        burst = burst_cpu(bursty, args.burst)
     cpu = statistics.median(cpu_times)
     print("clients tracked: %s, bans %d, punches %d (CPUs: %d)" % (
         tracked[0].split()[1] if tracked else "?", args.bans, args.punches, _bpf.num_possible_cpus()))

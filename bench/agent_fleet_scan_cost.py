@@ -13,13 +13,9 @@ time of the first scan of each map (everything is news) and the median of --scan
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # pylint: disable=wrong-import-position
 from bench import agent_exporter_cost as base  # noqa: E402  (puts agent/ and the collection on sys.path)
 
-from ansible_collections.anycast.edge.plugins.module_utils import _bpf, _pins  # noqa: E402
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi  # noqa: E402
 from anycast_edge_agent.config import FleetSyncConfig  # noqa: E402
 from anycast_edge_agent.fleet_sync import FleetSync  # noqa: E402
@@ -68,42 +63,24 @@ def cpu_of(call) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--players", type=int, default=262_144)
-    parser.add_argument("--bans", type=int, default=262_144)
-    parser.add_argument("--punches", type=int, default=262_144)
-    parser.add_argument("--scans", type=int, default=10)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("agent_fleet_scan_cost: needs root (BPF)", file=sys.stderr)
+    args = base.arguments(__doc__, players=262_144, scans=10)
+    if not base.is_root("agent_fleet_scan_cost"):
         return 1
-    subprocess.run(["make", "--no-print-directory", "build/xdp_edge.o"], cwd=base.REPO_ROOT, check=True)
-    pin_root = tempfile.mkdtemp(prefix="anycast-edge-bench-pins-")
-    subprocess.run(["mount", "-t", "bpf", "bpf", pin_root], check=True)
-    try:
-        with _bpf.BpfObject.open(str(base.REPO_ROOT / "build" / "xdp_edge.o")) as obj:
-            obj.load()
-            os.makedirs(_pins.maps_dir(pin_root, IFACE))
-            obj.program("xdp_edge").pin(_pins.program_pin_path(pin_root, IFACE))
-            for bpf_map in obj.maps():
-                bpf_map.pin(_pins.map_pin_path(pin_root, IFACE, bpf_map.name))
-            maps = {bpf_map.name: bpf_map for bpf_map in obj.maps()}
-            maps["edge_config"].update(abi.U32.pack(0), abi.pack_config("10.0.0.1", ban_sec=3600,
-                                                                        punch_idle_ns=3600 * 10**9))
-            maps["edge_services"].update(abi.pack_service_key("udp", "198.51.100.10", 27015),
-                                         abi.pack_service_value(SERVICE_ID, "10.1.0.10"))
-            fill_players(maps["edge_sources"], args.players)
-            base.fill_bans_and_punches(maps["edge_sources"], maps["edge_punches"], args.bans, 0)
-            fill_punches(maps["edge_punches"], args.punches)
-            sync = FleetSync(FleetSyncConfig(servers=["nats://127.0.0.1:4222"]), "bench", EdgeMaps(pin_root, IFACE))
-            first_punches = cpu_of(sync.scan_punches)
-            first_sources = cpu_of(sync.scan_sources)
-            queued = len(sync.outbox)
-            punches = statistics.median(cpu_of(sync.scan_punches) for dummy in range(args.scans))
-            sources = statistics.median(cpu_of(sync.scan_sources) for dummy in range(args.scans))
-    finally:
-        subprocess.run(["umount", "-l", pin_root], check=False)
-        os.rmdir(pin_root)
+    with base.pinned_edge_program() as (obj, pin_root):
+        maps = {bpf_map.name: bpf_map for bpf_map in obj.maps()}
+        maps["edge_config"].update(abi.U32.pack(0), abi.pack_config("10.0.0.1", ban_sec=3600,
+                                                                    punch_idle_ns=3600 * 10**9))
+        maps["edge_services"].update(abi.pack_service_key("udp", "198.51.100.10", 27015),
+                                     abi.pack_service_value(SERVICE_ID, "10.1.0.10"))
+        fill_players(maps["edge_sources"], args.players)
+        base.fill_bans_and_punches(maps["edge_sources"], maps["edge_punches"], args.bans, 0)
+        fill_punches(maps["edge_punches"], args.punches)
+        sync = FleetSync(FleetSyncConfig(servers=["nats://127.0.0.1:4222"]), "bench", EdgeMaps(pin_root, IFACE))
+        first_punches = cpu_of(sync.scan_punches)
+        first_sources = cpu_of(sync.scan_sources)
+        queued = len(sync.outbox)
+        punches = statistics.median(cpu_of(sync.scan_punches) for dummy in range(args.scans))
+        sources = statistics.median(cpu_of(sync.scan_sources) for dummy in range(args.scans))
     print("fleet sync scans, CPU seconds (%d punches; %d verified players + %d bans in edge_sources):"
           % (args.punches, args.players, args.bans))
     print("  edge_punches: first scan %.3f (all news), then %.3f per scan" % (first_punches, punches))
