@@ -13,7 +13,7 @@ import socket
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 
 from helpers.netns import veth
-from helpers.playbook import run_tasks, task
+from helpers.playbook import check_apply_again, run_tasks, task
 
 TC = "anycast.edge.tc_program"
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -99,11 +99,7 @@ def test_attach_rerun_replace_and_remove_leave_other_filters_alone(fixture_objec
     after = (count_seen(replace["prog_id"]), count_seen(their_prog_id))
     assert after[0] - before[0] == 2 * 5 and after[1] - before[1] == 5  # step 2 in the v2 build
 
-    gone = run_tasks([
-        task(TC, absent, check=True, diff=True),
-        task(TC, absent, diff=True),
-        task(TC, absent),
-    ], tmp_path / "absent", netns=ns)
+    gone = run_tasks(check_apply_again(TC, absent), tmp_path / "absent", netns=ns)
     check_absent, removed, removed_again = gone.results
     assert check_absent["changed"] and check_absent["diff"]["after"]["filter"] is None, check_absent
     assert removed["changed"] and not removed.get("failed"), removed

@@ -19,7 +19,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import open_pin
 
 from helpers import edge_lab as topo
 from helpers.netns import veth
-from helpers.playbook import run_tasks, task
+from helpers.playbook import check_apply_again, run_tasks, task
 from helpers.traffic import Capture, UdpSender
 
 XDP = "anycast.edge.xdp_program"
@@ -166,11 +166,7 @@ def test_attach_rerun_upgrade_without_a_gap_then_detach(edge_lab, pin_root, tmp_
 
     # -- detach ----------------------------------------------------------------------------
     absent_args = {"iface": topo.POP_IFACE, "pin_root": pin_root, "state": "absent"}
-    detach = run_tasks([
-        task(XDP, absent_args, check=True, diff=True),
-        task(XDP, absent_args, diff=True),
-        task(XDP, absent_args),
-    ], tmp_path / "detach", netns=pop)
+    detach = run_tasks(check_apply_again(XDP, absent_args), tmp_path / "detach", netns=pop)
     check_absent, absent, absent_again = detach.results
     assert check_absent["changed"] and check_absent["diff"]["after"]["tag"] is None, check_absent
     assert absent["changed"] and not absent.get("failed"), absent

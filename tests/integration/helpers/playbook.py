@@ -90,6 +90,12 @@ def task(module: str, args: dict | None = None, check: bool = False, diff: bool 
     return body
 
 
+def check_apply_again(module: str, args: dict) -> list:
+    """The three tasks by which a module shows it tells the truth: a check run with its diff, the
+    real run with its diff, and a rerun (which must change nothing)."""
+    return [task(module, args, check=True, diff=True), task(module, args, diff=True), task(module, args)]
+
+
 def run_tasks(tasks: list, workdir: Path, netns=None, python: str | None = None,
               extra_env: dict | None = None, timeout: float = 300) -> PlaybookRun:
     """Run ``tasks`` in one play on localhost and return their results.
