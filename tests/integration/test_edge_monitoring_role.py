@@ -16,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -27,6 +26,7 @@ import yaml
 from a2s_responder import AGENT_DIR
 from fleet_pki import make_pki
 from helpers.netns import terminate
+from helpers import waiting
 from helpers.playbook import changed_by_host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,17 +117,7 @@ def api(base: str, path: str, **query) -> dict:
 
 
 def wait_for(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+    return waiting.wait_for(predicate, what, timeout, interval=0.3)
 
 
 def agent_env(collections_root) -> dict:

@@ -33,6 +33,7 @@ import pytest
 import yaml
 
 from fleet_pki import issue, make_ca
+from helpers import waiting
 from helpers.netns import veth
 # agent_world puts agent/ on sys.path.
 import agent_world  # noqa: F401  pylint: disable=unused-import
@@ -179,17 +180,7 @@ def management_network(netns):
 
 
 def wait_for(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # pylint: disable=broad-except
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for %s (last error: %r)" % (what, last))
+    return waiting.wait_for(predicate, what, timeout, errors=Exception)
 
 
 def agent_settings(tmp_path, name):
