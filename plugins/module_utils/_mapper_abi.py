@@ -62,6 +62,16 @@ FLOW_KEY = struct.Struct("<4s4s2s2sB3x")         # struct mapper_flow_key
 FLOW_VALUE = struct.Struct("<4s4xQ")             # struct mapper_flow_value
 U32 = struct.Struct("<I")                        # array indexes
 
+# Each map's (key size, value size) as Python packs them; tests/bpf/test_mapper_abi.py checks
+# them against the compiled object.
+MAP_SIZES = {
+    "mapper_config": (U32.size, MAPPER_CONFIG.size),
+    "mapper_pops": (POP_KEY.size, POP_VALUE.size),
+    "mapper_services": (SERVICE_KEY.size, SERVICE_VALUE.size),
+    "mapper_flows": (FLOW_KEY.size, FLOW_VALUE.size),
+    "mapper_stats": (U32.size, MAPPER_COUNTER.size),
+}
+
 # name of the C struct -> (Struct, member names in order); what the BTF test checks
 LAYOUTS = {
     "mapper_counter": (MAPPER_COUNTER, ("packets", "bytes")),

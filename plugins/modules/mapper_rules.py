@@ -184,11 +184,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError,
 CONFIG_KEY = abi.U32.pack(0)
 # The maps this module converges, with the key and value sizes it packs; a map of another layout
 # (a program of another version) is refused before anything is written.
-RULE_MAPS = {
-    "mapper_config": (abi.U32.size, abi.MAPPER_CONFIG.size),
-    "mapper_pops": (abi.POP_KEY.size, abi.POP_VALUE.size),
-    "mapper_services": (abi.SERVICE_KEY.size, abi.SERVICE_VALUE.size),
-}
+RULE_MAPS = dict((name, abi.MAP_SIZES[name]) for name in ("mapper_config", "mapper_pops", "mapper_services"))
 FLOWS_MAP = "mapper_flows"
 # Write order: what the config may point at exists before the config does; removals last.
 ADD_ORDER = ("mapper_pops", "mapper_services", "mapper_config")

@@ -23,13 +23,7 @@ def test_struct_layouts_match_the_objects_btf(btf_object, name):
 def test_every_map_key_and_value_is_the_size_python_packs(btf_object):
     """Keys and values that are not structs of LAYOUTS (the __be32 POP key, the __u32 indexes) too."""
     btf_object.load()
-    expected = {
-        "mapper_config": (abi.U32.size, abi.MAPPER_CONFIG.size),
-        "mapper_pops": (abi.POP_KEY.size, abi.POP_VALUE.size),
-        "mapper_services": (abi.SERVICE_KEY.size, abi.SERVICE_VALUE.size),
-        "mapper_flows": (abi.FLOW_KEY.size, abi.FLOW_VALUE.size),
-        "mapper_stats": (abi.U32.size, abi.MAPPER_COUNTER.size),
-    }
+    expected = abi.MAP_SIZES
     assert sorted(m.name for m in btf_object.maps()) == sorted(abi.MAPS)
     for name, sizes in expected.items():
         bpf_map = btf_object.map(name)
