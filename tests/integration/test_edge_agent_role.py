@@ -23,6 +23,7 @@ import yaml
 from a2s_responder import AGENT_DIR
 from ansible_collections.anycast.edge.plugins.filter.ipip_tunnels import tunnel_name
 from anycast_edge_agent import config as agent_config
+from helpers.playbook import changed_by_host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the role installs root-owned files")
 
@@ -105,9 +106,7 @@ def play(inventory_path: Path, netns, *options: str, expect_failure: bool = Fals
         assert done.returncode != 0, output
         return -1, output
     assert done.returncode == 0, output
-    recap = re.search(r"^pop1\s*:.*?changed=(\d+).*?failed=(\d+)", output, re.M)
-    assert recap and recap.group(2) == "0", output
-    return int(recap.group(1)), output
+    return changed_by_host(output, ["pop1"])["pop1"], output
 
 
 def changed_tasks(output: str) -> list[str]:

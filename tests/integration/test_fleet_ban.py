@@ -16,7 +16,6 @@ JetStream cluster.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from helpers import edge_lab as topo
-from helpers.playbook import run_tasks, task
+from helpers.playbook import recap_counts, run_tasks, task
 from test_agent_fleet_sync import ban_by_flood, publish_on_the_bus, wait_for, world  # noqa: F401  pylint: disable=unused-import
 from test_xdp_edge_role import inventory
 
@@ -92,8 +91,8 @@ def playbook(namespace, inventory_path, name, *extra):
                            "-i", str(inventory_path), str(REPO / "playbooks" / name), *extra],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     output = done.stdout + done.stderr
-    recap = re.search(r"^pop1\s*:.*?changed=(\d+)", output, re.M)
-    return done.returncode, output, int(recap.group(1)) if recap else None
+    recap = recap_counts(output).get("pop1")
+    return done.returncode, output, recap["changed"] if recap else None
 
 
 def test_ban_and_unban_playbooks_at_a_pop(edge_lab, xdp_edge_object, pin_root, tmp_path):

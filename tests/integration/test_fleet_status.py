@@ -26,6 +26,7 @@ import yaml
 
 from helpers import edge_lab as topo
 from helpers.nats_cluster import NatsCluster
+from helpers.playbook import recap_counts
 from test_xdp_edge_role import inventory
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
@@ -120,7 +121,7 @@ def status_row(namespace, inventory_path, *extra):
     header = re.search(r'^\s*"POP\s+announced\s+XDP.*",?$', output, re.M)
     row = re.search(r'^\s*"(pop1 .*?)",?$', output, re.M)
     assert header and row, output
-    changed = int(re.search(r"^pop1\s*:.*?changed=(\d+)", output, re.M).group(1))
+    changed = recap_counts(output)["pop1"]["changed"]
     return re.split(r"\s{2,}", row.group(1).strip()), changed, output
 
 
