@@ -108,12 +108,14 @@ def world(xdp_edge_object, tmp_path, request):
     cluster = None
     pops = []
     try:
+        # The servers start in the POPs' namespace (this thread is in it now) and elect their
+        # JetStream leader (seconds) while the second program loads; both are ready before the POPs.
+        (tmp_path / "nats").mkdir()
+        cluster = NatsCluster(tmp_path / "nats", size=3, users=getattr(request, "param", None)).start()
         edge_b = edge_a.another_pop()
         for edge in (edge_a, edge_b):
             # A tight rate limit, so that "not punched" shows as drops; punches idle out quickly.
             sc.setup_pop(edge, limits={"udp": (2, 0)}, ban_sec=60, punch_idle_ns=PUNCH_IDLE_SEC * NS)
-        (tmp_path / "nats").mkdir()
-        cluster = NatsCluster(tmp_path / "nats", size=3, users=getattr(request, "param", None)).start()
         cluster.wait_for_jetstream()
         with private_bpffs(tmp_path / "pins-a") as pins_a, private_bpffs(tmp_path / "pins-b") as pins_b:
 
