@@ -309,12 +309,18 @@ class PpsWorld:
         data = frame + b"\0"
         return data, self._bpf.xdp_md(len(data), ingress_ifindex=self.gen_ifindex)
 
-    def _live_refused(self, error) -> bool:
+    def _live_refused(self, error, live_frame: bytes, ctx: bytes) -> bool:
         """True (and from now on the packet socket sends) if `error` is the kernel refusing live
         frames altogether. Some kernels do: 6.18.44-fc answers EPERM to every live-frame test run,
         even of a program that only returns XDP_DROP, with no device named, as root with every
-        capability that matters here. The refusal comes before any frame is sent."""
+        capability that matters here. The refusal comes before any frame is sent. A missing
+        permission (no CAP_BPF, CAP_NET_ADMIN...) is EPERM too, but it refuses the same program's
+        plain test run as well: then this is no refusal of live frames, and the error stands."""
         if self.packet_socket is not None or error.errno != errno.EPERM:
+            return False
+        try:
+            self.gen_prog.test_run(live_frame, ctx_in=ctx)
+        except self._bpf.BpfError:
             return False
         self._packet_socket_to_napi()
         with self.world.entered():
@@ -346,7 +352,7 @@ class PpsWorld:
                         frames -= repeat
                     return
                 except self._bpf.BpfError as error:
-                    if not self._live_refused(error):
+                    if not self._live_refused(error, live_frame, ctx):
                         raise
         for dummy in range(frames):
             self.packet_socket.send(frame)
@@ -364,7 +370,7 @@ class PpsWorld:
                         sent += RUN_FRAMES
                     return sent, time.monotonic() - started
                 except self._bpf.BpfError as error:
-                    if not self._live_refused(error):
+                    if not self._live_refused(error, live_frame, ctx):
                         raise
         send = self.packet_socket.send
         while time.monotonic() - started < seconds:
