@@ -18,6 +18,8 @@ __metaclass__ = type
 import socket
 import struct
 
+from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import unpack_counters as sum_per_cpu
+
 # enum mapper_reason, in order. The exporter and the tests use these names.
 REASONS = (
     "ingress_pass",
@@ -157,10 +159,6 @@ def unpack_flow_value(raw):
 
 
 def unpack_counters(per_cpu_values):
-    """Sum a per-CPU mapper_stats value (list of raw per-CPU values) into (packets, bytes)."""
-    packets = byte_count = 0
-    for raw in per_cpu_values:
-        cpu_packets, cpu_bytes = MAPPER_COUNTER.unpack_from(raw)
-        packets += cpu_packets
-        byte_count += cpu_bytes
-    return packets, byte_count
+    """Sum a per-CPU mapper_stats value (list of raw per-CPU values) into (packets, bytes): the
+    POP's summing (_edge_abi.unpack_counters) with the mapper's layout."""
+    return sum_per_cpu(per_cpu_values, MAPPER_COUNTER)
