@@ -7,6 +7,7 @@ The namespace around the program (routes, neighbours) is harness/topology.py's.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -100,28 +101,18 @@ def _to_pop(src: str, dst: str, l4) -> bytes:
     return bytes(Ether(src=topo.ROUTER_MAC, dst=topo.MAC[topo.UPLINK]) / IP(src=src, dst=dst, ttl=57) / l4)
 
 
-def denied_frame() -> bytes:
-    return _to_pop(DENIED_SOURCE, SERVICE_ADDR, UDP(sport=40001, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
+def _game_datagram(src: str, sport: int, dport: int) -> bytes:
+    """The game's datagram from ``src`` to the service, as it reaches the POP."""
+    return _to_pop(src, SERVICE_ADDR, UDP(sport=sport, dport=dport) / Raw(GAME_PAYLOAD))
 
 
-def denied_host_frame() -> bytes:
-    return _to_pop(DENIED_HOST, SERVICE_ADDR, UDP(sport=40001, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
-
-
-def forward_frame() -> bytes:
-    return _to_pop(FORWARD_CLIENT, SERVICE_ADDR, UDP(sport=40002, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
-
-
-def banned_frame() -> bytes:
-    return _to_pop(BANNED_CLIENT, SERVICE_ADDR, UDP(sport=40004, dport=FORWARD_PORT) / Raw(GAME_PAYLOAD))
-
-
-def verified_forward_frame() -> bytes:
-    return _to_pop(VERIFIED_CLIENT, SERVICE_ADDR, UDP(sport=40006, dport=ATTACKED_PORT) / Raw(GAME_PAYLOAD))
-
-
-def unverified_frame() -> bytes:
-    return _to_pop(SPOOFED_CLIENT, SERVICE_ADDR, UDP(sport=40007, dport=ATTACKED_PORT) / Raw(GAME_PAYLOAD))
+# The frames of the bench's cases, each a function of no arguments.
+denied_frame = functools.partial(_game_datagram, DENIED_SOURCE, 40001, FORWARD_PORT)
+denied_host_frame = functools.partial(_game_datagram, DENIED_HOST, 40001, FORWARD_PORT)
+forward_frame = functools.partial(_game_datagram, FORWARD_CLIENT, 40002, FORWARD_PORT)
+banned_frame = functools.partial(_game_datagram, BANNED_CLIENT, 40004, FORWARD_PORT)
+verified_forward_frame = functools.partial(_game_datagram, VERIFIED_CLIENT, 40006, ATTACKED_PORT)
+unverified_frame = functools.partial(_game_datagram, SPOOFED_CLIENT, 40007, ATTACKED_PORT)
 
 
 # A SYN as Linux sends it (MSS, SACK, timestamps, window scale: 60 IP bytes); the POP's SYN-ACK is 40.
