@@ -19,7 +19,9 @@
  *   revoked, only when the segment acknowledges the backend's SYN-ACK: other data
  *   drop_handshake_unacked, nobody revoked) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
  *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for
- *   100 ms: backend_next_hop).
+ *   100 ms: backend_next_hop); or, for a backend whose pair is WireGuard (edge_wireguard_pairs),
+ *   XDP_PASS marked with the pair's device, for the uplink's TC to redirect (forward_to_wireguard,
+ *   tc_wireguard_redirect.c). A frame that arrived with that mark is never passed (finish).
  * Return path (IPIP to the POP's tunnel address, unfragmented, on a device that carries IPIP):
  *   known backend? -> inner source is that backend's service? -> next hop from the FIB -> TTL ->
  *   decapsulate -> player; only then, for a reply that leaves, store the snooped A2S reply
@@ -99,22 +101,42 @@ struct verdict {
 	__u32 reason; /* enum edge_reason */
 };
 
+static __always_inline struct verdict make_verdict(int action, __u32 reason)
+{
+	struct verdict v = { .action = action, .reason = reason };
+	return v;
+}
+
+/* Does the frame, as it arrived, carry the WireGuard handoff's destination address (struct
+ * edge_wireguard_handoff)? Asked only of frames about to be passed to the kernel. */
+static __always_inline int wireguard_handoff_forged(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return is_wireguard_handoff_dest(eth->h_dest);
+}
+
 static __always_inline int finish(struct xdp_md *ctx, const struct packet *pkt, struct verdict v)
 {
-	__u32 reason = v.reason;
-	struct edge_counter *counter = bpf_map_lookup_elem(&edge_reason_stats, &reason);
+	__u32 reason;
+	struct edge_counter *counter;
+
+	/* Only the forward to a WireGuard pair hands a frame to the uplink's TC with the handoff's
+	 * address: whatever else would be passed with it came from the wire. */
+	if (v.action == XDP_PASS && v.reason != EDGE_REASON_TX_FORWARD_WIREGUARD && wireguard_handoff_forged(ctx))
+		v = make_verdict(XDP_DROP, EDGE_REASON_DROP_FORGED_HANDOFF);
+	reason = v.reason;
+	counter = bpf_map_lookup_elem(&edge_reason_stats, &reason);
 
 	if (counter) {
 		counter->packets++; /* per-CPU value: no other writer */
 		counter->bytes += pkt->frame_len;
 	}
 	return v.action;
-}
-
-static __always_inline struct verdict make_verdict(int action, __u32 reason)
-{
-	struct verdict v = { .action = action, .reason = reason };
-	return v;
 }
 
 static __always_inline int lpm_v4_match(void *map, __be32 addr)
@@ -901,15 +923,54 @@ static __always_inline void backend_next_hop(struct xdp_md *ctx, __u32 service_i
 	cached->expires_ns = now + EDGE_NEXT_HOP_CACHE_NS; /* per-CPU entry: no other writer */
 }
 
-/* Encapsulate to the service's backend and send it on its way. */
+/*
+ * To a backend whose pair with this POP is WireGuard: XDP cannot encrypt, the kernel does. The
+ * packet (TTL decremented, VLAN tags removed, no IPIP header) goes to the kernel marked with the
+ * pair's device (struct edge_wireguard_handoff in its Ethernet addresses); the uplink's TC ingress
+ * (tc_wireguard_redirect.c) redirects it to that device, whose transmit encrypts it. Everything
+ * before (filters, verification, limits) ran here once; TC checks and counts nothing. A DF
+ * packet larger than the device's MTU gets fragmentation-needed with that MTU (the player's path
+ * MTU through us); one without DF goes as it is (WireGuard sends it, its outer UDP fragmented on
+ * the way).
+ */
+static __always_inline struct verdict forward_to_wireguard(struct xdp_md *ctx, const struct packet *pkt,
+							   const struct wireguard_pair *pair)
+{
+	const __u8 dest[ETH_ALEN] = EDGE_WG_HANDOFF_DEST;
+	struct edge_wireguard_handoff *handoff;
+	void *data, *data_end;
+
+	if (pkt->ip_tot_len > pair->mtu && pkt->dont_fragment &&
+	    !(pkt->proto == IPPROTO_ICMP && pkt->icmp_type != ICMP_ECHO))
+		return send_icmp_too_big(ctx, pkt, (__u16)pair->mtu);
+	if (ipv4_decrement_ttl(ctx, pkt->l3_off) || reframe(ctx, pkt->l3_off, 0))
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	handoff = data;
+	if ((void *)(handoff + 1) > data_end)
+		return make_verdict(XDP_DROP, EDGE_REASON_DROP_ERROR);
+	__builtin_memcpy(handoff->dest, dest, ETH_ALEN);
+	handoff->pad[0] = 0;
+	handoff->pad[1] = 0;
+	handoff->ifindex = pair->ifindex;
+	return make_verdict(XDP_PASS, EDGE_REASON_TX_FORWARD_WIREGUARD);
+}
+
+/* Encapsulate to the service's backend and send it on its way (or, for a WireGuard pair, hand it
+ * to the kernel for that pair's device: forward_to_wireguard). */
 static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, const struct edge_config *cfg,
 							 const struct packet *pkt, const struct service_value *svc,
 							 __u32 tx_reason, __u64 now)
 {
+	struct wireguard_pair *pair;
 	struct next_hop hop;
 
 	if (pkt->ttl <= 1)
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
+	pair = bpf_map_lookup_elem(&edge_wireguard_pairs, &svc->backend_addr);
+	if (pair)
+		return forward_to_wireguard(ctx, pkt, pair);
 	backend_next_hop(ctx, svc->id, cfg->tunnel_addr, svc->backend_addr, pkt->tos, pkt->ip_tot_len + IPIP_HDR_LEN,
 			 now, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {

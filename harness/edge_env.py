@@ -33,6 +33,7 @@ ALL_MAPS = (
     "edge_src_filter", "edge_src_hosts", "edge_dst_pass", "edge_next_hops", "edge_tunnel_ifaces", "edge_own_addrs",
     "edge_payload_rules", "edge_payload_rule_bank", "edge_payload_rule_stats", "edge_rule_limits",
     "edge_a2s_stats", "edge_admission", "edge_attack_state", "edge_verify_stats", "edge_mc_flows",
+    "edge_wireguard_pairs",
 )
 ARRAY_MAPS = ("edge_config", "edge_reason_stats", "edge_service_stats", "edge_src_filter", "edge_dst_pass",
               "edge_next_hops",
@@ -154,6 +155,11 @@ class EdgeEnv(ProgramInNamespace):
 
     def add_backend(self, address: str) -> None:
         self.maps["edge_backends"].update(abi.ipv4(address), abi.BACKEND_VALUE.pack(0))
+
+    def add_wireguard_pair(self, backend: str, ifindex: int, mtu: int) -> None:
+        """The backend's pair with this POP is WireGuard, on device ifindex of that MTU (edge_rules'
+        wireguard_backends)."""
+        self.maps["edge_wireguard_pairs"].update(abi.ipv4(backend), abi.WIREGUARD_PAIR.pack(ifindex, mtu))
 
     def set_tunnel_devices(self, *devs: str) -> None:
         """Flag exactly these devices as carrying IPIP (what xdp_program's tunnel_devices writes)."""

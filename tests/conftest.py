@@ -44,6 +44,12 @@ def tc_mapper_object() -> str:
 
 
 @pytest.fixture(scope="session")
+def tc_wireguard_redirect_object() -> str:
+    """build/tc_wireguard_redirect.o, the POP's uplink TC ingress for WireGuard forwards (make_object)."""
+    return make_object("tc_wireguard_redirect")
+
+
+@pytest.fixture(scope="session")
 def build_dir() -> Path:
     """Where `make` puts the compiled BPF objects (build/xdp_edge.o, ...)."""
     return REPO_ROOT / "build"

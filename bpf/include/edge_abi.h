@@ -104,6 +104,8 @@ enum edge_reason {
 	EDGE_REASON_DROP_TCP_UNVERIFIED,   /* SYN authentication active: a TCP segment from an unverified source that is not a SYN, or a RST without a valid cookie */
 	EDGE_REASON_DROP_HANDSHAKE,        /* the first data segment of a TCP flow to a minecraft service is no well-formed handshake (mc_proto.h) */
 	EDGE_REASON_DROP_HANDSHAKE_UNACKED, /* data to a minecraft service that is not the player's own: it does not acknowledge the backend's SYN-ACK, or rides a SYN */
+	EDGE_REASON_TX_FORWARD_WIREGUARD,  /* to a backend whose pair is WireGuard (punched or not): passed to the kernel marked with the pair's device (struct edge_wireguard_handoff), for the uplink's TC ingress to redirect */
+	EDGE_REASON_DROP_FORGED_HANDOFF,   /* arrived carrying the WireGuard handoff's Ethernet destination, and not forwarded by this program: never let TC redirect it */
 	EDGE_REASON_COUNT,
 };
 
@@ -257,6 +259,41 @@ struct src_hosts_value {
 struct backend_value {
 	__u32 flags;
 };
+
+/* edge_wireguard_pairs value, keyed by the backend's tunnel address: the POP's WireGuard device of
+ * the pair and its MTU (the largest player packet it carries: docs/transport.md, MTU). */
+struct wireguard_pair {
+	__u32 ifindex; /* the pair's WireGuard device (aw-...) on the POP */
+	__u32 mtu;     /* that device's MTU */
+};
+
+/*
+ * How xdp_edge hands a packet it forwards to a WireGuard pair to the uplink's TC ingress
+ * (tc_wireguard_redirect.c): XDP_PASS with the frame's two Ethernet addresses replaced by this
+ * record - as destination a fixed address that no device has (EDGE_WG_HANDOFF_DEST), as source
+ * the pair's ifindex. The pair's device is L3: the kernel drops the Ethernet header when TC
+ * redirects to it, so the record goes no further. (XDP metadata, bpf_xdp_adjust_meta, would be
+ * the natural carrier; the kernel the tests run on refuses that helper to XDP programs:
+ * docs/transport.md.) Only the forward step writes one: xdp_edge drops every other frame it would
+ * pass that arrived with that destination (drop_forged_handoff), so nothing from the wire can
+ * make TC redirect a packet.
+ */
+#define EDGE_WG_HANDOFF_DEST { 0x02, 0xae, 0x77, 0x67, 0x00, 0x00 } /* locally administered, "ae" "wg" */
+
+struct edge_wireguard_handoff {
+	__u8 dest[6];  /* EDGE_WG_HANDOFF_DEST (Ethernet destination) */
+	__u8 pad[2];   /* 0 (the first two bytes of the Ethernet source) */
+	__u32 ifindex; /* the pair's device (the rest of the source) */
+};
+
+/* Is this Ethernet destination (6 bytes the caller checked are there) the handoff's? */
+static __always_inline int is_wireguard_handoff_dest(const __u8 *mac)
+{
+	const __u8 dest[6] = EDGE_WG_HANDOFF_DEST;
+
+	return mac[0] == dest[0] && mac[1] == dest[1] && mac[2] == dest[2] && mac[3] == dest[3] &&
+	       mac[4] == dest[4] && mac[5] == dest[5];
+}
 
 /* edge_tunnel_ifaces value, indexed by ifindex: what the device carries. */
 #define EDGE_IFACE_F_IPIP (1U << 0) /* IPIP to and from the backends: the return path is accepted here */

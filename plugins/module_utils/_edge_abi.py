@@ -53,6 +53,8 @@ REASONS = (
     "drop_tcp_unverified",
     "drop_handshake",
     "drop_handshake_unacked",
+    "tx_forward_wireguard",
+    "drop_forged_handoff",
 )
 REASON_INDEX = dict((name, index) for index, name in enumerate(REASONS))
 
@@ -106,6 +108,11 @@ BE32 = struct.Struct("<4s")                           # __be32 keys (edge_backen
 BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
 IFACE_VALUE = struct.Struct("<I4x")                   # struct iface_value (edge_tunnel_ifaces)
 IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
+WIREGUARD_PAIR = struct.Struct("<II")                 # struct wireguard_pair (edge_wireguard_pairs, by backend)
+# struct edge_wireguard_handoff (the frame's Ethernet addresses): no map holds it, so it is not in the
+# object's BTF; tests/bpf/test_wireguard_forward.py compares the program's frames with this packing.
+WG_HANDOFF = struct.Struct("<6s2xI")
+WG_HANDOFF_DEST = bytes((0x02, 0xAE, 0x77, 0x67, 0x00, 0x00))  # EDGE_WG_HANDOFF_DEST
 MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
 MAX_OWN_ADDRS = 64                                    # EDGE_MAX_OWN_ADDRS
 OWN_ADDRS = struct.Struct("<I4x%ds" % (4 * MAX_OWN_ADDRS))  # struct own_addrs (edge_own_addrs[0])
@@ -154,6 +161,7 @@ MAP_CAPACITY = {
     "edge_services": MAX_SERVICES,
     "edge_anycast_v4": MAX_ANYCAST,
     "edge_backends": MAX_BACKENDS,
+    "edge_wireguard_pairs": MAX_BACKENDS,
     "edge_tunnel_ifaces": MAX_IFINDEX,
     "edge_own_addrs": 1,
     "edge_allow_v4": MAX_PREFIXES,
@@ -201,6 +209,7 @@ LAYOUTS = {
     "lpm_v6_key": (LPM_V6_KEY, ("prefixlen", "addr")),
     "backend_value": (BACKEND_VALUE, ("flags",)),
     "iface_value": (IFACE_VALUE, ("flags", "pad")),
+    "wireguard_pair": (WIREGUARD_PAIR, ("ifindex", "mtu")),
     "own_addrs": (OWN_ADDRS, ("count", "pad", "addrs")),
     "punch_key": (PUNCH_KEY, ("service_addr", "remote_addr", "service_port", "remote_port", "proto", "pad")),
     "punch_value": (PUNCH_VALUE, ("last_seen_ns",)),

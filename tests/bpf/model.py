@@ -330,6 +330,7 @@ class ModelState:
     buckets: dict = field(default_factory=dict)            # {service id: Bucket}: edge_admission (one CPU)
     verify_stats: dict = field(default_factory=dict)       # {proof name: count}: edge_verify_stats
     mc_flows: dict = field(default_factory=dict)           # {McFlow: McFlowEntry}: edge_mc_flows
+    wireguard_pairs: dict = field(default_factory=dict)    # {backend: (ifindex, mtu)}: edge_wireguard_pairs
 
     def copy(self) -> "ModelState":
         return replace(self, services=list(self.services), anycast_v4=list(self.anycast_v4),
@@ -343,7 +344,7 @@ class ModelState:
                        tx_ports=set(self.tx_ports),
                        tunnel_ifaces=set(self.tunnel_ifaces), own_addrs=set(self.own_addrs),
                        payload_rules=list(self.payload_rules), rule_limits=dict(self.rule_limits),
-                       mc_flows=dict(self.mc_flows))
+                       mc_flows=dict(self.mc_flows), wireguard_pairs=dict(self.wireguard_pairs))
 
     # lookups as the program makes them
     def service(self, proto: int, addr: str, port: int) -> Optional[Service]:
@@ -589,6 +590,11 @@ class EdgeModel:
         try:
             self._xdp_edge()
         except Decision as decision:
+            # finish(): only the forward to a WireGuard pair passes a frame with the handoff's
+            # Ethernet destination; any other that would be passed with it came from the wire.
+            if decision.action == PASS and decision.reason != "tx_forward_wireguard" and \
+                    self._frame[:6] == abi.WG_HANDOFF_DEST:
+                return Outcome(DROP, "drop_forged_handoff", None, self._effects)
             return Outcome(decision.action, decision.reason, decision.frame, self._effects)
         raise AssertionError("the pipeline ended without a verdict")  # pragma: no cover
 
@@ -1077,6 +1083,8 @@ class EdgeModel:
         cfg = self.state.config
         if pkt.ttl <= 1:
             raise _verdict(DROP, "drop_ttl")
+        if svc.backend in self.state.wireguard_pairs:
+            self._forward_to_wireguard(pkt, *self.state.wireguard_pairs[svc.backend])
         hop = self._fib(svc.backend, pkt.ip_tot_len + IPV4_HLEN)
         if hop.rc == "frag_needed":
             # Only an echo request is ever answered with an ICMP error (never an ICMP error).
@@ -1093,6 +1101,17 @@ class EdgeModel:
         outer[10:12] = ipv4_header_csum(bytes(outer))
         frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(outer) + inner
         self._emit(frame, hop, tx_reason)
+
+    def _forward_to_wireguard(self, pkt: Ipv4, ifindex: int, mtu: int):
+        """To a WireGuard pair: the player's packet (one hop less), untagged, passed to the kernel
+        with the handoff (the pair's device) in its Ethernet addresses, for the uplink's TC. A DF
+        packet over the device's MTU is answered with that MTU (an echo request only)."""
+        if pkt.ip_tot_len > mtu and pkt.dont_fragment and not (pkt.proto == IPPROTO_ICMP and
+                                                               pkt.icmp_type != ICMP_ECHO):
+            self._send_icmp_too_big(pkt, mtu & 0xFFFF)
+        inner = self._decrement_ttl(self._frame[pkt.l3_off:])
+        raise _verdict(PASS, "tx_forward_wireguard",
+                       abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, ifindex) + struct.pack("!H", ETH_P_IP) + inner)
 
     @staticmethod
     def _decrement_ttl(ip_packet: bytes) -> bytes:

@@ -136,6 +136,8 @@ class StateSpec:
     # [(m.McFlow, syn_acked)]: TCP flows whose SYN was forwarded (edge_mc_flows), syn_acked 0 or
     #   MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for
     mc_flows: list = field(default_factory=list)
+    # [(backend, ifindex, mtu)]: the backends whose pair is WireGuard (edge_wireguard_pairs)
+    wireguard: list = field(default_factory=list)
 
 
 @dataclass
@@ -273,6 +275,8 @@ MUTATORS = {
     "add_vlan": lambda f, a: pk.add_vlan(f, a[0], a[1]),
     "flip": lambda f, a: pk.flip_byte(f, a[0], a[1]),
     "bad_checksum": lambda f, a: pk.set_ip_field(f, "H", 10, a, fix_checksum=False),
+    # The frame arrives with the WireGuard handoff's Ethernet addresses (a forger naming a device).
+    "handoff_mark": lambda f, a: abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, a) + f[12:],
 }
 
 
@@ -450,6 +454,7 @@ MUTATION_ARGS = {
     "bad_checksum": lambda pick: pick.integers(0, 65535),
     "udp_len": lambda pick: pick.integers(0, 1600),
     "tcp_doff": lambda pick: pick.integers(0, 15),
+    "handoff_mark": lambda pick: pick.choice((0, 1, 2, 7, 2 ** 32 - 1)),
 }
 L3_MUTATIONS = tuple(name for name in MUTATION_ARGS if name not in ("udp_len", "tcp_doff"))
 
@@ -749,6 +754,10 @@ def state_spec(pick) -> StateSpec:
         payload_rules=[payload_rule(pick) for dummy in range(
             weighted(pick, (2, 0), (3, pick.integers(1, 4)), (1, pick.integers(5, 12))))],
         sources=[], verified_idle=weighted(pick, (3, "H"), (1, "half")), nr_cpus=pick.choice((1, 2, 4)),
+        # Some backends' pairs are WireGuard: the ordinary MTU, one a small packet exceeds, a large one.
+        wireguard=[(backend, pick.integers(1, 2 ** 32 - 1), weighted(pick, (2, 1440), (1, pick.integers(68, 200)),
+                                                                     (1, 9000)))
+                   for backend in BACKEND_POOL if often(pick, 1, 4)],
     )
 
 
@@ -845,6 +854,7 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
     for flow, syn_acked in spec.mc_flows:
         state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked)
+    state.wireguard_pairs = {backend: (ifindex, mtu) for backend, ifindex, mtu in spec.wireguard}
     for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
         reply_type = {"info": b"\x49", "player": b"\x44", "rules": b"\x45"}[a2s_kind]
@@ -898,6 +908,8 @@ def load_state(env, state: m.ModelState) -> None:
                                             abi.RULE_LIMIT_VALUE.pack(packets, nbytes))
     for flow, entry in state.mc_flows.items():
         env.maps["edge_mc_flows"].update(pack_mc_flow(flow), abi.MC_FLOW_VALUE.pack(*entry))
+    for backend, (ifindex, mtu) in state.wireguard_pairs.items():
+        env.add_wireguard_pair(backend, ifindex, mtu)
 
 
 def pack_mc_flow(flow: m.McFlow) -> bytes:
@@ -1403,6 +1415,9 @@ def test_program_agrees_with_model(edge):
     assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 13's paths too: the admission drop, and a source verified by each proof.
     assert "drop_unverified" in reasons_seen, "no random packet was dropped as unverified"
+    # Issue 17's: the forward to a WireGuard pair, and a frame arriving with its handoff's mark.
+    missing = {"tx_forward_wireguard", "drop_forged_handoff"} - reasons_seen
+    assert not missing, "no random packet reached %s" % sorted(missing)
     # Issue 14's: the SYN-ACK, the RST that verifies, the out-of-state drop.
     missing = {"tx_syn_auth", "drop_syn_auth_verified", "drop_tcp_unverified"} - reasons_seen
     assert not missing, "no random packet reached %s" % sorted(missing)
