@@ -305,7 +305,8 @@ class PpsWorld:
     def _live_input(self, frame: bytes):
         """(input, xdp_md) of the generator's test run: the frame in its map, the input one byte
         longer (bench/pps_gen.c says why)."""
-        self.generator.map("pps_frame").update(bytes(4), struct.pack("<I256s", len(frame), frame))
+        frame_map = self.generator.map("pps_frame")   # struct pps_frame: a u32 length, PPS_FRAME_MAX bytes
+        frame_map.update(bytes(4), struct.pack("<I%ds" % (frame_map.value_size - 4), len(frame), frame))
         data = frame + b"\0"
         return data, self._bpf.xdp_md(len(data), ingress_ifindex=self.gen_ifindex)
 
