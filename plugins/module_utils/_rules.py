@@ -45,6 +45,7 @@ import socket
 import struct
 import sys
 import zlib
+from collections.abc import Mapping
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
@@ -175,6 +176,8 @@ def parse_cidr(text, where):
 
 
 _HOST_MASKS = [_ALL_ONES >> length for length in range(33)]
+# The prefix lengths as the bulk parse reads them: "0".."32" (anything else: the per-item parse).
+_PREFIX_LENGTHS = dict((str(length), length) for length in range(33))
 
 
 # Octet k (0: the first) of the host mask of each prefix length: _HOST_MASK_OCTETS[k][length],
@@ -189,18 +192,17 @@ def _cidr_keys_bulk(cidrs):
     the per-item work done by a few C-level passes: a million prefixes are parsed on every run,
     a no-op run included. Raises (ValueError, ...) on anything unusual; the caller then parses
     item by item to say exactly what is wrong."""
-    # Exactly one '/' in each item (so that the join below cannot realign two wrong items into
-    # two right ones), only digits and separators, and the separators of each item ".../".
-    if not all(map(operator.eq, map(str.count, cidrs, itertools.repeat("/")), itertools.repeat(1))):
+    # Joined with ',' (which no item may hold): the separators must then read ".../," item after
+    # item - every ',' is one the join put there, so each item's own separators are exactly
+    # ".../" and two wrong items cannot realign into two right ones - and only digits between.
+    text = ",".join(cidrs)
+    if text.encode("ascii").translate(None, b"0123456789") != b".../," * (len(cidrs) - 1) + b".../":
         raise ValueError("not all items are a.b.c.d/len")
-    text = "/".join(cidrs)
-    if text.encode("ascii").translate(None, b"0123456789") != b"...//" * (len(cidrs) - 1) + b".../":
-        raise ValueError("not all items are a.b.c.d/len")
-    fields = text.split("/")
+    fields = text.replace(",", "/").split("/")
     addresses = b"".join(map(functools.partial(socket.inet_pton, socket.AF_INET), fields[0::2]))
-    lengths = bytes(map(int, fields[1::2]))   # ValueError: an empty length, or one above 255
-    if max(lengths) > 32:
-        raise ValueError("prefix length above 32")
+    # KeyError: an empty length, one above 32 or not in its shortest form (the per-item parse
+    # then decides).
+    lengths = bytes(map(_PREFIX_LENGTHS.__getitem__, fields[1::2]))
     # Host bits: each address octet against its octet of the host mask, all items at once.
     for octet in range(4):
         if int.from_bytes(addresses[octet::4], "big") & int.from_bytes(lengths.translate(_HOST_MASK_OCTETS[octet]), "big"):
@@ -225,7 +227,7 @@ def cidr_entries(cidrs, where):
         return {}
     try:
         return _cidr_entries_bulk(cidrs)
-    except (ValueError, OSError, IndexError, TypeError):
+    except (ValueError, OSError, IndexError, KeyError, TypeError):
         pass
     pack = abi.LPM_V4_KEY.pack
     inet_pton = socket.inet_pton
@@ -244,6 +246,144 @@ def cidr_entries(cidrs, where):
             pass
         entries[parse_cidr(text, "%s[%d]" % (where, index))] = LPM_PRESENT
     return entries
+
+
+class LpmRecord(Mapping):
+    """A large LPM map's entries kept packed - the keys concatenated (LPM_V4_KEY.size bytes each), the
+    values too, or one value for all - read-only, as a {key: value} mapping.
+
+    What edge_rules compares a million deny prefixes with: the wanted list parsed in bulk
+    (cidr_record) and the trie read back in batches (from_chunks) are compared as two sets of
+    64-bit integers (one per key) - no bytes object per entry, no dict - and only when they differ
+    does each side become the dict (as_dict) the plan is made from. Duplicates collapse, as in a
+    dict; the order of iteration is the order given (the first of duplicates)."""
+
+    def __init__(self, packed_keys, value=None, packed_values=None, distinct=False):
+        if len(packed_keys) % abi.LPM_V4_KEY.size:
+            raise ValueError("LpmRecord: %d bytes of keys is no whole number of keys" % len(packed_keys))
+        count = len(packed_keys) // abi.LPM_V4_KEY.size
+        if packed_values is not None and not count:
+            packed_values = None
+        elif packed_values is not None and packed_values == packed_values[:len(packed_values) // count] * count:
+            value, packed_values = packed_values[:len(packed_values) // count], None   # one value for all
+        self.packed_keys = bytes(packed_keys)
+        self.distinct = distinct   # no key twice (a map's keys): compared without a set of its own
+        self.value = value
+        self.packed_values = packed_values
+        self._key_set = None
+        self._dict = None
+
+    @classmethod
+    def from_chunks(cls, chunks):
+        """The entries of BpfMap.lookup_batch_chunks() ([(count, keys, values)]): a map's, so no key twice."""
+        return cls(b"".join(chunk[1] for chunk in chunks), packed_values=b"".join(chunk[2] for chunk in chunks),
+                   distinct=True)
+
+    @classmethod
+    def from_entries(cls, entries):
+        """The entries of a {key: value} dict."""
+        return cls(b"".join(entries), packed_values=b"".join(entries.values()))
+
+    def key_set(self):
+        """The keys as a set of integers (each key's 8 bytes read as a native u64)."""
+        if self._key_set is None:
+            self._key_set = set(memoryview(self.packed_keys).cast("Q"))
+        return self._key_set
+
+    def as_dict(self):
+        """{key: value} (made once)."""
+        if self._dict is None:
+            size = abi.LPM_V4_KEY.size
+            keys = [self.packed_keys[offset:offset + size] for offset in range(0, len(self.packed_keys), size)]
+            if self.packed_values is None:
+                self._dict = dict.fromkeys(keys, self.value)
+            else:
+                value_size = len(self.packed_values) // len(keys)
+                self._dict = dict(zip(keys, [self.packed_values[offset:offset + value_size]
+                                             for offset in range(0, len(self.packed_values), value_size)]))
+        return self._dict
+
+    def __len__(self):
+        if self.distinct:
+            return len(self.packed_keys) // abi.LPM_V4_KEY.size
+        return len(self.key_set())
+
+    def _same_keys(self, other):
+        """Whether two records hold the same set of keys. A record of distinct keys (the map's) is
+        checked key by key against the other's set - as many keys, each of them in it - rather than
+        made into a set too."""
+        listed, other_set = (other, self) if other.distinct and not self.distinct else (self, other)
+        if not listed.distinct:
+            return listed.key_set() == other_set.key_set()
+        return len(listed) == len(other_set) and all(map(other_set.key_set().__contains__,
+                                                         memoryview(listed.packed_keys).cast("Q")))
+
+    def __iter__(self):
+        return iter(self.as_dict())
+
+    def __contains__(self, key):
+        if not isinstance(key, bytes) or len(key) != abi.LPM_V4_KEY.size:
+            return False
+        return int.from_bytes(key, sys.byteorder) in self.key_set()
+
+    def __getitem__(self, key):
+        if self.packed_values is None:
+            if key not in self:
+                raise KeyError(key)
+            return self.value
+        return self.as_dict()[key]
+
+    def keys(self):
+        return self.as_dict().keys()
+
+    def items(self):
+        return self.as_dict().items()
+
+    def values(self):
+        return self.as_dict().values()
+
+    def __eq__(self, other):
+        if isinstance(other, LpmRecord):
+            if self.packed_keys == other.packed_keys and (self.value, self.packed_values) == (other.value, other.packed_values):
+                return True
+            if self.packed_values is None and other.packed_values is None:
+                # One value each: the same value and the same set of keys (or both empty).
+                return self._same_keys(other) and (self.value == other.value or not len(self))
+            return self.as_dict() == other.as_dict()
+        if isinstance(other, Mapping):
+            return self.as_dict() == dict(other.items())
+        return NotImplemented
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+
+def cidr_record(cidrs, where):
+    """cidr_entries as an LpmRecord (the keys parsed in bulk, never one bytes object per entry)."""
+    try:
+        return LpmRecord(_cidr_keys_bulk(cidrs) if cidrs else b"", value=LPM_PRESENT)
+    except (ValueError, OSError, IndexError, KeyError, TypeError):
+        return LpmRecord.from_entries(cidr_entries(cidrs, where))
+
+
+def settle_records(present, desired):
+    """Turn the LpmRecords of `present` and `desired` ({map name: entries}, changed in place) into
+    dicts, but for a map whose two sides are equal records: compare() and plan_writes() then find
+    no change in it at the cost of the set comparison alone, and a map that differs is planned
+    entry by entry, from dicts, exactly as before."""
+    for name in set(present).union(desired):
+        have, want = present.get(name), desired.get(name)
+        if not isinstance(have, LpmRecord) and not isinstance(want, LpmRecord):
+            continue
+        if isinstance(have, LpmRecord) and isinstance(want, LpmRecord) and have == want:
+            continue
+        if isinstance(have, LpmRecord):
+            present[name] = have.as_dict()
+        if isinstance(want, LpmRecord):
+            desired[name] = want.as_dict()
 
 
 # --- rendering (diff output, reports) -------------------------------------------------------
@@ -594,10 +734,14 @@ def control_plane_changes(present_allow, desired_allow):
     return len(after - before), len(before - after)
 
 
-def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_tai_offset_ns=0, nr_cpus=1):
+def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_tai_offset_ns=0, nr_cpus=1,
+                    packed_deny=False):
     """{map name: {key bytes: value bytes}} for the six rule maps, from edge_rules' params (and
     what is read on the POP: its TAI offset, _a2s_cookie.tai_offset_ns(), and its possible CPUs,
     _bpf.num_possible_cpus()).
+
+    packed_deny: edge_deny_v4 as an LpmRecord (edge_rules, which settle_records() once it has read
+    the map), not a dict.
 
     Also returns {service key: service name} for readable diffs. RuleError names the first
     parameter that cannot be packed (the inventory role reports every problem up front; this
@@ -635,7 +779,7 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
         "edge_anycast_v4": cidr_entries(params.get("anycast_prefixes") or [], "anycast_prefixes"),
         "edge_backends": backends,
         "edge_allow_v4": cidr_entries(params.get("allow") or [], "allow"),
-        "edge_deny_v4": cidr_entries(params.get("deny") or [], "deny"),
+        "edge_deny_v4": (cidr_record if packed_deny else cidr_entries)(params.get("deny") or [], "deny"),
     }
     reasons = control_plane_entries(params.get("control_plane"))
     if reasons:
@@ -661,7 +805,13 @@ def _prefixes(lpm_keys):
     """[(address as a host-order int, length)] of packed LPM keys (struct lpm_v4_key: the length
     a little-endian u32, then the address in network order), unpacked column by column from their
     concatenation: no struct call per key."""
-    packed = b"".join(lpm_keys)
+    return list(_prefix_pairs(lpm_keys))
+
+
+def _prefix_pairs(lpm_keys):
+    """_prefixes as an iterable (a million pairs are walked once, never kept in a list); lpm_keys:
+    an iterable of packed keys, or an LpmRecord."""
+    packed = lpm_keys.packed_keys if isinstance(lpm_keys, LpmRecord) else b"".join(lpm_keys)
     count = len(packed) // abi.LPM_V4_KEY.size
     if len(packed) != count * abi.LPM_V4_KEY.size or packed[1::8].strip(b"\0") or packed[2::8].strip(b"\0") \
             or packed[3::8].strip(b"\0"):
@@ -672,14 +822,14 @@ def _prefixes(lpm_keys):
     host_order = array.array("I", bytes(addresses))
     if sys.byteorder == "big":
         host_order.byteswap()
-    return list(zip(host_order.tolist(), packed[0::8]))
+    return zip(host_order.tolist(), packed[0::8])
 
 
 def source_list_entries(deny_entries, allow_entries):
     """{edge_src_filter: all its values (bytes), edge_src_hosts: {key: bitmap}} for the deny and
     allow LPM entries. The filter is kept whole (8 MiB), as BpfMap.array_bytes() reads it: one
     comparison finds what differs, where a dict of 262,144 entries would cost seconds."""
-    filter_bytes, hosts = _source_lists.derive(_prefixes(deny_entries), _prefixes(allow_entries))
+    filter_bytes, hosts = _source_lists.derive(_prefix_pairs(deny_entries), _prefix_pairs(allow_entries))
     # struct src_hosts_value is the bitmap's four 64-bit words, low word first, little-endian:
     # the 256-bit integer's 32 little-endian bytes (test_rules checks it against the struct).
     return {

@@ -435,7 +435,8 @@ cpu_ms:
 timing_ms:
   description:
     - Milliseconds per phase - C(params) (argument parsing), C(rules) (packing the wanted
-      entries), C(read) (reading the maps), C(plan), C(diff), C(write).
+      entries), C(read) (reading the maps - what is left of it once the rules are packed, as the maps
+      are read on a second thread meanwhile), C(plan), C(diff), C(write).
   returned: always
   type: dict
   sample: {params: 180.2, rules: 95.1, read: 140.3, plan: 12.0, diff: 0.0, write: 0.0}
@@ -452,6 +453,7 @@ pin_dir:
 """
 
 import os
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -543,20 +545,6 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def open_maps(module, unpinned=None):
-    """The maps of the program pinned for iface (_pins checks they belong to it), each
-    checked for the key and value sizes this collection packs. With `unpinned` (check mode), a
-    map the running program lacks is left out and named there (_map_sync.open_pinned)."""
-    try:
-        return _map_sync.open_pinned(module.params["pin_root"], module.params["iface"], MAP_LAYOUTS,
-                                     "attach this collection's program first (anycast.edge.xdp_program)",
-                                     unpinned=unpinned, capacities=abi.MAP_CAPACITY)
-    except _map_sync.LayoutError as exc:
-        module.fail_json(msg=str(exc))
-    except (_pins.PinError, ValueError) as exc:
-        module.fail_json(msg="iface: %s" % exc)
-
-
 def read_present(maps):
     """{map name: {key: value}} of the rule maps, and the ids that have a cache entry. A map left
     out of `maps` (check mode: the pending upgrade creates it) is left out here too, which
@@ -564,7 +552,14 @@ def read_present(maps):
     config = maps["edge_config"].lookup(_rules.CONFIG_KEY) if "edge_config" in maps else bytes(abi.EDGE_CONFIG.size)
     present = {"edge_config": {_rules.CONFIG_KEY: config}}
     for name in _rules.RULE_MAPS[1:] + (_rules.SOURCE_HOSTS_MAP, _rules.PAYLOAD_RULES_MAP):
-        if name in maps:
+        if name not in maps:
+            continue
+        # The deny trie (a million prefixes) is kept packed, as the kernel returns it: compared with
+        # the wanted list as a whole (_rules.LpmRecord), made into a dict only when they differ.
+        chunks = maps[name].lookup_batch_chunks(LOOKUP_CHUNK) if name == "edge_deny_v4" else None
+        if chunks is not None:
+            present[name] = _rules.LpmRecord.from_chunks(chunks)
+        else:
             present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     for name in (_rules.SOURCE_FILTER_MAP, _rules.DEST_PASS_MAP):
         if name in maps:
@@ -574,6 +569,50 @@ def read_present(maps):
             _rules.CONFIG_KEY: maps[_rules.PAYLOAD_RULE_BANK_MAP].lookup(_rules.CONFIG_KEY)}
     cache_keys = maps[_rules.A2S_CACHE_MAP].keys() if _rules.A2S_CACHE_MAP in maps else ()
     return present, _rules.cache_service_ids(cache_keys)
+
+
+class MapReader(threading.Thread):
+    """Opens the maps of the program pinned for iface (_pins checks they belong to it, each checked
+    for the key and value sizes, and the arrays' numbers of entries, this collection packs; with `unpinned` (check mode), a map the
+    running program lacks is left out and named there: _map_sync.open_pinned) and reads them
+    (read_present), on a thread of its own, started
+    before the rules are parsed: the batch lookups are system calls made through ctypes, which
+    lets go of the GIL, so reading a million-entry trie back costs the run next to nothing while
+    the rules are parsed and derived. Nothing is written here; the failures are kept, and
+    reported by result() in the order the module always reported them (after the rules')."""
+
+    def __init__(self, pin_root, iface, unpinned):
+        super(MapReader, self).__init__(name="edge_rules map reader")
+        self.daemon = True
+        self.pin_root = pin_root
+        self.iface = iface
+        self.unpinned = unpinned
+        self.maps = None
+        self.present = None
+        self.error = None
+
+    def run(self):
+        try:
+            self.maps = _map_sync.open_pinned(self.pin_root, self.iface, MAP_LAYOUTS,
+                                              "attach this collection's program first (anycast.edge.xdp_program)",
+                                              unpinned=self.unpinned, capacities=abi.MAP_CAPACITY)
+            self.present = read_present(self.maps)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.error = exc
+
+    def result(self, module, pin_dir):
+        """(maps, present, cache ids) once the reading is done; the task fails naming what went
+        wrong (a map's layout, the pins, the reading)."""
+        self.join()
+        if isinstance(self.error, _map_sync.LayoutError):
+            module.fail_json(msg=str(self.error))
+        if isinstance(self.error, (_pins.PinError, ValueError)):
+            module.fail_json(msg="iface: %s" % self.error)
+        if isinstance(self.error, BpfError):
+            module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, self.error))
+        if self.error is not None:
+            raise self.error
+        return (self.maps,) + self.present
 
 
 def cookie_keys_bytes(given, present_config):
@@ -647,6 +686,20 @@ def run_module():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
                            mutually_exclusive=[("rules_file", name) for name in sorted(RULE_OPTIONS)])
     params = module.params
+    # The maps are read while the rules are parsed (MapReader), unless there is nothing to read:
+    # a bad iface (reported below, as before) or a --check run on a POP with no program yet.
+    # In check mode, a map that the pending program upgrade brings (xdp_program, in check
+    # mode, replaced nothing) compares as empty, as the real run will find it, instead of
+    # failing the whole --check. A real run still refuses: its rules need every map.
+    reader = None
+    unpinned = [] if module.check_mode else None
+    try:
+        no_program = module.check_mode and not os.path.exists(_pins.program_pin_path(params["pin_root"], params["iface"]))
+    except ValueError:
+        no_program = True
+    if not no_program:
+        reader = MapReader(params["pin_root"], params["iface"], unpinned)
+        reader.start()
     if params["rules_file"] is not None:
         # A copy: module.params is what the result echoes (the path, not the file's rules).
         params = dict(params, **rules_from_file(module, params["rules_file"]))
@@ -657,7 +710,7 @@ def run_module():
     except ValueError as exc:
         module.fail_json(msg="iface: %s" % exc)
 
-    # Everything that can be wrong with the parameters is found before the maps are opened.
+    # Everything that can be wrong with the parameters is reported before anything about the maps.
     # The cookie keys are filled in once the present ones are known.
     try:
         given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
@@ -665,13 +718,13 @@ def run_module():
         # time daemon: chrony 37 s, timesyncd 0) off CLOCK_TAI, the one wall clock it can read.
         # The admission budgets are shared among the CPUs the per-CPU maps have (libbpf's count).
         desired, names = _rules.desired_entries(params, bytes(16), cookie_tai_offset_ns=tai_offset_ns(),
-                                                nr_cpus=_bpf.num_possible_cpus())
+                                                nr_cpus=_bpf.num_possible_cpus(), packed_deny=True)
         reasons = _rules.control_plane_entries(params["control_plane"])
     except _rules.RuleError as exc:
         module.fail_json(msg=str(exc))
     timing.lap("rules")
 
-    if module.check_mode and not os.path.exists(_pins.program_pin_path(params["pin_root"], params["iface"])):
+    if reader is None:
         # A --check run on a POP that has no program yet (xdp_program, in check mode, attached
         # nothing): report what the first real run will write - everything - instead of failing.
         module.warn("no XDP program is pinned for interface %s yet: check mode compares with empty maps"
@@ -680,19 +733,13 @@ def run_module():
         present = {"edge_config": {_rules.CONFIG_KEY: bytes(abi.EDGE_CONFIG.size)}}
         cache_ids = []
     else:
-        # In check mode, a map that the pending program upgrade brings (xdp_program, in check
-        # mode, replaced nothing) compares as empty, as the real run will find it, instead of
-        # failing the whole --check. A real run still refuses: its rules need every map.
-        unpinned = [] if module.check_mode else None
-        maps = open_maps(module, unpinned)
+        maps, present, cache_ids = reader.result(module, pin_dir)
         if unpinned:
             module.warn("the XDP program pinned for interface %s has no map %s yet: check mode compares with "
                         "empty maps, as the program upgrade will create them" % (params["iface"], ", ".join(unpinned)))
-        try:
-            present, cache_ids = read_present(maps)
-        except BpfError as exc:
-            module.fail_json(msg="reading the maps in %s failed: %s" % (pin_dir, exc))
     timing.lap("read")
+    # The deny record: compared whole, kept packed when nothing differs, else planned from dicts.
+    _rules.settle_records(present, desired)
 
     cookie_key, cookie_key_previous, generated = cookie_keys_bytes(given_keys, present["edge_config"][_rules.CONFIG_KEY])
     desired["edge_config"][_rules.CONFIG_KEY] = _rules.with_cookie_keys(desired["edge_config"][_rules.CONFIG_KEY],

@@ -1,0 +1,109 @@
+"""edge_rules finds and repairs what was changed by hand (bpftool) in the maps it converges.
+
+The no-op rerun of a large deny list compares the deny trie read back from the kernel with the
+wanted list as two packed records (_rules.LpmRecord), whatever their size; these tests make that
+comparison meet every kind of drift - a prefix deleted, a stray prefix added, a value changed, a
+word of the derived filter cleared - and check that a --check --diff run reports it without
+writing, a real run repairs exactly it, and the run after is a no-op again.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+
+import pytest
+
+from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
+from ansible_collections.anycast.edge.plugins.module_utils import _rules
+
+from test_edge_rules import RULE_MAP_NAMES, RULES, cidrs, derived_lists, ip, run_edge_rules
+from test_edge_rules import bpffs, pop  # noqa: F401  pylint: disable=unused-import
+
+DENY_COUNT = 20000
+
+
+def random_deny(count, seed):
+    rnd = random.Random(seed)
+    deny = set()
+    while len(deny) < count:
+        length = rnd.randint(16, 32)
+        address = rnd.getrandbits(32) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        if address >> 24 in (192, 198, 10):   # clear of the lab's own addresses
+            continue
+        deny.add("%s/%d" % (ip(address.to_bytes(4, "big")), length))
+    return sorted(deny)
+
+
+def bpftool(*args):
+    """bpftool, as an operator would run it by hand on the POP."""
+    subprocess.run(["bpftool", *args], check=True, capture_output=True, text=True)
+
+
+def hex_words(raw):
+    return [format(byte, "02x") for byte in raw]
+
+
+def pin(pop, name):
+    return str(pop.pin_root / pop.iface / "maps" / name)
+
+
+def test_drift_made_by_hand_is_found_by_check_mode_and_repaired(pop, tmp_path):
+    deny = random_deny(DENY_COUNT, seed=18)
+    rules = dict(RULES, deny=deny)
+    converged = run_edge_rules(pop, tmp_path, rules).result
+    assert converged["maps"]["edge_deny_v4"]["added"] == DENY_COUNT
+    wanted_maps = pop.snapshot(RULE_MAP_NAMES)
+    wanted_lists = derived_lists(pop)
+
+    deleted, changed = _rules.parse_cidr(deny[100], "x"), _rules.parse_cidr(deny[200], "x")
+    stray = _rules.parse_cidr("233.252.0.128/25", "x")
+    bpftool("map", "delete", "pinned", pin(pop, "edge_deny_v4"), "key", "hex", *hex_words(deleted))
+    bpftool("map", "update", "pinned", pin(pop, "edge_deny_v4"), "key", "hex", *hex_words(stray),
+            "value", "hex", *hex_words(_rules.LPM_PRESENT))
+    bpftool("map", "update", "pinned", pin(pop, "edge_deny_v4"), "key", "hex", *hex_words(changed),
+            "value", "hex", *hex_words(abi.U32.pack(2)))
+    # a hole in the filter XDP reads: the first entry that denies anything, cleared
+    filter_bytes = wanted_lists[_rules.SOURCE_FILTER_MAP]
+    size = abi.SRC_FILTER_ENTRY.size
+    hole = next(index for index in range(abi.SRC_FILTER_ENTRIES)
+                if filter_bytes[index * size:(index + 1) * size] != bytes(size))
+    bpftool("map", "update", "pinned", pin(pop, _rules.SOURCE_FILTER_MAP), "key", "hex", *hex_words(abi.U32.pack(hole)),
+            "value", "hex", *hex_words(bytes(size)))
+    drifted_maps = pop.snapshot(RULE_MAP_NAMES)
+    drifted_lists = derived_lists(pop)
+    assert drifted_maps != wanted_maps and drifted_lists != wanted_lists
+
+    check = run_edge_rules(pop, tmp_path, rules, "--check", "--diff").result
+    assert check["changed"] is True
+    assert check["maps"]["edge_deny_v4"] == {"added": 1, "changed": 1, "removed": 1}
+    assert check["maps"][_rules.SOURCE_FILTER_MAP]["added"] >= 1   # the cleared entry comes back
+    assert "deny" in str(check["diff"]) and _rules.render_lpm(deleted) in check["diff"]["after"]
+    assert _rules.render_lpm(stray) in check["diff"]["before"]
+    assert pop.snapshot(RULE_MAP_NAMES) == drifted_maps and derived_lists(pop) == drifted_lists   # nothing written
+
+    repaired = run_edge_rules(pop, tmp_path, rules).result
+    assert repaired["changed"] is True
+    assert repaired["maps"]["edge_deny_v4"] == {"added": 1, "changed": 1, "removed": 1}
+    assert pop.snapshot(RULE_MAP_NAMES) == wanted_maps
+    assert derived_lists(pop) == wanted_lists
+    assert cidrs(pop.entries("edge_deny_v4")) == set(deny)
+
+    again = run_edge_rules(pop, tmp_path, rules).result
+    assert again["changed"] is False and again["writes"] == 0
+
+
+@pytest.mark.parametrize("where", ["edge_deny_v4", _rules.SOURCE_HOSTS_MAP])
+def test_one_entry_deleted_by_hand_is_put_back(pop, tmp_path, where):
+    """A single entry gone from the trie (or from the bitmaps of partly listed /24s) among 20,000."""
+    deny = random_deny(DENY_COUNT, seed=19)
+    rules = dict(RULES, deny=deny)
+    run_edge_rules(pop, tmp_path, rules)
+    wanted = pop.entries(where)
+    victim = sorted(wanted)[len(wanted) // 2]
+    bpftool("map", "delete", "pinned", pin(pop, where), "key", "hex", *hex_words(victim))
+    assert victim not in pop.entries(where)
+
+    repaired = run_edge_rules(pop, tmp_path, rules).result
+    assert repaired["changed"] is True and repaired["maps"][where]["added"] == 1
+    assert pop.entries(where) == wanted
