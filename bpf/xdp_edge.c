@@ -17,7 +17,8 @@
  *   (payload_rules.h: drop, or a per-source limit) -> a minecraft service's first data segment of a
  *   flow must be its handshake (mc_proto.h; else drop_handshake, the source's verification
  *   revoked, only when the segment acknowledges the backend's SYN-ACK: other data
- *   drop_handshake_unacked, nobody revoked) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
+ *   drop_handshake_unacked, nobody revoked; where the SYN-ACK left by another POP, a handshake
+ *   still passes) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
  *   cookie verifies) -> IPIP to the backend, next hop from the FIB (its answer cached per CPU for
  *   100 ms: backend_next_hop); or, for a backend whose pair is WireGuard (edge_wireguard_pairs),
  *   XDP_PASS marked with the pair's device, for the uplink's TC to redirect (forward_to_wireguard,
@@ -1378,15 +1379,19 @@ enum mc_verdict {
  * who knows a player's address can send segments in its name, so a refusal revokes the player's
  * verification only when the segment is provably the player's own: its ACK number is the backend's
  * SYN-ACK's sequence number + 1 (recorded by the return path, mc_flow_syn_acked), which only the
- * stack the SYN-ACK reached knows. Any other data is dropped and revokes nobody: data before the
- * SYN-ACK went back (no client sends that), with another ACK (a spoofer's guess), or riding a SYN
- * (TCP Fast Open, which no Minecraft client uses: data with no entry to check it against). One
- * exception: data on a flow whose SYN-ACK was not seen but which has a live punch belongs to the
- * established connection of that four-tuple (a SYN spoofed into it opened the entry; its backend
- * answers such a SYN with an ACK, never a SYN-ACK) and passes. A well-formed handshake ends the
- * entry (the flow's later segments are not looked at); a refused one keeps it, so the flow's
- * retransmissions are refused too. Segments without data, and RSTs, always pass; so does a flow
- * without an entry (docs/game-protocols.md: why not fail closed).
+ * stack the SYN-ACK reached knows. Data with another ACK once the SYN-ACK was seen (a spoofer's
+ * guess, or an old connection's) or riding a SYN (TCP Fast Open, which no Minecraft client uses:
+ * data with no entry to check it against) is dropped and revokes nobody.
+ * Data on a flow whose SYN-ACK this POP did not see is checked all the same and never revokes:
+ * with anycast the backend's SYN-ACK may have left through another POP (the mapper steered the
+ * player's address there), so the player's real handshake arrives here with nothing to prove it
+ * the player's; a handshake passes, anything else is dropped (drop_handshake_unacked). A live
+ * punch waves such a flow's data through unchecked: the four-tuple's established connection, a
+ * SYN spoofed into it having opened the entry (its backend answers such a SYN with an ACK, never a
+ * SYN-ACK). A well-formed handshake ends the entry (the flow's later segments are not looked at);
+ * a refused one keeps it, so the flow's retransmissions are refused too. Segments without data,
+ * and RSTs, always pass; so does a flow without an entry (docs/game-protocols.md: why not fail
+ * closed).
  */
 static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const struct edge_config *cfg,
 						     const struct packet *pkt, __u64 *now)
@@ -1394,6 +1399,7 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 	struct mc_flow_value *flow;
 	struct mc_flow_key key;
 	__u8 flags = pkt->tcp_flags;
+	enum mc_verdict refusal = MC_DROP; /* no SYN-ACK seen here: nothing proves the segment the player's */
 	__u64 syn_acked;
 	__be32 ack;
 
@@ -1406,13 +1412,16 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 	if (!flow)
 		return MC_PASS;
 	syn_acked = flow->syn_acked;
-	if (!(syn_acked & MC_FLOW_SYN_ACKED))
-		return punch_is_live(cfg, pkt, now) ? MC_PASS : MC_DROP;
-	if (!(flags & TCP_FLAG_ACK) || bpf_xdp_load_bytes(ctx, pkt->l4_off + 8, &ack, sizeof(ack)) ||
-	    bpf_ntohl(ack) != (__u32)syn_acked)
-		return MC_DROP;
+	if (syn_acked & MC_FLOW_SYN_ACKED) {
+		if (!(flags & TCP_FLAG_ACK) || bpf_xdp_load_bytes(ctx, pkt->l4_off + 8, &ack, sizeof(ack)) ||
+		    bpf_ntohl(ack) != (__u32)syn_acked)
+			return MC_DROP;
+		refusal = MC_REVOKE; /* the player's own segment */
+	} else if (punch_is_live(cfg, pkt, now)) {
+		return MC_PASS;
+	}
 	if (!mc_payload_is_handshake(ctx, pkt->payload_off, pkt->payload_len))
-		return MC_REVOKE;
+		return refusal;
 	bpf_map_delete_elem(&edge_mc_flows, &key);
 	return MC_PASS;
 }

@@ -103,7 +103,7 @@ enum edge_reason {
 	EDGE_REASON_DROP_SYN_AUTH_VERIFIED, /* SYN authentication: the client's RST echoed a valid cookie; the source is verified, the RST consumed */
 	EDGE_REASON_DROP_TCP_UNVERIFIED,   /* SYN authentication active: a TCP segment from an unverified source that is not a SYN, or a RST without a valid cookie */
 	EDGE_REASON_DROP_HANDSHAKE,        /* the first data segment of a TCP flow to a minecraft service is no well-formed handshake (mc_proto.h) */
-	EDGE_REASON_DROP_HANDSHAKE_UNACKED, /* data to a minecraft service that is not the player's own: it does not acknowledge the backend's SYN-ACK, or rides a SYN */
+	EDGE_REASON_DROP_HANDSHAKE_UNACKED, /* data to a minecraft service that is not the player's own: it does not acknowledge the backend's SYN-ACK, or rides a SYN; or no handshake on a flow whose SYN-ACK the POP did not see */
 	EDGE_REASON_TX_FORWARD_WIREGUARD,  /* to a backend whose pair is WireGuard (punched or not): passed to the kernel marked with the pair's device (struct edge_wireguard_handoff), for the uplink's TC ingress to redirect */
 	EDGE_REASON_DROP_FORGED_HANDOFF,   /* arrived carrying the WireGuard handoff's Ethernet destination, and not forwarded by this program: never let TC redirect it */
 	EDGE_REASON_COUNT,

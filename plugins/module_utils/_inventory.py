@@ -758,9 +758,10 @@ def _check_mapper(ctx):
                     problems.add("%s[%d]" % (dsr_path, index), name,
                                  "is not a service whose backend is %s (anycast_edge_services[].name)" % host)
                 elif served[name].get("game_protocol") == "minecraft":
-                    # The validator lets a flow's first data segment through only with the ACK of
-                    # the backend's SYN-ACK, which the POP learns on the return path: a DSR reply
-                    # never crosses it, so every connection would stall (docs/game-protocols.md).
+                    # The validator revokes a source only for a first data segment that carries
+                    # the ACK of the backend's SYN-ACK, which the POP learns on the return path: a
+                    # DSR reply never crosses it, so garbage would be dropped but never revoke its
+                    # sender (docs/game-protocols.md).
                     problems.add("%s[%d]" % (dsr_path, index), name,
                                  "is a game_protocol minecraft service: its replies must come back through "
                                  "the POP (the handshake validator reads the backend's SYN-ACK there)")

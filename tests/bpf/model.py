@@ -744,9 +744,11 @@ class EdgeModel:
         """"pass", "drop" (not provably the player's own: nobody revoked) or "revoke". Data on a flow
         whose SYN was forwarded (an entry) is the player's own only if it acknowledges the backend's
         SYN-ACK (the entry's syn_acked); then it must start with a well-formed handshake (the entry
-        goes), else it revokes (the entry stays). Before the SYN-ACK: dropped, unless the four-tuple
-        has a live punch (its established connection's data). Data on a SYN: dropped. No data, a
-        RST, or a flow without an entry: not looked at."""
+        goes), else it revokes (the entry stays); with another ACK it is dropped. Before any SYN-ACK
+        was seen here (it may have left through another POP): passed unchecked on a live punch (the
+        four-tuple's established connection), else checked the same way but refused as "drop",
+        never "revoke". Data on a SYN: dropped. No data, a RST, or a flow without an entry: not
+        looked at."""
         if not pkt.payload_len or flags & TCP_RST:
             return "pass"
         if flags & TCP_SYN:
@@ -755,14 +757,18 @@ class EdgeModel:
         entry = self.state.mc_flows.get(flow)
         if entry is None:
             return "pass"
-        if not entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
-            return "pass" if self._punch_is_live(pkt) else "drop"
-        ack = struct.unpack_from("!I", self._frame, pkt.l4_off + 8)[0]
-        if not flags & TCP_ACK or ack != entry.syn_acked & 0xFFFFFFFF:
-            return "drop"
+        if entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
+            ack = struct.unpack_from("!I", self._frame, pkt.l4_off + 8)[0]
+            if not flags & TCP_ACK or ack != entry.syn_acked & 0xFFFFFFFF:
+                return "drop"
+            refusal, checked = "revoke", "flow %s checked" % (flow,)
+        elif self._punch_is_live(pkt):
+            return "pass"
+        else:
+            refusal, checked = "drop", "flow %s checked before its SYN-ACK" % (flow,)
         if mc_model.handshake(self._payload(pkt)) is None:
-            return "revoke"
-        self._op("flow %s checked" % (flow,), lambda state: state.mc_flows.pop(flow, None))
+            return refusal
+        self._op(checked, lambda state: state.mc_flows.pop(flow, None))
         return "pass"
 
     def _unverify(self, address: str, service_id: int):

@@ -7,7 +7,8 @@ for; the flow's first data segment must then be a well-formed Java Edition hands
 entry kept, the source's verification for the service revoked) when it is not. Only the player's
 own segment (one that acknowledges that SYN-ACK) can revoke: anything else is dropped as
 drop_handshake_unacked, nobody revoked, so a spoofer who knows a player's address cannot revoke
-it. Each refusal is shown next to the same segment forwarded on the unprotected path (the same
+it; on a flow whose SYN-ACK left through another POP (anycast) that is garbage only: a well-formed
+handshake passes there. Each refusal is shown next to the same segment forwarded on the unprotected path (the same
 service with game_protocol none), each spoofed attack next to the player's own segment revoking.
 """
 
@@ -368,6 +369,69 @@ def test_a_syn_ack_opens_no_flow_and_teaches_only_its_own(edge):
     # passes its handshake and ends the flow's entry.
     assert edge.run(segment(HANDSHAKE, ack=0)).reason == "tx_punched"
     assert flows(edge) == set()
+
+
+# ---- anycast: the backend's SYN-ACK left through another POP ---------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_garbage_on_a_flow_whose_syn_ack_left_through_another_pop_is_dropped_and_revokes_nobody(edge, name):
+    """The flow's SYN came in here (its entry), but the backend's SYN-ACK went back through another
+    POP (the mapper steered the player's address there: the route moved mid-handshake). Nothing
+    here proves the first data segment the player's own, so garbage is dropped and nobody revoked;
+    the entry stays, and the player's real handshake then passes. Next to it the same garbage on a
+    flow whose SYN-ACK went back through this POP: the player's own, dropped and revoked (as before
+    this change)."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn()).reason == "tx_forward"          # the SYN-ACK never comes back here
+    assert edge.run(segment(GARBAGE[name])).reason == "drop_handshake_unacked"
+    assert edge.run(segment(GARBAGE[name], ack=CLIENT_ACK + 1)).reason == "drop_handshake_unacked"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+    assert edge.reason_counts().get("drop_handshake", (0, 0))[0] == 0
+    assert syn_acked(edge, FLOW) == NOT_SYN_ACKED
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert flows(edge) == set()
+
+    connect(edge, sport=PLAYER_PORT + 1)                   # the SYN-ACK seen here
+    assert edge.run(segment(GARBAGE[name], sport=PLAYER_PORT + 1)).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+
+
+def test_a_handshake_on_a_flow_whose_syn_ack_left_through_another_pop_is_forwarded(edge):
+    """The player's connection whose SYN-ACK went back through another POP: its handshake (with
+    Login Start, in one segment or two) is forwarded and ends the entry, so the rest of the
+    connection goes through unchecked, whatever its ACK numbers. Measured before this change
+    (main at 4a59b5d, this test's segments): the handshake was dropped as drop_handshake_unacked,
+    and so was each retransmission, until the LRU evicted the entry: the connection stalled."""
+    with_syn_auth_pop(edge)                 # the lab's shape: verified by its stack's RST
+    assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(segment(HANDSHAKE, ack=77)).reason == "tx_forward"       # any ACK: none is known here
+    assert flows(edge) == set()
+    assert edge.run(segment(mc.login_start(), seq=1001 + len(HANDSHAKE), ack=77)).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+    # Each next state, on flows of their own.
+    for offset, next_state in enumerate(mc.NEXT_STATES, start=1):
+        sport = PLAYER_PORT + offset
+        assert edge.run(syn(sport=sport)).reason == "tx_forward"
+        first = mc.handshake_packet(b"play.example.org", GAME_PORT, next_state, -1) + mc.status_request()
+        assert edge.run(segment(first, sport=sport, flags="P", ack=0)).reason == "tx_forward"
+    assert flows(edge) == set()
+
+
+def test_a_spoofed_handshake_before_the_syn_ack_ends_the_check_and_revokes_nobody(edge):
+    """What the change gives a spoofer: a well-formed handshake in a verified player's name on a flow
+    whose SYN-ACK was not seen yet is forwarded (the backend's stack refuses data that does not
+    acknowledge its SYN-ACK) and ends the entry, so that flow's next data is not checked. That is
+    the player's own connection going unchecked, as every flow without an entry is (fail open:
+    docs/game-protocols.md); nobody is revoked, and garbage in its name is still refused."""
+    with_syn_auth_pop(edge)
+    assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(segment(GARBAGE["http"], ack=12345)).reason == "drop_handshake_unacked"
+    assert edge.run(segment(HANDSHAKE, ack=12345)).reason == "tx_forward"
+    assert flows(edge) == set()
+    assert edge.run(backend_tcp("SA")).reason == "tx_return"                 # opens nothing
+    assert edge.run(segment(GARBAGE["http"])).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
 
 
 # ---- the table's fail-open: a spoofed SYN flood and edge_mc_flows' 65,536 entries ----------------------
