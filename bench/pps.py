@@ -355,8 +355,8 @@ class PpsWorld:
                 except self._bpf.BpfError as error:
                     if not self._live_refused(error, live_frame, ctx):
                         raise
-        for dummy in range(frames):
-            self.packet_socket.send(frame)
+        while frames > 0:
+            frames -= self._socket_send(frame, frames)
 
     def send_for(self, frame: bytes, seconds: float):
         """Send for about `seconds`; returns (frames sent, seconds it took)."""
@@ -373,12 +373,25 @@ class PpsWorld:
                 except self._bpf.BpfError as error:
                     if not self._live_refused(error, live_frame, ctx):
                         raise
-        send = self.packet_socket.send
         while time.monotonic() - started < seconds:
-            for dummy in range(1000):
-                send(frame)
-            sent += 1000
+            sent += self._socket_send(frame, 1000)
         return sent, time.monotonic() - started
+
+    def _socket_send(self, frame: bytes, frames: int) -> int:
+        """Up to `frames` sends on the packet socket; the number the kernel took. A full transmit
+        queue answers ENOBUFS (the receiver is behind): that frame is not counted as sent and the
+        CPU is given up once, so the receiver can catch up."""
+        taken = 0
+        send = self.packet_socket.send
+        for dummy in range(frames):
+            try:
+                send(frame)
+                taken += 1
+            except OSError as error:
+                if error.errno != errno.ENOBUFS:
+                    raise
+                time.sleep(0)
+        return taken
 
     def close(self) -> None:
         while self._closers:
