@@ -61,6 +61,8 @@ NFT_TABLE = "aedge_pps"
 # stop close to the wanted time.
 RUN_FRAMES = 200_000
 BATCH = 64
+# How long the packet socket may take no frame at all (ENOBUFS on every send) before send() gives up.
+SOCKET_STALL_SEC = 10
 
 
 @dataclass
@@ -355,8 +357,18 @@ class PpsWorld:
                 except self._bpf.BpfError as error:
                     if not self._live_refused(error, live_frame, ctx):
                         raise
+        # A queue that never drains (every send ENOBUFS) ends the bench instead of hanging it.
+        stalled_since = None
         while frames > 0:
-            frames -= self._socket_send(frame, frames)
+            taken = self._socket_send(frame, frames)
+            frames -= taken
+            if taken:
+                stalled_since = None
+            elif stalled_since is None:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > SOCKET_STALL_SEC:
+                raise RuntimeError("%s took no frame for %d s (ENOBUFS on every send): its transmit queue does "
+                                   "not drain" % (WORLD_GEN, SOCKET_STALL_SEC))
 
     def send_for(self, frame: bytes, seconds: float):
         """Send for about `seconds`; returns (frames sent, seconds it took)."""

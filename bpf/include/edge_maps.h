@@ -36,8 +36,9 @@ DEFINE_MAP_FLAGS(edge_anycast_v6, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_ANYCAST, struc
  * IPIP is accepted only from these. */
 DEFINE_MAP(edge_backends, BPF_MAP_TYPE_HASH, EDGE_MAX_BACKENDS, __be32, struct backend_value);
 
-/* Written by edge_rules (its wireguard_backends: the backends whose pair with this POP is
- * WireGuard, with the ifindex and MTU of the pair's device as the kernel reports them). Read by
+/* Written by no module yet, only by the tests (docs/transport.md: edge_rules is to write the
+ * backends whose pair with this POP is WireGuard, with the ifindex and MTU of the pair's device
+ * as the kernel reports them; until then every pair is forwarded as IPIP). Read by
  * XDP at the forwarding step, by the service's backend: present, the packet goes to that device
  * (through the uplink's TC, tc_wireguard_redirect.c) instead of IPIP. Absent: IPIP. */
 DEFINE_MAP(edge_wireguard_pairs, BPF_MAP_TYPE_HASH, EDGE_MAX_BACKENDS, __be32, struct wireguard_pair);
