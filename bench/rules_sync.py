@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -59,14 +58,8 @@ BASE_RULES = {
 
 def deny_prefixes(count, seed):
     """`count` distinct random CIDRs (/12../32, host bits clear), as an operator's list looks."""
-    rnd = random.Random(seed)
-    prefixes = set()
-    while len(prefixes) < count:
-        length = rnd.randint(12, 32)
-        address = rnd.getrandbits(32) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        prefixes.add("%d.%d.%d.%d/%d" % (address >> 24, address >> 16 & 255, address >> 8 & 255, address & 255,
-                                         length))
-    return sorted(prefixes)
+    from harness.prefixes import random_prefixes  # pylint: disable=import-outside-toplevel
+    return random_prefixes(count, seed, shortest=12)
 
 
 class Pop:

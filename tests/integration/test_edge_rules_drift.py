@@ -9,7 +9,6 @@ writing, a real run repairs exactly it, and the run after is a no-op again.
 
 from __future__ import annotations
 
-import random
 import subprocess
 
 import pytest
@@ -17,22 +16,16 @@ import pytest
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 
-from test_edge_rules import RULE_MAP_NAMES, RULES, cidrs, derived_lists, ip, run_edge_rules
+from harness.prefixes import random_prefixes
+from test_edge_rules import RULE_MAP_NAMES, RULES, cidrs, derived_lists, run_edge_rules
 from test_edge_rules import bpffs, pop  # noqa: F401  pylint: disable=unused-import
 
 DENY_COUNT = 20000
 
 
 def random_deny(count, seed):
-    rnd = random.Random(seed)
-    deny = set()
-    while len(deny) < count:
-        length = rnd.randint(16, 32)
-        address = rnd.getrandbits(32) & (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        if address >> 24 in (192, 198, 10):   # clear of the lab's own addresses
-            continue
-        deny.add("%s/%d" % (ip(address.to_bytes(4, "big")), length))
-    return sorted(deny)
+    """/16../32 prefixes clear of the test lab's own addresses (192, 198, 10)."""
+    return random_prefixes(count, seed, shortest=16, avoid_first_octets=(192, 198, 10))
 
 
 def bpftool(*args):
