@@ -54,7 +54,8 @@ setup:
 # Order matters only for speed of feedback: cheapest tiers first (test-fresh first: a
 # missing install step is the first thing a new user meets). tools/test-tiers.sh runs them
 # one by one and ends with each tier's time and result; `make --keep-going test` (.ci/run)
-# runs every tier even after one failed.
+# runs every tier even after one failed. test-unit is skipped (and the table says so) when
+# test-fresh, which runs it in its fresh root, passed in the same run on the very same files.
 TIERS := test-fresh test-lint test-unit test-bpf test-integration test-molecule
 test: setup
 	@tools/test-tiers.sh $(if $(findstring k,$(firstword -$(MAKEFLAGS))),--keep-going) $(TIERS)
