@@ -41,6 +41,7 @@ NETS_PER_ENTRY = abi.SRC_NETS_PER_ENTRY
 ENTRY_SIZE = abi.SRC_FILTER_ENTRY.size   # struct src_filter_entry: four u64 words
 FILTER_SIZE = FILTER_ENTRIES * ENTRY_SIZE
 _PLANE_SIZE = (1 << 24) // 8         # a bit per /24: 2 MiB
+_INTERLEAVE_BLOCK = 1 << 16          # derive() copies a plane into the filter a block at a time
 _HOSTS_ALL_ONES = (1 << 256) - 1
 _WORD_ALL_ONES = (1 << 64) - 1
 _FULL_BYTES = {}
@@ -137,10 +138,17 @@ def derive(deny, allow):
         list_hosts = _list_planes(prefixes, planes[2 * list_id], planes[2 * list_id + 1])
         hosts.update(((net24, list_id), bits) for net24, bits in list_hosts.items())
     # Interleave the four planes word by word: entry i = word i of each plane (a plane's bit n is
-    # bit n % 64 of its little-endian word n // 64, exactly the entry's layout).
-    words = array("Q", bytes(FILTER_SIZE))
+    # bit n % 64 of its little-endian word n // 64, exactly the entry's layout). A block of a plane
+    # that is all zero is left out (the filter starts all zero): the lists of a POP leave most of
+    # the 2 MiB of each plane zero.
+    words = memoryview(bytearray(FILTER_SIZE)).cast("Q")
+    zero = bytes(_INTERLEAVE_BLOCK)
     for index, plane in enumerate(planes):
-        words[index::4] = array("Q", bytes(plane))
+        for start in range(0, _PLANE_SIZE, _INTERLEAVE_BLOCK):
+            block = plane[start:start + _INTERLEAVE_BLOCK]
+            if block != zero:
+                first = 4 * (start // 8) + index
+                words[first:first + 4 * (len(block) // 8):4] = memoryview(block).cast("Q")
     return words.tobytes(), hosts
 
 
