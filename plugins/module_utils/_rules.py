@@ -214,6 +214,28 @@ def _cidr_keys_bulk(cidrs):
     return bytes(keys)
 
 
+def lpm_network(key):
+    """The LPM key of the prefix `key` stands for: its address with the bits past the prefix
+    length cleared. The kernel's trie compares only the prefix bits: a key with host bits set
+    (parse_cidr refuses them, bpftool writes them) takes the node of its prefix - an update
+    replaces it, a delete deletes it - and is read back as it was written."""
+    length, raw = abi.LPM_V4_KEY.unpack(key)
+    network = int.from_bytes(raw, "big") & ~_HOST_MASKS[min(length, 32)] & _ALL_ONES
+    return abi.LPM_V4_KEY.pack(length, network.to_bytes(4, "big"))
+
+
+def keys_with_host_bits(keys):
+    """The LPM keys (packed, a list or a dict's keys) whose address has host bits set, in the
+    order given: all checked at once with a few C-level passes (the keys edge_rules reads back
+    from a million-entry trie), one by one only when some key has them."""
+    packed = b"".join(keys)
+    lengths = packed[0::8]   # the length: a little-endian u32 < 256 (the kernel refuses > 32)
+    if not any(int.from_bytes(packed[4 + octet::8], "big") & int.from_bytes(lengths.translate(_HOST_MASK_OCTETS[octet]), "big")
+               for octet in range(4)):
+        return []
+    return [key for key in keys if lpm_network(key) != key]
+
+
 def _cidr_entries_bulk(cidrs):
     """cidr_entries for canonical items (see _cidr_keys_bulk)."""
     keys = _cidr_keys_bulk(cidrs)
@@ -699,10 +721,8 @@ def control_plane_entries(items):
 def covering_prefix(entries, key):
     """The shortest prefix of the LPM entries that covers the LPM `key` (None: none does)."""
     length, raw = abi.LPM_V4_KEY.unpack(key)
-    number = int.from_bytes(raw, "big")
     for prefix_length in range(length + 1):
-        network = (number & ~_HOST_MASKS[prefix_length] & _ALL_ONES).to_bytes(4, "big")
-        candidate = abi.LPM_V4_KEY.pack(prefix_length, network)
+        candidate = lpm_network(abi.LPM_V4_KEY.pack(prefix_length, raw))
         if candidate in entries:
             return candidate
     return None
@@ -936,6 +956,10 @@ Step = _map_sync.Step
 #
 #   The filter must never be looser than the new rule set: a source the new rules deny is never
 #   let through mid-update, and one that both rule sets deny never slips through a gap.
+#     deny_unalias    a stray key of the trie that is a new deny's prefix with host bits set
+#                     (written by hand: lpm_network) goes before that deny is added, since both
+#                     are one node: added first, the deny would be deleted with the stray.
+#                     Nothing is let through meanwhile: XDP reads the derived lists, not the trie
 #     deny_add        new denies first (deny beats allow)
 #     allow_remove    old allows go before anything is relaxed
 #     ...             (tightening of services, see below)
@@ -983,7 +1007,7 @@ Step = _map_sync.Step
 #                       services are gone)
 STEP_ORDER = (
     "dst_pass_tighten", "src_hosts_tighten", "src_filter_tighten",
-    "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
+    "deny_unalias", "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
     "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
     "rules_stage", "rules_switch", "rules_sync", "rules_hits_reset",
     "anycast_add", "allow_add", "deny_remove",
@@ -1067,10 +1091,15 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
     def upserts(map_name):
         return _map_sync.upserts(*changes[map_name][:2])
 
-    def deletes(map_name):
-        return [(key, None, old) for key, old in changes[map_name][2].items()]
+    def deletes(map_name, keep=None):
+        return [(key, None, old) for key, old in changes[map_name][2].items() if keep is None or keep(key)]
 
+    # The removed denies that share an added deny's node (see STEP_ORDER: deny_unalias); the new
+    # keys are canonical (parse_cidr), so only a removed key with host bits can be one.
+    deny_added, dummy, deny_removed = changes["edge_deny_v4"]
+    aliases = set(key for key in keys_with_host_bits(deny_removed) if lpm_network(key) in deny_added)
     steps = {
+        "deny_unalias": ("edge_deny_v4", "delete", deletes("edge_deny_v4", aliases.__contains__) if aliases else []),
         "deny_add": ("edge_deny_v4", "update", upserts("edge_deny_v4")),
         "allow_remove": ("edge_allow_v4", "delete", deletes("edge_allow_v4")),
         "anycast_remove": ("edge_anycast_v4", "delete", deletes("edge_anycast_v4")),
@@ -1081,7 +1110,8 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
                          [(key, value, None) for key, value in changes["edge_services"][0].items()]),
         "anycast_add": ("edge_anycast_v4", "update", upserts("edge_anycast_v4")),
         "allow_add": ("edge_allow_v4", "update", upserts("edge_allow_v4")),
-        "deny_remove": ("edge_deny_v4", "delete", deletes("edge_deny_v4")),
+        "deny_remove": ("edge_deny_v4", "delete",
+                        deletes("edge_deny_v4", (lambda key: key not in aliases) if aliases else None)),
         "backends_remove": ("edge_backends", "delete", deletes("edge_backends")),
     }
 
@@ -1195,8 +1225,12 @@ def _source_list_steps(present, desired, changes):
         interim = desired   # the new rules are the stricter ones already (the first run, a no-op)
     else:
         # Stricter than both rule sets: every deny of either, only the allows of both.
-        interim = source_list_entries(list(new_deny) + list(old_deny.keys() - new_deny.keys()),
-                                      new_allow.keys() & old_allow.keys())
+        # (derived from the prefixes the old keys stand for: a key written by hand may have host bits)
+        old_only = list(old_deny.keys() - new_deny.keys())
+        strays = set(keys_with_host_bits(old_only))
+        if strays:
+            old_only = [lpm_network(key) if key in strays else key for key in old_only]
+        interim = source_list_entries(list(new_deny) + old_only, new_allow.keys() & old_allow.keys())
     hosts_now = present.get(SOURCE_HOSTS_MAP, {})
     hosts_tight = _strictest_hosts(hosts_now, interim[SOURCE_HOSTS_MAP], desired[SOURCE_HOSTS_MAP])
     added, changed = map_changes(hosts_now, hosts_tight)[:2]

@@ -100,3 +100,63 @@ def test_one_entry_deleted_by_hand_is_put_back(pop, tmp_path, where):
     repaired = run_edge_rules(pop, tmp_path, rules).result
     assert repaired["changed"] is True and repaired["maps"][where]["added"] == 1
     assert pop.entries(where) == wanted
+
+
+# A wanted prefix of each trie, and the same prefix with host bits set (a key edge_rules never writes).
+ALIASES = {
+    "edge_deny_v4": ("100.64.0.0/10", "100.64.0.1/10"),
+    "edge_allow_v4": ("192.0.2.0/28", "192.0.2.1/28"),
+    "edge_anycast_v4": ("198.51.100.0/24", "198.51.100.7/24"),
+}
+
+
+@pytest.mark.parametrize("where", sorted(ALIASES))
+def test_a_wanted_prefix_rewritten_with_host_bits_by_hand_is_put_back(pop, tmp_path, where):
+    """The kernel's LPM trie matches, replaces and deletes by the prefix bits only: a key with host
+    bits written by hand replaces the node of the wanted prefix, and is read back as written. The
+    repair must leave the wanted prefix in the trie (an add that replaces the node, then a removal
+    of the stray that deletes it, would not), and the run after must be a no-op."""
+    wanted, stray = ALIASES[where]
+    converged = run_edge_rules(pop, tmp_path, RULES).result
+    assert converged["changed"] is True
+    wanted_maps = pop.snapshot(RULE_MAP_NAMES)
+    wanted_lists = derived_lists(pop)
+    stray_key = abi.LPM_V4_KEY.pack(int(stray.split("/")[1]), _rules.parse_ipv4(stray.split("/")[0], "x"))
+    bpftool("map", "update", "pinned", pin(pop, where), "key", "hex", *hex_words(stray_key),
+            "value", "hex", *hex_words(wanted_maps[where][_rules.parse_cidr(wanted, "x")]))
+    # one node per prefix: the stray took the wanted prefix's place
+    assert stray in cidrs(pop.entries(where)) and wanted not in cidrs(pop.entries(where))
+    assert len(pop.entries(where)) == len(wanted_maps[where])
+
+    check = run_edge_rules(pop, tmp_path, RULES, "--check", "--diff").result
+    assert check["changed"] is True
+    assert check["maps"][where] == {"added": 1, "changed": 0, "removed": 1}
+    assert stray in check["diff"]["before"] and wanted in check["diff"]["after"]
+
+    repaired = run_edge_rules(pop, tmp_path, RULES).result
+    assert repaired["changed"] is True
+    assert repaired["maps"][where] == {"added": 1, "changed": 0, "removed": 1}
+    assert pop.snapshot(RULE_MAP_NAMES) == wanted_maps
+    assert derived_lists(pop) == wanted_lists
+
+    again = run_edge_rules(pop, tmp_path, RULES).result
+    assert again["changed"] is False and again["writes"] == 0
+
+
+def test_a_prefix_of_its_own_written_with_host_bits_by_hand_is_removed(pop, tmp_path):
+    """A stray key with host bits that is no wanted prefix: the removal derives the lists in between
+    from the prefix it stands for (100.128.5.0/22 is 100.128.4.0/22), and removes the key as written."""
+    run_edge_rules(pop, tmp_path, RULES)
+    wanted_maps = pop.snapshot(RULE_MAP_NAMES)
+    wanted_lists = derived_lists(pop)
+    stray_key = abi.LPM_V4_KEY.pack(22, _rules.parse_ipv4("100.128.5.0", "x"))
+    bpftool("map", "update", "pinned", pin(pop, "edge_deny_v4"), "key", "hex", *hex_words(stray_key),
+            "value", "hex", *hex_words(_rules.LPM_PRESENT))
+
+    repaired = run_edge_rules(pop, tmp_path, RULES).result
+    assert repaired["changed"] is True and repaired["maps"]["edge_deny_v4"] == {"added": 0, "changed": 0, "removed": 1}
+    assert pop.snapshot(RULE_MAP_NAMES) == wanted_maps
+    assert derived_lists(pop) == wanted_lists
+
+    again = run_edge_rules(pop, tmp_path, RULES).result
+    assert again["changed"] is False and again["writes"] == 0

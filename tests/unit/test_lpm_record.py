@@ -74,3 +74,20 @@ def test_items_the_bulk_parse_refuses_are_parsed_one_by_one_with_the_same_result
     cidrs = ["10.0.0.0/08", "192.0.2.1", "198.51.100.0/24"]   # a leading zero, a bare address
     assert _rules.cidr_record(cidrs, "deny") == _rules.cidr_entries(cidrs, "deny")
     assert _rules.cidr_record([], "deny") == {}
+
+
+@given(st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 32)), max_size=30))
+def test_keys_with_host_bits_are_those_that_are_not_their_own_network(pairs):
+    keys = [abi.LPM_V4_KEY.pack(length, address.to_bytes(4, "big")) for address, length in pairs]
+    assert _rules.keys_with_host_bits(keys) == [key for key in keys if _rules.lpm_network(key) != key]
+    assert _rules.keys_with_host_bits([_rules.lpm_network(key) for key in keys]) == []
+    assert all(_rules.render_lpm(_rules.lpm_network(key)) == cidr_text(address, length)
+               for key, (address, length) in zip(keys, pairs))
+
+
+def test_a_network_is_its_key_with_the_host_bits_cleared():
+    assert _rules.lpm_network(abi.pack_lpm_v4("10.0.0.1/8")) == abi.pack_lpm_v4("10.0.0.0/8")
+    assert _rules.lpm_network(abi.pack_lpm_v4("10.0.0.1/32")) == abi.pack_lpm_v4("10.0.0.1/32")
+    assert _rules.lpm_network(abi.pack_lpm_v4("255.255.255.255/0")) == abi.pack_lpm_v4("0.0.0.0/0")
+    assert _rules.keys_with_host_bits({abi.pack_lpm_v4("10.0.0.0/8"): 1, abi.pack_lpm_v4("100.64.5.0/22"): 1}) == [
+        abi.pack_lpm_v4("100.64.5.0/22")]

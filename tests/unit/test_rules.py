@@ -338,6 +338,8 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
     present = entries_of(old)
     # The payload rules as the maps hold them once loaded (two banks and the switch), not as a list.
     present.update(_payload_rules.present_entries(present.pop(_payload_rules.RULES_MAP)))
+    # and a key written by hand into the deny trie: a new deny's prefix with a host bit set
+    present["edge_deny_v4"][lpm("100.64.0.1/10")] = _rules.LPM_PRESENT
     desired = entries_of(new)
     plan = _rules.plan_writes(present, desired, present_cache_ids=[1, 2])
     assert [step.name for step in plan] == list(_rules.STEP_ORDER)
@@ -346,6 +348,7 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         "100.64.0.0/10", "203.0.113.128/26"]
     assert sorted(_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_remove"].entries) == [
         "172.16.0.0/12", "198.18.0.7/32", "203.0.113.0/26"]
+    assert [_rules.render_lpm(key) for key, dummy, dummy in by_name["deny_unalias"].entries] == ["100.64.0.1/10"]
     # the derived lists: 203.0.113.0/24 holds both /26s in between, then only the new one;
     # 198.18.0.0/24's bitmap goes last
     hosts_key = abi.SRC_HOSTS_KEY.pack(0xCB0071, _source_lists.DENY)
@@ -681,3 +684,71 @@ def test_the_dest_pass_interim_is_the_and_of_both_planes():
     after = bytes([0b1010, 0x0F, 0xFF]) + bytes(5)
     assert _rules.dest_pass_tightened(before, after) == bytes([0b1000, 0x0F, 0]) + bytes(5)
     assert _rules.dest_pass_tightened(None, after) == bytes(8)
+
+
+# --- keys written by hand with host bits set (the kernel's trie keeps one node per prefix) -----
+
+def apply_to_trie(trie, step):
+    """A step made on a model of the kernel's LPM trie, {prefix: (key as written, value)}: an update
+    replaces the node of its key's prefix bits, a delete deletes it, whatever host bits either has."""
+    for key, value, dummy in step.entries:
+        if step.operation == "update":
+            trie[_rules.lpm_network(key)] = (key, value)
+        else:
+            trie.pop(_rules.lpm_network(key), None)
+
+
+def read_back(trie):
+    """The trie's entries as edge_rules reads them: each node's key as it was written."""
+    return dict(trie.values())
+
+
+@settings(max_examples=60, deadline=None)   # each example derives the 8 MiB filter a few times
+@given(st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 32)), max_size=12),
+       st.lists(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(1, 31)), max_size=6), st.data())
+def test_keys_written_by_hand_with_host_bits_are_replaced_and_undone_as_the_trie_keeps_them(wanted, others, data):
+    """The kernel's trie replaces and deletes by the prefix bits only. Whatever keys with host bits
+    were written over the wanted prefixes (or beside them), the plan leaves exactly the wanted
+    prefixes in the trie, every one of them denied by the derived lists at every step, and its
+    inverse puts back the trie as it was read, key for key."""
+    deny = sorted(set(_rules.render_lpm(_rules.lpm_network(abi.LPM_V4_KEY.pack(length, address.to_bytes(4, "big"))))
+                      for address, length in wanted))
+    desired = entries_of(params(deny=deny))
+    trie = dict((_rules.lpm_network(key), (key, value)) for key, value in desired["edge_deny_v4"].items())
+    # written by hand: some wanted prefixes again with host bits, and prefixes of their own
+    rewritten = data.draw(st.lists(st.sampled_from(deny), unique=True)) if deny else []
+    for text in rewritten:
+        length, raw = abi.LPM_V4_KEY.unpack(lpm(text))
+        host = data.draw(st.integers(0, _rules._HOST_MASKS[length]))
+        trie[lpm(text)] = (abi.LPM_V4_KEY.pack(length, (int.from_bytes(raw, "big") | host).to_bytes(4, "big")),
+                           _rules.LPM_PRESENT)
+    for address, length in others:
+        key = abi.LPM_V4_KEY.pack(length, address.to_bytes(4, "big"))
+        trie[_rules.lpm_network(key)] = (key, _rules.LPM_PRESENT)
+    present = dict(desired, edge_deny_v4=read_back(trie))
+    as_read = dict(trie)
+
+    plan = _rules.plan_writes(present, desired)
+    state = copy_of(present)
+    for step in plan:
+        if step.map_name == "edge_deny_v4":
+            apply_to_trie(trie, step)
+        else:
+            apply_step(state, step)
+        for text in deny:
+            address = int.from_bytes(abi.LPM_V4_KEY.unpack(lpm(text))[1], "big")
+            assert _source_lists.is_listed(state[_rules.SOURCE_FILTER_MAP], hosts_of(state), address,
+                                           _source_lists.DENY), (text, step.name)
+    assert read_back(trie) == desired["edge_deny_v4"]
+    assert dict(state, edge_deny_v4=read_back(trie)) == desired
+    for step in reversed(plan):
+        for undo in _rules.inverse(step):
+            if undo.map_name == "edge_deny_v4":
+                apply_to_trie(trie, undo)
+    assert trie == as_read
+
+
+def hosts_of(state):
+    """edge_src_hosts of a state as _source_lists reads it: {(/24 number, list): 256-bit int}."""
+    return dict((abi.SRC_HOSTS_KEY.unpack(key), int.from_bytes(value, "little"))
+                for key, value in state.get(_rules.SOURCE_HOSTS_MAP, {}).items())
