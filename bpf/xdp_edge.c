@@ -927,15 +927,15 @@ static __always_inline void backend_next_hop(struct xdp_md *ctx, __u32 service_i
 /*
  * To a backend whose pair with this POP is WireGuard: XDP cannot encrypt, the kernel does. The
  * packet (TTL decremented, VLAN tags removed, no IPIP header) goes to the kernel marked with the
- * pair's device (struct edge_wireguard_handoff in its Ethernet addresses); the uplink's TC ingress
- * (tc_wireguard_redirect.c) redirects it to that device, whose transmit encrypts it. Everything
+ * pair's backend (struct edge_wireguard_handoff in its Ethernet addresses); the uplink's TC ingress
+ * (tc_wireguard_redirect.c) redirects it to that pair's device, whose transmit encrypts it. Everything
  * before (filters, verification, limits) ran here once; TC checks and counts nothing. A DF
  * packet larger than the device's MTU gets fragmentation-needed with that MTU (the player's path
  * MTU through us); one without DF goes as it is (WireGuard sends it, its outer UDP fragmented on
  * the way).
  */
 static __always_inline struct verdict forward_to_wireguard(struct xdp_md *ctx, const struct packet *pkt,
-							   const struct wireguard_pair *pair)
+							   __be32 backend_addr, const struct wireguard_pair *pair)
 {
 	const __u8 dest[ETH_ALEN] = EDGE_WG_HANDOFF_DEST;
 	struct edge_wireguard_handoff *handoff;
@@ -954,7 +954,7 @@ static __always_inline struct verdict forward_to_wireguard(struct xdp_md *ctx, c
 	__builtin_memcpy(handoff->dest, dest, ETH_ALEN);
 	handoff->pad[0] = 0;
 	handoff->pad[1] = 0;
-	handoff->ifindex = pair->ifindex;
+	handoff->backend_addr = backend_addr;
 	return make_verdict(XDP_PASS, EDGE_REASON_TX_FORWARD_WIREGUARD);
 }
 
@@ -971,7 +971,7 @@ static __always_inline struct verdict forward_to_backend(struct xdp_md *ctx, con
 		return make_verdict(XDP_DROP, EDGE_REASON_DROP_TTL);
 	pair = bpf_map_lookup_elem(&edge_wireguard_pairs, &svc->backend_addr);
 	if (pair)
-		return forward_to_wireguard(ctx, pkt, pair);
+		return forward_to_wireguard(ctx, pkt, svc->backend_addr, pair);
 	backend_next_hop(ctx, svc->id, cfg->tunnel_addr, svc->backend_addr, pkt->tos, pkt->ip_tot_len + IPIP_HDR_LEN,
 			 now, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {

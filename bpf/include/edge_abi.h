@@ -271,8 +271,9 @@ struct wireguard_pair {
  * How xdp_edge hands a packet it forwards to a WireGuard pair to the uplink's TC ingress
  * (tc_wireguard_redirect.c): XDP_PASS with the frame's two Ethernet addresses replaced by this
  * record - as destination a fixed address that no device has (EDGE_WG_HANDOFF_DEST), as source
- * the pair's ifindex. The pair's device is L3: the kernel drops the Ethernet header when TC
- * redirects to it, so the record goes no further. (XDP metadata, bpf_xdp_adjust_meta, would be
+ * the backend's tunnel address, whose pair's device TC looks up in edge_wireguard_pairs (so a
+ * handoff can name no device but a listed pair's). The pair's device is L3: the kernel drops the
+ * Ethernet header when TC redirects to it, so the record goes no further. (XDP metadata, bpf_xdp_adjust_meta, would be
  * the natural carrier; the kernel the tests run on refuses that helper to XDP programs:
  * docs/transport.md.) Only the forward step writes one: xdp_edge drops every other frame it would
  * pass that arrived with that destination (drop_forged_handoff), so nothing from the wire can
@@ -282,8 +283,8 @@ struct wireguard_pair {
 
 struct edge_wireguard_handoff {
 	__u8 dest[6];  /* EDGE_WG_HANDOFF_DEST (Ethernet destination) */
-	__u8 pad[2];   /* 0 (the first two bytes of the Ethernet source) */
-	__u32 ifindex; /* the pair's device (the rest of the source) */
+	__u8 pad[2];   /* 0 (the first two bytes of the Ethernet source); TC refuses a handoff without */
+	__be32 backend_addr; /* the pair's backend, a key of edge_wireguard_pairs (the rest of the source) */
 };
 
 /* Is this Ethernet destination (6 bytes the caller checked are there) the handoff's? */

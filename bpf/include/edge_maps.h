@@ -15,6 +15,7 @@
 #include <bpf/bpf_helpers.h>
 #include "edge_abi.h"
 #include "map_def.h"
+#include "wireguard_maps.h"
 
 /* Written by edge_rules (tunnel address, limits, ban time, punch idle time, cookie epoch, the
  * current and previous edge cookie keys, the POP's TAI offset for the cookie epoch).
@@ -36,12 +37,7 @@ DEFINE_MAP_FLAGS(edge_anycast_v6, BPF_MAP_TYPE_LPM_TRIE, EDGE_MAX_ANYCAST, struc
  * IPIP is accepted only from these. */
 DEFINE_MAP(edge_backends, BPF_MAP_TYPE_HASH, EDGE_MAX_BACKENDS, __be32, struct backend_value);
 
-/* Written by no module yet, only by the tests (docs/transport.md: edge_rules is to write the
- * backends whose pair with this POP is WireGuard, with the ifindex and MTU of the pair's device
- * as the kernel reports them; until then every pair is forwarded as IPIP). Read by
- * XDP at the forwarding step, by the service's backend: present, the packet goes to that device
- * (through the uplink's TC, tc_wireguard_redirect.c) instead of IPIP. Absent: IPIP. */
-DEFINE_MAP(edge_wireguard_pairs, BPF_MAP_TYPE_HASH, EDGE_MAX_BACKENDS, __be32, struct wireguard_pair);
+/* edge_wireguard_pairs: in wireguard_maps.h (included above), which tc_wireguard_redirect.c shares. */
 
 /* Written by xdp_program (its tunnel_devices option: the underlay devices when there are any,
  * else the uplink; roles/xdp_edge sets it), indexed by ifindex. Read by XDP on the return path

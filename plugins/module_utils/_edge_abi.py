@@ -109,9 +109,14 @@ BACKEND_VALUE = struct.Struct("<I")                   # struct backend_value
 IFACE_VALUE = struct.Struct("<I4x")                   # struct iface_value (edge_tunnel_ifaces)
 IFACE_F_IPIP = 1 << 0                                 # EDGE_IFACE_F_IPIP
 WIREGUARD_PAIR = struct.Struct("<II")                 # struct wireguard_pair (edge_wireguard_pairs, by backend)
+# The uplink's TC program that redirects the handoffs to the pairs' devices, and the program it
+# must sit behind (tc_program attaches it only there; xdp_program refuses to
+# detach that one while it is attached).
+WIREGUARD_REDIRECT_PROGRAM = "tc_wireguard_redirect"
+EDGE_PROGRAM = "xdp_edge"
 # struct edge_wireguard_handoff (the frame's Ethernet addresses): no map holds it, so it is not in the
 # object's BTF; tests/bpf/test_wireguard_forward.py compares the program's frames with this packing.
-WG_HANDOFF = struct.Struct("<6s2xI")
+WG_HANDOFF = struct.Struct("<6s2x4s")   # destination, (zero padding), the backend's tunnel address
 WG_HANDOFF_DEST = bytes((0x02, 0xAE, 0x77, 0x67, 0x00, 0x00))  # EDGE_WG_HANDOFF_DEST
 MAX_IFINDEX = 65536                                   # EDGE_MAX_IFINDEX
 MAX_OWN_ADDRS = 64                                    # EDGE_MAX_OWN_ADDRS

@@ -66,6 +66,11 @@ TcFilter.__doc__ = """One filter of a tc hook as the kernel dumps it.
 False otherwise)."""
 
 
+# The name of every tc filter anycast.edge.tc_program attaches starts with this (then the program's
+# name): how it, and xdp_program (which must not leave tc_wireguard_redirect without xdp_edge), find them.
+TC_FILTER_NAME_PREFIX = "anycast_edge:"
+
+
 class TcError(Exception):
     """A tc operation failed; the message names the interface, hook and operation."""
 

@@ -100,6 +100,12 @@ notes:
     not an V(egress) one; the module fails rather than replace that qdisc.
   - Without O(share_maps) the maps of the program are not pinned; a replacement program starts
     with fresh maps.
+  - C(tc_wireguard_redirect) (the POP's forward to its WireGuard pairs) is attached only to the
+    V(ingress) of an interface that runs C(xdp_edge) (in check mode a warning says so instead), with
+    O(share_maps=maps) - C(xdp_edge)'s pinned maps, where M(anycast.edge.edge_rules) writes the
+    devices it may redirect to. M(anycast.edge.xdp_program) refuses to detach C(xdp_edge) while it
+    is attached, so remove it first. With O(share_maps=maps), O(state=absent) leaves those maps to
+    M(anycast.edge.xdp_program).
 seealso:
   - module: anycast.edge.bpf_object
   - module: anycast.edge.xdp_program
@@ -191,6 +197,11 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     BpfError,
     BpfProgram,
     prog_info_by_id,
+    xdp_query,
+)
+from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
+    EDGE_PROGRAM,
+    WIREGUARD_REDIRECT_PROGRAM,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._loader import (
     ModuleFailure,
@@ -201,6 +212,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._loader import (
     used_map_names,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
+    TC_FILTER_NAME_PREFIX,
     NetlinkError,
     add_clsact,
     delete_filter,
@@ -216,6 +228,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     StagedPins,
     open_map_folder,
     pin_dir,
+    program_pin_path,
     remove_empty_dirs,
     tc_pin_path,
     unpin,
@@ -223,7 +236,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._pins import (
 
 FILTER_HANDLE = 0xAE
 DEFAULT_PRIORITY = 0xAE
-NAME_PREFIX = "anycast_edge:"
+NAME_PREFIX = TC_FILTER_NAME_PREFIX
 
 
 def describe(tc_filter):
@@ -328,8 +341,38 @@ class TcProgramModule(PinningModule):
 
     # -- state=present -----------------------------------------------------------------------
 
+    def check_behind_xdp_edge(self):
+        """tc_wireguard_redirect redirects what xdp_edge hands over to a WireGuard pair's device:
+        only xdp_edge in front of it, on the same device, drops the frames from the wire that pose
+        as a handoff (its own check, the devices edge_rules lists, bounds where one could go, not
+        whether it goes). So it is attached only behind xdp_edge, and xdp_program refuses to
+        detach xdp_edge while it is there (docs/transport.md)."""
+        program = WIREGUARD_REDIRECT_PROGRAM
+        if self.direction != "ingress":
+            raise ModuleFailure("direction: %s takes what xdp_edge passes on %s's ingress, not egress"
+                                % (program, self.iface))
+        if self.shared_dir is None:
+            raise ModuleFailure("share_maps: %s reads edge_wireguard_devices, which edge_rules writes among "
+                                "xdp_edge's pinned maps: set share_maps: maps (the folder anycast.edge.xdp_program "
+                                "pins them in)" % program)
+        query = xdp_query(self.ifindex)
+        prog_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+        in_front = prog_info_by_id(prog_id).name if prog_id else None
+        if in_front == EDGE_PROGRAM:
+            return
+        message = ("program: %s is attached only behind %s on %s, which runs %s: attach %s first "
+                   "(anycast.edge.xdp_program) - without it in front, a frame from the wire can pose as its "
+                   "handoff" % (program, EDGE_PROGRAM, self.iface,
+                                "XDP program %s" % in_front if in_front else "no XDP program", EDGE_PROGRAM))
+        if not self.module.check_mode:
+            raise ModuleFailure(message)
+        # A first --check run: xdp_program, in check mode, attached nothing yet.
+        self.module.warn(message + " (check mode: the real run refuses unless it is)")
+
     def run_present(self):
         params = self.module.params
+        if params["program"] == WIREGUARD_REDIRECT_PROGRAM:
+            self.check_behind_xdp_edge()
         readable = self.prepare_pins(may_mount=True)
         qdisc, ours, others = self.read_hook()
         self.result["other_filters"] = [describe(f) for f in others]
@@ -453,6 +496,9 @@ class TcProgramModule(PinningModule):
         if self.shared_dir is None or not os.path.isdir(self.shared_dir):
             return
         if self.maps_owner != self.iface:  # another interface's maps: its programs may still use them
+            return
+        if os.path.exists(program_pin_path(self.pin_root, self.iface)):
+            # xdp_program's maps (share_maps: maps), shared with its program: they go with it.
             return
         if any(os.path.exists(tc_pin_path(self.pin_root, self.iface, direction))
                for direction in ("ingress", "egress")):

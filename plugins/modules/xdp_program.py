@@ -32,7 +32,9 @@ description:
   - When anything fails - loading, verifier, pinning, attaching - the old program stays attached
     and its pins are untouched.
   - O(state=absent) detaches the program (only the one this module pinned, or, when its pins are
-    gone, an attached program with the O(program) name) and removes its pins.
+    gone, an attached program with the O(program) name) and removes its pins. It refuses, changing
+    nothing, while C(tc_wireguard_redirect) (M(anycast.edge.tc_program)) runs on the TC ingress of
+    O(iface) or of one of O(also_on) - that program must not run without this one in front of it.
   - If O(pin_root) is under C(/sys/fs/bpf) and no bpf filesystem is mounted there, one is mounted
     at C(/sys/fs/bpf).
   - Runs on the POP, as root.
@@ -269,6 +271,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._bpf import (
     xdp_query,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import (
+    WIREGUARD_REDIRECT_PROGRAM,
     IFACE_F_IPIP,
     IFACE_VALUE,
     MAX_IFINDEX,
@@ -289,6 +292,8 @@ from ansible_collections.anycast.edge.plugins.module_utils._loader import (
 )
 from ansible_collections.anycast.edge.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
+    TC_FILTER_NAME_PREFIX,
+    list_filters,
     open_iproute,
 )
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
@@ -748,7 +753,35 @@ class XdpProgramModule(PinningModule):
 
     # -- absent ------------------------------------------------------------------------------
 
+    def wireguard_redirects(self):
+        """The interfaces of this program (iface, also_on) whose TC ingress runs tc_wireguard_redirect."""
+        if PYROUTE2_IMPORT_ERROR is not None:   # then tc_program could not have attached one either
+            return []
+        name = TC_FILTER_NAME_PREFIX + WIREGUARD_REDIRECT_PROGRAM
+        found = []
+        with open_iproute() as ipr:
+            for iface, ifindex in [(self.iface, self.ifindex)] + sorted(self.also_on_ifindexes().items()):
+                if any(tc_filter.kind == "bpf" and tc_filter.name == name
+                       for tc_filter in list_filters(ipr, ifindex, "ingress")):
+                    found.append(iface)
+        return found
+
+    def refuse_while_redirected(self):
+        """The uplink's tc_wireguard_redirect goes before the XDP program in front of it: without
+        it, a frame from the wire could pose as a handoff (docs/transport.md)."""
+        redirected = self.wireguard_redirects()
+        if not redirected:
+            return
+        message = ("%s is attached to the TC ingress of %s, behind this XDP program: remove it first "
+                   "(anycast.edge.tc_program, direction: ingress, state: absent) - without the XDP program "
+                   "in front, a frame from the wire can pose as its handoff"
+                   % (WIREGUARD_REDIRECT_PROGRAM, ", ".join(redirected)))
+        if not self.module.check_mode:
+            raise ModuleFailure(message)
+        self.module.warn(message + " (check mode: the real run refuses unless it is gone)")
+
     def run_absent(self):
+        self.refuse_while_redirected()
         self.detach_also_on()
         readable = self.prepare_pins(may_mount=False)
         present = PresentState(self.ifindex, self.pin_root, self.iface, readable)

@@ -1090,7 +1090,7 @@ class EdgeModel:
         if pkt.ttl <= 1:
             raise _verdict(DROP, "drop_ttl")
         if svc.backend in self.state.wireguard_pairs:
-            self._forward_to_wireguard(pkt, *self.state.wireguard_pairs[svc.backend])
+            self._forward_to_wireguard(pkt, svc.backend, *self.state.wireguard_pairs[svc.backend])
         hop = self._fib(svc.backend, pkt.ip_tot_len + IPV4_HLEN)
         if hop.rc == "frag_needed":
             # Only an echo request is ever answered with an ICMP error (never an ICMP error).
@@ -1108,16 +1108,17 @@ class EdgeModel:
         frame = self._frame[:12] + struct.pack("!H", ETH_P_IP) + bytes(outer) + inner
         self._emit(frame, hop, tx_reason)
 
-    def _forward_to_wireguard(self, pkt: Ipv4, ifindex: int, mtu: int):
+    def _forward_to_wireguard(self, pkt: Ipv4, backend: str, ifindex: int, mtu: int):
         """To a WireGuard pair: the player's packet (one hop less), untagged, passed to the kernel
-        with the handoff (the pair's device) in its Ethernet addresses, for the uplink's TC. A DF
+        with the handoff (the pair's backend, whose device TC looks up) in its Ethernet addresses, for the uplink's TC. A DF
         packet over the device's MTU is answered with that MTU (an echo request only)."""
         if pkt.ip_tot_len > mtu and pkt.dont_fragment and not (pkt.proto == IPPROTO_ICMP and
                                                                pkt.icmp_type != ICMP_ECHO):
             self._send_icmp_too_big(pkt, mtu & 0xFFFF)
         inner = self._decrement_ttl(self._frame[pkt.l3_off:])
         raise _verdict(PASS, "tx_forward_wireguard",
-                       abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, ifindex) + struct.pack("!H", ETH_P_IP) + inner)
+                       abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, socket.inet_aton(backend))
+                       + struct.pack("!H", ETH_P_IP) + inner)
 
     @staticmethod
     def _decrement_ttl(ip_packet: bytes) -> bytes:

@@ -277,8 +277,8 @@ MUTATORS = {
     "add_vlan": lambda f, a: pk.add_vlan(f, a[0], a[1]),
     "flip": lambda f, a: pk.flip_byte(f, a[0], a[1]),
     "bad_checksum": lambda f, a: pk.set_ip_field(f, "H", 10, a, fix_checksum=False),
-    # The frame arrives with the WireGuard handoff's Ethernet addresses (a forger naming a device).
-    "handoff_mark": lambda f, a: abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, a) + f[12:],
+    # The frame arrives with the WireGuard handoff's Ethernet addresses (a forger naming a backend).
+    "handoff_mark": lambda f, a: abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, abi.U32.pack(a)) + f[12:],
 }
 
 

@@ -46,13 +46,13 @@ STRANGER = topo.ROUTER_ADDRESS   # another source in the world, never verified
 POP_PORT = 5555                  # a socket of the POP's own (its SSH, its BGP: its own traffic)
 
 
-def open_tun(pop) -> tuple:
+def open_tun(pop, name=WG_DEVICE) -> tuple:
     """A tun device in the POP's namespace, up, with the pair's MTU: (fd, ifindex)."""
     with pop.entered():
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", WG_DEVICE.encode(), IFF_TUN | IFF_NO_PI))
-        ifindex = socket.if_nametoindex(WG_DEVICE)
-    pop.ip("link", "set", WG_DEVICE, "mtu", str(WG_MTU), "up")
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        ifindex = socket.if_nametoindex(name)
+    pop.ip("link", "set", name, "mtu", str(WG_MTU), "up")
     return fd, ifindex
 
 
@@ -88,6 +88,15 @@ def reasons(pin_root) -> dict:
         return counts
 
 
+def redirect_task(tc_object, pin_root, program="tc_wireguard_redirect", state="present"):
+    """tc_program with tc_wireguard_redirect (or the control's program) on the uplink's ingress,
+    with xdp_edge's pinned maps (share_maps: maps), as the role attaches it."""
+    args = {"iface": topo.POP_IFACE, "direction": "ingress", "pin_root": pin_root, "state": state}
+    if state == "present":
+        args.update(object=tc_object, program=program, share_maps="maps")
+    return task("anycast.edge.tc_program", args)
+
+
 @pytest.fixture
 def wireguard_pop(edge_lab, xdp_edge_object, tc_wireguard_redirect_object, pin_root, tmp_path):
     """The POP with xdp_edge and its rules, the WireGuard pair's service under attack (only
@@ -103,9 +112,7 @@ def wireguard_pop(edge_lab, xdp_edge_object, tc_wireguard_redirect_object, pin_r
         maps["edge_wireguard_pairs"].update(abi.ipv4(WG_BACKEND), abi.WIREGUARD_PAIR.pack(ifindex, WG_MTU))
         maps["edge_sources"].update(abi.ipv4(PLAYER), abi.SourceState(
             last_seen_ns=now, verified=[(WG_SERVICE_ID, abi.VERIFY_PROOFS.index("cookie"), now)]).pack())
-    attach = run_tasks([task("anycast.edge.tc_program", {
-        "iface": topo.POP_IFACE, "direction": "ingress", "object": tc_wireguard_redirect_object,
-        "program": "tc_wireguard_redirect", "pin_root": pin_root})], tmp_path / "tc", netns=edge_lab.pop)
+    attach = run_tasks([redirect_task(tc_wireguard_redirect_object, pin_root)], tmp_path / "tc", netns=edge_lab.pop)
     assert attach[0]["changed"] and not attach[0].get("failed"), attach[0]
     read_all(fd, wait=0.1)   # whatever the kernel sent by itself on link-up
     yield edge_lab, fd, pin_root
@@ -183,9 +190,7 @@ def test_a_frame_that_arrives_with_the_handoffs_mark_is_dropped_not_redirected(w
     drops each that it would pass - to the POP itself, or not IP at all - so TC never sees one;
     to a service it goes through the pipeline like any other and is forwarded only if it passes."""
     lab, fd, pin_root = wireguard_pop
-    with lab.pop.entered():
-        wg_ifindex = socket.if_nametoindex(WG_DEVICE)
-    mark = abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, wg_ifindex)
+    mark = abi.WG_HANDOFF.pack(abi.WG_HANDOFF_DEST, abi.ipv4(WG_BACKEND))
     to_the_pop = bytes(IP(src=PLAYER, dst=topo.POP_ADDRESS, ttl=64) / UDP(sport=40000, dport=POP_PORT) / b"forged")
     to_the_service_unverified = bytes(IP(src=STRANGER, dst=topo.SERVICE[1], ttl=64)
                                       / UDP(sport=40000, dport=WG_PORT) / b"forged")
@@ -199,3 +204,85 @@ def test_a_frame_that_arrives_with_the_handoffs_mark_is_dropped_not_redirected(w
     raw.close()
     assert read_all(fd, wait=0.3) == []
     assert reasons(pin_root) == {"drop_forged_handoff": 6, "drop_unverified": 3}
+
+
+# -- the redirect where xdp_edge is not in front of it (review finding: it trusted the mark) -------
+
+def forge(named: bytes, pad=b"\0\0", payload=b"forged") -> bytes:
+    """A frame posing as xdp_edge's handoff: its Ethernet destination, `pad` and the four bytes
+    `named` (the pair's backend; the first version read an ifindex there) as the source, then an
+    IPv4 datagram of the attacker's to the POP itself."""
+    packet = bytes(IP(src=STRANGER, dst=topo.POP_ADDRESS, ttl=64) / UDP(sport=40000, dport=POP_PORT) / payload)
+    return abi.WG_HANDOFF_DEST + pad + named + b"\x08\x00" + packet
+
+
+def send_frames(world, frames, copies=3):
+    with world.entered():
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    raw.bind((topo.WORLD_IFACE, 0))
+    for dummy in range(copies):
+        for frame in frames:
+            raw.send(frame)
+    raw.close()
+
+
+def payloads(fd, wait=0.3) -> list:
+    return sorted(bytes(IP(packet)[UDP].payload) for packet in read_all(fd, wait=wait))
+
+
+def test_without_xdp_in_front_a_forged_handoff_reaches_no_device_but_a_pairs(
+        wireguard_pop, fixture_object, tmp_path):
+    """xdp_edge taken off the uplink behind the modules' back (ip link): frames posing as handoffs
+    reach TC. One naming another device (a tun standing for the POP's underlay, a tunnel, its
+    loopback: no pair's), and one naming the pair with a padding xdp_edge never writes, are
+    dropped. Controls: the program as first built (the mark trusted alone) redirects the first
+    into that device; the second with its padding zero is redirected into the pair's device - the
+    one thing left to a forger without xdp_edge in front, which is why tc_program attaches the
+    redirect only behind xdp_edge and xdp_program does not detach it first (the next test)."""
+    lab, fd, pin_root = wireguard_pop
+    other_fd, other_ifindex = open_tun(lab.pop, "other0")
+    try:
+        read_all(other_fd, wait=0.1)
+        lab.pop.ip("link", "set", "dev", topo.POP_IFACE, "xdp", "off")
+        to_another_device = forge(abi.U32.pack(other_ifindex), payload=b"to another device")
+        pad_set = forge(abi.ipv4(WG_BACKEND), pad=b"\x00\x01", payload=b"pad set")
+        send_frames(lab.world, [to_another_device, pad_set])
+        assert payloads(other_fd) == [] and payloads(fd) == []
+
+        send_frames(lab.world, [forge(abi.ipv4(WG_BACKEND), payload=b"pad clear")])
+        assert payloads(fd) == [b"pad clear"] * 3
+
+        control = fixture_object("tc_trusting_redirect")
+        swap = run_tasks([redirect_task(None, pin_root, state="absent"),
+                          redirect_task(control, pin_root, program="tc_trusting_redirect")],
+                         tmp_path / "control", netns=lab.pop)
+        assert all(result["changed"] and not result.get("failed") for result in swap), swap
+        send_frames(lab.world, [to_another_device])
+        assert payloads(other_fd) == [b"to another device"] * 3
+    finally:
+        os.close(other_fd)
+
+
+def test_the_redirect_is_attached_only_behind_xdp_edge_and_removed_before_it(
+        wireguard_pop, tc_wireguard_redirect_object, tmp_path):
+    lab, fd, pin_root = wireguard_pop
+    xdp_absent = task("anycast.edge.xdp_program", {"iface": topo.POP_IFACE, "pin_root": pin_root,
+                                                   "state": "absent"})
+    # xdp_edge cannot go while the redirect is behind it: refused, nothing changed.
+    refused = run_tasks([xdp_absent], tmp_path / "refused", netns=lab.pop)[0]
+    assert refused.get("failed") and not refused["changed"], refused
+    assert "tc_wireguard_redirect is attached to the TC ingress of %s" % topo.POP_IFACE in refused["msg"]
+    assert "remove it first" in refused["msg"]
+    send(lab.world, PLAYER, WG_PORT, [b"still forwarded"])
+    assert payloads(fd) == [b"still forwarded"]
+
+    # In that order, both go; the maps xdp_edge pinned stay its own until it goes (share_maps).
+    gone = run_tasks([redirect_task(None, pin_root, state="absent"), xdp_absent], tmp_path / "order", netns=lab.pop)
+    assert all(result["changed"] and not result.get("failed") for result in gone), gone
+    assert "edge_wireguard_pairs" in gone[1]["maps_removed"]
+
+    # Without xdp_edge the redirect is refused, and nothing is attached.
+    alone = run_tasks([redirect_task(tc_wireguard_redirect_object, pin_root)], tmp_path / "alone", netns=lab.pop)[0]
+    assert alone.get("failed") and not alone["changed"], alone
+    assert "attach xdp_edge first" in alone["msg"] and "no XDP program" in alone["msg"]
+    assert lab.pop.exec("tc", "filter", "show", "dev", topo.POP_IFACE, "ingress").stdout.strip() == ""

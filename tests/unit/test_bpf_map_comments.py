@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-MAP_HEADERS = ("bpf/include/edge_maps.h", "bpf/include/mapper_abi.h")
+MAP_HEADERS = ("bpf/include/edge_maps.h", "bpf/include/wireguard_maps.h", "bpf/include/mapper_abi.h")
 DECLARATION = re.compile(r"DEFINE_MAP(?:_FLAGS)?\((\w+),")
 
 
