@@ -15,7 +15,8 @@
  *   drop_unverified); unverified TCP while
  *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
  *   (payload_rules.h: drop, or a per-source limit) -> a minecraft service's first data segment of a
- *   flow must be its handshake (mc_proto.h; else drop_handshake, the source's verification
+ *   flow (the one holding byte ISN + 1; a later one is not judged) must be its handshake
+ *   (mc_proto.h; else drop_handshake, the source's verification
  *   revoked, only when the segment acknowledges the backend's SYN-ACK: other data
  *   drop_handshake_unacked, nobody revoked; where the SYN-ACK left by another POP, a handshake
  *   still passes) -> an accepted source without an entry gets one -> port punch -> rate limit (and ban), in the same entry -> A2S challenge/cache (a valid
@@ -1051,8 +1052,9 @@ struct reply_lesson {
 	int proves_flow;    /* the player it goes to owns its address (see reply_proves_flow) */
 	int has_challenge;  /* it hands the player the game server's challenge (game_proto.h) */
 	__u32 challenge;
-	int mc_syn_ack;     /* a minecraft service's SYN-ACK: the flow's entry learns client_ack */
+	int mc_syn_ack;     /* a minecraft service's SYN-ACK: the flow's entry learns client_ack, isn */
 	__u32 client_ack;   /* its sequence number + 1: the ACK the player's first data carries */
+	__u32 isn;          /* its ACK - 1: the player's SYN the backend accepted */
 };
 
 /*
@@ -1086,31 +1088,39 @@ static __always_inline struct mc_flow_key mc_flow_of(const struct packet *pkt)
 }
 
 /* Is the backend's reply a SYN-ACK (of a minecraft service: the caller asks)? Then *client_ack is
- * the ACK number the player's stack will send with its first data: the SYN-ACK's sequence + 1. */
-static __always_inline int mc_syn_ack_of(struct xdp_md *ctx, const struct packet *inner, __u32 *client_ack)
+ * the ACK number the player's stack will send with its first data (the SYN-ACK's sequence + 1), and
+ * *isn the player's initial sequence number the backend accepted (the SYN-ACK's ACK - 1). */
+static __always_inline int mc_syn_ack_of(struct xdp_md *ctx, const struct packet *inner, __u32 *client_ack,
+					 __u32 *isn)
 {
-	__be32 seq;
+	__be32 seq_ack[2];
 
 	if (inner->proto != IPPROTO_TCP ||
 	    (inner->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) != (TCP_FLAG_SYN | TCP_FLAG_ACK))
 		return 0;
-	if (bpf_xdp_load_bytes(ctx, inner->l4_off + 4, &seq, sizeof(seq)))
+	if (bpf_xdp_load_bytes(ctx, inner->l4_off + 4, seq_ack, sizeof(seq_ack)))
 		return 0;
-	*client_ack = bpf_ntohl(seq) + 1;
+	*client_ack = bpf_ntohl(seq_ack[0]) + 1;
+	*isn = bpf_ntohl(seq_ack[1]) - 1;
 	return 1;
 }
 
 /* The backend's SYN-ACK went to the player: its flow's entry (one the POP opened on the player's
- * SYN; the SYN-ACK opens none) now knows the ACK that proves the player's own first data. The
- * latest SYN-ACK wins (a new connection on the same four-tuple has a new one). */
-static __always_inline void mc_flow_syn_acked(const struct packet *reply, __u32 client_ack)
+ * SYN; the SYN-ACK opens none) now knows the ACK that proves the player's own first data, and the
+ * sequence number that data starts at (the SYN the backend accepted, whatever SYNs came in: a SYN
+ * spoofed into the flow moves it no more). The latest SYN-ACK wins (a new connection on the same
+ * four-tuple has a new one). isn is stored first: a reader on another CPU that sees the new
+ * syn_acked with the old isn sees the player's SYN's own number, the same one. */
+static __always_inline void mc_flow_syn_acked(const struct packet *reply, __u32 client_ack, __u32 isn)
 {
 	struct mc_flow_key key = { .saddr = reply->daddr, .daddr = reply->saddr, .sport = reply->dport,
 				   .dport = reply->sport };
 	struct mc_flow_value *flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
 
-	if (flow)
+	if (flow) {
+		flow->isn = isn;
 		flow->syn_acked = MC_FLOW_SYN_ACKED | client_ack; /* one aligned 64-bit store */
+	}
 }
 
 static __always_inline void learn_from_reply(const struct edge_config *cfg, const struct packet *inner,
@@ -1148,7 +1158,7 @@ static __always_inline void learn_from_reply(const struct edge_config *cfg, cons
 			bpf_map_update_elem(&edge_a2s_cache, &key, scratch, BPF_ANY);
 	}
 	if (lesson->mc_syn_ack)
-		mc_flow_syn_acked(inner, lesson->client_ack);
+		mc_flow_syn_acked(inner, lesson->client_ack, lesson->isn);
 	if (lesson->proves_flow || lesson->has_challenge) {
 		/* The player's entry; a player the POP has none for (evicted, or the server spoke
 		 * first) gets one: the game server talks to it. */
@@ -1213,7 +1223,7 @@ static __always_inline struct verdict return_path(struct xdp_md *ctx, const stru
 	if (inner.proto == IPPROTO_UDP)
 		lesson.has_challenge = game_server_challenge(ctx, &inner, svc->game_protocol, &lesson.challenge);
 	if (svc->game_protocol == EDGE_GAME_MINECRAFT)
-		lesson.mc_syn_ack = mc_syn_ack_of(ctx, &inner, &lesson.client_ack);
+		lesson.mc_syn_ack = mc_syn_ack_of(ctx, &inner, &lesson.client_ack, &lesson.isn);
 
 	fib_next_hop(ctx, inner.saddr, inner.daddr, inner.tos, inner.proto, inner.ip_tot_len, &hop);
 	if (hop.fib_rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
@@ -1375,7 +1385,15 @@ enum mc_verdict {
 
 /*
  * Minecraft (game_protocol minecraft, TCP): the first data segment of a flow whose SYN the POP
- * forwarded (an edge_mc_flows entry) must start with a well-formed handshake (mc_proto.h). Anyone
+ * forwarded (an edge_mc_flows entry) must start with a well-formed handshake (mc_proto.h). The
+ * first segment is the one that carries the flow's first data byte, sequence number isn + 1 (the
+ * entry's isn: the SYN's, or the one the backend's SYN-ACK acknowledges). Any other segment passes
+ * unjudged whatever it carries and keeps the entry: a later one (the first went through another
+ * POP, the route having moved, or comes here out of order) is not the place for a handshake, and
+ * the backend's stack hands its bytes to the game only after the first segment's, which is judged
+ * whenever it comes through here (docs/game-protocols.md: why that cannot be abused). Data that
+ * starts before isn + 1 and reaches past it (no client sends that: its first bytes would sit at an
+ * offset) is refused like a first segment without a handshake. Anyone
  * who knows a player's address can send segments in its name, so a refusal revokes the player's
  * verification only when the segment is provably the player's own: its ACK number is the backend's
  * SYN-ACK's sequence number + 1 (recorded by the return path, mc_flow_syn_acked), which only the
@@ -1401,7 +1419,8 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 	__u8 flags = pkt->tcp_flags;
 	enum mc_verdict refusal = MC_DROP; /* no SYN-ACK seen here: nothing proves the segment the player's */
 	__u64 syn_acked;
-	__be32 ack;
+	__be32 seq_ack[2]; /* the segment's sequence and acknowledgement numbers */
+	__u32 first_byte;  /* where in the segment's data the flow's first byte sits */
 
 	if (!pkt->payload_len || (flags & TCP_FLAG_RST))
 		return MC_PASS;
@@ -1411,47 +1430,60 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 	flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
 	if (!flow)
 		return MC_PASS;
+	if (bpf_xdp_load_bytes(ctx, pkt->l4_off + 4, seq_ack, sizeof(seq_ack)))
+		return MC_DROP; /* never: the parser checked the header is there */
 	syn_acked = flow->syn_acked;
+	first_byte = flow->isn + 1 - bpf_ntohl(seq_ack[0]); /* mod 2^32: the wrap included */
+	if (first_byte >= pkt->payload_len)
+		return MC_PASS; /* not the first segment */
 	if (syn_acked & MC_FLOW_SYN_ACKED) {
-		if (!(flags & TCP_FLAG_ACK) || bpf_xdp_load_bytes(ctx, pkt->l4_off + 8, &ack, sizeof(ack)) ||
-		    bpf_ntohl(ack) != (__u32)syn_acked)
+		if (!(flags & TCP_FLAG_ACK) || bpf_ntohl(seq_ack[1]) != (__u32)syn_acked)
 			return MC_DROP;
 		refusal = MC_REVOKE; /* the player's own segment */
 	} else if (punch_is_live(cfg, pkt, now)) {
 		return MC_PASS;
 	}
-	if (!mc_payload_is_handshake(ctx, pkt->payload_off, pkt->payload_len))
+	if (first_byte || !mc_payload_is_handshake(ctx, pkt->payload_off, pkt->payload_len))
 		return refusal;
 	bpf_map_delete_elem(&edge_mc_flows, &key);
 	return MC_PASS;
 }
 
 /* A SYN to a minecraft service left the program towards its backend (or the kernel's forwarding):
- * the flow's next data segment is its first, to be checked. A retransmitted SYN (or one spoofed
- * into the flow) renews the time and keeps what the flow's SYN-ACK recorded: only the backend's
- * next SYN-ACK replaces that. */
-static __always_inline void mc_flow_start(const struct packet *pkt, __u64 now)
+ * the flow's segment carrying byte isn + 1 is its first, to be checked. A retransmitted SYN (or one
+ * spoofed into the flow) renews the time and keeps what the flow's SYN-ACK recorded (the ACK, and
+ * the isn it acknowledged): only the backend's next SYN-ACK replaces those. Before any SYN-ACK the
+ * latest SYN's isn stands (a retransmission carries the same; a new connection on the four-tuple
+ * its own). */
+static __always_inline void mc_flow_start(const struct packet *pkt, __u32 isn, __u64 now)
 {
 	struct mc_flow_key key = mc_flow_of(pkt);
-	struct mc_flow_value value = { .syn_ns = now };
+	struct mc_flow_value value = { .syn_ns = now, .isn = isn };
 	struct mc_flow_value *flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
 
-	if (flow)
+	if (flow) {
 		flow->syn_ns = now;
-	else
+		if (!(flow->syn_acked & MC_FLOW_SYN_ACKED))
+			flow->isn = isn;
+	} else {
 		bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_NOEXIST);
+	}
 }
 
 /* forward_to_backend, and for a SYN to a minecraft service that is not dropped on its way, the
- * flow's entry (mc_flow_start). */
+ * flow's entry (mc_flow_start; the SYN's sequence number read before the encapsulation moves it). */
 static __always_inline struct verdict forward_segment(struct xdp_md *ctx, const struct edge_config *cfg,
 						      const struct packet *pkt, const struct service_value *svc,
 						      __u32 tx_reason, int mc_syn, __u64 now)
 {
-	struct verdict v = forward_to_backend(ctx, cfg, pkt, svc, tx_reason, now);
+	struct verdict v;
+	__be32 isn = 0;
 
+	if (mc_syn && bpf_xdp_load_bytes(ctx, pkt->l4_off + 4, &isn, sizeof(isn)))
+		mc_syn = 0; /* never: the parser checked the header is there */
+	v = forward_to_backend(ctx, cfg, pkt, svc, tx_reason, now);
 	if (mc_syn && v.action != XDP_DROP)
-		mc_flow_start(pkt, now);
+		mc_flow_start(pkt, bpf_ntohl(isn), now);
 	return v;
 }
 

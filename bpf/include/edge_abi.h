@@ -449,8 +449,9 @@ struct rule_limit_value {
 };
 
 /* A TCP flow to a minecraft service whose SYN the POP forwarded and whose first data segment it has
- * not seen yet (edge_mc_flows): that segment must be the client's handshake (mc_proto.h), and only
- * a segment that acknowledges the backend's SYN-ACK is the client's own (see syn_acked). */
+ * not seen yet (edge_mc_flows): that segment (the one carrying sequence number isn + 1) must be the
+ * client's handshake (mc_proto.h), and only a segment that acknowledges the backend's SYN-ACK is
+ * the client's own (see syn_acked). */
 struct mc_flow_key {
 	__be32 saddr;   /* the player */
 	__be32 daddr;   /* the service */
@@ -463,6 +464,10 @@ struct mc_flow_value {
 	__u64 syn_acked;  /* 0 until the backend's SYN-ACK went back to the player; then
 			   * MC_FLOW_SYN_ACKED | the ACK number the player's first data must carry
 			   * (the SYN-ACK's sequence number + 1). One 64-bit word: one atomic store */
+	__u32 isn;        /* the player's initial sequence number: its first data byte is isn + 1.
+			   * The latest forwarded SYN's until the backend's SYN-ACK, then that
+			   * SYN-ACK's ACK - 1 (the SYN the backend accepted; later SYNs leave it) */
+	__u32 pad;
 };
 #define MC_FLOW_SYN_ACKED (1ULL << 32)
 

@@ -155,11 +155,13 @@ DEFINE_MAP(edge_payload_rule_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_PAYLOAD_
 DEFINE_MAP(edge_rule_limits, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_RULE_LIMITS, struct rule_limit_key, struct rule_limit_value);
 
 /* Written and read by XDP only. Inbound: a TCP flow to a minecraft service gets an entry when its
- * SYN is forwarded (a later SYN renews syn_ns only) and loses it when its first data segment, sent
- * by the player's own stack, proved to be a well-formed handshake (mc_proto.h); a flow whose first
- * data was refused keeps it, so each of its segments is checked again. Return path: the backend's
- * SYN-ACK on the way to the player writes syn_acked (the ACK that proves a data segment the
- * player's own, the only one whose refusal revokes); it makes no entry. Its own small LRU: an
+ * SYN is forwarded, with the SYN's sequence number (isn; a later SYN renews syn_ns, and isn while no
+ * SYN-ACK was seen), and loses it when its first data segment (the one carrying isn + 1) proved to
+ * be a well-formed handshake (mc_proto.h); a flow whose first data was refused keeps it, so each
+ * of its retransmissions is checked again; a later segment (the first went through another POP)
+ * is not judged and keeps it. Return path: the backend's SYN-ACK on the way to the player writes
+ * isn (its ACK - 1) and syn_acked (the ACK that proves a data segment the player's own, the only
+ * one whose refusal revokes); it makes no entry. Its own small LRU: an
  * entry lives one round trip, and a flood of SYNs (forwarded only while SYN authentication lets
  * them) evicts other such entries, never a source's state. A flow without an entry (evicted, or
  * begun before the program) is not checked: failing closed would stall real players' flows

@@ -196,9 +196,12 @@ class McFlow:
 
 class McFlowEntry(NamedTuple):
     """struct mc_flow_value: when the flow's SYN was forwarded; 0 until its backend's SYN-ACK went
-    back to the player, then MC_FLOW_SYN_ACKED | the ACK the player's first data must carry."""
+    back to the player, then MC_FLOW_SYN_ACKED | the ACK the player's first data must carry; the
+    player's initial sequence number (its first data byte is isn + 1): the latest SYN's until the
+    SYN-ACK, then the SYN-ACK's ACK - 1."""
     syn_ns: int
     syn_acked: int = 0
+    isn: int = 0
 
 
 @dataclass
@@ -741,14 +744,16 @@ class EdgeModel:
         return McFlow(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport)
 
     def _mc_first_data(self, pkt: Ipv4, flags: int) -> str:
-        """"pass", "drop" (not provably the player's own: nobody revoked) or "revoke". Data on a flow
-        whose SYN was forwarded (an entry) is the player's own only if it acknowledges the backend's
-        SYN-ACK (the entry's syn_acked); then it must start with a well-formed handshake (the entry
-        goes), else it revokes (the entry stays); with another ACK it is dropped. Before any SYN-ACK
-        was seen here (it may have left through another POP): passed unchecked on a live punch (the
-        four-tuple's established connection), else checked the same way but refused as "drop",
-        never "revoke". Data on a SYN: dropped. No data, a RST, or a flow without an entry: not
-        looked at."""
+        """"pass", "drop" (not provably the player's own: nobody revoked) or "revoke". Only the
+        flow's first segment is judged: the one whose data holds byte isn + 1 (the entry's isn);
+        any other passes, whatever its ACK, the entry kept. The first segment on a flow whose SYN
+        was forwarded (an entry) is the player's own only if it acknowledges the backend's SYN-ACK
+        (the entry's syn_acked); then it must start with a well-formed handshake at that byte (the
+        entry goes), else it revokes (the entry stays); with another ACK it is dropped. Before any
+        SYN-ACK was seen here (it may have left through another POP): passed unchecked on a live
+        punch (the four-tuple's established connection), else checked the same way but refused as
+        "drop", never "revoke". Data on a SYN: dropped. No data, a RST, or a flow without an entry:
+        not looked at."""
         if not pkt.payload_len or flags & TCP_RST:
             return "pass"
         if flags & TCP_SYN:
@@ -757,8 +762,11 @@ class EdgeModel:
         entry = self.state.mc_flows.get(flow)
         if entry is None:
             return "pass"
+        seq, ack = struct.unpack_from("!II", self._frame, pkt.l4_off + 4)
+        first_byte = (entry.isn + 1 - seq) % 2 ** 32       # where the flow's first byte sits in the data
+        if first_byte >= pkt.payload_len:
+            return "pass"
         if entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
-            ack = struct.unpack_from("!I", self._frame, pkt.l4_off + 8)[0]
             if not flags & TCP_ACK or ack != entry.syn_acked & 0xFFFFFFFF:
                 return "drop"
             refusal, checked = "revoke", "flow %s checked" % (flow,)
@@ -766,7 +774,7 @@ class EdgeModel:
             return "pass"
         else:
             refusal, checked = "drop", "flow %s checked before its SYN-ACK" % (flow,)
-        if mc_model.handshake(self._payload(pkt)) is None:
+        if first_byte or mc_model.handshake(self._payload(pkt)) is None:
             return refusal
         self._op(checked, lambda state: state.mc_flows.pop(flow, None))
         return "pass"
@@ -790,9 +798,12 @@ class EdgeModel:
         except Decision as decision:
             if mc_syn and decision.action != DROP:
                 flow, now = self._mc_flow(pkt), self._now
+                isn = struct.unpack_from("!I", self._frame, pkt.l4_off + 4)[0]
 
                 def opened(state):     # a later SYN renews the time, keeps what the SYN-ACK taught
-                    state.mc_flows[flow] = McFlowEntry(now, state.mc_flows.get(flow, McFlowEntry(0)).syn_acked)
+                    old = state.mc_flows.get(flow, McFlowEntry(0))
+                    acked = old.syn_acked & abi.MC_FLOW_SYN_ACKED
+                    state.mc_flows[flow] = McFlowEntry(now, old.syn_acked, old.isn if acked else isn)
                 self._op("flow %s opened" % (flow,), opened)
             raise
 
@@ -1287,16 +1298,18 @@ class EdgeModel:
         if proves_flow:
             self._verify(inner.daddr, svc.id, "punch", create=True)
         # A minecraft service's SYN-ACK: the flow's entry (if the POP opened one) learns the ACK
-        # that proves the player's own first data: its sequence number + 1.
+        # that proves the player's own first data (its sequence number + 1) and the player's ISN
+        # the backend accepted (its ACK - 1).
         if svc.game_protocol == "minecraft" and inner.proto == IPPROTO_TCP and \
                 self._frame[inner.l4_off + 13] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK:
             flow = McFlow(inner.daddr, inner.saddr, inner.dport, inner.sport)
-            client_ack = (struct.unpack_from("!I", self._frame, inner.l4_off + 4)[0] + 1) & 0xFFFFFFFF
+            seq, ack = struct.unpack_from("!II", self._frame, inner.l4_off + 4)
+            client_ack, isn = (seq + 1) & 0xFFFFFFFF, (ack - 1) & 0xFFFFFFFF
 
             def syn_acked(state):
                 if flow in state.mc_flows:
                     state.mc_flows[flow] = state.mc_flows[flow]._replace(
-                        syn_acked=abi.MC_FLOW_SYN_ACKED | client_ack)
+                        syn_acked=abi.MC_FLOW_SYN_ACKED | client_ack, isn=isn)
             self._op("flow %s SYN-ACKed" % (flow,), syn_acked)
 
     def _reply_proves_flow(self, inner: Ipv4, payload: bytes) -> bool:

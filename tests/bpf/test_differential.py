@@ -135,8 +135,9 @@ class StateSpec:
     sources: list
     verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
     nr_cpus: int
-    # [(m.McFlow, syn_acked)]: TCP flows whose SYN was forwarded (edge_mc_flows), syn_acked 0 or
-    #   MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for
+    # [(m.McFlow, syn_acked, isn)]: TCP flows whose SYN was forwarded (edge_mc_flows), syn_acked 0
+    #   or MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for; isn the player's SYN's
+    #   sequence number (its first data byte is isn + 1)
     mc_flows: list = field(default_factory=list)
     # [(backend, ifindex, mtu)]: the backends whose pair is WireGuard (edge_wireguard_pairs)
     wireguard: list = field(default_factory=list)
@@ -303,9 +304,9 @@ def build_frame(spec: PacketSpec, ctx: Context) -> bytes:
     elif spec.kind == "return":
         i = f["inner"]
         payload = _payload(i["payload"], ctx, i["src"], i["dst"], i["sport"], i["dport"])
-        flags, seq = i.get("tcp", ("PA", 1000))
+        flags, seq, ack = i.get("tcp", ("PA", 1000, 0))
         inner = _l4_frame(i["proto"], i["src"], i["dst"], i["sport"], i["dport"], payload, i["ttl"], i["tos"],
-                          i["df"], None, tcp_flags=flags, tcp_seq=seq)
+                          i["df"], None, tcp_flags=flags, tcp_seq=seq, tcp_ack=ack)
         inner_ip = pk.ip_bytes(_mutate(inner, spec.inner_mutations))
         frame = pk.ipip_frame(f["outer_src"], f["outer_dst"], inner_ip, vlan=f["vlan"], ttl=f["ttl"], df=f["df"])
         if f["outer_proto"] != m.IPPROTO_IPIP:     # the same bytes as GRE or 6in4: never the return path
@@ -488,6 +489,25 @@ def game_family(pick, state: StateSpec, template) -> str:
 # The sequence numbers of the backends' SYN-ACKs: few (one at the wrap), so that a player's data
 # segment often acknowledges the one its flow's entry recorded (edge_mc_flows' syn_acked).
 SYN_ACK_SEQS = (5000, 0xFFFFFFFF, 0x7FFFFFFF)
+# The players' initial sequence numbers (edge_mc_flows' isn): few too (one at the wrap), so that
+# the backends' SYN-ACKs often acknowledge a flow's, and its segments often carry its first byte.
+CLIENT_ISNS = (1000, 0xFFFFFFFF, 0x80000000)
+
+
+def mc_flow_isn(flow) -> int:
+    """The ISN of an example's minecraft flow: one of CLIENT_ISNS, by its player's port (no draw of
+    its own, so the examples hypothesis draws are the ones drawn before the ISN existed)."""
+    return CLIENT_ISNS[flow.sport % len(CLIENT_ISNS)]
+
+
+def mc_segment_seq(pick, isn: int) -> int:
+    """The sequence number of a data segment on a flow whose first data byte is isn + 1: mostly that
+    byte's (the first segment, judged), else a later one (the first went through another POP: not
+    judged), one a few bytes before it (its first bytes at an offset: refused), or any."""
+    kind = weighted(pick, (6, "first"), (3, "later"), (1, "before"), (1, "random"))
+    offset = {"first": 1, "later": 1 + pick.integers(1, 3000), "before": 1 - pick.integers(1, 8),
+              "random": pick.integers(0, 2 ** 32 - 1)}[kind]
+    return (isn + offset) % 2 ** 32
 
 
 def client_ack(pick) -> int:
@@ -509,7 +529,8 @@ def tcp_spec(pick):
 
 def return_tcp_spec(pick):
     """(flags, sequence number) of a game server's TCP segment: mostly a session's data, often the
-    SYN-ACK that teaches a minecraft flow its ACK, now and then anything else."""
+    SYN-ACK that teaches a minecraft flow its ACK, now and then anything else (return_spec adds its
+    ACK number)."""
     flags = weighted(pick, (6, "PA"), (3, "SA"), (1, "A"), (1, "R"), (1, "S"))
     return flags, pick.choice(SYN_ACK_SEQS) if often(pick, 2, 3) else pick.integers(0, 2 ** 32 - 1)
 
@@ -526,7 +547,8 @@ def challenge_holders(state: StateSpec) -> list:
 def acked_mc_flows(state: StateSpec) -> dict:
     """{McFlow: the ACK its player's first data segment must carry} of the example's minecraft
     flows that their backend had SYN-ACKed before it (edge_mc_flows' syn_acked)."""
-    return {flow: syn_acked & 0xFFFFFFFF for flow, syn_acked in state.mc_flows if syn_acked & abi.MC_FLOW_SYN_ACKED}
+    return {flow: syn_acked & 0xFFFFFFFF for flow, syn_acked, dummy in state.mc_flows
+            if syn_acked & abi.MC_FLOW_SYN_ACKED}
 
 
 def unacked_mc_flows(state: StateSpec) -> list:
@@ -534,7 +556,7 @@ def unacked_mc_flows(state: StateSpec) -> list:
     did not see (it left through another POP, or has not come yet)."""
     minecraft = {(service[0].addr, service[0].port) for service in state.services
                  if service[0].proto == TCP and service[6] == "minecraft"}
-    return [flow for flow, syn_acked in state.mc_flows
+    return [flow for flow, syn_acked, dummy in state.mc_flows
             if not syn_acked & abi.MC_FLOW_SYN_ACKED and (flow.daddr, flow.dport) in minecraft]
 
 
@@ -590,6 +612,7 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
                       tcp=("PA", fields["tcp"][1], acked[flow]))
         if often(pick, 2, 3):   # mostly garbage (it revokes), else whatever handshake-like the draw made
             fields["payload"] = ("random", pick.integers(1, 64), pick.integers(0, 2 ** 16))
+        fields["tcp"] = ("PA", mc_segment_seq(pick, mc_flow_isn(flow)), acked[flow])
         return PacketSpec("inbound", topo.UPLINK, fields, ())
     # The first data segment of a minecraft flow whose SYN-ACK this POP did not see: checked, never
     # revoking; mostly a client's handshake (forwarded, the entry gone: the path the SYN-ACK that
@@ -604,6 +627,7 @@ def inbound_spec(pick, state: StateSpec, flows) -> PacketSpec:
                       tcp=("PA", fields["tcp"][1], fields["tcp"][2]))
         fields["payload"] = ("mc", "login", pick.integers(0, 2 ** 16)) if often(pick, 2, 3) else \
             ("random", pick.integers(1, 64), pick.integers(0, 2 ** 16))
+        fields["tcp"] = ("PA", mc_segment_seq(pick, mc_flow_isn(flow)), fields["tcp"][2])
         return PacketSpec("inbound", topo.UPLINK, fields, ())
     ingress = weighted(pick, (6, topo.UPLINK), (1, topo.SIDE))
     return PacketSpec("inbound", ingress, fields, mutations(pick))
@@ -641,7 +665,11 @@ def return_spec(pick, state: StateSpec, flows) -> PacketSpec:
     # Replies come in from the side the backend is on, mostly.
     side = topo.SIDE if outer_src.startswith("10.2.0.") else topo.UPLINK
     ingress = side if often(pick, 4, 5) else pick.choice((topo.UPLINK, topo.SIDE))
-    return PacketSpec("return", ingress, fields, mutations(pick, l4=False), mutations(pick))
+    packet = PacketSpec("return", ingress, fields, mutations(pick, l4=False), mutations(pick))
+    # The reply's ACK number, drawn last (the draws before it are the ones made before it existed):
+    # mostly a player's first data byte (a SYN-ACK acknowledging some flow's SYN: the isn it teaches).
+    inner["tcp"] += ((pick.choice(CLIENT_ISNS) + 1) % 2 ** 32 if often(pick, 3) else pick.integers(0, 2 ** 32 - 1),)
+    return packet
 
 
 ETH_HEADS = (b"", b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\xfe\x08\x00",
@@ -813,9 +841,10 @@ def scenarios(draw):
     state.sources = sources_spec(pick, state, flows)
     # Minecraft flows whose SYN the POP forwarded before the example (the packets open more).
     # Some of them already SYN-ACKed by their backend (the ACK the player's first data must carry).
-    state.mc_flows = [(m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port),
-                       abi.MC_FLOW_SYN_ACKED | (pick.choice(SYN_ACK_SEQS) + 1) % 2 ** 32 if often(pick, 2) else 0)
-                      for flow in flows if flow.template.proto == TCP and often(pick, 2)]
+    state.mc_flows = [(mc_flow, syn_acked, mc_flow_isn(mc_flow)) for mc_flow, syn_acked in
+                      [(m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port),
+                        abi.MC_FLOW_SYN_ACKED | (pick.choice(SYN_ACK_SEQS) + 1) % 2 ** 32 if often(pick, 2) else 0)
+                       for flow in flows if flow.template.proto == TCP and often(pick, 2)]]
     # The player of a minecraft flow whose SYN-ACK the POP did not see is often verified for the
     # service (by its stack's RST, as SYN authentication leaves it), so that its first data gets
     # past SYN authentication and attack mode to the validator (unacked_mc_flows' packets).
@@ -884,8 +913,8 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
             source.challenge_ns = times[challenge[2]]
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
-    for flow, syn_acked in spec.mc_flows:
-        state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked)
+    for flow, syn_acked, isn in spec.mc_flows:
+        state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked, isn)
     state.wireguard_pairs = {backend: (ifindex, mtu) for backend, ifindex, mtu in spec.wireguard}
     for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
@@ -1060,8 +1089,8 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     mc_flows = program_mc_flows(env)
     assert_times_match("minecraft flows", {flow: entry.syn_ns for flow, entry in mc_flows.items()},
                        {flow: entry.syn_ns for flow, entry in state.mc_flows.items()}, slack_ns)
-    assert {flow: entry.syn_acked for flow, entry in mc_flows.items()} == \
-        {flow: entry.syn_acked for flow, entry in state.mc_flows.items()}, "minecraft flows' syn_acked"
+    assert {flow: entry[1:] for flow, entry in mc_flows.items()} == \
+        {flow: entry[1:] for flow, entry in state.mc_flows.items()}, "minecraft flows' (syn_acked, isn)"
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
                        {k: e.updated_ns for k, e in state.a2s_cache.items()}, slack_ns)
@@ -1186,6 +1215,24 @@ def unacked_flow_of(packet: PacketSpec, state: m.ModelState) -> bool:
         return False
     entry = state.mc_flows.get(m.McFlow(fields["src"], fields["dst"], fields["sport"], fields["dport"]))
     return entry is not None and not entry.syn_acked & abi.MC_FLOW_SYN_ACKED
+
+
+def later_mc_segment(packet: PacketSpec, frame: bytes, state: m.ModelState):
+    """For an unmutated inbound data segment (no SYN, no RST) on a minecraft flow with an entry that
+    does not carry the flow's first data byte (isn + 1: the first segment went through another POP,
+    or comes later), whether the entry has seen its SYN-ACK ("acked") or not ("unacked"); else None."""
+    fields = packet.fields
+    if packet.kind != "inbound" or packet.mutations or fields["proto"] != TCP or set("SR") & set(fields["tcp"][0]):
+        return None
+    entry = state.mc_flows.get(m.McFlow(fields["src"], fields["dst"], fields["sport"], fields["dport"]))
+    if entry is None:
+        return None
+    l3, l4 = pk.l3_offset(frame), pk.l4_offset(frame)
+    payload_len = struct.unpack_from("!H", frame, l3 + 2)[0] - (l4 - l3) - (frame[l4 + 12] >> 4) * 4
+    seq = struct.unpack_from("!I", frame, l4 + 4)[0]
+    if payload_len <= 0 or (entry.isn + 1 - seq) % 2 ** 32 < payload_len:
+        return None
+    return "acked" if entry.syn_acked & abi.MC_FLOW_SYN_ACKED else "unacked"
 
 
 def run_both(env, model: m.EdgeModel, frame: bytes, ingress: str):
@@ -1367,10 +1414,10 @@ def test_minecraft_flows_whose_syn_ack_left_through_another_pop_agree_with_model
     tcp.game_protocol = "minecraft"
     players = ["203.0.113.%d" % host for host in (21, 22, 23)]
     flows = [m.McFlow(address, tcp.addr, 40000 + index, tcp.port) for index, address in enumerate(players)]
-    state.mc_flows[flows[0]] = m.McFlowEntry(now, 0)
-    state.mc_flows[flows[1]] = m.McFlowEntry(now, 0)
+    state.mc_flows[flows[0]] = m.McFlowEntry(now, 0, 1000)
+    state.mc_flows[flows[1]] = m.McFlowEntry(now, 0, 1000)
     state.punches[m.PunchKey(TCP, tcp.addr, tcp.port, flows[1].saddr, flows[1].sport)] = now
-    state.mc_flows[flows[2]] = m.McFlowEntry(now, abi.MC_FLOW_SYN_ACKED | 5001)
+    state.mc_flows[flows[2]] = m.McFlowEntry(now, abi.MC_FLOW_SYN_ACKED | 5001, 1000)
     for address in players:
         state.sources[address] = m.Source(last_seen_ns=now, packets=3, bytes=200)
         state.sources[address].verified[0] = [tcp.id, abi.VERIFY_PROOFS.index("syn_auth"), now]
@@ -1450,6 +1497,8 @@ def test_program_agrees_with_model(edge):
     proofs_seen = set()
     # A minecraft flow's first data before its SYN-ACK was seen here: checked, passed or refused.
     unacked_checks = {"passed": 0, "refused": 0}
+    # A later data segment of a minecraft flow whose first this POP did not see, forwarded unjudged.
+    later_forwarded = {"acked": 0, "unacked": 0}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1", report_multiple_bugs=False,
@@ -1470,7 +1519,10 @@ def test_program_agrees_with_model(edge):
         for index, packet in enumerate(packet_specs):
             frame = build_frame(packet, ctx)
             unacked_before = unacked_flow_of(packet, model.state)
+            later = later_mc_segment(packet, frame, model.state)
             result, outcome, span = run_both(edge, model, frame, packet.ingress)
+            if later and result.action != "DROP":
+                later_forwarded[later] += 1
             if unacked_before and any(what.endswith("checked before its SYN-ACK") for what, dummy in outcome.effects.ops):
                 unacked_checks["passed"] += 1
             elif unacked_before and result.reason == "drop_handshake_unacked":
@@ -1514,3 +1566,8 @@ def test_program_agrees_with_model(edge):
     # The validator's anycast case: a flow whose SYN-ACK left through another POP.
     assert unacked_checks["passed"] and unacked_checks["refused"], \
         "first data on minecraft flows without a SYN-ACK seen: %s" % unacked_checks
+    # And its other half: a later segment whose first went through another POP, on a flow whose
+    # SYN-ACK was seen here (the player's own: the false revoke it once was) and on one whose was not.
+    print("later minecraft segments forwarded unjudged: %s" % later_forwarded)
+    assert later_forwarded["acked"] and later_forwarded["unacked"], \
+        "later data on minecraft flows forwarded: %s" % later_forwarded

@@ -59,20 +59,23 @@ def minecraft_pop(edge, game_protocol="minecraft", backend=BACKEND, **config):
 
 SERVER_ISN = 5000                  # the backend's SYN-ACK's sequence number (backend_tcp)
 CLIENT_ACK = SERVER_ISN + 1        # what the player's stack acknowledges with its first data
+CLIENT_ISN = 1000                  # the player's SYN's sequence number (syn)
+FIRST_SEQ = CLIENT_ISN + 1         # its first data byte's
 
 
-def segment(payload=b"", flags="PA", src=PLAYER, sport=PLAYER_PORT, seq=1001, ack=CLIENT_ACK):
+def segment(payload=b"", flags="PA", src=PLAYER, sport=PLAYER_PORT, seq=FIRST_SEQ, ack=CLIENT_ACK):
     return raw(eth() / IP(src=src, dst=GAME) / TCP(sport=sport, dport=GAME_PORT, flags=flags, seq=seq, ack=ack)
                / payload)
 
 
-def syn(src=PLAYER, sport=PLAYER_PORT):
-    return segment(flags="S", src=src, sport=sport, seq=1000)
+def syn(src=PLAYER, sport=PLAYER_PORT, seq=CLIENT_ISN):
+    return segment(flags="S", src=src, sport=sport, seq=seq)
 
 
-def backend_tcp(flags, payload=b"", dst=PLAYER, dport=PLAYER_PORT, seq=SERVER_ISN):
-    """The game server's segment to the player, as the backend's tunnel sends it to the POP."""
-    inner = IP(src=GAME, dst=dst) / TCP(sport=GAME_PORT, dport=dport, flags=flags, seq=seq) / payload
+def backend_tcp(flags, payload=b"", dst=PLAYER, dport=PLAYER_PORT, seq=SERVER_ISN, ack=FIRST_SEQ):
+    """The game server's segment to the player, as the backend's tunnel sends it to the POP (a
+    SYN-ACK acknowledges the player's SYN: its ACK is the player's first data byte's number)."""
+    inner = IP(src=GAME, dst=dst) / TCP(sport=GAME_PORT, dport=dport, flags=flags, seq=seq, ack=ack) / payload
     return raw(eth() / IP(src=BACKEND, dst=topo.POP_TUNNEL_ADDR, proto=4) / inner)
 
 
@@ -432,6 +435,116 @@ def test_a_spoofed_handshake_before_the_syn_ack_ends_the_check_and_revokes_nobod
     assert edge.run(backend_tcp("SA")).reason == "tx_return"                 # opens nothing
     assert edge.run(segment(GARBAGE["http"])).reason == "tx_forward"
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "syn_auth"
+
+
+# ---- anycast: the flow's first data segment went through another POP ------------------------------------
+
+LOGIN_START_SEQ = FIRST_SEQ + len(HANDSHAKE)    # the segment after a handshake sent on its own
+
+
+@pytest.mark.parametrize("syn_ack", ["here", "elsewhere"])
+def test_a_later_segment_whose_first_went_through_another_pop_is_forwarded_and_revokes_nobody(edge, syn_ack):
+    """The player's SYN (and its backend's SYN-ACK, or not) came through this POP; then the route
+    moved, its handshake went through another POP, and the route moved back: its next segment
+    (Login Start, before the server replied) comes here, acknowledging the SYN-ACK like the
+    handshake did. It is not the flow's first segment (its sequence number is past the SYN's + 1):
+    forwarded unchecked, nobody revoked, the entry kept for the first segment should it come here.
+    Measured on main (f1e1e21, these segments): Login Start dropped as drop_handshake and the
+    player's verification revoked (SYN-ACK here), or dropped as drop_handshake_unacked, with each
+    retransmission, until the entry was evicted: a stalled connection (SYN-ACK elsewhere)."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn()).reason == "tx_forward"
+    if syn_ack == "here":
+        assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    for dummy in range(2):                          # and its retransmission
+        assert edge.run(segment(mc.login_start(), seq=LOGIN_START_SEQ)).reason == "tx_forward"
+    assert edge.run(segment(GARBAGE["random"], seq=LOGIN_START_SEQ + len(mc.login_start()))).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+    assert edge.reason_counts().get("drop_handshake", (0, 0))[0] == 0
+    assert flows(edge) == {FLOW}
+
+
+@pytest.mark.parametrize("syn_ack", ["here", "elsewhere"])
+def test_the_first_segment_is_still_judged_after_a_later_one(edge, syn_ack):
+    """Out of order, or back through this POP: the flow's first segment (the SYN's sequence number
+    + 1) is judged whenever it comes, a later segment before it changes nothing. The player's own
+    garbage is refused (revoked where the SYN-ACK was seen here), its handshake forwarded."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn()).reason == "tx_forward"
+    if syn_ack == "here":
+        assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    assert edge.run(segment(mc.login_start(), seq=LOGIN_START_SEQ)).reason == "tx_forward"
+    refused = "drop_handshake" if syn_ack == "here" else "drop_handshake_unacked"
+    assert edge.run(segment(GARBAGE["http"])).reason == refused
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == (None if syn_ack == "here" else "punch")
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert flows(edge) == set()
+
+
+@pytest.mark.parametrize("start", [-1, -5, -len(HANDSHAKE)], ids=["one-byte-before", "five-bytes-before",
+                                                                    "its-length-before"])
+def test_a_segment_that_carries_the_first_byte_from_further_back_is_refused(edge, start):
+    """The server's stack trims what lies before the first data byte and reads the rest: data that
+    starts before the SYN's sequence number + 1 and reaches past it carries the flow's first bytes
+    at an offset, where no handshake is looked for. No client sends that; it is refused like a first
+    segment without a handshake (the player's own: revoked)."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    connect(edge)
+    payload = bytes(-start) + HANDSHAKE
+    assert edge.run(segment(payload, seq=(FIRST_SEQ + start) % 2 ** 32)).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+    assert flows(edge) == {FLOW}
+
+
+def test_data_wholly_before_or_after_the_first_byte_is_not_judged(edge):
+    """Segments that do not carry the first data byte (old data the server drops, data further on,
+    the sequence space's wrap included) are not the first segment: forwarded, entry kept."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn(seq=2 ** 32 - 3)).reason == "tx_forward"          # first data byte: 2**32 - 2
+    assert edge.run(backend_tcp("SA", ack=2 ** 32 - 2)).reason == "tx_return"
+    for seq, length in ((2 ** 32 - 2 - 40, 40), (2 ** 32 - 1, 20), (0, 20), (5, 64), (2 ** 31, 64)):
+        assert edge.run(segment(GARBAGE["random"][:length], seq=seq)).reason == "tx_forward", seq
+    assert edge.run(segment(GARBAGE["random"][:30], seq=2 ** 32 - 2 - 10)).reason == "drop_handshake"
+    assert flows(edge) == {FLOW}
+
+
+def test_the_syn_acks_ack_decides_which_segment_is_first(edge):
+    """The backend's SYN-ACK acknowledges the SYN it accepted: its ACK is the first data byte's
+    number, whatever SYNs came in. A SYN spoofed into the flow after it (chosen so that the
+    player's Login Start would look first) moves nothing: Login Start passes, nobody revoked.
+    Before the SYN-ACK, the latest SYN's number stands (a retransmission carries the same)."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn(seq=7777)).reason == "tx_forward"                  # a SYN spoofed first
+    assert edge.run(syn()).reason == "tx_forward"                          # the player's
+    assert edge.run(backend_tcp("SA")).reason == "tx_return"
+    assert edge.run(syn(seq=LOGIN_START_SEQ - 1)).reason == "tx_forward"   # spoofed after the SYN-ACK
+    assert edge.run(segment(mc.login_start(), seq=LOGIN_START_SEQ)).reason == "tx_forward"
+    assert edge.run(segment(GARBAGE["http"], seq=7778)).reason == "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+    assert edge.run(segment(GARBAGE["http"])).reason == "drop_handshake"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
+
+
+def test_a_spoofed_syn_into_a_quiet_established_connection_no_longer_stalls_it(edge):
+    """A SYN spoofed with the four-tuple of the player's established connection, without a live
+    punch (the game server quiet for the punch's idle time): the connection's segments are far
+    from the spoofed SYN's sequence number (the spoofer does not know the connection's), so they
+    are not its first segment: forwarded. (Before, all its data was dropped as
+    drop_handshake_unacked until the entry was evicted.)"""
+    minecraft_pop(edge)
+    verify_player(edge)
+    connect(edge)
+    assert edge.run(segment(HANDSHAKE)).reason == "tx_forward"
+    assert edge.run(syn(seq=0x9E3779B9)).reason == "tx_forward"
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(GARBAGE["random"], seq=LOGIN_START_SEQ + 4000, ack=CLIENT_ACK + 300)).reason == \
+        "tx_forward"
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
 
 
 # ---- the table's fail-open: a spoofed SYN flood and edge_mc_flows' 65,536 entries ----------------------
