@@ -415,7 +415,11 @@ def pack_a2s_cache_key(service_id, kind="info"):
 def unpack_a2s_cache_key(raw):
     """(service id, kind name) of an edge_a2s_cache key."""
     key = U32.unpack(raw)[0]
-    return key & ((1 << A2S_CACHE_KEY_KIND_SHIFT) - 1), A2S_KINDS[key >> A2S_CACHE_KEY_KIND_SHIFT]
+    kind = key >> A2S_CACHE_KEY_KIND_SHIFT
+    if kind >= len(A2S_KINDS):
+        raise ValueError("edge_a2s_cache key 0x%08x: kind %d is none of %s (written by another program?)"
+                         % (key, kind, ", ".join("%d %s" % pair for pair in enumerate(A2S_KINDS))))
+    return key & ((1 << A2S_CACHE_KEY_KIND_SHIFT) - 1), A2S_KINDS[kind]
 
 
 def pack_a2s_cache_entry(payload, updated_ns):

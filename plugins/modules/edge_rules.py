@@ -545,15 +545,37 @@ ARGUMENT_SPEC = dict(
 )
 
 
+class MapReadError(Exception):
+    """A pinned map, opened and checked, that could not be read: the kernel refused, or it holds
+    what this collection cannot make sense of (a key written by hand, or by another program)."""
+
+    def __init__(self, map_name, cause):
+        super(MapReadError, self).__init__("%s: %s" % (map_name, cause))
+        self.map_name = map_name
+        self.cause = cause
+
+
 def read_present(maps):
     """{map name: {key: value}} of the rule maps, and the ids that have a cache entry. A map left
     out of `maps` (check mode: the pending upgrade creates it) is left out here too, which
-    _rules.compare reads as empty - the state the real run will find it in."""
+    _rules.compare reads as empty - the state the real run will find it in. MapReadError names
+    the map that could not be read."""
+    reading = []
+    try:
+        return _read_present(maps, reading.append)
+    except (BpfError, ValueError) as exc:
+        raise MapReadError(reading[-1], exc)
+
+
+def _read_present(maps, reading):
+    """read_present's work; reading(name) is called before each map is read."""
+    reading("edge_config")
     config = maps["edge_config"].lookup(_rules.CONFIG_KEY) if "edge_config" in maps else bytes(abi.EDGE_CONFIG.size)
     present = {"edge_config": {_rules.CONFIG_KEY: config}}
     for name in _rules.RULE_MAPS[1:] + (_rules.SOURCE_HOSTS_MAP, _rules.PAYLOAD_RULES_MAP):
         if name not in maps:
             continue
+        reading(name)
         # The deny trie (a million prefixes) is kept packed, as the kernel returns it: compared with
         # the wanted list as a whole (_rules.LpmRecord), made into a dict only when they differ.
         chunks = maps[name].lookup_batch_chunks(LOOKUP_CHUNK) if name == "edge_deny_v4" else None
@@ -563,10 +585,13 @@ def read_present(maps):
             present[name] = dict(maps[name].lookup_batch(chunk_size=LOOKUP_CHUNK))
     for name in (_rules.SOURCE_FILTER_MAP, _rules.DEST_PASS_MAP):
         if name in maps:
+            reading(name)
             present[name] = maps[name].array_bytes()
     if _rules.PAYLOAD_RULE_BANK_MAP in maps:
+        reading(_rules.PAYLOAD_RULE_BANK_MAP)
         present[_rules.PAYLOAD_RULE_BANK_MAP] = {
             _rules.CONFIG_KEY: maps[_rules.PAYLOAD_RULE_BANK_MAP].lookup(_rules.CONFIG_KEY)}
+    reading(_rules.A2S_CACHE_MAP)
     cache_keys = maps[_rules.A2S_CACHE_MAP].keys() if _rules.A2S_CACHE_MAP in maps else ()
     return present, _rules.cache_service_ids(cache_keys)
 
@@ -604,6 +629,9 @@ class MapReader(threading.Thread):
         """(maps, present, cache ids) once the reading is done; the task fails naming what went
         wrong (a map's layout, the pins, the reading)."""
         self.join()
+        if isinstance(self.error, MapReadError):
+            module.fail_json(msg="reading the map %s failed: %s" % (
+                _pins.map_pin_path(self.pin_root, self.iface, self.error.map_name), self.error.cause))
         if isinstance(self.error, _map_sync.LayoutError):
             module.fail_json(msg=str(self.error))
         if isinstance(self.error, (_pins.PinError, ValueError)):

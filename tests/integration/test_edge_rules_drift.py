@@ -160,3 +160,25 @@ def test_a_prefix_of_its_own_written_with_host_bits_by_hand_is_removed(pop, tmp_
 
     again = run_edge_rules(pop, tmp_path, RULES).result
     assert again["changed"] is False and again["writes"] == 0
+
+
+def test_a_map_that_cannot_be_read_is_named_with_what_it_holds(pop, tmp_path):
+    """A cache key of a kind this collection does not know, written by hand: the map opens (its
+    layout is right) but its content cannot be read. The task fails naming the map's pin and the
+    key, not the iface (which is fine), and writes nothing; once the key is gone it runs again."""
+    run_edge_rules(pop, tmp_path, RULES)
+    wanted_maps = pop.snapshot(RULE_MAP_NAMES)
+    unknown_kind = abi.U32.pack(len(abi.A2S_KINDS) << abi.A2S_CACHE_KEY_KIND_SHIFT | 17)
+    cache_pin = pin(pop, _rules.A2S_CACHE_MAP)
+    bpftool("map", "update", "pinned", cache_pin, "key", "hex", *hex_words(unknown_kind),
+            "value", "hex", *hex_words(bytes(abi.A2S_CACHE_ENTRY.size)))
+
+    failed = run_edge_rules(pop, tmp_path, dict(RULES, ban_sec=45), expect_failure=True).result
+    assert failed.get("failed") is True
+    assert failed["msg"].startswith("reading the map %s failed: " % cache_pin), failed["msg"]
+    assert "0x%08x" % abi.U32.unpack(unknown_kind)[0] in failed["msg"]
+    assert pop.snapshot(RULE_MAP_NAMES) == wanted_maps
+
+    bpftool("map", "delete", "pinned", cache_pin, "key", "hex", *hex_words(unknown_kind))
+    again = run_edge_rules(pop, tmp_path, RULES).result
+    assert again["changed"] is False and again["writes"] == 0

@@ -416,6 +416,11 @@ def test_unowned_cache_entries_are_deleted_and_owned_ones_kept():
     assert _rules.stale_cache_ids(services["edge_services"], services["edge_services"], [7, 9]) == [9]
 
 
+def test_a_cache_key_of_a_kind_this_collection_does_not_know_is_named_with_its_value():
+    with pytest.raises(ValueError, match=r"edge_a2s_cache key 0x00030011: kind 3 is none of 0 info, 1 player, 2 rules"):
+        _rules.cache_service_ids([abi.U32.pack(3 << abi.A2S_CACHE_KEY_KIND_SHIFT | 17)])
+
+
 def test_inverse_restores_the_maps():
     present = entries_of(params(deny=["10.0.0.0/8", "172.16.0.0/12"], services=[service("a", id=3)]))
     desired = entries_of(params(deny=["10.0.0.0/8", "100.64.0.0/10"], services=[service("a", id=4)]))
