@@ -65,11 +65,14 @@ def changed_by_host(output: str, hosts) -> dict:
 
 def bpf_role_vars(tmp_path: Path, pin_root: str, object_dir: str) -> dict:
     """The inventory variables with which a BPF role (xdp_edge, tc_mapper) converges inside a
-    test: its pins under ``pin_root``, the objects built and shipped under ``tmp_path`` (the host's
-    in ``object_dir``), no package installed, no sysctl persisted, modules run by this venv."""
+    test: its pins under ``pin_root``, the objects shipped under ``tmp_path`` (the host's in
+    ``object_dir``), no package installed, no sysctl persisted, modules run by this venv. The
+    controller's build folder is the pytest session's (beside every test's tmp_path), as an
+    operator's controller keeps one: each object is compiled by the first test that needs it, and
+    bpf_object rebuilds it whenever a source, header or clang changes (its stamp)."""
     return {
         "anycast_edge_bpf_pin_root": pin_root,
-        "anycast_edge_controller_build_dir": str(tmp_path / "controller-build"),
+        "anycast_edge_controller_build_dir": str(tmp_path.parent / "controller-build"),
         "anycast_edge_object_dir": str(tmp_path / object_dir),
         "anycast_edge_manage_packages": False,
         "anycast_edge_sysctl_persist": False,
