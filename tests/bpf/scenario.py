@@ -42,13 +42,18 @@ A2S_INFO_REPLY = (b"\xff\xff\xff\xffI\x11" + b"Anycast Test Server\x00" + b"de_d
                   + b"Counter-Strike\x00" + b"\x0a\x00" + b"\x05\x20\x00" + b"dl\x00\x01" + b"1.0.0.0\x00" + b"\x00")
 
 
-def setup_pop(edge, **config):
-    """The standard POP; config overrides edge_config fields (limits, ban_sec, ...). The TAI offset
-    is this host's, as edge_rules writes it, so the cookie clock is UTC (cookie_clock_ns())."""
+def pop_config(**config) -> dict:
+    """The standard POP's edge_config settings; config overrides fields (limits, ban_sec, ...). The
+    TAI offset is this host's, as edge_rules writes it, so the cookie clock is UTC (cookie_clock_ns())."""
     settings = dict(ban_sec=60, punch_idle_ns=120 * 10**9, cookie_epoch_ns=COOKIE_EPOCH_NS, cookie_key=COOKIE_KEY,
                     cookie_tai_offset_ns=tai_offset_ns())
     settings.update(config)
-    edge.configure(**settings)
+    return settings
+
+
+def setup_pop(edge, **config):
+    """The standard POP; config overrides edge_config fields (pop_config)."""
+    edge.configure(**pop_config(**config))
     # No underlay devices: the IPIP from the backends comes in on the uplink, which says so.
     edge.set_tunnel_devices(topo.UPLINK)
     edge.add_own_address(topo.UPLINK_ADDR.split("/", maxsplit=1)[0])

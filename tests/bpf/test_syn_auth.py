@@ -27,7 +27,7 @@ from harness.cookies import a2s_cookie, cookie_clock_ns, cookie_epoch, syn_cooki
 from harness import topology as topo
 from harness.edge_env import monotonic_ns
 from .scenario import (BACKEND, COOKIE_EPOCH_NS, COOKIE_KEY, GAME, GAME_PORT, GAME_TCP_ID, PLAYER, PLAYER_PORT,
-                       backend_reply, checksums_valid, eth, setup_pop, spoofed)
+                       SIDE_BACKEND, SIDE_GAME, backend_reply, checksums_valid, eth, pop_config, setup_pop, spoofed)
 
 PREVIOUS_KEY = (0x1111111111111111, 0x2222222222222222)
 OLDER_KEY = (0x3333333333333333, 0x4444444444444444)
@@ -173,6 +173,63 @@ def test_an_invalid_rst_does_not_verify(edge, case):
 
 def _a2s_cookie_bytes():
     return a2s_cookie(COOKIE_KEY, abi.ipv4(PLAYER), abi.ipv4(GAME), PLAYER_PORT, GAME_PORT, epoch_now())
+
+
+# The proof the program itself issued (its SYN-ACK's ACK, not the harness' copy of the cookie
+# function), replayed: it verifies only its own four-tuple, within its key generation and the one
+# after, its epoch and the one after (docs/tcp-protection.md, "Limits": a replayed RST).
+NEWER_KEY = (0x5555555555555555, 0x6666666666666666)
+NEWEST_KEY = (0x7777777777777777, 0x0888888888888888)
+OTHER_TCP_ID = 41
+REPLAYS = {
+    # case: (source, source port, service address, service port, key generations rotated since the
+    #        SYN-ACK, epochs passed since it, verifies?)
+    "as-issued": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 0, 0, True),
+    "other-source": ("203.0.113.6", PLAYER_PORT, GAME, GAME_PORT, 0, 0, False),
+    "other-source-port": (PLAYER, PLAYER_PORT + 1, GAME, GAME_PORT, 0, 0, False),
+    "other-service-port": (PLAYER, PLAYER_PORT, GAME, GAME_PORT + 1, 0, 0, False),
+    "other-service-address": (PLAYER, PLAYER_PORT, SIDE_GAME, GAME_PORT, 0, 0, False),
+    "one-epoch-later": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 0, 1, True),
+    "two-epochs-later": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 0, 2, False),
+    "one-rotation-later": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 1, 0, True),
+    "one-rotation-and-epoch-later": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 1, 1, True),
+    "two-rotations-later": (PLAYER, PLAYER_PORT, GAME, GAME_PORT, 2, 0, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPLAYS))
+def test_the_issued_cookie_verifies_its_own_tuple_generation_and_epoch_only(edge, case):
+    """The RST proof is bound to the exact four-tuple, key generation and epoch of the SYN-ACK: the
+    cookie the program put in its SYN-ACK, sent back as a RST from another address or port, or to
+    another service (another port, another address: both with SYN authentication on), after two
+    key rotations (edge_rules keeps one previous generation) or two epochs later (the POP's cookie
+    clock moved on through its TAI offset), verifies nothing; as issued, one rotation or one epoch
+    later (a route that moved to another POP, a RST across a rotation) it verifies."""
+    src, sport, dst, dport, rotations, epochs, verifies = REPLAYS[case]
+    tcp_pop(edge)
+    edge.add_service("tcp", GAME, GAME_PORT + 1, OTHER_TCP_ID, BACKEND, syn_auth="always")
+    edge.add_service("tcp", SIDE_GAME, GAME_PORT, OTHER_TCP_ID + 1, SIDE_BACKEND, syn_auth="always")
+    service_id = {(GAME, GAME_PORT): GAME_TCP_ID, (GAME, GAME_PORT + 1): OTHER_TCP_ID,
+                  (SIDE_GAME, GAME_PORT): OTHER_TCP_ID + 1}[(dst, dport)]
+    epoch = epoch_now()
+    answer = edge.run(segment())
+    assert answer.reason == "tx_syn_auth"
+    issued = Ether(answer.data)[TCP].ack
+    keys = {0: (COOKIE_KEY, (0, 0)), 1: (NEWER_KEY, COOKIE_KEY), 2: (NEWEST_KEY, NEWER_KEY)}[rotations]
+    offset = pop_config()["cookie_tai_offset_ns"] - epochs * COOKIE_EPOCH_NS     # the cookie clock moved on
+    edge.configure(**pop_config(cookie_key=keys[0], cookie_key_previous=keys[1], cookie_tai_offset_ns=offset))
+    replay = raw(eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="R", seq=issued))
+    result = edge.run(replay)
+    assert epoch_now() == epoch, "the hour-long epoch ended during the test: run it again"
+    if verifies:
+        assert result.reason == "drop_syn_auth_verified"
+        assert edge.verified_for(src, service_id, monotonic_ns()) == "syn_auth"
+        assert edge.run(segment()).reason == "tx_forward"
+    else:
+        assert (result.action, result.reason) == ("DROP", "drop_tcp_unverified")
+        assert entries(edge) == set()
+        assert edge.verify_counts()["syn_auth"] == 0
+        assert edge.verified_for(src, service_id, monotonic_ns()) is None
 
 
 @pytest.mark.parametrize("case", ["previous-epoch", "previous-key-generation", "previous-both"])
