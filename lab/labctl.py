@@ -511,9 +511,12 @@ def ansible_environment() -> dict[str, str]:
     env.setdefault("ANSIBLE_FORKS", "10")
     env.setdefault("ANSIBLE_HOST_KEY_CHECKING", "false")
     env.setdefault("ANSIBLE_TIMEOUT", "60")
-    # Where the time goes: the time of each role at the end of every run (make lab, molecule's
-    # converge and idempotence), so that CI's logs show it.
-    env.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_roles")
+    # Where the time goes: the time of each role, and the slowest tasks, at the end of every run
+    # (make lab, molecule's converge, idempotence and verify), so that CI's logs show it. The task
+    # table is the summary only: profile_roles already stamps each task with the time.
+    env.setdefault("ANSIBLE_CALLBACKS_ENABLED", "ansible.posix.profile_roles,ansible.posix.profile_tasks")
+    env.setdefault("PROFILE_TASKS_SUMMARY_ONLY", "true")
+    env.setdefault("PROFILE_TASKS_TASK_OUTPUT_LIMIT", "15")
     if os.environ.get("ANSIBLE_LAB_MITOGEN") == "1":
         env.update(mitogen_environment())
     return env
