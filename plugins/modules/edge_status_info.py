@@ -151,6 +151,7 @@ from ansible_collections.anycast.edge.plugins.module_utils._birdc import Birdc, 
 from ansible_collections.anycast.edge.plugins.module_utils._bpf import BpfError
 from ansible_collections.anycast.edge.plugins.module_utils._edge_abi import ATTACK_STATE, SERVICE_VALUE, U32
 from ansible_collections.anycast.edge.plugins.module_utils._edge_stats import read_reasons, read_services
+from ansible_collections.anycast.edge.plugins.module_utils._options import check_ranges
 from ansible_collections.anycast.edge.plugins.module_utils._pins import (
     DEFAULT_PIN_ROOT,
     PinError,
@@ -222,10 +223,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if not 0.1 <= params["interval"] <= 10:
-        module.fail_json(msg="interval: %s: must be 0.1 to 10 seconds" % params["interval"])
-    if params["top_drops"] < 0:
-        module.fail_json(msg="top_drops: %d: must be 0 or more" % params["top_drops"])
+    check_ranges(module, [("interval", 0.1, 10, " seconds"), ("top_drops", 0, None, "")])
     try:
         names = dict((int(key), str(value)) for key, value in params["service_names"].items())
     except ValueError:

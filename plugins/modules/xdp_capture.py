@@ -108,6 +108,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.anycast.edge.plugins.module_utils._options import check_ranges
 from ansible_collections.anycast.edge.plugins.module_utils._pcapng import ENHANCED_PACKET, BlockReader, PcapngError, name_interfaces
 
 POLL_SEC = 0.05
@@ -128,10 +129,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if not 1 <= params["duration"] <= 3600:
-        module.fail_json(msg="duration: %d: must be 1 to 3600 seconds" % params["duration"])
-    if not 0 <= params["packets"] <= 10000000:
-        module.fail_json(msg="packets: %d: must be 0 to 10000000" % params["packets"])
+    check_ranges(module, [("duration", 1, 3600, " seconds"), ("packets", 0, 10000000, "")])
     xdpdump = module.get_bin_path("xdpdump", required=True)
     if module.check_mode:
         module.exit_json(changed=True)
