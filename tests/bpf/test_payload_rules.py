@@ -135,11 +135,15 @@ def test_destination_port_range_edges(pop):
     assert pop.run(side).reason == unprotected
 
 
-@pytest.mark.parametrize("sport,dropped", [(1023, False), (1024, True), (2000, True), (2001, False)])
-def test_source_port_range_edges(pop, sport, dropped):
-    frame = udp(sport=sport)
+@pytest.mark.parametrize("field,bounds,value,dropped", [
+    ("sport", (1024, 2000), 1023, False), ("sport", (1024, 2000), 1024, True),
+    ("sport", (1024, 2000), 2000, True), ("sport", (1024, 2000), 2001, False),
+    ("ttl", (3, 64), 1 + 1, False), ("ttl", (3, 64), 3, True), ("ttl", (3, 64), 64, True), ("ttl", (3, 64), 65, False),
+])
+def test_source_port_and_ttl_range_edges(pop, field, bounds, value, dropped):
+    frame = udp(**{field: value})
     assert pop.run(frame).reason == "tx_forward"
-    pop.set_payload_rules([rule("drop", "udp", sport=(1024, 2000))])
+    pop.set_payload_rules([rule("drop", "udp", **{field: bounds})])
     assert pop.run(frame).reason == ("drop_rule" if dropped else "tx_forward")
 
 
@@ -149,14 +153,6 @@ def test_length_range_is_the_ip_total_length(pop):
     sizes = {1: "tx_forward", 2: "drop_rule", 12: "drop_rule", 13: "tx_forward"}
     for size, reason in sizes.items():
         assert pop.run(udp(b"x" * size)).reason == reason, size
-
-
-@pytest.mark.parametrize("ttl,dropped", [(1 + 1, False), (3, True), (64, True), (65, False)])
-def test_ttl_range_edges(pop, ttl, dropped):
-    frame = udp(ttl=ttl)
-    assert pop.run(frame).reason == "tx_forward"
-    pop.set_payload_rules([rule("drop", "udp", ttl=(3, 64))])
-    assert pop.run(frame).reason == ("drop_rule" if dropped else "tx_forward")
 
 
 def test_tcp_flags_mask_and_value(pop):
