@@ -171,6 +171,16 @@ def communities(route_text: str) -> set[str]:
     return set("%s:%s" % pair for pair in re.findall(r"\((\d+),\s*(\d+)\)", match.group(1))) if match else set()
 
 
+def failed_task(lab: BirdLab, playbook, task: str) -> dict:
+    """The result of `task` in a run of `playbook` that must fail, the task with it (fatal)."""
+    proc = ansible_playbook(lab, str(playbook), inventory(lab))
+    assert proc.returncode != 0
+    results, dummy = task_results(proc)
+    failed = results[task]
+    assert failed["status"] == "fatal"
+    return failed
+
+
 def converge(lab: BirdLab, **extra) -> tuple[dict, dict]:
     proc = ansible_playbook(lab, role_playbook(lab), inventory(lab, **extra))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
@@ -239,11 +249,7 @@ def test_broken_config_fails_with_birds_message_and_changes_nothing(lab):
                 path: "{{ anycast_edge_bird_config_path }}"
                 socket: "{{ anycast_edge_bird_socket }}"
         """))
-    proc = ansible_playbook(lab, str(playbook), inventory(lab))
-    assert proc.returncode != 0
-    results, dummy = task_results(proc)
-    failed = results["Apply it"]
-    assert failed["status"] == "fatal"
+    failed = failed_task(lab, playbook, "Apply it")
     assert "syntax error" in failed["msg"] and "BIRD rejected" in failed["msg"], failed["msg"]
     assert lab.pop_config.read_text() == before
     assert not [p for p in lab.pop_dir.iterdir() if p.name.endswith(".staged")]
@@ -322,11 +328,7 @@ def test_reload_that_loses_a_session_is_undone(lab):
                 session_wait: 4
                 confirm_timeout: 30
         """))
-    proc = ansible_playbook(lab, str(playbook), inventory(lab))
-    assert proc.returncode != 0
-    results, dummy = task_results(proc)
-    failed = results["Apply it"]
-    assert failed["status"] == "fatal"
+    failed = failed_task(lab, playbook, "Apply it")
     assert "bgp_upstream1" in failed["msg"] and "configure undo" in failed["msg"], failed["msg"]
     assert lab.pop_config.read_text() == before
     lab.wait_for(lab.session_established, "the session back after configure undo")
