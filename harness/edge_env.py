@@ -158,7 +158,7 @@ class EdgeEnv(ProgramInNamespace):
 
     def add_wireguard_pair(self, backend: str, ifindex: int, mtu: int) -> None:
         """The backend's pair with this POP is WireGuard, on device ifindex of that MTU (what edge_rules
-        is to write; no module writes it yet: docs/transport.md)."""
+        writes from its wireguard_pairs: docs/transport.md)."""
         self.maps["edge_wireguard_pairs"].update(abi.ipv4(backend), abi.WIREGUARD_PAIR.pack(ifindex, mtu))
 
     def set_tunnel_devices(self, *devs: str) -> None:

@@ -1121,6 +1121,7 @@ def resolve_rules(normalized):
         "payload_rules": [dict(rule) for rule in filters.get("rules") or []],
         "control_plane": dict((pop, [dict(item) for item in items])
                               for pop, items in normalized.get("control_plane", {}).items()),
+        "wireguard_pairs": wireguard_pairs(normalized),
         "verified_idle_sec": normalized.get("anycast_edge_verified_idle_sec", _rules.DEFAULT_VERIFIED_IDLE_SEC),
         # For the agent (edge_agent's template), not for XDP: {service name: its attack detection}.
         "attack_detection": dict((service["name"], dict(service["attack_detection"]))
@@ -1141,11 +1142,30 @@ def resolve_attack_settings(service):
     }
 
 
+def wireguard_pairs(normalized):
+    """{POP: [{backend, device}]}: edge_rules' wireguard_pairs of each POP that has WireGuard pairs -
+    the backend's tunnel address and the POP's interface toward it (the name wireguard_transport
+    gives it), sorted by backend name like the interfaces."""
+    addresses = normalized["backend_addresses"]
+    pairs = {}
+    for pop, by_backend in normalized.get("transports", {}).items():
+        listed = [{"backend": addresses[backend], "device": _transport.interface_name(backend)}
+                  for backend, transport in sorted(by_backend.items()) if transport == "wireguard"]
+        if listed:
+            pairs[pop] = listed
+    return pairs
+
+
+# The rules of one POP's own (by POP in resolve_rules' result).
+PER_POP_RULES = ("control_plane", "wireguard_pairs")
+
+
 def pop_rules(resolved, pop):
     """The rules edge_rules converges on one POP (the content of its rules file): resolve_rules'
-    rules with this POP's own control plane."""
-    rules = dict((name, resolved[name]) for name in _rules.RULES_FILE_OPTIONS if name != "control_plane")
+    rules with this POP's own control plane and WireGuard pairs (none: every pair IPIP)."""
+    rules = dict((name, resolved[name]) for name in _rules.RULES_FILE_OPTIONS if name not in PER_POP_RULES)
     rules["control_plane"] = resolved["control_plane"].get(pop, [])
+    rules["wireguard_pairs"] = resolved.get("wireguard_pairs", {}).get(pop, [])
     return rules
 
 

@@ -89,6 +89,15 @@ def open_iproute():
     return IPRoute()
 
 
+def link_index_and_mtu(ipr, name):
+    """(ifindex, MTU) of the link called ``name`` in this network namespace, as the kernel reports
+    them; None when there is none."""
+    indexes = ipr.link_lookup(ifname=name)
+    if not indexes:
+        return None
+    return indexes[0], ipr.get_links(indexes[0])[0].get_attr("IFLA_MTU")
+
+
 def qdisc_kind_at_clsact_handle(ipr, ifindex):
     """Kind of the qdisc at ffff:0 of ``ifindex``: ``"clsact"``, ``"ingress"`` or None."""
     for qdisc in ipr.get_qdiscs(index=ifindex):

@@ -14,6 +14,8 @@ The maps converged here (bpf/include/edge_maps.h says who owns which):
     edge_services    (protocol, anycast address, port) -> service id, backend, A2S flags, limit
     edge_anycast_v4  the anycast prefixes this POP claims
     edge_backends    tunnel addresses of the backends (return traffic is accepted only from them)
+    edge_wireguard_pairs  the backends whose pair with this POP is WireGuard -> the ifindex and MTU
+                     of the pair's device on the POP (edge_rules resolves the device it is given)
     edge_allow_v4    sources that skip bans and rate limits      } the exact prefixes, as a record:
     edge_deny_v4     sources that are dropped (deny beats allow) } XDP reads what is derived from them
                      (an allow entry's value says why it is there: the operator's allow list, the
@@ -54,7 +56,7 @@ from ansible_collections.anycast.edge.plugins.module_utils import _source_lists
 
 # Maps edge_rules converges, in the order they are read and reported.
 RULE_MAPS = ("edge_config", "edge_services", "edge_anycast_v4", "edge_backends",
-             "edge_allow_v4", "edge_deny_v4")
+             "edge_allow_v4", "edge_deny_v4", "edge_wireguard_pairs")
 A2S_CACHE_MAP = "edge_a2s_cache"
 # Maps derived from edge_deny_v4 and edge_allow_v4 (what XDP reads of the source lists).
 SOURCE_FILTER_MAP = "edge_src_filter"
@@ -82,6 +84,7 @@ CAPACITY = {
     "edge_services": abi.MAX_SERVICES,
     "edge_anycast_v4": 256,
     "edge_backends": 1024,
+    "edge_wireguard_pairs": abi.MAX_BACKENDS,
     "edge_allow_v4": 1100000,
     "edge_deny_v4": 1100000,
 }
@@ -482,6 +485,8 @@ def render_entry(map_name, key, value, service_names=None, reasons=None):
         return render_lpm(key)
     if map_name == "edge_backends":
         return socket.inet_ntoa(key)
+    if map_name == "edge_wireguard_pairs":
+        return "%s over WireGuard: device ifindex %d, mtu %d" % ((socket.inet_ntoa(key),) + abi.WIREGUARD_PAIR.unpack(value))
     if map_name == "edge_services":
         name = (service_names or {}).get(key)
         prefix = (name + ": ") if name else ""
@@ -800,6 +805,7 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
         "edge_backends": backends,
         "edge_allow_v4": cidr_entries(params.get("allow") or [], "allow"),
         "edge_deny_v4": (cidr_record if packed_deny else cidr_entries)(params.get("deny") or [], "deny"),
+        "edge_wireguard_pairs": wireguard_pair_entries(params.get("wireguard_pairs") or []),
     }
     reasons = control_plane_entries(params.get("control_plane"))
     if reasons:
@@ -817,6 +823,26 @@ def desired_entries(params, cookie_key, cookie_key_previous=bytes(16), cookie_ta
         except ValueError as exc:
             raise RuleError(str(exc))
     return desired, names
+
+
+def wireguard_pair_entries(pairs):
+    """edge_wireguard_pairs' entries: {backend address: struct wireguard_pair} of edge_rules'
+    wireguard_pairs, each item's device already resolved on the POP to its "ifindex" and "mtu"
+    (edge_rules does that, failing on a device that does not exist before anything is written)."""
+    entries = {}
+    devices = {}
+    for index, pair in enumerate(pairs):
+        where = "wireguard_pairs[%d]" % index
+        backend = parse_ipv4(pair.get("backend"), where + ".backend")
+        if backend in entries:
+            raise RuleError("%s.backend: %s has a WireGuard pair already (one device per backend)"
+                            % (where, pair["backend"]))
+        if pair["device"] in devices:
+            raise RuleError("%s.device: %s is also the device of the pair with %s (one device per pair)"
+                            % (where, pair["device"], devices[pair["device"]]))
+        devices[pair["device"]] = pair["backend"]
+        entries[backend] = abi.WIREGUARD_PAIR.pack(pair["ifindex"], pair["mtu"])
+    return entries
 
 
 # --- the source lists as XDP reads them (derived from the deny/allow records) ----------------
@@ -972,6 +998,11 @@ Step = _map_sync.Step
 #     services_remove   then remove the services that go
 #     backends_add      the return path accepts a new backend before any service points at it
 #                       (harmless early: a reply is also checked against its service's backend)
+#     wireguard_pairs_remove, wireguard_pairs_set   a backend's pair taken off or (re)pointed at
+#                       its device before the services that change: a service added or moved to a
+#                       backend finds the backend's transport already in place from its first
+#                       packet. (Which transport a backend's existing services take changes at the
+#                       one write of its entry: a packet goes one way or the other.)
 #     services_disarm   services whose id or backend changes are rewritten with their new
 #                       id/backend but with the A2S cache/snoop flags cleared: they keep
 #                       forwarding, but neither serve nor fill the cache
@@ -1008,6 +1039,7 @@ Step = _map_sync.Step
 STEP_ORDER = (
     "dst_pass_tighten", "src_hosts_tighten", "src_filter_tighten",
     "deny_unalias", "deny_add", "allow_remove", "anycast_remove", "services_remove", "backends_add",
+    "wireguard_pairs_remove", "wireguard_pairs_set",
     "services_disarm", "a2s_cache_delete", "config", "services_change", "services_add",
     "rules_stage", "rules_switch", "rules_sync", "rules_hits_reset",
     "anycast_add", "allow_add", "deny_remove",
@@ -1113,6 +1145,8 @@ def plan_writes(present, desired, present_cache_ids=(), changes=None):
         "deny_remove": ("edge_deny_v4", "delete",
                         deletes("edge_deny_v4", (lambda key: key not in aliases) if aliases else None)),
         "backends_remove": ("edge_backends", "delete", deletes("edge_backends")),
+        "wireguard_pairs_remove": ("edge_wireguard_pairs", "delete", deletes("edge_wireguard_pairs")),
+        "wireguard_pairs_set": ("edge_wireguard_pairs", "update", upserts("edge_wireguard_pairs")),
     }
 
     # Services that change: those whose owner (id, backend) changes while the old or the new
@@ -1338,7 +1372,8 @@ def render_diff(present, desired, service_names, cache_deleted_ids=(), limit=100
 # own control plane). The POP's own options (pin_root, iface, tunnel_address) and the cookie keys
 # (a secret, never written to a file by this collection) stay task arguments.
 RULES_FILE_OPTIONS = ("services", "anycast_prefixes", "backends", "allow", "control_plane", "deny", "rate_limits",
-                      "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec", "verified_idle_sec", "payload_rules")
+                      "ban_sec", "punch_idle_sec", "a2s_cookie_epoch_sec", "verified_idle_sec", "payload_rules",
+                      "wireguard_pairs")
 # Written into the file and checked when it is read: a file of another layout is refused, not guessed at.
 RULES_FILE_FORMAT = "anycast.edge rules 1"
 

@@ -17,7 +17,8 @@ description:
     their pins C(<pin_root>/<iface>/maps/<map name>) (made by M(anycast.edge.xdp_program)); the
     maps must belong to the program pinned at C(<pin_root>/<iface>/program).
   - Converges C(edge_config), C(edge_services), C(edge_anycast_v4), C(edge_backends),
-    C(edge_allow_v4), C(edge_deny_v4) and the payload rules (C(edge_payload_rules)) - reads what is there (batch lookups), writes only the
+    C(edge_allow_v4), C(edge_deny_v4), C(edge_wireguard_pairs) and the payload rules
+    (C(edge_payload_rules)) - reads what is there (batch lookups), writes only the
     differences (batch updates and deletes) and deletes what the parameters no longer declare.
     The program keeps running; nothing is detached or reloaded.
   - C(edge_deny_v4) and C(edge_allow_v4) keep the exact prefixes as a record; the program reads
@@ -47,7 +48,14 @@ description:
     only when the offset itself changed (a leap second, a daemon that set it).
   - If a write fails, the steps already made are undone (the host is left as it was) and the
     task fails naming the step and the map.
-  - Runs on the POP. Needs libbpf (Debian package C(libbpf1)) and root.
+  - Writes C(edge_wireguard_pairs) from O(wireguard_pairs) - each pair's device resolved on the POP
+    to the ifindex and MTU the kernel reports - so that the program hands those backends' players
+    to the pair's WireGuard device (through the uplink's C(tc_wireguard_redirect)) instead of IPIP;
+    a pair no longer listed is removed (its backend is IPIP again), and an entry that drifted from
+    its device (recreated with another ifindex, another MTU) is rewritten. A device that does not
+    exist fails the task, naming the pair and the device, before anything is written.
+  - Runs on the POP. Needs libbpf (Debian package C(libbpf1)) and root; with O(wireguard_pairs),
+    pyroute2 (Debian package C(python3-pyroute2)).
 author:
   - anycast.edge maintainers (!UNKNOWN)
 requirements:
@@ -60,7 +68,10 @@ attributes:
       Reads the maps and computes every change; writes nothing. When no program is pinned for
       O(iface) yet (a first run in check mode), compares with empty maps and warns. When the
       pinned program lacks a map this version uses (an upgrade that anycast.edge.xdp_program,
-      in check mode, has not made), compares that map as empty and warns, naming it.
+      in check mode, has not made), compares that map as empty and warns, naming it. A device of
+      O(wireguard_pairs) that does not exist yet (a first run, whose WireGuard interfaces
+      anycast.edge.wireguard_transport, in check mode, did not make) is warned about and its pair
+      left out of the comparison; the real run fails on it.
   diff_mode:
     support: full
     details: >-
@@ -203,6 +214,24 @@ options:
     type: list
     elements: str
     default: []
+  wireguard_pairs:
+    description:
+      - The backends whose pair with this POP is WireGuard, each with the POP's device of the pair
+        (M(anycast.edge.inventory_check) renders them into the POP's rules file from
+        C(anycast_edge_transport); the device is the one M(anycast.edge.wireguard_interface) made).
+      - Every backend not listed is forwarded as IPIP. One device per backend and one backend per device.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      backend:
+        description: The backend's tunnel address (a service's O(services[].backend_address)).
+        type: str
+        required: true
+      device:
+        description: The pair's WireGuard interface on this POP (C(aw-...)); it must exist.
+        type: str
+        required: true
   allow:
     description: Source CIDRs that skip bans and rate limits (a bare address is a /32).
     type: list
@@ -380,6 +409,7 @@ maps:
     edge_backends: {added: 1, changed: 0, removed: 0}
     edge_allow_v4: {added: 0, changed: 0, removed: 0}
     edge_deny_v4: {added: 100000, changed: 0, removed: 0}
+    edge_wireguard_pairs: {added: 0, changed: 0, removed: 0}
     edge_a2s_cache: {added: 0, changed: 0, removed: 0}
     edge_src_filter: {added: 1, changed: 0, removed: 0}
     edge_src_hosts: {added: 0, changed: 0, removed: 0}
@@ -462,6 +492,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.anycast.edge.plugins.module_utils import _bpf
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
 from ansible_collections.anycast.edge.plugins.module_utils import _map_sync
+from ansible_collections.anycast.edge.plugins.module_utils import _netlink
 from ansible_collections.anycast.edge.plugins.module_utils import _pins
 from ansible_collections.anycast.edge.plugins.module_utils import _rules
 from ansible_collections.anycast.edge.plugins.module_utils._a2s_cookie import tai_offset_ns
@@ -474,6 +505,7 @@ MAP_LAYOUTS = {
     "edge_services": (abi.SERVICE_KEY.size, abi.SERVICE_VALUE.size),
     "edge_anycast_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
     "edge_backends": (abi.BE32.size, abi.BACKEND_VALUE.size),
+    "edge_wireguard_pairs": (abi.BE32.size, abi.WIREGUARD_PAIR.size),
     "edge_allow_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
     "edge_deny_v4": (abi.LPM_V4_KEY.size, abi.U32.size),
     "edge_a2s_cache": (abi.U32.size, abi.A2S_CACHE_ENTRY.size),
@@ -511,6 +543,10 @@ RULE_OPTIONS = dict(
     )),
     anycast_prefixes=dict(type="list", elements="str", default=[]),
     backends=dict(type="list", elements="str", default=[]),
+    wireguard_pairs=dict(type="list", elements="dict", default=[], options=dict(
+        backend=dict(type="str", required=True),
+        device=dict(type="str", required=True),
+    )),
     allow=dict(type="list", elements="str", default=[]),
     control_plane=dict(type="list", elements="dict", default=[], options=dict(
         address=dict(type="str", required=True),
@@ -643,6 +679,31 @@ class MapReader(threading.Thread):
         return (self.maps,) + self.present
 
 
+def resolve_wireguard_devices(module, pairs):
+    """wireguard_pairs with each device's "ifindex" and "mtu" as the kernel reports them. A device
+    that does not exist fails the task naming the pair and the device (before anything is written);
+    in check mode it is a warning, and the pair is left out (its device is made later in the run
+    that check mode stands for)."""
+    if not pairs:
+        return []
+    try:
+        with _netlink.open_iproute() as ipr:
+            found = [_netlink.link_index_and_mtu(ipr, pair["device"]) for pair in pairs]
+    except _netlink.TcError as exc:
+        module.fail_json(msg="wireguard_pairs: %s" % exc)
+    resolved = []
+    for index, (pair, link) in enumerate(zip(pairs, found)):
+        if link is None:
+            message = ("wireguard_pairs[%d]: the device %s of the WireGuard pair with backend %s does not exist on "
+                       "this POP (anycast.edge.wireguard_transport makes it)" % (index, pair["device"], pair["backend"]))
+            if not module.check_mode:
+                module.fail_json(msg=message)
+            module.warn(message + "; check mode leaves the pair out")
+            continue
+        resolved.append(dict(pair, ifindex=link[0], mtu=link[1]))
+    return resolved
+
+
 def cookie_keys_bytes(given, present_config):
     """(current, previous, generated?) - 16 bytes each: the given keys (parsed already), else the
     ones in the map, else a new current key."""
@@ -742,6 +803,7 @@ def run_module():
     # The cookie keys are filled in once the present ones are known.
     try:
         given_keys = None if params["cookie_keys"] is None else _rules.parse_cookie_keys(params["cookie_keys"])
+        params = dict(params, wireguard_pairs=resolve_wireguard_devices(module, params["wireguard_pairs"]))
         # The cookie epoch is UTC on every POP: the program takes this POP's TAI offset (set by its
         # time daemon: chrony 37 s, timesyncd 0) off CLOCK_TAI, the one wall clock it can read.
         # The admission budgets are shared among the CPUs the per-CPU maps have (libbpf's count).

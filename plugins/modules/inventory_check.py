@@ -240,6 +240,14 @@ rules:
           M(anycast.edge.edge_rules) on that POP.
       type: dict
       returned: success
+    wireguard_pairs:
+      description:
+        - By POP (inventory name), for the POPs that have WireGuard pairs - each pair's C(backend)
+          (its tunnel address) and C(device) (the POP's WireGuard interface toward it, see
+          RV(wireguard_interfaces)). The O(anycast.edge.edge_rules#module:wireguard_pairs) of
+          M(anycast.edge.edge_rules) on that POP (in its rules file; an empty list for a POP without).
+      type: dict
+      returned: success
   sample:
     services:
       - {name: cs2-main, id: 237, address: 198.51.100.10, protocol: udp, port: 27015, backend_address: 10.1.0.10,
@@ -260,6 +268,8 @@ rules:
       pop1:
         - {address: 10.0.0.2/32, reason: tunnel address of POP pop2}
         - {address: 172.16.1.1/32, reason: BGP neighbour upstream of pop1}
+    wireguard_pairs:
+      pop2: [{backend: 10.1.0.10, device: aw-a31a83312b}]
 transports:
   description: By POP, by backend (inventory names) - the transport of the pair, C(ipip) or C(wireguard) (docs/transport.md).
   returned: success

@@ -318,6 +318,8 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         allow=["192.0.2.0/24", "192.0.3.0/24"],
         deny=["10.0.0.0/8", "172.16.0.0/12", "203.0.113.0/26", "198.18.0.7/32"],
         payload_rules=[{"action": "drop", "protocol": "udp", "dst_port": [27015, 27015]}],
+        # (edge_rules resolves each pair's device to its ifindex and MTU before this)
+        wireguard_pairs=[{"backend": "10.1.0.20", "device": "aw-goes", "ifindex": 7, "mtu": 1440}],
     )
     new = params(
         tunnel_address="10.0.0.1",
@@ -334,6 +336,7 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
         deny=["10.0.0.0/8", "100.64.0.0/10", "203.0.113.128/26"],
         payload_rules=[{"action": "pass", "protocol": "udp", "payload": {"value": "ffffffff54"}},
                        {"action": "drop", "protocol": "udp", "dst_port": [27015, 27015]}],
+        wireguard_pairs=[{"backend": "10.1.0.30", "device": "aw-new", "ifindex": 8, "mtu": 1420}],
     )
     present = entries_of(old)
     # The payload rules as the maps hold them once loaded (two banks and the switch), not as a list.
@@ -369,6 +372,10 @@ def test_a_change_that_needs_every_step_makes_them_in_the_documented_order():
     rearmed = dict((key, new_value) for key, new_value, dummy in by_name["services_change"].entries)
     assert abi.SERVICE_VALUE.unpack(rearmed[disarm_key])[2] == _rules.A2S_FLAGS
     assert [socket.inet_ntoa(key) for key, dummy, dummy in by_name["backends_remove"].entries] == ["10.1.0.20"]
+    # the WireGuard pair of the backend that goes is taken off, the new backend's is set
+    assert [socket.inet_ntoa(key) for key, dummy, dummy in by_name["wireguard_pairs_remove"].entries] == ["10.1.0.20"]
+    assert [(socket.inet_ntoa(key), abi.WIREGUARD_PAIR.unpack(value))
+            for key, value, dummy in by_name["wireguard_pairs_set"].entries] == [("10.1.0.30", (8, 1420))]
     counts, writes = _rules.summarize(plan, _rules.compare(present, desired))
     assert counts["edge_services"] == {"added": 1, "changed": 2, "removed": 1}
     assert counts["edge_a2s_cache"] == {"added": 0, "changed": 0, "removed": 1}

@@ -32,6 +32,15 @@ def test_a_pops_file_holds_every_rule_with_its_own_control_plane_and_reads_back(
     assert _inventory.pop_rules(RESOLVED, "pop3")["control_plane"] == []
 
 
+def test_a_pops_file_holds_its_own_wireguard_pairs_only():
+    resolved = dict(RESOLVED, wireguard_pairs={"pop2": [{"backend": "10.1.0.10", "device": "aw-a31a83312b"}]})
+    wanted = [{"backend": "10.1.0.10", "device": "aw-a31a83312b"}]
+    assert _inventory.pop_rules(resolved, "pop2")["wireguard_pairs"] == wanted
+    assert _inventory.pop_rules(resolved, "pop1")["wireguard_pairs"] == []
+    text = _rules.render_rules_file(_inventory.pop_rules(resolved, "pop2"))
+    assert _rules.read_rules_file(text, "pop2.json")["wireguard_pairs"] == resolved["wireguard_pairs"]["pop2"]
+
+
 def test_the_agents_settings_and_other_pops_stay_out_of_the_file():
     document = json.loads(_rules.render_rules_file(_inventory.pop_rules(RESOLVED, "pop2")))
     assert "attack_detection" not in document["rules"]

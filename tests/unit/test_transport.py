@@ -85,6 +85,19 @@ def test_ends_agree_in_a_mixed_fleet_with_per_backend_settings():
     assert interfaces["pop-ams1"][0]["persistent_keepalive"] == 25
 
 
+def test_each_pops_wireguard_pairs_name_the_backend_and_the_interface_wireguard_transport_makes():
+    """edge_rules' wireguard_pairs of each POP (the rules file's): the backend's tunnel address and
+    the name of the POP's interface toward it, the very name of its wireguard_interfaces entry."""
+    result = normalized([pop("anycast_edge_transport", "wireguard", "pop-ams1"),
+                         pop("anycast_edge_transport_backends", {"game1": "ipip"}, "pop-ams1")])
+    pairs = _inventory.resolve_rules(result)["wireguard_pairs"]
+    assert pairs == {"pop-ams1": [{"backend": "10.1.0.11", "device": _transport.interface_name("game2")}]}
+    assert [pair["device"] for pair in pairs["pop-ams1"]] == \
+        [interface["name"] for interface in result["wireguard_interfaces"]["pop-ams1"]]
+    assert _inventory.pop_rules(_inventory.resolve_rules(result), "pop-fra1")["wireguard_pairs"] == []
+    assert _inventory.resolve_rules(normalized())["wireguard_pairs"] == {}
+
+
 def test_a_wireguard_pair_is_not_warned_about_its_path():
     """Plain IPIP over the uplink is warned about (nothing authenticates it); the same pair over
     WireGuard is not."""
