@@ -858,6 +858,35 @@ def _check_transport(ctx):
         (host, _transport.wireguard_interfaces(host, pops, backends)) for host in sorted(list(pops) + list(backends)))
 
 
+# --- the WireGuard data plane: an opt-in until it is complete (docs/transport.md) --------------
+
+WIREGUARD_DATA_PLANE_VAR = "anycast_edge_wireguard_data_plane"
+
+
+@inventory_check
+def _check_wireguard_data_plane(ctx):
+    """anycast_edge_wireguard_data_plane (a boolean, off by default): whether a POP forwards the
+    players of its WireGuard pairs into their WireGuard interfaces (the rules files' wireguard_pairs,
+    which edge_rules writes and for which the xdp_edge role attaches the redirect). Only the POP's
+    inbound side is built - not the backend side, not the return path - so by default every pair's
+    players go over IPIP, a wireguard pair's too, as they did before the POP side was built (its
+    WireGuard interfaces are made all the same). On, one warning per POP with WireGuard pairs.
+    normalized["wireguard_data_plane"]: the flag (False for an invalid value, reported)."""
+    value = ctx.variables.get(WIREGUARD_DATA_PLANE_VAR)
+    enabled = value is not None and _boolean(ctx.problems, WIREGUARD_DATA_PLANE_VAR, value) is True
+    ctx.normalized["wireguard_data_plane"] = enabled
+    if not enabled:
+        return
+    for pop, by_backend in sorted(ctx.normalized.get("transports", {}).items()):
+        backends = sorted(backend for backend, transport in by_backend.items() if transport == "wireguard")
+        if backends:
+            ctx.warnings.note(pop, "%s is true: the players of %s's WireGuard pairs (to %s) go into their WireGuard "
+                              "interfaces, but the WireGuard data plane is incomplete - the backend side and the "
+                              "return path are not built - so their traffic does not arrive whole. Leave it false "
+                              "(every pair over IPIP) for pairs in service (docs/transport.md)"
+                              % (WIREGUARD_DATA_PLANE_VAR, pop, ", ".join(backends)))
+
+
 # --- the transport's trust (a warning: plain IPIP is authenticated by nothing but its path) ------
 
 @inventory_check
@@ -1145,7 +1174,10 @@ def resolve_attack_settings(service):
 def wireguard_pairs(normalized):
     """{POP: [{backend, device}]}: edge_rules' wireguard_pairs of each POP that has WireGuard pairs -
     the backend's tunnel address and the POP's interface toward it (the name wireguard_transport
-    gives it), sorted by backend name like the interfaces."""
+    gives it), sorted by backend name like the interfaces. None while anycast_edge_wireguard_data_plane
+    is off (the default): every pair's players then go over IPIP (_check_wireguard_data_plane)."""
+    if not normalized.get("wireguard_data_plane"):
+        return {}
     addresses = normalized["backend_addresses"]
     pairs = {}
     for pop, by_backend in normalized.get("transports", {}).items():

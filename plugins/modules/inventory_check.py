@@ -92,6 +92,13 @@ options:
       - C(anycast_edge_lab_inventory) - true only in the project's VM lab inventory, whose public lab CA
         C(anycast_edge_nats_tls_ca) is refused anywhere else.
     type: raw
+  wireguard_data_plane:
+    description:
+      - C(anycast_edge_wireguard_data_plane) - forward the players of the POPs' WireGuard pairs into their
+        WireGuard interfaces (RV(rules.wireguard_pairs)); a boolean, null - off. Off, RV(rules.wireguard_pairs)
+        is empty and every pair's players go over IPIP (the WireGuard data plane is not complete, see
+        docs/transport.md); on, a warning for each POP with WireGuard pairs.
+    type: raw
   nats_client_port:
     description: C(anycast_edge_nats_client_port).
     type: raw
@@ -242,7 +249,8 @@ rules:
       returned: success
     wireguard_pairs:
       description:
-        - By POP (inventory name), for the POPs that have WireGuard pairs - each pair's C(backend)
+        - By POP (inventory name), for the POPs that have WireGuard pairs while
+          O(wireguard_data_plane) is true (none otherwise) - each pair's C(backend)
           (its tunnel address) and C(device) (the POP's WireGuard interface toward it, see
           RV(wireguard_interfaces)). The O(anycast.edge.edge_rules#module:wireguard_pairs) of
           M(anycast.edge.edge_rules) on that POP (in its rules file; an empty list for a POP without).
@@ -330,6 +338,7 @@ def main():
             fleet_sync_options=dict(type="raw"),
             nats_tls_ca=dict(type="raw"),
             lab_inventory=dict(type="raw"),
+            wireguard_data_plane=dict(type="raw"),
             nats_client_port=dict(type="raw"),
             nats_cluster_port=dict(type="raw"),
             nats_monitor_port=dict(type="raw"),
@@ -356,6 +365,7 @@ def main():
         "anycast_edge_fleet_sync_options": params["fleet_sync_options"],
         "anycast_edge_nats_tls_ca": params["nats_tls_ca"],
         "anycast_edge_lab_inventory": params["lab_inventory"],
+        "anycast_edge_wireguard_data_plane": params["wireguard_data_plane"],
         "anycast_edge_nats_client_port": params["nats_client_port"],
         "anycast_edge_nats_cluster_port": params["nats_cluster_port"],
         "anycast_edge_nats_monitor_port": params["nats_monitor_port"],

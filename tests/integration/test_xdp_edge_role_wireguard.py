@@ -1,7 +1,8 @@
 """The xdp_edge role on a POP with a WireGuard pair (docs/transport.md): it attaches
 tc_wireguard_redirect on the uplink's TC ingress behind xdp_edge, edge_rules writes the pair from
 the POP's rules file, and a player's datagram goes into the pair's device; set back to ipip, the
-pair is taken off and the redirect removed after it. The pair's device is a ``tun`` device named as
+pair is taken off and the redirect removed after it. All of it only with the inventory's opt-in,
+anycast_edge_wireguard_data_plane: true; without it a wireguard pair stays IPIP. The pair's device is a ``tun`` device named as
 wireguard_transport names it (this host's kernel has no wireguard module: the stand-in of
 test_wireguard_forward.py), made by the test, as wireguard_transport makes the real one before
 xdp_edge in playbooks/pop.yml."""
@@ -16,7 +17,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import raw
 
 from ansible_collections.anycast.edge.plugins.module_utils import _edge_abi as abi
-from ansible_collections.anycast.edge.plugins.module_utils import _transport
+from ansible_collections.anycast.edge.plugins.module_utils import _rules, _transport
 
 from helpers.netns import link_mac
 from test_wireguard_forward import open_tun, read_all
@@ -26,10 +27,19 @@ from test_xdp_edge_role import BACKEND, GAME, PLAYER, ROLE_PLAYBOOK, inventory, 
 pop = test_xdp_edge_role.pop    # the POP's namespace with its uplink (the role test's fixture)
 
 DEVICE = _transport.interface_name("game1")     # the POP's interface toward the backend game1
+# The opt-in of the POPs' WireGuard forward (off by default: every pair over IPIP, docs/transport.md).
+DATA_PLANE_ON = {"anycast_edge_wireguard_data_plane": True}
 
 
 def redirect_filters(namespace) -> str:
     return namespace.exec("tc", "filter", "show", "dev", "up0", "ingress").stdout
+
+
+def forwards(pin_root) -> dict:
+    """The POP's forwards so far, by reason: IPIP (tx_forward) and into a WireGuard device."""
+    with pinned(pin_root, "edge_reason_stats") as stats:
+        return dict((name, abi.unpack_counters(stats.lookup_percpu(abi.U32.pack(abi.REASON_INDEX[name])))[0])
+                    for name in ("tx_forward", "tx_forward_wireguard"))
 
 
 def pairs(pin_root) -> dict:
@@ -52,7 +62,8 @@ def test_a_wireguard_pair_gets_the_redirect_and_its_entry_and_loses_both_back_to
     fd, ifindex = open_tun(pop, DEVICE)
     try:
         read_all(fd, wait=0.1)
-        wireguard = inventory(tmp_path, pin_root, deny=["192.0.2.0/24"], anycast_edge_transport="wireguard")
+        wireguard = inventory(tmp_path, pin_root, deny=["192.0.2.0/24"], extra_vars=DATA_PLANE_ON,
+                              anycast_edge_transport="wireguard")
         assert play(pop, wireguard, ROLE_PLAYBOOK) > 0
         assert "anycast_edge:tc_wireguard_redirect" in redirect_filters(pop)
         assert pairs(pin_root) == {BACKEND: (ifindex, 1440)}
@@ -64,7 +75,7 @@ def test_a_wireguard_pair_gets_the_redirect_and_its_entry_and_loses_both_back_to
 
         assert play(pop, wireguard, ROLE_PLAYBOOK) == 0      # a rerun changes nothing
 
-        ipip = inventory(tmp_path, pin_root, deny=["192.0.2.0/24"])
+        ipip = inventory(tmp_path, pin_root, deny=["192.0.2.0/24"], extra_vars=DATA_PLANE_ON)
         output = []
         assert play(pop, ipip, ROLE_PLAYBOOK, output=output) > 0
         assert pairs(pin_root) == {}
@@ -73,5 +84,27 @@ def test_a_wireguard_pair_gets_the_redirect_and_its_entry_and_loses_both_back_to
         text = output[0]
         assert text.index("Converge the rule maps") < text.index("Remove the WireGuard redirect of a POP")
         assert play(pop, ipip, ROLE_PLAYBOOK) == 0
+    finally:
+        os.close(fd)
+
+
+def test_without_the_opt_in_a_wireguard_pair_stays_ipip(pop, pin_root, tmp_path):
+    """The default (anycast_edge_wireguard_data_plane unset): the pair is wireguard and its device is
+    there, but the POP's rules file lists no pair, no redirect is attached, and a player's datagram
+    goes out as IPIP, not into the device - as before the POP's WireGuard forward was built."""
+    fd, _ifindex = open_tun(pop, DEVICE)
+    try:
+        read_all(fd, wait=0.1)
+        rules_dir = tmp_path / "rules"
+        wireguard = inventory(tmp_path, pin_root, deny=["192.0.2.0/24"],
+                              extra_vars={"anycast_edge_rules_dir": str(rules_dir)}, anycast_edge_transport="wireguard")
+        assert play(pop, wireguard, ROLE_PLAYBOOK) > 0
+        assert _rules.read_rules_file((rules_dir / "pop1.json").read_text(), "pop1.json")["wireguard_pairs"] == []
+        assert "tc_wireguard_redirect" not in redirect_filters(pop)
+        assert pairs(pin_root) == {}
+
+        send_player_datagram(pop, b"over ipip")
+        assert read_all(fd) == []
+        assert forwards(pin_root) == {"tx_forward": 1, "tx_forward_wireguard": 0}
     finally:
         os.close(fd)

@@ -5,14 +5,16 @@ each other, and every bad value reported with its variable path before any host 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _transport
+from ansible_collections.anycast.edge.plugins.module_utils import _inventory, _rules, _transport
 
-from test_inventory import VALID_BACKENDS, VALID_POPS, VALID_VARS, apply, backend, pop
+from test_inventory import (EXAMPLE, EXAMPLE_POPS, VALID_BACKENDS, VALID_POPS, VALID_VARS, apply, backend, change,
+                            pop, rules_files, run_validation_play)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,17 +87,84 @@ def test_ends_agree_in_a_mixed_fleet_with_per_backend_settings():
     assert interfaces["pop-ams1"][0]["persistent_keepalive"] == 25
 
 
+def data_plane(value):
+    """A mutation: anycast_edge_wireguard_data_plane set to value (the opt-in of the WireGuard forward)."""
+    return change("vars", ("anycast_edge_wireguard_data_plane",), value)
+
+
 def test_each_pops_wireguard_pairs_name_the_backend_and_the_interface_wireguard_transport_makes():
     """edge_rules' wireguard_pairs of each POP (the rules file's): the backend's tunnel address and
     the name of the POP's interface toward it, the very name of its wireguard_interfaces entry."""
     result = normalized([pop("anycast_edge_transport", "wireguard", "pop-ams1"),
-                         pop("anycast_edge_transport_backends", {"game1": "ipip"}, "pop-ams1")])
+                         pop("anycast_edge_transport_backends", {"game1": "ipip"}, "pop-ams1"), data_plane(True)])
     pairs = _inventory.resolve_rules(result)["wireguard_pairs"]
     assert pairs == {"pop-ams1": [{"backend": "10.1.0.11", "device": _transport.interface_name("game2")}]}
     assert [pair["device"] for pair in pairs["pop-ams1"]] == \
         [interface["name"] for interface in result["wireguard_interfaces"]["pop-ams1"]]
     assert _inventory.pop_rules(_inventory.resolve_rules(result), "pop-fra1")["wireguard_pairs"] == []
     assert _inventory.resolve_rules(normalized())["wireguard_pairs"] == {}
+
+
+WIREGUARD_EVERYWHERE = [pop("anycast_edge_transport", "wireguard", "pop-ams1"),
+                        pop("anycast_edge_transport", "wireguard", "pop-fra1")]
+
+
+@pytest.mark.parametrize("flag", [[], [data_plane(False)], [data_plane(None)]], ids=["unset", "false", "null"])
+def test_without_the_data_plane_no_rules_file_has_a_pair_though_every_pair_is_wireguard(flag):
+    """anycast_edge_wireguard_data_plane off (the default): every pair's players go over IPIP as before
+    the POP's WireGuard forward was built - no POP's rules file lists a pair - while the pairs'
+    WireGuard interfaces are still made."""
+    problems, warnings, result = check(WIREGUARD_EVERYWHERE + flag)
+    assert problems == []
+    assert result["transports"] == {"pop-ams1": {"game1": "wireguard", "game2": "wireguard"},
+                                    "pop-fra1": {"game1": "wireguard", "game2": "wireguard"}}
+    assert [len(result["wireguard_interfaces"][pop_name]) for pop_name in ("pop-ams1", "pop-fra1")] == [2, 2]
+    resolved = _inventory.resolve_rules(result)
+    assert resolved["wireguard_pairs"] == {}
+    for pop_name in ("pop-ams1", "pop-fra1"):
+        text = _rules.render_rules_file(_inventory.pop_rules(resolved, pop_name))
+        assert _rules.read_rules_file(text, pop_name + ".json")["wireguard_pairs"] == []
+    assert not [line for line in warnings if "anycast_edge_wireguard_data_plane" in line]
+
+
+def test_with_the_data_plane_every_rules_file_has_its_pops_pairs():
+    result = normalized(WIREGUARD_EVERYWHERE + [data_plane(True)])
+    resolved = _inventory.resolve_rules(result)
+    for pop_name in ("pop-ams1", "pop-fra1"):
+        text = _rules.render_rules_file(_inventory.pop_rules(resolved, pop_name))
+        assert _rules.read_rules_file(text, pop_name + ".json")["wireguard_pairs"] == [
+            {"backend": "10.1.0.10", "device": _transport.interface_name("game1")},
+            {"backend": "10.1.0.11", "device": _transport.interface_name("game2")}]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true", ["true"]])
+def test_a_data_plane_flag_that_is_not_a_boolean_is_named_with_its_value(value):
+    problems, _warnings, _result = check(WIREGUARD_EVERYWHERE + [data_plane(value)])
+    assert problems == ["anycast_edge_wireguard_data_plane: %s is not a boolean (true or false)"
+                        % (value if isinstance(value, str) else repr(value))]
+
+
+def test_the_data_plane_on_warns_once_per_pop_with_wireguard_pairs():
+    """Each POP with WireGuard pairs is warned about once (not once per pair) that the WireGuard data
+    plane is incomplete; a POP whose pairs are all IPIP is not."""
+    _problems, warnings, _result = check([pop("anycast_edge_transport", "wireguard", "pop-fra1"),
+                                          pop("anycast_edge_underlay_devices", ["eth3"], "pop-ams1"),
+                                          pop("anycast_edge_underlay_devices", ["eth3"], "pop-fra1"),
+                                          data_plane(True)])
+    assert len(warnings) == 1
+    assert warnings[0].startswith("pop-fra1: anycast_edge_wireguard_data_plane is true: the players of pop-fra1's "
+                                  "WireGuard pairs (to game1, game2) go into their WireGuard interfaces, but the "
+                                  "WireGuard data plane is incomplete - the backend side and the return path are "
+                                  "not built")
+    _problems, warnings, _result = check([pop("anycast_edge_transport", "wireguard", "pop-fra1"),
+                                          pop("anycast_edge_transport_backends", {"game2": "wireguard"}, "pop-ams1"),
+                                          pop("anycast_edge_underlay_devices", ["eth3"], "pop-ams1"),
+                                          data_plane(True)])
+    assert [line.split(":")[0] for line in warnings] == ["pop-ams1", "pop-fra1"]
+    _problems, warnings, _result = check([pop("anycast_edge_underlay_devices", ["eth3"], "pop-ams1"),
+                                          pop("anycast_edge_underlay_devices", ["eth3"], "pop-fra1"),
+                                          data_plane(True)])
+    assert warnings == []
 
 
 def test_a_wireguard_pair_is_not_warned_about_its_path():
@@ -186,3 +255,33 @@ def test_interface_names_are_stable_and_fit_linux():
     name = _transport.interface_name("game1")
     assert name == "aw-a31a83312b"
     assert len(name) <= 15 and _inventory.INTERFACE_NAME.fullmatch(name)
+
+
+def test_validate_inventory_passes_the_data_plane_flag_to_the_check(tmp_path):
+    """The role's wiring (anycast_edge_wireguard_data_plane -> inventory_check's wireguard_data_plane):
+    the example inventory with every pair wireguard renders no pair into any POP's rules file by
+    default, every POP's pairs with the flag on (and the warning shown), and a string is refused."""
+    wireguard = ("-e", json.dumps({"anycast_edge_transport": "wireguard"}))
+    for run in ("default", "on", "string"):
+        (tmp_path / run).mkdir()
+    proc = run_validation_play(EXAMPLE, tmp_path / "default", *wireguard)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert dict((pop_name, rules["wireguard_pairs"]) for pop_name, rules in rules_files(tmp_path / "default").items()) \
+        == dict((pop_name, []) for pop_name in EXAMPLE_POPS)
+    assert "anycast_edge_wireguard_data_plane" not in proc.stdout + proc.stderr
+
+    proc = run_validation_play(EXAMPLE, tmp_path / "on", *wireguard,
+                               "-e", json.dumps({"anycast_edge_wireguard_data_plane": True}))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_pop = rules_files(tmp_path / "on")
+    assert sorted(by_pop) == EXAMPLE_POPS
+    assert all([pair["backend"] for pair in rules["wireguard_pairs"]] == ["10.1.0.10", "10.1.0.20", "10.1.0.30"]
+               for rules in by_pop.values())
+    output = " ".join((proc.stdout + proc.stderr).split())
+    for pop_name in EXAMPLE_POPS:
+        assert output.count("%s: anycast_edge_wireguard_data_plane is true" % pop_name) == 1, output
+
+    proc = run_validation_play(EXAMPLE, tmp_path / "string", *wireguard,
+                               "-e", json.dumps({"anycast_edge_wireguard_data_plane": "yes"}))
+    assert proc.returncode != 0
+    assert "anycast_edge_wireguard_data_plane: yes is not a boolean (true or false)" in proc.stdout + proc.stderr
