@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def edge(edge_session):
     """The loaded program with every map emptied: a blank POP for each test."""
     edge_session.reset()
     return edge_session
+
+
+@pytest.fixture
+def one_cpu():
+    """Every test run of the test on one CPU (a test run executes on the calling CPU): for state
+    the kernel keeps per CPU - the next-hop cache and the admission buckets (per-CPU maps), and the
+    LRU maps' per-CPU lists of recently added entries, which only that CPU's own additions hand back
+    to the shared LRU (an entry added on another CPU than a flood's escapes the flood's eviction)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
 
 
 @pytest.fixture

@@ -45,14 +45,9 @@ from harness import topology as topo
 from harness.edge_env import monotonic_ns
 
 
-@pytest.fixture(autouse=True)
-def one_cpu():
-    """Every packet of these tests runs on one CPU: the admission buckets are per CPU, and the
-    model keeps the one bucket that CPU fills (test_admission.py races two CPUs on purpose)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
+# Every packet of these tests runs on one CPU (conftest.one_cpu): the admission buckets are per CPU,
+# and the model keeps the one bucket that CPU fills (test_admission.py races two CPUs on purpose).
+pytestmark = pytest.mark.usefixtures("one_cpu")
 
 
 # ---- the world every example shares ---------------------------------------------------------------

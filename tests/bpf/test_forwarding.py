@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -42,15 +41,6 @@ def test_forwarded_packet_is_encapsulated_exactly(pop):
     # Everything after the TTL/checksum is the player's packet, byte for byte.
     assert raw(inner)[10:] != b"" and raw(inner)[12:] == frame[14 + 12:]
     assert checksums_valid(result.data)
-
-
-@pytest.fixture
-def one_cpu():
-    """The next-hop cache is per CPU and a test run executes on the calling CPU: stay on one."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
 
 
 def test_the_fibs_answer_is_cached_per_cpu_and_asked_again_after_100_ms(pop, one_cpu):

@@ -483,8 +483,8 @@ def test_the_first_segment_is_still_judged_after_a_later_one(edge, syn_ack):
     assert flows(edge) == set()
 
 
-@pytest.mark.parametrize("start", [-1, -5, -len(HANDSHAKE)], ids=["one-byte-before", "five-bytes-before",
-                                                                    "its-length-before"])
+@pytest.mark.parametrize("start", [-1, -5, -len(HANDSHAKE)],
+                         ids=["one-byte-before", "five-bytes-before", "its-length-before"])
 def test_a_segment_that_carries_the_first_byte_from_further_back_is_refused(edge, start):
     """The server's stack trims what lies before the first data byte and reads the rest: data that
     starts before the SYN's sequence number + 1 and reaches past it carries the flow's first bytes
@@ -621,7 +621,7 @@ def test_a_spoofed_syn_flood_cannot_evict_a_flow_under_syn_authentication(edge):
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
 
 
-def test_without_syn_authentication_a_spoofed_syn_flood_evicts_flows_which_then_go_unchecked(edge):
+def test_without_syn_authentication_a_spoofed_syn_flood_evicts_flows_which_then_go_unchecked(edge, one_cpu):
     """The control, and the documented limit: without SYN authentication (syn_auth never, or auto
     before attack mode is on) every spoofed SYN is forwarded and opens an entry, and the game
     server's SYN-ACK to it comes back through the POP (which looks the entry up, as it does the
