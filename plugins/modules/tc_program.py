@@ -352,7 +352,7 @@ class TcProgramModule(PinningModule):
             raise ModuleFailure("direction: %s takes what xdp_edge passes on %s's ingress, not egress"
                                 % (program, self.iface))
         if self.shared_dir is None:
-            raise ModuleFailure("share_maps: %s reads edge_wireguard_devices, which edge_rules writes among "
+            raise ModuleFailure("share_maps: %s reads edge_wireguard_pairs, which edge_rules writes among "
                                 "xdp_edge's pinned maps: set share_maps: maps (the folder anycast.edge.xdp_program "
                                 "pins them in)" % program)
         query = xdp_query(self.ifindex)
