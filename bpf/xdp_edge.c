@@ -15,7 +15,8 @@
  *   drop_unverified); unverified TCP while
  *   SYN authentication is on, on no live punch: answered or dropped by syn_auth() -> payload rules
  *   (payload_rules.h: drop, or a per-source limit) -> a minecraft service's first data segment of a
- *   flow (the one holding byte ISN + 1; a later one is not judged) must be its handshake
+ *   flow (the one holding byte ISN + 1; a later one is not judged, unless SYNs with two ISNs came
+ *   and no SYN-ACK was seen here) must be its handshake
  *   (mc_proto.h; else drop_handshake, the source's verification
  *   revoked, only when the segment acknowledges the backend's SYN-ACK: other data
  *   drop_handshake_unacked, nobody revoked; where the SYN-ACK left by another POP, a handshake
@@ -1108,9 +1109,11 @@ static __always_inline int mc_syn_ack_of(struct xdp_md *ctx, const struct packet
 /* The backend's SYN-ACK went to the player: its flow's entry (one the POP opened on the player's
  * SYN; the SYN-ACK opens none) now knows the ACK that proves the player's own first data, and the
  * sequence number that data starts at (the SYN the backend accepted, whatever SYNs came in: a SYN
- * spoofed into the flow moves it no more). The latest SYN-ACK wins (a new connection on the same
- * four-tuple has a new one). isn is stored first: a reader on another CPU that sees the new
- * syn_acked with the old isn sees the player's SYN's own number, the same one. */
+ * spoofed into the flow moves it no more, mc_flow_start never writes isn). The latest SYN-ACK wins
+ * (a new connection on the same four-tuple has a new one). isn is stored first: a reader on another
+ * CPU that sees the new syn_acked with the old isn sees the number of the SYN that made the entry,
+ * the same one unless SYNs with two ISNs came (that window is one packet wide, and on x86 stores
+ * are seen in order). */
 static __always_inline void mc_flow_syn_acked(const struct packet *reply, __u32 client_ack, __u32 isn)
 {
 	struct mc_flow_key key = { .saddr = reply->daddr, .daddr = reply->saddr, .sport = reply->dport,
@@ -1391,7 +1394,13 @@ enum mc_verdict {
  * unjudged whatever it carries and keeps the entry: a later one (the first went through another
  * POP, the route having moved, or comes here out of order) is not the place for a handshake, and
  * the backend's stack hands its bytes to the game only after the first segment's, which is judged
- * whenever it comes through here (docs/game-protocols.md: why that cannot be abused). Data that
+ * whenever it comes through here (docs/game-protocols.md: why that cannot be abused). That holds
+ * only while isn is the ISN the backend accepted: once SYNs with two ISNs came through here and no
+ * SYN-ACK (which names the one accepted) was seen here, the entry is ambiguous (isn_ambiguous) and
+ * its first data segment is judged whatever its sequence number, at its start (a handshake passes
+ * and ends the check, anything else is dropped as drop_handshake_unacked): else a second SYN,
+ * which the backend answers with a challenge ACK and keeps the first ISN, would let the real
+ * first segment pass here as "a later one". Data that
  * starts before isn + 1 and reaches past it (no client sends that: its first bytes would sit at an
  * offset) is refused like a first segment without a handshake. Anyone
  * who knows a player's address can send segments in its name, so a refusal revokes the player's
@@ -1434,7 +1443,9 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 		return MC_DROP; /* never: the parser checked the header is there */
 	syn_acked = flow->syn_acked;
 	first_byte = flow->isn + 1 - bpf_ntohl(seq_ack[0]); /* mod 2^32: the wrap included */
-	if (first_byte >= pkt->payload_len)
+	if (!(syn_acked & MC_FLOW_SYN_ACKED) && flow->isn_ambiguous)
+		first_byte = 0; /* SYNs with two ISNs, none acknowledged here: any data is the first */
+	else if (first_byte >= pkt->payload_len)
 		return MC_PASS; /* not the first segment */
 	if (syn_acked & MC_FLOW_SYN_ACKED) {
 		if (!(flags & TCP_FLAG_ACK) || bpf_ntohl(seq_ack[1]) != (__u32)syn_acked)
@@ -1450,24 +1461,35 @@ static __always_inline enum mc_verdict mc_first_data(struct xdp_md *ctx, const s
 }
 
 /* A SYN to a minecraft service left the program towards its backend (or the kernel's forwarding):
- * the flow's segment carrying byte isn + 1 is its first, to be checked. A retransmitted SYN (or one
- * spoofed into the flow) renews the time and keeps what the flow's SYN-ACK recorded (the ACK, and
- * the isn it acknowledged): only the backend's next SYN-ACK replaces those. Before any SYN-ACK the
- * latest SYN's isn stands (a retransmission carries the same; a new connection on the four-tuple
- * its own). */
+ * the flow's segment carrying byte isn + 1 is its first, to be checked. The SYN that makes the
+ * entry writes isn; a later SYN renews the time and never writes isn: a retransmission (the same
+ * sequence number) changes nothing else, one with another number marks the entry isn_ambiguous
+ * (mc_first_data: before a SYN-ACK is seen here, its first data is then judged whatever its
+ * sequence number; once one is, isn is the SYN-ACK's and the mark means nothing).
+ * Why SYNs never write isn, and the mark is a word of its own: the return path
+ * (mc_flow_syn_acked) writes isn then syn_acked on another CPU at any time; a SYN that read
+ * "no SYN-ACK yet" and then wrote isn could land after both and leave a spoofed ISN with
+ * syn_acked set, which nothing would correct. With isn written only by the entry's maker and by
+ * the SYN-ACK, and the mark only ever set to 1 by SYNs (read only while no SYN-ACK was seen), no
+ * interleaving leaves a wrong isn, and none needs a lock or an atomic. Two SYNs of the flow
+ * making the entry at once on two CPUs: the loser's BPF_NOEXIST fails, it looks the entry up and
+ * compares like any later SYN. */
 static __always_inline void mc_flow_start(const struct packet *pkt, __u32 isn, __u64 now)
 {
 	struct mc_flow_key key = mc_flow_of(pkt);
 	struct mc_flow_value value = { .syn_ns = now, .isn = isn };
 	struct mc_flow_value *flow = bpf_map_lookup_elem(&edge_mc_flows, &key);
 
-	if (flow) {
-		flow->syn_ns = now;
-		if (!(flow->syn_acked & MC_FLOW_SYN_ACKED))
-			flow->isn = isn;
-	} else {
-		bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_NOEXIST);
+	if (!flow) {
+		if (!bpf_map_update_elem(&edge_mc_flows, &key, &value, BPF_NOEXIST))
+			return;
+		flow = bpf_map_lookup_elem(&edge_mc_flows, &key); /* made meanwhile by another CPU */
+		if (!flow)
+			return;
 	}
+	flow->syn_ns = now;
+	if (flow->isn != isn)
+		flow->isn_ambiguous = 1;
 }
 
 /* forward_to_backend, and for a SYN to a minecraft service that is not dropped on its way, the

@@ -465,9 +465,12 @@ struct mc_flow_value {
 			   * MC_FLOW_SYN_ACKED | the ACK number the player's first data must carry
 			   * (the SYN-ACK's sequence number + 1). One 64-bit word: one atomic store */
 	__u32 isn;        /* the player's initial sequence number: its first data byte is isn + 1.
-			   * The latest forwarded SYN's until the backend's SYN-ACK, then that
-			   * SYN-ACK's ACK - 1 (the SYN the backend accepted; later SYNs leave it) */
-	__u32 pad;
+			   * The SYN's that made the entry until the backend's SYN-ACK, then that
+			   * SYN-ACK's ACK - 1 (the SYN the backend accepted); no later SYN writes it */
+	__u32 isn_ambiguous; /* 1: a SYN with another sequence number than isn was forwarded; until
+			      * a SYN-ACK is seen here nothing tells which one the backend accepted,
+			      * so the first data segment is judged whatever its sequence number.
+			      * Set by SYNs only, cleared by nobody (the entry goes as a whole) */
 };
 #define MC_FLOW_SYN_ACKED (1ULL << 32)
 

@@ -155,9 +155,10 @@ DEFINE_MAP(edge_payload_rule_stats, BPF_MAP_TYPE_PERCPU_ARRAY, EDGE_MAX_PAYLOAD_
 DEFINE_MAP(edge_rule_limits, BPF_MAP_TYPE_LRU_HASH, EDGE_MAX_RULE_LIMITS, struct rule_limit_key, struct rule_limit_value);
 
 /* Written and read by XDP only. Inbound: a TCP flow to a minecraft service gets an entry when its
- * SYN is forwarded, with the SYN's sequence number (isn; a later SYN renews syn_ns, and isn while no
- * SYN-ACK was seen), and loses it when its first data segment (the one carrying isn + 1) proved to
- * be a well-formed handshake (mc_proto.h); a flow whose first data was refused keeps it, so each
+ * SYN is forwarded, with the SYN's sequence number (isn; a later SYN renews syn_ns, and sets
+ * isn_ambiguous when its sequence number is another: it never writes isn), and loses it when its
+ * first data segment (the one carrying isn + 1, or any while isn_ambiguous and no SYN-ACK was
+ * seen) proved to be a well-formed handshake (mc_proto.h); a flow whose first data was refused keeps it, so each
  * of its retransmissions is checked again; a later segment (the first went through another POP)
  * is not judged and keeps it. Return path: the backend's SYN-ACK on the way to the player writes
  * isn (its ACK - 1) and syn_acked (the ACK that proves a data segment the player's own, the only

@@ -151,7 +151,7 @@ RULE_LIMIT_KEY = struct.Struct("<4sIH2x")             # struct rule_limit_key
 RULE_LIMIT_VALUE = struct.Struct("<QQ")               # struct rule_limit_value
 MAX_MC_FLOWS = 65536                                  # EDGE_MAX_MC_FLOWS
 MC_FLOW_KEY = struct.Struct("<4s4s2s2s")              # struct mc_flow_key (edge_mc_flows)
-MC_FLOW_VALUE = struct.Struct("<QQI4x")              # struct mc_flow_value
+MC_FLOW_VALUE = struct.Struct("<QQII")               # struct mc_flow_value
 MC_FLOW_SYN_ACKED = 1 << 32                           # MC_FLOW_SYN_ACKED: mc_flow_value.syn_acked's flag
 
 SRC_FILTER_ENTRIES = 1 << 18                          # EDGE_SRC_FILTER_ENTRIES
@@ -232,7 +232,7 @@ LAYOUTS = {
     "rule_limit_key": (RULE_LIMIT_KEY, ("saddr", "window", "rule", "pad")),
     "rule_limit_value": (RULE_LIMIT_VALUE, ("packets", "bytes")),
     "mc_flow_key": (MC_FLOW_KEY, ("saddr", "daddr", "sport", "dport")),
-    "mc_flow_value": (MC_FLOW_VALUE, ("syn_ns", "syn_acked", "isn", "pad")),
+    "mc_flow_value": (MC_FLOW_VALUE, ("syn_ns", "syn_acked", "isn", "isn_ambiguous")),
     "next_hop_cache_entry": (NEXT_HOP_CACHE_ENTRY, ("expires_ns", "saddr", "daddr", "ingress_ifindex", "ifindex",
                                                     "smac", "dmac", "fits_len", "tos", "pad")),
 }

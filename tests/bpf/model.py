@@ -197,11 +197,13 @@ class McFlow:
 class McFlowEntry(NamedTuple):
     """struct mc_flow_value: when the flow's SYN was forwarded; 0 until its backend's SYN-ACK went
     back to the player, then MC_FLOW_SYN_ACKED | the ACK the player's first data must carry; the
-    player's initial sequence number (its first data byte is isn + 1): the latest SYN's until the
-    SYN-ACK, then the SYN-ACK's ACK - 1."""
+    player's initial sequence number (its first data byte is isn + 1): the SYN's that made the entry
+    until the SYN-ACK, then the SYN-ACK's ACK - 1 (no later SYN writes it); isn_ambiguous 1 once a
+    SYN with another sequence number than isn was forwarded (set by SYNs only, never cleared)."""
     syn_ns: int
     syn_acked: int = 0
     isn: int = 0
+    isn_ambiguous: int = 0
 
 
 @dataclass
@@ -752,8 +754,9 @@ class EdgeModel:
         entry goes), else it revokes (the entry stays); with another ACK it is dropped. Before any
         SYN-ACK was seen here (it may have left through another POP): passed unchecked on a live
         punch (the four-tuple's established connection), else checked the same way but refused as
-        "drop", never "revoke". Data on a SYN: dropped. No data, a RST, or a flow without an entry:
-        not looked at."""
+        "drop", never "revoke". An entry marked isn_ambiguous (SYNs with two ISNs) without a SYN-ACK
+        seen: its first data segment is judged whatever its sequence number, at the data's start.
+        Data on a SYN: dropped. No data, a RST, or a flow without an entry: not looked at."""
         if not pkt.payload_len or flags & TCP_RST:
             return "pass"
         if flags & TCP_SYN:
@@ -764,7 +767,9 @@ class EdgeModel:
             return "pass"
         seq, ack = struct.unpack_from("!II", self._frame, pkt.l4_off + 4)
         first_byte = (entry.isn + 1 - seq) % 2 ** 32       # where the flow's first byte sits in the data
-        if first_byte >= pkt.payload_len:
+        if not entry.syn_acked & abi.MC_FLOW_SYN_ACKED and entry.isn_ambiguous:
+            first_byte = 0                                  # two ISNs, none acknowledged here: any data
+        elif first_byte >= pkt.payload_len:
             return "pass"
         if entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
             if not flags & TCP_ACK or ack != entry.syn_acked & 0xFFFFFFFF:
@@ -800,10 +805,13 @@ class EdgeModel:
                 flow, now = self._mc_flow(pkt), self._now
                 isn = struct.unpack_from("!I", self._frame, pkt.l4_off + 4)[0]
 
-                def opened(state):     # a later SYN renews the time, keeps what the SYN-ACK taught
-                    old = state.mc_flows.get(flow, McFlowEntry(0))
-                    acked = old.syn_acked & abi.MC_FLOW_SYN_ACKED
-                    state.mc_flows[flow] = McFlowEntry(now, old.syn_acked, old.isn if acked else isn)
+                def opened(state):     # a later SYN renews the time, never writes isn: another one marks it
+                    old = state.mc_flows.get(flow)
+                    if old is None:
+                        state.mc_flows[flow] = McFlowEntry(now, 0, isn)
+                    else:
+                        state.mc_flows[flow] = old._replace(syn_ns=now,
+                                                            isn_ambiguous=old.isn_ambiguous or int(old.isn != isn))
                 self._op("flow %s opened" % (flow,), opened)
             raise
 

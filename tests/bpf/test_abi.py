@@ -170,9 +170,9 @@ def test_constants_no_map_or_struct_carries_follow_the_header(repo_root):
 
 def test_minecraft_flow_map_holds_the_flow_key_and_value(btf_object):
     """edge_mc_flows' key and value are struct mc_flow_key / mc_flow_value (its capacity: MAP_CAPACITY);
-    the value packs and unpacks (syn_ns, syn_acked, isn), the padding left out."""
+    the value packs and unpacks (syn_ns, syn_acked, isn, isn_ambiguous)."""
     flows = btf_object.map("edge_mc_flows")
     assert (flows.key_size, flows.value_size) == (abi.MC_FLOW_KEY.size, abi.MC_FLOW_VALUE.size)
-    value = abi.MC_FLOW_VALUE.pack(1, abi.MC_FLOW_SYN_ACKED | 5001, 2 ** 32 - 1)
-    assert abi.MC_FLOW_VALUE.unpack(value) == (1, abi.MC_FLOW_SYN_ACKED | 5001, 2 ** 32 - 1)
-    assert value[16:20] == b"\xff" * 4 and value[20:] == bytes(4)
+    value = abi.MC_FLOW_VALUE.pack(1, abi.MC_FLOW_SYN_ACKED | 5001, 2 ** 32 - 1, 1)
+    assert abi.MC_FLOW_VALUE.unpack(value) == (1, abi.MC_FLOW_SYN_ACKED | 5001, 2 ** 32 - 1, 1)
+    assert value[16:20] == b"\xff" * 4 and value[20:] == b"\x01\x00\x00\x00"

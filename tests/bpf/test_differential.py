@@ -130,9 +130,10 @@ class StateSpec:
     sources: list
     verified_idle: str      # "H" | "half": edge_config.verified_idle_ns
     nr_cpus: int
-    # [(m.McFlow, syn_acked, isn)]: TCP flows whose SYN was forwarded (edge_mc_flows), syn_acked 0
-    #   or MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for; isn the player's SYN's
-    #   sequence number (its first data byte is isn + 1)
+    # [(m.McFlow, syn_acked, isn, isn_ambiguous)]: TCP flows whose SYN was forwarded (edge_mc_flows),
+    #   syn_acked 0 or MC_FLOW_SYN_ACKED | the ACK their backend's SYN-ACK asks for; isn the player's
+    #   SYN's sequence number (its first data byte is isn + 1); isn_ambiguous 1 when a SYN with
+    #   another one came too
     mc_flows: list = field(default_factory=list)
     # [(backend, ifindex, mtu)]: the backends whose pair is WireGuard (edge_wireguard_pairs)
     wireguard: list = field(default_factory=list)
@@ -495,6 +496,13 @@ def mc_flow_isn(flow) -> int:
     return CLIENT_ISNS[flow.sport % len(CLIENT_ISNS)]
 
 
+def mc_flow_isn_ambiguous(flow) -> int:
+    """Whether an example's minecraft flow saw SYNs with two ISNs (edge_mc_flows' isn_ambiguous): one
+    flow in three, by its player's port too (no draw of its own); the example's SYNs, with random
+    sequence numbers, make more."""
+    return int(flow.sport // len(CLIENT_ISNS) % 3 == 0)
+
+
 def mc_segment_seq(pick, isn: int) -> int:
     """The sequence number of a data segment on a flow whose first data byte is isn + 1: mostly that
     byte's (the first segment, judged), else a later one (the first went through another POP: not
@@ -542,7 +550,7 @@ def challenge_holders(state: StateSpec) -> list:
 def acked_mc_flows(state: StateSpec) -> dict:
     """{McFlow: the ACK its player's first data segment must carry} of the example's minecraft
     flows that their backend had SYN-ACKed before it (edge_mc_flows' syn_acked)."""
-    return {flow: syn_acked & 0xFFFFFFFF for flow, syn_acked, dummy in state.mc_flows
+    return {flow: syn_acked & 0xFFFFFFFF for flow, syn_acked, dummy, dummy in state.mc_flows
             if syn_acked & abi.MC_FLOW_SYN_ACKED}
 
 
@@ -551,7 +559,7 @@ def unacked_mc_flows(state: StateSpec) -> list:
     did not see (it left through another POP, or has not come yet)."""
     minecraft = {(service[0].addr, service[0].port) for service in state.services
                  if service[0].proto == TCP and service[6] == "minecraft"}
-    return [flow for flow, syn_acked, dummy in state.mc_flows
+    return [flow for flow, syn_acked, dummy, dummy in state.mc_flows
             if not syn_acked & abi.MC_FLOW_SYN_ACKED and (flow.daddr, flow.dport) in minecraft]
 
 
@@ -836,7 +844,8 @@ def scenarios(draw):
     state.sources = sources_spec(pick, state, flows)
     # Minecraft flows whose SYN the POP forwarded before the example (the packets open more).
     # Some of them already SYN-ACKed by their backend (the ACK the player's first data must carry).
-    state.mc_flows = [(mc_flow, syn_acked, mc_flow_isn(mc_flow)) for mc_flow, syn_acked in
+    state.mc_flows = [(mc_flow, syn_acked, mc_flow_isn(mc_flow), mc_flow_isn_ambiguous(mc_flow))
+                      for mc_flow, syn_acked in
                       [(m.McFlow(flow.player, flow.template.addr, flow.player_port, flow.template.port),
                         abi.MC_FLOW_SYN_ACKED | (pick.choice(SYN_ACK_SEQS) + 1) % 2 ** 32 if often(pick, 2) else 0)
                        for flow in flows if flow.template.proto == TCP and often(pick, 2)]]
@@ -908,8 +917,8 @@ def concrete_state(spec: StateSpec, now: int, tai_clock: int):
             source.challenge_ns = times[challenge[2]]
     for key, kind in spec.punches:
         state.punches[key] = {"fresh": now - h // 4, "idle": now - 2 * h, "future": now + h // 4}[kind]
-    for flow, syn_acked, isn in spec.mc_flows:
-        state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked, isn)
+    for flow, syn_acked, isn, isn_ambiguous in spec.mc_flows:
+        state.mc_flows[flow] = m.McFlowEntry(now - h // 4, syn_acked, isn, isn_ambiguous)
     state.wireguard_pairs = {backend: (ifindex, mtu) for backend, ifindex, mtu in spec.wireguard}
     for service_id, a2s_kind, kind, length, seed in spec.cache:
         updated = {"fresh": now - h // 4, "stale": now - 2 * h, "future": now + h // 4}[kind]
@@ -1085,7 +1094,7 @@ def assert_maps_match(env, state: m.ModelState, slack_ns: int, started_ns: int =
     assert_times_match("minecraft flows", {flow: entry.syn_ns for flow, entry in mc_flows.items()},
                        {flow: entry.syn_ns for flow, entry in state.mc_flows.items()}, slack_ns)
     assert {flow: entry[1:] for flow, entry in mc_flows.items()} == \
-        {flow: entry[1:] for flow, entry in state.mc_flows.items()}, "minecraft flows' (syn_acked, isn)"
+        {flow: entry[1:] for flow, entry in state.mc_flows.items()}, "minecraft flows' (syn_acked, isn, isn_ambiguous)"
     cache = program_cache(env)
     assert_times_match("a2s cache updated_ns", {k: v[0] for k, v in cache.items()},
                        {k: e.updated_ns for k, e in state.a2s_cache.items()}, slack_ns)
@@ -1215,7 +1224,9 @@ def unacked_flow_of(packet: PacketSpec, state: m.ModelState) -> bool:
 def later_mc_segment(packet: PacketSpec, frame: bytes, state: m.ModelState):
     """For an unmutated inbound data segment (no SYN, no RST) on a minecraft flow with an entry that
     does not carry the flow's first data byte (isn + 1: the first segment went through another POP,
-    or comes later), whether the entry has seen its SYN-ACK ("acked") or not ("unacked"); else None."""
+    or comes later), whether the entry has seen its SYN-ACK ("acked") or not ("unacked"); else None,
+    and None too where SYNs with two ISNs came and no SYN-ACK was seen (isn_ambiguous: such a segment
+    is judged like a first one: unacked_checks counts it)."""
     fields = packet.fields
     if packet.kind != "inbound" or packet.mutations or fields["proto"] != TCP or set("SR") & set(fields["tcp"][0]):
         return None
@@ -1227,7 +1238,9 @@ def later_mc_segment(packet: PacketSpec, frame: bytes, state: m.ModelState):
     seq = struct.unpack_from("!I", frame, l4 + 4)[0]
     if payload_len <= 0 or (entry.isn + 1 - seq) % 2 ** 32 < payload_len:
         return None
-    return "acked" if entry.syn_acked & abi.MC_FLOW_SYN_ACKED else "unacked"
+    if entry.syn_acked & abi.MC_FLOW_SYN_ACKED:
+        return "acked"
+    return None if entry.isn_ambiguous else "unacked"
 
 
 def run_both(env, model: m.EdgeModel, frame: bytes, ingress: str):

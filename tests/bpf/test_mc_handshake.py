@@ -530,6 +530,54 @@ def test_the_syn_acks_ack_decides_which_segment_is_first(edge):
     assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) is None
 
 
+SECOND_ISN = (CLIENT_ISN + 2 ** 31) % 2 ** 32     # as far from the player's ISN as the sequence space allows
+
+
+@pytest.mark.parametrize("ack", [77, CLIENT_ACK], ids=["any-ack", "the-syn-acks-ack"])
+def test_a_second_syn_with_another_isn_before_the_syn_ack_leaves_no_segment_unjudged(edge, ack):
+    """Review of cbc7eab: an attacker that owns its address completes a handshake with SYN seq X
+    whose SYN-ACK leaves through another POP, then sends a second SYN on the same four-tuple with
+    seq Y = X + 2^31. This POP forwards it; the backend keeps X (it answers with a challenge ACK).
+    Had the entry taken Y as its isn, garbage at X + 1 would be "a later segment", forwarded
+    unjudged, and the backend would hand it to the game as the connection's first bytes (so it
+    was, on cbc7eab). Two ISNs before any SYN-ACK here: the entry cannot tell which one the
+    backend accepted, so the flow's first data segment is judged whatever its sequence number (as
+    before cbc7eab): garbage at X + 1, at Y + 1 or further on is dropped as drop_handshake_unacked,
+    nobody revoked, and the handshake (at X + 1) is forwarded and ends the check."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    assert edge.run(syn()).reason == "tx_forward"                       # X; its SYN-ACK leaves elsewhere
+    for isn in (SECOND_ISN, CLIENT_ISN):                                # Y; then X again: Y is not forgotten
+        assert edge.run(syn(seq=isn)).reason == "tx_forward"
+        for seq in (FIRST_SEQ, SECOND_ISN + 1, LOGIN_START_SEQ, (SECOND_ISN + 1 + len(HANDSHAKE)) % 2 ** 32):
+            for flags in ("PA", "P"):
+                assert edge.run(segment(GARBAGE["http"], flags=flags, seq=seq, ack=ack)).reason == \
+                    "drop_handshake_unacked", (isn, seq, flags)
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+    assert edge.reason_counts().get("drop_handshake", (0, 0))[0] == 0
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(HANDSHAKE, ack=ack)).reason == "tx_forward"      # the player's, at X + 1
+    assert flows(edge) == set()
+    assert edge.run(segment(mc.login_start(), seq=LOGIN_START_SEQ, ack=ack)).reason == "tx_forward"
+
+
+def test_a_retransmitted_syn_leaves_later_segments_unjudged(edge):
+    """The control of the one above: a SYN retransmitted with the same ISN (the player's stack,
+    before the SYN-ACK that left through another POP reached it) changes nothing: the player's
+    later segment (its handshake went through another POP) is still forwarded unjudged, and the
+    first segment still judged should it come here."""
+    minecraft_pop(edge)
+    verify_player(edge)
+    for dummy in range(3):
+        assert edge.run(syn()).reason == "tx_forward"
+    assert edge.run(segment(mc.login_start(), seq=LOGIN_START_SEQ, ack=77)).reason == "tx_forward"
+    assert flows(edge) == {FLOW}
+    assert edge.run(segment(GARBAGE["http"], ack=77)).reason == "drop_handshake_unacked"
+    assert edge.run(segment(HANDSHAKE, ack=77)).reason == "tx_forward"
+    assert flows(edge) == set()
+    assert edge.verified_for(PLAYER, GAME_TCP_ID, monotonic_ns()) == "punch"
+
+
 def test_a_spoofed_syn_into_a_quiet_established_connection_no_longer_stalls_it(edge):
     """A SYN spoofed with the four-tuple of the player's established connection, without a live
     punch (the game server quiet for the punch's idle time): the connection's segments are far
