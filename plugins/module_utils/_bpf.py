@@ -598,6 +598,11 @@ class XdpQuery(collections.namedtuple("XdpQuery", [
 
     __slots__ = ()
 
+    @property
+    def attached_id(self):
+        """The id of the XDP program that runs on the interface, whatever its mode (0: none)."""
+        return self.drv_prog_id or self.skb_prog_id or self.hw_prog_id
+
     _MODE_NAMES = {
         XDP_ATTACHED_NONE: "none", XDP_ATTACHED_DRV: "drv", XDP_ATTACHED_SKB: "skb",
         XDP_ATTACHED_HW: "hw", XDP_ATTACHED_MULTI: "multi",

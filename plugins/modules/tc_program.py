@@ -355,8 +355,7 @@ class TcProgramModule(PinningModule):
             raise ModuleFailure("share_maps: %s reads edge_wireguard_pairs, which edge_rules writes among "
                                 "xdp_edge's pinned maps: set share_maps: maps (the folder anycast.edge.xdp_program "
                                 "pins them in)" % program)
-        query = xdp_query(self.ifindex)
-        prog_id = query.drv_prog_id or query.skb_prog_id or query.hw_prog_id
+        prog_id = xdp_query(self.ifindex).attached_id
         in_front = prog_info_by_id(prog_id).name if prog_id else None
         if in_front == EDGE_PROGRAM:
             return

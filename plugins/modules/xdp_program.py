@@ -321,8 +321,7 @@ U32 = struct.Struct("<I")
 def attached_program(ifindex):
     """(id, mode) of the XDP program attached to ``ifindex``: (0, None) when there is none."""
     query = xdp_query(ifindex)
-    return (query.drv_prog_id or query.skb_prog_id or query.hw_prog_id,
-            ATTACHED_MODE_NAMES.get(query.attach_mode))
+    return query.attached_id, ATTACHED_MODE_NAMES.get(query.attach_mode)
 
 
 def wanted_mode(mode, ours, attached_mode):
